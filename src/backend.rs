@@ -1,0 +1,71 @@
+//! The seam between the training loop and the hardware: one trait, implemented by the
+//! CPU reference ([`crate::cpu::CpuBackend`]) and the wgpu trainer ([`crate::gpu::GpuBackend`]).
+//!
+//! A backend owns the data set, the parameters and the optimiser state for the whole
+//! run. It takes a whole epoch (its shuffled order) at a time, which lets the GPU record
+//! many steps per submission without the loop knowing.
+
+use crate::model::{OptimState, Params};
+
+/// Running totals inside an epoch, for the progress line.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepProgress {
+    pub steps_done: usize,
+    pub steps_total: usize,
+    pub samples_done: usize,
+    /// Sum of per-sample losses so far.
+    pub loss_sum: f64,
+    pub correct: u64,
+}
+
+impl StepProgress {
+    pub fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.samples_done.max(1) as f64
+    }
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.samples_done.max(1) as f64
+    }
+}
+
+/// What one epoch of training measured (averages over every sample seen).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EpochStats {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub samples: usize,
+}
+
+/// Test-set evaluation with the current parameters and moving statistics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalStats {
+    pub loss: f64,
+    pub accuracy: f64,
+    /// The argmax class of every test sample, in data-set order.
+    pub predictions: Vec<u8>,
+}
+
+pub trait Backend {
+    /// What trains, for the run header: `cpu (2 threads)`, `llvmpipe (Vulkan, Mesa …)`.
+    fn name(&self) -> String;
+
+    /// Train on the training-set samples listed in `order`, in batches of `batch_size`
+    /// (the last batch may be smaller). `progress` receives running totals from time to time.
+    fn train_epoch(
+        &mut self,
+        order: &[u32],
+        batch_size: usize,
+        progress: &mut dyn FnMut(&StepProgress),
+    ) -> anyhow::Result<EpochStats>;
+
+    /// Loss, accuracy and predictions on the whole test set, in inference mode.
+    fn evaluate(&mut self) -> anyhow::Result<EvalStats>;
+
+    /// Read the current parameters (and moving statistics) back.
+    fn params(&mut self) -> anyhow::Result<Params>;
+
+    /// Read Adam's moments and step count back.
+    fn optim_state(&mut self) -> anyhow::Result<OptimState>;
+
+    /// Replace the parameters, and the optimiser state when given (else reset it).
+    fn load(&mut self, params: &Params, optim: Option<&OptimState>) -> anyhow::Result<()>;
+}

@@ -1,0 +1,57 @@
+//! Adam, exactly as Keras 3 writes it. GPU twin: `shaders/adam.wgsl`.
+
+use crate::model::Hyper;
+
+/// The step size with bias correction for update number `step` (1-based):
+/// `lr · sqrt(1 − β2^t) / (1 − β1^t)`.
+pub fn adam_alpha(hyper: &Hyper, step: u64) -> f32 {
+    let t = step as f32;
+    hyper.lr * (1.0 - hyper.beta2.powf(t)).sqrt() / (1.0 - hyper.beta1.powf(t))
+}
+
+/// One update of every parameter: `m += (g − m)(1 − β1)`, `v += (g² − v)(1 − β2)`,
+/// `p −= alpha · m / (sqrt(v) + ε)`, with `alpha` from [`adam_alpha`].
+pub fn adam_update(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], alpha: f32, hyper: &Hyper) {
+    assert!(params.len() == grads.len() && m.len() == grads.len() && v.len() == grads.len());
+    let (one_minus_b1, one_minus_b2, eps) = (1.0 - hyper.beta1, 1.0 - hyper.beta2, hyper.adam_eps);
+    for (((p, &g), m), v) in params.iter_mut().zip(grads).zip(m.iter_mut()).zip(v.iter_mut()) {
+        *m += (g - *m) * one_minus_b1;
+        *v += (g * g - *v) * one_minus_b2;
+        *p -= alpha * *m / (v.sqrt() + eps);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_step_moves_each_parameter_by_about_lr() {
+        // With bias correction the first Adam step is lr·g/(|g| + ε/sqrt(1−β2)) ≈ lr·sign(g).
+        let hyper = Hyper::default();
+        let mut p = [1.0f32, -2.0, 0.5];
+        let (mut m, mut v) = ([0.0; 3], [0.0; 3]);
+        adam_update(&mut p, &[0.5, -3.0, 0.0], &mut m, &mut v, adam_alpha(&hyper, 1), &hyper);
+        assert!((p[0] - 0.999).abs() < 1e-6, "{}", p[0]);
+        assert!((p[1] + 1.999).abs() < 1e-6, "{}", p[1]);
+        assert_eq!(p[2], 0.5);
+        assert!((m[0] - 0.05).abs() < 1e-7 && (v[0] - 0.00025).abs() < 1e-8);
+    }
+
+    #[test]
+    fn two_steps_by_hand() {
+        let hyper = Hyper { lr: 0.1, ..Hyper::default() };
+        let mut p = [0.0f32];
+        let (mut m, mut v) = ([0.0f32], [0.0f32]);
+        adam_update(&mut p, &[1.0], &mut m, &mut v, adam_alpha(&hyper, 1), &hyper);
+        adam_update(&mut p, &[2.0], &mut m, &mut v, adam_alpha(&hyper, 2), &hyper);
+        // Step 2 by hand in f64: m = 0.1·0.9 + 0.2 = 0.29, v = 0.001·0.999 + 0.004 = 0.004999,
+        // alpha = 0.1·sqrt(1−0.999²)/(1−0.81).
+        let m2 = 0.29f64;
+        let v2 = 0.004999f64;
+        let alpha2 = 0.1 * (1.0 - 0.999f64.powi(2)).sqrt() / (1.0 - 0.81);
+        let step1 = 0.1 * (1.0 - 0.999f64).sqrt() / 0.1 * 0.1 / (0.001f64.sqrt() + 1e-7);
+        let expect = -step1 - alpha2 * m2 / (v2.sqrt() + 1e-7);
+        assert!((p[0] as f64 - expect).abs() < 1e-5, "{} vs {expect}", p[0]);
+    }
+}

@@ -1,0 +1,201 @@
+//! BatchNormalization over features (Keras semantics). Activations are `[batch, features]`
+//! row-major. GPU twin: `shaders/batchnorm.wgsl`.
+//!
+//! Every per-feature sum runs over the batch rows in order 0..batch, which is also the
+//! order the GPU kernel uses, so the two agree to rounding.
+
+/// Training mode: normalise with the batch mean and the biased batch variance, write
+/// `xhat` (normalised input, kept for backward), `y = gamma·xhat + beta` and `inv_std`
+/// (1/sqrt(var + eps), kept for backward), and update the moving statistics:
+/// `moving = moving·momentum + batch·(1 − momentum)`.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_forward_train(
+    x: &[f32],
+    batch: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    momentum: f32,
+    moving_mean: &mut [f32],
+    moving_var: &mut [f32],
+    xhat: &mut [f32],
+    y: &mut [f32],
+    inv_std: &mut [f32],
+) {
+    let features = gamma.len();
+    assert!(x.len() == batch * features && xhat.len() == x.len() && y.len() == x.len());
+    let inv_batch = 1.0 / batch as f32;
+    let mut mean = vec![0.0f32; features];
+    for row in x.chunks_exact(features) {
+        for (acc, &v) in mean.iter_mut().zip(row) {
+            *acc += v;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m *= inv_batch);
+    let mut var = vec![0.0f32; features];
+    for row in x.chunks_exact(features) {
+        for ((acc, &v), &m) in var.iter_mut().zip(row).zip(&mean) {
+            let d = v - m;
+            *acc += d * d;
+        }
+    }
+    for j in 0..features {
+        var[j] *= inv_batch;
+        inv_std[j] = 1.0 / (var[j] + eps).sqrt();
+        moving_mean[j] = moving_mean[j] * momentum + mean[j] * (1.0 - momentum);
+        moving_var[j] = moving_var[j] * momentum + var[j] * (1.0 - momentum);
+    }
+    for ((x_row, xhat_row), y_row) in x
+        .chunks_exact(features)
+        .zip(xhat.chunks_exact_mut(features))
+        .zip(y.chunks_exact_mut(features))
+    {
+        for j in 0..features {
+            let n = (x_row[j] - mean[j]) * inv_std[j];
+            xhat_row[j] = n;
+            y_row[j] = gamma[j] * n + beta[j];
+        }
+    }
+}
+
+/// Inference mode: normalise with the moving statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_forward_eval(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    moving_mean: &[f32],
+    moving_var: &[f32],
+    eps: f32,
+    y: &mut [f32],
+) {
+    let features = gamma.len();
+    let scale: Vec<f32> = (0..features)
+        .map(|j| gamma[j] / (moving_var[j] + eps).sqrt())
+        .collect();
+    for (x_row, y_row) in x.chunks_exact(features).zip(y.chunks_exact_mut(features)) {
+        for j in 0..features {
+            y_row[j] = (x_row[j] - moving_mean[j]) * scale[j] + beta[j];
+        }
+    }
+}
+
+/// Backward: `dgamma = Σ dy·xhat`, `dbeta = Σ dy` over the batch, and, when `dx` is
+/// given, the input gradient `dx = gamma·inv_std/B · (B·dy − dbeta − xhat·dgamma)`.
+/// (In this model BatchNorm is the first layer, so training never needs `dx`.)
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward(
+    dy: &[f32],
+    xhat: &[f32],
+    gamma: &[f32],
+    inv_std: &[f32],
+    batch: usize,
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    dx: Option<&mut [f32]>,
+) {
+    let features = gamma.len();
+    assert!(dy.len() == batch * features && xhat.len() == dy.len());
+    dgamma.fill(0.0);
+    dbeta.fill(0.0);
+    for (dy_row, xhat_row) in dy.chunks_exact(features).zip(xhat.chunks_exact(features)) {
+        for j in 0..features {
+            dgamma[j] += dy_row[j] * xhat_row[j];
+            dbeta[j] += dy_row[j];
+        }
+    }
+    if let Some(dx) = dx {
+        let b = batch as f32;
+        for ((dx_row, dy_row), xhat_row) in dx
+            .chunks_exact_mut(features)
+            .zip(dy.chunks_exact(features))
+            .zip(xhat.chunks_exact(features))
+        {
+            for j in 0..features {
+                dx_row[j] = gamma[j] * inv_std[j] / b * (b * dy_row[j] - dbeta[j] - xhat_row[j] * dgamma[j]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_train_by_hand() {
+        // Two features over a batch of two: column 0 = [1, 3] (mean 2, var 1), column 1 = [5, 5].
+        let x = [1.0, 5.0, 3.0, 5.0];
+        let (gamma, beta) = ([2.0, 1.0], [0.5, -1.0]);
+        let (mut mm, mut mv) = ([0.0, 0.0], [1.0, 1.0]);
+        let (mut xhat, mut y, mut inv) = ([0.0; 4], [0.0; 4], [0.0; 2]);
+        batchnorm_forward_train(&x, 2, &gamma, &beta, 1e-3, 0.99, &mut mm, &mut mv, &mut xhat, &mut y, &mut inv);
+        let s = 1.0 / (1.0f32 + 1e-3).sqrt();
+        assert_eq!(inv[0], s);
+        assert_eq!(xhat, [-s, 0.0, s, 0.0]);
+        assert_eq!(y, [0.5 - 2.0 * s, -1.0, 0.5 + 2.0 * s, -1.0]);
+        assert!((mm[0] - 0.02).abs() < 1e-7 && (mm[1] - 0.05).abs() < 1e-7);
+        assert!((mv[0] - 1.0).abs() < 1e-7 && (mv[1] - 0.99).abs() < 1e-7);
+    }
+
+    #[test]
+    fn forward_eval_uses_moving_statistics() {
+        let mut y = [0.0; 2];
+        batchnorm_forward_eval(&[3.0, 0.0], &[2.0, 1.0], &[1.0, 0.0], &[1.0, 0.0], &[4.0 - 1e-3, 1.0 - 1e-3], 1e-3, &mut y);
+        assert!((y[0] - 3.0).abs() < 1e-6 && y[1].abs() < 1e-6);
+    }
+
+    /// Loss L = Σ c·y over a small batch; compares dx, dgamma, dbeta with central
+    /// differences computed in f64 through an f64 copy of the forward pass.
+    #[test]
+    fn backward_matches_finite_differences() {
+        let (batch, features, eps) = (5usize, 3usize, 1e-3f64);
+        let x: Vec<f64> = (0..batch * features).map(|i| ((i * 37 % 11) as f64) / 3.0 - 1.5).collect();
+        let gamma = [1.5f64, -0.7, 0.9];
+        let beta = [0.1f64, 0.2, -0.3];
+        let c: Vec<f64> = (0..batch * features).map(|i| ((i * 13 % 7) as f64) / 4.0 - 0.8).collect();
+        let loss = |x: &[f64], gamma: &[f64], beta: &[f64]| -> f64 {
+            let mut total = 0.0;
+            for j in 0..features {
+                let col: Vec<f64> = (0..batch).map(|b| x[b * features + j]).collect();
+                let mean = col.iter().sum::<f64>() / batch as f64;
+                let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / batch as f64;
+                for b in 0..batch {
+                    let y = gamma[j] * (col[b] - mean) / (var + eps).sqrt() + beta[j];
+                    total += c[b * features + j] * y;
+                }
+            }
+            total
+        };
+        let to32 = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let (mut mm, mut mv) = (vec![0.0; features], vec![1.0; features]);
+        let (mut xhat, mut y, mut inv) = (vec![0.0; batch * features], vec![0.0; batch * features], vec![0.0; features]);
+        batchnorm_forward_train(&to32(&x), batch, &to32(&gamma), &to32(&beta), eps as f32, 0.99, &mut mm, &mut mv, &mut xhat, &mut y, &mut inv);
+        let (mut dgamma, mut dbeta, mut dx) = (vec![0.0; features], vec![0.0; features], vec![0.0; batch * features]);
+        batchnorm_backward(&to32(&c), &xhat, &to32(&gamma), &inv, batch, &mut dgamma, &mut dbeta, Some(&mut dx));
+        let h = 1e-6;
+        let central = |f: &dyn Fn(f64) -> f64| (f(h) - f(-h)) / (2.0 * h);
+        for i in 0..batch * features {
+            let numeric = central(&|d| {
+                let mut xp = x.clone();
+                xp[i] += d;
+                loss(&xp, &gamma, &beta)
+            });
+            assert!((numeric - dx[i] as f64).abs() < 1e-4, "dx[{i}]: {numeric} vs {}", dx[i]);
+        }
+        for j in 0..features {
+            let ng = central(&|d| {
+                let mut g = gamma;
+                g[j] += d;
+                loss(&x, &g, &beta)
+            });
+            let nb = central(&|d| {
+                let mut b = beta;
+                b[j] += d;
+                loss(&x, &gamma, &b)
+            });
+            assert!((ng - dgamma[j] as f64).abs() < 1e-4, "dgamma[{j}]: {ng} vs {}", dgamma[j]);
+            assert!((nb - dbeta[j] as f64).abs() < 1e-4, "dbeta[{j}]: {nb} vs {}", dbeta[j]);
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! mnist-gpu: train the Keras tutorial's MLP (Flatten → BatchNorm → Dense 128 ReLU →
+//! Dense 10 softmax, Adam) on MNIST, either in hand-written WGSL compute shaders through
+//! wgpu ([`gpu`]) or on the CPU ([`cpu`], which is also the numerical ground truth).
+//!
+//! The training loop ([`train`]) drives either one through the [`backend::Backend`] trait.
+
+pub mod backend;
+pub mod cpu;
+pub mod data;
+pub mod model;
+pub mod train;

@@ -1,0 +1,224 @@
+//! The model definition: architecture, hyper-parameters, and the parameter tensors.
+//!
+//! All trainable tensors live in one flat `Vec<f32>` (see [`ParamLayout`]) so that the
+//! Adam update is a single pass over one buffer on both the CPU and the GPU. Every
+//! tensor starts at a multiple of [`TENSOR_ALIGN`] floats: the GPU binds sub-ranges of
+//! the flat buffer, and wgpu requires 256-byte aligned binding offsets. The padding is
+//! always zero and stays zero (its gradient is zero, so Adam never moves it).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::ops::Range;
+
+/// Pixels per MNIST image (28 × 28), the model's input width.
+pub const INPUT: usize = 784;
+/// Digit classes, the model's output width.
+pub const CLASSES: usize = 10;
+/// Alignment of each tensor inside the flat parameter buffer, in f32 elements (256 bytes).
+pub const TENSOR_ALIGN: usize = 64;
+
+/// The architecture: Flatten → BatchNorm(784) → [Dense(h, ReLU)]* → Dense(10, softmax).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    /// Widths of the hidden Dense+ReLU layers, in order (default `[128]`).
+    pub hidden: Vec<usize>,
+    /// Feed pixels as 0..255 (the Keras tutorial) instead of scaling them to [0, 1].
+    pub raw_pixels: bool,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            hidden: vec![128],
+            raw_pixels: false,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Widths of every activation: `[784, hidden..., 10]`.
+    pub fn widths(&self) -> Vec<usize> {
+        let mut widths = vec![INPUT];
+        widths.extend(&self.hidden);
+        widths.push(CLASSES);
+        widths
+    }
+
+    /// Number of Dense layers (hidden layers plus the output layer).
+    pub fn dense_layers(&self) -> usize {
+        self.hidden.len() + 1
+    }
+
+    /// Factor applied to the u8 pixel values before the BatchNorm layer.
+    pub fn pixel_scale(&self) -> f32 {
+        if self.raw_pixels {
+            1.0
+        } else {
+            1.0 / 255.0
+        }
+    }
+
+    /// Human-readable summary, e.g. `784 → BN → 128 (ReLU) → 10 (softmax)`.
+    pub fn describe(&self) -> String {
+        let mut text = format!("{INPUT} → BatchNorm");
+        for h in &self.hidden {
+            text.push_str(&format!(" → Dense {h} (ReLU)"));
+        }
+        text.push_str(&format!(" → Dense {CLASSES} (softmax)"));
+        text
+    }
+}
+
+/// Optimiser and batch-norm hyper-parameters (Keras defaults).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hyper {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    /// Adam's epsilon (Keras: 1e-7, added to sqrt(v)).
+    pub adam_eps: f32,
+    /// BatchNorm epsilon (Keras: 1e-3, added to the variance).
+    pub bn_eps: f32,
+    /// BatchNorm moving-average momentum (Keras: 0.99).
+    pub bn_momentum: f32,
+}
+
+impl Default for Hyper {
+    fn default() -> Self {
+        Hyper {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            adam_eps: 1e-7,
+            bn_eps: 1e-3,
+            bn_momentum: 0.99,
+        }
+    }
+}
+
+/// Where each trainable tensor lives inside the flat parameter vector.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamLayout {
+    pub gamma: Range<usize>,
+    pub beta: Range<usize>,
+    /// Dense kernels, Keras layout `[in, out]` row-major.
+    pub kernels: Vec<Range<usize>>,
+    pub biases: Vec<Range<usize>>,
+    /// Total length including padding.
+    pub total: usize,
+}
+
+impl ParamLayout {
+    pub fn new(config: &ModelConfig) -> Self {
+        let mut next = 0usize;
+        let mut take = |len: usize| {
+            let start = next;
+            next = (start + len).div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
+            start..start + len
+        };
+        let gamma = take(INPUT);
+        let beta = take(INPUT);
+        let widths = config.widths();
+        let mut kernels = Vec::new();
+        let mut biases = Vec::new();
+        for pair in widths.windows(2) {
+            kernels.push(take(pair[0] * pair[1]));
+            biases.push(take(pair[1]));
+        }
+        ParamLayout {
+            gamma,
+            beta,
+            kernels,
+            biases,
+            total: next,
+        }
+    }
+
+    /// Every tensor with its name and shape, in a fixed order (Keras shapes).
+    pub fn named(&self, config: &ModelConfig) -> Vec<(String, Vec<usize>, Range<usize>)> {
+        let widths = config.widths();
+        let mut named = vec![
+            ("batchnorm.gamma".to_string(), vec![INPUT], self.gamma.clone()),
+            ("batchnorm.beta".to_string(), vec![INPUT], self.beta.clone()),
+        ];
+        for (l, (k, b)) in self.kernels.iter().zip(&self.biases).enumerate() {
+            named.push((
+                format!("dense{l}.kernel"),
+                vec![widths[l], widths[l + 1]],
+                k.clone(),
+            ));
+            named.push((format!("dense{l}.bias"), vec![widths[l + 1]], b.clone()));
+        }
+        named
+    }
+}
+
+/// All model state: trainable parameters (flat) and the BatchNorm moving statistics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params {
+    pub config: ModelConfig,
+    pub layout: ParamLayout,
+    pub trainable: Vec<f32>,
+    pub moving_mean: Vec<f32>,
+    pub moving_var: Vec<f32>,
+}
+
+impl Params {
+    /// Keras initialisation: gamma 1, beta 0, Glorot-uniform kernels, zero biases,
+    /// moving mean 0 and moving variance 1. Deterministic for a given seed.
+    pub fn init(config: &ModelConfig, seed: u64) -> Self {
+        let layout = ParamLayout::new(config);
+        let mut trainable = vec![0.0f32; layout.total];
+        trainable[layout.gamma.clone()].fill(1.0);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // A separate stream from the shuffling RNG, so changing one never changes the other.
+        rng.set_stream(1);
+        let widths = config.widths();
+        for (l, kernel) in layout.kernels.iter().enumerate() {
+            let (fan_in, fan_out) = (widths[l] as f32, widths[l + 1] as f32);
+            let limit = (6.0 / (fan_in + fan_out)).sqrt();
+            for w in &mut trainable[kernel.clone()] {
+                *w = rng.random_range(-limit..limit);
+            }
+        }
+        Params {
+            config: config.clone(),
+            layout,
+            trainable,
+            moving_mean: vec![0.0; INPUT],
+            moving_var: vec![1.0; INPUT],
+        }
+    }
+
+    pub fn gamma(&self) -> &[f32] {
+        &self.trainable[self.layout.gamma.clone()]
+    }
+    pub fn beta(&self) -> &[f32] {
+        &self.trainable[self.layout.beta.clone()]
+    }
+    pub fn kernel(&self, layer: usize) -> &[f32] {
+        &self.trainable[self.layout.kernels[layer].clone()]
+    }
+    pub fn bias(&self, layer: usize) -> &[f32] {
+        &self.trainable[self.layout.biases[layer].clone()]
+    }
+}
+
+/// Adam's state: first and second moments (same layout as the parameters) and the step count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimState {
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    /// Number of Adam updates applied so far.
+    pub step: u64,
+}
+
+impl OptimState {
+    pub fn new(len: usize) -> Self {
+        OptimState {
+            m: vec![0.0; len],
+            v: vec![0.0; len],
+            step: 0,
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The one training loop, over any [`Backend`]: epochs, shuffling, metrics, progress.
+
+use crate::backend::{Backend, EpochStats, EvalStats, StepProgress};
+use anyhow::{bail, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub shuffle: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            epochs: 10,
+            batch_size: 32,
+            seed: 42,
+            shuffle: true,
+        }
+    }
+}
+
+/// One line of `--metrics`: what Keras' `History` holds, plus timing.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    /// Wall time of the training pass (evaluation excluded).
+    pub seconds: f64,
+    pub samples_per_second: f64,
+}
+
+/// Hooks for whoever shows the run (the CLI's progress bar, or nothing in tests).
+pub trait Observer {
+    fn epoch_started(&mut self, _epoch: usize, _epochs: usize, _steps: usize) {}
+    fn step(&mut self, _progress: &StepProgress) {}
+    /// Called after each epoch; an error stops training (e.g. the metrics file broke).
+    fn epoch_finished(&mut self, _record: &EpochRecord, _epochs: usize) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// An observer that shows nothing.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// The sample order of one epoch: a permutation of `0..count` from the seeded RNG (each
+/// epoch its own stream, so epoch k's order does not depend on how epochs before it ran),
+/// or `0..count` when not shuffling.
+pub fn epoch_order(count: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..count as u32).collect();
+    if shuffle {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(1000 + epoch as u64);
+        order.shuffle(&mut rng);
+    }
+    order
+}
+
+/// What a whole run produced.
+pub struct TrainOutcome {
+    pub history: Vec<EpochRecord>,
+    pub final_eval: EvalStats,
+}
+
+/// Train `options.epochs` epochs starting after `first_epoch` epochs already done
+/// (0 for a fresh run), evaluating on the test set after each.
+pub fn train(
+    backend: &mut dyn Backend,
+    train_count: usize,
+    options: &TrainOptions,
+    first_epoch: usize,
+    observer: &mut dyn Observer,
+) -> Result<TrainOutcome> {
+    let steps = train_count.div_ceil(options.batch_size);
+    let mut history = Vec::new();
+    let mut final_eval = None;
+    for epoch in first_epoch..options.epochs {
+        observer.epoch_started(epoch + 1, options.epochs, steps);
+        let order = epoch_order(train_count, options.seed, epoch, options.shuffle);
+        let started = Instant::now();
+        let stats: EpochStats = backend.train_epoch(&order, options.batch_size, &mut |p| observer.step(p))?;
+        let seconds = started.elapsed().as_secs_f64();
+        if !stats.loss.is_finite() {
+            bail!(
+                "training diverged in epoch {}: the loss became {} (try a smaller --lr)",
+                epoch + 1,
+                stats.loss
+            );
+        }
+        let eval = backend.evaluate()?;
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            loss: stats.loss,
+            accuracy: stats.accuracy,
+            val_loss: eval.loss,
+            val_accuracy: eval.accuracy,
+            seconds,
+            samples_per_second: stats.samples as f64 / seconds.max(1e-9),
+        };
+        observer.epoch_finished(&record, options.epochs)?;
+        history.push(record);
+        final_eval = Some(eval);
+    }
+    let final_eval = match final_eval {
+        Some(eval) => eval,
+        None => backend.evaluate()?,
+    };
+    Ok(TrainOutcome { history, final_eval })
+}
