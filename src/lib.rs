@@ -4,8 +4,12 @@
 //!
 //! The training loop ([`train`]) drives either one through the [`backend::Backend`] trait.
 
+pub mod app;
 pub mod backend;
 pub mod cpu;
 pub mod data;
+pub mod gpu;
 pub mod model;
+pub mod progress;
 pub mod train;
+pub mod gpu_stub;

@@ -222,3 +222,63 @@ impl OptimState {
         }
     }
 }
+
+/// Parse a `--hidden` list such as `128` or `256,128`: comma-separated positive widths.
+pub fn parse_hidden(text: &str) -> Result<Vec<usize>, String> {
+    if text.trim().is_empty() {
+        return Err("expected a comma-separated list of layer widths such as 128 or 256,128, got an empty value".into());
+    }
+    text.split(',')
+        .map(|part| {
+            let part = part.trim();
+            match part.parse::<usize>() {
+                Ok(0) => Err("layer widths must be at least 1, got 0".to_string()),
+                Ok(width) if width > 65_536 => Err(format!("layer width {width} is too large (at most 65536)")),
+                Ok(width) => Ok(width),
+                Err(_) if part.is_empty() => Err(format!("empty layer width in '{text}' (expected e.g. 256,128)")),
+                Err(_) => Err(format!("'{part}' is not a layer width (expected e.g. 256,128)")),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_aligned_and_complete() {
+        let config = ModelConfig { hidden: vec![129, 33], raw_pixels: false };
+        let layout = ParamLayout::new(&config);
+        let named = layout.named(&config);
+        assert_eq!(named.len(), 2 + 2 * 3);
+        for (_, shape, range) in &named {
+            assert_eq!(range.start % TENSOR_ALIGN, 0);
+            assert_eq!(range.len(), shape.iter().product::<usize>());
+        }
+        assert_eq!(named[2].1, vec![784, 129]);
+        assert_eq!(named[7].1, vec![10]);
+    }
+
+    #[test]
+    fn init_is_keras_like_and_seeded() {
+        let config = ModelConfig::default();
+        let p = Params::init(&config, 7);
+        assert!(p.gamma().iter().all(|&g| g == 1.0) && p.beta().iter().all(|&b| b == 0.0));
+        let limit = (6.0f32 / (784.0 + 128.0)).sqrt();
+        assert!(p.kernel(0).iter().all(|w| w.abs() <= limit));
+        assert!(p.kernel(0).iter().any(|w| w.abs() > limit * 0.9));
+        assert!(p.bias(0).iter().all(|&b| b == 0.0));
+        assert_eq!(p, Params::init(&config, 7));
+        assert_ne!(p.trainable, Params::init(&config, 8).trainable);
+    }
+
+    #[test]
+    fn hidden_lists() {
+        assert_eq!(parse_hidden("128"), Ok(vec![128]));
+        assert_eq!(parse_hidden("256, 128"), Ok(vec![256, 128]));
+        for bad in ["", "0", "abc", "128,,64", "12,-3"] {
+            assert!(parse_hidden(bad).is_err(), "{bad}");
+        }
+    }
+}

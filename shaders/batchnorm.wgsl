@@ -1,0 +1,119 @@
+// BatchNormalization over the 784 input features, fused with the batch gather: each
+// thread owns one feature and walks the batch rows in order 0..batch (the CPU's order).
+// Pixels come from the resident u8 data set (4 per u32, little-endian), scaled by
+// `scale`; in training the sample of row r is order[state[0]·stride + r] (state[0] is
+// the step index inside the epoch), in evaluation it is base + r.
+//
+// stats buffer: [0, F) moving mean, [F, 2F) moving variance, [2F, 3F) inv_std of the
+// last training batch (kept for backward).
+
+struct Bn {
+    batch: u32,
+    stride: u32,
+    use_order: u32,
+    base: u32,
+    gamma_off: u32,
+    beta_off: u32,
+    features: u32,
+    pad0: u32,
+    scale: f32,
+    eps: f32,
+    momentum: f32,
+    pad1: f32,
+}
+
+@group(0) @binding(0) var<uniform> u: Bn;
+@group(0) @binding(1) var<storage, read> pixels: array<u32>;
+@group(0) @binding(2) var<storage, read> order: array<u32>;
+@group(0) @binding(3) var<storage, read> state: array<u32>;
+@group(0) @binding(4) var<storage, read> params: array<f32>;
+@group(0) @binding(5) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(6) var<storage, read_write> xhat: array<f32>;
+@group(0) @binding(7) var<storage, read_write> y: array<f32>;
+
+// Backward bindings (a separate bind-group layout).
+@group(0) @binding(8) var<storage, read> dy: array<f32>;
+@group(0) @binding(9) var<storage, read> xhat_in: array<f32>;
+@group(0) @binding(10) var<storage, read_write> grads: array<f32>;
+
+fn sample_of(row: u32) -> u32 {
+    if (u.use_order != 0u) {
+        return order[state[0] * u.stride + row];
+    }
+    return u.base + row;
+}
+
+fn pixel(row: u32, j: u32) -> f32 {
+    let word = pixels[sample_of(row) * (u.features / 4u) + j / 4u];
+    return f32((word >> (8u * (j % 4u))) & 255u) * u.scale;
+}
+
+// Training: batch mean, biased batch variance, xhat, y = gamma·xhat + beta, inv_std,
+// and the moving-average update moving = moving·momentum + batch·(1 − momentum).
+@compute @workgroup_size(64, 1, 1)
+fn forward_train(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let f = u.features;
+    if (j >= f) {
+        return;
+    }
+    let inv_batch = 1.0 / f32(u.batch);
+    var mean = 0.0;
+    for (var r = 0u; r < u.batch; r++) {
+        mean = mean + pixel(r, j);
+    }
+    mean = mean * inv_batch;
+    var v = 0.0;
+    for (var r = 0u; r < u.batch; r++) {
+        let d = pixel(r, j) - mean;
+        v = v + d * d;
+    }
+    v = v * inv_batch;
+    let inv_std = 1.0 / sqrt(v + u.eps);
+    stats[2u * f + j] = inv_std;
+    stats[j] = stats[j] * u.momentum + mean * (1.0 - u.momentum);
+    stats[f + j] = stats[f + j] * u.momentum + v * (1.0 - u.momentum);
+    let g = params[u.gamma_off + j];
+    let b = params[u.beta_off + j];
+    for (var r = 0u; r < u.batch; r++) {
+        let n = (pixel(r, j) - mean) * inv_std;
+        xhat[r * f + j] = n;
+        y[r * f + j] = g * n + b;
+    }
+}
+
+// Inference: normalise with the moving statistics.
+@compute @workgroup_size(64, 1, 1)
+fn forward_eval(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let f = u.features;
+    if (j >= f) {
+        return;
+    }
+    let mm = stats[j];
+    let scale = params[u.gamma_off + j] / sqrt(stats[f + j] + u.eps);
+    let b = params[u.beta_off + j];
+    for (var r = 0u; r < u.batch; r++) {
+        y[r * f + j] = (pixel(r, j) - mm) * scale + b;
+    }
+}
+
+// Backward: dgamma = Σ dy·xhat, dbeta = Σ dy over the batch rows in order, written into
+// the flat gradient buffer. (BatchNorm is the first layer: its dx is never needed.)
+@compute @workgroup_size(64, 1, 1)
+fn backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let f = u.features;
+    if (j >= f) {
+        return;
+    }
+    var dg = 0.0;
+    var db = 0.0;
+    for (var r = 0u; r < u.batch; r++) {
+        let d = dy[r * f + j];
+        dg = dg + d * xhat_in[r * f + j];
+        db = db + d;
+    }
+    grads[u.gamma_off + j] = dg;
+    grads[u.beta_off + j] = db;
+}

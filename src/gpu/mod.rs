@@ -1,0 +1,1 @@
+//! The wgpu trainer (filled in by the GPU work).
