@@ -36,6 +36,7 @@ struct DeviceArgs {
 }
 
 #[derive(Args)]
+#[command(allow_negative_numbers = true, args_override_self = true)]
 struct TrainArgs {
     /// Train on the CPU (the reference implementation) instead of a GPU.
     #[arg(long, conflicts_with_all = ["backend", "adapter"])]

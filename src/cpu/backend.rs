@@ -87,6 +87,23 @@ impl CpuBackend {
 
     /// One training step on the samples `indices`; returns (loss sum, correct count).
     fn train_step(&mut self, indices: &[u32]) -> (f32, u32) {
+        let (loss_sum, correct) = self.forward_backward(indices);
+        self.optim.step += 1;
+        let alpha = adam_alpha(&self.hyper, self.optim.step);
+        adam_update(&mut self.params.trainable, &self.grads, &mut self.optim.m, &mut self.optim.v, alpha, &self.hyper);
+        (loss_sum, correct)
+    }
+
+    /// The mean training-mode loss on `indices` and its gradient with respect to every
+    /// trainable parameter (flat layout), without changing the parameters. (The BatchNorm
+    /// moving statistics are updated, as in any training-mode forward pass.)
+    pub fn loss_and_gradients(&mut self, indices: &[u32]) -> (f32, &[f32]) {
+        let (loss_sum, _) = self.forward_backward(indices);
+        (loss_sum / indices.len() as f32, &self.grads)
+    }
+
+    /// Forward and backward pass: fills `self.grads`; returns (loss sum, correct count).
+    fn forward_backward(&mut self, indices: &[u32]) -> (f32, u32) {
         let batch = indices.len();
         let widths = self.params.config.widths();
         let layers = self.params.config.dense_layers();
@@ -128,10 +145,6 @@ impl CpuBackend {
         }
         let (dgamma, dbeta) = split_two(&mut self.grads, layout.gamma.clone(), layout.beta.clone());
         batchnorm_backward(&w.deltas[0], &w.xhat, self.params.gamma(), &w.inv_std, batch, dgamma, dbeta, None);
-
-        self.optim.step += 1;
-        let alpha = adam_alpha(&self.hyper, self.optim.step);
-        adam_update(&mut self.params.trainable, &self.grads, &mut self.optim.m, &mut self.optim.v, alpha, &self.hyper);
         (loss_sum, correct)
     }
 }

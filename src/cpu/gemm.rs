@@ -121,6 +121,54 @@ mod tests {
         assert_eq!(db, [3.0, -1.0, 1.5]);
     }
 
+    /// L = Σ c ⊙ (x·w + b): dL/dw = xᵀ·c, dL/dx = c·wᵀ, dL/db = colsum(c), against
+    /// central differences in f64.
+    #[test]
+    fn grads_match_finite_differences() {
+        let (m, k, n) = (3usize, 4usize, 2usize);
+        let x: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
+        let w: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.71).cos()).collect();
+        let c: Vec<f64> = (0..m * n).map(|i| (i as f64 * 1.3).sin()).collect();
+        let loss = |x: &[f64], w: &[f64], b: &[f64]| -> f64 {
+            let mut total = 0.0;
+            for i in 0..m {
+                for j in 0..n {
+                    let y: f64 = (0..k).map(|p| x[i * k + p] * w[p * n + j]).sum::<f64>() + b[j];
+                    total += c[i * n + j] * y;
+                }
+            }
+            total
+        };
+        let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let (mut dw, mut dx, mut db) = (vec![0.0; k * n], vec![0.0; m * k], vec![0.0; n]);
+        gemm_weight_grad(&f32s(&x), &f32s(&c), m, k, n, &mut dw);
+        gemm_input_grad(&f32s(&c), &f32s(&w), m, k, n, None, &mut dx);
+        bias_grad(&f32s(&c), m, n, &mut db);
+        let b0 = vec![0.0f64; n];
+        let h = 1e-6;
+        let check = |analytic: &[f32], len: usize, perturb: &dyn Fn(usize, f64) -> f64| {
+            for i in 0..len {
+                let numeric = (perturb(i, h) - perturb(i, -h)) / (2.0 * h);
+                assert!((numeric - analytic[i] as f64).abs() < 1e-5, "{i}: {numeric} vs {}", analytic[i]);
+            }
+        };
+        check(&dw, k * n, &|i, d| {
+            let mut w2 = w.clone();
+            w2[i] += d;
+            loss(&x, &w2, &b0)
+        });
+        check(&dx, m * k, &|i, d| {
+            let mut x2 = x.clone();
+            x2[i] += d;
+            loss(&x2, &w, &b0)
+        });
+        check(&db, n, &|i, d| {
+            let mut b2 = b0.clone();
+            b2[i] += d;
+            loss(&x, &w, &b2)
+        });
+    }
+
     #[test]
     fn fast_forms_match_the_oracle_on_odd_shapes() {
         let (m, k, n) = (37, 129, 10);
