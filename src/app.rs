@@ -1,16 +1,20 @@
 //! The commands behind the CLI, as library functions: load the data, build the backend
-//! the user asked for, train, report.
+//! the user asked for, train, write what a run leaves behind, evaluate, predict.
 
 use crate::backend::Backend;
-use crate::cpu::CpuBackend;
-use crate::data::Mnist;
+use crate::cpu::{self, CpuBackend};
+use crate::data::{self, Mnist};
 pub use crate::gpu_stub::{self as gpu, DeviceChoice, GpuBackend};
-use crate::model::{Hyper, ModelConfig, Params};
+use crate::fsutil::{ensure_writable_dir, write_atomic};
+use crate::model::{Hyper, ModelConfig, Params, CLASSES};
+use crate::modelfile::{self, RunState};
 use crate::progress::Console;
-use crate::train::{train, TrainOptions, TrainOutcome};
+use crate::train::{train, EpochRecord, Observer, TrainOptions, TrainOutcome};
+use crate::{preprocess, report};
 use anyhow::{bail, Context, Result};
-use std::fs::File;
-use std::path::PathBuf;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 /// Which hardware trains.
 #[derive(Clone, Debug)]
@@ -29,13 +33,29 @@ pub struct TrainSettings {
     pub options: TrainOptions,
     pub train_limit: Option<usize>,
     pub test_limit: Option<usize>,
+    /// Extra copy of the per-epoch metrics (the run directory always has metrics.jsonl).
     pub metrics: Option<PathBuf>,
+    /// Where the run's files go (default: the next free `runs/run-NNN`).
+    pub out_dir: Option<PathBuf>,
+    /// First test image of the predictions grid.
+    pub grid_offset: usize,
+    /// Start from these weights (fresh optimiser).
+    pub init_from: Option<PathBuf>,
+    /// Continue the run whose checkpoint is in this directory.
+    pub resume: Option<PathBuf>,
 }
+
+/// File names inside a run directory.
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+pub const MODEL: &str = "model.safetensors";
+pub const METRICS: &str = "metrics.jsonl";
+pub const PREDICTIONS: &str = "predictions.png";
+pub const CURVES: &str = "curves.png";
 
 /// Load the data set and apply `--train-limit` / `--test-limit` (a limit above the data
 /// set's size uses the whole set and says so).
-pub fn load_data(settings: &TrainSettings) -> Result<Mnist> {
-    let mut data = Mnist::load(&settings.data_dir)?;
+pub fn load_data(data_dir: &Path, train_limit: Option<usize>, test_limit: Option<usize>) -> Result<Mnist> {
+    let mut data = Mnist::load(data_dir)?;
     let limit = |count: Option<usize>, available: usize, flag: &str| -> Result<usize> {
         match count {
             None => Ok(available),
@@ -47,8 +67,8 @@ pub fn load_data(settings: &TrainSettings) -> Result<Mnist> {
             Some(n) => Ok(n),
         }
     };
-    let train_count = limit(settings.train_limit, data.train.len(), "--train-limit")?;
-    let test_count = limit(settings.test_limit, data.test.len(), "--test-limit")?;
+    let train_count = limit(train_limit, data.train.len(), "--train-limit")?;
+    let test_count = limit(test_limit, data.test.len(), "--test-limit")?;
     data.train = data.train.truncated(train_count);
     data.test = data.test.truncated(test_count);
     Ok(data)
@@ -62,17 +82,122 @@ pub fn make_backend(device: &Device, params: Params, hyper: Hyper, data: Mnist) 
     })
 }
 
-/// `mnist-gpu train`: the whole run, printed Keras-style.
-pub fn run_train(settings: &TrainSettings) -> Result<TrainOutcome> {
-    // Create the metrics file before the (long) training, so a bad path fails at once.
-    let metrics = match &settings.metrics {
-        Some(path) => {
-            let file = File::create(path).with_context(|| format!("cannot create metrics file {}", path.display()))?;
-            Some((path.clone(), file))
-        }
-        None => None,
+/// The first `runs/run-NNN` that does not exist yet.
+pub fn next_run_dir() -> PathBuf {
+    (1..)
+        .map(|n| Path::new("runs").join(format!("run-{n:03}")))
+        .find(|p| !p.exists())
+        .expect("some run number is free")
+}
+
+/// The run's settings as checkpoint metadata, so `--resume` continues the same run.
+fn settings_metadata(s: &TrainSettings, history: &[EpochRecord]) -> HashMap<String, String> {
+    let limit = |l: Option<usize>| l.map_or("all".to_string(), |n| n.to_string());
+    HashMap::from([
+        ("data_dir".into(), s.data_dir.display().to_string()),
+        ("epochs".into(), s.options.epochs.to_string()),
+        ("batch_size".into(), s.options.batch_size.to_string()),
+        ("seed".into(), s.options.seed.to_string()),
+        ("shuffle".into(), s.options.shuffle.to_string()),
+        ("lr".into(), s.hyper.lr.to_string()),
+        ("train_limit".into(), limit(s.train_limit)),
+        ("test_limit".into(), limit(s.test_limit)),
+        ("grid_offset".into(), s.grid_offset.to_string()),
+        ("history".into(), serde_json::to_string(history).unwrap_or_default()),
+    ])
+}
+
+/// Settings to continue the run in `dir`: everything from its checkpoint, except the
+/// total `epochs`, `data_dir` and device when given.
+pub fn resume_settings(dir: &Path, epochs: Option<usize>, data_dir: Option<PathBuf>, device: Device) -> Result<TrainSettings> {
+    let path = dir.join(CHECKPOINT);
+    let (params, state) = modelfile::load_checkpoint(&path)?;
+    let get = |key: &str| -> Result<&str> {
+        state.settings.get(key).map(String::as_str).with_context(|| format!("{}: metadata has no '{key}' entry", path.display()))
     };
-    let data = load_data(settings)?;
+    let num = |key: &str| -> Result<usize> {
+        get(key)?.parse().with_context(|| format!("{}: metadata '{key}' is not a number", path.display()))
+    };
+    let limit = |key: &str| -> Result<Option<usize>> { if get(key)? == "all" { Ok(None) } else { num(key).map(Some) } };
+    Ok(TrainSettings {
+        data_dir: data_dir.unwrap_or_else(|| PathBuf::from(get("data_dir").unwrap_or_default())),
+        device,
+        model: params.config.clone(),
+        hyper: Hyper {
+            lr: get("lr")?.parse().with_context(|| format!("{}: metadata 'lr' is not a number", path.display()))?,
+            ..Hyper::default()
+        },
+        options: TrainOptions {
+            epochs: epochs.map_or_else(|| num("epochs"), Ok)?,
+            batch_size: num("batch_size")?,
+            seed: get("seed")?.parse().with_context(|| format!("{}: metadata 'seed' is not a number", path.display()))?,
+            shuffle: get("shuffle")? == "true",
+        },
+        train_limit: limit("train_limit")?,
+        test_limit: limit("test_limit")?,
+        metrics: None,
+        out_dir: Some(dir.to_path_buf()),
+        grid_offset: num("grid_offset")?,
+        init_from: None,
+        resume: Some(dir.to_path_buf()),
+    })
+}
+
+/// Writes the run's per-epoch files: `metrics.jsonl` (and `--metrics`) and the checkpoint.
+struct RunWriter<'a> {
+    console: Console,
+    settings: &'a TrainSettings,
+    out_dir: &'a Path,
+    history: Vec<EpochRecord>,
+}
+
+impl RunWriter<'_> {
+    fn write_metrics(&self) -> Result<()> {
+        let mut text = String::new();
+        for record in &self.history {
+            text.push_str(&serde_json::to_string(record)?);
+            text.push('\n');
+        }
+        let mut targets = vec![self.out_dir.join(METRICS)];
+        targets.extend(self.settings.metrics.clone());
+        for path in targets {
+            write_atomic(&path, text.as_bytes()).with_context(|| format!("cannot write metrics file {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Observer for RunWriter<'_> {
+    fn epoch_started(&mut self, epoch: usize, epochs: usize, steps: usize) {
+        self.console.epoch_started(epoch, epochs, steps);
+    }
+    fn step(&mut self, progress: &crate::backend::StepProgress) {
+        self.console.step(progress);
+    }
+    fn epoch_finished(&mut self, record: &EpochRecord, epochs: usize, backend: &mut dyn Backend) -> Result<()> {
+        self.console.epoch_finished(record, epochs, backend)?;
+        self.history.push(record.clone());
+        self.write_metrics()?;
+        let state = RunState {
+            optim: backend.optim_state()?,
+            epochs_done: record.epoch,
+            settings: settings_metadata(self.settings, &self.history),
+        };
+        modelfile::save_checkpoint(&backend.params()?, &state, &self.out_dir.join(CHECKPOINT))?;
+        Ok(())
+    }
+}
+
+/// `mnist-gpu train`: the whole run, printed Keras-style; returns the outcome and the
+/// directory its files went to.
+pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
+    let out_dir = settings.out_dir.clone().unwrap_or_else(next_run_dir);
+    // Fail before the (long) training if the outputs cannot be written.
+    ensure_writable_dir(&out_dir).with_context(|| format!("output directory {} is not writable", out_dir.display()))?;
+    if let Some(metrics) = &settings.metrics {
+        write_atomic(metrics, b"").with_context(|| format!("cannot create metrics file {}", metrics.display()))?;
+    }
+    let data = load_data(&settings.data_dir, settings.train_limit, settings.test_limit)?;
     let (train_set, test_set) = (&data.train, &data.test);
     println!(
         "train: {} × {} × {}, test: {} × {} × {}",
@@ -84,13 +209,31 @@ pub fn run_train(settings: &TrainSettings) -> Result<TrainOutcome> {
         test_set.cols
     );
     let train_count = train_set.len();
-    let params = Params::init(&settings.model, settings.options.seed);
-    let trainable = params.layout.named(&settings.model).iter().map(|(_, _, r)| r.len()).sum::<usize>();
-    let mut backend = make_backend(&settings.device, params, settings.hyper.clone(), data)?;
+    let test_images = data.test.clone();
+
+    let (params, resumed) = match (&settings.resume, &settings.init_from) {
+        (Some(dir), _) => {
+            let (params, state) = modelfile::load_checkpoint(&dir.join(CHECKPOINT))?;
+            (params, Some(state))
+        }
+        (None, Some(path)) => (modelfile::load_model(path)?, None),
+        (None, None) => (Params::init(&settings.model, settings.options.seed), None),
+    };
+    let trainable: usize = params.layout.named(&params.config).iter().map(|(_, _, r)| r.len()).sum();
+    let config = params.config.clone();
+    let mut backend = make_backend(&settings.device, params.clone(), settings.hyper.clone(), data)?;
+    let mut history = Vec::new();
+    let mut first_epoch = 0;
+    if let Some(state) = &resumed {
+        backend.load(&params, Some(&state.optim))?;
+        first_epoch = state.epochs_done;
+        history = state.settings.get("history").and_then(|h| serde_json::from_str(h).ok()).unwrap_or_default();
+        println!("resuming {} after epoch {first_epoch} of {}", out_dir.display(), settings.options.epochs);
+    }
     println!(
         "model: {} ({trainable} trainable parameters), pixels {}",
-        settings.model.describe(),
-        if settings.model.raw_pixels { "raw 0..255" } else { "scaled to [0, 1]" }
+        config.describe(),
+        if config.raw_pixels { "raw 0..255" } else { "scaled to [0, 1]" }
     );
     println!(
         "device: {} | batch {} ({} steps/epoch), Adam lr {}, seed {}",
@@ -100,14 +243,79 @@ pub fn run_train(settings: &TrainSettings) -> Result<TrainOutcome> {
         settings.hyper.lr,
         settings.options.seed
     );
-    let mut console = Console::new(metrics);
-    let outcome = train(backend.as_mut(), train_count, &settings.options, 0, &mut console)?;
+    let mut writer = RunWriter { console: Console::default(), settings, out_dir: &out_dir, history };
+    let outcome = train(backend.as_mut(), train_count, &settings.options, first_epoch, &mut writer)?;
     println!(
         "Test accuracy: {:.2}% (loss {:.4})",
         outcome.final_eval.accuracy * 100.0,
         outcome.final_eval.loss
     );
-    Ok(outcome)
+
+    let steps = backend.optim_state()?.step;
+    modelfile::save_model(&backend.params()?, steps, &out_dir.join(MODEL))?;
+    report::draw_predictions(&test_images, settings.grid_offset, &outcome.final_eval.predictions, &out_dir.join(PREDICTIONS))?;
+    let mut written = vec![MODEL, PREDICTIONS, METRICS, CHECKPOINT];
+    if !writer.history.is_empty() {
+        report::draw_curves(&writer.history, &out_dir.join(CURVES))?;
+        written.insert(2, CURVES);
+    }
+    println!("wrote:");
+    for name in written {
+        println!("  {}", out_dir.join(name).display());
+    }
+    if let Some(metrics) = &settings.metrics {
+        println!("  {}", metrics.display());
+    }
+    Ok((outcome, out_dir))
+}
+
+/// `mnist-gpu eval`: test loss, accuracy and confusion matrix of a saved model.
+pub fn run_eval(model: &Path, data_dir: &Path, test_limit: Option<usize>, device: &Device, confusion_png: Option<&Path>) -> Result<f64> {
+    let params = modelfile::load_model(model)?;
+    let mut data = load_data(data_dir, None, test_limit)?;
+    // Evaluation needs no training data; keep one sample so every backend has a valid set.
+    data.train = data.train.truncated(1);
+    let labels = data.test.labels.clone();
+    let mut backend = make_backend(device, params, Hyper::default(), data)?;
+    let eval = backend.evaluate()?;
+    println!("model: {} | device: {}", model.display(), backend.name());
+    println!("test: {} samples - loss: {:.4} - accuracy: {:.2}%", labels.len(), eval.loss, eval.accuracy * 100.0);
+    let matrix = report::confusion_matrix(&labels, &eval.predictions);
+    println!("confusion matrix (rows: true digit, columns: predicted):\n{}", report::format_confusion(&matrix));
+    if let Some(path) = confusion_png {
+        report::draw_confusion(&matrix, path)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(eval.accuracy)
+}
+
+/// One image's prediction.
+#[derive(Clone, Debug, Serialize)]
+pub struct Prediction {
+    pub file: String,
+    pub digit: u8,
+    /// The three most likely digits with their probabilities, most likely first.
+    pub top3: Vec<(u8, f32)>,
+}
+
+/// `mnist-gpu predict`: classify image files with a saved model (on the CPU).
+pub fn predict(model: &Path, images: &[PathBuf]) -> Result<Vec<Prediction>> {
+    let params = modelfile::load_model(model)?;
+    let mut pixels = Vec::with_capacity(images.len() * 784);
+    for path in images {
+        pixels.extend_from_slice(&preprocess::load_digit(path)?);
+    }
+    let probabilities = cpu::infer(&params, Hyper::default().bn_eps, &pixels);
+    Ok(images
+        .iter()
+        .zip(probabilities)
+        .map(|(path, p)| {
+            let mut ranked: Vec<(u8, f32)> = (0..CLASSES as u8).map(|d| (d, p[d as usize])).collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            ranked.truncate(3);
+            Prediction { file: path.display().to_string(), digit: ranked[0].0, top3: ranked }
+        })
+        .collect())
 }
 
 /// `mnist-gpu adapters`: the table of every adapter wgpu finds.
@@ -115,4 +323,9 @@ pub fn run_adapters(choice: &DeviceChoice) -> Result<()> {
     let list = gpu::list_adapters(choice)?;
     print!("{}", gpu::format_adapters(&list));
     Ok(())
+}
+
+/// The built-in data directory, for callers that take an optional `--data-dir`.
+pub fn data_dir_or_builtin(dir: Option<PathBuf>) -> PathBuf {
+    dir.unwrap_or_else(data::builtin_dir)
 }

@@ -3,7 +3,6 @@
 
 use clap::{Args, Parser, Subcommand};
 use mnist_gpu::app::{self, Device, TrainSettings};
-use mnist_gpu::data;
 use mnist_gpu::app::DeviceChoice;
 use mnist_gpu::model::{parse_hidden, Hyper, ModelConfig};
 use mnist_gpu::train::TrainOptions;
@@ -21,8 +20,46 @@ struct Cli {
 enum Command {
     /// Train Flatten → BatchNorm → Dense(128, ReLU) → Dense(10, softmax) with Adam, validating every epoch.
     Train(TrainArgs),
+    /// Test loss, accuracy and confusion matrix of a saved model.
+    Eval(EvalArgs),
+    /// Predict the digit in each image file (PNG or JPEG, any size, light or dark background).
+    Predict(PredictArgs),
     /// List every GPU adapter wgpu can see, with the limits that matter here.
     Adapters(DeviceArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A model.safetensors written by `train`.
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    /// Directory with the four MNIST IDX files (plain or .gz) [default: the built-in MNIST]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Evaluate only the first N test samples.
+    #[arg(long, value_name = "N")]
+    test_limit: Option<usize>,
+    /// Also draw the confusion matrix as a picture.
+    #[arg(long, value_name = "FILE")]
+    confusion_png: Option<PathBuf>,
+    /// Evaluate on the CPU instead of a GPU.
+    #[arg(long, conflicts_with_all = ["backend", "adapter"])]
+    cpu_fallback: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    /// A model.safetensors written by `train`.
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    /// Image files to classify.
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -46,34 +83,47 @@ struct TrainArgs {
     /// Directory with the four MNIST IDX files (plain or .gz) [default: the built-in MNIST]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 10, value_parser = positive)]
-    epochs: usize,
-    #[arg(long, default_value_t = 32, value_parser = positive)]
+    /// Epochs to train [default: 10; with --resume: the checkpoint's total]
+    #[arg(long, value_parser = positive)]
+    epochs: Option<usize>,
+    #[arg(long, default_value_t = 32, value_parser = positive, conflicts_with = "resume")]
     batch_size: usize,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-3, value_parser = learning_rate)]
+    #[arg(long, default_value_t = 1e-3, value_parser = learning_rate, conflicts_with = "resume")]
     lr: f32,
     /// Seed for the weight initialisation and the per-epoch shuffling.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = 42, conflicts_with = "resume")]
     seed: u64,
     /// Hidden layer widths, comma-separated: 128, or 256,128 for a deeper MLP.
-    #[arg(long, default_value = "128", value_parser = hidden_list)]
+    #[arg(long, default_value = "128", value_parser = hidden_list, conflicts_with_all = ["resume", "init_from"])]
     hidden: HiddenList,
     /// Feed pixels as 0..255, as the Keras tutorial did (default: scaled to [0, 1]).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["resume", "init_from"])]
     raw_pixels: bool,
     /// Keep the data in file order instead of shuffling every epoch.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     no_shuffle: bool,
     /// Use only the first N training samples (more than there are: all of them).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
     train_limit: Option<usize>,
     /// Use only the first N test samples (more than there are: all of them).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
     test_limit: Option<usize>,
-    /// Write one JSON object per epoch to FILE.
+    /// Also write the per-epoch metrics (one JSON object per line) to FILE.
     #[arg(long, value_name = "FILE")]
     metrics: Option<PathBuf>,
+    /// Directory for the run's files [default: the next free runs/run-NNN]
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    out_dir: Option<PathBuf>,
+    /// First test image shown in predictions.png.
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "resume")]
+    grid_offset: usize,
+    /// Start from the weights in a model.safetensors (with a fresh optimiser).
+    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
+    /// Continue the interrupted run in DIR from its checkpoint.safetensors.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
 }
 
 /// The parsed `--hidden` value (a newtype, so clap takes the list as one value).
@@ -109,18 +159,30 @@ impl DeviceArgs {
     }
 }
 
+fn device(cpu_fallback: bool, args: &DeviceArgs) -> Device {
+    if cpu_fallback {
+        Device::Cpu
+    } else {
+        Device::Gpu(args.choice())
+    }
+}
+
 impl TrainArgs {
-    fn settings(self) -> TrainSettings {
-        TrainSettings {
-            data_dir: self.data_dir.unwrap_or_else(data::builtin_dir),
-            device: if self.cpu_fallback { Device::Cpu } else { Device::Gpu(self.device.choice()) },
+    fn settings(self) -> anyhow::Result<TrainSettings> {
+        let device = device(self.cpu_fallback, &self.device);
+        if let Some(dir) = &self.resume {
+            return app::resume_settings(dir, self.epochs, self.data_dir, device);
+        }
+        Ok(TrainSettings {
+            data_dir: app::data_dir_or_builtin(self.data_dir),
+            device,
             model: ModelConfig {
                 hidden: self.hidden.0,
                 raw_pixels: self.raw_pixels,
             },
             hyper: Hyper { lr: self.lr, ..Hyper::default() },
             options: TrainOptions {
-                epochs: self.epochs,
+                epochs: self.epochs.unwrap_or(10),
                 batch_size: self.batch_size,
                 seed: self.seed,
                 shuffle: !self.no_shuffle,
@@ -128,14 +190,40 @@ impl TrainArgs {
             train_limit: self.train_limit,
             test_limit: self.test_limit,
             metrics: self.metrics,
+            out_dir: self.out_dir,
+            grid_offset: self.grid_offset,
+            init_from: self.init_from,
+            resume: None,
+        })
+    }
+}
+
+fn predict(args: &PredictArgs) -> anyhow::Result<()> {
+    let predictions = app::predict(&args.model, &args.images)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&predictions)?);
+    } else {
+        for p in predictions {
+            let top: Vec<String> = p.top3.iter().map(|(d, prob)| format!("{d}: {:.1}%", prob * 100.0)).collect();
+            println!("{}: {} ({})", p.file, p.digit, top.join(", "));
         }
     }
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => app::run_train(&args.settings()).map(|_| ()),
+        Command::Train(args) => args.settings().and_then(|s| app::run_train(&s)).map(|_| ()),
+        Command::Eval(args) => app::run_eval(
+            &args.model,
+            &app::data_dir_or_builtin(args.data_dir),
+            args.test_limit,
+            &device(args.cpu_fallback, &args.device),
+            args.confusion_png.as_deref(),
+        )
+        .map(|_| ()),
+        Command::Predict(args) => predict(&args),
         Command::Adapters(args) => app::run_adapters(&args.choice()),
     };
     match result {

@@ -1,33 +1,19 @@
 //! Console output of a training run, Keras `fit` style: a live progress bar per epoch on
 //! stderr (hidden when stderr is not a terminal) and one summary line per epoch on stdout.
 
-use crate::backend::StepProgress;
+use crate::backend::{Backend, StepProgress};
 use crate::train::{EpochRecord, Observer};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// How often the progress line's message (loss, accuracy) is re-formatted.
 const MESSAGE_INTERVAL: Duration = Duration::from_millis(100);
 
+#[derive(Default)]
 pub struct Console {
     bar: Option<ProgressBar>,
     last_message: Option<Instant>,
-    metrics: Option<(PathBuf, BufWriter<File>)>,
-}
-
-impl Console {
-    /// `metrics`: an already-created file that receives one JSON object per epoch.
-    pub fn new(metrics: Option<(PathBuf, File)>) -> Self {
-        Console {
-            bar: None,
-            last_message: None,
-            metrics: metrics.map(|(path, file)| (path, BufWriter::new(file))),
-        }
-    }
 }
 
 impl Observer for Console {
@@ -56,7 +42,7 @@ impl Observer for Console {
         }
     }
 
-    fn epoch_finished(&mut self, r: &EpochRecord, epochs: usize) -> Result<()> {
+    fn epoch_finished(&mut self, r: &EpochRecord, epochs: usize, _backend: &mut dyn Backend) -> Result<()> {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
@@ -64,12 +50,6 @@ impl Observer for Console {
             "Epoch {}/{epochs} - {:.2}s ({:.0} samples/s) - loss: {:.4} - accuracy: {:.4} - val_loss: {:.4} - val_accuracy: {:.4}",
             r.epoch, r.seconds, r.samples_per_second, r.loss, r.accuracy, r.val_loss, r.val_accuracy
         );
-        if let Some((path, out)) = &mut self.metrics {
-            let line = serde_json::to_string(r)?;
-            writeln!(out, "{line}")
-                .and_then(|_| out.flush())
-                .with_context(|| format!("cannot write metrics file {}", path.display()))?;
-        }
         Ok(())
     }
 }

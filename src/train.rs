@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -28,7 +28,7 @@ impl Default for TrainOptions {
 }
 
 /// One line of `--metrics`: what Keras' `History` holds, plus timing.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
     pub epoch: usize,
     pub loss: f64,
@@ -44,8 +44,9 @@ pub struct EpochRecord {
 pub trait Observer {
     fn epoch_started(&mut self, _epoch: usize, _epochs: usize, _steps: usize) {}
     fn step(&mut self, _progress: &StepProgress) {}
-    /// Called after each epoch; an error stops training (e.g. the metrics file broke).
-    fn epoch_finished(&mut self, _record: &EpochRecord, _epochs: usize) -> Result<()> {
+    /// Called after each epoch with the backend (to save a checkpoint, say); an error
+    /// stops training (e.g. the disk is full).
+    fn epoch_finished(&mut self, _record: &EpochRecord, _epochs: usize, _backend: &mut dyn Backend) -> Result<()> {
         Ok(())
     }
 }
@@ -73,8 +74,8 @@ pub struct TrainOutcome {
     pub final_eval: EvalStats,
 }
 
-/// Train `options.epochs` epochs starting after `first_epoch` epochs already done
-/// (0 for a fresh run), evaluating on the test set after each.
+/// Train up to epoch `options.epochs`, starting after `first_epoch` epochs already done
+/// (0 for a fresh run, k when resuming after epoch k), evaluating on the test set after each.
 pub fn train(
     backend: &mut dyn Backend,
     train_count: usize,
@@ -108,7 +109,7 @@ pub fn train(
             seconds,
             samples_per_second: stats.samples as f64 / seconds.max(1e-9),
         };
-        observer.epoch_finished(&record, options.epochs)?;
+        observer.epoch_finished(&record, options.epochs, backend)?;
         history.push(record);
         final_eval = Some(eval);
     }
