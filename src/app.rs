@@ -4,8 +4,8 @@
 use crate::backend::Backend;
 use crate::cpu::{self, CpuBackend};
 use crate::data::{self, Mnist};
-pub use crate::gpu_stub::{self as gpu, DeviceChoice, GpuBackend};
 use crate::fsutil::{ensure_writable_dir, write_atomic};
+pub use crate::gpu_stub::{self as gpu, DeviceChoice, GpuBackend};
 use crate::model::{Hyper, ModelConfig, Params, CLASSES};
 use crate::modelfile::{self, RunState};
 use crate::progress::Console;
@@ -54,7 +54,11 @@ pub const CURVES: &str = "curves.png";
 
 /// Load the data set and apply `--train-limit` / `--test-limit` (a limit above the data
 /// set's size uses the whole set and says so).
-pub fn load_data(data_dir: &Path, train_limit: Option<usize>, test_limit: Option<usize>) -> Result<Mnist> {
+pub fn load_data(
+    data_dir: &Path,
+    train_limit: Option<usize>,
+    test_limit: Option<usize>,
+) -> Result<Mnist> {
     let mut data = Mnist::load(data_dir)?;
     let limit = |count: Option<usize>, available: usize, flag: &str| -> Result<usize> {
         match count {
@@ -75,7 +79,12 @@ pub fn load_data(data_dir: &Path, train_limit: Option<usize>, test_limit: Option
 }
 
 /// Build the backend that trains: the CPU reference or a wgpu adapter.
-pub fn make_backend(device: &Device, params: Params, hyper: Hyper, data: Mnist) -> Result<Box<dyn Backend>> {
+pub fn make_backend(
+    device: &Device,
+    params: Params,
+    hyper: Hyper,
+    data: Mnist,
+) -> Result<Box<dyn Backend>> {
     Ok(match device {
         Device::Cpu => Box::new(CpuBackend::new(params, hyper, data)),
         Device::Gpu(choice) => Box::new(GpuBackend::new(params, hyper, data, choice)?),
@@ -103,34 +112,58 @@ fn settings_metadata(s: &TrainSettings, history: &[EpochRecord]) -> HashMap<Stri
         ("train_limit".into(), limit(s.train_limit)),
         ("test_limit".into(), limit(s.test_limit)),
         ("grid_offset".into(), s.grid_offset.to_string()),
-        ("history".into(), serde_json::to_string(history).unwrap_or_default()),
+        (
+            "history".into(),
+            serde_json::to_string(history).unwrap_or_default(),
+        ),
     ])
 }
 
 /// Settings to continue the run in `dir`: everything from its checkpoint, except the
 /// total `epochs`, `data_dir` and device when given.
-pub fn resume_settings(dir: &Path, epochs: Option<usize>, data_dir: Option<PathBuf>, device: Device) -> Result<TrainSettings> {
+pub fn resume_settings(
+    dir: &Path,
+    epochs: Option<usize>,
+    data_dir: Option<PathBuf>,
+    device: Device,
+) -> Result<TrainSettings> {
     let path = dir.join(CHECKPOINT);
     let (params, state) = modelfile::load_checkpoint(&path)?;
     let get = |key: &str| -> Result<&str> {
-        state.settings.get(key).map(String::as_str).with_context(|| format!("{}: metadata has no '{key}' entry", path.display()))
+        state
+            .settings
+            .get(key)
+            .map(String::as_str)
+            .with_context(|| format!("{}: metadata has no '{key}' entry", path.display()))
     };
     let num = |key: &str| -> Result<usize> {
-        get(key)?.parse().with_context(|| format!("{}: metadata '{key}' is not a number", path.display()))
+        get(key)?
+            .parse()
+            .with_context(|| format!("{}: metadata '{key}' is not a number", path.display()))
     };
-    let limit = |key: &str| -> Result<Option<usize>> { if get(key)? == "all" { Ok(None) } else { num(key).map(Some) } };
+    let limit = |key: &str| -> Result<Option<usize>> {
+        if get(key)? == "all" {
+            Ok(None)
+        } else {
+            num(key).map(Some)
+        }
+    };
     Ok(TrainSettings {
         data_dir: data_dir.unwrap_or_else(|| PathBuf::from(get("data_dir").unwrap_or_default())),
         device,
         model: params.config.clone(),
         hyper: Hyper {
-            lr: get("lr")?.parse().with_context(|| format!("{}: metadata 'lr' is not a number", path.display()))?,
+            lr: get("lr")?
+                .parse()
+                .with_context(|| format!("{}: metadata 'lr' is not a number", path.display()))?,
             ..Hyper::default()
         },
         options: TrainOptions {
             epochs: epochs.map_or_else(|| num("epochs"), Ok)?,
             batch_size: num("batch_size")?,
-            seed: get("seed")?.parse().with_context(|| format!("{}: metadata 'seed' is not a number", path.display()))?,
+            seed: get("seed")?
+                .parse()
+                .with_context(|| format!("{}: metadata 'seed' is not a number", path.display()))?,
             shuffle: get("shuffle")? == "true",
         },
         train_limit: limit("train_limit")?,
@@ -161,7 +194,8 @@ impl RunWriter<'_> {
         let mut targets = vec![self.out_dir.join(METRICS)];
         targets.extend(self.settings.metrics.clone());
         for path in targets {
-            write_atomic(&path, text.as_bytes()).with_context(|| format!("cannot write metrics file {}", path.display()))?;
+            write_atomic(&path, text.as_bytes())
+                .with_context(|| format!("cannot write metrics file {}", path.display()))?;
         }
         Ok(())
     }
@@ -174,7 +208,12 @@ impl Observer for RunWriter<'_> {
     fn step(&mut self, progress: &crate::backend::StepProgress) {
         self.console.step(progress);
     }
-    fn epoch_finished(&mut self, record: &EpochRecord, epochs: usize, backend: &mut dyn Backend) -> Result<()> {
+    fn epoch_finished(
+        &mut self,
+        record: &EpochRecord,
+        epochs: usize,
+        backend: &mut dyn Backend,
+    ) -> Result<()> {
         self.console.epoch_finished(record, epochs, backend)?;
         self.history.push(record.clone());
         self.write_metrics()?;
@@ -193,11 +232,17 @@ impl Observer for RunWriter<'_> {
 pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
     let out_dir = settings.out_dir.clone().unwrap_or_else(next_run_dir);
     // Fail before the (long) training if the outputs cannot be written.
-    ensure_writable_dir(&out_dir).with_context(|| format!("output directory {} is not writable", out_dir.display()))?;
+    ensure_writable_dir(&out_dir)
+        .with_context(|| format!("output directory {} is not writable", out_dir.display()))?;
     if let Some(metrics) = &settings.metrics {
-        write_atomic(metrics, b"").with_context(|| format!("cannot create metrics file {}", metrics.display()))?;
+        write_atomic(metrics, b"")
+            .with_context(|| format!("cannot create metrics file {}", metrics.display()))?;
     }
-    let data = load_data(&settings.data_dir, settings.train_limit, settings.test_limit)?;
+    let data = load_data(
+        &settings.data_dir,
+        settings.train_limit,
+        settings.test_limit,
+    )?;
     let (train_set, test_set) = (&data.train, &data.test);
     println!(
         "train: {} × {} × {}, test: {} × {} × {}",
@@ -219,21 +264,43 @@ pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
         (None, Some(path)) => (modelfile::load_model(path)?, None),
         (None, None) => (Params::init(&settings.model, settings.options.seed), None),
     };
-    let trainable: usize = params.layout.named(&params.config).iter().map(|(_, _, r)| r.len()).sum();
+    let trainable: usize = params
+        .layout
+        .named(&params.config)
+        .iter()
+        .map(|(_, _, r)| r.len())
+        .sum();
     let config = params.config.clone();
-    let mut backend = make_backend(&settings.device, params.clone(), settings.hyper.clone(), data)?;
+    let mut backend = make_backend(
+        &settings.device,
+        params.clone(),
+        settings.hyper.clone(),
+        data,
+    )?;
     let mut history = Vec::new();
     let mut first_epoch = 0;
     if let Some(state) = &resumed {
         backend.load(&params, Some(&state.optim))?;
         first_epoch = state.epochs_done;
-        history = state.settings.get("history").and_then(|h| serde_json::from_str(h).ok()).unwrap_or_default();
-        println!("resuming {} after epoch {first_epoch} of {}", out_dir.display(), settings.options.epochs);
+        history = state
+            .settings
+            .get("history")
+            .and_then(|h| serde_json::from_str(h).ok())
+            .unwrap_or_default();
+        println!(
+            "resuming {} after epoch {first_epoch} of {}",
+            out_dir.display(),
+            settings.options.epochs
+        );
     }
     println!(
         "model: {} ({trainable} trainable parameters), pixels {}",
         config.describe(),
-        if config.raw_pixels { "raw 0..255" } else { "scaled to [0, 1]" }
+        if config.raw_pixels {
+            "raw 0..255"
+        } else {
+            "scaled to [0, 1]"
+        }
     );
     println!(
         "device: {} | batch {} ({} steps/epoch), Adam lr {}, seed {}",
@@ -243,8 +310,19 @@ pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
         settings.hyper.lr,
         settings.options.seed
     );
-    let mut writer = RunWriter { console: Console::default(), settings, out_dir: &out_dir, history };
-    let outcome = train(backend.as_mut(), train_count, &settings.options, first_epoch, &mut writer)?;
+    let mut writer = RunWriter {
+        console: Console::default(),
+        settings,
+        out_dir: &out_dir,
+        history,
+    };
+    let outcome = train(
+        backend.as_mut(),
+        train_count,
+        &settings.options,
+        first_epoch,
+        &mut writer,
+    )?;
     println!(
         "Test accuracy: {:.2}% (loss {:.4})",
         outcome.final_eval.accuracy * 100.0,
@@ -253,7 +331,12 @@ pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
 
     let steps = backend.optim_state()?.step;
     modelfile::save_model(&backend.params()?, steps, &out_dir.join(MODEL))?;
-    report::draw_predictions(&test_images, settings.grid_offset, &outcome.final_eval.predictions, &out_dir.join(PREDICTIONS))?;
+    report::draw_predictions(
+        &test_images,
+        settings.grid_offset,
+        &outcome.final_eval.predictions,
+        &out_dir.join(PREDICTIONS),
+    )?;
     let mut written = vec![MODEL, PREDICTIONS, METRICS, CHECKPOINT];
     if !writer.history.is_empty() {
         report::draw_curves(&writer.history, &out_dir.join(CURVES))?;
@@ -270,7 +353,13 @@ pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
 }
 
 /// `mnist-gpu eval`: test loss, accuracy and confusion matrix of a saved model.
-pub fn run_eval(model: &Path, data_dir: &Path, test_limit: Option<usize>, device: &Device, confusion_png: Option<&Path>) -> Result<f64> {
+pub fn run_eval(
+    model: &Path,
+    data_dir: &Path,
+    test_limit: Option<usize>,
+    device: &Device,
+    confusion_png: Option<&Path>,
+) -> Result<f64> {
     let params = modelfile::load_model(model)?;
     let mut data = load_data(data_dir, None, test_limit)?;
     // Evaluation needs no training data; keep one sample so every backend has a valid set.
@@ -279,9 +368,17 @@ pub fn run_eval(model: &Path, data_dir: &Path, test_limit: Option<usize>, device
     let mut backend = make_backend(device, params, Hyper::default(), data)?;
     let eval = backend.evaluate()?;
     println!("model: {} | device: {}", model.display(), backend.name());
-    println!("test: {} samples - loss: {:.4} - accuracy: {:.2}%", labels.len(), eval.loss, eval.accuracy * 100.0);
+    println!(
+        "test: {} samples - loss: {:.4} - accuracy: {:.2}%",
+        labels.len(),
+        eval.loss,
+        eval.accuracy * 100.0
+    );
     let matrix = report::confusion_matrix(&labels, &eval.predictions);
-    println!("confusion matrix (rows: true digit, columns: predicted):\n{}", report::format_confusion(&matrix));
+    println!(
+        "confusion matrix (rows: true digit, columns: predicted):\n{}",
+        report::format_confusion(&matrix)
+    );
     if let Some(path) = confusion_png {
         report::draw_confusion(&matrix, path)?;
         println!("wrote {}", path.display());
@@ -310,10 +407,15 @@ pub fn predict(model: &Path, images: &[PathBuf]) -> Result<Vec<Prediction>> {
         .iter()
         .zip(probabilities)
         .map(|(path, p)| {
-            let mut ranked: Vec<(u8, f32)> = (0..CLASSES as u8).map(|d| (d, p[d as usize])).collect();
+            let mut ranked: Vec<(u8, f32)> =
+                (0..CLASSES as u8).map(|d| (d, p[d as usize])).collect();
             ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
             ranked.truncate(3);
-            Prediction { file: path.display().to_string(), digit: ranked[0].0, top3: ranked }
+            Prediction {
+                file: path.display().to_string(),
+                digit: ranked[0].0,
+                top3: ranked,
+            }
         })
         .collect())
 }

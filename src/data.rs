@@ -19,7 +19,9 @@ pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
 
 /// The data set shipped with the program (`assets/mnist`, relative to the crate root).
 pub fn builtin_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets").join("mnist")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets")
+        .join("mnist")
 }
 
 #[derive(Debug, Error)]
@@ -43,7 +45,9 @@ pub enum DataError {
         image_count: usize,
         label_count: usize,
     },
-    #[error("training images are {train_rows}×{train_cols} but test images are {test_rows}×{test_cols}")]
+    #[error(
+        "training images are {train_rows}×{train_cols} but test images are {test_rows}×{test_cols}"
+    )]
     ShapeMismatch {
         train_rows: usize,
         train_cols: usize,
@@ -196,7 +200,12 @@ fn invalid(path: &Path, problem: impl Into<String>) -> DataError {
 }
 
 /// Parse the IDX header: magic, then one big-endian u32 per dimension.
-fn parse_header(path: &Path, bytes: &[u8], magic: u32, dims: usize) -> Result<Vec<usize>, DataError> {
+fn parse_header(
+    path: &Path,
+    bytes: &[u8],
+    magic: u32,
+    dims: usize,
+) -> Result<Vec<usize>, DataError> {
     if bytes.is_empty() {
         return Err(invalid(path, "file is empty"));
     }
@@ -204,10 +213,20 @@ fn parse_header(path: &Path, bytes: &[u8], magic: u32, dims: usize) -> Result<Ve
     if bytes.len() < header_len {
         return Err(invalid(
             path,
-            format!("truncated header: {} bytes, expected at least {header_len}", bytes.len()),
+            format!(
+                "truncated header: {} bytes, expected at least {header_len}",
+                bytes.len()
+            ),
         ));
     }
-    let word = |i: usize| u32::from_be_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]);
+    let word = |i: usize| {
+        u32::from_be_bytes([
+            bytes[4 * i],
+            bytes[4 * i + 1],
+            bytes[4 * i + 2],
+            bytes[4 * i + 3],
+        ])
+    };
     let found = word(0);
     if found != magic {
         return Err(invalid(
@@ -216,15 +235,23 @@ fn parse_header(path: &Path, bytes: &[u8], magic: u32, dims: usize) -> Result<Ve
         ));
     }
     let shape: Vec<usize> = (1..=dims).map(|i| word(i) as usize).collect();
-    let body: usize = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        invalid(path, format!("dimensions {shape:?} are too large"))
-    })?;
+    let body: usize = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| invalid(path, format!("dimensions {shape:?} are too large")))?;
     let expected = header_len + body;
     if bytes.len() != expected {
-        let what = if bytes.len() < expected { "truncated" } else { "trailing data" };
+        let what = if bytes.len() < expected {
+            "truncated"
+        } else {
+            "trailing data"
+        };
         return Err(invalid(
             path,
-            format!("{what}: {} bytes, expected {expected} for shape {shape:?}", bytes.len()),
+            format!(
+                "{what}: {} bytes, expected {expected} for shape {shape:?}",
+                bytes.len()
+            ),
         ));
     }
     Ok(shape)
@@ -235,7 +262,10 @@ pub fn read_images(path: &Path) -> Result<(Vec<u8>, usize, usize, usize), DataEr
     let mut bytes = read_maybe_gz(path)?;
     let shape = parse_header(path, &bytes, IMAGES_MAGIC, 3)?;
     if shape[1] == 0 || shape[2] == 0 {
-        return Err(invalid(path, format!("images have zero size ({}×{})", shape[1], shape[2])));
+        return Err(invalid(
+            path,
+            format!("images have zero size ({}×{})", shape[1], shape[2]),
+        ));
     }
     bytes.drain(..16);
     Ok((bytes, shape[0], shape[1], shape[2]))
@@ -247,7 +277,10 @@ pub fn read_labels(path: &Path) -> Result<Vec<u8>, DataError> {
     parse_header(path, &bytes, LABELS_MAGIC, 1)?;
     bytes.drain(..8);
     if let Some((index, label)) = bytes.iter().enumerate().find(|(_, &l)| l > 9) {
-        return Err(invalid(path, format!("label {label} at index {index} is not a digit 0-9")));
+        return Err(invalid(
+            path,
+            format!("label {label} at index {index} is not a digit 0-9"),
+        ));
     }
     Ok(bytes)
 }

@@ -2,15 +2,19 @@
 //! message and a non-zero exit code.
 
 use clap::{Args, Parser, Subcommand};
-use mnist_gpu::app::{self, Device, TrainSettings};
 use mnist_gpu::app::DeviceChoice;
+use mnist_gpu::app::{self, Device, TrainSettings};
 use mnist_gpu::model::{parse_hidden, Hyper, ModelConfig};
 use mnist_gpu::train::TrainOptions;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "mnist-gpu", version, about = "Train an MLP on MNIST in hand-written WGSL compute shaders (wgpu), or on the CPU")]
+#[command(
+    name = "mnist-gpu",
+    version,
+    about = "Train an MLP on MNIST in hand-written WGSL compute shaders (wgpu), or on the CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -180,7 +184,10 @@ impl TrainArgs {
                 hidden: self.hidden.0,
                 raw_pixels: self.raw_pixels,
             },
-            hyper: Hyper { lr: self.lr, ..Hyper::default() },
+            hyper: Hyper {
+                lr: self.lr,
+                ..Hyper::default()
+            },
             options: TrainOptions {
                 epochs: self.epochs.unwrap_or(10),
                 batch_size: self.batch_size,
@@ -204,7 +211,11 @@ fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&predictions)?);
     } else {
         for p in predictions {
-            let top: Vec<String> = p.top3.iter().map(|(d, prob)| format!("{d}: {:.1}%", prob * 100.0)).collect();
+            let top: Vec<String> = p
+                .top3
+                .iter()
+                .map(|(d, prob)| format!("{d}: {:.1}%", prob * 100.0))
+                .collect();
             println!("{}: {} ({})", p.file, p.digit, top.join(", "));
         }
     }

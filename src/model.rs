@@ -138,7 +138,11 @@ impl ParamLayout {
     pub fn named(&self, config: &ModelConfig) -> Vec<(String, Vec<usize>, Range<usize>)> {
         let widths = config.widths();
         let mut named = vec![
-            ("batchnorm.gamma".to_string(), vec![INPUT], self.gamma.clone()),
+            (
+                "batchnorm.gamma".to_string(),
+                vec![INPUT],
+                self.gamma.clone(),
+            ),
             ("batchnorm.beta".to_string(), vec![INPUT], self.beta.clone()),
         ];
         for (l, (k, b)) in self.kernels.iter().zip(&self.biases).enumerate() {
@@ -233,10 +237,16 @@ pub fn parse_hidden(text: &str) -> Result<Vec<usize>, String> {
             let part = part.trim();
             match part.parse::<usize>() {
                 Ok(0) => Err("layer widths must be at least 1, got 0".to_string()),
-                Ok(width) if width > 65_536 => Err(format!("layer width {width} is too large (at most 65536)")),
+                Ok(width) if width > 65_536 => {
+                    Err(format!("layer width {width} is too large (at most 65536)"))
+                }
                 Ok(width) => Ok(width),
-                Err(_) if part.is_empty() => Err(format!("empty layer width in '{text}' (expected e.g. 256,128)")),
-                Err(_) => Err(format!("'{part}' is not a layer width (expected e.g. 256,128)")),
+                Err(_) if part.is_empty() => Err(format!(
+                    "empty layer width in '{text}' (expected e.g. 256,128)"
+                )),
+                Err(_) => Err(format!(
+                    "'{part}' is not a layer width (expected e.g. 256,128)"
+                )),
             }
         })
         .collect()
@@ -248,7 +258,10 @@ mod tests {
 
     #[test]
     fn layout_is_aligned_and_complete() {
-        let config = ModelConfig { hidden: vec![129, 33], raw_pixels: false };
+        let config = ModelConfig {
+            hidden: vec![129, 33],
+            raw_pixels: false,
+        };
         let layout = ParamLayout::new(&config);
         let named = layout.named(&config);
         assert_eq!(named.len(), 2 + 2 * 3);

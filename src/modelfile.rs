@@ -26,9 +26,15 @@ const FORMAT: &str = "mnist-gpu";
 #[derive(Debug, Error)]
 pub enum ModelFileError {
     #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: cannot write: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a safetensors file ({reason})")]
     NotSafetensors { path: PathBuf, reason: String },
     #[error("{path}: {problem}")]
@@ -66,13 +72,29 @@ fn model_tensors(params: &Params) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut tensors = vec![
         ("1.weight".into(), vec![INPUT], params.gamma().to_vec()),
         ("1.bias".into(), vec![INPUT], params.beta().to_vec()),
-        ("1.running_mean".into(), vec![INPUT], params.moving_mean.clone()),
-        ("1.running_var".into(), vec![INPUT], params.moving_var.clone()),
+        (
+            "1.running_mean".into(),
+            vec![INPUT],
+            params.moving_mean.clone(),
+        ),
+        (
+            "1.running_var".into(),
+            vec![INPUT],
+            params.moving_var.clone(),
+        ),
     ];
     for l in 0..params.config.dense_layers() {
         let (fan_in, fan_out) = (widths[l], widths[l + 1]);
-        tensors.push((dense_name(l, "weight"), vec![fan_out, fan_in], transpose(params.kernel(l), fan_in, fan_out)));
-        tensors.push((dense_name(l, "bias"), vec![fan_out], params.bias(l).to_vec()));
+        tensors.push((
+            dense_name(l, "weight"),
+            vec![fan_out, fan_in],
+            transpose(params.kernel(l), fan_in, fan_out),
+        ));
+        tensors.push((
+            dense_name(l, "bias"),
+            vec![fan_out],
+            params.bias(l).to_vec(),
+        ));
     }
     tensors
 }
@@ -84,7 +106,10 @@ fn architecture_metadata(config: &ModelConfig) -> HashMap<String, String> {
         ("hidden".to_string(), hidden.join(",")),
         ("raw_pixels".to_string(), config.raw_pixels.to_string()),
         ("pixel_scale".to_string(), config.pixel_scale().to_string()),
-        ("input".to_string(), "flatten 28x28 u8 pixels, multiplied by pixel_scale".to_string()),
+        (
+            "input".to_string(),
+            "flatten 28x28 u8 pixels, multiplied by pixel_scale".to_string(),
+        ),
     ])
 }
 
@@ -96,39 +121,79 @@ fn serialize(
 ) -> Result<Vec<u8>, ModelFileError> {
     let mut raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
-        .map(|(name, shape, values)| (name, Dtype::F32, shape, bytemuck::cast_slice(&values).to_vec()))
+        .map(|(name, shape, values)| {
+            (
+                name,
+                Dtype::F32,
+                shape,
+                bytemuck::cast_slice(&values).to_vec(),
+            )
+        })
         .collect();
     raw.extend(extra);
     let views = raw
         .iter()
-        .map(|(name, dtype, shape, bytes)| TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.clone(), v)))
+        .map(|(name, dtype, shape, bytes)| {
+            TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.clone(), v))
+        })
         .collect::<Result<Vec<_>, _>>();
     views
         .and_then(|views| safetensors::serialize(views, Some(metadata)))
-        .map_err(|e| ModelFileError::Invalid { path: path.to_path_buf(), problem: format!("cannot encode: {e}") })
+        .map_err(|e| ModelFileError::Invalid {
+            path: path.to_path_buf(),
+            problem: format!("cannot encode: {e}"),
+        })
 }
 
 /// Save the trained model (parameters + BatchNorm statistics), atomically.
 pub fn save_model(params: &Params, steps: u64, path: &Path) -> Result<(), ModelFileError> {
-    let bytes = serialize(model_tensors(params), steps_tensor(steps), architecture_metadata(&params.config), path)?;
-    write_atomic(path, &bytes).map_err(|source| ModelFileError::Write { path: path.to_path_buf(), source })
+    let bytes = serialize(
+        model_tensors(params),
+        steps_tensor(steps),
+        architecture_metadata(&params.config),
+        path,
+    )?;
+    write_atomic(path, &bytes).map_err(|source| ModelFileError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn steps_tensor(steps: u64) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
-    vec![("1.num_batches_tracked".into(), Dtype::I64, vec![], (steps as i64).to_le_bytes().to_vec())]
+    vec![(
+        "1.num_batches_tracked".into(),
+        Dtype::I64,
+        vec![],
+        (steps as i64).to_le_bytes().to_vec(),
+    )]
 }
 
 /// Save a resumable checkpoint (model + Adam state + run state), atomically.
-pub fn save_checkpoint(params: &Params, state: &RunState, path: &Path) -> Result<(), ModelFileError> {
+pub fn save_checkpoint(
+    params: &Params,
+    state: &RunState,
+    path: &Path,
+) -> Result<(), ModelFileError> {
     let mut metadata = architecture_metadata(&params.config);
     metadata.extend(state.settings.clone());
     metadata.insert("adam_step".into(), state.optim.step.to_string());
     metadata.insert("epochs_done".into(), state.epochs_done.to_string());
     let mut tensors = model_tensors(params);
-    tensors.push(("adam.m".into(), vec![state.optim.m.len()], state.optim.m.clone()));
-    tensors.push(("adam.v".into(), vec![state.optim.v.len()], state.optim.v.clone()));
+    tensors.push((
+        "adam.m".into(),
+        vec![state.optim.m.len()],
+        state.optim.m.clone(),
+    ));
+    tensors.push((
+        "adam.v".into(),
+        vec![state.optim.v.len()],
+        state.optim.v.clone(),
+    ));
     let bytes = serialize(tensors, steps_tensor(state.optim.step), metadata, path)?;
-    write_atomic(path, &bytes).map_err(|source| ModelFileError::Write { path: path.to_path_buf(), source })
+    write_atomic(path, &bytes).map_err(|source| ModelFileError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// A parsed file: its bytes stay alive while tensors are read.
@@ -140,46 +205,77 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(path: &'a Path, bytes: &'a [u8]) -> Result<Self, ModelFileError> {
-        let not_st = |e: safetensors::SafeTensorError| ModelFileError::NotSafetensors { path: path.to_path_buf(), reason: e.to_string() };
+        let not_st = |e: safetensors::SafeTensorError| ModelFileError::NotSafetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
         let (_, meta) = SafeTensors::read_metadata(bytes).map_err(not_st)?;
         let tensors = SafeTensors::deserialize(bytes).map_err(not_st)?;
-        Ok(Reader { path, tensors, metadata: meta.metadata().clone().unwrap_or_default() })
+        Ok(Reader {
+            path,
+            tensors,
+            metadata: meta.metadata().clone().unwrap_or_default(),
+        })
     }
 
     fn invalid(&self, problem: impl Into<String>) -> ModelFileError {
-        ModelFileError::Invalid { path: self.path.to_path_buf(), problem: problem.into() }
+        ModelFileError::Invalid {
+            path: self.path.to_path_buf(),
+            problem: problem.into(),
+        }
     }
 
     fn meta(&self, key: &str) -> Result<&str, ModelFileError> {
-        self.metadata
-            .get(key)
-            .map(String::as_str)
-            .ok_or_else(|| self.invalid(format!("metadata has no '{key}' entry (was this file written by mnist-gpu?)")))
+        self.metadata.get(key).map(String::as_str).ok_or_else(|| {
+            self.invalid(format!(
+                "metadata has no '{key}' entry (was this file written by mnist-gpu?)"
+            ))
+        })
     }
 
     fn meta_parse<T: std::str::FromStr>(&self, key: &str) -> Result<T, ModelFileError> {
         let text = self.meta(key)?;
-        text.parse().map_err(|_| self.invalid(format!("metadata '{key}' has the invalid value '{text}'")))
+        text.parse()
+            .map_err(|_| self.invalid(format!("metadata '{key}' has the invalid value '{text}'")))
     }
 
     fn config(&self) -> Result<ModelConfig, ModelFileError> {
         let hidden = crate::model::parse_hidden(self.meta("hidden")?)
             .map_err(|e| self.invalid(format!("metadata 'hidden': {e}")))?;
-        Ok(ModelConfig { hidden, raw_pixels: self.meta_parse("raw_pixels")? })
+        Ok(ModelConfig {
+            hidden,
+            raw_pixels: self.meta_parse("raw_pixels")?,
+        })
     }
 
     /// Tensor `name` as f32 values, checked for presence, dtype, shape and finiteness.
     fn f32s(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelFileError> {
-        let view = self.tensors.tensor(name).map_err(|_| self.invalid(format!("tensor '{name}' is missing")))?;
+        let view = self
+            .tensors
+            .tensor(name)
+            .map_err(|_| self.invalid(format!("tensor '{name}' is missing")))?;
         if view.dtype() != Dtype::F32 {
-            return Err(self.invalid(format!("tensor '{name}' has dtype {:?}, expected F32", view.dtype())));
+            return Err(self.invalid(format!(
+                "tensor '{name}' has dtype {:?}, expected F32",
+                view.dtype()
+            )));
         }
         if view.shape() != shape {
-            return Err(self.invalid(format!("tensor '{name}' has shape {:?}, expected {shape:?} for this architecture", view.shape())));
+            return Err(self.invalid(format!(
+                "tensor '{name}' has shape {:?}, expected {shape:?} for this architecture",
+                view.shape()
+            )));
         }
-        let values: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(self.invalid(format!("tensor '{name}' holds a non-finite value ({}) at index {i}", values[i])));
+            return Err(self.invalid(format!(
+                "tensor '{name}' holds a non-finite value ({}) at index {i}",
+                values[i]
+            )));
         }
         Ok(values)
     }
@@ -194,23 +290,39 @@ impl<'a> Reader<'a> {
         for l in 0..config.dense_layers() {
             let (fan_in, fan_out) = (widths[l], widths[l + 1]);
             let weight = self.f32s(&dense_name(l, "weight"), &[fan_out, fan_in])?;
-            trainable[layout.kernels[l].clone()].copy_from_slice(&transpose(&weight, fan_out, fan_in));
-            trainable[layout.biases[l].clone()].copy_from_slice(&self.f32s(&dense_name(l, "bias"), &[fan_out])?);
+            trainable[layout.kernels[l].clone()]
+                .copy_from_slice(&transpose(&weight, fan_out, fan_in));
+            trainable[layout.biases[l].clone()]
+                .copy_from_slice(&self.f32s(&dense_name(l, "bias"), &[fan_out])?);
         }
         let moving_mean = self.f32s("1.running_mean", &[INPUT])?;
         let moving_var = self.f32s("1.running_var", &[INPUT])?;
         if let Some(i) = moving_var.iter().position(|&v| v < 0.0) {
-            return Err(self.invalid(format!("tensor '1.running_var' holds a negative variance at index {i}")));
+            return Err(self.invalid(format!(
+                "tensor '1.running_var' holds a negative variance at index {i}"
+            )));
         }
-        Ok(Params { config, layout, trainable, moving_mean, moving_var })
+        Ok(Params {
+            config,
+            layout,
+            trainable,
+            moving_mean,
+            moving_var,
+        })
     }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ModelFileError> {
     if path.is_dir() {
-        return Err(ModelFileError::Invalid { path: path.to_path_buf(), problem: "is a directory, expected a .safetensors file".into() });
+        return Err(ModelFileError::Invalid {
+            path: path.to_path_buf(),
+            problem: "is a directory, expected a .safetensors file".into(),
+        });
     }
-    std::fs::read(path).map_err(|source| ModelFileError::Read { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| ModelFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Load a model (or the model part of a checkpoint), validated against its architecture.
@@ -231,5 +343,12 @@ pub fn load_checkpoint(path: &Path) -> Result<(Params, RunState), ModelFileError
         step: reader.meta_parse("adam_step")?,
     };
     let epochs_done = reader.meta_parse("epochs_done")?;
-    Ok((params, RunState { optim, epochs_done, settings: reader.metadata.clone() }))
+    Ok((
+        params,
+        RunState {
+            optim,
+            epochs_done,
+            settings: reader.metadata.clone(),
+        },
+    ))
 }

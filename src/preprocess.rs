@@ -165,6 +165,12 @@ fn read_image(path: &Path) -> Result<DynamicImage, PreprocessError> {
         }
     };
     let decode_err = |e: image::ImageError| match e {
+        image::ImageError::IoError(source) if source.kind() == io::ErrorKind::UnexpectedEof => {
+            PreprocessError::Decode {
+                path: p(),
+                message: "the file is truncated".into(),
+            }
+        }
         image::ImageError::IoError(source) => PreprocessError::Io { path: p(), source },
         other => PreprocessError::Decode {
             path: p(),

@@ -19,9 +19,11 @@ pub struct Console {
 impl Observer for Console {
     fn epoch_started(&mut self, epoch: usize, epochs: usize, steps: usize) {
         let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template("Epoch {prefix} {pos:>5}/{len} [{bar:30}] ETA {eta} - {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+        let style = ProgressStyle::with_template(
+            "Epoch {prefix} {pos:>5}/{len} [{bar:30}] ETA {eta} - {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
         bar.set_style(style);
         bar.set_prefix(format!("{epoch}/{epochs}"));
         self.bar = Some(bar);
@@ -31,7 +33,9 @@ impl Observer for Console {
     fn step(&mut self, progress: &StepProgress) {
         let Some(bar) = &self.bar else { return };
         bar.set_position(progress.steps_done as u64);
-        let due = self.last_message.is_none_or(|t| t.elapsed() >= MESSAGE_INTERVAL);
+        let due = self
+            .last_message
+            .is_none_or(|t| t.elapsed() >= MESSAGE_INTERVAL);
         if due {
             bar.set_message(format!(
                 "loss: {:.4} - accuracy: {:.4}",
@@ -42,7 +46,12 @@ impl Observer for Console {
         }
     }
 
-    fn epoch_finished(&mut self, r: &EpochRecord, epochs: usize, _backend: &mut dyn Backend) -> Result<()> {
+    fn epoch_finished(
+        &mut self,
+        r: &EpochRecord,
+        epochs: usize,
+        _backend: &mut dyn Backend,
+    ) -> Result<()> {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }

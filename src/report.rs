@@ -92,10 +92,11 @@ pub fn digit_origin(i: usize) -> (u32, u32) {
     (x + (TILE_WIDTH - DIGIT_PX) / 2, y + LABEL_HEIGHT)
 }
 
-/// Rectangle `(x, y, width, height)` of the label strip of tile `i`.
+/// Rectangle `(x, y, width, height)` holding the label text of tile `i`: the top
+/// `LABEL_HEIGHT − 2` rows of the tile (the row just above the digit is its grey frame).
 pub fn label_rect(i: usize) -> (u32, u32, u32, u32) {
     let (x, y) = tile_origin(i);
-    (x, y, TILE_WIDTH, LABEL_HEIGHT)
+    (x, y, TILE_WIDTH, LABEL_HEIGHT - 2)
 }
 
 /// The colour a source pixel value (0 = background, 255 = ink) is drawn with.
@@ -410,7 +411,7 @@ pub fn format_confusion(m: &[[u32; 10]; 10]) -> String {
     let max = m.iter().flatten().copied().max().unwrap_or(0);
     let width = max.to_string().len().max(1) + 2;
     let corner = "true\\pred";
-    let mut out = format!("{corner}");
+    let mut out = corner.to_string();
     for p in 0..10 {
         out.push_str(&format!("{p:>width$}"));
     }

@@ -46,7 +46,12 @@ pub trait Observer {
     fn step(&mut self, _progress: &StepProgress) {}
     /// Called after each epoch with the backend (to save a checkpoint, say); an error
     /// stops training (e.g. the disk is full).
-    fn epoch_finished(&mut self, _record: &EpochRecord, _epochs: usize, _backend: &mut dyn Backend) -> Result<()> {
+    fn epoch_finished(
+        &mut self,
+        _record: &EpochRecord,
+        _epochs: usize,
+        _backend: &mut dyn Backend,
+    ) -> Result<()> {
         Ok(())
     }
 }
@@ -90,7 +95,8 @@ pub fn train(
         observer.epoch_started(epoch + 1, options.epochs, steps);
         let order = epoch_order(train_count, options.seed, epoch, options.shuffle);
         let started = Instant::now();
-        let stats: EpochStats = backend.train_epoch(&order, options.batch_size, &mut |p| observer.step(p))?;
+        let stats: EpochStats =
+            backend.train_epoch(&order, options.batch_size, &mut |p| observer.step(p))?;
         let seconds = started.elapsed().as_secs_f64();
         if !stats.loss.is_finite() {
             bail!(
@@ -117,5 +123,8 @@ pub fn train(
         Some(eval) => eval,
         None => backend.evaluate()?,
     };
-    Ok(TrainOutcome { history, final_eval })
+    Ok(TrainOutcome {
+        history,
+        final_eval,
+    })
 }

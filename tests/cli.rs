@@ -20,16 +20,32 @@ fn small_cpu_run_prints_keras_style_lines_and_writes_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let metrics = dir.path().join("m.jsonl");
     let out = mnist_gpu(&[
-        "train", "--cpu-fallback", "--epochs", "2", "--train-limit", "2000", "--test-limit", "500",
-        "--batch-size", "64", "--metrics", metrics.to_str().unwrap(),
+        "train",
+        "--cpu-fallback",
+        "--epochs",
+        "2",
+        "--train-limit",
+        "2000",
+        "--test-limit",
+        "500",
+        "--batch-size",
+        "64",
+        "--metrics",
+        metrics.to_str().unwrap(),
     ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
-    assert!(stdout.contains("train: 2000 × 28 × 28, test: 500 × 28 × 28"), "{stdout}");
+    assert!(
+        stdout.contains("train: 2000 × 28 × 28, test: 500 × 28 × 28"),
+        "{stdout}"
+    );
     assert!(stdout.contains("device: cpu"), "{stdout}");
     assert!(stdout.contains("batch 64 (32 steps/epoch)"), "{stdout}");
     for epoch in ["Epoch 1/2", "Epoch 2/2"] {
-        let line = stdout.lines().find(|l| l.starts_with(epoch)).unwrap_or_else(|| panic!("no {epoch} line: {stdout}"));
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(epoch))
+            .unwrap_or_else(|| panic!("no {epoch} line: {stdout}"));
         for key in ["loss:", "accuracy:", "val_loss:", "val_accuracy:", "s ("] {
             assert!(line.contains(key), "{line}");
         }
@@ -43,20 +59,45 @@ fn small_cpu_run_prints_keras_style_lines_and_writes_metrics() {
     assert_eq!(records.len(), 2);
     for (i, r) in records.iter().enumerate() {
         assert_eq!(r["epoch"], i + 1);
-        for key in ["loss", "accuracy", "val_loss", "val_accuracy", "seconds", "samples_per_second"] {
+        for key in [
+            "loss",
+            "accuracy",
+            "val_loss",
+            "val_accuracy",
+            "seconds",
+            "samples_per_second",
+        ] {
             assert!(r[key].as_f64().is_some_and(f64::is_finite), "{key} in {r}");
         }
     }
     // The final line's accuracy is the last epoch's validation accuracy.
     let last = records[1]["val_accuracy"].as_f64().unwrap() * 100.0;
-    assert!(stdout.contains(&format!("Test accuracy: {last:.2}%")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("Test accuracy: {last:.2}%")),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn train_limit_above_the_data_set_is_clamped_with_a_note() {
-    let out = mnist_gpu(&["train", "--cpu-fallback", "--epochs", "1", "--train-limit", "99999999", "--test-limit", "100", "--batch-size", "1024"]);
+    let out = mnist_gpu(&[
+        "train",
+        "--cpu-fallback",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "99999999",
+        "--test-limit",
+        "100",
+        "--batch-size",
+        "1024",
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("using all 60000"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("using all 60000"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// (arguments, words the error must contain)
@@ -75,22 +116,40 @@ const BAD_INPUTS: &[(&[&str], &[&str])] = &[
     (&["--hidden", "128,,64"], &["--hidden", "empty layer width"]),
     (&["--train-limit", "0"], &["--train-limit", "at least 1"]),
     (&["--test-limit", "0"], &["--test-limit", "at least 1"]),
-    (&["--data-dir", "/no/such/dir"], &["/no/such/dir", "does not exist"]),
-    (&["--metrics", "/no/such/dir/m.jsonl"], &["metrics file", "/no/such/dir/m.jsonl"]),
+    (
+        &["--data-dir", "/no/such/dir"],
+        &["/no/such/dir", "does not exist"],
+    ),
+    (
+        &["--metrics", "/no/such/dir/m.jsonl"],
+        &["metrics file", "/no/such/dir/m.jsonl"],
+    ),
     (&["--frobnicate"], &["--frobnicate"]),
 ];
 
 #[test]
 fn bad_inputs_are_clear_errors_not_panics() {
     for (args, words) in BAD_INPUTS {
-        let mut full = vec!["train", "--cpu-fallback", "--epochs", "1", "--train-limit", "64", "--test-limit", "10"];
+        let mut full = vec![
+            "train",
+            "--cpu-fallback",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "64",
+            "--test-limit",
+            "10",
+        ];
         full.extend_from_slice(args);
         let out = mnist_gpu(&full);
         let stderr = text(&out.stderr);
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
         for word in *words {
-            assert!(stderr.contains(word), "{args:?}: the error lacks '{word}': {stderr}");
+            assert!(
+                stderr.contains(word),
+                "{args:?}: the error lacks '{word}': {stderr}"
+            );
         }
     }
 }
@@ -98,9 +157,17 @@ fn bad_inputs_are_clear_errors_not_panics() {
 #[test]
 fn data_dir_with_a_missing_file_names_the_expected_files() {
     let dir = tempfile::tempdir().unwrap();
-    let out = mnist_gpu(&["train", "--cpu-fallback", "--data-dir", dir.path().to_str().unwrap()]);
+    let out = mnist_gpu(&[
+        "train",
+        "--cpu-fallback",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.starts_with("error: ") && stderr.contains("train-images-idx3-ubyte"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("train-images-idx3-ubyte"),
+        "{stderr}"
+    );
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
 }

@@ -20,13 +20,22 @@ fn subset(train: usize, test: usize) -> Mnist {
 /// of the mean loss.
 #[test]
 fn whole_model_gradient_matches_finite_differences() {
-    let config = ModelConfig { hidden: vec![7, 5], raw_pixels: false };
+    let config = ModelConfig {
+        hidden: vec![7, 5],
+        raw_pixels: false,
+    };
     let mut params = Params::init(&config, 3);
     // Non-trivial gamma/beta so their gradients are not at a special point.
-    for (i, g) in params.trainable[params.layout.gamma.clone()].iter_mut().enumerate() {
+    for (i, g) in params.trainable[params.layout.gamma.clone()]
+        .iter_mut()
+        .enumerate()
+    {
         *g = 1.0 + 0.3 * (i as f32 * 0.1).sin();
     }
-    for (i, b) in params.trainable[params.layout.beta.clone()].iter_mut().enumerate() {
+    for (i, b) in params.trainable[params.layout.beta.clone()]
+        .iter_mut()
+        .enumerate()
+    {
         *b = 0.2 * (i as f32 * 0.7).cos();
     }
     let data = subset(16, 1);
@@ -41,9 +50,20 @@ fn whole_model_gradient_matches_finite_differences() {
     };
     let layout = &params.layout;
     // A spread of indices in every tensor, including pixels in the image's inked middle.
-    let mut probes = vec![layout.gamma.start + 300, layout.gamma.start + 410, layout.beta.start + 350, layout.beta.start + 500];
+    let mut probes = vec![
+        layout.gamma.start + 300,
+        layout.gamma.start + 410,
+        layout.beta.start + 350,
+        layout.beta.start + 500,
+    ];
     for (k, b) in layout.kernels.iter().zip(&layout.biases) {
-        probes.extend([k.start, k.start + k.len() / 2 + 1, k.end - 1, b.start, b.end - 1]);
+        probes.extend([
+            k.start,
+            k.start + k.len() / 2 + 1,
+            k.end - 1,
+            b.start,
+            b.end - 1,
+        ]);
     }
     let h = 1e-3f32;
     let mut checked = 0;
@@ -55,17 +75,28 @@ fn whole_model_gradient_matches_finite_differences() {
         let numeric = (loss_at(&plus) - loss_at(&minus)) / (2.0 * h as f64);
         let analytic = grads[i] as f64;
         let tolerance = 2e-3 + 0.03 * analytic.abs();
-        assert!((numeric - analytic).abs() <= tolerance, "param {i}: numeric {numeric} vs analytic {analytic}");
+        assert!(
+            (numeric - analytic).abs() <= tolerance,
+            "param {i}: numeric {numeric} vs analytic {analytic}"
+        );
         checked += (analytic.abs() > 1e-4) as usize;
     }
-    assert!(checked >= probes.len() / 2, "too many probes had a zero gradient to be a meaningful check");
+    assert!(
+        checked >= probes.len() / 2,
+        "too many probes had a zero gradient to be a meaningful check"
+    );
 }
 
 fn train_small(seed: u64, batch: usize) -> (Params, f64) {
     let data = subset(1000, 200);
     let config = ModelConfig::default();
     let mut backend = CpuBackend::new(Params::init(&config, seed), Hyper::default(), data);
-    let options = TrainOptions { epochs: 2, batch_size: batch, seed, shuffle: true };
+    let options = TrainOptions {
+        epochs: 2,
+        batch_size: batch,
+        seed,
+        shuffle: true,
+    };
     let outcome = train::train(&mut backend, 1000, &options, 0, &mut Silent).unwrap();
     (backend.params().unwrap(), outcome.final_eval.accuracy)
 }
@@ -74,7 +105,14 @@ fn train_small(seed: u64, batch: usize) -> (Params, f64) {
 fn same_seed_gives_bit_identical_weights() {
     let (a, acc_a) = train_small(11, 32);
     let (b, acc_b) = train_small(11, 32);
-    let bits = |p: &Params| p.trainable.iter().chain(&p.moving_mean).chain(&p.moving_var).map(|v| v.to_bits()).collect::<Vec<u32>>();
+    let bits = |p: &Params| {
+        p.trainable
+            .iter()
+            .chain(&p.moving_mean)
+            .chain(&p.moving_var)
+            .map(|v| v.to_bits())
+            .collect::<Vec<u32>>()
+    };
     assert_eq!(bits(&a), bits(&b));
     assert_eq!(acc_a, acc_b);
     let (c, _) = train_small(12, 32);
@@ -84,10 +122,18 @@ fn same_seed_gives_bit_identical_weights() {
 #[test]
 fn partial_last_batch_is_kept() {
     let data = subset(70, 10);
-    let mut backend = CpuBackend::new(Params::init(&ModelConfig::default(), 1), Hyper::default(), data);
+    let mut backend = CpuBackend::new(
+        Params::init(&ModelConfig::default(), 1),
+        Hyper::default(),
+        data,
+    );
     let order: Vec<u32> = (0..70).collect();
     let mut steps = Vec::new();
-    let stats = backend.train_epoch(&order, 32, &mut |p| steps.push((p.steps_done, p.samples_done))).unwrap();
+    let stats = backend
+        .train_epoch(&order, 32, &mut |p| {
+            steps.push((p.steps_done, p.samples_done))
+        })
+        .unwrap();
     assert_eq!(steps, vec![(1, 32), (2, 64), (3, 70)]);
     assert_eq!(stats.samples, 70);
     assert_eq!(backend.optim_state().unwrap().step, 3);
@@ -110,10 +156,17 @@ fn it_learns() {
     let data = subset(6000, 2000);
     let config = ModelConfig::default();
     let mut backend = CpuBackend::new(Params::init(&config, 42), Hyper::default(), data);
-    let options = TrainOptions { epochs: 1, ..TrainOptions::default() };
+    let options = TrainOptions {
+        epochs: 1,
+        ..TrainOptions::default()
+    };
     let outcome = train::train(&mut backend, 6000, &options, 0, &mut Silent).unwrap();
     let record = &outcome.history[0];
-    assert!(record.val_accuracy > 0.85, "one epoch on 6,000 samples reached only {}", record.val_accuracy);
+    assert!(
+        record.val_accuracy > 0.85,
+        "one epoch on 6,000 samples reached only {}",
+        record.val_accuracy
+    );
     assert!(record.loss < 0.7 && record.val_loss < 0.6, "{record:?}");
     assert_eq!(outcome.final_eval.predictions.len(), 2000);
 }
@@ -122,12 +175,25 @@ fn it_learns() {
 fn deeper_and_raw_pixel_models_train() {
     let data = subset(2000, 500);
     for config in [
-        ModelConfig { hidden: vec![64, 32], raw_pixels: false },
-        ModelConfig { hidden: vec![128], raw_pixels: true },
+        ModelConfig {
+            hidden: vec![64, 32],
+            raw_pixels: false,
+        },
+        ModelConfig {
+            hidden: vec![128],
+            raw_pixels: true,
+        },
     ] {
         let mut backend = CpuBackend::new(Params::init(&config, 1), Hyper::default(), data.clone());
-        let options = TrainOptions { epochs: 2, ..TrainOptions::default() };
+        let options = TrainOptions {
+            epochs: 2,
+            ..TrainOptions::default()
+        };
         let outcome = train::train(&mut backend, 2000, &options, 0, &mut Silent).unwrap();
-        assert!(outcome.final_eval.accuracy > 0.8, "{config:?}: {}", outcome.final_eval.accuracy);
+        assert!(
+            outcome.final_eval.accuracy > 0.8,
+            "{config:?}: {}",
+            outcome.final_eval.accuracy
+        );
     }
 }

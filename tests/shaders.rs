@@ -14,7 +14,9 @@ fn every_shader_parses_and_validates() {
     let expected = ["adam", "batchnorm", "gemm", "relu", "softmax_xent"];
     for name in expected {
         assert!(
-            paths.iter().any(|p| p.file_stem().is_some_and(|s| s == name)),
+            paths
+                .iter()
+                .any(|p| p.file_stem().is_some_and(|s| s == name)),
             "shaders/{name}.wgsl is missing"
         );
     }
@@ -24,17 +26,31 @@ fn every_shader_parses_and_validates() {
         let module = match naga::front::wgsl::parse_str(&source) {
             Ok(module) => module,
             Err(e) => {
-                failures.push(format!("{}: parse error:\n{}", path.display(), e.emit_to_string(&source)));
+                failures.push(format!(
+                    "{}: parse error:\n{}",
+                    path.display(),
+                    e.emit_to_string(&source)
+                ));
                 continue;
             }
         };
-        let mut validator =
-            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty());
+        let mut validator = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        );
         if let Err(e) = validator.validate(&module) {
-            failures.push(format!("{}: validation error:\n{}", path.display(), e.emit_to_string(&source)));
+            failures.push(format!(
+                "{}: validation error:\n{}",
+                path.display(),
+                e.emit_to_string(&source)
+            ));
             continue;
         }
-        assert!(!module.entry_points.is_empty(), "{} has no entry point", path.display());
+        assert!(
+            !module.entry_points.is_empty(),
+            "{} has no entry point",
+            path.display()
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -11,10 +11,22 @@ pub fn adam_alpha(hyper: &Hyper, step: u64) -> f32 {
 
 /// One update of every parameter: `m += (g − m)(1 − β1)`, `v += (g² − v)(1 − β2)`,
 /// `p −= alpha · m / (sqrt(v) + ε)`, with `alpha` from [`adam_alpha`].
-pub fn adam_update(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], alpha: f32, hyper: &Hyper) {
+pub fn adam_update(
+    params: &mut [f32],
+    grads: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    alpha: f32,
+    hyper: &Hyper,
+) {
     assert!(params.len() == grads.len() && m.len() == grads.len() && v.len() == grads.len());
     let (one_minus_b1, one_minus_b2, eps) = (1.0 - hyper.beta1, 1.0 - hyper.beta2, hyper.adam_eps);
-    for (((p, &g), m), v) in params.iter_mut().zip(grads).zip(m.iter_mut()).zip(v.iter_mut()) {
+    for (((p, &g), m), v) in params
+        .iter_mut()
+        .zip(grads)
+        .zip(m.iter_mut())
+        .zip(v.iter_mut())
+    {
         *m += (g - *m) * one_minus_b1;
         *v += (g * g - *v) * one_minus_b2;
         *p -= alpha * *m / (v.sqrt() + eps);
@@ -31,7 +43,14 @@ mod tests {
         let hyper = Hyper::default();
         let mut p = [1.0f32, -2.0, 0.5];
         let (mut m, mut v) = ([0.0; 3], [0.0; 3]);
-        adam_update(&mut p, &[0.5, -3.0, 0.0], &mut m, &mut v, adam_alpha(&hyper, 1), &hyper);
+        adam_update(
+            &mut p,
+            &[0.5, -3.0, 0.0],
+            &mut m,
+            &mut v,
+            adam_alpha(&hyper, 1),
+            &hyper,
+        );
         assert!((p[0] - 0.999).abs() < 1e-6, "{}", p[0]);
         assert!((p[1] + 1.999).abs() < 1e-6, "{}", p[1]);
         assert_eq!(p[2], 0.5);
@@ -40,11 +59,28 @@ mod tests {
 
     #[test]
     fn two_steps_by_hand() {
-        let hyper = Hyper { lr: 0.1, ..Hyper::default() };
+        let hyper = Hyper {
+            lr: 0.1,
+            ..Hyper::default()
+        };
         let mut p = [0.0f32];
         let (mut m, mut v) = ([0.0f32], [0.0f32]);
-        adam_update(&mut p, &[1.0], &mut m, &mut v, adam_alpha(&hyper, 1), &hyper);
-        adam_update(&mut p, &[2.0], &mut m, &mut v, adam_alpha(&hyper, 2), &hyper);
+        adam_update(
+            &mut p,
+            &[1.0],
+            &mut m,
+            &mut v,
+            adam_alpha(&hyper, 1),
+            &hyper,
+        );
+        adam_update(
+            &mut p,
+            &[2.0],
+            &mut m,
+            &mut v,
+            adam_alpha(&hyper, 2),
+            &hyper,
+        );
         // Step 2 by hand in f64: m = 0.1·0.9 + 0.2 = 0.29, v = 0.001·0.999 + 0.004 = 0.004999,
         // alpha = 0.1·sqrt(1−0.999²)/(1−0.81).
         let m2 = 0.29f64;

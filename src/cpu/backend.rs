@@ -3,9 +3,9 @@
 
 use super::adam::{adam_alpha, adam_update};
 use super::batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train};
+use super::gather_scaled;
 use super::gemm::{bias_grad, gemm_forward, gemm_input_grad, gemm_weight_grad};
 use super::softmax_xent::softmax_xent;
-use super::gather_scaled;
 use crate::backend::{Backend, EpochStats, EvalStats, StepProgress};
 use crate::data::Mnist;
 use crate::model::{Hyper, OptimState, Params, CLASSES, INPUT};
@@ -90,7 +90,14 @@ impl CpuBackend {
         let (loss_sum, correct) = self.forward_backward(indices);
         self.optim.step += 1;
         let alpha = adam_alpha(&self.hyper, self.optim.step);
-        adam_update(&mut self.params.trainable, &self.grads, &mut self.optim.m, &mut self.optim.v, alpha, &self.hyper);
+        adam_update(
+            &mut self.params.trainable,
+            &self.grads,
+            &mut self.optim.m,
+            &mut self.optim.v,
+            alpha,
+            &self.hyper,
+        );
         (loss_sum, correct)
     }
 
@@ -109,12 +116,21 @@ impl CpuBackend {
         let layers = self.params.config.dense_layers();
         self.work.resize(batch, &widths);
         let w = &mut self.work;
-        gather_scaled(&self.data.train.images, INPUT, indices, self.params.config.pixel_scale(), &mut w.x);
+        gather_scaled(
+            &self.data.train.images,
+            INPUT,
+            indices,
+            self.params.config.pixel_scale(),
+            &mut w.x,
+        );
         for (label, &i) in w.labels.iter_mut().zip(indices) {
             *label = self.data.train.labels[i as usize];
         }
         let layout = &self.params.layout;
-        let (gamma, beta) = (&self.params.trainable[layout.gamma.clone()], &self.params.trainable[layout.beta.clone()]);
+        let (gamma, beta) = (
+            &self.params.trainable[layout.gamma.clone()],
+            &self.params.trainable[layout.beta.clone()],
+        );
         batchnorm_forward_train(
             &w.x,
             batch,
@@ -131,26 +147,65 @@ impl CpuBackend {
         self.forward_dense(batch);
 
         let w = &mut self.work;
-        let (loss_sum, correct) = softmax_xent(&w.acts[layers], &w.labels, CLASSES, Some(&mut w.deltas[layers]), None);
+        let (loss_sum, correct) = softmax_xent(
+            &w.acts[layers],
+            &w.labels,
+            CLASSES,
+            Some(&mut w.deltas[layers]),
+            None,
+        );
 
         let layout = &self.params.layout;
         for l in (0..layers).rev() {
             let (k, n) = (widths[l], widths[l + 1]);
-            gemm_weight_grad(&w.acts[l], &w.deltas[l + 1], batch, k, n, &mut self.grads[layout.kernels[l].clone()]);
-            bias_grad(&w.deltas[l + 1], batch, n, &mut self.grads[layout.biases[l].clone()]);
+            gemm_weight_grad(
+                &w.acts[l],
+                &w.deltas[l + 1],
+                batch,
+                k,
+                n,
+                &mut self.grads[layout.kernels[l].clone()],
+            );
+            bias_grad(
+                &w.deltas[l + 1],
+                batch,
+                n,
+                &mut self.grads[layout.biases[l].clone()],
+            );
             // acts[l] of a hidden layer is a ReLU output: its mask turns the GEMM into ReLU backward.
             let mask = (l > 0).then(|| &w.acts[l][..]);
             let (lower, upper) = w.deltas.split_at_mut(l + 1);
-            gemm_input_grad(&upper[0], self.params.kernel(l), batch, k, n, mask, &mut lower[l]);
+            gemm_input_grad(
+                &upper[0],
+                self.params.kernel(l),
+                batch,
+                k,
+                n,
+                mask,
+                &mut lower[l],
+            );
         }
         let (dgamma, dbeta) = split_two(&mut self.grads, layout.gamma.clone(), layout.beta.clone());
-        batchnorm_backward(&w.deltas[0], &w.xhat, self.params.gamma(), &w.inv_std, batch, dgamma, dbeta, None);
+        batchnorm_backward(
+            &w.deltas[0],
+            &w.xhat,
+            self.params.gamma(),
+            &w.inv_std,
+            batch,
+            dgamma,
+            dbeta,
+            None,
+        );
         (loss_sum, correct)
     }
 }
 
 /// Two disjoint mutable sub-slices (`a` must come before `b`).
-fn split_two(v: &mut [f32], a: std::ops::Range<usize>, b: std::ops::Range<usize>) -> (&mut [f32], &mut [f32]) {
+fn split_two(
+    v: &mut [f32],
+    a: std::ops::Range<usize>,
+    b: std::ops::Range<usize>,
+) -> (&mut [f32], &mut [f32]) {
     let (head, tail) = v.split_at_mut(b.start);
     (&mut head[a], &mut tail[..b.len()])
 }
@@ -161,7 +216,12 @@ impl Backend for CpuBackend {
         format!("cpu ({threads} threads)")
     }
 
-    fn train_epoch(&mut self, order: &[u32], batch_size: usize, progress: &mut dyn FnMut(&StepProgress)) -> Result<EpochStats> {
+    fn train_epoch(
+        &mut self,
+        order: &[u32],
+        batch_size: usize,
+        progress: &mut dyn FnMut(&StepProgress),
+    ) -> Result<EpochStats> {
         ensure!(batch_size > 0, "batch size must be at least 1");
         let mut totals = StepProgress {
             steps_total: order.len().div_ceil(batch_size),
@@ -193,12 +253,32 @@ impl Backend for CpuBackend {
             self.work.resize(batch, &widths);
             let indices: Vec<u32> = (start as u32..(start + batch) as u32).collect();
             let w = &mut self.work;
-            gather_scaled(&self.data.test.images, INPUT, &indices, self.params.config.pixel_scale(), &mut w.x);
+            gather_scaled(
+                &self.data.test.images,
+                INPUT,
+                &indices,
+                self.params.config.pixel_scale(),
+                &mut w.x,
+            );
             let p = &self.params;
-            batchnorm_forward_eval(&w.x, p.gamma(), p.beta(), &p.moving_mean, &p.moving_var, self.hyper.bn_eps, &mut w.acts[0]);
+            batchnorm_forward_eval(
+                &w.x,
+                p.gamma(),
+                p.beta(),
+                &p.moving_mean,
+                &p.moving_var,
+                self.hyper.bn_eps,
+                &mut w.acts[0],
+            );
             self.forward_dense(batch);
             let labels = &self.data.test.labels[start..start + batch];
-            let (loss, ok) = softmax_xent(&self.work.acts[layers], labels, CLASSES, None, Some(&mut predictions[start..start + batch]));
+            let (loss, ok) = softmax_xent(
+                &self.work.acts[layers],
+                labels,
+                CLASSES,
+                None,
+                Some(&mut predictions[start..start + batch]),
+            );
             loss_sum += loss as f64;
             correct += ok as u64;
         }
@@ -218,9 +298,14 @@ impl Backend for CpuBackend {
     }
 
     fn load(&mut self, params: &Params, optim: Option<&OptimState>) -> Result<()> {
-        ensure!(params.layout == self.params.layout, "the parameters do not fit this model's architecture");
+        ensure!(
+            params.layout == self.params.layout,
+            "the parameters do not fit this model's architecture"
+        );
         self.params = params.clone();
-        self.optim = optim.cloned().unwrap_or_else(|| OptimState::new(params.trainable.len()));
+        self.optim = optim
+            .cloned()
+            .unwrap_or_else(|| OptimState::new(params.trainable.len()));
         Ok(())
     }
 }

@@ -112,7 +112,8 @@ pub fn batchnorm_backward(
             .zip(xhat.chunks_exact(features))
         {
             for j in 0..features {
-                dx_row[j] = gamma[j] * inv_std[j] / b * (b * dy_row[j] - dbeta[j] - xhat_row[j] * dgamma[j]);
+                dx_row[j] = gamma[j] * inv_std[j] / b
+                    * (b * dy_row[j] - dbeta[j] - xhat_row[j] * dgamma[j]);
             }
         }
     }
@@ -129,7 +130,9 @@ mod tests {
         let (gamma, beta) = ([2.0, 1.0], [0.5, -1.0]);
         let (mut mm, mut mv) = ([0.0, 0.0], [1.0, 1.0]);
         let (mut xhat, mut y, mut inv) = ([0.0; 4], [0.0; 4], [0.0; 2]);
-        batchnorm_forward_train(&x, 2, &gamma, &beta, 1e-3, 0.99, &mut mm, &mut mv, &mut xhat, &mut y, &mut inv);
+        batchnorm_forward_train(
+            &x, 2, &gamma, &beta, 1e-3, 0.99, &mut mm, &mut mv, &mut xhat, &mut y, &mut inv,
+        );
         let s = 1.0 / (1.0f32 + 1e-3).sqrt();
         assert_eq!(inv[0], s);
         assert_eq!(xhat, [-s, 0.0, s, 0.0]);
@@ -141,7 +144,15 @@ mod tests {
     #[test]
     fn forward_eval_uses_moving_statistics() {
         let mut y = [0.0; 2];
-        batchnorm_forward_eval(&[3.0, 0.0], &[2.0, 1.0], &[1.0, 0.0], &[1.0, 0.0], &[4.0 - 1e-3, 1.0 - 1e-3], 1e-3, &mut y);
+        batchnorm_forward_eval(
+            &[3.0, 0.0],
+            &[2.0, 1.0],
+            &[1.0, 0.0],
+            &[1.0, 0.0],
+            &[4.0 - 1e-3, 1.0 - 1e-3],
+            1e-3,
+            &mut y,
+        );
         assert!((y[0] - 3.0).abs() < 1e-6 && y[1].abs() < 1e-6);
     }
 
@@ -150,10 +161,14 @@ mod tests {
     #[test]
     fn backward_matches_finite_differences() {
         let (batch, features, eps) = (5usize, 3usize, 1e-3f64);
-        let x: Vec<f64> = (0..batch * features).map(|i| ((i * 37 % 11) as f64) / 3.0 - 1.5).collect();
+        let x: Vec<f64> = (0..batch * features)
+            .map(|i| ((i * 37 % 11) as f64) / 3.0 - 1.5)
+            .collect();
         let gamma = [1.5f64, -0.7, 0.9];
         let beta = [0.1f64, 0.2, -0.3];
-        let c: Vec<f64> = (0..batch * features).map(|i| ((i * 13 % 7) as f64) / 4.0 - 0.8).collect();
+        let c: Vec<f64> = (0..batch * features)
+            .map(|i| ((i * 13 % 7) as f64) / 4.0 - 0.8)
+            .collect();
         let loss = |x: &[f64], gamma: &[f64], beta: &[f64]| -> f64 {
             let mut total = 0.0;
             for j in 0..features {
@@ -169,10 +184,39 @@ mod tests {
         };
         let to32 = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
         let (mut mm, mut mv) = (vec![0.0; features], vec![1.0; features]);
-        let (mut xhat, mut y, mut inv) = (vec![0.0; batch * features], vec![0.0; batch * features], vec![0.0; features]);
-        batchnorm_forward_train(&to32(&x), batch, &to32(&gamma), &to32(&beta), eps as f32, 0.99, &mut mm, &mut mv, &mut xhat, &mut y, &mut inv);
-        let (mut dgamma, mut dbeta, mut dx) = (vec![0.0; features], vec![0.0; features], vec![0.0; batch * features]);
-        batchnorm_backward(&to32(&c), &xhat, &to32(&gamma), &inv, batch, &mut dgamma, &mut dbeta, Some(&mut dx));
+        let (mut xhat, mut y, mut inv) = (
+            vec![0.0; batch * features],
+            vec![0.0; batch * features],
+            vec![0.0; features],
+        );
+        batchnorm_forward_train(
+            &to32(&x),
+            batch,
+            &to32(&gamma),
+            &to32(&beta),
+            eps as f32,
+            0.99,
+            &mut mm,
+            &mut mv,
+            &mut xhat,
+            &mut y,
+            &mut inv,
+        );
+        let (mut dgamma, mut dbeta, mut dx) = (
+            vec![0.0; features],
+            vec![0.0; features],
+            vec![0.0; batch * features],
+        );
+        batchnorm_backward(
+            &to32(&c),
+            &xhat,
+            &to32(&gamma),
+            &inv,
+            batch,
+            &mut dgamma,
+            &mut dbeta,
+            Some(&mut dx),
+        );
         let h = 1e-6;
         let central = |f: &dyn Fn(f64) -> f64| (f(h) - f(-h)) / (2.0 * h);
         for i in 0..batch * features {
@@ -181,7 +225,11 @@ mod tests {
                 xp[i] += d;
                 loss(&xp, &gamma, &beta)
             });
-            assert!((numeric - dx[i] as f64).abs() < 1e-4, "dx[{i}]: {numeric} vs {}", dx[i]);
+            assert!(
+                (numeric - dx[i] as f64).abs() < 1e-4,
+                "dx[{i}]: {numeric} vs {}",
+                dx[i]
+            );
         }
         for j in 0..features {
             let ng = central(&|d| {
@@ -194,8 +242,16 @@ mod tests {
                 b[j] += d;
                 loss(&x, &gamma, &b)
             });
-            assert!((ng - dgamma[j] as f64).abs() < 1e-4, "dgamma[{j}]: {ng} vs {}", dgamma[j]);
-            assert!((nb - dbeta[j] as f64).abs() < 1e-4, "dbeta[{j}]: {nb} vs {}", dbeta[j]);
+            assert!(
+                (ng - dgamma[j] as f64).abs() < 1e-4,
+                "dgamma[{j}]: {ng} vs {}",
+                dgamma[j]
+            );
+            assert!(
+                (nb - dbeta[j] as f64).abs() < 1e-4,
+                "dbeta[{j}]: {nb} vs {}",
+                dbeta[j]
+            );
         }
     }
 }

@@ -5,7 +5,16 @@
 
 /// Forward: `y = x · w + bias`, then ReLU when `relu` is set.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_forward(x: &[f32], w: &[f32], bias: &[f32], m: usize, k: usize, n: usize, relu: bool, y: &mut [f32]) {
+pub fn gemm_forward(
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    relu: bool,
+    y: &mut [f32],
+) {
     check_lens(&[(x, m * k), (w, k * n), (bias, n)], y, m * n);
     for row in y.chunks_exact_mut(n) {
         row.copy_from_slice(bias);
@@ -13,7 +22,20 @@ pub fn gemm_forward(x: &[f32], w: &[f32], bias: &[f32], m: usize, k: usize, n: u
     // SAFETY: the lengths were checked above against the shapes and strides passed here.
     unsafe {
         matrixmultiply::sgemm(
-            m, k, n, 1.0, x.as_ptr(), k as isize, 1, w.as_ptr(), n as isize, 1, 1.0, y.as_mut_ptr(), n as isize, 1,
+            m,
+            k,
+            n,
+            1.0,
+            x.as_ptr(),
+            k as isize,
+            1,
+            w.as_ptr(),
+            n as isize,
+            1,
+            1.0,
+            y.as_mut_ptr(),
+            n as isize,
+            1,
         );
     }
     if relu {
@@ -27,19 +49,53 @@ pub fn gemm_weight_grad(x: &[f32], dy: &[f32], m: usize, k: usize, n: usize, dw:
     // SAFETY: lengths checked; xᵀ is read through swapped strides.
     unsafe {
         matrixmultiply::sgemm(
-            k, m, n, 1.0, x.as_ptr(), 1, k as isize, dy.as_ptr(), n as isize, 1, 0.0, dw.as_mut_ptr(), n as isize, 1,
+            k,
+            m,
+            n,
+            1.0,
+            x.as_ptr(),
+            1,
+            k as isize,
+            dy.as_ptr(),
+            n as isize,
+            1,
+            0.0,
+            dw.as_mut_ptr(),
+            n as isize,
+            1,
         );
     }
 }
 
 /// Input gradient: `dx = dy · wᵀ`, shape `[m, k]`; when `mask` (the layer's ReLU output,
 /// `[m, k]`) is given, entries where `mask <= 0` are zeroed (ReLU backward, fused).
-pub fn gemm_input_grad(dy: &[f32], w: &[f32], m: usize, k: usize, n: usize, mask: Option<&[f32]>, dx: &mut [f32]) {
+pub fn gemm_input_grad(
+    dy: &[f32],
+    w: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    mask: Option<&[f32]>,
+    dx: &mut [f32],
+) {
     check_lens(&[(dy, m * n), (w, k * n)], dx, m * k);
     // SAFETY: lengths checked; wᵀ is read through swapped strides.
     unsafe {
         matrixmultiply::sgemm(
-            m, n, k, 1.0, dy.as_ptr(), n as isize, 1, w.as_ptr(), 1, n as isize, 0.0, dx.as_mut_ptr(), k as isize, 1,
+            m,
+            n,
+            k,
+            1.0,
+            dy.as_ptr(),
+            n as isize,
+            1,
+            w.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            dx.as_mut_ptr(),
+            k as isize,
+            1,
         );
     }
     if let Some(mask) = mask {
@@ -61,7 +117,15 @@ pub fn bias_grad(dy: &[f32], m: usize, n: usize, db: &mut [f32]) {
 
 /// The oracle: `c[m, n] = op(a) · op(b)` with plain loops and an f64 accumulator, where
 /// `op(a)` is `a` (`[m, k]`) or, with `trans_a`, `aᵀ` of a stored `[k, m]`; same for `b`.
-pub fn gemm_naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize, trans_a: bool, trans_b: bool) -> Vec<f32> {
+pub fn gemm_naive(
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    trans_a: bool,
+    trans_b: bool,
+) -> Vec<f32> {
     let mut c = vec![0.0f32; m * n];
     for i in 0..m {
         for j in 0..n {
@@ -146,23 +210,23 @@ mod tests {
         bias_grad(&f32s(&c), m, n, &mut db);
         let b0 = vec![0.0f64; n];
         let h = 1e-6;
-        let check = |analytic: &[f32], len: usize, perturb: &dyn Fn(usize, f64) -> f64| {
-            for i in 0..len {
+        let check = |analytic: &[f32], perturb: &dyn Fn(usize, f64) -> f64| {
+            for (i, &a) in analytic.iter().enumerate() {
                 let numeric = (perturb(i, h) - perturb(i, -h)) / (2.0 * h);
-                assert!((numeric - analytic[i] as f64).abs() < 1e-5, "{i}: {numeric} vs {}", analytic[i]);
+                assert!((numeric - a as f64).abs() < 1e-5, "{i}: {numeric} vs {a}");
             }
         };
-        check(&dw, k * n, &|i, d| {
+        check(&dw, &|i, d| {
             let mut w2 = w.clone();
             w2[i] += d;
             loss(&x, &w2, &b0)
         });
-        check(&dx, m * k, &|i, d| {
+        check(&dx, &|i, d| {
             let mut x2 = x.clone();
             x2[i] += d;
             loss(&x2, &w, &b0)
         });
-        check(&db, n, &|i, d| {
+        check(&db, &|i, d| {
             let mut b2 = b0.clone();
             b2[i] += d;
             loss(&x, &w, &b2)
@@ -172,10 +236,20 @@ mod tests {
     #[test]
     fn fast_forms_match_the_oracle_on_odd_shapes() {
         let (m, k, n) = (37, 129, 10);
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
-        let w: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 19) as f32 / 9.0 - 1.0).collect();
-        let dy: Vec<f32> = (0..m * n).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
-        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| (p - q).abs() <= 1e-4 * (1.0 + q.abs()));
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0)
+            .collect();
+        let w: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104_729) % 19) as f32 / 9.0 - 1.0)
+            .collect();
+        let dy: Vec<f32> = (0..m * n)
+            .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        let close = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .all(|(p, q)| (p - q).abs() <= 1e-4 * (1.0 + q.abs()))
+        };
         let mut y = vec![0.0; m * n];
         gemm_forward(&x, &w, &vec![0.0; n], m, k, n, false, &mut y);
         assert!(close(&y, &gemm_naive(&x, &w, m, k, n, false, false)));

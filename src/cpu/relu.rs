@@ -54,7 +54,11 @@ mod tests {
             p[i] += h;
             q[i] -= h;
             let numeric = (f(&p) - f(&q)) / (2.0 * h);
-            assert!((numeric - dx[i] as f64).abs() < 1e-6, "{i}: {numeric} vs {}", dx[i]);
+            assert!(
+                (numeric - dx[i] as f64).abs() < 1e-6,
+                "{i}: {numeric} vs {}",
+                dx[i]
+            );
         }
     }
 }

@@ -18,10 +18,16 @@ pub fn softmax_xent(
     let mut correct = 0u32;
     for (b, row) in logits.chunks_exact(classes).enumerate() {
         let label = labels[b] as usize;
-        let (argmax, max) = row
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) });
+        let (argmax, max) =
+            row.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                    if v > bv {
+                        (i, v)
+                    } else {
+                        (bi, bv)
+                    }
+                });
         let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
         loss_sum += max + sum.ln() - row[label];
         correct += (argmax == label) as u32;
@@ -90,7 +96,11 @@ mod tests {
             p[i] += h;
             q[i] -= h;
             let numeric = (mean_loss(&p) - mean_loss(&q)) / (2.0 * h);
-            assert!((numeric - grad[i] as f64).abs() < 1e-6, "{i}: {numeric} vs {}", grad[i]);
+            assert!(
+                (numeric - grad[i] as f64).abs() < 1e-6,
+                "{i}: {numeric} vs {}",
+                grad[i]
+            );
         }
     }
 }
