@@ -5,8 +5,10 @@
 //   input grad   C[m,k] = dY · Wᵀ, optionally masked by the layer's ReLU output
 // Operands are addressed through offsets and (row, column) strides from the uniform, so
 // transposes are just strides and sub-ranges of the flat parameter buffer need no binding
-// offset. Each workgroup computes a 64×64 tile with 8×8 threads, each thread 8×8 outputs
-// (rows ty + 8r, columns tx + 8c); the reduction runs in order p = 0..k for every output.
+// offset. Each workgroup computes a 64×64 tile with 8×8 threads, each thread an 8×8 block
+// (rows 8·ty.., columns 8·tx..) held in 16 vec4 registers — written out by hand, since
+// private arrays indexed in loops stay in memory on some drivers (lavapipe). The
+// reduction runs in order p = 0..k for every output.
 
 struct Gemm {
     m: u32,
@@ -42,8 +44,8 @@ const TK: u32 = 16u;
 @group(0) @binding(3) var<storage, read> e: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
-var<workgroup> sa: array<f32, 1024>; // [TK][TM]
-var<workgroup> sb: array<f32, 1024>; // [TK][TN]
+var<workgroup> sa: array<vec4<f32>, 256>; // [TK][TM / 4]
+var<workgroup> sb: array<vec4<f32>, 256>; // [TK][TN / 4]
 
 fn load_a(i: u32, p: u32) -> f32 {
     if (i >= u.m || p >= u.k) {
@@ -62,6 +64,37 @@ fn load_b(p: u32, j: u32) -> f32 {
     return b[u.b_off + p * u.b_rs + j * u.b_cs];
 }
 
+// Epilogue for one output: bias, ReLU, mask, then the store (bias-gradient row aside).
+fn store(i: u32, j: u32, value: f32) {
+    if (i >= u.m || j >= u.n) {
+        return;
+    }
+    var v = value;
+    if ((u.flags & FLAG_BIAS) != 0u) {
+        v = v + e[u.e_off + j];
+    }
+    if ((u.flags & FLAG_RELU) != 0u) {
+        v = max(v, 0.0);
+    }
+    if ((u.flags & FLAG_MASK) != 0u) {
+        if (e[u.e_off + i * u.lde + j] <= 0.0) {
+            v = 0.0;
+        }
+    }
+    if ((u.flags & FLAG_ONES_ROW) != 0u && i == u.m - 1u) {
+        c[u.c2_off + j] = v;
+    } else {
+        c[u.c_off + i * u.ldc + j] = v;
+    }
+}
+
+fn store4(i: u32, j: u32, v: vec4<f32>) {
+    store(i, j, v.x);
+    store(i, j + 1u, v.y);
+    store(i, j + 2u, v.z);
+    store(i, j + 3u, v.w);
+}
+
 @compute @workgroup_size(8, 8, 1)
 fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let tx = lid.x;
@@ -69,81 +102,108 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let flat = ty * 8u + tx;
     let row0 = wid.y * TM;
     let col0 = wid.x * TN;
-    // Load mappings chosen so that consecutive threads read consecutive addresses.
+    // Tile loads: each thread fills 4 vec4 of each tile. With k contiguous in memory
+    // (a_cs == 1 / b_rs == 1) consecutive threads walk k; otherwise they walk rows/columns.
     let a_k_fast = u.a_cs == 1u;
     let b_k_fast = u.b_rs == 1u;
 
-    var acc: array<f32, 64>;
-    for (var i = 0u; i < 64u; i++) {
-        acc[i] = 0.0;
-    }
+    var c00 = vec4<f32>(0.0);
+    var c01 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0);
+    var c11 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0);
+    var c21 = vec4<f32>(0.0);
+    var c30 = vec4<f32>(0.0);
+    var c31 = vec4<f32>(0.0);
+    var c40 = vec4<f32>(0.0);
+    var c41 = vec4<f32>(0.0);
+    var c50 = vec4<f32>(0.0);
+    var c51 = vec4<f32>(0.0);
+    var c60 = vec4<f32>(0.0);
+    var c61 = vec4<f32>(0.0);
+    var c70 = vec4<f32>(0.0);
+    var c71 = vec4<f32>(0.0);
 
     for (var kt = 0u; kt < u.k; kt += TK) {
-        for (var q = 0u; q < 16u; q++) {
+        for (var q = 0u; q < 4u; q++) {
+            // 256 vec4 slots per tile: slot = p·16 + quad, covering rows/cols 4·quad..4·quad+3.
             let idx = flat + q * 64u;
-            var il: u32;
-            var pl: u32;
+            var pa: u32;
+            var qa: u32;
             if (a_k_fast) {
-                pl = idx % TK;
-                il = idx / TK;
+                pa = idx % TK;
+                qa = idx / TK;
             } else {
-                il = idx % TM;
-                pl = idx / TM;
+                qa = idx % 16u;
+                pa = idx / 16u;
             }
-            sa[pl * TM + il] = load_a(row0 + il, kt + pl);
-            var jl: u32;
+            let ia = row0 + 4u * qa;
+            sa[pa * 16u + qa] = vec4<f32>(
+                load_a(ia, kt + pa),
+                load_a(ia + 1u, kt + pa),
+                load_a(ia + 2u, kt + pa),
+                load_a(ia + 3u, kt + pa),
+            );
             var pb: u32;
+            var qb: u32;
             if (b_k_fast) {
                 pb = idx % TK;
-                jl = idx / TK;
+                qb = idx / TK;
             } else {
-                jl = idx % TN;
-                pb = idx / TN;
+                qb = idx % 16u;
+                pb = idx / 16u;
             }
-            sb[pb * TN + jl] = load_b(kt + pb, col0 + jl);
+            let jb = col0 + 4u * qb;
+            sb[pb * 16u + qb] = vec4<f32>(
+                load_b(kt + pb, jb),
+                load_b(kt + pb, jb + 1u),
+                load_b(kt + pb, jb + 2u),
+                load_b(kt + pb, jb + 3u),
+            );
         }
         workgroupBarrier();
         for (var p = 0u; p < TK; p++) {
-            var ar: array<f32, 8>;
-            var br: array<f32, 8>;
-            for (var r = 0u; r < 8u; r++) {
-                ar[r] = sa[p * TM + ty + 8u * r];
-                br[r] = sb[p * TN + tx + 8u * r];
-            }
-            for (var r = 0u; r < 8u; r++) {
-                for (var cc = 0u; cc < 8u; cc++) {
-                    acc[r * 8u + cc] = acc[r * 8u + cc] + ar[r] * br[cc];
-                }
-            }
+            let a0 = sa[p * 16u + 2u * ty];
+            let a1 = sa[p * 16u + 2u * ty + 1u];
+            let b0 = sb[p * 16u + 2u * tx];
+            let b1 = sb[p * 16u + 2u * tx + 1u];
+            c00 = c00 + a0.x * b0;
+            c01 = c01 + a0.x * b1;
+            c10 = c10 + a0.y * b0;
+            c11 = c11 + a0.y * b1;
+            c20 = c20 + a0.z * b0;
+            c21 = c21 + a0.z * b1;
+            c30 = c30 + a0.w * b0;
+            c31 = c31 + a0.w * b1;
+            c40 = c40 + a1.x * b0;
+            c41 = c41 + a1.x * b1;
+            c50 = c50 + a1.y * b0;
+            c51 = c51 + a1.y * b1;
+            c60 = c60 + a1.z * b0;
+            c61 = c61 + a1.z * b1;
+            c70 = c70 + a1.w * b0;
+            c71 = c71 + a1.w * b1;
         }
         workgroupBarrier();
     }
 
-    for (var r = 0u; r < 8u; r++) {
-        let i = row0 + ty + 8u * r;
-        if (i >= u.m) {
-            continue;
-        }
-        for (var cc = 0u; cc < 8u; cc++) {
-            let j = col0 + tx + 8u * cc;
-            if (j >= u.n) {
-                continue;
-            }
-            var v = acc[r * 8u + cc];
-            if ((u.flags & FLAG_BIAS) != 0u) {
-                v = v + e[u.e_off + j];
-            }
-            if ((u.flags & FLAG_RELU) != 0u) {
-                v = max(v, 0.0);
-            }
-            if ((u.flags & FLAG_MASK) != 0u && e[u.e_off + i * u.lde + j] <= 0.0) {
-                v = 0.0;
-            }
-            if ((u.flags & FLAG_ONES_ROW) != 0u && i == u.m - 1u) {
-                c[u.c2_off + j] = v;
-            } else {
-                c[u.c_off + i * u.ldc + j] = v;
-            }
-        }
-    }
+    let i0 = row0 + 8u * ty;
+    let j0 = col0 + 8u * tx;
+    let j1 = j0 + 4u;
+    store4(i0, j0, c00);
+    store4(i0, j1, c01);
+    store4(i0 + 1u, j0, c10);
+    store4(i0 + 1u, j1, c11);
+    store4(i0 + 2u, j0, c20);
+    store4(i0 + 2u, j1, c21);
+    store4(i0 + 3u, j0, c30);
+    store4(i0 + 3u, j1, c31);
+    store4(i0 + 4u, j0, c40);
+    store4(i0 + 4u, j1, c41);
+    store4(i0 + 5u, j0, c50);
+    store4(i0 + 5u, j1, c51);
+    store4(i0 + 6u, j0, c60);
+    store4(i0 + 6u, j1, c61);
+    store4(i0 + 7u, j0, c70);
+    store4(i0 + 7u, j1, c71);
 }

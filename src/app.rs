@@ -5,7 +5,7 @@ use crate::backend::Backend;
 use crate::cpu::{self, CpuBackend};
 use crate::data::{self, Mnist};
 use crate::fsutil::{ensure_writable_dir, write_atomic};
-pub use crate::gpu_stub::{self as gpu, DeviceChoice, GpuBackend};
+use crate::gpu::{self, AdapterSummary, DeviceChoice, GpuBackend};
 use crate::model::{Hyper, ModelConfig, Params, CLASSES};
 use crate::modelfile::{self, RunState};
 use crate::progress::Console;
@@ -19,8 +19,68 @@ use std::path::{Path, PathBuf};
 /// Which hardware trains.
 #[derive(Clone, Debug)]
 pub enum Device {
+    /// No device flag: a hardware GPU if wgpu finds one, else the CPU.
+    Auto,
     Cpu,
     Gpu(DeviceChoice),
+}
+
+impl Device {
+    /// The device for these flags: `--cpu-fallback`, else an explicit `--backend` /
+    /// `--adapter` (or wgpu's `WGPU_BACKEND` / `WGPU_ADAPTER_NAME`), else automatic.
+    pub fn from_flags(cpu_fallback: bool, choice: DeviceChoice) -> Device {
+        let env_set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+        if cpu_fallback {
+            Device::Cpu
+        } else if choice.backend.is_some()
+            || choice.adapter.is_some()
+            || env_set("WGPU_BACKEND")
+            || env_set("WGPU_ADAPTER_NAME")
+        {
+            Device::Gpu(choice)
+        } else {
+            Device::Auto
+        }
+    }
+}
+
+/// A software rasteriser (lavapipe, llvmpipe, SwiftShader, WARP): it runs the WGSL
+/// kernels correctly but far slower than the CPU path, so it is never picked automatically.
+fn is_software(adapter: &AdapterSummary) -> bool {
+    let name = adapter.name.to_ascii_lowercase();
+    adapter.device_type == "cpu"
+        || ["llvmpipe", "lavapipe", "softpipe", "swiftshader", "warp"]
+            .iter()
+            .any(|s| name.contains(s))
+}
+
+/// What `Device::Auto` means on this machine: a hardware GPU, else the CPU (with a note).
+fn resolve_auto() -> Device {
+    match gpu::list_adapters(&DeviceChoice::default()) {
+        Ok(list) if list.iter().any(|a| a.compute && !is_software(a)) => {
+            Device::Gpu(DeviceChoice::default())
+        }
+        Ok(list) => {
+            let seen: Vec<String> = list
+                .iter()
+                .map(|a| format!("{} ({})", a.name, a.backend))
+                .collect();
+            let seen = if seen.is_empty() {
+                "none".to_string()
+            } else {
+                seen.join(", ")
+            };
+            eprintln!(
+                "note: no hardware GPU adapter found (wgpu sees: {seen}); training on the CPU. \
+                 Pass --adapter NAME to run the WGSL kernels on a software adapter anyway."
+            );
+            Device::Cpu
+        }
+        Err(error) => {
+            eprintln!("note: no GPU adapter available ({error}); training on the CPU");
+            Device::Cpu
+        }
+    }
 }
 
 /// Everything `mnist-gpu train` was asked to do.
@@ -85,9 +145,13 @@ pub fn make_backend(
     hyper: Hyper,
     data: Mnist,
 ) -> Result<Box<dyn Backend>> {
-    Ok(match device {
-        Device::Cpu => Box::new(CpuBackend::new(params, hyper, data)),
-        Device::Gpu(choice) => Box::new(GpuBackend::new(params, hyper, data, choice)?),
+    let resolved = match device {
+        Device::Auto => resolve_auto(),
+        other => other.clone(),
+    };
+    Ok(match resolved {
+        Device::Gpu(choice) => Box::new(GpuBackend::new(params, hyper, data, &choice)?),
+        Device::Cpu | Device::Auto => Box::new(CpuBackend::new(params, hyper, data)),
     })
 }
 

@@ -10,7 +10,6 @@ pub mod cpu;
 pub mod data;
 pub mod fsutil;
 pub mod gpu;
-pub mod gpu_stub;
 pub mod model;
 pub mod modelfile;
 pub mod preprocess;

@@ -2,8 +2,8 @@
 //! message and a non-zero exit code.
 
 use clap::{Args, Parser, Subcommand};
-use mnist_gpu::app::DeviceChoice;
 use mnist_gpu::app::{self, Device, TrainSettings};
+use mnist_gpu::gpu::DeviceChoice;
 use mnist_gpu::model::{parse_hidden, Hyper, ModelConfig};
 use mnist_gpu::train::TrainOptions;
 use std::path::PathBuf;
@@ -164,11 +164,7 @@ impl DeviceArgs {
 }
 
 fn device(cpu_fallback: bool, args: &DeviceArgs) -> Device {
-    if cpu_fallback {
-        Device::Cpu
-    } else {
-        Device::Gpu(args.choice())
-    }
+    Device::from_flags(cpu_fallback, args.choice())
 }
 
 impl TrainArgs {

@@ -1,0 +1,836 @@
+//! `GpuBackend`: the training step and evaluation as sequences of compute dispatches over
+//! device-resident buffers.
+//!
+//! Per training step (L dense layers): BN forward (gather + batch statistics), L forward
+//! GEMMs, softmax-xent (loss, correct, gradient, step counter), per layer from the top a
+//! weight-grad GEMM (bias gradient fused) and an input-grad GEMM (ReLU mask fused), BN
+//! backward, Adam: 4 + 3L dispatches. The host writes the epoch's order, Adam's step
+//! sizes and the step counter once per epoch, records [`STEPS_PER_SUBMIT`] steps per
+//! command buffer, and reads the per-step loss/correct back asynchronously for progress.
+
+use super::context::{map_blocking, DeviceError, GpuContext, Needs};
+use super::kernels::{
+    elementwise_groups, pack_pixels, record, storage_init, storage_zeroed, uniform, AdamUniform,
+    BnUniform, Dispatch, GemmUniform, Kernels, SoftmaxUniform,
+};
+use crate::backend::{Backend, EpochStats, EvalStats, StepProgress};
+use crate::cpu::adam::adam_alpha;
+use crate::data::Mnist;
+use crate::model::{Hyper, ModelConfig, OptimState, ParamLayout, Params, CLASSES, INPUT};
+use anyhow::{bail, ensure, Result};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Training steps recorded into one command buffer.
+pub const STEPS_PER_SUBMIT: usize = 32;
+/// Test samples per evaluation chunk.
+pub const EVAL_CHUNK: usize = 1000;
+/// Submitted-but-unfinished command buffers allowed before the host waits.
+const MAX_IN_FLIGHT: usize = 3;
+/// Minimum time between progress readbacks.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Per-batch activation buffers, sized for `cap` rows.
+struct Workspace {
+    cap: usize,
+    xhat: wgpu::Buffer,
+    /// `acts[0]`: BN output; `acts[l + 1]`: output of dense layer l (last: logits).
+    acts: Vec<wgpu::Buffer>,
+    /// `deltas[l]`: gradient of the mean loss w.r.t. `acts[l]`.
+    deltas: Vec<wgpu::Buffer>,
+}
+
+/// Buffers and recorded dispatch lists for one (batch size, epoch length).
+struct TrainPlan {
+    batch: usize,
+    len: usize,
+    order: wgpu::Buffer,
+    alphas: wgpu::Buffer,
+    stats: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    /// Dispatches of a full step, and of the last partial step when there is one.
+    full: Vec<Dispatch>,
+    last: Option<Vec<Dispatch>>,
+}
+
+struct EvalPlan {
+    chunks: Vec<Vec<Dispatch>>,
+    staging: wgpu::Buffer,
+}
+
+pub struct GpuBackend {
+    train_plan: Option<TrainPlan>,
+    eval_plan: Option<EvalPlan>,
+    work: Option<Workspace>,
+    kernels: Kernels,
+    ctx: GpuContext,
+    config: ModelConfig,
+    layout: ParamLayout,
+    hyper: Hyper,
+    step: u64,
+    train_count: usize,
+    test_count: usize,
+    train_pixels: wgpu::Buffer,
+    train_labels: wgpu::Buffer,
+    test_pixels: wgpu::Buffer,
+    test_labels: wgpu::Buffer,
+    params: wgpu::Buffer,
+    grads: wgpu::Buffer,
+    m: wgpu::Buffer,
+    v: wgpu::Buffer,
+    /// [moving mean | moving var | inv_std], INPUT each.
+    bn_stats: wgpu::Buffer,
+    /// [step index inside the epoch, unused ×3].
+    state: wgpu::Buffer,
+    predictions: wgpu::Buffer,
+    eval_stats: wgpu::Buffer,
+    dummy: wgpu::Buffer,
+}
+
+fn labels_u32(labels: &[u8]) -> Vec<u32> {
+    labels.iter().map(|&l| l as u32).collect()
+}
+
+fn gpu_err(e: DeviceError) -> anyhow::Error {
+    anyhow::Error::new(e)
+}
+
+impl GpuBackend {
+    /// Open the device `choice` selects, compile the kernels and upload the parameters
+    /// and the whole data set (u8 pixels packed 4 per u32).
+    pub fn new(
+        params: Params,
+        hyper: Hyper,
+        data: Mnist,
+        choice: &DeviceChoice,
+    ) -> Result<GpuBackend, DeviceError> {
+        let layout = ParamLayout::new(&params.config);
+        let invalid =
+            |what: String| DeviceError::Gpu(format!("invalid input to the GPU trainer: {what}"));
+        if params.layout != layout || params.trainable.len() != layout.total {
+            return Err(invalid(
+                "the parameters do not fit the model's layout".into(),
+            ));
+        }
+        if params.moving_mean.len() != INPUT || params.moving_var.len() != INPUT {
+            return Err(invalid(
+                "moving statistics must hold 784 values each".into(),
+            ));
+        }
+        for (name, set) in [("training", &data.train), ("test", &data.test)] {
+            if !set.is_empty() && set.pixels_per_image() != INPUT {
+                return Err(invalid(format!(
+                    "{name} images have {} pixels, expected 784",
+                    set.pixels_per_image()
+                )));
+            }
+            if set.images.len() != set.len() * set.pixels_per_image() {
+                return Err(invalid(format!(
+                    "{name} set has a mismatched image/label count"
+                )));
+            }
+        }
+        let train_bytes = data.train.images.len().next_multiple_of(4) as u64;
+        let test_bytes = data.test.images.len().next_multiple_of(4) as u64;
+        let ctx = GpuContext::new(
+            choice,
+            Needs {
+                largest_buffer: train_bytes.max(test_bytes),
+            },
+        )?;
+        let kernels = Kernels::new(&ctx)?;
+        let d = &ctx.device;
+        let scopes = ctx.begin_scope();
+        let total = layout.total;
+        let mut stats = params.moving_mean.clone();
+        stats.extend(&params.moving_var);
+        stats.extend(vec![0.0f32; INPUT]);
+        let chunks = data.test.len().div_ceil(EVAL_CHUNK);
+        let backend = GpuBackend {
+            train_plan: None,
+            eval_plan: None,
+            work: None,
+            kernels,
+            train_count: data.train.len(),
+            test_count: data.test.len(),
+            train_pixels: storage_init(
+                &ctx,
+                "train pixels",
+                bytemuck::cast_slice(&pack_pixels(&data.train.images)),
+            ),
+            train_labels: storage_init(
+                &ctx,
+                "train labels",
+                bytemuck::cast_slice(&labels_u32(&data.train.labels)),
+            ),
+            test_pixels: storage_init(
+                &ctx,
+                "test pixels",
+                bytemuck::cast_slice(&pack_pixels(&data.test.images)),
+            ),
+            test_labels: storage_init(
+                &ctx,
+                "test labels",
+                bytemuck::cast_slice(&labels_u32(&data.test.labels)),
+            ),
+            params: storage_init(&ctx, "params", bytemuck::cast_slice(&params.trainable)),
+            grads: storage_zeroed(d, "grads", (total * 4) as u64),
+            m: storage_zeroed(d, "adam m", (total * 4) as u64),
+            v: storage_zeroed(d, "adam v", (total * 4) as u64),
+            bn_stats: storage_init(&ctx, "bn stats", bytemuck::cast_slice(&stats)),
+            state: storage_zeroed(d, "state", 16),
+            predictions: storage_zeroed(d, "predictions", (data.test.len() * 4) as u64),
+            eval_stats: storage_zeroed(d, "eval stats", (chunks * 8) as u64),
+            dummy: storage_zeroed(d, "unused", 16),
+            config: params.config.clone(),
+            layout: layout.clone(),
+            hyper,
+            step: 0,
+            ctx,
+        };
+        backend
+            .ctx
+            .end_scope("uploading the data set and parameters", scopes)?;
+        backend.ctx.wait()?;
+        Ok(backend)
+    }
+
+    fn widths(&self) -> Vec<usize> {
+        self.config.widths()
+    }
+
+    /// Make sure the activation buffers hold `rows` rows; recreating them drops the plans.
+    fn ensure_workspace(&mut self, rows: usize) -> Result<(), DeviceError> {
+        if self.work.as_ref().is_some_and(|w| w.cap >= rows) {
+            return Ok(());
+        }
+        self.train_plan = None;
+        self.eval_plan = None;
+        self.work = None;
+        let cap = rows.max(1);
+        let widths = self.widths();
+        let widest = *widths.iter().max().expect("widths");
+        let bytes = (cap * widest * 4) as u64;
+        if bytes > self.ctx.limits.max_storage_buffer_binding_size {
+            return Err(DeviceError::Gpu(format!(
+                "a batch of {cap} rows needs {bytes}-byte activation buffers, more than this device's {}-byte storage binding limit (use a smaller --batch-size)",
+                self.ctx.limits.max_storage_buffer_binding_size
+            )));
+        }
+        let d = &self.ctx.device;
+        let work = self
+            .ctx
+            .scoped("allocating activation buffers", || Workspace {
+                cap,
+                xhat: storage_zeroed(d, "xhat", (cap * INPUT * 4) as u64),
+                acts: widths
+                    .iter()
+                    .enumerate()
+                    .map(|(l, w)| storage_zeroed(d, &format!("acts{l}"), (cap * w * 4) as u64))
+                    .collect(),
+                deltas: widths
+                    .iter()
+                    .enumerate()
+                    .map(|(l, w)| storage_zeroed(d, &format!("deltas{l}"), (cap * w * 4) as u64))
+                    .collect(),
+            })?;
+        self.work = Some(work);
+        Ok(())
+    }
+
+    fn bn_uniform(&self, rows: usize, stride: usize, use_order: bool, base: usize) -> BnUniform {
+        BnUniform {
+            batch: rows as u32,
+            stride: stride as u32,
+            use_order: use_order as u32,
+            base: base as u32,
+            gamma_off: self.layout.gamma.start as u32,
+            beta_off: self.layout.beta.start as u32,
+            features: INPUT as u32,
+            scale: self.config.pixel_scale(),
+            eps: self.hyper.bn_eps,
+            momentum: self.hyper.bn_momentum,
+            ..Default::default()
+        }
+    }
+
+    /// The forward GEMMs for `rows` rows.
+    fn forward_dispatches(&self, rows: usize) -> Vec<Dispatch> {
+        let k = &self.kernels;
+        let d = &self.ctx.device;
+        let w = self.work.as_ref().expect("workspace");
+        let widths = self.widths();
+        let layers = self.config.dense_layers();
+        (0..layers)
+            .map(|l| {
+                let u = GemmUniform::forward(
+                    rows,
+                    widths[l],
+                    widths[l + 1],
+                    self.layout.kernels[l].start,
+                    self.layout.biases[l].start,
+                    l + 1 < layers,
+                );
+                let ub = uniform(d, "gemm forward", &u);
+                k.gemm.dispatch(
+                    d,
+                    &ub,
+                    &[&w.acts[l], &self.params, &self.params, &w.acts[l + 1]],
+                    u.workgroups(),
+                )
+            })
+            .collect()
+    }
+
+    /// Every dispatch of one training step on `rows` rows (batch stride `stride`).
+    fn step_dispatches(
+        &self,
+        rows: usize,
+        stride: usize,
+        plan_bufs: (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+    ) -> Vec<Dispatch> {
+        let (order, alphas, stats) = plan_bufs;
+        let k = &self.kernels;
+        let d = &self.ctx.device;
+        let w = self.work.as_ref().expect("workspace");
+        let widths = self.widths();
+        let layers = self.config.dense_layers();
+        let mut list = Vec::new();
+
+        let u = self.bn_uniform(rows, stride, true, 0);
+        let ub = uniform(d, "bn forward", &u);
+        list.push(k.bn_train.dispatch(
+            d,
+            &ub,
+            &[
+                &self.train_pixels,
+                order,
+                &self.state,
+                &self.params,
+                &self.bn_stats,
+                &w.xhat,
+                &w.acts[0],
+            ],
+            u.workgroups(),
+        ));
+        list.extend(self.forward_dispatches(rows));
+
+        let u = SoftmaxUniform {
+            batch: rows as u32,
+            classes: CLASSES as u32,
+            stride: stride as u32,
+            use_order: 1,
+            training: 1,
+            ..Default::default()
+        };
+        let ub = uniform(d, "softmax", &u);
+        list.push(k.softmax.dispatch(
+            d,
+            &ub,
+            &[
+                &w.acts[layers],
+                &self.train_labels,
+                order,
+                &self.state,
+                &w.deltas[layers],
+                stats,
+                &self.predictions,
+            ],
+            [1, 1, 1],
+        ));
+
+        for l in (0..layers).rev() {
+            let (kin, nout) = (widths[l], widths[l + 1]);
+            let u = GemmUniform::weight_grad(
+                rows,
+                kin,
+                nout,
+                self.layout.kernels[l].start,
+                self.layout.biases[l].start,
+            );
+            let ub = uniform(d, "gemm weight grad", &u);
+            list.push(k.gemm.dispatch(
+                d,
+                &ub,
+                &[&w.acts[l], &w.deltas[l + 1], &self.params, &self.grads],
+                u.workgroups(),
+            ));
+            let masked = l > 0;
+            let u = GemmUniform::input_grad(rows, kin, nout, self.layout.kernels[l].start, masked);
+            let ub = uniform(d, "gemm input grad", &u);
+            let mask = if masked { &w.acts[l] } else { &self.params };
+            list.push(k.gemm.dispatch(
+                d,
+                &ub,
+                &[&w.deltas[l + 1], &self.params, mask, &w.deltas[l]],
+                u.workgroups(),
+            ));
+        }
+
+        let u = self.bn_uniform(rows, stride, true, 0);
+        let ub = uniform(d, "bn backward", &u);
+        list.push(k.bn_backward.dispatch(
+            d,
+            &ub,
+            &[&w.deltas[0], &w.xhat, &self.grads],
+            u.workgroups(),
+        ));
+
+        let u = AdamUniform {
+            n: self.layout.total as u32,
+            one_minus_b1: 1.0 - self.hyper.beta1,
+            one_minus_b2: 1.0 - self.hyper.beta2,
+            eps: self.hyper.adam_eps,
+            ..Default::default()
+        };
+        let ub = uniform(d, "adam", &u);
+        list.push(k.adam.dispatch(
+            d,
+            &ub,
+            &[
+                &self.state,
+                alphas,
+                &self.grads,
+                &self.params,
+                &self.m,
+                &self.v,
+            ],
+            elementwise_groups(self.layout.total),
+        ));
+        list
+    }
+
+    fn ensure_train_plan(&mut self, batch: usize, len: usize) -> Result<(), DeviceError> {
+        self.ensure_workspace(batch)?;
+        if self
+            .train_plan
+            .as_ref()
+            .is_some_and(|p| p.batch == batch && p.len == len)
+        {
+            return Ok(());
+        }
+        self.train_plan = None;
+        let steps = len.div_ceil(batch);
+        let d = &self.ctx.device;
+        let plan = self.ctx.scoped("preparing the training step", || {
+            let order = storage_zeroed(d, "order", (len * 4) as u64);
+            let alphas = storage_zeroed(d, "adam alphas", (steps * 4) as u64);
+            let stats = storage_zeroed(d, "step stats", (steps * 8) as u64);
+            let staging = d.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("step stats readback"),
+                size: (steps * 8).max(16) as u64,
+                usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+                mapped_at_creation: false,
+            });
+            let full = self.step_dispatches(batch.min(len), batch, (&order, &alphas, &stats));
+            let rest = len % batch;
+            let last = (rest != 0 && len > batch)
+                .then(|| self.step_dispatches(rest, batch, (&order, &alphas, &stats)));
+            TrainPlan {
+                batch,
+                len,
+                order,
+                alphas,
+                stats,
+                staging,
+                full,
+                last,
+            }
+        })?;
+        self.train_plan = Some(plan);
+        Ok(())
+    }
+
+    fn ensure_eval_plan(&mut self) -> Result<(), DeviceError> {
+        let chunk = EVAL_CHUNK.min(self.test_count.max(1));
+        self.ensure_workspace(chunk)?;
+        if self.eval_plan.is_some() {
+            return Ok(());
+        }
+        let k = &self.kernels;
+        let d = &self.ctx.device;
+        let layers = self.config.dense_layers();
+        let plan = self.ctx.scoped("preparing evaluation", || {
+            let w = self.work.as_ref().expect("workspace");
+            let mut chunks = Vec::new();
+            let mut forward_cache: Vec<(usize, Vec<Dispatch>)> = Vec::new();
+            for (slot, base) in (0..self.test_count).step_by(EVAL_CHUNK).enumerate() {
+                let rows = EVAL_CHUNK.min(self.test_count - base);
+                let mut list = Vec::new();
+                let u = self.bn_uniform(rows, 0, false, base);
+                let ub = uniform(d, "bn eval", &u);
+                list.push(k.bn_eval.dispatch(
+                    d,
+                    &ub,
+                    &[
+                        &self.test_pixels,
+                        &self.dummy,
+                        &self.state,
+                        &self.params,
+                        &self.bn_stats,
+                        &w.xhat,
+                        &w.acts[0],
+                    ],
+                    u.workgroups(),
+                ));
+                if !forward_cache.iter().any(|(r, _)| *r == rows) {
+                    forward_cache.push((rows, self.forward_dispatches(rows)));
+                }
+                let fwd = &forward_cache
+                    .iter()
+                    .find(|(r, _)| *r == rows)
+                    .expect("cached")
+                    .1;
+                list.extend(fwd.iter().cloned());
+                let u = SoftmaxUniform {
+                    batch: rows as u32,
+                    classes: CLASSES as u32,
+                    base: base as u32,
+                    training: 0,
+                    slot: slot as u32,
+                    pred_base: base as u32,
+                    ..Default::default()
+                };
+                let ub = uniform(d, "softmax eval", &u);
+                list.push(k.softmax.dispatch(
+                    d,
+                    &ub,
+                    &[
+                        &w.acts[layers],
+                        &self.test_labels,
+                        &self.dummy,
+                        &self.state,
+                        &w.deltas[layers],
+                        &self.eval_stats,
+                        &self.predictions,
+                    ],
+                    [1, 1, 1],
+                ));
+                chunks.push(list);
+            }
+            let staging = d.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("eval readback"),
+                size: (self.eval_stats.size() + self.predictions.size()),
+                usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+                mapped_at_creation: false,
+            });
+            EvalPlan { chunks, staging }
+        })?;
+        self.eval_plan = Some(plan);
+        Ok(())
+    }
+
+    fn read_f32(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: usize,
+        len: usize,
+    ) -> Result<Vec<f32>, DeviceError> {
+        let bytes = self
+            .ctx
+            .read_buffer(buffer, (offset * 4) as u64, (len * 4) as u64)?;
+        Ok(bytemuck::cast_slice::<u8, f32>(&bytes).to_vec())
+    }
+
+    /// Sum the per-step (loss bits, correct) pairs in step order.
+    fn sum_stats(words: &[u32]) -> (f64, u64) {
+        let mut loss = 0.0f64;
+        let mut correct = 0u64;
+        for pair in words.chunks_exact(2) {
+            loss += f32::from_bits(pair[0]) as f64;
+            correct += pair[1] as u64;
+        }
+        (loss, correct)
+    }
+
+    fn name_string(&self) -> String {
+        self.ctx.describe()
+    }
+}
+
+use super::context::DeviceChoice;
+
+/// An asynchronous readback of the step statistics in flight.
+struct Pending {
+    flag: Arc<AtomicU8>,
+    steps: usize,
+    samples: usize,
+}
+
+impl Backend for GpuBackend {
+    fn name(&self) -> String {
+        self.name_string()
+    }
+
+    fn train_epoch(
+        &mut self,
+        order: &[u32],
+        batch_size: usize,
+        progress: &mut dyn FnMut(&StepProgress),
+    ) -> Result<EpochStats> {
+        ensure!(batch_size > 0, "batch size must be at least 1");
+        if order.is_empty() {
+            return Ok(EpochStats {
+                loss: 0.0,
+                accuracy: 0.0,
+                samples: 0,
+            });
+        }
+        if let Some(&bad) = order.iter().find(|&&i| i as usize >= self.train_count) {
+            bail!(
+                "sample index {bad} is out of range: the training set holds {} samples",
+                self.train_count
+            );
+        }
+        let len = order.len();
+        let steps = len.div_ceil(batch_size);
+        self.ensure_train_plan(batch_size, len).map_err(gpu_err)?;
+        let alphas: Vec<f32> = (1..=steps as u64)
+            .map(|s| adam_alpha(&self.hyper, self.step + s))
+            .collect();
+        let plan = self.train_plan.as_ref().expect("plan");
+        let ctx = &self.ctx;
+        ctx.queue
+            .write_buffer(&plan.order, 0, bytemuck::cast_slice(order));
+        ctx.queue
+            .write_buffer(&plan.alphas, 0, bytemuck::cast_slice(&alphas));
+        ctx.queue
+            .write_buffer(&self.state, 0, bytemuck::cast_slice(&[0u32; 4]));
+
+        let mut totals = StepProgress {
+            steps_total: steps,
+            ..StepProgress::default()
+        };
+        let mut in_flight: VecDeque<wgpu::SubmissionIndex> = VecDeque::new();
+        let mut pending: Option<Pending> = None;
+        let mut last_report = Instant::now();
+        let mut done = 0usize;
+        let mut samples = 0usize;
+        while done < steps {
+            let end = (done + STEPS_PER_SUBMIT).min(steps);
+            let mut encoder = ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("training steps"),
+                });
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("training steps"),
+                    timestamp_writes: None,
+                });
+                for s in done..end {
+                    let rows = batch_size.min(len - s * batch_size);
+                    let list = match &plan.last {
+                        Some(last) if rows < batch_size => last,
+                        _ => &plan.full,
+                    };
+                    record(&mut pass, list);
+                    samples += rows;
+                }
+            }
+            done = end;
+            let want_report =
+                pending.is_none() && done < steps && last_report.elapsed() >= PROGRESS_INTERVAL;
+            if want_report {
+                encoder.copy_buffer_to_buffer(&plan.stats, 0, &plan.staging, 0, (done * 8) as u64);
+            }
+            in_flight.push_back(ctx.queue.submit([encoder.finish()]));
+            if want_report {
+                let flag = Arc::new(AtomicU8::new(0));
+                let f = flag.clone();
+                plan.staging
+                    .map_async(wgpu::MapMode::Read, 0..(done * 8) as u64, move |r| {
+                        f.store(if r.is_ok() { 1 } else { 2 }, Ordering::SeqCst);
+                    });
+                pending = Some(Pending {
+                    flag,
+                    steps: done,
+                    samples,
+                });
+            }
+            if in_flight.len() > MAX_IN_FLIGHT {
+                let oldest = in_flight.pop_front().expect("in flight");
+                ctx.device
+                    .poll(wgpu::PollType::Wait {
+                        submission_index: Some(oldest),
+                        timeout: None,
+                    })
+                    .map_err(|e| gpu_err(DeviceError::Gpu(format!("waiting for the GPU: {e}"))))?;
+            } else {
+                ctx.device
+                    .poll(wgpu::PollType::Poll)
+                    .map_err(|e| gpu_err(DeviceError::Gpu(format!("polling the GPU: {e}"))))?;
+            }
+            ctx.check().map_err(gpu_err)?;
+            if let Some(p) = &pending {
+                match p.flag.load(Ordering::SeqCst) {
+                    0 => {}
+                    1 => {
+                        let words: Vec<u32> = {
+                            let view = plan
+                                .staging
+                                .get_mapped_range(0..(p.steps * 8) as u64)
+                                .map_err(|e| {
+                                    gpu_err(DeviceError::Gpu(format!("reading progress: {e}")))
+                                })?;
+                            bytemuck::cast_slice::<u8, u32>(&view).to_vec()
+                        };
+                        plan.staging.unmap();
+                        let (loss, correct) = Self::sum_stats(&words);
+                        totals.steps_done = p.steps;
+                        totals.samples_done = p.samples;
+                        totals.loss_sum = loss;
+                        totals.correct = correct;
+                        progress(&totals);
+                        last_report = Instant::now();
+                        pending = None;
+                    }
+                    _ => bail!("reading training progress back from the GPU failed"),
+                }
+            }
+        }
+        // Finish: drop any progress readback still in flight, then read every step's stats.
+        if let Some(p) = pending.take() {
+            ctx.wait().map_err(gpu_err)?;
+            if p.flag.load(Ordering::SeqCst) == 1 {
+                plan.staging.unmap();
+            }
+        }
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&plan.stats, 0, &plan.staging, 0, (steps * 8) as u64);
+        ctx.queue.submit([encoder.finish()]);
+        let bytes = map_blocking(ctx, &plan.staging, (steps * 8) as u64).map_err(gpu_err)?;
+        let (loss, correct) = Self::sum_stats(bytemuck::cast_slice(&bytes));
+        self.step += steps as u64;
+        totals.steps_done = steps;
+        totals.samples_done = samples;
+        totals.loss_sum = loss;
+        totals.correct = correct;
+        progress(&totals);
+        Ok(EpochStats {
+            loss: totals.mean_loss(),
+            accuracy: totals.accuracy(),
+            samples,
+        })
+    }
+
+    fn evaluate(&mut self) -> Result<EvalStats> {
+        let count = self.test_count;
+        if count == 0 {
+            return Ok(EvalStats {
+                loss: 0.0,
+                accuracy: 0.0,
+                predictions: Vec::new(),
+            });
+        }
+        self.ensure_eval_plan().map_err(gpu_err)?;
+        let plan = self.eval_plan.as_ref().expect("eval plan");
+        let ctx = &self.ctx;
+        let stats_size = self.eval_stats.size();
+        let preds_size = (count * 4) as u64;
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("evaluation"),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("evaluation"),
+                timestamp_writes: None,
+            });
+            for chunk in &plan.chunks {
+                record(&mut pass, chunk);
+            }
+        }
+        encoder.copy_buffer_to_buffer(&self.eval_stats, 0, &plan.staging, 0, stats_size);
+        encoder.copy_buffer_to_buffer(&self.predictions, 0, &plan.staging, stats_size, preds_size);
+        ctx.queue.submit([encoder.finish()]);
+        let bytes = map_blocking(ctx, &plan.staging, stats_size + preds_size).map_err(gpu_err)?;
+        let words: &[u32] = bytemuck::cast_slice(&bytes);
+        let chunks = count.div_ceil(EVAL_CHUNK);
+        let (loss_sum, correct) = Self::sum_stats(&words[..chunks * 2]);
+        let offset = (stats_size / 4) as usize;
+        let predictions = words[offset..offset + count]
+            .iter()
+            .map(|&p| p as u8)
+            .collect();
+        Ok(EvalStats {
+            loss: loss_sum / count as f64,
+            accuracy: correct as f64 / count as f64,
+            predictions,
+        })
+    }
+
+    fn params(&mut self) -> Result<Params> {
+        let trainable = self
+            .read_f32(&self.params, 0, self.layout.total)
+            .map_err(gpu_err)?;
+        let stats = self
+            .read_f32(&self.bn_stats, 0, 2 * INPUT)
+            .map_err(gpu_err)?;
+        Ok(Params {
+            config: self.config.clone(),
+            layout: self.layout.clone(),
+            trainable,
+            moving_mean: stats[..INPUT].to_vec(),
+            moving_var: stats[INPUT..].to_vec(),
+        })
+    }
+
+    fn optim_state(&mut self) -> Result<OptimState> {
+        Ok(OptimState {
+            m: self
+                .read_f32(&self.m, 0, self.layout.total)
+                .map_err(gpu_err)?,
+            v: self
+                .read_f32(&self.v, 0, self.layout.total)
+                .map_err(gpu_err)?,
+            step: self.step,
+        })
+    }
+
+    fn load(&mut self, params: &Params, optim: Option<&OptimState>) -> Result<()> {
+        ensure!(
+            params.layout == self.layout && params.trainable.len() == self.layout.total,
+            "the parameters do not fit this model's architecture"
+        );
+        ensure!(
+            params.moving_mean.len() == INPUT && params.moving_var.len() == INPUT,
+            "the moving statistics must hold {INPUT} values each"
+        );
+        let total = self.layout.total;
+        let fresh;
+        let optim = match optim {
+            Some(o) => {
+                ensure!(
+                    o.m.len() == total && o.v.len() == total,
+                    "the optimiser state does not fit this model"
+                );
+                o
+            }
+            None => {
+                fresh = OptimState::new(total);
+                &fresh
+            }
+        };
+        let q = &self.ctx.queue;
+        q.write_buffer(&self.params, 0, bytemuck::cast_slice(&params.trainable));
+        q.write_buffer(&self.bn_stats, 0, bytemuck::cast_slice(&params.moving_mean));
+        q.write_buffer(
+            &self.bn_stats,
+            (INPUT * 4) as u64,
+            bytemuck::cast_slice(&params.moving_var),
+        );
+        q.write_buffer(&self.m, 0, bytemuck::cast_slice(&optim.m));
+        q.write_buffer(&self.v, 0, bytemuck::cast_slice(&optim.v));
+        self.step = optim.step;
+        // The pixel scale is baked into the recorded uniforms: rebuild them.
+        self.config = params.config.clone();
+        self.train_plan = None;
+        self.eval_plan = None;
+        self.ctx.wait().map_err(gpu_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,546 @@
+//! Instance, adapter and device choice, limits, and error plumbing for the wgpu trainer.
+//!
+//! Every failure here is a [`DeviceError`] whose message is a complete user-facing
+//! sentence (what was asked, what was found, what to do); nothing panics.
+
+use std::sync::{Arc, Mutex};
+use thiserror::Error;
+
+/// Which device to train on (`--backend`, `--adapter`). `None` falls back to wgpu's
+/// environment variables `WGPU_BACKEND` / `WGPU_ADAPTER_NAME`, then to the best adapter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceChoice {
+    /// Restrict to one backend: `vulkan`, `gl`, `metal` or `dx12`.
+    pub backend: Option<String>,
+    /// A backend name, an index from [`list_adapters`], or a case-insensitive substring
+    /// of the adapter name.
+    pub adapter: Option<String>,
+}
+
+/// The backend names `--backend` accepts.
+pub const BACKEND_NAMES: [&str; 4] = ["vulkan", "gl", "metal", "dx12"];
+
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    #[error("unknown {flag} value '{given}': valid backends are vulkan, gl, metal, dx12")]
+    UnknownBackend { flag: String, given: String },
+    #[error("no GPU adapter found ({searched}); use --cpu-fallback to train on the CPU")]
+    NoAdapter { searched: String },
+    #[error("{flag} '{wanted}' matches no adapter; found:\n{found}\n(choose one by index, name or backend, or use --cpu-fallback to train on the CPU)")]
+    AdapterNotFound {
+        flag: String,
+        wanted: String,
+        found: String,
+    },
+    #[error("adapter '{adapter}' cannot run the trainer: {reason} (choose another with --adapter, or use --cpu-fallback)")]
+    Unsupported { adapter: String, reason: String },
+    #[error("could not open a device on adapter '{adapter}': {message} (use --cpu-fallback to train on the CPU)")]
+    RequestDevice { adapter: String, message: String },
+    #[error("GPU error: {0}")]
+    Gpu(String),
+    #[error("the GPU device was lost: {0}")]
+    DeviceLost(String),
+}
+
+/// One adapter as `mnist-gpu adapters` shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterSummary {
+    /// Position in the enumeration (what `--adapter N` selects).
+    pub index: usize,
+    pub name: String,
+    /// `Vulkan`, `GL`, `Metal`, `DX12`.
+    pub backend: String,
+    /// `discrete`, `integrated`, `virtual`, `cpu`, `other`.
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_storage_buffers_per_shader_stage: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroup_storage_size: u32,
+    /// Whether the adapter can run compute shaders at all (false on some GL drivers).
+    pub compute: bool,
+}
+
+fn backend_label(backend: wgpu::Backend) -> &'static str {
+    match backend {
+        wgpu::Backend::Vulkan => "Vulkan",
+        wgpu::Backend::Gl => "GL",
+        wgpu::Backend::Metal => "Metal",
+        wgpu::Backend::Dx12 => "DX12",
+        wgpu::Backend::BrowserWebGpu => "WebGPU",
+        wgpu::Backend::Noop => "noop",
+    }
+}
+
+fn type_label(t: wgpu::DeviceType) -> &'static str {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => "discrete",
+        wgpu::DeviceType::IntegratedGpu => "integrated",
+        wgpu::DeviceType::VirtualGpu => "virtual",
+        wgpu::DeviceType::Cpu => "cpu",
+        wgpu::DeviceType::Other => "other",
+    }
+}
+
+/// Preference order: discrete > integrated > virtual > cpu > other.
+fn type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+fn parse_backend(name: &str) -> Option<wgpu::Backends> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => Some(wgpu::Backends::VULKAN),
+        "gl" | "gles" | "opengl" => Some(wgpu::Backends::GL),
+        "metal" | "mtl" => Some(wgpu::Backends::METAL),
+        "dx12" | "d3d12" => Some(wgpu::Backends::DX12),
+        _ => None,
+    }
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The backends to search: `--backend`, else `WGPU_BACKEND`, else all.
+fn backends_for(choice: &DeviceChoice) -> Result<(wgpu::Backends, String), DeviceError> {
+    let (flag, value) = match (&choice.backend, env_nonempty("WGPU_BACKEND")) {
+        (Some(b), _) => ("--backend", b.clone()),
+        (None, Some(env)) => ("WGPU_BACKEND", env),
+        (None, None) => return Ok((wgpu::Backends::all(), "all backends".into())),
+    };
+    let backends = parse_backend(&value).ok_or_else(|| DeviceError::UnknownBackend {
+        flag: flag.into(),
+        given: value.clone(),
+    })?;
+    Ok((
+        backends,
+        format!("backend {}", value.trim().to_ascii_lowercase()),
+    ))
+}
+
+fn make_instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary {
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    let compute = adapter
+        .get_downlevel_capabilities()
+        .flags
+        .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
+    AdapterSummary {
+        index,
+        name: info.name,
+        backend: backend_label(info.backend).into(),
+        device_type: type_label(info.device_type).into(),
+        driver: info.driver,
+        driver_info: info.driver_info,
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+        max_buffer_size: limits.max_buffer_size,
+        max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+        max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+        max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+        compute,
+    }
+}
+
+fn enumerate(choice: &DeviceChoice) -> Result<(Vec<wgpu::Adapter>, String), DeviceError> {
+    let (backends, searched) = backends_for(choice)?;
+    let instance = make_instance(backends);
+    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+    Ok((adapters, searched))
+}
+
+/// Every adapter wgpu finds (restricted to `choice.backend` / `WGPU_BACKEND` when set),
+/// in the order `--adapter N` indexes them.
+pub fn list_adapters(choice: &DeviceChoice) -> Result<Vec<AdapterSummary>, DeviceError> {
+    let (adapters, _) = enumerate(choice)?;
+    Ok(adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| summarize(i, a))
+        .collect())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{} MiB", bytes / (1024 * 1024))
+}
+
+/// The table `mnist-gpu adapters` prints.
+pub fn format_adapters(list: &[AdapterSummary]) -> String {
+    if list.is_empty() {
+        return "no GPU adapters found (use --cpu-fallback to train on the CPU)\n".into();
+    }
+    let mut out = String::new();
+    for a in list {
+        let driver = match (a.driver.is_empty(), a.driver_info.is_empty()) {
+            (true, true) => "unknown driver".to_string(),
+            (false, true) => a.driver.clone(),
+            (true, false) => a.driver_info.clone(),
+            (false, false) => format!("{} {}", a.driver, a.driver_info),
+        };
+        out.push_str(&format!(
+            "[{}] {} — {}, {}, {}{}\n    storage binding {}, buffer {}, {} storage buffers/stage, {} invocations/workgroup, {} KiB workgroup memory\n",
+            a.index,
+            a.name,
+            a.backend,
+            a.device_type,
+            driver,
+            if a.compute { "" } else { " (NO compute shaders)" },
+            mib(a.max_storage_buffer_binding_size),
+            mib(a.max_buffer_size),
+            a.max_storage_buffers_per_shader_stage,
+            a.max_compute_invocations_per_workgroup,
+            a.max_compute_workgroup_storage_size / 1024,
+        ));
+    }
+    out
+}
+
+fn found_list(adapters: &[wgpu::Adapter]) -> String {
+    adapters
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let info = a.get_info();
+            format!(
+                "  [{i}] {} ({}, {})",
+                info.name,
+                backend_label(info.backend),
+                type_label(info.device_type)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Pick the adapter `choice` asks for, or the best one.
+fn pick_adapter(choice: &DeviceChoice) -> Result<wgpu::Adapter, DeviceError> {
+    let (adapters, searched) = enumerate(choice)?;
+    if adapters.is_empty() {
+        return Err(DeviceError::NoAdapter { searched });
+    }
+    let best = |candidates: Vec<usize>| -> Option<usize> {
+        candidates.into_iter().min_by_key(|&i| {
+            let info = adapters[i].get_info();
+            let compute = adapters[i]
+                .get_downlevel_capabilities()
+                .flags
+                .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
+            (!compute, type_rank(info.device_type), i)
+        })
+    };
+    let (flag, wanted) = match (&choice.adapter, env_nonempty("WGPU_ADAPTER_NAME")) {
+        (Some(a), _) => ("--adapter", a.trim().to_string()),
+        (None, Some(env)) => ("WGPU_ADAPTER_NAME", env.trim().to_string()),
+        (None, None) => {
+            let i = best((0..adapters.len()).collect()).expect("non-empty");
+            return Ok(adapters.into_iter().nth(i).expect("index in range"));
+        }
+    };
+    let not_found = |adapters: &[wgpu::Adapter]| DeviceError::AdapterNotFound {
+        flag: flag.into(),
+        wanted: wanted.clone(),
+        found: found_list(adapters),
+    };
+    let chosen = if let Some(backend) = parse_backend(&wanted) {
+        best(
+            (0..adapters.len())
+                .filter(|&i| backend.contains(wgpu::Backends::from(adapters[i].get_info().backend)))
+                .collect(),
+        )
+    } else if let Ok(index) = wanted.parse::<usize>() {
+        (index < adapters.len()).then_some(index)
+    } else {
+        let needle = wanted.to_lowercase();
+        best(
+            (0..adapters.len())
+                .filter(|&i| adapters[i].get_info().name.to_lowercase().contains(&needle))
+                .collect(),
+        )
+    };
+    match chosen {
+        Some(i) => Ok(adapters.into_iter().nth(i).expect("index in range")),
+        None => Err(not_found(&adapters)),
+    }
+}
+
+/// Storage buffers bound by the most demanding kernel (batchnorm and softmax: 7).
+pub const STORAGE_BUFFERS_PER_STAGE: u32 = 7;
+/// Largest workgroup (softmax, adam, relu: 256 invocations).
+pub const INVOCATIONS_PER_WORKGROUP: u32 = 256;
+/// Workgroup memory of the GEMM tiles (2 × 1024 f32).
+pub const WORKGROUP_STORAGE_BYTES: u32 = 8192;
+
+/// What the trainer needs beyond the kernels' fixed demands: the largest single buffer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Needs {
+    /// Bytes of the largest storage buffer that will be bound (the resident training set).
+    pub largest_buffer: u64,
+}
+
+/// The opened device with its error sinks.
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    errors: Arc<Mutex<Vec<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+impl GpuContext {
+    /// Choose an adapter, check it offers what the trainer needs, and open a device with
+    /// exactly those limits.
+    pub fn new(choice: &DeviceChoice, needs: Needs) -> Result<GpuContext, DeviceError> {
+        let adapter = pick_adapter(choice)?;
+        let info = adapter.get_info();
+        let offered = adapter.limits();
+        let unsupported = |reason: String| DeviceError::Unsupported {
+            adapter: format!("{} ({})", info.name, backend_label(info.backend)),
+            reason,
+        };
+        if !adapter
+            .get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        {
+            return Err(unsupported("it does not support compute shaders".into()));
+        }
+        let mut required = wgpu::Limits::downlevel_defaults();
+        required.max_storage_buffers_per_shader_stage = STORAGE_BUFFERS_PER_STAGE;
+        required.max_compute_invocations_per_workgroup = INVOCATIONS_PER_WORKGROUP;
+        required.max_compute_workgroup_size_x = INVOCATIONS_PER_WORKGROUP;
+        required.max_compute_workgroup_storage_size = WORKGROUP_STORAGE_BYTES;
+        required.max_compute_workgroups_per_dimension =
+            required.max_compute_workgroups_per_dimension.max(1024);
+        // The data set must fit; beyond it ask for WebGPU's default 128 MiB (or what the
+        // adapter has, if less) so batch-sized activation buffers have room.
+        const ROOM: u64 = 128 << 20;
+        required.max_storage_buffer_binding_size = needs
+            .largest_buffer
+            .max(ROOM.min(offered.max_storage_buffer_binding_size));
+        required.max_buffer_size = required
+            .max_storage_buffer_binding_size
+            .max(ROOM.min(offered.max_buffer_size));
+        // Keep the adapter's alignments (they are minimums: larger is looser).
+        required.min_storage_buffer_offset_alignment = offered.min_storage_buffer_offset_alignment;
+        required.min_uniform_buffer_offset_alignment = offered.min_uniform_buffer_offset_alignment;
+        let checks: [(&str, u64, u64); 7] = [
+            (
+                "storage buffers per shader stage",
+                required.max_storage_buffers_per_shader_stage as u64,
+                offered.max_storage_buffers_per_shader_stage as u64,
+            ),
+            (
+                "invocations per workgroup",
+                required.max_compute_invocations_per_workgroup as u64,
+                offered.max_compute_invocations_per_workgroup as u64,
+            ),
+            (
+                "workgroup size x",
+                required.max_compute_workgroup_size_x as u64,
+                offered.max_compute_workgroup_size_x as u64,
+            ),
+            (
+                "workgroup memory (bytes)",
+                required.max_compute_workgroup_storage_size as u64,
+                offered.max_compute_workgroup_storage_size as u64,
+            ),
+            (
+                "workgroups per dimension",
+                required.max_compute_workgroups_per_dimension as u64,
+                offered.max_compute_workgroups_per_dimension as u64,
+            ),
+            (
+                "storage buffer binding size (bytes; the resident training set)",
+                required.max_storage_buffer_binding_size,
+                offered.max_storage_buffer_binding_size,
+            ),
+            (
+                "buffer size (bytes)",
+                required.max_buffer_size,
+                offered.max_buffer_size,
+            ),
+        ];
+        for (what, need, have) in checks {
+            if need > have {
+                return Err(unsupported(format!(
+                    "it offers {have} {what}, the trainer needs {need}"
+                )));
+            }
+        }
+        // Anything downlevel_defaults asks for beyond what the adapter has (GL quirks):
+        // lower it to the adapter's value rather than fail on limits we never use.
+        let required = required.or_worse_values_from(&offered);
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("mnist-gpu"),
+            required_features: wgpu::Features::empty(),
+            required_limits: required.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| DeviceError::RequestDevice {
+            adapter: info.name.clone(),
+            message: e.to_string(),
+        })?;
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut list) = sink.lock() {
+                list.push(e.to_string());
+            }
+        }));
+        let lost = Arc::new(Mutex::new(None));
+        let lost_sink = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut slot) = lost_sink.lock() {
+                *slot = Some(format!("{reason:?}: {message}"));
+            }
+        });
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            limits: required,
+            errors,
+            lost,
+        })
+    }
+
+    /// `llvmpipe (LLVM 15.0.6, 256 bits) — Vulkan, llvmpipe Mesa 22.3.6`.
+    pub fn describe(&self) -> String {
+        let driver = format!("{} {}", self.info.driver, self.info.driver_info);
+        let driver = driver.trim();
+        if driver.is_empty() {
+            format!("{} — {}", self.info.name, backend_label(self.info.backend))
+        } else {
+            format!(
+                "{} — {}, {}",
+                self.info.name,
+                backend_label(self.info.backend),
+                driver
+            )
+        }
+    }
+
+    /// Report any error wgpu raised outside an error scope, or a lost device.
+    pub fn check(&self) -> Result<(), DeviceError> {
+        if let Some(reason) = self.lost.lock().ok().and_then(|l| l.clone()) {
+            return Err(DeviceError::DeviceLost(reason));
+        }
+        let mut errors = self
+            .errors
+            .lock()
+            .map_err(|_| DeviceError::Gpu("error sink poisoned".into()))?;
+        if !errors.is_empty() {
+            let message = errors.join("\n");
+            errors.clear();
+            return Err(DeviceError::Gpu(message));
+        }
+        Ok(())
+    }
+
+    /// Run `f` inside validation and out-of-memory error scopes; any error becomes a
+    /// [`DeviceError::Gpu`] carrying wgpu's message.
+    pub fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T, DeviceError> {
+        let scopes = self.begin_scope();
+        let value = f();
+        self.end_scope(what, scopes)?;
+        Ok(value)
+    }
+
+    /// Open validation and out-of-memory error scopes; close them with [`Self::end_scope`].
+    pub fn begin_scope(&self) -> (wgpu::ErrorScopeGuard, wgpu::ErrorScopeGuard) {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        (oom, validation)
+    }
+
+    /// Close the scopes of [`Self::begin_scope`]; any error they caught becomes a [`DeviceError::Gpu`].
+    pub fn end_scope(
+        &self,
+        what: &str,
+        scopes: (wgpu::ErrorScopeGuard, wgpu::ErrorScopeGuard),
+    ) -> Result<(), DeviceError> {
+        let (oom, validation) = scopes;
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        if let Some(e) = v.or(o) {
+            return Err(DeviceError::Gpu(format!("{what}: {e}")));
+        }
+        self.check()
+    }
+
+    /// Block until all submitted work has finished.
+    pub fn wait(&self) -> Result<(), DeviceError> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| DeviceError::Gpu(format!("waiting for the GPU: {e}")))?;
+        self.check()
+    }
+
+    /// Read `size` bytes of `buffer` (must have COPY_SRC) back to the host, blocking.
+    pub fn read_buffer(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>, DeviceError> {
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+        map_blocking(self, &staging, size)
+    }
+}
+
+/// Map `size` bytes of a MAP_READ buffer, copy them out, unmap.
+pub fn map_blocking(
+    ctx: &GpuContext,
+    staging: &wgpu::Buffer,
+    size: u64,
+) -> Result<Vec<u8>, DeviceError> {
+    let result = Arc::new(Mutex::new(None));
+    let slot = result.clone();
+    staging.map_async(wgpu::MapMode::Read, 0..size, move |r| {
+        if let Ok(mut s) = slot.lock() {
+            *s = Some(r);
+        }
+    });
+    ctx.wait()?;
+    let outcome = result.lock().ok().and_then(|mut s| s.take());
+    match outcome {
+        Some(Ok(())) => {}
+        Some(Err(e)) => return Err(DeviceError::Gpu(format!("reading results back: {e}"))),
+        None => {
+            return Err(DeviceError::Gpu(
+                "reading results back: the map never completed".into(),
+            ))
+        }
+    }
+    let bytes = staging
+        .get_mapped_range(0..size)
+        .map_err(|e| DeviceError::Gpu(format!("reading results back: {e}")))?
+        .to_vec();
+    staging.unmap();
+    Ok(bytes)
+}
