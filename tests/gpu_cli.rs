@@ -1,0 +1,59 @@
+//! The binary on each GPU backend: `train --backend B` names the adapter and trains,
+//! `--resume` and `--init-from` work, and `eval` on the same backend reproduces the
+//! accuracy `train` reported. (Numerical agreement lives in gpu_agreement.rs.)
+
+mod common;
+
+use common::gpu::{available, backends, choice};
+use std::path::Path;
+use std::process::Command;
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+fn last_val_accuracy(dir: &Path) -> f64 {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    last["val_accuracy"].as_f64().unwrap()
+}
+
+#[test]
+fn train_resume_init_from_and_eval_on_each_backend() {
+    for backend in backends() {
+        let Some(adapters) = available("gpu_cli", &backend, mnist_gpu::gpu::list_adapters(&choice(&backend))) else {
+            continue;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let d = dir.to_str().unwrap();
+        let small = ["--train-limit", "640", "--test-limit", "200", "--batch-size", "64"];
+        let mut args = vec!["train", "--backend", &backend, "--epochs", "1", "--out-dir", d];
+        args.extend(small);
+        let out = run(&args);
+        assert!(out.contains(&format!("device: {}", adapters[0].name)), "{backend}: {out}");
+        assert!(out.contains("Epoch 1/1"), "{out}");
+
+        let out = run(&["train", "--backend", &backend, "--resume", d, "--epochs", "2"]);
+        assert!(out.contains("resuming") && out.contains("Epoch 2/2"), "{backend}: {out}");
+        let accuracy = last_val_accuracy(&dir);
+        assert!(accuracy > 0.6, "{backend}: two epochs on 640 samples reached only {accuracy}");
+
+        let model = dir.join("model.safetensors");
+        let eval = run(&["eval", "--backend", &backend, "--test-limit", "200", "--model", model.to_str().unwrap()]);
+        assert!(eval.contains(&format!("accuracy: {:.2}%", accuracy * 100.0)), "{backend}: eval {eval} vs train {accuracy}");
+
+        let second = tmp.path().join("second");
+        let mut args = vec!["train", "--backend", &backend, "--epochs", "1", "--out-dir", second.to_str().unwrap(), "--init-from", model.to_str().unwrap()];
+        args.extend(small);
+        run(&args);
+        assert!(last_val_accuracy(&second) > 0.6, "{backend}: --init-from did not start from the trained weights");
+    }
+}
