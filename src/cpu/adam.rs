@@ -9,8 +9,12 @@ pub fn adam_alpha(hyper: &Hyper, step: u64) -> f32 {
     hyper.lr * (1.0 - hyper.beta2.powf(t)).sqrt() / (1.0 - hyper.beta1.powf(t))
 }
 
+/// Parameters per task below which the update is not split further over the rayon pool.
+const PARALLEL_CHUNK: usize = 1 << 15;
+
 /// One update of every parameter: `m += (g − m)(1 − β1)`, `v += (g² − v)(1 − β2)`,
-/// `p −= alpha · m / (sqrt(v) + ε)`, with `alpha` from [`adam_alpha`].
+/// `p −= alpha · m / (sqrt(v) + ε)`, with `alpha` from [`adam_alpha`]. Elementwise, so
+/// splitting it over threads changes no result.
 pub fn adam_update(
     params: &mut [f32],
     grads: &[f32],
@@ -20,6 +24,18 @@ pub fn adam_update(
     hyper: &Hyper,
 ) {
     assert!(params.len() == grads.len() && m.len() == grads.len() && v.len() == grads.len());
+    if params.len() > PARALLEL_CHUNK {
+        let half = params.len() / 2;
+        let (p0, p1) = params.split_at_mut(half);
+        let (g0, g1) = grads.split_at(half);
+        let (m0, m1) = m.split_at_mut(half);
+        let (v0, v1) = v.split_at_mut(half);
+        rayon::join(
+            || adam_update(p0, g0, m0, v0, alpha, hyper),
+            || adam_update(p1, g1, m1, v1, alpha, hyper),
+        );
+        return;
+    }
     let (one_minus_b1, one_minus_b2, eps) = (1.0 - hyper.beta1, 1.0 - hyper.beta2, hyper.adam_eps);
     for (((p, &g), m), v) in params
         .iter_mut()

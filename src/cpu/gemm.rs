@@ -1,7 +1,116 @@
 //! GEMM, the three forms a dense layer needs (row-major everywhere; shapes are
 //! `x: [m, k]`, `w: [k, n]`, `y/dy: [m, n]`). Backed by `matrixmultiply` (cache-blocked,
-//! SIMD, multi-threaded); [`gemm_naive`] is the plain triple loop kept as the test oracle.
+//! SIMD), split over a rayon pool by [`par_sgemm`]; [`gemm_naive`] is the plain triple loop kept as the test oracle.
 //! GPU twin: `shaders/gemm.wgsl`.
+
+/// Work (m·k·n multiply-adds) below which a GEMM runs on one thread: splitting smaller
+/// ones costs more in synchronisation than it saves.
+const PARALLEL_MIN_WORK: usize = 1 << 17;
+
+/// A read-only strided matrix view: element (i, j) is at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+struct View {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+/// A writable strided matrix view.
+#[derive(Clone, Copy)]
+struct ViewMut {
+    ptr: *mut f32,
+    rs: isize,
+    cs: isize,
+}
+
+// SAFETY: the views are only sent to the two halves of a `rayon::join`, which write
+// disjoint parts of the output and only read the inputs; the borrowed slices behind the
+// pointers outlive the join.
+unsafe impl Send for View {}
+unsafe impl Sync for View {}
+unsafe impl Send for ViewMut {}
+unsafe impl Sync for ViewMut {}
+
+/// `c = a·b + beta·c` for `a: [m, k]`, `b: [k, n]`, split over the rayon pool: the larger
+/// of m and n is halved recursively so each thread owns a disjoint block of `c` (and packs
+/// only its share of the inputs). Every element of `c` is summed over k in the same order
+/// whatever the split, so results are deterministic.
+///
+/// # Safety
+/// The views must address valid `m×k`, `k×n` and `m×n` matrices, `c` not aliasing a or b.
+#[allow(clippy::too_many_arguments)]
+unsafe fn par_sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: View,
+    b: View,
+    beta: f32,
+    c: ViewMut,
+    parts: usize,
+) {
+    if parts <= 1 || m * k * n < PARALLEL_MIN_WORK || m.max(n) < 16 {
+        matrixmultiply::sgemm(
+            m, k, n, 1.0, a.ptr, a.rs, a.cs, b.ptr, b.rs, b.cs, beta, c.ptr, c.rs, c.cs,
+        );
+        return;
+    }
+    let (left, right) = (parts / 2, parts - parts / 2);
+    if n >= m {
+        // Split the columns; round to 8 so each half keeps whole SIMD micro-tiles.
+        let n0 = (n * left / parts).div_ceil(8) * 8;
+        let (b2, c2) = (
+            View {
+                ptr: b.ptr.offset(n0 as isize * b.cs),
+                ..b
+            },
+            ViewMut {
+                ptr: c.ptr.offset(n0 as isize * c.cs),
+                ..c
+            },
+        );
+        rayon::join(
+            || par_sgemm(m, k, n0, a, b, beta, c, left),
+            || par_sgemm(m, k, n - n0, a, b2, beta, c2, right),
+        );
+    } else {
+        let m0 = (m * left / parts).div_ceil(8) * 8;
+        let (a2, c2) = (
+            View {
+                ptr: a.ptr.offset(m0 as isize * a.rs),
+                ..a
+            },
+            ViewMut {
+                ptr: c.ptr.offset(m0 as isize * c.rs),
+                ..c
+            },
+        );
+        rayon::join(
+            || par_sgemm(m0, k, n, a, b, beta, c, left),
+            || par_sgemm(m - m0, k, n, a2, b, beta, c2, right),
+        );
+    }
+}
+
+fn view(data: &[f32], rs: usize, cs: usize) -> View {
+    View {
+        ptr: data.as_ptr(),
+        rs: rs as isize,
+        cs: cs as isize,
+    }
+}
+
+fn view_mut(data: &mut [f32], rs: usize, cs: usize) -> ViewMut {
+    ViewMut {
+        ptr: data.as_mut_ptr(),
+        rs: rs as isize,
+        cs: cs as isize,
+    }
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads()
+}
 
 /// Forward: `y = x · w + bias`, then ReLU when `relu` is set.
 #[allow(clippy::too_many_arguments)]
@@ -21,23 +130,17 @@ pub fn gemm_forward(
     }
     // SAFETY: the lengths were checked above against the shapes and strides passed here.
     unsafe {
-        matrixmultiply::sgemm(
+        par_sgemm(
             m,
             k,
             n,
+            view(x, k, 1),
+            view(w, n, 1),
             1.0,
-            x.as_ptr(),
-            k as isize,
-            1,
-            w.as_ptr(),
-            n as isize,
-            1,
-            1.0,
-            y.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
+            view_mut(y, n, 1),
+            threads(),
+        )
+    };
     if relu {
         super::relu::relu_forward(y);
     }
@@ -48,23 +151,17 @@ pub fn gemm_weight_grad(x: &[f32], dy: &[f32], m: usize, k: usize, n: usize, dw:
     check_lens(&[(x, m * k), (dy, m * n)], dw, k * n);
     // SAFETY: lengths checked; xᵀ is read through swapped strides.
     unsafe {
-        matrixmultiply::sgemm(
+        par_sgemm(
             k,
             m,
             n,
-            1.0,
-            x.as_ptr(),
-            1,
-            k as isize,
-            dy.as_ptr(),
-            n as isize,
-            1,
+            view(x, 1, k),
+            view(dy, n, 1),
             0.0,
-            dw.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
+            view_mut(dw, n, 1),
+            threads(),
+        )
+    };
 }
 
 /// Input gradient: `dx = dy · wᵀ`, shape `[m, k]`; when `mask` (the layer's ReLU output,
@@ -81,23 +178,17 @@ pub fn gemm_input_grad(
     check_lens(&[(dy, m * n), (w, k * n)], dx, m * k);
     // SAFETY: lengths checked; wᵀ is read through swapped strides.
     unsafe {
-        matrixmultiply::sgemm(
+        par_sgemm(
             m,
             n,
             k,
-            1.0,
-            dy.as_ptr(),
-            n as isize,
-            1,
-            w.as_ptr(),
-            1,
-            n as isize,
+            view(dy, n, 1),
+            view(w, 1, n),
             0.0,
-            dx.as_mut_ptr(),
-            k as isize,
-            1,
-        );
-    }
+            view_mut(dx, k, 1),
+            threads(),
+        )
+    };
     if let Some(mask) = mask {
         assert_eq!(mask.len(), m * k);
         super::relu::relu_backward_in_place(dx, mask);

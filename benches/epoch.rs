@@ -1,0 +1,93 @@
+//! Whole-epoch time: seconds per 60,000-sample epoch and samples/s, on the CPU and every
+//! adapter, at batch 32/128/512, with the test accuracy after the measured epochs printed
+//! beside each (a fast wrong trainer does not count). Run: `cargo bench --bench epoch`.
+//!
+//! Environment: `MNIST_GPU_BENCH_REPS` epochs per row (default 3; the median is reported),
+//! `MNIST_GPU_BENCH_SOFT_SAMPLES` samples per epoch on software adapters (default 6000:
+//! lavapipe/llvmpipe need ~75 s for a full epoch; their seconds are scaled to 60,000 and
+//! marked `*`), `MNIST_GPU_BENCH_BACKENDS` which GPU backends to try.
+
+mod common;
+
+use mnist_gpu::backend::Backend;
+use mnist_gpu::cpu::CpuBackend;
+use mnist_gpu::data::{self, Mnist};
+use mnist_gpu::gpu::{DeviceChoice, GpuBackend};
+use mnist_gpu::model::{Hyper, ModelConfig, Params};
+use mnist_gpu::train::epoch_order;
+use std::time::Instant;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Train `reps` epochs of `samples` samples; returns (median seconds per epoch, test accuracy).
+fn measure(backend: &mut dyn Backend, samples: usize, batch: usize, reps: usize) -> (f64, f64) {
+    let mut times = Vec::new();
+    for epoch in 0..reps {
+        let order = epoch_order(samples, 42, epoch, true);
+        let start = Instant::now();
+        backend
+            .train_epoch(&order, batch, &mut |_| {})
+            .expect("training works");
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let accuracy = backend.evaluate().expect("evaluation works").accuracy;
+    (times[times.len() / 2], accuracy)
+}
+
+fn main() {
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let reps = env_usize("MNIST_GPU_BENCH_REPS", 3);
+    let soft_samples = env_usize("MNIST_GPU_BENCH_SOFT_SAMPLES", 6000);
+    let mnist = Mnist::load(&data::builtin_dir()).expect("the built-in MNIST loads");
+    let config = ModelConfig::default();
+    println!(
+        "{:<58} {:>6} {:>12} {:>12} {:>10}",
+        "device", "batch", "s/epoch", "samples/s", "test acc"
+    );
+    let mut rows: Vec<(String, Option<DeviceChoice>, usize)> = vec![("cpu".into(), None, 60_000)];
+    for (label, choice, software) in common::adapters() {
+        rows.push((
+            label,
+            Some(choice),
+            if software { soft_samples } else { 60_000 },
+        ));
+    }
+    for (label, choice, samples) in rows {
+        for batch in [32, 128, 512] {
+            let name = format!("epoch/{label}/b{batch}");
+            if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+                continue;
+            }
+            let data = Mnist {
+                train: mnist.train.clone().truncated(samples),
+                test: mnist.test.clone(),
+            };
+            let params = Params::init(&config, 42);
+            let mut backend: Box<dyn Backend> = match &choice {
+                None => Box::new(CpuBackend::new(params, Hyper::default(), data)),
+                Some(c) => match GpuBackend::new(params, Hyper::default(), data, c) {
+                    Ok(b) => Box::new(b),
+                    Err(e) => {
+                        eprintln!("{label}: {e}");
+                        continue;
+                    }
+                },
+            };
+            let (secs, accuracy) = measure(backend.as_mut(), samples, batch, reps);
+            let scaled = secs * 60_000.0 / samples as f64;
+            let mark = if samples < 60_000 { "*" } else { " " };
+            println!(
+                "{label:<58} {batch:>6} {scaled:>11.3}{mark} {:>12.0} {:>9.2}%",
+                samples as f64 / secs,
+                accuracy * 100.0
+            );
+        }
+    }
+    println!("(* measured on a {soft_samples}-sample epoch and scaled to 60,000; accuracy after {reps} epochs of the measured size)");
+}

@@ -1,0 +1,218 @@
+//! Kernel throughput, CPU and GPU side by side: GEMM GFLOP/s for the three MNIST forms at
+//! batch 32/128/512 and square 1024³ (4096³ on hardware GPUs), and time per call of the
+//! other kernels. Run: `cargo bench --bench kernels`.
+//!
+//! GPU timings record `reps` dispatches into one command buffer, submit once and wait, so
+//! they measure the kernel (plus per-dispatch overhead), not uploads or readbacks.
+
+mod common;
+
+use mnist_gpu::cpu;
+use mnist_gpu::gpu::kernels::{self, GemmUniform, Kernels};
+use mnist_gpu::gpu::{context::Needs, GpuContext};
+use mnist_gpu::model::Hyper;
+use rand::{Rng, SeedableRng};
+
+fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
+/// (label, m, k, n, form) — form 0: X·W, 1: Xᵀ·dY, 2: dY·Wᵀ; (m, k, n) as the dense layer sees them.
+fn gemm_cases(large: bool) -> Vec<(String, usize, usize, usize, u8)> {
+    let mut cases = Vec::new();
+    for batch in [32, 128, 512] {
+        cases.push((
+            format!("gemm/forward/b{batch} ({batch}×784·784×128)"),
+            batch,
+            784,
+            128,
+            0,
+        ));
+        cases.push((
+            format!("gemm/weight_grad/b{batch} (784×{batch}·{batch}×128)"),
+            batch,
+            784,
+            128,
+            1,
+        ));
+        cases.push((
+            format!("gemm/input_grad/b{batch} ({batch}×128·128×784)"),
+            batch,
+            784,
+            128,
+            2,
+        ));
+    }
+    cases.push(("gemm/square/1024".into(), 1024, 1024, 1024, 0));
+    if large {
+        cases.push(("gemm/square/4096".into(), 4096, 4096, 4096, 0));
+    }
+    cases
+}
+
+fn cpu_gemm(m: usize, k: usize, n: usize, form: u8, reps: usize) -> f64 {
+    let (x, w, dy) = (random(m * k, 1), random(k * n, 2), random(m * n, 3));
+    let bias = vec![0.0; n];
+    let (mut y, mut dw, mut dx) = (vec![0.0; m * n], vec![0.0; k * n], vec![0.0; m * k]);
+    common::median_secs(reps, || match form {
+        0 => cpu::gemm::gemm_forward(&x, &w, &bias, m, k, n, false, &mut y),
+        1 => cpu::gemm::gemm_weight_grad(&x, &dy, m, k, n, &mut dw),
+        _ => cpu::gemm::gemm_input_grad(&dy, &w, m, k, n, None, &mut dx),
+    })
+}
+
+fn gpu_gemm(
+    ctx: &GpuContext,
+    kernels: &Kernels,
+    m: usize,
+    k: usize,
+    n: usize,
+    form: u8,
+    reps: usize,
+) -> f64 {
+    let buf = |len: usize, seed| {
+        kernels::storage_init(ctx, "bench", bytemuck::cast_slice(&random(len, seed)))
+    };
+    let (u, a, b, e, c) = match form {
+        0 => (
+            GemmUniform::forward(m, k, n, 0, 0, false),
+            buf(m * k, 1),
+            buf(k * n, 2),
+            buf(n, 4),
+            buf(m * n, 5),
+        ),
+        1 => (
+            GemmUniform::weight_grad(m, k, n, 0, k * n),
+            buf(m * k, 1),
+            buf(m * n, 3),
+            buf(16, 4),
+            buf(k * n + n, 5),
+        ),
+        _ => (
+            GemmUniform::input_grad(m, k, n, 0, false),
+            buf(m * n, 3),
+            buf(k * n, 2),
+            buf(16, 4),
+            buf(m * k, 5),
+        ),
+    };
+    let ub = kernels::uniform(&ctx.device, "gemm", &u);
+    let dispatch = kernels
+        .gemm
+        .dispatch(&ctx.device, &ub, &[&a, &b, &e, &c], u.workgroups());
+    let batch: Vec<_> = vec![dispatch; reps];
+    let run = || {
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            kernels::record(&mut pass, &batch);
+        }
+        ctx.queue.submit([encoder.finish()]);
+        ctx.wait().expect("the GPU finishes");
+    };
+    common::median_secs(3, run) / reps as f64
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument selects rows by substring.
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let wanted = |label: &str| filter.as_deref().is_none_or(|f| label.contains(f));
+    let adapters = common::adapters();
+    let mut contexts = Vec::new();
+    for (label, choice, software) in &adapters {
+        match GpuContext::new(choice, Needs::default())
+            .and_then(|ctx| Kernels::new(&ctx).map(|k| (ctx, k)))
+        {
+            Ok((ctx, k)) => contexts.push((label.clone(), ctx, k, *software)),
+            Err(e) => eprintln!("{label}: {e}"),
+        }
+    }
+    println!(
+        "{:<44} {:>14} {}",
+        "kernel",
+        "cpu GFLOP/s",
+        contexts
+            .iter()
+            .map(|c| format!("{:>14}", short(&c.0)))
+            .collect::<String>()
+    );
+    let large = contexts.iter().any(|c| !c.3);
+    for (label, m, k, n, form) in gemm_cases(large) {
+        if !wanted(&label) {
+            continue;
+        }
+        let flops = 2.0 * (m * k * n) as f64;
+        let reps = ((2e9 / flops) as usize).clamp(3, 200);
+        let cpu = if m * k * n > 1 << 32 {
+            f64::NAN
+        } else {
+            flops / cpu_gemm(m, k, n, form, reps) / 1e9
+        };
+        let mut row = format!("{label:<44} {cpu:>14.2}");
+        for (_, ctx, kernels, software) in &contexts {
+            // Software rasterisers manage ~1 GFLOP/s: keep their repetitions small.
+            let gpu_reps = if *software {
+                (reps / 20).max(1)
+            } else {
+                reps.max(20)
+            };
+            row.push_str(&format!(
+                "{:>14.2}",
+                flops / gpu_gemm(ctx, kernels, m, k, n, form, gpu_reps) / 1e9
+            ));
+        }
+        println!("{row}");
+    }
+    if wanted("other") {
+        other_kernels_cpu();
+    }
+}
+
+fn short(label: &str) -> String {
+    label.chars().take(13).collect()
+}
+
+/// Time per call of the non-GEMM CPU kernels at batch 32 (the default training step).
+fn other_kernels_cpu() {
+    let (batch, features) = (32, 784);
+    let x = random(batch * features, 7);
+    let (gamma, beta) = (vec![1.0; features], vec![0.0; features]);
+    let (mut mm, mut mv) = (vec![0.0; features], vec![1.0; features]);
+    let (mut xhat, mut y, mut inv) = (
+        vec![0.0; batch * features],
+        vec![0.0; batch * features],
+        vec![0.0; features],
+    );
+    let hyper = Hyper::default();
+    let us = |s: f64| s * 1e6;
+    let t = common::median_secs(200, || {
+        cpu::batchnorm::batchnorm_forward_train(
+            &x, batch, &gamma, &beta, 1e-3, 0.99, &mut mm, &mut mv, &mut xhat, &mut y, &mut inv,
+        )
+    });
+    println!("other/cpu/batchnorm_forward_train b32: {:.1} µs", us(t));
+    let (mut dg, mut db) = (vec![0.0; features], vec![0.0; features]);
+    let t = common::median_secs(200, || {
+        cpu::batchnorm::batchnorm_backward(&x, &xhat, &gamma, &inv, batch, &mut dg, &mut db, None)
+    });
+    println!("other/cpu/batchnorm_backward b32: {:.1} µs", us(t));
+    let logits = random(batch * 10, 8);
+    let labels: Vec<u8> = (0..batch as u8).map(|i| i % 10).collect();
+    let mut grad = vec![0.0; batch * 10];
+    let t = common::median_secs(1000, || {
+        cpu::softmax_xent::softmax_xent(&logits, &labels, 10, Some(&mut grad), None);
+    });
+    println!("other/cpu/softmax_xent b32: {:.1} µs", us(t));
+    let len = 103_338;
+    let (mut p, g, mut m, mut v) = (
+        random(len, 9),
+        random(len, 10),
+        vec![0.0; len],
+        vec![0.0; len],
+    );
+    let t = common::median_secs(200, || {
+        cpu::adam::adam_update(&mut p, &g, &mut m, &mut v, 1e-3, &hyper)
+    });
+    println!("other/cpu/adam 103338 params: {:.1} µs", us(t));
+}
