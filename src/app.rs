@@ -2,14 +2,16 @@
 //! the user asked for, train, write what a run leaves behind, evaluate, predict.
 
 use crate::backend::Backend;
+use crate::backend::{Diverged, StepProgress};
 use crate::cpu::{self, CpuBackend};
 use crate::data::{self, Mnist};
 use crate::fsutil::{ensure_writable_dir, write_atomic};
 use crate::gpu::{self, AdapterSummary, DeviceChoice, GpuBackend};
+use crate::interrupt::{self, Interrupted};
 use crate::model::{Hyper, ModelConfig, Params, CLASSES};
 use crate::modelfile::{self, RunState};
 use crate::progress::Console;
-use crate::train::{train, EpochRecord, Observer, TrainOptions, TrainOutcome};
+use crate::train::{train_from, EpochRecord, Observer, Stopped, TrainOptions, TrainOutcome};
 use crate::{preprocess, report};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -240,6 +242,49 @@ pub fn resume_settings(
     })
 }
 
+/// Metadata keys of a checkpoint written inside an epoch: the steps of epoch
+/// `epochs_done + 1` already taken and their sums, so `--resume` continues from there.
+const PARTIAL_STEPS: &str = "epoch_steps_done";
+const PARTIAL_SAMPLES: &str = "epoch_samples_done";
+const PARTIAL_LOSS: &str = "epoch_loss_sum";
+const PARTIAL_CORRECT: &str = "epoch_correct";
+
+/// Test hook: `MNIST_GPU_INTERRUPT_AT=EPOCH:STEP` behaves as if Ctrl-C were pressed
+/// during step STEP of epoch EPOCH (both 1-based; the GPU stops at the end of the
+/// submission holding that step), so interruption can be tested exactly.
+const INTERRUPT_AT_ENV: &str = "MNIST_GPU_INTERRUPT_AT";
+
+fn interrupt_at() -> Option<(usize, usize)> {
+    let text = std::env::var(INTERRUPT_AT_ENV).ok()?;
+    let (epoch, step) = text.split_once(':')?;
+    Some((epoch.trim().parse().ok()?, step.trim().parse().ok()?))
+}
+
+/// The partial-epoch progress stored in a checkpoint (`default` when it was written at
+/// the end of an epoch).
+pub fn partial_epoch(state: &RunState) -> Result<StepProgress> {
+    let get = |key: &str| state.settings.get(key).map(String::as_str);
+    let Some(steps) = get(PARTIAL_STEPS) else {
+        return Ok(StepProgress::default());
+    };
+    let bad = |key: &str| anyhow::anyhow!("checkpoint metadata '{key}' is not a number");
+    let num = |key: &str| -> Result<u64> {
+        get(key)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad(key))
+    };
+    Ok(StepProgress {
+        steps_done: steps.parse().map_err(|_| bad(PARTIAL_STEPS))?,
+        steps_total: 0,
+        samples_done: num(PARTIAL_SAMPLES)? as usize,
+        loss_sum: get(PARTIAL_LOSS)
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite())
+            .ok_or_else(|| bad(PARTIAL_LOSS))?,
+        correct: num(PARTIAL_CORRECT)?,
+    })
+}
+
 /// Writes the run's per-epoch files: `metrics.jsonl` (and `--metrics`) and the checkpoint.
 struct RunWriter<'a> {
     console: Console,
@@ -269,8 +314,36 @@ impl Observer for RunWriter<'_> {
     fn epoch_started(&mut self, epoch: usize, epochs: usize, steps: usize) {
         self.console.epoch_started(epoch, epochs, steps);
     }
-    fn step(&mut self, progress: &crate::backend::StepProgress) {
+    fn step(&mut self, progress: &StepProgress) {
         self.console.step(progress);
+    }
+    fn interrupted(
+        &mut self,
+        epoch: usize,
+        progress: &StepProgress,
+        backend: &mut dyn Backend,
+    ) -> Result<()> {
+        self.console.interrupted(epoch, progress, backend)?;
+        if progress.steps_done >= progress.steps_total {
+            return Ok(()); // the end-of-epoch checkpoint is already on disk
+        }
+        let mut settings = settings_metadata(self.settings, &self.history);
+        settings.extend([
+            (PARTIAL_STEPS.to_string(), progress.steps_done.to_string()),
+            (
+                PARTIAL_SAMPLES.to_string(),
+                progress.samples_done.to_string(),
+            ),
+            (PARTIAL_LOSS.to_string(), progress.loss_sum.to_string()),
+            (PARTIAL_CORRECT.to_string(), progress.correct.to_string()),
+        ]);
+        let state = RunState {
+            optim: backend.optim_state()?,
+            epochs_done: epoch - 1,
+            settings,
+        };
+        modelfile::save_checkpoint(&backend.params()?, &state, &self.out_dir.join(CHECKPOINT))?;
+        Ok(())
     }
     fn epoch_finished(
         &mut self,
@@ -302,6 +375,18 @@ pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
         write_atomic(metrics, b"")
             .with_context(|| format!("cannot create metrics file {}", metrics.display()))?;
     }
+    // Read the model or checkpoint before the (slower) data set, so a bad file fails fast.
+    let (params, resumed) = match (&settings.resume, &settings.init_from) {
+        (Some(dir), _) => {
+            let (params, state) = modelfile::load_checkpoint(&dir.join(CHECKPOINT))?;
+            (params, Some(state))
+        }
+        (None, Some(path)) => (modelfile::load_model(path)?, None),
+        (None, None) => {
+            settings.model.check_size().map_err(anyhow::Error::msg)?;
+            (Params::init(&settings.model, settings.options.seed), None)
+        }
+    };
     let data = load_data(
         &settings.data_dir,
         settings.train_limit,
@@ -320,14 +405,6 @@ pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
     let train_count = train_set.len();
     let test_images = data.test.clone();
 
-    let (params, resumed) = match (&settings.resume, &settings.init_from) {
-        (Some(dir), _) => {
-            let (params, state) = modelfile::load_checkpoint(&dir.join(CHECKPOINT))?;
-            (params, Some(state))
-        }
-        (None, Some(path)) => (modelfile::load_model(path)?, None),
-        (None, None) => (Params::init(&settings.model, settings.options.seed), None),
-    };
     let trainable: usize = params
         .layout
         .named(&params.config)
@@ -343,19 +420,32 @@ pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
     )?;
     let mut history = Vec::new();
     let mut first_epoch = 0;
+    let mut partial = StepProgress::default();
     if let Some(state) = &resumed {
         backend.load(&params, Some(&state.optim))?;
         first_epoch = state.epochs_done;
+        partial = partial_epoch(state)
+            .with_context(|| format!("{}", out_dir.join(CHECKPOINT).display()))?;
         history = state
             .settings
             .get("history")
             .and_then(|h| serde_json::from_str(h).ok())
             .unwrap_or_default();
-        println!(
-            "resuming {} after epoch {first_epoch} of {}",
-            out_dir.display(),
-            settings.options.epochs
-        );
+        if partial.steps_done > 0 {
+            println!(
+                "resuming {} in epoch {} after step {} (of {} epochs)",
+                out_dir.display(),
+                first_epoch + 1,
+                partial.steps_done,
+                settings.options.epochs
+            );
+        } else {
+            println!(
+                "resuming {} after epoch {first_epoch} of {}",
+                out_dir.display(),
+                settings.options.epochs
+            );
+        }
     }
     println!(
         "model: {} ({trainable} trainable parameters), pixels {}",
@@ -380,13 +470,45 @@ pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
         out_dir: &out_dir,
         history,
     };
-    let outcome = train(
+    let hook = interrupt_at();
+    let stop = |epoch: usize, steps: usize| {
+        interrupt::requested() || hook.is_some_and(|(e, s)| e == epoch && steps >= s)
+    };
+    let checkpoint = out_dir.join(CHECKPOINT);
+    let outcome = match train_from(
         backend.as_mut(),
         train_count,
         &settings.options,
         first_epoch,
+        &partial,
         &mut writer,
-    )?;
+        &stop,
+    ) {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            if let Some(stopped) = error.downcast_ref::<Stopped>() {
+                return Err(Interrupted {
+                    epoch: stopped.epoch,
+                    steps_done: stopped.progress.steps_done,
+                    steps_total: stopped.progress.steps_total,
+                    checkpoint: checkpoint.display().to_string(),
+                    dir: out_dir.display().to_string(),
+                }
+                .into());
+            }
+            if error.downcast_ref::<Diverged>().is_some() {
+                if checkpoint.exists() {
+                    eprintln!(
+                        "note: the last good checkpoint, {}, is unchanged",
+                        checkpoint.display()
+                    );
+                } else {
+                    eprintln!("note: no epoch finished, so there is no checkpoint");
+                }
+            }
+            return Err(error);
+        }
+    };
     println!(
         "Test accuracy: {:.2}% (loss {:.4})",
         outcome.final_eval.accuracy * 100.0,

@@ -44,6 +44,27 @@ pub struct EvalStats {
     pub predictions: Vec<u8>,
 }
 
+/// The training loss stopped being a finite number (the learning rate is usually too
+/// large). `step` counts from 1 within the epoch.
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+#[error("the loss became {loss} at step {step} of {steps_total}{}; try a smaller learning rate (--lr)", detected_note(*.step, *.detected_after))]
+pub struct Diverged {
+    pub step: usize,
+    pub steps_total: usize,
+    /// The batch's summed loss, NaN or ±inf.
+    pub loss: f32,
+    /// The step after which the backend noticed it (the GPU reads losses back in bursts).
+    pub detected_after: usize,
+}
+
+fn detected_note(step: usize, detected_after: usize) -> String {
+    if detected_after > step {
+        format!(" (noticed when the losses were read back after step {detected_after})")
+    } else {
+        String::new()
+    }
+}
+
 pub trait Backend {
     /// What trains, for the run header: `cpu (2 threads)`, `llvmpipe (Vulkan, Mesa …)`.
     fn name(&self) -> String;
@@ -55,6 +76,29 @@ pub trait Backend {
         order: &[u32],
         batch_size: usize,
         progress: &mut dyn FnMut(&StepProgress),
+    ) -> anyhow::Result<EpochStats> {
+        self.train_epoch_from(
+            order,
+            batch_size,
+            &StepProgress::default(),
+            progress,
+            &|_| false,
+        )
+    }
+
+    /// [`Backend::train_epoch`], resumable and interruptible: the epoch's first
+    /// `start.steps_done` steps are already done (their sums are in `start`, which the
+    /// totals continue from), and `stop` is asked between steps (the GPU: between
+    /// submissions), with the number of the epoch's steps done or under way; when it says yes the backend finishes the step(s) under way and
+    /// returns early, with `samples` < `order.len()`. A loss that is not finite ends the
+    /// epoch with a [`Diverged`] error at once.
+    fn train_epoch_from(
+        &mut self,
+        order: &[u32],
+        batch_size: usize,
+        start: &StepProgress,
+        progress: &mut dyn FnMut(&StepProgress),
+        stop: &dyn Fn(usize) -> bool,
     ) -> anyhow::Result<EpochStats>;
 
     /// Loss, accuracy and predictions on the whole test set, in inference mode.

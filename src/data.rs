@@ -174,22 +174,42 @@ pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
             problem: "is a directory, expected an IDX file".into(),
         });
     }
+    // A FIFO, socket or device would block or never end: only regular files are read.
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(DataError::Invalid {
+            path: path.to_path_buf(),
+            problem: "is not a regular file (a FIFO, socket or device?), expected an IDX file"
+                .into(),
+        });
+    }
     let mut raw = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut raw))
         .map_err(io_err)?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::Invalid {
-                path: path.to_path_buf(),
-                problem: format!("corrupt gzip data ({e})"),
-            })?;
-        Ok(out)
-    } else {
-        Ok(raw)
+    gunzip_if_gz(raw).map_err(|problem| invalid(path, problem))
+}
+
+/// Largest decompressed IDX file accepted (the MNIST training images are 47 MB).
+pub const MAX_DECOMPRESSED: u64 = 1 << 30;
+
+/// `raw` itself, or its gunzipped contents when it starts with the gzip magic bytes
+/// (the error is the problem, without a file name).
+pub fn gunzip_if_gz(raw: Vec<u8>) -> Result<Vec<u8>, String> {
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return Ok(raw);
     }
+    let mut out = Vec::new();
+    GzDecoder::new(&raw[..])
+        .take(MAX_DECOMPRESSED + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("corrupt gzip data ({e})"))?;
+    if out.len() as u64 > MAX_DECOMPRESSED {
+        return Err(format!(
+            "gzip data decompresses to more than {MAX_DECOMPRESSED} bytes"
+        ));
+    }
+    Ok(out)
 }
 
 fn invalid(path: &Path, problem: impl Into<String>) -> DataError {
@@ -259,7 +279,36 @@ fn parse_header(
 
 /// Images: (pixels, count, rows, cols).
 pub fn read_images(path: &Path) -> Result<(Vec<u8>, usize, usize, usize), DataError> {
-    let mut bytes = read_maybe_gz(path)?;
+    images_from(path, read_maybe_gz(path)?)
+}
+
+/// Labels, each checked to be a digit 0..=9.
+pub fn read_labels(path: &Path) -> Result<Vec<u8>, DataError> {
+    labels_from(path, read_maybe_gz(path)?)
+}
+
+/// Parse the bytes of an IDX image file (plain or gzipped) as [`read_images`] does;
+/// errors name `<bytes>`. For fuzzing and callers that hold the file in memory.
+pub fn parse_images(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize, usize), DataError> {
+    let path = Path::new(IN_MEMORY);
+    let bytes = gunzip_if_gz(bytes.to_vec()).map_err(|problem| invalid(path, problem))?;
+    images_from(path, bytes)
+}
+
+/// Parse the bytes of an IDX label file (plain or gzipped) as [`read_labels`] does.
+pub fn parse_labels(bytes: &[u8]) -> Result<Vec<u8>, DataError> {
+    let path = Path::new(IN_MEMORY);
+    let bytes = gunzip_if_gz(bytes.to_vec()).map_err(|problem| invalid(path, problem))?;
+    labels_from(path, bytes)
+}
+
+/// Name used in errors from [`parse_images`] and [`parse_labels`], which have no file.
+const IN_MEMORY: &str = "<bytes>";
+
+fn images_from(
+    path: &Path,
+    mut bytes: Vec<u8>,
+) -> Result<(Vec<u8>, usize, usize, usize), DataError> {
     let shape = parse_header(path, &bytes, IMAGES_MAGIC, 3)?;
     if shape[1] == 0 || shape[2] == 0 {
         return Err(invalid(
@@ -271,9 +320,7 @@ pub fn read_images(path: &Path) -> Result<(Vec<u8>, usize, usize, usize), DataEr
     Ok((bytes, shape[0], shape[1], shape[2]))
 }
 
-/// Labels, each checked to be a digit 0..=9.
-pub fn read_labels(path: &Path) -> Result<Vec<u8>, DataError> {
-    let mut bytes = read_maybe_gz(path)?;
+fn labels_from(path: &Path, mut bytes: Vec<u8>) -> Result<Vec<u8>, DataError> {
     parse_header(path, &bytes, LABELS_MAGIC, 1)?;
     bytes.drain(..8);
     if let Some((index, label)) = bytes.iter().enumerate().find(|(_, &l)| l > 9) {

@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod data;
 pub mod fsutil;
 pub mod gpu;
+pub mod interrupt;
 pub mod model;
 pub mod modelfile;
 pub mod preprocess;

@@ -4,6 +4,7 @@
 use clap::{Args, Parser, Subcommand};
 use mnist_gpu::app::{self, Device, TrainSettings};
 use mnist_gpu::gpu::DeviceChoice;
+use mnist_gpu::interrupt::{self, Interrupted};
 use mnist_gpu::model::{parse_hidden, Hyper, ModelConfig};
 use mnist_gpu::train::TrainOptions;
 use std::path::PathBuf;
@@ -135,7 +136,13 @@ struct TrainArgs {
 struct HiddenList(Vec<usize>);
 
 fn hidden_list(text: &str) -> Result<HiddenList, String> {
-    parse_hidden(text).map(HiddenList)
+    let hidden = parse_hidden(text)?;
+    ModelConfig {
+        hidden: hidden.clone(),
+        raw_pixels: false,
+    }
+    .check_size()?;
+    Ok(HiddenList(hidden))
 }
 
 fn positive(text: &str) -> Result<usize, String> {
@@ -221,7 +228,10 @@ fn predict(args: &PredictArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => args.settings().and_then(|s| app::run_train(&s)).map(|_| ()),
+        Command::Train(args) => {
+            interrupt::install();
+            args.settings().and_then(|s| app::run_train(&s)).map(|_| ())
+        }
         Command::Eval(args) => app::run_eval(
             &args.model,
             &app::data_dir_or_builtin(args.data_dir),
@@ -235,6 +245,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.downcast_ref::<Interrupted>().is_some() => {
+            eprintln!("{error:#}");
+            ExitCode::from(interrupt::EXIT_CODE)
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

@@ -35,6 +35,9 @@ impl Default for ModelConfig {
     }
 }
 
+/// Largest model accepted (trainable parameters).
+pub const MAX_PARAMS: usize = 100_000_000;
+
 impl ModelConfig {
     /// Widths of every activation: `[784, hidden..., 10]`.
     pub fn widths(&self) -> Vec<usize> {
@@ -42,6 +45,28 @@ impl ModelConfig {
         widths.extend(&self.hidden);
         widths.push(CLASSES);
         widths
+    }
+
+    /// Trainable parameters (BatchNorm γ, β and every kernel and bias), `None` on overflow.
+    pub fn parameter_count(&self) -> Option<usize> {
+        self.widths().windows(2).try_fold(2 * INPUT, |acc, w| {
+            w[0].checked_mul(w[1])
+                .and_then(|k| k.checked_add(w[1]))
+                .and_then(|n| acc.checked_add(n))
+        })
+    }
+
+    /// Refuse models too large to train here (more than [`MAX_PARAMS`] parameters: the
+    /// parameters, gradients and Adam's two moments would need over 1.6 GB).
+    pub fn check_size(&self) -> Result<(), String> {
+        match self.parameter_count() {
+            Some(n) if n <= MAX_PARAMS => Ok(()),
+            count => Err(format!(
+                "hidden layers {:?} give {} trainable parameters; at most {MAX_PARAMS} are supported",
+                self.hidden,
+                count.map_or("too many".to_string(), |n| n.to_string())
+            )),
+        }
     }
 
     /// Number of Dense layers (hidden layers plus the output layer).

@@ -242,10 +242,14 @@ impl<'a> Reader<'a> {
     fn config(&self) -> Result<ModelConfig, ModelFileError> {
         let hidden = crate::model::parse_hidden(self.meta("hidden")?)
             .map_err(|e| self.invalid(format!("metadata 'hidden': {e}")))?;
-        Ok(ModelConfig {
+        let config = ModelConfig {
             hidden,
             raw_pixels: self.meta_parse("raw_pixels")?,
-        })
+        };
+        config
+            .check_size()
+            .map_err(|e| self.invalid(format!("metadata 'hidden': {e}")))?;
+        Ok(config)
     }
 
     /// Tensor `name` as f32 values, checked for presence, dtype, shape and finiteness.
@@ -328,13 +332,34 @@ fn read(path: &Path) -> Result<Vec<u8>, ModelFileError> {
 /// Load a model (or the model part of a checkpoint), validated against its architecture.
 pub fn load_model(path: &Path) -> Result<Params, ModelFileError> {
     let bytes = read(path)?;
-    Reader::new(path, &bytes)?.params()
+    model_from(path, &bytes)
 }
 
 /// Load a checkpoint: the model, Adam's state and the run's state.
 pub fn load_checkpoint(path: &Path) -> Result<(Params, RunState), ModelFileError> {
     let bytes = read(path)?;
-    let reader = Reader::new(path, &bytes)?;
+    checkpoint_from(path, &bytes)
+}
+
+/// Name used in errors from [`parse_model`] and [`parse_checkpoint`], which have no file.
+const IN_MEMORY: &str = "<bytes>";
+
+/// [`load_model`] on the bytes of a file (errors name `<bytes>`); for fuzzing.
+pub fn parse_model(bytes: &[u8]) -> Result<Params, ModelFileError> {
+    model_from(Path::new(IN_MEMORY), bytes)
+}
+
+/// [`load_checkpoint`] on the bytes of a file (errors name `<bytes>`); for fuzzing.
+pub fn parse_checkpoint(bytes: &[u8]) -> Result<(Params, RunState), ModelFileError> {
+    checkpoint_from(Path::new(IN_MEMORY), bytes)
+}
+
+fn model_from(path: &Path, bytes: &[u8]) -> Result<Params, ModelFileError> {
+    Reader::new(path, bytes)?.params()
+}
+
+fn checkpoint_from(path: &Path, bytes: &[u8]) -> Result<(Params, RunState), ModelFileError> {
+    let reader = Reader::new(path, bytes)?;
     let params = reader.params()?;
     let len = params.layout.total;
     let optim = OptimState {

@@ -25,7 +25,7 @@
 
 use image::imageops::{self, FilterType};
 use image::{DynamicImage, ImageBuffer, ImageFormat, ImageReader, Limits, Luma};
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -144,14 +144,63 @@ fn read_image(path: &Path) -> Result<DynamicImage, PreprocessError> {
             message: "is a directory".into(),
         });
     }
+    if !meta.is_file() {
+        return Err(PreprocessError::Decode {
+            path: p(),
+            message: "is not a regular file (a FIFO, socket or device?)".into(),
+        });
+    }
     if meta.len() == 0 {
         return Err(PreprocessError::EmptyFile { path: p() });
     }
-    let open = || -> Result<ImageReader<io::BufReader<std::fs::File>>, PreprocessError> {
-        let reader = ImageReader::open(path)
-            .map_err(io_err)?
-            .with_guessed_format()
-            .map_err(io_err)?;
+    let mut head = Vec::with_capacity(24);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(24).read_to_end(&mut head))
+        .map_err(io_err)?;
+    decode_checked(|| ImageReader::open(path).map_err(io_err), &head, path)
+}
+
+/// Width and height from a PNG's IHDR chunk (the first 24 bytes of the file), so an
+/// empty or oversized picture is named as such even where the decoder would only call
+/// the header invalid.
+fn png_dimensions(head: &[u8]) -> Option<(u32, u32)> {
+    if head.len() < 24 || !head.starts_with(b"\x89PNG\r\n\x1a\n") || &head[12..16] != b"IHDR" {
+        return None;
+    }
+    let word = |i: usize| u32::from_be_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    Some((word(16), word(20)))
+}
+
+/// Read PNG or JPEG bytes and prepare them as [`load_digit`] does; errors name `<image>`.
+/// For fuzzing and callers that hold the file in memory.
+pub fn from_bytes(bytes: &[u8]) -> Result<Preprocessed, PreprocessError> {
+    let path = Path::new(IN_MEMORY);
+    if bytes.is_empty() {
+        return Err(PreprocessError::EmptyFile {
+            path: path.to_path_buf(),
+        });
+    }
+    let img = decode_checked(
+        || Ok(ImageReader::new(io::Cursor::new(bytes))),
+        &bytes[..bytes.len().min(24)],
+        path,
+    )?;
+    prepare(&img, path)
+}
+
+/// Check the format and the size from the header, then decode under limits.
+fn decode_checked<R: io::BufRead + io::Seek>(
+    make: impl Fn() -> Result<ImageReader<R>, PreprocessError>,
+    head: &[u8],
+    path: &Path,
+) -> Result<DynamicImage, PreprocessError> {
+    if let Some((width, height)) = png_dimensions(head) {
+        check_size(width, height, path)?;
+    }
+    let p = || path.to_path_buf();
+    let io_err = |source: io::Error| PreprocessError::Io { path: p(), source };
+    let open = || -> Result<ImageReader<R>, PreprocessError> {
+        let reader = make()?.with_guessed_format().map_err(io_err)?;
         match reader.format() {
             Some(ImageFormat::Png | ImageFormat::Jpeg) => Ok(reader),
             Some(other) => Err(PreprocessError::Unsupported {

@@ -46,6 +46,18 @@ impl Observer for Console {
         }
     }
 
+    fn interrupted(
+        &mut self,
+        _epoch: usize,
+        _progress: &StepProgress,
+        _backend: &mut dyn Backend,
+    ) -> Result<()> {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        Ok(())
+    }
+
     fn epoch_finished(
         &mut self,
         r: &EpochRecord,

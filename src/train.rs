@@ -1,6 +1,6 @@
 //! The one training loop, over any [`Backend`]: epochs, shuffling, metrics, progress.
 
-use crate::backend::{Backend, EpochStats, EvalStats, StepProgress};
+use crate::backend::{Backend, Diverged, EpochStats, EvalStats, StepProgress};
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -54,6 +54,26 @@ pub trait Observer {
     ) -> Result<()> {
         Ok(())
     }
+    /// Called when `stop` ended training inside epoch `epoch` (1-based) after
+    /// `progress.steps_done` of its steps (all of them: at the epoch's end), before
+    /// [`train_from`] returns [`Stopped`]: the place to write a resumable checkpoint.
+    fn interrupted(
+        &mut self,
+        _epoch: usize,
+        _progress: &StepProgress,
+        _backend: &mut dyn Backend,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Training stopped because `stop` said so; the observer has been told.
+#[derive(Clone, Copy, Debug, PartialEq, thiserror::Error)]
+#[error("stopped in epoch {epoch} after step {} of {}", progress.steps_done, progress.steps_total)]
+pub struct Stopped {
+    /// 1-based.
+    pub epoch: usize,
+    pub progress: StepProgress,
 }
 
 /// An observer that shows nothing.
@@ -88,16 +108,79 @@ pub fn train(
     first_epoch: usize,
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome> {
+    train_from(
+        backend,
+        train_count,
+        options,
+        first_epoch,
+        &StepProgress::default(),
+        observer,
+        &|_, _| false,
+    )
+}
+
+/// [`train`], resuming inside epoch `first_epoch + 1` after the steps in `partial`
+/// (`StepProgress::default()` to start the epoch from its beginning), and stopping
+/// when `stop(epoch, steps done in it)` says so (it is asked between steps): after the step under way, with [`Observer::interrupted`] called
+/// and a [`Stopped`] error returned. A non-finite loss stops training at once with an
+/// error naming the epoch and step (it wraps [`crate::backend::Diverged`]).
+pub fn train_from(
+    backend: &mut dyn Backend,
+    train_count: usize,
+    options: &TrainOptions,
+    first_epoch: usize,
+    partial: &StepProgress,
+    observer: &mut dyn Observer,
+    stop: &dyn Fn(usize, usize) -> bool,
+) -> Result<TrainOutcome> {
     let steps = train_count.div_ceil(options.batch_size);
     let mut history = Vec::new();
     let mut final_eval = None;
     for epoch in first_epoch..options.epochs {
+        let start = if epoch == first_epoch {
+            StepProgress {
+                steps_total: steps,
+                ..*partial
+            }
+        } else {
+            StepProgress {
+                steps_total: steps,
+                ..StepProgress::default()
+            }
+        };
         observer.epoch_started(epoch + 1, options.epochs, steps);
         let order = epoch_order(train_count, options.seed, epoch, options.shuffle);
         let started = Instant::now();
-        let stats: EpochStats =
-            backend.train_epoch(&order, options.batch_size, &mut |p| observer.step(p))?;
+        let mut last = start;
+        let result = backend.train_epoch_from(
+            &order,
+            options.batch_size,
+            &start,
+            &mut |p| {
+                last = *p;
+                observer.step(p)
+            },
+            &|steps| stop(epoch + 1, steps),
+        );
+        let stats: EpochStats = match result {
+            Ok(stats) => stats,
+            Err(error) => {
+                return Err(match error.downcast::<Diverged>() {
+                    Ok(diverged) => anyhow::Error::new(diverged)
+                        .context(format!("training diverged in epoch {}", epoch + 1)),
+                    Err(other) => other,
+                })
+            }
+        };
         let seconds = started.elapsed().as_secs_f64();
+        if stats.samples < order.len() {
+            observer.interrupted(epoch + 1, &last, backend)?;
+            return Err(Stopped {
+                epoch: epoch + 1,
+                progress: last,
+            }
+            .into());
+        }
         if !stats.loss.is_finite() {
             bail!(
                 "training diverged in epoch {}: the loss became {} (try a smaller --lr)",
@@ -113,11 +196,24 @@ pub fn train(
             val_loss: eval.loss,
             val_accuracy: eval.accuracy,
             seconds,
-            samples_per_second: stats.samples as f64 / seconds.max(1e-9),
+            samples_per_second: (stats.samples - start.samples_done) as f64 / seconds.max(1e-9),
         };
         observer.epoch_finished(&record, options.epochs, backend)?;
         history.push(record);
         final_eval = Some(eval);
+        if epoch + 1 < options.epochs && stop(epoch + 1, steps) {
+            // The checkpoint written at the end of this epoch is the one to resume from.
+            let progress = StepProgress {
+                steps_done: steps,
+                ..last
+            };
+            observer.interrupted(epoch + 1, &progress, backend)?;
+            return Err(Stopped {
+                epoch: epoch + 1,
+                progress,
+            }
+            .into());
+        }
     }
     let final_eval = match final_eval {
         Some(eval) => eval,

@@ -15,7 +15,11 @@ fn run(args: &[&str]) -> String {
         .output()
         .expect("the binary runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
@@ -28,32 +32,92 @@ fn last_val_accuracy(dir: &Path) -> f64 {
 #[test]
 fn train_resume_init_from_and_eval_on_each_backend() {
     for backend in backends() {
-        let Some(adapters) = available("gpu_cli", &backend, mnist_gpu::gpu::list_adapters(&choice(&backend))) else {
+        let Some(adapters) = available(
+            "gpu_cli",
+            &backend,
+            mnist_gpu::gpu::list_adapters(&choice(&backend)),
+        ) else {
             continue;
         };
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("run");
         let d = dir.to_str().unwrap();
-        let small = ["--train-limit", "640", "--test-limit", "200", "--batch-size", "64"];
-        let mut args = vec!["train", "--backend", &backend, "--epochs", "1", "--out-dir", d];
+        let small = [
+            "--train-limit",
+            "640",
+            "--test-limit",
+            "200",
+            "--batch-size",
+            "64",
+        ];
+        let mut args = vec![
+            "train",
+            "--backend",
+            &backend,
+            "--epochs",
+            "1",
+            "--out-dir",
+            d,
+        ];
         args.extend(small);
         let out = run(&args);
-        assert!(out.contains(&format!("device: {}", adapters[0].name)), "{backend}: {out}");
+        assert!(
+            out.contains(&format!("device: {}", adapters[0].name)),
+            "{backend}: {out}"
+        );
         assert!(out.contains("Epoch 1/1"), "{out}");
 
-        let out = run(&["train", "--backend", &backend, "--resume", d, "--epochs", "2"]);
-        assert!(out.contains("resuming") && out.contains("Epoch 2/2"), "{backend}: {out}");
+        let out = run(&[
+            "train",
+            "--backend",
+            &backend,
+            "--resume",
+            d,
+            "--epochs",
+            "2",
+        ]);
+        assert!(
+            out.contains("resuming") && out.contains("Epoch 2/2"),
+            "{backend}: {out}"
+        );
         let accuracy = last_val_accuracy(&dir);
-        assert!(accuracy > 0.6, "{backend}: two epochs on 640 samples reached only {accuracy}");
+        assert!(
+            accuracy > 0.6,
+            "{backend}: two epochs on 640 samples reached only {accuracy}"
+        );
 
         let model = dir.join("model.safetensors");
-        let eval = run(&["eval", "--backend", &backend, "--test-limit", "200", "--model", model.to_str().unwrap()]);
-        assert!(eval.contains(&format!("accuracy: {:.2}%", accuracy * 100.0)), "{backend}: eval {eval} vs train {accuracy}");
+        let eval = run(&[
+            "eval",
+            "--backend",
+            &backend,
+            "--test-limit",
+            "200",
+            "--model",
+            model.to_str().unwrap(),
+        ]);
+        assert!(
+            eval.contains(&format!("accuracy: {:.2}%", accuracy * 100.0)),
+            "{backend}: eval {eval} vs train {accuracy}"
+        );
 
         let second = tmp.path().join("second");
-        let mut args = vec!["train", "--backend", &backend, "--epochs", "1", "--out-dir", second.to_str().unwrap(), "--init-from", model.to_str().unwrap()];
+        let mut args = vec![
+            "train",
+            "--backend",
+            &backend,
+            "--epochs",
+            "1",
+            "--out-dir",
+            second.to_str().unwrap(),
+            "--init-from",
+            model.to_str().unwrap(),
+        ];
         args.extend(small);
         run(&args);
-        assert!(last_val_accuracy(&second) > 0.6, "{backend}: --init-from did not start from the trained weights");
+        assert!(
+            last_val_accuracy(&second) > 0.6,
+            "{backend}: --init-from did not start from the trained weights"
+        );
     }
 }

@@ -216,19 +216,33 @@ impl Backend for CpuBackend {
         format!("cpu ({threads} threads)")
     }
 
-    fn train_epoch(
+    fn train_epoch_from(
         &mut self,
         order: &[u32],
         batch_size: usize,
+        start: &StepProgress,
         progress: &mut dyn FnMut(&StepProgress),
+        stop: &dyn Fn(usize) -> bool,
     ) -> Result<EpochStats> {
         ensure!(batch_size > 0, "batch size must be at least 1");
         let mut totals = StepProgress {
             steps_total: order.len().div_ceil(batch_size),
-            ..StepProgress::default()
+            ..*start
         };
-        for indices in order.chunks(batch_size) {
+        for indices in order.chunks(batch_size).skip(start.steps_done) {
+            if stop(totals.steps_done) {
+                break;
+            }
             let (loss, correct) = self.train_step(indices);
+            if !loss.is_finite() {
+                return Err(crate::backend::Diverged {
+                    step: totals.steps_done + 1,
+                    steps_total: totals.steps_total,
+                    loss,
+                    detected_after: totals.steps_done + 1,
+                }
+                .into());
+            }
             totals.steps_done += 1;
             totals.samples_done += indices.len();
             totals.loss_sum += loss as f64;

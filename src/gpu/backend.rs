@@ -564,18 +564,51 @@ impl Backend for GpuBackend {
         self.name_string()
     }
 
-    fn train_epoch(
+    fn train_epoch_from(
         &mut self,
         order: &[u32],
         batch_size: usize,
+        start: &StepProgress,
         progress: &mut dyn FnMut(&StepProgress),
+        stop: &dyn Fn(usize) -> bool,
     ) -> Result<EpochStats> {
         ensure!(batch_size > 0, "batch size must be at least 1");
+        let epoch_steps = order.len().div_ceil(batch_size);
+        // Steps already done (a resumed epoch): train on the rest of the order as if it
+        // were a whole epoch; the batches are the same, since `skip` is a whole number of
+        // batches, and Adam's step count continues from `self.step`.
+        let skip = (start.steps_done * batch_size).min(order.len());
+        let order = &order[skip..];
+        let offset = |mut t: StepProgress| {
+            t.steps_done += start.steps_done;
+            t.samples_done += start.samples_done;
+            t.loss_sum += start.loss_sum;
+            t.correct += start.correct;
+            t.steps_total = epoch_steps;
+            t
+        };
+        // The first step whose loss is not finite, as a `Diverged` error.
+        let diverged = |words: &[u32], seen_after: usize| -> Result<()> {
+            match words
+                .chunks_exact(2)
+                .position(|pair| !f32::from_bits(pair[0]).is_finite())
+            {
+                Some(i) => Err(crate::backend::Diverged {
+                    step: start.steps_done + i + 1,
+                    steps_total: epoch_steps,
+                    loss: f32::from_bits(words[2 * i]),
+                    detected_after: start.steps_done + seen_after,
+                }
+                .into()),
+                None => Ok(()),
+            }
+        };
         if order.is_empty() {
+            let totals = offset(StepProgress::default());
             return Ok(EpochStats {
-                loss: 0.0,
-                accuracy: 0.0,
-                samples: 0,
+                loss: totals.mean_loss(),
+                accuracy: totals.accuracy(),
+                samples: totals.samples_done,
             });
         }
         if let Some(&bad) = order.iter().find(|&&i| i as usize >= self.train_count) {
@@ -609,6 +642,9 @@ impl Backend for GpuBackend {
         let mut done = 0usize;
         let mut samples = 0usize;
         while done < steps {
+            if stop(start.steps_done + done) {
+                break;
+            }
             let end = (done + STEPS_PER_SUBMIT).min(steps);
             let mut encoder = ctx
                 .device
@@ -678,12 +714,13 @@ impl Backend for GpuBackend {
                             bytemuck::cast_slice::<u8, u32>(&view).to_vec()
                         };
                         plan.staging.unmap();
+                        diverged(&words, p.steps)?;
                         let (loss, correct) = Self::sum_stats(&words);
                         totals.steps_done = p.steps;
                         totals.samples_done = p.samples;
                         totals.loss_sum = loss;
                         totals.correct = correct;
-                        progress(&totals);
+                        progress(&offset(totals));
                         last_report = Instant::now();
                         pending = None;
                     }
@@ -698,21 +735,28 @@ impl Backend for GpuBackend {
                 plan.staging.unmap();
             }
         }
-        let mut encoder = ctx.device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(&plan.stats, 0, &plan.staging, 0, (steps * 8) as u64);
-        ctx.queue.submit([encoder.finish()]);
-        let bytes = map_blocking(ctx, &plan.staging, (steps * 8) as u64).map_err(gpu_err)?;
+        // `done` < `steps` when `stop` ended the epoch early.
+        let bytes = if done == 0 {
+            Vec::new()
+        } else {
+            let mut encoder = ctx.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(&plan.stats, 0, &plan.staging, 0, (done * 8) as u64);
+            ctx.queue.submit([encoder.finish()]);
+            map_blocking(ctx, &plan.staging, (done * 8) as u64).map_err(gpu_err)?
+        };
+        self.step += done as u64;
+        diverged(bytemuck::cast_slice(&bytes), done)?;
         let (loss, correct) = Self::sum_stats(bytemuck::cast_slice(&bytes));
-        self.step += steps as u64;
-        totals.steps_done = steps;
+        totals.steps_done = done;
         totals.samples_done = samples;
         totals.loss_sum = loss;
         totals.correct = correct;
+        let totals = offset(totals);
         progress(&totals);
         Ok(EpochStats {
             loss: totals.mean_loss(),
             accuracy: totals.accuracy(),
-            samples,
+            samples: totals.samples_done,
         })
     }
 

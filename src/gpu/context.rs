@@ -36,10 +36,21 @@ pub enum DeviceError {
     Unsupported { adapter: String, reason: String },
     #[error("could not open a device on adapter '{adapter}': {message} (use --cpu-fallback to train on the CPU)")]
     RequestDevice { adapter: String, message: String },
-    #[error("GPU error: {0}")]
+    #[error("GPU error: {} (use --cpu-fallback to train on the CPU)", one_line(.0))]
     Gpu(String),
-    #[error("the GPU device was lost: {0}")]
+    #[error("the GPU device was lost: {} (use --cpu-fallback to train on the CPU)", one_line(.0))]
     DeviceLost(String),
+}
+
+/// wgpu's messages span several lines (`Validation Error\n\nCaused by:\n  In …`): join
+/// them into one, so every error stays a single line.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "Caused by:")
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// One adapter as `mnist-gpu adapters` shows it.

@@ -1,0 +1,430 @@
+//! Faults during training: nothing is lost. Ctrl-C/SIGTERM write a resumable checkpoint
+//! (and a resumed run is bit-identical on the CPU), SIGKILL never leaves a broken
+//! checkpoint, a full disk is a clear error that keeps the previous checkpoint, and a
+//! loss that stops being finite ends the run at once, naming the epoch and step.
+
+use mnist_gpu::model::Params;
+use mnist_gpu::modelfile;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"));
+    cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("MNIST_GPU_INTERRUPT_AT");
+    cmd
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn s(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// `train --cpu-fallback` into `dir` on a small subset, plus `extra`.
+fn train_args(dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "train",
+        "--cpu-fallback",
+        "--train-limit",
+        "2000",
+        "--test-limit",
+        "200",
+        "--seed",
+        "3",
+        "--out-dir",
+        &s(dir),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("the binary runs")
+}
+
+fn no_panic(out: &Output) {
+    let stderr = text(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("stack backtrace"),
+        "{stderr}"
+    );
+}
+
+fn bits(p: &Params) -> Vec<u32> {
+    p.trainable
+        .iter()
+        .chain(&p.moving_mean)
+        .chain(&p.moving_var)
+        .map(|v| v.to_bits())
+        .collect()
+}
+
+/// The metrics without the timings: (epoch, loss, accuracy, val_loss, val_accuracy).
+fn metrics(dir: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            ["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]
+                .iter()
+                .map(|k| v[k].to_string())
+                .collect()
+        })
+        .collect()
+}
+
+fn temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect()
+}
+
+/// Ctrl-C inside epoch 2 (simulated exactly, at step 20, through the test hook): exit
+/// 130, a checkpoint inside the epoch, how to resume; resuming gives bit-for-bit the
+/// weights and metrics of a run that was never interrupted.
+#[test]
+fn interrupt_mid_epoch_then_resume_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (whole, cut) = (tmp.path().join("whole"), tmp.path().join("cut"));
+    let out = run(bin().args(train_args(&whole, &["--epochs", "3"])));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = run(bin()
+        .args(train_args(&cut, &["--epochs", "3"]))
+        .env("MNIST_GPU_INTERRUPT_AT", "2:20"));
+    no_panic(&out);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    for words in [
+        "interrupted in epoch 2 after step 20 of 63",
+        &s(&cut.join("checkpoint.safetensors")),
+        &format!("mnist-gpu train --resume {}", s(&cut)),
+    ] {
+        assert!(stderr.contains(words), "lacks '{words}': {stderr}");
+    }
+    let (_, state) = modelfile::load_checkpoint(&cut.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(state.epochs_done, 1);
+    assert_eq!(state.settings["epoch_steps_done"], "20");
+    assert_eq!(state.optim.step, 63 + 20);
+    assert!(!cut.join("model.safetensors").exists());
+    assert_eq!(metrics(&cut).len(), 1, "epoch 1's metrics are kept");
+
+    let out = run(bin().args(["train", "--cpu-fallback", "--resume", &s(&cut)]));
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("in epoch 2 after step 20"),
+        "resume says where it continues: {stdout}"
+    );
+    let a = modelfile::load_model(&whole.join("model.safetensors")).unwrap();
+    let b = modelfile::load_model(&cut.join("model.safetensors")).unwrap();
+    assert!(bits(&a) == bits(&b), "resumed weights differ");
+    assert_eq!(metrics(&whole), metrics(&cut));
+}
+
+/// Interrupted in the first epoch, before any checkpoint existed: one is written.
+#[test]
+fn interrupt_in_the_first_epoch_writes_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = run(bin()
+        .args(train_args(&dir, &["--epochs", "2"]))
+        .env("MNIST_GPU_INTERRUPT_AT", "1:5"));
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    let (_, state) = modelfile::load_checkpoint(&dir.join("checkpoint.safetensors")).unwrap();
+    assert_eq!((state.epochs_done, state.optim.step), (0, 5));
+    let out = run(bin().args(["train", "--cpu-fallback", "--resume", &s(&dir)]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(metrics(&dir).len(), 2);
+}
+
+fn spawn(args: &[String]) -> Child {
+    bin()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts")
+}
+
+fn wait_for(path: &Path, child: &mut Child) {
+    let started = Instant::now();
+    while !path.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before {} appeared",
+            path.display()
+        );
+        assert!(started.elapsed() < Duration::from_secs(60), "timed out");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Real SIGINT and SIGTERM while training: exit 130 with a resumable checkpoint.
+#[test]
+fn sigint_and_sigterm_write_a_resumable_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    for signal in ["INT", "TERM"] {
+        let dir = tmp.path().join(signal);
+        let mut child = spawn(&train_args(
+            &dir,
+            &["--train-limit", "20000", "--epochs", "50"],
+        ));
+        wait_for(&dir.join("metrics.jsonl"), &mut child);
+        std::thread::sleep(Duration::from_millis(150));
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        no_panic(&out);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "SIG{signal}: {stderr}");
+        assert!(stderr.contains("--resume"), "{stderr}");
+        let (_, state) = modelfile::load_checkpoint(&dir.join("checkpoint.safetensors"))
+            .unwrap_or_else(|e| panic!("SIG{signal}: {e}"));
+        let epochs = (state.epochs_done + 1).to_string();
+        let out = run(bin().args([
+            "train",
+            "--cpu-fallback",
+            "--resume",
+            &s(&dir),
+            "--epochs",
+            &epochs,
+        ]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(dir.join("model.safetensors").exists());
+    }
+}
+
+/// SIGKILL (no chance to clean up) while checkpoints are being written many times a
+/// second: the checkpoint on disk always loads, and the run resumes from it.
+#[test]
+fn sigkill_never_leaves_a_broken_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let checkpoint = dir.join("checkpoint.safetensors");
+    let mut last_epochs = 0;
+    for (round, delay_ms) in [37u64, 111, 263].into_iter().enumerate() {
+        let mut args = train_args(
+            &dir,
+            &[
+                "--train-limit",
+                "640",
+                "--test-limit",
+                "20",
+                "--batch-size",
+                "64",
+            ],
+        );
+        if round == 0 {
+            args.extend(["--epochs".to_string(), "100000".to_string()]);
+        } else {
+            // Continue the same run; each resume first reads the killed run's checkpoint.
+            args = vec![
+                "train".into(),
+                "--cpu-fallback".into(),
+                "--resume".into(),
+                s(&dir),
+            ];
+        }
+        let mut child = spawn(&args);
+        wait_for(&checkpoint, &mut child);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let (_, state) = modelfile::load_checkpoint(&checkpoint)
+            .unwrap_or_else(|e| panic!("round {round}: the checkpoint is broken: {e}"));
+        assert!(state.epochs_done >= last_epochs, "round {round}");
+        last_epochs = state.epochs_done;
+    }
+    let out = run(bin().args([
+        "train",
+        "--cpu-fallback",
+        "--resume",
+        &s(&dir),
+        "--epochs",
+        &(last_epochs + 1).to_string(),
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(dir.join("model.safetensors").exists());
+}
+
+/// A disk that fills up during the run: simulated without privileges by a file-size
+/// limit (`ulimit -f`, with SIGXFSZ ignored, so the write fails with EFBIG as a full disk
+/// fails with ENOSPC). The checkpoint write fails with a clear error, the previous
+/// checkpoint stays byte-for-byte, and no temporary file is left behind.
+#[test]
+fn disk_full_keeps_the_previous_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = run(bin().args(train_args(&dir, &["--epochs", "1", "--train-limit", "500"])));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let checkpoint = dir.join("checkpoint.safetensors");
+    let before = std::fs::read(&checkpoint).unwrap();
+    assert!(
+        before.len() > 600 * 1024,
+        "the checkpoint exceeds the limit below"
+    );
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 600; exec '{}' train --cpu-fallback --resume '{}' --epochs 2",
+        env!("CARGO_BIN_EXE_mnist-gpu"),
+        s(&dir)
+    );
+    let out = run(Command::new("bash")
+        .args(["-c", &script])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("RUST_BACKTRACE", "1"));
+    no_panic(&out);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: ")
+            && stderr.contains(&s(&checkpoint))
+            && stderr.contains("cannot write")
+            && stderr.contains("File too large"),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read(&checkpoint).unwrap() == before,
+        "checkpoint changed"
+    );
+    assert_eq!(temp_files(&dir), Vec::<String>::new());
+}
+
+/// `--lr 1e20` makes the loss NaN within a few steps: the run stops in that step (not at
+/// the epoch's end), names the epoch and step, suggests a smaller --lr, exits 1.
+#[test]
+fn a_non_finite_loss_stops_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = run(bin().args(train_args(&dir, &["--epochs", "2", "--lr", "1e20"])));
+    no_panic(&out);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: training diverged in epoch 1: the loss became NaN at step 2 of 63")
+            && stderr.contains("try a smaller learning rate (--lr)"),
+        "{stderr}"
+    );
+    assert!(!dir.join("checkpoint.safetensors").exists());
+}
+
+/// Divergence in epoch 2 leaves epoch 1's checkpoint untouched (the learning rate is
+/// raised inside the checkpoint, since `--resume` takes the run's own settings).
+#[test]
+fn divergence_keeps_the_last_good_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = run(bin().args(train_args(&dir, &["--epochs", "1"])));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let checkpoint = dir.join("checkpoint.safetensors");
+    let (params, mut state) = modelfile::load_checkpoint(&checkpoint).unwrap();
+    state.settings.insert("lr".into(), "1e20".into());
+    modelfile::save_checkpoint(&params, &state, &checkpoint).unwrap();
+    let before = std::fs::read(&checkpoint).unwrap();
+    let out = run(bin().args([
+        "train",
+        "--cpu-fallback",
+        "--resume",
+        &s(&dir),
+        "--epochs",
+        "3",
+    ]));
+    no_panic(&out);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("training diverged in epoch 2: the loss became")
+            && stderr.contains("is unchanged"),
+        "{stderr}"
+    );
+    assert!(std::fs::read(&checkpoint).unwrap() == before);
+}
+
+/// The same faults on the GPU path (lavapipe in CI): the per-step losses read back from
+/// the device name the exact step that went non-finite, and an interrupt between
+/// submissions writes a checkpoint inside the epoch that `--resume` continues.
+#[test]
+fn gpu_divergence_and_interrupt() {
+    let adapters = run(bin().args(["adapters", "--backend", "vulkan"]));
+    if !text(&adapters.stdout).contains("[0]") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no Vulkan adapter, and CI is set: {}",
+            text(&adapters.stderr)
+        );
+        eprintln!("gpu_divergence_and_interrupt: SKIPPED: no Vulkan adapter");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let gpu = |dir: &Path, extra: &[&str]| -> Vec<String> {
+        let mut args = train_args(dir, extra);
+        args.retain(|a| a != "--cpu-fallback");
+        args.extend(["--backend".to_string(), "vulkan".to_string()]);
+        args
+    };
+    let dir = tmp.path().join("nan");
+    let out = run(bin().args(gpu(
+        &dir,
+        &[
+            "--train-limit",
+            "640",
+            "--test-limit",
+            "20",
+            "--epochs",
+            "2",
+            "--lr",
+            "3e38",
+        ],
+    )));
+    no_panic(&out);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: training diverged in epoch 1: the loss became")
+            && stderr.contains(" at step ")
+            && stderr.contains("--lr"),
+        "{stderr}"
+    );
+
+    let dir = tmp.path().join("cut");
+    let out = run(bin()
+        .args(gpu(
+            &dir,
+            &[
+                "--train-limit",
+                "3200",
+                "--test-limit",
+                "20",
+                "--epochs",
+                "1",
+            ],
+        ))
+        .env("MNIST_GPU_INTERRUPT_AT", "1:1"));
+    no_panic(&out);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let (_, state) = modelfile::load_checkpoint(&dir.join("checkpoint.safetensors")).unwrap();
+    let steps: u64 = state.settings["epoch_steps_done"].parse().unwrap();
+    assert!(
+        state.epochs_done == 0 && steps > 0 && steps < 100,
+        "{steps}"
+    );
+    assert_eq!(state.optim.step, steps);
+    let out = run(bin().args(["train", "--backend", "vulkan", "--resume", &s(&dir)]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(metrics(&dir).len(), 1);
+}
