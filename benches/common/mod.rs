@@ -37,7 +37,7 @@ pub fn adapters() -> Vec<(String, DeviceChoice, bool)> {
                 let software = a.device_type == "cpu"
                     || name.contains("llvmpipe")
                     || name.contains("swiftshader");
-                found.push((format!("{} ({})", a.name, a.backend), choice, software));
+                found.push((format!("{}/{}", a.backend, a.name), choice, software));
             }
             _ => eprintln!("(no {backend} adapter: skipped)"),
         }
