@@ -91,6 +91,7 @@ struct TrainArgs {
     /// Epochs to train [default: 10; with --resume: the checkpoint's total]
     #[arg(long, value_parser = positive)]
     epochs: Option<usize>,
+    /// Samples per training step (the last batch of an epoch may be smaller).
     #[arg(long, default_value_t = 32, value_parser = positive, conflicts_with = "resume")]
     batch_size: usize,
     /// Adam learning rate.
