@@ -17,7 +17,18 @@ pub const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
 pub const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
 pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
 
+/// The built-in MNIST, compiled into the binary, so that `train` works with no flags from
+/// any directory and for an installed binary whose source tree is gone.
+const EMBEDDED: [&[u8]; 4] = [
+    include_bytes!("../assets/mnist/train-images-idx3-ubyte.gz"),
+    include_bytes!("../assets/mnist/train-labels-idx1-ubyte.gz"),
+    include_bytes!("../assets/mnist/t10k-images-idx3-ubyte.gz"),
+    include_bytes!("../assets/mnist/t10k-labels-idx1-ubyte.gz"),
+];
+
 /// The data set shipped with the program (`assets/mnist`, relative to the crate root).
+/// [`Mnist::load`] of this path reads the copy compiled into the binary when the
+/// directory is not there.
 pub fn builtin_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("assets")
@@ -102,6 +113,9 @@ pub struct Mnist {
 impl Mnist {
     /// Load the four standard files from `dir` (plain or `.gz`), validated and cross-checked.
     pub fn load(dir: &Path) -> Result<Mnist, DataError> {
+        if !dir.exists() && dir == builtin_dir() {
+            return Mnist::embedded();
+        }
         if !dir.exists() {
             return Err(DataError::MissingDir(dir.to_path_buf()));
         }
@@ -125,6 +139,25 @@ impl Mnist {
             });
         }
         Ok(Mnist { train, test })
+    }
+}
+
+impl Mnist {
+    /// The built-in MNIST from the copy compiled into the binary.
+    pub fn embedded() -> Result<Mnist, DataError> {
+        let split = |images: &[u8], labels: &[u8]| -> Result<Dataset, DataError> {
+            let (images, _, rows, cols) = parse_images(images)?;
+            Ok(Dataset {
+                images,
+                labels: parse_labels(labels)?,
+                rows,
+                cols,
+            })
+        };
+        Ok(Mnist {
+            train: split(EMBEDDED[0], EMBEDDED[1])?,
+            test: split(EMBEDDED[2], EMBEDDED[3])?,
+        })
     }
 }
 

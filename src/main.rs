@@ -227,6 +227,13 @@ fn predict(args: &PredictArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, which turns a closed stdout (`mnist-gpu … | head`) into a
+    // panic on the next print; the default action ends the process quietly instead.
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => {

@@ -117,3 +117,43 @@ fn data_dir_with_a_missing_file_names_the_expected_files() {
     );
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
 }
+
+/// `mnist-gpu … | head -1`: a closed stdout ends the program quietly (SIGPIPE), no panic.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"))
+        .args([
+            "train",
+            "--cpu-fallback",
+            "--epochs",
+            "2",
+            "--train-limit",
+            "500",
+            "--test-limit",
+            "50",
+        ])
+        .arg("--out-dir")
+        .arg(dir.path().join("run"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("train: 500"), "{first}");
+    // The reader is dropped here: stdout is closed while the program still has lines to print.
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    child.wait().unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -38,6 +38,13 @@ fn builtin_mnist_has_the_known_facts() {
     assert!((mean - 33.318).abs() < 0.01, "pixel mean {mean}");
 }
 
+#[test]
+fn the_copy_compiled_into_the_binary_equals_the_assets() {
+    let embedded = Mnist::embedded().unwrap();
+    let files = builtin();
+    assert!(embedded.train == files.train && embedded.test == files.test);
+}
+
 /// Gunzip the built-in files into a temp dir and read them with the `mnist` crate.
 #[test]
 fn agrees_with_the_mnist_crate_on_uncompressed_files() {
