@@ -25,6 +25,14 @@ impl StepProgress {
     pub fn accuracy(&self) -> f64 {
         self.correct as f64 / self.samples_done.max(1) as f64
     }
+    /// The epoch's statistics from these totals.
+    pub fn epoch_stats(&self) -> EpochStats {
+        EpochStats {
+            loss: self.mean_loss(),
+            accuracy: self.accuracy(),
+            samples: self.samples_done,
+        }
+    }
 }
 
 /// What one epoch of training measured (averages over every sample seen).

@@ -46,6 +46,20 @@ fn train_args(dir: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// `train --resume DIR --epochs done+1` on the CPU must succeed and write the model.
+fn resume_one_more_epoch(dir: &Path, epochs_done: usize) {
+    let out = run(bin().args([
+        "train",
+        "--cpu-fallback",
+        "--resume",
+        &s(dir),
+        "--epochs",
+        &(epochs_done + 1).to_string(),
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(dir.join("model.safetensors").exists());
+}
+
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("the binary runs")
 }
@@ -195,17 +209,7 @@ fn sigint_and_sigterm_write_a_resumable_checkpoint() {
         assert!(stderr.contains("--resume"), "{stderr}");
         let (_, state) = modelfile::load_checkpoint(&dir.join("checkpoint.safetensors"))
             .unwrap_or_else(|e| panic!("SIG{signal}: {e}"));
-        let epochs = (state.epochs_done + 1).to_string();
-        let out = run(bin().args([
-            "train",
-            "--cpu-fallback",
-            "--resume",
-            &s(&dir),
-            "--epochs",
-            &epochs,
-        ]));
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        assert!(dir.join("model.safetensors").exists());
+        resume_one_more_epoch(&dir, state.epochs_done);
     }
 }
 
@@ -250,16 +254,7 @@ fn sigkill_never_leaves_a_broken_checkpoint() {
         assert!(state.epochs_done >= last_epochs, "round {round}");
         last_epochs = state.epochs_done;
     }
-    let out = run(bin().args([
-        "train",
-        "--cpu-fallback",
-        "--resume",
-        &s(&dir),
-        "--epochs",
-        &(last_epochs + 1).to_string(),
-    ]));
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(dir.join("model.safetensors").exists());
+    resume_one_more_epoch(&dir, last_epochs);
 }
 
 /// A disk that fills up during the run: simulated without privileges by a file-size

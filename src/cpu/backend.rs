@@ -249,11 +249,7 @@ impl Backend for CpuBackend {
             totals.correct += correct as u64;
             progress(&totals);
         }
-        Ok(EpochStats {
-            loss: totals.mean_loss(),
-            accuracy: totals.accuracy(),
-            samples: totals.samples_done,
-        })
+        Ok(totals.epoch_stats())
     }
 
     fn evaluate(&mut self) -> Result<EvalStats> {

@@ -605,11 +605,7 @@ impl Backend for GpuBackend {
         };
         if order.is_empty() {
             let totals = offset(StepProgress::default());
-            return Ok(EpochStats {
-                loss: totals.mean_loss(),
-                accuracy: totals.accuracy(),
-                samples: totals.samples_done,
-            });
+            return Ok(totals.epoch_stats());
         }
         if let Some(&bad) = order.iter().find(|&&i| i as usize >= self.train_count) {
             bail!(
@@ -753,11 +749,7 @@ impl Backend for GpuBackend {
         totals.correct = correct;
         let totals = offset(totals);
         progress(&totals);
-        Ok(EpochStats {
-            loss: totals.mean_loss(),
-            accuracy: totals.accuracy(),
-            samples: totals.samples_done,
-        })
+        Ok(totals.epoch_stats())
     }
 
     fn evaluate(&mut self) -> Result<EvalStats> {
