@@ -193,10 +193,23 @@ fn other_kernels_cpu() {
     });
     println!("other/cpu/batchnorm_forward_train b32: {:.1} µs", us(t));
     let (mut dg, mut db) = (vec![0.0; features], vec![0.0; features]);
+    let (w, dbias) = (random(features * 128, 11), random(128, 12));
+    let mut grad_w = random(features * 128, 13);
     let t = common::median_secs(200, || {
-        cpu::batchnorm::batchnorm_backward(&x, &xhat, &gamma, &inv, batch, &mut dg, &mut db, None)
+        cpu::batchnorm::batchnorm_dense_backward(
+            &mut grad_w,
+            &w,
+            &gamma,
+            &beta,
+            &dbias,
+            &mut dg,
+            &mut db,
+        )
     });
-    println!("other/cpu/batchnorm_backward b32: {:.1} µs", us(t));
+    println!(
+        "other/cpu/batchnorm_dense_backward 784x128: {:.1} µs",
+        us(t)
+    );
     let logits = random(batch * 10, 8);
     let labels: Vec<u8> = (0..batch as u8).map(|i| i % 10).collect();
     let mut grad = vec![0.0; batch * 10];

@@ -20,6 +20,11 @@ struct Bn {
     eps: f32,
     momentum: f32,
     pad1: f32,
+    // dense_backward only: where layer 0's kernel [features, width] and bias sit.
+    kernel_off: u32,
+    bias_off: u32,
+    width: u32,
+    pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> u: Bn;
@@ -31,9 +36,7 @@ struct Bn {
 @group(0) @binding(6) var<storage, read_write> xhat: array<f32>;
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
 
-// Backward bindings (a separate bind-group layout).
-@group(0) @binding(8) var<storage, read> dy: array<f32>;
-@group(0) @binding(9) var<storage, read> xhat_in: array<f32>;
+// dense_backward's binding (its own bind-group layout, with params).
 @group(0) @binding(10) var<storage, read_write> grads: array<f32>;
 
 fn sample_of(row: u32) -> u32 {
@@ -98,22 +101,42 @@ fn forward_eval(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-// Backward: dgamma = Σ dy·xhat, dbeta = Σ dy over the batch rows in order, written into
-// the flat gradient buffer. (BatchNorm is the first layer: its dx is never needed.)
+// Backward through BatchNorm and the dense layer it feeds (CPU twin and derivation:
+// `batchnorm_dense_backward` in src/cpu/batchnorm.rs). On entry layer 0's kernel slot of
+// `grads` holds G = xhatᵀ·δ and its bias slot db; this writes dW = gamma ⊗ G + beta ⊗ db,
+// dgamma_j = Σ_k W_jk·G_jk and dbeta_j = Σ_k W_jk·db_k. So BatchNorm needs neither dy
+// nor the input-grad GEMM that would make it. One workgroup per feature j: its threads
+// stride over the row (coalesced), then a fixed-order tree sums their partials.
+var<workgroup> partial: array<vec2<f32>, 64>;
+
 @compute @workgroup_size(64, 1, 1)
-fn backward(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let j = gid.x;
-    let f = u.features;
-    if (j >= f) {
-        return;
+fn dense_backward(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
+    let j = group.x;
+    let n = u.width;
+    let row = u.kernel_off + j * n;
+    let gamma = params[u.gamma_off + j];
+    let beta = params[u.beta_off + j];
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var k = t; k < n; k += 64u) {
+        let w = params[row + k];
+        let g = grads[row + k];
+        let db = grads[u.bias_off + k];
+        acc += w * vec2<f32>(g, db);
+        grads[row + k] = gamma * g + beta * db;
     }
-    var dg = 0.0;
-    var db = 0.0;
-    for (var r = 0u; r < u.batch; r++) {
-        let d = dy[r * f + j];
-        dg = dg + d * xhat_in[r * f + j];
-        db = db + d;
+    partial[t] = acc;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (t < s) {
+            partial[t] += partial[t + s];
+        }
+        workgroupBarrier();
     }
-    grads[u.gamma_off + j] = dg;
-    grads[u.beta_off + j] = db;
+    if (t == 0u) {
+        grads[u.gamma_off + j] = partial[0].x;
+        grads[u.beta_off + j] = partial[0].y;
+    }
 }

@@ -197,19 +197,32 @@ fn batchnorm_matches_cpu() {
                 e <= ELEMENTWISE_TOL,
                 "{backend} bn eval batch {batch}: error {e}"
             );
-            // Backward on the GPU's own xhat.
-            let dy = uniform_vec(&mut r, batch * INPUT, -1.0, 1.0);
-            let (mut dg, mut db) = (vec![0.0; INPUT], vec![0.0; INPUT]);
-            batchnorm::batchnorm_backward(
-                &dy, &g.xhat, &gamma, &g.inv_std, batch, &mut dg, &mut db, None,
-            );
-            let (gdg, gdb) = kernels
-                .batchnorm_backward(ctx, &dy, &g.xhat, batch, INPUT)
+            // BatchNorm + first-dense backward from G = xhatᵀ·δ, on the GPU's own xhat.
+            let width = 37; // not a multiple of the 64 threads that stride each row
+            let w = uniform_vec(&mut r, INPUT * width, -0.1, 0.1);
+            let delta = uniform_vec(&mut r, batch * width, -1.0, 1.0);
+            let (mut grad_w, mut dbias) = (vec![0.0; INPUT * width], vec![0.0; width]);
+            gemm::gemm_weight_grad(&g.xhat, &delta, batch, INPUT, width, &mut grad_w);
+            gemm::bias_grad(&delta, batch, width, &mut dbias);
+            let gpu = kernels
+                .batchnorm_dense_backward(ctx, &grad_w, &w, &gamma, &beta, &dbias)
                 .unwrap();
-            let e = max_rel_err(&gdg, &dg).max(max_rel_err(&gdb, &db));
+            let (mut dg, mut db) = (vec![0.0; INPUT], vec![0.0; INPUT]);
+            batchnorm::batchnorm_dense_backward(
+                &mut grad_w,
+                &w,
+                &gamma,
+                &beta,
+                &dbias,
+                &mut dg,
+                &mut db,
+            );
+            let e = max_rel_err(&gpu.dw, &grad_w)
+                .max(max_rel_err(&gpu.dgamma, &dg))
+                .max(max_rel_err(&gpu.dbeta, &db));
             assert!(
                 e <= ELEMENTWISE_TOL,
-                "{backend} bn backward batch {batch}: error {e}"
+                "{backend} bn dense backward batch {batch}: error {e}"
             );
         }
     });

@@ -2,7 +2,7 @@
 //! ground truth for the GPU and the `--cpu-fallback` trainer.
 
 use super::adam::{adam_alpha, adam_update};
-use super::batchnorm::{batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train};
+use super::batchnorm::{batchnorm_dense_backward, batchnorm_forward_eval, batchnorm_forward_train};
 use super::gather_scaled;
 use super::gemm::{bias_grad, gemm_forward, gemm_input_grad, gemm_weight_grad};
 use super::softmax_xent::softmax_xent;
@@ -109,6 +109,26 @@ impl CpuBackend {
         (loss_sum / indices.len() as f32, &self.grads)
     }
 
+    /// Replaces G = xhatᵀ·δ1 in layer 0's kernel gradient by dW0 and fills dgamma/dbeta
+    /// (see [`batchnorm_dense_backward`]).
+    fn fold_batchnorm_grads(&mut self) {
+        let layout = &self.params.layout;
+        let (head, tail) = self.grads.split_at_mut(layout.kernels[0].start);
+        let (grad_w0, after) = tail.split_at_mut(layout.kernels[0].len());
+        let db0_start = layout.biases[0].start - layout.kernels[0].end;
+        let dbias0 = &after[db0_start..db0_start + layout.biases[0].len()];
+        let (dgamma, dbeta) = split_two(head, layout.gamma.clone(), layout.beta.clone());
+        batchnorm_dense_backward(
+            grad_w0,
+            self.params.kernel(0),
+            self.params.gamma(),
+            self.params.beta(),
+            dbias0,
+            dgamma,
+            dbeta,
+        );
+    }
+
     /// Forward and backward pass: fills `self.grads`; returns (loss sum, correct count).
     fn forward_backward(&mut self, indices: &[u32]) -> (f32, u32) {
         let batch = indices.len();
@@ -158,8 +178,11 @@ impl CpuBackend {
         let layout = &self.params.layout;
         for l in (0..layers).rev() {
             let (k, n) = (widths[l], widths[l + 1]);
+            // Layer 0's weight-grad GEMM runs on xhat; batchnorm_dense_backward turns the
+            // result into dW0, dgamma and dbeta, so layer 0 needs no input-grad GEMM.
+            let input = if l == 0 { &w.xhat } else { &w.acts[l] };
             gemm_weight_grad(
-                &w.acts[l],
+                input,
                 &w.deltas[l + 1],
                 batch,
                 k,
@@ -172,8 +195,10 @@ impl CpuBackend {
                 n,
                 &mut self.grads[layout.biases[l].clone()],
             );
+            if l == 0 {
+                break;
+            }
             // acts[l] of a hidden layer is a ReLU output: its mask turns the GEMM into ReLU backward.
-            let mask = (l > 0).then(|| &w.acts[l][..]);
             let (lower, upper) = w.deltas.split_at_mut(l + 1);
             gemm_input_grad(
                 &upper[0],
@@ -181,21 +206,11 @@ impl CpuBackend {
                 batch,
                 k,
                 n,
-                mask,
+                Some(&w.acts[l]),
                 &mut lower[l],
             );
         }
-        let (dgamma, dbeta) = split_two(&mut self.grads, layout.gamma.clone(), layout.beta.clone());
-        batchnorm_backward(
-            &w.deltas[0],
-            &w.xhat,
-            self.params.gamma(),
-            &w.inv_std,
-            batch,
-            dgamma,
-            dbeta,
-            None,
-        );
+        self.fold_batchnorm_grads();
         (loss_sum, correct)
     }
 }

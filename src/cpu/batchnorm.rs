@@ -82,7 +82,8 @@ pub fn batchnorm_forward_eval(
 
 /// Backward: `dgamma = Σ dy·xhat`, `dbeta = Σ dy` over the batch, and, when `dx` is
 /// given, the input gradient `dx = gamma·inv_std/B · (B·dy − dbeta − xhat·dgamma)`.
-/// (In this model BatchNorm is the first layer, so training never needs `dx`.)
+/// (In this model BatchNorm is the first layer, so training never needs `dx`; training
+/// uses [`batchnorm_dense_backward`], and this explicit form is what that is tested against.)
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward(
     dy: &[f32],
@@ -116,6 +117,47 @@ pub fn batchnorm_backward(
                     * (b * dy_row[j] - dbeta[j] - xhat_row[j] * dgamma[j]);
             }
         }
+    }
+}
+
+/// Backward through BatchNorm and the dense layer it feeds, without that layer's input
+/// gradient. With `y = gamma·xhat + beta` and `z = y·W + bias`, the input gradient
+/// `dy = dz·Wᵀ` (a third of a step's GEMM work) is only needed for BatchNorm's
+/// parameters, and those follow from `G = xhatᵀ·dz`, the weight-gradient GEMM run on
+/// `xhat` instead of `y`:
+///
+/// - `dW[j,k] = gamma[j]·G[j,k] + beta[j]·dbias[k]`  (since `yᵀ·dz = diag(gamma)·G + beta ⊗ dbias`)
+/// - `dgamma[j] = Σ_b dy[b,j]·xhat[b,j] = Σ_k W[j,k]·G[j,k]`
+/// - `dbeta[j]  = Σ_b dy[b,j]           = Σ_k W[j,k]·dbias[k]`
+///
+/// `grad_w` (`[features, n]`) holds `G` on entry and `dW` on return. Row j needs only row j
+/// of `W` and `G`, so the GPU twin (`bn_dense_backward` in `shaders/batchnorm.wgsl`) gives
+/// each feature one thread and sums over k in the same order.
+pub fn batchnorm_dense_backward(
+    grad_w: &mut [f32],
+    w: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    dbias: &[f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    let n = dbias.len();
+    let features = gamma.len();
+    assert!(grad_w.len() == features * n && w.len() == grad_w.len());
+    for (j, (g_row, w_row)) in grad_w
+        .chunks_exact_mut(n)
+        .zip(w.chunks_exact(n))
+        .enumerate()
+    {
+        let (mut dg, mut db) = (0.0f32, 0.0f32);
+        for ((g, &wv), &dz) in g_row.iter_mut().zip(w_row).zip(dbias) {
+            dg += wv * *g;
+            db += wv * dz;
+            *g = gamma[j] * *g + beta[j] * dz;
+        }
+        dgamma[j] = dg;
+        dbeta[j] = db;
     }
 }
 
@@ -253,5 +295,56 @@ mod tests {
                 dbeta[j]
             );
         }
+    }
+    /// The folded gradients equal the explicit chain: dW = yᵀ·dz, dy = dz·Wᵀ, then
+    /// BatchNorm backward on dy.
+    #[test]
+    fn dense_backward_equals_explicit_chain() {
+        use crate::cpu::gemm::{bias_grad, gemm_input_grad, gemm_weight_grad};
+        let (batch, features, n) = (7usize, 5usize, 3usize);
+        let val = |i: usize, a: usize, b: usize| ((i * a % b) as f32) / b as f32 - 0.45;
+        let x: Vec<f32> = (0..batch * features).map(|i| val(i, 37, 11)).collect();
+        let gamma: Vec<f32> = (0..features).map(|i| 0.5 + val(i, 3, 7)).collect();
+        let beta: Vec<f32> = (0..features).map(|i| val(i, 5, 9)).collect();
+        let w: Vec<f32> = (0..features * n).map(|i| val(i, 13, 17)).collect();
+        let dz: Vec<f32> = (0..batch * n).map(|i| val(i, 29, 13)).collect();
+        let (mut mm, mut mv) = (vec![0.0; features], vec![1.0; features]);
+        let (mut xhat, mut y, mut inv) =
+            (vec![0.0; x.len()], vec![0.0; x.len()], vec![0.0; features]);
+        batchnorm_forward_train(
+            &x, batch, &gamma, &beta, 1e-3, 0.99, &mut mm, &mut mv, &mut xhat, &mut y, &mut inv,
+        );
+        let mut dbias = vec![0.0; n];
+        bias_grad(&dz, batch, n, &mut dbias);
+
+        let mut dw_chain = vec![0.0; features * n];
+        gemm_weight_grad(&y, &dz, batch, features, n, &mut dw_chain);
+        let mut dy = vec![0.0; batch * features];
+        gemm_input_grad(&dz, &w, batch, features, n, None, &mut dy);
+        let (mut dg_chain, mut db_chain) = (vec![0.0; features], vec![0.0; features]);
+        batchnorm_backward(
+            &dy,
+            &xhat,
+            &gamma,
+            &inv,
+            batch,
+            &mut dg_chain,
+            &mut db_chain,
+            None,
+        );
+
+        let mut dw = vec![0.0; features * n];
+        gemm_weight_grad(&xhat, &dz, batch, features, n, &mut dw);
+        let (mut dg, mut db) = (vec![0.0; features], vec![0.0; features]);
+        batchnorm_dense_backward(&mut dw, &w, &gamma, &beta, &dbias, &mut dg, &mut db);
+
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            for (i, (p, q)) in a.iter().zip(b).enumerate() {
+                assert!((p - q).abs() < 1e-5, "{what}[{i}]: {p} vs {q}");
+            }
+        };
+        close(&dw, &dw_chain, "dW");
+        close(&dg, &dg_chain, "dgamma");
+        close(&db, &db_chain, "dbeta");
     }
 }

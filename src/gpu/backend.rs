@@ -3,8 +3,9 @@
 //!
 //! Per training step (L dense layers): BN forward (gather + batch statistics), L forward
 //! GEMMs, softmax-xent (loss, correct, gradient, step counter), per layer from the top a
-//! weight-grad GEMM (bias gradient fused) and an input-grad GEMM (ReLU mask fused), BN
-//! backward, Adam: 4 + 3L dispatches. The host writes the epoch's order, Adam's step
+//! weight-grad GEMM (bias gradient fused) and, above layer 0, an input-grad GEMM (ReLU
+//! mask fused); then BN + first-dense backward (dgamma, dbeta and dW0 from layer 0's
+//! xhatᵀ·δ, see `batchnorm_dense_backward`) and Adam: 3 + 3L dispatches. The host writes the epoch's order, Adam's step
 //! sizes and the step counter once per epoch, records [`STEPS_PER_SUBMIT`] steps per
 //! command buffer, and reads the per-step loss/correct back asynchronously for progress.
 
@@ -351,31 +352,40 @@ impl GpuBackend {
                 self.layout.biases[l].start,
             );
             let ub = uniform(d, "gemm weight grad", &u);
+            // Layer 0's weight gradient is taken against xhat: bn_dense_backward turns it
+            // into dW0, dgamma and dbeta, so layer 0 needs no input-grad GEMM.
+            let input = if l == 0 { &w.xhat } else { &w.acts[l] };
             list.push(k.gemm.dispatch(
                 d,
                 &ub,
-                &[&w.acts[l], &w.deltas[l + 1], &self.params, &self.grads],
+                &[input, &w.deltas[l + 1], &self.params, &self.grads],
                 u.workgroups(),
             ));
-            let masked = l > 0;
-            let u = GemmUniform::input_grad(rows, kin, nout, self.layout.kernels[l].start, masked);
+            if l == 0 {
+                break;
+            }
+            let u = GemmUniform::input_grad(rows, kin, nout, self.layout.kernels[l].start, true);
             let ub = uniform(d, "gemm input grad", &u);
-            let mask = if masked { &w.acts[l] } else { &self.params };
             list.push(k.gemm.dispatch(
                 d,
                 &ub,
-                &[&w.deltas[l + 1], &self.params, mask, &w.deltas[l]],
+                &[&w.deltas[l + 1], &self.params, &w.acts[l], &w.deltas[l]],
                 u.workgroups(),
             ));
         }
 
-        let u = self.bn_uniform(rows, stride, true, 0);
-        let ub = uniform(d, "bn backward", &u);
-        list.push(k.bn_backward.dispatch(
+        let u = BnUniform {
+            kernel_off: self.layout.kernels[0].start as u32,
+            bias_off: self.layout.biases[0].start as u32,
+            width: widths[1] as u32,
+            ..self.bn_uniform(rows, stride, true, 0)
+        };
+        let ub = uniform(d, "bn dense backward", &u);
+        list.push(k.bn_dense_backward.dispatch(
             d,
             &ub,
-            &[&w.deltas[0], &w.xhat, &self.grads],
-            u.workgroups(),
+            &[&self.params, &self.grads],
+            u.dense_backward_workgroups(),
         ));
 
         let u = AdamUniform {

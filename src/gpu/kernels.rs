@@ -135,11 +135,20 @@ pub struct BnUniform {
     pub eps: f32,
     pub momentum: f32,
     pub pad1: f32,
+    pub kernel_off: u32,
+    pub bias_off: u32,
+    pub width: u32,
+    pub pad2: u32,
 }
 
 impl BnUniform {
     pub fn workgroups(&self) -> [u32; 3] {
         [self.features.div_ceil(BN_WORKGROUP), 1, 1]
+    }
+
+    /// `dense_backward` runs one workgroup per feature.
+    pub fn dense_backward_workgroups(&self) -> [u32; 3] {
+        [self.features, 1, 1]
     }
 }
 
@@ -257,12 +266,19 @@ impl Kernel {
     }
 }
 
+/// What [`Kernels::batchnorm_dense_backward`] reads back.
+pub struct BnDenseGrads {
+    pub dw: Vec<f32>,
+    pub dgamma: Vec<f32>,
+    pub dbeta: Vec<f32>,
+}
+
 /// Every pipeline the trainer uses.
 pub struct Kernels {
     pub gemm: Kernel,
     pub bn_train: Kernel,
     pub bn_eval: Kernel,
-    pub bn_backward: Kernel,
+    pub bn_dense_backward: Kernel,
     pub softmax: Kernel,
     pub adam: Kernel,
     pub relu_forward: Kernel,
@@ -376,12 +392,12 @@ impl Kernels {
                 "forward_eval",
                 &bn_fwd,
             )?,
-            bn_backward: kernel(
+            bn_dense_backward: kernel(
                 ctx,
                 &bn,
-                "batchnorm backward",
-                "backward",
-                &[(0, U), (8, R), (9, R), (10, W)],
+                "batchnorm + dense backward",
+                "dense_backward",
+                &[(0, U), (4, R), (10, W)],
             )?,
             softmax: kernel(
                 ctx,
@@ -758,38 +774,57 @@ impl Kernels {
         read_f32(ctx, &y, 0, batch * f)
     }
 
-    /// GPU twin of [`crate::cpu::batchnorm::batchnorm_backward`] (no dx): `(dgamma, dbeta)`.
-    pub fn batchnorm_backward(
+    /// GPU twin of [`crate::cpu::batchnorm::batchnorm_dense_backward`]: from
+    /// `G = xhatᵀ·δ` (`[features, n]`) returns `(dW, dgamma, dbeta)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batchnorm_dense_backward(
         &self,
         ctx: &GpuContext,
-        dy: &[f32],
-        xhat: &[f32],
-        batch: usize,
-        features: usize,
-    ) -> Result<(Vec<f32>, Vec<f32>), DeviceError> {
+        grad_w: &[f32],
+        w: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        dbias: &[f32],
+    ) -> Result<BnDenseGrads, DeviceError> {
         let d = &ctx.device;
-        let dyb = storage_init(ctx, "dy", bytemuck::cast_slice(dy));
-        let xb = storage_init(ctx, "xhat", bytemuck::cast_slice(xhat));
-        let grads = storage_zeroed(d, "grads", (2 * features * 4) as u64);
+        let (f, n) = (gamma.len(), dbias.len());
+        // Both buffers use the trainer's order: gamma, beta, kernel (, bias).
+        let params = storage_init(
+            ctx,
+            "params",
+            bytemuck::cast_slice(&[gamma, beta, w].concat()),
+        );
+        let zeros = vec![0.0f32; 2 * f];
+        let grads = storage_init(
+            ctx,
+            "grads",
+            bytemuck::cast_slice(&[&zeros[..], grad_w, dbias].concat()),
+        );
         let u = BnUniform {
-            batch: batch as u32,
             gamma_off: 0,
-            beta_off: features as u32,
-            features: features as u32,
+            beta_off: f as u32,
+            features: f as u32,
+            kernel_off: 2 * f as u32,
+            bias_off: (2 * f + f * n) as u32,
+            width: n as u32,
             ..Default::default()
         };
         let ub = uniform(d, "bn", &u);
-        let bind_group = self.bn_backward.bind(d, &ub, &[&dyb, &xb, &grads]);
+        let bind_group = self.bn_dense_backward.bind(d, &ub, &[&params, &grads]);
         run_one(
             ctx,
             Dispatch {
-                pipeline: self.bn_backward.pipeline.clone(),
+                pipeline: self.bn_dense_backward.pipeline.clone(),
                 bind_group,
-                groups: u.workgroups(),
+                groups: u.dense_backward_workgroups(),
             },
         )?;
-        let all = read_f32(ctx, &grads, 0, 2 * features)?;
-        Ok((all[..features].to_vec(), all[features..].to_vec()))
+        let all = read_f32(ctx, &grads, 0, 2 * f + f * n)?;
+        Ok(BnDenseGrads {
+            dw: all[2 * f..].to_vec(),
+            dgamma: all[..f].to_vec(),
+            dbeta: all[f..2 * f].to_vec(),
+        })
     }
 
     /// GPU twin of [`crate::cpu::softmax_xent::softmax_xent`]: `(loss_sum, correct,
