@@ -106,7 +106,7 @@ pub trait Backend {
         batch_size: usize,
         start: &StepProgress,
         progress: &mut dyn FnMut(&StepProgress),
-        stop: &dyn Fn(usize) -> bool,
+        stop: &(dyn Fn(usize) -> bool + Sync),
     ) -> anyhow::Result<EpochStats>;
 
     /// Loss, accuracy and predictions on the whole test set, in inference mode.

@@ -131,7 +131,7 @@ pub fn train_from(
     first_epoch: usize,
     partial: &StepProgress,
     observer: &mut dyn Observer,
-    stop: &dyn Fn(usize, usize) -> bool,
+    stop: &(dyn Fn(usize, usize) -> bool + Sync),
 ) -> Result<TrainOutcome> {
     let steps = train_count.div_ceil(options.batch_size);
     let mut history = Vec::new();

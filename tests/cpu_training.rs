@@ -17,9 +17,14 @@ fn subset(train: usize, test: usize) -> Mnist {
 
 /// Every trainable tensor's gradient (BN gamma/beta, each kernel and bias, two hidden
 /// layers so ReLU backward between dense layers is covered) against central differences
-/// of the mean loss.
+/// of the mean loss, on both first-layer paths (sparse input and dense reference).
 #[test]
 fn whole_model_gradient_matches_finite_differences() {
+    gradient_check(true);
+    gradient_check(false);
+}
+
+fn gradient_check(sparse: bool) {
     let config = ModelConfig {
         hidden: vec![7, 5],
         raw_pixels: false,
@@ -41,11 +46,13 @@ fn whole_model_gradient_matches_finite_differences() {
     let data = subset(16, 1);
     let indices: Vec<u32> = vec![3, 1, 4, 15, 9, 2];
     let mut backend = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
+    backend.set_sparse_input(sparse);
     let (_, grads) = backend.loss_and_gradients(&indices);
     let grads = grads.to_vec();
 
     let loss_at = |p: &Params| -> f64 {
         let mut b = CpuBackend::new(p.clone(), Hyper::default(), data.clone());
+        b.set_sparse_input(sparse);
         b.loss_and_gradients(&indices).0 as f64
     };
     let layout = &params.layout;
@@ -77,7 +84,7 @@ fn whole_model_gradient_matches_finite_differences() {
         let tolerance = 2e-3 + 0.03 * analytic.abs();
         assert!(
             (numeric - analytic).abs() <= tolerance,
-            "param {i}: numeric {numeric} vs analytic {analytic}"
+            "sparse {sparse}, param {i}: numeric {numeric} vs analytic {analytic}"
         );
         checked += (analytic.abs() > 1e-4) as usize;
     }
@@ -85,6 +92,64 @@ fn whole_model_gradient_matches_finite_differences() {
         checked >= probes.len() / 2,
         "too many probes had a zero gradient to be a meaningful check"
     );
+}
+
+/// The sparse first-layer path (the default on MNIST) and the dense reference path train
+/// the same model: after two epochs of 60 steps every parameter, moving statistic and the
+/// test accuracy agree to rounding. Batch 37 leaves a partial last batch.
+#[test]
+fn sparse_and_dense_first_layer_paths_agree() {
+    let data = subset(2220, 500);
+    let config = ModelConfig::default();
+    let options = TrainOptions {
+        epochs: 2,
+        batch_size: 37,
+        seed: 5,
+        shuffle: true,
+    };
+    let run = |sparse: bool| {
+        let mut backend = CpuBackend::new(Params::init(&config, 5), Hyper::default(), data.clone());
+        backend.set_sparse_input(sparse);
+        assert_eq!(backend.sparse_input(), sparse);
+        let outcome = train::train(&mut backend, 2220, &options, 0, &mut Silent).unwrap();
+        (backend.params().unwrap(), outcome)
+    };
+    let (sparse, sparse_run) = run(true);
+    let (dense, dense_run) = run(false);
+    let worst = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+            .fold(0.0f32, f32::max)
+    };
+    let e = worst(&sparse.trainable, &dense.trainable)
+        .max(worst(&sparse.moving_mean, &dense.moving_mean))
+        .max(worst(&sparse.moving_var, &dense.moving_var));
+    assert!(e < 2e-4, "sparse and dense paths differ by {e}");
+    let (a, b) = (
+        sparse_run.final_eval.accuracy,
+        dense_run.final_eval.accuracy,
+    );
+    assert!((a - b).abs() <= 0.004, "accuracy {a} vs {b}");
+    assert!(a > 0.85, "accuracy {a}");
+}
+
+/// MNIST is sparse enough for the sparse path to be chosen; a data set of dense images
+/// falls back to the dense path.
+#[test]
+fn sparse_path_is_chosen_by_density() {
+    let data = subset(100, 10);
+    let config = ModelConfig::default();
+    let backend = CpuBackend::new(Params::init(&config, 1), Hyper::default(), data.clone());
+    assert!(backend.sparse_input());
+    let mut dense = data;
+    dense
+        .train
+        .images
+        .iter_mut()
+        .for_each(|p| *p = p.saturating_add(1));
+    let backend = CpuBackend::new(Params::init(&config, 1), Hyper::default(), dense);
+    assert!(!backend.sparse_input());
 }
 
 fn train_small(seed: u64, batch: usize) -> (Params, f64) {

@@ -36,6 +36,20 @@ pub fn adam_update(
         );
         return;
     }
+    adam_update_serial(params, grads, m, v, alpha, hyper);
+}
+
+/// The single-threaded body of [`adam_update`], also compiled for AVX2 and AVX and picked
+/// at run time: 8-wide `sqrt` and division instead of SSE's 4. Same bits on every target.
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+fn adam_update_serial(
+    params: &mut [f32],
+    grads: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    alpha: f32,
+    hyper: &Hyper,
+) {
     let (one_minus_b1, one_minus_b2, eps) = (1.0 - hyper.beta1, 1.0 - hyper.beta2, hyper.adam_eps);
     for (((p, &g), m), v) in params
         .iter_mut()

@@ -39,12 +39,8 @@ pub fn batchnorm_forward_train(
             *acc += d * d;
         }
     }
-    for j in 0..features {
-        var[j] *= inv_batch;
-        inv_std[j] = 1.0 / (var[j] + eps).sqrt();
-        moving_mean[j] = moving_mean[j] * momentum + mean[j] * (1.0 - momentum);
-        moving_var[j] = moving_var[j] * momentum + var[j] * (1.0 - momentum);
-    }
+    var.iter_mut().for_each(|v| *v *= inv_batch);
+    batchnorm_batch_update(&mean, &var, eps, momentum, moving_mean, moving_var, inv_std);
     for ((x_row, xhat_row), y_row) in x
         .chunks_exact(features)
         .zip(xhat.chunks_exact_mut(features))
@@ -55,6 +51,24 @@ pub fn batchnorm_forward_train(
             xhat_row[j] = n;
             y_row[j] = gamma[j] * n + beta[j];
         }
+    }
+}
+
+/// From a batch's mean and biased variance: `inv_std = 1/sqrt(var + eps)` and the
+/// moving-statistics update `moving = moving·momentum + batch·(1 − momentum)`.
+pub fn batchnorm_batch_update(
+    mean: &[f32],
+    var: &[f32],
+    eps: f32,
+    momentum: f32,
+    moving_mean: &mut [f32],
+    moving_var: &mut [f32],
+    inv_std: &mut [f32],
+) {
+    for j in 0..mean.len() {
+        inv_std[j] = 1.0 / (var[j] + eps).sqrt();
+        moving_mean[j] = moving_mean[j] * momentum + mean[j] * (1.0 - momentum);
+        moving_var[j] = moving_var[j] * momentum + var[j] * (1.0 - momentum);
     }
 }
 
@@ -131,8 +145,8 @@ pub fn batchnorm_backward(
 /// - `dbeta[j]  = Σ_b dy[b,j]           = Σ_k W[j,k]·dbias[k]`
 ///
 /// `grad_w` (`[features, n]`) holds `G` on entry and `dW` on return. Row j needs only row j
-/// of `W` and `G`, so the GPU twin (`bn_dense_backward` in `shaders/batchnorm.wgsl`) gives
-/// each feature one thread and sums over k in the same order.
+/// of `W` and `G`; the GPU twin (`dense_backward` in `shaders/batchnorm.wgsl`) gives each
+/// feature one workgroup.
 pub fn batchnorm_dense_backward(
     grad_w: &mut [f32],
     w: &[f32],
@@ -145,20 +159,87 @@ pub fn batchnorm_dense_backward(
     let n = dbias.len();
     let features = gamma.len();
     assert!(grad_w.len() == features * n && w.len() == grad_w.len());
+    assert!(dgamma.len() == features && dbeta.len() == features && beta.len() == features);
+    // Rows are independent: split them over the pool when there is enough work.
+    if features > 1 && features * n >= PARALLEL_MIN_ELEMENTS {
+        let half = features / 2;
+        let (gw0, gw1) = grad_w.split_at_mut(half * n);
+        let (dg0, dg1) = dgamma.split_at_mut(half);
+        let (db0, db1) = dbeta.split_at_mut(half);
+        rayon::join(
+            || {
+                let (w0, g0, b0) = (&w[..half * n], &gamma[..half], &beta[..half]);
+                batchnorm_dense_backward(gw0, w0, g0, b0, dbias, dg0, db0)
+            },
+            || {
+                let (w1, g1, b1) = (&w[half * n..], &gamma[half..], &beta[half..]);
+                batchnorm_dense_backward(gw1, w1, g1, b1, dbias, dg1, db1)
+            },
+        );
+        return;
+    }
+    dense_backward_rows(grad_w, w, gamma, beta, dbias, dgamma, dbeta);
+}
+
+/// Elements below which [`batchnorm_dense_backward`] stays on one thread.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
+/// Independent partial sums per row: SIMD-width accumulators instead of one serial
+/// chain of dependent additions (which ran at a fifth of the speed). The lanes are
+/// combined in a fixed order, so the result does not depend on threads or machine.
+const LANES: usize = 8;
+
+/// The single-threaded body of [`batchnorm_dense_backward`]. Also compiled for AVX2 and
+/// AVX and picked at run time (`multiversion`): the portable x86-64 build has only 4-wide
+/// SSE. No version fuses multiply-adds, so every version gives the same bits.
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+fn dense_backward_rows(
+    grad_w: &mut [f32],
+    w: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    dbias: &[f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    let n = dbias.len();
     for (j, (g_row, w_row)) in grad_w
         .chunks_exact_mut(n)
         .zip(w.chunks_exact(n))
         .enumerate()
     {
-        let (mut dg, mut db) = (0.0f32, 0.0f32);
-        for ((g, &wv), &dz) in g_row.iter_mut().zip(w_row).zip(dbias) {
-            dg += wv * *g;
-            db += wv * dz;
-            *g = gamma[j] * *g + beta[j] * dz;
+        dgamma[j] = dot_lanes(w_row, g_row);
+        dbeta[j] = dot_lanes(w_row, dbias);
+        for (g, &d) in g_row.iter_mut().zip(dbias) {
+            *g = gamma[j] * *g + beta[j] * d;
         }
-        dgamma[j] = dg;
-        dbeta[j] = db;
     }
+}
+
+/// `Σ a·b` in [`LANES`] interleaved partial sums, combined in a fixed order.
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (i, (x, y)) in a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .enumerate()
+    {
+        acc[i] = x * y;
+    }
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    sum_lanes(acc)
+}
+
+/// Pairwise sum of the lanes, always in the same order.
+#[inline(always)]
+fn sum_lanes(v: [f32; LANES]) -> f32 {
+    ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod batchnorm;
 pub mod gemm;
 pub mod relu;
 pub mod softmax_xent;
+pub mod sparse;
 
 pub use backend::CpuBackend;
 

@@ -580,7 +580,7 @@ impl Backend for GpuBackend {
         batch_size: usize,
         start: &StepProgress,
         progress: &mut dyn FnMut(&StepProgress),
-        stop: &dyn Fn(usize) -> bool,
+        stop: &(dyn Fn(usize) -> bool + Sync),
     ) -> Result<EpochStats> {
         ensure!(batch_size > 0, "batch size must be at least 1");
         let epoch_steps = order.len().div_ceil(batch_size);

@@ -1,0 +1,482 @@
+//! BatchNorm and the first dense layer on sparse input: the CPU trainer's fast path.
+//!
+//! About four in five MNIST pixels are 0, so the first layer's two GEMMs (forward
+//! `y·W`, weight gradient `xhatᵀ·δ`, together nine tenths of a step's arithmetic) mostly
+//! multiply zeros. BatchNorm makes the normalised input dense, but it is an affine map of
+//! each column, so it folds into the dense layer exactly. With `s = 1/sqrt(var + eps)`
+//! and the batch mean `mean`, `xhat = s·(x − mean)` and `y = gamma·xhat + beta`, so:
+//!
+//! - forward: `z_b = y_b·W + bias = Σ_{j: x_bj ≠ 0} (x_bj·coef_j)·W_j + row`, where
+//!   `coef_j = gamma_j·s_j` and `row = bias + Σ_j (beta_j − coef_j·mean_j)·W_j`
+//!   ([`fold_batchnorm`], [`sparse_forward`]);
+//! - backward: `G = xhatᵀ·δ` has rows `G_j = s_j·(H_j − mean_j·db)` with
+//!   `H = xᵀ·δ` ([`sparse_weight_grad`], [`center_weight_grad`]) and `db = Σ_b δ_b`;
+//!   [`super::batchnorm::batchnorm_dense_backward`] then turns `G` into dW, dgamma, dbeta.
+//!
+//! Work per sample falls from 2·784·n to about 2·150·n multiply-adds. The dense path
+//! (`batchnorm_forward_train`, `gemm_forward`, `gemm_weight_grad`), which the GPU kernels
+//! mirror, stays the reference: tests check these functions and whole training steps
+//! against it.
+
+use rayon::prelude::*;
+
+/// A u8 image set in compressed sparse rows: for image i, the columns and values of its
+/// nonzero pixels are `cols[starts[i]..starts[i + 1]]` and `vals[..]` (columns ascending).
+#[derive(Clone)]
+pub struct SparseImages {
+    pixels: usize,
+    starts: Vec<u32>,
+    cols: Vec<u16>,
+    vals: Vec<u8>,
+}
+
+impl SparseImages {
+    /// Compresses `images` (`count × pixels` bytes). `pixels` must fit in a u16.
+    pub fn from_dense(images: &[u8], pixels: usize) -> Self {
+        assert!(pixels > 0 && pixels <= u16::MAX as usize + 1);
+        // Blocks of images compressed in parallel, then joined: this runs before the
+        // first training step, so it is kept to a few milliseconds.
+        let blocks: Vec<(Vec<u32>, Vec<u16>, Vec<u8>)> = images
+            .par_chunks(COMPRESS_BLOCK * pixels)
+            .map(|block| compress_block(block, pixels))
+            .collect();
+        let total: usize = blocks.iter().map(|b| b.1.len()).sum();
+        let mut sparse = SparseImages {
+            pixels,
+            starts: Vec::with_capacity(images.len() / pixels + 1),
+            cols: Vec::with_capacity(total),
+            vals: Vec::with_capacity(total),
+        };
+        sparse.starts.push(0);
+        for (ends, cols, vals) in blocks {
+            let base = sparse.cols.len() as u32;
+            sparse.starts.extend(ends.iter().map(|&e| base + e));
+            sparse.cols.extend_from_slice(&cols);
+            sparse.vals.extend_from_slice(&vals);
+        }
+        sparse
+    }
+
+    /// Fraction of pixels that are nonzero.
+    pub fn density(&self) -> f64 {
+        let total = (self.starts.len() - 1) * self.pixels;
+        self.cols.len() as f64 / total.max(1) as f64
+    }
+
+    /// Nonzero columns and values of image `i`.
+    fn row(&self, i: u32) -> (&[u16], &[u8]) {
+        let range = self.starts[i as usize] as usize..self.starts[i as usize + 1] as usize;
+        (&self.cols[range.clone()], &self.vals[range])
+    }
+}
+
+/// Images per block that [`SparseImages::from_dense`] compresses on one thread.
+const COMPRESS_BLOCK: usize = 2048;
+
+/// Compresses whole images of `block`: (end offset of each image, columns, values).
+fn compress_block(block: &[u8], pixels: usize) -> (Vec<u32>, Vec<u16>, Vec<u8>) {
+    let nonzero = block.iter().filter(|&&p| p != 0).count();
+    // Written branch-free: every pixel is stored at the cursor, which advances only past
+    // nonzero ones (pixels are too evenly mixed for a branch to predict well).
+    let mut cols = vec![0u16; nonzero + 1];
+    let mut vals = vec![0u8; nonzero + 1];
+    let mut ends = Vec::with_capacity(block.len() / pixels);
+    let mut len = 0usize;
+    for image in block.chunks_exact(pixels) {
+        for (col, &value) in image.iter().enumerate() {
+            cols[len] = col as u16;
+            vals[len] = value;
+            len += (value != 0) as usize;
+        }
+        ends.push(len as u32);
+    }
+    cols.truncate(len);
+    vals.truncate(len);
+    (ends, cols, vals)
+}
+
+/// One batch's pixels by column: the transpose of its rows in [`SparseImages`], so the
+/// batch statistics and `xᵀ·δ` can run one pixel column at a time (each column's sum
+/// then stays in registers instead of being scattered through memory).
+#[derive(Default)]
+pub struct ColumnBatch {
+    /// Entries of column j: `starts[j]..starts[j + 1]`.
+    starts: Vec<u32>,
+    /// `batch row << 8 | pixel value`, rows ascending within a column (one word per
+    /// entry: the transpose is a scatter, and its cost is the bytes it writes).
+    entries: Vec<u32>,
+    cursor: Vec<u32>,
+    scale: f32,
+}
+
+impl ColumnBatch {
+    /// Transposes the images `indices` of `images` (pixels to be scaled by `scale`).
+    pub fn fill(&mut self, images: &SparseImages, indices: &[u32], scale: f32) {
+        assert!(indices.len() <= 1 << 24, "batch rows must fit in 24 bits");
+        let pixels = images.pixels;
+        self.scale = scale;
+        self.starts.clear();
+        self.starts.resize(pixels + 1, 0);
+        for &i in indices {
+            for &col in images.row(i).0 {
+                self.starts[col as usize + 1] += 1;
+            }
+        }
+        for j in 0..pixels {
+            self.starts[j + 1] += self.starts[j];
+        }
+        let total = self.starts[pixels];
+        self.entries.resize(total as usize, 0);
+        // Two halves by column, placed in parallel: each writes its own part of `entries`.
+        let mid = self.starts.partition_point(|&s| s < total / 2).min(pixels);
+        let split = self.starts[mid];
+        self.cursor.clear();
+        self.cursor.extend(self.starts[..mid].iter().copied());
+        self.cursor
+            .extend(self.starts[mid..pixels].iter().map(|&s| s - split));
+        let (low, high) = self.entries.split_at_mut(split as usize);
+        let (cur_low, cur_high) = self.cursor.split_at_mut(mid);
+        rayon::join(
+            || place_columns(images, indices, 0..mid, low, cur_low),
+            || place_columns(images, indices, mid..pixels, high, cur_high),
+        );
+    }
+
+    fn pixels(&self) -> usize {
+        self.starts.len().saturating_sub(1)
+    }
+
+    /// Entries of column j.
+    fn column(&self, j: usize) -> &[u32] {
+        &self.entries[self.starts[j] as usize..self.starts[j + 1] as usize]
+    }
+
+    /// Batch row and scaled pixel value of an entry.
+    #[inline(always)]
+    fn decode(&self, entry: u32) -> (usize, f32) {
+        ((entry >> 8) as usize, (entry & 255) as f32 * self.scale)
+    }
+}
+
+/// Writes the entries of columns `cols` into `out`; `cursor[j − cols.start]` is where
+/// column j's next entry goes.
+fn place_columns(
+    images: &SparseImages,
+    indices: &[u32],
+    cols: std::ops::Range<usize>,
+    out: &mut [u32],
+    cursor: &mut [u32],
+) {
+    for (b, &i) in indices.iter().enumerate() {
+        let (row_cols, vals) = images.row(i);
+        // Columns ascend within an image: this half's entries are one contiguous run.
+        let from = row_cols.partition_point(|&c| (c as usize) < cols.start);
+        let to = row_cols.partition_point(|&c| (c as usize) < cols.end);
+        for (&col, &val) in row_cols[from..to].iter().zip(&vals[from..to]) {
+            let slot = &mut cursor[col as usize - cols.start];
+            out[*slot as usize] = (b as u32) << 8 | val as u32;
+            *slot += 1;
+        }
+    }
+}
+
+/// Batch mean and biased batch variance of every pixel column of a `batch`-image
+/// [`ColumnBatch`]. Sums run in f64, so `E[x²] − mean²` loses nothing to cancellation
+/// at these magnitudes.
+pub fn batch_stats(columns: &ColumnBatch, batch: usize, mean: &mut [f32], var: &mut [f32]) {
+    assert!(mean.len() == columns.pixels() && var.len() == columns.pixels());
+    let count = batch as f64;
+    for j in 0..columns.pixels() {
+        let (sum, sum_sq) = columns
+            .column(j)
+            .iter()
+            .fold((0.0f64, 0.0f64), |(s, q), &e| {
+                let x = columns.decode(e).1 as f64;
+                (s + x, q + x * x)
+            });
+        let m = sum / count;
+        mean[j] = m as f32;
+        var[j] = (sum_sq / count - m * m).max(0.0) as f32;
+    }
+}
+
+/// Folds BatchNorm (batch statistics `mean`, `inv_std`; parameters `gamma`, `beta`) into
+/// the dense layer `w: [features, n]`, `bias: [n]`: fills `coef` (`[features]`) and
+/// `row` (`[n]`) so that the layer's output is `row + Σ_j x_j·coef_j·W_j`.
+#[allow(clippy::too_many_arguments)]
+pub fn fold_batchnorm(
+    mean: &[f32],
+    inv_std: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    coef: &mut [f32],
+    row: &mut [f32],
+) {
+    let n = bias.len();
+    row.copy_from_slice(bias);
+    for (j, w_row) in w.chunks_exact(n).enumerate() {
+        coef[j] = gamma[j] * inv_std[j];
+        let shift = beta[j] - coef[j] * mean[j];
+        axpy(shift, w_row, row);
+    }
+}
+
+/// Samples per task below which [`sparse_forward`] stays on one thread.
+const PARALLEL_MIN_ROWS: usize = 64;
+
+/// Forward of the folded layer on the images `indices`: `z_b = row + Σ_j x_bj·coef_j·W_j`
+/// over the nonzero pixels of sample b, then ReLU when `relu` is set. `z: [batch, n]`.
+#[allow(clippy::too_many_arguments)]
+pub fn sparse_forward(
+    images: &SparseImages,
+    indices: &[u32],
+    scale: f32,
+    coef: &[f32],
+    w: &[f32],
+    row: &[f32],
+    relu: bool,
+    z: &mut [f32],
+) {
+    let n = row.len();
+    assert_eq!(z.len(), indices.len() * n);
+    let rows_per_task = PARALLEL_MIN_ROWS.max(indices.len().div_ceil(rayon::current_num_threads()));
+    z.par_chunks_mut(rows_per_task * n)
+        .zip(indices.par_chunks(rows_per_task))
+        .for_each(|(z_part, part)| {
+            for (z_b, &i) in z_part.chunks_exact_mut(n).zip(part) {
+                let (cols, vals) = images.row(i);
+                forward_one(cols, vals, scale, coef, w, row, relu, z_b);
+            }
+        });
+}
+
+/// Output columns per register block: 8 AVX vectors, kept in registers while the
+/// nonzero pixels stream past (n = 128 makes two blocks).
+const BLOCK: usize = 64;
+
+#[allow(clippy::too_many_arguments)]
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+fn forward_one(
+    cols: &[u16],
+    vals: &[u8],
+    scale: f32,
+    coef: &[f32],
+    w: &[f32],
+    row: &[f32],
+    relu: bool,
+    z: &mut [f32],
+) {
+    let n = row.len();
+    let mut start = 0;
+    while start + BLOCK <= n {
+        let mut acc: [f32; BLOCK] = row[start..start + BLOCK].try_into().unwrap();
+        for (&col, &val) in cols.iter().zip(vals) {
+            let j = col as usize;
+            let w_block: &[f32; BLOCK] =
+                w[j * n + start..j * n + start + BLOCK].try_into().unwrap();
+            let a = val as f32 * scale * coef[j];
+            for i in 0..BLOCK {
+                acc[i] += a * w_block[i];
+            }
+        }
+        z[start..start + BLOCK].copy_from_slice(&acc);
+        start += BLOCK;
+    }
+    if start < n {
+        let tail = &mut z[start..];
+        tail.copy_from_slice(&row[start..]);
+        for (&col, &val) in cols.iter().zip(vals) {
+            let j = col as usize;
+            axpy(
+                val as f32 * scale * coef[j],
+                &w[j * n + start..(j + 1) * n],
+                tail,
+            );
+        }
+    }
+    if relu {
+        z.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+}
+
+/// `h = xᵀ·δ` (`[pixels, n]`) for the batch in `columns` and `delta: [batch, n]`: row j
+/// of h sums column j's entries in batch order. Rows are split over the pool.
+pub fn sparse_weight_grad(columns: &ColumnBatch, delta: &[f32], n: usize, h: &mut [f32]) {
+    assert_eq!(h.len(), columns.pixels() * n);
+    let rows_per_task = columns.pixels().div_ceil(rayon::current_num_threads());
+    h.par_chunks_mut(rows_per_task * n)
+        .enumerate()
+        .for_each(|(t, part)| {
+            for (r, h_row) in part.chunks_exact_mut(n).enumerate() {
+                let j = t * rows_per_task + r;
+                weight_grad_row(columns, columns.column(j), delta, h_row);
+            }
+        });
+}
+
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+fn weight_grad_row(columns: &ColumnBatch, entries: &[u32], delta: &[f32], h_row: &mut [f32]) {
+    let n = h_row.len();
+    let mut start = 0;
+    while start + BLOCK <= n {
+        let mut acc = [0.0f32; BLOCK];
+        for &e in entries {
+            let (b, x) = columns.decode(e);
+            let at = b * n + start;
+            let d: &[f32; BLOCK] = delta[at..at + BLOCK].try_into().unwrap();
+            for i in 0..BLOCK {
+                acc[i] += x * d[i];
+            }
+        }
+        h_row[start..start + BLOCK].copy_from_slice(&acc);
+        start += BLOCK;
+    }
+    if start < n {
+        let tail = &mut h_row[start..];
+        tail.fill(0.0);
+        for &e in entries {
+            let (b, x) = columns.decode(e);
+            let at = b * n;
+            axpy(x, &delta[at + start..at + n], tail);
+        }
+    }
+}
+
+/// Turns `h = xᵀ·δ` into `G = xhatᵀ·δ` in place: `G_j = inv_std_j·(h_j − mean_j·db)`.
+pub fn center_weight_grad(h: &mut [f32], mean: &[f32], inv_std: &[f32], db: &[f32]) {
+    let n = db.len();
+    for ((h_row, &m), &s) in h.chunks_exact_mut(n).zip(mean).zip(inv_std) {
+        for (g, &d) in h_row.iter_mut().zip(db) {
+            *g = s * (*g - m * d);
+        }
+    }
+}
+
+/// `y += a·x`.
+#[inline(always)]
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compresses_rows_and_measures_density() {
+        let images = [0u8, 3, 0, 0, /* */ 0, 0, 0, 0, /* */ 7, 0, 0, 9];
+        let s = SparseImages::from_dense(&images, 4);
+        assert_eq!(s.row(0), (&[1u16][..], &[3u8][..]));
+        assert_eq!(s.row(1), (&[][..], &[][..]));
+        assert_eq!(s.row(2), (&[0u16, 3][..], &[7u8, 9][..]));
+        assert!((s.density() - 3.0 / 12.0).abs() < 1e-12);
+    }
+
+    /// A small batch of sparse "images" (about a third nonzero) with awkward sizes.
+    fn sample(count: usize, pixels: usize) -> Vec<u8> {
+        (0..count * pixels)
+            .map(|i| {
+                if (i * 7919) % 3 == 0 {
+                    (i * 31 % 255) as u8 + 1
+                } else {
+                    0
+                }
+            })
+            .collect()
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * y.abs().max(1.0),
+                "{what}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+
+    /// Statistics, the folded forward and the weight gradient against the dense
+    /// reference: gather, `batchnorm_forward_train`, `gemm_forward`, `gemm_weight_grad`.
+    #[test]
+    fn folded_layer_matches_dense_reference() {
+        use crate::cpu::batchnorm::{batchnorm_batch_update, batchnorm_forward_train};
+        use crate::cpu::gemm::{bias_grad, gemm_forward, gemm_weight_grad};
+        let (count, pixels, scale) = (40usize, 50usize, 1.0 / 255.0);
+        let images = sample(count, pixels);
+        let sparse = SparseImages::from_dense(&images, pixels);
+        let indices: Vec<u32> = vec![7, 3, 39, 0, 12, 12, 25, 31, 18];
+        let batch = indices.len();
+        for n in [70usize, 128, 5] {
+            let val = |i: usize, a: usize, m: usize| ((i * a % m) as f32) / m as f32 - 0.5;
+            let gamma: Vec<f32> = (0..pixels).map(|j| 1.0 + 0.5 * val(j, 3, 7)).collect();
+            let beta: Vec<f32> = (0..pixels).map(|j| val(j, 5, 11)).collect();
+            let w: Vec<f32> = (0..pixels * n).map(|i| val(i, 13, 17)).collect();
+            let bias: Vec<f32> = (0..n).map(|i| val(i, 3, 5)).collect();
+            let delta: Vec<f32> = (0..batch * n).map(|i| val(i, 29, 31)).collect();
+
+            // Dense reference.
+            let mut x = vec![0.0f32; batch * pixels];
+            crate::cpu::gather_scaled(&images, pixels, &indices, scale, &mut x);
+            let (mut mm, mut mv) = (vec![0.0; pixels], vec![1.0; pixels]);
+            let (mut xhat, mut y, mut inv) =
+                (vec![0.0; x.len()], vec![0.0; x.len()], vec![0.0; pixels]);
+            batchnorm_forward_train(
+                &x, batch, &gamma, &beta, 1e-3, 0.99, &mut mm, &mut mv, &mut xhat, &mut y, &mut inv,
+            );
+            let mut z_ref = vec![0.0; batch * n];
+            gemm_forward(&y, &w, &bias, batch, pixels, n, true, &mut z_ref);
+            let mut g_ref = vec![0.0; pixels * n];
+            gemm_weight_grad(&xhat, &delta, batch, pixels, n, &mut g_ref);
+
+            // Sparse path.
+            let mut columns = ColumnBatch::default();
+            columns.fill(&sparse, &indices, scale);
+            let (mut mean, mut var) = (vec![0.0; pixels], vec![0.0; pixels]);
+            batch_stats(&columns, batch, &mut mean, &mut var);
+            let (mut smm, mut smv, mut sinv) =
+                (vec![0.0; pixels], vec![1.0; pixels], vec![0.0; pixels]);
+            batchnorm_batch_update(&mean, &var, 1e-3, 0.99, &mut smm, &mut smv, &mut sinv);
+            close(&smm, &mm, 1e-6, "moving mean");
+            close(&smv, &mv, 1e-5, "moving var");
+            close(&sinv, &inv, 1e-4, "inv_std");
+            let (mut coef, mut row) = (vec![0.0; pixels], vec![0.0; n]);
+            fold_batchnorm(&mean, &sinv, &gamma, &beta, &w, &bias, &mut coef, &mut row);
+            let mut z = vec![0.0; batch * n];
+            sparse_forward(&sparse, &indices, scale, &coef, &w, &row, true, &mut z);
+            close(&z, &z_ref, 1e-4, "forward");
+            let mut g = vec![0.0; pixels * n];
+            sparse_weight_grad(&columns, &delta, n, &mut g);
+            let mut db = vec![0.0; n];
+            bias_grad(&delta, batch, n, &mut db);
+            center_weight_grad(&mut g, &mean, &sinv, &db);
+            close(&g, &g_ref, 1e-4, "weight grad");
+        }
+    }
+
+    #[test]
+    fn column_batch_is_the_transpose_in_batch_order() {
+        let pixels = 6;
+        let images = [
+            0u8, 1, 0, 2, 0, 3, /* */ 4, 0, 0, 5, 0, 0, /* */ 0, 0, 0, 0, 0, 6,
+        ];
+        let sparse = SparseImages::from_dense(&images, pixels);
+        let mut columns = ColumnBatch::default();
+        columns.fill(&sparse, &[2, 0, 1, 0], 1.0);
+        let column = |j: usize| -> Vec<(usize, f32)> {
+            columns
+                .column(j)
+                .iter()
+                .map(|&e| columns.decode(e))
+                .collect()
+        };
+        assert_eq!(column(0), [(2, 4.0)]);
+        assert_eq!(column(1), [(1, 1.0), (3, 1.0)]);
+        assert_eq!(column(2), []);
+        assert_eq!(column(3), [(1, 2.0), (2, 5.0), (3, 2.0)]);
+        assert_eq!(column(5), [(0, 6.0), (1, 3.0), (3, 3.0)]);
+    }
+}
