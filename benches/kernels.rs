@@ -1,6 +1,7 @@
 //! Kernel throughput, CPU and GPU side by side: GEMM GFLOP/s for the three MNIST forms at
-//! batch 32/128/512 and square 1024³ (4096³ on hardware GPUs), and time per call of the
-//! other kernels. Run: `cargo bench --bench kernels`.
+//! batch 32/128/512 and square 1024³ (4096³ on hardware GPUs), time per call of the other
+//! kernels, and each adapter's training step dispatch by dispatch (`step/…`). Run:
+//! `cargo bench --bench kernels [filter]`.
 //!
 //! GPU timings record `reps` dispatches into one command buffer, submit once and wait, so
 //! they measure the kernel (plus per-dispatch overhead), not uploads or readbacks.
@@ -166,6 +167,47 @@ fn main() {
     }
     if wanted("other") {
         other_kernels_cpu();
+    }
+    if wanted("step") {
+        step_profiles(&adapters);
+    }
+}
+
+/// One training step of the default model, dispatch by dispatch, on every adapter:
+/// where a step's time goes (each dispatch submitted alone, so this includes one
+/// submission's overhead per line).
+fn step_profiles(adapters: &[(String, mnist_gpu::gpu::DeviceChoice, bool)]) {
+    use mnist_gpu::data::{self, Mnist};
+    use mnist_gpu::gpu::GpuBackend;
+    use mnist_gpu::model::{ModelConfig, Params};
+    let mnist = Mnist::load(&data::builtin_dir()).expect("the built-in MNIST loads");
+    let config = ModelConfig::default();
+    for (label, choice, software) in adapters {
+        for batch in [32, 128, 512] {
+            let params = Params::init(&config, 42);
+            let mut backend = match GpuBackend::new(params, Hyper::default(), mnist.clone(), choice)
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("{label}: {e}");
+                    break;
+                }
+            };
+            let reps = if *software { 3 } else { 20 };
+            let profile = backend.profile_step(batch, reps).expect("profiling works");
+            let total: f64 = profile.iter().map(|p| p.1).sum();
+            println!(
+                "step/{label}/b{batch}: {:.3} ms per step, dispatch by dispatch:",
+                total * 1e3
+            );
+            for (kernel, secs) in profile {
+                println!(
+                    "    {kernel:<34} {:>10.3} ms {:>5.1}%",
+                    secs * 1e3,
+                    secs / total * 100.0
+                );
+            }
+        }
     }
 }
 

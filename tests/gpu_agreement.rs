@@ -23,9 +23,11 @@ const GEMM_TOL: f64 = 1e-4;
 /// Bound on the error of elementwise and per-feature results.
 const ELEMENTWISE_TOL: f64 = 1e-5;
 
-/// (m, k, n) shapes: batch 1, 33, 37 and widths 10, 129, 784, none of them tile multiples.
-const GEMM_SHAPES: [(usize, usize, usize); 6] = [
+/// (m, k, n) shapes: batch 1, 33, 37, 70 and widths 10, 129, 784, none of them tile
+/// multiples.
+const GEMM_SHAPES: [(usize, usize, usize); 7] = [
     (1, 784, 128),
+    (70, 300, 90),
     (33, 784, 129),
     (37, 129, 10),
     (33, 10, 784),
@@ -204,9 +206,12 @@ fn batchnorm_matches_cpu() {
             let (mut grad_w, mut dbias) = (vec![0.0; INPUT * width], vec![0.0; width]);
             gemm::gemm_weight_grad(&g.xhat, &delta, batch, INPUT, width, &mut grad_w);
             gemm::bias_grad(&delta, batch, width, &mut dbias);
-            let gpu = kernels
-                .batchnorm_dense_backward(ctx, &grad_w, &w, &gamma, &beta, &dbias)
-                .unwrap();
+            // Both variants (per workgroup: hardware GPUs; per thread: CPU adapters).
+            let gpu = [false, true].map(|per_thread| {
+                kernels
+                    .batchnorm_dense_backward(ctx, per_thread, &grad_w, &w, &gamma, &beta, &dbias)
+                    .unwrap()
+            });
             let (mut dg, mut db) = (vec![0.0; INPUT], vec![0.0; INPUT]);
             batchnorm::batchnorm_dense_backward(
                 &mut grad_w,
@@ -217,13 +222,15 @@ fn batchnorm_matches_cpu() {
                 &mut dg,
                 &mut db,
             );
-            let e = max_rel_err(&gpu.dw, &grad_w)
-                .max(max_rel_err(&gpu.dgamma, &dg))
-                .max(max_rel_err(&gpu.dbeta, &db));
-            assert!(
-                e <= ELEMENTWISE_TOL,
-                "{backend} bn dense backward batch {batch}: error {e}"
-            );
+            for (variant, gpu) in ["per workgroup", "per thread"].iter().zip(&gpu) {
+                let e = max_rel_err(&gpu.dw, &grad_w)
+                    .max(max_rel_err(&gpu.dgamma, &dg))
+                    .max(max_rel_err(&gpu.dbeta, &db));
+                assert!(
+                    e <= ELEMENTWISE_TOL,
+                    "{backend} bn dense backward ({variant}) batch {batch}: error {e}"
+                );
+            }
         }
     });
 }

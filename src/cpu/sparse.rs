@@ -34,26 +34,46 @@ impl SparseImages {
     /// Compresses `images` (`count × pixels` bytes). `pixels` must fit in a u16.
     pub fn from_dense(images: &[u8], pixels: usize) -> Self {
         assert!(pixels > 0 && pixels <= u16::MAX as usize + 1);
-        // Blocks of images compressed in parallel, then joined: this runs before the
-        // first training step, so it is kept to a few milliseconds.
-        let blocks: Vec<(Vec<u32>, Vec<u16>, Vec<u8>)> = images
-            .par_chunks(COMPRESS_BLOCK * pixels)
-            .map(|block| compress_block(block, pixels))
+        let count = images.len() / pixels;
+        // Blocks of images are compressed in parallel, straight into their share of the
+        // final arrays (this runs before the first training step and must stay cheap in
+        // both time and peak memory).
+        let blocks: Vec<&[u8]> = images[..count * pixels]
+            .chunks(COMPRESS_BLOCK * pixels)
             .collect();
-        let total: usize = blocks.iter().map(|b| b.1.len()).sum();
+        let nonzero: Vec<usize> = blocks
+            .par_iter()
+            .map(|block| block.iter().filter(|&&p| p != 0).count())
+            .collect();
+        let total: usize = nonzero.iter().sum();
+        assert!(
+            total <= u32::MAX as usize,
+            "too many nonzero pixels for u32 offsets"
+        );
         let mut sparse = SparseImages {
             pixels,
-            starts: Vec::with_capacity(images.len() / pixels + 1),
-            cols: Vec::with_capacity(total),
-            vals: Vec::with_capacity(total),
+            starts: vec![0; count + 1],
+            cols: vec![0; total],
+            vals: vec![0; total],
         };
-        sparse.starts.push(0);
-        for (ends, cols, vals) in blocks {
-            let base = sparse.cols.len() as u32;
-            sparse.starts.extend(ends.iter().map(|&e| base + e));
-            sparse.cols.extend_from_slice(&cols);
-            sparse.vals.extend_from_slice(&vals);
+        let mut jobs = Vec::with_capacity(blocks.len());
+        let (mut starts, mut cols, mut vals) = (
+            &mut sparse.starts[1..],
+            &mut sparse.cols[..],
+            &mut sparse.vals[..],
+        );
+        let mut base = 0usize;
+        for (block, &nz) in blocks.iter().zip(&nonzero) {
+            let (s_part, s_rest) = std::mem::take(&mut starts).split_at_mut(block.len() / pixels);
+            let (c_part, c_rest) = std::mem::take(&mut cols).split_at_mut(nz);
+            let (v_part, v_rest) = std::mem::take(&mut vals).split_at_mut(nz);
+            jobs.push((*block, s_part, c_part, v_part, base));
+            (starts, cols, vals, base) = (s_rest, c_rest, v_rest, base + nz);
         }
+        jobs.into_par_iter()
+            .for_each(|(block, ends, cols, vals, base)| {
+                compress_block(block, pixels, base, ends, cols, vals)
+            });
         sparse
     }
 
@@ -73,26 +93,33 @@ impl SparseImages {
 /// Images per block that [`SparseImages::from_dense`] compresses on one thread.
 const COMPRESS_BLOCK: usize = 2048;
 
-/// Compresses whole images of `block`: (end offset of each image, columns, values).
-fn compress_block(block: &[u8], pixels: usize) -> (Vec<u32>, Vec<u16>, Vec<u8>) {
-    let nonzero = block.iter().filter(|&&p| p != 0).count();
-    // Written branch-free: every pixel is stored at the cursor, which advances only past
-    // nonzero ones (pixels are too evenly mixed for a branch to predict well).
-    let mut cols = vec![0u16; nonzero + 1];
-    let mut vals = vec![0u8; nonzero + 1];
-    let mut ends = Vec::with_capacity(block.len() / pixels);
-    let mut len = 0usize;
-    for image in block.chunks_exact(pixels) {
+/// Compresses the whole images of `block` into `cols`/`vals` (exactly its nonzero
+/// pixels), writing each image's end offset (plus `base`) to `ends`.
+fn compress_block(
+    block: &[u8],
+    pixels: usize,
+    base: usize,
+    ends: &mut [u32],
+    cols: &mut [u16],
+    vals: &mut [u8],
+) {
+    // Each image is compressed branch-free into a scratch row: every pixel is stored at
+    // the cursor, which advances only past nonzero ones (pixels are too evenly mixed for
+    // a branch to predict well); then the nonzero prefix is copied out.
+    let (mut row_cols, mut row_vals) = (vec![0u16; pixels], vec![0u8; pixels]);
+    let mut at = 0usize;
+    for (image, end) in block.chunks_exact(pixels).zip(ends) {
+        let mut len = 0usize;
         for (col, &value) in image.iter().enumerate() {
-            cols[len] = col as u16;
-            vals[len] = value;
-            len += (value != 0) as usize;
+            row_cols[len] = col as u16;
+            row_vals[len] = value;
+            len += (value != 0) as usize; // len <= col, so the next write is in bounds
         }
-        ends.push(len as u32);
+        cols[at..at + len].copy_from_slice(&row_cols[..len]);
+        vals[at..at + len].copy_from_slice(&row_vals[..len]);
+        at += len;
+        *end = (base + at) as u32;
     }
-    cols.truncate(len);
-    vals.truncate(len);
-    (ends, cols, vals)
 }
 
 /// One batch's pixels by column: the transpose of its rows in [`SparseImages`], so the
@@ -374,6 +401,27 @@ mod tests {
         assert_eq!(s.row(1), (&[][..], &[][..]));
         assert_eq!(s.row(2), (&[0u16, 3][..], &[7u8, 9][..]));
         assert!((s.density() - 3.0 / 12.0).abs() < 1e-12);
+    }
+
+    /// Several parallel blocks, full and empty images, against a plain filter.
+    #[test]
+    fn compression_across_blocks_matches_a_plain_filter() {
+        let pixels = 9;
+        let count = 2 * COMPRESS_BLOCK + 37;
+        let mut images = sample(count, pixels);
+        images[5 * pixels..6 * pixels].fill(200); // full
+        images[COMPRESS_BLOCK * pixels..(COMPRESS_BLOCK + 1) * pixels].fill(0); // empty
+        images[(count - 1) * pixels..].fill(1); // full, last
+        let s = SparseImages::from_dense(&images, pixels);
+        for (i, image) in images.chunks_exact(pixels).enumerate() {
+            let (cols, vals): (Vec<u16>, Vec<u8>) = image
+                .iter()
+                .enumerate()
+                .filter(|(_, &v)| v != 0)
+                .map(|(c, &v)| (c as u16, v))
+                .unzip();
+            assert_eq!(s.row(i as u32), (&cols[..], &vals[..]), "image {i}");
+        }
     }
 
     /// A small batch of sparse "images" (about a third nonzero) with awkward sizes.

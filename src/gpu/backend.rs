@@ -381,12 +381,8 @@ impl GpuBackend {
             ..self.bn_uniform(rows, stride, true, 0)
         };
         let ub = uniform(d, "bn dense backward", &u);
-        list.push(k.bn_dense_backward.dispatch(
-            d,
-            &ub,
-            &[&self.params, &self.grads],
-            u.dense_backward_workgroups(),
-        ));
+        let (kernel, groups) = k.bn_dense_backward(&u, k.cpu_adapter);
+        list.push(kernel.dispatch(d, &ub, &[&self.params, &self.grads], groups));
 
         let u = AdamUniform {
             n: self.layout.total as u32,
@@ -410,6 +406,50 @@ impl GpuBackend {
             elementwise_groups(self.layout.total),
         ));
         list
+    }
+
+    /// Profiles one training step at `batch`: each of its dispatches is submitted on its
+    /// own `reps` times, and the median seconds per call are returned beside the kernel's
+    /// name, in step order. The step's first-sample index repeats and the model trains
+    /// on, so profile a throwaway backend.
+    pub fn profile_step(&mut self, batch: usize, reps: usize) -> Result<Vec<(&'static str, f64)>> {
+        ensure!(
+            batch > 0 && batch <= self.train_count,
+            "batch must be 1..=training samples"
+        );
+        let len = batch * reps.max(1);
+        self.ensure_train_plan(batch, len).map_err(gpu_err)?;
+        let plan = self.train_plan.as_ref().expect("plan");
+        let ctx = &self.ctx;
+        let order: Vec<u32> = (0..len as u32)
+            .map(|i| i % self.train_count as u32)
+            .collect();
+        let alphas = vec![self.hyper.lr; reps.max(1)];
+        ctx.queue
+            .write_buffer(&plan.order, 0, bytemuck::cast_slice(&order));
+        ctx.queue
+            .write_buffer(&plan.alphas, 0, bytemuck::cast_slice(&alphas));
+        let mut profile = Vec::new();
+        for dispatch in &plan.full {
+            let mut times = Vec::with_capacity(reps);
+            for _ in 0..reps.max(1) {
+                // The step counter stays 0, so every call reads the same batch.
+                ctx.queue
+                    .write_buffer(&self.state, 0, bytemuck::cast_slice(&[0u32; 4]));
+                let started = Instant::now();
+                let mut encoder = ctx.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = encoder.begin_compute_pass(&Default::default());
+                    record(&mut pass, std::slice::from_ref(dispatch));
+                }
+                ctx.queue.submit([encoder.finish()]);
+                ctx.wait().map_err(gpu_err)?;
+                times.push(started.elapsed().as_secs_f64());
+            }
+            times.sort_by(f64::total_cmp);
+            profile.push((dispatch.kernel, times[times.len() / 2]));
+        }
+        Ok(profile)
     }
 
     fn ensure_train_plan(&mut self, batch: usize, len: usize) -> Result<(), DeviceError> {

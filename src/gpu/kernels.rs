@@ -145,11 +145,6 @@ impl BnUniform {
     pub fn workgroups(&self) -> [u32; 3] {
         [self.features.div_ceil(BN_WORKGROUP), 1, 1]
     }
-
-    /// `dense_backward` runs one workgroup per feature.
-    pub fn dense_backward_workgroups(&self) -> [u32; 3] {
-        [self.features, 1, 1]
-    }
 }
 
 /// Uniform block of `softmax_xent.wgsl`.
@@ -222,6 +217,7 @@ impl Kernel {
         groups: [u32; 3],
     ) -> Dispatch {
         Dispatch {
+            kernel: self.name,
             pipeline: self.pipeline.clone(),
             bind_group: self.bind(device, uniform, buffers),
             groups,
@@ -278,7 +274,12 @@ pub struct Kernels {
     pub gemm: Kernel,
     pub bn_train: Kernel,
     pub bn_eval: Kernel,
-    pub bn_dense_backward: Kernel,
+    /// BatchNorm + first-dense backward: a workgroup per feature (hardware GPUs) or a
+    /// thread per feature (CPU adapters); [`Kernels::bn_dense_backward`] picks.
+    pub bn_dense_backward_groups: Kernel,
+    pub bn_dense_backward_threads: Kernel,
+    /// The adapter runs compute on the CPU (lavapipe, llvmpipe): barriers are expensive.
+    pub cpu_adapter: bool,
     pub softmax: Kernel,
     pub adam: Kernel,
     pub relu_forward: Kernel,
@@ -392,13 +393,21 @@ impl Kernels {
                 "forward_eval",
                 &bn_fwd,
             )?,
-            bn_dense_backward: kernel(
+            bn_dense_backward_groups: kernel(
                 ctx,
                 &bn,
                 "batchnorm + dense backward",
                 "dense_backward",
                 &[(0, U), (4, R), (10, W)],
             )?,
+            bn_dense_backward_threads: kernel(
+                ctx,
+                &bn,
+                "batchnorm + dense backward (per thread)",
+                "dense_backward_per_feature",
+                &[(0, U), (4, R), (10, W)],
+            )?,
+            cpu_adapter: ctx.info.device_type == wgpu::DeviceType::Cpu,
             softmax: kernel(
                 ctx,
                 &sx,
@@ -437,6 +446,8 @@ impl Kernels {
 /// A recorded dispatch: pipeline, bind group, workgroup counts.
 #[derive(Clone)]
 pub struct Dispatch {
+    /// The kernel's name (for profiles).
+    pub kernel: &'static str,
     pub pipeline: wgpu::ComputePipeline,
     pub bind_group: wgpu::BindGroup,
     pub groups: [u32; 3],
@@ -559,6 +570,7 @@ impl Kernels {
         run_one(
             ctx,
             Dispatch {
+                kernel: self.gemm.name,
                 pipeline: self.gemm.pipeline.clone(),
                 bind_group,
                 groups: u.workgroups(),
@@ -705,6 +717,7 @@ impl Kernels {
         run_one(
             ctx,
             Dispatch {
+                kernel: self.bn_train.name,
                 pipeline: self.bn_train.pipeline.clone(),
                 bind_group,
                 groups: u.workgroups(),
@@ -766,6 +779,7 @@ impl Kernels {
         run_one(
             ctx,
             Dispatch {
+                kernel: self.bn_eval.name,
                 pipeline: self.bn_eval.pipeline.clone(),
                 bind_group,
                 groups: u.workgroups(),
@@ -774,12 +788,24 @@ impl Kernels {
         read_f32(ctx, &y, 0, batch * f)
     }
 
+    /// The BatchNorm + first-dense backward kernel and its workgroups for `u`: a thread
+    /// per feature when `per_thread` (CPU adapters), else a workgroup per feature.
+    pub fn bn_dense_backward(&self, u: &BnUniform, per_thread: bool) -> (&Kernel, [u32; 3]) {
+        if per_thread {
+            (&self.bn_dense_backward_threads, u.workgroups())
+        } else {
+            (&self.bn_dense_backward_groups, [u.features, 1, 1])
+        }
+    }
+
     /// GPU twin of [`crate::cpu::batchnorm::batchnorm_dense_backward`]: from
-    /// `G = xhatᵀ·δ` (`[features, n]`) returns `(dW, dgamma, dbeta)`.
+    /// `G = xhatᵀ·δ` (`[features, n]`) returns `(dW, dgamma, dbeta)`, with the per-thread
+    /// kernel when `per_thread`, else the per-workgroup one.
     #[allow(clippy::too_many_arguments)]
     pub fn batchnorm_dense_backward(
         &self,
         ctx: &GpuContext,
+        per_thread: bool,
         grad_w: &[f32],
         w: &[f32],
         gamma: &[f32],
@@ -810,15 +836,8 @@ impl Kernels {
             ..Default::default()
         };
         let ub = uniform(d, "bn", &u);
-        let bind_group = self.bn_dense_backward.bind(d, &ub, &[&params, &grads]);
-        run_one(
-            ctx,
-            Dispatch {
-                pipeline: self.bn_dense_backward.pipeline.clone(),
-                bind_group,
-                groups: u.dense_backward_workgroups(),
-            },
-        )?;
+        let (kernel, groups) = self.bn_dense_backward(&u, per_thread);
+        run_one(ctx, kernel.dispatch(d, &ub, &[&params, &grads], groups))?;
         let all = read_f32(ctx, &grads, 0, 2 * f + f * n)?;
         Ok(BnDenseGrads {
             dw: all[2 * f..].to_vec(),
@@ -863,6 +882,7 @@ impl Kernels {
         run_one(
             ctx,
             Dispatch {
+                kernel: self.softmax.name,
                 pipeline: self.softmax.pipeline.clone(),
                 bind_group,
                 groups: [1, 1, 1],
@@ -929,6 +949,7 @@ impl Kernels {
         run_one(
             ctx,
             Dispatch {
+                kernel: self.adam.name,
                 pipeline: self.adam.pipeline.clone(),
                 bind_group,
                 groups: elementwise_groups(n),
@@ -953,6 +974,7 @@ impl Kernels {
         run_one(
             ctx,
             Dispatch {
+                kernel: self.relu_forward.name,
                 pipeline: self.relu_forward.pipeline.clone(),
                 bind_group,
                 groups: elementwise_groups(x.len()),
@@ -981,6 +1003,7 @@ impl Kernels {
         run_one(
             ctx,
             Dispatch {
+                kernel: self.relu_backward.name,
                 pipeline: self.relu_backward.pipeline.clone(),
                 bind_group,
                 groups: elementwise_groups(dy.len()),
