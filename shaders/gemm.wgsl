@@ -36,7 +36,9 @@ const FLAG_ONES_ROW: u32 = 8u; // row m−1 of A is all ones; its output row goe
 
 const TM: u32 = 64u;
 const TN: u32 = 64u;
-const TK: u32 = 16u;
+// k-slice per shared tile: 32 halves the barriers of 16 (2-3% faster on lavapipe); the
+// two tiles then fill the 16 KiB of workgroup memory WebGPU guarantees.
+const TK: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> u: Gemm;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -44,8 +46,8 @@ const TK: u32 = 16u;
 @group(0) @binding(3) var<storage, read> e: array<f32>;
 @group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
-var<workgroup> sa: array<vec4<f32>, 256>; // [TK][TM / 4]
-var<workgroup> sb: array<vec4<f32>, 256>; // [TK][TN / 4]
+var<workgroup> sa: array<vec4<f32>, 512>; // [TK][TM / 4]
+var<workgroup> sb: array<vec4<f32>, 512>; // [TK][TN / 4]
 
 fn load_a(i: u32, p: u32) -> f32 {
     if (i >= u.m || p >= u.k) {
@@ -102,7 +104,7 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let flat = ty * 8u + tx;
     let row0 = wid.y * TM;
     let col0 = wid.x * TN;
-    // Tile loads: each thread fills 4 vec4 of each tile. With k contiguous in memory
+    // Tile loads: each thread fills 8 vec4 of each tile. With k contiguous in memory
     // (a_cs == 1 / b_rs == 1) consecutive threads walk k; otherwise they walk rows/columns.
     let a_k_fast = u.a_cs == 1u;
     let b_k_fast = u.b_rs == 1u;
@@ -125,8 +127,8 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     var c71 = vec4<f32>(0.0);
 
     for (var kt = 0u; kt < u.k; kt += TK) {
-        for (var q = 0u; q < 4u; q++) {
-            // 256 vec4 slots per tile: slot = p·16 + quad, covering rows/cols 4·quad..4·quad+3.
+        for (var q = 0u; q < 8u; q++) {
+            // 512 vec4 slots per tile: slot = p·16 + quad, covering rows/cols 4·quad..4·quad+3.
             let idx = flat + q * 64u;
             var pa: u32;
             var qa: u32;
