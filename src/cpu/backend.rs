@@ -10,8 +10,8 @@ use super::gather_scaled;
 use super::gemm::{bias_grad, gemm_forward, gemm_input_grad, gemm_weight_grad};
 use super::softmax_xent::softmax_xent;
 use super::sparse::{
-    batch_stats, center_weight_grad, fold_batchnorm, sparse_forward, sparse_weight_grad,
-    ColumnBatch, SparseImages,
+    batch_stats, fold_batchnorm, sparse_first_layer_backward, sparse_forward, ColumnBatch,
+    SparseImages,
 };
 use crate::backend::{Backend, EpochStats, EvalStats, StepProgress};
 use crate::data::Mnist;
@@ -244,14 +244,23 @@ impl CpuBackend {
                     &mut lower[l],
                 );
             } else if self.sparse_train.is_some() {
-                sparse_weight_grad(&w.columns, &w.deltas[1], n, grad_w);
                 let (head, tail) = self.grads.split_at_mut(layout.biases[0].start);
                 let db0 = &tail[..layout.biases[0].len()];
-                center_weight_grad(
-                    &mut head[layout.kernels[0].clone()],
-                    &w.mean,
-                    &w.inv_std,
+                let (rest, after) = head.split_at_mut(layout.kernels[0].start);
+                let grad_w0 = &mut after[..layout.kernels[0].len()];
+                let (dgamma, dbeta) = split_two(rest, layout.gamma.clone(), layout.beta.clone());
+                let p = &self.params;
+                sparse_first_layer_backward(
+                    &w.columns,
+                    &w.deltas[1],
+                    (&w.mean, &w.inv_std),
                     db0,
+                    p.kernel(0),
+                    p.gamma(),
+                    p.beta(),
+                    grad_w0,
+                    dgamma,
+                    dbeta,
                 );
             } else {
                 // Layer 0's weight-grad GEMM runs on xhat; fold_batchnorm_grads turns the
@@ -259,7 +268,9 @@ impl CpuBackend {
                 gemm_weight_grad(&w.xhat, &w.deltas[1], batch, k, n, grad_w);
             }
         }
-        self.fold_batchnorm_grads();
+        if self.sparse_train.is_none() {
+            self.fold_batchnorm_grads();
+        }
         (loss_sum, correct)
     }
 

@@ -207,12 +207,26 @@ fn dense_backward_rows(
         .zip(w.chunks_exact(n))
         .enumerate()
     {
-        dgamma[j] = dot_lanes(w_row, g_row);
-        dbeta[j] = dot_lanes(w_row, dbias);
-        for (g, &d) in g_row.iter_mut().zip(dbias) {
-            *g = gamma[j] * *g + beta[j] * d;
-        }
+        (dgamma[j], dbeta[j]) = dense_backward_row(g_row, w_row, gamma[j], beta[j], dbias);
     }
+}
+
+/// Row j of [`batchnorm_dense_backward`]: rewrites `g_row` (G_j → dW_j) and returns
+/// `(dgamma_j, dbeta_j)`. Inlined into callers compiled for AVX2.
+#[inline(always)]
+pub(crate) fn dense_backward_row(
+    g_row: &mut [f32],
+    w_row: &[f32],
+    gamma: f32,
+    beta: f32,
+    dbias: &[f32],
+) -> (f32, f32) {
+    let dgamma = dot_lanes(w_row, g_row);
+    let dbeta = dot_lanes(w_row, dbias);
+    for (g, &d) in g_row.iter_mut().zip(dbias) {
+        *g = gamma * *g + beta * d;
+    }
+    (dgamma, dbeta)
 }
 
 /// `Σ a·b` in [`LANES`] interleaved partial sums, combined in a fixed order.

@@ -9,9 +9,9 @@
 //! - forward: `z_b = y_b·W + bias = Σ_{j: x_bj ≠ 0} (x_bj·coef_j)·W_j + row`, where
 //!   `coef_j = gamma_j·s_j` and `row = bias + Σ_j (beta_j − coef_j·mean_j)·W_j`
 //!   ([`fold_batchnorm`], [`sparse_forward`]);
-//! - backward: `G = xhatᵀ·δ` has rows `G_j = s_j·(H_j − mean_j·db)` with
-//!   `H = xᵀ·δ` ([`sparse_weight_grad`], [`center_weight_grad`]) and `db = Σ_b δ_b`;
-//!   [`super::batchnorm::batchnorm_dense_backward`] then turns `G` into dW, dgamma, dbeta.
+//! - backward: `G = xhatᵀ·δ` has rows `G_j = s_j·(H_j − mean_j·db)` with `H = xᵀ·δ` and
+//!   `db = Σ_b δ_b`, and [`super::batchnorm::batchnorm_dense_backward`]'s row step turns
+//!   `G` into dW, dgamma and dbeta ([`sparse_first_layer_backward`], all in one pass).
 //!
 //! Work per sample falls from 2·784·n to about 2·150·n multiply-adds. The dense path
 //! (`batchnorm_forward_train`, `gemm_forward`, `gemm_weight_grad`), which the GPU kernels
@@ -328,22 +328,87 @@ fn forward_one(
     }
 }
 
-/// `h = xᵀ·δ` (`[pixels, n]`) for the batch in `columns` and `delta: [batch, n]`: row j
-/// of h sums column j's entries in batch order. Rows are split over the pool.
-pub fn sparse_weight_grad(columns: &ColumnBatch, delta: &[f32], n: usize, h: &mut [f32]) {
-    assert_eq!(h.len(), columns.pixels() * n);
-    let rows_per_task = columns.pixels().div_ceil(rayon::current_num_threads());
-    h.par_chunks_mut(rows_per_task * n)
+/// The rest of the backward pass through layer 0 and BatchNorm, in one parallel pass over
+/// the rows of `w` (`[pixels, n]`). For each pixel j: `H_j = Σ_b x_bj·δ_b` over column j's
+/// entries in batch order, `G_j = inv_std_j·(H_j − mean_j·db)` (so `G = xhatᵀ·δ`), then
+/// [`batchnorm_dense_backward`](super::batchnorm::batchnorm_dense_backward)'s row step:
+/// `dgamma_j`, `dbeta_j` and `dW_j = gamma_j·G_j + beta_j·db` into `grad_w`. Rows are
+/// independent, so each is computed the same whatever the split; fused, the 784×n arrays
+/// are swept once per step instead of four times.
+#[allow(clippy::too_many_arguments)]
+pub fn sparse_first_layer_backward(
+    columns: &ColumnBatch,
+    delta: &[f32],
+    stats: (&[f32], &[f32]),
+    db: &[f32],
+    w: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    grad_w: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    let (n, pixels) = (db.len(), columns.pixels());
+    assert!(grad_w.len() == pixels * n && w.len() == grad_w.len());
+    assert!(dgamma.len() == pixels && dbeta.len() == pixels);
+    let rows_per_task = pixels.div_ceil(rayon::current_num_threads()).max(1);
+    grad_w
+        .par_chunks_mut(rows_per_task * n)
+        .zip(dgamma.par_chunks_mut(rows_per_task))
+        .zip(dbeta.par_chunks_mut(rows_per_task))
         .enumerate()
-        .for_each(|(t, part)| {
-            for (r, h_row) in part.chunks_exact_mut(n).enumerate() {
-                let j = t * rows_per_task + r;
-                weight_grad_row(columns, columns.column(j), delta, h_row);
-            }
+        .for_each(|(t, ((grad_part, dg_part), db_part))| {
+            let first = t * rows_per_task;
+            let rows = FirstRows {
+                first,
+                w: &w[first * n..first * n + grad_part.len()],
+                gamma,
+                beta,
+                stats,
+            };
+            first_layer_rows(columns, delta, db, &rows, grad_part, dg_part, db_part);
         });
 }
 
+/// One task's share of [`sparse_first_layer_backward`]: rows `first..` of everything.
+struct FirstRows<'a> {
+    first: usize,
+    w: &'a [f32],
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    stats: (&'a [f32], &'a [f32]),
+}
+
 #[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+fn first_layer_rows(
+    columns: &ColumnBatch,
+    delta: &[f32],
+    db: &[f32],
+    rows: &FirstRows,
+    grad_w: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    let n = db.len();
+    let (mean, inv_std) = rows.stats;
+    for (r, (g_row, w_row)) in grad_w
+        .chunks_exact_mut(n)
+        .zip(rows.w.chunks_exact(n))
+        .enumerate()
+    {
+        let j = rows.first + r;
+        weight_grad_row(columns, columns.column(j), delta, g_row);
+        let (m, s) = (mean[j], inv_std[j]);
+        for (g, &d) in g_row.iter_mut().zip(db) {
+            *g = s * (*g - m * d);
+        }
+        (dgamma[r], dbeta[r]) =
+            super::batchnorm::dense_backward_row(g_row, w_row, rows.gamma[j], rows.beta[j], db);
+    }
+}
+
+/// `h_row = Σ x·δ_b` over the entries of one pixel column.
+#[inline(always)]
 fn weight_grad_row(columns: &ColumnBatch, entries: &[u32], delta: &[f32], h_row: &mut [f32]) {
     let n = h_row.len();
     let mut start = 0;
@@ -367,16 +432,6 @@ fn weight_grad_row(columns: &ColumnBatch, entries: &[u32], delta: &[f32], h_row:
             let (b, x) = columns.decode(e);
             let at = b * n;
             axpy(x, &delta[at + start..at + n], tail);
-        }
-    }
-}
-
-/// Turns `h = xᵀ·δ` into `G = xhatᵀ·δ` in place: `G_j = inv_std_j·(h_j − mean_j·db)`.
-pub fn center_weight_grad(h: &mut [f32], mean: &[f32], inv_std: &[f32], db: &[f32]) {
-    let n = db.len();
-    for ((h_row, &m), &s) in h.chunks_exact_mut(n).zip(mean).zip(inv_std) {
-        for (g, &d) in h_row.iter_mut().zip(db) {
-            *g = s * (*g - m * d);
         }
     }
 }
@@ -451,7 +506,9 @@ mod tests {
     /// reference: gather, `batchnorm_forward_train`, `gemm_forward`, `gemm_weight_grad`.
     #[test]
     fn folded_layer_matches_dense_reference() {
-        use crate::cpu::batchnorm::{batchnorm_batch_update, batchnorm_forward_train};
+        use crate::cpu::batchnorm::{
+            batchnorm_batch_update, batchnorm_dense_backward, batchnorm_forward_train,
+        };
         use crate::cpu::gemm::{bias_grad, gemm_forward, gemm_weight_grad};
         let (count, pixels, scale) = (40usize, 50usize, 1.0 / 255.0);
         let images = sample(count, pixels);
@@ -496,12 +553,35 @@ mod tests {
             let mut z = vec![0.0; batch * n];
             sparse_forward(&sparse, &indices, scale, &coef, &w, &row, true, &mut z);
             close(&z, &z_ref, 1e-4, "forward");
-            let mut g = vec![0.0; pixels * n];
-            sparse_weight_grad(&columns, &delta, n, &mut g);
             let mut db = vec![0.0; n];
             bias_grad(&delta, batch, n, &mut db);
-            center_weight_grad(&mut g, &mean, &sinv, &db);
-            close(&g, &g_ref, 1e-4, "weight grad");
+            let (mut dg_ref, mut dbeta_ref) = (vec![0.0; pixels], vec![0.0; pixels]);
+            batchnorm_dense_backward(
+                &mut g_ref,
+                &w,
+                &gamma,
+                &beta,
+                &db,
+                &mut dg_ref,
+                &mut dbeta_ref,
+            );
+            let mut g = vec![0.0; pixels * n];
+            let (mut dg, mut dbeta) = (vec![0.0; pixels], vec![0.0; pixels]);
+            sparse_first_layer_backward(
+                &columns,
+                &delta,
+                (&mean, &sinv),
+                &db,
+                &w,
+                &gamma,
+                &beta,
+                &mut g,
+                &mut dg,
+                &mut dbeta,
+            );
+            close(&g, &g_ref, 1e-4, "dW");
+            close(&dg, &dg_ref, 1e-4, "dgamma");
+            close(&dbeta, &dbeta_ref, 1e-4, "dbeta");
         }
     }
 
