@@ -1,5 +1,6 @@
 //! Every `shaders/*.wgsl` parses and validates with naga (no device needed).
 
+use mnist_gpu::gpu::context::WORKGROUP_STORAGE_BYTES;
 use std::path::Path;
 
 #[test]
@@ -51,6 +52,20 @@ fn every_shader_parses_and_validates() {
             "{} has no entry point",
             path.display()
         );
+        // The device is opened with exactly the workgroup memory the trainer asks for, and
+        // not every wgpu backend checks a shader against it: check here.
+        let workgroup_bytes: u32 = module
+            .global_variables
+            .iter()
+            .filter(|(_, var)| var.space == naga::AddressSpace::WorkGroup)
+            .map(|(_, var)| module.types[var.ty].inner.size(module.to_ctx()))
+            .sum();
+        if workgroup_bytes > WORKGROUP_STORAGE_BYTES {
+            failures.push(format!(
+                "{}: {workgroup_bytes} bytes of workgroup memory, more than the {WORKGROUP_STORAGE_BYTES} requested",
+                path.display()
+            ));
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -291,8 +291,8 @@ fn pick_adapter(choice: &DeviceChoice) -> Result<wgpu::Adapter, DeviceError> {
 pub const STORAGE_BUFFERS_PER_STAGE: u32 = 7;
 /// Largest workgroup (softmax, adam, relu: 256 invocations).
 pub const INVOCATIONS_PER_WORKGROUP: u32 = 256;
-/// Workgroup memory of the GEMM tiles (2 × 1024 f32).
-pub const WORKGROUP_STORAGE_BYTES: u32 = 8192;
+/// Workgroup memory of the GEMM tiles (2 × 2048 f32: the 16 KiB WebGPU guarantees).
+pub const WORKGROUP_STORAGE_BYTES: u32 = 16384;
 
 /// What the trainer needs beyond the kernels' fixed demands: the largest single buffer.
 #[derive(Clone, Copy, Debug, Default)]
