@@ -241,12 +241,46 @@ pub fn fold_batchnorm(
     coef: &mut [f32],
     row: &mut [f32],
 ) {
-    let n = bias.len();
-    row.copy_from_slice(bias);
-    for (j, w_row) in w.chunks_exact(n).enumerate() {
+    for j in 0..coef.len() {
         coef[j] = gamma[j] * inv_std[j];
-        let shift = beta[j] - coef[j] * mean[j];
-        axpy(shift, w_row, row);
+    }
+    // Each task sums `BLOCK` columns of `row` over all of W's rows, in registers.
+    let n = bias.len();
+    row.par_chunks_mut(BLOCK)
+        .enumerate()
+        .for_each(|(t, part)| fold_columns(mean, beta, coef, w, n, t * BLOCK, bias, part));
+}
+
+#[allow(clippy::too_many_arguments)]
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+fn fold_columns(
+    mean: &[f32],
+    beta: &[f32],
+    coef: &[f32],
+    w: &[f32],
+    n: usize,
+    start: usize,
+    bias: &[f32],
+    out: &mut [f32],
+) {
+    let width = out.len();
+    let shift = |j: usize| beta[j] - coef[j] * mean[j];
+    if width == BLOCK {
+        let mut acc: [f32; BLOCK] = bias[start..start + BLOCK].try_into().unwrap();
+        for j in 0..coef.len() {
+            let a = shift(j);
+            let w_block: &[f32; BLOCK] =
+                w[j * n + start..j * n + start + BLOCK].try_into().unwrap();
+            for i in 0..BLOCK {
+                acc[i] += a * w_block[i];
+            }
+        }
+        out.copy_from_slice(&acc);
+    } else {
+        out.copy_from_slice(&bias[start..start + width]);
+        for j in 0..coef.len() {
+            axpy(shift(j), &w[j * n + start..j * n + start + width], out);
+        }
     }
 }
 
