@@ -266,24 +266,8 @@ fn fold_columns(
     out: &mut [f32],
 ) {
     let width = out.len();
-    let shift = |j: usize| beta[j] - coef[j] * mean[j];
-    if width == BLOCK {
-        let mut acc: [f32; BLOCK] = bias[start..start + BLOCK].try_into().unwrap();
-        for j in 0..coef.len() {
-            let a = shift(j);
-            let w_block: &[f32; BLOCK] =
-                w[j * n + start..j * n + start + BLOCK].try_into().unwrap();
-            for i in 0..BLOCK {
-                acc[i] += a * w_block[i];
-            }
-        }
-        out.copy_from_slice(&acc);
-    } else {
-        out.copy_from_slice(&bias[start..start + width]);
-        for j in 0..coef.len() {
-            axpy(shift(j), &w[j * n + start..j * n + start + width], out);
-        }
-    }
+    let terms = || (0..coef.len()).map(|j| (beta[j] - coef[j] * mean[j], j * n + start));
+    weighted_sum(out, Some(&bias[start..start + width]), w, terms);
 }
 
 /// Samples per task below which [`sparse_forward`] stays on one thread.
@@ -332,33 +316,12 @@ fn forward_one(
     z: &mut [f32],
 ) {
     let n = row.len();
-    let mut start = 0;
-    while start + BLOCK <= n {
-        let mut acc: [f32; BLOCK] = row[start..start + BLOCK].try_into().unwrap();
-        for (&col, &val) in cols.iter().zip(vals) {
-            let j = col as usize;
-            let w_block: &[f32; BLOCK] =
-                w[j * n + start..j * n + start + BLOCK].try_into().unwrap();
-            let a = val as f32 * scale * coef[j];
-            for i in 0..BLOCK {
-                acc[i] += a * w_block[i];
-            }
-        }
-        z[start..start + BLOCK].copy_from_slice(&acc);
-        start += BLOCK;
-    }
-    if start < n {
-        let tail = &mut z[start..];
-        tail.copy_from_slice(&row[start..]);
-        for (&col, &val) in cols.iter().zip(vals) {
-            let j = col as usize;
-            axpy(
-                val as f32 * scale * coef[j],
-                &w[j * n + start..(j + 1) * n],
-                tail,
-            );
-        }
-    }
+    let terms = || {
+        cols.iter()
+            .zip(vals)
+            .map(|(&col, &val)| (val as f32 * scale * coef[col as usize], col as usize * n))
+    };
+    weighted_sum(z, Some(row), w, terms);
     if relu {
         z.iter_mut().for_each(|v| *v = v.max(0.0));
     }
@@ -447,27 +410,50 @@ fn first_layer_rows(
 #[inline(always)]
 fn weight_grad_row(columns: &ColumnBatch, entries: &[u32], delta: &[f32], h_row: &mut [f32]) {
     let n = h_row.len();
-    let mut start = 0;
-    while start + BLOCK <= n {
-        let mut acc = [0.0f32; BLOCK];
-        for &e in entries {
+    let terms = || {
+        entries.iter().map(|&e| {
             let (b, x) = columns.decode(e);
-            let at = b * n + start;
-            let d: &[f32; BLOCK] = delta[at..at + BLOCK].try_into().unwrap();
+            (x, b * n)
+        })
+    };
+    weighted_sum(h_row, None, delta, terms);
+}
+
+/// `out[i] = init[i] + Σ_t a_t·src[off_t + i]` (init 0 when `None`) over the terms
+/// `(a_t, off_t)`, summed in order. Each block of [`BLOCK`] outputs stays in registers while
+/// the terms stream past (the scattered rows they name are read once per block); a
+/// narrower tail is summed in memory. Inlined into its AVX2-compiled callers.
+#[inline(always)]
+fn weighted_sum<I: Iterator<Item = (f32, usize)>>(
+    out: &mut [f32],
+    init: Option<&[f32]>,
+    src: &[f32],
+    terms: impl Fn() -> I,
+) {
+    let width = out.len();
+    let mut start = 0;
+    while start + BLOCK <= width {
+        let mut acc: [f32; BLOCK] = match init {
+            Some(init) => init[start..start + BLOCK].try_into().unwrap(),
+            None => [0.0; BLOCK],
+        };
+        for (a, off) in terms() {
+            let x: &[f32; BLOCK] = src[off + start..off + start + BLOCK].try_into().unwrap();
             for i in 0..BLOCK {
-                acc[i] += x * d[i];
+                acc[i] += a * x[i];
             }
         }
-        h_row[start..start + BLOCK].copy_from_slice(&acc);
+        out[start..start + BLOCK].copy_from_slice(&acc);
         start += BLOCK;
     }
-    if start < n {
-        let tail = &mut h_row[start..];
-        tail.fill(0.0);
-        for &e in entries {
-            let (b, x) = columns.decode(e);
-            let at = b * n;
-            axpy(x, &delta[at + start..at + n], tail);
+    if start < width {
+        let tail = &mut out[start..];
+        match init {
+            Some(init) => tail.copy_from_slice(&init[start..]),
+            None => tail.fill(0.0),
+        }
+        for (a, off) in terms() {
+            axpy(a, &src[off + start..off + width], tail);
         }
     }
 }
