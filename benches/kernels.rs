@@ -270,4 +270,66 @@ fn other_kernels_cpu() {
         cpu::adam::adam_update(&mut p, &g, &mut m, &mut v, 1e-3, &hyper)
     });
     println!("other/cpu/adam 103338 params: {:.1} µs", us(t));
+    sparse_first_layer_cpu();
+}
+
+/// The CPU trainer's sparse first layer (784 → 128) on real MNIST batches: the batch
+/// transpose and statistics, the folded forward, and the fused backward, per call.
+fn sparse_first_layer_cpu() {
+    use cpu::sparse::{
+        batch_stats, fold_batchnorm, sparse_first_layer_backward, sparse_forward, ColumnBatch,
+        SparseImages,
+    };
+    let mnist = mnist_gpu::data::Mnist::load(&mnist_gpu::data::builtin_dir())
+        .expect("the built-in MNIST loads");
+    let (features, n, scale) = (784, 128, 1.0 / 255.0);
+    let images = SparseImages::from_dense(&mnist.train.images, features);
+    let (gamma, beta) = (vec![1.0; features], vec![0.0; features]);
+    let (w, bias) = (random(features * n, 21), vec![0.0; n]);
+    let us = |s: f64| s * 1e6;
+    for batch in [32usize, 512] {
+        let indices: Vec<u32> = (0..batch as u32).map(|i| i * 97 % 60_000).collect();
+        let mut columns = ColumnBatch::default();
+        let (mut mean, mut var) = (vec![0.0; features], vec![0.0; features]);
+        let t = common::median_secs(200, || {
+            columns.fill(&images, &indices, scale);
+            batch_stats(&columns, batch, &mut mean, &mut var);
+        });
+        println!("other/cpu/sparse transpose+stats b{batch}: {:.1} µs", us(t));
+        let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + 1e-3).sqrt()).collect();
+        let (mut coef, mut row) = (vec![0.0; features], vec![0.0; n]);
+        let mut z = vec![0.0; batch * n];
+        let t = common::median_secs(200, || {
+            fold_batchnorm(
+                &mean, &inv_std, &gamma, &beta, &w, &bias, &mut coef, &mut row,
+            );
+            sparse_forward(&images, &indices, scale, &coef, &w, &row, true, &mut z);
+        });
+        println!(
+            "other/cpu/sparse forward (fold + 784→128) b{batch}: {:.1} µs",
+            us(t)
+        );
+        let delta = random(batch * n, 22);
+        let db = random(n, 23);
+        let mut grad_w = vec![0.0; features * n];
+        let (mut dg, mut dbeta) = (vec![0.0; features], vec![0.0; features]);
+        let t = common::median_secs(200, || {
+            sparse_first_layer_backward(
+                &columns,
+                &delta,
+                (&mean, &inv_std),
+                &db,
+                &w,
+                &gamma,
+                &beta,
+                &mut grad_w,
+                &mut dg,
+                &mut dbeta,
+            )
+        });
+        println!(
+            "other/cpu/sparse backward (dW, dγ, dβ) b{batch}: {:.1} µs",
+            us(t)
+        );
+    }
 }

@@ -396,44 +396,52 @@ fn training_steps_match_cpu() {
             else {
                 break;
             };
-            let mut cpu = CpuBackend::new(params, Hyper::default(), data.clone());
             let order = epoch_order(data.train.len(), 11, 0, true)[..samples].to_vec();
             let mut last = StepProgress::default();
             let gs = gpu.train_epoch(&order, batch, &mut |p| last = *p).unwrap();
-            let cs = cpu.train_epoch(&order, batch, &mut |_| {}).unwrap();
             assert_eq!(last.steps_done, last.steps_total, "final progress report");
-            assert_eq!(gs.samples, cs.samples);
-            let tol = if samples == batch {
-                ONE_STEP_TOL
-            } else {
-                TWENTY_STEPS_TOL
-            };
-            let what = format!("{backend} hidden {hidden:?} batch {batch}: {steps_label}");
-            assert!(
-                rel_err(gs.loss as f32, cs.loss as f32) <= tol,
-                "{what}: loss {} vs {}",
-                gs.loss,
-                cs.loss
-            );
-            assert_eq!(gs.accuracy, cs.accuracy, "{what}: training accuracy");
-            compare_state(&what, &mut gpu, &mut cpu, tol);
-            let (ge, ce) = (gpu.evaluate().unwrap(), cpu.evaluate().unwrap());
-            assert!(
-                rel_err(ge.loss as f32, ce.loss as f32) <= tol,
-                "{what}: eval loss {} vs {}",
-                ge.loss,
-                ce.loss
-            );
-            let differ = ge
-                .predictions
-                .iter()
-                .zip(&ce.predictions)
-                .filter(|(a, b)| a != b)
-                .count();
-            assert!(
-                differ <= 1,
-                "{what}: {differ} of 100 test predictions differ"
-            );
+            let ge = gpu.evaluate().unwrap();
+            // Against the dense reference path (the GPU's kernel-by-kernel twin) and the
+            // sparse path the CPU trainer uses on MNIST.
+            for sparse in [false, true] {
+                let mut cpu = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
+                cpu.set_sparse_input(sparse);
+                let cs = cpu.train_epoch(&order, batch, &mut |_| {}).unwrap();
+                assert_eq!(gs.samples, cs.samples);
+                let tol = if samples == batch {
+                    ONE_STEP_TOL
+                } else {
+                    TWENTY_STEPS_TOL
+                };
+                let what = format!(
+                    "{backend} hidden {hidden:?} batch {batch}, cpu sparse={sparse}: {steps_label}"
+                );
+                assert!(
+                    rel_err(gs.loss as f32, cs.loss as f32) <= tol,
+                    "{what}: loss {} vs {}",
+                    gs.loss,
+                    cs.loss
+                );
+                assert_eq!(gs.accuracy, cs.accuracy, "{what}: training accuracy");
+                compare_state(&what, &mut gpu, &mut cpu, tol);
+                let ce = cpu.evaluate().unwrap();
+                assert!(
+                    rel_err(ge.loss as f32, ce.loss as f32) <= tol,
+                    "{what}: eval loss {} vs {}",
+                    ge.loss,
+                    ce.loss
+                );
+                let differ = ge
+                    .predictions
+                    .iter()
+                    .zip(&ce.predictions)
+                    .filter(|(a, b)| a != b)
+                    .count();
+                assert!(
+                    differ <= 1,
+                    "{what}: {differ} of 100 test predictions differ"
+                );
+            }
         }
     }
 }

@@ -1,5 +1,7 @@
-//! `CpuBackend`: the training step written with the reference kernels. It is both the
-//! ground truth for the GPU and the `--cpu-fallback` trainer.
+//! `CpuBackend`, the `--cpu-fallback` trainer. Its dense path runs the reference kernels
+//! step by step, exactly as the GPU kernels do (the ground truth of the agreement tests);
+//! on sparse data (MNIST) it trains the first layer through [`super::sparse`] instead,
+//! which computes the same step from the nonzero pixels only.
 
 use super::adam::{adam_alpha, adam_update};
 use super::batchnorm::{
