@@ -82,14 +82,19 @@ impl Workspace {
 
 impl CpuBackend {
     /// A trainer on `data`; the first layer runs on sparse input (see [`super::sparse`])
-    /// when at most [`SPARSE_MAX_DENSITY`] of the training pixels are nonzero.
+    /// when at most [`SPARSE_MAX_DENSITY`] of the training pixels are nonzero (and the
+    /// set has fewer than 2²⁴ images), else on the dense reference path.
     pub fn new(params: Params, hyper: Hyper, data: Mnist) -> Self {
         let len = params.trainable.len();
-        let sparse = SparseImages::from_dense(&data.train.images, INPUT);
+        // The sparse path addresses pixels with u32 offsets and batch rows with 24 bits.
+        let fits = data.train.images.len() <= u32::MAX as usize && data.train.len() < 1 << 24;
+        let sparse_train = fits
+            .then(|| SparseImages::from_dense(&data.train.images, INPUT))
+            .filter(|sparse| sparse.density() <= SPARSE_MAX_DENSITY);
         CpuBackend {
             optim: OptimState::new(len),
             grads: vec![0.0; len],
-            sparse_train: (sparse.density() <= SPARSE_MAX_DENSITY).then_some(sparse),
+            sparse_train,
             params,
             hyper,
             data,
