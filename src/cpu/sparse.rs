@@ -144,15 +144,17 @@ impl ColumnBatch {
         assert!(indices.len() <= 1 << 24, "batch rows must fit in 24 bits");
         let pixels = images.pixels;
         self.scale = scale;
+        // Entries per column, counted over the two halves of the batch in parallel.
+        let (first, second) = indices.split_at(indices.len() / 2);
+        let (counts, more) = rayon::join(
+            || column_counts(images, first),
+            || column_counts(images, second),
+        );
         self.starts.clear();
-        self.starts.resize(pixels + 1, 0);
-        for &i in indices {
-            for &col in images.row(i).0 {
-                self.starts[col as usize + 1] += 1;
-            }
-        }
-        for j in 0..pixels {
-            self.starts[j + 1] += self.starts[j];
+        self.starts.push(0);
+        for (c, m) in counts.iter().zip(&more) {
+            let last = *self.starts.last().unwrap();
+            self.starts.push(last + c + m);
         }
         let total = self.starts[pixels];
         self.entries.resize(total as usize, 0);
@@ -187,6 +189,17 @@ impl ColumnBatch {
     }
 }
 
+/// How many of the images `indices` have each pixel column nonzero.
+fn column_counts(images: &SparseImages, indices: &[u32]) -> Vec<u32> {
+    let mut counts = vec![0u32; images.pixels];
+    for &i in indices {
+        for &col in images.row(i).0 {
+            counts[col as usize] += 1;
+        }
+    }
+    counts
+}
+
 /// Writes the entries of columns `cols` into `out`; `cursor[j − cols.start]` is where
 /// column j's next entry goes.
 fn place_columns(
@@ -215,18 +228,25 @@ fn place_columns(
 pub fn batch_stats(columns: &ColumnBatch, batch: usize, mean: &mut [f32], var: &mut [f32]) {
     assert!(mean.len() == columns.pixels() && var.len() == columns.pixels());
     let count = batch as f64;
-    for j in 0..columns.pixels() {
-        let (sum, sum_sq) = columns
-            .column(j)
-            .iter()
-            .fold((0.0f64, 0.0f64), |(s, q), &e| {
-                let x = columns.decode(e).1 as f64;
-                (s + x, q + x * x)
-            });
-        let m = sum / count;
-        mean[j] = m as f32;
-        var[j] = (sum_sq / count - m * m).max(0.0) as f32;
-    }
+    let per_task = columns
+        .pixels()
+        .div_ceil(rayon::current_num_threads())
+        .max(1);
+    mean.par_chunks_mut(per_task)
+        .zip(var.par_chunks_mut(per_task))
+        .enumerate()
+        .for_each(|(t, (mean, var))| {
+            for (r, (m_out, v_out)) in mean.iter_mut().zip(var).enumerate() {
+                let entries = columns.column(t * per_task + r);
+                let (sum, sum_sq) = entries.iter().fold((0.0f64, 0.0f64), |(s, q), &e| {
+                    let x = columns.decode(e).1 as f64;
+                    (s + x, q + x * x)
+                });
+                let m = sum / count;
+                *m_out = m as f32;
+                *v_out = (sum_sq / count - m * m).max(0.0) as f32;
+            }
+        });
 }
 
 /// Folds BatchNorm (batch statistics `mean`, `inv_std`; parameters `gamma`, `beta`) into
