@@ -17,7 +17,7 @@ use super::sparse::{
 };
 use crate::backend::{Backend, EpochStats, EvalStats, StepProgress};
 use crate::data::Mnist;
-use crate::model::{Hyper, OptimState, Params, CLASSES, INPUT};
+use crate::model::{Hyper, OptimState, ParamLayout, Params, CLASSES, INPUT};
 use anyhow::{ensure, Result};
 
 /// Samples trained per hand-off to the rayon pool; progress is reported between them.
@@ -183,12 +183,8 @@ impl CpuBackend {
     /// Replaces G = xhatᵀ·δ1 in layer 0's kernel gradient by dW0 and fills dgamma/dbeta
     /// (see [`batchnorm_dense_backward`]).
     fn fold_batchnorm_grads(&mut self) {
-        let layout = &self.params.layout;
-        let (head, tail) = self.grads.split_at_mut(layout.kernels[0].start);
-        let (grad_w0, after) = tail.split_at_mut(layout.kernels[0].len());
-        let db0_start = layout.biases[0].start - layout.kernels[0].end;
-        let dbias0 = &after[db0_start..db0_start + layout.biases[0].len()];
-        let (dgamma, dbeta) = split_two(head, layout.gamma.clone(), layout.beta.clone());
+        let (dgamma, dbeta, grad_w0, dbias0) =
+            first_layer_grads(&mut self.grads, &self.params.layout);
         batchnorm_dense_backward(
             grad_w0,
             self.params.kernel(0),
@@ -251,11 +247,7 @@ impl CpuBackend {
                     &mut lower[l],
                 );
             } else if self.sparse_train.is_some() {
-                let (head, tail) = self.grads.split_at_mut(layout.biases[0].start);
-                let db0 = &tail[..layout.biases[0].len()];
-                let (rest, after) = head.split_at_mut(layout.kernels[0].start);
-                let grad_w0 = &mut after[..layout.kernels[0].len()];
-                let (dgamma, dbeta) = split_two(rest, layout.gamma.clone(), layout.beta.clone());
+                let (dgamma, dbeta, grad_w0, db0) = first_layer_grads(&mut self.grads, layout);
                 let p = &self.params;
                 sparse_first_layer_backward(
                     &w.columns,
@@ -350,14 +342,23 @@ impl CpuBackend {
     }
 }
 
-/// Two disjoint mutable sub-slices (`a` must come before `b`).
-fn split_two(
-    v: &mut [f32],
-    a: std::ops::Range<usize>,
-    b: std::ops::Range<usize>,
-) -> (&mut [f32], &mut [f32]) {
-    let (head, tail) = v.split_at_mut(b.start);
-    (&mut head[a], &mut tail[..b.len()])
+/// The gradient slices BatchNorm + the first dense layer write: (dgamma, dbeta, dW0),
+/// and db0 to read.
+fn first_layer_grads<'g>(
+    grads: &'g mut [f32],
+    layout: &ParamLayout,
+) -> (&'g mut [f32], &'g mut [f32], &'g mut [f32], &'g [f32]) {
+    // Layout order: gamma, beta, kernel 0, bias 0, … (each range after the previous one).
+    let (head, tail) = grads.split_at_mut(layout.biases[0].start);
+    let db0 = &tail[..layout.biases[0].len()];
+    let (head, kernel0) = head.split_at_mut(layout.kernels[0].start);
+    let (head, beta) = head.split_at_mut(layout.beta.start);
+    (
+        &mut head[layout.gamma.clone()],
+        &mut beta[..layout.beta.len()],
+        &mut kernel0[..layout.kernels[0].len()],
+        db0,
+    )
 }
 
 impl Backend for CpuBackend {
