@@ -65,6 +65,16 @@ pub struct Diverged {
     pub detected_after: usize,
 }
 
+/// Something other than the training loss stopped being finite: the validation loss or
+/// accuracy, or a parameter. The run ends as a divergence.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("training diverged in epoch {epoch}: {what} became {value}; try a smaller learning rate (--lr)")]
+pub struct NonFinite {
+    pub what: String,
+    pub value: f64,
+    pub epoch: usize,
+}
+
 fn detected_note(step: usize, detected_after: usize) -> String {
     if detected_after > step {
         format!(" (noticed when the losses were read back after step {detected_after})")

@@ -1,15 +1,12 @@
 //! MNIST IDX files (gzipped or plain) → [`Dataset`], with every malformed input reported
 //! as a [`DataError`] that names the file and what is wrong.
 
-use flate2::read::GzDecoder;
+use crate::fsutil::{open_regular, InputFileError};
+use flate2::bufread::MultiGzDecoder;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
-
-/// IDX magic for unsigned-byte data with 3 dimensions (images) and 1 dimension (labels).
-const IMAGES_MAGIC: u32 = 0x0000_0803;
-const LABELS_MAGIC: u32 = 0x0000_0801;
 
 /// The four standard file names (each may also carry a `.gz` suffix).
 pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
@@ -45,8 +42,8 @@ pub enum DataError {
         "{dir}: no {name} or {name}.gz (a data directory must hold {TRAIN_IMAGES}, {TRAIN_LABELS}, {TEST_IMAGES} and {TEST_LABELS}, each optionally gzipped)"
     )]
     MissingFile { dir: PathBuf, name: String },
-    #[error("{path}: cannot read: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {error}")]
+    Read { path: PathBuf, error: InputFileError },
     #[error("{path}: {problem}")]
     Invalid { path: PathBuf, problem: String },
     #[error("{images} holds {image_count} images but {labels} holds {label_count} labels")]
@@ -113,8 +110,19 @@ pub struct Mnist {
 impl Mnist {
     /// Load the four standard files from `dir` (plain or `.gz`), validated and cross-checked.
     pub fn load(dir: &Path) -> Result<Mnist, DataError> {
+        Mnist::load_limited(dir, None, None)
+    }
+
+    /// [`Mnist::load`], decoding and keeping only the first `train_limit` training and
+    /// `test_limit` test samples (`None`: all). A plain file's size is still checked
+    /// against its header; the part of a gzip stream past the limit is not decoded.
+    pub fn load_limited(
+        dir: &Path,
+        train_limit: Option<usize>,
+        test_limit: Option<usize>,
+    ) -> Result<Mnist, DataError> {
         if !dir.exists() && dir == builtin_dir() {
-            return Mnist::embedded();
+            return Mnist::embedded(train_limit, test_limit);
         }
         if !dir.exists() {
             return Err(DataError::MissingDir(dir.to_path_buf()));
@@ -122,8 +130,13 @@ impl Mnist {
         if !dir.is_dir() {
             return Err(DataError::NotADir(dir.to_path_buf()));
         }
-        let train = load_split(dir, TRAIN_IMAGES, TRAIN_LABELS)?;
-        let test = load_split(dir, TEST_IMAGES, TEST_LABELS)?;
+        let train = load_split(dir, TRAIN_IMAGES, TRAIN_LABELS, train_limit)?;
+        let test = load_split(dir, TEST_IMAGES, TEST_LABELS, test_limit)?;
+        Mnist::checked(train, test)
+    }
+
+    /// Both splits, checked to hold 28×28 images of the same shape.
+    fn checked(train: Dataset, test: Dataset) -> Result<Mnist, DataError> {
         if (train.rows, train.cols) != (test.rows, test.cols) {
             return Err(DataError::ShapeMismatch {
                 train_rows: train.rows,
@@ -132,7 +145,7 @@ impl Mnist {
                 test_cols: test.cols,
             });
         }
-        if train.pixels_per_image() != crate::model::INPUT {
+        if (train.rows, train.cols) != (SIDE, SIDE) {
             return Err(DataError::WrongImageSize {
                 rows: train.rows,
                 cols: train.cols,
@@ -140,45 +153,59 @@ impl Mnist {
         }
         Ok(Mnist { train, test })
     }
-}
 
-impl Mnist {
     /// The built-in MNIST from the copy compiled into the binary.
-    pub fn embedded() -> Result<Mnist, DataError> {
-        let split = |images: &[u8], labels: &[u8]| -> Result<Dataset, DataError> {
-            let (images, _, rows, cols) = parse_images(images)?;
+    pub fn embedded(
+        train_limit: Option<usize>,
+        test_limit: Option<usize>,
+    ) -> Result<Mnist, DataError> {
+        let split = |images: &[u8], labels: &[u8], limit| -> Result<Dataset, DataError> {
+            let path = Path::new(IN_MEMORY);
+            let (shape, images) = read_idx(path, images, None, IMAGES, limit)?;
+            let (_, labels) = read_idx(path, labels, None, LABELS, limit)?;
             Ok(Dataset {
                 images,
-                labels: parse_labels(labels)?,
-                rows,
-                cols,
+                labels,
+                rows: shape[1],
+                cols: shape[2],
             })
         };
-        Ok(Mnist {
-            train: split(EMBEDDED[0], EMBEDDED[1])?,
-            test: split(EMBEDDED[2], EMBEDDED[3])?,
-        })
+        Mnist::checked(
+            split(EMBEDDED[0], EMBEDDED[1], train_limit)?,
+            split(EMBEDDED[2], EMBEDDED[3], test_limit)?,
+        )
     }
 }
 
-fn load_split(dir: &Path, images_name: &str, labels_name: &str) -> Result<Dataset, DataError> {
+/// Side of the square images the model takes.
+const SIDE: usize = 28;
+
+fn load_split(
+    dir: &Path,
+    images_name: &str,
+    labels_name: &str,
+    limit: Option<usize>,
+) -> Result<Dataset, DataError> {
     let images_path = find_file(dir, images_name)?;
     let labels_path = find_file(dir, labels_name)?;
-    let (images, count, rows, cols) = read_images(&images_path)?;
-    let labels = read_labels(&labels_path)?;
-    if labels.len() != count {
+    let (shape, images) = read_idx_file(&images_path, IMAGES, limit)?;
+    let (label_shape, labels) = read_idx_file(&labels_path, LABELS, limit)?;
+    if label_shape[0] != shape[0] {
         return Err(DataError::CountMismatch {
             images: images_path,
             labels: labels_path,
-            image_count: count,
-            label_count: labels.len(),
+            image_count: shape[0],
+            label_count: label_shape[0],
         });
+    }
+    if shape[0] == 0 {
+        return Err(invalid(&images_path, "holds no images"));
     }
     Ok(Dataset {
         images,
         labels,
-        rows,
-        cols,
+        rows: shape[1],
+        cols: shape[2],
     })
 }
 
@@ -188,61 +215,87 @@ pub fn find_file(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
     let gz = dir.join(format!("{name}.gz"));
     [plain, gz]
         .into_iter()
-        .find(|p| p.exists())
+        .find(|p| p.symlink_metadata().is_ok())
         .ok_or_else(|| DataError::MissingFile {
             dir: dir.to_path_buf(),
             name: name.to_string(),
         })
 }
 
-/// Read a whole file, gunzipping it when it starts with the gzip magic bytes.
+/// Read a whole file, gunzipping it when it starts with the gzip magic bytes (every
+/// member of a multi-member gzip file).
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let io_err = |source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if path.is_dir() {
-        return Err(DataError::Invalid {
-            path: path.to_path_buf(),
-            problem: "is a directory, expected an IDX file".into(),
-        });
-    }
-    // A FIFO, socket or device would block or never end: only regular files are read.
-    let meta = std::fs::metadata(path).map_err(io_err)?;
-    if !meta.is_file() {
-        return Err(DataError::Invalid {
-            path: path.to_path_buf(),
-            problem: "is not a regular file (a FIFO, socket or device?), expected an IDX file"
-                .into(),
-        });
-    }
-    let mut raw = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut raw))
-        .map_err(io_err)?;
-    gunzip_if_gz(raw).map_err(|problem| invalid(path, problem))
-}
-
-/// Largest decompressed IDX file accepted (the MNIST training images are 47 MB).
-pub const MAX_DECOMPRESSED: u64 = 1 << 30;
-
-/// `raw` itself, or its gunzipped contents when it starts with the gzip magic bytes
-/// (the error is the problem, without a file name).
-pub fn gunzip_if_gz(raw: Vec<u8>) -> Result<Vec<u8>, String> {
-    if !raw.starts_with(&[0x1f, 0x8b]) {
-        return Ok(raw);
-    }
+    let (file, _) = open_input(path)?;
     let mut out = Vec::new();
-    GzDecoder::new(&raw[..])
+    decoder(BufReader::new(file))
+        .map_err(|e| io_error(path, e))?
         .take(MAX_DECOMPRESSED + 1)
         .read_to_end(&mut out)
-        .map_err(|e| format!("corrupt gzip data ({e})"))?;
+        .map_err(|e| io_error(path, e))?;
     if out.len() as u64 > MAX_DECOMPRESSED {
-        return Err(format!(
-            "gzip data decompresses to more than {MAX_DECOMPRESSED} bytes"
+        return Err(invalid(
+            path,
+            format!("decompresses to more than {MAX_DECOMPRESSED} bytes"),
         ));
     }
     Ok(out)
+}
+
+/// Largest IDX data accepted (the MNIST training images are 47 MB).
+pub const MAX_DECOMPRESSED: u64 = 1 << 30;
+
+/// Open a data file, which must be a regular file (a FIFO would block forever).
+fn open_input(path: &Path) -> Result<(File, u64), DataError> {
+    open_regular(path).map_err(|error| match error {
+        InputFileError::Directory => invalid(path, "is a directory, expected an IDX file"),
+        InputFileError::NotRegular => invalid(
+            path,
+            "is not a regular file (a FIFO, socket or device?), expected an IDX file",
+        ),
+        other => DataError::Read {
+            path: path.to_path_buf(),
+            error: other,
+        },
+    })
+}
+
+/// A reader of the decompressed bytes: a gzip decoder over every member when the
+/// stream starts with the gzip magic bytes, else the bytes themselves. The error marks
+/// gzip data as `InvalidData`, so it can be told from a read error.
+fn decoder<'a, R: BufRead + 'a>(mut input: R) -> io::Result<Box<dyn Read + 'a>> {
+    let is_gz = input.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    Ok(if is_gz {
+        Box::new(GzipErrors(MultiGzDecoder::new(input)))
+    } else {
+        Box::new(input)
+    })
+}
+
+/// Wraps a gzip decoder so that every error it returns reads "corrupt gzip data (…)".
+struct GzipErrors<R>(R);
+
+impl<R: Read> Read for GzipErrors<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("corrupt gzip data ({e})"),
+            )
+        })
+    }
+}
+
+/// An error while reading `path`: gzip damage is a problem with the file's contents,
+/// anything else a read error.
+fn io_error(path: &Path, error: io::Error) -> DataError {
+    if error.kind() == io::ErrorKind::InvalidData {
+        invalid(path, error.to_string())
+    } else {
+        DataError::Read {
+            path: path.to_path_buf(),
+            error: InputFileError::from_io(error),
+        }
+    }
 }
 
 fn invalid(path: &Path, problem: impl Into<String>) -> DataError {
@@ -252,17 +305,98 @@ fn invalid(path: &Path, problem: impl Into<String>) -> DataError {
     }
 }
 
-/// Parse the IDX header: magic, then one big-endian u32 per dimension.
-fn parse_header(
-    path: &Path,
-    bytes: &[u8],
+/// What an IDX file must hold: its magic number and number of dimensions.
+#[derive(Clone, Copy)]
+struct IdxKind {
     magic: u32,
     dims: usize,
-) -> Result<Vec<usize>, DataError> {
+}
+
+/// IDX magic for unsigned-byte data with 3 dimensions (images) and 1 dimension (labels).
+const IMAGES: IdxKind = IdxKind {
+    magic: 0x0000_0803,
+    dims: 3,
+};
+const LABELS: IdxKind = IdxKind {
+    magic: 0x0000_0801,
+    dims: 1,
+};
+
+/// Read an IDX file: its shape and the data of its first `limit` items (all: `None`).
+fn read_idx_file(
+    path: &Path,
+    kind: IdxKind,
+    limit: Option<usize>,
+) -> Result<(Vec<usize>, Vec<u8>), DataError> {
+    let (file, len) = open_input(path)?;
+    let mut input = BufReader::new(file);
+    let is_gz = input
+        .fill_buf()
+        .map_err(|e| io_error(path, e))?
+        .starts_with(&[0x1f, 0x8b]);
+    let (shape, data) = read_idx(path, input, (!is_gz).then_some(len), kind, limit)?;
+    if kind.magic == LABELS.magic {
+        check_labels(path, &data)?;
+    }
+    Ok((shape, data))
+}
+
+/// Read IDX data (plain or gzipped) from `input`, streaming: the header is checked
+/// first, a plain file's size (`plain_len`) is checked against it before its data is
+/// read, and no more data than the header declares (up to `limit` items) is decoded.
+fn read_idx(
+    path: &Path,
+    input: impl BufRead,
+    plain_len: Option<u64>,
+    kind: IdxKind,
+    limit: Option<usize>,
+) -> Result<(Vec<usize>, Vec<u8>), DataError> {
+    let mut reader = decoder(input).map_err(|e| io_error(path, e))?;
+    let header_len = 4 + 4 * kind.dims;
+    let mut header = Vec::with_capacity(header_len);
+    (&mut reader)
+        .take(header_len as u64)
+        .read_to_end(&mut header)
+        .map_err(|e| io_error(path, e))?;
+    let shape = parse_header(path, &header, kind)?;
+    let item: usize = shape[1..].iter().product();
+    let expected = (header_len + shape[0] * item) as u64;
+    let size_problem = |got: u64| {
+        let what = if got < expected { "truncated" } else { "trailing data" };
+        invalid(
+            path,
+            format!("{what}: {got} bytes, expected {expected} for shape {shape:?}"),
+        )
+    };
+    if let Some(len) = plain_len.filter(|&len| len != expected) {
+        return Err(size_problem(len));
+    }
+    let keep = limit.map_or(shape[0], |n| n.min(shape[0])) * item;
+    let mut data = Vec::with_capacity(if plain_len.is_some() { keep } else { 0 });
+    (&mut reader)
+        .take(keep as u64)
+        .read_to_end(&mut data)
+        .map_err(|e| io_error(path, e))?;
+    if data.len() < keep {
+        return Err(size_problem((header_len + data.len()) as u64));
+    }
+    // With every item read, a decompressed stream must end here.
+    if keep == shape[0] * item && plain_len.is_none() {
+        let mut probe = [0u8; 1];
+        if reader.read(&mut probe).map_err(|e| io_error(path, e))? > 0 {
+            return Err(size_problem(expected + 1));
+        }
+    }
+    Ok((shape, data))
+}
+
+/// Parse the IDX header: magic, then one big-endian u32 per dimension; the data it
+/// declares must fit [`MAX_DECOMPRESSED`].
+fn parse_header(path: &Path, bytes: &[u8], kind: IdxKind) -> Result<Vec<usize>, DataError> {
     if bytes.is_empty() {
         return Err(invalid(path, "file is empty"));
     }
-    let header_len = 4 + 4 * dims;
+    let header_len = 4 + 4 * kind.dims;
     if bytes.len() < header_len {
         return Err(invalid(
             path,
@@ -272,98 +406,76 @@ fn parse_header(
             ),
         ));
     }
-    let word = |i: usize| {
-        u32::from_be_bytes([
-            bytes[4 * i],
-            bytes[4 * i + 1],
-            bytes[4 * i + 2],
-            bytes[4 * i + 3],
-        ])
-    };
+    let word = |i: usize| u32::from_be_bytes(bytes[4 * i..4 * i + 4].try_into().expect("4 bytes"));
     let found = word(0);
-    if found != magic {
-        return Err(invalid(
-            path,
-            format!("wrong IDX magic number 0x{found:08x}, expected 0x{magic:08x} (u8 data, {dims} dimension(s))"),
-        ));
-    }
-    let shape: Vec<usize> = (1..=dims).map(|i| word(i) as usize).collect();
-    let body: usize = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| invalid(path, format!("dimensions {shape:?} are too large")))?;
-    let expected = header_len + body;
-    if bytes.len() != expected {
-        let what = if bytes.len() < expected {
-            "truncated"
-        } else {
-            "trailing data"
-        };
+    if found != kind.magic {
         return Err(invalid(
             path,
             format!(
-                "{what}: {} bytes, expected {expected} for shape {shape:?}",
-                bytes.len()
+                "wrong IDX magic number 0x{found:08x}, expected 0x{:08x} (u8 data, {} dimension(s))",
+                kind.magic, kind.dims
             ),
         ));
     }
-    Ok(shape)
-}
-
-/// Images: (pixels, count, rows, cols).
-pub fn read_images(path: &Path) -> Result<(Vec<u8>, usize, usize, usize), DataError> {
-    images_from(path, read_maybe_gz(path)?)
-}
-
-/// Labels, each checked to be a digit 0..=9.
-pub fn read_labels(path: &Path) -> Result<Vec<u8>, DataError> {
-    labels_from(path, read_maybe_gz(path)?)
-}
-
-/// Parse the bytes of an IDX image file (plain or gzipped) as [`read_images`] does;
-/// errors name `<bytes>`. For fuzzing and callers that hold the file in memory.
-pub fn parse_images(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize, usize), DataError> {
-    let path = Path::new(IN_MEMORY);
-    let bytes = gunzip_if_gz(bytes.to_vec()).map_err(|problem| invalid(path, problem))?;
-    images_from(path, bytes)
-}
-
-/// Parse the bytes of an IDX label file (plain or gzipped) as [`read_labels`] does.
-pub fn parse_labels(bytes: &[u8]) -> Result<Vec<u8>, DataError> {
-    let path = Path::new(IN_MEMORY);
-    let bytes = gunzip_if_gz(bytes.to_vec()).map_err(|problem| invalid(path, problem))?;
-    labels_from(path, bytes)
-}
-
-/// Name used in errors from [`parse_images`] and [`parse_labels`], which have no file.
-const IN_MEMORY: &str = "<bytes>";
-
-fn images_from(
-    path: &Path,
-    mut bytes: Vec<u8>,
-) -> Result<(Vec<u8>, usize, usize, usize), DataError> {
-    let shape = parse_header(path, &bytes, IMAGES_MAGIC, 3)?;
-    if shape[1] == 0 || shape[2] == 0 {
+    let shape: Vec<usize> = (1..=kind.dims).map(|i| word(i) as usize).collect();
+    let body = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+    match body {
+        Some(body) if body <= MAX_DECOMPRESSED => {}
+        _ => {
+            return Err(invalid(
+                path,
+                format!("dimensions {shape:?} are too large (at most {MAX_DECOMPRESSED} bytes of data are read)"),
+            ))
+        }
+    }
+    if kind.dims == 3 && (shape[1] == 0 || shape[2] == 0) {
         return Err(invalid(
             path,
             format!("images have zero size ({}×{})", shape[1], shape[2]),
         ));
     }
-    bytes.drain(..16);
-    Ok((bytes, shape[0], shape[1], shape[2]))
+    Ok(shape)
 }
 
-fn labels_from(path: &Path, mut bytes: Vec<u8>) -> Result<Vec<u8>, DataError> {
-    parse_header(path, &bytes, LABELS_MAGIC, 1)?;
-    bytes.drain(..8);
-    if let Some((index, label)) = bytes.iter().enumerate().find(|(_, &l)| l > 9) {
-        return Err(invalid(
+/// Every label must be a digit.
+fn check_labels(path: &Path, labels: &[u8]) -> Result<(), DataError> {
+    match labels.iter().enumerate().find(|(_, &l)| l > 9) {
+        Some((index, label)) => Err(invalid(
             path,
             format!("label {label} at index {index} is not a digit 0-9"),
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(bytes)
 }
+
+/// Images: (pixels, count, rows, cols).
+pub fn read_images(path: &Path) -> Result<(Vec<u8>, usize, usize, usize), DataError> {
+    let (shape, images) = read_idx_file(path, IMAGES, None)?;
+    Ok((images, shape[0], shape[1], shape[2]))
+}
+
+/// Labels, each checked to be a digit 0..=9.
+pub fn read_labels(path: &Path) -> Result<Vec<u8>, DataError> {
+    read_idx_file(path, LABELS, None).map(|(_, labels)| labels)
+}
+
+/// Parse the bytes of an IDX image file (plain or gzipped) as [`read_images`] does;
+/// errors name `<bytes>`. For fuzzing and callers that hold the file in memory.
+pub fn parse_images(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize, usize), DataError> {
+    let (shape, images) = read_idx(Path::new(IN_MEMORY), bytes, None, IMAGES, None)?;
+    Ok((images, shape[0], shape[1], shape[2]))
+}
+
+/// Parse the bytes of an IDX label file (plain or gzipped) as [`read_labels`] does.
+pub fn parse_labels(bytes: &[u8]) -> Result<Vec<u8>, DataError> {
+    let path = Path::new(IN_MEMORY);
+    let (_, labels) = read_idx(path, bytes, None, LABELS, None)?;
+    check_labels(path, &labels)?;
+    Ok(labels)
+}
+
+/// Name used in errors from [`parse_images`] and [`parse_labels`], which have no file.
+const IN_MEMORY: &str = "<bytes>";
 
 /// Write an IDX file (u8 data) — used by tests and tools to make small data sets.
 pub fn write_idx(path: &Path, shape: &[u32], data: &[u8]) -> io::Result<()> {

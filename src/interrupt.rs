@@ -33,6 +33,26 @@ pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)
 }
 
+/// Test hook: `MNIST_GPU_INTERRUPT_AT=EPOCH:STEP` behaves as if Ctrl-C were pressed
+/// during step STEP of epoch EPOCH (both 1-based; the GPU stops at the end of the
+/// submission holding that step), so interruption can be tested exactly.
+const INTERRUPT_AT_ENV: &str = "MNIST_GPU_INTERRUPT_AT";
+
+fn interrupt_at() -> Option<(usize, usize)> {
+    static AT: std::sync::OnceLock<Option<(usize, usize)>> = std::sync::OnceLock::new();
+    *AT.get_or_init(|| {
+        let text = std::env::var(INTERRUPT_AT_ENV).ok()?;
+        let (epoch, step) = text.split_once(':')?;
+        Some((epoch.trim().parse().ok()?, step.trim().parse().ok()?))
+    })
+}
+
+/// The training loop's `stop` question: was a stop asked for (by a signal, or by the
+/// test hook for this epoch and step count)?
+pub fn stop_requested(epoch: usize, steps_done: usize) -> bool {
+    requested() || interrupt_at().is_some_and(|(e, s)| e == epoch && steps_done >= s)
+}
+
 /// Training was stopped by an interrupt; a resumable checkpoint was written.
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted in epoch {epoch} after step {steps_done} of {steps_total}: {checkpoint} holds the run so far; continue it with: mnist-gpu train --resume {dir}")]

@@ -16,4 +16,6 @@ pub mod modelfile;
 pub mod preprocess;
 pub mod progress;
 pub mod report;
+pub mod run;
+pub mod rundir;
 pub mod train;

@@ -2,7 +2,8 @@
 //! message and a non-zero exit code.
 
 use clap::{Args, Parser, Subcommand};
-use mnist_gpu::app::{self, Device, TrainSettings};
+use mnist_gpu::app::{self, Device};
+use mnist_gpu::run::{self, TrainSettings};
 use mnist_gpu::gpu::DeviceChoice;
 use mnist_gpu::interrupt::{self, Interrupted};
 use mnist_gpu::model::{parse_hidden, Hyper, ModelConfig};
@@ -121,6 +122,9 @@ struct TrainArgs {
     /// Directory for the run's files [default: the next free runs/run-NNN]
     #[arg(long, value_name = "DIR", conflicts_with = "resume")]
     out_dir: Option<PathBuf>,
+    /// Replace the run already in --out-dir (and a --metrics file that holds metrics).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// First test image shown in predictions.png.
     #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "resume")]
     grid_offset: usize,
@@ -179,7 +183,7 @@ impl TrainArgs {
     fn settings(self) -> anyhow::Result<TrainSettings> {
         let device = device(self.cpu_fallback, &self.device);
         if let Some(dir) = &self.resume {
-            return app::resume_settings(dir, self.epochs, self.data_dir, device);
+            return run::resume_settings(dir, self.epochs, self.data_dir, self.metrics, device);
         }
         Ok(TrainSettings {
             data_dir: app::data_dir_or_builtin(self.data_dir),
@@ -202,6 +206,7 @@ impl TrainArgs {
             test_limit: self.test_limit,
             metrics: self.metrics,
             out_dir: self.out_dir,
+            overwrite: self.overwrite,
             grid_offset: self.grid_offset,
             init_from: self.init_from,
             resume: None,
@@ -238,7 +243,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => {
             interrupt::install();
-            args.settings().and_then(|s| app::run_train(&s)).map(|_| ())
+            args.settings().and_then(|s| run::run_train(&s)).map(|_| ())
         }
         Command::Eval(args) => app::run_eval(
             &args.model,

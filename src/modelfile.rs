@@ -12,11 +12,14 @@
 //! The architecture travels in the file's metadata (`hidden`, `raw_pixels`, …). A
 //! checkpoint adds `adam.m` and `adam.v` (the flat parameter layout) and the run's state.
 
-use crate::fsutil::write_atomic;
-use crate::model::{ModelConfig, OptimState, ParamLayout, Params, INPUT};
+use crate::backend::StepProgress;
+use crate::fsutil::{open_regular, write_atomic, InputFileError};
+use crate::model::{ModelConfig, OptimState, ParamLayout, Params, INPUT, MAX_PARAMS};
+use crate::train::EpochRecord;
+use std::io::Read;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -25,15 +28,15 @@ const FORMAT: &str = "mnist-gpu";
 
 #[derive(Debug, Error)]
 pub enum ModelFileError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: InputFileError,
     },
-    #[error("{path}: cannot write: {source}")]
+    #[error("{path}: cannot write: {error}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: not a safetensors file ({reason})")]
     NotSafetensors { path: PathBuf, reason: String },
@@ -47,8 +50,33 @@ pub struct RunState {
     pub optim: OptimState,
     /// Epochs finished so far.
     pub epochs_done: usize,
-    /// Free-form settings of the run (batch size, seed, lr, …), as strings.
-    pub settings: HashMap<String, String>,
+    /// The settings the run was started with.
+    pub run: RunSettings,
+    /// The finished epochs' metrics (`epochs_done` records).
+    pub history: Vec<EpochRecord>,
+    /// Where the run stopped inside epoch `epochs_done + 1` (a checkpoint written on
+    /// Ctrl-C); `None` when it was written at the end of an epoch.
+    pub partial: Option<StepProgress>,
+}
+
+/// A run's settings, as its checkpoint stores them (metadata strings, each validated
+/// like the command-line flag it stands for when read back).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSettings {
+    pub data_dir: PathBuf,
+    /// Total epochs of the run.
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub shuffle: bool,
+    pub lr: f32,
+    pub train_limit: Option<usize>,
+    pub test_limit: Option<usize>,
+    pub grid_offset: usize,
+    /// What trained (`cpu`, or the GPU adapter's name); `None` in older checkpoints.
+    pub device: Option<String>,
+    /// The run's extra `--metrics` file, continued on resume.
+    pub metrics: Option<PathBuf>,
 }
 
 /// The PyTorch-style name of Dense layer `l`'s tensor (`weight` or `bias`).
@@ -137,12 +165,38 @@ fn serialize(
             TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.clone(), v))
         })
         .collect::<Result<Vec<_>, _>>();
-    views
+    let encode_err = |e: String| ModelFileError::Invalid {
+        path: path.to_path_buf(),
+        problem: format!("cannot encode: {e}"),
+    };
+    let bytes = views
         .and_then(|views| safetensors::serialize(views, Some(metadata)))
-        .map_err(|e| ModelFileError::Invalid {
-            path: path.to_path_buf(),
-            problem: format!("cannot encode: {e}"),
-        })
+        .map_err(|e| encode_err(e.to_string()))?;
+    canonical_header(bytes).map_err(encode_err)
+}
+
+/// The same safetensors file with its JSON header's keys in sorted order. The
+/// safetensors crate writes the metadata in `HashMap` order, which differs from run to
+/// run; sorted keys make identical runs write byte-identical files.
+fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().map_err(|_| "short file")?);
+    let data_start = 8 + header_len as usize;
+    let mut header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..data_start]).map_err(|e| e.to_string())?;
+    if let Some(metadata) = header.get_mut("__metadata__") {
+        // Through a BTreeMap, so the order is sorted whatever serde_json's map type keeps.
+        let sorted: BTreeMap<String, String> =
+            serde_json::from_value(metadata.take()).map_err(|e| e.to_string())?;
+        *metadata = serde_json::to_value(sorted).map_err(|e| e.to_string())?;
+    }
+    let mut json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    // The data must start 8-byte aligned: pad the header with spaces, as safetensors does.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - data_start);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[data_start..]);
+    Ok(out)
 }
 
 /// Save the trained model (parameters + BatchNorm statistics), atomically.
@@ -153,9 +207,9 @@ pub fn save_model(params: &Params, steps: u64, path: &Path) -> Result<(), ModelF
         architecture_metadata(&params.config),
         path,
     )?;
-    write_atomic(path, &bytes).map_err(|source| ModelFileError::Write {
+    write_atomic(path, &bytes).map_err(|error| ModelFileError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -175,9 +229,7 @@ pub fn save_checkpoint(
     path: &Path,
 ) -> Result<(), ModelFileError> {
     let mut metadata = architecture_metadata(&params.config);
-    metadata.extend(state.settings.clone());
-    metadata.insert("adam_step".into(), state.optim.step.to_string());
-    metadata.insert("epochs_done".into(), state.epochs_done.to_string());
+    metadata.extend(checkpoint_metadata(state));
     let mut tensors = model_tensors(params);
     tensors.push((
         "adam.m".into(),
@@ -190,9 +242,9 @@ pub fn save_checkpoint(
         state.optim.v.clone(),
     ));
     let bytes = serialize(tensors, steps_tensor(state.optim.step), metadata, path)?;
-    write_atomic(path, &bytes).map_err(|source| ModelFileError::Write {
+    write_atomic(path, &bytes).map_err(|error| ModelFileError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -316,28 +368,77 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, ModelFileError> {
-    if path.is_dir() {
+/// The bytes of a model or checkpoint file. Only a regular file is read, and only
+/// after its size has been checked against its header, so a FIFO, a huge file or one
+/// whose header promises more data than it holds is refused before it is read.
+fn read(path: &Path, checkpoint: bool) -> Result<Vec<u8>, ModelFileError> {
+    let read_err = |error: InputFileError| ModelFileError::Read {
+        path: path.to_path_buf(),
+        error,
+    };
+    let (mut file, len) = open_regular(path).map_err(read_err)?;
+    let mut head = Vec::new();
+    (&mut file)
+        .take(8)
+        .read_to_end(&mut head)
+        .map_err(|e| read_err(InputFileError::from_io(e)))?;
+    check_file_size(path, &head, len, checkpoint)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    bytes.extend_from_slice(&head);
+    file.read_to_end(&mut bytes)
+        .map_err(|e| read_err(InputFileError::from_io(e)))?;
+    Ok(bytes)
+}
+
+/// Largest safetensors header accepted (ours are a few KiB).
+const MAX_HEADER: u64 = 1 << 20;
+
+/// Refuse a file larger than the largest model (or checkpoint) this program makes, or
+/// whose 8-byte header length points past its end.
+fn check_file_size(
+    path: &Path,
+    head: &[u8],
+    len: u64,
+    checkpoint: bool,
+) -> Result<(), ModelFileError> {
+    let not_st = |reason: String| ModelFileError::NotSafetensors {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let Ok(head) = <[u8; 8]>::try_from(head) else {
+        return Err(not_st(format!("{len} bytes, shorter than a header")));
+    };
+    let header_len = u64::from_le_bytes(head);
+    if header_len > MAX_HEADER || 8 + header_len > len {
+        return Err(not_st(format!(
+            "its header claims {header_len} bytes but the file holds {len}"
+        )));
+    }
+    // Parameters (and for a checkpoint Adam's two moments), the BatchNorm statistics,
+    // the step count and the header.
+    let copies = if checkpoint { 3 } else { 1 };
+    let max = (copies * MAX_PARAMS as u64 + 2 * INPUT as u64) * 4 + 8 + 8 + header_len;
+    if len > max {
         return Err(ModelFileError::Invalid {
             path: path.to_path_buf(),
-            problem: "is a directory, expected a .safetensors file".into(),
+            problem: format!(
+                "is {len} bytes, more than the largest {} this program writes ({max} bytes)",
+                if checkpoint { "checkpoint" } else { "model" }
+            ),
         });
     }
-    std::fs::read(path).map_err(|source| ModelFileError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    Ok(())
 }
 
 /// Load a model (or the model part of a checkpoint), validated against its architecture.
 pub fn load_model(path: &Path) -> Result<Params, ModelFileError> {
-    let bytes = read(path)?;
+    let bytes = read(path, false)?;
     model_from(path, &bytes)
 }
 
 /// Load a checkpoint: the model, Adam's state and the run's state.
 pub fn load_checkpoint(path: &Path) -> Result<(Params, RunState), ModelFileError> {
-    let bytes = read(path)?;
+    let bytes = read(path, true)?;
     checkpoint_from(path, &bytes)
 }
 
@@ -367,13 +468,191 @@ fn checkpoint_from(path: &Path, bytes: &[u8]) -> Result<(Params, RunState), Mode
         v: reader.f32s("adam.v", &[len])?,
         step: reader.meta_parse("adam_step")?,
     };
-    let epochs_done = reader.meta_parse("epochs_done")?;
+    let run = reader.run_settings()?;
+    let epochs_done: usize = reader.meta_parse("epochs_done")?;
+    if epochs_done > run.epochs {
+        return Err(reader.invalid(format!(
+            "metadata 'epochs_done' is {epochs_done}, more than the run's {} epochs",
+            run.epochs
+        )));
+    }
+    let history = reader.history(epochs_done)?;
+    let partial = reader.partial_epoch(run.batch_size)?;
     Ok((
         params,
         RunState {
             optim,
             epochs_done,
-            settings: reader.metadata.clone(),
+            run,
+            history,
+            partial,
         },
     ))
+}
+
+/// Checkpoint metadata keys (besides the architecture's).
+const DATA_DIR: &str = "data_dir";
+const EPOCHS: &str = "epochs";
+const BATCH_SIZE: &str = "batch_size";
+const SEED: &str = "seed";
+const SHUFFLE: &str = "shuffle";
+const LR: &str = "lr";
+const TRAIN_LIMIT: &str = "train_limit";
+const TEST_LIMIT: &str = "test_limit";
+const GRID_OFFSET: &str = "grid_offset";
+const DEVICE: &str = "device";
+const METRICS: &str = "metrics";
+const HISTORY: &str = "history";
+const ADAM_STEP: &str = "adam_step";
+const EPOCHS_DONE: &str = "epochs_done";
+/// The steps of epoch `epochs_done + 1` already taken and their sums (Ctrl-C mid-epoch).
+const PARTIAL_STEPS: &str = "epoch_steps_done";
+const PARTIAL_SAMPLES: &str = "epoch_samples_done";
+const PARTIAL_LOSS: &str = "epoch_loss_sum";
+const PARTIAL_CORRECT: &str = "epoch_correct";
+
+/// A limit as stored: a number, or `all`.
+fn limit_text(limit: Option<usize>) -> String {
+    limit.map_or("all".to_string(), |n| n.to_string())
+}
+
+/// The metadata that [`Reader::run_settings`] and friends read back.
+fn checkpoint_metadata(state: &RunState) -> HashMap<String, String> {
+    let run = &state.run;
+    let mut meta = HashMap::from([
+        (DATA_DIR, run.data_dir.display().to_string()),
+        (EPOCHS, run.epochs.to_string()),
+        (BATCH_SIZE, run.batch_size.to_string()),
+        (SEED, run.seed.to_string()),
+        (SHUFFLE, run.shuffle.to_string()),
+        (LR, run.lr.to_string()),
+        (TRAIN_LIMIT, limit_text(run.train_limit)),
+        (TEST_LIMIT, limit_text(run.test_limit)),
+        (GRID_OFFSET, run.grid_offset.to_string()),
+        (
+            HISTORY,
+            serde_json::to_string(&state.history).unwrap_or_default(),
+        ),
+        (ADAM_STEP, state.optim.step.to_string()),
+        (EPOCHS_DONE, state.epochs_done.to_string()),
+    ]);
+    if let Some(device) = &run.device {
+        meta.insert(DEVICE, device.clone());
+    }
+    if let Some(metrics) = &run.metrics {
+        meta.insert(METRICS, metrics.display().to_string());
+    }
+    if let Some(p) = &state.partial {
+        meta.insert(PARTIAL_STEPS, p.steps_done.to_string());
+        meta.insert(PARTIAL_SAMPLES, p.samples_done.to_string());
+        meta.insert(PARTIAL_LOSS, p.loss_sum.to_string());
+        meta.insert(PARTIAL_CORRECT, p.correct.to_string());
+    }
+    meta.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+impl Reader<'_> {
+    /// Metadata `key` as a whole number of at least `min`.
+    fn meta_at_least(&self, key: &str, min: usize) -> Result<usize, ModelFileError> {
+        let value: usize = self.meta_parse(key)?;
+        if value < min {
+            return Err(self.invalid(format!(
+                "metadata '{key}' is {value}; it must be at least {min}"
+            )));
+        }
+        Ok(value)
+    }
+
+    fn meta_limit(&self, key: &str) -> Result<Option<usize>, ModelFileError> {
+        match self.meta(key)? {
+            "all" => Ok(None),
+            _ => self.meta_at_least(key, 1).map(Some),
+        }
+    }
+
+    fn run_settings(&self) -> Result<RunSettings, ModelFileError> {
+        let lr: f32 = self.meta_parse(LR)?;
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(self.invalid(format!(
+                "metadata '{LR}' is {lr}; the learning rate must be a finite number above 0"
+            )));
+        }
+        let data_dir = self.meta(DATA_DIR)?;
+        if data_dir.is_empty() {
+            return Err(self.invalid(format!("metadata '{DATA_DIR}' is empty")));
+        }
+        Ok(RunSettings {
+            data_dir: PathBuf::from(data_dir),
+            epochs: self.meta_at_least(EPOCHS, 1)?,
+            batch_size: self.meta_at_least(BATCH_SIZE, 1)?,
+            seed: self.meta_parse(SEED)?,
+            shuffle: self.meta_parse(SHUFFLE)?,
+            lr,
+            train_limit: self.meta_limit(TRAIN_LIMIT)?,
+            test_limit: self.meta_limit(TEST_LIMIT)?,
+            grid_offset: self.meta_parse(GRID_OFFSET)?,
+            device: self.metadata.get(DEVICE).cloned(),
+            metrics: self.metadata.get(METRICS).map(PathBuf::from),
+        })
+    }
+
+    /// The finished epochs' records: one per epoch done, every number finite.
+    fn history(&self, epochs_done: usize) -> Result<Vec<EpochRecord>, ModelFileError> {
+        let history: Vec<EpochRecord> = serde_json::from_str(self.meta(HISTORY)?)
+            .map_err(|e| self.invalid(format!("metadata '{HISTORY}' is not valid: {e}")))?;
+        if history.len() != epochs_done {
+            return Err(self.invalid(format!(
+                "metadata '{HISTORY}' holds {} epochs but '{EPOCHS_DONE}' is {epochs_done}",
+                history.len()
+            )));
+        }
+        let finite = |r: &EpochRecord| {
+            [r.loss, r.accuracy, r.val_loss, r.val_accuracy, r.seconds]
+                .iter()
+                .all(|v| v.is_finite())
+        };
+        if let Some(r) = history.iter().find(|r| !finite(r)) {
+            return Err(self.invalid(format!(
+                "metadata '{HISTORY}': epoch {} holds a non-finite number",
+                r.epoch
+            )));
+        }
+        Ok(history)
+    }
+
+    /// The progress of an interrupted epoch, consistent with the batch size (every step
+    /// before an interruption is a full batch).
+    fn partial_epoch(&self, batch_size: usize) -> Result<Option<StepProgress>, ModelFileError> {
+        if !self.metadata.contains_key(PARTIAL_STEPS) {
+            return Ok(None);
+        }
+        let steps_done = self.meta_at_least(PARTIAL_STEPS, 1)?;
+        let samples_done: usize = self.meta_parse(PARTIAL_SAMPLES)?;
+        let correct: u64 = self.meta_parse(PARTIAL_CORRECT)?;
+        let loss_sum: f64 = self.meta_parse(PARTIAL_LOSS)?;
+        if steps_done.checked_mul(batch_size) != Some(samples_done) {
+            return Err(self.invalid(format!(
+                "metadata '{PARTIAL_SAMPLES}' is {samples_done}, but {steps_done} steps of \
+                 batch {batch_size} take {} samples",
+                steps_done.saturating_mul(batch_size)
+            )));
+        }
+        if correct > samples_done as u64 {
+            return Err(self.invalid(format!(
+                "metadata '{PARTIAL_CORRECT}' is {correct}, more than the {samples_done} samples seen"
+            )));
+        }
+        if !(loss_sum.is_finite() && loss_sum >= 0.0) {
+            return Err(self.invalid(format!(
+                "metadata '{PARTIAL_LOSS}' is {loss_sum}; it must be a finite sum of losses"
+            )));
+        }
+        Ok(Some(StepProgress {
+            steps_done,
+            steps_total: 0,
+            samples_done,
+            loss_sum,
+            correct,
+        }))
+    }
 }

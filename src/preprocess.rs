@@ -52,8 +52,8 @@ const IN_MEMORY: &str = "<image>";
 pub enum PreprocessError {
     #[error("{path}: no such file")]
     Missing { path: PathBuf },
-    #[error("{path}: cannot read: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: cannot read: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("{path}: the file is empty (0 bytes)")]
     EmptyFile { path: PathBuf },
     #[error("{path}: unsupported image format {format} (PNG and JPEG are supported)")]
@@ -134,7 +134,7 @@ fn read_image(path: &Path) -> Result<DynamicImage, PreprocessError> {
         if source.kind() == io::ErrorKind::NotFound {
             PreprocessError::Missing { path: p() }
         } else {
-            PreprocessError::Io { path: p(), source }
+            PreprocessError::Io { path: p(), error: source }
         }
     };
     let meta = std::fs::metadata(path).map_err(io_err)?;
@@ -198,7 +198,7 @@ fn decode_checked<R: io::BufRead + io::Seek>(
         check_size(width, height, path)?;
     }
     let p = || path.to_path_buf();
-    let io_err = |source: io::Error| PreprocessError::Io { path: p(), source };
+    let io_err = |source: io::Error| PreprocessError::Io { path: p(), error: source };
     let open = || -> Result<ImageReader<R>, PreprocessError> {
         let reader = make()?.with_guessed_format().map_err(io_err)?;
         match reader.format() {
@@ -220,7 +220,7 @@ fn decode_checked<R: io::BufRead + io::Seek>(
                 message: "the file is truncated".into(),
             }
         }
-        image::ImageError::IoError(source) => PreprocessError::Io { path: p(), source },
+        image::ImageError::IoError(source) => PreprocessError::Io { path: p(), error: source },
         other => PreprocessError::Decode {
             path: p(),
             message: other.to_string(),
@@ -228,6 +228,14 @@ fn decode_checked<R: io::BufRead + io::Seek>(
     };
     let (width, height) = open()?.into_dimensions().map_err(decode_err)?;
     check_size(width, height, path)?;
+    if open()?.format() == Some(ImageFormat::Jpeg) {
+        let mut bytes = Vec::new();
+        make()?
+            .into_inner()
+            .read_to_end(&mut bytes)
+            .map_err(io_err)?;
+        check_jpeg_whole(&bytes).map_err(|message| PreprocessError::Decode { path: p(), message })?;
+    }
 
     let mut reader = open()?;
     let mut limits = Limits::default();
@@ -244,6 +252,19 @@ fn decode_checked<R: io::BufRead + io::Seek>(
         },
         other => decode_err(other),
     })
+}
+
+/// Decode a JPEG strictly, as a check: the `image` crate's decoder fills what a
+/// truncated or damaged file lacks with grey and reports success, which would classify
+/// a broken picture.
+fn check_jpeg_whole(bytes: &[u8]) -> Result<(), String> {
+    let options = zune_core::options::DecoderOptions::default().set_strict_mode(true);
+    let mut decoder =
+        zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), options);
+    decoder
+        .decode()
+        .map(|_| ())
+        .map_err(|e| format!("the JPEG data is truncated or corrupt ({e})"))
 }
 
 fn check_size(width: u32, height: u32, path: &Path) -> Result<(), PreprocessError> {

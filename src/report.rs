@@ -27,10 +27,10 @@ pub const FONT_BYTES: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
 
 #[derive(Debug, Error)]
 pub enum ReportError {
-    #[error("{path}: cannot write: {source}")]
+    #[error("{path}: cannot write: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: cannot encode the picture: {message}")]
     Encode { path: PathBuf, message: String },
@@ -672,8 +672,8 @@ fn save(img: &RgbImage, path: &Path) -> Result<(), ReportError> {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-    write_atomic(path, &bytes).map_err(|source| ReportError::Io {
+    write_atomic(path, &bytes).map_err(|error| ReportError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }

@@ -1,6 +1,7 @@
 //! The one training loop, over any [`Backend`]: epochs, shuffling, metrics, progress.
 
-use crate::backend::{Backend, Diverged, EpochStats, EvalStats, StepProgress};
+use crate::backend::{Backend, Diverged, EpochStats, EvalStats, NonFinite, StepProgress};
+use crate::model::Params;
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -189,6 +190,8 @@ pub fn train_from(
             );
         }
         let eval = backend.evaluate()?;
+        check_finite_eval(&eval, epoch + 1)?;
+        check_finite_params(&backend.params()?, epoch + 1)?;
         let record = EpochRecord {
             epoch: epoch + 1,
             loss: stats.loss,
@@ -223,4 +226,41 @@ pub fn train_from(
         history,
         final_eval,
     })
+}
+
+/// A validation loss or accuracy that is not finite ends the run as a divergence.
+fn check_finite_eval(eval: &EvalStats, epoch: usize) -> Result<()> {
+    for (what, value) in [
+        ("the validation loss", eval.loss),
+        ("the validation accuracy", eval.accuracy),
+    ] {
+        if !value.is_finite() {
+            return Err(NonFinite {
+                what: what.into(),
+                value,
+                epoch,
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Parameters (or BatchNorm statistics) that are not finite end the run as a divergence
+/// before anything is saved from them (`epoch`: the last one trained).
+pub fn check_finite_params(params: &Params, epoch: usize) -> Result<()> {
+    let values = params
+        .trainable
+        .iter()
+        .chain(&params.moving_mean)
+        .chain(&params.moving_var);
+    match values.copied().find(|v| !v.is_finite()) {
+        Some(value) => Err(NonFinite {
+            what: "a model parameter".into(),
+            value: value as f64,
+            epoch,
+        }
+        .into()),
+        None => Ok(()),
+    }
 }

@@ -6,8 +6,9 @@
 //! weight-grad GEMM (bias gradient fused) and, above layer 0, an input-grad GEMM (ReLU
 //! mask fused); then BN + first-dense backward (dgamma, dbeta and dW0 from layer 0's
 //! xhatᵀ·δ, see `batchnorm_dense_backward`) and Adam: 3 + 3L dispatches. The host writes the epoch's order, Adam's step
-//! sizes and the step counter once per epoch, records [`STEPS_PER_SUBMIT`] steps per
-//! command buffer, and reads the per-step loss/correct back asynchronously for progress.
+//! sizes and the step counter once per epoch, records as many steps per command buffer
+//! as take about [`SUBMIT_TARGET`] of GPU time (measured, see [`Pacer`]), and reads the
+//! per-step loss/correct back asynchronously for progress.
 
 use super::context::{map_blocking, DeviceError, GpuContext, Needs};
 use super::kernels::{
@@ -24,12 +25,65 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Training steps recorded into one command buffer.
-pub const STEPS_PER_SUBMIT: usize = 32;
+/// Most training steps recorded into one command buffer.
+pub const STEPS_PER_SUBMIT: usize = 256;
 /// Test samples per evaluation chunk.
 pub const EVAL_CHUNK: usize = 1000;
-/// Submitted-but-unfinished command buffers allowed before the host waits.
+/// Most submitted-but-unfinished command buffers before the host waits.
 const MAX_IN_FLIGHT: usize = 3;
+/// GPU time one command buffer of steps should take.
+const SUBMIT_TARGET: Duration = Duration::from_millis(100);
+/// GPU time of all queued work: how long a stop (Ctrl-C) waits at most, beyond the step
+/// under way, since queued work cannot be taken back.
+const QUEUE_TARGET: Duration = Duration::from_millis(300);
+
+/// Sizes the command buffers of a training epoch by measured time rather than a fixed
+/// step count: on a fast GPU many steps go into one submission (few round trips), on a
+/// software adapter or a huge model only as many as fit [`SUBMIT_TARGET`], and no more
+/// work is queued than [`QUEUE_TARGET`], so Ctrl-C ends a run within about a second of
+/// the step under way on every device.
+#[derive(Default)]
+struct Pacer {
+    /// Measured GPU seconds per step (a running mean); `None` until the first submission
+    /// has finished.
+    per_step: Option<f64>,
+}
+
+impl Pacer {
+    /// Steps for the next command buffer.
+    fn chunk(&self) -> usize {
+        match self.per_step {
+            None => 1,
+            Some(t) => ((SUBMIT_TARGET.as_secs_f64() / t) as usize).clamp(1, STEPS_PER_SUBMIT),
+        }
+    }
+
+    /// Command buffers of `chunk` steps that may be queued at once.
+    fn max_in_flight(&self, chunk: usize) -> usize {
+        match self.per_step {
+            None => 1,
+            Some(t) => {
+                ((QUEUE_TARGET.as_secs_f64() / (t * chunk as f64)) as usize).clamp(1, MAX_IN_FLIGHT)
+            }
+        }
+    }
+
+    /// `steps` steps took `seconds` of GPU time.
+    fn observe(&mut self, steps: usize, seconds: f64) {
+        let t = seconds / steps.max(1) as f64;
+        self.per_step = Some(match self.per_step {
+            None => t,
+            Some(mean) => 0.7 * mean + 0.3 * t,
+        });
+    }
+}
+
+/// A submitted command buffer of training steps.
+struct InFlight {
+    index: wgpu::SubmissionIndex,
+    steps: usize,
+    submitted: Instant,
+}
 /// Minimum time between progress readbacks.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -682,16 +736,20 @@ impl Backend for GpuBackend {
             steps_total: steps,
             ..StepProgress::default()
         };
-        let mut in_flight: VecDeque<wgpu::SubmissionIndex> = VecDeque::new();
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut pacer = Pacer::default();
+        // When the GPU last finished a command buffer we waited for.
+        let mut last_done = Instant::now();
         let mut pending: Option<Pending> = None;
         let mut last_report = Instant::now();
         let mut done = 0usize;
+        let mut submitted_to = 0usize;
         let mut samples = 0usize;
         while done < steps {
             if stop(start.steps_done + done) {
                 break;
             }
-            let end = (done + STEPS_PER_SUBMIT).min(steps);
+            let end = (done + pacer.chunk()).min(steps);
             let mut encoder = ctx
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -718,7 +776,12 @@ impl Backend for GpuBackend {
             if want_report {
                 encoder.copy_buffer_to_buffer(&plan.stats, 0, &plan.staging, 0, (done * 8) as u64);
             }
-            in_flight.push_back(ctx.queue.submit([encoder.finish()]));
+            in_flight.push_back(InFlight {
+                index: ctx.queue.submit([encoder.finish()]),
+                steps: end - submitted_to,
+                submitted: Instant::now(),
+            });
+            submitted_to = end;
             if want_report {
                 let flag = Arc::new(AtomicU8::new(0));
                 let f = flag.clone();
@@ -732,14 +795,18 @@ impl Backend for GpuBackend {
                     samples,
                 });
             }
-            if in_flight.len() > MAX_IN_FLIGHT {
+            if in_flight.len() >= pacer.max_in_flight(pacer.chunk()) {
                 let oldest = in_flight.pop_front().expect("in flight");
                 ctx.device
                     .poll(wgpu::PollType::Wait {
-                        submission_index: Some(oldest),
+                        submission_index: Some(oldest.index),
                         timeout: None,
                     })
                     .map_err(|e| gpu_err(DeviceError::Gpu(format!("waiting for the GPU: {e}"))))?;
+                // The GPU worked on it from its submission or the previous one's end.
+                let began = last_done.max(oldest.submitted);
+                last_done = Instant::now();
+                pacer.observe(oldest.steps, (last_done - began).as_secs_f64());
             } else {
                 ctx.device
                     .poll(wgpu::PollType::Poll)

@@ -237,6 +237,13 @@ fn found_list(adapters: &[wgpu::Adapter]) -> String {
 }
 
 /// Pick the adapter `choice` asks for, or the best one.
+/// The adapter that `choice` selects, as [`GpuContext::new`] would pick it: for checking
+/// `--backend` / `--adapter` before anything slow is loaded.
+pub fn chosen_adapter(choice: &DeviceChoice) -> Result<AdapterSummary, DeviceError> {
+    let adapter = pick_adapter(choice)?;
+    Ok(summarize(0, &adapter))
+}
+
 fn pick_adapter(choice: &DeviceChoice) -> Result<wgpu::Adapter, DeviceError> {
     let (adapters, searched) = enumerate(choice)?;
     if adapters.is_empty() {

@@ -1,0 +1,511 @@
+//! `mnist-gpu train`: one run, in named phases — read the starting point (a fresh
+//! model, `--init-from` or a checkpoint), check the device flags, load and check the
+//! data, claim the run directory, train, write what a run leaves behind.
+//!
+//! Every input is validated before the run directory is touched, so a run that fails
+//! on bad input leaves nothing behind and changes no earlier file.
+
+use crate::app::{self, Device};
+use crate::backend::{Backend, Diverged, NonFinite, StepProgress};
+use crate::cpu;
+use crate::data::{self, Mnist};
+use crate::fsutil::write_atomic;
+use crate::interrupt::{self, Interrupted};
+use crate::model::{Hyper, ModelConfig, Params};
+use crate::modelfile::{self, RunSettings, RunState};
+use crate::progress::Console;
+use crate::report;
+use crate::rundir::{Claim, RunDir, CHECKPOINT, CURVES, METRICS, MODEL, PREDICTIONS};
+use crate::train::{train_from, EpochRecord, Observer, Stopped, TrainOptions, TrainOutcome};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Everything `mnist-gpu train` was asked to do.
+#[derive(Clone, Debug)]
+pub struct TrainSettings {
+    pub data_dir: PathBuf,
+    pub device: Device,
+    pub model: ModelConfig,
+    pub hyper: Hyper,
+    pub options: TrainOptions,
+    pub train_limit: Option<usize>,
+    pub test_limit: Option<usize>,
+    /// Extra copy of the per-epoch metrics (the run directory always has metrics.jsonl).
+    pub metrics: Option<PathBuf>,
+    /// Where the run's files go (default: the next free `runs/run-NNN`).
+    pub out_dir: Option<PathBuf>,
+    /// Replace a run already in `out_dir`.
+    pub overwrite: bool,
+    /// First test image of the predictions grid.
+    pub grid_offset: usize,
+    /// Start from these weights (fresh optimiser).
+    pub init_from: Option<PathBuf>,
+    /// The run to continue, read from its checkpoint.
+    pub resume: Option<Resume>,
+}
+
+/// A run to continue: its directory and what its checkpoint holds.
+#[derive(Clone, Debug)]
+pub struct Resume {
+    pub dir: PathBuf,
+    pub params: Params,
+    pub state: RunState,
+}
+
+/// Settings to continue the run in `dir`: everything from its checkpoint (read once,
+/// here), except the total `epochs`, `data_dir`, `metrics` and the device when given.
+pub fn resume_settings(
+    dir: &Path,
+    epochs: Option<usize>,
+    data_dir: Option<PathBuf>,
+    metrics: Option<PathBuf>,
+    device: Device,
+) -> Result<TrainSettings> {
+    let path = dir.join(CHECKPOINT);
+    let (params, state) = modelfile::load_checkpoint(&path)?;
+    let run = &state.run;
+    let epochs = epochs.unwrap_or(run.epochs);
+    let done = state.epochs_done;
+    if epochs <= done && !(epochs == done && state.partial.is_some()) {
+        bail!(
+            "{}: the run has done {done} of its epochs already; pass --epochs N with N above \
+             {done} to train it further",
+            dir.display()
+        );
+    }
+    Ok(TrainSettings {
+        data_dir: resume_data_dir(&path, run, data_dir)?,
+        device,
+        model: params.config.clone(),
+        hyper: Hyper {
+            lr: run.lr,
+            ..Hyper::default()
+        },
+        options: TrainOptions {
+            epochs,
+            batch_size: run.batch_size,
+            seed: run.seed,
+            shuffle: run.shuffle,
+        },
+        train_limit: run.train_limit,
+        test_limit: run.test_limit,
+        metrics: metrics.or_else(|| run.metrics.clone()),
+        out_dir: Some(dir.to_path_buf()),
+        overwrite: false,
+        grid_offset: run.grid_offset,
+        init_from: None,
+        resume: Some(Resume {
+            dir: dir.to_path_buf(),
+            params,
+            state,
+        }),
+    })
+}
+
+/// The data directory of a resumed run: `--data-dir`, else the checkpoint's, which must
+/// be found from here (a relative one is relative to where the run was started).
+fn resume_data_dir(
+    checkpoint: &Path,
+    run: &RunSettings,
+    flag: Option<PathBuf>,
+) -> Result<PathBuf> {
+    if let Some(dir) = flag {
+        return Ok(dir);
+    }
+    let dir = &run.data_dir;
+    if !dir.exists() && *dir != data::builtin_dir() {
+        let relative = if dir.is_relative() {
+            " (relative to the directory the run was started in)"
+        } else {
+            ""
+        };
+        bail!(
+            "{}: the run's data directory {}{relative} is not found from here; pass \
+             --data-dir DIR",
+            checkpoint.display(),
+            dir.display()
+        );
+    }
+    Ok(dir.clone())
+}
+
+/// The run's settings as its checkpoint stores them.
+fn run_settings(s: &TrainSettings, device: &str) -> RunSettings {
+    RunSettings {
+        data_dir: s.data_dir.clone(),
+        epochs: s.options.epochs,
+        batch_size: s.options.batch_size,
+        seed: s.options.seed,
+        shuffle: s.options.shuffle,
+        lr: s.hyper.lr,
+        train_limit: s.train_limit,
+        test_limit: s.test_limit,
+        grid_offset: s.grid_offset,
+        device: Some(device.to_string()),
+        metrics: s.metrics.clone(),
+    }
+}
+
+/// Where training starts: the parameters, and the checkpoint's state when resuming.
+fn starting_point(settings: &TrainSettings) -> Result<(Params, Option<RunState>)> {
+    Ok(match (&settings.resume, &settings.init_from) {
+        (Some(resume), _) => (resume.params.clone(), Some(resume.state.clone())),
+        (None, Some(path)) => {
+            let params = modelfile::load_model(path)?;
+            println!("init: {} from {}", params.config.describe(), path.display());
+            (params, None)
+        }
+        (None, None) => {
+            settings.model.check_size().map_err(anyhow::Error::msg)?;
+            (Params::init(&settings.model, settings.options.seed), None)
+        }
+    })
+}
+
+/// Checks that need the data set: the grid offset, an interrupted epoch's step count,
+/// a starting model that produces finite outputs, and the `--metrics` file.
+fn check_inputs(settings: &TrainSettings, data: &Mnist, params: &Params) -> Result<()> {
+    let test_count = data.test.len();
+    if settings.grid_offset >= test_count {
+        bail!(
+            "--grid-offset {} is past the test set, which holds {test_count} images",
+            settings.grid_offset
+        );
+    }
+    let steps = data.train.len().div_ceil(settings.options.batch_size);
+    if let Some(resume) = &settings.resume {
+        if let Some(p) = resume.state.partial.filter(|p| p.steps_done >= steps) {
+            bail!(
+                "{}: metadata 'epoch_steps_done' is {}, but an epoch of this run has {steps} steps",
+                resume.dir.join(CHECKPOINT).display(),
+                p.steps_done
+            );
+        }
+    }
+    if let Some(path) = &settings.init_from {
+        let outputs = cpu::infer(params, settings.hyper.bn_eps, &data.test.images);
+        if outputs.iter().flatten().any(|p| !p.is_finite()) {
+            bail!(
+                "{}: the model produces non-finite outputs (its weights overflow); it cannot \
+                 be trained from",
+                path.display()
+            );
+        }
+    }
+    check_metrics_file(settings)
+}
+
+/// The `--metrics` file is written only once training runs; here it is only checked: its
+/// directory must exist, and a non-empty file that is not this run's own is kept unless
+/// `--overwrite` says otherwise.
+fn check_metrics_file(settings: &TrainSettings) -> Result<()> {
+    let Some(path) = &settings.metrics else {
+        return Ok(());
+    };
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        bail!(
+            "--metrics {}: the directory {} does not exist",
+            path.display(),
+            parent.display()
+        );
+    }
+    if path.is_dir() {
+        bail!("--metrics {}: is a directory", path.display());
+    }
+    let own = settings
+        .resume
+        .as_ref()
+        .is_some_and(|r| r.state.run.metrics.as_deref() == Some(path.as_path()));
+    let non_empty = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
+    if non_empty && !own && !settings.overwrite {
+        bail!(
+            "--metrics {}: the file already holds metrics; choose another file or pass \
+             --overwrite to replace it",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `mnist-gpu train`: the whole run, printed Keras-style; returns the outcome and the
+/// directory its files went to.
+pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
+    let (params, resumed) = starting_point(settings)?;
+    let (device, device_label) = app::resolve_device(&settings.device)?;
+    if let Some(before) = resumed.as_ref().and_then(|s| s.run.device.as_deref()) {
+        if before != device_label {
+            eprintln!("note: this run started on {before}; it continues on {device_label}");
+        }
+    }
+    let data = app::load_data(
+        &settings.data_dir,
+        settings.train_limit,
+        settings.test_limit,
+    )?;
+    check_inputs(settings, &data, &params)?;
+    let claim = match (&settings.resume, settings.overwrite) {
+        (Some(_), _) => Claim::Resume,
+        (None, true) => Claim::Overwrite,
+        (None, false) => Claim::Fresh,
+    };
+    let run_dir = RunDir::claim(settings.out_dir.as_deref(), claim)?;
+    let result = train_in(settings, &run_dir, params, resumed, device, &device_label, data);
+    if result.is_err() {
+        run_dir.discard_if_unused();
+        return result.map(|outcome| (outcome, PathBuf::new()));
+    }
+    result.map(|outcome| (outcome, run_dir.path().to_path_buf()))
+}
+
+/// The phases after the run directory is claimed: build the backend, train, write.
+fn train_in(
+    settings: &TrainSettings,
+    run_dir: &RunDir,
+    params: Params,
+    resumed: Option<RunState>,
+    device: Device,
+    device_label: &str,
+    data: Mnist,
+) -> Result<TrainOutcome> {
+    print_header(&data, &params);
+    let train_count = data.train.len();
+    let test_images = data.test.clone();
+    let mut backend = app::make_backend(&device, params.clone(), settings.hyper.clone(), data)?;
+    let mut writer = RunWriter {
+        console: Console::default(),
+        settings,
+        run: run_settings(settings, device_label),
+        run_dir,
+        history: Vec::new(),
+        checkpoint_epoch: None,
+    };
+    let mut partial = StepProgress::default();
+    if let Some(state) = &resumed {
+        backend.load(&params, Some(&state.optim))?;
+        partial = state.partial.unwrap_or_default();
+        writer.history = state.history.clone();
+        writer.checkpoint_epoch = Some(state.epochs_done);
+        print_resume(run_dir.path(), state, settings.options.epochs);
+    }
+    println!(
+        "device: {} | batch {} ({} steps/epoch), Adam lr {}, seed {}",
+        backend.name(),
+        settings.options.batch_size,
+        train_count.div_ceil(settings.options.batch_size),
+        settings.hyper.lr,
+        settings.options.seed
+    );
+    let first_epoch = resumed.as_ref().map_or(0, |s| s.epochs_done);
+    let stop = interrupt::stop_requested;
+    let outcome = train_from(
+        backend.as_mut(),
+        train_count,
+        &settings.options,
+        first_epoch,
+        &partial,
+        &mut writer,
+        &stop,
+    )
+    .map_err(|error| writer.explain(error))?;
+    println!(
+        "Test accuracy: {:.2}% (loss {:.4})",
+        outcome.final_eval.accuracy * 100.0,
+        outcome.final_eval.loss
+    );
+    write_outputs(&mut writer, backend.as_mut(), &test_images, &outcome)?;
+    Ok(outcome)
+}
+
+fn print_header(data: &Mnist, params: &Params) {
+    let (train, test) = (&data.train, &data.test);
+    println!(
+        "train: {} × {} × {}, test: {} × {} × {}",
+        train.len(),
+        train.rows,
+        train.cols,
+        test.len(),
+        test.rows,
+        test.cols
+    );
+    let config = &params.config;
+    let trainable: usize = params
+        .layout
+        .named(config)
+        .iter()
+        .map(|(_, _, range)| range.len())
+        .sum();
+    println!(
+        "model: {} ({trainable} trainable parameters), pixels {}",
+        config.describe(),
+        if config.raw_pixels {
+            "raw 0..255"
+        } else {
+            "scaled to [0, 1]"
+        }
+    );
+}
+
+fn print_resume(dir: &Path, state: &RunState, epochs: usize) {
+    match state.partial {
+        Some(p) => println!(
+            "resuming {} in epoch {} after step {} (of {epochs} epochs)",
+            dir.display(),
+            state.epochs_done + 1,
+            p.steps_done,
+        ),
+        None => println!(
+            "resuming {} after epoch {} of {epochs}",
+            dir.display(),
+            state.epochs_done
+        ),
+    }
+}
+
+/// The model, the pictures, then the list of what was written.
+fn write_outputs(
+    writer: &mut RunWriter,
+    backend: &mut dyn Backend,
+    test_images: &data::Dataset,
+    outcome: &TrainOutcome,
+) -> Result<()> {
+    let dir = writer.run_dir;
+    let params = backend.params()?;
+    crate::train::check_finite_params(&params, writer.history.len())?;
+    let steps = backend.optim_state()?.step;
+    modelfile::save_model(&params, steps, &dir.file(MODEL))?;
+    report::draw_predictions(
+        test_images,
+        writer.settings.grid_offset,
+        &outcome.final_eval.predictions,
+        &dir.file(PREDICTIONS),
+    )?;
+    let mut written = vec![MODEL, PREDICTIONS, METRICS, CHECKPOINT];
+    if !writer.history.is_empty() {
+        report::draw_curves(&writer.history, &dir.file(CURVES))?;
+        written.insert(2, CURVES);
+    }
+    println!("wrote:");
+    for name in written {
+        println!("  {}", dir.file(name).display());
+    }
+    if let Some(metrics) = &writer.settings.metrics {
+        println!("  {}", metrics.display());
+    }
+    Ok(())
+}
+
+/// Writes the run's per-epoch files: `metrics.jsonl` (and `--metrics`) and the checkpoint.
+struct RunWriter<'a> {
+    console: Console,
+    settings: &'a TrainSettings,
+    run: RunSettings,
+    run_dir: &'a RunDir,
+    history: Vec<EpochRecord>,
+    /// The epoch whose end the checkpoint on disk holds (`None`: no checkpoint of this
+    /// run exists yet).
+    checkpoint_epoch: Option<usize>,
+}
+
+impl RunWriter<'_> {
+    fn write_metrics(&self) -> Result<()> {
+        let mut text = String::new();
+        for record in &self.history {
+            text.push_str(&serde_json::to_string(record)?);
+            text.push('\n');
+        }
+        let mut targets = vec![self.run_dir.file(METRICS)];
+        targets.extend(self.settings.metrics.clone());
+        for path in targets {
+            write_atomic(&path, text.as_bytes())
+                .with_context(|| format!("cannot write metrics file {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    fn save_checkpoint(
+        &self,
+        backend: &mut dyn Backend,
+        epochs_done: usize,
+        partial: Option<StepProgress>,
+    ) -> Result<()> {
+        let state = RunState {
+            optim: backend.optim_state()?,
+            epochs_done,
+            run: self.run.clone(),
+            history: self.history.clone(),
+            partial,
+        };
+        let params = backend.params()?;
+        modelfile::save_checkpoint(&params, &state, &self.run_dir.file(CHECKPOINT))?;
+        Ok(())
+    }
+
+    /// The error that ended training, as the user should read it: an interrupt names
+    /// the checkpoint to resume from; a divergence says whether a checkpoint of this run
+    /// is left, and from which epoch.
+    fn explain(&self, error: anyhow::Error) -> anyhow::Error {
+        let dir = self.run_dir.path();
+        if let Some(stopped) = error.downcast_ref::<Stopped>() {
+            return Interrupted {
+                epoch: stopped.epoch,
+                steps_done: stopped.progress.steps_done,
+                steps_total: stopped.progress.steps_total,
+                checkpoint: self.run_dir.file(CHECKPOINT).display().to_string(),
+                dir: dir.display().to_string(),
+            }
+            .into();
+        }
+        let diverged =
+            error.downcast_ref::<Diverged>().is_some() || error.downcast_ref::<NonFinite>().is_some();
+        if diverged {
+            match self.checkpoint_epoch {
+                Some(epoch) => eprintln!(
+                    "note: the last checkpoint of this run, {} (from epoch {epoch}), is unchanged",
+                    self.run_dir.file(CHECKPOINT).display()
+                ),
+                None => eprintln!("note: no epoch of this run finished, so it has no checkpoint"),
+            }
+        }
+        error
+    }
+}
+
+impl Observer for RunWriter<'_> {
+    fn epoch_started(&mut self, epoch: usize, epochs: usize, steps: usize) {
+        self.console.epoch_started(epoch, epochs, steps);
+    }
+    fn step(&mut self, progress: &StepProgress) {
+        self.console.step(progress);
+    }
+    fn interrupted(
+        &mut self,
+        epoch: usize,
+        progress: &StepProgress,
+        backend: &mut dyn Backend,
+    ) -> Result<()> {
+        self.console.interrupted(epoch, progress, backend)?;
+        if progress.steps_done >= progress.steps_total {
+            return Ok(()); // the end-of-epoch checkpoint is already on disk
+        }
+        // No step taken yet: the checkpoint is that of the epoch's start.
+        let partial = (progress.steps_done > 0).then_some(*progress);
+        self.save_checkpoint(backend, epoch - 1, partial)
+    }
+    fn epoch_finished(
+        &mut self,
+        record: &EpochRecord,
+        epochs: usize,
+        backend: &mut dyn Backend,
+    ) -> Result<()> {
+        self.console.epoch_finished(record, epochs, backend)?;
+        self.history.push(record.clone());
+        self.write_metrics()?;
+        self.save_checkpoint(backend, record.epoch, None)?;
+        self.checkpoint_epoch = Some(record.epoch);
+        Ok(())
+    }
+}
