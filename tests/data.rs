@@ -40,7 +40,7 @@ fn builtin_mnist_has_the_known_facts() {
 
 #[test]
 fn the_copy_compiled_into_the_binary_equals_the_assets() {
-    let embedded = Mnist::embedded().unwrap();
+    let embedded = Mnist::embedded(None, None).unwrap();
     let files = builtin();
     assert!(embedded.train == files.train && embedded.test == files.test);
 }

@@ -4,158 +4,16 @@
 //! file or flag and the problem, a non-zero exit code, and never a panic (the tests run
 //! the binary with RUST_BACKTRACE=1, so a panic would also print a backtrace).
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
+mod common;
+
+use common::cli::*;
 use mnist_gpu::data::{self, write_idx};
-use mnist_gpu::model::{ModelConfig, OptimState, Params};
-use mnist_gpu::modelfile::{self, RunState};
+use mnist_gpu::model::{ModelConfig, Params};
+use mnist_gpu::modelfile;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn mnist_gpu(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mnist-gpu"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .env("RUST_BACKTRACE", "1")
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// One bad input: the arguments, the words the error must contain, and whether the
-/// error must fit on one line (adapter errors list the adapters found, one per line).
-struct Case {
-    what: String,
-    args: Vec<String>,
-    words: Vec<String>,
-    one_line: bool,
-}
-
-fn case(what: &str, args: &[&str], words: &[&str]) -> Case {
-    Case {
-        what: what.to_string(),
-        args: args.iter().map(|s| s.to_string()).collect(),
-        words: words.iter().map(|s| s.to_string()).collect(),
-        one_line: true,
-    }
-}
-
-fn s(path: &Path) -> String {
-    path.display().to_string()
-}
-
-/// Run every case; collect all failures before failing, so one run shows them all.
-fn check(cases: Vec<Case>) {
-    let mut failures = Vec::new();
-    for c in &cases {
-        let out = mnist_gpu(&c.args);
-        let stderr = text(&out.stderr);
-        let mut problems = Vec::new();
-        if out.status.success() {
-            problems.push("succeeded".to_string());
-        }
-        if out.status.code() != Some(1) && out.status.code() != Some(2) {
-            problems.push(format!("exit status {:?}", out.status));
-        }
-        if stderr.contains("panicked") || stderr.contains("stack backtrace") {
-            problems.push("panicked".to_string());
-        }
-        for word in &c.words {
-            if !stderr.contains(word.as_str()) {
-                problems.push(format!("lacks '{word}'"));
-            }
-        }
-        // clap's own errors add a usage line and a `--help` tip after the error line.
-        let lines: Vec<&str> = stderr
-            .lines()
-            .filter(|l| {
-                !l.trim().is_empty()
-                    && !l.starts_with("note:")
-                    && !l.starts_with("For more information")
-            })
-            .collect();
-        let clap = lines.iter().any(|l| l.starts_with("Usage:"));
-        if c.one_line && !clap && lines.len() != 1 {
-            problems.push(format!("{} lines", lines.len()));
-        }
-        if !lines.first().is_some_and(|l| l.starts_with("error: ")) {
-            problems.push("no 'error: ' line first".to_string());
-        }
-        if !problems.is_empty() {
-            failures.push(format!(
-                "{}: {}\n  stderr: {stderr}",
-                c.what,
-                problems.join(", ")
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
-}
-
-/// A small valid data set in `dir`: 40 training and 8 test images of `side`×`side`.
-fn small_set(dir: &Path, side: u32, test_side: u32) {
-    std::fs::create_dir_all(dir).unwrap();
-    let images = |n: u32, side: u32| -> Vec<u8> {
-        (0..n * side * side)
-            .map(|p| (p.wrapping_mul(2_654_435_761) >> 24) as u8)
-            .collect()
-    };
-    let labels = |n: u32| (0..n).map(|i| (i % 10) as u8).collect::<Vec<u8>>();
-    write_idx(
-        &dir.join(data::TRAIN_IMAGES),
-        &[40, side, side],
-        &images(40, side),
-    )
-    .unwrap();
-    write_idx(&dir.join(data::TRAIN_LABELS), &[40], &labels(40)).unwrap();
-    write_idx(
-        &dir.join(data::TEST_IMAGES),
-        &[8, test_side, test_side],
-        &images(8, test_side),
-    )
-    .unwrap();
-    write_idx(&dir.join(data::TEST_LABELS), &[8], &labels(8)).unwrap();
-}
-
-/// A data directory with one file broken by `damage`.
-fn broken_set(root: &Path, name: &str, file: &str, damage: impl FnOnce(&Path)) -> PathBuf {
-    let dir = root.join(name);
-    small_set(&dir, 28, 28);
-    damage(&dir.join(file));
-    dir
-}
-
-fn rewrite(path: &Path, f: impl FnOnce(Vec<u8>) -> Vec<u8>) {
-    let bytes = std::fs::read(path).unwrap();
-    std::fs::write(path, f(bytes)).unwrap();
-}
-
-fn mkfifo(path: &Path) {
-    let status = Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .expect("mkfifo runs");
-    assert!(status.success(), "mkfifo {}", path.display());
-}
 
 #[test]
 fn bad_data_directories() {
@@ -346,27 +204,6 @@ fn bad_data_directories() {
     check(cases);
 }
 
-/// The base of every flag case: a tiny CPU run that would succeed.
-fn train_with(extra: &[&str], out: &str) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "train",
-        "--cpu-fallback",
-        "--epochs",
-        "1",
-        "--train-limit",
-        "64",
-        "--test-limit",
-        "10",
-        "--out-dir",
-        out,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
 /// Whether wgpu sees any adapter here (Mesa's lavapipe counts).
 fn any_adapter() -> bool {
     let out = mnist_gpu(&["adapters".to_string()]);
@@ -429,7 +266,7 @@ fn bad_flags() {
         flag(
             "metrics in a missing directory",
             &["--metrics", "/no/such/dir/m.jsonl"],
-            &["metrics file", "/no/such/dir/m.jsonl"],
+            &["--metrics", "does not exist", "/no/such/dir/m.jsonl"],
         ),
     ];
     // Device flags (not with --cpu-fallback, which conflicts with them).
@@ -637,25 +474,7 @@ fn bad_model_files_for_every_command() {
     let model = root.join("model.safetensors");
     modelfile::save_model(&params, 0, &model).unwrap();
     let checkpoint = root.join("checkpoint-src.safetensors");
-    let state = RunState {
-        optim: OptimState {
-            m: vec![0.0; params.layout.total],
-            v: vec![0.0; params.layout.total],
-            step: 0,
-        },
-        epochs_done: 0,
-        settings: HashMap::from([
-            ("data_dir".to_string(), s(&data::builtin_dir())),
-            ("epochs".to_string(), "1".to_string()),
-            ("batch_size".to_string(), "32".to_string()),
-            ("seed".to_string(), "1".to_string()),
-            ("shuffle".to_string(), "true".to_string()),
-            ("lr".to_string(), "0.001".to_string()),
-            ("train_limit".to_string(), "64".to_string()),
-            ("test_limit".to_string(), "10".to_string()),
-            ("grid_offset".to_string(), "0".to_string()),
-        ]),
-    };
+    let state = fresh_run_state(&params);
     modelfile::save_checkpoint(&params, &state, &checkpoint).unwrap();
     let digit = data::builtin_dir()
         .parent()
@@ -750,7 +569,7 @@ fn bad_model_files_for_every_command() {
             "--resume",
             &s(&root.join("models")),
         ],
-        &["checkpoint.safetensors", "cannot read", "No such file"],
+        &["checkpoint.safetensors", "does not exist"],
     ));
     cases.push(case(
         "eval: missing model",
@@ -760,7 +579,7 @@ fn bad_model_files_for_every_command() {
             "--model",
             "/no/such/model.safetensors",
         ],
-        &["/no/such/model.safetensors", "cannot read"],
+        &["/no/such/model.safetensors", "does not exist"],
     ));
     cases.push(case(
         "eval: model is a directory",

@@ -129,7 +129,7 @@ fn interrupt_mid_epoch_then_resume_is_bit_identical() {
     }
     let (_, state) = modelfile::load_checkpoint(&cut.join("checkpoint.safetensors")).unwrap();
     assert_eq!(state.epochs_done, 1);
-    assert_eq!(state.settings["epoch_steps_done"], "20");
+    assert_eq!(state.partial.map(|p| p.steps_done), Some(20));
     assert_eq!(state.optim.step, 63 + 20);
     assert!(!cut.join("model.safetensors").exists());
     assert_eq!(metrics(&cut).len(), 1, "epoch 1's metrics are kept");
@@ -329,7 +329,7 @@ fn divergence_keeps_the_last_good_checkpoint() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let checkpoint = dir.join("checkpoint.safetensors");
     let (params, mut state) = modelfile::load_checkpoint(&checkpoint).unwrap();
-    state.settings.insert("lr".into(), "3e38".into());
+    state.run.lr = 3e38;
     modelfile::save_checkpoint(&params, &state, &checkpoint).unwrap();
     let before = std::fs::read(&checkpoint).unwrap();
     let out = run(bin().args([
@@ -415,7 +415,7 @@ fn gpu_divergence_and_interrupt() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     let (_, state) = modelfile::load_checkpoint(&dir.join("checkpoint.safetensors")).unwrap();
-    let steps: u64 = state.settings["epoch_steps_done"].parse().unwrap();
+    let steps = state.partial.map_or(0, |p| p.steps_done as u64);
     assert!(
         state.epochs_done == 0 && steps > 0 && steps < 100,
         "{steps}"
