@@ -10,9 +10,7 @@ use common::cli::*;
 use mnist_gpu::data::{self, write_idx};
 use mnist_gpu::model::{ModelConfig, Params};
 use mnist_gpu::modelfile;
-use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
-use std::collections::HashMap;
+use safetensors::Dtype;
 use std::path::{Path, PathBuf};
 
 #[test]
@@ -322,36 +320,6 @@ fn bad_flags() {
 
 /// Rewrite a safetensors file tensor by tensor: `edit` may change a tensor's dtype, shape
 /// or bytes, or drop it (None); `meta` may change the metadata.
-fn edit_safetensors(
-    src: &Path,
-    dst: &Path,
-    edit: impl Fn(&str, Dtype, Vec<usize>, Vec<u8>) -> Option<(Dtype, Vec<usize>, Vec<u8>)>,
-    meta: impl Fn(&mut HashMap<String, String>),
-) {
-    let bytes = std::fs::read(src).unwrap();
-    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-    let mut metadata = header.metadata().clone().unwrap_or_default();
-    meta(&mut metadata);
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .filter_map(|(name, view)| {
-            edit(
-                &name,
-                view.dtype(),
-                view.shape().to_vec(),
-                view.data().to_vec(),
-            )
-            .map(|(d, s, b)| (name, d, s, b))
-        })
-        .collect();
-    let views: Vec<(String, TensorView)> = raw
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    std::fs::write(dst, safetensors::serialize(views, Some(metadata)).unwrap()).unwrap();
-}
 
 /// (file name, description, words the error must hold) of each broken model, written
 /// from the valid model `src` into `dir`.

@@ -8,6 +8,9 @@ use flate2::Compression;
 use mnist_gpu::data::{self, write_idx};
 use mnist_gpu::model::{ModelConfig, OptimState, Params};
 use mnist_gpu::modelfile::{self, RunSettings, RunState};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -214,4 +217,42 @@ pub fn model_and_checkpoint(dir: &Path) -> (PathBuf, PathBuf) {
     let checkpoint = dir.join("checkpoint.safetensors");
     modelfile::save_checkpoint(&params, &fresh_run_state(&params), &checkpoint).unwrap();
     (model, checkpoint)
+}
+
+/// Copy the safetensors file `src` to `dst`, passing each tensor through `edit` (`None`
+/// drops it) and the metadata through `meta`.
+pub fn edit_safetensors(
+    src: &Path,
+    dst: &Path,
+    edit: impl Fn(&str, Dtype, Vec<usize>, Vec<u8>) -> Option<(Dtype, Vec<usize>, Vec<u8>)>,
+    meta: impl Fn(&mut HashMap<String, String>),
+) {
+    let bytes = std::fs::read(src).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let mut metadata = header.metadata().clone().unwrap_or_default();
+    meta(&mut metadata);
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .filter_map(|(name, view)| {
+            edit(
+                &name,
+                view.dtype(),
+                view.shape().to_vec(),
+                view.data().to_vec(),
+            )
+            .map(|(d, s, b)| (name, d, s, b))
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = raw
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(dst, safetensors::serialize(views, Some(metadata)).unwrap()).unwrap();
+}
+
+/// Copy `src` to `dst` with only its metadata changed by `meta`.
+pub fn edit_metadata(src: &Path, dst: &Path, meta: impl Fn(&mut HashMap<String, String>)) {
+    edit_safetensors(src, dst, |_, d, s, b| Some((d, s, b)), meta);
 }

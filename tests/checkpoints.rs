@@ -1,0 +1,148 @@
+//! A checkpoint's metadata is validated like the flags it stands for: each broken field
+//! of `checkpoint.safetensors` makes `train --resume` fail with the file and the field
+//! named, exit 1 and no panic — and changes nothing in the run directory.
+
+mod common;
+
+use common::cli::*;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// One metadata mutation: what it is, the edit, and the words the error must contain.
+type Mutation = (
+    &'static str,
+    Box<dyn Fn(&mut HashMap<String, String>)>,
+    Vec<&'static str>,
+);
+
+fn set(key: &'static str, value: &'static str) -> Box<dyn Fn(&mut HashMap<String, String>)> {
+    Box::new(move |m| {
+        m.insert(key.to_string(), value.to_string());
+    })
+}
+
+fn remove(key: &'static str) -> Box<dyn Fn(&mut HashMap<String, String>)> {
+    Box::new(move |m| {
+        m.remove(key);
+    })
+}
+
+/// An interrupted epoch: `steps` steps of batch 32 done.
+fn partial(steps: &'static str, samples: &'static str) -> Box<dyn Fn(&mut HashMap<String, String>)> {
+    Box::new(move |m| {
+        m.insert("epoch_steps_done".into(), steps.into());
+        m.insert("epoch_samples_done".into(), samples.into());
+        m.insert("epoch_loss_sum".into(), "10.5".into());
+        m.insert("epoch_correct".into(), "3".into());
+    })
+}
+
+fn mutations() -> Vec<Mutation> {
+    vec![
+        ("batch size 0", set("batch_size", "0"), vec!["'batch_size' is 0", "at least 1"]),
+        ("batch size not a number", set("batch_size", "abc"), vec!["'batch_size'", "'abc'"]),
+        ("epochs 0", set("epochs", "0"), vec!["'epochs' is 0"]),
+        (
+            "epochs done beyond the run",
+            set("epochs_done", "18446744073709551615"),
+            vec!["'epochs_done' is 18446744073709551615", "more than the run's 1 epochs"],
+        ),
+        ("epochs done negative", set("epochs_done", "-1"), vec!["'epochs_done'", "'-1'"]),
+        ("negative learning rate", set("lr", "-0.5"), vec!["'lr' is -0.5", "finite number above 0"]),
+        ("infinite learning rate", set("lr", "inf"), vec!["'lr' is inf"]),
+        ("NaN learning rate", set("lr", "NaN"), vec!["'lr' is NaN"]),
+        ("train limit 0", set("train_limit", "0"), vec!["'train_limit' is 0"]),
+        ("test limit negative", set("test_limit", "-3"), vec!["'test_limit'", "'-3'"]),
+        ("grid offset negative", set("grid_offset", "-1"), vec!["'grid_offset'", "'-1'"]),
+        ("empty data directory", set("data_dir", ""), vec!["'data_dir' is empty"]),
+        ("no data directory", remove("data_dir"), vec!["no 'data_dir' entry"]),
+        ("shuffle not a boolean", set("shuffle", "maybe"), vec!["'shuffle'", "'maybe'"]),
+        ("hidden width 0", set("hidden", "0"), vec!["metadata 'hidden'"]),
+        ("hidden too large", set("hidden", "999999999"), vec!["metadata 'hidden'"]),
+        ("adam step negative", set("adam_step", "-4"), vec!["'adam_step'", "'-4'"]),
+        ("history not JSON", set("history", "[{"), vec!["'history' is not valid"]),
+        (
+            "history longer than the epochs done",
+            set("history", r#"[{"epoch":1,"loss":1.0,"accuracy":0.5,"val_loss":1.0,"val_accuracy":0.5,"seconds":1.0,"samples_per_second":1.0}]"#),
+            vec!["'history' holds 1 epochs but 'epochs_done' is 0"],
+        ),
+        (
+            "steps done past the epoch",
+            partial("100", "3200"),
+            vec!["'epoch_steps_done' is 100", "an epoch of this run has 2 steps"],
+        ),
+        (
+            "samples done that do not match the steps",
+            partial("1", "5000"),
+            vec!["'epoch_samples_done' is 5000", "1 steps of batch 32 take 32 samples"],
+        ),
+        ("steps done 0", partial("0", "0"), vec!["'epoch_steps_done' is 0"]),
+        (
+            "steps done not a number",
+            partial("x", "32"),
+            vec!["'epoch_steps_done'", "'x'"],
+        ),
+        (
+            "more correct than samples",
+            Box::new(|m: &mut HashMap<String, String>| {
+                partial("1", "32")(m);
+                m.insert("epoch_correct".into(), "33".into());
+            }),
+            vec!["'epoch_correct' is 33", "more than the 32 samples"],
+        ),
+        (
+            "negative loss sum",
+            Box::new(|m: &mut HashMap<String, String>| {
+                partial("1", "32")(m);
+                m.insert("epoch_loss_sum".into(), "-1".into());
+            }),
+            vec!["'epoch_loss_sum' is -1"],
+        ),
+    ]
+}
+
+/// A run directory holding `src` with its metadata changed by `edit`.
+fn broken_run(root: &Path, name: &str, src: &Path, edit: &dyn Fn(&mut HashMap<String, String>)) -> String {
+    let dir = root.join(name.replace(' ', "-"));
+    std::fs::create_dir(&dir).unwrap();
+    edit_metadata(src, &dir.join("checkpoint.safetensors"), edit);
+    s(&dir)
+}
+
+#[test]
+fn every_broken_checkpoint_field_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (_, checkpoint) = model_and_checkpoint(root);
+    let mut cases = Vec::new();
+    let mut dirs = Vec::new();
+    for (what, edit, words) in mutations() {
+        let dir = broken_run(root, what, &checkpoint, edit.as_ref());
+        let file = format!("{dir}/checkpoint.safetensors");
+        let mut c = case(what, &["train", "--cpu-fallback", "--resume", &dir], &words);
+        c.words.push(file);
+        cases.push(c);
+        dirs.push(dir);
+    }
+    check(cases);
+    // Nothing was written: each directory holds only the broken checkpoint.
+    for dir in dirs {
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["checkpoint.safetensors"], "{dir}");
+    }
+}
+
+/// The valid checkpoint the mutations start from resumes fine (so each failure above is
+/// the mutation's doing).
+#[test]
+fn the_unbroken_checkpoint_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, checkpoint) = model_and_checkpoint(tmp.path());
+    let dir = broken_run(tmp.path(), "fine", &checkpoint, &|_| {});
+    let out = mnist_gpu(&strings(&["train", "--cpu-fallback", "--resume", &dir]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(Path::new(&dir).join("model.safetensors").exists());
+}
