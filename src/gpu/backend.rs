@@ -776,10 +776,12 @@ impl Backend for GpuBackend {
             if want_report {
                 encoder.copy_buffer_to_buffer(&plan.stats, 0, &plan.staging, 0, (done * 8) as u64);
             }
+            // Timed from before the submit: on some backends (GL) it runs the work.
+            let submitted = Instant::now();
             in_flight.push_back(InFlight {
                 index: ctx.queue.submit([encoder.finish()]),
                 steps: end - submitted_to,
-                submitted: Instant::now(),
+                submitted,
             });
             submitted_to = end;
             if want_report {
