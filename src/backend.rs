@@ -68,7 +68,9 @@ pub struct Diverged {
 /// Something other than the training loss stopped being finite: the validation loss or
 /// accuracy, or a parameter. The run ends as a divergence.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
-#[error("training diverged in epoch {epoch}: {what} became {value}; try a smaller learning rate (--lr)")]
+#[error(
+    "training diverged in epoch {epoch}: {what} became {value}; try a smaller learning rate (--lr)"
+)]
 pub struct NonFinite {
     pub what: String,
     pub value: f64,

@@ -43,7 +43,10 @@ pub enum DataError {
     )]
     MissingFile { dir: PathBuf, name: String },
     #[error("{path}: {error}")]
-    Read { path: PathBuf, error: InputFileError },
+    Read {
+        path: PathBuf,
+        error: InputFileError,
+    },
     #[error("{path}: {problem}")]
     Invalid { path: PathBuf, problem: String },
     #[error("{images} holds {image_count} images but {labels} holds {label_count} labels")]
@@ -362,7 +365,11 @@ fn read_idx(
     let item: usize = shape[1..].iter().product();
     let expected = (header_len + shape[0] * item) as u64;
     let size_problem = |got: u64| {
-        let what = if got < expected { "truncated" } else { "trailing data" };
+        let what = if got < expected {
+            "truncated"
+        } else {
+            "trailing data"
+        };
         invalid(
             path,
             format!("{what}: {got} bytes, expected {expected} for shape {shape:?}"),
@@ -418,7 +425,9 @@ fn parse_header(path: &Path, bytes: &[u8], kind: IdxKind) -> Result<Vec<usize>, 
         ));
     }
     let shape: Vec<usize> = (1..=kind.dims).map(|i| word(i) as usize).collect();
-    let body = shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+    let body = shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
     match body {
         Some(body) if body <= MAX_DECOMPRESSED => {}
         _ => {

@@ -3,10 +3,10 @@
 
 use clap::{Args, Parser, Subcommand};
 use mnist_gpu::app::{self, Device};
-use mnist_gpu::run::{self, TrainSettings};
 use mnist_gpu::gpu::DeviceChoice;
 use mnist_gpu::interrupt::{self, Interrupted};
 use mnist_gpu::model::{parse_hidden, Hyper, ModelConfig};
+use mnist_gpu::run::{self, TrainSettings};
 use mnist_gpu::train::TrainOptions;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -16,10 +16,10 @@ use crate::backend::StepProgress;
 use crate::fsutil::{open_regular, write_atomic, InputFileError};
 use crate::model::{ModelConfig, OptimState, ParamLayout, Params, INPUT, MAX_PARAMS};
 use crate::train::EpochRecord;
-use std::io::Read;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -477,7 +477,7 @@ fn checkpoint_from(path: &Path, bytes: &[u8]) -> Result<(Params, RunState), Mode
         )));
     }
     let history = reader.history(epochs_done)?;
-    let partial = reader.partial_epoch(run.batch_size)?;
+    let partial = reader.partial_epoch(&run)?;
     Ok((
         params,
         RunState {
@@ -622,11 +622,21 @@ impl Reader<'_> {
 
     /// The progress of an interrupted epoch, consistent with the batch size (every step
     /// before an interruption is a full batch).
-    fn partial_epoch(&self, batch_size: usize) -> Result<Option<StepProgress>, ModelFileError> {
+    /// With a training limit the epoch's step count is known here; otherwise it is
+    /// checked against the data set when the run resumes.
+    fn partial_epoch(&self, run: &RunSettings) -> Result<Option<StepProgress>, ModelFileError> {
         if !self.metadata.contains_key(PARTIAL_STEPS) {
             return Ok(None);
         }
+        let batch_size = run.batch_size;
         let steps_done = self.meta_at_least(PARTIAL_STEPS, 1)?;
+        if let Some(steps) = run.train_limit.map(|n| n.div_ceil(batch_size)) {
+            if steps_done >= steps {
+                return Err(self.invalid(format!(
+                    "metadata '{PARTIAL_STEPS}' is {steps_done}, but an epoch of this run has {steps} steps"
+                )));
+            }
+        }
         let samples_done: usize = self.meta_parse(PARTIAL_SAMPLES)?;
         let correct: u64 = self.meta_parse(PARTIAL_CORRECT)?;
         let loss_sum: f64 = self.meta_parse(PARTIAL_LOSS)?;

@@ -134,7 +134,10 @@ fn read_image(path: &Path) -> Result<DynamicImage, PreprocessError> {
         if source.kind() == io::ErrorKind::NotFound {
             PreprocessError::Missing { path: p() }
         } else {
-            PreprocessError::Io { path: p(), error: source }
+            PreprocessError::Io {
+                path: p(),
+                error: source,
+            }
         }
     };
     let meta = std::fs::metadata(path).map_err(io_err)?;
@@ -198,7 +201,10 @@ fn decode_checked<R: io::BufRead + io::Seek>(
         check_size(width, height, path)?;
     }
     let p = || path.to_path_buf();
-    let io_err = |source: io::Error| PreprocessError::Io { path: p(), error: source };
+    let io_err = |source: io::Error| PreprocessError::Io {
+        path: p(),
+        error: source,
+    };
     let open = || -> Result<ImageReader<R>, PreprocessError> {
         let reader = make()?.with_guessed_format().map_err(io_err)?;
         match reader.format() {
@@ -220,7 +226,10 @@ fn decode_checked<R: io::BufRead + io::Seek>(
                 message: "the file is truncated".into(),
             }
         }
-        image::ImageError::IoError(source) => PreprocessError::Io { path: p(), error: source },
+        image::ImageError::IoError(source) => PreprocessError::Io {
+            path: p(),
+            error: source,
+        },
         other => PreprocessError::Decode {
             path: p(),
             message: other.to_string(),
@@ -234,7 +243,8 @@ fn decode_checked<R: io::BufRead + io::Seek>(
             .into_inner()
             .read_to_end(&mut bytes)
             .map_err(io_err)?;
-        check_jpeg_whole(&bytes).map_err(|message| PreprocessError::Decode { path: p(), message })?;
+        check_jpeg_whole(&bytes)
+            .map_err(|message| PreprocessError::Decode { path: p(), message })?;
     }
 
     let mut reader = open()?;
@@ -259,8 +269,10 @@ fn decode_checked<R: io::BufRead + io::Seek>(
 /// a broken picture.
 fn check_jpeg_whole(bytes: &[u8]) -> Result<(), String> {
     let options = zune_core::options::DecoderOptions::default().set_strict_mode(true);
-    let mut decoder =
-        zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), options);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(
+        zune_core::bytestream::ZCursor::new(bytes),
+        options,
+    );
     decoder
         .decode()
         .map(|_| ())

@@ -104,11 +104,7 @@ pub fn resume_settings(
 
 /// The data directory of a resumed run: `--data-dir`, else the checkpoint's, which must
 /// be found from here (a relative one is relative to where the run was started).
-fn resume_data_dir(
-    checkpoint: &Path,
-    run: &RunSettings,
-    flag: Option<PathBuf>,
-) -> Result<PathBuf> {
+fn resume_data_dir(checkpoint: &Path, run: &RunSettings, flag: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(dir) = flag {
         return Ok(dir);
     }
@@ -253,7 +249,15 @@ pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
         (None, false) => Claim::Fresh,
     };
     let run_dir = RunDir::claim(settings.out_dir.as_deref(), claim)?;
-    let result = train_in(settings, &run_dir, params, resumed, device, &device_label, data);
+    let result = train_in(
+        settings,
+        &run_dir,
+        params,
+        resumed,
+        device,
+        &device_label,
+        data,
+    );
     if result.is_err() {
         run_dir.discard_if_unused();
         return result.map(|outcome| (outcome, PathBuf::new()));
@@ -459,8 +463,8 @@ impl RunWriter<'_> {
             }
             .into();
         }
-        let diverged =
-            error.downcast_ref::<Diverged>().is_some() || error.downcast_ref::<NonFinite>().is_some();
+        let diverged = error.downcast_ref::<Diverged>().is_some()
+            || error.downcast_ref::<NonFinite>().is_some();
         if diverged {
             match self.checkpoint_epoch {
                 Some(epoch) => eprintln!(

@@ -143,10 +143,7 @@ fn claim_next_run_dir(parent: &Path) -> Result<PathBuf> {
             Err(e) => bail!("cannot create the run directory {}: {e}", dir.display()),
         }
     }
-    bail!(
-        "{} holds 99999 runs; pass --out-dir DIR",
-        parent.display()
-    )
+    bail!("{} holds 99999 runs; pass --out-dir DIR", parent.display())
 }
 
 /// Take the advisory lock on `dir/.lock`, failing at once if another process holds it.

@@ -8,27 +8,26 @@ use common::cli::*;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// One metadata mutation: what it is, the edit, and the words the error must contain.
-type Mutation = (
-    &'static str,
-    Box<dyn Fn(&mut HashMap<String, String>)>,
-    Vec<&'static str>,
-);
+/// An edit of a checkpoint's metadata.
+type Edit = Box<dyn Fn(&mut HashMap<String, String>)>;
 
-fn set(key: &'static str, value: &'static str) -> Box<dyn Fn(&mut HashMap<String, String>)> {
+/// One metadata mutation: what it is, the edit, and the words the error must contain.
+type Mutation = (&'static str, Edit, Vec<&'static str>);
+
+fn set(key: &'static str, value: &'static str) -> Edit {
     Box::new(move |m| {
         m.insert(key.to_string(), value.to_string());
     })
 }
 
-fn remove(key: &'static str) -> Box<dyn Fn(&mut HashMap<String, String>)> {
+fn remove(key: &'static str) -> Edit {
     Box::new(move |m| {
         m.remove(key);
     })
 }
 
 /// An interrupted epoch: `steps` steps of batch 32 done.
-fn partial(steps: &'static str, samples: &'static str) -> Box<dyn Fn(&mut HashMap<String, String>)> {
+fn partial(steps: &'static str, samples: &'static str) -> Edit {
     Box::new(move |m| {
         m.insert("epoch_steps_done".into(), steps.into());
         m.insert("epoch_samples_done".into(), samples.into());
@@ -39,44 +38,120 @@ fn partial(steps: &'static str, samples: &'static str) -> Box<dyn Fn(&mut HashMa
 
 fn mutations() -> Vec<Mutation> {
     vec![
-        ("batch size 0", set("batch_size", "0"), vec!["'batch_size' is 0", "at least 1"]),
-        ("batch size not a number", set("batch_size", "abc"), vec!["'batch_size'", "'abc'"]),
+        (
+            "batch size 0",
+            set("batch_size", "0"),
+            vec!["'batch_size' is 0", "at least 1"],
+        ),
+        (
+            "batch size not a number",
+            set("batch_size", "abc"),
+            vec!["'batch_size'", "'abc'"],
+        ),
         ("epochs 0", set("epochs", "0"), vec!["'epochs' is 0"]),
         (
             "epochs done beyond the run",
             set("epochs_done", "18446744073709551615"),
-            vec!["'epochs_done' is 18446744073709551615", "more than the run's 1 epochs"],
+            vec![
+                "'epochs_done' is 18446744073709551615",
+                "more than the run's 1 epochs",
+            ],
         ),
-        ("epochs done negative", set("epochs_done", "-1"), vec!["'epochs_done'", "'-1'"]),
-        ("negative learning rate", set("lr", "-0.5"), vec!["'lr' is -0.5", "finite number above 0"]),
-        ("infinite learning rate", set("lr", "inf"), vec!["'lr' is inf"]),
+        (
+            "epochs done negative",
+            set("epochs_done", "-1"),
+            vec!["'epochs_done'", "'-1'"],
+        ),
+        (
+            "negative learning rate",
+            set("lr", "-0.5"),
+            vec!["'lr' is -0.5", "finite number above 0"],
+        ),
+        (
+            "infinite learning rate",
+            set("lr", "inf"),
+            vec!["'lr' is inf"],
+        ),
         ("NaN learning rate", set("lr", "NaN"), vec!["'lr' is NaN"]),
-        ("train limit 0", set("train_limit", "0"), vec!["'train_limit' is 0"]),
-        ("test limit negative", set("test_limit", "-3"), vec!["'test_limit'", "'-3'"]),
-        ("grid offset negative", set("grid_offset", "-1"), vec!["'grid_offset'", "'-1'"]),
-        ("empty data directory", set("data_dir", ""), vec!["'data_dir' is empty"]),
-        ("no data directory", remove("data_dir"), vec!["no 'data_dir' entry"]),
-        ("shuffle not a boolean", set("shuffle", "maybe"), vec!["'shuffle'", "'maybe'"]),
-        ("hidden width 0", set("hidden", "0"), vec!["metadata 'hidden'"]),
-        ("hidden too large", set("hidden", "999999999"), vec!["metadata 'hidden'"]),
-        ("adam step negative", set("adam_step", "-4"), vec!["'adam_step'", "'-4'"]),
-        ("history not JSON", set("history", "[{"), vec!["'history' is not valid"]),
+        (
+            "train limit 0",
+            set("train_limit", "0"),
+            vec!["'train_limit' is 0"],
+        ),
+        (
+            "test limit negative",
+            set("test_limit", "-3"),
+            vec!["'test_limit'", "'-3'"],
+        ),
+        (
+            "grid offset negative",
+            set("grid_offset", "-1"),
+            vec!["'grid_offset'", "'-1'"],
+        ),
+        (
+            "empty data directory",
+            set("data_dir", ""),
+            vec!["'data_dir' is empty"],
+        ),
+        (
+            "no data directory",
+            remove("data_dir"),
+            vec!["no 'data_dir' entry"],
+        ),
+        (
+            "shuffle not a boolean",
+            set("shuffle", "maybe"),
+            vec!["'shuffle'", "'maybe'"],
+        ),
+        (
+            "hidden width 0",
+            set("hidden", "0"),
+            vec!["metadata 'hidden'"],
+        ),
+        (
+            "hidden too large",
+            set("hidden", "999999999"),
+            vec!["metadata 'hidden'"],
+        ),
+        (
+            "adam step negative",
+            set("adam_step", "-4"),
+            vec!["'adam_step'", "'-4'"],
+        ),
+        (
+            "history not JSON",
+            set("history", "[{"),
+            vec!["'history' is not valid"],
+        ),
         (
             "history longer than the epochs done",
-            set("history", r#"[{"epoch":1,"loss":1.0,"accuracy":0.5,"val_loss":1.0,"val_accuracy":0.5,"seconds":1.0,"samples_per_second":1.0}]"#),
+            set(
+                "history",
+                r#"[{"epoch":1,"loss":1.0,"accuracy":0.5,"val_loss":1.0,"val_accuracy":0.5,"seconds":1.0,"samples_per_second":1.0}]"#,
+            ),
             vec!["'history' holds 1 epochs but 'epochs_done' is 0"],
         ),
         (
             "steps done past the epoch",
             partial("100", "3200"),
-            vec!["'epoch_steps_done' is 100", "an epoch of this run has 2 steps"],
+            vec![
+                "'epoch_steps_done' is 100",
+                "an epoch of this run has 2 steps",
+            ],
         ),
         (
             "samples done that do not match the steps",
             partial("1", "5000"),
-            vec!["'epoch_samples_done' is 5000", "1 steps of batch 32 take 32 samples"],
+            vec![
+                "'epoch_samples_done' is 5000",
+                "1 steps of batch 32 take 32 samples",
+            ],
         ),
-        ("steps done 0", partial("0", "0"), vec!["'epoch_steps_done' is 0"]),
+        (
+            "steps done 0",
+            partial("0", "0"),
+            vec!["'epoch_steps_done' is 0"],
+        ),
         (
             "steps done not a number",
             partial("x", "32"),
@@ -102,7 +177,12 @@ fn mutations() -> Vec<Mutation> {
 }
 
 /// A run directory holding `src` with its metadata changed by `edit`.
-fn broken_run(root: &Path, name: &str, src: &Path, edit: &dyn Fn(&mut HashMap<String, String>)) -> String {
+fn broken_run(
+    root: &Path,
+    name: &str,
+    src: &Path,
+    edit: &dyn Fn(&mut HashMap<String, String>),
+) -> String {
     let dir = root.join(name.replace(' ', "-"));
     std::fs::create_dir(&dir).unwrap();
     edit_metadata(src, &dir.join("checkpoint.safetensors"), edit);

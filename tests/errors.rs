@@ -318,9 +318,6 @@ fn bad_flags() {
     check(cases);
 }
 
-/// Rewrite a safetensors file tensor by tensor: `edit` may change a tensor's dtype, shape
-/// or bytes, or drop it (None); `meta` may change the metadata.
-
 /// (file name, description, words the error must hold) of each broken model, written
 /// from the valid model `src` into `dir`.
 fn broken_models(src: &Path, dir: &Path) -> Vec<(PathBuf, &'static str, Vec<&'static str>)> {

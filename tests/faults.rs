@@ -434,7 +434,10 @@ fn gpu_divergence_and_interrupt() {
 fn sigterm_on_a_slow_adapter_ends_within_seconds() {
     let adapters = run(bin().args(["adapters", "--backend", "gl"]));
     if !text(&adapters.stdout).contains("[0]") {
-        assert!(std::env::var_os("CI").is_none(), "no GL adapter, and CI is set");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no GL adapter, and CI is set"
+        );
         eprintln!("sigterm_on_a_slow_adapter_ends_within_seconds: SKIPPED: no GL adapter");
         return;
     }
@@ -458,6 +461,9 @@ fn sigterm_on_a_slow_adapter_ends_within_seconds() {
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     eprintln!("stopped {took:?} after SIGTERM");
     // The old fixed 32-step submissions, three in flight, took minutes here.
-    assert!(took < Duration::from_secs(30), "took {took:?} after SIGTERM: {stderr}");
+    assert!(
+        took < Duration::from_secs(30),
+        "took {took:?} after SIGTERM: {stderr}"
+    );
     assert!(dir.join("checkpoint.safetensors").exists());
 }

@@ -63,3 +63,18 @@ fn image_corpus_never_panics() {
     let ok = each("image", |b| mnist_gpu::preprocess::from_bytes(b).is_ok());
     assert!(ok >= 2, "the valid seeds parse ({ok})");
 }
+
+/// The checkpoint-metadata mutations in the corpus (`checkpoint-*`, made from
+/// `checkpoint-valid`) are each refused by the checkpoint parser, and the seed is not.
+#[test]
+fn checkpoint_mutations_are_refused() {
+    let mut accepted = Vec::new();
+    for (path, bytes) in corpus("model") {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("checkpoint-") && mnist_gpu::modelfile::parse_checkpoint(&bytes).is_ok()
+        {
+            accepted.push(name);
+        }
+    }
+    assert_eq!(accepted, ["checkpoint-valid.safetensors"]);
+}

@@ -19,6 +19,8 @@ const MAX_RSS_MB: u64 = 300;
 /// Run the binary with `args` (killing it after `limit`); returns (exit code, stderr, peak
 /// RSS in MB).
 fn measured(args: &[String], limit: Duration) -> (Option<i32>, String, u64) {
+    // Waited for with wait4 below, which also gives its peak memory.
+    #[allow(clippy::zombie_processes)]
     let child = bin()
         .args(args)
         .stdout(Stdio::null())
@@ -83,10 +85,26 @@ fn fifos_are_refused_for_every_input() {
     mkfifo(&resume_dir.join("checkpoint.safetensors"));
     let out = s(&root.join("out"));
     let not_regular = "not a regular file";
-    refused("--model", &strings(&["eval", "--cpu-fallback", "--model", &s(&fifo)]), &[not_regular]);
-    refused("predict --model", &strings(&["predict", "--model", &s(&fifo), &s(&fifo)]), &[not_regular]);
-    refused("an image", &strings(&["predict", "--model", &s(&model), &s(&fifo)]), &[not_regular]);
-    refused("--init-from", &train_with(&["--init-from", &s(&fifo)], &out), &[not_regular]);
+    refused(
+        "--model",
+        &strings(&["eval", "--cpu-fallback", "--model", &s(&fifo)]),
+        &[not_regular],
+    );
+    refused(
+        "predict --model",
+        &strings(&["predict", "--model", &s(&fifo), &s(&fifo)]),
+        &[not_regular],
+    );
+    refused(
+        "an image",
+        &strings(&["predict", "--model", &s(&model), &s(&fifo)]),
+        &[not_regular],
+    );
+    refused(
+        "--init-from",
+        &train_with(&["--init-from", &s(&fifo)], &out),
+        &[not_regular],
+    );
     refused(
         "the checkpoint",
         &strings(&["train", "--cpu-fallback", "--resume", &s(&resume_dir)]),
@@ -112,8 +130,17 @@ fn huge_files_are_refused_before_they_are_read() {
     small_set(&dir, 28, 28);
     let path = dir.join(data::TRAIN_IMAGES);
     write_idx(&path, &[2000, 28, 28], &[]).unwrap();
-    File::options().write(true).open(&path).unwrap().set_len(3 << 30).unwrap();
-    refused("sparse IDX", &train_on(&dir, &root.join("o1")), &["trailing data", "expected 1568016"]);
+    File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(3 << 30)
+        .unwrap();
+    refused(
+        "sparse IDX",
+        &train_on(&dir, &root.join("o1")),
+        &["trailing data", "expected 1568016"],
+    );
 
     // A gzip bomb: a valid header for 2,000 images, then 1 GB of zeros (about 1 MB gzipped).
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -129,7 +156,11 @@ fn huge_files_are_refused_before_they_are_read() {
     let bomb = enc.finish().unwrap();
     let name = format!("{}.gz", data::TRAIN_IMAGES);
     let dir = set_with_train_images(root, "bomb", &name, &bomb);
-    refused("gzip bomb", &train_on(&dir, &root.join("o2")), &[&name, "trailing data"]);
+    refused(
+        "gzip bomb",
+        &train_on(&dir, &root.join("o2")),
+        &[&name, "trailing data"],
+    );
 
     // A header that declares more data than is ever read (2^32 - 1 images).
     let mut huge = vec![0, 0, 8, 3];
@@ -137,7 +168,11 @@ fn huge_files_are_refused_before_they_are_read() {
         huge.extend(d.to_be_bytes());
     }
     let dir = set_with_train_images(root, "huge", &name, &gzip(&huge));
-    refused("huge declared size", &train_on(&dir, &root.join("o3")), &["too large"]);
+    refused(
+        "huge declared size",
+        &train_on(&dir, &root.join("o3")),
+        &["too large"],
+    );
 
     // A 3 GB sparse model file.
     let model = root.join("big.safetensors");
@@ -173,14 +208,23 @@ fn train_limit_decodes_only_what_it_keeps() {
         enc.write_all(&image).unwrap();
     }
     std::fs::remove_file(dir.join(data::TRAIN_IMAGES)).unwrap();
-    std::fs::write(dir.join(format!("{}.gz", data::TRAIN_IMAGES)), enc.finish().unwrap()).unwrap();
+    std::fs::write(
+        dir.join(format!("{}.gz", data::TRAIN_IMAGES)),
+        enc.finish().unwrap(),
+    )
+    .unwrap();
     let labels: Vec<u8> = (0..count).map(|i| (i % 10) as u8).collect();
     write_idx(&dir.join(data::TRAIN_LABELS), &[count], &labels).unwrap();
     let mut args = train_with(&["--data-dir", &s(&dir)], &s(&tmp.path().join("out")));
-    args.iter_mut().filter(|a| *a == "64").for_each(|a| *a = "100".into());
+    args.iter_mut()
+        .filter(|a| *a == "64")
+        .for_each(|a| *a = "100".into());
     let (code, stderr, rss) = measured(&args, Duration::from_secs(120));
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(rss < 150, "peak RSS {rss} MB: more than the kept 100 images need");
+    assert!(
+        rss < 150,
+        "peak RSS {rss} MB: more than the kept 100 images need"
+    );
 }
 
 #[test]

@@ -35,7 +35,12 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.is_file())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -61,17 +66,35 @@ fn a_directory_holding_a_run_is_kept_unless_overwrite() {
     let dir = s(&tmp.path().join("run"));
     succeed(&run_args(&dir, "1", &[]));
     let before = snapshot(Path::new(&dir));
-    assert!(before.contains_key("model.safetensors") && before.contains_key("checkpoint.safetensors"));
+    assert!(
+        before.contains_key("model.safetensors") && before.contains_key("checkpoint.safetensors")
+    );
     fail(
         &run_args(&dir, "1", &["--seed", "9"]),
-        &[&dir, "already holds a run", &format!("--resume {dir}"), "--overwrite"],
+        &[
+            &dir,
+            "already holds a run",
+            &format!("--resume {dir}"),
+            "--overwrite",
+        ],
     );
-    assert_eq!(snapshot(Path::new(&dir)), before, "the first run's files are unchanged");
+    assert_eq!(
+        snapshot(Path::new(&dir)),
+        before,
+        "the first run's files are unchanged"
+    );
 
     succeed(&run_args(&dir, "1", &["--seed", "9", "--overwrite"]));
     let after = snapshot(Path::new(&dir));
-    assert_ne!(after["model.safetensors"], before["model.safetensors"], "replaced");
-    assert_eq!(after.len(), before.len(), "no file of the first run is left beside");
+    assert_ne!(
+        after["model.safetensors"], before["model.safetensors"],
+        "replaced"
+    );
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "no file of the first run is left beside"
+    );
 }
 
 #[test]
@@ -82,7 +105,10 @@ fn a_locked_directory_is_refused_at_once() {
     // This test process plays the run in progress.
     let lock = File::create(dir.join(".lock")).unwrap();
     lock.try_lock().unwrap();
-    fail(&run_args(&s(&dir), "1", &[]), &[&s(&dir), "in use by another mnist-gpu run"]);
+    fail(
+        &run_args(&s(&dir), "1", &[]),
+        &[&s(&dir), "in use by another mnist-gpu run"],
+    );
     assert!(!dir.join("metrics.jsonl").exists());
     drop(lock);
     succeed(&run_args(&s(&dir), "1", &[]));
@@ -94,7 +120,16 @@ fn concurrent_runs_get_their_own_directories() {
     let start = || {
         bin()
             .current_dir(tmp.path())
-            .args(["train", "--cpu-fallback", "--epochs", "1", "--train-limit", "2000", "--test-limit", "50"])
+            .args([
+                "train",
+                "--cpu-fallback",
+                "--epochs",
+                "1",
+                "--train-limit",
+                "2000",
+                "--test-limit",
+                "50",
+            ])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap()
@@ -105,7 +140,10 @@ fn concurrent_runs_get_their_own_directories() {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success());
         let stdout = text(&out.stdout);
-        let line = stdout.lines().find(|l| l.contains("model.safetensors")).unwrap();
+        let line = stdout
+            .lines()
+            .find(|l| l.contains("model.safetensors"))
+            .unwrap();
         dirs.push(line.trim().to_string());
     }
     dirs.sort();
@@ -119,11 +157,22 @@ fn a_run_that_fails_before_writing_leaves_no_directory() {
     // Diverges in the first epoch: the run directory it made is removed again.
     let out = bin()
         .current_dir(tmp.path())
-        .args(["train", "--cpu-fallback", "--epochs", "1", "--train-limit", "300", "--lr", "3e38"])
+        .args([
+            "train",
+            "--cpu-fallback",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "300",
+            "--lr",
+            "3e38",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    let runs: Vec<_> = std::fs::read_dir(tmp.path().join("runs")).unwrap().collect();
+    let runs: Vec<_> = std::fs::read_dir(tmp.path().join("runs"))
+        .unwrap()
+        .collect();
     assert!(runs.is_empty(), "{runs:?}");
     let dir = tmp.path().join("given");
     fail(&run_args(&s(&dir), "1", &["--lr", "3e38"]), &["diverged"]);
@@ -136,16 +185,32 @@ fn metrics_are_written_only_when_training_runs() {
     let metrics = tmp.path().join("m.jsonl");
     std::fs::write(&metrics, b"{\"epoch\":1}\n").unwrap();
     let bad_data = tmp.path().join("no-data");
-    let mut args = run_args(&s(&tmp.path().join("r")), "1", &["--metrics", &s(&metrics), "--overwrite"]);
+    let mut args = run_args(
+        &s(&tmp.path().join("r")),
+        "1",
+        &["--metrics", &s(&metrics), "--overwrite"],
+    );
     args.extend(strings(&["--data-dir", &s(&bad_data)]));
     fail(&args, &["does not exist"]);
-    assert_eq!(std::fs::read(&metrics).unwrap(), b"{\"epoch\":1}\n", "untouched");
+    assert_eq!(
+        std::fs::read(&metrics).unwrap(),
+        b"{\"epoch\":1}\n",
+        "untouched"
+    );
     // Another run's metrics in FILE are kept unless --overwrite.
     fail(
-        &run_args(&s(&tmp.path().join("r2")), "1", &["--metrics", &s(&metrics)]),
+        &run_args(
+            &s(&tmp.path().join("r2")),
+            "1",
+            &["--metrics", &s(&metrics)],
+        ),
         &["already holds metrics", "--overwrite"],
     );
-    assert_eq!(std::fs::read(&metrics).unwrap(), b"{\"epoch\":1}\n", "untouched");
+    assert_eq!(
+        std::fs::read(&metrics).unwrap(),
+        b"{\"epoch\":1}\n",
+        "untouched"
+    );
 }
 
 #[test]
@@ -156,14 +221,37 @@ fn metrics_follow_a_symlink_and_continue_on_resume() {
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let dir = s(&tmp.path().join("run"));
     succeed(&run_args(&dir, "1", &["--metrics", &s(&link)]));
-    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link stays");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link stays"
+    );
     assert_eq!(std::fs::read_to_string(&target).unwrap().lines().count(), 1);
     // Resumed without --metrics: the run's own metrics file goes on.
-    succeed(&strings(&["train", "--cpu-fallback", "--resume", &dir, "--epochs", "2"]));
-    let lines: Vec<String> = std::fs::read_to_string(&target).unwrap().lines().map(String::from).collect();
+    succeed(&strings(&[
+        "train",
+        "--cpu-fallback",
+        "--resume",
+        &dir,
+        "--epochs",
+        "2",
+    ]));
+    let lines: Vec<String> = std::fs::read_to_string(&target)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines[1].contains("\"epoch\":2"), "{lines:?}");
-    assert_eq!(std::fs::read_to_string(Path::new(&dir).join("metrics.jsonl")).unwrap().lines().count(), 2);
+    assert_eq!(
+        std::fs::read_to_string(Path::new(&dir).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
 }
 
 #[test]
@@ -176,8 +264,18 @@ fn temporary_files_of_dead_processes_are_removed() {
     let live = dir.join(format!(".metrics.jsonl.tmp-{}", std::process::id()));
     std::fs::write(&stale, b"half").unwrap();
     std::fs::write(&live, b"half").unwrap();
-    succeed(&strings(&["train", "--cpu-fallback", "--resume", &s(&dir), "--epochs", "2"]));
-    assert!(!stale.exists(), "the dead process's temporary file is removed");
+    succeed(&strings(&[
+        "train",
+        "--cpu-fallback",
+        "--resume",
+        &s(&dir),
+        "--epochs",
+        "2",
+    ]));
+    assert!(
+        !stale.exists(),
+        "the dead process's temporary file is removed"
+    );
     assert!(live.exists(), "a live process's temporary file is kept");
 }
 
@@ -188,5 +286,8 @@ fn identical_runs_write_identical_model_files() {
     succeed(&run_args(&s(&a), "1", &[]));
     succeed(&run_args(&s(&b), "1", &[]));
     let model = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
-    assert!(model(&a) == model(&b), "model.safetensors differs between identical runs");
+    assert!(
+        model(&a) == model(&b),
+        "model.safetensors differs between identical runs"
+    );
 }

@@ -50,22 +50,83 @@ fn broken_results_are_never_success() {
     let out = |name: &str| s(&root.join(name));
     let data = |dir: &Path| s(dir);
     check(vec![
-        case("--lr 1e30", &strs(&train_with(&["--lr", "1e30", "--train-limit", "3000"], &out("lr"))), &["training diverged in epoch 1"]),
-        case("eval of an overflowing model", &["eval", "--cpu-fallback", "--test-limit", "100", "--model", &s(&huge)], &["huge.safetensors", "non-finite outputs"]),
-        case("predict with an overflowing model", &["predict", "--model", &s(&huge), &cut.replace("cut", "digit")], &["huge.safetensors", "non-finite outputs"]),
-        case("--init-from an overflowing model", &strs(&train_with(&["--init-from", &s(&huge)], &out("init"))), &["huge.safetensors", "cannot be trained from"]),
-        case("an empty training set", &strs(&train_with(&["--data-dir", &data(&empty_train)], &out("e1"))), &["train-images-idx3-ubyte", "holds no images"]),
-        case("an empty test set", &strs(&train_with(&["--data-dir", &data(&empty_test)], &out("e2"))), &["t10k-images-idx3-ubyte", "holds no images"]),
-        case("14×56 images", &strs(&train_with(&["--data-dir", &data(&wide)], &out("w"))), &["14×56", "28×28"]),
-        case("--grid-offset past the test set", &strs(&train_with(&["--grid-offset", "10"], &out("g"))), &["--grid-offset 10", "holds 10 images"]),
-        case("a truncated JPEG", &["predict", "--model", &s(&model), &cut], &["cut.jpg", "truncated or corrupt"]),
+        case(
+            "--lr 1e30",
+            &strs(&train_with(
+                &["--lr", "1e30", "--train-limit", "3000"],
+                &out("lr"),
+            )),
+            &["training diverged in epoch 1"],
+        ),
+        case(
+            "eval of an overflowing model",
+            &[
+                "eval",
+                "--cpu-fallback",
+                "--test-limit",
+                "100",
+                "--model",
+                &s(&huge),
+            ],
+            &["huge.safetensors", "non-finite outputs"],
+        ),
+        case(
+            "predict with an overflowing model",
+            &[
+                "predict",
+                "--model",
+                &s(&huge),
+                &cut.replace("cut", "digit"),
+            ],
+            &["huge.safetensors", "non-finite outputs"],
+        ),
+        case(
+            "--init-from an overflowing model",
+            &strs(&train_with(&["--init-from", &s(&huge)], &out("init"))),
+            &["huge.safetensors", "cannot be trained from"],
+        ),
+        case(
+            "an empty training set",
+            &strs(&train_with(
+                &["--data-dir", &data(&empty_train)],
+                &out("e1"),
+            )),
+            &["train-images-idx3-ubyte", "holds no images"],
+        ),
+        case(
+            "an empty test set",
+            &strs(&train_with(&["--data-dir", &data(&empty_test)], &out("e2"))),
+            &["t10k-images-idx3-ubyte", "holds no images"],
+        ),
+        case(
+            "14×56 images",
+            &strs(&train_with(&["--data-dir", &data(&wide)], &out("w"))),
+            &["14×56", "28×28"],
+        ),
+        case(
+            "--grid-offset past the test set",
+            &strs(&train_with(&["--grid-offset", "10"], &out("g"))),
+            &["--grid-offset 10", "holds 10 images"],
+        ),
+        case(
+            "a truncated JPEG",
+            &["predict", "--model", &s(&model), &cut],
+            &["cut.jpg", "truncated or corrupt"],
+        ),
     ]);
     for name in ["lr", "init", "e1", "e2", "w", "g"] {
-        assert!(!root.join(name).exists(), "{name}: a failed run left its directory");
+        assert!(
+            !root.join(name).exists(),
+            "{name}: a failed run left its directory"
+        );
     }
     // No learning-rate advice when the starting model is the cause.
     let outp = mnist_gpu(&train_with(&["--init-from", &s(&huge)], &out("init")));
-    assert!(!text(&outp.stderr).contains("--lr"), "{}", text(&outp.stderr));
+    assert!(
+        !text(&outp.stderr).contains("--lr"),
+        "{}",
+        text(&outp.stderr)
+    );
 }
 
 fn strs(args: &[String]) -> Vec<&str> {
@@ -85,17 +146,59 @@ fn messages_say_what_is_so() {
     });
     let out = s(&root.join("out"));
     check(vec![
-        case("a missing model", &["eval", "--cpu-fallback", "--model", "/no/such/model.safetensors"], &["/no/such/model.safetensors: does not exist"]),
-        case("a symlink loop as --model", &["eval", "--cpu-fallback", "--model", &s(&a)], &["loop-a", "symbolic link loop"]),
-        case("a symlink loop in the data", &strs(&train_with(&["--data-dir", &s(&loop_data)], &out)), &["train-labels-idx1-ubyte", "symbolic link loop"]),
-        case("--backend checked before the data", &["train", "--backend", "nonsense", "--data-dir", "/no/such/data"], &["--backend", "nonsense"]),
+        case(
+            "a missing model",
+            &[
+                "eval",
+                "--cpu-fallback",
+                "--model",
+                "/no/such/model.safetensors",
+            ],
+            &["/no/such/model.safetensors: does not exist"],
+        ),
+        case(
+            "a symlink loop as --model",
+            &["eval", "--cpu-fallback", "--model", &s(&a)],
+            &["loop-a", "symbolic link loop"],
+        ),
+        case(
+            "a symlink loop in the data",
+            &strs(&train_with(&["--data-dir", &s(&loop_data)], &out)),
+            &["train-labels-idx1-ubyte", "symbolic link loop"],
+        ),
+        case(
+            "--backend checked before the data",
+            &[
+                "train",
+                "--backend",
+                "nonsense",
+                "--data-dir",
+                "/no/such/data",
+            ],
+            &["--backend", "nonsense"],
+        ),
     ]);
     // The adapter error lists the adapters found, one per line.
-    let mut adapter = case("--adapter checked before the data", &["train", "--adapter", "no-such-adapter-anywhere", "--data-dir", "/no/such/data"], &["no-such-adapter-anywhere"]);
+    let mut adapter = case(
+        "--adapter checked before the data",
+        &[
+            "train",
+            "--adapter",
+            "no-such-adapter-anywhere",
+            "--data-dir",
+            "/no/such/data",
+        ],
+        &["no-such-adapter-anywhere"],
+    );
     adapter.one_line = false;
     check(vec![adapter]);
     // An OS error is printed once, not twice.
-    let outp = mnist_gpu(&strings(&["eval", "--cpu-fallback", "--model", "/proc/self/mem"]));
+    let outp = mnist_gpu(&strings(&[
+        "eval",
+        "--cpu-fallback",
+        "--model",
+        "/proc/self/mem",
+    ]));
     let stderr = text(&outp.stderr);
     assert!(stderr.matches("os error").count() <= 1, "{stderr}");
 }
@@ -106,14 +209,32 @@ fn resume_messages_say_what_is_so() {
     let root = tmp.path();
     let dir = root.join("run");
     let args = |extra: &[&str]| {
-        let mut a = strings(&["train", "--cpu-fallback", "--train-limit", "300", "--test-limit", "20", "--epochs", "2", "--out-dir", &s(&dir)]);
+        let mut a = strings(&[
+            "train",
+            "--cpu-fallback",
+            "--train-limit",
+            "300",
+            "--test-limit",
+            "20",
+            "--epochs",
+            "2",
+            "--out-dir",
+            &s(&dir),
+        ]);
         a.extend(strings(extra));
         a
     };
     assert!(mnist_gpu(&args(&[])).status.success());
     check(vec![case(
         "--epochs not above the epochs done",
-        &["train", "--cpu-fallback", "--resume", &s(&dir), "--epochs", "2"],
+        &[
+            "train",
+            "--cpu-fallback",
+            "--resume",
+            &s(&dir),
+            "--epochs",
+            "2",
+        ],
         &["has done 2 of its epochs", "--epochs N with N above 2"],
     )]);
     let checkpoint = dir.join("checkpoint.safetensors");
@@ -125,16 +246,41 @@ fn resume_messages_say_what_is_so() {
     });
     check(vec![case(
         "a relative data directory",
-        &["train", "--cpu-fallback", "--resume", &s(&moved), "--epochs", "3"],
-        &["some/relative/mnist", "relative to the directory the run was started in", "--data-dir"],
+        &[
+            "train",
+            "--cpu-fallback",
+            "--resume",
+            &s(&moved),
+            "--epochs",
+            "3",
+        ],
+        &[
+            "some/relative/mnist",
+            "relative to the directory the run was started in",
+            "--data-dir",
+        ],
     )]);
     // Another device than the run started on: said, then trained.
     edit_metadata(&checkpoint, &moved.join("checkpoint.safetensors"), |m| {
         m.insert("device".into(), "llvmpipe (Vulkan)".into());
     });
-    let outp = mnist_gpu(&strings(&["train", "--cpu-fallback", "--resume", &s(&moved), "--epochs", "3"]));
+    let outp = mnist_gpu(&strings(&[
+        "train",
+        "--cpu-fallback",
+        "--resume",
+        &s(&moved),
+        "--epochs",
+        "3",
+    ]));
     let stderr = text(&outp.stderr);
     assert!(outp.status.success(), "{stderr}");
-    assert!(stderr.contains("this run started on llvmpipe (Vulkan); it continues on cpu"), "{stderr}");
-    assert!(text(&outp.stdout).contains("resuming"), "{}", text(&outp.stdout));
+    assert!(
+        stderr.contains("this run started on llvmpipe (Vulkan); it continues on cpu"),
+        "{stderr}"
+    );
+    assert!(
+        text(&outp.stdout).contains("resuming"),
+        "{}",
+        text(&outp.stdout)
+    );
 }

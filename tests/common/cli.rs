@@ -81,7 +81,9 @@ fn problems(c: &Case, out: &Output) -> Vec<String> {
     let lines: Vec<&str> = stderr
         .lines()
         .filter(|l| {
-            !l.trim().is_empty() && !l.starts_with("note:") && !l.starts_with("For more information")
+            !l.trim().is_empty()
+                && !l.starts_with("note:")
+                && !l.starts_with("For more information")
         })
         .collect();
     let clap = lines.iter().any(|l| l.starts_with("Usage:"));
@@ -156,10 +158,19 @@ pub fn small_set_of(dir: &Path, shape: (u32, u32), test_shape: (u32, u32), train
             .collect()
     };
     let labels = |n: u32| (0..n).map(|i| (i % 10) as u8).collect::<Vec<u8>>();
-    let idx = |name: &str, dims: &[u32], bytes: &[u8]| write_idx(&dir.join(name), dims, bytes).unwrap();
-    idx(data::TRAIN_IMAGES, &[train, shape.0, shape.1], &images(train, shape));
+    let idx =
+        |name: &str, dims: &[u32], bytes: &[u8]| write_idx(&dir.join(name), dims, bytes).unwrap();
+    idx(
+        data::TRAIN_IMAGES,
+        &[train, shape.0, shape.1],
+        &images(train, shape),
+    );
     idx(data::TRAIN_LABELS, &[train], &labels(train));
-    idx(data::TEST_IMAGES, &[test, test_shape.0, test_shape.1], &images(test, test_shape));
+    idx(
+        data::TEST_IMAGES,
+        &[test, test_shape.0, test_shape.1],
+        &images(test, test_shape),
+    );
     idx(data::TEST_LABELS, &[test], &labels(test));
 }
 
