@@ -1,4 +1,5 @@
-//! Every `shaders/*.wgsl` parses and validates with naga (no device needed).
+//! Every `shaders/*.wgsl` parses and validates with naga (no device needed), and every
+//! Rust uniform struct matches the layout of the WGSL struct it is uploaded as.
 
 use mnist_gpu::gpu::context::WORKGROUP_STORAGE_BYTES;
 use std::path::Path;
@@ -68,4 +69,113 @@ fn every_shader_parses_and_validates() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A Rust uniform struct and the WGSL struct it is uploaded as.
+struct UniformPair {
+    rust: &'static str,
+    shader: &'static str,
+    wgsl: &'static str,
+    size: usize,
+    /// Every field but the padding, with its byte offset in the Rust struct.
+    fields: Vec<(&'static str, usize)>,
+}
+
+macro_rules! uniform_pair {
+    ($ty:ty, $shader:literal, $wgsl:literal, [$($field:ident),* $(,)?]) => {
+        UniformPair {
+            rust: stringify!($ty),
+            shader: $shader,
+            wgsl: $wgsl,
+            size: std::mem::size_of::<$ty>(),
+            fields: vec![$((stringify!($field), std::mem::offset_of!($ty, $field))),*],
+        }
+    };
+}
+
+/// Each Rust uniform struct has the size of its WGSL struct and every (non-padding)
+/// WGSL member at the same byte offset under the same name: a field added, moved or
+/// renamed on one side only fails here, not as garbage on the GPU.
+#[test]
+fn uniform_structs_match_their_wgsl_layout() {
+    use mnist_gpu::gpu::kernels::*;
+    let pairs = vec![
+        uniform_pair!(
+            GemmUniform,
+            "gemm",
+            "Gemm",
+            [
+                m, n, k, flags, a_off, a_rs, a_cs, b_off, b_rs, b_cs, c_off, ldc, e_off, lde,
+                c2_off
+            ]
+        ),
+        uniform_pair!(
+            BnUniform,
+            "batchnorm",
+            "Bn",
+            [
+                batch, stride, use_order, base, gamma_off, beta_off, features, scale, eps,
+                momentum, kernel_off, bias_off, width
+            ]
+        ),
+        uniform_pair!(
+            SoftmaxUniform,
+            "softmax_xent",
+            "Sx",
+            [batch, classes, stride, use_order, base, training, slot, pred_base]
+        ),
+        uniform_pair!(
+            AdamUniform,
+            "adam",
+            "Adam",
+            [n, one_minus_b1, one_minus_b2, eps]
+        ),
+        uniform_pair!(ReluUniform, "relu", "Relu", [n]),
+    ];
+    let mut failures = Vec::new();
+    for pair in &pairs {
+        failures.extend(layout_problems(pair));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn layout_problems(pair: &UniformPair) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("shaders")
+        .join(format!("{}.wgsl", pair.shader));
+    let source = std::fs::read_to_string(&path).unwrap();
+    let module = naga::front::wgsl::parse_str(&source).unwrap();
+    let Some((members, span)) = module.types.iter().find_map(|(_, ty)| match &ty.inner {
+        naga::TypeInner::Struct { members, span } if ty.name.as_deref() == Some(pair.wgsl) => {
+            Some((members.clone(), *span))
+        }
+        _ => None,
+    }) else {
+        return vec![format!("{}: no struct {}", path.display(), pair.wgsl)];
+    };
+    let mut problems = Vec::new();
+    let at = format!("{} vs {}.wgsl's {}", pair.rust, pair.shader, pair.wgsl);
+    if span as usize != pair.size {
+        problems.push(format!("{at}: {} bytes vs {span}", pair.size));
+    }
+    for member in members
+        .iter()
+        .filter(|m| !m.name.as_deref().unwrap_or("").starts_with("pad"))
+    {
+        let name = member.name.as_deref().unwrap_or("?");
+        match pair.fields.iter().find(|(field, _)| *field == name) {
+            Some((_, offset)) if *offset == member.offset as usize => {}
+            Some((_, offset)) => problems.push(format!(
+                "{at}: '{name}' at byte {offset} in Rust, {} in WGSL",
+                member.offset
+            )),
+            None => problems.push(format!("{at}: WGSL member '{name}' has no Rust field")),
+        }
+    }
+    for (field, _) in &pair.fields {
+        if !members.iter().any(|m| m.name.as_deref() == Some(field)) {
+            problems.push(format!("{at}: Rust field '{field}' is not in WGSL"));
+        }
+    }
+    problems
 }
