@@ -16,6 +16,7 @@ struct Adam {
 }
 
 @group(0) @binding(0) var<uniform> u: Adam;
+// The step counter: a contract with batchnorm and softmax_xent, see `GpuBackend::state`.
 @group(0) @binding(1) var<storage, read> state: array<u32>;
 @group(0) @binding(2) var<storage, read> alphas: array<f32>;
 @group(0) @binding(3) var<storage, read> grads: array<f32>;

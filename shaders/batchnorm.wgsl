@@ -30,6 +30,7 @@ struct Bn {
 @group(0) @binding(0) var<uniform> u: Bn;
 @group(0) @binding(1) var<storage, read> pixels: array<u32>;
 @group(0) @binding(2) var<storage, read> order: array<u32>;
+// The step counter: a contract with softmax_xent and adam, see `GpuBackend::state`.
 @group(0) @binding(3) var<storage, read> state: array<u32>;
 @group(0) @binding(4) var<storage, read> params: array<f32>;
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;

@@ -23,6 +23,7 @@ struct Sx {
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> labels: array<u32>;
 @group(0) @binding(3) var<storage, read> order: array<u32>;
+// The step counter (advanced here): a contract with batchnorm and adam, see `GpuBackend::state`.
 @group(0) @binding(4) var<storage, read_write> state: array<u32>;
 @group(0) @binding(5) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(6) var<storage, read_write> stats: array<u32>;

@@ -137,7 +137,19 @@ pub struct GpuBackend {
     v: wgpu::Buffer,
     /// [moving mean | moving var | inv_std], INPUT each.
     bn_stats: wgpu::Buffer,
-    /// [step index inside the epoch, unused ×3].
+    /// `[s, unused ×3]`: **the step counter**, a contract between three kernels that
+    /// lets a whole command buffer of steps run without the host writing anything
+    /// between them. The host zeroes it at the start of each epoch (and of each
+    /// profiled step). In step s:
+    /// - `batchnorm.wgsl` (forward, training) reads s to find its rows,
+    ///   `order[s·stride + row]`;
+    /// - `softmax_xent.wgsl` (training) reads s for its rows and for its output slot
+    ///   `stats[2s], stats[2s + 1]`, then advances it to s + 1 (thread 0, after every
+    ///   read of s in that dispatch);
+    /// - `adam.wgsl` then reads s + 1 and takes its step size `alphas[s]`.
+    ///
+    /// So the dispatch order inside a step matters: BatchNorm forward before
+    /// softmax_xent, softmax_xent before Adam.
     state: wgpu::Buffer,
     predictions: wgpu::Buffer,
     eval_stats: wgpu::Buffer,
