@@ -169,7 +169,78 @@ fn main() {
         other_kernels_cpu();
     }
     if wanted("step") {
+        cpu_step_profiles();
         step_profiles(&adapters);
+    }
+}
+
+/// The CPU trainer's step phase by phase (`CpuBackend::profile_epoch`: a whole real
+/// epoch, the second of the run, with a wall clock read at each phase boundary), on the
+/// default pool and on a one-thread pool, plus the per-epoch and per-run work outside the
+/// steps (the shuffle, building the sparse copy of the training set).
+fn cpu_step_profiles() {
+    use mnist_gpu::backend::Backend;
+    use mnist_gpu::cpu::CpuBackend;
+    use mnist_gpu::data::{self, Mnist};
+    use mnist_gpu::model::{ModelConfig, Params, INPUT};
+    use mnist_gpu::train::epoch_order;
+    let mnist = Mnist::load(&data::builtin_dir()).expect("the built-in MNIST loads");
+    let count = mnist.train.len();
+    let shuffle = common::median_secs(5, || drop(epoch_order(count, 42, 1, true)));
+    let build = common::median_secs(5, || {
+        drop(cpu::sparse::SparseImages::from_dense(
+            &mnist.train.images,
+            INPUT,
+        ))
+    });
+    println!(
+        "step/cpu: per epoch, epoch_order (shuffle) {:.3} ms; per run, sparse copy of the training set {:.3} ms",
+        shuffle * 1e3,
+        build * 1e3
+    );
+    let default_threads = rayon::current_num_threads();
+    let mut pools = vec![(default_threads, None)];
+    if default_threads > 1 {
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build();
+        pools.push((1, Some(one.expect("a one-thread pool"))));
+    }
+    for (threads, pool) in &pools {
+        for batch in [32, 128, 512] {
+            let mut backend = CpuBackend::new(
+                Params::init(&ModelConfig::default(), 42),
+                Hyper::default(),
+                mnist.clone(),
+            );
+            let mut run = || {
+                let warm_up = epoch_order(count, 42, 0, true);
+                backend
+                    .train_epoch(&warm_up, batch, &mut |_| {})
+                    .expect("trains");
+                let order = epoch_order(count, 42, 1, true);
+                backend.profile_epoch(&order, batch).expect("trains")
+            };
+            let profile = match pool {
+                Some(pool) => pool.install(run),
+                None => run(),
+            };
+            print_profile(
+                &format!("step/cpu/{threads} threads/b{batch}"),
+                &profile,
+                "phase by phase",
+            );
+        }
+    }
+}
+
+fn print_profile(title: &str, profile: &[(&str, f64)], what: &str) {
+    let total: f64 = profile.iter().map(|p| p.1).sum();
+    println!("{title}: {:.3} ms per step, {what}:", total * 1e3);
+    for (name, secs) in profile {
+        println!(
+            "    {name:<44} {:>10.3} ms {:>5.1}%",
+            secs * 1e3,
+            secs / total * 100.0
+        );
     }
 }
 
@@ -195,18 +266,11 @@ fn step_profiles(adapters: &[(String, mnist_gpu::gpu::DeviceChoice, bool)]) {
             };
             let reps = if *software { 3 } else { 20 };
             let profile = backend.profile_step(batch, reps).expect("profiling works");
-            let total: f64 = profile.iter().map(|p| p.1).sum();
-            println!(
-                "step/{label}/b{batch}: {:.3} ms per step, dispatch by dispatch:",
-                total * 1e3
+            print_profile(
+                &format!("step/{label}/b{batch}"),
+                &profile,
+                "dispatch by dispatch",
             );
-            for (kernel, secs) in profile {
-                println!(
-                    "    {kernel:<34} {:>10.3} ms {:>5.1}%",
-                    secs * 1e3,
-                    secs / total * 100.0
-                );
-            }
         }
     }
 }
