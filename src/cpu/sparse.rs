@@ -18,6 +18,7 @@
 //! mirror, stays the reference: tests check these functions and whole training steps
 //! against it.
 
+use multiversion::target::selected_target;
 use rayon::prelude::*;
 
 /// A u8 image set in compressed sparse rows: for image i, the columns and values of its
@@ -274,7 +275,11 @@ pub fn fold_batchnorm(
 }
 
 #[allow(clippy::too_many_arguments)]
-#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
 fn fold_columns(
     mean: &[f32],
     beta: &[f32],
@@ -287,7 +292,7 @@ fn fold_columns(
 ) {
     let width = out.len();
     let terms = || (0..coef.len()).map(|j| (beta[j] - coef[j] * mean[j], j * n + start));
-    weighted_sum(out, Some(&bias[start..start + width]), w, terms);
+    weighted_sum::<BLOCK, _>(out, Some(&bias[start..start + width]), w, terms);
 }
 
 /// Samples per task below which [`sparse_forward`] stays on one thread.
@@ -322,9 +327,16 @@ pub fn sparse_forward(
 /// Output columns per register block: 8 AVX vectors, kept in registers while the
 /// nonzero pixels stream past (n = 128 makes two blocks).
 const BLOCK: usize = 64;
+/// The same in AVX-512's 8 vectors: n = 128 in one block, so each term's scalar work
+/// (decoding the pixel, finding the row) is done once instead of twice.
+const WIDE_BLOCK: usize = 128;
 
 #[allow(clippy::too_many_arguments)]
-#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
 fn forward_one(
     cols: &[u16],
     vals: &[u8],
@@ -341,7 +353,11 @@ fn forward_one(
             .zip(vals)
             .map(|(&col, &val)| (val as f32 * scale * coef[col as usize], col as usize * n))
     };
-    weighted_sum(z, Some(row), w, terms);
+    if selected_target!().supports_feature_str("avx512f") {
+        weighted_sum::<WIDE_BLOCK, _>(z, Some(row), w, terms);
+    } else {
+        weighted_sum::<BLOCK, _>(z, Some(row), w, terms);
+    }
     if relu {
         z.iter_mut().for_each(|v| *v = v.max(0.0));
     }
@@ -398,7 +414,11 @@ struct FirstRows<'a> {
     stats: (&'a [f32], &'a [f32]),
 }
 
-#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
 fn first_layer_rows(
     columns: &ColumnBatch,
     delta: &[f32],
@@ -416,7 +436,11 @@ fn first_layer_rows(
         .enumerate()
     {
         let j = rows.first + r;
-        weight_grad_row(columns, columns.column(j), delta, g_row);
+        if selected_target!().supports_feature_str("avx512f") {
+            weight_grad_row::<WIDE_BLOCK>(columns, columns.column(j), delta, g_row);
+        } else {
+            weight_grad_row::<BLOCK>(columns, columns.column(j), delta, g_row);
+        }
         let (m, s) = (mean[j], inv_std[j]);
         for (g, &d) in g_row.iter_mut().zip(db) {
             *g = s * (*g - m * d);
@@ -428,7 +452,12 @@ fn first_layer_rows(
 
 /// `h_row = Σ x·δ_b` over the entries of one pixel column.
 #[inline(always)]
-fn weight_grad_row(columns: &ColumnBatch, entries: &[u32], delta: &[f32], h_row: &mut [f32]) {
+fn weight_grad_row<const B: usize>(
+    columns: &ColumnBatch,
+    entries: &[u32],
+    delta: &[f32],
+    h_row: &mut [f32],
+) {
     let n = h_row.len();
     let terms = || {
         entries.iter().map(|&e| {
@@ -436,15 +465,17 @@ fn weight_grad_row(columns: &ColumnBatch, entries: &[u32], delta: &[f32], h_row:
             (x, b * n)
         })
     };
-    weighted_sum(h_row, None, delta, terms);
+    weighted_sum::<B, _>(h_row, None, delta, terms);
 }
 
 /// `out[i] = init[i] + Σ_t a_t·src[off_t + i]` (init 0 when `None`) over the terms
-/// `(a_t, off_t)`, summed in order. Each block of [`BLOCK`] outputs stays in registers while
+/// `(a_t, off_t)`, summed in order. Each block of `B` outputs stays in registers while
 /// the terms stream past (the scattered rows they name are read once per block); a
-/// narrower tail is summed in memory. Inlined into its AVX2-compiled callers.
+/// narrower tail is summed in memory. Every output is the same sum in the same order
+/// whatever `B` and the SIMD width, so the result is too. Inlined into its
+/// multiversioned callers, which pick `B` for their registers.
 #[inline(always)]
-fn weighted_sum<I: Iterator<Item = (f32, usize)>>(
+fn weighted_sum<const B: usize, I: Iterator<Item = (f32, usize)>>(
     out: &mut [f32],
     init: Option<&[f32]>,
     src: &[f32],
@@ -452,19 +483,19 @@ fn weighted_sum<I: Iterator<Item = (f32, usize)>>(
 ) {
     let width = out.len();
     let mut start = 0;
-    while start + BLOCK <= width {
-        let mut acc: [f32; BLOCK] = match init {
-            Some(init) => init[start..start + BLOCK].try_into().unwrap(),
-            None => [0.0; BLOCK],
+    while start + B <= width {
+        let mut acc: [f32; B] = match init {
+            Some(init) => init[start..start + B].try_into().unwrap(),
+            None => [0.0; B],
         };
         for (a, off) in terms() {
-            let x: &[f32; BLOCK] = src[off + start..off + start + BLOCK].try_into().unwrap();
-            for i in 0..BLOCK {
+            let x: &[f32; B] = src[off + start..off + start + B].try_into().unwrap();
+            for i in 0..B {
                 acc[i] += a * x[i];
             }
         }
-        out[start..start + BLOCK].copy_from_slice(&acc);
-        start += BLOCK;
+        out[start..start + B].copy_from_slice(&acc);
+        start += B;
     }
     if start < width {
         let tail = &mut out[start..];
