@@ -223,12 +223,27 @@ fn cpu_step_profiles() {
                 Some(pool) => pool.install(run),
                 None => run(),
             };
-            print_profile(
-                &format!("step/cpu/{threads} threads/b{batch}"),
-                &profile,
-                "phase by phase",
-            );
+            print_cpu_profile(&format!("step/cpu/{threads} threads/b{batch}"), &profile);
         }
+    }
+}
+
+fn print_cpu_profile(title: &str, profile: &[cpu::profile::PhaseTime]) {
+    let total: f64 = profile.iter().map(|p| p.total).sum();
+    let median: f64 = profile.iter().map(|p| p.median).sum();
+    println!(
+        "{title}: {:.3} ms per step (mean; sum of the medians {:.3} ms), phase by phase (mean, median, share of the medians):",
+        total * 1e3,
+        median * 1e3
+    );
+    for p in profile {
+        println!(
+            "    {:<44} {:>8.3} ms {:>8.3} ms {:>5.1}%",
+            p.name,
+            p.total * 1e3,
+            p.median * 1e3,
+            p.median / median * 100.0
+        );
     }
 }
 

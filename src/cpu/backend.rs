@@ -10,7 +10,7 @@ use super::batchnorm::{
 };
 use super::gather_scaled;
 use super::gemm::{bias_grad, gemm_forward, gemm_input_grad, gemm_weight_grad};
-use super::profile::PhaseClock;
+use super::profile::{PhaseClock, PhaseTime};
 use super::softmax_xent::softmax_xent;
 use super::sparse::{
     batch_stats, fold_batchnorm, sparse_first_layer_backward, sparse_forward, ColumnBatch,
@@ -106,24 +106,29 @@ impl CpuBackend {
         }
     }
 
-    /// Trains one epoch in `order` at `batch` and returns where a step's time went: the
-    /// mean wall seconds per step of each phase, and last the rest of the epoch's wall
-    /// time (pool hand-offs between chunks of steps, progress, the loop itself).
-    pub fn profile_epoch(
-        &mut self,
-        order: &[u32],
-        batch: usize,
-    ) -> Result<Vec<(&'static str, f64)>> {
+    /// Trains one epoch in `order` at `batch` and returns where a step's time went: each
+    /// phase's mean and median wall seconds per step, and last the rest of the epoch's
+    /// wall time per step (pool hand-offs between chunks of steps, progress, the loop;
+    /// mean only, its median given as the mean).
+    pub fn profile_epoch(&mut self, order: &[u32], batch: usize) -> Result<Vec<PhaseTime>> {
         self.clock.start();
         let started = std::time::Instant::now();
         let result = self.train_epoch(order, batch, &mut |_| {});
         let total = started.elapsed().as_secs_f64();
         let mut phases = self.clock.stop();
         result?;
-        let timed: f64 = phases.iter().map(|p| p.1).sum();
-        phases.push((PHASE_BETWEEN, (total - timed).max(0.0)));
         let steps = order.len().div_ceil(batch.max(1)).max(1) as f64;
-        Ok(phases.into_iter().map(|(n, s)| (n, s / steps)).collect())
+        let timed: f64 = phases.iter().map(|p| p.total).sum();
+        let between = (total - timed).max(0.0) / steps;
+        for phase in &mut phases {
+            phase.total /= steps;
+        }
+        phases.push(PhaseTime {
+            name: PHASE_BETWEEN,
+            total: between,
+            median: between,
+        });
+        Ok(phases)
     }
 
     /// Chooses the first layer's path: sparse (folded BatchNorm, nonzero pixels only) or
