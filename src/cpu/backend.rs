@@ -176,6 +176,9 @@ impl CpuBackend {
             if stop(first + i) {
                 return true;
             }
+            if let (Some(sparse), Some(next)) = (&self.sparse_train, batches.get(i + 1)) {
+                sparse.prefetch(next);
+            }
             let (loss, correct) = self.train_step(indices);
             results.push((loss, correct));
             if !loss.is_finite() {
