@@ -323,7 +323,7 @@ fn fold_columns(
 ) {
     let width = out.len();
     let terms = || (0..coef.len()).map(|j| (beta[j] - coef[j] * mean[j], j * n + start));
-    weighted_sum::<BLOCK, _>(out, Some(&bias[start..start + width]), w, terms);
+    weighted_sum::<BLOCK, _>(out, &bias[start..start + width], w, terms);
 }
 
 /// Samples per task below which [`sparse_forward`] stays on one thread.
@@ -355,6 +355,10 @@ pub fn sparse_forward(
         });
 }
 
+/// Samples per tile in [`sparse_first_layer_backward`]: 64 rows of δ (32 KB at n = 128)
+/// stay in the level-1 cache while every pixel column adds its entries from them.
+const TILE: usize = 64;
+
 /// Output columns per register block: 8 AVX vectors, kept in registers while the
 /// nonzero pixels stream past (n = 128 makes two blocks).
 const BLOCK: usize = 64;
@@ -362,6 +366,15 @@ const BLOCK: usize = 64;
 /// (decoding the pixel, finding the row) is done once instead of twice.
 const WIDE_BLOCK: usize = 128;
 
+#[allow(clippy::too_many_arguments)]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
+/// One sample of [`sparse_forward`]: `z = row + Σ (val·scale·coef_col)·W_col` over its
+/// nonzero pixels, then ReLU when `relu` is set. (Tiling W's rows for the level-1 cache,
+/// as the backward pass tiles δ, made this slower: these row reads are not its limit.)
 #[allow(clippy::too_many_arguments)]
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512vl+avx2+fma",
@@ -385,9 +398,9 @@ fn forward_one(
             .map(|(&col, &val)| (val as f32 * scale * coef[col as usize], col as usize * n))
     };
     if selected_target!().supports_feature_str("avx512f") {
-        weighted_sum::<WIDE_BLOCK, _>(z, Some(row), w, terms);
+        weighted_sum::<WIDE_BLOCK, _>(z, row, w, terms);
     } else {
-        weighted_sum::<BLOCK, _>(z, Some(row), w, terms);
+        weighted_sum::<BLOCK, _>(z, row, w, terms);
     }
     if relu {
         z.iter_mut().for_each(|v| *v = v.max(0.0));
@@ -461,13 +474,13 @@ fn first_layer_rows(
 ) {
     let n = db.len();
     let (mean, inv_std) = rows.stats;
+    column_sums(columns, delta, n, rows.first, grad_w);
     for (r, (g_row, w_row)) in grad_w
         .chunks_exact_mut(n)
         .zip(rows.w.chunks_exact(n))
         .enumerate()
     {
         let j = rows.first + r;
-        weight_grad_row::<BLOCK>(columns, columns.column(j), delta, g_row);
         let (m, s) = (mean[j], inv_std[j]);
         for (g, &d) in g_row.iter_mut().zip(db) {
             *g = s * (*g - m * d);
@@ -477,7 +490,31 @@ fn first_layer_rows(
     }
 }
 
-/// `h_row = Σ x·δ_b` over the entries of one pixel column.
+/// `H_j = Σ_b x_bj·δ_b` into the rows of `h` for the pixel columns `first..`, a [`TILE`]
+/// of samples (of δ's rows) at a time: each column adds its entries from the tile, in
+/// batch order, so every row gets the same sum in the same order as without tiles.
+#[inline(always)]
+fn column_sums(columns: &ColumnBatch, delta: &[f32], n: usize, first: usize, h: &mut [f32]) {
+    h.fill(0.0);
+    // Where each column's next tile starts in `columns.entries`.
+    let mut cursor: Vec<usize> = (0..h.len() / n)
+        .map(|r| columns.starts[first + r] as usize)
+        .collect();
+    let batch = delta.len() / n;
+    for tile in 0..batch.div_ceil(TILE) {
+        let end_row = ((tile + 1) * TILE) as u32;
+        for (r, (h_row, at)) in h.chunks_exact_mut(n).zip(&mut cursor).enumerate() {
+            let column = &columns.entries[*at..columns.starts[first + r + 1] as usize];
+            let len = column.partition_point(|&e| e >> 8 < end_row);
+            if len > 0 {
+                weight_grad_row::<BLOCK>(columns, &column[..len], delta, h_row);
+                *at += len;
+            }
+        }
+    }
+}
+
+/// `h_row += Σ x·δ_b` over entries of one pixel column.
 #[inline(always)]
 fn weight_grad_row<const B: usize>(
     columns: &ColumnBatch,
@@ -492,29 +529,38 @@ fn weight_grad_row<const B: usize>(
             (x, b * n)
         })
     };
-    weighted_sum::<B, _>(h_row, None, delta, terms);
+    accumulate::<B, _>(h_row, delta, terms);
 }
 
-/// `out[i] = init[i] + Σ_t a_t·src[off_t + i]` (init 0 when `None`) over the terms
-/// `(a_t, off_t)`, summed in order. Each block of `B` outputs stays in registers while
-/// the terms stream past (the scattered rows they name are read once per block); a
-/// narrower tail is summed in memory. Every output is the same sum in the same order
-/// whatever `B` and the SIMD width, so the result is too. Inlined into its
-/// multiversioned callers, which pick `B` for their registers.
+/// `out[i] = init[i] + Σ_t a_t·src[off_t + i]` over the terms `(a_t, off_t)`, summed in
+/// order (see [`accumulate`]).
 #[inline(always)]
 fn weighted_sum<const B: usize, I: Iterator<Item = (f32, usize)>>(
     out: &mut [f32],
-    init: Option<&[f32]>,
+    init: &[f32],
+    src: &[f32],
+    terms: impl Fn() -> I,
+) {
+    out.copy_from_slice(init);
+    accumulate::<B, I>(out, src, terms);
+}
+
+/// `out[i] += Σ_t a_t·src[off_t + i]` over the terms `(a_t, off_t)`, summed in order.
+/// Each block of `B` outputs stays in registers while the terms stream past (the
+/// scattered rows they name are read once per block); a narrower tail is summed in
+/// memory. Every output is the same sum in the same order whatever `B` and the SIMD
+/// width, so the result is too. Inlined into its multiversioned callers, which pick `B`
+/// for their registers.
+#[inline(always)]
+fn accumulate<const B: usize, I: Iterator<Item = (f32, usize)>>(
+    out: &mut [f32],
     src: &[f32],
     terms: impl Fn() -> I,
 ) {
     let width = out.len();
     let mut start = 0;
     while start + B <= width {
-        let mut acc: [f32; B] = match init {
-            Some(init) => init[start..start + B].try_into().unwrap(),
-            None => [0.0; B],
-        };
+        let mut acc: [f32; B] = out[start..start + B].try_into().unwrap();
         for (a, off) in terms() {
             let x: &[f32; B] = src[off + start..off + start + B].try_into().unwrap();
             for i in 0..B {
@@ -526,10 +572,6 @@ fn weighted_sum<const B: usize, I: Iterator<Item = (f32, usize)>>(
     }
     if start < width {
         let tail = &mut out[start..];
-        match init {
-            Some(init) => tail.copy_from_slice(&init[start..]),
-            None => tail.fill(0.0),
-        }
         for (a, off) in terms() {
             axpy(a, &src[off + start..off + width], tail);
         }
