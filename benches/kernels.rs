@@ -284,8 +284,17 @@ fn step_profiles(adapters: &[(String, mnist_gpu::gpu::DeviceChoice, bool)]) {
             print_profile(
                 &format!("step/{label}/b{batch}"),
                 &profile,
-                "dispatch by dispatch",
+                "dispatch by dispatch, each submitted alone (wall clock)",
             );
+            match backend.profile_step_on_gpu(batch, reps.max(5)) {
+                Ok(Some(profile)) => print_profile(
+                    &format!("step/{label}/b{batch}"),
+                    &profile,
+                    "each dispatch timed on the GPU (TIMESTAMP_QUERY, median of the steps)",
+                ),
+                Ok(None) => println!("step/{label}: no TIMESTAMP_QUERY on this adapter"),
+                Err(e) => println!("step/{label}: timestamp profile failed: {e}"),
+            }
         }
     }
 }

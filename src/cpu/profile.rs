@@ -11,8 +11,12 @@ use std::time::Instant;
 /// Wall time per named phase, one sample per call, in the order the phases first ran.
 #[derive(Default)]
 pub struct PhaseClock {
-    running: Option<(Instant, Vec<(&'static str, Vec<f64>)>)>,
+    /// The last mark and each phase's samples, while timing.
+    running: Option<(Instant, Vec<PhaseSamples>)>,
 }
+
+/// A phase's name and the seconds of each of its calls.
+type PhaseSamples = (&'static str, Vec<f64>);
 
 /// One phase's times: the sum over all its calls and the median call, in seconds. The
 /// median is what to compare on a shared machine: a step the scheduler interrupted

@@ -387,15 +387,10 @@ const BLOCK: usize = 64;
 /// (decoding the pixel, finding the row) is done once instead of twice.
 const WIDE_BLOCK: usize = 128;
 
-#[allow(clippy::too_many_arguments)]
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512vl+avx2+fma",
-    "x86_64+avx2+fma",
-    "x86_64+avx"
-))]
 /// One sample of [`sparse_forward`]: `z = row + Σ (val·scale·coef_col)·W_col` over its
 /// nonzero pixels, then ReLU when `relu` is set. (Tiling W's rows for the level-1 cache,
-/// as the backward pass tiles δ, made this slower: these row reads are not its limit.)
+/// as the backward pass tiles δ, made this slower: the per-tile bookkeeping cost more
+/// than the level-2 reads it saved.)
 #[allow(clippy::too_many_arguments)]
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512vl+avx2+fma",
