@@ -158,15 +158,18 @@ fn compress_block(
 
 /// One batch's pixels by column: the transpose of its rows in [`SparseImages`], so the
 /// batch statistics and `xᵀ·δ` can run one pixel column at a time (each column's sum
-/// then stays in registers instead of being scattered through memory).
+/// then stays in registers instead of being scattered through memory). The batch is
+/// transposed in groups of [`TILE`] samples, each on its own: a group's entries (about
+/// 38 KB for MNIST) stay in the level-1 cache while they are scattered into columns, and
+/// the backward pass reads them a group at a time anyway.
 #[derive(Default)]
 pub struct ColumnBatch {
-    /// Entries of column j: `starts[j]..starts[j + 1]`.
+    pixels: usize,
+    /// Group g's entries of column j: `bases[g] + starts[g·(pixels + 1) + j..][..2]`.
     starts: Vec<u32>,
-    /// `batch row << 8 | pixel value`, rows ascending within a column (one word per
-    /// entry: the transpose is a scatter, and its cost is the bytes it writes).
+    bases: Vec<usize>,
+    /// `batch row << 8 | pixel value`, rows ascending within a group's column.
     entries: Vec<u32>,
-    cursor: Vec<u32>,
     scale: f32,
 }
 
@@ -175,46 +178,51 @@ impl ColumnBatch {
     pub fn fill(&mut self, images: &SparseImages, indices: &[u32], scale: f32) {
         assert!(indices.len() <= 1 << 24, "batch rows must fit in 24 bits");
         let pixels = images.pixels;
-        self.scale = scale;
-        // Entries per column, counted over the two halves of the batch in parallel.
-        let parallel = indices.len() >= PARALLEL_MIN_ROWS;
-        let (first, second) = indices.split_at(indices.len() / 2);
-        let (counts, more) = join_if(
-            parallel,
-            || column_counts(images, first),
-            || column_counts(images, second),
-        );
-        self.starts.clear();
-        self.starts.push(0);
-        for (c, m) in counts.iter().zip(&more) {
-            let last = *self.starts.last().unwrap();
-            self.starts.push(last + c + m);
+        (self.pixels, self.scale) = (pixels, scale);
+        let groups: Vec<&[u32]> = indices.chunks(TILE).collect();
+        self.bases.clear();
+        let mut total = 0;
+        for group in &groups {
+            self.bases.push(total);
+            total += group.iter().map(|&i| images.row(i).0.len()).sum::<usize>();
         }
-        let total = self.starts[pixels];
-        self.entries.resize(total as usize, 0);
-        // Two halves by column, placed in parallel: each writes its own part of `entries`.
-        let mid = self.starts.partition_point(|&s| s < total / 2).min(pixels);
-        let split = self.starts[mid];
-        self.cursor.clear();
-        self.cursor.extend(self.starts[..mid].iter().copied());
-        self.cursor
-            .extend(self.starts[mid..pixels].iter().map(|&s| s - split));
-        let (low, high) = self.entries.split_at_mut(split as usize);
-        let (cur_low, cur_high) = self.cursor.split_at_mut(mid);
-        join_if(
-            parallel,
-            || place_columns(images, indices, 0..mid, low, cur_low),
-            || place_columns(images, indices, mid..pixels, high, cur_high),
-        );
+        self.entries.resize(total, 0);
+        self.starts.resize(groups.len() * (pixels + 1), 0);
+        let mut jobs = Vec::with_capacity(groups.len());
+        let mut rest = &mut self.entries[..];
+        for (g, (group, starts)) in groups
+            .iter()
+            .zip(self.starts.chunks_mut(pixels + 1))
+            .enumerate()
+        {
+            let size = self.bases.get(g + 1).unwrap_or(&total) - self.bases[g];
+            let (out, tail) = std::mem::take(&mut rest).split_at_mut(size);
+            jobs.push((g * TILE, *group, starts, out));
+            rest = tail;
+        }
+        let job = |(first, group, starts, out): (usize, &[u32], &mut [u32], &mut [u32])| {
+            transpose_group(images, group, first, starts, out)
+        };
+        if indices.len() >= PARALLEL_MIN_ROWS {
+            jobs.into_par_iter().for_each(job);
+        } else {
+            jobs.into_iter().for_each(job);
+        }
     }
 
     fn pixels(&self) -> usize {
-        self.starts.len().saturating_sub(1)
+        self.pixels
     }
 
-    /// Entries of column j.
-    fn column(&self, j: usize) -> &[u32] {
-        &self.entries[self.starts[j] as usize..self.starts[j + 1] as usize]
+    fn groups(&self) -> usize {
+        self.bases.len()
+    }
+
+    /// Entries of column j in group g.
+    fn column(&self, g: usize, j: usize) -> &[u32] {
+        let at = g * (self.pixels + 1) + j;
+        let base = self.bases[g];
+        &self.entries[base + self.starts[at] as usize..base + self.starts[at + 1] as usize]
     }
 
     /// Batch row and scaled pixel value of an entry.
@@ -224,48 +232,31 @@ impl ColumnBatch {
     }
 }
 
-/// `rayon::join(a, b)` when `parallel`, else `a` then `b` on this thread (for small
-/// batches, where handing half the work to the other thread costs more than it saves).
-fn join_if<RA: Send, RB: Send>(
-    parallel: bool,
-    a: impl FnOnce() -> RA + Send,
-    b: impl FnOnce() -> RB + Send,
-) -> (RA, RB) {
-    if parallel {
-        rayon::join(a, b)
-    } else {
-        (a(), b())
-    }
-}
-
-/// How many of the images `indices` have each pixel column nonzero.
-fn column_counts(images: &SparseImages, indices: &[u32]) -> Vec<u32> {
-    let mut counts = vec![0u32; images.pixels];
-    for &i in indices {
-        for &col in images.row(i).0 {
-            counts[col as usize] += 1;
-        }
-    }
-    counts
-}
-
-/// Writes the entries of columns `cols` into `out`; `cursor[j − cols.start]` is where
-/// column j's next entry goes.
-fn place_columns(
+/// Transposes one group of images (batch rows `first..`) into `out`, with each column's
+/// start (relative to `out`) in `starts` (`pixels + 1` long): a count, then a placement.
+fn transpose_group(
     images: &SparseImages,
     indices: &[u32],
-    cols: std::ops::Range<usize>,
+    first: usize,
+    starts: &mut [u32],
     out: &mut [u32],
-    cursor: &mut [u32],
 ) {
+    starts.fill(0);
+    for &i in indices {
+        for &col in images.row(i).0 {
+            starts[col as usize + 1] += 1;
+        }
+    }
+    for j in 1..starts.len() {
+        starts[j] += starts[j - 1];
+    }
+    let mut cursor = starts[..starts.len() - 1].to_vec();
     for (b, &i) in indices.iter().enumerate() {
-        let (row_cols, vals) = images.row(i);
-        // Columns ascend within an image: this half's entries are one contiguous run.
-        let from = row_cols.partition_point(|&c| (c as usize) < cols.start);
-        let to = row_cols.partition_point(|&c| (c as usize) < cols.end);
-        for (&col, &val) in row_cols[from..to].iter().zip(&vals[from..to]) {
-            let slot = &mut cursor[col as usize - cols.start];
-            out[*slot as usize] = (b as u32) << 8 | val as u32;
+        let (cols, vals) = images.row(i);
+        let row = ((first + b) as u32) << 8;
+        for (&col, &val) in cols.iter().zip(vals) {
+            let slot = &mut cursor[col as usize];
+            out[*slot as usize] = row | val as u32;
             *slot += 1;
         }
     }
@@ -286,11 +277,14 @@ pub fn batch_stats(columns: &ColumnBatch, batch: usize, mean: &mut [f32], var: &
         .enumerate()
         .for_each(|(t, (mean, var))| {
             for (r, (m_out, v_out)) in mean.iter_mut().zip(var).enumerate() {
-                let entries = columns.column(t * per_task + r);
-                let (sum, sum_sq) = entries.iter().fold((0.0f64, 0.0f64), |(s, q), &e| {
-                    let x = columns.decode(e).1 as f64;
-                    (s + x, q + x * x)
-                });
+                let j = t * per_task + r;
+                let (mut sum, mut sum_sq) = (0.0f64, 0.0f64);
+                for g in 0..columns.groups() {
+                    for &e in columns.column(g, j) {
+                        let x = columns.decode(e).1 as f64;
+                        (sum, sum_sq) = (sum + x, sum_sq + x * x);
+                    }
+                }
                 let m = sum / count;
                 *m_out = m as f32;
                 *v_out = (sum_sq / count - m * m).max(0.0) as f32;
@@ -376,8 +370,9 @@ pub fn sparse_forward(
         });
 }
 
-/// Samples per tile in [`sparse_first_layer_backward`]: 64 rows of δ (32 KB at n = 128)
-/// stay in the level-1 cache while every pixel column adds its entries from them.
+/// Samples per group of a [`ColumnBatch`], and per tile in [`sparse_first_layer_backward`]:
+/// 64 rows of δ (32 KB at n = 128) stay in the level-1 cache while every pixel column
+/// adds its entries from them.
 const TILE: usize = 64;
 
 /// Output columns per register block: 8 AVX vectors, kept in registers while the
@@ -513,25 +508,17 @@ fn first_layer_rows(
     }
 }
 
-/// `H_j = Σ_b x_bj·δ_b` into the rows of `h` for the pixel columns `first..`, a [`TILE`]
-/// of samples (of δ's rows) at a time: each column adds its entries from the tile, in
-/// batch order, so every row gets the same sum in the same order as without tiles.
+/// `H_j = Σ_b x_bj·δ_b` into the rows of `h` for the pixel columns `first..`, one group
+/// of [`TILE`] samples (of δ's rows) at a time: each column adds its entries from the
+/// group, in batch order, so every row gets the same sum in the same order as untiled.
 #[inline(always)]
 fn column_sums(columns: &ColumnBatch, delta: &[f32], n: usize, first: usize, h: &mut [f32]) {
     h.fill(0.0);
-    // Where each column's next tile starts in `columns.entries`.
-    let mut cursor: Vec<usize> = (0..h.len() / n)
-        .map(|r| columns.starts[first + r] as usize)
-        .collect();
-    let batch = delta.len() / n;
-    for tile in 0..batch.div_ceil(TILE) {
-        let end_row = ((tile + 1) * TILE) as u32;
-        for (r, (h_row, at)) in h.chunks_exact_mut(n).zip(&mut cursor).enumerate() {
-            let column = &columns.entries[*at..columns.starts[first + r + 1] as usize];
-            let len = column.partition_point(|&e| e >> 8 < end_row);
-            if len > 0 {
-                weight_grad_row::<BLOCK>(columns, &column[..len], delta, h_row);
-                *at += len;
+    for g in 0..columns.groups() {
+        for (r, h_row) in h.chunks_exact_mut(n).enumerate() {
+            let column = columns.column(g, first + r);
+            if !column.is_empty() {
+                weight_grad_row::<BLOCK>(columns, column, delta, h_row);
             }
         }
     }
@@ -761,7 +748,7 @@ mod tests {
         columns.fill(&sparse, &[2, 0, 1, 0], 1.0);
         let column = |j: usize| -> Vec<(usize, f32)> {
             columns
-                .column(j)
+                .column(0, j)
                 .iter()
                 .map(|&e| columns.decode(e))
                 .collect()
