@@ -169,7 +169,93 @@ fn main() {
         other_kernels_cpu();
     }
     if wanted("step") {
+        cpu_step_profiles();
         step_profiles(&adapters);
+    }
+}
+
+/// The CPU trainer's step phase by phase (`CpuBackend::profile_epoch`: a whole real
+/// epoch, the second of the run, with a wall clock read at each phase boundary), on the
+/// default pool and on a one-thread pool, plus the per-epoch and per-run work outside the
+/// steps (the shuffle, building the sparse copy of the training set).
+fn cpu_step_profiles() {
+    use mnist_gpu::backend::Backend;
+    use mnist_gpu::cpu::CpuBackend;
+    use mnist_gpu::data::{self, Mnist};
+    use mnist_gpu::model::{ModelConfig, Params, INPUT};
+    use mnist_gpu::train::epoch_order;
+    let mnist = Mnist::load(&data::builtin_dir()).expect("the built-in MNIST loads");
+    let count = mnist.train.len();
+    let shuffle = common::median_secs(5, || drop(epoch_order(count, 42, 1, true)));
+    let build = common::median_secs(5, || {
+        drop(cpu::sparse::SparseImages::from_dense(
+            &mnist.train.images,
+            INPUT,
+        ))
+    });
+    println!(
+        "step/cpu: per epoch, epoch_order (shuffle) {:.3} ms; per run, sparse copy of the training set {:.3} ms",
+        shuffle * 1e3,
+        build * 1e3
+    );
+    let default_threads = rayon::current_num_threads();
+    let mut pools = vec![(default_threads, None)];
+    if default_threads > 1 {
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build();
+        pools.push((1, Some(one.expect("a one-thread pool"))));
+    }
+    for (threads, pool) in &pools {
+        for batch in [32, 128, 512] {
+            let mut backend = CpuBackend::new(
+                Params::init(&ModelConfig::default(), 42),
+                Hyper::default(),
+                mnist.clone(),
+            );
+            let mut run = || {
+                let warm_up = epoch_order(count, 42, 0, true);
+                backend
+                    .train_epoch(&warm_up, batch, &mut |_| {})
+                    .expect("trains");
+                let order = epoch_order(count, 42, 1, true);
+                backend.profile_epoch(&order, batch).expect("trains")
+            };
+            let profile = match pool {
+                Some(pool) => pool.install(run),
+                None => run(),
+            };
+            print_cpu_profile(&format!("step/cpu/{threads} threads/b{batch}"), &profile);
+        }
+    }
+}
+
+fn print_cpu_profile(title: &str, profile: &[cpu::profile::PhaseTime]) {
+    let total: f64 = profile.iter().map(|p| p.total).sum();
+    let median: f64 = profile.iter().map(|p| p.median).sum();
+    println!(
+        "{title}: {:.3} ms per step (mean; sum of the medians {:.3} ms), phase by phase (mean, median, share of the medians):",
+        total * 1e3,
+        median * 1e3
+    );
+    for p in profile {
+        println!(
+            "    {:<44} {:>8.3} ms {:>8.3} ms {:>5.1}%",
+            p.name,
+            p.total * 1e3,
+            p.median * 1e3,
+            p.median / median * 100.0
+        );
+    }
+}
+
+fn print_profile(title: &str, profile: &[(&str, f64)], what: &str) {
+    let total: f64 = profile.iter().map(|p| p.1).sum();
+    println!("{title}: {:.3} ms per step, {what}:", total * 1e3);
+    for (name, secs) in profile {
+        println!(
+            "    {name:<44} {:>10.3} ms {:>5.1}%",
+            secs * 1e3,
+            secs / total * 100.0
+        );
     }
 }
 
@@ -195,17 +281,19 @@ fn step_profiles(adapters: &[(String, mnist_gpu::gpu::DeviceChoice, bool)]) {
             };
             let reps = if *software { 3 } else { 20 };
             let profile = backend.profile_step(batch, reps).expect("profiling works");
-            let total: f64 = profile.iter().map(|p| p.1).sum();
-            println!(
-                "step/{label}/b{batch}: {:.3} ms per step, dispatch by dispatch:",
-                total * 1e3
+            print_profile(
+                &format!("step/{label}/b{batch}"),
+                &profile,
+                "dispatch by dispatch, each submitted alone (wall clock)",
             );
-            for (kernel, secs) in profile {
-                println!(
-                    "    {kernel:<34} {:>10.3} ms {:>5.1}%",
-                    secs * 1e3,
-                    secs / total * 100.0
-                );
+            match backend.profile_step_on_gpu(batch, reps.max(5)) {
+                Ok(Some(profile)) => print_profile(
+                    &format!("step/{label}/b{batch}"),
+                    &profile,
+                    "each dispatch timed on the GPU (TIMESTAMP_QUERY, median of the steps)",
+                ),
+                Ok(None) => println!("step/{label}: no TIMESTAMP_QUERY on this adapter"),
+                Err(e) => println!("step/{label}: timestamp profile failed: {e}"),
             }
         }
     }

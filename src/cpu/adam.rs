@@ -41,7 +41,11 @@ pub fn adam_update(
 
 /// The single-threaded body of [`adam_update`], also compiled for AVX2 and AVX and picked
 /// at run time: 8-wide `sqrt` and division instead of SSE's 4. Same bits on every target.
-#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
 fn adam_update_serial(
     params: &mut [f32],
     grads: &[f32],

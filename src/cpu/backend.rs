@@ -10,6 +10,7 @@ use super::batchnorm::{
 };
 use super::gather_scaled;
 use super::gemm::{bias_grad, gemm_forward, gemm_input_grad, gemm_weight_grad};
+use super::profile::{PhaseClock, PhaseTime};
 use super::softmax_xent::softmax_xent;
 use super::sparse::{
     batch_stats, fold_batchnorm, sparse_first_layer_backward, sparse_forward, ColumnBatch,
@@ -34,6 +35,8 @@ pub struct CpuBackend {
     /// The training images in sparse rows, when the sparse first-layer path is on.
     sparse_train: Option<SparseImages>,
     work: Workspace,
+    /// Per-phase wall time of the steps, while [`CpuBackend::profile_epoch`] runs.
+    clock: PhaseClock,
 }
 
 /// Largest fraction of nonzero training pixels for which the sparse first-layer path is
@@ -99,7 +102,33 @@ impl CpuBackend {
             hyper,
             data,
             work: Workspace::default(),
+            clock: PhaseClock::default(),
         }
+    }
+
+    /// Trains one epoch in `order` at `batch` and returns where a step's time went: each
+    /// phase's mean and median wall seconds per step, and last the rest of the epoch's
+    /// wall time per step (pool hand-offs between chunks of steps, progress, the loop;
+    /// mean only, its median given as the mean).
+    pub fn profile_epoch(&mut self, order: &[u32], batch: usize) -> Result<Vec<PhaseTime>> {
+        self.clock.start();
+        let started = std::time::Instant::now();
+        let result = self.train_epoch(order, batch, &mut |_| {});
+        let total = started.elapsed().as_secs_f64();
+        let mut phases = self.clock.stop();
+        result?;
+        let steps = order.len().div_ceil(batch.max(1)).max(1) as f64;
+        let timed: f64 = phases.iter().map(|p| p.total).sum();
+        let between = (total - timed).max(0.0) / steps;
+        for phase in &mut phases {
+            phase.total /= steps;
+        }
+        phases.push(PhaseTime {
+            name: PHASE_BETWEEN,
+            total: between,
+            median: between,
+        });
+        Ok(phases)
     }
 
     /// Chooses the first layer's path: sparse (folded BatchNorm, nonzero pixels only) or
@@ -147,6 +176,9 @@ impl CpuBackend {
             if stop(first + i) {
                 return true;
             }
+            if let (Some(sparse), Some(next)) = (&self.sparse_train, batches.get(i + 1)) {
+                sparse.prefetch(next);
+            }
             let (loss, correct) = self.train_step(indices);
             results.push((loss, correct));
             if !loss.is_finite() {
@@ -158,6 +190,7 @@ impl CpuBackend {
 
     /// One training step on the samples `indices`; returns (loss sum, correct count).
     fn train_step(&mut self, indices: &[u32]) -> (f32, u32) {
+        self.clock.skip();
         let (loss_sum, correct) = self.forward_backward(indices);
         self.optim.step += 1;
         let alpha = adam_alpha(&self.hyper, self.optim.step);
@@ -169,6 +202,7 @@ impl CpuBackend {
             alpha,
             &self.hyper,
         );
+        self.clock.mark(PHASE_ADAM);
         (loss_sum, correct)
     }
 
@@ -212,6 +246,7 @@ impl CpuBackend {
         }
         let first = usize::from(self.sparse_train.is_some());
         self.forward_dense(batch, first);
+        self.clock.mark(PHASE_DENSE_FORWARD);
 
         let w = &mut self.work;
         let (loss_sum, correct) = softmax_xent(
@@ -221,6 +256,7 @@ impl CpuBackend {
             Some(&mut w.deltas[layers]),
             None,
         );
+        self.clock.mark(PHASE_SOFTMAX);
 
         let layout = &self.params.layout;
         for l in (0..layers).rev() {
@@ -246,6 +282,9 @@ impl CpuBackend {
                     mask,
                     &mut lower[l],
                 );
+                if l == 1 {
+                    self.clock.mark(PHASE_DENSE_BACKWARD);
+                }
             } else if self.sparse_train.is_some() {
                 let (dgamma, dbeta, grad_w0, db0) = first_layer_grads(&mut self.grads, layout);
                 let p = &self.params;
@@ -261,6 +300,7 @@ impl CpuBackend {
                     dgamma,
                     dbeta,
                 );
+                self.clock.mark(PHASE_FIRST_BACKWARD);
             } else {
                 // Layer 0's weight-grad GEMM runs on xhat; fold_batchnorm_grads turns the
                 // result into dW0, dgamma and dbeta, so layer 0 needs no input-grad GEMM.
@@ -269,6 +309,7 @@ impl CpuBackend {
         }
         if self.sparse_train.is_none() {
             self.fold_batchnorm_grads();
+            self.clock.mark(PHASE_FIRST_BACKWARD);
         }
         (loss_sum, correct)
     }
@@ -283,6 +324,7 @@ impl CpuBackend {
             self.params.config.pixel_scale(),
             &mut w.x,
         );
+        self.clock.mark(PHASE_GATHER);
         let layout = &self.params.layout;
         batchnorm_forward_train(
             &w.x,
@@ -297,6 +339,7 @@ impl CpuBackend {
             &mut w.acts[0],
             &mut w.inv_std,
         );
+        self.clock.mark(PHASE_STATS);
     }
 
     /// Sparse path: batch statistics, BatchNorm folded into layer 0, and layer 0's
@@ -307,6 +350,7 @@ impl CpuBackend {
         let p = &mut self.params;
         let scale = p.config.pixel_scale();
         w.columns.fill(sparse, indices, scale);
+        self.clock.mark(PHASE_GATHER);
         batch_stats(&w.columns, indices.len(), &mut w.mean, &mut w.var);
         let (eps, momentum) = (self.hyper.bn_eps, self.hyper.bn_momentum);
         batchnorm_batch_update(
@@ -318,6 +362,7 @@ impl CpuBackend {
             &mut p.moving_var,
             &mut w.inv_std,
         );
+        self.clock.mark(PHASE_STATS);
         fold_batchnorm(
             &w.mean,
             &w.inv_std,
@@ -328,6 +373,7 @@ impl CpuBackend {
             &mut w.coef,
             &mut w.row,
         );
+        self.clock.mark(PHASE_FOLD);
         let relu = p.config.dense_layers() > 1;
         sparse_forward(
             sparse,
@@ -339,8 +385,23 @@ impl CpuBackend {
             relu,
             &mut w.acts[1],
         );
+        self.clock.mark(PHASE_SPARSE_FORWARD);
     }
 }
+
+// Phases of a step, as `profile_epoch` names them (the dense path has no fold and no
+// sparse forward: its BatchNorm forward counts as "batch statistics", its layer-0 GEMM
+// as the dense forward).
+const PHASE_GATHER: &str = "gather: labels + batch transpose/gather";
+const PHASE_STATS: &str = "batch statistics + moving update";
+const PHASE_FOLD: &str = "fold_batchnorm (into layer 0)";
+const PHASE_SPARSE_FORWARD: &str = "sparse_forward 784→128";
+const PHASE_DENSE_FORWARD: &str = "gemm_forward (dense layers)";
+const PHASE_SOFTMAX: &str = "softmax_xent";
+const PHASE_DENSE_BACKWARD: &str = "backward of layers ≥ 1";
+const PHASE_FIRST_BACKWARD: &str = "first-layer backward (xᵀ·δ, dW0, dγ, dβ)";
+const PHASE_ADAM: &str = "adam_update";
+const PHASE_BETWEEN: &str = "between steps (pool hand-off, loop)";
 
 /// The gradient slices BatchNorm + the first dense layer write: (dgamma, dbeta, dW0),
 /// and db0 to read.

@@ -191,7 +191,11 @@ const LANES: usize = 8;
 /// The single-threaded body of [`batchnorm_dense_backward`]. Also compiled for AVX2 and
 /// AVX and picked at run time (`multiversion`): the portable x86-64 build has only 4-wide
 /// SSE. No version fuses multiply-adds, so every version gives the same bits.
-#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
 fn dense_backward_rows(
     grad_w: &mut [f32],
     w: &[f32],

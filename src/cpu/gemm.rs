@@ -238,7 +238,11 @@ fn input_grad_narrow(
         });
 }
 
-#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
 fn narrow_rows(dy: &[f32], wt: &[f32], n: usize, mask: Option<&[f32]>, dx: &mut [f32]) {
     let k = wt.len() / n.max(1);
     for (b, row) in dx.chunks_exact_mut(k).enumerate() {

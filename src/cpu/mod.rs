@@ -5,6 +5,7 @@ pub mod adam;
 pub mod backend;
 pub mod batchnorm;
 pub mod gemm;
+pub mod profile;
 pub mod relu;
 pub mod softmax_xent;
 pub mod sparse;

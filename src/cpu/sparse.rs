@@ -18,6 +18,7 @@
 //! mirror, stays the reference: tests check these functions and whole training steps
 //! against it.
 
+use multiversion::target::selected_target;
 use rayon::prelude::*;
 
 /// A u8 image set in compressed sparse rows: for image i, the columns and values of its
@@ -83,11 +84,42 @@ impl SparseImages {
         self.cols.len() as f64 / total.max(1) as f64
     }
 
+    /// Asks the memory system to start loading the rows of the images `indices` into the
+    /// cache (level 2), without waiting for them. The trainer calls it for the next
+    /// step's batch: each image is a random one of 27 MB of rows, mostly not in the
+    /// cache, and the batch transpose would otherwise wait for them one miss at a time.
+    pub fn prefetch(&self, indices: &[u32]) {
+        for &i in indices {
+            let (cols, vals) = self.row(i);
+            prefetch_lines(cols);
+            prefetch_lines(vals);
+        }
+    }
+
     /// Nonzero columns and values of image `i`.
     fn row(&self, i: u32) -> (&[u16], &[u8]) {
         let range = self.starts[i as usize] as usize..self.starts[i as usize + 1] as usize;
         (&self.cols[range.clone()], &self.vals[range])
     }
+}
+
+/// Prefetches every 64-byte line of `data` into the level-2 cache (a hint: no effect on
+/// results, and none at all off x86-64).
+#[inline]
+fn prefetch_lines<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let bytes = std::mem::size_of_val(data);
+        let base = data.as_ptr() as *const i8;
+        for offset in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch never faults and reads nothing into the program; the
+            // address is inside `data` anyway. SSE, which it needs, is part of x86-64.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 /// Images per block that [`SparseImages::from_dense`] compresses on one thread.
@@ -126,15 +158,18 @@ fn compress_block(
 
 /// One batch's pixels by column: the transpose of its rows in [`SparseImages`], so the
 /// batch statistics and `xᵀ·δ` can run one pixel column at a time (each column's sum
-/// then stays in registers instead of being scattered through memory).
+/// then stays in registers instead of being scattered through memory). The batch is
+/// transposed in groups of [`TILE`] samples, each on its own: a group's entries (about
+/// 38 KB for MNIST) stay in the level-1 cache while they are scattered into columns, and
+/// the backward pass reads them a group at a time anyway.
 #[derive(Default)]
 pub struct ColumnBatch {
-    /// Entries of column j: `starts[j]..starts[j + 1]`.
+    pixels: usize,
+    /// Group g's entries of column j: `bases[g] + starts[g·(pixels + 1) + j..][..2]`.
     starts: Vec<u32>,
-    /// `batch row << 8 | pixel value`, rows ascending within a column (one word per
-    /// entry: the transpose is a scatter, and its cost is the bytes it writes).
+    bases: Vec<usize>,
+    /// `batch row << 8 | pixel value`, rows ascending within a group's column.
     entries: Vec<u32>,
-    cursor: Vec<u32>,
     scale: f32,
 }
 
@@ -143,43 +178,51 @@ impl ColumnBatch {
     pub fn fill(&mut self, images: &SparseImages, indices: &[u32], scale: f32) {
         assert!(indices.len() <= 1 << 24, "batch rows must fit in 24 bits");
         let pixels = images.pixels;
-        self.scale = scale;
-        // Entries per column, counted over the two halves of the batch in parallel.
-        let (first, second) = indices.split_at(indices.len() / 2);
-        let (counts, more) = rayon::join(
-            || column_counts(images, first),
-            || column_counts(images, second),
-        );
-        self.starts.clear();
-        self.starts.push(0);
-        for (c, m) in counts.iter().zip(&more) {
-            let last = *self.starts.last().unwrap();
-            self.starts.push(last + c + m);
+        (self.pixels, self.scale) = (pixels, scale);
+        let groups: Vec<&[u32]> = indices.chunks(TILE).collect();
+        self.bases.clear();
+        let mut total = 0;
+        for group in &groups {
+            self.bases.push(total);
+            total += group.iter().map(|&i| images.row(i).0.len()).sum::<usize>();
         }
-        let total = self.starts[pixels];
-        self.entries.resize(total as usize, 0);
-        // Two halves by column, placed in parallel: each writes its own part of `entries`.
-        let mid = self.starts.partition_point(|&s| s < total / 2).min(pixels);
-        let split = self.starts[mid];
-        self.cursor.clear();
-        self.cursor.extend(self.starts[..mid].iter().copied());
-        self.cursor
-            .extend(self.starts[mid..pixels].iter().map(|&s| s - split));
-        let (low, high) = self.entries.split_at_mut(split as usize);
-        let (cur_low, cur_high) = self.cursor.split_at_mut(mid);
-        rayon::join(
-            || place_columns(images, indices, 0..mid, low, cur_low),
-            || place_columns(images, indices, mid..pixels, high, cur_high),
-        );
+        self.entries.resize(total, 0);
+        self.starts.resize(groups.len() * (pixels + 1), 0);
+        let mut jobs = Vec::with_capacity(groups.len());
+        let mut rest = &mut self.entries[..];
+        for (g, (group, starts)) in groups
+            .iter()
+            .zip(self.starts.chunks_mut(pixels + 1))
+            .enumerate()
+        {
+            let size = self.bases.get(g + 1).unwrap_or(&total) - self.bases[g];
+            let (out, tail) = std::mem::take(&mut rest).split_at_mut(size);
+            jobs.push((g * TILE, *group, starts, out));
+            rest = tail;
+        }
+        let job = |(first, group, starts, out): (usize, &[u32], &mut [u32], &mut [u32])| {
+            transpose_group(images, group, first, starts, out)
+        };
+        if indices.len() >= PARALLEL_MIN_ROWS {
+            jobs.into_par_iter().for_each(job);
+        } else {
+            jobs.into_iter().for_each(job);
+        }
     }
 
     fn pixels(&self) -> usize {
-        self.starts.len().saturating_sub(1)
+        self.pixels
     }
 
-    /// Entries of column j.
-    fn column(&self, j: usize) -> &[u32] {
-        &self.entries[self.starts[j] as usize..self.starts[j + 1] as usize]
+    fn groups(&self) -> usize {
+        self.bases.len()
+    }
+
+    /// Entries of column j in group g.
+    fn column(&self, g: usize, j: usize) -> &[u32] {
+        let at = g * (self.pixels + 1) + j;
+        let base = self.bases[g];
+        &self.entries[base + self.starts[at] as usize..base + self.starts[at + 1] as usize]
     }
 
     /// Batch row and scaled pixel value of an entry.
@@ -189,34 +232,31 @@ impl ColumnBatch {
     }
 }
 
-/// How many of the images `indices` have each pixel column nonzero.
-fn column_counts(images: &SparseImages, indices: &[u32]) -> Vec<u32> {
-    let mut counts = vec![0u32; images.pixels];
-    for &i in indices {
-        for &col in images.row(i).0 {
-            counts[col as usize] += 1;
-        }
-    }
-    counts
-}
-
-/// Writes the entries of columns `cols` into `out`; `cursor[j − cols.start]` is where
-/// column j's next entry goes.
-fn place_columns(
+/// Transposes one group of images (batch rows `first..`) into `out`, with each column's
+/// start (relative to `out`) in `starts` (`pixels + 1` long): a count, then a placement.
+fn transpose_group(
     images: &SparseImages,
     indices: &[u32],
-    cols: std::ops::Range<usize>,
+    first: usize,
+    starts: &mut [u32],
     out: &mut [u32],
-    cursor: &mut [u32],
 ) {
+    starts.fill(0);
+    for &i in indices {
+        for &col in images.row(i).0 {
+            starts[col as usize + 1] += 1;
+        }
+    }
+    for j in 1..starts.len() {
+        starts[j] += starts[j - 1];
+    }
+    let mut cursor = starts[..starts.len() - 1].to_vec();
     for (b, &i) in indices.iter().enumerate() {
-        let (row_cols, vals) = images.row(i);
-        // Columns ascend within an image: this half's entries are one contiguous run.
-        let from = row_cols.partition_point(|&c| (c as usize) < cols.start);
-        let to = row_cols.partition_point(|&c| (c as usize) < cols.end);
-        for (&col, &val) in row_cols[from..to].iter().zip(&vals[from..to]) {
-            let slot = &mut cursor[col as usize - cols.start];
-            out[*slot as usize] = (b as u32) << 8 | val as u32;
+        let (cols, vals) = images.row(i);
+        let row = ((first + b) as u32) << 8;
+        for (&col, &val) in cols.iter().zip(vals) {
+            let slot = &mut cursor[col as usize];
+            out[*slot as usize] = row | val as u32;
             *slot += 1;
         }
     }
@@ -237,11 +277,14 @@ pub fn batch_stats(columns: &ColumnBatch, batch: usize, mean: &mut [f32], var: &
         .enumerate()
         .for_each(|(t, (mean, var))| {
             for (r, (m_out, v_out)) in mean.iter_mut().zip(var).enumerate() {
-                let entries = columns.column(t * per_task + r);
-                let (sum, sum_sq) = entries.iter().fold((0.0f64, 0.0f64), |(s, q), &e| {
-                    let x = columns.decode(e).1 as f64;
-                    (s + x, q + x * x)
-                });
+                let j = t * per_task + r;
+                let (mut sum, mut sum_sq) = (0.0f64, 0.0f64);
+                for g in 0..columns.groups() {
+                    for &e in columns.column(g, j) {
+                        let x = columns.decode(e).1 as f64;
+                        (sum, sum_sq) = (sum + x, sum_sq + x * x);
+                    }
+                }
                 let m = sum / count;
                 *m_out = m as f32;
                 *v_out = (sum_sq / count - m * m).max(0.0) as f32;
@@ -274,7 +317,11 @@ pub fn fold_batchnorm(
 }
 
 #[allow(clippy::too_many_arguments)]
-#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
 fn fold_columns(
     mean: &[f32],
     beta: &[f32],
@@ -287,11 +334,15 @@ fn fold_columns(
 ) {
     let width = out.len();
     let terms = || (0..coef.len()).map(|j| (beta[j] - coef[j] * mean[j], j * n + start));
-    weighted_sum(out, Some(&bias[start..start + width]), w, terms);
+    weighted_sum::<BLOCK, _>(out, &bias[start..start + width], w, terms);
 }
 
-/// Samples per task below which [`sparse_forward`] stays on one thread.
+/// Samples per task below which [`sparse_forward`] stays on one thread (and batches
+/// below which [`ColumnBatch::fill`] does).
 const PARALLEL_MIN_ROWS: usize = 64;
+/// Nonzero pixels in a batch below which [`sparse_first_layer_backward`] stays on one
+/// thread (MNIST: about 150 per image, so about 64 images).
+const PARALLEL_MIN_ENTRIES: usize = 64 * 150;
 
 /// Forward of the folded layer on the images `indices`: `z_b = row + Σ_j x_bj·coef_j·W_j`
 /// over the nonzero pixels of sample b, then ReLU when `relu` is set. `z: [batch, n]`.
@@ -319,12 +370,28 @@ pub fn sparse_forward(
         });
 }
 
+/// Samples per group of a [`ColumnBatch`], and per tile in [`sparse_first_layer_backward`]:
+/// 64 rows of δ (32 KB at n = 128) stay in the level-1 cache while every pixel column
+/// adds its entries from them.
+const TILE: usize = 64;
+
 /// Output columns per register block: 8 AVX vectors, kept in registers while the
 /// nonzero pixels stream past (n = 128 makes two blocks).
 const BLOCK: usize = 64;
+/// The same in AVX-512's 8 vectors: n = 128 in one block, so each term's scalar work
+/// (decoding the pixel, finding the row) is done once instead of twice.
+const WIDE_BLOCK: usize = 128;
 
+/// One sample of [`sparse_forward`]: `z = row + Σ (val·scale·coef_col)·W_col` over its
+/// nonzero pixels, then ReLU when `relu` is set. (Tiling W's rows for the level-1 cache,
+/// as the backward pass tiles δ, made this slower: the per-tile bookkeeping cost more
+/// than the level-2 reads it saved.)
 #[allow(clippy::too_many_arguments)]
-#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
 fn forward_one(
     cols: &[u16],
     vals: &[u8],
@@ -341,7 +408,11 @@ fn forward_one(
             .zip(vals)
             .map(|(&col, &val)| (val as f32 * scale * coef[col as usize], col as usize * n))
     };
-    weighted_sum(z, Some(row), w, terms);
+    if selected_target!().supports_feature_str("avx512f") {
+        weighted_sum::<WIDE_BLOCK, _>(z, row, w, terms);
+    } else {
+        weighted_sum::<BLOCK, _>(z, row, w, terms);
+    }
     if relu {
         z.iter_mut().for_each(|v| *v = v.max(0.0));
     }
@@ -370,7 +441,14 @@ pub fn sparse_first_layer_backward(
     let (n, pixels) = (db.len(), columns.pixels());
     assert!(grad_w.len() == pixels * n && w.len() == grad_w.len());
     assert!(dgamma.len() == pixels && dbeta.len() == pixels);
-    let rows_per_task = pixels.div_ceil(rayon::current_num_threads()).max(1);
+    // Below about 64 samples' worth of entries the pass stays on one thread: at batch 32
+    // the split cost more than it saved (0.071 against 0.058 ms per step).
+    let tasks = if columns.entries.len() >= PARALLEL_MIN_ENTRIES {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let rows_per_task = pixels.div_ceil(tasks).max(1);
     grad_w
         .par_chunks_mut(rows_per_task * n)
         .zip(dgamma.par_chunks_mut(rows_per_task))
@@ -398,7 +476,11 @@ struct FirstRows<'a> {
     stats: (&'a [f32], &'a [f32]),
 }
 
-#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx"))]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
 fn first_layer_rows(
     columns: &ColumnBatch,
     delta: &[f32],
@@ -410,13 +492,13 @@ fn first_layer_rows(
 ) {
     let n = db.len();
     let (mean, inv_std) = rows.stats;
+    column_sums(columns, delta, n, rows.first, grad_w);
     for (r, (g_row, w_row)) in grad_w
         .chunks_exact_mut(n)
         .zip(rows.w.chunks_exact(n))
         .enumerate()
     {
         let j = rows.first + r;
-        weight_grad_row(columns, columns.column(j), delta, g_row);
         let (m, s) = (mean[j], inv_std[j]);
         for (g, &d) in g_row.iter_mut().zip(db) {
             *g = s * (*g - m * d);
@@ -426,9 +508,30 @@ fn first_layer_rows(
     }
 }
 
-/// `h_row = Σ x·δ_b` over the entries of one pixel column.
+/// `H_j = Σ_b x_bj·δ_b` into the rows of `h` for the pixel columns `first..`, one group
+/// of [`TILE`] samples (of δ's rows) at a time: each column adds its entries from the
+/// group, in batch order, so every row gets the same sum in the same order as untiled.
 #[inline(always)]
-fn weight_grad_row(columns: &ColumnBatch, entries: &[u32], delta: &[f32], h_row: &mut [f32]) {
+fn column_sums(columns: &ColumnBatch, delta: &[f32], n: usize, first: usize, h: &mut [f32]) {
+    h.fill(0.0);
+    for g in 0..columns.groups() {
+        for (r, h_row) in h.chunks_exact_mut(n).enumerate() {
+            let column = columns.column(g, first + r);
+            if !column.is_empty() {
+                weight_grad_row::<BLOCK>(columns, column, delta, h_row);
+            }
+        }
+    }
+}
+
+/// `h_row += Σ x·δ_b` over entries of one pixel column.
+#[inline(always)]
+fn weight_grad_row<const B: usize>(
+    columns: &ColumnBatch,
+    entries: &[u32],
+    delta: &[f32],
+    h_row: &mut [f32],
+) {
     let n = h_row.len();
     let terms = || {
         entries.iter().map(|&e| {
@@ -436,42 +539,49 @@ fn weight_grad_row(columns: &ColumnBatch, entries: &[u32], delta: &[f32], h_row:
             (x, b * n)
         })
     };
-    weighted_sum(h_row, None, delta, terms);
+    accumulate::<B, _>(h_row, delta, terms);
 }
 
-/// `out[i] = init[i] + Σ_t a_t·src[off_t + i]` (init 0 when `None`) over the terms
-/// `(a_t, off_t)`, summed in order. Each block of [`BLOCK`] outputs stays in registers while
-/// the terms stream past (the scattered rows they name are read once per block); a
-/// narrower tail is summed in memory. Inlined into its AVX2-compiled callers.
+/// `out[i] = init[i] + Σ_t a_t·src[off_t + i]` over the terms `(a_t, off_t)`, summed in
+/// order (see [`accumulate`]).
 #[inline(always)]
-fn weighted_sum<I: Iterator<Item = (f32, usize)>>(
+fn weighted_sum<const B: usize, I: Iterator<Item = (f32, usize)>>(
     out: &mut [f32],
-    init: Option<&[f32]>,
+    init: &[f32],
+    src: &[f32],
+    terms: impl Fn() -> I,
+) {
+    out.copy_from_slice(init);
+    accumulate::<B, I>(out, src, terms);
+}
+
+/// `out[i] += Σ_t a_t·src[off_t + i]` over the terms `(a_t, off_t)`, summed in order.
+/// Each block of `B` outputs stays in registers while the terms stream past (the
+/// scattered rows they name are read once per block); a narrower tail is summed in
+/// memory. Every output is the same sum in the same order whatever `B` and the SIMD
+/// width, so the result is too. Inlined into its multiversioned callers, which pick `B`
+/// for their registers.
+#[inline(always)]
+fn accumulate<const B: usize, I: Iterator<Item = (f32, usize)>>(
+    out: &mut [f32],
     src: &[f32],
     terms: impl Fn() -> I,
 ) {
     let width = out.len();
     let mut start = 0;
-    while start + BLOCK <= width {
-        let mut acc: [f32; BLOCK] = match init {
-            Some(init) => init[start..start + BLOCK].try_into().unwrap(),
-            None => [0.0; BLOCK],
-        };
+    while start + B <= width {
+        let mut acc: [f32; B] = out[start..start + B].try_into().unwrap();
         for (a, off) in terms() {
-            let x: &[f32; BLOCK] = src[off + start..off + start + BLOCK].try_into().unwrap();
-            for i in 0..BLOCK {
+            let x: &[f32; B] = src[off + start..off + start + B].try_into().unwrap();
+            for i in 0..B {
                 acc[i] += a * x[i];
             }
         }
-        out[start..start + BLOCK].copy_from_slice(&acc);
-        start += BLOCK;
+        out[start..start + B].copy_from_slice(&acc);
+        start += B;
     }
     if start < width {
         let tail = &mut out[start..];
-        match init {
-            Some(init) => tail.copy_from_slice(&init[start..]),
-            None => tail.fill(0.0),
-        }
         for (a, off) in terms() {
             axpy(a, &src[off + start..off + width], tail);
         }
@@ -638,7 +748,7 @@ mod tests {
         columns.fill(&sparse, &[2, 0, 1, 0], 1.0);
         let column = |j: usize| -> Vec<(usize, f32)> {
             columns
-                .column(j)
+                .column(0, j)
                 .iter()
                 .map(|&e| columns.decode(e))
                 .collect()

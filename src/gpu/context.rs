@@ -404,7 +404,9 @@ impl GpuContext {
         let required = required.or_worse_values_from(&offered);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("mnist-gpu"),
-            required_features: wgpu::Features::empty(),
+            // Timestamp queries only where offered, for the benchmarks' per-kernel step
+            // profile (`GpuBackend::profile_step_on_gpu`); training never uses them.
+            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
             required_limits: required.clone(),
             ..Default::default()
         }))

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# The real-GPU check, in one script: Vulkan loader and adapters, the GPU agreement tests on
+# the hardware adapter, the epoch and kernel benchmarks beside the CPU, and a default
+# 10-epoch `train --adapter vulkan`, all written to one results file.
+#
+#   benches/device.sh pack   # on the build machine: build the four programs, strip them
+#                            # into .device/programs.tar.xz (16 MB: each embeds the same
+#                            # 11 MB of MNIST, which xz's 96 MiB window stores once), and
+#                            # fetch the Vulkan loader .debs into .gl/
+#   benches/device.sh        # on the GPU machine (or here): run everything
+#
+# With the device tool: `pack` here, then one `run` with carry [".gl", ".device"] and the
+# command `bash benches/device.sh` (timeout_s 600). On a 16-core H100 machine it is meant
+# to finish in about 8 minutes at most: each part has its own time limit (below), and a
+# part that fails or runs out of time is recorded and the rest still runs.
+#
+# Environment:
+#   OUT             results go to $OUT/device-results.txt (else target/device-results.txt)
+#   DEVICE_BACKEND  wgpu backend to check (default vulkan)
+#   DEVICE_QUICK=1  a shortened run for software adapters (lavapipe needs ~27 s per
+#                   60,000-sample epoch): 1,000-sample GPU epochs, 1 repetition per row,
+#                   and `train` on 3,000 samples for 2 epochs instead of the default run
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+backend=${DEVICE_BACKEND:-vulkan}
+quick=${DEVICE_QUICK:-0}
+programs=(mnist-gpu gpu_agreement epoch kernels)
+
+# Build the programs here and pack them, stripped, where the device tool can carry them
+# (64 MiB at most travel, the working tree included); fetch the loader packages the
+# device README names.
+pack() (
+  set -e
+  cargo build --release --bin mnist-gpu
+  local tests benches
+  tests=$(cargo test --release --test gpu_agreement --no-run 2>&1)
+  benches=$(cargo bench --bench epoch --bench kernels --no-run 2>&1)
+  local stage=target/device-programs
+  mkdir -p .device "$stage"
+  strip -o "$stage/mnist-gpu" target/release/mnist-gpu
+  for name in gpu_agreement epoch kernels; do
+    local exe
+    exe=$(printf '%s\n%s\n' "$tests" "$benches" | grep -o "target/release/deps/$name-[0-9a-f]*" | tail -1)
+    strip -o "$stage/$name" "$exe"
+  done
+  tar -C "$stage" -cf - "${programs[@]}" | xz -T1 --lzma2=preset=6,dict=96MiB >.device/programs.tar.xz
+  local exclude
+  exclude=$(git rev-parse --git-path info/exclude)
+  mkdir -p "$(dirname "$exclude")"
+  grep -qx '/.device/' "$exclude" 2>/dev/null || echo '/.device/' >>"$exclude"
+  grep -qx '/.gl/' "$exclude" 2>/dev/null || echo '/.gl/' >>"$exclude"
+  if ! ls .gl/*.deb >/dev/null 2>&1; then
+    local o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+    mkdir -p .gl /tmp/amd64/partial
+    # shellcheck disable=SC2086
+    apt-get $o update -qq
+    # shellcheck disable=SC2086
+    (cd .gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+  fi
+  du -sh .device .gl
+  echo "now: run(command=\"bash benches/device.sh\", carry=[\".gl\", \".device\"], timeout_s=600)"
+)
+
+section() { printf '\n===== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+# Runs "$@" under a time limit of $1 seconds, recording its status and seconds.
+summary=()
+part() {
+  local name=$1 limit=$2
+  shift 2
+  section "$name"
+  local start=$SECONDS
+  timeout --kill-after=10 "$limit" "$@"
+  local status=$?
+  local verdict=ok
+  [ "$status" = 0 ] || verdict="FAILED (exit $status)"
+  [ "$status" = 124 ] && verdict="TIMED OUT after ${limit} s"
+  summary+=("$(printf '%-28s %-28s %4d s' "$name" "$verdict" $((SECONDS - start)))")
+}
+
+# The Vulkan loader: unpacked from the carried .debs when the machine has none (the
+# device README's recipe), and NVIDIA's driver named when the loader does not find it.
+loader() {
+  if ! ldconfig -p | grep -q 'libvulkan.so.1'; then
+    if ls .gl/*.deb >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      for f in .gl/*.deb; do dpkg -x "$f" /; done
+      ldconfig
+      echo "Vulkan loader unpacked from .gl/"
+    else
+      echo "no Vulkan loader, and no .gl/*.deb to unpack as root (run 'benches/device.sh pack' first)"
+    fi
+  fi
+  local icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$icd" ]; then
+    export VK_DRIVER_FILES=$icd
+    export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+    echo "VK_DRIVER_FILES=$VK_DRIVER_FILES"
+  fi
+  # Mesa's device-select layer complains when this is unset.
+  export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
+  ldconfig -p | grep 'libvulkan.so.1' || true
+}
+
+# The programs: carried in .device/ by `pack` (else built here with cargo), unpacked into
+# target/device-run/.
+find_programs() {
+  if [ ! -f .device/programs.tar.xz ]; then
+    command -v cargo >/dev/null || { echo "no .device/programs.tar.xz and no cargo: run 'benches/device.sh pack' on the build machine"; exit 1; }
+    pack >/dev/null || { echo "building the programs failed"; exit 1; }
+  fi
+  bin=target/device-run
+  mkdir -p "$bin"
+  xz -dc .device/programs.tar.xz | tar -C "$bin" -xf - || { echo "cannot unpack .device/programs.tar.xz"; exit 1; }
+}
+
+machine() {
+  date -u
+  uname -srm
+  echo "cores: $(nproc)"
+  grep -m1 'model name' /proc/cpuinfo || true
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
+  git log -1 --format='commit %h %s' 2>/dev/null || true
+  echo "backend: $backend, quick: $quick"
+}
+
+train_run() {
+  bin=target/device-run
+  local dir
+  dir=$(mktemp -d)
+  local args=(train --adapter "$backend" --out-dir "$dir/run")
+  [ "$quick" = 1 ] && args+=(--train-limit 3000 --epochs 2)
+  echo "\$ mnist-gpu ${args[*]}"
+  "$bin/mnist-gpu" "${args[@]}" 2>&1
+  local status=$?
+  echo "--- metrics.jsonl"
+  cat "$dir/run/metrics.jsonl" 2>/dev/null
+  return $status
+}
+
+run_all() {
+  local out_dir=${OUT:-target}
+  mkdir -p "$out_dir"
+  local results=$out_dir/device-results.txt
+  exec > >(tee "$results") 2>&1
+  local tee_pid=$!
+  section machine
+  machine
+  section loader
+  loader
+  find_programs
+  part "adapters" 60 "$bin/mnist-gpu" adapters
+  # The agreement tests on the hardware adapter only (CI set: a missing adapter fails).
+  part "gpu_agreement ($backend)" 240 env CI=1 MNIST_GPU_TEST_BACKENDS="$backend" \
+    "$bin/gpu_agreement" --test-threads=1
+  local bench_env=(MNIST_GPU_BENCH_BACKENDS="$backend")
+  [ "$quick" = 1 ] && bench_env+=(MNIST_GPU_BENCH_SOFT_SAMPLES=1000 MNIST_GPU_BENCH_REPS=1)
+  part "epoch bench" 150 env "${bench_env[@]}" "$bin/epoch" --bench
+  part "kernels bench" 150 env "${bench_env[@]}" "$bin/kernels" --bench
+  part "train --adapter $backend" 120 bash "$0" train
+  section summary
+  printf '%s\n' "${summary[@]}"
+  echo "results: $results"
+  exec >&- 2>&-
+  wait "$tee_pid"
+}
+
+case "${1:-}" in
+  pack) pack ;;
+  train) train_run ;; # one part of the run, in its own process for `timeout`
+  "") run_all ;;
+  *) echo "usage: benches/device.sh [pack]" >&2; exit 2 ;;
+esac
