@@ -56,8 +56,9 @@ fn is_software(adapter: &AdapterSummary) -> bool {
             .any(|s| name.contains(s))
 }
 
-/// What `Device::Auto` means on this machine: a hardware GPU, else the CPU (with a note).
-fn resolve_auto() -> Device {
+/// What `Device::Auto` means on this machine: a hardware GPU, else the CPU (with a note
+/// that says what will run there: `"training"`, `"evaluating"`).
+fn resolve_auto(activity: &str) -> Device {
     match gpu::list_adapters(&DeviceChoice::default()) {
         Ok(list) if list.iter().any(|a| a.compute && !is_software(a)) => {
             Device::Gpu(DeviceChoice::default())
@@ -73,13 +74,13 @@ fn resolve_auto() -> Device {
                 seen.join(", ")
             };
             eprintln!(
-                "note: no hardware GPU adapter found (wgpu sees: {seen}); training on the CPU. \
+                "note: no hardware GPU adapter found (wgpu sees: {seen}); {activity} on the CPU. \
                  Pass --adapter NAME to run the WGSL kernels on a software adapter anyway."
             );
             Device::Cpu
         }
         Err(error) => {
-            eprintln!("note: no GPU adapter available ({error}); training on the CPU");
+            eprintln!("note: no GPU adapter available ({error}); {activity} on the CPU");
             Device::Cpu
         }
     }
@@ -147,8 +148,20 @@ pub fn make_backend(
     hyper: Hyper,
     data: Mnist,
 ) -> Result<Box<dyn Backend>> {
+    make_backend_for("training", device, params, hyper, data)
+}
+
+/// [`make_backend`] for `activity` (`"training"`, `"evaluating"`), which the note about
+/// falling back to the CPU names.
+pub fn make_backend_for(
+    activity: &str,
+    device: &Device,
+    params: Params,
+    hyper: Hyper,
+    data: Mnist,
+) -> Result<Box<dyn Backend>> {
     let resolved = match device {
-        Device::Auto => resolve_auto(),
+        Device::Auto => resolve_auto(activity),
         other => other.clone(),
     };
     Ok(match resolved {
@@ -551,7 +564,7 @@ pub fn run_eval(
     // Evaluation needs no training data; keep one sample so every backend has a valid set.
     data.train = data.train.truncated(1);
     let labels = data.test.labels.clone();
-    let mut backend = make_backend(device, params, Hyper::default(), data)?;
+    let mut backend = make_backend_for("evaluating", device, params, Hyper::default(), data)?;
     let eval = backend.evaluate()?;
     println!("model: {} | device: {}", model.display(), backend.name());
     println!(
