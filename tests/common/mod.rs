@@ -1,1 +1,3 @@
 pub mod gpu;
+pub mod photo;
+pub mod run;
