@@ -592,31 +592,79 @@ pub struct Prediction {
     pub digit: u8,
     /// The three most likely digits with their probabilities, most likely first.
     pub top3: Vec<(u8, f32)>,
+    /// Why the answer may be wrong: the picture may not show one digit (almost no ink,
+    /// several similar marks), or the model is unsure (top probability below 50%).
+    pub warnings: Vec<String>,
 }
 
-/// `mnist-gpu predict`: classify image files with a saved model (on the CPU).
-pub fn predict(model: &Path, images: &[PathBuf]) -> Result<Vec<Prediction>> {
+/// A file `predict` could not read, with the one-line reason (which names the file).
+#[derive(Clone, Debug, Serialize)]
+pub struct PredictFailure {
+    pub file: String,
+    pub error: String,
+}
+
+/// What `predict` made of one file: a prediction or the reason there is none.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum PredictOutcome {
+    Predicted(Prediction),
+    Failed(PredictFailure),
+}
+
+/// Below this top probability a prediction carries a warning.
+pub const UNSURE_BELOW: f32 = 0.5;
+
+/// `mnist-gpu predict`: classify image files with a saved model (on the CPU). A file that
+/// cannot be read or holds no digit does not stop the others: it gets a
+/// [`PredictOutcome::Failed`] in its place. Only an unreadable model is an error.
+pub fn predict(model: &Path, images: &[PathBuf]) -> Result<Vec<PredictOutcome>> {
     let params = modelfile::load_model(model)?;
-    let mut pixels = Vec::with_capacity(images.len() * 784);
-    for path in images {
-        pixels.extend_from_slice(&preprocess::load_digit(path)?);
-    }
-    let probabilities = cpu::infer(&params, Hyper::default().bn_eps, &pixels);
+    let prepared: Vec<_> = images
+        .iter()
+        .map(|path| preprocess::load_digit_detailed(path))
+        .collect();
+    let pixels: Vec<u8> = prepared
+        .iter()
+        .flatten()
+        .flat_map(|done| done.pixels)
+        .collect();
+    let mut probabilities = cpu::infer(&params, Hyper::default().bn_eps, &pixels).into_iter();
     Ok(images
         .iter()
-        .zip(probabilities)
-        .map(|(path, p)| {
-            let mut ranked: Vec<(u8, f32)> =
-                (0..CLASSES as u8).map(|d| (d, p[d as usize])).collect();
-            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-            ranked.truncate(3);
-            Prediction {
-                file: path.display().to_string(),
-                digit: ranked[0].0,
-                top3: ranked,
+        .zip(prepared)
+        .map(|(path, done)| match done {
+            Ok(done) => {
+                let p = probabilities.next().expect("one result per prepared image");
+                PredictOutcome::Predicted(ranked(path, &p, done.warnings))
             }
+            Err(error) => PredictOutcome::Failed(PredictFailure {
+                file: path.display().to_string(),
+                error: error.to_string(),
+            }),
         })
         .collect())
+}
+
+/// The prediction from one image's class probabilities.
+fn ranked(path: &Path, probabilities: &[f32], mut warnings: Vec<String>) -> Prediction {
+    let mut top: Vec<(u8, f32)> = (0..CLASSES as u8)
+        .map(|d| (d, probabilities[d as usize]))
+        .collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    top.truncate(3);
+    if top[0].1 < UNSURE_BELOW {
+        warnings.push(format!(
+            "the model is unsure: its top answer has only {:.1}% probability",
+            top[0].1 * 100.0
+        ));
+    }
+    Prediction {
+        file: path.display().to_string(),
+        digit: top[0].0,
+        top3: top,
+        warnings,
+    }
 }
 
 /// `mnist-gpu adapters`: the table of every adapter wgpu finds.

@@ -157,3 +157,38 @@ fn a_closed_stdout_is_not_a_panic() {
     child.wait().unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// A model file with freshly initialised weights (no training needed to run `eval`).
+fn untrained_model(dir: &std::path::Path) -> String {
+    use mnist_gpu::model::{ModelConfig, Params};
+    let path = dir.join("untrained.safetensors");
+    mnist_gpu::modelfile::save_model(&Params::init(&ModelConfig::default(), 7), 0, &path).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn eval_without_a_device_flag_says_it_evaluates_not_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = untrained_model(dir.path());
+    let out = mnist_gpu(&["eval", "--model", &model, "--test-limit", "50"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Without a hardware GPU eval falls back to the CPU and says so; with one there is no note.
+    if stderr.contains("on the CPU") {
+        assert!(stderr.contains("evaluating on the CPU"), "{stderr}");
+    }
+    assert!(!stderr.contains("training"), "{stderr}");
+}
+
+#[test]
+fn adapters_rejects_flags_it_does_not_use() {
+    for flag in [["--adapter", "0"], ["--seed", "1"]] {
+        let out = mnist_gpu(&["adapters", flag[0], flag[1]]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag:?}: {stderr}");
+        assert!(
+            stderr.contains("unexpected argument") && stderr.contains(flag[0]),
+            "{stderr}"
+        );
+    }
+}
