@@ -324,8 +324,11 @@ impl RunWriter<'_> {
 }
 
 impl Observer for RunWriter<'_> {
-    fn epoch_started(&mut self, epoch: usize, epochs: usize, steps: usize) {
-        self.console.epoch_started(epoch, epochs, steps);
+    fn epoch_started(&mut self, epoch: usize, epochs: usize, start: &StepProgress) {
+        self.console.epoch_started(epoch, epochs, start);
+    }
+    fn failed(&mut self) {
+        self.console.failed();
     }
     fn step(&mut self, progress: &StepProgress) {
         self.console.step(progress);

@@ -41,12 +41,23 @@ fn small_cpu_run_prints_keras_style_lines_and_writes_metrics() {
     );
     assert!(stdout.contains("device: cpu"), "{stdout}");
     assert!(stdout.contains("batch 64 (32 steps/epoch)"), "{stdout}");
+    // Keras 3 style: `Epoch k/N` on its own line, then the epoch's closing line.
+    let lines: Vec<&str> = stdout.lines().collect();
     for epoch in ["Epoch 1/2", "Epoch 2/2"] {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(epoch))
+        let at = lines
+            .iter()
+            .position(|l| *l == epoch)
             .unwrap_or_else(|| panic!("no {epoch} line: {stdout}"));
-        for key in ["loss:", "accuracy:", "val_loss:", "val_accuracy:", "s ("] {
+        let line = lines[at + 1];
+        assert!(line.starts_with("32/32 - "), "{line}");
+        for key in [
+            "s/step (",
+            "samples/s)",
+            "loss:",
+            "accuracy:",
+            "val_loss:",
+            "val_accuracy:",
+        ] {
             assert!(line.contains(key), "{line}");
         }
     }

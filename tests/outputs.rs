@@ -253,7 +253,11 @@ fn predict_gets_the_sample_digits_right() {
         assert_eq!(top3.len(), 3);
         let p0 = top3[0][1].as_f64().unwrap();
         assert!(p0 >= top3[1][1].as_f64().unwrap() && p0 > 0.5, "{result}");
-        assert_eq!(result["warnings"], serde_json::json!([]), "{file}: {result}");
+        assert_eq!(
+            result["warnings"],
+            serde_json::json!([]),
+            "{file}: {result}"
+        );
     }
 }
 
@@ -290,10 +294,16 @@ fn predict_reads_every_file_and_reports_each_failure_on_its_own_line() {
             .unwrap();
         let (out_text, err_text) = (stdout(&out), String::from_utf8_lossy(&out.stderr));
         assert_eq!(out.status.code(), Some(1), "{out_text}\n{err_text}");
-        let errors: Vec<&str> = err_text.lines().filter(|l| l.starts_with("error:")).collect();
+        let errors: Vec<&str> = err_text
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
         assert_eq!(errors.len(), 1, "{err_text}");
         assert!(errors[0].contains(&files[readme]) && errors[0].contains("not a PNG or JPEG"));
-        let unsure = err_text.lines().filter(|l| l.contains("the model is unsure")).count();
+        let unsure = err_text
+            .lines()
+            .filter(|l| l.contains("the model is unsure"))
+            .count();
         assert_eq!(unsure, pictures, "{err_text}");
         assert!(err_text.contains(&format!("note: 1 of {} images", files.len())));
         if !json {
@@ -305,7 +315,10 @@ fn predict_reads_every_file_and_reports_each_failure_on_its_own_line() {
         for (entry, file) in entries.iter().zip(&files) {
             assert_eq!(entry["file"], *file);
             if file == &files[readme] {
-                assert!(entry["error"].as_str().unwrap().contains("not a PNG or JPEG"));
+                assert!(entry["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not a PNG or JPEG"));
                 assert!(entry.get("digit").is_none());
             } else {
                 assert!(entry["digit"].as_u64().unwrap() < 10, "{entry}");

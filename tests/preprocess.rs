@@ -217,7 +217,11 @@ fn two_digits_side_by_side_read_the_larger_with_a_warning() {
         done.warnings
     );
     let (x, _, w, _) = done.ink_box;
-    assert!(x + w <= 160 || x >= 160, "one digit read, not both: {:?}", done.ink_box);
+    assert!(
+        x + w <= 160 || x >= 160,
+        "one digit read, not both: {:?}",
+        done.ink_box
+    );
 }
 
 #[test]
@@ -241,14 +245,27 @@ fn a_dark_edge_and_uneven_light_do_not_move_the_digit() {
     paste_digit(&mut canvas, 3, 5, 40, 30);
     let lit = GrayImage::from_fn(260, 200, |x, y| {
         let light = 1.0 - 0.5 * x as f32 / 260.0;
-        let v = if x >= 230 { 40.0 } else { canvas.get_pixel(x, y).0[0] as f32 };
+        let v = if x >= 230 {
+            40.0
+        } else {
+            canvas.get_pixel(x, y).0[0] as f32
+        };
         Luma([(v * light) as u8])
     });
     let done = preprocess_detailed(&DynamicImage::ImageLuma8(lit)).unwrap();
     assert!(done.inverted);
     assert!(done.warnings.is_empty(), "{:?}", done.warnings);
-    assert!(done.ink_box.0 + done.ink_box.2 < 230, "the table edge is not ink: {:?}", done.ink_box);
-    assert_mnist_like("lit unevenly, table edge", &done.pixels, test_set().image(3), 20.0);
+    assert!(
+        done.ink_box.0 + done.ink_box.2 < 230,
+        "the table edge is not ink: {:?}",
+        done.ink_box
+    );
+    assert_mnist_like(
+        "lit unevenly, table edge",
+        &done.pixels,
+        test_set().image(3),
+        20.0,
+    );
 }
 
 fn scratch() -> tempfile::TempDir {
