@@ -158,3 +158,53 @@ pub fn jpeg(img: &RgbImage) -> Vec<u8> {
         .expect("JPEG encoding");
     bytes
 }
+
+/// Photos in the test set: MNIST test images 0, 50, 100, … (every class many times).
+pub const PHOTOS: usize = 200;
+pub const STRIDE: usize = 50;
+
+/// How the model read the photo set.
+pub struct PhotoScore {
+    pub correct: usize,
+    pub total: usize,
+    /// Photos read as the wrong digit, described.
+    pub wrong: Vec<String>,
+    /// Photos that could not be prepared at all.
+    pub failures: Vec<String>,
+}
+
+/// Make the [`PHOTOS`] photos (test image `n·STRIDE`, seeded with its index), prepare
+/// each as `predict` does (from its JPEG bytes) and classify it with `model`.
+pub fn read_photo_set(model: &std::path::Path) -> PhotoScore {
+    use mnist_gpu::data::{builtin_dir, Mnist};
+    use mnist_gpu::{cpu, model::Hyper, modelfile, preprocess};
+    let test = Mnist::load(&builtin_dir()).expect("built-in MNIST").test;
+    let params = modelfile::load_model(model).expect("the model loads");
+    let (mut pixels, mut read, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+    for index in (0..PHOTOS).map(|n| n * STRIDE) {
+        let (img, style) = photo(test.image(index), index as u64);
+        match preprocess::from_bytes(&jpeg(&img)) {
+            Ok(done) => {
+                pixels.extend_from_slice(&done.pixels);
+                read.push((index, test.labels[index], style));
+            }
+            Err(e) => failures.push(format!("test image {index} ({style:?}): {e}")),
+        }
+    }
+    let probabilities = cpu::infer(&params, Hyper::default().bn_eps, &pixels);
+    let mut wrong = Vec::new();
+    for ((index, label, style), p) in read.iter().zip(&probabilities) {
+        let digit = (0..10).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
+        if digit != *label as usize {
+            wrong.push(format!(
+                "test image {index}: {label} read as {digit} ({style:?})"
+            ));
+        }
+    }
+    PhotoScore {
+        correct: PHOTOS - failures.len() - wrong.len(),
+        total: PHOTOS,
+        wrong,
+        failures,
+    }
+}
