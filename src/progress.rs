@@ -13,8 +13,8 @@
 //! ```
 //!
 //! The counter and the running loss/accuracy on it always come from the same progress
-//! report (the backends report them together); the ETA comes from the rate measured in
-//! this epoch and is `?` until one step has been measured. The line is cleared before the
+//! report (the backends report them together); the ETA comes from the rate measured
+//! between this epoch's first report and its latest, and is `?` until there are two. The line is cleared before the
 //! epoch's closing line, on interrupt, on error, and when the console is dropped.
 
 use crate::backend::{Backend, StepProgress};
@@ -28,8 +28,8 @@ pub const REDRAW_INTERVAL: Duration = Duration::from_millis(100);
 /// Cells of the progress bar.
 pub const BAR_CELLS: usize = 20;
 
-/// Time left in the epoch at the rate measured since it started (or resumed): `None`
-/// until at least one step has been done and timed.
+/// Time left in the epoch at the rate measured since a reference point (`start_steps`
+/// done, `elapsed` ago): `None` until a step has been done and timed since then.
 pub fn eta(start_steps: usize, now: &StepProgress, elapsed: Duration) -> Option<Duration> {
     let trained = now.steps_done.checked_sub(start_steps).filter(|&n| n > 0)?;
     if elapsed.is_zero() {
@@ -125,6 +125,9 @@ struct Epoch {
     started: Instant,
     latest: StepProgress,
     last_draw: Option<Instant>,
+    /// The first report of the epoch and when it came: the rate is measured from there,
+    /// so start-up costs (a GPU's first dispatches, warming caches) do not skew the ETA.
+    first_report: Option<(Instant, usize)>,
 }
 
 /// The training run's console: the epoch lines on stdout, the live line on `live`.
@@ -164,7 +167,9 @@ impl Console {
             return;
         };
         let elapsed = epoch.started.elapsed();
-        let eta = eta(epoch.start.steps_done, &epoch.latest, elapsed);
+        let eta = epoch
+            .first_report
+            .and_then(|(at, steps)| eta(steps, &epoch.latest, at.elapsed()));
         let mut line = format_live(&epoch.latest, elapsed, eta);
         if let Some(columns) = self.columns {
             if let Some((cut, _)) = line.char_indices().nth(columns.saturating_sub(1)) {
@@ -203,6 +208,7 @@ impl Observer for Console {
             started: Instant::now(),
             latest: *start,
             last_draw: None,
+            first_report: None,
         });
         self.draw();
     }
@@ -212,6 +218,9 @@ impl Observer for Console {
             return;
         };
         epoch.latest = *progress;
+        epoch
+            .first_report
+            .get_or_insert((Instant::now(), progress.steps_done));
         // The last step is always drawn: the line then stays complete while validating.
         let due = progress.steps_done >= progress.steps_total
             || epoch

@@ -6,8 +6,9 @@
 //! weight-grad GEMM (bias gradient fused) and, above layer 0, an input-grad GEMM (ReLU
 //! mask fused); then BN + first-dense backward (dgamma, dbeta and dW0 from layer 0's
 //! xhatᵀ·δ, see `batchnorm_dense_backward`) and Adam: 3 + 3L dispatches. The host writes the epoch's order, Adam's step
-//! sizes and the step counter once per epoch, records [`STEPS_PER_SUBMIT`] steps per
-//! command buffer, and reads the per-step loss/correct back asynchronously for progress.
+//! sizes and the step counter once per epoch, records up to [`STEPS_PER_SUBMIT`] steps per
+//! command buffer (fewer on slow adapters, see `submit_size`), and reads each submission's
+//! per-step loss/correct back asynchronously for progress.
 
 use super::context::{map_blocking, DeviceError, GpuContext, Needs};
 use super::kernels::{
@@ -30,8 +31,11 @@ pub const STEPS_PER_SUBMIT: usize = 32;
 pub const EVAL_CHUNK: usize = 1000;
 /// Submitted-but-unfinished command buffers allowed before the host waits.
 const MAX_IN_FLIGHT: usize = 3;
-/// Minimum time between progress readbacks.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+/// What one submission should take at most: the progress line then moves, and Ctrl-C is
+/// answered, within about this long even on slow (software) adapters.
+const SUBMIT_TARGET: Duration = Duration::from_millis(100);
+/// Readback buffers for per-submission stats: one per submission that may await its read.
+const READBACK_SLOTS: usize = MAX_IN_FLIGHT + 2;
 
 /// Per-batch activation buffers, sized for `cap` rows.
 struct Workspace {
@@ -51,6 +55,8 @@ struct TrainPlan {
     alphas: wgpu::Buffer,
     stats: wgpu::Buffer,
     staging: wgpu::Buffer,
+    /// One submission's stats each, read back for the progress line.
+    readbacks: Vec<wgpu::Buffer>,
     /// Dispatches of a full step, and of the last partial step when there is one.
     full: Vec<Dispatch>,
     last: Option<Vec<Dispatch>>,
@@ -474,6 +480,16 @@ impl GpuBackend {
                 usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
                 mapped_at_creation: false,
             });
+            let readbacks = (0..READBACK_SLOTS)
+                .map(|_| {
+                    d.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("submission stats readback"),
+                        size: (STEPS_PER_SUBMIT * 8) as u64,
+                        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+                        mapped_at_creation: false,
+                    })
+                })
+                .collect();
             let full = self.step_dispatches(batch.min(len), batch, (&order, &alphas, &stats));
             let rest = len % batch;
             let last = (rest != 0 && len > batch)
@@ -485,6 +501,7 @@ impl GpuBackend {
                 alphas,
                 stats,
                 staging,
+                readbacks,
                 full,
                 last,
             }
@@ -603,10 +620,65 @@ impl GpuBackend {
 use super::context::DeviceChoice;
 
 /// An asynchronous readback of the step statistics in flight.
-struct Pending {
-    flag: Arc<AtomicU8>,
+/// One submission's per-step (loss, correct) words on their way back to the host.
+struct Readback {
+    /// Which of the plan's readback buffers holds them.
+    slot: usize,
+    /// The submission's first step (counted from the start of this call) and its steps.
+    first: usize,
     steps: usize,
     samples: usize,
+    /// 0 while mapping, 1 mapped, 2 failed.
+    flag: Arc<AtomicU8>,
+    /// Filled by [`drain_ready`].
+    words: Vec<u32>,
+}
+
+/// The readbacks at the front of the queue whose words have arrived, in order (read and
+/// unmapped); a failed mapping is an error.
+fn drain_ready(
+    readbacks: &mut VecDeque<Readback>,
+    buffers: &[wgpu::Buffer],
+) -> Result<Vec<Readback>> {
+    let mut ready = Vec::new();
+    while let Some(front) = readbacks.front() {
+        match front.flag.load(Ordering::SeqCst) {
+            0 => break,
+            1 => {
+                let mut r = readbacks.pop_front().expect("front exists");
+                let buffer = &buffers[r.slot];
+                {
+                    let view = buffer
+                        .get_mapped_range(0..(r.steps * 8) as u64)
+                        .map_err(|e| gpu_err(DeviceError::Gpu(format!("reading progress: {e}"))))?;
+                    r.words = bytemuck::cast_slice::<u8, u32>(&view).to_vec();
+                }
+                buffer.unmap();
+                ready.push(r);
+            }
+            _ => bail!("reading training progress back from the GPU failed"),
+        }
+    }
+    Ok(ready)
+}
+
+/// A readback buffer no queued readback uses.
+fn free_slot(readbacks: &VecDeque<Readback>) -> Option<usize> {
+    (0..READBACK_SLOTS).find(|s| readbacks.iter().all(|r| r.slot != *s))
+}
+
+/// Steps in the next submission: doubling from 1 until a step has come back, then as many
+/// as the measured rate finishes in [`SUBMIT_TARGET`] (at most [`STEPS_PER_SUBMIT`]). A
+/// fast GPU gets 32-step submissions within milliseconds; a software adapter gets small
+/// ones, so its progress line moves and an interrupt is answered quickly.
+fn submit_size(current: usize, steps_back: usize, elapsed: Duration) -> usize {
+    let size = if steps_back == 0 || elapsed.is_zero() {
+        current * 2
+    } else {
+        let rate = steps_back as f64 / elapsed.as_secs_f64();
+        (rate * SUBMIT_TARGET.as_secs_f64()).round() as usize
+    };
+    size.clamp(1, STEPS_PER_SUBMIT)
 }
 
 impl Backend for GpuBackend {
@@ -637,14 +709,15 @@ impl Backend for GpuBackend {
             t.steps_total = epoch_steps;
             t
         };
-        // The first step whose loss is not finite, as a `Diverged` error.
-        let diverged = |words: &[u32], seen_after: usize| -> Result<()> {
+        // The first step whose loss is not finite among `words` (steps from `first` on),
+        // as a `Diverged` error.
+        let diverged = |words: &[u32], first: usize, seen_after: usize| -> Result<()> {
             match words
                 .chunks_exact(2)
                 .position(|pair| !f32::from_bits(pair[0]).is_finite())
             {
                 Some(i) => Err(crate::backend::Diverged {
-                    step: start.steps_done + i + 1,
+                    step: start.steps_done + first + i + 1,
                     steps_total: epoch_steps,
                     loss: f32::from_bits(words[2 * i]),
                     detected_after: start.steps_done + seen_after,
@@ -682,21 +755,43 @@ impl Backend for GpuBackend {
             steps_total: steps,
             ..StepProgress::default()
         };
+        // Every submission's per-step stats come back on their own: the count and the
+        // sums reported always belong together, and each finished submission shows.
+        let mut report = |totals: &mut StepProgress, r: &Readback| -> Result<()> {
+            diverged(&r.words, r.first, r.first + r.steps)?;
+            let (loss, correct) = Self::sum_stats(&r.words);
+            totals.steps_done += r.steps;
+            totals.samples_done += r.samples;
+            totals.loss_sum += loss;
+            totals.correct += correct;
+            progress(&offset(*totals));
+            Ok(())
+        };
         let mut in_flight: VecDeque<wgpu::SubmissionIndex> = VecDeque::new();
-        let mut pending: Option<Pending> = None;
-        let mut last_report = Instant::now();
-        let mut done = 0usize;
-        let mut samples = 0usize;
+        let mut readbacks: VecDeque<Readback> = VecDeque::new();
+        let epoch_started = Instant::now();
+        let (mut done, mut samples, mut per_submit) = (0usize, 0usize, 1usize);
         while done < steps {
             if stop(start.steps_done + done) {
                 break;
             }
-            let end = (done + STEPS_PER_SUBMIT).min(steps);
+            if readbacks.len() == READBACK_SLOTS {
+                // The oldest readback's buffer is needed again: wait for it.
+                ctx.wait().map_err(gpu_err)?;
+            }
+            for r in drain_ready(&mut readbacks, &plan.readbacks)? {
+                report(&mut totals, &r)?;
+            }
+            let end = (done + per_submit).min(steps);
+            let Some(slot) = free_slot(&readbacks) else {
+                bail!("reading training progress back from the GPU fell behind");
+            };
             let mut encoder = ctx
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("training steps"),
                 });
+            let mut rows_here = 0;
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("training steps"),
@@ -709,29 +804,33 @@ impl Backend for GpuBackend {
                         _ => &plan.full,
                     };
                     record(&mut pass, list);
-                    samples += rows;
+                    rows_here += rows;
                 }
             }
-            done = end;
-            let want_report =
-                pending.is_none() && done < steps && last_report.elapsed() >= PROGRESS_INTERVAL;
-            if want_report {
-                encoder.copy_buffer_to_buffer(&plan.stats, 0, &plan.staging, 0, (done * 8) as u64);
-            }
+            let bytes = ((end - done) * 8) as u64;
+            encoder.copy_buffer_to_buffer(
+                &plan.stats,
+                (done * 8) as u64,
+                &plan.readbacks[slot],
+                0,
+                bytes,
+            );
             in_flight.push_back(ctx.queue.submit([encoder.finish()]));
-            if want_report {
-                let flag = Arc::new(AtomicU8::new(0));
-                let f = flag.clone();
-                plan.staging
-                    .map_async(wgpu::MapMode::Read, 0..(done * 8) as u64, move |r| {
-                        f.store(if r.is_ok() { 1 } else { 2 }, Ordering::SeqCst);
-                    });
-                pending = Some(Pending {
-                    flag,
-                    steps: done,
-                    samples,
-                });
-            }
+            let flag = Arc::new(AtomicU8::new(0));
+            let f = flag.clone();
+            plan.readbacks[slot].map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
+                f.store(if r.is_ok() { 1 } else { 2 }, Ordering::SeqCst);
+            });
+            readbacks.push_back(Readback {
+                slot,
+                first: done,
+                steps: end - done,
+                samples: rows_here,
+                flag,
+                words: Vec::new(),
+            });
+            done = end;
+            samples += rows_here;
             if in_flight.len() > MAX_IN_FLIGHT {
                 let oldest = in_flight.pop_front().expect("in flight");
                 ctx.device
@@ -746,41 +845,21 @@ impl Backend for GpuBackend {
                     .map_err(|e| gpu_err(DeviceError::Gpu(format!("polling the GPU: {e}"))))?;
             }
             ctx.check().map_err(gpu_err)?;
-            if let Some(p) = &pending {
-                match p.flag.load(Ordering::SeqCst) {
-                    0 => {}
-                    1 => {
-                        let words: Vec<u32> = {
-                            let view = plan
-                                .staging
-                                .get_mapped_range(0..(p.steps * 8) as u64)
-                                .map_err(|e| {
-                                    gpu_err(DeviceError::Gpu(format!("reading progress: {e}")))
-                                })?;
-                            bytemuck::cast_slice::<u8, u32>(&view).to_vec()
-                        };
-                        plan.staging.unmap();
-                        diverged(&words, p.steps)?;
-                        let (loss, correct) = Self::sum_stats(&words);
-                        totals.steps_done = p.steps;
-                        totals.samples_done = p.samples;
-                        totals.loss_sum = loss;
-                        totals.correct = correct;
-                        progress(&offset(totals));
-                        last_report = Instant::now();
-                        pending = None;
-                    }
-                    _ => bail!("reading training progress back from the GPU failed"),
-                }
+            for r in drain_ready(&mut readbacks, &plan.readbacks)? {
+                report(&mut totals, &r)?;
             }
+            per_submit = submit_size(per_submit, totals.steps_done, epoch_started.elapsed());
         }
-        // Finish: drop any progress readback still in flight, then read every step's stats.
-        if let Some(p) = pending.take() {
-            ctx.wait().map_err(gpu_err)?;
-            if p.flag.load(Ordering::SeqCst) == 1 {
-                plan.staging.unmap();
-            }
+        // Finish: every submission's readback (the last ones report here), then read
+        // every step's stats once more in one copy for the epoch's exact totals.
+        ctx.wait().map_err(gpu_err)?;
+        for r in drain_ready(&mut readbacks, &plan.readbacks)? {
+            report(&mut totals, &r)?;
         }
+        ensure!(
+            readbacks.is_empty(),
+            "reading training progress back from the GPU did not finish"
+        );
         // `done` < `steps` when `stop` ended the epoch early.
         let bytes = if done == 0 {
             Vec::new()
@@ -791,14 +870,15 @@ impl Backend for GpuBackend {
             map_blocking(ctx, &plan.staging, (done * 8) as u64).map_err(gpu_err)?
         };
         self.step += done as u64;
-        diverged(bytemuck::cast_slice(&bytes), done)?;
+        diverged(bytemuck::cast_slice(&bytes), 0, done)?;
         let (loss, correct) = Self::sum_stats(bytemuck::cast_slice(&bytes));
-        totals.steps_done = done;
-        totals.samples_done = samples;
-        totals.loss_sum = loss;
-        totals.correct = correct;
-        let totals = offset(totals);
-        progress(&totals);
+        let totals = offset(StepProgress {
+            steps_done: done,
+            steps_total: steps,
+            samples_done: samples,
+            loss_sum: loss,
+            correct,
+        });
         Ok(totals.epoch_stats())
     }
 
