@@ -50,8 +50,9 @@ fn is_software(adapter: &AdapterSummary) -> bool {
             .any(|s| name.contains(s))
 }
 
-/// What `Device::Auto` means on this machine: a hardware GPU, else the CPU (with a note).
-fn resolve_auto() -> Device {
+/// What `Device::Auto` means on this machine: a hardware GPU, else the CPU (with a note
+/// that says what will run there: `"training"`, `"evaluating"`).
+fn resolve_auto(activity: &str) -> Device {
     match gpu::list_adapters(&DeviceChoice::default()) {
         Ok(list) if list.iter().any(|a| a.compute && !is_software(a)) => {
             Device::Gpu(DeviceChoice::default())
@@ -67,13 +68,13 @@ fn resolve_auto() -> Device {
                 seen.join(", ")
             };
             eprintln!(
-                "note: no hardware GPU adapter found (wgpu sees: {seen}); training on the CPU. \
+                "note: no hardware GPU adapter found (wgpu sees: {seen}); {activity} on the CPU. \
                  Pass --adapter NAME to run the WGSL kernels on a software adapter anyway."
             );
             Device::Cpu
         }
         Err(error) => {
-            eprintln!("note: no GPU adapter available ({error}); training on the CPU");
+            eprintln!("note: no GPU adapter available ({error}); {activity} on the CPU");
             Device::Cpu
         }
     }
@@ -107,10 +108,11 @@ pub fn load_data(
 
 /// The device `device` means here, checked before anything slow is loaded: `--backend`
 /// and `--adapter` must name an adapter that exists. Returns it with its name for the
-/// checkpoint (`cpu`, or the adapter and its backend).
-pub fn resolve_device(device: &Device) -> Result<(Device, String)> {
+/// checkpoint (`cpu`, or the adapter and its backend). `activity` (`"training"`,
+/// `"evaluating"`) is what the note about falling back to the CPU names.
+pub fn resolve_device(device: &Device, activity: &str) -> Result<(Device, String)> {
     let resolved = match device {
-        Device::Auto => resolve_auto(),
+        Device::Auto => resolve_auto(activity),
         other => other.clone(),
     };
     let label = match &resolved {
@@ -131,7 +133,7 @@ pub fn make_backend(
     data: Mnist,
 ) -> Result<Box<dyn Backend>> {
     let resolved = match device {
-        Device::Auto => resolve_auto(),
+        Device::Auto => resolve_auto("training"),
         other => other.clone(),
     };
     Ok(match resolved {
@@ -149,7 +151,7 @@ pub fn run_eval(
     confusion_png: Option<&Path>,
 ) -> Result<f64> {
     let params = modelfile::load_model(model)?;
-    let (device, _) = resolve_device(device)?;
+    let (device, _) = resolve_device(device, "evaluating")?;
     // Evaluation needs no training data; one sample gives every backend a valid set.
     let data = load_data(data_dir, Some(1), test_limit)?;
     let labels = data.test.labels.clone();
@@ -188,15 +190,43 @@ pub struct Prediction {
     pub digit: u8,
     /// The three most likely digits with their probabilities, most likely first.
     pub top3: Vec<(u8, f32)>,
+    /// Why the answer may be wrong: the picture may not show one digit (almost no ink,
+    /// several similar marks), or the model is unsure (top probability below 50%).
+    pub warnings: Vec<String>,
 }
 
-/// `mnist-gpu predict`: classify image files with a saved model (on the CPU).
-pub fn predict(model: &Path, images: &[PathBuf]) -> Result<Vec<Prediction>> {
+/// A file `predict` could not read, with the one-line reason (which names the file).
+#[derive(Clone, Debug, Serialize)]
+pub struct PredictFailure {
+    pub file: String,
+    pub error: String,
+}
+
+/// What `predict` made of one file: a prediction or the reason there is none.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum PredictOutcome {
+    Predicted(Prediction),
+    Failed(PredictFailure),
+}
+
+/// Below this top probability a prediction carries a warning.
+pub const UNSURE_BELOW: f32 = 0.5;
+
+/// `mnist-gpu predict`: classify image files with a saved model (on the CPU). A file that
+/// cannot be read or holds no digit does not stop the others: it gets a
+/// [`PredictOutcome::Failed`] in its place. Only an unreadable model is an error.
+pub fn predict(model: &Path, images: &[PathBuf]) -> Result<Vec<PredictOutcome>> {
     let params = modelfile::load_model(model)?;
-    let mut pixels = Vec::with_capacity(images.len() * 784);
-    for path in images {
-        pixels.extend_from_slice(&preprocess::load_digit(path)?);
-    }
+    let prepared: Vec<_> = images
+        .iter()
+        .map(|path| preprocess::load_digit_detailed(path))
+        .collect();
+    let pixels: Vec<u8> = prepared
+        .iter()
+        .flatten()
+        .flat_map(|done| done.pixels)
+        .collect();
     let probabilities = cpu::infer(&params, Hyper::default().bn_eps, &pixels);
     if probabilities.iter().flatten().any(|p| !p.is_finite()) {
         bail!(
@@ -205,21 +235,42 @@ pub fn predict(model: &Path, images: &[PathBuf]) -> Result<Vec<Prediction>> {
             model.display()
         );
     }
+    let mut probabilities = probabilities.into_iter();
     Ok(images
         .iter()
-        .zip(probabilities)
-        .map(|(path, p)| {
-            let mut ranked: Vec<(u8, f32)> =
-                (0..CLASSES as u8).map(|d| (d, p[d as usize])).collect();
-            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-            ranked.truncate(3);
-            Prediction {
-                file: path.display().to_string(),
-                digit: ranked[0].0,
-                top3: ranked,
+        .zip(prepared)
+        .map(|(path, done)| match done {
+            Ok(done) => {
+                let p = probabilities.next().expect("one result per prepared image");
+                PredictOutcome::Predicted(ranked(path, &p, done.warnings))
             }
+            Err(error) => PredictOutcome::Failed(PredictFailure {
+                file: path.display().to_string(),
+                error: error.to_string(),
+            }),
         })
         .collect())
+}
+
+/// The prediction from one image's class probabilities.
+fn ranked(path: &Path, probabilities: &[f32], mut warnings: Vec<String>) -> Prediction {
+    let mut top: Vec<(u8, f32)> = (0..CLASSES as u8)
+        .map(|d| (d, probabilities[d as usize]))
+        .collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    top.truncate(3);
+    if top[0].1 < UNSURE_BELOW {
+        warnings.push(format!(
+            "the model is unsure: its top answer has only {:.1}% probability",
+            top[0].1 * 100.0
+        ));
+    }
+    Prediction {
+        file: path.display().to_string(),
+        digit: top[0].0,
+        top3: top,
+        warnings,
+    }
 }
 
 /// `mnist-gpu adapters`: the table of every adapter wgpu finds.

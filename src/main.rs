@@ -2,7 +2,7 @@
 //! message and a non-zero exit code.
 
 use clap::{Args, Parser, Subcommand};
-use mnist_gpu::app::{self, Device};
+use mnist_gpu::app::{self, Device, PredictOutcome};
 use mnist_gpu::gpu::DeviceChoice;
 use mnist_gpu::interrupt::{self, Interrupted};
 use mnist_gpu::model::{parse_hidden, Hyper, ModelConfig};
@@ -31,7 +31,7 @@ enum Command {
     /// Predict the digit in each image file (PNG or JPEG, any size, light or dark background).
     Predict(PredictArgs),
     /// List every GPU adapter wgpu can see, with the limits that matter here.
-    Adapters(DeviceArgs),
+    Adapters(AdaptersArgs),
 }
 
 #[derive(Args)]
@@ -66,6 +66,13 @@ struct PredictArgs {
     /// Print machine-readable JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct AdaptersArgs {
+    /// List only this backend's adapters: vulkan, gl, metal or dx12 (default: $WGPU_BACKEND, else all).
+    #[arg(long, value_name = "NAME")]
+    backend: Option<String>,
 }
 
 #[derive(Args)]
@@ -214,21 +221,62 @@ impl TrainArgs {
     }
 }
 
+/// The exit status is already explained by the lines printed (`predict`'s per-file
+/// errors): `main` exits with 1 and prints nothing more.
+#[derive(Debug)]
+struct AlreadyReported;
+
+impl std::fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("see the errors above")
+    }
+}
+
+impl std::error::Error for AlreadyReported {}
+
+/// Predict every image; each file that fails gets its own `error:` line on stderr (and an
+/// `error` entry in `--json`), each doubtful answer a `warning:` line, and the exit code
+/// is 1 at the end if any file failed.
 fn predict(args: &PredictArgs) -> anyhow::Result<()> {
-    let predictions = app::predict(&args.model, &args.images)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&predictions)?);
-    } else {
-        for p in predictions {
-            let top: Vec<String> = p
-                .top3
-                .iter()
-                .map(|(d, prob)| format!("{d}: {:.1}%", prob * 100.0))
-                .collect();
-            println!("{}: {} ({})", p.file, p.digit, top.join(", "));
+    let outcomes = app::predict(&args.model, &args.images)?;
+    let mut failed = 0;
+    for outcome in &outcomes {
+        match outcome {
+            PredictOutcome::Predicted(p) => {
+                if !args.json {
+                    println!("{}: {} ({})", p.file, p.digit, top3_text(&p.top3));
+                }
+                for warning in &p.warnings {
+                    eprintln!("warning: {}: {warning}", p.file);
+                }
+            }
+            PredictOutcome::Failed(f) => {
+                failed += 1;
+                eprintln!("error: {}", f.error);
+            }
         }
     }
-    Ok(())
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcomes)?);
+    }
+    if failed == 0 {
+        return Ok(());
+    }
+    if outcomes.len() > 1 {
+        eprintln!(
+            "note: {failed} of {} images could not be read; the others are above",
+            outcomes.len()
+        );
+    }
+    Err(AlreadyReported.into())
+}
+
+fn top3_text(top3: &[(u8, f32)]) -> String {
+    let parts: Vec<String> = top3
+        .iter()
+        .map(|(d, prob)| format!("{d}: {:.1}%", prob * 100.0))
+        .collect();
+    parts.join(", ")
 }
 
 fn main() -> ExitCode {
@@ -254,10 +302,14 @@ fn main() -> ExitCode {
         )
         .map(|_| ()),
         Command::Predict(args) => predict(&args),
-        Command::Adapters(args) => app::run_adapters(&args.choice()),
+        Command::Adapters(args) => app::run_adapters(&DeviceChoice {
+            backend: args.backend,
+            adapter: None,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.downcast_ref::<AlreadyReported>().is_some() => ExitCode::FAILURE,
         Err(error) if error.downcast_ref::<Interrupted>().is_some() => {
             eprintln!("{error:#}");
             ExitCode::from(interrupt::EXIT_CODE)

@@ -1,19 +1,27 @@
 //! A user's picture of a digit → the model's 28×28 input, prepared the way MNIST was.
 //!
-//! Steps ([`preprocess`]):
+//! Steps ([`preprocess`]), robust to phone photos of a digit on paper as well as to clean
+//! scans and drawings:
 //! 1. Grey: luma (0.299 R + 0.587 G + 0.114 B) at full precision (8-, 16-bit or float),
 //!    with any alpha channel composited over white. (If that leaves no ink but the picture
 //!    has transparency — light ink on a transparent background — it is composited over
 //!    black instead.)
-//! 2. Background: the median of the one-pixel border. A light background (median above
-//!    half) is inverted, so ink is bright on black as in MNIST.
-//! 3. Contrast: the background level maps to 0 and the brightest ink to 255; a picture
-//!    whose ink is less than [`MIN_CONTRAST`] brighter than its background is blank.
-//! 4. Crop to the bounding box of the pixels above [`INK_THRESHOLD`] (a little above the
-//!    background, so paper grain and JPEG noise do not count).
-//! 5. Scale the box to fit [`INK_BOX`]×[`INK_BOX`] (20×20), keeping the aspect ratio,
-//!    with a triangle (linear) filter that widens when shrinking, so it anti-aliases.
-//! 6. Paste into 28×28 so that the ink's centre of mass lands on pixel (14, 14), the
+//! 2. Working copy: shrunk to at most [`WORK_SIDE`] pixels a side; inverted when its
+//!    median is light, so ink is bright on dark as in MNIST.
+//! 3. Grain: estimated from neighbouring pixels; above [`NOISE_FLOOR`] the copy is
+//!    smoothed with a Gaussian (clean pictures are left exactly as they are).
+//! 4. Background: a grey-level opening with a disc wider than the strokes (on a 64-pixel
+//!    copy, then blurred and enlarged) estimates the paper and its lighting; the ink is
+//!    measured against it, `(v − b) / (1 − b)`, which divides uneven lighting out. Ink
+//!    less than [`MIN_CONTRAST`] above the background everywhere means a blank picture.
+//! 5. Ink: Otsu's threshold, then connected components; marks touching the picture's
+//!    edge (a table edge, a shadow) and specks are dropped, and the largest mark plus the
+//!    pieces near it (a broken stroke) make the digit. A picture with almost no ink, or
+//!    with a second mark of similar size, gets a warning.
+//! 6. The digit's grey levels (not a binary mask), scaled so typical ink is 1, are cropped
+//!    to its box (pixels above [`INK_THRESHOLD`]), fitted into [`INK_BOX`]×[`INK_BOX`]
+//!    (20×20) keeping the aspect ratio with a triangle filter that anti-aliases, and
+//!    pasted into 28×28 so that the ink's centre of mass lands on pixel (14, 14), the
 //!    MNIST convention (rounded to whole pixels; the box is kept inside the frame).
 //!
 //! Input files ([`load_digit`]) may be PNG or JPEG of any size up to [`MAX_SIDE`] pixels a
@@ -23,8 +31,10 @@
 //! picture that non-animating viewers show, normally the first frame). GIF, WebP and other
 //! formats are refused with [`PreprocessError::Unsupported`].
 
+mod ink;
+
 use image::imageops::{self, FilterType};
-use image::{DynamicImage, ImageBuffer, ImageFormat, ImageReader, Limits, Luma};
+use image::{DynamicImage, ImageFormat, ImageReader, Limits};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -39,11 +49,7 @@ pub const CENTRE: (f32, f32) = (14.0, 14.0);
 pub const MAX_SIDE: u32 = 8192;
 /// Largest accepted width × height.
 pub const MAX_PIXELS: u64 = 40_000_000;
-/// Ink must be at least this much brighter than the background (on a 0–1 scale).
-pub const MIN_CONTRAST: f32 = 0.15;
-/// After contrast stretching (background 0, ink 1), pixels above this count as ink for
-/// the bounding box.
-pub const INK_THRESHOLD: f32 = 0.15;
+pub use ink::{INK_THRESHOLD, MIN_CONTRAST, NOISE_FLOOR, WORK_SIDE};
 
 /// Name used in errors from [`preprocess`], which has no file.
 const IN_MEMORY: &str = "<image>";
@@ -103,6 +109,9 @@ pub struct Preprocessed {
     pub inverted: bool,
     /// The ink's bounding box in the source picture: (x, y, width, height).
     pub ink_box: (u32, u32, u32, u32),
+    /// Why the picture may not be one digit: almost no ink, or several marks of similar
+    /// size (empty when it looks like one digit).
+    pub warnings: Vec<String>,
 }
 
 /// Read a PNG or JPEG file and prepare it as an MNIST-like 28×28 input (see the module
@@ -313,69 +322,29 @@ fn prepare(img: &DynamicImage, path: &Path) -> Result<Preprocessed, PreprocessEr
     }
 }
 
-/// Steps 1–6 with alpha composited over `backdrop` (1 = white, 0 = black); `None` if blank.
+/// The whole preparation with alpha composited over `backdrop` (1 = white, 0 = black);
+/// `None` if there is no ink.
 fn prepare_over(img: &DynamicImage, backdrop: f32) -> Option<Preprocessed> {
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let mut grey = to_grey(img, backdrop);
+    let (w, h) = (img.width(), img.height());
+    let grey = ink::Grey::from_raw(w, h, to_grey(img, backdrop)).expect("w×h grey values");
+    let found = ink::find_digit(&grey)?;
+    Some(Preprocessed {
+        pixels: place(&found.crop)?,
+        inverted: found.inverted,
+        ink_box: found.source_box,
+        warnings: found.warnings,
+    })
+}
 
-    // Background from the border; invert a light one.
-    let mut border: Vec<f32> = Vec::with_capacity(2 * (w + h));
-    for x in 0..w {
-        border.push(grey[x]);
-        border.push(grey[(h - 1) * w + x]);
-    }
-    for y in 0..h {
-        border.push(grey[y * w]);
-        border.push(grey[y * w + w - 1]);
-    }
-    border.sort_by(f32::total_cmp);
-    let mut background = border[border.len() / 2];
-    let inverted = background > 0.5;
-    if inverted {
-        grey.iter_mut().for_each(|v| *v = 1.0 - *v);
-        background = 1.0 - background;
-    }
-
-    // Contrast: background → 0, brightest ink → 1.
-    let peak = grey.iter().copied().fold(0.0f32, f32::max);
-    let contrast = peak - background;
-    if contrast < MIN_CONTRAST {
-        return None;
-    }
-    grey.iter_mut()
-        .for_each(|v| *v = ((*v - background) / contrast).clamp(0.0, 1.0));
-
-    // Bounding box of the ink.
-    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
-    for y in 0..h {
-        for x in 0..w {
-            if grey[y * w + x] > INK_THRESHOLD {
-                x0 = x0.min(x);
-                x1 = x1.max(x);
-                y0 = y0.min(y);
-                y1 = y1.max(y);
-            }
-        }
-    }
-    if x0 == usize::MAX {
-        return None;
-    }
-    let (bw, bh) = (x1 - x0 + 1, y1 - y0 + 1);
-    let mut crop = Vec::with_capacity(bw * bh);
-    for y in y0..=y1 {
-        crop.extend_from_slice(&grey[y * w + x0..=y * w + x1]);
-    }
-    drop(grey);
-    let crop: ImageBuffer<Luma<f32>, Vec<f32>> =
-        ImageBuffer::from_raw(bw as u32, bh as u32, crop).expect("crop has bw×bh pixels");
-
-    // Fit into 20×20, keeping the aspect ratio.
+/// Fit the cropped ink into [`INK_BOX`]×[`INK_BOX`] keeping the aspect ratio, and paste it
+/// into 28×28 with its centre of mass on [`CENTRE`]; `None` if no ink is left.
+fn place(crop: &ink::Grey) -> Option<[u8; SIDE * SIDE]> {
+    let (bw, bh) = crop.dimensions();
     let scale = INK_BOX as f32 / bw.max(bh) as f32;
     let nw = ((bw as f32 * scale).round() as u32).clamp(1, INK_BOX);
     let nh = ((bh as f32 * scale).round() as u32).clamp(1, INK_BOX);
-    let small = imageops::resize(&crop, nw, nh, FilterType::Triangle);
+    let small = imageops::resize(crop, nw, nh, FilterType::Triangle);
 
-    // Centre of mass → (14, 14).
     let (mut mass, mut mx, mut my) = (0.0f64, 0.0f64, 0.0f64);
     for (x, y, p) in small.enumerate_pixels() {
         let v = p.0[0].clamp(0.0, 1.0) as f64;
@@ -396,11 +365,7 @@ fn prepare_over(img: &DynamicImage, backdrop: f32) -> Option<Preprocessed> {
         let (tx, ty) = (ox + x as i64, oy + y as i64);
         pixels[(ty * side + tx) as usize] = (p.0[0].clamp(0.0, 1.0) * 255.0).round() as u8;
     }
-    Some(Preprocessed {
-        pixels,
-        inverted,
-        ink_box: (x0 as u32, y0 as u32, bw as u32, bh as u32),
-    })
+    Some(pixels)
 }
 
 /// Luma in 0..=1 per pixel, alpha composited over `backdrop`.

@@ -270,12 +270,7 @@ pub fn draw_curves(history: &[EpochRecord], path: &Path) -> Result<(), ReportErr
         root.fill(&WHITE_PLOT).map_err(|e| plot_err(&e))?;
         let panels = root.split_evenly((1, 2));
         let epochs: Vec<f64> = history.iter().map(|r| r.epoch as f64).collect();
-        let (first, last) = (epochs[0], epochs[epochs.len() - 1]);
-        let (x_lo, x_hi) = if last > first {
-            (first, last)
-        } else {
-            (first - 0.5, first + 0.5)
-        };
+        let (x_lo, x_hi) = x_range(epochs[0], epochs[epochs.len() - 1]);
         type Getter = fn(&EpochRecord) -> f64;
         let specs: [(&str, &str, Getter, Getter); 2] = [
             ("Loss", "loss", |r| r.loss, |r| r.val_loss),
@@ -288,11 +283,12 @@ pub fn draw_curves(history: &[EpochRecord], path: &Path) -> Result<(), ReportErr
                 .filter(|v| v.is_finite())
                 .collect();
             let (y_lo, y_hi) = y_range(&values, y_desc == "accuracy");
+            let y_span = y_hi - y_lo;
             let mut chart = ChartBuilder::on(panel)
                 .caption(caption, ("sans-serif", 24))
                 .margin(15)
                 .x_label_area_size(45)
-                .y_label_area_size(70)
+                .y_label_area_size(80)
                 .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)
                 .map_err(|e| plot_err(&e))?;
             let n_labels = history.len().clamp(1, 10);
@@ -308,7 +304,7 @@ pub fn draw_curves(history: &[EpochRecord], path: &Path) -> Result<(), ReportErr
                         String::new()
                     }
                 })
-                .y_label_formatter(&|y| format!("{y:.3}"))
+                .y_label_formatter(&|y| tick_label(*y, y_span))
                 .label_style(("sans-serif", 15))
                 .axis_desc_style(("sans-serif", 17))
                 .light_line_style(WHITE_PLOT.mix(0.0))
@@ -352,6 +348,28 @@ pub fn draw_curves(history: &[EpochRecord], path: &Path) -> Result<(), ReportErr
     }
     let img = RgbImage::from_raw(width, height, buffer).expect("buffer has width×height×3 bytes");
     save(&img, path)
+}
+
+/// The epoch axis: the first and last epoch with a margin, so neither tick sits on the
+/// plot's edge (a single epoch gets a unit-wide axis).
+pub fn x_range(first: f64, last: f64) -> (f64, f64) {
+    let pad = ((last - first) * 0.04).max(0.3);
+    (first - pad, last + pad)
+}
+
+/// A y tick label of at most 8 characters: scientific notation for huge or tiny values
+/// (a diverging loss), otherwise as many decimals as the axis' `span` needs.
+pub fn tick_label(y: f64, span: f64) -> String {
+    let magnitude = y.abs();
+    if magnitude >= 1e5 || (magnitude > 0.0 && magnitude < 1e-3 && span < 1e-2) {
+        return format!("{y:.1e}");
+    }
+    if magnitude < span * 1e-9 {
+        return "0".into();
+    }
+    // About five ticks: a tick step of span/5 needs this many decimals.
+    let decimals = (-(span / 5.0).log10()).ceil().clamp(0.0, 4.0) as usize;
+    format!("{y:.decimals$}")
 }
 
 /// A y range that shows all `values` with a little headroom; loss starts at 0,

@@ -231,7 +231,7 @@ fn check_metrics_file(settings: &TrainSettings) -> Result<()> {
 /// directory its files went to.
 pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
     let (params, resumed) = starting_point(settings)?;
-    let (device, device_label) = app::resolve_device(&settings.device)?;
+    let (device, device_label) = app::resolve_device(&settings.device, "training")?;
     if let Some(before) = resumed.as_ref().and_then(|s| s.run.device.as_deref()) {
         if before != device_label {
             eprintln!("note: this run started on {before}; it continues on {device_label}");
@@ -479,8 +479,11 @@ impl RunWriter<'_> {
 }
 
 impl Observer for RunWriter<'_> {
-    fn epoch_started(&mut self, epoch: usize, epochs: usize, steps: usize) {
-        self.console.epoch_started(epoch, epochs, steps);
+    fn epoch_started(&mut self, epoch: usize, epochs: usize, start: &StepProgress) {
+        self.console.epoch_started(epoch, epochs, start);
+    }
+    fn failed(&mut self) {
+        self.console.failed();
     }
     fn step(&mut self, progress: &StepProgress) {
         self.console.step(progress);

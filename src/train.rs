@@ -43,7 +43,9 @@ pub struct EpochRecord {
 
 /// Hooks for whoever shows the run (the CLI's progress bar, or nothing in tests).
 pub trait Observer {
-    fn epoch_started(&mut self, _epoch: usize, _epochs: usize, _steps: usize) {}
+    /// Epoch `epoch` of `epochs` starts, with `start.steps_done` of its `start.steps_total`
+    /// steps already done (a resumed epoch; their sums are in `start`).
+    fn epoch_started(&mut self, _epoch: usize, _epochs: usize, _start: &StepProgress) {}
     fn step(&mut self, _progress: &StepProgress) {}
     /// Called after each epoch with the backend (to save a checkpoint, say); an error
     /// stops training (e.g. the disk is full).
@@ -66,6 +68,8 @@ pub trait Observer {
     ) -> Result<()> {
         Ok(())
     }
+    /// Training stopped with an error (divergence, a device error): before it is reported.
+    fn failed(&mut self) {}
 }
 
 /// Training stopped because `stop` said so; the observer has been told.
@@ -149,7 +153,7 @@ pub fn train_from(
                 ..StepProgress::default()
             }
         };
-        observer.epoch_started(epoch + 1, options.epochs, steps);
+        observer.epoch_started(epoch + 1, options.epochs, &start);
         let order = epoch_order(train_count, options.seed, epoch, options.shuffle);
         let started = Instant::now();
         let mut last = start;
@@ -166,11 +170,12 @@ pub fn train_from(
         let stats: EpochStats = match result {
             Ok(stats) => stats,
             Err(error) => {
+                observer.failed();
                 return Err(match error.downcast::<Diverged>() {
                     Ok(diverged) => anyhow::Error::new(diverged)
                         .context(format!("training diverged in epoch {}", epoch + 1)),
                     Err(other) => other,
-                })
+                });
             }
         };
         let seconds = started.elapsed().as_secs_f64();
@@ -183,6 +188,7 @@ pub fn train_from(
             .into());
         }
         if !stats.loss.is_finite() {
+            observer.failed();
             bail!(
                 "training diverged in epoch {}: the loss became {} (try a smaller --lr)",
                 epoch + 1,

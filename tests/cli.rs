@@ -41,12 +41,23 @@ fn small_cpu_run_prints_keras_style_lines_and_writes_metrics() {
     );
     assert!(stdout.contains("device: cpu"), "{stdout}");
     assert!(stdout.contains("batch 64 (32 steps/epoch)"), "{stdout}");
+    // Keras 3 style: `Epoch k/N` on its own line, then the epoch's closing line.
+    let lines: Vec<&str> = stdout.lines().collect();
     for epoch in ["Epoch 1/2", "Epoch 2/2"] {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(epoch))
+        let at = lines
+            .iter()
+            .position(|l| *l == epoch)
             .unwrap_or_else(|| panic!("no {epoch} line: {stdout}"));
-        for key in ["loss:", "accuracy:", "val_loss:", "val_accuracy:", "s ("] {
+        let line = lines[at + 1];
+        assert!(line.starts_with("32/32 - "), "{line}");
+        for key in [
+            "s/step (",
+            "samples/s)",
+            "loss:",
+            "accuracy:",
+            "val_loss:",
+            "val_accuracy:",
+        ] {
             assert!(line.contains(key), "{line}");
         }
     }
@@ -156,4 +167,39 @@ fn a_closed_stdout_is_not_a_panic() {
         .unwrap();
     child.wait().unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A model file with freshly initialised weights (no training needed to run `eval`).
+fn untrained_model(dir: &std::path::Path) -> String {
+    use mnist_gpu::model::{ModelConfig, Params};
+    let path = dir.join("untrained.safetensors");
+    mnist_gpu::modelfile::save_model(&Params::init(&ModelConfig::default(), 7), 0, &path).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn eval_without_a_device_flag_says_it_evaluates_not_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = untrained_model(dir.path());
+    let out = mnist_gpu(&["eval", "--model", &model, "--test-limit", "50"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Without a hardware GPU eval falls back to the CPU and says so; with one there is no note.
+    if stderr.contains("on the CPU") {
+        assert!(stderr.contains("evaluating on the CPU"), "{stderr}");
+    }
+    assert!(!stderr.contains("training"), "{stderr}");
+}
+
+#[test]
+fn adapters_rejects_flags_it_does_not_use() {
+    for flag in [["--adapter", "0"], ["--seed", "1"]] {
+        let out = mnist_gpu(&["adapters", flag[0], flag[1]]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag:?}: {stderr}");
+        assert!(
+            stderr.contains("unexpected argument") && stderr.contains(flag[0]),
+            "{stderr}"
+        );
+    }
 }

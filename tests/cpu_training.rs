@@ -199,7 +199,8 @@ fn partial_last_batch_is_kept() {
             steps.push((p.steps_done, p.samples_done))
         })
         .unwrap();
-    assert_eq!(steps, vec![(1, 32), (2, 64), (3, 70)]);
+    // One report per chunk of steps handed to the thread pool (here all three steps).
+    assert_eq!(steps, vec![(3, 70)]);
     assert_eq!(stats.samples, 70);
     assert_eq!(backend.optim_state().unwrap().step, 3);
 }

@@ -121,3 +121,34 @@ fn train_resume_init_from_and_eval_on_each_backend() {
         );
     }
 }
+
+#[test]
+fn an_adapter_name_matching_several_adapters_is_an_error_listing_them() {
+    let Ok(list) = mnist_gpu::gpu::list_adapters(&Default::default()) else {
+        return;
+    };
+    let names: Vec<String> = list.iter().map(|a| a.name.clone()).collect();
+    // A name shared by two adapters (lavapipe and llvmpipe are both `llvmpipe (LLVM …)`).
+    let Some(shared) = names
+        .iter()
+        .find(|n| names.iter().filter(|m| m == n).count() > 1)
+    else {
+        eprintln!("skipped: no two adapters share a name here ({names:?})");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"))
+        .args(["train", "--adapter", shared, "--epochs", "1", "--out-dir"])
+        .arg(tmp.path().join("run"))
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    assert!(
+        error[0].contains("matches") && error[0].contains("[0]") && error[0].contains("--backend"),
+        "{stderr}"
+    );
+}

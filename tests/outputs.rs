@@ -252,6 +252,78 @@ fn predict_gets_the_sample_digits_right() {
         let top3 = result["top3"].as_array().unwrap();
         assert_eq!(top3.len(), 3);
         let p0 = top3[0][1].as_f64().unwrap();
-        assert!(p0 >= top3[1][1].as_f64().unwrap() && p0 > 0.3, "{result}");
+        assert!(p0 >= top3[1][1].as_f64().unwrap() && p0 > 0.5, "{result}");
+        assert_eq!(
+            result["warnings"],
+            serde_json::json!([]),
+            "{file}: {result}"
+        );
+    }
+}
+
+/// `predict` on a directory's every file, README.md included: each picture is predicted,
+/// the one bad file gets its own error line and JSON entry, and the exit code is 1.
+#[test]
+fn predict_reads_every_file_and_reports_each_failure_on_its_own_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Untrained weights: the answers are guesses, so every one carries the unsure warning.
+    let model = tmp.path().join("untrained.safetensors");
+    mnist_gpu::modelfile::save_model(
+        &mnist_gpu::model::Params::init(&mnist_gpu::model::ModelConfig::default(), 3),
+        0,
+        &model,
+    )
+    .unwrap();
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/digits");
+    let mut files: Vec<String> = std::fs::read_dir(&samples)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    files.sort();
+    let readme = files.iter().position(|f| f.ends_with("README.md")).unwrap();
+    let pictures = files.len() - 1;
+    for json in [false, true] {
+        let mut args = vec!["predict", "--model", model.to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        args.extend(files.iter().map(String::as_str));
+        let out = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let (out_text, err_text) = (stdout(&out), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{out_text}\n{err_text}");
+        let errors: Vec<&str> = err_text
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{err_text}");
+        assert!(errors[0].contains(&files[readme]) && errors[0].contains("not a PNG or JPEG"));
+        let unsure = err_text
+            .lines()
+            .filter(|l| l.contains("the model is unsure"))
+            .count();
+        assert_eq!(unsure, pictures, "{err_text}");
+        assert!(err_text.contains(&format!("note: 1 of {} images", files.len())));
+        if !json {
+            assert_eq!(out_text.lines().count(), pictures, "{out_text}");
+            continue;
+        }
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&out_text).unwrap();
+        assert_eq!(entries.len(), files.len());
+        for (entry, file) in entries.iter().zip(&files) {
+            assert_eq!(entry["file"], *file);
+            if file == &files[readme] {
+                assert!(entry["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not a PNG or JPEG"));
+                assert!(entry.get("digit").is_none());
+            } else {
+                assert!(entry["digit"].as_u64().unwrap() < 10, "{entry}");
+                assert!(entry["warnings"][0].as_str().unwrap().contains("unsure"));
+            }
+        }
     }
 }

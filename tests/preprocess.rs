@@ -121,6 +121,7 @@ fn sample_digits_match_their_mnist_originals() {
         let done = load_digit_detailed(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(done.inverted, light, "{name}: inverted should be {light}");
         assert_mnist_like(name, &done.pixels, test.image(index), 20.0);
+        assert!(done.warnings.is_empty(), "{name}: {:?}", done.warnings);
         assert_eq!(load_digit(&path).unwrap(), done.pixels);
     }
 }
@@ -194,6 +195,77 @@ fn huge_downscale_keeps_the_digit() {
     imageops::replace(&mut canvas, &big, 1200, 100);
     let pixels = preprocess(&DynamicImage::ImageLuma8(canvas)).unwrap();
     assert_mnist_like("2000×1500", &pixels, digit, 20.0);
+}
+
+/// Dark ink (MNIST test image `index`, ×`scale`) pasted on white at (x, y).
+fn paste_digit(canvas: &mut GrayImage, index: usize, scale: u32, x: i64, y: i64) {
+    let mut ink = upscaled(index, scale);
+    imageops::invert(&mut ink);
+    imageops::replace(canvas, &ink, x, y);
+}
+
+#[test]
+fn two_digits_side_by_side_read_the_larger_with_a_warning() {
+    let mut canvas = GrayImage::from_pixel(300, 150, Luma([255]));
+    paste_digit(&mut canvas, 4, 4, 20, 20); // a 4, 80 px tall
+    paste_digit(&mut canvas, 1, 4, 160, 20); // a 2 of the same size
+    let done = preprocess_detailed(&DynamicImage::ImageLuma8(canvas)).unwrap();
+    assert_eq!(done.warnings.len(), 1, "{:?}", done.warnings);
+    assert!(
+        done.warnings[0].contains("more than one digit"),
+        "{:?}",
+        done.warnings
+    );
+    let (x, _, w, _) = done.ink_box;
+    assert!(
+        x + w <= 160 || x >= 160,
+        "one digit read, not both: {:?}",
+        done.ink_box
+    );
+}
+
+#[test]
+fn a_speck_in_a_large_picture_is_read_with_a_warning() {
+    let mut canvas = GrayImage::from_pixel(800, 600, Luma([250]));
+    for (x, y) in [(400, 300), (401, 300), (400, 301), (401, 301), (402, 302)] {
+        canvas.put_pixel(x, y, Luma([20]));
+    }
+    let done = preprocess_detailed(&DynamicImage::ImageLuma8(canvas)).unwrap();
+    assert!(
+        done.warnings.iter().any(|w| w.contains("very little ink")),
+        "{:?}",
+        done.warnings
+    );
+}
+
+#[test]
+fn a_dark_edge_and_uneven_light_do_not_move_the_digit() {
+    // Test image 3 (a 0) ×5 on paper lit from the left, with a dark table edge on the right.
+    let mut canvas = GrayImage::from_pixel(260, 200, Luma([235]));
+    paste_digit(&mut canvas, 3, 5, 40, 30);
+    let lit = GrayImage::from_fn(260, 200, |x, y| {
+        let light = 1.0 - 0.5 * x as f32 / 260.0;
+        let v = if x >= 230 {
+            40.0
+        } else {
+            canvas.get_pixel(x, y).0[0] as f32
+        };
+        Luma([(v * light) as u8])
+    });
+    let done = preprocess_detailed(&DynamicImage::ImageLuma8(lit)).unwrap();
+    assert!(done.inverted);
+    assert!(done.warnings.is_empty(), "{:?}", done.warnings);
+    assert!(
+        done.ink_box.0 + done.ink_box.2 < 230,
+        "the table edge is not ink: {:?}",
+        done.ink_box
+    );
+    assert_mnist_like(
+        "lit unevenly, table edge",
+        &done.pixels,
+        test_set().image(3),
+        20.0,
+    );
 }
 
 fn scratch() -> tempfile::TempDir {

@@ -6,9 +6,9 @@ use image::RgbImage;
 use mnist_gpu::data::{builtin_dir, Dataset, Mnist};
 use mnist_gpu::report::{
     confusion_matrix, digit_origin, digit_shade, draw_confusion, draw_curves, draw_predictions,
-    format_confusion, label_rect, predictions_size, tile_origin, write_atomic, ReportError,
-    CONFUSION_SIZE, CURVES_SIZE, DIGIT_PX, DIGIT_SIZE, LABEL_HEIGHT, TILE_HEIGHT, TILE_SCALE,
-    TILE_WIDTH,
+    format_confusion, label_rect, predictions_size, tick_label, tile_origin, write_atomic, x_range,
+    ReportError, CONFUSION_SIZE, CURVES_SIZE, DIGIT_PX, DIGIT_SIZE, LABEL_HEIGHT, TILE_HEIGHT,
+    TILE_SCALE, TILE_WIDTH,
 };
 use mnist_gpu::train::EpochRecord;
 use std::path::Path;
@@ -246,6 +246,46 @@ fn curves_survive_a_diverged_run_and_refuse_an_empty_one() {
     assert_eq!(read_png(&path).dimensions(), CURVES_SIZE);
     let err = draw_curves(&[], &path).unwrap_err();
     assert!(matches!(err, ReportError::Invalid { .. }), "{err:?}");
+}
+
+#[test]
+fn tick_labels_stay_short_and_readable() {
+    assert_eq!(tick_label(0.25, 0.3), "0.25");
+    assert_eq!(tick_label(0.0, 0.3), "0");
+    assert_eq!(tick_label(0.9712, 0.02), "0.971");
+    assert_eq!(tick_label(3.0, 10.0), "3");
+    assert_eq!(tick_label(2.5e9, 3e9), "2.5e9");
+    assert_eq!(tick_label(120_000.0, 2e5), "1.2e5");
+    for span in [1e-4, 0.01, 0.3, 2.0, 80.0, 5e3, 7e8, 4e15] {
+        for k in 0..=5 {
+            let label = tick_label(span * k as f64 / 5.0, span);
+            assert!(label.len() <= 8, "{label} (span {span})");
+        }
+    }
+    // Neither end tick of the epoch axis sits on the plot's edge.
+    let (lo, hi) = x_range(1.0, 10.0);
+    assert!(lo < 1.0 && hi > 10.0 && hi - 10.0 >= 0.3, "{lo}..{hi}");
+    let (lo, hi) = x_range(3.0, 3.0);
+    assert!(lo < 3.0 && hi > 3.0);
+}
+
+#[test]
+fn curves_stay_readable_when_the_loss_is_huge() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = history(10);
+    h[6].loss = 3.7e9;
+    h[7].val_loss = 8.1e11;
+    let path = dir.path().join("huge.png");
+    draw_curves(&h, &path).unwrap();
+    let img = read_png(&path);
+    // Nothing cut off at either panel's left edge (a label wider than its area would be).
+    for x0 in [0, CURVES_SIZE.0 / 2] {
+        let cut = (x0..x0 + 3)
+            .flat_map(|x| (0..CURVES_SIZE.1).map(move |y| (x, y)))
+            .filter(|&(x, y)| is_dark(img.get_pixel(x, y)))
+            .count();
+        assert_eq!(cut, 0, "dark pixels at the panel's left edge (x = {x0})");
+    }
 }
 
 #[test]

@@ -21,7 +21,7 @@ use crate::data::Mnist;
 use crate::model::{Hyper, OptimState, ParamLayout, Params, CLASSES, INPUT};
 use anyhow::{ensure, Result};
 
-/// Samples trained per hand-off to the rayon pool; progress is reported between them.
+/// Samples trained per hand-off to the rayon pool; progress is reported after each.
 const SAMPLES_PER_CHUNK: usize = 8192;
 /// Test samples evaluated per forward pass.
 const EVAL_BATCH: usize = 1000;
@@ -466,8 +466,10 @@ impl Backend for CpuBackend {
                 totals.samples_done += indices.len();
                 totals.loss_sum += loss as f64;
                 totals.correct += correct as u64;
-                progress(&totals);
             }
+            // Once per chunk, whose steps all finish together: reporting each of them
+            // would hand the progress line a burst of counts with one timestamp.
+            progress(&totals);
             if stopped {
                 break;
             }

@@ -6,11 +6,14 @@
 //! weight-grad GEMM (bias gradient fused) and, above layer 0, an input-grad GEMM (ReLU
 //! mask fused); then BN + first-dense backward (dgamma, dbeta and dW0 from layer 0's
 //! xhatᵀ·δ, see `batchnorm_dense_backward`) and Adam: 3 + 3L dispatches. The host writes the epoch's order, Adam's step
-//! sizes and the step counter once per epoch, records as many steps per command buffer
-//! as take about [`SUBMIT_TARGET`] of GPU time (measured, see [`Pacer`]), and reads the
+//! sizes and the step counter once per epoch, then (`gpu/epoch.rs`) records as many
+//! steps per command buffer as take about 100 ms of GPU time (measured), keeps no more
+//! than about 300 ms queued, and reads each submission's per-step loss/correct back
+//! asynchronously for progress.
 //! per-step loss/correct back asynchronously for progress.
 
 use super::context::{map_blocking, DeviceError, GpuContext, Needs};
+use super::epoch::{sum_stats, EpochFrame, EpochRun, READBACK_SLOTS, STEPS_PER_SUBMIT};
 use super::kernels::{
     elementwise_groups, pack_pixels, record, storage_init, storage_zeroed, uniform, AdamUniform,
     BnUniform, Dispatch, GemmUniform, Kernels, SoftmaxUniform,
@@ -20,72 +23,10 @@ use crate::cpu::adam::adam_alpha;
 use crate::data::Mnist;
 use crate::model::{Hyper, ModelConfig, OptimState, ParamLayout, Params, CLASSES, INPUT};
 use anyhow::{bail, ensure, Result};
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// Most training steps recorded into one command buffer.
-pub const STEPS_PER_SUBMIT: usize = 256;
 /// Test samples per evaluation chunk.
 pub const EVAL_CHUNK: usize = 1000;
-/// Most submitted-but-unfinished command buffers before the host waits.
-const MAX_IN_FLIGHT: usize = 3;
-/// GPU time one command buffer of steps should take.
-const SUBMIT_TARGET: Duration = Duration::from_millis(100);
-/// GPU time of all queued work: how long a stop (Ctrl-C) waits at most, beyond the step
-/// under way, since queued work cannot be taken back.
-const QUEUE_TARGET: Duration = Duration::from_millis(300);
-
-/// Sizes the command buffers of a training epoch by measured time rather than a fixed
-/// step count: on a fast GPU many steps go into one submission (few round trips), on a
-/// software adapter or a huge model only as many as fit [`SUBMIT_TARGET`], and no more
-/// work is queued than [`QUEUE_TARGET`], so Ctrl-C ends a run within about a second of
-/// the step under way on every device.
-#[derive(Default)]
-struct Pacer {
-    /// Measured GPU seconds per step (a running mean); `None` until the first submission
-    /// has finished.
-    per_step: Option<f64>,
-}
-
-impl Pacer {
-    /// Steps for the next command buffer.
-    fn chunk(&self) -> usize {
-        match self.per_step {
-            None => 1,
-            Some(t) => ((SUBMIT_TARGET.as_secs_f64() / t) as usize).clamp(1, STEPS_PER_SUBMIT),
-        }
-    }
-
-    /// Command buffers of `chunk` steps that may be queued at once.
-    fn max_in_flight(&self, chunk: usize) -> usize {
-        match self.per_step {
-            None => 1,
-            Some(t) => {
-                ((QUEUE_TARGET.as_secs_f64() / (t * chunk as f64)) as usize).clamp(1, MAX_IN_FLIGHT)
-            }
-        }
-    }
-
-    /// `steps` steps took `seconds` of GPU time.
-    fn observe(&mut self, steps: usize, seconds: f64) {
-        let t = seconds / steps.max(1) as f64;
-        self.per_step = Some(match self.per_step {
-            None => t,
-            Some(mean) => 0.7 * mean + 0.3 * t,
-        });
-    }
-}
-
-/// A submitted command buffer of training steps.
-struct InFlight {
-    index: wgpu::SubmissionIndex,
-    steps: usize,
-    submitted: Instant,
-}
-/// Minimum time between progress readbacks.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Per-batch activation buffers, sized for `cap` rows.
 struct Workspace {
@@ -98,16 +39,19 @@ struct Workspace {
 }
 
 /// Buffers and recorded dispatch lists for one (batch size, epoch length).
-struct TrainPlan {
+pub(super) struct TrainPlan {
     batch: usize,
     len: usize,
     order: wgpu::Buffer,
     alphas: wgpu::Buffer,
-    stats: wgpu::Buffer,
-    staging: wgpu::Buffer,
+    /// Every step's (loss, correct) of the epoch, and its host-readable copy.
+    pub(super) stats: wgpu::Buffer,
+    pub(super) staging: wgpu::Buffer,
+    /// One submission's stats each, read back for the progress line.
+    pub(super) readbacks: Vec<wgpu::Buffer>,
     /// Dispatches of a full step, and of the last partial step when there is one.
-    full: Vec<Dispatch>,
-    last: Option<Vec<Dispatch>>,
+    pub(super) full: Vec<Dispatch>,
+    pub(super) last: Option<Vec<Dispatch>>,
 }
 
 struct EvalPlan {
@@ -598,6 +542,22 @@ impl GpuBackend {
         Ok(Some(profile))
     }
 
+    /// Make the training plan for `order` and upload the epoch's inputs: the sample
+    /// order, Adam's step sizes and a zeroed step counter.
+    fn upload_epoch(&mut self, order: &[u32], batch_size: usize) -> Result<(), DeviceError> {
+        self.ensure_train_plan(batch_size, order.len())?;
+        let steps = order.len().div_ceil(batch_size) as u64;
+        let alphas: Vec<f32> = (1..=steps)
+            .map(|s| adam_alpha(&self.hyper, self.step + s))
+            .collect();
+        let plan = self.train_plan.as_ref().expect("plan");
+        let queue = &self.ctx.queue;
+        queue.write_buffer(&plan.order, 0, bytemuck::cast_slice(order));
+        queue.write_buffer(&plan.alphas, 0, bytemuck::cast_slice(&alphas));
+        queue.write_buffer(&self.state, 0, bytemuck::cast_slice(&[0u32; 4]));
+        Ok(())
+    }
+
     fn ensure_train_plan(&mut self, batch: usize, len: usize) -> Result<(), DeviceError> {
         self.ensure_workspace(batch)?;
         if self
@@ -620,6 +580,16 @@ impl GpuBackend {
                 usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
                 mapped_at_creation: false,
             });
+            let readbacks = (0..READBACK_SLOTS)
+                .map(|_| {
+                    d.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("submission stats readback"),
+                        size: (STEPS_PER_SUBMIT * 8) as u64,
+                        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+                        mapped_at_creation: false,
+                    })
+                })
+                .collect();
             let full = self.step_dispatches(batch.min(len), batch, (&order, &alphas, &stats));
             let rest = len % batch;
             let last = (rest != 0 && len > batch)
@@ -631,6 +601,7 @@ impl GpuBackend {
                 alphas,
                 stats,
                 staging,
+                readbacks,
                 full,
                 last,
             }
@@ -731,29 +702,12 @@ impl GpuBackend {
     }
 
     /// Sum the per-step (loss bits, correct) pairs in step order.
-    fn sum_stats(words: &[u32]) -> (f64, u64) {
-        let mut loss = 0.0f64;
-        let mut correct = 0u64;
-        for pair in words.chunks_exact(2) {
-            loss += f32::from_bits(pair[0]) as f64;
-            correct += pair[1] as u64;
-        }
-        (loss, correct)
-    }
-
     fn name_string(&self) -> String {
         self.ctx.describe()
     }
 }
 
 use super::context::DeviceChoice;
-
-/// An asynchronous readback of the step statistics in flight.
-struct Pending {
-    flag: Arc<AtomicU8>,
-    steps: usize,
-    samples: usize,
-}
 
 impl Backend for GpuBackend {
     fn name(&self) -> String {
@@ -769,39 +723,17 @@ impl Backend for GpuBackend {
         stop: &(dyn Fn(usize) -> bool + Sync),
     ) -> Result<EpochStats> {
         ensure!(batch_size > 0, "batch size must be at least 1");
-        let epoch_steps = order.len().div_ceil(batch_size);
+        let frame = EpochFrame {
+            start: *start,
+            epoch_steps: order.len().div_ceil(batch_size),
+        };
         // Steps already done (a resumed epoch): train on the rest of the order as if it
         // were a whole epoch; the batches are the same, since `skip` is a whole number of
         // batches, and Adam's step count continues from `self.step`.
         let skip = (start.steps_done * batch_size).min(order.len());
         let order = &order[skip..];
-        let offset = |mut t: StepProgress| {
-            t.steps_done += start.steps_done;
-            t.samples_done += start.samples_done;
-            t.loss_sum += start.loss_sum;
-            t.correct += start.correct;
-            t.steps_total = epoch_steps;
-            t
-        };
-        // The first step whose loss is not finite, as a `Diverged` error.
-        let diverged = |words: &[u32], seen_after: usize| -> Result<()> {
-            match words
-                .chunks_exact(2)
-                .position(|pair| !f32::from_bits(pair[0]).is_finite())
-            {
-                Some(i) => Err(crate::backend::Diverged {
-                    step: start.steps_done + i + 1,
-                    steps_total: epoch_steps,
-                    loss: f32::from_bits(words[2 * i]),
-                    detected_after: start.steps_done + seen_after,
-                }
-                .into()),
-                None => Ok(()),
-            }
-        };
         if order.is_empty() {
-            let totals = offset(StepProgress::default());
-            return Ok(totals.epoch_stats());
+            return Ok(frame.offset(StepProgress::default()).epoch_stats());
         }
         if let Some(&bad) = order.iter().find(|&&i| i as usize >= self.train_count) {
             bail!(
@@ -809,158 +741,19 @@ impl Backend for GpuBackend {
                 self.train_count
             );
         }
-        let len = order.len();
-        let steps = len.div_ceil(batch_size);
-        self.ensure_train_plan(batch_size, len).map_err(gpu_err)?;
-        let alphas: Vec<f32> = (1..=steps as u64)
-            .map(|s| adam_alpha(&self.hyper, self.step + s))
-            .collect();
+        self.upload_epoch(order, batch_size).map_err(gpu_err)?;
         let plan = self.train_plan.as_ref().expect("plan");
-        let ctx = &self.ctx;
-        ctx.queue
-            .write_buffer(&plan.order, 0, bytemuck::cast_slice(order));
-        ctx.queue
-            .write_buffer(&plan.alphas, 0, bytemuck::cast_slice(&alphas));
-        ctx.queue
-            .write_buffer(&self.state, 0, bytemuck::cast_slice(&[0u32; 4]));
-
-        let mut totals = StepProgress {
-            steps_total: steps,
-            ..StepProgress::default()
-        };
-        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-        let mut pacer = Pacer::default();
-        // When the GPU last finished a command buffer we waited for.
-        let mut last_done = Instant::now();
-        let mut pending: Option<Pending> = None;
-        let mut last_report = Instant::now();
-        let mut done = 0usize;
-        let mut submitted_to = 0usize;
-        let mut samples = 0usize;
-        while done < steps {
-            if stop(start.steps_done + done) {
-                break;
-            }
-            let end = (done + pacer.chunk()).min(steps);
-            let mut encoder = ctx
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("training steps"),
-                });
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("training steps"),
-                    timestamp_writes: None,
-                });
-                for s in done..end {
-                    let rows = batch_size.min(len - s * batch_size);
-                    let list = match &plan.last {
-                        Some(last) if rows < batch_size => last,
-                        _ => &plan.full,
-                    };
-                    record(&mut pass, list);
-                    samples += rows;
-                }
-            }
-            done = end;
-            let want_report =
-                pending.is_none() && done < steps && last_report.elapsed() >= PROGRESS_INTERVAL;
-            if want_report {
-                encoder.copy_buffer_to_buffer(&plan.stats, 0, &plan.staging, 0, (done * 8) as u64);
-            }
-            // Timed from before the submit: on some backends (GL) it runs the work.
-            let submitted = Instant::now();
-            in_flight.push_back(InFlight {
-                index: ctx.queue.submit([encoder.finish()]),
-                steps: end - submitted_to,
-                submitted,
-            });
-            submitted_to = end;
-            if want_report {
-                let flag = Arc::new(AtomicU8::new(0));
-                let f = flag.clone();
-                plan.staging
-                    .map_async(wgpu::MapMode::Read, 0..(done * 8) as u64, move |r| {
-                        f.store(if r.is_ok() { 1 } else { 2 }, Ordering::SeqCst);
-                    });
-                pending = Some(Pending {
-                    flag,
-                    steps: done,
-                    samples,
-                });
-            }
-            if in_flight.len() >= pacer.max_in_flight(pacer.chunk()) {
-                let oldest = in_flight.pop_front().expect("in flight");
-                ctx.device
-                    .poll(wgpu::PollType::Wait {
-                        submission_index: Some(oldest.index),
-                        timeout: None,
-                    })
-                    .map_err(|e| gpu_err(DeviceError::Gpu(format!("waiting for the GPU: {e}"))))?;
-                // The GPU worked on it from its submission or the previous one's end.
-                let began = last_done.max(oldest.submitted);
-                last_done = Instant::now();
-                pacer.observe(oldest.steps, (last_done - began).as_secs_f64());
-            } else {
-                ctx.device
-                    .poll(wgpu::PollType::Poll)
-                    .map_err(|e| gpu_err(DeviceError::Gpu(format!("polling the GPU: {e}"))))?;
-            }
-            ctx.check().map_err(gpu_err)?;
-            if let Some(p) = &pending {
-                match p.flag.load(Ordering::SeqCst) {
-                    0 => {}
-                    1 => {
-                        let words: Vec<u32> = {
-                            let view = plan
-                                .staging
-                                .get_mapped_range(0..(p.steps * 8) as u64)
-                                .map_err(|e| {
-                                    gpu_err(DeviceError::Gpu(format!("reading progress: {e}")))
-                                })?;
-                            bytemuck::cast_slice::<u8, u32>(&view).to_vec()
-                        };
-                        plan.staging.unmap();
-                        diverged(&words, p.steps)?;
-                        let (loss, correct) = Self::sum_stats(&words);
-                        totals.steps_done = p.steps;
-                        totals.samples_done = p.samples;
-                        totals.loss_sum = loss;
-                        totals.correct = correct;
-                        progress(&offset(totals));
-                        last_report = Instant::now();
-                        pending = None;
-                    }
-                    _ => bail!("reading training progress back from the GPU failed"),
-                }
-            }
+        let mut run = EpochRun::new(&self.ctx, plan, &frame, batch_size, order.len());
+        while run.done < run.steps && !stop(start.steps_done + run.done) {
+            run.drain(progress)?;
+            run.submit_chunk(progress)?;
+            run.throttle()?;
+            run.drain(progress)?;
         }
-        // Finish: drop any progress readback still in flight, then read every step's stats.
-        if let Some(p) = pending.take() {
-            ctx.wait().map_err(gpu_err)?;
-            if p.flag.load(Ordering::SeqCst) == 1 {
-                plan.staging.unmap();
-            }
-        }
-        // `done` < `steps` when `stop` ended the epoch early.
-        let bytes = if done == 0 {
-            Vec::new()
-        } else {
-            let mut encoder = ctx.device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(&plan.stats, 0, &plan.staging, 0, (done * 8) as u64);
-            ctx.queue.submit([encoder.finish()]);
-            map_blocking(ctx, &plan.staging, (done * 8) as u64).map_err(gpu_err)?
-        };
-        self.step += done as u64;
-        diverged(bytemuck::cast_slice(&bytes), done)?;
-        let (loss, correct) = Self::sum_stats(bytemuck::cast_slice(&bytes));
-        totals.steps_done = done;
-        totals.samples_done = samples;
-        totals.loss_sum = loss;
-        totals.correct = correct;
-        let totals = offset(totals);
-        progress(&totals);
-        Ok(totals.epoch_stats())
+        // Fewer steps than the epoch's when `stop` ended it early.
+        let totals = run.finish(progress)?;
+        self.step += totals.steps_done as u64;
+        Ok(frame.offset(totals).epoch_stats())
     }
 
     fn evaluate(&mut self) -> Result<EvalStats> {
@@ -997,7 +790,7 @@ impl Backend for GpuBackend {
         let bytes = map_blocking(ctx, &plan.staging, stats_size + preds_size).map_err(gpu_err)?;
         let words: &[u32] = bytemuck::cast_slice(&bytes);
         let chunks = count.div_ceil(EVAL_CHUNK);
-        let (loss_sum, correct) = Self::sum_stats(&words[..chunks * 2]);
+        let (loss_sum, correct) = sum_stats(&words[..chunks * 2]);
         let offset = (stats_size / 4) as usize;
         let predictions = words[offset..offset + count]
             .iter()

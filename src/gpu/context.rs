@@ -32,6 +32,14 @@ pub enum DeviceError {
         wanted: String,
         found: String,
     },
+    #[error("{flag} '{wanted}' matches {count} adapters: {matches}; choose one by its index (e.g. {flag} {first}) or narrow the search with --backend")]
+    AmbiguousAdapter {
+        flag: String,
+        wanted: String,
+        count: usize,
+        matches: String,
+        first: usize,
+    },
     #[error("adapter '{adapter}' cannot run the trainer: {reason} (choose another with --adapter, or use --cpu-fallback)")]
     Unsupported { adapter: String, reason: String },
     #[error("could not open a device on adapter '{adapter}': {message} (use --cpu-fallback to train on the CPU)")]
@@ -220,11 +228,15 @@ pub fn format_adapters(list: &[AdapterSummary]) -> String {
 }
 
 fn found_list(adapters: &[wgpu::Adapter]) -> String {
-    adapters
+    found_list_of(adapters, &(0..adapters.len()).collect::<Vec<_>>())
+}
+
+/// `found_list` of the adapters at `indices`.
+fn found_list_of(adapters: &[wgpu::Adapter], indices: &[usize]) -> String {
+    indices
         .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let info = a.get_info();
+        .map(|&i| {
+            let info = adapters[i].get_info();
             format!(
                 "  [{i}] {} ({}, {})",
                 info.name,
@@ -273,6 +285,7 @@ fn pick_adapter(choice: &DeviceChoice) -> Result<wgpu::Adapter, DeviceError> {
         found: found_list(adapters),
     };
     let chosen = if let Some(backend) = parse_backend(&wanted) {
+        // A backend name: the best adapter of that backend (the documented rule).
         best(
             (0..adapters.len())
                 .filter(|&i| backend.contains(wgpu::Backends::from(adapters[i].get_info().backend)))
@@ -281,17 +294,46 @@ fn pick_adapter(choice: &DeviceChoice) -> Result<wgpu::Adapter, DeviceError> {
     } else if let Ok(index) = wanted.parse::<usize>() {
         (index < adapters.len()).then_some(index)
     } else {
-        let needle = wanted.to_lowercase();
-        best(
-            (0..adapters.len())
-                .filter(|&i| adapters[i].get_info().name.to_lowercase().contains(&needle))
-                .collect(),
-        )
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        match adapters_named(&names, &wanted)[..] {
+            [] => None,
+            [only] => Some(only),
+            ref several => {
+                return Err(DeviceError::AmbiguousAdapter {
+                    flag: flag.into(),
+                    wanted: wanted.clone(),
+                    count: several.len(),
+                    matches: found_list_of(&adapters, several)
+                        .lines()
+                        .map(str::trim)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    first: several[0],
+                })
+            }
+        }
     };
     match chosen {
         Some(i) => Ok(adapters.into_iter().nth(i).expect("index in range")),
         None => Err(not_found(&adapters)),
     }
+}
+
+/// The indices of the adapters a name given to `--adapter` selects: those whose name is
+/// exactly `wanted` (ignoring case) if any, else those whose name contains it. More than
+/// one is ambiguous: lavapipe and llvmpipe are both called `llvmpipe (LLVM …)`, and two
+/// identical GPUs share a name, so a guess could train on the wrong one.
+pub fn adapters_named(names: &[String], wanted: &str) -> Vec<usize> {
+    let needle = wanted.trim().to_lowercase();
+    let exact: Vec<usize> = (0..names.len())
+        .filter(|&i| names[i].to_lowercase() == needle)
+        .collect();
+    if !exact.is_empty() {
+        return exact;
+    }
+    (0..names.len())
+        .filter(|&i| names[i].to_lowercase().contains(&needle))
+        .collect()
 }
 
 /// Storage buffers bound by the most demanding kernel (batchnorm and softmax: 7).
@@ -563,4 +605,41 @@ pub fn map_blocking(
         .to_vec();
     staging.unmap();
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::adapters_named;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_name_part_matching_one_adapter_selects_it() {
+        let list = names(&[
+            "NVIDIA GeForce RTX 4090",
+            "llvmpipe (LLVM 15.0.6, 256 bits)",
+        ]);
+        assert_eq!(adapters_named(&list, "nvidia"), vec![0]);
+        assert_eq!(adapters_named(&list, " LLVMPIPE "), vec![1]);
+        assert!(adapters_named(&list, "radeon").is_empty());
+    }
+
+    #[test]
+    fn a_name_part_matching_several_adapters_returns_them_all() {
+        // lavapipe (Vulkan) and llvmpipe (GL) share their name.
+        let list = names(&[
+            "llvmpipe (LLVM 15.0.6, 256 bits)",
+            "llvmpipe (LLVM 15.0.6, 256 bits)",
+        ]);
+        assert_eq!(adapters_named(&list, "llvmpipe"), vec![0, 1]);
+    }
+
+    #[test]
+    fn an_exact_name_wins_over_names_that_only_contain_it() {
+        let list = names(&["Intel Arc A770", "Intel Arc", "Intel Arc A380"]);
+        assert_eq!(adapters_named(&list, "intel arc"), vec![1]);
+        assert_eq!(adapters_named(&list, "arc a"), vec![0, 2]);
+    }
 }

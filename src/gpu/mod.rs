@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod context;
+mod epoch;
 pub mod kernels;
 
 pub use backend::GpuBackend;

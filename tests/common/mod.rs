@@ -1,2 +1,4 @@
 pub mod cli;
 pub mod gpu;
+pub mod photo;
+pub mod run;

@@ -1,0 +1,333 @@
+//! One training epoch's trip through the GPU, in named phases: record and submit a chunk
+//! of steps ([`EpochRun::submit_chunk`]), keep the queue short ([`EpochRun::throttle`]),
+//! report the steps whose statistics have come back ([`EpochRun::drain`]), and read
+//! every step's statistics once more at the end ([`EpochRun::finish`]).
+//!
+//! Command buffers are sized by measured GPU time ([`Pacer`]): on a fast GPU many steps
+//! go into one (few round trips), on a software adapter or a huge model only as many as
+//! take about [`SUBMIT_TARGET`], and no more than about [`QUEUE_TARGET`] of work is
+//! queued — queued work cannot be taken back, so this bounds how long a stop (Ctrl-C)
+//! waits beyond the step under way, on every device.
+
+use super::backend::TrainPlan;
+use super::context::{map_blocking, DeviceError, GpuContext};
+use super::kernels::record;
+use crate::backend::{Diverged, StepProgress};
+use anyhow::{bail, ensure, Result};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most training steps recorded into one command buffer.
+pub const STEPS_PER_SUBMIT: usize = 256;
+/// Most submitted-but-unfinished command buffers before the host waits.
+pub const MAX_IN_FLIGHT: usize = 3;
+/// Readback buffers for per-submission statistics: one per submission that may await
+/// its read.
+pub const READBACK_SLOTS: usize = MAX_IN_FLIGHT + 2;
+/// GPU time one command buffer of steps should take.
+const SUBMIT_TARGET: Duration = Duration::from_millis(100);
+/// GPU time of all queued work at most.
+const QUEUE_TARGET: Duration = Duration::from_millis(300);
+
+/// Measured GPU time per step, and the command-buffer sizes that follow from it.
+#[derive(Default)]
+struct Pacer {
+    /// Seconds per step (a running mean); `None` until a command buffer has finished.
+    per_step: Option<f64>,
+}
+
+impl Pacer {
+    /// Steps for the next command buffer (one until there is a measurement).
+    fn chunk(&self) -> usize {
+        match self.per_step {
+            None => 1,
+            Some(t) => ((SUBMIT_TARGET.as_secs_f64() / t) as usize).clamp(1, STEPS_PER_SUBMIT),
+        }
+    }
+
+    /// Command buffers that may be queued at once.
+    fn max_in_flight(&self) -> usize {
+        match self.per_step {
+            None => 1,
+            Some(t) => {
+                let buffer = t * self.chunk() as f64;
+                ((QUEUE_TARGET.as_secs_f64() / buffer) as usize).clamp(1, MAX_IN_FLIGHT)
+            }
+        }
+    }
+
+    /// `steps` steps took `seconds` of GPU time.
+    fn observe(&mut self, steps: usize, seconds: f64) {
+        let t = seconds / steps.max(1) as f64;
+        self.per_step = Some(self.per_step.map_or(t, |mean| 0.7 * mean + 0.3 * t));
+    }
+}
+
+/// A submitted command buffer of training steps.
+struct InFlight {
+    index: wgpu::SubmissionIndex,
+    steps: usize,
+    /// Taken before the submit: on some backends (GL) the submit itself runs the work.
+    submitted: Instant,
+}
+
+/// One submission's per-step (loss, correct) words on their way back to the host.
+struct Readback {
+    /// Which of the plan's readback buffers holds them.
+    slot: usize,
+    /// The submission's first step (counted from the start of this call) and its steps.
+    first: usize,
+    steps: usize,
+    samples: usize,
+    /// 0 while mapping, 1 mapped, 2 failed.
+    flag: Arc<AtomicU8>,
+}
+
+/// Where this call's steps sit in the epoch: it may resume after `start.steps_done`.
+pub struct EpochFrame {
+    pub start: StepProgress,
+    pub epoch_steps: usize,
+}
+
+impl EpochFrame {
+    /// `t` (totals of this call's steps) as totals of the whole epoch.
+    pub fn offset(&self, mut t: StepProgress) -> StepProgress {
+        t.steps_done += self.start.steps_done;
+        t.samples_done += self.start.samples_done;
+        t.loss_sum += self.start.loss_sum;
+        t.correct += self.start.correct;
+        t.steps_total = self.epoch_steps;
+        t
+    }
+
+    /// The first step among `words` (steps from `first` on) whose loss is not finite,
+    /// as a [`Diverged`] error; `seen_after`: the steps read back so far.
+    pub fn diverged(&self, words: &[u32], first: usize, seen_after: usize) -> Result<()> {
+        match words
+            .chunks_exact(2)
+            .position(|pair| !f32::from_bits(pair[0]).is_finite())
+        {
+            Some(i) => Err(Diverged {
+                step: self.start.steps_done + first + i + 1,
+                steps_total: self.epoch_steps,
+                loss: f32::from_bits(words[2 * i]),
+                detected_after: self.start.steps_done + seen_after,
+            }
+            .into()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Sums of (loss, correct) over per-step words `[loss bits, correct]…`.
+pub fn sum_stats(words: &[u32]) -> (f64, u64) {
+    words.chunks_exact(2).fold((0.0, 0), |(loss, correct), pair| {
+        (loss + f32::from_bits(pair[0]) as f64, correct + pair[1] as u64)
+    })
+}
+
+fn gpu(what: &str, e: impl std::fmt::Display) -> anyhow::Error {
+    DeviceError::Gpu(format!("{what}: {e}")).into()
+}
+
+/// The steps of one call to `train_epoch_from` on their way through the GPU.
+pub struct EpochRun<'a> {
+    ctx: &'a GpuContext,
+    plan: &'a TrainPlan,
+    frame: &'a EpochFrame,
+    batch_size: usize,
+    /// Samples in this call's order, and its steps.
+    len: usize,
+    pub steps: usize,
+    /// Steps recorded and submitted so far, and their samples.
+    pub done: usize,
+    samples: usize,
+    in_flight: VecDeque<InFlight>,
+    readbacks: VecDeque<Readback>,
+    pacer: Pacer,
+    /// When the GPU last finished a command buffer the host waited for.
+    last_done: Instant,
+    /// Totals of the steps whose statistics have come back.
+    reported: StepProgress,
+}
+
+impl<'a> EpochRun<'a> {
+    pub fn new(
+        ctx: &'a GpuContext,
+        plan: &'a TrainPlan,
+        frame: &'a EpochFrame,
+        batch_size: usize,
+        len: usize,
+    ) -> Self {
+        EpochRun {
+            ctx,
+            plan,
+            frame,
+            batch_size,
+            len,
+            steps: len.div_ceil(batch_size),
+            done: 0,
+            samples: 0,
+            in_flight: VecDeque::new(),
+            readbacks: VecDeque::new(),
+            pacer: Pacer::default(),
+            last_done: Instant::now(),
+            reported: StepProgress::default(),
+        }
+    }
+
+    /// Record the next chunk of steps with a copy of their statistics into a free
+    /// readback buffer, submit it and start mapping that buffer.
+    pub fn submit_chunk(&mut self, progress: &mut dyn FnMut(&StepProgress)) -> Result<()> {
+        if self.readbacks.len() == READBACK_SLOTS {
+            // The oldest readback's buffer is needed again: wait for it.
+            self.ctx.wait()?;
+            self.drain(progress)?;
+        }
+        let Some(slot) = (0..READBACK_SLOTS).find(|s| self.readbacks.iter().all(|r| r.slot != *s))
+        else {
+            bail!("reading training progress back from the GPU fell behind");
+        };
+        let (first, end) = (self.done, (self.done + self.pacer.chunk()).min(self.steps));
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        let samples = self.record_steps(&mut encoder, first..end);
+        let bytes = ((end - first) * 8) as u64;
+        let buffer = &self.plan.readbacks[slot];
+        encoder.copy_buffer_to_buffer(&self.plan.stats, (first * 8) as u64, buffer, 0, bytes);
+        let submitted = Instant::now();
+        let index = self.ctx.queue.submit([encoder.finish()]);
+        let flag = Arc::new(AtomicU8::new(0));
+        let f = flag.clone();
+        buffer.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
+            f.store(if r.is_ok() { 1 } else { 2 }, Ordering::SeqCst);
+        });
+        self.in_flight.push_back(InFlight {
+            index,
+            steps: end - first,
+            submitted,
+        });
+        self.readbacks.push_back(Readback {
+            slot,
+            first,
+            steps: end - first,
+            samples,
+            flag,
+        });
+        self.done = end;
+        self.samples += samples;
+        Ok(())
+    }
+
+    /// Record steps `range` into one compute pass; returns their samples.
+    fn record_steps(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        range: std::ops::Range<usize>,
+    ) -> usize {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("training steps"),
+            timestamp_writes: None,
+        });
+        let mut samples = 0;
+        for s in range {
+            let rows = self.batch_size.min(self.len - s * self.batch_size);
+            let list = match &self.plan.last {
+                Some(last) if rows < self.batch_size => last,
+                _ => &self.plan.full,
+            };
+            record(&mut pass, list);
+            samples += rows;
+        }
+        samples
+    }
+
+    /// Wait for the oldest command buffer when the queue is full (measuring how long the
+    /// GPU took for it), else only poll; then surface any device error.
+    pub fn throttle(&mut self) -> Result<()> {
+        if self.in_flight.len() >= self.pacer.max_in_flight() {
+            let oldest = self.in_flight.pop_front().expect("in flight");
+            let wait = wgpu::PollType::Wait {
+                submission_index: Some(oldest.index),
+                timeout: None,
+            };
+            self.ctx
+                .device
+                .poll(wait)
+                .map_err(|e| gpu("waiting for the GPU", e))?;
+            // The GPU worked on it from its submission or from the previous one's end.
+            let began = self.last_done.max(oldest.submitted);
+            self.last_done = Instant::now();
+            self.pacer
+                .observe(oldest.steps, (self.last_done - began).as_secs_f64());
+        } else {
+            self.ctx
+                .device
+                .poll(wgpu::PollType::Poll)
+                .map_err(|e| gpu("polling the GPU", e))?;
+        }
+        self.ctx.check()?;
+        Ok(())
+    }
+
+    /// Report, in order, every submission whose statistics have arrived: the count and
+    /// the sums shown always belong together. A non-finite loss is a [`Diverged`] error.
+    pub fn drain(&mut self, progress: &mut dyn FnMut(&StepProgress)) -> Result<()> {
+        while let Some(front) = self.readbacks.front() {
+            match front.flag.load(Ordering::SeqCst) {
+                0 => break,
+                1 => {}
+                _ => bail!("reading training progress back from the GPU failed"),
+            }
+            let r = self.readbacks.pop_front().expect("front exists");
+            let buffer = &self.plan.readbacks[r.slot];
+            let words: Vec<u32> = {
+                let view = buffer
+                    .get_mapped_range(0..(r.steps * 8) as u64)
+                    .map_err(|e| gpu("reading progress", e))?;
+                bytemuck::cast_slice::<u8, u32>(&view).to_vec()
+            };
+            buffer.unmap();
+            self.frame.diverged(&words, r.first, r.first + r.steps)?;
+            let (loss, correct) = sum_stats(&words);
+            self.reported.steps_done += r.steps;
+            self.reported.samples_done += r.samples;
+            self.reported.loss_sum += loss;
+            self.reported.correct += correct;
+            progress(&self.frame.offset(self.reported));
+        }
+        Ok(())
+    }
+
+    /// After the last submission (or a stop): let every readback arrive and report it,
+    /// then read every step's statistics once more, in one copy, for the exact totals of
+    /// this call's steps (the whole epoch's, once offset by the frame).
+    pub fn finish(mut self, progress: &mut dyn FnMut(&StepProgress)) -> Result<StepProgress> {
+        self.ctx.wait()?;
+        self.drain(progress)?;
+        ensure!(
+            self.readbacks.is_empty(),
+            "reading training progress back from the GPU did not finish"
+        );
+        let bytes = if self.done == 0 {
+            Vec::new()
+        } else {
+            let size = (self.done * 8) as u64;
+            let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(&self.plan.stats, 0, &self.plan.staging, 0, size);
+            self.ctx.queue.submit([encoder.finish()]);
+            map_blocking(self.ctx, &self.plan.staging, size)?
+        };
+        let words: &[u32] = bytemuck::cast_slice(&bytes);
+        self.frame.diverged(words, 0, self.done)?;
+        let (loss_sum, correct) = sum_stats(words);
+        Ok(StepProgress {
+            steps_done: self.done,
+            steps_total: self.steps,
+            samples_done: self.samples,
+            loss_sum,
+            correct,
+        })
+    }
+}

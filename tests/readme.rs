@@ -1,0 +1,327 @@
+//! The README's deterministic figures, rerun: the default CPU run (per-epoch metrics and
+//! final accuracy), the raw-pixels paragraph, the PyTorch snippet's accuracy (computed here
+//! independently from the saved tensors), the 6,000-sample CPU figure, the photo-set
+//! score and the `predict` lines. Each test fails when the README disagrees with what
+//! the program does today, so a change that moves a number makes the README follow.
+
+mod common;
+
+use common::photo::read_photo_set;
+use common::run::default_run;
+use mnist_gpu::data::{builtin_dir, Mnist};
+use safetensors::SafeTensors;
+use std::path::Path;
+use std::process::Command;
+
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md")
+}
+
+/// The number written right after the first `prefix` in `text` (digits, `.`, `-`).
+fn number_after<'a>(text: &'a str, prefix: &str) -> &'a str {
+    let at = text
+        .find(prefix)
+        .unwrap_or_else(|| panic!("README lacks '{prefix}'"))
+        + prefix.len();
+    let rest = &text[at..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .unwrap_or(rest.len());
+    rest[..end].trim_end_matches('.')
+}
+
+/// Whether `value` printed to the README figure's precision is that figure.
+fn agrees(figure: &str, value: f64) -> bool {
+    let decimals = figure.split_once('.').map_or(0, |(_, d)| d.len());
+    format!("{value:.decimals$}") == figure
+}
+
+fn check(what: &str, figure: &str, value: f64, wrong: &mut Vec<String>) {
+    if !agrees(figure, value) {
+        wrong.push(format!(
+            "{what}: the README says {figure}, the program gives {value}"
+        ));
+    }
+}
+
+fn train(args: &[&str], dir: &Path) -> (String, Vec<serde_json::Value>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"))
+        .args(args)
+        .arg("--out-dir")
+        .arg(dir)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{args:?}: {stdout}");
+    (stdout, metrics(dir))
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The metrics part of a closing line: from ` - loss:` on.
+fn metrics_part(line: &str) -> &str {
+    &line[line
+        .find(" - loss:")
+        .unwrap_or_else(|| panic!("no metrics in '{line}'"))..]
+}
+
+#[test]
+fn the_default_run_block_shows_what_the_program_prints() {
+    let readme = readme();
+    let start = readme
+        .find("$ cargo run --release -- train --cpu-fallback\n")
+        .expect("the default run block");
+    let block: Vec<&str> = readme[start..]
+        .lines()
+        .take_while(|l| *l != "```")
+        .collect();
+    let printed: Vec<&str> = default_run().stdout.lines().collect();
+    let mut wrong = Vec::new();
+    let mut epochs_shown = 0;
+    for (i, line) in block.iter().enumerate() {
+        if line.starts_with("train: ") || line.starts_with("model: ") {
+            if !printed.contains(line) {
+                wrong.push(format!("'{line}' is not printed"));
+            }
+        } else if line.starts_with("Epoch ") {
+            epochs_shown += 1;
+            let at = printed
+                .iter()
+                .position(|l| l == line)
+                .expect("epoch printed");
+            if metrics_part(block[i + 1]) != metrics_part(printed[at + 1]) {
+                wrong.push(format!(
+                    "{line}: README '{}', printed '{}'",
+                    block[i + 1],
+                    printed[at + 1]
+                ));
+            }
+        } else if line.starts_with("Test accuracy: ") && !printed.contains(line) {
+            wrong.push(format!("'{line}' is not printed"));
+        }
+    }
+    assert!(epochs_shown >= 3, "the block shows epochs: {block:?}");
+    let final_line = printed
+        .iter()
+        .find(|l| l.starts_with("Test accuracy: "))
+        .unwrap();
+    let accuracy = number_after(final_line, "Test accuracy: ");
+    let bold = number_after(&readme, "Default flags give\n**");
+    if bold != accuracy {
+        wrong.push(format!(
+            "the text says {bold}%, the run printed {accuracy}%"
+        ));
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_raw_pixels_paragraph_matches_a_raw_pixels_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, raw) = train(
+        &["train", "--cpu-fallback", "--raw-pixels"],
+        &tmp.path().join("raw"),
+    );
+    let scaled = metrics(&default_run().dir);
+    let readme = readme();
+    let text = &readme[readme.find("### Raw pixels").unwrap()..readme.find("## Commands").unwrap()];
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let get =
+        |m: &[serde_json::Value], epoch: usize, key: &str| m[epoch - 1][key].as_f64().unwrap();
+    let column = |m: &[serde_json::Value], key: &str| -> Vec<f64> {
+        m.iter().map(|r| r[key].as_f64().unwrap()).collect()
+    };
+    let min = |v: Vec<f64>| v.into_iter().fold(f64::INFINITY, f64::min);
+    let max = |v: Vec<f64>| v.into_iter().fold(f64::NEG_INFINITY, f64::max);
+    let mut wrong = Vec::new();
+    let mut claim =
+        |prefix: &str, value: f64| check(prefix, number_after(&text, prefix), value, &mut wrong);
+    claim("training loss falls from ", get(&raw, 1, "loss"));
+    claim("(epoch 1) to ", get(&raw, 10, "loss"));
+    claim(
+        "training accuracy reaches ",
+        get(&raw, 10, "accuracy") * 100.0,
+    );
+    claim("validation loss goes ", get(&raw, 1, "val_loss"));
+    claim(
+        &format!("{}, ", number_after(&text, "validation loss goes ")),
+        get(&raw, 2, "val_loss"),
+    );
+    let second = number_after(&text, "validation loss goes ");
+    let second = number_after(&text, &format!("{second}, "));
+    claim(&format!("{second}, "), get(&raw, 3, "val_loss"));
+    claim("… ", get(&raw, 9, "val_loss"));
+    claim(
+        &format!("{}, **", number_after(&text, "… ")),
+        get(&raw, 10, "val_loss"),
+    );
+    claim(
+        "accuracy stays between ",
+        min(column(&raw, "val_accuracy")) * 100.0,
+    );
+    claim("% and ", max(column(&raw, "val_accuracy")) * 100.0);
+    claim("ends at **", get(&raw, 10, "val_accuracy") * 100.0);
+    claim(
+        "default run above: ",
+        get(&scaled, 10, "val_accuracy") * 100.0,
+    );
+    claim("validation loss between ", min(column(&scaled, "val_loss")));
+    claim(
+        &format!("{} and ", number_after(&text, "validation loss between ")),
+        max(column(&scaled, "val_loss")),
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The PyTorch snippet's computation, done here from the tensors by their PyTorch names:
+/// BatchNorm1d(eps=1e-3) with the running statistics, Linear, ReLU, Linear, argmax.
+fn snippet_accuracy(model: &Path) -> f64 {
+    let bytes = std::fs::read(model).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |name: &str| -> Vec<f32> {
+        let view = tensors
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("no tensor {name}"));
+        view.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let (gamma, beta) = (f32s("1.weight"), f32s("1.bias"));
+    let (mean, var) = (f32s("1.running_mean"), f32s("1.running_var"));
+    let (w1, b1, w2, b2) = (
+        f32s("2.weight"),
+        f32s("2.bias"),
+        f32s("4.weight"),
+        f32s("4.bias"),
+    );
+    let hidden = b1.len();
+    let test = Mnist::load(&builtin_dir()).unwrap().test;
+    let mut correct = 0;
+    for i in 0..test.len() {
+        let x: Vec<f32> = test
+            .image(i)
+            .iter()
+            .enumerate()
+            .map(|(j, &p)| {
+                (p as f32 / 255.0 - mean[j]) / (var[j] + 1e-3).sqrt() * gamma[j] + beta[j]
+            })
+            .collect();
+        let h: Vec<f32> = (0..hidden)
+            .map(|o| (b1[o] + (0..784).map(|j| x[j] * w1[o * 784 + j]).sum::<f32>()).max(0.0))
+            .collect();
+        let logits: Vec<f32> = (0..10)
+            .map(|o| b2[o] + (0..hidden).map(|j| h[j] * w2[o * hidden + j]).sum::<f32>())
+            .collect();
+        let digit = (0..10)
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+            .unwrap();
+        correct += (digit == test.labels[i] as usize) as usize;
+    }
+    correct as f64 / test.len() as f64
+}
+
+#[test]
+fn the_pytorch_snippet_gives_the_accuracy_its_comment_says() {
+    let readme = readme();
+    let comment = number_after(&readme, ".float().mean())  # ");
+    let accuracy = snippet_accuracy(&default_run().model());
+    let mut wrong = Vec::new();
+    check("the snippet's comment", comment, accuracy, &mut wrong);
+    let text = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    check(
+        "the paragraph below it",
+        number_after(&text, "checks that it gives the "),
+        accuracy,
+        &mut wrong,
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_6000_sample_cpu_figure_is_what_the_cpu_gives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = [
+        "train",
+        "--cpu-fallback",
+        "--train-limit",
+        "6000",
+        "--epochs",
+        "2",
+    ];
+    let (_, m) = train(&args, &tmp.path().join("run"));
+    let text = readme().split_whitespace().collect::<Vec<_>>().join(" ");
+    let figure = number_after(
+        &text,
+        "The CPU path on the same subset: 0.06 s per epoch and also ",
+    );
+    let mut wrong = Vec::new();
+    check(
+        "6,000-sample CPU run",
+        figure,
+        m[1]["val_accuracy"].as_f64().unwrap() * 100.0,
+        &mut wrong,
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_photo_figures_are_what_predict_gives() {
+    let readme = readme();
+    let score = read_photo_set(&default_run().model());
+    let claimed = number_after(&readme, "it reads **");
+    let total = number_after(&readme, &format!("it reads **{claimed} of "));
+    assert_eq!(
+        (claimed, total),
+        (
+            score.correct.to_string().as_str(),
+            score.total.to_string().as_str()
+        ),
+        "photo-set score"
+    );
+    let start = readme
+        .find("$ mnist-gpu predict --model runs/run-001/model.safetensors docs/photos/*.jpg\n")
+        .expect("predict block");
+    let shown: Vec<&str> = readme[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| *l != "```")
+        .collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files: Vec<&str> = shown.iter().map(|l| l.split(':').next().unwrap()).collect();
+    let mut on_disk: Vec<String> = std::fs::read_dir(root.join("docs/photos"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".jpg"))
+        .map(|n| format!("docs/photos/{n}"))
+        .collect();
+    on_disk.sort();
+    assert_eq!(
+        files, on_disk,
+        "the block shows every docs/photos/*.jpg, in glob order"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"))
+        .current_dir(root)
+        .args([
+            "predict",
+            "--model",
+            default_run().model().to_str().unwrap(),
+        ])
+        .args(&files)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        printed.lines().collect::<Vec<_>>(),
+        shown,
+        "the predict block"
+    );
+}
