@@ -43,6 +43,34 @@ pub struct EpochStats {
     pub samples: usize,
 }
 
+/// How a call to [`Backend::train_epoch_from`] ended.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EpochEnd {
+    /// Every step of the epoch ran: the epoch's statistics.
+    Finished(EpochStats),
+    /// `stop` ended the epoch early: the totals of its steps done so far.
+    Stopped(StepProgress),
+}
+
+impl EpochEnd {
+    /// `Finished` when `totals` (of the whole epoch) hold all its steps, else `Stopped`.
+    pub fn from_totals(totals: StepProgress) -> EpochEnd {
+        if totals.steps_done >= totals.steps_total {
+            EpochEnd::Finished(totals.epoch_stats())
+        } else {
+            EpochEnd::Stopped(totals)
+        }
+    }
+
+    /// The statistics of the steps that ran, however the epoch ended.
+    pub fn stats(&self) -> EpochStats {
+        match self {
+            EpochEnd::Finished(stats) => *stats,
+            EpochEnd::Stopped(totals) => totals.epoch_stats(),
+        }
+    }
+}
+
 /// Test-set evaluation with the current parameters and moving statistics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EvalStats {
@@ -77,6 +105,19 @@ pub struct NonFinite {
     pub epoch: usize,
 }
 
+impl Diverged {
+    /// The loss `loss` of the `i`-th step (0-based) of a call that continued from `base`
+    /// was not finite; the backend noticed after `seen` of the call's steps.
+    pub fn at(base: &StepProgress, i: usize, loss: f32, seen: usize) -> Diverged {
+        Diverged {
+            step: base.steps_done + i + 1,
+            steps_total: base.steps_total,
+            loss,
+            detected_after: base.steps_done + seen,
+        }
+    }
+}
+
 fn detected_note(step: usize, detected_after: usize) -> String {
     if detected_after > step {
         format!(" (noticed when the losses were read back after step {detected_after})")
@@ -89,6 +130,9 @@ pub trait Backend {
     /// What trains, for the run header: `cpu (2 threads)`, `llvmpipe (Vulkan, Mesa …)`.
     fn name(&self) -> String;
 
+    /// Samples in the training set the backend holds.
+    fn train_count(&self) -> usize;
+
     /// Train on the training-set samples listed in `order`, in batches of `batch_size`
     /// (the last batch may be smaller). `progress` receives running totals from time to time.
     fn train_epoch(
@@ -97,29 +141,30 @@ pub trait Backend {
         batch_size: usize,
         progress: &mut dyn FnMut(&StepProgress),
     ) -> anyhow::Result<EpochStats> {
-        self.train_epoch_from(
-            order,
-            batch_size,
-            &StepProgress::default(),
-            progress,
-            &|_| false,
-        )
+        let base = StepProgress {
+            steps_total: order.len().div_ceil(batch_size),
+            ..StepProgress::default()
+        };
+        let end = self.train_steps(order, batch_size, &base, progress, &|_| false)?;
+        Ok(end.stats())
     }
 
-    /// [`Backend::train_epoch`], resumable and interruptible: the epoch's first
-    /// `start.steps_done` steps are already done (their sums are in `start`, which the
-    /// totals continue from), and `stop` is asked between steps (the GPU: between
-    /// submissions), with the number of the epoch's steps done or under way; when it says yes the backend finishes the step(s) under way and
-    /// returns early, with `samples` < `order.len()`. A loss that is not finite ends the
-    /// epoch with a [`Diverged`] error at once.
-    fn train_epoch_from(
+    /// [`Backend::train_epoch`], resumable and interruptible. `order` holds the samples
+    /// of the epoch's remaining steps and `base` the totals of the steps before them
+    /// (all zero for a whole epoch; `base.steps_total` is the epoch's step count): the
+    /// totals continue from `base`, in the epoch's step numbers. `stop` is asked between
+    /// steps (the GPU: between submissions) with the number of the epoch's steps done or
+    /// under way; when it says yes the backend finishes the step(s) under way and returns
+    /// [`EpochEnd::Stopped`]. A loss that is not finite ends the call with a
+    /// [`Diverged`] error at once (built with [`Diverged::at`]).
+    fn train_steps(
         &mut self,
         order: &[u32],
         batch_size: usize,
-        start: &StepProgress,
+        base: &StepProgress,
         progress: &mut dyn FnMut(&StepProgress),
         stop: &(dyn Fn(usize) -> bool + Sync),
-    ) -> anyhow::Result<EpochStats>;
+    ) -> anyhow::Result<EpochEnd>;
 
     /// Loss, accuracy and predictions on the whole test set, in inference mode.
     fn evaluate(&mut self) -> anyhow::Result<EvalStats>;

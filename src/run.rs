@@ -16,7 +16,9 @@ use crate::modelfile::{self, RunSettings, RunState};
 use crate::progress::Console;
 use crate::report;
 use crate::rundir::{Claim, RunDir, CHECKPOINT, CURVES, METRICS, MODEL, PREDICTIONS};
-use crate::train::{train_from, EpochRecord, Observer, Stopped, TrainOptions, TrainOutcome};
+use crate::train::{
+    train_from, EpochRecord, Observer, StartAt, Stopped, TrainOptions, TrainOutcome,
+};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -303,14 +305,15 @@ fn train_in(
         settings.hyper.lr,
         settings.options.seed
     );
-    let first_epoch = resumed.as_ref().map_or(0, |s| s.epochs_done);
+    let start = StartAt {
+        first_epoch: resumed.as_ref().map_or(0, |s| s.epochs_done),
+        partial,
+    };
     let stop = interrupt::stop_requested;
     let outcome = train_from(
         backend.as_mut(),
-        train_count,
         &settings.options,
-        first_epoch,
-        &partial,
+        &start,
         &mut writer,
         &stop,
     )

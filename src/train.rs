@@ -1,6 +1,6 @@
 //! The one training loop, over any [`Backend`]: epochs, shuffling, metrics, progress.
 
-use crate::backend::{Backend, Diverged, EpochStats, EvalStats, NonFinite, StepProgress};
+use crate::backend::{Backend, Diverged, EpochEnd, EpochStats, EvalStats, NonFinite, StepProgress};
 use crate::model::Params;
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
@@ -108,105 +108,66 @@ pub struct TrainOutcome {
 /// (0 for a fresh run, k when resuming after epoch k), evaluating on the test set after each.
 pub fn train(
     backend: &mut dyn Backend,
-    train_count: usize,
     options: &TrainOptions,
     first_epoch: usize,
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome> {
-    train_from(
-        backend,
-        train_count,
-        options,
+    let start = StartAt {
         first_epoch,
-        &StepProgress::default(),
-        observer,
-        &|_, _| false,
-    )
+        partial: StepProgress::default(),
+    };
+    train_from(backend, options, &start, observer, &|_, _| false)
 }
 
-/// [`train`], resuming inside epoch `first_epoch + 1` after the steps in `partial`
-/// (`StepProgress::default()` to start the epoch from its beginning), and stopping
-/// when `stop(epoch, steps done in it)` says so (it is asked between steps): after the step under way, with [`Observer::interrupted`] called
-/// and a [`Stopped`] error returned. A non-finite loss stops training at once with an
-/// error naming the epoch and step (it wraps [`crate::backend::Diverged`]).
+/// Where training starts: after `first_epoch` epochs, and inside epoch
+/// `first_epoch + 1` after the steps whose totals are in `partial` (all zero to start
+/// that epoch from its beginning).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StartAt {
+    pub first_epoch: usize,
+    pub partial: StepProgress,
+}
+
+/// [`train`] from `start`, stopping when `stop(epoch, steps done in it)` says so (it is
+/// asked between steps): after the step under way, with [`Observer::interrupted`]
+/// called and a [`Stopped`] error returned. A non-finite loss stops training at once
+/// with an error naming the epoch and step (it wraps [`crate::backend::Diverged`]).
 pub fn train_from(
     backend: &mut dyn Backend,
-    train_count: usize,
     options: &TrainOptions,
-    first_epoch: usize,
-    partial: &StepProgress,
+    start: &StartAt,
     observer: &mut dyn Observer,
     stop: &(dyn Fn(usize, usize) -> bool + Sync),
 ) -> Result<TrainOutcome> {
-    let steps = train_count.div_ceil(options.batch_size);
+    let steps = backend.train_count().div_ceil(options.batch_size);
     let mut history = Vec::new();
     let mut final_eval = None;
-    for epoch in first_epoch..options.epochs {
-        let start = if epoch == first_epoch {
-            StepProgress {
-                steps_total: steps,
-                ..*partial
-            }
+    for epoch in start.first_epoch..options.epochs {
+        let partial = if epoch == start.first_epoch {
+            start.partial
         } else {
-            StepProgress {
-                steps_total: steps,
-                ..StepProgress::default()
-            }
+            StepProgress::default()
         };
-        observer.epoch_started(epoch + 1, options.epochs, &start);
-        let order = epoch_order(train_count, options.seed, epoch, options.shuffle);
+        let base = StepProgress {
+            steps_total: steps,
+            ..partial
+        };
+        observer.epoch_started(epoch + 1, options.epochs, &base);
         let started = Instant::now();
-        let mut last = start;
-        let result = backend.train_epoch_from(
-            &order,
-            options.batch_size,
-            &start,
-            &mut |p| {
-                last = *p;
-                observer.step(p)
-            },
-            &|steps| stop(epoch + 1, steps),
-        );
-        let stats: EpochStats = match result {
-            Ok(stats) => stats,
-            Err(error) => {
-                observer.failed();
-                return Err(match error.downcast::<Diverged>() {
-                    Ok(diverged) => anyhow::Error::new(diverged)
-                        .context(format!("training diverged in epoch {}", epoch + 1)),
-                    Err(other) => other,
-                });
+        let stats = match train_epoch(backend, options, epoch, &base, observer, stop)? {
+            EpochEnd::Finished(stats) => stats,
+            EpochEnd::Stopped(progress) => {
+                observer.interrupted(epoch + 1, &progress, backend)?;
+                return Err(Stopped {
+                    epoch: epoch + 1,
+                    progress,
+                }
+                .into());
             }
         };
         let seconds = started.elapsed().as_secs_f64();
-        if stats.samples < order.len() {
-            observer.interrupted(epoch + 1, &last, backend)?;
-            return Err(Stopped {
-                epoch: epoch + 1,
-                progress: last,
-            }
-            .into());
-        }
-        if !stats.loss.is_finite() {
-            observer.failed();
-            bail!(
-                "training diverged in epoch {}: the loss became {} (try a smaller --lr)",
-                epoch + 1,
-                stats.loss
-            );
-        }
-        let eval = backend.evaluate()?;
-        check_finite_eval(&eval, epoch + 1)?;
-        check_finite_params(&backend.params()?, epoch + 1)?;
-        let record = EpochRecord {
-            epoch: epoch + 1,
-            loss: stats.loss,
-            accuracy: stats.accuracy,
-            val_loss: eval.loss,
-            val_accuracy: eval.accuracy,
-            seconds,
-            samples_per_second: (stats.samples - start.samples_done) as f64 / seconds.max(1e-9),
-        };
+        let (record, eval) = finish_epoch(backend, epoch + 1, &stats, &base, seconds)
+            .inspect_err(|_| observer.failed())?;
         observer.epoch_finished(&record, options.epochs, backend)?;
         history.push(record);
         final_eval = Some(eval);
@@ -214,7 +175,9 @@ pub fn train_from(
             // The checkpoint written at the end of this epoch is the one to resume from.
             let progress = StepProgress {
                 steps_done: steps,
-                ..last
+                steps_total: steps,
+                samples_done: stats.samples,
+                ..StepProgress::default()
             };
             observer.interrupted(epoch + 1, &progress, backend)?;
             return Err(Stopped {
@@ -232,6 +195,73 @@ pub fn train_from(
         history,
         final_eval,
     })
+}
+
+/// The training steps of epoch `epoch` (0-based) after those in `base`: its order, less
+/// the samples of the steps already done, through the backend. A divergence is named
+/// with its epoch; the observer hears of any failure.
+fn train_epoch(
+    backend: &mut dyn Backend,
+    options: &TrainOptions,
+    epoch: usize,
+    base: &StepProgress,
+    observer: &mut dyn Observer,
+    stop: &(dyn Fn(usize, usize) -> bool + Sync),
+) -> Result<EpochEnd> {
+    let order = epoch_order(backend.train_count(), options.seed, epoch, options.shuffle);
+    // A resumed epoch: the same batches as the uninterrupted run, since the steps done
+    // cover a whole number of batches.
+    let skip = (base.steps_done * options.batch_size).min(order.len());
+    let result = backend.train_steps(
+        &order[skip..],
+        options.batch_size,
+        base,
+        &mut |p| observer.step(p),
+        &|steps| stop(epoch + 1, steps),
+    );
+    let end = result.map_err(|error| {
+        observer.failed();
+        match error.downcast::<Diverged>() {
+            Ok(diverged) => anyhow::Error::new(diverged)
+                .context(format!("training diverged in epoch {}", epoch + 1)),
+            Err(other) => other,
+        }
+    })?;
+    if let EpochEnd::Finished(stats) = end {
+        if !stats.loss.is_finite() {
+            observer.failed();
+            bail!(
+                "training diverged in epoch {}: the loss became {} (try a smaller --lr)",
+                epoch + 1,
+                stats.loss
+            );
+        }
+    }
+    Ok(end)
+}
+
+/// After epoch `epoch` (1-based) trained: evaluate, check that nothing became
+/// non-finite, and make the epoch's record.
+fn finish_epoch(
+    backend: &mut dyn Backend,
+    epoch: usize,
+    stats: &EpochStats,
+    base: &StepProgress,
+    seconds: f64,
+) -> Result<(EpochRecord, EvalStats)> {
+    let eval = backend.evaluate()?;
+    check_finite_eval(&eval, epoch)?;
+    check_finite_params(&backend.params()?, epoch)?;
+    let record = EpochRecord {
+        epoch,
+        loss: stats.loss,
+        accuracy: stats.accuracy,
+        val_loss: eval.loss,
+        val_accuracy: eval.accuracy,
+        seconds,
+        samples_per_second: (stats.samples - base.samples_done) as f64 / seconds.max(1e-9),
+    };
+    Ok((record, eval))
 }
 
 /// A validation loss or accuracy that is not finite ends the run as a divergence.

@@ -111,7 +111,7 @@ fn sparse_and_dense_first_layer_paths_agree() {
         let mut backend = CpuBackend::new(Params::init(&config, 5), Hyper::default(), data.clone());
         backend.set_sparse_input(sparse);
         assert_eq!(backend.sparse_input(), sparse);
-        let outcome = train::train(&mut backend, 2220, &options, 0, &mut Silent).unwrap();
+        let outcome = train::train(&mut backend, &options, 0, &mut Silent).unwrap();
         (backend.params().unwrap(), outcome)
     };
     let (sparse, sparse_run) = run(true);
@@ -162,7 +162,7 @@ fn train_small(seed: u64, batch: usize) -> (Params, f64) {
         seed,
         shuffle: true,
     };
-    let outcome = train::train(&mut backend, 1000, &options, 0, &mut Silent).unwrap();
+    let outcome = train::train(&mut backend, &options, 0, &mut Silent).unwrap();
     (backend.params().unwrap(), outcome.final_eval.accuracy)
 }
 
@@ -226,7 +226,7 @@ fn it_learns() {
         epochs: 1,
         ..TrainOptions::default()
     };
-    let outcome = train::train(&mut backend, 6000, &options, 0, &mut Silent).unwrap();
+    let outcome = train::train(&mut backend, &options, 0, &mut Silent).unwrap();
     let record = &outcome.history[0];
     assert!(
         record.val_accuracy > 0.85,
@@ -255,7 +255,7 @@ fn deeper_and_raw_pixel_models_train() {
             epochs: 2,
             ..TrainOptions::default()
         };
-        let outcome = train::train(&mut backend, 2000, &options, 0, &mut Silent).unwrap();
+        let outcome = train::train(&mut backend, &options, 0, &mut Silent).unwrap();
         assert!(
             outcome.final_eval.accuracy > 0.8,
             "{config:?}: {}",

@@ -16,7 +16,7 @@ use super::sparse::{
     batch_stats, fold_batchnorm, sparse_first_layer_backward, sparse_forward, ColumnBatch,
     SparseImages,
 };
-use crate::backend::{Backend, EpochStats, EvalStats, StepProgress};
+use crate::backend::{Backend, Diverged, EpochEnd, EvalStats, StepProgress};
 use crate::data::Mnist;
 use crate::model::{Hyper, OptimState, ParamLayout, Params, CLASSES, INPUT};
 use anyhow::{ensure, Result};
@@ -428,23 +428,24 @@ impl Backend for CpuBackend {
         format!("cpu ({threads} threads)")
     }
 
-    fn train_epoch_from(
+    fn train_count(&self) -> usize {
+        self.data.train.len()
+    }
+
+    fn train_steps(
         &mut self,
         order: &[u32],
         batch_size: usize,
-        start: &StepProgress,
+        base: &StepProgress,
         progress: &mut dyn FnMut(&StepProgress),
         stop: &(dyn Fn(usize) -> bool + Sync),
-    ) -> Result<EpochStats> {
+    ) -> Result<EpochEnd> {
         ensure!(batch_size > 0, "batch size must be at least 1");
-        let mut totals = StepProgress {
-            steps_total: order.len().div_ceil(batch_size),
-            ..*start
-        };
-        let batches: Vec<&[u32]> = order.chunks(batch_size).skip(start.steps_done).collect();
+        let mut totals = *base;
+        let batches: Vec<&[u32]> = order.chunks(batch_size).collect();
         let steps_per_chunk = (SAMPLES_PER_CHUNK / batch_size).max(1);
         let mut results = Vec::with_capacity(steps_per_chunk);
-        for chunk in batches.chunks(steps_per_chunk) {
+        for (c, chunk) in batches.chunks(steps_per_chunk).enumerate() {
             let first = totals.steps_done;
             // The steps run on a rayon worker, so the thread doing the serial parts
             // (BatchNorm, softmax) is one of the pool's own and the GEMM and Adam splits
@@ -452,15 +453,10 @@ impl Backend for CpuBackend {
             // workers while this one sleeps, and between splits the idle workers' spinning
             // competes with the serial work for the cores.
             let stopped = rayon::scope(|_| self.run_steps(chunk, first, stop, &mut results));
-            for (indices, (loss, correct)) in chunk.iter().zip(results.drain(..)) {
+            for (i, (indices, (loss, correct))) in chunk.iter().zip(results.drain(..)).enumerate() {
                 if !loss.is_finite() {
-                    return Err(crate::backend::Diverged {
-                        step: totals.steps_done + 1,
-                        steps_total: totals.steps_total,
-                        loss,
-                        detected_after: totals.steps_done + 1,
-                    }
-                    .into());
+                    let step = c * steps_per_chunk + i;
+                    return Err(Diverged::at(base, step, loss, step + 1).into());
                 }
                 totals.steps_done += 1;
                 totals.samples_done += indices.len();
@@ -474,7 +470,7 @@ impl Backend for CpuBackend {
                 break;
             }
         }
-        Ok(totals.epoch_stats())
+        Ok(EpochEnd::from_totals(totals))
     }
 
     fn evaluate(&mut self) -> Result<EvalStats> {

@@ -13,12 +13,12 @@
 //! per-step loss/correct back asynchronously for progress.
 
 use super::context::{map_blocking, DeviceError, GpuContext, Needs};
-use super::epoch::{sum_stats, EpochFrame, EpochRun, READBACK_SLOTS, STEPS_PER_SUBMIT};
+use super::epoch::{sum_stats, EpochRun, READBACK_SLOTS, STEPS_PER_SUBMIT};
 use super::kernels::{
     elementwise_groups, pack_pixels, record, storage_init, storage_zeroed, uniform, AdamUniform,
     BnUniform, Dispatch, GemmUniform, Kernels, SoftmaxUniform,
 };
-use crate::backend::{Backend, EpochStats, EvalStats, StepProgress};
+use crate::backend::{Backend, EpochEnd, EvalStats, StepProgress};
 use crate::cpu::adam::adam_alpha;
 use crate::data::Mnist;
 use crate::model::{Hyper, ModelConfig, OptimState, ParamLayout, Params, CLASSES, INPUT};
@@ -714,26 +714,21 @@ impl Backend for GpuBackend {
         self.name_string()
     }
 
-    fn train_epoch_from(
+    fn train_count(&self) -> usize {
+        self.train_count
+    }
+
+    fn train_steps(
         &mut self,
         order: &[u32],
         batch_size: usize,
-        start: &StepProgress,
+        base: &StepProgress,
         progress: &mut dyn FnMut(&StepProgress),
         stop: &(dyn Fn(usize) -> bool + Sync),
-    ) -> Result<EpochStats> {
+    ) -> Result<EpochEnd> {
         ensure!(batch_size > 0, "batch size must be at least 1");
-        let frame = EpochFrame {
-            start: *start,
-            epoch_steps: order.len().div_ceil(batch_size),
-        };
-        // Steps already done (a resumed epoch): train on the rest of the order as if it
-        // were a whole epoch; the batches are the same, since `skip` is a whole number of
-        // batches, and Adam's step count continues from `self.step`.
-        let skip = (start.steps_done * batch_size).min(order.len());
-        let order = &order[skip..];
         if order.is_empty() {
-            return Ok(frame.offset(StepProgress::default()).epoch_stats());
+            return Ok(EpochEnd::from_totals(*base));
         }
         if let Some(&bad) = order.iter().find(|&&i| i as usize >= self.train_count) {
             bail!(
@@ -743,17 +738,17 @@ impl Backend for GpuBackend {
         }
         self.upload_epoch(order, batch_size).map_err(gpu_err)?;
         let plan = self.train_plan.as_ref().expect("plan");
-        let mut run = EpochRun::new(&self.ctx, plan, &frame, batch_size, order.len());
-        while run.done < run.steps && !stop(start.steps_done + run.done) {
+        let mut run = EpochRun::new(&self.ctx, plan, base, batch_size, order.len());
+        while run.done < run.steps && !stop(base.steps_done + run.done) {
             run.drain(progress)?;
             run.submit_chunk(progress)?;
             run.throttle()?;
             run.drain(progress)?;
         }
         // Fewer steps than the epoch's when `stop` ended it early.
-        let totals = run.finish(progress)?;
-        self.step += totals.steps_done as u64;
-        Ok(frame.offset(totals).epoch_stats())
+        let (totals, steps) = run.finish(progress)?;
+        self.step += steps as u64;
+        Ok(EpochEnd::from_totals(totals))
     }
 
     fn evaluate(&mut self) -> Result<EvalStats> {

@@ -85,47 +85,39 @@ struct Readback {
     flag: Arc<AtomicU8>,
 }
 
-/// Where this call's steps sit in the epoch: it may resume after `start.steps_done`.
-pub struct EpochFrame {
-    pub start: StepProgress,
-    pub epoch_steps: usize,
+/// The first step among `words` (the call's steps from `first` on) whose loss is not
+/// finite, as a [`Diverged`] error; `seen`: the call's steps read back so far.
+fn diverged(base: &StepProgress, words: &[u32], first: usize, seen: usize) -> Result<()> {
+    match words
+        .chunks_exact(2)
+        .position(|pair| !f32::from_bits(pair[0]).is_finite())
+    {
+        Some(i) => Err(Diverged::at(base, first + i, f32::from_bits(words[2 * i]), seen).into()),
+        None => Ok(()),
+    }
 }
 
-impl EpochFrame {
-    /// `t` (totals of this call's steps) as totals of the whole epoch.
-    pub fn offset(&self, mut t: StepProgress) -> StepProgress {
-        t.steps_done += self.start.steps_done;
-        t.samples_done += self.start.samples_done;
-        t.loss_sum += self.start.loss_sum;
-        t.correct += self.start.correct;
-        t.steps_total = self.epoch_steps;
-        t
-    }
-
-    /// The first step among `words` (steps from `first` on) whose loss is not finite,
-    /// as a [`Diverged`] error; `seen_after`: the steps read back so far.
-    pub fn diverged(&self, words: &[u32], first: usize, seen_after: usize) -> Result<()> {
-        match words
-            .chunks_exact(2)
-            .position(|pair| !f32::from_bits(pair[0]).is_finite())
-        {
-            Some(i) => Err(Diverged {
-                step: self.start.steps_done + first + i + 1,
-                steps_total: self.epoch_steps,
-                loss: f32::from_bits(words[2 * i]),
-                detected_after: self.start.steps_done + seen_after,
-            }
-            .into()),
-            None => Ok(()),
-        }
+/// `call`'s totals (of this call's steps) continued from `base`.
+fn continued(base: &StepProgress, call: StepProgress) -> StepProgress {
+    StepProgress {
+        steps_done: base.steps_done + call.steps_done,
+        steps_total: base.steps_total,
+        samples_done: base.samples_done + call.samples_done,
+        loss_sum: base.loss_sum + call.loss_sum,
+        correct: base.correct + call.correct,
     }
 }
 
 /// Sums of (loss, correct) over per-step words `[loss bits, correct]…`.
 pub fn sum_stats(words: &[u32]) -> (f64, u64) {
-    words.chunks_exact(2).fold((0.0, 0), |(loss, correct), pair| {
-        (loss + f32::from_bits(pair[0]) as f64, correct + pair[1] as u64)
-    })
+    words
+        .chunks_exact(2)
+        .fold((0.0, 0), |(loss, correct), pair| {
+            (
+                loss + f32::from_bits(pair[0]) as f64,
+                correct + pair[1] as u64,
+            )
+        })
 }
 
 fn gpu(what: &str, e: impl std::fmt::Display) -> anyhow::Error {
@@ -136,7 +128,8 @@ fn gpu(what: &str, e: impl std::fmt::Display) -> anyhow::Error {
 pub struct EpochRun<'a> {
     ctx: &'a GpuContext,
     plan: &'a TrainPlan,
-    frame: &'a EpochFrame,
+    /// The epoch's totals before this call.
+    base: &'a StepProgress,
     batch_size: usize,
     /// Samples in this call's order, and its steps.
     len: usize,
@@ -157,14 +150,14 @@ impl<'a> EpochRun<'a> {
     pub fn new(
         ctx: &'a GpuContext,
         plan: &'a TrainPlan,
-        frame: &'a EpochFrame,
+        base: &'a StepProgress,
         batch_size: usize,
         len: usize,
     ) -> Self {
         EpochRun {
             ctx,
             plan,
-            frame,
+            base,
             batch_size,
             len,
             steps: len.div_ceil(batch_size),
@@ -289,21 +282,24 @@ impl<'a> EpochRun<'a> {
                 bytemuck::cast_slice::<u8, u32>(&view).to_vec()
             };
             buffer.unmap();
-            self.frame.diverged(&words, r.first, r.first + r.steps)?;
+            diverged(self.base, &words, r.first, r.first + r.steps)?;
             let (loss, correct) = sum_stats(&words);
             self.reported.steps_done += r.steps;
             self.reported.samples_done += r.samples;
             self.reported.loss_sum += loss;
             self.reported.correct += correct;
-            progress(&self.frame.offset(self.reported));
+            progress(&continued(self.base, self.reported));
         }
         Ok(())
     }
 
     /// After the last submission (or a stop): let every readback arrive and report it,
-    /// then read every step's statistics once more, in one copy, for the exact totals of
-    /// this call's steps (the whole epoch's, once offset by the frame).
-    pub fn finish(mut self, progress: &mut dyn FnMut(&StepProgress)) -> Result<StepProgress> {
+    /// then read every step's statistics once more, in one copy, for the exact totals.
+    /// Returns the epoch's totals and this call's step count.
+    pub fn finish(
+        mut self,
+        progress: &mut dyn FnMut(&StepProgress),
+    ) -> Result<(StepProgress, usize)> {
         self.ctx.wait()?;
         self.drain(progress)?;
         ensure!(
@@ -320,14 +316,18 @@ impl<'a> EpochRun<'a> {
             map_blocking(self.ctx, &self.plan.staging, size)?
         };
         let words: &[u32] = bytemuck::cast_slice(&bytes);
-        self.frame.diverged(words, 0, self.done)?;
+        diverged(self.base, words, 0, self.done)?;
         let (loss_sum, correct) = sum_stats(words);
-        Ok(StepProgress {
+        let call = StepProgress {
             steps_done: self.done,
             steps_total: self.steps,
             samples_done: self.samples,
             loss_sum,
             correct,
-        })
+        };
+        // The exact totals, so the last report and a checkpoint agree to the bit.
+        let totals = continued(self.base, call);
+        progress(&totals);
+        Ok((totals, self.done))
     }
 }
