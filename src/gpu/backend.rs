@@ -458,29 +458,6 @@ impl GpuBackend {
         Ok(profile)
     }
 
-    /// Check `order`, prepare the plan for it, and upload it with Adam's step sizes and a
-    /// zeroed step counter; returns the number of steps.
-    fn upload_epoch(&mut self, order: &[u32], batch_size: usize) -> Result<usize> {
-        if let Some(&bad) = order.iter().find(|&&i| i as usize >= self.train_count) {
-            bail!(
-                "sample index {bad} is out of range: the training set holds {} samples",
-                self.train_count
-            );
-        }
-        let steps = order.len().div_ceil(batch_size);
-        self.ensure_train_plan(batch_size, order.len())
-            .map_err(gpu_err)?;
-        let alphas: Vec<f32> = (1..=steps as u64)
-            .map(|s| adam_alpha(&self.hyper, self.step + s))
-            .collect();
-        let plan = self.train_plan.as_ref().expect("plan");
-        let queue = &self.ctx.queue;
-        queue.write_buffer(&plan.order, 0, bytemuck::cast_slice(order));
-        queue.write_buffer(&plan.alphas, 0, bytemuck::cast_slice(&alphas));
-        queue.write_buffer(&self.state, 0, bytemuck::cast_slice(&[0u32; 4]));
-        Ok(steps)
-    }
-
     fn ensure_train_plan(&mut self, batch: usize, len: usize) -> Result<(), DeviceError> {
         self.ensure_workspace(batch)?;
         if self
@@ -657,169 +634,6 @@ struct Readback {
     words: Vec<u32>,
 }
 
-/// One epoch's submissions and their readbacks, in flight.
-struct Submissions<'a> {
-    ctx: &'a GpuContext,
-    plan: &'a TrainPlan,
-    batch_size: usize,
-    steps: usize,
-    in_flight: VecDeque<wgpu::SubmissionIndex>,
-    readbacks: VecDeque<Readback>,
-    /// Steps submitted and their samples.
-    done: usize,
-    samples: usize,
-    /// Steps in the next submission (see [`submit_size`]).
-    per_submit: usize,
-    /// Steps whose stats have come back, and since when the epoch runs.
-    steps_back: usize,
-    started: Instant,
-}
-
-impl<'a> Submissions<'a> {
-    fn new(ctx: &'a GpuContext, plan: &'a TrainPlan, batch_size: usize, steps: usize) -> Self {
-        Submissions {
-            ctx,
-            plan,
-            batch_size,
-            steps,
-            in_flight: VecDeque::new(),
-            readbacks: VecDeque::new(),
-            done: 0,
-            samples: 0,
-            per_submit: 1,
-            steps_back: 0,
-            started: Instant::now(),
-        }
-    }
-
-    /// Submit the next steps, then let the device progress (waiting when too many
-    /// submissions are queued) and surface any device error.
-    fn submit_next(&mut self) -> Result<()> {
-        let end = (self.done + self.per_submit).min(self.steps);
-        let Some(slot) = free_slot(&self.readbacks) else {
-            bail!("reading training progress back from the GPU fell behind");
-        };
-        let range = self.done..end;
-        let (submitted, readback) = submit_steps(self.ctx, self.plan, range, self.batch_size, slot);
-        self.in_flight.push_back(submitted);
-        self.samples += readback.samples;
-        self.readbacks.push_back(readback);
-        self.done = end;
-        keep_in_flight(self.ctx, &mut self.in_flight)?;
-        self.ctx.check().map_err(gpu_err)?;
-        self.per_submit = submit_size(self.per_submit, self.steps_back, self.started.elapsed());
-        Ok(())
-    }
-
-    /// Submit every step (unless `stop(steps submitted)` says to stop first), handing each
-    /// submission's stats to `report` as they arrive, then wait for all of them.
-    fn run(
-        &mut self,
-        stop: &dyn Fn(usize) -> bool,
-        report: &mut dyn FnMut(&Readback) -> Result<()>,
-    ) -> Result<()> {
-        while self.done < self.steps && !stop(self.done) {
-            if self.readbacks.len() == READBACK_SLOTS {
-                // The oldest readback's buffer is needed again: wait for it.
-                self.ctx.wait().map_err(gpu_err)?;
-            }
-            for r in self.arrived()? {
-                report(&r)?;
-            }
-            self.submit_next()?;
-            for r in self.arrived()? {
-                report(&r)?;
-            }
-        }
-        self.ctx.wait().map_err(gpu_err)?;
-        for r in self.arrived()? {
-            report(&r)?;
-        }
-        ensure!(
-            self.readbacks.is_empty(),
-            "reading training progress back from the GPU did not finish"
-        );
-        Ok(())
-    }
-
-    /// The readbacks that have arrived since the last call, in order.
-    fn arrived(&mut self) -> Result<Vec<Readback>> {
-        let ready = drain_ready(&mut self.readbacks, &self.plan.readbacks)?;
-        self.steps_back += ready.iter().map(|r| r.steps).sum::<usize>();
-        Ok(ready)
-    }
-}
-
-/// Record steps `range` (of an epoch of `plan.len` samples) into one command buffer,
-/// with a copy of their stats into readback buffer `slot`, submit it, and start mapping
-/// that buffer.
-fn submit_steps(
-    ctx: &GpuContext,
-    plan: &TrainPlan,
-    range: std::ops::Range<usize>,
-    batch_size: usize,
-    slot: usize,
-) -> (wgpu::SubmissionIndex, Readback) {
-    let mut encoder = ctx
-        .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("training steps"),
-        });
-    let mut samples = 0;
-    {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("training steps"),
-            timestamp_writes: None,
-        });
-        for s in range.clone() {
-            let rows = batch_size.min(plan.len - s * batch_size);
-            let list = match &plan.last {
-                Some(last) if rows < batch_size => last,
-                _ => &plan.full,
-            };
-            record(&mut pass, list);
-            samples += rows;
-        }
-    }
-    let bytes = (range.len() * 8) as u64;
-    let buffer = &plan.readbacks[slot];
-    encoder.copy_buffer_to_buffer(&plan.stats, (range.start * 8) as u64, buffer, 0, bytes);
-    let submitted = ctx.queue.submit([encoder.finish()]);
-    let flag = Arc::new(AtomicU8::new(0));
-    let f = flag.clone();
-    buffer.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
-        f.store(if r.is_ok() { 1 } else { 2 }, Ordering::SeqCst);
-    });
-    let readback = Readback {
-        slot,
-        first: range.start,
-        steps: range.len(),
-        samples,
-        flag,
-        words: Vec::new(),
-    };
-    (submitted, readback)
-}
-
-/// Let the device progress: wait for the oldest submission when more than
-/// [`MAX_IN_FLIGHT`] are queued, else poll without blocking (which runs map callbacks).
-fn keep_in_flight(ctx: &GpuContext, in_flight: &mut VecDeque<wgpu::SubmissionIndex>) -> Result<()> {
-    if in_flight.len() > MAX_IN_FLIGHT {
-        let oldest = in_flight.pop_front().expect("in flight");
-        ctx.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(oldest),
-                timeout: None,
-            })
-            .map_err(|e| gpu_err(DeviceError::Gpu(format!("waiting for the GPU: {e}"))))?;
-    } else {
-        ctx.device
-            .poll(wgpu::PollType::Poll)
-            .map_err(|e| gpu_err(DeviceError::Gpu(format!("polling the GPU: {e}"))))?;
-    }
-    Ok(())
-}
-
 /// The readbacks at the front of the queue whose words have arrived, in order (read and
 /// unmapped); a failed mapping is an error.
 fn drain_ready(
@@ -846,40 +660,6 @@ fn drain_ready(
         }
     }
     Ok(ready)
-}
-
-/// The first step among `words` (per-step loss and correct, from step `first` of the
-/// epoch, 0-based) whose loss is not finite, as a [`crate::backend::Diverged`] error.
-fn first_nonfinite(
-    words: &[u32],
-    first: usize,
-    steps_total: usize,
-    detected_after: usize,
-) -> Result<()> {
-    match words
-        .chunks_exact(2)
-        .position(|pair| !f32::from_bits(pair[0]).is_finite())
-    {
-        Some(i) => Err(crate::backend::Diverged {
-            step: first + i + 1,
-            steps_total,
-            loss: f32::from_bits(words[2 * i]),
-            detected_after,
-        }
-        .into()),
-        None => Ok(()),
-    }
-}
-
-/// The stats of the epoch's first `done` steps, read back in one copy.
-fn read_stats(ctx: &GpuContext, plan: &TrainPlan, done: usize) -> Result<Vec<u8>> {
-    if done == 0 {
-        return Ok(Vec::new());
-    }
-    let mut encoder = ctx.device.create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(&plan.stats, 0, &plan.staging, 0, (done * 8) as u64);
-    ctx.queue.submit([encoder.finish()]);
-    map_blocking(ctx, &plan.staging, (done * 8) as u64).map_err(gpu_err)
 }
 
 /// A readback buffer no queued readback uses.
@@ -929,21 +709,47 @@ impl Backend for GpuBackend {
             t.steps_total = epoch_steps;
             t
         };
-        let diverged = |words: &[u32], first: usize, seen_after: usize| {
-            first_nonfinite(
-                words,
-                start.steps_done + first,
-                epoch_steps,
-                start.steps_done + seen_after,
-            )
+        // The first step whose loss is not finite among `words` (steps from `first` on),
+        // as a `Diverged` error.
+        let diverged = |words: &[u32], first: usize, seen_after: usize| -> Result<()> {
+            match words
+                .chunks_exact(2)
+                .position(|pair| !f32::from_bits(pair[0]).is_finite())
+            {
+                Some(i) => Err(crate::backend::Diverged {
+                    step: start.steps_done + first + i + 1,
+                    steps_total: epoch_steps,
+                    loss: f32::from_bits(words[2 * i]),
+                    detected_after: start.steps_done + seen_after,
+                }
+                .into()),
+                None => Ok(()),
+            }
         };
         if order.is_empty() {
             let totals = offset(StepProgress::default());
             return Ok(totals.epoch_stats());
         }
-        let steps = self.upload_epoch(order, batch_size)?;
+        if let Some(&bad) = order.iter().find(|&&i| i as usize >= self.train_count) {
+            bail!(
+                "sample index {bad} is out of range: the training set holds {} samples",
+                self.train_count
+            );
+        }
+        let len = order.len();
+        let steps = len.div_ceil(batch_size);
+        self.ensure_train_plan(batch_size, len).map_err(gpu_err)?;
+        let alphas: Vec<f32> = (1..=steps as u64)
+            .map(|s| adam_alpha(&self.hyper, self.step + s))
+            .collect();
         let plan = self.train_plan.as_ref().expect("plan");
         let ctx = &self.ctx;
+        ctx.queue
+            .write_buffer(&plan.order, 0, bytemuck::cast_slice(order));
+        ctx.queue
+            .write_buffer(&plan.alphas, 0, bytemuck::cast_slice(&alphas));
+        ctx.queue
+            .write_buffer(&self.state, 0, bytemuck::cast_slice(&[0u32; 4]));
 
         let mut totals = StepProgress {
             steps_total: steps,
@@ -961,13 +767,108 @@ impl Backend for GpuBackend {
             progress(&offset(*totals));
             Ok(())
         };
-        let mut run = Submissions::new(ctx, plan, batch_size, steps);
-        run.run(&|done| stop(start.steps_done + done), &mut |r| {
-            report(&mut totals, r)
-        })?;
-        let (done, samples) = (run.done, run.samples);
+        let mut in_flight: VecDeque<wgpu::SubmissionIndex> = VecDeque::new();
+        let mut readbacks: VecDeque<Readback> = VecDeque::new();
+        let epoch_started = Instant::now();
+        let (mut done, mut samples, mut per_submit) = (0usize, 0usize, 1usize);
+        while done < steps {
+            if stop(start.steps_done + done) {
+                break;
+            }
+            if readbacks.len() == READBACK_SLOTS {
+                // The oldest readback's buffer is needed again: wait for it.
+                ctx.wait().map_err(gpu_err)?;
+            }
+            for r in drain_ready(&mut readbacks, &plan.readbacks)? {
+                report(&mut totals, &r)?;
+            }
+            let end = (done + per_submit).min(steps);
+            let Some(slot) = free_slot(&readbacks) else {
+                bail!("reading training progress back from the GPU fell behind");
+            };
+            let mut encoder = ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("training steps"),
+                });
+            let mut rows_here = 0;
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("training steps"),
+                    timestamp_writes: None,
+                });
+                for s in done..end {
+                    let rows = batch_size.min(len - s * batch_size);
+                    let list = match &plan.last {
+                        Some(last) if rows < batch_size => last,
+                        _ => &plan.full,
+                    };
+                    record(&mut pass, list);
+                    rows_here += rows;
+                }
+            }
+            let bytes = ((end - done) * 8) as u64;
+            encoder.copy_buffer_to_buffer(
+                &plan.stats,
+                (done * 8) as u64,
+                &plan.readbacks[slot],
+                0,
+                bytes,
+            );
+            in_flight.push_back(ctx.queue.submit([encoder.finish()]));
+            let flag = Arc::new(AtomicU8::new(0));
+            let f = flag.clone();
+            plan.readbacks[slot].map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
+                f.store(if r.is_ok() { 1 } else { 2 }, Ordering::SeqCst);
+            });
+            readbacks.push_back(Readback {
+                slot,
+                first: done,
+                steps: end - done,
+                samples: rows_here,
+                flag,
+                words: Vec::new(),
+            });
+            done = end;
+            samples += rows_here;
+            if in_flight.len() > MAX_IN_FLIGHT {
+                let oldest = in_flight.pop_front().expect("in flight");
+                ctx.device
+                    .poll(wgpu::PollType::Wait {
+                        submission_index: Some(oldest),
+                        timeout: None,
+                    })
+                    .map_err(|e| gpu_err(DeviceError::Gpu(format!("waiting for the GPU: {e}"))))?;
+            } else {
+                ctx.device
+                    .poll(wgpu::PollType::Poll)
+                    .map_err(|e| gpu_err(DeviceError::Gpu(format!("polling the GPU: {e}"))))?;
+            }
+            ctx.check().map_err(gpu_err)?;
+            for r in drain_ready(&mut readbacks, &plan.readbacks)? {
+                report(&mut totals, &r)?;
+            }
+            per_submit = submit_size(per_submit, totals.steps_done, epoch_started.elapsed());
+        }
+        // Finish: every submission's readback (the last ones report here), then read
+        // every step's stats once more in one copy for the epoch's exact totals.
+        ctx.wait().map_err(gpu_err)?;
+        for r in drain_ready(&mut readbacks, &plan.readbacks)? {
+            report(&mut totals, &r)?;
+        }
+        ensure!(
+            readbacks.is_empty(),
+            "reading training progress back from the GPU did not finish"
+        );
         // `done` < `steps` when `stop` ended the epoch early.
-        let bytes = read_stats(ctx, plan, done)?;
+        let bytes = if done == 0 {
+            Vec::new()
+        } else {
+            let mut encoder = ctx.device.create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(&plan.stats, 0, &plan.staging, 0, (done * 8) as u64);
+            ctx.queue.submit([encoder.finish()]);
+            map_blocking(ctx, &plan.staging, (done * 8) as u64).map_err(gpu_err)?
+        };
         self.step += done as u64;
         diverged(bytemuck::cast_slice(&bytes), 0, done)?;
         let (loss, correct) = Self::sum_stats(bytemuck::cast_slice(&bytes));
@@ -978,8 +879,6 @@ impl Backend for GpuBackend {
             loss_sum: loss,
             correct,
         });
-        // The exact sums last: they are what an interrupted epoch's checkpoint keeps.
-        progress(&totals);
         Ok(totals.epoch_stats())
     }
 
