@@ -114,7 +114,8 @@ fn the_default_run_block_shows_what_the_program_prints() {
         .find(|l| l.starts_with("Test accuracy: "))
         .unwrap();
     let accuracy = number_after(final_line, "Test accuracy: ");
-    let bold = number_after(&readme, "Default flags give\n**");
+    let text = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    let bold = number_after(&text, "Default flags give **");
     if bold != accuracy {
         wrong.push(format!(
             "the text says {bold}%, the run printed {accuracy}%"

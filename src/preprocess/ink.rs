@@ -83,7 +83,7 @@ pub(super) fn find_digit(grey: &Grey) -> Option<Found> {
     });
     let labels = connected_components(&mask, Connectivity::Eight, Luma([0u8]));
     let blobs = measure(&labels, &flat);
-    let (kept, mut warnings) = choose(&blobs, flat.dimensions());
+    let (kept, mut warnings) = choose(&blobs);
     let (crop, work_box) = cut_out(&flat, &labels, &kept)?;
     if let Some(note) = little_ink(&blobs, &kept, work_box, flat.dimensions(), scale) {
         warnings.insert(0, note);
@@ -232,7 +232,7 @@ fn measure(labels: &ImageBuffer<Luma<u32>, Vec<u32>>, flat: &Grey) -> Vec<Blob> 
 
 /// Which marks make the digit (indices into `blobs`), and a warning when another mark of
 /// similar size lies apart from it (a second digit?).
-fn choose(blobs: &[Blob], (w, h): (u32, u32)) -> (Vec<usize>, Vec<String>) {
+fn choose(blobs: &[Blob]) -> (Vec<usize>, Vec<String>) {
     let inner: Vec<usize> = (0..blobs.len())
         .filter(|&i| blobs[i].area > 0 && !blobs[i].touches_edge)
         .collect();
@@ -270,7 +270,7 @@ fn choose(blobs: &[Blob], (w, h): (u32, u32)) -> (Vec<usize>, Vec<String>) {
     let mut warnings = Vec::new();
     if rivals > 0 {
         warnings.push(format!(
-            "{} separate marks of similar size in the {w}×{h} working picture: it may hold more than one digit (only the largest is read)",
+            "{} separate marks of similar size: the picture may hold more than one digit (only the largest is read)",
             rivals + 1
         ));
     }

@@ -34,21 +34,7 @@ pub fn photo(digit: &[u8], seed: u64) -> (RgbImage, PhotoStyle) {
     let (width, height) = (rng.random_range(160..=320), rng.random_range(160..=320));
     let degrees: f32 = rng.random_range(-12.0..=12.0);
     let ink = ink_layer(digit, width.min(height), degrees, &mut rng);
-    let paper: [f32; 3] = [
-        rng.random_range(205.0..250.0),
-        rng.random_range(195.0..245.0),
-        rng.random_range(160.0..235.0),
-    ];
-    let pen: [f32; 3] = if rng.random_bool(0.5) {
-        [
-            rng.random_range(15.0..50.0),
-            rng.random_range(25.0..60.0),
-            rng.random_range(90.0..160.0),
-        ]
-    } else {
-        let g = rng.random_range(20.0..70.0);
-        [g, g, g]
-    };
+    let (paper, pen) = colours(&mut rng);
     let edge = rng
         .random_bool(0.4)
         .then(|| ["left", "right", "top", "bottom"][rng.random_range(0..4)]);
@@ -94,6 +80,26 @@ pub fn photo(digit: &[u8], seed: u64) -> (RgbImage, PhotoStyle) {
         edge,
     };
     (img, style)
+}
+
+/// Tinted paper, and blue pen or grey pencil.
+fn colours(rng: &mut ChaCha8Rng) -> ([f32; 3], [f32; 3]) {
+    let paper = [
+        rng.random_range(205.0..250.0),
+        rng.random_range(195.0..245.0),
+        rng.random_range(160.0..235.0),
+    ];
+    let pen = if rng.random_bool(0.5) {
+        [
+            rng.random_range(15.0..50.0),
+            rng.random_range(25.0..60.0),
+            rng.random_range(90.0..160.0),
+        ]
+    } else {
+        let g = rng.random_range(20.0..70.0);
+        [g, g, g]
+    };
+    (paper, pen)
 }
 
 /// The digit as ink coverage (0–255), enlarged so it is 35–60% of the picture's shorter
