@@ -99,9 +99,16 @@ fn gpu_gemm(
         ),
     };
     let ub = kernels::uniform(&ctx.device, "gemm", &u);
+    let bindings = kernels::GemmBindings {
+        u: &ub,
+        a: &a,
+        b: &b,
+        e: &e,
+        c: &c,
+    };
     let dispatch = kernels
         .gemm
-        .dispatch(&ctx.device, &ub, &[&a, &b, &e, &c], u.workgroups());
+        .dispatch(&ctx.device, &bindings, u.workgroups());
     let batch: Vec<_> = vec![dispatch; reps];
     let run = || {
         let mut encoder = ctx.device.create_command_encoder(&Default::default());

@@ -4,7 +4,7 @@
 use crate::backend::Backend;
 use crate::cpu::{self, CpuBackend};
 use crate::data::{self, Mnist};
-use crate::gpu::{self, AdapterSummary, DeviceChoice, GpuBackend};
+use crate::gpu::{self, DeviceChoice, GpuBackend};
 use crate::model::{Hyper, Params, CLASSES};
 use crate::modelfile;
 use crate::{preprocess, report};
@@ -40,21 +40,11 @@ impl Device {
     }
 }
 
-/// A software rasteriser (lavapipe, llvmpipe, SwiftShader, WARP): it runs the WGSL
-/// kernels correctly but far slower than the CPU path, so it is never picked automatically.
-fn is_software(adapter: &AdapterSummary) -> bool {
-    let name = adapter.name.to_ascii_lowercase();
-    adapter.device_type == "cpu"
-        || ["llvmpipe", "lavapipe", "softpipe", "swiftshader", "warp"]
-            .iter()
-            .any(|s| name.contains(s))
-}
-
 /// What `Device::Auto` means on this machine: a hardware GPU, else the CPU (with a note
 /// that says what will run there: `"training"`, `"evaluating"`).
 fn resolve_auto(activity: &str) -> Device {
     match gpu::list_adapters(&DeviceChoice::default()) {
-        Ok(list) if list.iter().any(|a| a.compute && !is_software(a)) => {
+        Ok(list) if list.iter().any(|a| a.compute && !a.software) => {
             Device::Gpu(DeviceChoice::default())
         }
         Ok(list) => {

@@ -179,3 +179,75 @@ fn layout_problems(pair: &UniformPair) -> Vec<String> {
     }
     problems
 }
+
+/// Each kernel's bindings declaration (`src/gpu/bindings.rs`) names the shader's own
+/// variables, with their binding numbers and access, and covers every binding its entry
+/// points use: the bind groups are built from it, so a buffer can never be bound to
+/// the wrong variable.
+#[test]
+fn bindings_match_each_entry_point() {
+    use mnist_gpu::gpu::bindings::{Access, ALL};
+    let mut failures = Vec::new();
+    for &(shader, entries, slots) in ALL {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("shaders")
+            .join(format!("{shader}.wgsl"));
+        let source = std::fs::read_to_string(&path).unwrap();
+        let module = naga::front::wgsl::parse_str(&source).unwrap();
+        let info = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .unwrap();
+        let declared = |handle| {
+            let var: &naga::GlobalVariable = &module.global_variables[handle];
+            let binding = var.binding.as_ref()?.binding;
+            let access = match var.space {
+                naga::AddressSpace::Uniform => Access::Uniform,
+                naga::AddressSpace::Storage { access }
+                    if access.contains(naga::StorageAccess::STORE) =>
+                {
+                    Access::ReadWrite
+                }
+                naga::AddressSpace::Storage { .. } => Access::Read,
+                _ => return None,
+            };
+            Some((var.name.clone().unwrap_or_default(), binding, access))
+        };
+        for &entry in entries {
+            let Some(index) = module.entry_points.iter().position(|e| e.name == entry) else {
+                failures.push(format!("{shader}.wgsl has no entry point {entry}"));
+                continue;
+            };
+            let uses = info.get_entry_point(index);
+            for (handle, _) in module.global_variables.iter() {
+                let Some((name, binding, access)) = declared(handle) else {
+                    continue;
+                };
+                let slot = slots.iter().find(|s| s.1 == binding);
+                let used = !uses[handle].is_empty();
+                match slot {
+                    Some(&(n, _, a)) if n == name && a == access => {}
+                    Some(&(n, _, a)) => failures.push(format!(
+                        "{shader}.wgsl {entry}: binding {binding} is '{name}' ({access:?}), declared '{n}' ({a:?})"
+                    )),
+                    None if used => failures.push(format!(
+                        "{shader}.wgsl {entry}: uses binding {binding} '{name}', not declared"
+                    )),
+                    None => {}
+                }
+            }
+        }
+        for &(name, binding, _) in slots {
+            let exists = module
+                .global_variables
+                .iter()
+                .any(|(h, _)| declared(h).is_some_and(|(n, b, _)| n == name && b == binding));
+            if !exists {
+                failures.push(format!("{shader}.wgsl has no binding {binding} '{name}'"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -12,6 +12,10 @@
 //! asynchronously for progress.
 //! per-step loss/correct back asynchronously for progress.
 
+use super::bindings::{
+    AdamBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, GemmBindings,
+    SoftmaxXentBindings,
+};
 use super::context::{map_blocking, DeviceError, GpuContext, Needs};
 use super::epoch::{sum_stats, EpochRun, READBACK_SLOTS, STEPS_PER_SUBMIT};
 use super::kernels::{
@@ -285,12 +289,14 @@ impl GpuBackend {
                     l + 1 < layers,
                 );
                 let ub = uniform(d, "gemm forward", &u);
-                k.gemm.dispatch(
-                    d,
-                    &ub,
-                    &[&w.acts[l], &self.params, &self.params, &w.acts[l + 1]],
-                    u.workgroups(),
-                )
+                let bindings = GemmBindings {
+                    u: &ub,
+                    a: &w.acts[l],
+                    b: &self.params,
+                    e: &self.params,
+                    c: &w.acts[l + 1],
+                };
+                k.gemm.dispatch(d, &bindings, u.workgroups())
             })
             .collect()
     }
@@ -312,20 +318,20 @@ impl GpuBackend {
 
         let u = self.bn_uniform(rows, stride, true, 0);
         let ub = uniform(d, "bn forward", &u);
-        list.push(k.bn_train.dispatch(
-            d,
-            &ub,
-            &[
-                &self.train_pixels,
-                order,
-                &self.state,
-                &self.params,
-                &self.bn_stats,
-                &w.xhat,
-                &w.acts[0],
-            ],
-            u.workgroups(),
-        ));
+        let bindings = BatchnormForwardBindings {
+            u: &ub,
+            pixels: &self.train_pixels,
+            order,
+            state: &self.state,
+            params: &self.params,
+            stats: &self.bn_stats,
+            xhat: &w.xhat,
+            y: &w.acts[0],
+        };
+        list.push(
+            k.batchnorm_forward_train
+                .dispatch(d, &bindings, u.workgroups()),
+        );
         list.extend(self.forward_dispatches(rows));
 
         let u = SoftmaxUniform {
@@ -337,20 +343,17 @@ impl GpuBackend {
             ..Default::default()
         };
         let ub = uniform(d, "softmax", &u);
-        list.push(k.softmax.dispatch(
-            d,
-            &ub,
-            &[
-                &w.acts[layers],
-                &self.train_labels,
-                order,
-                &self.state,
-                &w.deltas[layers],
-                stats,
-                &self.predictions,
-            ],
-            [1, 1, 1],
-        ));
+        let bindings = SoftmaxXentBindings {
+            u: &ub,
+            logits: &w.acts[layers],
+            labels: &self.train_labels,
+            order,
+            state: &self.state,
+            grad: &w.deltas[layers],
+            stats,
+            predictions: &self.predictions,
+        };
+        list.push(k.softmax_xent.dispatch(d, &bindings, [1, 1, 1]));
 
         for l in (0..layers).rev() {
             let (kin, nout) = (widths[l], widths[l + 1]);
@@ -365,23 +368,27 @@ impl GpuBackend {
             // Layer 0's weight gradient is taken against xhat: bn_dense_backward turns it
             // into dW0, dgamma and dbeta, so layer 0 needs no input-grad GEMM.
             let input = if l == 0 { &w.xhat } else { &w.acts[l] };
-            list.push(k.gemm.dispatch(
-                d,
-                &ub,
-                &[input, &w.deltas[l + 1], &self.params, &self.grads],
-                u.workgroups(),
-            ));
+            let bindings = GemmBindings {
+                u: &ub,
+                a: input,
+                b: &w.deltas[l + 1],
+                e: &self.params,
+                c: &self.grads,
+            };
+            list.push(k.gemm.dispatch(d, &bindings, u.workgroups()));
             if l == 0 {
                 break;
             }
             let u = GemmUniform::input_grad(rows, kin, nout, self.layout.kernels[l].start, true);
             let ub = uniform(d, "gemm input grad", &u);
-            list.push(k.gemm.dispatch(
-                d,
-                &ub,
-                &[&w.deltas[l + 1], &self.params, &w.acts[l], &w.deltas[l]],
-                u.workgroups(),
-            ));
+            let bindings = GemmBindings {
+                u: &ub,
+                a: &w.deltas[l + 1],
+                b: &self.params,
+                e: &w.acts[l],
+                c: &w.deltas[l],
+            };
+            list.push(k.gemm.dispatch(d, &bindings, u.workgroups()));
         }
 
         let u = BnUniform {
@@ -391,8 +398,13 @@ impl GpuBackend {
             ..self.bn_uniform(rows, stride, true, 0)
         };
         let ub = uniform(d, "bn dense backward", &u);
-        let (kernel, groups) = k.bn_dense_backward(&u, k.cpu_adapter);
-        list.push(kernel.dispatch(d, &ub, &[&self.params, &self.grads], groups));
+        let (kernel, groups) = k.batchnorm_dense_backward_for(&u);
+        let bindings = BatchnormDenseBackwardBindings {
+            u: &ub,
+            params: &self.params,
+            grads: &self.grads,
+        };
+        list.push(kernel.dispatch(d, &bindings, groups));
 
         let u = AdamUniform {
             n: self.layout.total as u32,
@@ -402,19 +414,19 @@ impl GpuBackend {
             ..Default::default()
         };
         let ub = uniform(d, "adam", &u);
-        list.push(k.adam.dispatch(
-            d,
-            &ub,
-            &[
-                &self.state,
-                alphas,
-                &self.grads,
-                &self.params,
-                &self.m,
-                &self.v,
-            ],
-            elementwise_groups(self.layout.total),
-        ));
+        let bindings = AdamBindings {
+            u: &ub,
+            state: &self.state,
+            alphas,
+            grads: &self.grads,
+            params: &self.params,
+            m: &self.m,
+            v: &self.v,
+        };
+        list.push(
+            k.adam
+                .dispatch(d, &bindings, elementwise_groups(self.layout.total)),
+        );
         list
     }
 
@@ -628,20 +640,19 @@ impl GpuBackend {
                 let mut list = Vec::new();
                 let u = self.bn_uniform(rows, 0, false, base);
                 let ub = uniform(d, "bn eval", &u);
-                list.push(k.bn_eval.dispatch(
-                    d,
-                    &ub,
-                    &[
-                        &self.test_pixels,
-                        &self.dummy,
-                        &self.state,
-                        &self.params,
-                        &self.bn_stats,
-                        &w.xhat,
-                        &w.acts[0],
-                    ],
-                    u.workgroups(),
-                ));
+                // Evaluation reads rows in order: no sample order, no step counter.
+                let bindings = BatchnormForwardBindings {
+                    u: &ub,
+                    pixels: &self.test_pixels,
+                    order: &self.dummy,
+                    state: &self.state,
+                    params: &self.params,
+                    stats: &self.bn_stats,
+                    xhat: &w.xhat,
+                    y: &w.acts[0],
+                };
+                let kernel = &k.batchnorm_forward_eval;
+                list.push(kernel.dispatch(d, &bindings, u.workgroups()));
                 if !forward_cache.iter().any(|(r, _)| *r == rows) {
                     forward_cache.push((rows, self.forward_dispatches(rows)));
                 }
@@ -661,20 +672,17 @@ impl GpuBackend {
                     ..Default::default()
                 };
                 let ub = uniform(d, "softmax eval", &u);
-                list.push(k.softmax.dispatch(
-                    d,
-                    &ub,
-                    &[
-                        &w.acts[layers],
-                        &self.test_labels,
-                        &self.dummy,
-                        &self.state,
-                        &w.deltas[layers],
-                        &self.eval_stats,
-                        &self.predictions,
-                    ],
-                    [1, 1, 1],
-                ));
+                let bindings = SoftmaxXentBindings {
+                    u: &ub,
+                    logits: &w.acts[layers],
+                    labels: &self.test_labels,
+                    order: &self.dummy,
+                    state: &self.state,
+                    grad: &w.deltas[layers],
+                    stats: &self.eval_stats,
+                    predictions: &self.predictions,
+                };
+                list.push(k.softmax_xent.dispatch(d, &bindings, [1, 1, 1]));
                 chunks.push(list);
             }
             let staging = d.create_buffer(&wgpu::BufferDescriptor {

@@ -80,6 +80,8 @@ pub struct AdapterSummary {
     pub max_compute_workgroup_storage_size: u32,
     /// Whether the adapter can run compute shaders at all (false on some GL drivers).
     pub compute: bool,
+    /// A software rasteriser running on the CPU (see [`is_software`]).
+    pub software: bool,
 }
 
 fn backend_label(backend: wgpu::Backend) -> &'static str {
@@ -151,8 +153,21 @@ fn make_instance(backends: wgpu::Backends) -> wgpu::Instance {
     wgpu::Instance::new(desc)
 }
 
+/// A software rasteriser (lavapipe, llvmpipe, SwiftShader, WARP): it runs the WGSL
+/// kernels correctly but far slower than the CPU path, so it is never picked
+/// automatically, and barriers cost there what they save on a GPU (which is why the
+/// trainer picks the per-feature BatchNorm backward on it).
+pub fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    let name = info.name.to_ascii_lowercase();
+    info.device_type == wgpu::DeviceType::Cpu
+        || ["llvmpipe", "lavapipe", "softpipe", "swiftshader", "warp"]
+            .iter()
+            .any(|s| name.contains(s))
+}
+
 fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary {
     let info = adapter.get_info();
+    let software = is_software(&info);
     let limits = adapter.limits();
     let compute = adapter
         .get_downlevel_capabilities()
@@ -171,6 +186,7 @@ fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary {
         max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
         max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
         compute,
+        software,
     }
 }
 

@@ -7,9 +7,11 @@
 //! - [`backend`]: [`GpuBackend`], the training step and evaluation.
 
 pub mod backend;
+pub mod bindings;
 pub mod context;
 mod epoch;
 pub mod kernels;
+pub mod twins;
 
 pub use backend::GpuBackend;
 pub use context::{

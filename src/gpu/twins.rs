@@ -1,0 +1,494 @@
+//! The GPU twin of each CPU kernel, callable from the host: upload the inputs, run ONE
+//! dispatch of the trainer's own pipeline, read the outputs back. The agreement tests
+//! check each against its CPU twin (`src/cpu/`) under the same name, and the benches
+//! time them; training never calls these.
+
+use super::bindings::*;
+use super::context::{DeviceError, GpuContext};
+use super::kernels::{
+    elementwise_groups, kernel, module, pack_pixels, record, storage_init, storage_zeroed, uniform,
+    AdamUniform, BnUniform, Dispatch, GemmUniform, Kernels, ReluUniform, SoftmaxUniform, RELU_WGSL,
+};
+
+/// What [`Kernels::batchnorm_dense_backward`] reads back.
+pub struct BnDenseGrads {
+    pub dw: Vec<f32>,
+    pub dgamma: Vec<f32>,
+    pub dbeta: Vec<f32>,
+}
+
+/// Outputs of [`Kernels::batchnorm_forward_train`].
+pub struct BnTrainOutput {
+    pub xhat: Vec<f32>,
+    pub y: Vec<f32>,
+    pub inv_std: Vec<f32>,
+}
+
+fn f32s(bytes: &[u8], len: usize) -> Vec<f32> {
+    bytemuck::cast_slice::<u8, f32>(&bytes[..len * 4]).to_vec()
+}
+
+fn run_one(ctx: &GpuContext, dispatch: Dispatch) -> Result<(), DeviceError> {
+    ctx.scoped("running a kernel", || {
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            record(&mut pass, std::slice::from_ref(&dispatch));
+        }
+        ctx.queue.submit([encoder.finish()]);
+    })?;
+    ctx.wait()
+}
+
+fn read_f32(
+    ctx: &GpuContext,
+    buffer: &wgpu::Buffer,
+    offset: usize,
+    len: usize,
+) -> Result<Vec<f32>, DeviceError> {
+    Ok(f32s(
+        &ctx.read_buffer(buffer, offset as u64 * 4, len as u64 * 4)?,
+        len,
+    ))
+}
+
+impl Kernels {
+    fn gemm_dispatch(
+        &self,
+        ctx: &GpuContext,
+        u: GemmUniform,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        e: &wgpu::Buffer,
+        c: &wgpu::Buffer,
+    ) -> Result<(), DeviceError> {
+        let ub = uniform(&ctx.device, "gemm", &u);
+        let bindings = GemmBindings { u: &ub, a, b, e, c };
+        run_one(
+            ctx,
+            self.gemm.dispatch(&ctx.device, &bindings, u.workgroups()),
+        )
+    }
+
+    /// GPU twin of [`crate::cpu::gemm::gemm_forward`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_forward(
+        &self,
+        ctx: &GpuContext,
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        relu: bool,
+    ) -> Result<Vec<f32>, DeviceError> {
+        let d = &ctx.device;
+        let (xb, wb, bb) = (
+            storage_init(ctx, "x", bytemuck::cast_slice(x)),
+            storage_init(ctx, "w", bytemuck::cast_slice(w)),
+            storage_init(ctx, "bias", bytemuck::cast_slice(bias)),
+        );
+        let y = storage_zeroed(d, "y", (m * n * 4) as u64);
+        self.gemm_dispatch(
+            ctx,
+            GemmUniform::forward(m, k, n, 0, 0, relu),
+            &xb,
+            &wb,
+            &bb,
+            &y,
+        )?;
+        read_f32(ctx, &y, 0, m * n)
+    }
+
+    /// GPU twin of [`crate::cpu::gemm::gemm_weight_grad`] and [`crate::cpu::gemm::bias_grad`]
+    /// (one fused dispatch): returns `(dw [k,n], db [n])`.
+    pub fn gemm_weight_grad(
+        &self,
+        ctx: &GpuContext,
+        x: &[f32],
+        dy: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>), DeviceError> {
+        let d = &ctx.device;
+        let (xb, dyb) = (
+            storage_init(ctx, "x", bytemuck::cast_slice(x)),
+            storage_init(ctx, "dy", bytemuck::cast_slice(dy)),
+        );
+        let out = storage_zeroed(d, "dw", ((k + 1) * n * 4) as u64);
+        self.gemm_dispatch(
+            ctx,
+            GemmUniform::weight_grad(m, k, n, 0, k * n),
+            &xb,
+            &dyb,
+            &xb,
+            &out,
+        )?;
+        let all = read_f32(ctx, &out, 0, (k + 1) * n)?;
+        Ok((all[..k * n].to_vec(), all[k * n..].to_vec()))
+    }
+
+    /// GPU twin of [`crate::cpu::gemm::gemm_input_grad`] (with the fused ReLU mask).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_input_grad(
+        &self,
+        ctx: &GpuContext,
+        dy: &[f32],
+        w: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        mask: Option<&[f32]>,
+    ) -> Result<Vec<f32>, DeviceError> {
+        let d = &ctx.device;
+        let (dyb, wb) = (
+            storage_init(ctx, "dy", bytemuck::cast_slice(dy)),
+            storage_init(ctx, "w", bytemuck::cast_slice(w)),
+        );
+        let eb = storage_init(ctx, "mask", bytemuck::cast_slice(mask.unwrap_or(&[0.0])));
+        let dx = storage_zeroed(d, "dx", (m * k * 4) as u64);
+        self.gemm_dispatch(
+            ctx,
+            GemmUniform::input_grad(m, k, n, 0, mask.is_some()),
+            &dyb,
+            &wb,
+            &eb,
+            &dx,
+        )?;
+        read_f32(ctx, &dx, 0, m * k)
+    }
+
+    /// GPU twin of [`crate::cpu::batchnorm::batchnorm_forward_train`] fused with
+    /// [`crate::cpu::gather_scaled`]: gathers `indices` from `images` (u8, `features` per
+    /// image); the moving statistics are updated in place.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batchnorm_forward_train(
+        &self,
+        ctx: &GpuContext,
+        images: &[u8],
+        indices: &[u32],
+        scale: f32,
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        momentum: f32,
+        moving_mean: &mut [f32],
+        moving_var: &mut [f32],
+    ) -> Result<BnTrainOutput, DeviceError> {
+        let f = gamma.len();
+        let b = indices.len();
+        let d = &ctx.device;
+        let pixels = storage_init(ctx, "pixels", bytemuck::cast_slice(&pack_pixels(images)));
+        let order = storage_init(ctx, "order", bytemuck::cast_slice(indices));
+        let state = storage_init(ctx, "state", bytemuck::cast_slice(&[0u32; 4]));
+        let params = storage_init(ctx, "params", bytemuck::cast_slice(&[gamma, beta].concat()));
+        let stats_host = [&moving_mean[..], &moving_var[..], &vec![0.0; f][..]].concat();
+        let stats = storage_init(ctx, "stats", bytemuck::cast_slice(&stats_host));
+        let xhat = storage_zeroed(d, "xhat", (b * f * 4) as u64);
+        let y = storage_zeroed(d, "y", (b * f * 4) as u64);
+        let u = BnUniform {
+            batch: b as u32,
+            stride: b as u32,
+            use_order: 1,
+            gamma_off: 0,
+            beta_off: f as u32,
+            features: f as u32,
+            scale,
+            eps,
+            momentum,
+            ..Default::default()
+        };
+        let ub = uniform(d, "bn", &u);
+        let bindings = BatchnormForwardBindings {
+            u: &ub,
+            pixels: &pixels,
+            order: &order,
+            state: &state,
+            params: &params,
+            stats: &stats,
+            xhat: &xhat,
+            y: &y,
+        };
+        let kernel = &self.batchnorm_forward_train;
+        run_one(ctx, kernel.dispatch(d, &bindings, u.workgroups()))?;
+        let stats_out = read_f32(ctx, &stats, 0, 3 * f)?;
+        moving_mean.copy_from_slice(&stats_out[..f]);
+        moving_var.copy_from_slice(&stats_out[f..2 * f]);
+        Ok(BnTrainOutput {
+            xhat: read_f32(ctx, &xhat, 0, b * f)?,
+            y: read_f32(ctx, &y, 0, b * f)?,
+            inv_std: stats_out[2 * f..].to_vec(),
+        })
+    }
+
+    /// GPU twin of [`crate::cpu::batchnorm::batchnorm_forward_eval`] fused with the gather
+    /// of images `0..batch`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batchnorm_forward_eval(
+        &self,
+        ctx: &GpuContext,
+        images: &[u8],
+        batch: usize,
+        scale: f32,
+        gamma: &[f32],
+        beta: &[f32],
+        moving_mean: &[f32],
+        moving_var: &[f32],
+        eps: f32,
+    ) -> Result<Vec<f32>, DeviceError> {
+        let f = gamma.len();
+        let d = &ctx.device;
+        let pixels = storage_init(ctx, "pixels", bytemuck::cast_slice(&pack_pixels(images)));
+        let dummy = storage_zeroed(d, "unused", 16);
+        let state = storage_zeroed(d, "state", 16);
+        let params = storage_init(ctx, "params", bytemuck::cast_slice(&[gamma, beta].concat()));
+        let stats = storage_init(
+            ctx,
+            "stats",
+            bytemuck::cast_slice(&[moving_mean, moving_var].concat()),
+        );
+        let xhat = storage_zeroed(d, "xhat", 16);
+        let y = storage_zeroed(d, "y", (batch * f * 4) as u64);
+        let u = BnUniform {
+            batch: batch as u32,
+            gamma_off: 0,
+            beta_off: f as u32,
+            features: f as u32,
+            scale,
+            eps,
+            ..Default::default()
+        };
+        let ub = uniform(d, "bn", &u);
+        let bindings = BatchnormForwardBindings {
+            u: &ub,
+            pixels: &pixels,
+            order: &dummy,
+            state: &state,
+            params: &params,
+            stats: &stats,
+            xhat: &xhat,
+            y: &y,
+        };
+        let kernel = &self.batchnorm_forward_eval;
+        run_one(ctx, kernel.dispatch(d, &bindings, u.workgroups()))?;
+        read_f32(ctx, &y, 0, batch * f)
+    }
+
+    /// GPU twin of [`crate::cpu::batchnorm::batchnorm_dense_backward`]: from
+    /// `G = xhatᵀ·δ` (`[features, n]`) returns `(dW, dgamma, dbeta)`, with the per-thread
+    /// kernel when `per_feature`, else the per-workgroup one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batchnorm_dense_backward(
+        &self,
+        ctx: &GpuContext,
+        per_feature: bool,
+        grad_w: &[f32],
+        w: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        dbias: &[f32],
+    ) -> Result<BnDenseGrads, DeviceError> {
+        let d = &ctx.device;
+        let (f, n) = (gamma.len(), dbias.len());
+        // Both buffers use the trainer's order: gamma, beta, kernel (, bias).
+        let params = storage_init(
+            ctx,
+            "params",
+            bytemuck::cast_slice(&[gamma, beta, w].concat()),
+        );
+        let zeros = vec![0.0f32; 2 * f];
+        let grads = storage_init(
+            ctx,
+            "grads",
+            bytemuck::cast_slice(&[&zeros[..], grad_w, dbias].concat()),
+        );
+        let u = BnUniform {
+            gamma_off: 0,
+            beta_off: f as u32,
+            features: f as u32,
+            kernel_off: 2 * f as u32,
+            bias_off: (2 * f + f * n) as u32,
+            width: n as u32,
+            ..Default::default()
+        };
+        let ub = uniform(d, "bn", &u);
+        let (kernel, groups) = self.batchnorm_dense_backward_variant(&u, per_feature);
+        let bindings = BatchnormDenseBackwardBindings {
+            u: &ub,
+            params: &params,
+            grads: &grads,
+        };
+        run_one(ctx, kernel.dispatch(d, &bindings, groups))?;
+        let all = read_f32(ctx, &grads, 0, 2 * f + f * n)?;
+        Ok(BnDenseGrads {
+            dw: all[2 * f..].to_vec(),
+            dgamma: all[..f].to_vec(),
+            dbeta: all[f..2 * f].to_vec(),
+        })
+    }
+
+    /// GPU twin of [`crate::cpu::softmax_xent::softmax_xent`]: `(loss_sum, correct,
+    /// gradient (training) or empty, predictions (evaluation) or empty)`.
+    pub fn softmax_xent(
+        &self,
+        ctx: &GpuContext,
+        logits: &[f32],
+        labels: &[u8],
+        classes: usize,
+        training: bool,
+    ) -> Result<(f32, u32, Vec<f32>, Vec<u8>), DeviceError> {
+        let b = labels.len();
+        let d = &ctx.device;
+        let lb = storage_init(ctx, "logits", bytemuck::cast_slice(logits));
+        let labels32: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
+        let lab = storage_init(ctx, "labels", bytemuck::cast_slice(&labels32));
+        let order: Vec<u32> = (0..b as u32).collect();
+        let ob = storage_init(ctx, "order", bytemuck::cast_slice(&order));
+        let state = storage_zeroed(d, "state", 16);
+        let grad = storage_zeroed(d, "grad", (b * classes * 4) as u64);
+        let stats = storage_zeroed(d, "stats", 16);
+        let preds = storage_zeroed(d, "preds", (b * 4) as u64);
+        let u = SoftmaxUniform {
+            batch: b as u32,
+            classes: classes as u32,
+            stride: b as u32,
+            use_order: training as u32,
+            training: training as u32,
+            ..Default::default()
+        };
+        let ub = uniform(d, "softmax_xent", &u);
+        let bindings = SoftmaxXentBindings {
+            u: &ub,
+            logits: &lb,
+            labels: &lab,
+            order: &ob,
+            state: &state,
+            grad: &grad,
+            stats: &stats,
+            predictions: &preds,
+        };
+        run_one(ctx, self.softmax_xent.dispatch(d, &bindings, [1, 1, 1]))?;
+        let s = ctx.read_buffer(&stats, 0, 8)?;
+        let words: &[u32] = bytemuck::cast_slice(&s);
+        let (loss, correct) = (f32::from_bits(words[0]), words[1]);
+        if training {
+            let st = ctx.read_buffer(&state, 0, 4)?;
+            let t = bytemuck::cast_slice::<u8, u32>(&st)[0];
+            if t != 1 {
+                return Err(DeviceError::Gpu(format!(
+                    "softmax kernel left the step counter at {t}, expected 1"
+                )));
+            }
+            Ok((
+                loss,
+                correct,
+                read_f32(ctx, &grad, 0, b * classes)?,
+                Vec::new(),
+            ))
+        } else {
+            let p = ctx.read_buffer(&preds, 0, (b * 4) as u64)?;
+            let p: Vec<u8> = bytemuck::cast_slice::<u8, u32>(&p)
+                .iter()
+                .map(|&v| v as u8)
+                .collect();
+            Ok((loss, correct, Vec::new(), p))
+        }
+    }
+
+    /// GPU twin of [`crate::cpu::adam::adam_update`] with a given `alpha`; updates in place.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adam(
+        &self,
+        ctx: &GpuContext,
+        params: &mut [f32],
+        grads: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        alpha: f32,
+        hyper: &crate::model::Hyper,
+    ) -> Result<(), DeviceError> {
+        let n = params.len();
+        let d = &ctx.device;
+        let state = storage_init(ctx, "state", bytemuck::cast_slice(&[1u32, 0, 0, 0]));
+        let alphas = storage_init(ctx, "alphas", bytemuck::cast_slice(&[alpha]));
+        let gb = storage_init(ctx, "grads", bytemuck::cast_slice(grads));
+        let pb = storage_init(ctx, "params", bytemuck::cast_slice(params));
+        let mb = storage_init(ctx, "m", bytemuck::cast_slice(m));
+        let vb = storage_init(ctx, "v", bytemuck::cast_slice(v));
+        let u = AdamUniform {
+            n: n as u32,
+            one_minus_b1: 1.0 - hyper.beta1,
+            one_minus_b2: 1.0 - hyper.beta2,
+            eps: hyper.adam_eps,
+            ..Default::default()
+        };
+        let ub = uniform(d, "adam", &u);
+        let bindings = AdamBindings {
+            u: &ub,
+            state: &state,
+            alphas: &alphas,
+            grads: &gb,
+            params: &pb,
+            m: &mb,
+            v: &vb,
+        };
+        run_one(ctx, self.adam.dispatch(d, &bindings, elementwise_groups(n)))?;
+        params.copy_from_slice(&read_f32(ctx, &pb, 0, n)?);
+        m.copy_from_slice(&read_f32(ctx, &mb, 0, n)?);
+        v.copy_from_slice(&read_f32(ctx, &vb, 0, n)?);
+        Ok(())
+    }
+
+    /// GPU twin of [`crate::cpu::relu::relu_forward`]. The ReLU pipelines are built here,
+    /// on demand: training fuses ReLU into the GEMM and never dispatches them.
+    pub fn relu_forward(&self, ctx: &GpuContext, x: &[f32]) -> Result<Vec<f32>, DeviceError> {
+        let d = &ctx.device;
+        let relu = module(ctx, "relu", RELU_WGSL)?;
+        let kernel = kernel::<ReluForwardBindings>(ctx, &relu, "relu_forward", "forward")?;
+        let xb = storage_init(ctx, "x", bytemuck::cast_slice(x));
+        let u = ReluUniform {
+            n: x.len() as u32,
+            ..Default::default()
+        };
+        let ub = uniform(d, "relu", &u);
+        let bindings = ReluForwardBindings { u: &ub, x: &xb };
+        run_one(
+            ctx,
+            kernel.dispatch(d, &bindings, elementwise_groups(x.len())),
+        )?;
+        read_f32(ctx, &xb, 0, x.len())
+    }
+
+    /// GPU twin of [`crate::cpu::relu::relu_backward`].
+    pub fn relu_backward(
+        &self,
+        ctx: &GpuContext,
+        dy: &[f32],
+        y: &[f32],
+    ) -> Result<Vec<f32>, DeviceError> {
+        let d = &ctx.device;
+        let relu = module(ctx, "relu", RELU_WGSL)?;
+        let kernel = kernel::<ReluBackwardBindings>(ctx, &relu, "relu_backward", "backward")?;
+        let dyb = storage_init(ctx, "dy", bytemuck::cast_slice(dy));
+        let yb = storage_init(ctx, "y", bytemuck::cast_slice(y));
+        let dx = storage_zeroed(d, "dx", (dy.len() * 4) as u64);
+        let u = ReluUniform {
+            n: dy.len() as u32,
+            ..Default::default()
+        };
+        let ub = uniform(d, "relu", &u);
+        let bindings = ReluBackwardBindings {
+            u: &ub,
+            dy: &dyb,
+            y: &yb,
+            dx: &dx,
+        };
+        run_one(
+            ctx,
+            kernel.dispatch(d, &bindings, elementwise_groups(dy.len())),
+        )?;
+        read_f32(ctx, &dx, 0, dy.len())
+    }
+}
