@@ -1,19 +1,9 @@
 //! The `mnist-gpu` binary end to end: a small CPU training run, the train-limit note, and
 //! a missing data file. (Every bad input, table-driven, is in tests/errors.rs.)
 
-use std::process::{Command, Output};
+mod common;
 
-fn mnist_gpu(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mnist-gpu"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .expect("the binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use common::cli::{bin, mnist_gpu, text};
 
 #[test]
 fn small_cpu_run_prints_keras_style_lines_and_writes_metrics() {
@@ -135,7 +125,7 @@ fn a_closed_stdout_is_not_a_panic() {
     use std::io::{BufRead, BufReader, Read};
     use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"))
+    let mut child = bin()
         .args([
             "train",
             "--cpu-fallback",

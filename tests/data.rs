@@ -1,10 +1,10 @@
 //! Data loading: the real MNIST facts, agreement with the independent `mnist` crate, and
 //! every kind of malformed input reported as a clear error.
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
+mod common;
+
+use common::cli::gzip;
 use mnist_gpu::data::{self, write_idx, DataError, Mnist};
-use std::io::Write;
 use std::path::Path;
 
 fn builtin() -> Mnist {
@@ -85,12 +85,6 @@ fn write_small_set(dir: &Path) {
     write_idx(&dir.join(data::TRAIN_LABELS), &[6], &[0, 1, 2, 3, 4, 9]).unwrap();
     write_idx(&dir.join(data::TEST_IMAGES), &[3, 28, 28], &images(3)).unwrap();
     write_idx(&dir.join(data::TEST_LABELS), &[3], &[5, 6, 7]).unwrap();
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
-    enc.write_all(bytes).unwrap();
-    enc.finish().unwrap()
 }
 
 #[test]

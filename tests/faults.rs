@@ -3,27 +3,13 @@
 //! checkpoint, a full disk is a clear error that keeps the previous checkpoint, and a
 //! loss that stops being finite ends the run at once, naming the epoch and step.
 
-use mnist_gpu::model::Params;
+mod common;
+
+use common::cli::{bin, bits, no_panic, s, text};
 use mnist_gpu::modelfile;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn bin() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"));
-    cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .env("RUST_BACKTRACE", "1")
-        .env_remove("MNIST_GPU_INTERRUPT_AT");
-    cmd
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn s(path: &Path) -> String {
-    path.display().to_string()
-}
 
 /// `train --cpu-fallback` into `dir` on a small subset, plus `extra`.
 fn train_args(dir: &Path, extra: &[&str]) -> Vec<String> {
@@ -62,23 +48,6 @@ fn resume_one_more_epoch(dir: &Path, epochs_done: usize) {
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("the binary runs")
-}
-
-fn no_panic(out: &Output) {
-    let stderr = text(&out.stderr);
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("stack backtrace"),
-        "{stderr}"
-    );
-}
-
-fn bits(p: &Params) -> Vec<u32> {
-    p.trainable
-        .iter()
-        .chain(&p.moving_mean)
-        .chain(&p.moving_var)
-        .map(|v| v.to_bits())
-        .collect()
 }
 
 /// The metrics without the timings: (epoch, loss, accuracy, val_loss, val_accuracy).

@@ -102,52 +102,79 @@ fn random_images(r: &mut rand_chacha::ChaCha8Rng, count: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Random BatchNorm inputs for a batch of `batch` samples of a 50-image pool.
+struct BnCase {
+    images: Vec<u8>,
+    indices: Vec<u32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    mean0: Vec<f32>,
+    var0: Vec<f32>,
+}
+
+const BN_SCALE: f32 = 1.0 / 255.0;
+
+fn bn_case(r: &mut rand_chacha::ChaCha8Rng, batch: usize) -> BnCase {
+    let pool = 50;
+    let images = random_images(r, pool);
+    let indices = (0..batch).map(|_| r.random_range(0..pool as u32)).collect();
+    BnCase {
+        images,
+        indices,
+        gamma: uniform_vec(r, INPUT, 0.5, 1.5),
+        beta: uniform_vec(r, INPUT, -0.5, 0.5),
+        mean0: uniform_vec(r, INPUT, -0.1, 0.1),
+        var0: uniform_vec(r, INPUT, 0.5, 1.5),
+    }
+}
+
+/// The CPU's training-mode forward of `c`: (xhat, y, inv_std, moving mean, moving var).
+type BnForward = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+fn cpu_bn_forward_train(c: &BnCase, hyper: &Hyper) -> BnForward {
+    let batch = c.indices.len();
+    let mut x = vec![0.0; batch * INPUT];
+    mnist_gpu::cpu::gather_scaled(&c.images, INPUT, &c.indices, BN_SCALE, &mut x);
+    let (mut mm, mut mv) = (c.mean0.clone(), c.var0.clone());
+    let (mut xhat, mut y, mut inv) = (
+        vec![0.0; batch * INPUT],
+        vec![0.0; batch * INPUT],
+        vec![0.0; INPUT],
+    );
+    batchnorm::batchnorm_forward_train(
+        &x,
+        batch,
+        &c.gamma,
+        &c.beta,
+        hyper.bn_eps,
+        hyper.bn_momentum,
+        &mut mm,
+        &mut mv,
+        &mut xhat,
+        &mut y,
+        &mut inv,
+    );
+    (xhat, y, inv, mm, mv)
+}
+
 #[test]
-fn batchnorm_matches_cpu() {
-    on_each_backend("batchnorm_matches_cpu", |backend, ctx| {
+fn batchnorm_forward_train_matches_cpu() {
+    on_each_backend("batchnorm_forward_train_matches_cpu", |backend, ctx| {
         let kernels = Kernels::new(ctx).expect("pipelines");
         let mut r = rng(2);
-        let pool = 50;
-        let images = random_images(&mut r, pool);
         let hyper = Hyper::default();
         for batch in [1usize, 33, 37] {
-            let indices: Vec<u32> = (0..batch).map(|_| r.random_range(0..pool as u32)).collect();
-            let gamma = uniform_vec(&mut r, INPUT, 0.5, 1.5);
-            let beta = uniform_vec(&mut r, INPUT, -0.5, 0.5);
-            let mean0 = uniform_vec(&mut r, INPUT, -0.1, 0.1);
-            let var0 = uniform_vec(&mut r, INPUT, 0.5, 1.5);
-            let scale = 1.0 / 255.0;
-            // CPU: gather, then batchnorm.
-            let mut x = vec![0.0; batch * INPUT];
-            mnist_gpu::cpu::gather_scaled(&images, INPUT, &indices, scale, &mut x);
-            let (mut mm, mut mv) = (mean0.clone(), var0.clone());
-            let (mut xhat, mut y, mut inv) = (
-                vec![0.0; batch * INPUT],
-                vec![0.0; batch * INPUT],
-                vec![0.0; INPUT],
-            );
-            batchnorm::batchnorm_forward_train(
-                &x,
-                batch,
-                &gamma,
-                &beta,
-                hyper.bn_eps,
-                hyper.bn_momentum,
-                &mut mm,
-                &mut mv,
-                &mut xhat,
-                &mut y,
-                &mut inv,
-            );
-            let (mut gmm, mut gmv) = (mean0.clone(), var0.clone());
+            let c = bn_case(&mut r, batch);
+            let (xhat, y, inv, mm, mv) = cpu_bn_forward_train(&c, &hyper);
+            let (mut gmm, mut gmv) = (c.mean0.clone(), c.var0.clone());
             let g = kernels
                 .batchnorm_forward_train(
                     ctx,
-                    &images,
-                    &indices,
-                    scale,
-                    &gamma,
-                    &beta,
+                    &c.images,
+                    &c.indices,
+                    BN_SCALE,
+                    &c.gamma,
+                    &c.beta,
                     hyper.bn_eps,
                     hyper.bn_momentum,
                     &mut gmm,
@@ -164,71 +191,97 @@ fn batchnorm_matches_cpu() {
                 let e = max_rel_err(a, b);
                 assert!(
                     e <= ELEMENTWISE_TOL,
-                    "{backend} bn forward batch {batch} {what}: error {e}"
+                    "{backend} batchnorm_forward_train batch {batch} {what}: error {e}"
                 );
             }
+        }
+    });
+}
+
+#[test]
+fn batchnorm_forward_eval_matches_cpu() {
+    on_each_backend("batchnorm_forward_eval_matches_cpu", |backend, ctx| {
+        let kernels = Kernels::new(ctx).expect("pipelines");
+        let mut r = rng(3);
+        let hyper = Hyper::default();
+        for batch in [1usize, 33, 37] {
+            let c = bn_case(&mut r, batch);
             // Evaluation mode on the first `batch` images.
-            let mut xe = vec![0.0; batch * INPUT];
+            let mut x = vec![0.0; batch * INPUT];
             let first: Vec<u32> = (0..batch as u32).collect();
-            mnist_gpu::cpu::gather_scaled(&images, INPUT, &first, scale, &mut xe);
-            let mut ye = vec![0.0; batch * INPUT];
+            mnist_gpu::cpu::gather_scaled(&c.images, INPUT, &first, BN_SCALE, &mut x);
+            let mut y = vec![0.0; batch * INPUT];
             batchnorm::batchnorm_forward_eval(
-                &xe,
-                &gamma,
-                &beta,
-                &mean0,
-                &var0,
+                &x,
+                &c.gamma,
+                &c.beta,
+                &c.mean0,
+                &c.var0,
                 hyper.bn_eps,
-                &mut ye,
+                &mut y,
             );
-            let gye = kernels
+            let gy = kernels
                 .batchnorm_forward_eval(
                     ctx,
-                    &images,
+                    &c.images,
                     batch,
-                    scale,
-                    &gamma,
-                    &beta,
-                    &mean0,
-                    &var0,
+                    BN_SCALE,
+                    &c.gamma,
+                    &c.beta,
+                    &c.mean0,
+                    &c.var0,
                     hyper.bn_eps,
                 )
                 .unwrap();
-            let e = max_rel_err(&gye, &ye);
+            let e = max_rel_err(&gy, &y);
             assert!(
                 e <= ELEMENTWISE_TOL,
-                "{backend} bn eval batch {batch}: error {e}"
+                "{backend} batchnorm_forward_eval batch {batch}: error {e}"
             );
-            // BatchNorm + first-dense backward from G = xhatᵀ·δ, on the GPU's own xhat.
+        }
+    });
+}
+
+/// BatchNorm + first-dense backward from G = xhatᵀ·δ, both variants (per workgroup:
+/// hardware GPUs; per feature: CPU adapters).
+#[test]
+fn batchnorm_dense_backward_matches_cpu() {
+    on_each_backend("batchnorm_dense_backward_matches_cpu", |backend, ctx| {
+        let kernels = Kernels::new(ctx).expect("pipelines");
+        let mut r = rng(4);
+        let hyper = Hyper::default();
+        for batch in [1usize, 33, 37] {
+            let c = bn_case(&mut r, batch);
+            let (xhat, ..) = cpu_bn_forward_train(&c, &hyper);
             let width = 37; // not a multiple of the 64 threads that stride each row
             let w = uniform_vec(&mut r, INPUT * width, -0.1, 0.1);
             let delta = uniform_vec(&mut r, batch * width, -1.0, 1.0);
             let (mut grad_w, mut dbias) = (vec![0.0; INPUT * width], vec![0.0; width]);
-            gemm::gemm_weight_grad(&g.xhat, &delta, batch, INPUT, width, &mut grad_w);
+            gemm::gemm_weight_grad(&xhat, &delta, batch, INPUT, width, &mut grad_w);
             gemm::bias_grad(&delta, batch, width, &mut dbias);
-            // Both variants (per workgroup: hardware GPUs; per thread: CPU adapters).
-            let gpu = [false, true].map(|per_thread| {
+            let (gamma, beta) = (&c.gamma, &c.beta);
+            let gpu = [false, true].map(|per_feature| {
                 kernels
-                    .batchnorm_dense_backward(ctx, per_thread, &grad_w, &w, &gamma, &beta, &dbias)
+                    .batchnorm_dense_backward(ctx, per_feature, &grad_w, &w, gamma, beta, &dbias)
                     .unwrap()
             });
             let (mut dg, mut db) = (vec![0.0; INPUT], vec![0.0; INPUT]);
             batchnorm::batchnorm_dense_backward(
                 &mut grad_w,
                 &w,
-                &gamma,
-                &beta,
+                gamma,
+                beta,
                 &dbias,
                 &mut dg,
                 &mut db,
             );
-            for (variant, gpu) in ["per workgroup", "per thread"].iter().zip(&gpu) {
+            for (variant, gpu) in ["per workgroup", "per feature"].iter().zip(&gpu) {
                 let e = max_rel_err(&gpu.dw, &grad_w)
                     .max(max_rel_err(&gpu.dgamma, &dg))
                     .max(max_rel_err(&gpu.dbeta, &db));
                 assert!(
                     e <= ELEMENTWISE_TOL,
-                    "{backend} bn dense backward ({variant}) batch {batch}: error {e}"
+                    "{backend} batchnorm_dense_backward ({variant}) batch {batch}: error {e}"
                 );
             }
         }
@@ -287,10 +340,10 @@ fn softmax_xent_matches_cpu() {
 }
 
 #[test]
-fn adam_and_relu_match_cpu() {
-    on_each_backend("adam_and_relu_match_cpu", |backend, ctx| {
+fn adam_matches_cpu() {
+    on_each_backend("adam_matches_cpu", |backend, ctx| {
         let kernels = Kernels::new(ctx).expect("pipelines");
-        let mut r = rng(4);
+        let mut r = rng(5);
         let hyper = Hyper::default();
         for n in [1usize, 129, 100_003] {
             let p0 = uniform_vec(&mut r, n, -1.0, 1.0);
@@ -308,14 +361,23 @@ fn adam_and_relu_match_cpu() {
                 .max(max_rel_err(&gm, &m))
                 .max(max_rel_err(&gv, &v));
             assert!(e <= ELEMENTWISE_TOL, "{backend} adam n={n}: error {e}");
+        }
+    });
+}
 
+#[test]
+fn relu_matches_cpu() {
+    on_each_backend("relu_matches_cpu", |backend, ctx| {
+        let kernels = Kernels::new(ctx).expect("pipelines");
+        let mut r = rng(6);
+        for n in [1usize, 129, 100_003] {
             let x = uniform_vec(&mut r, n, -1.0, 1.0);
             let mut y = x.clone();
             relu::relu_forward(&mut y);
             let gy = kernels.relu_forward(ctx, &x).unwrap();
             assert!(
                 max_rel_err(&gy, &y) <= ELEMENTWISE_TOL,
-                "{backend} relu forward n={n}"
+                "{backend} relu_forward n={n}"
             );
             let dy = uniform_vec(&mut r, n, -1.0, 1.0);
             let mut dx = vec![0.0; n];
@@ -323,7 +385,7 @@ fn adam_and_relu_match_cpu() {
             let gdx = kernels.relu_backward(ctx, &dy, &y).unwrap();
             assert!(
                 max_rel_err(&gdx, &dx) <= ELEMENTWISE_TOL,
-                "{backend} relu backward n={n}"
+                "{backend} relu_backward n={n}"
             );
         }
     });

@@ -6,21 +6,10 @@ mod common;
 
 use common::gpu::{available, backends, choice};
 use std::path::Path;
-use std::process::Command;
 
+/// Run the binary; it must succeed. Returns its stdout.
 fn run(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .expect("the binary runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    common::cli::text(&common::cli::succeed(args).stdout)
 }
 
 fn last_val_accuracy(dir: &Path) -> f64 {
@@ -137,10 +126,9 @@ fn an_adapter_name_matching_several_adapters_is_an_error_listing_them() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"))
+    let out = common::cli::bin()
         .args(["train", "--adapter", shared, "--epochs", "1", "--out-dir"])
         .arg(tmp.path().join("run"))
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .output()
         .expect("the binary runs");
     let stderr = String::from_utf8_lossy(&out.stderr);

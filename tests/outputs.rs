@@ -2,25 +2,18 @@
 //! directory, `eval` reproducing `train`'s accuracy, bit-identical resume on the CPU,
 //! `--init-from`, and `predict` on the shipped sample digits.
 
-use mnist_gpu::model::{Params, INPUT};
+mod common;
+
+use common::cli::{bits, succeed};
+use mnist_gpu::model::INPUT;
 use mnist_gpu::modelfile;
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
+/// Run the binary; it must succeed.
 fn mnist_gpu(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"))
-        .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-        .output()
-        .expect("the binary runs");
-    assert!(
-        out.status.success(),
-        "{args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    succeed(args)
 }
 
 fn stdout(out: &Output) -> String {
@@ -40,15 +33,6 @@ fn train_cpu(dir: &Path, extra: &[&str]) -> Output {
     ];
     args.extend_from_slice(extra);
     mnist_gpu(&args)
-}
-
-fn bits(p: &Params) -> Vec<u32> {
-    p.trainable
-        .iter()
-        .chain(&p.moving_mean)
-        .chain(&p.moving_var)
-        .map(|v| v.to_bits())
-        .collect()
 }
 
 #[test]
@@ -288,10 +272,7 @@ fn predict_reads_every_file_and_reports_each_failure_on_its_own_line() {
             args.push("--json");
         }
         args.extend(files.iter().map(String::as_str));
-        let out = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"))
-            .args(&args)
-            .output()
-            .unwrap();
+        let out = common::cli::mnist_gpu(&args);
         let (out_text, err_text) = (stdout(&out), String::from_utf8_lossy(&out.stderr));
         assert_eq!(out.status.code(), Some(1), "{out_text}\n{err_text}");
         let errors: Vec<&str> = err_text

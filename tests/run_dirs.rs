@@ -44,12 +44,6 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-fn succeed(args: &[String]) -> String {
-    let out = mnist_gpu(args);
-    assert!(out.status.success(), "{:?}: {}", args, text(&out.stderr));
-    text(&out.stdout)
-}
-
 fn fail(args: &[String], words: &[&str]) {
     let out = mnist_gpu(args);
     let stderr = text(&out.stderr);

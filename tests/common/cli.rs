@@ -11,6 +11,7 @@ use mnist_gpu::modelfile::{self, RunSettings, RunState};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -25,8 +26,40 @@ pub fn bin() -> Command {
     cmd
 }
 
-pub fn mnist_gpu(args: &[String]) -> Output {
+/// Run the binary with `args` to the end.
+pub fn mnist_gpu<S: AsRef<OsStr>>(args: &[S]) -> Output {
     bin().args(args).output().expect("the binary runs")
+}
+
+/// Run the binary with `args`, which must succeed (else its output is shown).
+pub fn succeed<S: AsRef<OsStr> + std::fmt::Debug>(args: &[S]) -> Output {
+    let out = mnist_gpu(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed:\n{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+/// The run printed no panic (the binary runs with RUST_BACKTRACE=1).
+pub fn no_panic(out: &Output) {
+    let stderr = text(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("stack backtrace"),
+        "{stderr}"
+    );
+}
+
+/// Every parameter and BatchNorm statistic of `p` as bits, for exact comparisons.
+pub fn bits(p: &Params) -> Vec<u32> {
+    p.trainable
+        .iter()
+        .chain(&p.moving_mean)
+        .chain(&p.moving_var)
+        .map(|v| v.to_bits())
+        .collect()
 }
 
 pub fn text(bytes: &[u8]) -> String {

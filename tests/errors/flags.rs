@@ -1,0 +1,198 @@
+//! Flags with bad values, outputs that cannot be written, and a model too large for
+//! the adapter.
+
+use crate::common::cli::*;
+use mnist_gpu::model::{ModelConfig, Params};
+use mnist_gpu::modelfile;
+use std::path::Path;
+
+/// Whether wgpu sees any adapter here (Mesa's lavapipe counts).
+fn any_adapter() -> bool {
+    let out = mnist_gpu(&["adapters".to_string()]);
+    out.status.success() && text(&out.stdout).contains("[0]")
+}
+
+#[test]
+fn bad_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = s(&tmp.path().join("out"));
+    let flag = |what: &str, extra: &[&str], words: &[&str]| {
+        let mut c = case(what, &[], words);
+        c.args = train_with(extra, &out);
+        c
+    };
+    let mut cases = vec![
+        flag(
+            "batch 0",
+            &["--batch-size", "0"],
+            &["--batch-size", "at least 1"],
+        ),
+        flag("batch -3", &["--batch-size", "-3"], &["--batch-size"]),
+        flag("batch x", &["--batch-size", "x"], &["--batch-size", "'x'"]),
+        flag("epochs 0", &["--epochs", "0"], &["--epochs", "at least 1"]),
+        flag("lr 0", &["--lr", "0"], &["--lr", "above 0"]),
+        flag("lr -1", &["--lr", "-1"], &["--lr", "above 0"]),
+        flag("lr NaN", &["--lr", "NaN"], &["--lr", "finite"]),
+        flag("lr inf", &["--lr", "inf"], &["--lr", "finite"]),
+        flag("lr -inf", &["--lr=-inf"], &["--lr", "finite"]),
+        flag("lr word", &["--lr", "fast"], &["--lr", "not a number"]),
+        flag("hidden empty", &["--hidden", ""], &["--hidden", "empty"]),
+        flag("hidden 0", &["--hidden", "0"], &["--hidden", "at least 1"]),
+        flag("hidden abc", &["--hidden", "abc"], &["--hidden", "'abc'"]),
+        flag(
+            "hidden 128,,64",
+            &["--hidden", "128,,64"],
+            &["--hidden", "empty layer width"],
+        ),
+        flag(
+            "hidden too wide",
+            &["--hidden", "200000"],
+            &["--hidden", "200000 is too large"],
+        ),
+        flag(
+            "hidden too many parameters",
+            &["--hidden", "65536,65536"],
+            &["--hidden", "at most 100000000"],
+        ),
+        flag(
+            "train-limit 0",
+            &["--train-limit", "0"],
+            &["--train-limit", "at least 1"],
+        ),
+        flag(
+            "test-limit 0",
+            &["--test-limit", "0"],
+            &["--test-limit", "at least 1"],
+        ),
+        flag("unknown flag", &["--frobnicate"], &["--frobnicate"]),
+        flag(
+            "metrics in a missing directory",
+            &["--metrics", "/no/such/dir/m.jsonl"],
+            &["--metrics", "does not exist", "/no/such/dir/m.jsonl"],
+        ),
+    ];
+    // Device flags (not with --cpu-fallback, which conflicts with them).
+    let device = |what: &str, extra: &[&str], words: &[&str], one_line: bool| {
+        let mut args: Vec<String> = train_with(extra, &out);
+        args.retain(|a| a != "--cpu-fallback");
+        Case {
+            what: what.to_string(),
+            args,
+            words: words.iter().map(|s| s.to_string()).collect(),
+            one_line,
+        }
+    };
+    cases.push(device(
+        "unknown backend",
+        &["--backend", "foo"],
+        &["unknown --backend value 'foo'", "vulkan, gl, metal, dx12"],
+        true,
+    ));
+    cases.push(flag(
+        "--backend with --cpu-fallback",
+        &["--backend", "vulkan"],
+        &["--backend", "--cpu-fallback"],
+    ));
+    // With adapters present the error lists them; without, it says there are none.
+    // Either way it points at --cpu-fallback.
+    let listed: &[&str] = if any_adapter() {
+        &["matches no adapter; found:", "[0] "]
+    } else {
+        &["no GPU adapter"]
+    };
+    let mut words = vec!["--cpu-fallback"];
+    words.extend_from_slice(listed);
+    let with = |w: &'static str| {
+        let mut v = words.clone();
+        v.push(w);
+        v
+    };
+    cases.push(device(
+        "adapter index out of range",
+        &["--adapter", "99"],
+        &with("'99'"),
+        false,
+    ));
+    cases.push(device(
+        "adapter name not found",
+        &["--adapter", "nosuchgpu"],
+        &with("'nosuchgpu'"),
+        false,
+    ));
+    check(cases);
+}
+
+#[test]
+fn unwritable_outputs_are_refused_before_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let under_file = s(&file.join("run"));
+    let model = s(&tmp.path().join("m.safetensors"));
+    modelfile::save_model(
+        &Params::init(&ModelConfig::default(), 1),
+        0,
+        Path::new(&model),
+    )
+    .unwrap();
+    check(vec![
+        case(
+            "--out-dir under a regular file",
+            &train_with(&[], &under_file)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            &["output directory", &under_file, "is not writable"],
+        ),
+        case(
+            "--out-dir on a read-only file system",
+            &train_with(&[], "/proc/mnist-gpu-run")
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            &["output directory /proc/mnist-gpu-run is not writable"],
+        ),
+        case(
+            "--confusion-png in a missing directory",
+            &[
+                "eval",
+                "--cpu-fallback",
+                "--test-limit",
+                "10",
+                "--model",
+                &model,
+                "--confusion-png",
+                "/no/such/dir/confusion.png",
+            ],
+            &["/no/such/dir/confusion.png"],
+        ),
+    ]);
+    // Nothing was trained: the failure came before the data was even read.
+    assert!(!file.join("run").exists());
+}
+
+/// A model too large for the adapter's storage-binding limit is refused with wgpu's
+/// reason and the `--cpu-fallback` hint (lavapipe: 128 MiB bindings; 784 × 65536 f32 is
+/// 196 MiB).
+#[test]
+fn gpu_model_too_large_for_the_adapter() {
+    if !any_adapter() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no GPU adapter, and CI is set"
+        );
+        eprintln!("gpu_model_too_large_for_the_adapter: SKIPPED: no GPU adapter");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = s(&tmp.path().join("out"));
+    let mut args = train_with(&["--hidden", "65536", "--adapter", "vulkan"], &out);
+    args.retain(|a| a != "--cpu-fallback");
+    let mut c = case(
+        "--hidden 65536 on the GPU",
+        &[],
+        &["GPU error", "create_buffer", "--cpu-fallback"],
+    );
+    c.args = args;
+    check(vec![c]);
+}

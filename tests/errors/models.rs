@@ -1,0 +1,244 @@
+//! Broken model and checkpoint files, for every command that reads one.
+
+use crate::common::cli::*;
+use mnist_gpu::data;
+use mnist_gpu::model::{ModelConfig, Params};
+use mnist_gpu::modelfile;
+use safetensors::Dtype;
+use std::path::{Path, PathBuf};
+
+/// (file name, description, words the error must hold) of each broken model, written
+/// from the valid model `src` into `dir`.
+fn broken_models(src: &Path, dir: &Path) -> Vec<(PathBuf, &'static str, Vec<&'static str>)> {
+    let keep = |_: &str, d, s, b| Some((d, s, b));
+    let path = |name: &str| dir.join(name);
+    std::fs::write(path("text.safetensors"), "this is not a model\n").unwrap();
+    let bytes = std::fs::read(src).unwrap();
+    std::fs::write(path("truncated.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(path("empty.safetensors"), b"").unwrap();
+    edit_safetensors(
+        src,
+        &path("missing.safetensors"),
+        |n, d, s, b| (n != "4.bias").then_some((d, s, b)),
+        |_| {},
+    );
+    edit_safetensors(
+        src,
+        &path("shape.safetensors"),
+        |n, d, s, b| {
+            if n == "2.weight" {
+                Some((d, vec![64, 784], b[..64 * 784 * 4].to_vec()))
+            } else {
+                Some((d, s, b))
+            }
+        },
+        |_| {},
+    );
+    edit_safetensors(
+        src,
+        &path("dtype.safetensors"),
+        |n, d, s, b| {
+            if n == "1.weight" {
+                Some((Dtype::I32, s, b))
+            } else {
+                Some((d, s, b))
+            }
+        },
+        |_| {},
+    );
+    edit_safetensors(
+        src,
+        &path("nan.safetensors"),
+        |n, d, s, mut b| {
+            if n == "2.bias" {
+                b[20..24].copy_from_slice(&f32::NAN.to_le_bytes());
+            }
+            Some((d, s, b))
+        },
+        |_| {},
+    );
+    edit_safetensors(src, &path("arch.safetensors"), keep, |m| {
+        m.insert("hidden".into(), "256".into());
+    });
+    edit_safetensors(src, &path("huge.safetensors"), keep, |m| {
+        m.insert("hidden".into(), "60000,60000".into());
+    });
+    edit_safetensors(src, &path("nometa.safetensors"), keep, |m| {
+        m.remove("hidden");
+    });
+    vec![
+        (
+            path("text.safetensors"),
+            "not safetensors",
+            vec!["not a safetensors file"],
+        ),
+        (
+            path("empty.safetensors"),
+            "empty",
+            vec!["not a safetensors file"],
+        ),
+        (
+            path("truncated.safetensors"),
+            "truncated",
+            vec!["not a safetensors file"],
+        ),
+        (
+            path("missing.safetensors"),
+            "missing tensor",
+            vec!["tensor '4.bias' is missing"],
+        ),
+        (
+            path("shape.safetensors"),
+            "wrong shape",
+            vec!["tensor '2.weight' has shape [64, 784], expected [128, 784]"],
+        ),
+        (
+            path("dtype.safetensors"),
+            "wrong dtype",
+            vec!["tensor '1.weight' has dtype I32, expected F32"],
+        ),
+        (
+            path("nan.safetensors"),
+            "non-finite value",
+            vec!["tensor '2.bias' holds a non-finite value (NaN) at index 5"],
+        ),
+        (
+            path("arch.safetensors"),
+            "shapes of another architecture",
+            vec!["tensor '2.weight' has shape [128, 784], expected [256, 784]"],
+        ),
+        (
+            path("huge.safetensors"),
+            "architecture larger than the file",
+            vec!["metadata 'hidden'"],
+        ),
+        (
+            path("nometa.safetensors"),
+            "no architecture metadata",
+            vec!["metadata has no 'hidden' entry"],
+        ),
+    ]
+}
+
+#[test]
+fn bad_model_files_for_every_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let params = Params::init(&ModelConfig::default(), 7);
+    let model = root.join("model.safetensors");
+    modelfile::save_model(&params, 0, &model).unwrap();
+    let checkpoint = root.join("checkpoint-src.safetensors");
+    let state = fresh_run_state(&params);
+    modelfile::save_checkpoint(&params, &state, &checkpoint).unwrap();
+    let digit = data::builtin_dir()
+        .parent()
+        .unwrap()
+        .join("digits")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let models_dir = root.join("models");
+    std::fs::create_dir(&models_dir).unwrap();
+    let checkpoints_dir = root.join("checkpoints");
+    std::fs::create_dir(&checkpoints_dir).unwrap();
+    let mut cases = Vec::new();
+    for (file, what, words) in broken_models(&model, &models_dir) {
+        let name = s(&file);
+        let mut with_name = words.clone();
+        with_name.push(&name);
+        let mk = |cmd: &str, args: Vec<String>| Case {
+            what: format!("{cmd}: {what}"),
+            args,
+            words: with_name.iter().map(|s| s.to_string()).collect(),
+            one_line: true,
+        };
+        cases.push(mk(
+            "eval",
+            vec![
+                "eval".into(),
+                "--cpu-fallback".into(),
+                "--model".into(),
+                name.clone(),
+            ],
+        ));
+        cases.push(mk(
+            "predict",
+            vec!["predict".into(), "--model".into(), name.clone(), s(&digit)],
+        ));
+        cases.push(mk(
+            "train --init-from",
+            train_with(&["--init-from", &name], &s(&root.join("out-init"))),
+        ));
+    }
+    // --resume reads DIR/checkpoint.safetensors: the same damage to a checkpoint.
+    for (file, what, words) in broken_models(&checkpoint, &checkpoints_dir) {
+        let dir = root.join(format!(
+            "resume-{}",
+            file.file_stem().unwrap().to_string_lossy()
+        ));
+        std::fs::create_dir(&dir).unwrap();
+        let target = dir.join("checkpoint.safetensors");
+        std::fs::rename(&file, &target).unwrap();
+        let mut words: Vec<String> = words.iter().map(|s| s.to_string()).collect();
+        words.push(s(&target));
+        cases.push(Case {
+            what: format!("train --resume: {what}"),
+            args: vec![
+                "train".into(),
+                "--cpu-fallback".into(),
+                "--resume".into(),
+                s(&dir),
+            ],
+            words,
+            one_line: true,
+        });
+    }
+    // Checkpoint-only parts: Adam's moments.
+    edit_safetensors(
+        &checkpoint,
+        &root.join("no-adam.safetensors"),
+        |n, d, s, b| (n != "adam.v").then_some((d, s, b)),
+        |_| {},
+    );
+    let dir = root.join("resume-no-adam");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::rename(
+        root.join("no-adam.safetensors"),
+        dir.join("checkpoint.safetensors"),
+    )
+    .unwrap();
+    cases.push(case(
+        "train --resume: no Adam state",
+        &["train", "--cpu-fallback", "--resume", &s(&dir)],
+        &["tensor 'adam.v' is missing"],
+    ));
+    cases.push(case(
+        "train --resume: no checkpoint at all",
+        &[
+            "train",
+            "--cpu-fallback",
+            "--resume",
+            &s(&root.join("models")),
+        ],
+        &["checkpoint.safetensors", "does not exist"],
+    ));
+    cases.push(case(
+        "eval: missing model",
+        &[
+            "eval",
+            "--cpu-fallback",
+            "--model",
+            "/no/such/model.safetensors",
+        ],
+        &["/no/such/model.safetensors", "does not exist"],
+    ));
+    cases.push(case(
+        "eval: model is a directory",
+        &["eval", "--cpu-fallback", "--model", &s(root)],
+        &["is a directory"],
+    ));
+    check(cases);
+}
