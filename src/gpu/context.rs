@@ -3,6 +3,7 @@
 //! Every failure here is a [`DeviceError`] whose message is a complete user-facing
 //! sentence (what was asked, what was found, what to do); nothing panics.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
@@ -568,7 +569,8 @@ impl GpuContext {
         self.check()
     }
 
-    /// Read `size` bytes of `buffer` (must have COPY_SRC) back to the host, blocking.
+    /// Copy `size` bytes of `buffer` from `offset` to a host-readable buffer and read
+    /// them, blocking (native builds; see [`map_blocking`]).
     pub fn read_buffer(
         &self,
         buffer: &wgpu::Buffer,
@@ -578,6 +580,36 @@ impl GpuContext {
         if size == 0 {
             return Ok(Vec::new());
         }
+        let staging = self.copy_to_staging(buffer, offset, size);
+        map_blocking(self, &staging, size)
+    }
+
+    /// [`GpuContext::read_buffer`] as a future, for callers that must not block (a
+    /// browser): it completes once the device has done the copy.
+    pub fn read_buffer_async(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> impl Future<Output = Result<Vec<u8>, DeviceError>> {
+        let staging = (size > 0).then(|| self.copy_to_staging(buffer, offset, size));
+        let read = staging.map(|staging| {
+            let read = map_read(&staging, size);
+            async move {
+                let bytes = read.await;
+                drop(staging);
+                bytes
+            }
+        });
+        async move {
+            match read {
+                Some(read) => read.await,
+                None => Ok(Vec::new()),
+            }
+        }
+    }
+
+    fn copy_to_staging(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::Buffer {
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size,
@@ -587,40 +619,48 @@ impl GpuContext {
         let mut encoder = self.device.create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
         self.queue.submit([encoder.finish()]);
-        map_blocking(self, &staging, size)
+        staging
     }
 }
 
-/// Map `size` bytes of a MAP_READ buffer, copy them out, unmap.
+/// Start mapping `size` bytes of the MAP_READ buffer `staging`; the future yields them
+/// (and unmaps it). The mapping completes during a device poll on native builds, and by
+/// the browser's event loop on the web, so readbacks can always be awaited.
+pub fn map_read(
+    staging: &wgpu::Buffer,
+    size: u64,
+) -> impl Future<Output = Result<Vec<u8>, DeviceError>> + 'static {
+    let (done, mapped) = futures_channel::oneshot::channel();
+    staging.map_async(wgpu::MapMode::Read, 0..size, move |result| {
+        let _ = done.send(result);
+    });
+    let staging = staging.clone();
+    async move {
+        let failed = |e: String| DeviceError::Gpu(format!("reading results back: {e}"));
+        match mapped.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(failed(e.to_string())),
+            Err(_) => return Err(failed("the map never completed".into())),
+        }
+        let bytes = staging
+            .get_mapped_range(0..size)
+            .map_err(|e| failed(e.to_string()))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+}
+
+/// The one place native builds block on a readback: map `size` bytes of `staging`, wait
+/// for the device, take the bytes.
 pub fn map_blocking(
     ctx: &GpuContext,
     staging: &wgpu::Buffer,
     size: u64,
 ) -> Result<Vec<u8>, DeviceError> {
-    let result = Arc::new(Mutex::new(None));
-    let slot = result.clone();
-    staging.map_async(wgpu::MapMode::Read, 0..size, move |r| {
-        if let Ok(mut s) = slot.lock() {
-            *s = Some(r);
-        }
-    });
+    let read = map_read(staging, size);
     ctx.wait()?;
-    let outcome = result.lock().ok().and_then(|mut s| s.take());
-    match outcome {
-        Some(Ok(())) => {}
-        Some(Err(e)) => return Err(DeviceError::Gpu(format!("reading results back: {e}"))),
-        None => {
-            return Err(DeviceError::Gpu(
-                "reading results back: the map never completed".into(),
-            ))
-        }
-    }
-    let bytes = staging
-        .get_mapped_range(0..size)
-        .map_err(|e| DeviceError::Gpu(format!("reading results back: {e}")))?
-        .to_vec();
-    staging.unmap();
-    Ok(bytes)
+    pollster::block_on(read)
 }
 
 #[cfg(test)]
