@@ -83,17 +83,16 @@ pub fn load_data(
         }
     }
     let data = Mnist::load_limited(data_dir, train_limit, test_limit)?;
-    let note = |limit: Option<usize>, kept: usize, flag: &str| {
-        if limit.is_some_and(|n| n > kept) {
-            eprintln!(
-                "note: {flag} {} is more than the {kept} samples available; using all {kept}",
-                limit.unwrap_or_default()
-            );
-        }
-    };
-    note(train_limit, data.train.len(), "--train-limit");
-    note(test_limit, data.test.len(), "--test-limit");
+    limit_note(train_limit, data.train.len(), "--train-limit");
+    limit_note(test_limit, data.test.len(), "--test-limit");
     Ok(data)
+}
+
+/// A note when `flag`'s `limit` asked for more samples than the `kept` there are.
+fn limit_note(limit: Option<usize>, kept: usize, flag: &str) {
+    if let Some(n) = limit.filter(|&n| n > kept) {
+        eprintln!("note: {flag} {n} is more than the {kept} samples available; using all {kept}");
+    }
 }
 
 /// The device `device` means here, checked before anything slow is loaded: `--backend`
@@ -142,8 +141,12 @@ pub fn run_eval(
 ) -> Result<f64> {
     let params = modelfile::load_model(model)?;
     let (device, _) = resolve_device(device, "evaluating")?;
-    // Evaluation needs no training data; one sample gives every backend a valid set.
-    let data = load_data(data_dir, Some(1), test_limit)?;
+    if test_limit == Some(0) {
+        bail!("--test-limit must be at least 1");
+    }
+    // Evaluation needs the test set only: the backend gets an empty training set.
+    let data = Mnist::load_test(data_dir, test_limit)?;
+    limit_note(test_limit, data.test.len(), "--test-limit");
     let labels = data.test.labels.clone();
     let mut backend = make_backend(&device, params, Hyper::default(), data)?;
     let eval = backend.evaluate()?;

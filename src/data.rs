@@ -138,6 +138,36 @@ impl Mnist {
         Mnist::checked(train, test)
     }
 
+    /// Only the test split of `dir` (its first `test_limit` samples), as evaluation
+    /// needs; the training set it comes with is empty.
+    pub fn load_test(dir: &Path, test_limit: Option<usize>) -> Result<Mnist, DataError> {
+        let test = if !dir.exists() && dir == builtin_dir() {
+            let path = Path::new(IN_MEMORY);
+            let (shape, images) = read_idx(path, EMBEDDED[2], None, IMAGES, test_limit)?;
+            let (_, labels) = read_idx(path, EMBEDDED[3], None, LABELS, test_limit)?;
+            Dataset {
+                images,
+                labels,
+                rows: shape[1],
+                cols: shape[2],
+            }
+        } else if !dir.is_dir() {
+            return Err(match dir.exists() {
+                true => DataError::NotADir(dir.to_path_buf()),
+                false => DataError::MissingDir(dir.to_path_buf()),
+            });
+        } else {
+            load_split(dir, TEST_IMAGES, TEST_LABELS, test_limit)?
+        };
+        let train = Dataset {
+            images: Vec::new(),
+            labels: Vec::new(),
+            rows: test.rows,
+            cols: test.cols,
+        };
+        Mnist::checked(train, test)
+    }
+
     /// Both splits, checked to hold 28×28 images of the same shape.
     fn checked(train: Dataset, test: Dataset) -> Result<Mnist, DataError> {
         if (train.rows, train.cols) != (test.rows, test.cols) {

@@ -16,7 +16,7 @@ use super::bindings::{
     AdamBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, GemmBindings,
     SoftmaxXentBindings,
 };
-use super::context::{map_blocking, DeviceError, GpuContext, Needs};
+use super::context::{map_blocking, DeviceChoice, DeviceError, GpuContext, Needs};
 use super::epoch::{sum_stats, EpochRun, READBACK_SLOTS, STEPS_PER_SUBMIT};
 use super::kernels::{
     elementwise_groups, pack_pixels, record, storage_init, storage_zeroed, uniform, AdamUniform,
@@ -106,10 +106,6 @@ pub struct GpuBackend {
 
 fn labels_u32(labels: &[u8]) -> Vec<u32> {
     labels.iter().map(|&l| l as u32).collect()
-}
-
-fn gpu_err(e: DeviceError) -> anyhow::Error {
-    anyhow::Error::new(e)
 }
 
 impl GpuBackend {
@@ -440,7 +436,7 @@ impl GpuBackend {
             "batch must be 1..=training samples"
         );
         let len = batch * reps.max(1);
-        self.ensure_train_plan(batch, len).map_err(gpu_err)?;
+        self.ensure_train_plan(batch, len)?;
         self.upload_profile_batches(len, reps);
         let plan = self.train_plan.as_ref().expect("plan");
         let ctx = &self.ctx;
@@ -458,7 +454,7 @@ impl GpuBackend {
                     record(&mut pass, std::slice::from_ref(dispatch));
                 }
                 ctx.queue.submit([encoder.finish()]);
-                ctx.wait().map_err(gpu_err)?;
+                ctx.wait()?;
                 times.push(started.elapsed().as_secs_f64());
             }
             times.sort_by(f64::total_cmp);
@@ -500,8 +496,7 @@ impl GpuBackend {
         );
         // Two timestamps per dispatch; a query set holds at most 4096.
         let reps = reps.clamp(1, 100);
-        self.ensure_train_plan(batch, batch * reps)
-            .map_err(gpu_err)?;
+        self.ensure_train_plan(batch, batch * reps)?;
         self.upload_profile_batches(batch * reps, reps);
         let ctx = &self.ctx;
         ctx.queue
@@ -536,7 +531,7 @@ impl GpuBackend {
         }
         encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
         ctx.queue.submit([encoder.finish()]);
-        let raw = ctx.read_buffer(&resolved, 0, bytes).map_err(gpu_err)?;
+        let raw = ctx.read_buffer(&resolved, 0, bytes)?;
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&raw);
         let tick = f64::from(ctx.queue.get_timestamp_period()) * 1e-9;
         let profile = (0..per_step)
@@ -708,18 +703,11 @@ impl GpuBackend {
             .read_buffer(buffer, (offset * 4) as u64, (len * 4) as u64)?;
         Ok(bytemuck::cast_slice::<u8, f32>(&bytes).to_vec())
     }
-
-    /// Sum the per-step (loss bits, correct) pairs in step order.
-    fn name_string(&self) -> String {
-        self.ctx.describe()
-    }
 }
-
-use super::context::DeviceChoice;
 
 impl Backend for GpuBackend {
     fn name(&self) -> String {
-        self.name_string()
+        self.ctx.describe()
     }
 
     fn train_count(&self) -> usize {
@@ -744,7 +732,7 @@ impl Backend for GpuBackend {
                 self.train_count
             );
         }
-        self.upload_epoch(order, batch_size).map_err(gpu_err)?;
+        self.upload_epoch(order, batch_size)?;
         let plan = self.train_plan.as_ref().expect("plan");
         let mut run = EpochRun::new(&self.ctx, plan, base, batch_size, order.len());
         while run.done < run.steps && !stop(base.steps_done + run.done) {
@@ -768,7 +756,7 @@ impl Backend for GpuBackend {
                 predictions: Vec::new(),
             });
         }
-        self.ensure_eval_plan().map_err(gpu_err)?;
+        self.ensure_eval_plan()?;
         let plan = self.eval_plan.as_ref().expect("eval plan");
         let ctx = &self.ctx;
         let stats_size = self.eval_stats.size();
@@ -790,7 +778,7 @@ impl Backend for GpuBackend {
         encoder.copy_buffer_to_buffer(&self.eval_stats, 0, &plan.staging, 0, stats_size);
         encoder.copy_buffer_to_buffer(&self.predictions, 0, &plan.staging, stats_size, preds_size);
         ctx.queue.submit([encoder.finish()]);
-        let bytes = map_blocking(ctx, &plan.staging, stats_size + preds_size).map_err(gpu_err)?;
+        let bytes = map_blocking(ctx, &plan.staging, stats_size + preds_size)?;
         let words: &[u32] = bytemuck::cast_slice(&bytes);
         let chunks = count.div_ceil(EVAL_CHUNK);
         let (loss_sum, correct) = sum_stats(&words[..chunks * 2]);
@@ -807,12 +795,8 @@ impl Backend for GpuBackend {
     }
 
     fn params(&mut self) -> Result<Params> {
-        let trainable = self
-            .read_f32(&self.params, 0, self.layout.total)
-            .map_err(gpu_err)?;
-        let stats = self
-            .read_f32(&self.bn_stats, 0, 2 * INPUT)
-            .map_err(gpu_err)?;
+        let trainable = self.read_f32(&self.params, 0, self.layout.total)?;
+        let stats = self.read_f32(&self.bn_stats, 0, 2 * INPUT)?;
         Ok(Params {
             config: self.config.clone(),
             layout: self.layout.clone(),
@@ -824,12 +808,8 @@ impl Backend for GpuBackend {
 
     fn optim_state(&mut self) -> Result<OptimState> {
         Ok(OptimState {
-            m: self
-                .read_f32(&self.m, 0, self.layout.total)
-                .map_err(gpu_err)?,
-            v: self
-                .read_f32(&self.v, 0, self.layout.total)
-                .map_err(gpu_err)?,
+            m: self.read_f32(&self.m, 0, self.layout.total)?,
+            v: self.read_f32(&self.v, 0, self.layout.total)?,
             step: self.step,
         })
     }
@@ -873,7 +853,7 @@ impl Backend for GpuBackend {
         self.config = params.config.clone();
         self.train_plan = None;
         self.eval_plan = None;
-        self.ctx.wait().map_err(gpu_err)?;
+        self.ctx.wait()?;
         Ok(())
     }
 }
