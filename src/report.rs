@@ -174,50 +174,51 @@ pub fn draw_predictions(
         offset + count - 1
     );
     let title_y = (TITLE_HEIGHT as f32 - TITLE_FONT_PX) / 2.0;
+    let centre = width as f32 / 2.0;
     draw_text_centered(
         &mut img,
         &title,
         TITLE_FONT_PX,
-        width as f32 / 2.0,
+        centre,
         title_y,
         CORRECT_COLOR,
     );
-
     for k in 0..count {
         let i = offset + k;
-        let (dx, dy) = digit_origin(k);
-        let pixels = test.image(i);
-        // Light frame just outside the digit area so the white background shows its extent.
-        draw_rect_outline(
-            &mut img,
-            dx - 1,
-            dy - 1,
-            DIGIT_PX + 2,
-            DIGIT_PX + 2,
-            FRAME_COLOR,
-        );
-        for y in 0..DIGIT_SIZE {
-            for x in 0..DIGIT_SIZE {
-                let shade = digit_shade(pixels[(y * DIGIT_SIZE + x) as usize]);
-                for sy in 0..TILE_SCALE {
-                    for sx in 0..TILE_SCALE {
-                        img.put_pixel(dx + x * TILE_SCALE + sx, dy + y * TILE_SCALE + sy, shade);
-                    }
+        draw_digit_tile(&mut img, k, test.image(i));
+        draw_tile_label(&mut img, k, prediction(k), test.labels[i]);
+    }
+    save(&img, path)
+}
+
+/// Tile `k`'s digit, scaled up, inside a light frame that shows the white background's
+/// extent.
+fn draw_digit_tile(img: &mut RgbImage, k: usize, pixels: &[u8]) {
+    let (dx, dy) = digit_origin(k);
+    draw_rect_outline(img, dx - 1, dy - 1, DIGIT_PX + 2, DIGIT_PX + 2, FRAME_COLOR);
+    for y in 0..DIGIT_SIZE {
+        for x in 0..DIGIT_SIZE {
+            let shade = digit_shade(pixels[(y * DIGIT_SIZE + x) as usize]);
+            for sy in 0..TILE_SCALE {
+                for sx in 0..TILE_SCALE {
+                    img.put_pixel(dx + x * TILE_SCALE + sx, dy + y * TILE_SCALE + sy, shade);
                 }
             }
         }
-        let (predicted, truth) = (prediction(k), test.labels[i]);
-        let (text, color) = if predicted == truth {
-            (predicted.to_string(), CORRECT_COLOR)
-        } else {
-            (format!("{predicted} (true {truth})"), WRONG_COLOR)
-        };
-        let (lx, ly, lw, lh) = label_rect(k);
-        let px = fit_font_px(&text, LABEL_FONT_PX, lw as f32 - 4.0);
-        let top = ly as f32 + (lh as f32 - px) / 2.0;
-        draw_text_centered(&mut img, &text, px, lx as f32 + lw as f32 / 2.0, top, color);
     }
-    save(&img, path)
+}
+
+/// Tile `k`'s label: the prediction, or in red the prediction and the true digit.
+fn draw_tile_label(img: &mut RgbImage, k: usize, predicted: u8, truth: u8) {
+    let (text, color) = if predicted == truth {
+        (predicted.to_string(), CORRECT_COLOR)
+    } else {
+        (format!("{predicted} (true {truth})"), WRONG_COLOR)
+    };
+    let (lx, ly, lw, lh) = label_rect(k);
+    let px = fit_font_px(&text, LABEL_FONT_PX, lw as f32 - 4.0);
+    let top = ly as f32 + (lh as f32 - px) / 2.0;
+    draw_text_centered(img, &text, px, lx as f32 + lw as f32 / 2.0, top, color);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -257,97 +258,118 @@ pub fn draw_curves(history: &[EpochRecord], path: &Path) -> Result<(), ReportErr
             problem: "no epochs to plot".into(),
         });
     }
-    let plot_err = |e: &dyn std::fmt::Display| ReportError::Plot {
+    let plot_err = |message: String| ReportError::Plot {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message,
     };
-    register_plotters_font().map_err(|e| plot_err(&e))?;
-
+    register_plotters_font().map_err(|e| plot_err(e.to_string()))?;
     let (width, height) = CURVES_SIZE;
     let mut buffer = vec![255u8; (width * height * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buffer, (width, height)).into_drawing_area();
-        root.fill(&WHITE_PLOT).map_err(|e| plot_err(&e))?;
+        root.fill(&WHITE_PLOT)
+            .map_err(|e| plot_err(e.to_string()))?;
         let panels = root.split_evenly((1, 2));
-        let epochs: Vec<f64> = history.iter().map(|r| r.epoch as f64).collect();
-        let (x_lo, x_hi) = x_range(epochs[0], epochs[epochs.len() - 1]);
-        type Getter = fn(&EpochRecord) -> f64;
-        let specs: [(&str, &str, Getter, Getter); 2] = [
+        let specs: [CurveSpec; 2] = [
             ("Loss", "loss", |r| r.loss, |r| r.val_loss),
             ("Accuracy", "accuracy", |r| r.accuracy, |r| r.val_accuracy),
         ];
-        for (panel, (caption, y_desc, train, val)) in panels.iter().zip(specs) {
-            let values: Vec<f64> = history
-                .iter()
-                .flat_map(|r| [train(r), val(r)])
-                .filter(|v| v.is_finite())
-                .collect();
-            let (y_lo, y_hi) = y_range(&values, y_desc == "accuracy");
-            let y_span = y_hi - y_lo;
-            let mut chart = ChartBuilder::on(panel)
-                .caption(caption, ("sans-serif", 24))
-                .margin(15)
-                .x_label_area_size(45)
-                .y_label_area_size(80)
-                .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)
-                .map_err(|e| plot_err(&e))?;
-            let n_labels = history.len().clamp(1, 10);
-            chart
-                .configure_mesh()
-                .x_desc("epoch")
-                .y_desc(y_desc)
-                .x_labels(n_labels + 2)
-                .x_label_formatter(&|x| {
-                    if (x - x.round()).abs() < 1e-6 {
-                        format!("{}", x.round() as i64)
-                    } else {
-                        String::new()
-                    }
-                })
-                .y_label_formatter(&|y| tick_label(*y, y_span))
-                .label_style(("sans-serif", 15))
-                .axis_desc_style(("sans-serif", 17))
-                .light_line_style(WHITE_PLOT.mix(0.0))
-                .bold_line_style(BLACK_PLOT.mix(0.12))
-                .draw()
-                .map_err(|e| plot_err(&e))?;
-            for (name, get, color) in [
-                ("train", train, TRAIN_COLOR),
-                ("validation", val, VAL_COLOR),
-            ] {
-                let points: Vec<(f64, f64)> = history
-                    .iter()
-                    .map(|r| (r.epoch as f64, get(r)))
-                    .filter(|(_, v)| v.is_finite())
-                    .collect();
-                chart
-                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                    .map_err(|e| plot_err(&e))?
-                    .label(name)
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                    });
-                chart
-                    .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                    .map_err(|e| plot_err(&e))?;
-            }
-            chart
-                .configure_series_labels()
-                .position(if y_desc == "loss" {
-                    SeriesLabelPosition::UpperRight
-                } else {
-                    SeriesLabelPosition::LowerRight
-                })
-                .background_style(WHITE_PLOT.mix(0.85))
-                .border_style(BLACK_PLOT.mix(0.4))
-                .label_font(("sans-serif", 15))
-                .draw()
-                .map_err(|e| plot_err(&e))?;
+        for (panel, spec) in panels.iter().zip(specs) {
+            draw_curve_panel(panel, history, spec).map_err(plot_err)?;
         }
-        root.present().map_err(|e| plot_err(&e))?;
+        root.present().map_err(|e| plot_err(e.to_string()))?;
     }
     let img = RgbImage::from_raw(width, height, buffer).expect("buffer has width×height×3 bytes");
     save(&img, path)
+}
+
+/// One panel of `curves.png`: (caption, y-axis name, training value, validation value).
+type CurveSpec = (
+    &'static str,
+    &'static str,
+    fn(&EpochRecord) -> f64,
+    fn(&EpochRecord) -> f64,
+);
+
+type Panel<'a> =
+    plotters::drawing::DrawingArea<plotters::prelude::BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// Draw one panel: the training and validation curves of `spec` over the epochs, with
+/// readable ticks (integer epochs; scientific y labels when the values are huge).
+fn draw_curve_panel(panel: &Panel, history: &[EpochRecord], spec: CurveSpec) -> Result<(), String> {
+    use plotters::prelude::*;
+    let (caption, y_desc, train, val) = spec;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let (x_lo, x_hi) = x_range(
+        history[0].epoch as f64,
+        history[history.len() - 1].epoch as f64,
+    );
+    let values: Vec<f64> = history
+        .iter()
+        .flat_map(|r| [train(r), val(r)])
+        .filter(|v| v.is_finite())
+        .collect();
+    let (y_lo, y_hi) = y_range(&values, y_desc == "accuracy");
+    let y_span = y_hi - y_lo;
+    let mut chart = ChartBuilder::on(panel)
+        .caption(caption, ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc(y_desc)
+        .x_labels(history.len().clamp(1, 10) + 2)
+        .x_label_formatter(&|x| {
+            if (x - x.round()).abs() < 1e-6 {
+                format!("{}", x.round() as i64)
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|y| tick_label(*y, y_span))
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
+        .light_line_style(WHITE_PLOT.mix(0.0))
+        .bold_line_style(BLACK_PLOT.mix(0.12))
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (name, get, color) in [
+        ("train", train, TRAIN_COLOR),
+        ("validation", val, VAL_COLOR),
+    ] {
+        let points: Vec<(f64, f64)> = history
+            .iter()
+            .map(|r| (r.epoch as f64, get(r)))
+            .filter(|(_, v)| v.is_finite())
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| err(&e))?;
+    }
+    let corner = if y_desc == "loss" {
+        SeriesLabelPosition::UpperRight
+    } else {
+        SeriesLabelPosition::LowerRight
+    };
+    chart
+        .configure_series_labels()
+        .position(corner)
+        .background_style(WHITE_PLOT.mix(0.85))
+        .border_style(BLACK_PLOT.mix(0.4))
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(|e| err(&e))
 }
 
 /// The epoch axis: the first and last epoch with a margin, so neither tick sits on the

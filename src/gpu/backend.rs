@@ -24,7 +24,7 @@ use super::kernels::{
 };
 use crate::backend::{Backend, EpochEnd, EvalStats, StepProgress};
 use crate::cpu::adam::adam_alpha;
-use crate::data::Mnist;
+use crate::data::{Dataset, Mnist};
 use crate::model::{Hyper, ModelConfig, OptimState, ParamLayout, Params, CLASSES, INPUT};
 use anyhow::{bail, ensure, Result};
 use std::time::Instant;
@@ -104,8 +104,47 @@ pub struct GpuBackend {
     dummy: wgpu::Buffer,
 }
 
-fn labels_u32(labels: &[u8]) -> Vec<u32> {
-    labels.iter().map(|&l| l as u32).collect()
+/// A data set's images, resident as u8 pixels packed 4 per u32.
+fn pixels_buffer(ctx: &GpuContext, label: &str, set: &Dataset) -> wgpu::Buffer {
+    storage_init(ctx, label, bytemuck::cast_slice(&pack_pixels(&set.images)))
+}
+
+/// A data set's labels, one u32 each.
+fn labels_buffer(ctx: &GpuContext, label: &str, set: &Dataset) -> wgpu::Buffer {
+    let labels: Vec<u32> = set.labels.iter().map(|&l| l as u32).collect();
+    storage_init(ctx, label, bytemuck::cast_slice(&labels))
+}
+
+/// The parameters must fit their model's layout and the data sets hold 784-pixel
+/// images, one per label.
+fn check_inputs(params: &Params, data: &Mnist) -> Result<(), DeviceError> {
+    let invalid =
+        |what: String| DeviceError::Gpu(format!("invalid input to the GPU trainer: {what}"));
+    let layout = ParamLayout::new(&params.config);
+    if params.layout != layout || params.trainable.len() != layout.total {
+        return Err(invalid(
+            "the parameters do not fit the model's layout".into(),
+        ));
+    }
+    if params.moving_mean.len() != INPUT || params.moving_var.len() != INPUT {
+        return Err(invalid(format!(
+            "moving statistics must hold {INPUT} values each"
+        )));
+    }
+    for (name, set) in [("training", &data.train), ("test", &data.test)] {
+        if !set.is_empty() && set.pixels_per_image() != INPUT {
+            return Err(invalid(format!(
+                "{name} images have {} pixels, expected {INPUT}",
+                set.pixels_per_image()
+            )));
+        }
+        if set.images.len() != set.len() * set.pixels_per_image() {
+            return Err(invalid(format!(
+                "{name} set has a mismatched image/label count"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl GpuBackend {
@@ -117,32 +156,8 @@ impl GpuBackend {
         data: Mnist,
         choice: &DeviceChoice,
     ) -> Result<GpuBackend, DeviceError> {
-        let layout = ParamLayout::new(&params.config);
-        let invalid =
-            |what: String| DeviceError::Gpu(format!("invalid input to the GPU trainer: {what}"));
-        if params.layout != layout || params.trainable.len() != layout.total {
-            return Err(invalid(
-                "the parameters do not fit the model's layout".into(),
-            ));
-        }
-        if params.moving_mean.len() != INPUT || params.moving_var.len() != INPUT {
-            return Err(invalid(
-                "moving statistics must hold 784 values each".into(),
-            ));
-        }
-        for (name, set) in [("training", &data.train), ("test", &data.test)] {
-            if !set.is_empty() && set.pixels_per_image() != INPUT {
-                return Err(invalid(format!(
-                    "{name} images have {} pixels, expected 784",
-                    set.pixels_per_image()
-                )));
-            }
-            if set.images.len() != set.len() * set.pixels_per_image() {
-                return Err(invalid(format!(
-                    "{name} set has a mismatched image/label count"
-                )));
-            }
-        }
+        check_inputs(&params, &data)?;
+        let layout = params.layout.clone();
         let train_bytes = data.train.images.len().next_multiple_of(4) as u64;
         let test_bytes = data.test.images.len().next_multiple_of(4) as u64;
         let ctx = GpuContext::new(
@@ -166,26 +181,10 @@ impl GpuBackend {
             kernels,
             train_count: data.train.len(),
             test_count: data.test.len(),
-            train_pixels: storage_init(
-                &ctx,
-                "train pixels",
-                bytemuck::cast_slice(&pack_pixels(&data.train.images)),
-            ),
-            train_labels: storage_init(
-                &ctx,
-                "train labels",
-                bytemuck::cast_slice(&labels_u32(&data.train.labels)),
-            ),
-            test_pixels: storage_init(
-                &ctx,
-                "test pixels",
-                bytemuck::cast_slice(&pack_pixels(&data.test.images)),
-            ),
-            test_labels: storage_init(
-                &ctx,
-                "test labels",
-                bytemuck::cast_slice(&labels_u32(&data.test.labels)),
-            ),
+            train_pixels: pixels_buffer(&ctx, "train pixels", &data.train),
+            train_labels: labels_buffer(&ctx, "train labels", &data.train),
+            test_pixels: pixels_buffer(&ctx, "test pixels", &data.test),
+            test_labels: labels_buffer(&ctx, "test labels", &data.test),
             params: storage_init(&ctx, "params", bytemuck::cast_slice(&params.trainable)),
             grads: storage_zeroed(d, "grads", (total * 4) as u64),
             m: storage_zeroed(d, "adam m", (total * 4) as u64),
@@ -297,7 +296,10 @@ impl GpuBackend {
             .collect()
     }
 
-    /// Every dispatch of one training step on `rows` rows (batch stride `stride`).
+    /// Every dispatch of one training step on `rows` rows (batch stride `stride`), in
+    /// order: BatchNorm forward, the dense forwards, softmax_xent, the dense backwards,
+    /// the BatchNorm + first-dense backward, Adam. `plan_bufs`: the epoch's sample
+    /// order, Adam's step sizes and the per-step statistics.
     fn step_dispatches(
         &self,
         rows: usize,
@@ -305,15 +307,25 @@ impl GpuBackend {
         plan_bufs: (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
     ) -> Vec<Dispatch> {
         let (order, alphas, stats) = plan_bufs;
-        let k = &self.kernels;
+        let mut list = vec![self.batchnorm_forward_dispatch(rows, stride, order)];
+        list.extend(self.forward_dispatches(rows));
+        list.push(self.softmax_xent_dispatch(rows, stride, order, stats));
+        list.extend(self.backward_dispatches(rows));
+        list.push(self.batchnorm_dense_backward_dispatch(rows, stride));
+        list.push(self.adam_dispatch(alphas));
+        list
+    }
+
+    fn batchnorm_forward_dispatch(
+        &self,
+        rows: usize,
+        stride: usize,
+        order: &wgpu::Buffer,
+    ) -> Dispatch {
         let d = &self.ctx.device;
         let w = self.work.as_ref().expect("workspace");
-        let widths = self.widths();
-        let layers = self.config.dense_layers();
-        let mut list = Vec::new();
-
         let u = self.bn_uniform(rows, stride, true, 0);
-        let ub = uniform(d, "bn forward", &u);
+        let ub = uniform(d, "batchnorm forward", &u);
         let bindings = BatchnormForwardBindings {
             u: &ub,
             pixels: &self.train_pixels,
@@ -324,12 +336,20 @@ impl GpuBackend {
             xhat: &w.xhat,
             y: &w.acts[0],
         };
-        list.push(
-            k.batchnorm_forward_train
-                .dispatch(d, &bindings, u.workgroups()),
-        );
-        list.extend(self.forward_dispatches(rows));
+        let kernel = &self.kernels.batchnorm_forward_train;
+        kernel.dispatch(d, &bindings, u.workgroups())
+    }
 
+    fn softmax_xent_dispatch(
+        &self,
+        rows: usize,
+        stride: usize,
+        order: &wgpu::Buffer,
+        stats: &wgpu::Buffer,
+    ) -> Dispatch {
+        let d = &self.ctx.device;
+        let w = self.work.as_ref().expect("workspace");
+        let layers = self.config.dense_layers();
         let u = SoftmaxUniform {
             batch: rows as u32,
             classes: CLASSES as u32,
@@ -338,7 +358,7 @@ impl GpuBackend {
             training: 1,
             ..Default::default()
         };
-        let ub = uniform(d, "softmax", &u);
+        let ub = uniform(d, "softmax_xent", &u);
         let bindings = SoftmaxXentBindings {
             u: &ub,
             logits: &w.acts[layers],
@@ -349,20 +369,25 @@ impl GpuBackend {
             stats,
             predictions: &self.predictions,
         };
-        list.push(k.softmax_xent.dispatch(d, &bindings, [1, 1, 1]));
+        self.kernels.softmax_xent.dispatch(d, &bindings, [1, 1, 1])
+    }
 
-        for l in (0..layers).rev() {
+    /// From the top layer down: each layer's weight-gradient GEMM (bias gradient fused)
+    /// and, above the first layer, its input-gradient GEMM (ReLU mask fused).
+    fn backward_dispatches(&self, rows: usize) -> Vec<Dispatch> {
+        let d = &self.ctx.device;
+        let w = self.work.as_ref().expect("workspace");
+        let widths = self.widths();
+        let mut list = Vec::new();
+        for l in (0..self.config.dense_layers()).rev() {
             let (kin, nout) = (widths[l], widths[l + 1]);
-            let u = GemmUniform::weight_grad(
-                rows,
-                kin,
-                nout,
-                self.layout.kernels[l].start,
-                self.layout.biases[l].start,
-            );
+            let kernel_off = self.layout.kernels[l].start;
+            let u =
+                GemmUniform::weight_grad(rows, kin, nout, kernel_off, self.layout.biases[l].start);
             let ub = uniform(d, "gemm weight grad", &u);
-            // Layer 0's weight gradient is taken against xhat: bn_dense_backward turns it
-            // into dW0, dgamma and dbeta, so layer 0 needs no input-grad GEMM.
+            // Layer 0's weight gradient is taken against xhat: the BatchNorm + dense
+            // backward turns it into dW0, dgamma and dbeta, so layer 0 needs no
+            // input-grad GEMM.
             let input = if l == 0 { &w.xhat } else { &w.acts[l] };
             let bindings = GemmBindings {
                 u: &ub,
@@ -371,11 +396,11 @@ impl GpuBackend {
                 e: &self.params,
                 c: &self.grads,
             };
-            list.push(k.gemm.dispatch(d, &bindings, u.workgroups()));
+            list.push(self.kernels.gemm.dispatch(d, &bindings, u.workgroups()));
             if l == 0 {
                 break;
             }
-            let u = GemmUniform::input_grad(rows, kin, nout, self.layout.kernels[l].start, true);
+            let u = GemmUniform::input_grad(rows, kin, nout, kernel_off, true);
             let ub = uniform(d, "gemm input grad", &u);
             let bindings = GemmBindings {
                 u: &ub,
@@ -384,24 +409,31 @@ impl GpuBackend {
                 e: &w.acts[l],
                 c: &w.deltas[l],
             };
-            list.push(k.gemm.dispatch(d, &bindings, u.workgroups()));
+            list.push(self.kernels.gemm.dispatch(d, &bindings, u.workgroups()));
         }
+        list
+    }
 
+    fn batchnorm_dense_backward_dispatch(&self, rows: usize, stride: usize) -> Dispatch {
+        let d = &self.ctx.device;
         let u = BnUniform {
             kernel_off: self.layout.kernels[0].start as u32,
             bias_off: self.layout.biases[0].start as u32,
-            width: widths[1] as u32,
+            width: self.widths()[1] as u32,
             ..self.bn_uniform(rows, stride, true, 0)
         };
-        let ub = uniform(d, "bn dense backward", &u);
-        let (kernel, groups) = k.batchnorm_dense_backward_for(&u);
+        let ub = uniform(d, "batchnorm dense backward", &u);
+        let (kernel, groups) = self.kernels.batchnorm_dense_backward_for(&u);
         let bindings = BatchnormDenseBackwardBindings {
             u: &ub,
             params: &self.params,
             grads: &self.grads,
         };
-        list.push(kernel.dispatch(d, &bindings, groups));
+        kernel.dispatch(d, &bindings, groups)
+    }
 
+    fn adam_dispatch(&self, alphas: &wgpu::Buffer) -> Dispatch {
+        let d = &self.ctx.device;
         let u = AdamUniform {
             n: self.layout.total as u32,
             one_minus_b1: 1.0 - self.hyper.beta1,
@@ -419,11 +451,8 @@ impl GpuBackend {
             m: &self.m,
             v: &self.v,
         };
-        list.push(
-            k.adam
-                .dispatch(d, &bindings, elementwise_groups(self.layout.total)),
-        );
-        list
+        let groups = elementwise_groups(self.layout.total);
+        self.kernels.adam.dispatch(d, &bindings, groups)
     }
 
     /// Profiles one training step at `batch`: each of its dispatches is submitted on its

@@ -367,14 +367,110 @@ pub struct Needs {
     pub largest_buffer: u64,
 }
 
+/// The limits the trainer asks for: only what its kernels use, and storage bindings
+/// large enough for the resident data set.
+fn required_limits(needs: &Needs, offered: &wgpu::Limits) -> wgpu::Limits {
+    let mut required = wgpu::Limits::downlevel_defaults();
+    required.max_storage_buffers_per_shader_stage = STORAGE_BUFFERS_PER_STAGE;
+    required.max_compute_invocations_per_workgroup = INVOCATIONS_PER_WORKGROUP;
+    required.max_compute_workgroup_size_x = INVOCATIONS_PER_WORKGROUP;
+    required.max_compute_workgroup_storage_size = WORKGROUP_STORAGE_BYTES;
+    required.max_compute_workgroups_per_dimension =
+        required.max_compute_workgroups_per_dimension.max(1024);
+    // The data set must fit; beyond it ask for WebGPU's default 128 MiB (or what the
+    // adapter has, if less) so batch-sized activation buffers have room.
+    const ROOM: u64 = 128 << 20;
+    required.max_storage_buffer_binding_size = needs
+        .largest_buffer
+        .max(ROOM.min(offered.max_storage_buffer_binding_size));
+    required.max_buffer_size = required
+        .max_storage_buffer_binding_size
+        .max(ROOM.min(offered.max_buffer_size));
+    // Keep the adapter's alignments (they are minimums: larger is looser).
+    required.min_storage_buffer_offset_alignment = offered.min_storage_buffer_offset_alignment;
+    required.min_uniform_buffer_offset_alignment = offered.min_uniform_buffer_offset_alignment;
+    required
+}
+
+/// Every limit the trainer needs must be offered; the error says which is not.
+fn check_limits(required: &wgpu::Limits, offered: &wgpu::Limits) -> Result<(), String> {
+    let checks: [(&str, u64, u64); 7] = [
+        (
+            "storage buffers per shader stage",
+            required.max_storage_buffers_per_shader_stage as u64,
+            offered.max_storage_buffers_per_shader_stage as u64,
+        ),
+        (
+            "invocations per workgroup",
+            required.max_compute_invocations_per_workgroup as u64,
+            offered.max_compute_invocations_per_workgroup as u64,
+        ),
+        (
+            "workgroup size x",
+            required.max_compute_workgroup_size_x as u64,
+            offered.max_compute_workgroup_size_x as u64,
+        ),
+        (
+            "workgroup memory (bytes)",
+            required.max_compute_workgroup_storage_size as u64,
+            offered.max_compute_workgroup_storage_size as u64,
+        ),
+        (
+            "workgroups per dimension",
+            required.max_compute_workgroups_per_dimension as u64,
+            offered.max_compute_workgroups_per_dimension as u64,
+        ),
+        (
+            "storage buffer binding size (bytes; the resident training set)",
+            required.max_storage_buffer_binding_size,
+            offered.max_storage_buffer_binding_size,
+        ),
+        (
+            "buffer size (bytes)",
+            required.max_buffer_size,
+            offered.max_buffer_size,
+        ),
+    ];
+    match checks.iter().find(|(_, need, have)| need > have) {
+        Some((what, need, have)) => {
+            Err(format!("it offers {have} {what}, the trainer needs {need}"))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The device's uncaptured errors, and why it was lost (if it was).
+type ErrorSink = Arc<Mutex<Vec<String>>>;
+type LostSink = Arc<Mutex<Option<String>>>;
+
+/// Where the device's uncaptured errors and its loss are collected, for
+/// [`GpuContext::check`].
+fn error_sinks(device: &wgpu::Device) -> (ErrorSink, LostSink) {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let sink = errors.clone();
+    device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+        if let Ok(mut list) = sink.lock() {
+            list.push(e.to_string());
+        }
+    }));
+    let lost = Arc::new(Mutex::new(None));
+    let lost_sink = lost.clone();
+    device.set_device_lost_callback(move |reason, message| {
+        if let Ok(mut slot) = lost_sink.lock() {
+            *slot = Some(format!("{reason:?}: {message}"));
+        }
+    });
+    (errors, lost)
+}
+
 /// The opened device with its error sinks.
 pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
-    errors: Arc<Mutex<Vec<String>>>,
-    lost: Arc<Mutex<Option<String>>>,
+    errors: ErrorSink,
+    lost: LostSink,
 }
 
 impl GpuContext {
@@ -383,7 +479,6 @@ impl GpuContext {
     pub fn new(choice: &DeviceChoice, needs: Needs) -> Result<GpuContext, DeviceError> {
         let adapter = pick_adapter(choice)?;
         let info = adapter.get_info();
-        let offered = adapter.limits();
         let unsupported = |reason: String| DeviceError::Unsupported {
             adapter: format!("{} ({})", info.name, backend_label(info.backend)),
             reason,
@@ -395,69 +490,9 @@ impl GpuContext {
         {
             return Err(unsupported("it does not support compute shaders".into()));
         }
-        let mut required = wgpu::Limits::downlevel_defaults();
-        required.max_storage_buffers_per_shader_stage = STORAGE_BUFFERS_PER_STAGE;
-        required.max_compute_invocations_per_workgroup = INVOCATIONS_PER_WORKGROUP;
-        required.max_compute_workgroup_size_x = INVOCATIONS_PER_WORKGROUP;
-        required.max_compute_workgroup_storage_size = WORKGROUP_STORAGE_BYTES;
-        required.max_compute_workgroups_per_dimension =
-            required.max_compute_workgroups_per_dimension.max(1024);
-        // The data set must fit; beyond it ask for WebGPU's default 128 MiB (or what the
-        // adapter has, if less) so batch-sized activation buffers have room.
-        const ROOM: u64 = 128 << 20;
-        required.max_storage_buffer_binding_size = needs
-            .largest_buffer
-            .max(ROOM.min(offered.max_storage_buffer_binding_size));
-        required.max_buffer_size = required
-            .max_storage_buffer_binding_size
-            .max(ROOM.min(offered.max_buffer_size));
-        // Keep the adapter's alignments (they are minimums: larger is looser).
-        required.min_storage_buffer_offset_alignment = offered.min_storage_buffer_offset_alignment;
-        required.min_uniform_buffer_offset_alignment = offered.min_uniform_buffer_offset_alignment;
-        let checks: [(&str, u64, u64); 7] = [
-            (
-                "storage buffers per shader stage",
-                required.max_storage_buffers_per_shader_stage as u64,
-                offered.max_storage_buffers_per_shader_stage as u64,
-            ),
-            (
-                "invocations per workgroup",
-                required.max_compute_invocations_per_workgroup as u64,
-                offered.max_compute_invocations_per_workgroup as u64,
-            ),
-            (
-                "workgroup size x",
-                required.max_compute_workgroup_size_x as u64,
-                offered.max_compute_workgroup_size_x as u64,
-            ),
-            (
-                "workgroup memory (bytes)",
-                required.max_compute_workgroup_storage_size as u64,
-                offered.max_compute_workgroup_storage_size as u64,
-            ),
-            (
-                "workgroups per dimension",
-                required.max_compute_workgroups_per_dimension as u64,
-                offered.max_compute_workgroups_per_dimension as u64,
-            ),
-            (
-                "storage buffer binding size (bytes; the resident training set)",
-                required.max_storage_buffer_binding_size,
-                offered.max_storage_buffer_binding_size,
-            ),
-            (
-                "buffer size (bytes)",
-                required.max_buffer_size,
-                offered.max_buffer_size,
-            ),
-        ];
-        for (what, need, have) in checks {
-            if need > have {
-                return Err(unsupported(format!(
-                    "it offers {have} {what}, the trainer needs {need}"
-                )));
-            }
-        }
+        let offered = adapter.limits();
+        let required = required_limits(&needs, &offered);
+        check_limits(&required, &offered).map_err(unsupported)?;
         // Anything downlevel_defaults asks for beyond what the adapter has (GL quirks):
         // lower it to the adapter's value rather than fail on limits we never use.
         let required = required.or_worse_values_from(&offered);
@@ -473,20 +508,7 @@ impl GpuContext {
             adapter: info.name.clone(),
             message: e.to_string(),
         })?;
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let sink = errors.clone();
-        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
-            if let Ok(mut list) = sink.lock() {
-                list.push(e.to_string());
-            }
-        }));
-        let lost = Arc::new(Mutex::new(None));
-        let lost_sink = lost.clone();
-        device.set_device_lost_callback(move |reason, message| {
-            if let Ok(mut slot) = lost_sink.lock() {
-                *slot = Some(format!("{reason:?}: {message}"));
-            }
-        });
+        let (errors, lost) = error_sinks(&device);
         Ok(GpuContext {
             device,
             queue,
