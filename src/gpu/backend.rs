@@ -720,18 +720,6 @@ impl GpuBackend {
         self.eval_plan = Some(plan);
         Ok(())
     }
-
-    fn read_f32(
-        &self,
-        buffer: &wgpu::Buffer,
-        offset: usize,
-        len: usize,
-    ) -> Result<Vec<f32>, DeviceError> {
-        let bytes = self
-            .ctx
-            .read_buffer(buffer, (offset * 4) as u64, (len * 4) as u64)?;
-        Ok(bytemuck::cast_slice::<u8, f32>(&bytes).to_vec())
-    }
 }
 
 impl Backend for GpuBackend {
@@ -824,8 +812,8 @@ impl Backend for GpuBackend {
     }
 
     fn params(&mut self) -> Result<Params> {
-        let trainable = self.read_f32(&self.params, 0, self.layout.total)?;
-        let stats = self.read_f32(&self.bn_stats, 0, 2 * INPUT)?;
+        let trainable = self.ctx.read_f32(&self.params, 0, self.layout.total)?;
+        let stats = self.ctx.read_f32(&self.bn_stats, 0, 2 * INPUT)?;
         Ok(Params {
             config: self.config.clone(),
             layout: self.layout.clone(),
@@ -837,8 +825,8 @@ impl Backend for GpuBackend {
 
     fn optim_state(&mut self) -> Result<OptimState> {
         Ok(OptimState {
-            m: self.read_f32(&self.m, 0, self.layout.total)?,
-            v: self.read_f32(&self.v, 0, self.layout.total)?,
+            m: self.ctx.read_f32(&self.m, 0, self.layout.total)?,
+            v: self.ctx.read_f32(&self.v, 0, self.layout.total)?,
             step: self.step,
         })
     }

@@ -134,41 +134,20 @@ bindings! {
     }
 }
 
+/// `(T::SHADER, T::ENTRY_POINTS, T::SLOTS)` of each bindings type `T`.
+macro_rules! declarations {
+    ($($ty:ident),* $(,)?) => {
+        &[$(($ty::SHADER, $ty::ENTRY_POINTS, $ty::SLOTS)),*]
+    };
+}
+
 /// Every bindings declaration, for the shader test: (shader, entry points, slots).
-pub const ALL: &[(&str, &[&str], &[Slot])] = &[
-    (
-        GemmBindings::SHADER,
-        GemmBindings::ENTRY_POINTS,
-        GemmBindings::SLOTS,
-    ),
-    (
-        BatchnormForwardBindings::SHADER,
-        BatchnormForwardBindings::ENTRY_POINTS,
-        BatchnormForwardBindings::SLOTS,
-    ),
-    (
-        BatchnormDenseBackwardBindings::SHADER,
-        BatchnormDenseBackwardBindings::ENTRY_POINTS,
-        BatchnormDenseBackwardBindings::SLOTS,
-    ),
-    (
-        SoftmaxXentBindings::SHADER,
-        SoftmaxXentBindings::ENTRY_POINTS,
-        SoftmaxXentBindings::SLOTS,
-    ),
-    (
-        AdamBindings::SHADER,
-        AdamBindings::ENTRY_POINTS,
-        AdamBindings::SLOTS,
-    ),
-    (
-        ReluForwardBindings::SHADER,
-        ReluForwardBindings::ENTRY_POINTS,
-        ReluForwardBindings::SLOTS,
-    ),
-    (
-        ReluBackwardBindings::SHADER,
-        ReluBackwardBindings::ENTRY_POINTS,
-        ReluBackwardBindings::SLOTS,
-    ),
+pub const ALL: &[(&str, &[&str], &[Slot])] = declarations![
+    GemmBindings,
+    BatchnormForwardBindings,
+    BatchnormDenseBackwardBindings,
+    SoftmaxXentBindings,
+    AdamBindings,
+    ReluForwardBindings,
+    ReluBackwardBindings,
 ];

@@ -606,6 +606,17 @@ impl GpuContext {
         map_blocking(self, &staging, size)
     }
 
+    /// `len` f32 values of `buffer` from element `offset`, blocking.
+    pub fn read_f32(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: usize,
+        len: usize,
+    ) -> Result<Vec<f32>, DeviceError> {
+        let bytes = self.read_buffer(buffer, offset as u64 * 4, len as u64 * 4)?;
+        Ok(bytemuck::cast_slice::<u8, f32>(&bytes).to_vec())
+    }
+
     /// [`GpuContext::read_buffer`] as a future, for callers that must not block (a
     /// browser): it completes once the device has done the copy.
     pub fn read_buffer_async(

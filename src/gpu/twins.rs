@@ -24,10 +24,6 @@ pub struct BnTrainOutput {
     pub inv_std: Vec<f32>,
 }
 
-fn f32s(bytes: &[u8], len: usize) -> Vec<f32> {
-    bytemuck::cast_slice::<u8, f32>(&bytes[..len * 4]).to_vec()
-}
-
 fn run_one(ctx: &GpuContext, dispatch: Dispatch) -> Result<(), DeviceError> {
     ctx.scoped("running a kernel", || {
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
@@ -38,18 +34,6 @@ fn run_one(ctx: &GpuContext, dispatch: Dispatch) -> Result<(), DeviceError> {
         ctx.queue.submit([encoder.finish()]);
     })?;
     ctx.wait()
-}
-
-fn read_f32(
-    ctx: &GpuContext,
-    buffer: &wgpu::Buffer,
-    offset: usize,
-    len: usize,
-) -> Result<Vec<f32>, DeviceError> {
-    Ok(f32s(
-        &ctx.read_buffer(buffer, offset as u64 * 4, len as u64 * 4)?,
-        len,
-    ))
 }
 
 impl Kernels {
@@ -98,7 +82,7 @@ impl Kernels {
             &bb,
             &y,
         )?;
-        read_f32(ctx, &y, 0, m * n)
+        ctx.read_f32(&y, 0, m * n)
     }
 
     /// GPU twin of [`crate::cpu::gemm::gemm_weight_grad`] and [`crate::cpu::gemm::bias_grad`]
@@ -126,7 +110,7 @@ impl Kernels {
             &xb,
             &out,
         )?;
-        let all = read_f32(ctx, &out, 0, (k + 1) * n)?;
+        let all = ctx.read_f32(&out, 0, (k + 1) * n)?;
         Ok((all[..k * n].to_vec(), all[k * n..].to_vec()))
     }
 
@@ -157,7 +141,7 @@ impl Kernels {
             &eb,
             &dx,
         )?;
-        read_f32(ctx, &dx, 0, m * k)
+        ctx.read_f32(&dx, 0, m * k)
     }
 
     /// GPU twin of [`crate::cpu::batchnorm::batchnorm_forward_train`] fused with
@@ -213,12 +197,12 @@ impl Kernels {
         };
         let kernel = &self.batchnorm_forward_train;
         run_one(ctx, kernel.dispatch(d, &bindings, u.workgroups()))?;
-        let stats_out = read_f32(ctx, &stats, 0, 3 * f)?;
+        let stats_out = ctx.read_f32(&stats, 0, 3 * f)?;
         moving_mean.copy_from_slice(&stats_out[..f]);
         moving_var.copy_from_slice(&stats_out[f..2 * f]);
         Ok(BnTrainOutput {
-            xhat: read_f32(ctx, &xhat, 0, b * f)?,
-            y: read_f32(ctx, &y, 0, b * f)?,
+            xhat: ctx.read_f32(&xhat, 0, b * f)?,
+            y: ctx.read_f32(&y, 0, b * f)?,
             inv_std: stats_out[2 * f..].to_vec(),
         })
     }
@@ -273,7 +257,7 @@ impl Kernels {
         };
         let kernel = &self.batchnorm_forward_eval;
         run_one(ctx, kernel.dispatch(d, &bindings, u.workgroups()))?;
-        read_f32(ctx, &y, 0, batch * f)
+        ctx.read_f32(&y, 0, batch * f)
     }
 
     /// GPU twin of [`crate::cpu::batchnorm::batchnorm_dense_backward`]: from
@@ -321,7 +305,7 @@ impl Kernels {
             grads: &grads,
         };
         run_one(ctx, kernel.dispatch(d, &bindings, groups))?;
-        let all = read_f32(ctx, &grads, 0, 2 * f + f * n)?;
+        let all = ctx.read_f32(&grads, 0, 2 * f + f * n)?;
         Ok(BnDenseGrads {
             dw: all[2 * f..].to_vec(),
             dgamma: all[..f].to_vec(),
@@ -384,7 +368,7 @@ impl Kernels {
             Ok((
                 loss,
                 correct,
-                read_f32(ctx, &grad, 0, b * classes)?,
+                ctx.read_f32(&grad, 0, b * classes)?,
                 Vec::new(),
             ))
         } else {
@@ -435,9 +419,9 @@ impl Kernels {
             v: &vb,
         };
         run_one(ctx, self.adam.dispatch(d, &bindings, elementwise_groups(n)))?;
-        params.copy_from_slice(&read_f32(ctx, &pb, 0, n)?);
-        m.copy_from_slice(&read_f32(ctx, &mb, 0, n)?);
-        v.copy_from_slice(&read_f32(ctx, &vb, 0, n)?);
+        params.copy_from_slice(&ctx.read_f32(&pb, 0, n)?);
+        m.copy_from_slice(&ctx.read_f32(&mb, 0, n)?);
+        v.copy_from_slice(&ctx.read_f32(&vb, 0, n)?);
         Ok(())
     }
 
@@ -458,7 +442,7 @@ impl Kernels {
             ctx,
             kernel.dispatch(d, &bindings, elementwise_groups(x.len())),
         )?;
-        read_f32(ctx, &xb, 0, x.len())
+        ctx.read_f32(&xb, 0, x.len())
     }
 
     /// GPU twin of [`crate::cpu::relu::relu_backward`].
@@ -489,6 +473,6 @@ impl Kernels {
             ctx,
             kernel.dispatch(d, &bindings, elementwise_groups(dy.len())),
         )?;
-        read_f32(ctx, &dx, 0, dy.len())
+        ctx.read_f32(&dx, 0, dy.len())
     }
 }
