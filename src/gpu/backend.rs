@@ -481,9 +481,32 @@ impl GpuBackend {
         self.ensure_train_plan(batch, batch * reps)
             .map_err(gpu_err)?;
         self.upload_profile_batches(batch * reps, reps);
-        let ctx = &self.ctx;
-        ctx.queue
+        self.ctx
+            .queue
             .write_buffer(&self.state, 0, bytemuck::cast_slice(&[0u32; 4]));
+        let ticks = self.timestamped_steps(reps).map_err(gpu_err)?;
+        let tick = f64::from(self.ctx.queue.get_timestamp_period()) * 1e-9;
+        let plan = self.train_plan.as_ref().expect("plan");
+        let per_step = plan.full.len();
+        let profile = (0..per_step)
+            .map(|k| {
+                let mut secs: Vec<f64> = (0..reps)
+                    .map(|r| {
+                        let at = 2 * (r * per_step + k);
+                        ticks[at + 1].saturating_sub(ticks[at]) as f64 * tick
+                    })
+                    .collect();
+                secs.sort_by(f64::total_cmp);
+                (plan.full[k].kernel, secs[secs.len() / 2])
+            })
+            .collect();
+        Ok(Some(profile))
+    }
+
+    /// Records `reps` training steps into one submission, each dispatch in its own compute
+    /// pass with a timestamp before and after, and returns the timestamps (ticks).
+    fn timestamped_steps(&self, reps: usize) -> Result<Vec<u64>, DeviceError> {
+        let ctx = &self.ctx;
         let plan = self.train_plan.as_ref().expect("plan");
         let per_step = plan.full.len();
         let count = (2 * per_step * reps) as u32;
@@ -514,22 +537,8 @@ impl GpuBackend {
         }
         encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
         ctx.queue.submit([encoder.finish()]);
-        let raw = ctx.read_buffer(&resolved, 0, bytes).map_err(gpu_err)?;
-        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&raw);
-        let tick = f64::from(ctx.queue.get_timestamp_period()) * 1e-9;
-        let profile = (0..per_step)
-            .map(|k| {
-                let mut secs: Vec<f64> = (0..reps)
-                    .map(|r| {
-                        let at = 2 * (r * per_step + k);
-                        ticks[at + 1].saturating_sub(ticks[at]) as f64 * tick
-                    })
-                    .collect();
-                secs.sort_by(f64::total_cmp);
-                (plan.full[k].kernel, secs[secs.len() / 2])
-            })
-            .collect();
-        Ok(Some(profile))
+        let raw = ctx.read_buffer(&resolved, 0, bytes)?;
+        Ok(bytemuck::pod_collect_to_vec(&raw))
     }
 
     fn ensure_train_plan(&mut self, batch: usize, len: usize) -> Result<(), DeviceError> {
