@@ -284,7 +284,15 @@ impl CpuBackend {
             None,
         );
         self.clock.mark(PHASE_SOFTMAX);
+        self.backward(batch);
+        (loss_sum, correct)
+    }
 
+    /// Backward pass from the softmax gradient in `deltas[layers]`: fills `self.grads`.
+    fn backward(&mut self, batch: usize) {
+        let widths = self.params.config.widths();
+        let layers = self.params.config.dense_layers();
+        let w = &mut self.work;
         let layout = &self.params.layout;
         for l in (0..layers).rev() {
             let (k, n) = (widths[l], widths[l + 1]);
@@ -313,32 +321,35 @@ impl CpuBackend {
                     self.clock.mark(PHASE_DENSE_BACKWARD);
                 }
             } else if self.sparse_train.is_some() {
-                let (dgamma, dbeta, grad_w0, db0) = first_layer_grads(&mut self.grads, layout);
-                let p = &self.params;
-                sparse_first_layer_backward(
-                    &w.columns,
-                    &w.deltas[1],
-                    (&w.mean, &w.inv_std),
-                    db0,
-                    p.kernel(0),
-                    p.gamma(),
-                    p.beta(),
-                    grad_w0,
-                    dgamma,
-                    dbeta,
-                );
-                self.clock.mark(PHASE_FIRST_BACKWARD);
+                self.first_layer_backward_sparse();
+                return;
             } else {
                 // Layer 0's weight-grad GEMM runs on xhat; fold_batchnorm_grads turns the
                 // result into dW0, dgamma and dbeta, so layer 0 needs no input-grad GEMM.
                 gemm_weight_grad(&w.xhat, &w.deltas[1], batch, k, n, grad_w);
             }
         }
-        if self.sparse_train.is_none() {
-            self.fold_batchnorm_grads();
-            self.clock.mark(PHASE_FIRST_BACKWARD);
-        }
-        (loss_sum, correct)
+        self.fold_batchnorm_grads();
+        self.clock.mark(PHASE_FIRST_BACKWARD);
+    }
+
+    /// Sparse path: layer 0's and BatchNorm's gradients from the transposed batch.
+    fn first_layer_backward_sparse(&mut self) {
+        let (dgamma, dbeta, grad_w0, db0) = first_layer_grads(&mut self.grads, &self.params.layout);
+        let (w, p) = (&self.work, &self.params);
+        sparse_first_layer_backward(
+            &w.columns,
+            &w.deltas[1],
+            (&w.mean, &w.inv_std),
+            db0,
+            p.kernel(0),
+            p.gamma(),
+            p.beta(),
+            grad_w0,
+            dgamma,
+            dbeta,
+        );
+        self.clock.mark(PHASE_FIRST_BACKWARD);
     }
 
     /// Reference path: gather the batch densely, BatchNorm forward into `acts[0]`.
