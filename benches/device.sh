@@ -111,7 +111,12 @@ find_programs() {
   fi
   bin=target/device-run
   mkdir -p "$bin"
-  xz -dc .device/programs.tar.xz | tar -C "$bin" -xf - || { echo "cannot unpack .device/programs.tar.xz"; exit 1; }
+  if command -v xz >/dev/null; then
+    xz -dc .device/programs.tar.xz | tar -C "$bin" -xf -
+  else # no xz-utils: Python's lzma reads the same archive
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      .device/programs.tar.xz "$bin"
+  fi || { echo "cannot unpack .device/programs.tar.xz"; exit 1; }
 }
 
 machine() {
