@@ -1,7 +1,8 @@
 //! Kernel throughput, CPU and GPU side by side: GEMM GFLOP/s for the three MNIST forms at
 //! batch 32/128/512 and square 1024³ (4096³ on hardware GPUs), time per call of the other
-//! kernels, and each adapter's training step dispatch by dispatch (`step/…`). Run:
-//! `cargo bench --bench kernels [filter]`.
+//! kernels, the CPU trainer's step phase by phase (`step/cpu/…`), and each adapter's
+//! training step dispatch by dispatch (`step/…`; also timed on the GPU itself where the
+//! adapter offers TIMESTAMP_QUERY). Run: `cargo bench --bench kernels [filter]`.
 //!
 //! GPU timings record `reps` dispatches into one command buffer, submit once and wait, so
 //! they measure the kernel (plus per-dispatch overhead), not uploads or readbacks.

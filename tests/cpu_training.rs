@@ -1,5 +1,6 @@
 //! The CPU trainer end to end: whole-model gradients against finite differences,
-//! determinism, partial batches, shuffling, and that it learns.
+//! determinism (also across thread counts), partial batches, shuffling, and that it
+//! learns.
 
 use mnist_gpu::backend::Backend;
 use mnist_gpu::cpu::CpuBackend;
@@ -166,22 +167,44 @@ fn train_small(seed: u64, batch: usize) -> (Params, f64) {
     (backend.params().unwrap(), outcome.final_eval.accuracy)
 }
 
+/// Every trained value's bits: parameters and BatchNorm moving statistics.
+fn bits(p: &Params) -> Vec<u32> {
+    p.trainable
+        .iter()
+        .chain(&p.moving_mean)
+        .chain(&p.moving_var)
+        .map(|v| v.to_bits())
+        .collect()
+}
+
 #[test]
 fn same_seed_gives_bit_identical_weights() {
     let (a, acc_a) = train_small(11, 32);
     let (b, acc_b) = train_small(11, 32);
-    let bits = |p: &Params| {
-        p.trainable
-            .iter()
-            .chain(&p.moving_mean)
-            .chain(&p.moving_var)
-            .map(|v| v.to_bits())
-            .collect::<Vec<u32>>()
-    };
     assert_eq!(bits(&a), bits(&b));
     assert_eq!(acc_a, acc_b);
     let (c, _) = train_small(12, 32);
     assert_ne!(bits(&a), bits(&c));
+}
+
+/// The CPU path splits its work by rows and columns, never a sum across threads, so the
+/// weights are the same bits on one thread and on three (batch 32 trains on one thread
+/// anyway; 128 and 200 take the parallel transpose, forward and backward, 200 with a
+/// partial group of samples).
+#[test]
+fn weights_do_not_depend_on_the_thread_count() {
+    for batch in [32, 128, 200] {
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| train_small(5, batch))
+        };
+        let ((one, acc_one), (three, acc_three)) = (on(1), on(3));
+        assert!(bits(&one) == bits(&three), "batch {batch}");
+        assert_eq!(acc_one, acc_three);
+    }
 }
 
 #[test]

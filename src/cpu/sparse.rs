@@ -655,9 +655,18 @@ mod tests {
     }
 
     /// Statistics, the folded forward and the weight gradient against the dense
-    /// reference: gather, `batchnorm_forward_train`, `gemm_forward`, `gemm_weight_grad`.
+    /// reference: gather, `batchnorm_forward_train`, `gemm_forward`, `gemm_weight_grad`;
+    /// on a small batch and on one of more than one group of [`TILE`] samples.
     #[test]
     fn folded_layer_matches_dense_reference() {
+        let short: Vec<u32> = vec![7, 3, 39, 0, 12, 12, 25, 31, 18];
+        let long: Vec<u32> = (0..150).map(|i| (i * 7 % 40) as u32).collect();
+        for (indices, n) in [(&short, 70), (&short, 128), (&short, 5), (&long, 128)] {
+            check_folded_layer(indices, n);
+        }
+    }
+
+    fn check_folded_layer(indices: &[u32], n: usize) {
         use crate::cpu::batchnorm::{
             batchnorm_batch_update, batchnorm_dense_backward, batchnorm_forward_train,
         };
@@ -665,76 +674,73 @@ mod tests {
         let (count, pixels, scale) = (40usize, 50usize, 1.0 / 255.0);
         let images = sample(count, pixels);
         let sparse = SparseImages::from_dense(&images, pixels);
-        let indices: Vec<u32> = vec![7, 3, 39, 0, 12, 12, 25, 31, 18];
         let batch = indices.len();
-        for n in [70usize, 128, 5] {
-            let val = |i: usize, a: usize, m: usize| ((i * a % m) as f32) / m as f32 - 0.5;
-            let gamma: Vec<f32> = (0..pixels).map(|j| 1.0 + 0.5 * val(j, 3, 7)).collect();
-            let beta: Vec<f32> = (0..pixels).map(|j| val(j, 5, 11)).collect();
-            let w: Vec<f32> = (0..pixels * n).map(|i| val(i, 13, 17)).collect();
-            let bias: Vec<f32> = (0..n).map(|i| val(i, 3, 5)).collect();
-            let delta: Vec<f32> = (0..batch * n).map(|i| val(i, 29, 31)).collect();
+        let val = |i: usize, a: usize, m: usize| ((i * a % m) as f32) / m as f32 - 0.5;
+        let gamma: Vec<f32> = (0..pixels).map(|j| 1.0 + 0.5 * val(j, 3, 7)).collect();
+        let beta: Vec<f32> = (0..pixels).map(|j| val(j, 5, 11)).collect();
+        let w: Vec<f32> = (0..pixels * n).map(|i| val(i, 13, 17)).collect();
+        let bias: Vec<f32> = (0..n).map(|i| val(i, 3, 5)).collect();
+        let delta: Vec<f32> = (0..batch * n).map(|i| val(i, 29, 31)).collect();
 
-            // Dense reference.
-            let mut x = vec![0.0f32; batch * pixels];
-            crate::cpu::gather_scaled(&images, pixels, &indices, scale, &mut x);
-            let (mut mm, mut mv) = (vec![0.0; pixels], vec![1.0; pixels]);
-            let (mut xhat, mut y, mut inv) =
-                (vec![0.0; x.len()], vec![0.0; x.len()], vec![0.0; pixels]);
-            batchnorm_forward_train(
-                &x, batch, &gamma, &beta, 1e-3, 0.99, &mut mm, &mut mv, &mut xhat, &mut y, &mut inv,
-            );
-            let mut z_ref = vec![0.0; batch * n];
-            gemm_forward(&y, &w, &bias, batch, pixels, n, true, &mut z_ref);
-            let mut g_ref = vec![0.0; pixels * n];
-            gemm_weight_grad(&xhat, &delta, batch, pixels, n, &mut g_ref);
+        // Dense reference.
+        let mut x = vec![0.0f32; batch * pixels];
+        crate::cpu::gather_scaled(&images, pixels, indices, scale, &mut x);
+        let (mut mm, mut mv) = (vec![0.0; pixels], vec![1.0; pixels]);
+        let (mut xhat, mut y, mut inv) =
+            (vec![0.0; x.len()], vec![0.0; x.len()], vec![0.0; pixels]);
+        batchnorm_forward_train(
+            &x, batch, &gamma, &beta, 1e-3, 0.99, &mut mm, &mut mv, &mut xhat, &mut y, &mut inv,
+        );
+        let mut z_ref = vec![0.0; batch * n];
+        gemm_forward(&y, &w, &bias, batch, pixels, n, true, &mut z_ref);
+        let mut g_ref = vec![0.0; pixels * n];
+        gemm_weight_grad(&xhat, &delta, batch, pixels, n, &mut g_ref);
 
-            // Sparse path.
-            let mut columns = ColumnBatch::default();
-            columns.fill(&sparse, &indices, scale);
-            let (mut mean, mut var) = (vec![0.0; pixels], vec![0.0; pixels]);
-            batch_stats(&columns, batch, &mut mean, &mut var);
-            let (mut smm, mut smv, mut sinv) =
-                (vec![0.0; pixels], vec![1.0; pixels], vec![0.0; pixels]);
-            batchnorm_batch_update(&mean, &var, 1e-3, 0.99, &mut smm, &mut smv, &mut sinv);
-            close(&smm, &mm, 1e-6, "moving mean");
-            close(&smv, &mv, 1e-5, "moving var");
-            close(&sinv, &inv, 1e-4, "inv_std");
-            let (mut coef, mut row) = (vec![0.0; pixels], vec![0.0; n]);
-            fold_batchnorm(&mean, &sinv, &gamma, &beta, &w, &bias, &mut coef, &mut row);
-            let mut z = vec![0.0; batch * n];
-            sparse_forward(&sparse, &indices, scale, &coef, &w, &row, true, &mut z);
-            close(&z, &z_ref, 1e-4, "forward");
-            let mut db = vec![0.0; n];
-            bias_grad(&delta, batch, n, &mut db);
-            let (mut dg_ref, mut dbeta_ref) = (vec![0.0; pixels], vec![0.0; pixels]);
-            batchnorm_dense_backward(
-                &mut g_ref,
-                &w,
-                &gamma,
-                &beta,
-                &db,
-                &mut dg_ref,
-                &mut dbeta_ref,
-            );
-            let mut g = vec![0.0; pixels * n];
-            let (mut dg, mut dbeta) = (vec![0.0; pixels], vec![0.0; pixels]);
-            sparse_first_layer_backward(
-                &columns,
-                &delta,
-                (&mean, &sinv),
-                &db,
-                &w,
-                &gamma,
-                &beta,
-                &mut g,
-                &mut dg,
-                &mut dbeta,
-            );
-            close(&g, &g_ref, 1e-4, "dW");
-            close(&dg, &dg_ref, 1e-4, "dgamma");
-            close(&dbeta, &dbeta_ref, 1e-4, "dbeta");
-        }
+        // Sparse path.
+        let mut columns = ColumnBatch::default();
+        columns.fill(&sparse, indices, scale);
+        let (mut mean, mut var) = (vec![0.0; pixels], vec![0.0; pixels]);
+        batch_stats(&columns, batch, &mut mean, &mut var);
+        let (mut smm, mut smv, mut sinv) =
+            (vec![0.0; pixels], vec![1.0; pixels], vec![0.0; pixels]);
+        batchnorm_batch_update(&mean, &var, 1e-3, 0.99, &mut smm, &mut smv, &mut sinv);
+        close(&smm, &mm, 1e-6, "moving mean");
+        close(&smv, &mv, 1e-5, "moving var");
+        close(&sinv, &inv, 1e-4, "inv_std");
+        let (mut coef, mut row) = (vec![0.0; pixels], vec![0.0; n]);
+        fold_batchnorm(&mean, &sinv, &gamma, &beta, &w, &bias, &mut coef, &mut row);
+        let mut z = vec![0.0; batch * n];
+        sparse_forward(&sparse, indices, scale, &coef, &w, &row, true, &mut z);
+        close(&z, &z_ref, 1e-4, "forward");
+        let mut db = vec![0.0; n];
+        bias_grad(&delta, batch, n, &mut db);
+        let (mut dg_ref, mut dbeta_ref) = (vec![0.0; pixels], vec![0.0; pixels]);
+        batchnorm_dense_backward(
+            &mut g_ref,
+            &w,
+            &gamma,
+            &beta,
+            &db,
+            &mut dg_ref,
+            &mut dbeta_ref,
+        );
+        let mut g = vec![0.0; pixels * n];
+        let (mut dg, mut dbeta) = (vec![0.0; pixels], vec![0.0; pixels]);
+        sparse_first_layer_backward(
+            &columns,
+            &delta,
+            (&mean, &sinv),
+            &db,
+            &w,
+            &gamma,
+            &beta,
+            &mut g,
+            &mut dg,
+            &mut dbeta,
+        );
+        close(&g, &g_ref, 1e-4, "dW");
+        close(&dg, &dg_ref, 1e-4, "dgamma");
+        close(&dbeta, &dbeta_ref, 1e-4, "dbeta");
     }
 
     #[test]

@@ -1,0 +1,144 @@
+//! Step profiles for the benches (`cargo bench --bench kernels -- step`): each dispatch
+//! of a training step timed on its own from the host, or on the GPU itself with
+//! timestamp queries. Training never calls these; they live here, beside the trainer
+//! whose plans they time, not in its hot path.
+
+use super::super::context::DeviceError;
+use super::super::kernels::record;
+use super::GpuBackend;
+use anyhow::{ensure, Result};
+use std::time::Instant;
+
+impl GpuBackend {
+    /// Profiles one training step at `batch`: each of its dispatches is submitted on its
+    /// own `reps` times, and the median seconds per call are returned beside the kernel's
+    /// name, in step order. The step's first-sample index repeats and the model trains
+    /// on, so profile a throwaway backend.
+    pub fn profile_step(&mut self, batch: usize, reps: usize) -> Result<Vec<(&'static str, f64)>> {
+        ensure!(
+            batch > 0 && batch <= self.train_count,
+            "batch must be 1..=training samples"
+        );
+        let len = batch * reps.max(1);
+        self.ensure_train_plan(batch, len)?;
+        self.upload_profile_batches(len, reps);
+        let plan = self.train_plan.as_ref().expect("plan");
+        let ctx = &self.ctx;
+        let mut profile = Vec::new();
+        for dispatch in &plan.full {
+            let mut times = Vec::with_capacity(reps);
+            for _ in 0..reps.max(1) {
+                // The step counter stays 0, so every call reads the same batch.
+                ctx.queue
+                    .write_buffer(&self.state, 0, bytemuck::cast_slice(&[0u32; 4]));
+                let started = Instant::now();
+                let mut encoder = ctx.device.create_command_encoder(&Default::default());
+                {
+                    let mut pass = encoder.begin_compute_pass(&Default::default());
+                    record(&mut pass, std::slice::from_ref(dispatch));
+                }
+                ctx.queue.submit([encoder.finish()]);
+                ctx.wait()?;
+                times.push(started.elapsed().as_secs_f64());
+            }
+            times.sort_by(f64::total_cmp);
+            profile.push((dispatch.kernel, times[times.len() / 2]));
+        }
+        Ok(profile)
+    }
+
+    /// The sample order (`len` samples, wrapping around the training set) and `reps` step
+    /// sizes that the profiles train on.
+    fn upload_profile_batches(&self, len: usize, reps: usize) {
+        let plan = self.train_plan.as_ref().expect("plan");
+        let order: Vec<u32> = (0..len as u32)
+            .map(|i| i % self.train_count as u32)
+            .collect();
+        let alphas = vec![self.hyper.lr; reps.max(1)];
+        let queue = &self.ctx.queue;
+        queue.write_buffer(&plan.order, 0, bytemuck::cast_slice(&order));
+        queue.write_buffer(&plan.alphas, 0, bytemuck::cast_slice(&alphas));
+    }
+
+    /// Like [`Self::profile_step`], but each dispatch is timed on the GPU itself
+    /// (`TIMESTAMP_QUERY`): `reps` whole steps are recorded into one submission, each
+    /// dispatch in its own compute pass between two timestamps, and the median seconds of
+    /// each dispatch over the steps are returned. `None` where the adapter has no
+    /// timestamp queries. Without submission overheads, these are the kernels' own times.
+    pub fn profile_step_on_gpu(
+        &mut self,
+        batch: usize,
+        reps: usize,
+    ) -> Result<Option<Vec<(&'static str, f64)>>> {
+        let device = &self.ctx.device;
+        if !device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return Ok(None);
+        }
+        ensure!(
+            batch > 0 && batch <= self.train_count,
+            "batch must be 1..=training samples"
+        );
+        // Two timestamps per dispatch; a query set holds at most 4096.
+        let reps = reps.clamp(1, 100);
+        self.ensure_train_plan(batch, batch * reps)?;
+        self.upload_profile_batches(batch * reps, reps);
+        self.ctx
+            .queue
+            .write_buffer(&self.state, 0, bytemuck::cast_slice(&[0u32; 4]));
+        let ticks = self.timestamped_steps(reps)?;
+        let tick = f64::from(self.ctx.queue.get_timestamp_period()) * 1e-9;
+        let plan = self.train_plan.as_ref().expect("plan");
+        let per_step = plan.full.len();
+        let profile = (0..per_step)
+            .map(|k| {
+                let mut secs: Vec<f64> = (0..reps)
+                    .map(|r| {
+                        let at = 2 * (r * per_step + k);
+                        ticks[at + 1].saturating_sub(ticks[at]) as f64 * tick
+                    })
+                    .collect();
+                secs.sort_by(f64::total_cmp);
+                (plan.full[k].kernel, secs[secs.len() / 2])
+            })
+            .collect();
+        Ok(Some(profile))
+    }
+
+    /// Records `reps` training steps into one submission, each dispatch in its own compute
+    /// pass with a timestamp before and after, and returns the timestamps (ticks).
+    fn timestamped_steps(&self, reps: usize) -> Result<Vec<u64>, DeviceError> {
+        let ctx = &self.ctx;
+        let plan = self.train_plan.as_ref().expect("plan");
+        let per_step = plan.full.len();
+        let count = (2 * per_step * reps) as u32;
+        let queries = ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("step profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let bytes = u64::from(count) * 8;
+        let resolved = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("step profile timestamps"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        for (i, dispatch) in plan.full.iter().cycle().take(per_step * reps).enumerate() {
+            let at = 2 * i as u32;
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &queries,
+                    beginning_of_pass_write_index: Some(at),
+                    end_of_pass_write_index: Some(at + 1),
+                }),
+            });
+            record(&mut pass, std::slice::from_ref(dispatch));
+        }
+        encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
+        ctx.queue.submit([encoder.finish()]);
+        let raw = ctx.read_buffer(&resolved, 0, bytes)?;
+        Ok(bytemuck::pod_collect_to_vec(&raw))
+    }
+}
