@@ -373,8 +373,8 @@ fn other_kernels_cpu() {
 /// transpose and statistics, the folded forward, and the fused backward, per call.
 fn sparse_first_layer_cpu() {
     use cpu::sparse::{
-        batch_stats, fold_batchnorm, sparse_first_layer_backward, sparse_forward, ColumnBatch,
-        SparseImages,
+        batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward, sparse_forward,
+        ColumnBatch, SparseImages,
     };
     let mnist = mnist_gpu::data::Mnist::load(&mnist_gpu::data::builtin_dir())
         .expect("the built-in MNIST loads");
@@ -396,7 +396,7 @@ fn sparse_first_layer_cpu() {
         let (mut coef, mut row) = (vec![0.0; features], vec![0.0; n]);
         let mut z = vec![0.0; batch * n];
         let t = common::median_secs(200, || {
-            fold_batchnorm(
+            fold_batchnorm_into_dense(
                 &mean, &inv_std, &gamma, &beta, &w, &bias, &mut coef, &mut row,
             );
             sparse_forward(&images, &indices, scale, &coef, &w, &row, true, &mut z);

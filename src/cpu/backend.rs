@@ -4,17 +4,15 @@
 //! which computes the same step from the nonzero pixels only.
 
 use super::adam::{adam_alpha, adam_update};
-use super::batchnorm::{
-    batchnorm_batch_update, batchnorm_dense_backward, batchnorm_forward_eval,
-    batchnorm_forward_train,
-};
+use super::batchnorm::{batchnorm_batch_update, batchnorm_dense_backward, batchnorm_forward_train};
+use super::forward::{dense_forward, forward_eval};
 use super::gather_scaled;
-use super::gemm::{bias_grad, gemm_forward, gemm_input_grad, gemm_weight_grad};
+use super::gemm::{bias_grad, gemm_input_grad, gemm_weight_grad};
 use super::profile::{PhaseClock, PhaseTime};
 use super::softmax_xent::softmax_xent;
 use super::sparse::{
-    batch_stats, fold_batchnorm, sparse_first_layer_backward, sparse_forward, ColumnBatch,
-    SparseImages,
+    batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward, sparse_forward,
+    ColumnBatch, SparseImages,
 };
 use crate::backend::{Backend, Diverged, EpochEnd, EvalStats, StepProgress};
 use crate::data::Mnist;
@@ -154,21 +152,7 @@ impl CpuBackend {
 
     /// Dense forward from `acts[first]` to the logits in `acts[last]`.
     fn forward_dense(&mut self, batch: usize, first: usize) {
-        let widths = self.params.config.widths();
-        let layers = self.params.config.dense_layers();
-        for l in first..layers {
-            let (input, output) = self.work.acts.split_at_mut(l + 1);
-            gemm_forward(
-                &input[l],
-                self.params.kernel(l),
-                self.params.bias(l),
-                batch,
-                widths[l],
-                widths[l + 1],
-                l + 1 < layers,
-                &mut output[0],
-            );
-        }
+        dense_forward(&self.params, &mut self.work.acts, batch, first);
     }
 
     /// Runs `f` on a worker of the rayon pool, or of a one-thread pool for batches under
@@ -243,7 +227,7 @@ impl CpuBackend {
 
     /// Replaces G = xhatᵀ·δ1 in layer 0's kernel gradient by dW0 and fills dgamma/dbeta
     /// (see [`batchnorm_dense_backward`]).
-    fn fold_batchnorm_grads(&mut self) {
+    fn first_layer_backward_dense(&mut self) {
         let (dgamma, dbeta, grad_w0, dbias0) =
             first_layer_grads(&mut self.grads, &self.params.layout);
         batchnorm_dense_backward(
@@ -324,12 +308,12 @@ impl CpuBackend {
                 self.first_layer_backward_sparse();
                 return;
             } else {
-                // Layer 0's weight-grad GEMM runs on xhat; fold_batchnorm_grads turns the
+                // Layer 0's weight-grad GEMM runs on xhat; first_layer_backward_dense turns the
                 // result into dW0, dgamma and dbeta, so layer 0 needs no input-grad GEMM.
                 gemm_weight_grad(&w.xhat, &w.deltas[1], batch, k, n, grad_w);
             }
         }
-        self.fold_batchnorm_grads();
+        self.first_layer_backward_dense();
         self.clock.mark(PHASE_FIRST_BACKWARD);
     }
 
@@ -401,7 +385,7 @@ impl CpuBackend {
             &mut w.inv_std,
         );
         self.clock.mark(PHASE_STATS);
-        fold_batchnorm(
+        fold_batchnorm_into_dense(
             &w.mean,
             &w.inv_std,
             p.gamma(),
@@ -432,7 +416,7 @@ impl CpuBackend {
 // as the dense forward).
 const PHASE_GATHER: &str = "gather: labels + batch transpose/gather";
 const PHASE_STATS: &str = "batch statistics + moving update";
-const PHASE_FOLD: &str = "fold_batchnorm (into layer 0)";
+const PHASE_FOLD: &str = "fold_batchnorm_into_dense";
 const PHASE_SPARSE_FORWARD: &str = "sparse_forward 784→128";
 const PHASE_DENSE_FORWARD: &str = "gemm_forward (dense layers)";
 const PHASE_SOFTMAX: &str = "softmax_xent";
@@ -524,24 +508,8 @@ impl Backend for CpuBackend {
             self.work.resize(batch, &widths);
             let indices: Vec<u32> = (start as u32..(start + batch) as u32).collect();
             let w = &mut self.work;
-            gather_scaled(
-                &self.data.test.images,
-                INPUT,
-                &indices,
-                self.params.config.pixel_scale(),
-                &mut w.x,
-            );
-            let p = &self.params;
-            batchnorm_forward_eval(
-                &w.x,
-                p.gamma(),
-                p.beta(),
-                &p.moving_mean,
-                &p.moving_var,
-                self.hyper.bn_eps,
-                &mut w.acts[0],
-            );
-            self.forward_dense(batch, 0);
+            let (images, eps) = (&self.data.test.images, self.hyper.bn_eps);
+            forward_eval(&self.params, eps, images, &indices, &mut w.x, &mut w.acts);
             let labels = &self.data.test.labels[start..start + batch];
             let (loss, ok) = softmax_xent(
                 &self.work.acts[layers],

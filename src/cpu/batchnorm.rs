@@ -297,6 +297,62 @@ mod tests {
         assert!((y[0] - 3.0).abs() < 1e-6 && y[1].abs() < 1e-6);
     }
 
+    /// Σ c·y of BatchNorm (training mode) in f64: the loss whose gradients the test
+    /// checks.
+    fn bn_loss(x: &[f64], gamma: &[f64], beta: &[f64], c: &[f64], eps: f64) -> f64 {
+        let features = gamma.len();
+        let batch = x.len() / features;
+        let mut total = 0.0;
+        for j in 0..features {
+            let col: Vec<f64> = (0..batch).map(|b| x[b * features + j]).collect();
+            let mean = col.iter().sum::<f64>() / batch as f64;
+            let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / batch as f64;
+            for b in 0..batch {
+                let y = gamma[j] * (col[b] - mean) / (var + eps).sqrt() + beta[j];
+                total += c[b * features + j] * y;
+            }
+        }
+        total
+    }
+
+    /// (dgamma, dbeta, dx) of Σ c·y through the f32 kernels.
+    fn bn_grads(x: &[f64], gamma: &[f64], beta: &[f64], c: &[f64], eps: f64) -> [Vec<f32>; 3] {
+        let to32 = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let features = gamma.len();
+        let batch = x.len() / features;
+        let (mut mm, mut mv) = (vec![0.0; features], vec![1.0; features]);
+        let (mut xhat, mut y, mut inv) =
+            (vec![0.0; x.len()], vec![0.0; x.len()], vec![0.0; features]);
+        batchnorm_forward_train(
+            &to32(x),
+            batch,
+            &to32(gamma),
+            &to32(beta),
+            eps as f32,
+            0.99,
+            &mut mm,
+            &mut mv,
+            &mut xhat,
+            &mut y,
+            &mut inv,
+        );
+        let (mut dgamma, mut dbeta, mut dx) =
+            (vec![0.0; features], vec![0.0; features], vec![0.0; x.len()]);
+        let gamma32 = to32(gamma);
+        let dx_out = Some(&mut dx[..]);
+        batchnorm_backward(
+            &to32(c),
+            &xhat,
+            &gamma32,
+            &inv,
+            batch,
+            &mut dgamma,
+            &mut dbeta,
+            dx_out,
+        );
+        [dgamma, dbeta, dx]
+    }
+
     /// Loss L = Σ c·y over a small batch; compares dx, dgamma, dbeta with central
     /// differences computed in f64 through an f64 copy of the forward pass.
     #[test]
@@ -310,91 +366,39 @@ mod tests {
         let c: Vec<f64> = (0..batch * features)
             .map(|i| ((i * 13 % 7) as f64) / 4.0 - 0.8)
             .collect();
-        let loss = |x: &[f64], gamma: &[f64], beta: &[f64]| -> f64 {
-            let mut total = 0.0;
-            for j in 0..features {
-                let col: Vec<f64> = (0..batch).map(|b| x[b * features + j]).collect();
-                let mean = col.iter().sum::<f64>() / batch as f64;
-                let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / batch as f64;
-                for b in 0..batch {
-                    let y = gamma[j] * (col[b] - mean) / (var + eps).sqrt() + beta[j];
-                    total += c[b * features + j] * y;
-                }
-            }
-            total
-        };
-        let to32 = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
-        let (mut mm, mut mv) = (vec![0.0; features], vec![1.0; features]);
-        let (mut xhat, mut y, mut inv) = (
-            vec![0.0; batch * features],
-            vec![0.0; batch * features],
-            vec![0.0; features],
-        );
-        batchnorm_forward_train(
-            &to32(&x),
-            batch,
-            &to32(&gamma),
-            &to32(&beta),
-            eps as f32,
-            0.99,
-            &mut mm,
-            &mut mv,
-            &mut xhat,
-            &mut y,
-            &mut inv,
-        );
-        let (mut dgamma, mut dbeta, mut dx) = (
-            vec![0.0; features],
-            vec![0.0; features],
-            vec![0.0; batch * features],
-        );
-        batchnorm_backward(
-            &to32(&c),
-            &xhat,
-            &to32(&gamma),
-            &inv,
-            batch,
-            &mut dgamma,
-            &mut dbeta,
-            Some(&mut dx),
-        );
+        let [dgamma, dbeta, dx] = bn_grads(&x, &gamma, &beta, &c, eps);
         let h = 1e-6;
         let central = |f: &dyn Fn(f64) -> f64| (f(h) - f(-h)) / (2.0 * h);
+        let close = |what: String, numeric: f64, analytic: f32| {
+            assert!(
+                (numeric - analytic as f64).abs() < 1e-4,
+                "{what}: {numeric} vs {analytic}"
+            );
+        };
         for i in 0..batch * features {
             let numeric = central(&|d| {
                 let mut xp = x.clone();
                 xp[i] += d;
-                loss(&xp, &gamma, &beta)
+                bn_loss(&xp, &gamma, &beta, &c, eps)
             });
-            assert!(
-                (numeric - dx[i] as f64).abs() < 1e-4,
-                "dx[{i}]: {numeric} vs {}",
-                dx[i]
-            );
+            close(format!("dx[{i}]"), numeric, dx[i]);
         }
         for j in 0..features {
             let ng = central(&|d| {
                 let mut g = gamma;
                 g[j] += d;
-                loss(&x, &g, &beta)
+                bn_loss(&x, &g, &beta, &c, eps)
             });
             let nb = central(&|d| {
                 let mut b = beta;
                 b[j] += d;
-                loss(&x, &gamma, &b)
+                bn_loss(&x, &gamma, &b, &c, eps)
             });
-            assert!(
-                (ng - dgamma[j] as f64).abs() < 1e-4,
-                "dgamma[{j}]: {ng} vs {}",
-                dgamma[j]
-            );
-            assert!(
-                (nb - dbeta[j] as f64).abs() < 1e-4,
-                "dbeta[{j}]: {nb} vs {}",
-                dbeta[j]
-            );
+            close(format!("dgamma[{j}]"), ng, dgamma[j]);
+            close(format!("dbeta[{j}]"), nb, dbeta[j]);
         }
     }
+
     /// The folded gradients equal the explicit chain: dW = yᵀ·dz, dy = dz·Wᵀ, then
     /// BatchNorm backward on dy.
     #[test]

@@ -8,7 +8,7 @@
 //!
 //! - forward: `z_b = y_b·W + bias = Σ_{j: x_bj ≠ 0} (x_bj·coef_j)·W_j + row`, where
 //!   `coef_j = gamma_j·s_j` and `row = bias + Σ_j (beta_j − coef_j·mean_j)·W_j`
-//!   ([`fold_batchnorm`], [`sparse_forward`]);
+//!   ([`fold_batchnorm_into_dense`], [`sparse_forward`]);
 //! - backward: `G = xhatᵀ·δ` has rows `G_j = s_j·(H_j − mean_j·db)` with `H = xᵀ·δ` and
 //!   `db = Σ_b δ_b`, and [`super::batchnorm::batchnorm_dense_backward`]'s row step turns
 //!   `G` into dW, dgamma and dbeta ([`sparse_first_layer_backward`], all in one pass).
@@ -296,7 +296,7 @@ pub fn batch_stats(columns: &ColumnBatch, batch: usize, mean: &mut [f32], var: &
 /// the dense layer `w: [features, n]`, `bias: [n]`: fills `coef` (`[features]`) and
 /// `row` (`[n]`) so that the layer's output is `row + Σ_j x_j·coef_j·W_j`.
 #[allow(clippy::too_many_arguments)]
-pub fn fold_batchnorm(
+pub fn fold_batchnorm_into_dense(
     mean: &[f32],
     inv_std: &[f32],
     gamma: &[f32],
@@ -708,7 +708,7 @@ mod tests {
         close(&smv, &mv, 1e-5, "moving var");
         close(&sinv, &inv, 1e-4, "inv_std");
         let (mut coef, mut row) = (vec![0.0; pixels], vec![0.0; n]);
-        fold_batchnorm(&mean, &sinv, &gamma, &beta, &w, &bias, &mut coef, &mut row);
+        fold_batchnorm_into_dense(&mean, &sinv, &gamma, &beta, &w, &bias, &mut coef, &mut row);
         let mut z = vec![0.0; batch * n];
         sparse_forward(&sparse, indices, scale, &coef, &w, &row, true, &mut z);
         close(&z, &z_ref, 1e-4, "forward");

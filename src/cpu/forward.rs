@@ -1,0 +1,76 @@
+//! The forward pass, written once: training (after its BatchNorm), evaluation and
+//! `predict` all run these.
+
+use super::batchnorm::batchnorm_forward_eval;
+use super::gather_scaled;
+use super::gemm::gemm_forward;
+use crate::model::{Params, CLASSES, INPUT};
+
+/// The dense layers from `acts[first]` to the logits in the last of `acts`
+/// (`acts[l + 1] = acts[l] · W_l + b_l`, ReLU on every layer but the last), for `batch`
+/// rows. `acts[l]` holds `batch × widths[l]` values.
+pub fn dense_forward(params: &Params, acts: &mut [Vec<f32>], batch: usize, first: usize) {
+    let widths = params.config.widths();
+    let layers = params.config.dense_layers();
+    for l in first..layers {
+        let (input, output) = acts.split_at_mut(l + 1);
+        gemm_forward(
+            &input[l],
+            params.kernel(l),
+            params.bias(l),
+            batch,
+            widths[l],
+            widths[l + 1],
+            l + 1 < layers,
+            &mut output[0],
+        );
+    }
+}
+
+/// Inference mode on the images `indices` of `images` (u8, 784 each): gather and scale
+/// into `x`, BatchNorm with the moving statistics into `acts[0]`, then the dense layers;
+/// the logits end in the last of `acts`. `x` and `acts` are sized for the batch.
+pub fn forward_eval(
+    params: &Params,
+    bn_eps: f32,
+    images: &[u8],
+    indices: &[u32],
+    x: &mut [f32],
+    acts: &mut [Vec<f32>],
+) {
+    gather_scaled(images, INPUT, indices, params.config.pixel_scale(), x);
+    batchnorm_forward_eval(
+        x,
+        params.gamma(),
+        params.beta(),
+        &params.moving_mean,
+        &params.moving_var,
+        bn_eps,
+        &mut acts[0],
+    );
+    dense_forward(params, acts, indices.len(), 0);
+}
+
+/// Class probabilities (softmax) for each image in `images` (`count × 784` u8 pixels),
+/// in inference mode.
+pub fn infer(params: &Params, bn_eps: f32, images: &[u8]) -> Vec<[f32; CLASSES]> {
+    let count = images.len() / INPUT;
+    let indices: Vec<u32> = (0..count as u32).collect();
+    let mut x = vec![0.0f32; count * INPUT];
+    let mut acts: Vec<Vec<f32>> = params
+        .config
+        .widths()
+        .iter()
+        .map(|w| vec![0.0; count * w])
+        .collect();
+    forward_eval(params, bn_eps, images, &indices, &mut x, &mut acts);
+    let logits = acts.last().expect("at least one layer");
+    logits
+        .chunks_exact(CLASSES)
+        .map(|logits| {
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = logits.iter().map(|&v| (v - max).exp()).sum();
+            std::array::from_fn(|i| (logits[i] - max).exp() / sum)
+        })
+        .collect()
+}
