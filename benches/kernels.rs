@@ -2,7 +2,9 @@
 //! batch 32/128/512 and square 1024³ (4096³ on hardware GPUs), time per call of the other
 //! kernels, the CPU trainer's step phase by phase (`step/cpu/…`), and each adapter's
 //! training step dispatch by dispatch (`step/…`; also timed on the GPU itself where the
-//! adapter offers TIMESTAMP_QUERY). Run: `cargo bench --bench kernels [filter]`.
+//! adapter offers TIMESTAMP_QUERY). Every kernel family has its rows, under the name its
+//! shader entry point, CPU twin and agreement test share: `other/cpu/NAME` and
+//! `other/gpu/BACKEND/NAME`. Run: `cargo bench --bench kernels [filter]`.
 //!
 //! GPU timings record `reps` dispatches into one command buffer, submit once and wait, so
 //! they measure the kernel (plus per-dispatch overhead), not uploads or readbacks.
@@ -175,6 +177,15 @@ fn main() {
     }
     if wanted("other") {
         other_kernels_cpu();
+        for (label, ctx, kernels, software) in &contexts {
+            // `vulkan`, `gl`: one adapter per backend here.
+            let backend = label
+                .split('/')
+                .next()
+                .unwrap_or(label)
+                .to_ascii_lowercase();
+            other_kernels_gpu(&backend, ctx, kernels, *software);
+        }
     }
     if wanted("step") {
         cpu_step_profiles();
@@ -366,7 +377,93 @@ fn other_kernels_cpu() {
         cpu::adam::adam_update(&mut p, &g, &mut m, &mut v, 1e-3, &hyper)
     });
     println!("other/cpu/adam 103338 params: {:.1} µs", us(t));
+    let t = common::median_secs(200, || {
+        cpu::batchnorm::batchnorm_forward_eval(&x, &gamma, &beta, &mm, &mv, 1e-3, &mut y)
+    });
+    println!("other/cpu/batchnorm_forward_eval b32: {:.1} µs", us(t));
+    let mut h = random(batch * 128, 14);
+    let t = common::median_secs(1000, || cpu::relu::relu_forward(&mut h));
+    println!("other/cpu/relu_forward b32x128: {:.1} µs", us(t));
     sparse_first_layer_cpu();
+}
+
+/// Every non-GEMM kernel family on one adapter, through its host-callable twin
+/// (`gpu::twins`) at the shapes of the default step: a round trip with upload and
+/// readback, so these bound the kernel from above (the `step/…` rows time the
+/// training step's own dispatches alone, and on the GPU itself where it can).
+fn other_kernels_gpu(label: &str, ctx: &GpuContext, k: &Kernels, software: bool) {
+    let reps = if software { 5 } else { 50 };
+    let (batch, features, width) = (32usize, 784usize, 128usize);
+    let images: Vec<u8> = (0..batch * features)
+        .map(|i| (i * 31 % 256) as u8)
+        .collect();
+    let indices: Vec<u32> = (0..batch as u32).collect();
+    let (gamma, beta) = (vec![1.0; features], vec![0.0; features]);
+    let (mut mm, mut mv) = (vec![0.0; features], vec![1.0; features]);
+    let hyper = Hyper::default();
+    let us = |s: f64| s * 1e6;
+    let line = |name: &str, shape: &str, f: &mut dyn FnMut()| {
+        let t = common::median_secs(reps, f);
+        println!(
+            "other/gpu/{label}/{name} {shape} (round trip): {:.1} µs",
+            us(t)
+        );
+    };
+    line("batchnorm_forward_train", "b32", &mut || {
+        let (e, m) = (hyper.bn_eps, hyper.bn_momentum);
+        let _ = k.batchnorm_forward_train(
+            ctx,
+            &images,
+            &indices,
+            1.0 / 255.0,
+            &gamma,
+            &beta,
+            e,
+            m,
+            &mut mm,
+            &mut mv,
+        );
+    });
+    line("batchnorm_forward_eval", "b32", &mut || {
+        let _ = k.batchnorm_forward_eval(
+            ctx,
+            &images,
+            batch,
+            1.0 / 255.0,
+            &gamma,
+            &beta,
+            &mm,
+            &mv,
+            hyper.bn_eps,
+        );
+    });
+    let (grad_w, w, dbias) = (
+        random(features * width, 13),
+        random(features * width, 11),
+        random(width, 12),
+    );
+    line("batchnorm_dense_backward", "784x128", &mut || {
+        let _ = k.batchnorm_dense_backward(ctx, software, &grad_w, &w, &gamma, &beta, &dbias);
+    });
+    let logits = random(batch * 10, 8);
+    let labels: Vec<u8> = (0..batch as u8).map(|i| i % 10).collect();
+    line("softmax_xent", "b32", &mut || {
+        let _ = k.softmax_xent(ctx, &logits, &labels, 10, true);
+    });
+    let len = 103_338;
+    let (mut p, g, mut m, mut v) = (
+        random(len, 9),
+        random(len, 10),
+        vec![0.0; len],
+        vec![0.0; len],
+    );
+    line("adam", "103338 params", &mut || {
+        let _ = k.adam(ctx, &mut p, &g, &mut m, &mut v, 1e-3, &hyper);
+    });
+    let h = random(batch * width, 14);
+    line("relu_forward", "b32x128", &mut || {
+        let _ = k.relu_forward(ctx, &h);
+    });
 }
 
 /// The CPU trainer's sparse first layer (784 → 128) on real MNIST batches: the batch

@@ -33,11 +33,7 @@ pub fn adapters() -> Vec<(String, DeviceChoice, bool)> {
         match gpu::list_adapters(&choice) {
             Ok(list) if !list.is_empty() => {
                 let a = &list[0];
-                let name = a.name.to_ascii_lowercase();
-                let software = a.device_type == "cpu"
-                    || name.contains("llvmpipe")
-                    || name.contains("swiftshader");
-                found.push((format!("{}/{}", a.backend, a.name), choice, software));
+                found.push((format!("{}/{}", a.backend, a.name), choice, a.software));
             }
             _ => eprintln!("(no {backend} adapter: skipped)"),
         }
