@@ -2,23 +2,19 @@
 //! MNIST originals, inversion follows the background, and bad files give errors that
 //! name the file.
 
+mod common;
+
 use image::codecs::jpeg::JpegEncoder;
 use image::imageops::{self, FilterType};
 use image::{DynamicImage, GrayImage, ImageBuffer, Luma, Rgb, RgbImage, Rgba, RgbaImage};
-use mnist_gpu::data::{builtin_dir, Dataset, Mnist};
+use mnist_gpu::data::Dataset;
 use mnist_gpu::preprocess::{
     load_digit, load_digit_detailed, preprocess, preprocess_detailed, PreprocessError, MAX_SIDE,
 };
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 fn test_set() -> &'static Dataset {
-    static TEST: OnceLock<Dataset> = OnceLock::new();
-    TEST.get_or_init(|| {
-        Mnist::load(&builtin_dir())
-            .expect("built-in MNIST loads")
-            .test
-    })
+    common::data::test_set()
 }
 
 fn digits_dir() -> PathBuf {

@@ -2,8 +2,10 @@
 //! show the right digits and mark the wrong predictions; the confusion matrix counts;
 //! files are replaced atomically.
 
+mod common;
+
 use image::RgbImage;
-use mnist_gpu::data::{builtin_dir, Dataset, Mnist};
+use mnist_gpu::data::Dataset;
 use mnist_gpu::report::{
     confusion_matrix, digit_origin, digit_shade, draw_confusion, draw_curves, draw_predictions,
     format_confusion, label_rect, predictions_size, tick_label, tile_origin, write_atomic, x_range,
@@ -17,12 +19,7 @@ use std::sync::OnceLock;
 /// The first 150 MNIST test images.
 fn test_set() -> &'static Dataset {
     static TEST: OnceLock<Dataset> = OnceLock::new();
-    TEST.get_or_init(|| {
-        Mnist::load(&builtin_dir())
-            .expect("built-in MNIST loads")
-            .test
-            .truncated(150)
-    })
+    TEST.get_or_init(|| common::data::test_set().clone().truncated(150))
 }
 
 fn read_png(path: &Path) -> RgbImage {
