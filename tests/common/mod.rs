@@ -2,4 +2,5 @@ pub mod cli;
 pub mod data;
 pub mod gpu;
 pub mod photo;
+pub mod png;
 pub mod run;
