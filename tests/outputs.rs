@@ -177,6 +177,12 @@ fn init_from_starts_from_the_given_weights() {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     };
+    // It says what it loaded: the architecture and the file.
+    let said = format!(
+        "init: 784 → BatchNorm → Dense 128 (ReLU) → Dense 10 (softmax) from {}",
+        model.display()
+    );
+    assert!(out.contains(&said), "{out}");
     let before = records(&first);
     let after = records(&second);
     // Starting from trained weights, the first epoch's training loss is far below a fresh start's.

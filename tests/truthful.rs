@@ -278,9 +278,10 @@ fn resume_messages_say_what_is_so() {
         stderr.contains("this run started on llvmpipe (Vulkan); it continues on cpu"),
         "{stderr}"
     );
+    let stdout = text(&outp.stdout);
+    let said = format!("resuming {} after epoch 2 of 3", s(&moved));
     assert!(
-        text(&outp.stdout).contains("resuming"),
-        "{}",
-        text(&outp.stdout)
+        stdout.contains(&said) && stdout.contains("device: cpu"),
+        "{stdout}"
     );
 }
