@@ -25,6 +25,32 @@ struct ViewMut {
     cs: isize,
 }
 
+impl View {
+    /// The same view starting `elements` further on.
+    ///
+    /// # Safety
+    /// The new start must lie inside the matrix the view addresses.
+    unsafe fn shifted(self, elements: isize) -> View {
+        View {
+            ptr: self.ptr.offset(elements),
+            ..self
+        }
+    }
+}
+
+impl ViewMut {
+    /// The same view starting `elements` further on.
+    ///
+    /// # Safety
+    /// The new start must lie inside the matrix the view addresses.
+    unsafe fn shifted(self, elements: isize) -> ViewMut {
+        ViewMut {
+            ptr: self.ptr.offset(elements),
+            ..self
+        }
+    }
+}
+
 // SAFETY: the views are only sent to the two halves of a `rayon::join`, which write
 // disjoint parts of the output and only read the inputs; the borrowed slices behind the
 // pointers outlive the join.
@@ -58,40 +84,22 @@ unsafe fn par_sgemm(
         return;
     }
     let (left, right) = (parts / 2, parts - parts / 2);
-    if n >= m {
-        // Split the columns; round to 8 so each half keeps whole SIMD micro-tiles.
-        let n0 = (n * left / parts).div_ceil(8) * 8;
-        let (b2, c2) = (
-            View {
-                ptr: b.ptr.offset(n0 as isize * b.cs),
-                ..b
-            },
-            ViewMut {
-                ptr: c.ptr.offset(n0 as isize * c.cs),
-                ..c
-            },
-        );
-        rayon::join(
-            || par_sgemm(m, k, n0, a, b, beta, c, left),
-            || par_sgemm(m, k, n - n0, a, b2, beta, c2, right),
-        );
+    // Split the longer of m and n; round to 8 so each half keeps whole SIMD micro-tiles.
+    let by_columns = n >= m;
+    let first = ((if by_columns { n } else { m }) * left / parts).div_ceil(8) * 8;
+    let (a2, b2, c2, (m1, n1), (m2, n2)) = if by_columns {
+        let b2 = b.shifted(first as isize * b.cs);
+        let c2 = c.shifted(first as isize * c.cs);
+        (a, b2, c2, (m, first), (m, n - first))
     } else {
-        let m0 = (m * left / parts).div_ceil(8) * 8;
-        let (a2, c2) = (
-            View {
-                ptr: a.ptr.offset(m0 as isize * a.rs),
-                ..a
-            },
-            ViewMut {
-                ptr: c.ptr.offset(m0 as isize * c.rs),
-                ..c
-            },
-        );
-        rayon::join(
-            || par_sgemm(m0, k, n, a, b, beta, c, left),
-            || par_sgemm(m - m0, k, n, a2, b, beta, c2, right),
-        );
-    }
+        let a2 = a.shifted(first as isize * a.rs);
+        let c2 = c.shifted(first as isize * c.rs);
+        (a2, b, c2, (first, n), (m - first, n))
+    };
+    rayon::join(
+        || par_sgemm(m1, k, n1, a, b, beta, c, left),
+        || par_sgemm(m2, k, n2, a2, b2, beta, c2, right),
+    );
 }
 
 fn view(data: &[f32], rs: usize, cs: usize) -> View {
@@ -394,8 +402,15 @@ mod tests {
     #[test]
     fn fast_forms_match_the_oracle_on_odd_shapes() {
         // n = 10 takes the narrow input-grad path (300 rows: split over threads); n = 40
-        // and k = 129 go through matrixmultiply.
-        for (m, k, n) in [(37, 129, 10), (300, 129, 10), (37, 129, 40), (5, 3, 1)] {
+        // and k = 129 go through matrixmultiply, split over threads by columns
+        // (37×129×40) and by rows (300×129×40).
+        for (m, k, n) in [
+            (37, 129, 10),
+            (300, 129, 10),
+            (37, 129, 40),
+            (300, 129, 40),
+            (5, 3, 1),
+        ] {
             forms_match_the_oracle(m, k, n);
         }
     }
