@@ -5,7 +5,9 @@
 import init, { Session, request_stop } from './mnist_gpu.js';
 
 const $ = (id) => document.getElementById(id);
-const log = (line) => console.log(`mnist-gpu: ${line}`);
+// Each line also kept in window.mnistGpuLog, for WebDriver (which cannot read the console).
+window.mnistGpuLog = [];
+const log = (line) => { console.log(`mnist-gpu: ${line}`); window.mnistGpuLog.push(line); };
 const FILES = ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
   't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'];
 let session = null;
@@ -107,10 +109,18 @@ async function start(event) {
   try {
     const settings = readSettings();
     const files = await download();
-    session = await Session.create(files, JSON.stringify(settings));
+    let note = '';
+    try {
+      session = await Session.create(files, JSON.stringify(settings));
+    } catch (error) {
+      if (settings.cpu) throw error;
+      // No adapter, or one without what the kernels need: the CPU path, as --cpu-fallback.
+      note = ` — WebGPU failed (${error}), so the CPU path (wasm, one thread) trains instead`;
+      session = await Session.create(files, JSON.stringify({ ...settings, cpu: true }));
+    }
+    if (!navigator.gpu) note = ' — WebGPU is unavailable here, so the CPU path (wasm, one thread) trains instead';
     const where = session.device();
-    $('device').textContent = `Training on ${where}` + (settings.cpu && !navigator.gpu
-      ? ' — WebGPU is unavailable here, so the CPU path (wasm, one thread) trains instead' : '');
+    $('device').textContent = `Training on ${where}${note}`;
     log(`device ${where}`);
     history = [];
     $('epochs').tBodies[0].innerHTML = '';
@@ -203,9 +213,10 @@ function setUpDrawing() {
   $('clear').addEventListener('click', clear);
 }
 
-let predicting = false;
+let predicting = false, again = false;
 async function predictDrawing() {
-  if (!session || predicting) return;
+  if (!session) return;
+  if (predicting) { again = true; return; } // run once more when this one ends
   predicting = true;
   try {
     const blob = await new Promise((resolve) => $('draw').toBlob(resolve, 'image/png'));
@@ -216,6 +227,7 @@ async function predictDrawing() {
     $('top3').textContent = String(error);
   }
   predicting = false;
+  if (again) { again = false; predictDrawing(); }
 }
 
 function saveModel() {
@@ -224,7 +236,7 @@ function saveModel() {
   link.href = URL.createObjectURL(new Blob([bytes], { type: 'application/octet-stream' }));
   link.download = 'model.safetensors';
   link.click();
-  log(`model ${btoa(Array.from(bytes, (b) => String.fromCharCode(b)).join(''))}`);
+  window.mnistGpuModel = bytes; // for WebDriver, which cannot reach the download folder
 }
 
 async function loadModel(event) {

@@ -728,7 +728,9 @@ impl GpuBackend {
     pub async fn params_async(&self) -> Result<Params> {
         let total = self.layout.total as u64 * 4;
         let trainable = self.ctx.read_buffer_async(&self.params, 0, total);
-        let stats = self.ctx.read_buffer_async(&self.bn_stats, 0, (2 * INPUT * 4) as u64);
+        let stats = self
+            .ctx
+            .read_buffer_async(&self.bn_stats, 0, (2 * INPUT * 4) as u64);
         // Native hosts only complete maps while polling; the browser needs no help.
         #[cfg(not(target_arch = "wasm32"))]
         self.ctx.wait()?;
@@ -783,7 +785,11 @@ impl Backend for GpuBackend {
             return Ok(EvalStats::default());
         }
         let size = self.submit_evaluation()?;
-        let bytes = map_blocking(&self.ctx, &self.eval_plan.as_ref().expect("plan").staging, size)?;
+        let bytes = map_blocking(
+            &self.ctx,
+            &self.eval_plan.as_ref().expect("plan").staging,
+            size,
+        )?;
         Ok(self.eval_stats_from(&bytes))
     }
 

@@ -492,11 +492,13 @@ impl GpuContext {
             power_preference: wgpu::PowerPreference::HighPerformance,
             ..Default::default()
         };
-        let adapter = instance.request_adapter(&options).await.map_err(|e| {
-            DeviceError::NoAdapter {
-                searched: format!("WebGPU: {e}"),
-            }
-        })?;
+        let adapter =
+            instance
+                .request_adapter(&options)
+                .await
+                .map_err(|e| DeviceError::NoAdapter {
+                    searched: format!("WebGPU: {e}"),
+                })?;
         GpuContext::open(adapter, needs).await
     }
 

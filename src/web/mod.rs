@@ -84,22 +84,37 @@ impl Session {
     /// test labels) with `settings` (JSON, the CLI's names) and open the trainer: WebGPU
     /// unless `cpu` is set, in which case, or when WebGPU fails, the CPU path.
     pub async fn create(files: js_sys::Array, settings: String) -> Result<Session, JsValue> {
+        // A panic's message on the console, not only wasm's bare "unreachable".
+        std::panic::set_hook(Box::new(|info| {
+            web_sys::console::error_1(&format!("mnist-gpu: panic {info}").into());
+        }));
         let settings: Settings = serde_json::from_str(&settings).map_err(js_error)?;
-        let bytes: Vec<Vec<u8>> = files.iter().map(|f| js_sys::Uint8Array::new(&f).to_vec()).collect();
+        let bytes: Vec<Vec<u8>> = files
+            .iter()
+            .map(|f| js_sys::Uint8Array::new(&f).to_vec())
+            .collect();
         let files: [&[u8]; 4] = [&bytes[0], &bytes[1], &bytes[2], &bytes[3]];
-        let data = Mnist::from_bytes(files, settings.train_limit, settings.test_limit).map_err(js_error)?;
+        let data = Mnist::from_bytes(files, settings.train_limit, settings.test_limit)
+            .map_err(js_error)?;
         let config = ModelConfig {
             hidden: settings.hidden.clone(),
             raw_pixels: settings.raw_pixels,
         };
         config.check_size().map_err(js_error)?;
         let params = Params::init(&config, settings.seed);
-        let hyper = Hyper { lr: settings.lr, ..Hyper::default() };
+        let hyper = Hyper {
+            lr: settings.lr,
+            ..Hyper::default()
+        };
         let test = data.test.clone();
         let trainer = if settings.cpu {
             Trainer::Cpu(CpuBackend::new(params, hyper, data))
         } else {
-            Trainer::Gpu(GpuBackend::new_browser(params, hyper, data).await.map_err(js_error)?)
+            Trainer::Gpu(
+                GpuBackend::new_browser(params, hyper, data)
+                    .await
+                    .map_err(js_error)?,
+            )
         };
         let device = trainer.name();
         let options = TrainOptions {
@@ -108,8 +123,19 @@ impl Session {
             seed: settings.seed,
             shuffle: true,
         };
-        let state = State { trainer, options, epochs_done: 0, partial: StepProgress::default(), test, params: None, predictions: Vec::new() };
-        Ok(Session { state: Rc::new(RefCell::new(state)), device })
+        let state = State {
+            trainer,
+            options,
+            epochs_done: 0,
+            partial: StepProgress::default(),
+            test,
+            params: None,
+            predictions: Vec::new(),
+        };
+        Ok(Session {
+            state: Rc::new(RefCell::new(state)),
+            device,
+        })
     }
 
     /// What trains: the adapter and `WebGPU`, or `cpu`.
@@ -133,12 +159,25 @@ impl Session {
             let s = &mut *guard;
             let mut report = |p: &StepProgress| {
                 let args = [p.steps_done, p.steps_total].map(|v| JsValue::from(v as u32));
-                let _ = progress.call4(&JsValue::NULL, &args[0], &args[1], &p.mean_loss().into(), &p.accuracy().into());
+                let _ = progress.call4(
+                    &JsValue::NULL,
+                    &args[0],
+                    &args[1],
+                    &p.mean_loss().into(),
+                    &p.accuracy().into(),
+                );
             };
             let steps_total = s.trainer_steps();
-            let base = StepProgress { steps_total, ..s.partial };
+            let base = StepProgress {
+                steps_total,
+                ..s.partial
+            };
             let stop = || STOP.load(Ordering::SeqCst);
-            let outcome = s.trainer.epoch(&s.options, s.epochs_done, &base, &mut report, &stop).await.map_err(js_error)?;
+            let outcome = s
+                .trainer
+                .epoch(&s.options, s.epochs_done, &base, &mut report, &stop)
+                .await
+                .map_err(js_error)?;
             match outcome {
                 EpochOutcome::Stopped(totals) => {
                     s.partial = totals;
@@ -175,8 +214,12 @@ impl Session {
     pub fn model_file(&self) -> Result<Vec<u8>, JsValue> {
         let mut s = self.state.borrow_mut();
         let steps = s.trainer.optimizer_steps().map_err(js_error)?;
-        let params = s.params.as_ref().ok_or_else(|| js_error("no epoch has finished yet"))?;
-        crate::modelfile::model_bytes(params, steps, Path::new("model.safetensors")).map_err(js_error)
+        let params = s
+            .params
+            .as_ref()
+            .ok_or_else(|| js_error("no epoch has finished yet"))?;
+        crate::modelfile::model_bytes(params, steps, Path::new("model.safetensors"))
+            .map_err(js_error)
     }
 
     /// Replace the model by a `model.safetensors` made by the CLI (for drawing against).

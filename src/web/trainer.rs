@@ -12,7 +12,9 @@ use crate::backend::{Backend, EpochEnd, EvalStats, StepProgress};
 use crate::cpu::CpuBackend;
 use crate::gpu::GpuBackend;
 use crate::model::Params;
-use crate::train::{check_finite_eval, check_finite_params, epoch_order, epoch_record, EpochRecord, TrainOptions};
+use crate::train::{
+    check_finite_eval, check_finite_params, epoch_order, epoch_record, EpochRecord, TrainOptions,
+};
 use anyhow::Result;
 
 /// CPU steps between yields to the page (so it repaints and Stop can be pressed).
@@ -31,10 +33,21 @@ pub enum EpochOutcome {
 }
 
 impl Trainer {
+    /// The device line, `<adapter> WebGPU` (browsers may hide the adapter's name), or
+    /// the CPU path.
     pub fn name(&self) -> String {
         match self {
-            Trainer::Gpu(gpu) => gpu.name(),
-            Trainer::Cpu(cpu) => cpu.name(),
+            Trainer::Gpu(gpu) => {
+                let described = gpu.name();
+                let adapter = described.split(" — ").next().unwrap_or("").trim();
+                let adapter = if adapter.is_empty() {
+                    "browser adapter"
+                } else {
+                    adapter
+                };
+                format!("{adapter} WebGPU")
+            }
+            Trainer::Cpu(_) => "cpu (wasm, one thread)".into(),
         }
     }
 
@@ -60,17 +73,34 @@ impl Trainer {
         let started = web_time::Instant::now();
         let end = match self {
             Trainer::Gpu(gpu) => {
-                gpu.train_steps_async(&order[skip..], options.batch_size, base, progress, &|_| stop())
-                    .await?
+                gpu.train_steps_async(&order[skip..], options.batch_size, base, progress, &|_| {
+                    stop()
+                })
+                .await?
             }
-            Trainer::Cpu(cpu) => cpu_steps(cpu, &order[skip..], options.batch_size, base, progress, stop).await?,
+            Trainer::Cpu(cpu) => {
+                cpu_steps(
+                    cpu,
+                    &order[skip..],
+                    options.batch_size,
+                    base,
+                    progress,
+                    stop,
+                )
+                .await?
+            }
         };
         let seconds = started.elapsed().as_secs_f64();
         let stats = match end {
             EpochEnd::Finished(stats) => stats,
             EpochEnd::Stopped(totals) => return Ok(EpochOutcome::Stopped(totals)),
         };
-        anyhow::ensure!(stats.loss.is_finite(), "training diverged in epoch {}: the loss became {}", epoch + 1, stats.loss);
+        anyhow::ensure!(
+            stats.loss.is_finite(),
+            "training diverged in epoch {}: the loss became {}",
+            epoch + 1,
+            stats.loss
+        );
         let eval = self.evaluate().await?;
         check_finite_eval(&eval, epoch + 1)?;
         check_finite_params(&self.params().await?, epoch + 1)?;

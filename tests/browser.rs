@@ -1,0 +1,245 @@
+//! The page in a real browser: `web/build.sh` builds the site, it is served on
+//! 127.0.0.1, and headless Chromium (through Debian's `chromedriver`) trains one epoch on
+//! 2,000 samples, on WebGPU (SwiftShader here) and with WebGPU disabled (the CPU path
+//! compiled to wasm). Checked: the device line, the epoch's metrics against
+//! `mnist-gpu train --cpu-fallback` (within 1e-4), a digit drawn on the canvas, and the
+//! downloaded model evaluated by `mnist-gpu eval`. Without Chromium the tests print why
+//! and skip, except under CI (`CI` set), where they fail.
+
+mod common;
+
+use common::browser::{serve, which, Driver, Session};
+use common::cli::{succeed, text};
+use mnist_gpu::data::Mnist;
+use mnist_gpu::train::EpochRecord;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const QUERY: &str = "?epochs=1&train-limit=2000&test-limit=500&autostart=1";
+/// Chromium's WebGPU through SwiftShader, which needs no GPU or display.
+const WEBGPU_ARGS: [&str; 5] = [
+    "--headless=new",
+    "--no-sandbox",
+    "--enable-unsafe-webgpu",
+    "--enable-unsafe-swiftshader",
+    "--window-size=1100,1900",
+];
+const NO_WEBGPU_ARGS: [&str; 4] = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-features=WebGPU",
+    "--window-size=1100,1900",
+];
+
+/// The built site's port and chromedriver, once per test binary; `None` to skip.
+fn site() -> Option<&'static (u16, PathBuf)> {
+    static SITE: OnceLock<Option<(u16, PathBuf)>> = OnceLock::new();
+    SITE.get_or_init(|| {
+        let browser = which(&["chromium", "chromium-browser", "google-chrome"]);
+        let Some(driver) = which(&["chromedriver"]).filter(|_| browser.is_some()) else {
+            let why = "no chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)";
+            assert!(std::env::var_os("CI").is_none(), "browser test: {why} (CI is set, so this fails)");
+            eprintln!("skipping the browser tests: {why}");
+            return None;
+        };
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let status = Command::new("bash").arg(root.join("web/build.sh")).status().expect("run web/build.sh");
+        assert!(status.success(), "web/build.sh failed");
+        Some((serve(&root.join("web/dist")), driver))
+    })
+    .as_ref()
+}
+
+/// Wait for the page's `done …` (or `error …`) line; every `mnist-gpu: ` line so far.
+fn wait_for_run(session: &Session) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let lines: Vec<String> =
+            match session.execute("return window.mnistGpuLog || [];", json!([])) {
+                Value::Array(list) => list
+                    .iter()
+                    .filter_map(|l| l.as_str().map(String::from))
+                    .collect(),
+                _ => Vec::new(),
+            };
+        if let Some(error) = lines.iter().find(|l| l.starts_with("error ")) {
+            panic!("the page failed: {error}\n{lines:#?}");
+        }
+        if lines.iter().any(|l| l.starts_with("done ")) {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page did not finish in 600 s: {lines:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The epoch record the page printed.
+fn page_record(lines: &[String]) -> EpochRecord {
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with('{'))
+        .expect("an epoch's metrics line");
+    serde_json::from_str(line).expect("the metrics line is an EpochRecord")
+}
+
+/// `mnist-gpu train --cpu-fallback` on the same subset: its epoch record.
+fn cli_record() -> EpochRecord {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let metrics = dir.path().join("metrics.jsonl");
+    let args = [
+        "train",
+        "--cpu-fallback",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "2000",
+        "--test-limit",
+        "500",
+    ];
+    let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "--out-dir".into(),
+        out.display().to_string(),
+        "--metrics".into(),
+        metrics.display().to_string(),
+    ]);
+    succeed(&args);
+    let text = std::fs::read_to_string(metrics).unwrap();
+    serde_json::from_str(text.lines().next().unwrap()).unwrap()
+}
+
+fn assert_agrees(page: &EpochRecord, cli: &EpochRecord) {
+    for (what, a, b) in [
+        ("loss", page.loss, cli.loss),
+        ("accuracy", page.accuracy, cli.accuracy),
+        ("val_loss", page.val_loss, cli.val_loss),
+        ("val_accuracy", page.val_accuracy, cli.val_accuracy),
+    ] {
+        assert!((a - b).abs() <= 1e-4, "{what}: page {a}, CLI {b}");
+    }
+}
+
+/// Draw test image `index` on the canvas as horizontal pointer strokes over its ink
+/// (10 canvas pixels per MNIST pixel); the page's top-3 afterwards.
+fn draw_test_digit(session: &Session, index: usize) -> (u8, Value) {
+    let test = Mnist::embedded(Some(1), Some(index + 1)).unwrap().test;
+    let image = test.image(index);
+    let mut strokes = Vec::new();
+    for y in 0..28 {
+        let mut x = 0;
+        while x < 28 {
+            if image[y * 28 + x] < 128 {
+                x += 1;
+                continue;
+            }
+            let start = x;
+            while x < 28 && image[y * 28 + x] >= 128 {
+                x += 1;
+            }
+            strokes.push(json!([start * 10 + 5, (x - 1) * 10 + 5, y * 10 + 5]));
+        }
+    }
+    let script = r#"
+        const canvas = document.getElementById('draw'), r = canvas.getBoundingClientRect();
+        window.mnistGpuLog.length = 0;
+        const fire = (type, x, y) => canvas.dispatchEvent(new PointerEvent(type,
+            { clientX: r.left + x, clientY: r.top + y, bubbles: true, pointerType: 'mouse' }));
+        for (const [x0, x1, y] of arguments[0]) {
+            fire('pointerdown', x0, y); fire('pointermove', x1, y); fire('pointerup', x1, y);
+        }"#;
+    session.execute(script, json!([strokes]));
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = session.execute("return window.mnistGpuLog;", json!([]));
+    let last = lines.as_array().and_then(|l| {
+        l.iter()
+            .rev()
+            .find_map(|l| l.as_str()?.strip_prefix("drawn ").map(String::from))
+    });
+    let top3: Value = serde_json::from_str(&last.expect("a prediction of the drawing")).unwrap();
+    (test.labels[index], top3)
+}
+
+/// The page's model file, evaluated by `mnist-gpu eval` on the same 500 test samples:
+/// its accuracy in percent as printed.
+fn eval_downloaded_model(session: &Session) -> String {
+    let bytes = session.execute(
+        "document.getElementById('save').click(); return Array.from(window.mnistGpuModel);",
+        json!([]),
+    );
+    let bytes: Vec<u8> = bytes
+        .as_array()
+        .expect("model bytes")
+        .iter()
+        .map(|b| b.as_u64().unwrap() as u8)
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.safetensors");
+    std::fs::write(&model, bytes).unwrap();
+    let out = succeed(&[
+        "eval",
+        "--cpu-fallback",
+        "--test-limit",
+        "500",
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    let accuracy = stdout.split("accuracy: ").nth(1).expect("an accuracy line");
+    accuracy.split('%').next().unwrap().to_string()
+}
+
+#[test]
+fn the_page_trains_on_webgpu_like_the_cli_and_its_model_draws_and_evaluates() {
+    let Some((port, chromedriver)) = site() else {
+        return;
+    };
+    let driver = Driver::start(chromedriver);
+    let session = driver.session(&WEBGPU_ARGS);
+    session.goto(&format!("http://127.0.0.1:{port}/{QUERY}"));
+    let lines = wait_for_run(&session);
+    let device = lines
+        .iter()
+        .find(|l| l.starts_with("device "))
+        .expect("a device line");
+    assert!(device.contains("WebGPU"), "not on WebGPU: {device}");
+    let page = page_record(&lines);
+    assert_agrees(&page, &cli_record());
+    let screenshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/browser.png");
+    std::fs::write(&screenshot, session.screenshot()).unwrap();
+    let (label, top3) = draw_test_digit(&session, 0);
+    assert_eq!(
+        top3[0][0].as_u64(),
+        Some(label as u64),
+        "drew a {label}, the page read {top3}"
+    );
+    let accuracy = eval_downloaded_model(&session);
+    assert_eq!(
+        accuracy,
+        format!("{:.2}", page.val_accuracy * 100.0),
+        "eval of the page's model"
+    );
+}
+
+#[test]
+fn without_webgpu_the_page_trains_on_the_cpu_path() {
+    let Some((port, chromedriver)) = site() else {
+        return;
+    };
+    let driver = Driver::start(chromedriver);
+    let session = driver.session(&NO_WEBGPU_ARGS);
+    session.goto(&format!("http://127.0.0.1:{port}/{QUERY}"));
+    let lines = wait_for_run(&session);
+    let device = lines
+        .iter()
+        .find(|l| l.starts_with("device "))
+        .expect("a device line");
+    assert!(device.contains("cpu"), "expected the CPU path: {device}");
+    assert_agrees(&page_record(&lines), &cli_record());
+}
