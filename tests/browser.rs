@@ -48,6 +48,9 @@ fn site() -> Option<&'static (u16, PathBuf)> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let status = Command::new("bash").arg(root.join("web/build.sh")).status().expect("run web/build.sh");
         assert!(status.success(), "web/build.sh failed");
+        let wasm = root.join("web/dist/mnist_gpu_bg.wasm");
+        let size = std::fs::metadata(&wasm).expect("the built module").len();
+        assert!(size <= 3_000_000, "the page's wasm is {size} bytes, over 3 MB");
         Some((serve(&root.join("web/dist")), driver))
     })
     .as_ref()
