@@ -93,14 +93,20 @@ fn page_record(lines: &[String]) -> EpochRecord {
 
 /// `mnist-gpu train --cpu-fallback` on the same subset: its epoch record.
 fn cli_record() -> EpochRecord {
+    cli_records(1).remove(0)
+}
+
+/// `mnist-gpu train --cpu-fallback` for `epochs` epochs on the same subset: its records.
+fn cli_records(epochs: usize) -> Vec<EpochRecord> {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let metrics = dir.path().join("metrics.jsonl");
+    let epochs = epochs.to_string();
     let args = [
         "train",
         "--cpu-fallback",
         "--epochs",
-        "1",
+        &epochs,
         "--train-limit",
         "2000",
         "--test-limit",
@@ -115,7 +121,9 @@ fn cli_record() -> EpochRecord {
     ]);
     succeed(&args);
     let text = std::fs::read_to_string(metrics).unwrap();
-    serde_json::from_str(text.lines().next().unwrap()).unwrap()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn assert_agrees(page: &EpochRecord, cli: &EpochRecord) {
@@ -245,4 +253,61 @@ fn without_webgpu_the_page_trains_on_the_cpu_path() {
         .expect("a device line");
     assert!(device.contains("cpu"), "expected the CPU path: {device}");
     assert_agrees(&page_record(&lines), &cli_record());
+}
+
+/// The page's log lines so far.
+fn log_lines(session: &Session) -> Vec<String> {
+    match session.execute("return window.mnistGpuLog || [];", json!([])) {
+        Value::Array(list) => list
+            .iter()
+            .filter_map(|l| l.as_str().map(String::from))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Poll the page until `script` returns true (30 s at most).
+fn wait_until(session: &Session, what: &str, script: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while session.execute(script, json!([])) != json!(true) {
+        assert!(
+            Instant::now() < deadline,
+            "waited 30 s for {what}: {:#?}",
+            log_lines(session)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn stop_and_resume_on_webgpu_give_the_uninterrupted_metrics() {
+    let Some((port, chromedriver)) = site() else {
+        return;
+    };
+    let driver = Driver::start(chromedriver);
+    let session = driver.session(&WEBGPU_ARGS);
+    let query = "?epochs=2&train-limit=2000&test-limit=500&autostart=1";
+    session.goto(&format!("http://127.0.0.1:{port}/{query}"));
+    // Stop once some of epoch 1's steps are done, then resume.
+    let running = "return /^Epoch 1: [1-9]/.test(document.getElementById('progress').textContent);";
+    wait_until(&session, "epoch 1 under way", running);
+    session.execute("document.getElementById('stop').click();", json!([]));
+    let stopped = "return (window.mnistGpuLog || []).some((l) => l.startsWith('stopped'));";
+    wait_until(&session, "the stop", stopped);
+    assert!(
+        !log_lines(&session).iter().any(|l| l.starts_with('{')),
+        "the stop came after epoch 1 ended"
+    );
+    session.execute("document.getElementById('resume').click();", json!([]));
+    let lines = wait_for_run(&session);
+    let records: Vec<EpochRecord> = lines
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let cli = cli_records(2);
+    assert_eq!(records.len(), 2, "{lines:#?}");
+    for (page, cli) in records.iter().zip(&cli) {
+        assert_agrees(page, cli);
+    }
 }

@@ -2,7 +2,7 @@
 // progress bar, the epoch table, curves, the predictions grid, the confusion matrix and
 // the drawing canvas. Everything numerical happens in Rust (mnist_gpu.js / .wasm).
 // Lines prefixed "mnist-gpu: " on the console are what automated checks read.
-import init, { Session, request_stop } from './mnist_gpu.js';
+import init, { Session, request_stop, clear_stop } from './mnist_gpu.js';
 
 const $ = (id) => document.getElementById(id);
 // Each line also kept in window.mnistGpuLog, for WebDriver (which cannot read the console).
@@ -81,6 +81,7 @@ function progressLine(epoch, started) {
 }
 
 async function runEpochs(settings) {
+  clear_stop();
   $('stop').disabled = false;
   $('resume').disabled = true;
   while (session.epochs_done() < settings.epochs) {
@@ -88,6 +89,7 @@ async function runEpochs(settings) {
     const line = await session.train_epoch(progressLine(epoch, performance.now() / 1000));
     if (line === null) { // stopped part-way: Resume continues this epoch
       $('progress').textContent += '  (stopped)';
+      log(`stopped in epoch ${epoch}`);
       $('resume').disabled = false;
       $('stop').disabled = true;
       return;

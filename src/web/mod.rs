@@ -40,6 +40,13 @@ pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
 }
 
+/// Forget a stop request (the page calls it when training starts or resumes, so a Stop
+/// pressed between two epochs still stops the next one).
+#[wasm_bindgen]
+pub fn clear_stop() {
+    STOP.store(false, Ordering::SeqCst);
+}
+
 /// The page's form, with the CLI's flag names.
 #[derive(Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -152,7 +159,6 @@ impl Session {
     /// to the epoch's `metrics.jsonl` line, or to `null` when Stop ended it early.
     pub fn train_epoch(&self, progress: js_sys::Function) -> js_sys::Promise {
         let state = self.state.clone();
-        STOP.store(false, Ordering::SeqCst);
         wasm_bindgen_futures::future_to_promise(async move {
             // The page runs one call at a time (its buttons are disabled meanwhile).
             let mut guard = state.try_borrow_mut().map_err(js_error)?;
