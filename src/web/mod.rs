@@ -115,13 +115,13 @@ impl Session {
         };
         let test = data.test.clone();
         let trainer = if settings.cpu {
-            Trainer::Cpu(CpuBackend::new(params, hyper, data))
+            Trainer::Cpu(Box::new(CpuBackend::new(params, hyper, data)))
         } else {
-            Trainer::Gpu(
+            Trainer::Gpu(Box::new(
                 GpuBackend::new_browser(params, hyper, data)
                     .await
                     .map_err(js_error)?,
-            )
+            ))
         };
         let device = trainer.name();
         let options = TrainOptions {
@@ -150,17 +150,19 @@ impl Session {
         self.device.clone()
     }
 
-    pub fn epochs_done(&self) -> usize {
-        self.state.borrow().epochs_done
+    pub fn epochs_done(&self) -> Result<usize, JsValue> {
+        Ok(self.state()?.epochs_done)
     }
 
     /// Train the next epoch (or the rest of a stopped one) and evaluate. `progress` is
     /// called with (steps done, steps total, running loss, running accuracy). Resolves
     /// to the epoch's `metrics.jsonl` line, or to `null` when Stop ended it early.
+    #[allow(clippy::await_holding_refcell_ref)]
     pub fn train_epoch(&self, progress: js_sys::Function) -> js_sys::Promise {
         let state = self.state.clone();
         wasm_bindgen_futures::future_to_promise(async move {
-            // The page runs one call at a time (its buttons are disabled meanwhile).
+            // Held across the awaits on purpose: while an epoch trains, every other call
+            // finds the state borrowed and gets a "training is under way" error.
             let mut guard = state.try_borrow_mut().map_err(js_error)?;
             let s = &mut *guard;
             let mut report = |p: &StepProgress| {
@@ -202,23 +204,23 @@ impl Session {
 
     /// The test set's first `count` images (784 bytes each), true labels and the
     /// predictions after the last epoch, for the grid and the confusion matrix.
-    pub fn test_images(&self, count: usize) -> Vec<u8> {
-        let s = self.state.borrow();
+    pub fn test_images(&self, count: usize) -> Result<Vec<u8>, JsValue> {
+        let s = self.state()?;
         let count = count.min(s.test.len());
-        s.test.images[..count * s.test.pixels_per_image()].to_vec()
+        Ok(s.test.images[..count * s.test.pixels_per_image()].to_vec())
     }
 
-    pub fn test_labels(&self) -> Vec<u8> {
-        self.state.borrow().test.labels.clone()
+    pub fn test_labels(&self) -> Result<Vec<u8>, JsValue> {
+        Ok(self.state()?.test.labels.clone())
     }
 
-    pub fn predictions(&self) -> Vec<u8> {
-        self.state.borrow().predictions.clone()
+    pub fn predictions(&self) -> Result<Vec<u8>, JsValue> {
+        Ok(self.state()?.predictions.clone())
     }
 
     /// The trained model as `mnist-gpu train` writes `model.safetensors`.
     pub fn model_file(&self) -> Result<Vec<u8>, JsValue> {
-        let mut s = self.state.borrow_mut();
+        let mut s = self.state_mut()?;
         let steps = s.trainer.optimizer_steps().map_err(js_error)?;
         let params = s
             .params
@@ -231,14 +233,14 @@ impl Session {
     /// Replace the model by a `model.safetensors` made by the CLI (for drawing against).
     pub fn load_model(&self, bytes: Vec<u8>) -> Result<(), JsValue> {
         let params = crate::modelfile::parse_model(&bytes).map_err(js_error)?;
-        self.state.borrow_mut().params = Some(params);
+        self.state_mut()?.params = Some(params);
         Ok(())
     }
 
     /// Top-3 (digit, probability) of a drawing given as PNG bytes, prepared exactly as
     /// `mnist-gpu predict` prepares a picture; JSON `[[digit, p], …]`.
     pub fn predict_png(&self, png: Vec<u8>) -> Result<String, JsValue> {
-        let s = self.state.borrow();
+        let s = self.state()?;
         let params = s.params.as_ref().ok_or_else(|| js_error("no model yet"))?;
         let prepared = crate::preprocess::from_bytes(&png).map_err(js_error)?;
         let probs = crate::cpu::infer(params, Hyper::default().bn_eps, &prepared.pixels)[0];
@@ -248,15 +250,22 @@ impl Session {
     }
 }
 
-impl State {
-    fn trainer_steps(&self) -> usize {
-        self.trainer_count().div_ceil(self.options.batch_size)
+impl Session {
+    fn state(&self) -> Result<std::cell::Ref<'_, State>, JsValue> {
+        self.state
+            .try_borrow()
+            .map_err(|_| js_error("training is under way"))
     }
 
-    fn trainer_count(&self) -> usize {
-        match &self.trainer {
-            Trainer::Gpu(g) => crate::backend::Backend::train_count(g),
-            Trainer::Cpu(c) => crate::backend::Backend::train_count(c),
-        }
+    fn state_mut(&self) -> Result<std::cell::RefMut<'_, State>, JsValue> {
+        self.state
+            .try_borrow_mut()
+            .map_err(|_| js_error("training is under way"))
+    }
+}
+
+impl State {
+    fn trainer_steps(&self) -> usize {
+        self.trainer.train_count().div_ceil(self.options.batch_size)
     }
 }

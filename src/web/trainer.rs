@@ -21,8 +21,9 @@ use anyhow::Result;
 const CPU_STEPS_PER_SLICE: usize = 16;
 
 pub enum Trainer {
-    Gpu(GpuBackend),
-    Cpu(CpuBackend),
+    /// Both boxed: the two differ much in size.
+    Gpu(Box<GpuBackend>),
+    Cpu(Box<CpuBackend>),
 }
 
 /// How one call to [`Trainer::epoch`] ended.
@@ -51,7 +52,7 @@ impl Trainer {
         }
     }
 
-    fn train_count(&self) -> usize {
+    pub fn train_count(&self) -> usize {
         match self {
             Trainer::Gpu(gpu) => gpu.train_count(),
             Trainer::Cpu(cpu) => cpu.train_count(),
