@@ -253,6 +253,43 @@ fn without_webgpu_the_page_trains_on_the_cpu_path() {
         .expect("a device line");
     assert!(device.contains("cpu"), "expected the CPU path: {device}");
     assert_agrees(&page_record(&lines), &cli_record());
+    check_loading_a_cli_model(&session);
+}
+
+/// A model trained by the CLI, loaded into the page, evaluates there (on the page's 500
+/// test samples) to the accuracy `mnist-gpu eval` prints for it.
+fn check_loading_a_cli_model(session: &Session) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let out = out.to_str().unwrap();
+    let train = [
+        "train",
+        "--cpu-fallback",
+        "--epochs",
+        "2",
+        "--train-limit",
+        "3000",
+    ];
+    succeed(&[&train[..], &["--test-limit", "500", "--out-dir", out]].concat());
+    let model = dir.path().join("run/model.safetensors");
+    let eval = ["eval", "--cpu-fallback", "--test-limit", "500", "--model"];
+    let stdout = text(&succeed(&[&eval[..], &[model.to_str().unwrap()]].concat()).stdout);
+    let cli_accuracy = stdout.split("accuracy: ").nth(1).expect("an accuracy line");
+    let cli_accuracy = cli_accuracy.split('%').next().unwrap();
+    session.upload("#load", &model);
+    let loaded = "return (window.mnistGpuLog || []).some((l) => l.startsWith('loaded '));";
+    wait_until(session, "the model to load", loaded);
+    let lines = log_lines(session);
+    let line = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("loaded "))
+        .unwrap();
+    let result: Value = serde_json::from_str(line).unwrap();
+    let page_accuracy = format!("{:.2}", result["accuracy"].as_f64().unwrap() * 100.0);
+    assert_eq!(
+        page_accuracy, cli_accuracy,
+        "the CLI's model evaluated in the page"
+    );
 }
 
 /// The page's log lines so far.

@@ -244,8 +244,15 @@ function saveModel() {
 async function loadModel(event) {
   const file = event.target.files[0];
   if (!file || !session) return;
-  session.load_model(new Uint8Array(await file.arrayBuffer()));
-  $('top3').textContent = `loaded ${file.name}`;
+  try {
+    const result = JSON.parse(session.load_model(new Uint8Array(await file.arrayBuffer())));
+    $('top3').textContent = `loaded ${file.name}: test accuracy ${(100 * result.accuracy).toFixed(2)}%`
+      + ` on ${result.samples} samples (predictions below are its own)`;
+    log(`loaded ${JSON.stringify(result)}`);
+    showResults();
+  } catch (error) {
+    $('top3').textContent = `${file.name}: ${error}`;
+  }
 }
 
 await init();

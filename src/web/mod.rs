@@ -230,11 +230,24 @@ impl Session {
             .map_err(js_error)
     }
 
-    /// Replace the model by a `model.safetensors` made by the CLI (for drawing against).
-    pub fn load_model(&self, bytes: Vec<u8>) -> Result<(), JsValue> {
+    /// Replace the model by a `model.safetensors` made by the CLI and evaluate it on the
+    /// page's test set (the CPU forward pass, as `mnist-gpu eval --cpu-fallback`): JSON
+    /// `{"accuracy": …, "samples": …}`; the predictions replace the grid's.
+    pub fn load_model(&self, bytes: Vec<u8>) -> Result<String, JsValue> {
         let params = crate::modelfile::parse_model(&bytes).map_err(js_error)?;
-        self.state_mut()?.params = Some(params);
-        Ok(())
+        let mut s = self.state_mut()?;
+        let probabilities = crate::cpu::infer(&params, Hyper::default().bn_eps, &s.test.images);
+        let predictions: Vec<u8> = probabilities.iter().map(|p| argmax(p) as u8).collect();
+        let correct = predictions
+            .iter()
+            .zip(&s.test.labels)
+            .filter(|(p, l)| p == l)
+            .count();
+        let samples = predictions.len();
+        s.predictions = predictions;
+        s.params = Some(params);
+        let accuracy = correct as f64 / samples.max(1) as f64;
+        Ok(serde_json::json!({ "accuracy": accuracy, "samples": samples }).to_string())
     }
 
     /// Top-3 (digit, probability) of a drawing given as PNG bytes, prepared exactly as
@@ -248,6 +261,14 @@ impl Session {
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         serde_json::to_string(&ranked[..3]).map_err(js_error)
     }
+}
+
+/// The index of the largest value (the first of equal ones, as the kernels pick).
+fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, &v)| if v > values[best] { i } else { best })
 }
 
 impl Session {

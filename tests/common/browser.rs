@@ -213,6 +213,21 @@ impl Session<'_> {
         base64_decode(value.as_str().expect("screenshot as base64"))
     }
 
+    /// Give the file input matching `css` the file at `path` (as a user picking it).
+    pub fn upload(&self, css: &str, path: &Path) {
+        let found = self.driver.call(
+            "POST",
+            &format!("/session/{}/element", self.id),
+            Some(json!({"using": "css selector", "value": css})),
+        );
+        let element = found["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {found}"));
+        let path = path.display().to_string();
+        let url = format!("/session/{}/element/{element}/value", self.id);
+        self.driver.call("POST", &url, Some(json!({"text": path})));
+    }
+
     pub fn set_window_size(&self, width: u32, height: u32) {
         let path = format!("/session/{}/window/rect", self.id);
         self.driver.call(
