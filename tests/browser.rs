@@ -56,6 +56,20 @@ fn site() -> Option<&'static (u16, PathBuf)> {
     .as_ref()
 }
 
+/// The page after training, as a PNG: `target/browser.png`, or the README's
+/// `docs/browser.png` when `MNIST_GPU_UPDATE_SCREENSHOT` is set (so a test run does not
+/// change a tracked file).
+fn save_screenshot(session: &Session) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = match std::env::var_os("MNIST_GPU_UPDATE_SCREENSHOT") {
+        Some(_) => root.join("docs/browser.png"),
+        None => root.join("target/browser.png"),
+    };
+    let png = session.screenshot();
+    assert!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
+    std::fs::write(&path, png).unwrap();
+}
+
 /// Wait for the page's `done …` (or `error …`) line; every `mnist-gpu: ` line so far.
 fn wait_for_run(session: &Session) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -222,8 +236,7 @@ fn the_page_trains_on_webgpu_like_the_cli_and_its_model_draws_and_evaluates() {
     assert!(device.contains("WebGPU"), "not on WebGPU: {device}");
     let page = page_record(&lines);
     assert_agrees(&page, &cli_record());
-    let screenshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/browser.png");
-    std::fs::write(&screenshot, session.screenshot()).unwrap();
+    save_screenshot(&session);
     let (label, top3) = draw_test_digit(&session, 0);
     assert_eq!(
         top3[0][0].as_u64(),
