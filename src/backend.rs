@@ -71,8 +71,9 @@ impl EpochEnd {
     }
 }
 
-/// Test-set evaluation with the current parameters and moving statistics.
-#[derive(Clone, Debug, PartialEq)]
+/// Test-set evaluation with the current parameters and moving statistics (all zero and
+/// empty without test samples).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct EvalStats {
     pub loss: f64,
     pub accuracy: f64,

@@ -192,6 +192,16 @@ impl Mnist {
         train_limit: Option<usize>,
         test_limit: Option<usize>,
     ) -> Result<Mnist, DataError> {
+        Mnist::from_bytes(EMBEDDED, train_limit, test_limit)
+    }
+
+    /// MNIST from the four files' bytes (each plain or `.gz`), in the order train
+    /// images, train labels, test images, test labels: what a web page downloaded.
+    pub fn from_bytes(
+        files: [&[u8]; 4],
+        train_limit: Option<usize>,
+        test_limit: Option<usize>,
+    ) -> Result<Mnist, DataError> {
         let split = |images: &[u8], labels: &[u8], limit| -> Result<Dataset, DataError> {
             let path = Path::new(IN_MEMORY);
             let (shape, images) = read_idx(path, images, None, IMAGES, limit)?;
@@ -204,8 +214,8 @@ impl Mnist {
             })
         };
         Mnist::checked(
-            split(EMBEDDED[0], EMBEDDED[1], train_limit)?,
-            split(EMBEDDED[2], EMBEDDED[3], test_limit)?,
+            split(files[0], files[1], train_limit)?,
+            split(files[2], files[3], test_limit)?,
         )
     }
 }

@@ -6,13 +6,16 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
 
 /// Exit status of a run stopped by a signal (128 + SIGINT, as shells report Ctrl-C).
 pub const EXIT_CODE: u8 = 130;
 
 /// Install the SIGINT/SIGTERM/SIGHUP handler (once per process; later calls do nothing).
+/// (No signals in a browser: the page's Stop button asks instead.)
 pub fn install() {
+    #[cfg(not(target_arch = "wasm32"))]
     let _ = ctrlc::set_handler(|| {
         if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
             eprintln!("\ninterrupted again: exiting now (the last checkpoint on disk is intact)");

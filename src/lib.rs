@@ -19,3 +19,5 @@ pub mod report;
 pub mod run;
 pub mod rundir;
 pub mod train;
+#[cfg(target_arch = "wasm32")]
+pub mod web;

@@ -201,16 +201,21 @@ fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
 
 /// Save the trained model (parameters + BatchNorm statistics), atomically.
 pub fn save_model(params: &Params, steps: u64, path: &Path) -> Result<(), ModelFileError> {
-    let bytes = serialize(
-        model_tensors(params),
-        steps_tensor(steps),
-        architecture_metadata(&params.config),
-        path,
-    )?;
+    let bytes = model_bytes(params, steps, path)?;
     write_atomic(path, &bytes).map_err(|error| ModelFileError::Write {
         path: path.to_path_buf(),
         error,
     })
+}
+
+/// The bytes [`save_model`] writes (`path` only names the file in errors).
+pub fn model_bytes(params: &Params, steps: u64, path: &Path) -> Result<Vec<u8>, ModelFileError> {
+    serialize(
+        model_tensors(params),
+        steps_tensor(steps),
+        architecture_metadata(&params.config),
+        path,
+    )
 }
 
 fn steps_tensor(steps: u64) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {

@@ -21,7 +21,8 @@ use crate::backend::{Backend, StepProgress};
 use crate::train::{EpochRecord, Observer};
 use anyhow::Result;
 use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use web_time::Instant;
 
 /// Least time between two redraws of the live line.
 pub const REDRAW_INTERVAL: Duration = Duration::from_millis(100);

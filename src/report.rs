@@ -236,6 +236,11 @@ fn register_plotters_font() -> Result<(), String> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
+            // plotters draws text through the browser's canvas on wasm32 and offers no
+            // font registry there; the page draws its own curves, so none is needed.
+            #[cfg(target_arch = "wasm32")]
+            return Err("plotters has no font registry in a browser".to_string());
+            #[cfg(not(target_arch = "wasm32"))]
             plotters::style::register_font(
                 "sans-serif",
                 plotters::style::FontStyle::Normal,

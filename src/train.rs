@@ -7,7 +7,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use std::time::Instant;
+use web_time::Instant;
 
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -252,7 +252,19 @@ fn finish_epoch(
     let eval = backend.evaluate()?;
     check_finite_eval(&eval, epoch)?;
     check_finite_params(&backend.params()?, epoch)?;
-    let record = EpochRecord {
+    Ok((epoch_record(epoch, stats, &eval, base, seconds), eval))
+}
+
+/// Epoch `epoch`'s record (a `metrics.jsonl` line) from its training statistics, the
+/// evaluation after it, the totals it resumed from and its training time.
+pub fn epoch_record(
+    epoch: usize,
+    stats: &EpochStats,
+    eval: &EvalStats,
+    base: &StepProgress,
+    seconds: f64,
+) -> EpochRecord {
+    EpochRecord {
         epoch,
         loss: stats.loss,
         accuracy: stats.accuracy,
@@ -260,12 +272,11 @@ fn finish_epoch(
         val_accuracy: eval.accuracy,
         seconds,
         samples_per_second: (stats.samples - base.samples_done) as f64 / seconds.max(1e-9),
-    };
-    Ok((record, eval))
+    }
 }
 
 /// A validation loss or accuracy that is not finite ends the run as a divergence.
-fn check_finite_eval(eval: &EvalStats, epoch: usize) -> Result<()> {
+pub fn check_finite_eval(eval: &EvalStats, epoch: usize) -> Result<()> {
     for (what, value) in [
         ("the validation loss", eval.loss),
         ("the validation accuracy", eval.accuracy),

@@ -596,6 +596,54 @@ fn gpu_training_is_deterministic() {
     }
 }
 
+/// The browser's driver (`train_steps_async`, `evaluate_async`, `params_async`: readbacks
+/// awaited between chunks, no blocking wait) gives the same bits as the native one; here
+/// its futures run under `pollster`, and yielding to the host polls the device.
+#[test]
+fn the_awaited_epoch_gives_the_blocking_epochs_bits() {
+    let data = mnist(200, 100);
+    let params = Params::init(&ModelConfig::default(), 3);
+    let order = epoch_order(data.train.len(), 5, 0, true);
+    let base = StepProgress {
+        steps_total: order.len().div_ceil(37),
+        ..StepProgress::default()
+    };
+    for backend in backends() {
+        let test = "the_awaited_epoch_gives_the_blocking_epochs_bits";
+        let Some(mut blocking) = gpu_backend(test, &backend, &params, &data) else {
+            continue;
+        };
+        let Some(mut awaited) = gpu_backend(test, &backend, &params, &data) else {
+            continue;
+        };
+        let stats = blocking.train_epoch(&order, 37, &mut |_| {}).unwrap();
+        let mut reports = 0;
+        let end = pollster::block_on(awaited.train_steps_async(
+            &order,
+            37,
+            &base,
+            &mut |_| reports += 1,
+            &|_| false,
+        ))
+        .unwrap();
+        assert!(reports >= 1, "{backend}: no progress reported");
+        assert_eq!(
+            end.stats().loss.to_bits(),
+            stats.loss.to_bits(),
+            "{backend}: epoch loss"
+        );
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let awaited_params = pollster::block_on(awaited.params_async()).unwrap();
+        assert_eq!(
+            bits(&awaited_params.trainable),
+            bits(&blocking.params().unwrap().trainable),
+            "{backend}: parameters"
+        );
+        let eval = pollster::block_on(awaited.evaluate_async()).unwrap();
+        assert_eq!(eval, blocking.evaluate().unwrap(), "{backend}: evaluation");
+    }
+}
+
 #[test]
 fn load_round_trips_parameters() {
     let data = mnist(100, 50);

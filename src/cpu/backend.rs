@@ -119,7 +119,7 @@ impl CpuBackend {
     /// mean only, its median given as the mean).
     pub fn profile_epoch(&mut self, order: &[u32], batch: usize) -> Result<Vec<PhaseTime>> {
         self.clock.start();
-        let started = std::time::Instant::now();
+        let started = web_time::Instant::now();
         let result = self.train_epoch(order, batch, &mut |_| {});
         let total = started.elapsed().as_secs_f64();
         let mut phases = self.clock.stop();

@@ -6,7 +6,7 @@
 //! phase (about 20 ns, under 0.1% of the smallest phase measured here) and one stored
 //! sample.
 
-use std::time::Instant;
+use web_time::Instant;
 
 /// Wall time per named phase, one sample per call, in the order the phases first ran.
 #[derive(Default)]

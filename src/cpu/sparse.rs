@@ -408,7 +408,9 @@ fn forward_one(
             .zip(vals)
             .map(|(&col, &val)| (val as f32 * scale * coef[col as usize], col as usize * n))
     };
-    if selected_target!().supports_feature_str("avx512f") {
+    // "avx512f" names an x86 feature: asked on another architecture (wasm32 in a
+    // browser) `supports_feature_str` panics, so ask only on x86-64.
+    if cfg!(target_arch = "x86_64") && selected_target!().supports_feature_str("avx512f") {
         weighted_sum::<WIDE_BLOCK, _>(z, row, w, terms);
     } else {
         weighted_sum::<BLOCK, _>(z, row, w, terms);

@@ -18,7 +18,7 @@ use super::bindings::{
     AdamBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, GemmBindings,
     SoftmaxXentBindings,
 };
-use super::context::{map_blocking, DeviceChoice, DeviceError, GpuContext, Needs};
+use super::context::{map_awaited, map_blocking, DeviceChoice, DeviceError, GpuContext, Needs};
 use super::epoch::{sum_stats, EpochRun, READBACK_SLOTS, STEPS_PER_SUBMIT};
 use super::kernels::{
     elementwise_groups, pack_pixels, record, storage_init, storage_zeroed, uniform, AdamUniform,
@@ -158,15 +158,38 @@ impl GpuBackend {
         choice: &DeviceChoice,
     ) -> Result<GpuBackend, DeviceError> {
         check_inputs(&params, &data)?;
-        let layout = params.layout.clone();
+        let ctx = GpuContext::new(choice, GpuBackend::needs(&data))?;
+        GpuBackend::with_context(ctx, params, hyper, data)
+    }
+
+    /// [`GpuBackend::new`] on the browser's WebGPU adapter.
+    pub async fn new_browser(
+        params: Params,
+        hyper: Hyper,
+        data: Mnist,
+    ) -> Result<GpuBackend, DeviceError> {
+        check_inputs(&params, &data)?;
+        let ctx = GpuContext::new_browser(GpuBackend::needs(&data)).await?;
+        GpuBackend::with_context(ctx, params, hyper, data)
+    }
+
+    /// The largest buffer `data` needs: its packed images.
+    fn needs(data: &Mnist) -> Needs {
         let train_bytes = data.train.images.len().next_multiple_of(4) as u64;
         let test_bytes = data.test.images.len().next_multiple_of(4) as u64;
-        let ctx = GpuContext::new(
-            choice,
-            Needs {
-                largest_buffer: train_bytes.max(test_bytes),
-            },
-        )?;
+        Needs {
+            largest_buffer: train_bytes.max(test_bytes),
+        }
+    }
+
+    /// Compile the kernels on the opened device and upload the parameters and the data.
+    fn with_context(
+        ctx: GpuContext,
+        params: Params,
+        hyper: Hyper,
+        data: Mnist,
+    ) -> Result<GpuBackend, DeviceError> {
+        let layout = params.layout.clone();
         let kernels = Kernels::new(&ctx)?;
         let d = &ctx.device;
         let scopes = ctx.begin_scope();
@@ -600,62 +623,15 @@ impl GpuBackend {
     }
 }
 
-impl Backend for GpuBackend {
-    fn name(&self) -> String {
-        self.ctx.describe()
-    }
-
-    fn train_count(&self) -> usize {
-        self.train_count
-    }
-
-    fn train_steps(
-        &mut self,
-        order: &[u32],
-        batch_size: usize,
-        base: &StepProgress,
-        progress: &mut dyn FnMut(&StepProgress),
-        stop: &(dyn Fn(usize) -> bool + Sync),
-    ) -> Result<EpochEnd> {
-        ensure!(batch_size > 0, "batch size must be at least 1");
-        if order.is_empty() {
-            return Ok(EpochEnd::from_totals(*base));
-        }
-        if let Some(&bad) = order.iter().find(|&&i| i as usize >= self.train_count) {
-            bail!(
-                "sample index {bad} is out of range: the training set holds {} samples",
-                self.train_count
-            );
-        }
-        self.upload_epoch(order, batch_size)?;
-        let plan = self.train_plan.as_ref().expect("plan");
-        let mut run = EpochRun::new(&self.ctx, plan, base, batch_size, order.len());
-        while run.done < run.steps && !stop(base.steps_done + run.done) {
-            run.drain(progress)?;
-            run.submit_chunk(progress)?;
-            run.throttle()?;
-            run.drain(progress)?;
-        }
-        // Fewer steps than the epoch's when `stop` ended it early.
-        let (totals, steps) = run.finish(progress)?;
-        self.step += steps as u64;
-        Ok(EpochEnd::from_totals(totals))
-    }
-
-    fn evaluate(&mut self) -> Result<EvalStats> {
-        let count = self.test_count;
-        if count == 0 {
-            return Ok(EvalStats {
-                loss: 0.0,
-                accuracy: 0.0,
-                predictions: Vec::new(),
-            });
-        }
+impl GpuBackend {
+    /// Record and submit the evaluation of every test chunk with the copy of its results
+    /// to the plan's staging buffer; the bytes to read there.
+    fn submit_evaluation(&mut self) -> Result<u64> {
         self.ensure_eval_plan()?;
         let plan = self.eval_plan.as_ref().expect("eval plan");
         let ctx = &self.ctx;
         let stats_size = self.eval_stats.size();
-        let preds_size = (count * 4) as u64;
+        let preds_size = (self.test_count * 4) as u64;
         let mut encoder = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -673,20 +649,148 @@ impl Backend for GpuBackend {
         encoder.copy_buffer_to_buffer(&self.eval_stats, 0, &plan.staging, 0, stats_size);
         encoder.copy_buffer_to_buffer(&self.predictions, 0, &plan.staging, stats_size, preds_size);
         ctx.queue.submit([encoder.finish()]);
-        let bytes = map_blocking(ctx, &plan.staging, stats_size + preds_size)?;
-        let words: &[u32] = bytemuck::cast_slice(&bytes);
+        Ok(stats_size + preds_size)
+    }
+
+    /// Loss, accuracy and predictions from the evaluation's read-back `bytes`.
+    fn eval_stats_from(&self, bytes: &[u8]) -> EvalStats {
+        let count = self.test_count;
+        let words: &[u32] = bytemuck::cast_slice(bytes);
         let chunks = count.div_ceil(EVAL_CHUNK);
         let (loss_sum, correct) = sum_stats(&words[..chunks * 2]);
-        let offset = (stats_size / 4) as usize;
+        let offset = (self.eval_stats.size() / 4) as usize;
         let predictions = words[offset..offset + count]
             .iter()
             .map(|&p| p as u8)
             .collect();
-        Ok(EvalStats {
+        EvalStats {
             loss: loss_sum / count as f64,
             accuracy: correct as f64 / count as f64,
             predictions,
+        }
+    }
+
+    /// Check `order` and upload the epoch's inputs; false when there is nothing to train.
+    fn prepare_steps(&mut self, order: &[u32], batch_size: usize) -> Result<bool> {
+        ensure!(batch_size > 0, "batch size must be at least 1");
+        if order.is_empty() {
+            return Ok(false);
+        }
+        if let Some(&bad) = order.iter().find(|&&i| i as usize >= self.train_count) {
+            bail!(
+                "sample index {bad} is out of range: the training set holds {} samples",
+                self.train_count
+            );
+        }
+        self.upload_epoch(order, batch_size)?;
+        Ok(true)
+    }
+
+    /// [`Backend::train_steps`] for a host that must not block (a browser): the same
+    /// recorded steps, with the readbacks awaited between chunks (`EpochRun::run_async`).
+    pub async fn train_steps_async(
+        &mut self,
+        order: &[u32],
+        batch_size: usize,
+        base: &StepProgress,
+        progress: &mut dyn FnMut(&StepProgress),
+        stop: &dyn Fn(usize) -> bool,
+    ) -> Result<EpochEnd> {
+        if !self.prepare_steps(order, batch_size)? {
+            return Ok(EpochEnd::from_totals(*base));
+        }
+        let plan = self.train_plan.as_ref().expect("plan");
+        let run = EpochRun::new(&self.ctx, plan, base, batch_size, order.len());
+        let (totals, steps) = run
+            .run_async(progress, &|done| stop(base.steps_done + done))
+            .await?;
+        self.step += steps as u64;
+        Ok(EpochEnd::from_totals(totals))
+    }
+
+    /// Training steps taken so far (Adam's step count).
+    pub fn steps_taken(&self) -> u64 {
+        self.step
+    }
+
+    /// [`Backend::evaluate`] with the readback awaited.
+    pub async fn evaluate_async(&mut self) -> Result<EvalStats> {
+        if self.test_count == 0 {
+            return Ok(EvalStats::default());
+        }
+        let size = self.submit_evaluation()?;
+        let staging = &self.eval_plan.as_ref().expect("plan").staging;
+        let bytes = map_awaited(&self.ctx, staging, size).await?;
+        Ok(self.eval_stats_from(&bytes))
+    }
+
+    /// [`Backend::params`] with the readbacks awaited.
+    pub async fn params_async(&self) -> Result<Params> {
+        let total = self.layout.total as u64 * 4;
+        let trainable = self.ctx.read_buffer_async(&self.params, 0, total);
+        let stats = self
+            .ctx
+            .read_buffer_async(&self.bn_stats, 0, (2 * INPUT * 4) as u64);
+        // Native hosts only complete maps while polling; the browser needs no help.
+        #[cfg(not(target_arch = "wasm32"))]
+        self.ctx.wait()?;
+        let trainable: Vec<f32> = bytemuck::cast_slice(&trainable.await?).to_vec();
+        let stats: Vec<f32> = bytemuck::cast_slice(&stats.await?).to_vec();
+        Ok(Params {
+            config: self.config.clone(),
+            layout: self.layout.clone(),
+            trainable,
+            moving_mean: stats[..INPUT].to_vec(),
+            moving_var: stats[INPUT..].to_vec(),
         })
+    }
+}
+
+impl Backend for GpuBackend {
+    fn name(&self) -> String {
+        self.ctx.describe()
+    }
+
+    fn train_count(&self) -> usize {
+        self.train_count
+    }
+
+    fn train_steps(
+        &mut self,
+        order: &[u32],
+        batch_size: usize,
+        base: &StepProgress,
+        progress: &mut dyn FnMut(&StepProgress),
+        stop: &(dyn Fn(usize) -> bool + Sync),
+    ) -> Result<EpochEnd> {
+        if !self.prepare_steps(order, batch_size)? {
+            return Ok(EpochEnd::from_totals(*base));
+        }
+        let plan = self.train_plan.as_ref().expect("plan");
+        let mut run = EpochRun::new(&self.ctx, plan, base, batch_size, order.len());
+        while run.done < run.steps && !stop(base.steps_done + run.done) {
+            run.drain(progress)?;
+            run.submit_chunk(progress)?;
+            run.throttle()?;
+            run.drain(progress)?;
+        }
+        // Fewer steps than the epoch's when `stop` ended it early.
+        let (totals, steps) = run.finish(progress)?;
+        self.step += steps as u64;
+        Ok(EpochEnd::from_totals(totals))
+    }
+
+    fn evaluate(&mut self) -> Result<EvalStats> {
+        if self.test_count == 0 {
+            return Ok(EvalStats::default());
+        }
+        let size = self.submit_evaluation()?;
+        let bytes = map_blocking(
+            &self.ctx,
+            &self.eval_plan.as_ref().expect("plan").staging,
+            size,
+        )?;
+        Ok(self.eval_stats_from(&bytes))
     }
 
     fn params(&mut self) -> Result<Params> {

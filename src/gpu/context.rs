@@ -478,6 +478,33 @@ impl GpuContext {
     /// exactly those limits.
     pub fn new(choice: &DeviceChoice, needs: Needs) -> Result<GpuContext, DeviceError> {
         let adapter = pick_adapter(choice)?;
+        pollster::block_on(GpuContext::open(adapter, needs))
+    }
+
+    /// The browser's WebGPU adapter (high-performance preference), opened as
+    /// [`GpuContext::new`] opens a native one. Async all the way: a page cannot block
+    /// on the browser's promises.
+    pub async fn new_browser(needs: Needs) -> Result<GpuContext, DeviceError> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = wgpu::Backends::BROWSER_WEBGPU;
+        let instance = wgpu::Instance::new(desc);
+        let options = wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        };
+        let adapter =
+            instance
+                .request_adapter(&options)
+                .await
+                .map_err(|e| DeviceError::NoAdapter {
+                    searched: format!("WebGPU: {e}"),
+                })?;
+        GpuContext::open(adapter, needs).await
+    }
+
+    /// Check `adapter` offers what the trainer needs and open a device with exactly
+    /// those limits.
+    async fn open(adapter: wgpu::Adapter, needs: Needs) -> Result<GpuContext, DeviceError> {
         let info = adapter.get_info();
         let unsupported = |reason: String| DeviceError::Unsupported {
             adapter: format!("{} ({})", info.name, backend_label(info.backend)),
@@ -496,18 +523,20 @@ impl GpuContext {
         // Anything downlevel_defaults asks for beyond what the adapter has (GL quirks):
         // lower it to the adapter's value rather than fail on limits we never use.
         let required = required.or_worse_values_from(&offered);
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-            label: Some("mnist-gpu"),
-            // Timestamp queries only where offered, for the benchmarks' per-kernel step
-            // profile (`GpuBackend::profile_step_on_gpu`); training never uses them.
-            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
-            required_limits: required.clone(),
-            ..Default::default()
-        }))
-        .map_err(|e| DeviceError::RequestDevice {
-            adapter: info.name.clone(),
-            message: e.to_string(),
-        })?;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("mnist-gpu"),
+                // Timestamp queries only where offered, for the benchmarks' per-kernel step
+                // profile (`GpuBackend::profile_step_on_gpu`); training never uses them.
+                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+                required_limits: required.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| DeviceError::RequestDevice {
+                adapter: info.name.clone(),
+                message: e.to_string(),
+            })?;
         let (errors, lost) = error_sinks(&device);
         Ok(GpuContext {
             device,
@@ -575,9 +604,26 @@ impl GpuContext {
         scopes: (wgpu::ErrorScopeGuard, wgpu::ErrorScopeGuard),
     ) -> Result<(), DeviceError> {
         let (oom, validation) = scopes;
+        // A browser resolves the scopes' promises only once this code yields to its event
+        // loop, so blocking here would hang the page: their errors go to the error sink
+        // instead, which the next `check` (every chunk of training steps) reports.
+        #[cfg(target_arch = "wasm32")]
+        {
+            let (v, o) = (validation.pop(), oom.pop());
+            let sink = self.errors.clone();
+            let what = what.to_string();
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Some(e) = v.await.or(o.await) {
+                    if let Ok(mut list) = sink.lock() {
+                        list.push(format!("{what}: {e}"));
+                    }
+                }
+            });
+        }
+        #[cfg(not(target_arch = "wasm32"))]
         let v = pollster::block_on(validation.pop());
-        let o = pollster::block_on(oom.pop());
-        if let Some(e) = v.or(o) {
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(e) = v.or(pollster::block_on(oom.pop())) {
             return Err(DeviceError::Gpu(format!("{what}: {e}")));
         }
         self.check()
@@ -682,6 +728,40 @@ pub fn map_read(
         staging.unmap();
         Ok(bytes)
     }
+}
+
+/// A readback that never blocks a browser: there the map's promise is awaited (the page
+/// keeps running meanwhile); native builds block in [`map_blocking`], since nothing
+/// there drives wgpu's callbacks but a device poll.
+pub async fn map_awaited(
+    ctx: &GpuContext,
+    staging: &wgpu::Buffer,
+    size: u64,
+) -> Result<Vec<u8>, DeviceError> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = ctx;
+        map_read(staging, size).await
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    map_blocking(ctx, staging, size)
+}
+
+/// Let the host's event loop run once: in a browser a macrotask turn (`setTimeout(0)`),
+/// during which the GPU's promises (map callbacks) resolve and the page repaints;
+/// natively a non-blocking device poll, which runs the map callbacks.
+pub async fn yield_to_host(ctx: &GpuContext) -> Result<(), DeviceError> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = ctx;
+        crate::web::sleep_ms(0).await;
+        Ok(())
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    ctx.device
+        .poll(wgpu::PollType::Poll)
+        .map(|_| ())
+        .map_err(|e| DeviceError::Gpu(format!("polling the GPU: {e}")))
 }
 
 /// The one place native builds block on a readback: map `size` bytes of `staging`, wait

@@ -10,14 +10,15 @@
 //! waits beyond the step under way, on every device.
 
 use super::backend::TrainPlan;
-use super::context::{map_blocking, DeviceError, GpuContext};
+use super::context::{map_awaited, map_blocking, yield_to_host, DeviceError, GpuContext};
 use super::kernels::record;
 use crate::backend::{Diverged, StepProgress};
 use anyhow::{bail, ensure, Result};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use web_time::Instant;
 
 /// Most training steps recorded into one command buffer.
 pub const STEPS_PER_SUBMIT: usize = 256;
@@ -69,6 +70,8 @@ impl Pacer {
 struct InFlight {
     index: wgpu::SubmissionIndex,
     steps: usize,
+    /// The call's steps up to the end of this submission.
+    end: usize,
     /// Taken before the submit: on some backends (GL) the submit itself runs the work.
     submitted: Instant,
 }
@@ -199,6 +202,7 @@ impl<'a> EpochRun<'a> {
         self.in_flight.push_back(InFlight {
             index,
             steps: end - first,
+            end,
             submitted,
         });
         self.readbacks.push_back(Readback {
@@ -309,13 +313,28 @@ impl<'a> EpochRun<'a> {
         let bytes = if self.done == 0 {
             Vec::new()
         } else {
-            let size = (self.done * 8) as u64;
-            let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(&self.plan.stats, 0, &self.plan.staging, 0, size);
-            self.ctx.queue.submit([encoder.finish()]);
+            let size = self.copy_all_stats();
             map_blocking(self.ctx, &self.plan.staging, size)?
         };
-        let words: &[u32] = bytemuck::cast_slice(&bytes);
+        self.totals(&bytes, progress)
+    }
+
+    /// Copy every step's statistics so far to the plan's staging buffer; their bytes.
+    fn copy_all_stats(&self) -> u64 {
+        let size = (self.done * 8) as u64;
+        let mut encoder = self.ctx.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&self.plan.stats, 0, &self.plan.staging, 0, size);
+        self.ctx.queue.submit([encoder.finish()]);
+        size
+    }
+
+    /// The exact totals from every step's statistics `bytes`, reported once more.
+    fn totals(
+        &self,
+        bytes: &[u8],
+        progress: &mut dyn FnMut(&StepProgress),
+    ) -> Result<(StepProgress, usize)> {
+        let words: &[u32] = bytemuck::cast_slice(bytes);
         diverged(self.base, words, 0, self.done)?;
         let (loss_sum, correct) = sum_stats(words);
         let call = StepProgress {
@@ -329,5 +348,65 @@ impl<'a> EpochRun<'a> {
         let totals = continued(self.base, call);
         progress(&totals);
         Ok((totals, self.done))
+    }
+}
+
+/// The same phases for a host that must never block (a browser, where
+/// `device.poll(Wait)` does nothing and wgpu's map callbacks run only when the page's
+/// code returns to the event loop): instead of waiting on the device, await the
+/// readbacks, yielding to the host between tries, so the page keeps drawing.
+impl EpochRun<'_> {
+    /// Submit chunks until the call's steps are done or `stop` (asked with the call's
+    /// steps submitted) says so, keeping the queue short; then [`Self::finish_async`].
+    pub async fn run_async(
+        mut self,
+        progress: &mut dyn FnMut(&StepProgress),
+        stop: &dyn Fn(usize) -> bool,
+    ) -> Result<(StepProgress, usize)> {
+        while self.done < self.steps && !stop(self.done) {
+            self.submit_chunk(progress)?;
+            self.throttle_async(progress).await?;
+        }
+        self.finish_async(progress).await
+    }
+
+    /// When the queue is full, yield until the oldest submission's statistics have come
+    /// back (its readback maps only after it ran), measuring its GPU time; else yield once.
+    async fn throttle_async(&mut self, progress: &mut dyn FnMut(&StepProgress)) -> Result<()> {
+        if self.in_flight.len() < self.pacer.max_in_flight() {
+            yield_to_host(self.ctx).await?;
+            self.ctx.check()?;
+            return self.drain(progress);
+        }
+        let oldest = self.in_flight.pop_front().expect("in flight");
+        while self.reported.steps_done < oldest.end {
+            yield_to_host(self.ctx).await?;
+            self.ctx.check()?;
+            self.drain(progress)?;
+        }
+        let began = self.last_done.max(oldest.submitted);
+        self.last_done = Instant::now();
+        self.pacer
+            .observe(oldest.steps, (self.last_done - began).as_secs_f64());
+        Ok(())
+    }
+
+    /// [`Self::finish`], awaiting the readbacks instead of blocking on the device.
+    pub async fn finish_async(
+        mut self,
+        progress: &mut dyn FnMut(&StepProgress),
+    ) -> Result<(StepProgress, usize)> {
+        while !self.readbacks.is_empty() {
+            yield_to_host(self.ctx).await?;
+            self.ctx.check()?;
+            self.drain(progress)?;
+        }
+        let bytes = if self.done == 0 {
+            Vec::new()
+        } else {
+            let size = self.copy_all_stats();
+            map_awaited(self.ctx, &self.plan.staging, size).await?
+        };
+        self.totals(&bytes, progress)
     }
 }

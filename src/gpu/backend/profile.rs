@@ -7,7 +7,7 @@ use super::super::context::DeviceError;
 use super::super::kernels::record;
 use super::GpuBackend;
 use anyhow::{ensure, Result};
-use std::time::Instant;
+use web_time::Instant;
 
 impl GpuBackend {
     /// Profiles one training step at `batch`: each of its dispatches is submitted on its

@@ -1,0 +1,292 @@
+//! The browser page's entry points (wasm32 only; `web/` holds the HTML/JS shell and
+//! `web/build.sh`). A [`Session`] holds the data, the model and its trainer (WebGPU, or
+//! the CPU path compiled to wasm where WebGPU is missing); the page calls
+//! `train_epoch` once per epoch and shows what comes back.
+
+mod trainer;
+
+use crate::backend::StepProgress;
+use crate::cpu::CpuBackend;
+use crate::data::Mnist;
+use crate::gpu::GpuBackend;
+use crate::model::{Hyper, ModelConfig, Params};
+use crate::train::TrainOptions;
+use serde::Deserialize;
+use std::cell::RefCell;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use trainer::{EpochOutcome, Trainer};
+use wasm_bindgen::prelude::*;
+
+/// Set by the page's Stop button, read between chunks of steps.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// A promise resolved after `ms` milliseconds by `setTimeout`: how Rust code yields to
+/// the browser's event loop (a resolved promise alone would stay in the microtask queue
+/// and let neither the GPU's callbacks nor a repaint run).
+pub async fn sleep_ms(ms: i32) {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        if let Some(window) = web_sys::window() {
+            let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
+/// Ask the running epoch to stop after its chunk of steps under way.
+#[wasm_bindgen]
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Forget a stop request (the page calls it when training starts or resumes, so a Stop
+/// pressed between two epochs still stops the next one).
+#[wasm_bindgen]
+pub fn clear_stop() {
+    STOP.store(false, Ordering::SeqCst);
+}
+
+/// The page's form, with the CLI's flag names.
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Settings {
+    epochs: usize,
+    batch_size: usize,
+    lr: f32,
+    hidden: Vec<usize>,
+    seed: u64,
+    raw_pixels: bool,
+    train_limit: Option<usize>,
+    test_limit: Option<usize>,
+    /// Train on the CPU path (also what the page does when WebGPU is missing).
+    cpu: bool,
+}
+
+struct State {
+    trainer: Trainer,
+    options: TrainOptions,
+    /// Epochs finished, and the totals of the one stopped part-way (zero otherwise).
+    epochs_done: usize,
+    partial: StepProgress,
+    test: crate::data::Dataset,
+    /// The model after the last epoch, for drawing and downloading.
+    params: Option<Params>,
+    predictions: Vec<u8>,
+}
+
+fn js_error(e: impl std::fmt::Display) -> JsValue {
+    JsValue::from_str(&e.to_string())
+}
+
+#[wasm_bindgen]
+pub struct Session {
+    state: Rc<RefCell<State>>,
+    device: String,
+}
+
+#[wasm_bindgen]
+impl Session {
+    /// Parse the four MNIST files (`.gz` bytes: train images, train labels, test images,
+    /// test labels) with `settings` (JSON, the CLI's names) and open the trainer: WebGPU
+    /// unless `cpu` is set, in which case, or when WebGPU fails, the CPU path.
+    pub async fn create(files: js_sys::Array, settings: String) -> Result<Session, JsValue> {
+        // A panic's message on the console, not only wasm's bare "unreachable".
+        std::panic::set_hook(Box::new(|info| {
+            web_sys::console::error_1(&format!("mnist-gpu: panic {info}").into());
+        }));
+        let settings: Settings = serde_json::from_str(&settings).map_err(js_error)?;
+        let bytes: Vec<Vec<u8>> = files
+            .iter()
+            .map(|f| js_sys::Uint8Array::new(&f).to_vec())
+            .collect();
+        let files: [&[u8]; 4] = [&bytes[0], &bytes[1], &bytes[2], &bytes[3]];
+        let data = Mnist::from_bytes(files, settings.train_limit, settings.test_limit)
+            .map_err(js_error)?;
+        let config = ModelConfig {
+            hidden: settings.hidden.clone(),
+            raw_pixels: settings.raw_pixels,
+        };
+        config.check_size().map_err(js_error)?;
+        let params = Params::init(&config, settings.seed);
+        let hyper = Hyper {
+            lr: settings.lr,
+            ..Hyper::default()
+        };
+        let test = data.test.clone();
+        let trainer = if settings.cpu {
+            Trainer::Cpu(Box::new(CpuBackend::new(params, hyper, data)))
+        } else {
+            Trainer::Gpu(Box::new(
+                GpuBackend::new_browser(params, hyper, data)
+                    .await
+                    .map_err(js_error)?,
+            ))
+        };
+        let device = trainer.name();
+        let options = TrainOptions {
+            epochs: settings.epochs,
+            batch_size: settings.batch_size.max(1),
+            seed: settings.seed,
+            shuffle: true,
+        };
+        let state = State {
+            trainer,
+            options,
+            epochs_done: 0,
+            partial: StepProgress::default(),
+            test,
+            params: None,
+            predictions: Vec::new(),
+        };
+        Ok(Session {
+            state: Rc::new(RefCell::new(state)),
+            device,
+        })
+    }
+
+    /// What trains: the adapter and `WebGPU`, or `cpu`.
+    pub fn device(&self) -> String {
+        self.device.clone()
+    }
+
+    pub fn epochs_done(&self) -> Result<usize, JsValue> {
+        Ok(self.state()?.epochs_done)
+    }
+
+    /// Train the next epoch (or the rest of a stopped one) and evaluate. `progress` is
+    /// called with (steps done, steps total, running loss, running accuracy). Resolves
+    /// to the epoch's `metrics.jsonl` line, or to `null` when Stop ended it early.
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub fn train_epoch(&self, progress: js_sys::Function) -> js_sys::Promise {
+        let state = self.state.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            // Held across the awaits on purpose: while an epoch trains, every other call
+            // finds the state borrowed and gets a "training is under way" error.
+            let mut guard = state.try_borrow_mut().map_err(js_error)?;
+            let s = &mut *guard;
+            let mut report = |p: &StepProgress| {
+                let args = [p.steps_done, p.steps_total].map(|v| JsValue::from(v as u32));
+                let _ = progress.call4(
+                    &JsValue::NULL,
+                    &args[0],
+                    &args[1],
+                    &p.mean_loss().into(),
+                    &p.accuracy().into(),
+                );
+            };
+            let steps_total = s.trainer_steps();
+            let base = StepProgress {
+                steps_total,
+                ..s.partial
+            };
+            let stop = || STOP.load(Ordering::SeqCst);
+            let outcome = s
+                .trainer
+                .epoch(&s.options, s.epochs_done, &base, &mut report, &stop)
+                .await
+                .map_err(js_error)?;
+            match outcome {
+                EpochOutcome::Stopped(totals) => {
+                    s.partial = totals;
+                    Ok(JsValue::NULL)
+                }
+                EpochOutcome::Finished(record, eval) => {
+                    s.epochs_done += 1;
+                    s.partial = StepProgress::default();
+                    s.predictions = eval.predictions;
+                    s.params = Some(s.trainer.params().await.map_err(js_error)?);
+                    Ok(serde_json::to_string(&record).map_err(js_error)?.into())
+                }
+            }
+        })
+    }
+
+    /// The test set's first `count` images (784 bytes each), true labels and the
+    /// predictions after the last epoch, for the grid and the confusion matrix.
+    pub fn test_images(&self, count: usize) -> Result<Vec<u8>, JsValue> {
+        let s = self.state()?;
+        let count = count.min(s.test.len());
+        Ok(s.test.images[..count * s.test.pixels_per_image()].to_vec())
+    }
+
+    pub fn test_labels(&self) -> Result<Vec<u8>, JsValue> {
+        Ok(self.state()?.test.labels.clone())
+    }
+
+    pub fn predictions(&self) -> Result<Vec<u8>, JsValue> {
+        Ok(self.state()?.predictions.clone())
+    }
+
+    /// The trained model as `mnist-gpu train` writes `model.safetensors`.
+    pub fn model_file(&self) -> Result<Vec<u8>, JsValue> {
+        let mut s = self.state_mut()?;
+        let steps = s.trainer.optimizer_steps().map_err(js_error)?;
+        let params = s
+            .params
+            .as_ref()
+            .ok_or_else(|| js_error("no epoch has finished yet"))?;
+        crate::modelfile::model_bytes(params, steps, Path::new("model.safetensors"))
+            .map_err(js_error)
+    }
+
+    /// Replace the model by a `model.safetensors` made by the CLI and evaluate it on the
+    /// page's test set (the CPU forward pass, as `mnist-gpu eval --cpu-fallback`): JSON
+    /// `{"accuracy": …, "samples": …}`; the predictions replace the grid's.
+    pub fn load_model(&self, bytes: Vec<u8>) -> Result<String, JsValue> {
+        let params = crate::modelfile::parse_model(&bytes).map_err(js_error)?;
+        let mut s = self.state_mut()?;
+        let probabilities = crate::cpu::infer(&params, Hyper::default().bn_eps, &s.test.images);
+        let predictions: Vec<u8> = probabilities.iter().map(|p| argmax(p) as u8).collect();
+        let correct = predictions
+            .iter()
+            .zip(&s.test.labels)
+            .filter(|(p, l)| p == l)
+            .count();
+        let samples = predictions.len();
+        s.predictions = predictions;
+        s.params = Some(params);
+        let accuracy = correct as f64 / samples.max(1) as f64;
+        Ok(serde_json::json!({ "accuracy": accuracy, "samples": samples }).to_string())
+    }
+
+    /// Top-3 (digit, probability) of a drawing given as PNG bytes, prepared exactly as
+    /// `mnist-gpu predict` prepares a picture; JSON `[[digit, p], …]`.
+    pub fn predict_png(&self, png: Vec<u8>) -> Result<String, JsValue> {
+        let s = self.state()?;
+        let params = s.params.as_ref().ok_or_else(|| js_error("no model yet"))?;
+        let prepared = crate::preprocess::from_bytes(&png).map_err(js_error)?;
+        let probs = crate::cpu::infer(params, Hyper::default().bn_eps, &prepared.pixels)[0];
+        let mut ranked: Vec<(usize, f32)> = probs.iter().copied().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        serde_json::to_string(&ranked[..3]).map_err(js_error)
+    }
+}
+
+/// The index of the largest value (the first of equal ones, as the kernels pick).
+fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, &v)| if v > values[best] { i } else { best })
+}
+
+impl Session {
+    fn state(&self) -> Result<std::cell::Ref<'_, State>, JsValue> {
+        self.state
+            .try_borrow()
+            .map_err(|_| js_error("training is under way"))
+    }
+
+    fn state_mut(&self) -> Result<std::cell::RefMut<'_, State>, JsValue> {
+        self.state
+            .try_borrow_mut()
+            .map_err(|_| js_error("training is under way"))
+    }
+}
+
+impl State {
+    fn trainer_steps(&self) -> usize {
+        self.trainer.train_count().div_ceil(self.options.batch_size)
+    }
+}

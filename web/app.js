@@ -1,0 +1,269 @@
+// The page's shell: settings (form and URL, with the CLI's flag names), downloads, the
+// progress bar, the epoch table, curves, the predictions grid, the confusion matrix and
+// the drawing canvas. Everything numerical happens in Rust (mnist_gpu.js / .wasm).
+// Lines prefixed "mnist-gpu: " on the console are what automated checks read.
+import init, { Session, request_stop, clear_stop } from './mnist_gpu.js';
+
+const $ = (id) => document.getElementById(id);
+// Each line also kept in window.mnistGpuLog, for WebDriver (which cannot read the console).
+window.mnistGpuLog = [];
+const log = (line) => { console.log(`mnist-gpu: ${line}`); window.mnistGpuLog.push(line); };
+const FILES = ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
+  't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'];
+let session = null;
+let history = [];
+
+// --- settings ---------------------------------------------------------------------
+function applyQuery() {
+  const query = new URLSearchParams(location.search);
+  for (const input of $('settings').elements) {
+    if (!input.name || !query.has(input.name)) continue;
+    const value = query.get(input.name);
+    if (input.type === 'checkbox') input.checked = value !== '0' && value !== 'false';
+    else input.value = value;
+  }
+  return query.get('autostart') === '1';
+}
+
+function readSettings() {
+  const f = $('settings').elements;
+  const optional = (name) => (f[name].value.trim() === '' ? null : Number(f[name].value));
+  return {
+    epochs: Number(f['epochs'].value), 'batch-size': Number(f['batch-size'].value),
+    lr: Number(f['lr'].value), hidden: f['hidden'].value.split(',').map(Number),
+    seed: Number(f['seed'].value), 'raw-pixels': f['raw-pixels'].checked,
+    'train-limit': optional('train-limit'), 'test-limit': optional('test-limit'),
+    cpu: f['cpu-fallback'].checked || !navigator.gpu,
+  };
+}
+
+// --- data ---------------------------------------------------------------------------
+async function download() {
+  const sizes = await Promise.all(FILES.map(async (name) => {
+    const head = await fetch(`mnist/${name}`, { method: 'HEAD' });
+    return Number(head.headers.get('content-length')) || 0;
+  }));
+  const total = sizes.reduce((a, b) => a + b, 0);
+  let received = 0;
+  const files = [];
+  for (const name of FILES) {
+    const response = await fetch(`mnist/${name}`);
+    if (!response.ok) throw new Error(`downloading ${name}: HTTP ${response.status}`);
+    const reader = response.body.getReader();
+    const parts = [];
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      parts.push(value);
+      received += value.length;
+      $('download-bar').value = total ? received / total : 0;
+      $('download-text').textContent = `MNIST ${(received / 1e6).toFixed(1)} / ${(total / 1e6).toFixed(1)} MB`;
+    }
+    files.push(new Uint8Array(await new Blob(parts).arrayBuffer()));
+  }
+  return files;
+}
+
+// --- training -----------------------------------------------------------------------
+function fmtTime(s) { return s < 60 ? `${s.toFixed(1)}s` : `${Math.floor(s / 60)}m${Math.round(s % 60)}s`; }
+
+function progressLine(epoch, started) {
+  let first = null;
+  return (done, total, loss, accuracy) => {
+    const now = performance.now() / 1000;
+    if (first === null) first = [now, done];
+    const rate = done > first[1] ? (now - first[0]) / (done - first[1]) : null;
+    const eta = rate === null ? '?' : fmtTime(rate * (total - done));
+    const bar = '━'.repeat(Math.round(20 * done / total)).padEnd(20, '─');
+    $('progress').textContent = `Epoch ${epoch}: ${done}/${total} ${bar} ${fmtTime(now - started)} ETA ${eta}`
+      + ` - loss: ${loss.toFixed(4)} - accuracy: ${accuracy.toFixed(4)}`;
+  };
+}
+
+async function runEpochs(settings) {
+  clear_stop();
+  $('stop').disabled = false;
+  $('resume').disabled = true;
+  while (session.epochs_done() < settings.epochs) {
+    const epoch = session.epochs_done() + 1;
+    const line = await session.train_epoch(progressLine(epoch, performance.now() / 1000));
+    if (line === null) { // stopped part-way: Resume continues this epoch
+      $('progress').textContent += '  (stopped)';
+      log(`stopped in epoch ${epoch}`);
+      $('resume').disabled = false;
+      $('stop').disabled = true;
+      return;
+    }
+    log(line);
+    const record = JSON.parse(line);
+    history.push(record);
+    addRow(record);
+    drawCurves();
+  }
+  $('stop').disabled = true;
+  showResults();
+  log(`done ${JSON.stringify(history[history.length - 1] || {})}`);
+}
+
+async function start(event) {
+  if (event) event.preventDefault();
+  $('train').disabled = true;
+  try {
+    const settings = readSettings();
+    const files = await download();
+    let note = '';
+    try {
+      session = await Session.create(files, JSON.stringify(settings));
+    } catch (error) {
+      if (settings.cpu) throw error;
+      // No adapter, or one without what the kernels need: the CPU path, as --cpu-fallback.
+      note = ` — WebGPU failed (${error}), so the CPU path (wasm, one thread) trains instead`;
+      session = await Session.create(files, JSON.stringify({ ...settings, cpu: true }));
+    }
+    if (!navigator.gpu) note = ' — WebGPU is unavailable here, so the CPU path (wasm, one thread) trains instead';
+    const where = session.device();
+    $('device').textContent = `Training on ${where}${note}`;
+    log(`device ${where}`);
+    history = [];
+    $('epochs').tBodies[0].innerHTML = '';
+    await runEpochs(settings);
+  } catch (error) {
+    $('progress').innerHTML = `<span class="error">${String(error)}</span>`;
+    log(`error ${String(error)}`);
+  }
+  $('train').disabled = false;
+}
+
+// --- tables and pictures ------------------------------------------------------------
+function addRow(r) {
+  const row = $('epochs').tBodies[0].insertRow();
+  for (const v of [r.epoch, r.loss.toFixed(4), r.accuracy.toFixed(4), r.val_loss.toFixed(4),
+    r.val_accuracy.toFixed(4), r.seconds.toFixed(2)]) row.insertCell().textContent = v;
+}
+
+function drawCurves() {
+  const ctx = $('curves').getContext('2d');
+  const { width, height } = ctx.canvas;
+  ctx.clearRect(0, 0, width, height);
+  const panels = [['loss', 'val_loss'], ['accuracy', 'val_accuracy']];
+  panels.forEach(([train, val], p) => {
+    const x0 = p * width / 2 + 40, w = width / 2 - 60, y0 = 20, h = height - 50;
+    const values = history.flatMap((r) => [r[train], r[val]]);
+    const lo = Math.min(...values), hi = Math.max(...values) || 1;
+    const x = (i) => x0 + (history.length > 1 ? i * w / (history.length - 1) : w / 2);
+    const y = (v) => y0 + h - (hi > lo ? (v - lo) / (hi - lo) : 0.5) * h;
+    ctx.strokeStyle = '#999'; ctx.strokeRect(x0, y0, w, h);
+    ctx.fillStyle = '#000'; ctx.fillText(`${train} (blue: training, orange: validation)`, x0, 12);
+    ctx.fillText(hi.toFixed(3), x0 - 38, y0 + 8); ctx.fillText(lo.toFixed(3), x0 - 38, y0 + h);
+    [[train, '#1f77b4'], [val, '#ff7f0e']].forEach(([key, colour]) => {
+      ctx.strokeStyle = colour; ctx.fillStyle = colour; ctx.beginPath();
+      history.forEach((r, i) => (i ? ctx.lineTo(x(i), y(r[key])) : ctx.moveTo(x(i), y(r[key]))));
+      ctx.stroke();
+      history.forEach((r, i) => ctx.fillRect(x(i) - 2, y(r[key]) - 2, 4, 4));
+    });
+  });
+}
+
+function showResults() {
+  const images = session.test_images(100), labels = session.test_labels();
+  const predictions = session.predictions();
+  const ctx = $('grid').getContext('2d');
+  ctx.clearRect(0, 0, 560, 620);
+  const count = images.length / 784;
+  for (let i = 0; i < count; i++) {
+    const picture = ctx.createImageData(28, 28);
+    for (let p = 0; p < 784; p++) {
+      const v = 255 - images[i * 784 + p];
+      picture.data.set([v, v, v, 255], 4 * p);
+    }
+    const x = (i % 10) * 56, y = Math.floor(i / 10) * 62;
+    ctx.putImageData(picture, x + 14, y);
+    const wrong = predictions[i] !== labels[i];
+    ctx.fillStyle = wrong ? '#d00' : '#000';
+    ctx.fillText(wrong ? `${predictions[i]} (${labels[i]})` : `${predictions[i]}`, x + 14, y + 40);
+  }
+  drawConfusion(labels, predictions);
+  $('results').hidden = false;
+  $('save').disabled = false;
+}
+
+function drawConfusion(labels, predictions) {
+  const m = Array.from({ length: 10 }, () => new Array(10).fill(0));
+  predictions.forEach((p, i) => { m[labels[i]][p] += 1; });
+  const table = $('confusion');
+  table.innerHTML = '<tr><th></th>' + [...Array(10).keys()].map((d) => `<th>${d}</th>`).join('') + '</tr>';
+  m.forEach((row, t) => {
+    table.innerHTML += `<tr><th>${t}</th>` + row.map((v, p) => `<td class="${p === t ? 'diag' : ''}">${v}</td>`).join('') + '</tr>';
+  });
+}
+
+// --- drawing, model files -----------------------------------------------------------
+function setUpDrawing() {
+  const canvas = $('draw'), ctx = canvas.getContext('2d');
+  const clear = () => { ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, 280, 280); $('top3').textContent = ''; };
+  clear();
+  let drawing = false;
+  const at = (e) => { const r = canvas.getBoundingClientRect(); return [e.clientX - r.left, e.clientY - r.top]; };
+  canvas.addEventListener('pointerdown', (e) => { drawing = true; ctx.beginPath(); ctx.moveTo(...at(e)); });
+  canvas.addEventListener('pointermove', (e) => {
+    if (!drawing) return;
+    ctx.lineWidth = 18; ctx.lineCap = 'round'; ctx.lineJoin = 'round'; ctx.strokeStyle = '#000';
+    ctx.lineTo(...at(e)); ctx.stroke();
+    predictDrawing();
+  });
+  for (const end of ['pointerup', 'pointerleave']) canvas.addEventListener(end, () => { drawing = false; predictDrawing(); });
+  $('clear').addEventListener('click', clear);
+}
+
+let predicting = false, again = false;
+async function predictDrawing() {
+  if (!session) return;
+  if (predicting) { again = true; return; } // run once more when this one ends
+  predicting = true;
+  try {
+    const blob = await new Promise((resolve) => $('draw').toBlob(resolve, 'image/png'));
+    const top3 = JSON.parse(session.predict_png(new Uint8Array(await blob.arrayBuffer())));
+    $('top3').textContent = top3.map(([d, p]) => `${d}: ${(100 * p).toFixed(1)}%`).join('  ');
+    log(`drawn ${JSON.stringify(top3)}`);
+  } catch (error) {
+    $('top3').textContent = String(error);
+  }
+  predicting = false;
+  if (again) { again = false; predictDrawing(); }
+}
+
+function saveModel() {
+  const bytes = session.model_file();
+  const link = document.createElement('a');
+  link.href = URL.createObjectURL(new Blob([bytes], { type: 'application/octet-stream' }));
+  link.download = 'model.safetensors';
+  link.click();
+  window.mnistGpuModel = bytes; // for WebDriver, which cannot reach the download folder
+}
+
+async function loadModel(event) {
+  const file = event.target.files[0];
+  if (!file || !session) return;
+  try {
+    const result = JSON.parse(session.load_model(new Uint8Array(await file.arrayBuffer())));
+    $('top3').textContent = `loaded ${file.name}: test accuracy ${(100 * result.accuracy).toFixed(2)}%`
+      + ` on ${result.samples} samples (predictions below are its own)`;
+    log(`loaded ${JSON.stringify(result)}`);
+    showResults();
+  } catch (error) {
+    $('top3').textContent = `${file.name}: ${error}`;
+  }
+}
+
+await init();
+const autostart = applyQuery();
+$('device').textContent = navigator.gpu
+  ? 'WebGPU is available.'
+  : 'WebGPU is unavailable in this browser (Chrome/Edge 113+, Safari 26+, or Chromium with --enable-unsafe-webgpu); training will run on the CPU path compiled to wasm.';
+$('settings').addEventListener('submit', start);
+$('stop').addEventListener('click', () => request_stop());
+$('resume').addEventListener('click', () => runEpochs(readSettings()));
+$('save').addEventListener('click', saveModel);
+$('load').addEventListener('change', loadModel);
+setUpDrawing();
+if (autostart) start();
