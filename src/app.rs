@@ -114,19 +114,17 @@ pub fn resolve_device(device: &Device, activity: &str) -> Result<(Device, String
     Ok((resolved, label))
 }
 
-/// Build the backend that trains: the CPU reference or a wgpu adapter.
+/// Build the backend for a device [`resolve_device`] returned: the CPU reference or a
+/// wgpu adapter.
 pub fn make_backend(
     device: &Device,
     params: Params,
     hyper: Hyper,
     data: Mnist,
 ) -> Result<Box<dyn Backend>> {
-    let resolved = match device {
-        Device::Auto => resolve_auto("training"),
-        other => other.clone(),
-    };
-    Ok(match resolved {
-        Device::Gpu(choice) => Box::new(GpuBackend::new(params, hyper, data, &choice)?),
+    debug_assert!(!matches!(device, Device::Auto), "resolve the device first");
+    Ok(match device {
+        Device::Gpu(choice) => Box::new(GpuBackend::new(params, hyper, data, choice)?),
         Device::Cpu | Device::Auto => Box::new(CpuBackend::new(params, hyper, data)),
     })
 }

@@ -124,15 +124,10 @@ impl Mnist {
         train_limit: Option<usize>,
         test_limit: Option<usize>,
     ) -> Result<Mnist, DataError> {
-        if !dir.exists() && dir == builtin_dir() {
+        if is_embedded(dir) {
             return Mnist::embedded(train_limit, test_limit);
         }
-        if !dir.exists() {
-            return Err(DataError::MissingDir(dir.to_path_buf()));
-        }
-        if !dir.is_dir() {
-            return Err(DataError::NotADir(dir.to_path_buf()));
-        }
+        check_dir(dir)?;
         let train = load_split(dir, TRAIN_IMAGES, TRAIN_LABELS, train_limit)?;
         let test = load_split(dir, TEST_IMAGES, TEST_LABELS, test_limit)?;
         Mnist::checked(train, test)
@@ -141,22 +136,10 @@ impl Mnist {
     /// Only the test split of `dir` (its first `test_limit` samples), as evaluation
     /// needs; the training set it comes with is empty.
     pub fn load_test(dir: &Path, test_limit: Option<usize>) -> Result<Mnist, DataError> {
-        let test = if !dir.exists() && dir == builtin_dir() {
-            let path = Path::new(IN_MEMORY);
-            let (shape, images) = read_idx(path, EMBEDDED[2], None, IMAGES, test_limit)?;
-            let (_, labels) = read_idx(path, EMBEDDED[3], None, LABELS, test_limit)?;
-            Dataset {
-                images,
-                labels,
-                rows: shape[1],
-                cols: shape[2],
-            }
-        } else if !dir.is_dir() {
-            return Err(match dir.exists() {
-                true => DataError::NotADir(dir.to_path_buf()),
-                false => DataError::MissingDir(dir.to_path_buf()),
-            });
+        let test = if is_embedded(dir) {
+            split_from_bytes(EMBEDDED[2], EMBEDDED[3], test_limit)?
         } else {
+            check_dir(dir)?;
             load_split(dir, TEST_IMAGES, TEST_LABELS, test_limit)?
         };
         let train = Dataset {
@@ -202,22 +185,44 @@ impl Mnist {
         train_limit: Option<usize>,
         test_limit: Option<usize>,
     ) -> Result<Mnist, DataError> {
-        let split = |images: &[u8], labels: &[u8], limit| -> Result<Dataset, DataError> {
-            let path = Path::new(IN_MEMORY);
-            let (shape, images) = read_idx(path, images, None, IMAGES, limit)?;
-            let (_, labels) = read_idx(path, labels, None, LABELS, limit)?;
-            Ok(Dataset {
-                images,
-                labels,
-                rows: shape[1],
-                cols: shape[2],
-            })
-        };
         Mnist::checked(
-            split(files[0], files[1], train_limit)?,
-            split(files[2], files[3], test_limit)?,
+            split_from_bytes(files[0], files[1], train_limit)?,
+            split_from_bytes(files[2], files[3], test_limit)?,
         )
     }
+}
+
+/// The built-in data directory, when it is not on disk: read the copy in the binary.
+fn is_embedded(dir: &Path) -> bool {
+    !dir.exists() && dir == builtin_dir()
+}
+
+/// A data directory must exist and be a directory.
+fn check_dir(dir: &Path) -> Result<(), DataError> {
+    if !dir.exists() {
+        Err(DataError::MissingDir(dir.to_path_buf()))
+    } else if !dir.is_dir() {
+        Err(DataError::NotADir(dir.to_path_buf()))
+    } else {
+        Ok(())
+    }
+}
+
+/// One split from the bytes of its image and label files (each plain or `.gz`).
+fn split_from_bytes(
+    images: &[u8],
+    labels: &[u8],
+    limit: Option<usize>,
+) -> Result<Dataset, DataError> {
+    let path = Path::new(IN_MEMORY);
+    let (shape, images) = read_idx(path, images, None, IMAGES, limit)?;
+    let (_, labels) = read_idx(path, labels, None, LABELS, limit)?;
+    Ok(Dataset {
+        images,
+        labels,
+        rows: shape[1],
+        cols: shape[2],
+    })
 }
 
 /// Side of the square images the model takes.
@@ -377,11 +382,7 @@ fn read_idx_file(
         .fill_buf()
         .map_err(|e| io_error(path, e))?
         .starts_with(&[0x1f, 0x8b]);
-    let (shape, data) = read_idx(path, input, (!is_gz).then_some(len), kind, limit)?;
-    if kind.magic == LABELS.magic {
-        check_labels(path, &data)?;
-    }
-    Ok((shape, data))
+    read_idx(path, input, (!is_gz).then_some(len), kind, limit)
 }
 
 /// Read IDX data (plain or gzipped) from `input`, streaming: the header is checked
@@ -433,6 +434,9 @@ fn read_idx(
         if reader.read(&mut probe).map_err(|e| io_error(path, e))? > 0 {
             return Err(size_problem(expected + 1));
         }
+    }
+    if kind.magic == LABELS.magic {
+        check_labels(path, &data)?;
     }
     Ok((shape, data))
 }
@@ -519,7 +523,6 @@ pub fn parse_images(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize, usize), Data
 pub fn parse_labels(bytes: &[u8]) -> Result<Vec<u8>, DataError> {
     let path = Path::new(IN_MEMORY);
     let (_, labels) = read_idx(path, bytes, None, LABELS, None)?;
-    check_labels(path, &labels)?;
     Ok(labels)
 }
 

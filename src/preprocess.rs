@@ -33,6 +33,7 @@
 
 mod ink;
 
+use crate::fsutil::InputFileError;
 use image::imageops::{self, FilterType};
 use image::{DynamicImage, ImageFormat, ImageReader, Limits};
 use std::io::{self, Read};
@@ -149,20 +150,15 @@ fn read_image(path: &Path) -> Result<DynamicImage, PreprocessError> {
             }
         }
     };
-    let meta = std::fs::metadata(path).map_err(io_err)?;
-    if meta.is_dir() {
-        return Err(PreprocessError::Decode {
+    let len = crate::fsutil::regular_file(path).map_err(|e| match e {
+        InputFileError::Missing => PreprocessError::Missing { path: p() },
+        InputFileError::Io(error) => PreprocessError::Io { path: p(), error },
+        other => PreprocessError::Decode {
             path: p(),
-            message: "is a directory".into(),
-        });
-    }
-    if !meta.is_file() {
-        return Err(PreprocessError::Decode {
-            path: p(),
-            message: "is not a regular file (a FIFO, socket or device?)".into(),
-        });
-    }
-    if meta.len() == 0 {
+            message: other.to_string(),
+        },
+    })?;
+    if len == 0 {
         return Err(PreprocessError::EmptyFile { path: p() });
     }
     let mut head = Vec::with_capacity(24);

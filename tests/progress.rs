@@ -172,7 +172,28 @@ fn without_a_terminal_there_is_no_live_line() {
 }
 
 /// Run the binary in a pseudo-terminal of 120 columns; everything it wrote, raw.
-fn in_terminal(args: &[&str], env: &[(&str, &str)]) -> (String, u32) {
+/// Two CPU epochs of 3,750 small steps: long enough for several live frames.
+fn terminal_run(dir: &std::path::Path) -> Vec<String> {
+    let out = dir.to_str().unwrap();
+    [
+        "train",
+        "--cpu-fallback",
+        "--epochs",
+        "2",
+        "--train-limit",
+        "30000",
+        "--batch-size",
+        "8",
+        "--test-limit",
+        "500",
+        "--out-dir",
+        out,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn in_terminal(args: &[String], env: &[(&str, &str)]) -> (String, u32) {
     let pty = native_pty_system()
         .openpty(PtySize {
             rows: 40,
@@ -256,23 +277,7 @@ fn frames(raw: &str) -> Vec<String> {
 fn a_terminal_sees_keras_style_epochs_with_a_truthful_live_line() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    let (raw, code) = in_terminal(
-        &[
-            "train",
-            "--cpu-fallback",
-            "--epochs",
-            "2",
-            "--train-limit",
-            "30000",
-            "--batch-size",
-            "8",
-            "--test-limit",
-            "500",
-            "--out-dir",
-            dir.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (raw, code) = in_terminal(&terminal_run(&dir), &[]);
     assert_eq!(code, 0, "{raw}");
     let shown = screen(&raw);
     let text = shown.join("\n");
@@ -315,23 +320,7 @@ fn a_terminal_sees_keras_style_epochs_with_a_truthful_live_line() {
 fn an_interrupt_clears_the_live_line_before_its_message() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    let (raw, code) = in_terminal(
-        &[
-            "train",
-            "--cpu-fallback",
-            "--epochs",
-            "2",
-            "--train-limit",
-            "30000",
-            "--batch-size",
-            "8",
-            "--test-limit",
-            "500",
-            "--out-dir",
-            dir.to_str().unwrap(),
-        ],
-        &[("MNIST_GPU_INTERRUPT_AT", "1:2000")],
-    );
+    let (raw, code) = in_terminal(&terminal_run(&dir), &[("MNIST_GPU_INTERRUPT_AT", "1:2000")]);
     assert_eq!(code, 130, "{raw}");
     let shown = screen(&raw);
     let text = shown.join("\n");

@@ -347,21 +347,32 @@ impl GpuBackend {
         order: &wgpu::Buffer,
     ) -> Dispatch {
         let d = &self.ctx.device;
-        let w = self.work.as_ref().expect("workspace");
         let u = self.bn_uniform(rows, stride, true, 0);
         let ub = uniform(d, "batchnorm forward", &u);
-        let bindings = BatchnormForwardBindings {
-            u: &ub,
-            pixels: &self.train_pixels,
+        let bindings = self.batchnorm_forward_bindings(&ub, &self.train_pixels, order);
+        let kernel = &self.kernels.batchnorm_forward_train;
+        kernel.dispatch(d, &bindings, u.workgroups())
+    }
+
+    /// BatchNorm forward's buffers for the images `pixels` (through `order` when
+    /// training), into the workspace's `xhat` and first activations.
+    fn batchnorm_forward_bindings<'a>(
+        &'a self,
+        ub: &'a wgpu::Buffer,
+        pixels: &'a wgpu::Buffer,
+        order: &'a wgpu::Buffer,
+    ) -> BatchnormForwardBindings<'a> {
+        let w = self.work.as_ref().expect("workspace");
+        BatchnormForwardBindings {
+            u: ub,
+            pixels,
             order,
             state: &self.state,
             params: &self.params,
             stats: &self.bn_stats,
             xhat: &w.xhat,
             y: &w.acts[0],
-        };
-        let kernel = &self.kernels.batchnorm_forward_train;
-        kernel.dispatch(d, &bindings, u.workgroups())
+        }
     }
 
     fn softmax_xent_dispatch(
@@ -566,16 +577,7 @@ impl GpuBackend {
                 let u = self.bn_uniform(rows, 0, false, base);
                 let ub = uniform(d, "bn eval", &u);
                 // Evaluation reads rows in order: no sample order, no step counter.
-                let bindings = BatchnormForwardBindings {
-                    u: &ub,
-                    pixels: &self.test_pixels,
-                    order: &self.dummy,
-                    state: &self.state,
-                    params: &self.params,
-                    stats: &self.bn_stats,
-                    xhat: &w.xhat,
-                    y: &w.acts[0],
-                };
+                let bindings = self.batchnorm_forward_bindings(&ub, &self.test_pixels, &self.dummy);
                 let kernel = &k.batchnorm_forward_eval;
                 list.push(kernel.dispatch(d, &bindings, u.workgroups()));
                 if !forward_cache.iter().any(|(r, _)| *r == rows) {
