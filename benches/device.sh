@@ -9,9 +9,9 @@
 #                            # fetch the Vulkan loader .debs into .gl/
 #   benches/device.sh        # on the GPU machine (or here): run everything
 #
-# With the device tool: `pack` here, then one `run` with carry [".gl", ".device"] and the
-# command `bash benches/device.sh` (timeout_s 600). On a 16-core H100 machine it is meant
-# to finish in a few minutes; each part has its own time limit (480 s in all), and a
+# For a GPU machine that has no Rust toolchain: `pack` on the build machine, copy the
+# checkout with .gl/ and .device/ there, and run `bash benches/device.sh` in it. It is
+# meant to finish in a few minutes; each part has its own time limit (480 s in all), and a
 # part that fails or runs out of time is recorded and the rest still runs.
 #
 # Environment:
@@ -27,9 +27,9 @@ backend=${DEVICE_BACKEND:-vulkan}
 quick=${DEVICE_QUICK:-0}
 programs=(mnist-gpu gpu_agreement epoch kernels)
 
-# Build the programs here and pack them, stripped, where the device tool can carry them
-# (64 MiB at most travel, the working tree included); fetch the loader packages the
-# device README names.
+# Build the programs here and pack them, stripped and small enough to copy to the GPU
+# machine with the checkout; fetch the Vulkan loader packages for a machine that has
+# only NVIDIA's driver.
 pack() (
   set -e
   cargo build --release --bin mnist-gpu
@@ -59,7 +59,7 @@ pack() (
     (cd .gl && apt-get $o download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
   fi
   du -sh .device .gl
-  echo "now: run(command=\"bash benches/device.sh\", carry=[\".gl\", \".device\"], timeout_s=600)"
+  echo "now copy the checkout with .gl/ and .device/ to the GPU machine and run: bash benches/device.sh"
 )
 
 section() { printf '\n===== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
@@ -79,8 +79,8 @@ part() {
   summary+=("$(printf '%-28s %-28s %4d s' "$name" "$verdict" $((SECONDS - start)))")
 }
 
-# The Vulkan loader: unpacked from the carried .debs when the machine has none (the
-# device README's recipe), and NVIDIA's driver named when the loader does not find it.
+# The Vulkan loader: unpacked from the .debs in .gl/ when the machine has none, and
+# NVIDIA's driver named when the loader does not find it.
 loader() {
   if ! ldconfig -p | grep -q 'libvulkan.so.1'; then
     if ls .gl/*.deb >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
@@ -102,7 +102,7 @@ loader() {
   ldconfig -p | grep 'libvulkan.so.1' || true
 }
 
-# The programs: carried in .device/ by `pack` (else built here with cargo), unpacked into
+# The programs: packed into .device/ by `pack` (else built here with cargo), unpacked into
 # target/device-run/.
 find_programs() {
   if [ ! -f .device/programs.tar.xz ]; then

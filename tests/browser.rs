@@ -3,19 +3,25 @@
 //! 2,000 samples, on WebGPU (SwiftShader here) and with WebGPU disabled (the CPU path
 //! compiled to wasm). Checked: the device line, the epoch's metrics against
 //! `mnist-gpu train --cpu-fallback` (within 1e-4), a digit drawn on the canvas, and the
-//! downloaded model evaluated by `mnist-gpu eval`. Without Chromium the tests print why
-//! and skip, except under CI (`CI` set), where they fail.
+//! downloaded model evaluated by `mnist-gpu eval`.
+//!
+//! The site is built into `target/tmp/web-dist` (log: `target/tmp/web-build.log`). One
+//! Chromium runs at a time; each test's chromedriver logs, with Chromium's own stderr, to
+//! `target/tmp/chromedriver-NAME.log`, and a failure shows that log's end. Without
+//! Chromium, or where the page cannot be built, the tests print a `SKIPPED:` line saying
+//! why, except under CI (`CI` set), where they fail.
 
 mod common;
 
-use common::browser::{serve, which, Driver, Session};
+use common::browser::{serve, tail, which, Driver, Session};
 use common::cli::{succeed, text};
+use common::skip::skip;
 use mnist_gpu::data::Mnist;
 use mnist_gpu::train::EpochRecord;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 const QUERY: &str = "?epochs=1&train-limit=2000&test-limit=500&autostart=1";
@@ -34,36 +40,81 @@ const NO_WEBGPU_ARGS: [&str; 4] = [
     "--window-size=1100,1900",
 ];
 
-/// The built site's port and chromedriver, once per test binary; `None` to skip.
+/// The built site's port and chromedriver, once per test binary; `None` to skip (after
+/// saying why, see `common::skip`).
 fn site() -> Option<&'static (u16, PathBuf)> {
     static SITE: OnceLock<Option<(u16, PathBuf)>> = OnceLock::new();
     SITE.get_or_init(|| {
         let browser = which(&["chromium", "chromium-browser", "google-chrome"]);
         let Some(driver) = which(&["chromedriver"]).filter(|_| browser.is_some()) else {
-            let why = "no chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver)";
-            assert!(std::env::var_os("CI").is_none(), "browser test: {why} (CI is set, so this fails)");
-            eprintln!("skipping the browser tests: {why}");
+            let why = "no chromium and chromedriver on PATH";
+            skip(
+                "the browser tests",
+                why,
+                "Debian: apt-get install chromium chromium-driver",
+            );
             return None;
         };
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let status = Command::new("bash").arg(root.join("web/build.sh")).status().expect("run web/build.sh");
-        assert!(status.success(), "web/build.sh failed");
-        let wasm = root.join("web/dist/mnist_gpu_bg.wasm");
+        let dist = build_site()?;
+        let wasm = dist.join("mnist_gpu_bg.wasm");
         let size = std::fs::metadata(&wasm).expect("the built module").len();
-        assert!(size <= 3_000_000, "the page's wasm is {size} bytes, over 3 MB");
-        Some((serve(&root.join("web/dist")), driver))
+        assert!(
+            size <= 3_000_000,
+            "the page's wasm is {size} bytes, over 3 MB"
+        );
+        Some((serve(&dist), driver))
     })
     .as_ref()
 }
 
-/// The page after training, as a PNG: `target/browser.png`, or the README's
+/// `web/build.sh` into `target/tmp/web-dist` (tests write nothing in the checkout); the
+/// folder, or `None` to skip when the page cannot be built here.
+fn build_site() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dist = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-dist");
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-build.log");
+    let output = std::fs::File::create(&log).expect("create the build log");
+    let status = Command::new("bash")
+        .arg(root.join("web/build.sh"))
+        .env("WEB_DIST", &dist)
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        .status();
+    let failure = match status {
+        Ok(status) if status.success() => return Some(dist),
+        Ok(status) => format!("web/build.sh failed ({status}): {}", tail(&log, 1)),
+        Err(e) => format!("cannot run bash web/build.sh: {e}"),
+    };
+    let fix = format!(
+        "its log is {}; it needs rustup and cargo install to reach the package registry",
+        log.display()
+    );
+    skip("the browser tests", &failure, &fix);
+    None
+}
+
+/// One Chromium at a time: the tests in this file run in parallel threads, and Chromium
+/// starts (and SwiftShader trains) far slower when several share two cores.
+fn one_browser_at_a_time() -> MutexGuard<'static, ()> {
+    static BROWSER: Mutex<()> = Mutex::new(());
+    BROWSER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// chromedriver for `test`, logging to `target/tmp/chromedriver-TEST.log`.
+fn start_driver(chromedriver: &Path, test: &str) -> Driver {
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("chromedriver-{test}.log"));
+    Driver::start(chromedriver, &log)
+}
+
+/// The page after training, as a PNG: `target/tmp/browser.png`, or the README's
 /// `docs/browser.png` when `MNIST_GPU_UPDATE_SCREENSHOT` is set (so a test run does not
 /// change a tracked file).
 fn save_screenshot(session: &Session) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let path = match std::env::var_os("MNIST_GPU_UPDATE_SCREENSHOT") {
-        Some(_) => root.join("docs/browser.png"),
-        None => root.join("target/browser.png"),
+        Some(_) => Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/browser.png"),
+        None => Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser.png"),
     };
     let png = session.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "the screenshot is not a PNG");
@@ -225,7 +276,8 @@ fn the_page_trains_on_webgpu_like_the_cli_and_its_model_draws_and_evaluates() {
     let Some((port, chromedriver)) = site() else {
         return;
     };
-    let driver = Driver::start(chromedriver);
+    let _one = one_browser_at_a_time();
+    let driver = start_driver(chromedriver, "webgpu");
     let session = driver.session(&WEBGPU_ARGS);
     session.goto(&format!("http://127.0.0.1:{port}/{QUERY}"));
     let lines = wait_for_run(&session);
@@ -256,7 +308,8 @@ fn without_webgpu_the_page_trains_on_the_cpu_path() {
     let Some((port, chromedriver)) = site() else {
         return;
     };
-    let driver = Driver::start(chromedriver);
+    let _one = one_browser_at_a_time();
+    let driver = start_driver(chromedriver, "no-webgpu");
     let session = driver.session(&NO_WEBGPU_ARGS);
     session.goto(&format!("http://127.0.0.1:{port}/{QUERY}"));
     let lines = wait_for_run(&session);
@@ -334,7 +387,8 @@ fn stop_and_resume_on_webgpu_give_the_uninterrupted_metrics() {
     let Some((port, chromedriver)) = site() else {
         return;
     };
-    let driver = Driver::start(chromedriver);
+    let _one = one_browser_at_a_time();
+    let driver = start_driver(chromedriver, "stop-resume");
     let session = driver.session(&WEBGPU_ARGS);
     let query = "?epochs=2&train-limit=2000&test-limit=500&autostart=1";
     session.goto(&format!("http://127.0.0.1:{port}/{query}"));

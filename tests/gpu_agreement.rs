@@ -7,6 +7,7 @@
 mod common;
 
 use common::gpu::*;
+use common::skip::{skip, ADAPTER_FIX};
 use mnist_gpu::backend::{Backend, StepProgress};
 use mnist_gpu::cpu::{adam, batchnorm, gemm, relu, softmax_xent, CpuBackend};
 use mnist_gpu::data::Mnist;
@@ -711,10 +712,8 @@ fn device_errors_are_clear() {
     if found.is_empty() {
         let e = open(None, None);
         assert!(e.to_string().contains("--cpu-fallback"), "{e}");
-        assert!(!strict(), "CI is set but no GPU adapter was found");
-        eprintln!(
-            "device_errors_are_clear: no adapters; only the unknown-backend case was checked"
-        );
+        let why = "no GPU adapter, so only the unknown-backend case was checked";
+        skip("device_errors_are_clear", why, ADAPTER_FIX);
         return;
     }
     for wanted in ["99", "no-such-gpu-anywhere"] {

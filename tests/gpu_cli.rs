@@ -5,6 +5,7 @@
 mod common;
 
 use common::gpu::{available, backends, choice};
+use common::skip::skip;
 use std::path::Path;
 
 /// Run the binary; it must succeed. Returns its stdout.
@@ -122,7 +123,13 @@ fn an_adapter_name_matching_several_adapters_is_an_error_listing_them() {
         .iter()
         .find(|n| names.iter().filter(|m| m == n).count() > 1)
     else {
-        eprintln!("skipped: no two adapters share a name here ({names:?})");
+        let test = "an_adapter_name_matching_several_adapters_is_an_error_listing_them";
+        let why = format!("no two adapters share a name here ({names:?})");
+        skip(
+            test,
+            &why,
+            "lavapipe and llvmpipe do: install Mesa's drivers as for the GPU tests",
+        );
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -139,4 +146,39 @@ fn an_adapter_name_matching_several_adapters_is_an_error_listing_them() {
         error[0].contains("matches") && error[0].contains("[0]") && error[0].contains("--backend"),
         "{stderr}"
     );
+}
+
+/// An adapter keeps its number under `--backend`: each entry of `adapters --backend B` is
+/// the same line in the unfiltered `adapters`, and `--adapter N --backend B` opens the
+/// adapter the unfiltered list numbers N.
+#[test]
+fn adapter_numbers_do_not_change_with_the_backend_filter() {
+    let every = run(&["adapters"]);
+    let mut checked = 0;
+    for backend in backends() {
+        let filtered = run(&["adapters", "--backend", &backend]);
+        for line in filtered.lines().filter(|l| l.starts_with('[')) {
+            assert!(
+                every.lines().any(|l| l == line),
+                "`adapters --backend {backend}` shows {line:?}, which `adapters` does not:\n{every}"
+            );
+            let number = &line[1..line.find(']').unwrap()];
+            let chosen = mnist_gpu::gpu::context::chosen_adapter(&mnist_gpu::gpu::DeviceChoice {
+                backend: Some(backend.clone()),
+                adapter: Some(number.to_string()),
+            })
+            .unwrap_or_else(|e| panic!("--backend {backend} --adapter {number}: {e}"));
+            assert_eq!(chosen.index.to_string(), number, "{line}");
+            assert!(line.contains(&chosen.name), "{line} vs {}", chosen.name);
+            checked += 1;
+        }
+    }
+    if checked == 0 {
+        let why = format!("no adapter on {:?}", backends());
+        skip(
+            "adapter_numbers_do_not_change_with_the_backend_filter",
+            &why,
+            common::skip::ADAPTER_FIX,
+        );
+    }
 }

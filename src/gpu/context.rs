@@ -148,9 +148,10 @@ fn backends_for(choice: &DeviceChoice) -> Result<(wgpu::Backends, String), Devic
     ))
 }
 
-fn make_instance(backends: wgpu::Backends) -> wgpu::Instance {
+/// An instance over every backend (see [`Found`] for why even under `--backend`).
+fn make_instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-    desc.backends = backends;
+    desc.backends = wgpu::Backends::all();
     wgpu::Instance::new(desc)
 }
 
@@ -191,21 +192,41 @@ fn summarize(index: usize, adapter: &wgpu::Adapter) -> AdapterSummary {
     }
 }
 
-fn enumerate(choice: &DeviceChoice) -> Result<(Vec<wgpu::Adapter>, String), DeviceError> {
+/// The adapters `choice` allows, each with its number in the list of every adapter on
+/// every backend. The numbers do not depend on `--backend`: `adapters` and
+/// `adapters --backend gl` give an adapter the same number, so `--adapter N` names the
+/// same adapter whatever backend filter is set.
+struct Found {
+    adapters: Vec<wgpu::Adapter>,
+    numbers: Vec<usize>,
+    searched: String,
+}
+
+fn enumerate(choice: &DeviceChoice) -> Result<Found, DeviceError> {
     let (backends, searched) = backends_for(choice)?;
-    let instance = make_instance(backends);
-    let adapters = pollster::block_on(instance.enumerate_adapters(backends));
-    Ok((adapters, searched))
+    let instance = make_instance();
+    let every = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let (numbers, adapters) = every
+        .into_iter()
+        .enumerate()
+        .filter(|(_, a)| backends.contains(wgpu::Backends::from(a.get_info().backend)))
+        .unzip();
+    Ok(Found {
+        adapters,
+        numbers,
+        searched,
+    })
 }
 
 /// Every adapter wgpu finds (restricted to `choice.backend` / `WGPU_BACKEND` when set),
-/// in the order `--adapter N` indexes them.
+/// numbered as `--adapter N` selects them.
 pub fn list_adapters(choice: &DeviceChoice) -> Result<Vec<AdapterSummary>, DeviceError> {
-    let (adapters, _) = enumerate(choice)?;
-    Ok(adapters
+    let found = enumerate(choice)?;
+    Ok(found
+        .adapters
         .iter()
-        .enumerate()
-        .map(|(i, a)| summarize(i, a))
+        .zip(&found.numbers)
+        .map(|(a, &number)| summarize(number, a))
         .collect())
 }
 
@@ -244,18 +265,19 @@ pub fn format_adapters(list: &[AdapterSummary]) -> String {
     out
 }
 
-fn found_list(adapters: &[wgpu::Adapter]) -> String {
-    found_list_of(adapters, &(0..adapters.len()).collect::<Vec<_>>())
+fn found_list(found: &Found) -> String {
+    found_list_of(found, &(0..found.adapters.len()).collect::<Vec<_>>())
 }
 
-/// `found_list` of the adapters at `indices`.
-fn found_list_of(adapters: &[wgpu::Adapter], indices: &[usize]) -> String {
-    indices
+/// `found_list` of the adapters at `positions` in `found`, each shown by its number.
+fn found_list_of(found: &Found, positions: &[usize]) -> String {
+    positions
         .iter()
         .map(|&i| {
-            let info = adapters[i].get_info();
+            let info = found.adapters[i].get_info();
             format!(
-                "  [{i}] {} ({}, {})",
+                "  [{}] {} ({}, {})",
+                found.numbers[i],
                 info.name,
                 backend_label(info.backend),
                 type_label(info.device_type)
@@ -265,75 +287,83 @@ fn found_list_of(adapters: &[wgpu::Adapter], indices: &[usize]) -> String {
         .join("\n")
 }
 
-/// Pick the adapter `choice` asks for, or the best one.
 /// The adapter that `choice` selects, as [`GpuContext::new`] would pick it: for checking
 /// `--backend` / `--adapter` before anything slow is loaded.
 pub fn chosen_adapter(choice: &DeviceChoice) -> Result<AdapterSummary, DeviceError> {
-    let adapter = pick_adapter(choice)?;
-    Ok(summarize(0, &adapter))
+    let (number, adapter) = pick_adapter(choice)?;
+    Ok(summarize(number, &adapter))
 }
 
-fn pick_adapter(choice: &DeviceChoice) -> Result<wgpu::Adapter, DeviceError> {
-    let (adapters, searched) = enumerate(choice)?;
-    if adapters.is_empty() {
-        return Err(DeviceError::NoAdapter { searched });
+/// The adapter `choice` asks for (`--adapter`, else `WGPU_ADAPTER_NAME`), or the best one;
+/// with its number.
+fn pick_adapter(choice: &DeviceChoice) -> Result<(usize, wgpu::Adapter), DeviceError> {
+    let mut found = enumerate(choice)?;
+    if found.adapters.is_empty() {
+        return Err(DeviceError::NoAdapter {
+            searched: found.searched,
+        });
     }
-    let best = |candidates: Vec<usize>| -> Option<usize> {
-        candidates.into_iter().min_by_key(|&i| {
-            let info = adapters[i].get_info();
-            let compute = adapters[i]
-                .get_downlevel_capabilities()
-                .flags
-                .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
-            (!compute, type_rank(info.device_type), i)
-        })
+    let position = match (&choice.adapter, env_nonempty("WGPU_ADAPTER_NAME")) {
+        (Some(a), _) => position_of(&found, "--adapter", a.trim())?,
+        (None, Some(env)) => position_of(&found, "WGPU_ADAPTER_NAME", env.trim())?,
+        (None, None) => best(&found, (0..found.adapters.len()).collect()).expect("non-empty"),
     };
-    let (flag, wanted) = match (&choice.adapter, env_nonempty("WGPU_ADAPTER_NAME")) {
-        (Some(a), _) => ("--adapter", a.trim().to_string()),
-        (None, Some(env)) => ("WGPU_ADAPTER_NAME", env.trim().to_string()),
-        (None, None) => {
-            let i = best((0..adapters.len()).collect()).expect("non-empty");
-            return Ok(adapters.into_iter().nth(i).expect("index in range"));
-        }
-    };
-    let not_found = |adapters: &[wgpu::Adapter]| DeviceError::AdapterNotFound {
-        flag: flag.into(),
-        wanted: wanted.clone(),
-        found: found_list(adapters),
-    };
-    let chosen = if let Some(backend) = parse_backend(&wanted) {
-        // A backend name: the best adapter of that backend (the documented rule).
-        best(
-            (0..adapters.len())
-                .filter(|&i| backend.contains(wgpu::Backends::from(adapters[i].get_info().backend)))
-                .collect(),
-        )
-    } else if let Ok(index) = wanted.parse::<usize>() {
-        (index < adapters.len()).then_some(index)
+    Ok((
+        found.numbers[position],
+        found.adapters.swap_remove(position),
+    ))
+}
+
+/// Of the adapters at `positions`, the best: compute shaders first, then discrete >
+/// integrated > virtual > cpu, then the lower number.
+fn best(found: &Found, positions: Vec<usize>) -> Option<usize> {
+    positions.into_iter().min_by_key(|&i| {
+        let adapter = &found.adapters[i];
+        let compute = adapter
+            .get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
+        (!compute, type_rank(adapter.get_info().device_type), i)
+    })
+}
+
+/// The position in `found` of the adapter `wanted` names (given as `flag`): a backend name
+/// (the best adapter of that backend), a number from `mnist-gpu adapters`, or a name.
+fn position_of(found: &Found, flag: &str, wanted: &str) -> Result<usize, DeviceError> {
+    let chosen = if let Some(backend) = parse_backend(wanted) {
+        let of_backend = (0..found.adapters.len())
+            .filter(|&i| {
+                backend.contains(wgpu::Backends::from(found.adapters[i].get_info().backend))
+            })
+            .collect();
+        best(found, of_backend)
+    } else if let Ok(number) = wanted.parse::<usize>() {
+        found.numbers.iter().position(|&n| n == number)
     } else {
-        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-        match adapters_named(&names, &wanted)[..] {
+        let names: Vec<String> = found.adapters.iter().map(|a| a.get_info().name).collect();
+        match adapters_named(&names, wanted)[..] {
             [] => None,
             [only] => Some(only),
             ref several => {
                 return Err(DeviceError::AmbiguousAdapter {
                     flag: flag.into(),
-                    wanted: wanted.clone(),
+                    wanted: wanted.into(),
                     count: several.len(),
-                    matches: found_list_of(&adapters, several)
+                    matches: found_list_of(found, several)
                         .lines()
                         .map(str::trim)
                         .collect::<Vec<_>>()
                         .join(", "),
-                    first: several[0],
+                    first: found.numbers[several[0]],
                 })
             }
         }
     };
-    match chosen {
-        Some(i) => Ok(adapters.into_iter().nth(i).expect("index in range")),
-        None => Err(not_found(&adapters)),
-    }
+    chosen.ok_or_else(|| DeviceError::AdapterNotFound {
+        flag: flag.into(),
+        wanted: wanted.into(),
+        found: found_list(found),
+    })
 }
 
 /// The indices of the adapters a name given to `--adapter` selects: those whose name is
@@ -477,7 +507,7 @@ impl GpuContext {
     /// Choose an adapter, check it offers what the trainer needs, and open a device with
     /// exactly those limits.
     pub fn new(choice: &DeviceChoice, needs: Needs) -> Result<GpuContext, DeviceError> {
-        let adapter = pick_adapter(choice)?;
+        let (_, adapter) = pick_adapter(choice)?;
         pollster::block_on(GpuContext::open(adapter, needs))
     }
 

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 /// Serve `root` on 127.0.0.1 (loopback only) from a background thread; returns the port.
@@ -93,86 +93,129 @@ pub fn which(names: &[&str]) -> Option<PathBuf> {
 
 /// An HTTP reply's body, read to its Content-Length (chromedriver may keep the
 /// connection open, so reading to the end could wait forever).
-fn read_reply(stream: &mut TcpStream) -> String {
+fn read_reply(stream: &mut TcpStream) -> std::io::Result<String> {
     let mut reader = BufReader::new(stream);
     let mut length = 0;
     loop {
         let mut header = String::new();
-        reader
-            .read_line(&mut header)
-            .expect("read chromedriver's reply");
+        if reader.read_line(&mut header)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         if header.trim().is_empty() {
             break;
         }
         if let Some((name, value)) = header.split_once(':') {
             if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().expect("a Content-Length");
+                length = value.trim().parse().unwrap_or(0);
             }
         }
     }
     let mut body = vec![0; length];
-    reader
-        .read_exact(&mut body)
-        .expect("read chromedriver's reply body");
-    String::from_utf8_lossy(&body).into_owned()
+    reader.read_exact(&mut body)?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
-/// A running chromedriver, killed on drop.
+/// A running chromedriver, killed on drop. Its log (with Chromium's own stderr, through
+/// `--enable-chrome-logs`) goes to a file whose end every failure message shows.
 pub struct Driver {
     child: Child,
     port: u16,
+    log: PathBuf,
+}
+
+/// The last `lines` lines of the file at `path` (or why it cannot be read).
+pub fn tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("({}: {e})", path.display()),
+    }
 }
 
 impl Driver {
-    pub fn start(chromedriver: &Path) -> Driver {
+    /// Start `chromedriver`, logging to `log`, and wait until it answers `/status`.
+    pub fn start(chromedriver: &Path, log: &Path) -> Driver {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let output = std::fs::File::create(log).expect("create the chromedriver log");
         let child = Command::new(chromedriver)
             .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .arg(format!("--log-path={}", log.display()))
+            .arg("--enable-chrome-logs")
+            .stdout(output.try_clone().unwrap())
+            .stderr(output)
             .spawn()
             .expect("start chromedriver");
-        let driver = Driver { child, port };
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return driver;
+        let mut driver = Driver {
+            child,
+            port,
+            log: log.to_path_buf(),
+        };
+        for _ in 0..300 {
+            if let Ok(status) = driver.try_call("GET", "/status", None) {
+                if status["ready"] == json!(true) {
+                    return driver;
+                }
+            }
+            if let Ok(Some(exit)) = driver.child.try_wait() {
+                driver.fail(&format!("chromedriver exited at start ({exit})"));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("chromedriver did not start listening on port {port}");
+        driver.fail(&format!(
+            "chromedriver was not ready on port {port} in 30 s"
+        ))
     }
 
-    /// An HTTP request to chromedriver; the JSON reply's `value`.
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+    /// Panic with `what` and the end of chromedriver's log.
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "{what}\n--- the end of chromedriver's log ({}):\n{}",
+            self.log.display(),
+            tail(&self.log, 60)
+        )
+    }
+
+    /// An HTTP request to chromedriver; the JSON reply's `value`, or why there is none.
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let mut stream =
-            TcpStream::connect(("127.0.0.1", self.port)).expect("connect chromedriver");
         let request = format!(
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        stream
-            .write_all(request.as_bytes())
-            .expect("send to chromedriver");
-        let json = read_reply(&mut stream);
+        let reply = TcpStream::connect(("127.0.0.1", self.port)).and_then(|mut stream| {
+            stream.write_all(request.as_bytes())?;
+            read_reply(&mut stream)
+        });
+        let json = reply.map_err(|e| format!("{method} {path}: {e}"))?;
         let value: Value = serde_json::from_str(&json)
-            .unwrap_or_else(|e| panic!("chromedriver replied {json:.300}: {e}"));
-        value["value"].clone()
+            .map_err(|e| format!("{method} {path}: chromedriver replied {json:.300}: {e}"))?;
+        Ok(value["value"].clone())
+    }
+
+    /// [`Driver::try_call`], failing the test (with the log's end) when it fails.
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|e| self.fail(&e))
     }
 
     /// A headless Chromium session with `args`.
     pub fn session(&self, args: &[&str]) -> Session<'_> {
         let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {"args": args}}}});
         let value = self.call("POST", "/session", Some(caps));
-        let id = value["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no session: {value}"))
-            .to_string();
-        Session { driver: self, id }
+        let Some(id) = value["sessionId"].as_str() else {
+            self.fail(&format!("no session: {value}"))
+        };
+        Session {
+            driver: self,
+            id: id.to_string(),
+        }
     }
 }
 
@@ -240,8 +283,10 @@ impl Session<'_> {
 
 impl Drop for Session<'_> {
     fn drop(&mut self) {
-        self.driver
-            .call("DELETE", &format!("/session/{}", self.id), None);
+        // Not `call`: a panic while the test is already unwinding would abort.
+        let _ = self
+            .driver
+            .try_call("DELETE", &format!("/session/{}", self.id), None);
     }
 }
 

@@ -16,14 +16,29 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The binary, with a runtime directory for Mesa, backtraces on (so a panic shows) and
-/// the interrupt test hook cleared.
+/// The binary, with a runtime directory for Mesa, backtraces on (so a panic shows), the
+/// interrupt test hook cleared, and a scratch working directory under `target/`: a run
+/// without `--out-dir` makes `runs/run-NNN` there, never in the checkout.
 pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"));
-    cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir())
+    cmd.current_dir(scratch_dir())
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .env("RUST_BACKTRACE", "1")
         .env_remove("MNIST_GPU_INTERRUPT_AT");
     cmd
+}
+
+/// This test process's working directory for the binary: a fresh folder in cargo's
+/// scratch space for integration tests (`target/tmp/`), kept until `cargo clean`.
+pub fn scratch_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("cwd-")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .expect("a scratch directory under target/tmp")
+            .keep()
+    })
 }
 
 /// Run the binary with `args` to the end.

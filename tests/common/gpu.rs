@@ -25,21 +25,19 @@ pub fn choice(backend: &str) -> DeviceChoice {
     }
 }
 
-/// Whether a missing adapter must fail the test (env `CI` set) instead of skipping.
-pub fn strict() -> bool {
-    std::env::var_os("CI").is_some()
-}
+use super::skip::{skip, ADAPTER_FIX};
 
-/// Decide what to do when `backend` has no adapter: panic under CI, else print and skip.
+/// Decide what to do when `backend` has no adapter: fail under CI, else skip visibly.
 /// Returns `None` to skip.
 pub fn available<T>(test: &str, backend: &str, result: Result<T, DeviceError>) -> Option<T> {
     match result {
         Ok(value) => Some(value),
         Err(e @ (DeviceError::NoAdapter { .. } | DeviceError::AdapterNotFound { .. })) => {
-            if strict() {
-                panic!("{test}: no adapter for backend {backend} (CI is set, so this fails): {e}");
-            }
-            eprintln!("{test}: SKIPPED on {backend}: {e}");
+            skip(
+                test,
+                &format!("no adapter for backend {backend}: {e}"),
+                ADAPTER_FIX,
+            );
             None
         }
         Err(e) => panic!("{test}: backend {backend}: {e}"),

@@ -5,3 +5,4 @@ pub mod gpu;
 pub mod photo;
 pub mod png;
 pub mod run;
+pub mod skip;
