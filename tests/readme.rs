@@ -1,8 +1,10 @@
-//! The README's deterministic figures, rerun: the default CPU run (per-epoch metrics and
-//! final accuracy), the raw-pixels paragraph, the PyTorch snippet's accuracy (computed here
-//! independently from the saved tensors), the 6,000-sample CPU figure, the photo-set
-//! score and the `predict` lines. Each test fails when the README disagrees with what
-//! the program does today, so a change that moves a number makes the README follow.
+//! The deterministic figures of the README and docs/, rerun: the default CPU run
+//! (per-epoch metrics and final accuracy, README.md), the raw-pixels paragraph
+//! (docs/internals.md), the PyTorch snippet's accuracy (docs/cli.md; computed here
+//! independently from the saved tensors), the 6,000-sample CPU figure
+//! (docs/performance.md), the photo-set score and the `predict` lines (README.md). Each
+//! test fails when a document disagrees with what the program does today, so a change
+//! that moves a number makes the documents follow.
 
 mod common;
 
@@ -14,8 +16,23 @@ use std::path::Path;
 use std::process::Command;
 
 fn readme() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README.md")
+    doc("README.md")
+}
+
+/// A document of the repository (`README.md`, `docs/…`), by its path from the root.
+fn doc(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The part of `text` from the heading `heading` to the next heading (or the end).
+fn section<'a>(text: &'a str, heading: &str) -> &'a str {
+    let start = text
+        .find(heading)
+        .unwrap_or_else(|| panic!("no heading '{heading}'"));
+    let rest = &text[start..];
+    let end = rest[1..].find("\n#").map_or(rest.len(), |i| i + 1);
+    &rest[..end]
 }
 
 /// The number written right after the first `prefix` in `text` (digits, `.`, `-`).
@@ -40,7 +57,7 @@ fn agrees(figure: &str, value: f64) -> bool {
 fn check(what: &str, figure: &str, value: f64, wrong: &mut Vec<String>) {
     if !agrees(figure, value) {
         wrong.push(format!(
-            "{what}: the README says {figure}, the program gives {value}"
+            "{what}: the document says {figure}, the program gives {value}"
         ));
     }
 }
@@ -132,8 +149,8 @@ fn the_raw_pixels_paragraph_matches_a_raw_pixels_run() {
         &tmp.path().join("raw"),
     );
     let scaled = metrics(&default_run().dir);
-    let readme = readme();
-    let text = &readme[readme.find("### Raw pixels").unwrap()..readme.find("## Commands").unwrap()];
+    let internals = doc("docs/internals.md");
+    let text = section(&internals, "### Raw pixels");
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     let get =
         |m: &[serde_json::Value], epoch: usize, key: &str| m[epoch - 1][key].as_f64().unwrap();
@@ -171,7 +188,7 @@ fn the_raw_pixels_paragraph_matches_a_raw_pixels_run() {
     claim("% and ", max(column(&raw, "val_accuracy")) * 100.0);
     claim("ends at **", get(&raw, 10, "val_accuracy") * 100.0);
     claim(
-        "default run above: ",
+        "the default run: ",
         get(&scaled, 10, "val_accuracy") * 100.0,
     );
     claim("validation loss between ", min(column(&scaled, "val_loss")));
@@ -232,12 +249,12 @@ fn snippet_accuracy(model: &Path) -> f64 {
 
 #[test]
 fn the_pytorch_snippet_gives_the_accuracy_its_comment_says() {
-    let readme = readme();
-    let comment = number_after(&readme, ".float().mean())  # ");
+    let cli = doc("docs/cli.md");
+    let comment = number_after(&cli, ".float().mean())  # ");
     let accuracy = snippet_accuracy(&default_run().model());
     let mut wrong = Vec::new();
     check("the snippet's comment", comment, accuracy, &mut wrong);
-    let text = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = cli.split_whitespace().collect::<Vec<_>>().join(" ");
     check(
         "the paragraph below it",
         number_after(&text, "checks that it gives the "),
@@ -259,11 +276,11 @@ fn the_6000_sample_cpu_figure_is_what_the_cpu_gives() {
         "2",
     ];
     let (_, m) = train(&args, &tmp.path().join("run"));
-    let text = readme().split_whitespace().collect::<Vec<_>>().join(" ");
-    let figure = number_after(
-        &text,
-        "The CPU path on the same subset: 0.06 s per epoch and also ",
-    );
+    let text = doc("docs/performance.md")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let figure = number_after(&text, "The CPU path on the same subset ends at ");
     let mut wrong = Vec::new();
     check(
         "6,000-sample CPU run",
