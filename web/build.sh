@@ -11,6 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+command -v rustup >/dev/null || {
+  echo "web/build.sh: rustup is not on PATH; the page needs Rust's wasm32-unknown-unknown target (install Rust with https://rustup.rs)" >&2
+  exit 1
+}
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   rustup target add wasm32-unknown-unknown
 fi
