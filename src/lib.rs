@@ -13,6 +13,7 @@ pub mod gpu;
 pub mod interrupt;
 pub mod model;
 pub mod modelfile;
+pub mod output;
 pub mod preprocess;
 pub mod progress;
 pub mod report;

@@ -8,6 +8,7 @@ use mnist_gpu::interrupt::{self, Interrupted};
 use mnist_gpu::model::{parse_hidden, Hyper, ModelConfig};
 use mnist_gpu::run::{self, TrainSettings};
 use mnist_gpu::train::TrainOptions;
+use mnist_gpu::{errln, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -244,26 +245,26 @@ fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         match outcome {
             PredictOutcome::Predicted(p) => {
                 if !args.json {
-                    println!("{}: {} ({})", p.file, p.digit, top3_text(&p.top3));
+                    outln!("{}: {} ({})", p.file, p.digit, top3_text(&p.top3));
                 }
                 for warning in &p.warnings {
-                    eprintln!("warning: {}: {warning}", p.file);
+                    errln!("warning: {}: {warning}", p.file);
                 }
             }
             PredictOutcome::Failed(f) => {
                 failed += 1;
-                eprintln!("error: {}", f.error);
+                errln!("error: {}", f.error);
             }
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&outcomes)?);
+        outln!("{}", serde_json::to_string_pretty(&outcomes)?);
     }
     if failed == 0 {
         return Ok(());
     }
     if outcomes.len() > 1 {
-        eprintln!(
+        errln!(
             "note: {failed} of {} images could not be read; the others are above",
             outcomes.len()
         );
@@ -280,15 +281,15 @@ fn top3_text(top3: &[(u8, f32)]) -> String {
 }
 
 fn main() -> ExitCode {
-    // Rust ignores SIGPIPE, which turns a closed stdout (`mnist-gpu … | head`) into a
-    // panic on the next print; the default action ends the process quietly instead.
-    #[cfg(unix)]
-    // SAFETY: called first thing in main, before any other thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
-    let result = match cli.command {
+    if !matches!(cli.command, Command::Train(_)) {
+        default_sigpipe();
+    }
+    exit_status(run_command(cli.command))
+}
+
+fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Train(args) => {
             interrupt::install();
             args.settings().and_then(|s| run::run_train(&s)).map(|_| ())
@@ -306,17 +307,47 @@ fn main() -> ExitCode {
             backend: args.backend,
             adapter: None,
         }),
-    };
+    }
+}
+
+/// Outside `train`, a closed stdout (`mnist-gpu predict … | head -1`) ends the program
+/// quietly, as SIGPIPE's default action does for other command-line tools. (`train`
+/// keeps SIGPIPE ignored: a closed stdout is then a write error, and the run stops with
+/// a resumable checkpoint instead of dying mid-step.)
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: resetting a signal's disposition to its default touches no Rust state.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// The exit status for `result`, with its one-line message on stderr: 130 for a stop by
+/// signal, 1 for an error or a failed write to stdout.
+fn exit_status(result: anyhow::Result<()>) -> ExitCode {
+    let stdout_error = mnist_gpu::output::stdout_error();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
         Err(error) if error.downcast_ref::<AlreadyReported>().is_some() => ExitCode::FAILURE,
-        Err(error) if error.downcast_ref::<Interrupted>().is_some() => {
-            eprintln!("{error:#}");
-            ExitCode::from(interrupt::EXIT_CODE)
-        }
+        Err(error) if error.downcast_ref::<Interrupted>().is_some() => match stdout_error {
+            Some(why) if !interrupt::signalled() => {
+                errln!("error: cannot write to standard output ({why}); {error:#}");
+                ExitCode::FAILURE
+            }
+            _ => {
+                errln!("{error:#}");
+                ExitCode::from(interrupt::EXIT_CODE)
+            }
+        },
         Err(error) => {
-            eprintln!("error: {error:#}");
+            errln!("error: {error:#}");
             ExitCode::FAILURE
         }
+        Ok(()) => match stdout_error {
+            Some(why) => {
+                errln!("error: cannot write to standard output ({why})");
+                ExitCode::FAILURE
+            }
+            None => ExitCode::SUCCESS,
+        },
     }
 }
