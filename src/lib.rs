@@ -11,6 +11,7 @@ pub mod data;
 pub mod fsutil;
 pub mod gpu;
 pub mod interrupt;
+pub mod metricsfile;
 pub mod model;
 pub mod modelfile;
 pub mod output;

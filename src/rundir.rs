@@ -9,7 +9,8 @@
 //! - Automatic `runs/run-NNN` directories are claimed with an exclusive create, so two
 //!   runs started together never share one; a run that fails before writing anything
 //!   removes the directory it made.
-//! - Temporary files of killed processes (`.NAME.tmp-PID`) are removed.
+//! - Once the directory is claimed, temporary files that killed runs left there
+//!   (`.NAME.tmp-PID` for the run's own file names) are removed; nothing else is.
 
 use crate::fsutil::{ensure_writable_dir, remove_stale_temp_files};
 use anyhow::{bail, Context, Result};
@@ -24,7 +25,7 @@ pub const METRICS: &str = "metrics.jsonl";
 pub const PREDICTIONS: &str = "predictions.png";
 pub const CURVES: &str = "curves.png";
 /// The lock file a run holds for its whole life.
-const LOCK: &str = ".lock";
+pub const LOCK: &str = ".lock";
 
 /// Every file a run leaves behind.
 pub const RUN_FILES: [&str; 5] = [MODEL, CHECKPOINT, METRICS, PREDICTIONS, CURVES];
@@ -68,11 +69,11 @@ impl RunDir {
             path,
             created,
         };
-        remove_stale_temp_files(&run_dir.path);
         run_dir.check_claim(claim)?;
         if claim == Claim::Overwrite {
             run_dir.remove_run_files()?;
         }
+        remove_stale_temp_files(&run_dir.path, &RUN_FILES);
         Ok(run_dir)
     }
 
@@ -109,7 +110,20 @@ impl RunDir {
         }
     }
 
+    /// Remove the run's files for `--overwrite`, after checking that each is a file (or a
+    /// link), so a failure never leaves the old run half removed.
     fn remove_run_files(&self) -> Result<()> {
+        for name in self.run_files() {
+            let path = self.file(name);
+            if path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                bail!(
+                    "cannot replace the run in {}: {} is a directory, not a file of a run; \
+                     nothing was removed",
+                    self.path.display(),
+                    path.display()
+                );
+            }
+        }
         for name in self.run_files() {
             let path = self.file(name);
             fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
