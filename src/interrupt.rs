@@ -88,11 +88,12 @@ pub fn stop_requested(epoch: usize, steps_done: usize) -> bool {
 
 /// Training was stopped by an interrupt; a resumable checkpoint was written.
 #[derive(Debug, thiserror::Error)]
-#[error("interrupted in epoch {epoch} after step {steps_done} of {steps_total}: {checkpoint} holds the run so far; continue it with: mnist-gpu train --resume {dir}")]
+#[error("interrupted in epoch {epoch} after step {steps_done} of {steps_total}: {checkpoint} holds the run so far; continue it with: {resume}")]
 pub struct Interrupted {
     pub epoch: usize,
     pub steps_done: usize,
     pub steps_total: usize,
     pub checkpoint: String,
-    pub dir: String,
+    /// The command that continues the run.
+    pub resume: String,
 }

@@ -295,7 +295,7 @@ fn train_in(
         backend.name(),
         settings.options.batch_size,
         train_count.div_ceil(settings.options.batch_size),
-        settings.hyper.lr,
+        format_lr(settings.hyper.lr),
         settings.options.seed
     );
     let start = StartAt {
@@ -318,6 +318,15 @@ fn train_in(
     );
     write_outputs(&mut writer, backend.as_mut(), &test_images, &outcome)?;
     Ok(outcome)
+}
+
+/// A learning rate as people write it: `0.001`, and `1e-9` rather than its long decimal.
+fn format_lr(lr: f32) -> String {
+    if (1e-4..1e6).contains(&lr) {
+        lr.to_string()
+    } else {
+        format!("{lr:e}")
+    }
 }
 
 fn print_header(data: &Mnist, params: &Params) {
@@ -453,25 +462,80 @@ impl RunWriter<'_> {
                 steps_done: stopped.progress.steps_done,
                 steps_total: stopped.progress.steps_total,
                 checkpoint: self.run_dir.file(CHECKPOINT).display().to_string(),
-                dir: dir.display().to_string(),
+                resume: resume_command(dir, &self.settings.device),
             }
             .into();
         }
         let diverged = error.downcast_ref::<Diverged>().is_some()
             || error.downcast_ref::<NonFinite>().is_some();
-        if diverged {
-            match self.checkpoint_epoch {
-                Some(epoch) => crate::errln!(
-                    "note: the last checkpoint of this run, {} (from epoch {epoch}), is unchanged",
-                    self.run_dir.file(CHECKPOINT).display()
-                ),
-                None => {
-                    crate::errln!("note: no epoch of this run finished, so it has no checkpoint")
-                }
+        let checkpoint = self.run_dir.file(CHECKPOINT);
+        match (self.checkpoint_epoch, diverged) {
+            (Some(epoch), true) => crate::errln!(
+                "note: the last checkpoint of this run, {} (from epoch {epoch}), is unchanged",
+                checkpoint.display()
+            ),
+            (None, true) => {
+                crate::errln!("note: no epoch of this run finished, so it has no checkpoint")
             }
+            // A write failed (a full disk): the checkpoint on disk is whole (files are
+            // replaced atomically), and the run continues from it.
+            (Some(epoch), false) => {
+                return WithNote {
+                    error,
+                    note: format!(
+                        "the last checkpoint of this run, {} (from epoch {epoch}), is intact; \
+                         once there is room, continue it with: {}",
+                        checkpoint.display(),
+                        resume_command(dir, &self.settings.device)
+                    ),
+                }
+                .into()
+            }
+            (None, false) => {}
         }
         error
     }
+}
+
+/// An error followed by a note on a line of its own.
+#[derive(Debug, thiserror::Error)]
+#[error("{error:#}\nnote: {note}")]
+struct WithNote {
+    error: anyhow::Error,
+    note: String,
+}
+
+/// The command that continues the run in `dir` on the same device.
+fn resume_command(dir: &Path, device: &Device) -> String {
+    let quote = |text: &str| {
+        let plain = text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=,@".contains(c));
+        if plain {
+            text.to_string()
+        } else {
+            format!("'{}'", text.replace('\'', "'\\''"))
+        }
+    };
+    let mut command = format!(
+        "mnist-gpu train --resume {}",
+        quote(&dir.display().to_string())
+    );
+    match device {
+        Device::Cpu => command.push_str(" --cpu-fallback"),
+        Device::Gpu(choice) => {
+            for (flag, value) in [
+                ("--backend", &choice.backend),
+                ("--adapter", &choice.adapter),
+            ] {
+                if let Some(value) = value {
+                    command.push_str(&format!(" {flag} {}", quote(value)));
+                }
+            }
+        }
+        Device::Auto => {}
+    }
+    command
 }
 
 impl Observer for RunWriter<'_> {

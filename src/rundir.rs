@@ -56,6 +56,7 @@ impl RunDir {
     pub fn claim(dir: Option<&Path>, claim: Claim) -> Result<RunDir> {
         let (path, created) = match dir {
             Some(dir) => {
+                check_directory(dir)?;
                 let created = !dir.exists();
                 ensure_writable_dir(dir).with_context(|| {
                     format!("output directory {} is not writable", dir.display())
@@ -158,6 +159,27 @@ fn claim_next_run_dir(parent: &Path) -> Result<PathBuf> {
         }
     }
     bail!("{} holds 99999 runs; pass --out-dir DIR", parent.display())
+}
+
+/// `--out-dir` must be a directory or a new path: a file, or a symbolic link to nothing,
+/// is "not a directory" (not the "File exists" that creating it would say).
+fn check_directory(dir: &Path) -> Result<()> {
+    let Ok(meta) = fs::symlink_metadata(dir) else {
+        return Ok(());
+    };
+    match fs::metadata(dir) {
+        Ok(target) if target.is_dir() => Ok(()),
+        Ok(_) => bail!(
+            "--out-dir {}: is not a directory (it is a file)",
+            dir.display()
+        ),
+        Err(_) if meta.file_type().is_symlink() => bail!(
+            "--out-dir {}: is not a directory (a symbolic link to {}, which does not exist)",
+            dir.display(),
+            fs::read_link(dir).map_or_else(|_| "?".into(), |t| t.display().to_string())
+        ),
+        Err(e) => bail!("--out-dir {}: {e}", dir.display()),
+    }
 }
 
 /// Take the advisory lock on `dir/.lock`, failing at once if another process holds it.

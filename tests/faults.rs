@@ -92,7 +92,10 @@ fn interrupt_mid_epoch_then_resume_is_bit_identical() {
     for words in [
         "interrupted in epoch 2 after step 20 of 63",
         &s(&cut.join("checkpoint.safetensors")),
-        &format!("mnist-gpu train --resume {}", s(&cut)),
+        &format!(
+            "continue it with: mnist-gpu train --resume {} --cpu-fallback",
+            s(&cut)
+        ),
     ] {
         assert!(stderr.contains(words), "lacks '{words}': {stderr}");
     }
@@ -261,6 +264,13 @@ fn disk_full_keeps_the_previous_checkpoint() {
             && stderr.contains("File too large"),
         "{stderr}"
     );
+    let note = format!(
+        "note: the last checkpoint of this run, {} (from epoch 1), is intact; once there is \
+         room, continue it with: mnist-gpu train --resume {} --cpu-fallback",
+        s(&checkpoint),
+        s(&dir)
+    );
+    assert!(stderr.contains(&note), "{stderr}");
     assert!(
         std::fs::read(&checkpoint).unwrap() == before,
         "checkpoint changed"
