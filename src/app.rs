@@ -57,14 +57,14 @@ fn resolve_auto(activity: &str) -> Device {
             } else {
                 seen.join(", ")
             };
-            eprintln!(
+            crate::errln!(
                 "note: no hardware GPU adapter found (wgpu sees: {seen}); {activity} on the CPU. \
                  Pass --adapter NAME to run the WGSL kernels on a software adapter anyway."
             );
             Device::Cpu
         }
         Err(error) => {
-            eprintln!("note: no GPU adapter available ({error}); {activity} on the CPU");
+            crate::errln!("note: no GPU adapter available ({error}); {activity} on the CPU");
             Device::Cpu
         }
     }
@@ -91,7 +91,9 @@ pub fn load_data(
 /// A note when `flag`'s `limit` asked for more samples than the `kept` there are.
 fn limit_note(limit: Option<usize>, kept: usize, flag: &str) {
     if let Some(n) = limit.filter(|&n| n > kept) {
-        eprintln!("note: {flag} {n} is more than the {kept} samples available; using all {kept}");
+        crate::errln!(
+            "note: {flag} {n} is more than the {kept} samples available; using all {kept}"
+        );
     }
 }
 
@@ -155,21 +157,21 @@ pub fn run_eval(
             model.display()
         );
     }
-    println!("model: {} | device: {}", model.display(), backend.name());
-    println!(
+    crate::outln!("model: {} | device: {}", model.display(), backend.name());
+    crate::outln!(
         "test: {} samples - loss: {:.4} - accuracy: {:.2}%",
         labels.len(),
         eval.loss,
         eval.accuracy * 100.0
     );
     let matrix = report::confusion_matrix(&labels, &eval.predictions);
-    println!(
+    crate::outln!(
         "confusion matrix (rows: true digit, columns: predicted):\n{}",
         report::format_confusion(&matrix)
     );
     if let Some(path) = confusion_png {
         report::draw_confusion(&matrix, path)?;
-        println!("wrote {}", path.display());
+        crate::outln!("wrote {}", path.display());
     }
     Ok(eval.accuracy)
 }
@@ -267,7 +269,7 @@ fn ranked(path: &Path, probabilities: &[f32], mut warnings: Vec<String>) -> Pred
 /// `mnist-gpu adapters`: the table of every adapter wgpu finds.
 pub fn run_adapters(choice: &DeviceChoice) -> Result<()> {
     let list = gpu::list_adapters(choice)?;
-    print!("{}", gpu::format_adapters(&list));
+    crate::output::stdout_text(format_args!("{}", gpu::format_adapters(&list)));
     Ok(())
 }
 

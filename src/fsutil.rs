@@ -9,20 +9,15 @@ use std::path::{Path, PathBuf};
 /// one, never a mix; a failure leaves the old file untouched and no temp file behind.
 ///
 /// When `path` is a symbolic link, the file it points to is replaced and the link kept.
+/// Only a regular file is ever replaced: a directory, device, FIFO or socket, or a path
+/// that leads through `/dev` or `/proc` (`/dev/stdout`), is refused.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let path = &follow_links(path)?;
+    let path = &replaceable_target(path)?;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = temp_path(dir, path)?;
     let result = (|| {
         let mut file = File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -35,38 +30,92 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
-/// `path` with symbolic links followed to the file they name (which need not exist yet);
-/// `path` itself when it is no link.
-fn follow_links(path: &Path) -> io::Result<PathBuf> {
-    let mut path = path.to_path_buf();
+/// The temporary file [`write_atomic`] writes in `dir` before it becomes `path`.
+fn temp_path(dir: &Path, path: &Path) -> io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    Ok(dir.join(temp_name(&name.to_string_lossy(), std::process::id())))
+}
+
+/// The name of [`write_atomic`]'s temporary file for the file `name`, made by process `pid`.
+fn temp_name(name: &str, pid: u32) -> String {
+    format!(".{name}.tmp-{pid}")
+}
+
+/// The file that writing `path` replaces (links followed), if that may be done: it does
+/// not exist yet or is a regular file, and no link on the way leads into `/dev` or
+/// `/proc` (`/dev/stdout` names whatever this process's stdout is).
+pub fn replaceable_target(path: &Path) -> io::Result<PathBuf> {
+    let chain = link_chain(path)?;
+    if let Some(special) = chain.iter().find(|p| is_special_path(p)) {
+        return Err(io::Error::other(format!(
+            "{} is a device or process stream, not a regular file; it is not replaced",
+            special.display()
+        )));
+    }
+    let target = chain.last().cloned().unwrap_or_else(|| path.to_path_buf());
+    match fs::metadata(&target) {
+        Ok(meta) if meta.is_dir() => Err(io::Error::other("is a directory")),
+        Ok(meta) if !meta.is_file() => Err(io::Error::other(
+            "is not a regular file (a device, FIFO or socket); it is not replaced",
+        )),
+        _ => Ok(target),
+    }
+}
+
+/// Whether `path` (made absolute) names a process's stream rather than a file: under
+/// `/proc` or `/dev/fd`, or `/dev/stdin`, `/dev/stdout`, `/dev/stderr`.
+fn is_special_path(path: &Path) -> bool {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    [
+        "/proc",
+        "/dev/fd",
+        "/dev/stdin",
+        "/dev/stdout",
+        "/dev/stderr",
+    ]
+    .iter()
+    .any(|special| path.starts_with(special))
+}
+
+/// `path`, then each file its symbolic links lead to, in turn (the last is no link, or
+/// does not exist yet).
+fn link_chain(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut chain = vec![path.to_path_buf()];
     for _ in 0..40 {
-        match fs::symlink_metadata(&path) {
+        let path = chain.last().expect("never empty");
+        match fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_symlink() => {
-                let target = fs::read_link(&path)?;
-                path = match path.parent() {
+                let target = fs::read_link(path)?;
+                let next = match path.parent() {
                     Some(parent) => parent.join(target),
                     None => target,
                 };
+                chain.push(next);
             }
-            _ => return Ok(path),
+            _ => return Ok(chain),
         }
     }
     Err(io::Error::other("too many levels of symbolic links"))
 }
 
-/// Remove the temporary files (`.NAME.tmp-PID`) that [`write_atomic`] left in `dir` when
-/// its process was killed mid-write; files of processes still running are kept.
-pub fn remove_stale_temp_files(dir: &Path) {
+/// Remove the temporary files that [`write_atomic`] left in `dir` for the files named
+/// `names` when its process was killed mid-write (`.NAME.tmp-PID` of a process that no
+/// longer runs). Any other file, whatever its name, is kept.
+pub fn remove_stale_temp_files(dir: &Path, names: &[&str]) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let pid = name
-            .strip_prefix('.')
-            .and_then(|rest| rest.rsplit_once(".tmp-"))
-            .and_then(|(_, pid)| pid.parse::<u32>().ok());
-        if pid.is_some_and(|pid| !process_alive(pid)) {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let pid = names.iter().find_map(|name| {
+            let pid = file_name.strip_prefix(&format!(".{name}.tmp-"))?;
+            let pid = pid.parse::<u32>().ok()?;
+            (temp_name(name, pid) == file_name).then_some(pid)
+        });
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && pid.is_some_and(|pid| !process_alive(pid)) {
             let _ = fs::remove_file(entry.path());
         }
     }

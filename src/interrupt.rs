@@ -1,29 +1,59 @@
-//! Ctrl-C / SIGTERM during training: the first signal asks the training loop to stop
-//! after the step under way (it then writes a resumable checkpoint and exits with 130);
-//! a second one exits at once (every file is written atomically, so the last
-//! checkpoint on disk stays whole).
+//! Ctrl-C / SIGTERM / SIGHUP during training: the first signal asks the training loop to
+//! stop after the step under way (it then writes a resumable checkpoint and exits with
+//! 130); another one more than [`REPEAT_WINDOW`] later exits at once (every file is
+//! written atomically, so the last checkpoint on disk stays whole). Signals within the
+//! window are the same request: GNU `timeout` and a closing terminal signal the process
+//! and its process group, so one stop arrives twice.
+//!
+//! The handler sets the stop flag before it prints anything, and its printing cannot
+//! fail: a stop works with stderr closed, full, or on a terminal that hung up.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
-#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
 
 /// Exit status of a run stopped by a signal (128 + SIGINT, as shells report Ctrl-C).
 pub const EXIT_CODE: u8 = 130;
 
+/// Signals this close after the first are part of the same stop request.
+pub const REPEAT_WINDOW: Duration = Duration::from_secs(1);
+
 /// Install the SIGINT/SIGTERM/SIGHUP handler (once per process; later calls do nothing).
 /// (No signals in a browser: the page's Stop button asks instead.)
 pub fn install() {
     #[cfg(not(target_arch = "wasm32"))]
-    let _ = ctrlc::set_handler(|| {
-        if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
-            eprintln!("\ninterrupted again: exiting now (the last checkpoint on disk is intact)");
-            std::process::exit(EXIT_CODE as i32);
-        }
-        eprintln!("\ninterrupt: finishing the current step and writing a checkpoint (press Ctrl-C again to quit at once)");
-        REQUESTED.store(true, Ordering::SeqCst);
-    });
+    {
+        use std::io::Write;
+        let mut first: Option<web_time::Instant> = None;
+        let _ = ctrlc::set_handler(move || {
+            REQUESTED.store(true, Ordering::SeqCst);
+            SIGNALS.fetch_add(1, Ordering::SeqCst);
+            let mut stderr = std::io::stderr();
+            let Some(at) = first else {
+                first = Some(web_time::Instant::now());
+                let _ = writeln!(
+                    stderr,
+                    "\ninterrupt: finishing the current step and writing a checkpoint (press \
+                     Ctrl-C again to quit at once)"
+                );
+                return;
+            };
+            if at.elapsed() >= REPEAT_WINDOW {
+                let _ = writeln!(
+                    stderr,
+                    "\ninterrupted again: exiting now (the last checkpoint on disk is intact)"
+                );
+                std::process::exit(EXIT_CODE as i32);
+            }
+        });
+    }
+}
+
+/// Whether a signal (not the test hook or a failed output) asked for the stop.
+pub fn signalled() -> bool {
+    SIGNALS.load(Ordering::SeqCst) > 0
 }
 
 /// Ask the training loop to stop after the current step (what the signal handler does).
@@ -58,11 +88,12 @@ pub fn stop_requested(epoch: usize, steps_done: usize) -> bool {
 
 /// Training was stopped by an interrupt; a resumable checkpoint was written.
 #[derive(Debug, thiserror::Error)]
-#[error("interrupted in epoch {epoch} after step {steps_done} of {steps_total}: {checkpoint} holds the run so far; continue it with: mnist-gpu train --resume {dir}")]
+#[error("interrupted in epoch {epoch} after step {steps_done} of {steps_total}: {checkpoint} holds the run so far; continue it with: {resume}")]
 pub struct Interrupted {
     pub epoch: usize,
     pub steps_done: usize,
     pub steps_total: usize,
     pub checkpoint: String,
-    pub dir: String,
+    /// The command that continues the run.
+    pub resume: String,
 }

@@ -8,6 +8,7 @@ use mnist_gpu::interrupt::{self, Interrupted};
 use mnist_gpu::model::{parse_hidden, Hyper, ModelConfig};
 use mnist_gpu::run::{self, TrainSettings};
 use mnist_gpu::train::TrainOptions;
+use mnist_gpu::{errln, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,16 +38,16 @@ enum Command {
 #[derive(Args)]
 struct EvalArgs {
     /// A model.safetensors written by `train`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = path_arg)]
     model: PathBuf,
     /// Directory with the four MNIST IDX files (plain or .gz) [default: the built-in MNIST]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = path_arg)]
     data_dir: Option<PathBuf>,
     /// Evaluate only the first N test samples.
     #[arg(long, value_name = "N")]
     test_limit: Option<usize>,
     /// Also draw the confusion matrix as a picture.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = path_arg)]
     confusion_png: Option<PathBuf>,
     /// Evaluate on the CPU instead of a GPU.
     #[arg(long, conflicts_with_all = ["backend", "adapter"])]
@@ -58,7 +59,7 @@ struct EvalArgs {
 #[derive(Args)]
 struct PredictArgs {
     /// A model.safetensors written by `train`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = path_arg)]
     model: PathBuf,
     /// Image files to classify.
     #[arg(required = true, value_name = "IMAGE")]
@@ -94,7 +95,7 @@ struct TrainArgs {
     #[command(flatten)]
     device: DeviceArgs,
     /// Directory with the four MNIST IDX files (plain or .gz) [default: the built-in MNIST]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = path_arg)]
     data_dir: Option<PathBuf>,
     /// Epochs to train [default: 10; with --resume: the checkpoint's total]
     #[arg(long, value_parser = positive)]
@@ -123,11 +124,12 @@ struct TrainArgs {
     /// Use only the first N test samples (more than there are: all of them).
     #[arg(long, value_name = "N", conflicts_with = "resume")]
     test_limit: Option<usize>,
-    /// Also write the per-epoch metrics (one JSON object per line) to FILE.
-    #[arg(long, value_name = "FILE")]
+    /// Also write the per-epoch metrics (one JSON object per line) to FILE: a regular file
+    /// or a new one (not `-`, a device, or one of the run's own files).
+    #[arg(long, value_name = "FILE", value_parser = path_arg)]
     metrics: Option<PathBuf>,
     /// Directory for the run's files [default: the next free runs/run-NNN]
-    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    #[arg(long, value_name = "DIR", value_parser = path_arg, conflicts_with = "resume")]
     out_dir: Option<PathBuf>,
     /// Replace the run already in --out-dir (and a --metrics file that holds metrics).
     #[arg(long, conflicts_with = "resume")]
@@ -136,10 +138,10 @@ struct TrainArgs {
     #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "resume")]
     grid_offset: usize,
     /// Start from the weights in a model.safetensors (with a fresh optimiser).
-    #[arg(long, value_name = "FILE", conflicts_with = "resume")]
+    #[arg(long, value_name = "FILE", value_parser = path_arg, conflicts_with = "resume")]
     init_from: Option<PathBuf>,
     /// Continue the interrupted run in DIR from its checkpoint.safetensors.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = path_arg)]
     resume: Option<PathBuf>,
 }
 
@@ -165,12 +167,30 @@ fn positive(text: &str) -> Result<usize, String> {
     }
 }
 
+/// A learning rate: a finite number above 0 that a 32-bit float holds at full precision
+/// (from about 1.2e-38; smaller ones round to 0 or lose their digits).
 fn learning_rate(text: &str) -> Result<f32, String> {
     match text.parse::<f32>() {
-        Ok(lr) if lr.is_finite() && lr > 0.0 => Ok(lr),
-        Ok(lr) => Err(format!("must be a finite number above 0, got {lr}")),
+        Ok(lr) if lr.is_finite() && lr >= f32::MIN_POSITIVE => Ok(lr),
+        _ if text.parse::<f64>().is_ok_and(|x| x > 0.0 && x < 1.0) => Err(format!(
+            "'{text}' is too small: the smallest learning rate is {:e} (32-bit floats)",
+            f32::MIN_POSITIVE
+        )),
+        Ok(_) => Err(format!("must be a finite number above 0, got '{text}'")),
         Err(_) => Err(format!("'{text}' is not a number")),
     }
+}
+
+/// A path flag's value: `~` is not expanded (the shell expands it only at the start of
+/// a word, so `--out-dir=~/runs` reaches the program as it is written).
+fn path_arg(text: &str) -> Result<PathBuf, String> {
+    if text == "~" || text.starts_with("~/") {
+        return Err(format!(
+            "'{text}' starts with '~', which the shell did not expand (it does only at the \
+             start of a word); write the path with $HOME or in full"
+        ));
+    }
+    Ok(PathBuf::from(text))
 }
 
 impl DeviceArgs {
@@ -238,32 +258,38 @@ impl std::error::Error for AlreadyReported {}
 /// `error` entry in `--json`), each doubtful answer a `warning:` line, and the exit code
 /// is 1 at the end if any file failed.
 fn predict(args: &PredictArgs) -> anyhow::Result<()> {
+    if args.images.iter().any(|p| p.as_os_str() == "-") {
+        anyhow::bail!(
+            "-: reading a picture from standard input is not supported; give the picture's \
+             file name"
+        );
+    }
     let outcomes = app::predict(&args.model, &args.images)?;
     let mut failed = 0;
     for outcome in &outcomes {
         match outcome {
             PredictOutcome::Predicted(p) => {
                 if !args.json {
-                    println!("{}: {} ({})", p.file, p.digit, top3_text(&p.top3));
+                    outln!("{}: {} ({})", p.file, p.digit, top3_text(&p.top3));
                 }
                 for warning in &p.warnings {
-                    eprintln!("warning: {}: {warning}", p.file);
+                    errln!("warning: {}: {warning}", p.file);
                 }
             }
             PredictOutcome::Failed(f) => {
                 failed += 1;
-                eprintln!("error: {}", f.error);
+                errln!("error: {}", f.error);
             }
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&outcomes)?);
+        outln!("{}", serde_json::to_string_pretty(&outcomes)?);
     }
     if failed == 0 {
         return Ok(());
     }
     if outcomes.len() > 1 {
-        eprintln!(
+        errln!(
             "note: {failed} of {} images could not be read; the others are above",
             outcomes.len()
         );
@@ -280,15 +306,15 @@ fn top3_text(top3: &[(u8, f32)]) -> String {
 }
 
 fn main() -> ExitCode {
-    // Rust ignores SIGPIPE, which turns a closed stdout (`mnist-gpu … | head`) into a
-    // panic on the next print; the default action ends the process quietly instead.
-    #[cfg(unix)]
-    // SAFETY: called first thing in main, before any other thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
-    let result = match cli.command {
+    if !matches!(cli.command, Command::Train(_)) {
+        default_sigpipe();
+    }
+    exit_status(run_command(cli.command))
+}
+
+fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Train(args) => {
             interrupt::install();
             args.settings().and_then(|s| run::run_train(&s)).map(|_| ())
@@ -306,17 +332,47 @@ fn main() -> ExitCode {
             backend: args.backend,
             adapter: None,
         }),
-    };
+    }
+}
+
+/// Outside `train`, a closed stdout (`mnist-gpu predict … | head -1`) ends the program
+/// quietly, as SIGPIPE's default action does for other command-line tools. (`train`
+/// keeps SIGPIPE ignored: a closed stdout is then a write error, and the run stops with
+/// a resumable checkpoint instead of dying mid-step.)
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: resetting a signal's disposition to its default touches no Rust state.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// The exit status for `result`, with its one-line message on stderr: 130 for a stop by
+/// signal, 1 for an error or a failed write to stdout.
+fn exit_status(result: anyhow::Result<()>) -> ExitCode {
+    let stdout_error = mnist_gpu::output::stdout_error();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
         Err(error) if error.downcast_ref::<AlreadyReported>().is_some() => ExitCode::FAILURE,
-        Err(error) if error.downcast_ref::<Interrupted>().is_some() => {
-            eprintln!("{error:#}");
-            ExitCode::from(interrupt::EXIT_CODE)
-        }
+        Err(error) if error.downcast_ref::<Interrupted>().is_some() => match stdout_error {
+            Some(why) if !interrupt::signalled() => {
+                errln!("error: cannot write to standard output ({why}); {error:#}");
+                ExitCode::FAILURE
+            }
+            _ => {
+                errln!("{error:#}");
+                ExitCode::from(interrupt::EXIT_CODE)
+            }
+        },
         Err(error) => {
-            eprintln!("error: {error:#}");
+            errln!("error: {error:#}");
             ExitCode::FAILURE
         }
+        Ok(()) => match stdout_error {
+            Some(why) => {
+                errln!("error: cannot write to standard output ({why})");
+                ExitCode::FAILURE
+            }
+            None => ExitCode::SUCCESS,
+        },
     }
 }

@@ -203,7 +203,7 @@ impl Drop for Console {
 impl Observer for Console {
     fn epoch_started(&mut self, epoch: usize, epochs: usize, start: &StepProgress) {
         self.clear();
-        println!("Epoch {epoch}/{epochs}");
+        crate::outln!("Epoch {epoch}/{epochs}");
         self.epoch = Some(Epoch {
             start: *start,
             started: Instant::now(),
@@ -262,7 +262,7 @@ impl Observer for Console {
             ),
             None => (0, 0),
         };
-        println!("{}", format_closing(r, total, trained));
+        crate::outln!("{}", format_closing(r, total, trained));
         Ok(())
     }
 }

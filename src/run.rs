@@ -9,8 +9,9 @@ use crate::app::{self, Device};
 use crate::backend::{Backend, Diverged, NonFinite, StepProgress};
 use crate::cpu;
 use crate::data::{self, Mnist};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{self, write_atomic};
 use crate::interrupt::{self, Interrupted};
+use crate::metricsfile;
 use crate::model::{Hyper, ModelConfig, Params};
 use crate::modelfile::{self, RunSettings, RunState};
 use crate::progress::Console;
@@ -140,7 +141,11 @@ fn run_settings(s: &TrainSettings, device: &str) -> RunSettings {
         test_limit: s.test_limit,
         grid_offset: s.grid_offset,
         device: Some(device.to_string()),
-        metrics: s.metrics.clone(),
+        // Absolute, so a run resumed from another directory writes the same file.
+        metrics: s
+            .metrics
+            .as_ref()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
     }
 }
 
@@ -150,7 +155,7 @@ fn starting_point(settings: &TrainSettings) -> Result<(Params, Option<RunState>)
         (Some(resume), _) => (resume.params.clone(), Some(resume.state.clone())),
         (None, Some(path)) => {
             let params = modelfile::load_model(path)?;
-            println!("init: {} from {}", params.config.describe(), path.display());
+            crate::outln!("init: {} from {}", params.config.describe(), path.display());
             (params, None)
         }
         (None, None) => {
@@ -193,39 +198,19 @@ fn check_inputs(settings: &TrainSettings, data: &Mnist, params: &Params) -> Resu
     check_metrics_file(settings)
 }
 
-/// The `--metrics` file is written only once training runs; here it is only checked: its
-/// directory must exist, and a non-empty file that is not this run's own is kept unless
-/// `--overwrite` says otherwise.
+/// The `--metrics` file is written only once training runs; here it is only checked
+/// (see [`metricsfile`]).
 fn check_metrics_file(settings: &TrainSettings) -> Result<()> {
     let Some(path) = &settings.metrics else {
         return Ok(());
     };
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !parent.is_dir() {
-        bail!(
-            "--metrics {}: the directory {} does not exist",
-            path.display(),
-            parent.display()
-        );
-    }
-    if path.is_dir() {
-        bail!("--metrics {}: is a directory", path.display());
-    }
-    let own = settings
-        .resume
-        .as_ref()
-        .is_some_and(|r| r.state.run.metrics.as_deref() == Some(path.as_path()));
-    let non_empty = std::fs::metadata(path).is_ok_and(|m| m.len() > 0);
-    if non_empty && !own && !settings.overwrite {
-        bail!(
-            "--metrics {}: the file already holds metrics; choose another file or pass \
-             --overwrite to replace it",
-            path.display()
-        );
-    }
+    let history = settings.resume.as_ref().map(|r| r.state.history.as_slice());
+    metricsfile::check(
+        path,
+        settings.out_dir.as_deref(),
+        history,
+        settings.overwrite,
+    )?;
     Ok(())
 }
 
@@ -236,7 +221,7 @@ pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
     let (device, device_label) = app::resolve_device(&settings.device, "training")?;
     if let Some(before) = resumed.as_ref().and_then(|s| s.run.device.as_deref()) {
         if before != device_label {
-            eprintln!("note: this run started on {before}; it continues on {device_label}");
+            crate::errln!("note: this run started on {before}; it continues on {device_label}");
         }
     }
     let data = app::load_data(
@@ -251,6 +236,14 @@ pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
         (None, false) => Claim::Fresh,
     };
     let run_dir = RunDir::claim(settings.out_dir.as_deref(), claim)?;
+    // An automatic run directory is known only now.
+    if let Some(path) = &settings.metrics {
+        let target = fsutil::replaceable_target(path)?;
+        if let Err(error) = metricsfile::check_not_run_file(path, &target, run_dir.path()) {
+            run_dir.discard_if_unused();
+            return Err(error);
+        }
+    }
     let result = train_in(
         settings,
         &run_dir,
@@ -297,12 +290,12 @@ fn train_in(
         writer.checkpoint_epoch = Some(state.epochs_done);
         print_resume(run_dir.path(), state, settings.options.epochs);
     }
-    println!(
+    crate::outln!(
         "device: {} | batch {} ({} steps/epoch), Adam lr {}, seed {}",
         backend.name(),
         settings.options.batch_size,
         train_count.div_ceil(settings.options.batch_size),
-        settings.hyper.lr,
+        format_lr(settings.hyper.lr),
         settings.options.seed
     );
     let start = StartAt {
@@ -318,7 +311,7 @@ fn train_in(
         &stop,
     )
     .map_err(|error| writer.explain(error))?;
-    println!(
+    crate::outln!(
         "Test accuracy: {:.2}% (loss {:.4})",
         outcome.final_eval.accuracy * 100.0,
         outcome.final_eval.loss
@@ -327,9 +320,18 @@ fn train_in(
     Ok(outcome)
 }
 
+/// A learning rate as people write it: `0.001`, and `1e-9` rather than its long decimal.
+fn format_lr(lr: f32) -> String {
+    if (1e-4..1e6).contains(&lr) {
+        lr.to_string()
+    } else {
+        format!("{lr:e}")
+    }
+}
+
 fn print_header(data: &Mnist, params: &Params) {
     let (train, test) = (&data.train, &data.test);
-    println!(
+    crate::outln!(
         "train: {} × {} × {}, test: {} × {} × {}",
         train.len(),
         train.rows,
@@ -345,7 +347,7 @@ fn print_header(data: &Mnist, params: &Params) {
         .iter()
         .map(|(_, _, range)| range.len())
         .sum();
-    println!(
+    crate::outln!(
         "model: {} ({trainable} trainable parameters), pixels {}",
         config.describe(),
         if config.raw_pixels {
@@ -358,13 +360,13 @@ fn print_header(data: &Mnist, params: &Params) {
 
 fn print_resume(dir: &Path, state: &RunState, epochs: usize) {
     match state.partial {
-        Some(p) => println!(
+        Some(p) => crate::outln!(
             "resuming {} in epoch {} after step {} (of {epochs} epochs)",
             dir.display(),
             state.epochs_done + 1,
             p.steps_done,
         ),
-        None => println!(
+        None => crate::outln!(
             "resuming {} after epoch {} of {epochs}",
             dir.display(),
             state.epochs_done
@@ -395,12 +397,12 @@ fn write_outputs(
         report::draw_curves(&writer.history, &dir.file(CURVES))?;
         written.insert(2, CURVES);
     }
-    println!("wrote:");
+    crate::outln!("wrote:");
     for name in written {
-        println!("  {}", dir.file(name).display());
+        crate::outln!("  {}", dir.file(name).display());
     }
     if let Some(metrics) = &writer.settings.metrics {
-        println!("  {}", metrics.display());
+        crate::outln!("  {}", metrics.display());
     }
     Ok(())
 }
@@ -418,19 +420,17 @@ struct RunWriter<'a> {
 }
 
 impl RunWriter<'_> {
-    fn write_metrics(&self) -> Result<()> {
+    /// Write the metrics so far to `path` (`None`: the run's own metrics.jsonl).
+    fn write_metrics(&self, path: Option<&Path>) -> Result<()> {
         let mut text = String::new();
         for record in &self.history {
             text.push_str(&serde_json::to_string(record)?);
             text.push('\n');
         }
-        let mut targets = vec![self.run_dir.file(METRICS)];
-        targets.extend(self.settings.metrics.clone());
-        for path in targets {
-            write_atomic(&path, text.as_bytes())
-                .with_context(|| format!("cannot write metrics file {}", path.display()))?;
-        }
-        Ok(())
+        let own = self.run_dir.file(METRICS);
+        let path = path.unwrap_or(&own);
+        write_atomic(path, text.as_bytes())
+            .with_context(|| format!("cannot write metrics file {}", path.display()))
     }
 
     fn save_checkpoint(
@@ -462,23 +462,80 @@ impl RunWriter<'_> {
                 steps_done: stopped.progress.steps_done,
                 steps_total: stopped.progress.steps_total,
                 checkpoint: self.run_dir.file(CHECKPOINT).display().to_string(),
-                dir: dir.display().to_string(),
+                resume: resume_command(dir, &self.settings.device),
             }
             .into();
         }
         let diverged = error.downcast_ref::<Diverged>().is_some()
             || error.downcast_ref::<NonFinite>().is_some();
-        if diverged {
-            match self.checkpoint_epoch {
-                Some(epoch) => eprintln!(
-                    "note: the last checkpoint of this run, {} (from epoch {epoch}), is unchanged",
-                    self.run_dir.file(CHECKPOINT).display()
-                ),
-                None => eprintln!("note: no epoch of this run finished, so it has no checkpoint"),
+        let checkpoint = self.run_dir.file(CHECKPOINT);
+        match (self.checkpoint_epoch, diverged) {
+            (Some(epoch), true) => crate::errln!(
+                "note: the last checkpoint of this run, {} (from epoch {epoch}), is unchanged",
+                checkpoint.display()
+            ),
+            (None, true) => {
+                crate::errln!("note: no epoch of this run finished, so it has no checkpoint")
             }
+            // A write failed (a full disk): the checkpoint on disk is whole (files are
+            // replaced atomically), and the run continues from it.
+            (Some(epoch), false) => {
+                return WithNote {
+                    error,
+                    note: format!(
+                        "the last checkpoint of this run, {} (from epoch {epoch}), is intact; \
+                         once there is room, continue it with: {}",
+                        checkpoint.display(),
+                        resume_command(dir, &self.settings.device)
+                    ),
+                }
+                .into()
+            }
+            (None, false) => {}
         }
         error
     }
+}
+
+/// An error followed by a note on a line of its own.
+#[derive(Debug, thiserror::Error)]
+#[error("{error:#}\nnote: {note}")]
+struct WithNote {
+    error: anyhow::Error,
+    note: String,
+}
+
+/// The command that continues the run in `dir` on the same device.
+fn resume_command(dir: &Path, device: &Device) -> String {
+    let quote = |text: &str| {
+        let plain = text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=,@".contains(c));
+        if plain {
+            text.to_string()
+        } else {
+            format!("'{}'", text.replace('\'', "'\\''"))
+        }
+    };
+    let mut command = format!(
+        "mnist-gpu train --resume {}",
+        quote(&dir.display().to_string())
+    );
+    match device {
+        Device::Cpu => command.push_str(" --cpu-fallback"),
+        Device::Gpu(choice) => {
+            for (flag, value) in [
+                ("--backend", &choice.backend),
+                ("--adapter", &choice.adapter),
+            ] {
+                if let Some(value) = value {
+                    command.push_str(&format!(" {flag} {}", quote(value)));
+                }
+            }
+        }
+        Device::Auto => {}
+    }
+    command
 }
 
 impl Observer for RunWriter<'_> {
@@ -513,9 +570,13 @@ impl Observer for RunWriter<'_> {
     ) -> Result<()> {
         self.console.epoch_finished(record, epochs, backend)?;
         self.history.push(record.clone());
-        self.write_metrics()?;
+        self.write_metrics(None)?;
         self.save_checkpoint(backend, record.epoch, None)?;
         self.checkpoint_epoch = Some(record.epoch);
+        // After the checkpoint: a failure here leaves the epoch resumable.
+        if let Some(path) = &self.settings.metrics {
+            self.write_metrics(Some(path))?;
+        }
         Ok(())
     }
 }

@@ -9,7 +9,8 @@
 //! - Automatic `runs/run-NNN` directories are claimed with an exclusive create, so two
 //!   runs started together never share one; a run that fails before writing anything
 //!   removes the directory it made.
-//! - Temporary files of killed processes (`.NAME.tmp-PID`) are removed.
+//! - Once the directory is claimed, temporary files that killed runs left there
+//!   (`.NAME.tmp-PID` for the run's own file names) are removed; nothing else is.
 
 use crate::fsutil::{ensure_writable_dir, remove_stale_temp_files};
 use anyhow::{bail, Context, Result};
@@ -24,7 +25,7 @@ pub const METRICS: &str = "metrics.jsonl";
 pub const PREDICTIONS: &str = "predictions.png";
 pub const CURVES: &str = "curves.png";
 /// The lock file a run holds for its whole life.
-const LOCK: &str = ".lock";
+pub const LOCK: &str = ".lock";
 
 /// Every file a run leaves behind.
 pub const RUN_FILES: [&str; 5] = [MODEL, CHECKPOINT, METRICS, PREDICTIONS, CURVES];
@@ -55,6 +56,7 @@ impl RunDir {
     pub fn claim(dir: Option<&Path>, claim: Claim) -> Result<RunDir> {
         let (path, created) = match dir {
             Some(dir) => {
+                check_directory(dir)?;
                 let created = !dir.exists();
                 ensure_writable_dir(dir).with_context(|| {
                     format!("output directory {} is not writable", dir.display())
@@ -68,11 +70,11 @@ impl RunDir {
             path,
             created,
         };
-        remove_stale_temp_files(&run_dir.path);
         run_dir.check_claim(claim)?;
         if claim == Claim::Overwrite {
             run_dir.remove_run_files()?;
         }
+        remove_stale_temp_files(&run_dir.path, &RUN_FILES);
         Ok(run_dir)
     }
 
@@ -109,7 +111,20 @@ impl RunDir {
         }
     }
 
+    /// Remove the run's files for `--overwrite`, after checking that each is a file (or a
+    /// link), so a failure never leaves the old run half removed.
     fn remove_run_files(&self) -> Result<()> {
+        for name in self.run_files() {
+            let path = self.file(name);
+            if path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                bail!(
+                    "cannot replace the run in {}: {} is a directory, not a file of a run; \
+                     nothing was removed",
+                    self.path.display(),
+                    path.display()
+                );
+            }
+        }
         for name in self.run_files() {
             let path = self.file(name);
             fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
@@ -144,6 +159,27 @@ fn claim_next_run_dir(parent: &Path) -> Result<PathBuf> {
         }
     }
     bail!("{} holds 99999 runs; pass --out-dir DIR", parent.display())
+}
+
+/// `--out-dir` must be a directory or a new path: a file, or a symbolic link to nothing,
+/// is "not a directory" (not the "File exists" that creating it would say).
+fn check_directory(dir: &Path) -> Result<()> {
+    let Ok(meta) = fs::symlink_metadata(dir) else {
+        return Ok(());
+    };
+    match fs::metadata(dir) {
+        Ok(target) if target.is_dir() => Ok(()),
+        Ok(_) => bail!(
+            "--out-dir {}: is not a directory (it is a file)",
+            dir.display()
+        ),
+        Err(_) if meta.file_type().is_symlink() => bail!(
+            "--out-dir {}: is not a directory (a symbolic link to {}, which does not exist)",
+            dir.display(),
+            fs::read_link(dir).map_or_else(|_| "?".into(), |t| t.display().to_string())
+        ),
+        Err(e) => bail!("--out-dir {}: {e}", dir.display()),
+    }
 }
 
 /// Take the advisory lock on `dir/.lock`, failing at once if another process holds it.

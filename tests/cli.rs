@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::cli::{bin, mnist_gpu, text};
+use common::cli::{bin, mnist_gpu, no_panic, succeed, text};
 
 #[test]
 fn small_cpu_run_prints_keras_style_lines_and_writes_metrics() {
@@ -119,25 +119,19 @@ fn data_dir_with_a_missing_file_names_the_expected_files() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
 }
 
-/// `mnist-gpu … | head -1`: a closed stdout ends the program quietly (SIGPIPE), no panic.
+/// `mnist-gpu train … | head -1`: a closed stdout stops the run with a resumable
+/// checkpoint and exit status 1; no panic, no run directory holding only `.lock`.
 #[test]
-fn a_closed_stdout_is_not_a_panic() {
+fn a_closed_stdout_stops_training_with_a_checkpoint() {
     use std::io::{BufRead, BufReader, Read};
     use std::process::Stdio;
-    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
     let mut child = bin()
-        .args([
-            "train",
-            "--cpu-fallback",
-            "--epochs",
-            "2",
-            "--train-limit",
-            "500",
-            "--test-limit",
-            "50",
-        ])
+        .args(["train", "--cpu-fallback", "--epochs", "1000"])
+        .args(["--train-limit", "500", "--test-limit", "50"])
         .arg("--out-dir")
-        .arg(dir.path().join("run"))
+        .arg(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -155,8 +149,88 @@ fn a_closed_stdout_is_not_a_panic() {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
-    child.wait().unwrap();
+    let status = child.wait().unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot write to standard output (the reader closed it")
+            && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    let resumed = succeed(&[
+        "train",
+        "--cpu-fallback",
+        "--resume",
+        &dir.display().to_string(),
+        "--epochs",
+        "1",
+    ]);
+    assert!(text(&resumed.stdout).contains("resuming"));
+}
+
+/// `eval`/`predict > /dev/full` and an error message into `2>/dev/full`: exit status 1
+/// (a write error), never a panic (101).
+#[test]
+fn a_full_output_stream_is_exit_1_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = untrained_model(tmp.path());
+    let picture = tmp.path().join("digit.png");
+    let mut digit = image::GrayImage::new(28, 28);
+    for y in 6..22 {
+        digit.put_pixel(14, y, image::Luma([255]));
+    }
+    digit.save(&picture).unwrap();
+    let full = || {
+        std::fs::File::options()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let runs: [(&[&str], bool); 3] = [
+        (
+            &[
+                "eval",
+                "--model",
+                &model,
+                "--cpu-fallback",
+                "--test-limit",
+                "20",
+            ],
+            true,
+        ),
+        (
+            &["predict", "--model", &model, &picture.display().to_string()],
+            true,
+        ),
+        (
+            &["eval", "--model", "/nonexistent/model.safetensors"],
+            false,
+        ),
+    ];
+    for (args, on_stdout) in runs {
+        let mut cmd = bin();
+        cmd.args(args);
+        if on_stdout {
+            cmd.stdout(full());
+        } else {
+            cmd.stderr(full());
+        }
+        let out = cmd.output().unwrap();
+        no_panic(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        if on_stdout {
+            let stderr = text(&out.stderr);
+            assert!(
+                stderr.contains("cannot write to standard output"),
+                "{stderr}"
+            );
+        }
+    }
 }
 
 /// A model file with freshly initialised weights (no training needed to run `eval`).

@@ -93,7 +93,10 @@ fn interrupt_mid_epoch_then_resume_is_bit_identical() {
     for words in [
         "interrupted in epoch 2 after step 20 of 63",
         &s(&cut.join("checkpoint.safetensors")),
-        &format!("mnist-gpu train --resume {}", s(&cut)),
+        &format!(
+            "continue it with: mnist-gpu train --resume {} --cpu-fallback",
+            s(&cut)
+        ),
     ] {
         assert!(stderr.contains(words), "lacks '{words}': {stderr}");
     }
@@ -262,6 +265,13 @@ fn disk_full_keeps_the_previous_checkpoint() {
             && stderr.contains("File too large"),
         "{stderr}"
     );
+    let note = format!(
+        "note: the last checkpoint of this run, {} (from epoch 1), is intact; once there is \
+         room, continue it with: mnist-gpu train --resume {} --cpu-fallback",
+        s(&checkpoint),
+        s(&dir)
+    );
+    assert!(stderr.contains(&note), "{stderr}");
     assert!(
         std::fs::read(&checkpoint).unwrap() == before,
         "checkpoint changed"
@@ -429,4 +439,93 @@ fn sigterm_on_a_slow_adapter_ends_within_seconds() {
         "took {took:?} after SIGTERM: {stderr}"
     );
     assert!(dir.join("checkpoint.safetensors").exists());
+}
+
+/// A file opened for writing, for a child's stdout or stderr.
+fn write_to(path: &str) -> Stdio {
+    Stdio::from(std::fs::File::options().write(true).open(path).unwrap())
+}
+
+/// Send `signals` (names such as "INT") to `pid` from one shell, back to back.
+fn signal(pid: u32, signals: &[&str]) {
+    let script: Vec<String> = signals
+        .iter()
+        .map(|sig| format!("kill -{sig} {pid}"))
+        .collect();
+    let status = Command::new("sh")
+        .args(["-c", &script.join("; ")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// SIGHUP (a closed terminal) stops like SIGINT, even when stderr cannot be written: the
+/// handler sets the stop flag before it prints, and its print cannot fail.
+#[test]
+fn sighup_stops_even_when_stderr_cannot_be_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut child = bin()
+        .args(train_args(
+            &dir,
+            &["--train-limit", "20000", "--epochs", "50"],
+        ))
+        .stdout(Stdio::null())
+        .stderr(write_to("/dev/full"))
+        .spawn()
+        .unwrap();
+    wait_for(&dir.join("metrics.jsonl"), &mut child);
+    signal(child.id(), &["HUP"]);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    let (_, state) = modelfile::load_checkpoint(&dir.join("checkpoint.safetensors")).unwrap();
+    assert!(state.epochs_done < 50);
+    resume_one_more_epoch(&dir, state.epochs_done);
+}
+
+/// Two signals at once (GNU `timeout` signals the process and its group) are one stop:
+/// a step checkpoint, not an exit at once.
+#[test]
+fn two_signals_within_a_second_are_one_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut child = spawn(&train_args(
+        &dir,
+        &["--train-limit", "20000", "--epochs", "50"],
+    ));
+    wait_for(&dir.join("metrics.jsonl"), &mut child);
+    signal(child.id(), &["TERM", "INT"]);
+    let out = child.wait_with_output().unwrap();
+    no_panic(&out);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(!stderr.contains("interrupted again"), "{stderr}");
+    assert!(stderr.contains("continue it with"), "{stderr}");
+    let (_, state) = modelfile::load_checkpoint(&dir.join("checkpoint.safetensors")).unwrap();
+    resume_one_more_epoch(&dir, state.epochs_done);
+}
+
+/// `train > /dev/full`: the failed write to stdout stops the run with a resumable
+/// checkpoint and exit status 1, not a panic and a directory holding only `.lock`.
+#[test]
+fn a_full_stdout_stops_training_with_a_resumable_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = run(bin()
+        .args(train_args(&dir, &["--epochs", "3"]))
+        .stdout(write_to("/dev/full")));
+    no_panic(&out);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot write to standard output (No space left on device")
+            && stderr.contains(&format!(
+                "continue it with: mnist-gpu train --resume {}",
+                s(&dir)
+            )),
+        "{stderr}"
+    );
+    let (_, state) = modelfile::load_checkpoint(&dir.join("checkpoint.safetensors")).unwrap();
+    assert_eq!((state.epochs_done, state.optim.step), (0, 0));
+    resume_one_more_epoch(&dir, 0);
 }

@@ -197,3 +197,61 @@ fn gpu_model_too_large_for_the_adapter() {
     c.args = args;
     check(vec![c]);
 }
+
+/// Paths and values that are not what they seem: `~` the shell did not expand, an
+/// out-dir that is a file or a dangling link, `predict -`, a learning rate too small for
+/// 32-bit floats (named as given, not as the 0 or 47-digit decimal it parses to).
+#[test]
+fn values_that_are_not_what_they_seem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = s(&tmp.path().join("out"));
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let dangling = tmp.path().join("dangling");
+    std::os::unix::fs::symlink(tmp.path().join("nowhere"), &dangling).unwrap();
+    let train = |what: &str, extra: &[&str], words: &[&str]| {
+        let mut c = case(what, &[], words);
+        c.args = train_with(extra, &out);
+        c
+    };
+    let mut out_dir_file = train("out-dir is a file", &[], &[&s(&file), "not a directory"]);
+    out_dir_file.args = train_with(&[], &s(&file));
+    let mut out_dir_dangling = train(
+        "out-dir is a dangling link",
+        &[],
+        &[&s(&dangling), "not a directory", "does not exist"],
+    );
+    out_dir_dangling.args = train_with(&[], &s(&dangling));
+    let (model, _) = model_and_checkpoint(tmp.path());
+    check(vec![
+        train(
+            "out-dir ~",
+            &["--out-dir=~/runs"],
+            &["'~/runs'", "did not expand"],
+        ),
+        train(
+            "metrics ~",
+            &["--metrics", "~/m.jsonl"],
+            &["--metrics", "'~/m.jsonl'"],
+        ),
+        out_dir_file,
+        out_dir_dangling,
+        case(
+            "predict -",
+            &["predict", "--model", &s(&model), "-"],
+            &["standard input is not supported"],
+        ),
+        train(
+            "lr 1e-50",
+            &["--lr", "1e-50"],
+            &["--lr", "'1e-50' is too small"],
+        ),
+        train(
+            "lr 1e-45",
+            &["--lr", "1e-45"],
+            &["--lr", "'1e-45' is too small"],
+        ),
+    ]);
+    assert!(!Path::new("~").exists(), "no directory named '~' is made");
+    assert!(!tmp.path().join("nowhere").exists());
+}
