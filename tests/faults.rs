@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::cli::{bin, bits, no_panic, s, text};
+use common::cli::{adapter_listed, bin, bits, no_panic, s, text};
 use common::skip::{skip, ADAPTER_FIX};
 use mnist_gpu::modelfile;
 use std::path::Path;
@@ -337,9 +337,9 @@ fn divergence_keeps_the_last_good_checkpoint() {
 /// submissions writes a checkpoint inside the epoch that `--resume` continues.
 #[test]
 fn gpu_divergence_and_interrupt() {
-    let adapters = run(bin().args(["adapters", "--backend", "vulkan"]));
-    if !text(&adapters.stdout).contains("[0]") {
-        let why = format!("no Vulkan adapter ({})", text(&adapters.stderr).trim());
+    let (listed, stderr) = adapter_listed(Some("vulkan"));
+    if !listed {
+        let why = format!("no Vulkan adapter ({stderr})");
         skip("gpu_divergence_and_interrupt", &why, ADAPTER_FIX);
         return;
     }
@@ -408,10 +408,10 @@ fn gpu_divergence_and_interrupt() {
 /// sized by measured time, not a fixed step count that queues minutes of work.
 #[test]
 fn sigterm_on_a_slow_adapter_ends_within_seconds() {
-    let adapters = run(bin().args(["adapters", "--backend", "gl"]));
-    if !text(&adapters.stdout).contains("[0]") {
+    let (listed, stderr) = adapter_listed(Some("gl"));
+    if !listed {
         let test = "sigterm_on_a_slow_adapter_ends_within_seconds";
-        skip(test, "no GL adapter", ADAPTER_FIX);
+        skip(test, &format!("no GL adapter ({stderr})"), ADAPTER_FIX);
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -41,6 +41,20 @@ pub fn scratch_dir() -> &'static Path {
     })
 }
 
+/// Whether `mnist-gpu adapters` (with `--backend BACKEND` when given) lists an adapter;
+/// with what it printed on stderr, to say why not.
+pub fn adapter_listed(backend: Option<&str>) -> (bool, String) {
+    let mut cmd = bin();
+    cmd.arg("adapters");
+    if let Some(backend) = backend {
+        cmd.args(["--backend", backend]);
+    }
+    let out = cmd.output().expect("the binary runs");
+    // Each adapter's line starts with its number, `[N]`.
+    let listed = out.status.success() && text(&out.stdout).lines().any(|l| l.starts_with('['));
+    (listed, text(&out.stderr).trim().to_string())
+}
+
 /// Run the binary with `args` to the end.
 pub fn mnist_gpu<S: AsRef<OsStr>>(args: &[S]) -> Output {
     bin().args(args).output().expect("the binary runs")

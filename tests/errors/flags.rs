@@ -8,11 +8,6 @@ use mnist_gpu::modelfile;
 use std::path::Path;
 
 /// Whether wgpu sees any adapter here (Mesa's lavapipe counts).
-fn any_adapter() -> bool {
-    let out = mnist_gpu(&["adapters".to_string()]);
-    out.status.success() && text(&out.stdout).contains("[0]")
-}
-
 #[test]
 fn bad_flags() {
     let tmp = tempfile::tempdir().unwrap();
@@ -96,7 +91,7 @@ fn bad_flags() {
     ));
     // With adapters present the error lists them; without, it says there are none.
     // Either way it points at --cpu-fallback.
-    let listed: &[&str] = if any_adapter() {
+    let listed: &[&str] = if adapter_listed(None).0 {
         &["matches no adapter; found:", "[0] "]
     } else {
         &["no GPU adapter"]
@@ -177,7 +172,7 @@ fn unwritable_outputs_are_refused_before_training() {
 /// 196 MiB).
 #[test]
 fn gpu_model_too_large_for_the_adapter() {
-    if !any_adapter() {
+    if !adapter_listed(None).0 {
         skip(
             "gpu_model_too_large_for_the_adapter",
             "no GPU adapter",
