@@ -18,6 +18,7 @@ use crate::model::{ModelConfig, OptimState, ParamLayout, Params, INPUT, MAX_PARA
 use crate::train::EpochRecord;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -77,6 +78,16 @@ pub struct RunSettings {
     pub device: Option<String>,
     /// The run's extra `--metrics` file, continued on resume.
     pub metrics: Option<PathBuf>,
+    /// Fingerprints of the data the run trains on; `None` in older checkpoints.
+    pub data_digest: Option<DataDigest>,
+}
+
+/// The [`crate::data::Dataset::digest`]s of a run's training and test sets (after the
+/// run's limits), compared when the run is resumed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DataDigest {
+    pub train: String,
+    pub test: String,
 }
 
 /// The PyTorch-style name of Dense layer `l`'s tensor (`weight` or `bias`).
@@ -94,21 +105,25 @@ fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// A tensor to write: name, shape, values (borrowed where the layout is already
+/// PyTorch's, so a large model is not copied more than it must be).
+type Tensor<'a> = (String, Vec<usize>, Cow<'a, [f32]>);
+
 /// (name, shape, values) of every model tensor, PyTorch layout.
-fn model_tensors(params: &Params) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+fn model_tensors(params: &Params) -> Vec<Tensor<'_>> {
     let widths = params.config.widths();
     let mut tensors = vec![
-        ("1.weight".into(), vec![INPUT], params.gamma().to_vec()),
-        ("1.bias".into(), vec![INPUT], params.beta().to_vec()),
+        ("1.weight".into(), vec![INPUT], params.gamma().into()),
+        ("1.bias".into(), vec![INPUT], params.beta().into()),
         (
             "1.running_mean".into(),
             vec![INPUT],
-            params.moving_mean.clone(),
+            params.moving_mean.as_slice().into(),
         ),
         (
             "1.running_var".into(),
             vec![INPUT],
-            params.moving_var.clone(),
+            params.moving_var.as_slice().into(),
         ),
     ];
     for l in 0..params.config.dense_layers() {
@@ -116,13 +131,9 @@ fn model_tensors(params: &Params) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         tensors.push((
             dense_name(l, "weight"),
             vec![fan_out, fan_in],
-            transpose(params.kernel(l), fan_in, fan_out),
+            transpose(params.kernel(l), fan_in, fan_out).into(),
         ));
-        tensors.push((
-            dense_name(l, "bias"),
-            vec![fan_out],
-            params.bias(l).to_vec(),
-        ));
+        tensors.push((dense_name(l, "bias"), vec![fan_out], params.bias(l).into()));
     }
     tensors
 }
@@ -141,28 +152,25 @@ fn architecture_metadata(config: &ModelConfig) -> HashMap<String, String> {
     ])
 }
 
+/// The file's bytes. The tensors' values are viewed in place (no copy); the one large
+/// allocation is the file itself.
 fn serialize(
-    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    tensors: &[Tensor],
     extra: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
     metadata: HashMap<String, String>,
     path: &Path,
 ) -> Result<Vec<u8>, ModelFileError> {
-    let mut raw: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
-        .into_iter()
-        .map(|(name, shape, values)| {
-            (
-                name,
-                Dtype::F32,
-                shape,
-                bytemuck::cast_slice(&values).to_vec(),
-            )
-        })
-        .collect();
-    raw.extend(extra);
-    let views = raw
+    let f32s = tensors.iter().map(|(name, shape, values)| {
+        let bytes: &[u8] = bytemuck::cast_slice(values);
+        (name, Dtype::F32, shape, bytes)
+    });
+    let others = extra
         .iter()
+        .map(|(name, dtype, shape, bytes)| (name, *dtype, shape, bytes.as_slice()));
+    let views = f32s
+        .chain(others)
         .map(|(name, dtype, shape, bytes)| {
-            TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.clone(), v))
+            TensorView::new(dtype, shape.clone(), bytes).map(|v| (name.clone(), v))
         })
         .collect::<Result<Vec<_>, _>>();
     let encode_err = |e: String| ModelFileError::Invalid {
@@ -177,8 +185,9 @@ fn serialize(
 
 /// The same safetensors file with its JSON header's keys in sorted order. The
 /// safetensors crate writes the metadata in `HashMap` order, which differs from run to
-/// run; sorted keys make identical runs write byte-identical files.
-fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+/// run; sorted keys make identical runs write byte-identical files. The header is
+/// replaced in place, so the tensors' bytes are not copied again.
+fn canonical_header(mut bytes: Vec<u8>) -> Result<Vec<u8>, String> {
     let header_len = u64::from_le_bytes(bytes[..8].try_into().map_err(|_| "short file")?);
     let data_start = 8 + header_len as usize;
     let mut header: BTreeMap<String, serde_json::Value> =
@@ -192,11 +201,10 @@ fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>, String> {
     let mut json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
     // The data must start 8-byte aligned: pad the header with spaces, as safetensors does.
     json.resize(json.len().next_multiple_of(8), b' ');
-    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - data_start);
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&json);
-    out.extend_from_slice(&bytes[data_start..]);
-    Ok(out)
+    let mut head = (json.len() as u64).to_le_bytes().to_vec();
+    head.extend_from_slice(&json);
+    bytes.splice(..data_start, head);
+    Ok(bytes)
 }
 
 /// Save the trained model (parameters + BatchNorm statistics), atomically.
@@ -211,7 +219,7 @@ pub fn save_model(params: &Params, steps: u64, path: &Path) -> Result<(), ModelF
 /// The bytes [`save_model`] writes (`path` only names the file in errors).
 pub fn model_bytes(params: &Params, steps: u64, path: &Path) -> Result<Vec<u8>, ModelFileError> {
     serialize(
-        model_tensors(params),
+        &model_tensors(params),
         steps_tensor(steps),
         architecture_metadata(&params.config),
         path,
@@ -236,17 +244,11 @@ pub fn save_checkpoint(
     let mut metadata = architecture_metadata(&params.config);
     metadata.extend(checkpoint_metadata(state));
     let mut tensors = model_tensors(params);
-    tensors.push((
-        "adam.m".into(),
-        vec![state.optim.m.len()],
-        state.optim.m.clone(),
-    ));
-    tensors.push((
-        "adam.v".into(),
-        vec![state.optim.v.len()],
-        state.optim.v.clone(),
-    ));
-    let bytes = serialize(tensors, steps_tensor(state.optim.step), metadata, path)?;
+    for (name, values) in [("adam.m", &state.optim.m), ("adam.v", &state.optim.v)] {
+        tensors.push((name.into(), vec![values.len()], values.as_slice().into()));
+    }
+    let bytes = serialize(&tensors, steps_tensor(state.optim.step), metadata, path)?;
+    drop(tensors);
     write_atomic(path, &bytes).map_err(|error| ModelFileError::Write {
         path: path.to_path_buf(),
         error,
@@ -507,6 +509,8 @@ const TEST_LIMIT: &str = "test_limit";
 const GRID_OFFSET: &str = "grid_offset";
 const DEVICE: &str = "device";
 const METRICS: &str = "metrics";
+const TRAIN_DIGEST: &str = "data_train_digest";
+const TEST_DIGEST: &str = "data_test_digest";
 const HISTORY: &str = "history";
 const ADAM_STEP: &str = "adam_step";
 const EPOCHS_DONE: &str = "epochs_done";
@@ -546,6 +550,10 @@ fn checkpoint_metadata(state: &RunState) -> HashMap<String, String> {
     }
     if let Some(metrics) = &run.metrics {
         meta.insert(METRICS, metrics.display().to_string());
+    }
+    if let Some(digest) = &run.data_digest {
+        meta.insert(TRAIN_DIGEST, digest.train.clone());
+        meta.insert(TEST_DIGEST, digest.test.clone());
     }
     if let Some(p) = &state.partial {
         meta.insert(PARTIAL_STEPS, p.steps_done.to_string());
@@ -598,7 +606,43 @@ impl Reader<'_> {
             grid_offset: self.meta_parse(GRID_OFFSET)?,
             device: self.metadata.get(DEVICE).cloned(),
             metrics: self.metadata.get(METRICS).map(PathBuf::from),
+            data_digest: self.data_digest()?,
         })
+    }
+
+    /// Both data digests, or neither (a checkpoint written before they were stored).
+    fn data_digest(&self) -> Result<Option<DataDigest>, ModelFileError> {
+        let (train, test) = (
+            self.metadata.get(TRAIN_DIGEST),
+            self.metadata.get(TEST_DIGEST),
+        );
+        let (train, test) = match (train, test) {
+            (None, None) => return Ok(None),
+            (Some(train), Some(test)) => (train, test),
+            (Some(_), None) => {
+                return Err(self.invalid(format!(
+                    "metadata has '{TRAIN_DIGEST}' but no '{TEST_DIGEST}'"
+                )))
+            }
+            (None, Some(_)) => {
+                return Err(self.invalid(format!(
+                    "metadata has '{TEST_DIGEST}' but no '{TRAIN_DIGEST}'"
+                )))
+            }
+        };
+        for (key, value) in [(TRAIN_DIGEST, train), (TEST_DIGEST, test)] {
+            if !crate::data::is_digest(value) {
+                return Err(self.invalid(format!(
+                    "metadata '{key}' has the invalid value '{value}' (expected {}, then 16 \
+                     hexadecimal digits)",
+                    crate::data::DIGEST_PREFIX
+                )));
+            }
+        }
+        Ok(Some(DataDigest {
+            train: train.clone(),
+            test: test.clone(),
+        }))
     }
 
     /// The finished epochs' records: one per epoch done, every number finite.

@@ -13,7 +13,7 @@ use crate::fsutil::{self, write_atomic};
 use crate::interrupt::{self, Interrupted};
 use crate::metricsfile;
 use crate::model::{Hyper, ModelConfig, Params};
-use crate::modelfile::{self, RunSettings, RunState};
+use crate::modelfile::{self, DataDigest, RunSettings, RunState};
 use crate::progress::Console;
 use crate::report;
 use crate::rundir::{Claim, RunDir, CHECKPOINT, CURVES, METRICS, MODEL, PREDICTIONS};
@@ -69,10 +69,18 @@ pub fn resume_settings(
     let run = &state.run;
     let epochs = epochs.unwrap_or(run.epochs);
     let done = state.epochs_done;
-    if epochs <= done && !(epochs == done && state.partial.is_some()) {
+    // All epochs done but no model of them on disk (a full disk at the last write, say):
+    // the run is finished from its checkpoint, without training.
+    let finishing = epochs == done && state.partial.is_none();
+    if epochs < done || (finishing && model_is_written(dir, &params, &state)) {
+        let model = if epochs < done {
+            ""
+        } else {
+            " and its model is written"
+        };
         bail!(
-            "{}: the run has done {done} of its epochs already; pass --epochs N with N above \
-             {done} to train it further",
+            "{}: the run has done {done} of its epochs already{model}; pass --epochs N with N \
+             above {done} to train it further",
             dir.display()
         );
     }
@@ -105,6 +113,18 @@ pub fn resume_settings(
     })
 }
 
+/// Whether `dir` holds the model of its checkpoint: the bytes `train` writes at the end
+/// of the run (only a regular file is read).
+fn model_is_written(dir: &Path, params: &Params, state: &RunState) -> bool {
+    let path = dir.join(MODEL);
+    let regular = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+    let expected = modelfile::model_bytes(params, state.optim.step, &path);
+    match (regular, expected) {
+        (true, Ok(expected)) => std::fs::read(&path).is_ok_and(|bytes| bytes == expected),
+        _ => false,
+    }
+}
+
 /// The data directory of a resumed run: `--data-dir`, else the checkpoint's, which must
 /// be found from here (a relative one is relative to where the run was started).
 fn resume_data_dir(checkpoint: &Path, run: &RunSettings, flag: Option<PathBuf>) -> Result<PathBuf> {
@@ -129,7 +149,7 @@ fn resume_data_dir(checkpoint: &Path, run: &RunSettings, flag: Option<PathBuf>) 
 }
 
 /// The run's settings as its checkpoint stores them.
-fn run_settings(s: &TrainSettings, device: &str) -> RunSettings {
+fn run_settings(s: &TrainSettings, device: &str, data_digest: DataDigest) -> RunSettings {
     RunSettings {
         data_dir: s.data_dir.clone(),
         epochs: s.options.epochs,
@@ -146,7 +166,46 @@ fn run_settings(s: &TrainSettings, device: &str) -> RunSettings {
             .metrics
             .as_ref()
             .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+        data_digest: Some(data_digest),
     }
+}
+
+/// The fingerprints of the data a run trains on (after its limits).
+fn data_digest(data: &Mnist) -> DataDigest {
+    DataDigest {
+        train: data.train.digest(),
+        test: data.test.digest(),
+    }
+}
+
+/// A resumed run must train on the data it started with: `--data-dir` (or the data
+/// directory, changed since) holding other data is refused, saying which set differs.
+fn check_same_data(settings: &TrainSettings, digest: &DataDigest) -> Result<()> {
+    let Some(resume) = &settings.resume else {
+        return Ok(());
+    };
+    let checkpoint = resume.dir.join(CHECKPOINT);
+    let Some(before) = &resume.state.run.data_digest else {
+        crate::errln!(
+            "note: {} does not record which data the run trained on (an older checkpoint), \
+             so the data is not compared",
+            checkpoint.display()
+        );
+        return Ok(());
+    };
+    let which = match (before.train == digest.train, before.test == digest.test) {
+        (true, true) => return Ok(()),
+        (false, true) => "training set differs",
+        (true, false) => "test set differs",
+        (false, false) => "training and test sets differ",
+    };
+    bail!(
+        "{}: not the data the run in {} trained on (its {which}); resume with that data, or \
+         start a new run from these weights with --init-from {}",
+        settings.data_dir.display(),
+        resume.dir.display(),
+        checkpoint.display()
+    )
 }
 
 /// Where training starts: the parameters, and the checkpoint's state when resuming.
@@ -167,7 +226,13 @@ fn starting_point(settings: &TrainSettings) -> Result<(Params, Option<RunState>)
 
 /// Checks that need the data set: the grid offset, an interrupted epoch's step count,
 /// a starting model that produces finite outputs, and the `--metrics` file.
-fn check_inputs(settings: &TrainSettings, data: &Mnist, params: &Params) -> Result<()> {
+fn check_inputs(
+    settings: &TrainSettings,
+    data: &Mnist,
+    params: &Params,
+    digest: &DataDigest,
+) -> Result<()> {
+    check_same_data(settings, digest)?;
     let test_count = data.test.len();
     if settings.grid_offset >= test_count {
         bail!(
@@ -229,7 +294,9 @@ pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
         settings.train_limit,
         settings.test_limit,
     )?;
-    check_inputs(settings, &data, &params)?;
+    let digest = data_digest(&data);
+    check_inputs(settings, &data, &params, &digest)?;
+    let run = run_settings(settings, &device_label, digest);
     let claim = match (&settings.resume, settings.overwrite) {
         (Some(_), _) => Claim::Resume,
         (None, true) => Claim::Overwrite,
@@ -244,15 +311,7 @@ pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
             return Err(error);
         }
     }
-    let result = train_in(
-        settings,
-        &run_dir,
-        params,
-        resumed,
-        device,
-        &device_label,
-        data,
-    );
+    let result = train_in(settings, &run_dir, params, resumed, device, run, data);
     if result.is_err() {
         run_dir.discard_if_unused();
         return result.map(|outcome| (outcome, PathBuf::new()));
@@ -267,7 +326,7 @@ fn train_in(
     params: Params,
     resumed: Option<RunState>,
     device: Device,
-    device_label: &str,
+    run: RunSettings,
     data: Mnist,
 ) -> Result<TrainOutcome> {
     print_header(&data, &params);
@@ -277,7 +336,7 @@ fn train_in(
     let mut writer = RunWriter {
         console: Console::default(),
         settings,
-        run: run_settings(settings, device_label),
+        run,
         run_dir,
         history: Vec::new(),
         checkpoint_epoch: None,
@@ -286,9 +345,7 @@ fn train_in(
     if let Some(state) = &resumed {
         backend.load(&params, Some(&state.optim))?;
         partial = state.partial.unwrap_or_default();
-        writer.history = state.history.clone();
-        writer.checkpoint_epoch = Some(state.epochs_done);
-        print_resume(run_dir.path(), state, settings.options.epochs);
+        writer.resume_from(state)?;
     }
     crate::outln!(
         "device: {} | batch {} ({} steps/epoch), Adam lr {}, seed {}",
@@ -316,7 +373,8 @@ fn train_in(
         outcome.final_eval.accuracy * 100.0,
         outcome.final_eval.loss
     );
-    write_outputs(&mut writer, backend.as_mut(), &test_images, &outcome)?;
+    write_outputs(&mut writer, backend.as_mut(), &test_images, &outcome)
+        .map_err(|error| writer.explain(error))?;
     Ok(outcome)
 }
 
@@ -359,6 +417,14 @@ fn print_header(data: &Mnist, params: &Params) {
 }
 
 fn print_resume(dir: &Path, state: &RunState, epochs: usize) {
+    if state.partial.is_none() && state.epochs_done >= epochs {
+        crate::outln!(
+            "finishing {}: epoch {epochs} of {epochs} is done; writing the model, the pictures \
+             and the metrics from its checkpoint, without training",
+            dir.display()
+        );
+        return;
+    }
     match state.partial {
         Some(p) => crate::outln!(
             "resuming {} in epoch {} after step {} (of {epochs} epochs)",
@@ -431,6 +497,26 @@ impl RunWriter<'_> {
         let path = path.unwrap_or(&own);
         write_atomic(path, text.as_bytes())
             .with_context(|| format!("cannot write metrics file {}", path.display()))
+    }
+
+    /// Continue from the checkpoint's `state`: its history, said where; the metrics
+    /// files are rewritten to list the checkpoint's epochs, whatever an earlier failure
+    /// left in them.
+    fn resume_from(&mut self, state: &RunState) -> Result<()> {
+        self.history = state.history.clone();
+        self.checkpoint_epoch = Some(state.epochs_done);
+        print_resume(self.run_dir.path(), state, self.settings.options.epochs);
+        self.write_all_metrics()
+            .map_err(|error| self.explain(error))
+    }
+
+    /// `metrics.jsonl`, then the `--metrics` file.
+    fn write_all_metrics(&self) -> Result<()> {
+        self.write_metrics(None)?;
+        if let Some(path) = &self.settings.metrics {
+            self.write_metrics(Some(path))?;
+        }
+        Ok(())
     }
 
     fn save_checkpoint(
@@ -570,13 +656,10 @@ impl Observer for RunWriter<'_> {
     ) -> Result<()> {
         self.console.epoch_finished(record, epochs, backend)?;
         self.history.push(record.clone());
-        self.write_metrics(None)?;
         self.save_checkpoint(backend, record.epoch, None)?;
         self.checkpoint_epoch = Some(record.epoch);
-        // After the checkpoint: a failure here leaves the epoch resumable.
-        if let Some(path) = &self.settings.metrics {
-            self.write_metrics(Some(path))?;
-        }
-        Ok(())
+        // After the checkpoint: a failure here leaves the epoch resumable, and the
+        // metrics never list an epoch the checkpoint lacks.
+        self.write_all_metrics()
     }
 }

@@ -99,6 +99,19 @@ fn mutations() -> Vec<Mutation> {
             vec!["no 'data_dir' entry"],
         ),
         (
+            "data digest not a digest",
+            Box::new(|meta: &mut HashMap<String, String>| {
+                meta.insert("data_train_digest".into(), "abc".into());
+                meta.insert("data_test_digest".into(), "fnv1a64:0123456789abcdef".into());
+            }),
+            vec!["'data_train_digest'", "'abc'", "16 hexadecimal digits"],
+        ),
+        (
+            "one data digest without the other",
+            set("data_test_digest", "fnv1a64:0123456789abcdef"),
+            vec!["'data_test_digest' but no 'data_train_digest'"],
+        ),
+        (
             "shuffle not a boolean",
             set("shuffle", "maybe"),
             vec!["'shuffle'", "'maybe'"],
@@ -225,4 +238,80 @@ fn the_unbroken_checkpoint_resumes() {
     let out = mnist_gpu(&strings(&["train", "--cpu-fallback", "--resume", &dir]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(Path::new(&dir).join("model.safetensors").exists());
+}
+
+/// `train --resume DIR --epochs 2` with `extra` flags.
+fn resume_two_epochs(dir: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = strings(&["train", "--cpu-fallback", "--resume", dir, "--epochs", "2"]);
+    args.extend(strings(extra));
+    mnist_gpu(&args)
+}
+
+/// A resumed run must see the data it started with: the checkpoint stores a digest of
+/// the training and test sets, and `--data-dir` holding other data is refused, naming
+/// the directory and the set that differs. The same data in other files (gzipped, in
+/// another directory) is the same data; so is the built-in set, run after run.
+#[test]
+fn resume_with_other_data_is_refused_naming_the_set_that_differs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // More images than the run's limits (64 and 10) keep, so no note is printed.
+    let set = |dir: &Path| small_set_of(dir, (28, 28), (28, 28), 100, 20);
+    let data = root.join("data");
+    set(&data);
+    let run = s(&root.join("run"));
+    succeed(&train_with(&["--data-dir", &s(&data)], &run));
+    // One byte changed after the file's header (8 bytes for labels, 16 for images).
+    let changed = |name: &str, file: &str, at: usize| {
+        let dir = root.join(name);
+        set(&dir);
+        rewrite(&dir.join(file), |mut bytes| {
+            bytes[at] ^= 1;
+            bytes
+        });
+        s(&dir)
+    };
+    for (name, file, at, which) in [
+        (
+            "train",
+            mnist_gpu::data::TRAIN_LABELS,
+            8,
+            "its training set differs",
+        ),
+        (
+            "test",
+            mnist_gpu::data::TEST_IMAGES,
+            16,
+            "its test set differs",
+        ),
+    ] {
+        let dir = changed(name, file, at);
+        let out = resume_two_epochs(&run, &["--data-dir", &dir]);
+        no_panic(&out);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let expected = format!("error: {dir}: not the data the run in {run} trained on ({which})");
+        assert!(stderr.starts_with(&expected), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    // The same images and labels, gzipped in another directory: the same data.
+    let gzipped = root.join("gzipped");
+    std::fs::create_dir(&gzipped).unwrap();
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        let name = format!("{}.gz", path.file_name().unwrap().to_string_lossy());
+        std::fs::write(gzipped.join(name), gzip(&std::fs::read(&path).unwrap())).unwrap();
+    }
+    let out = resume_two_epochs(&run, &["--data-dir", &s(&gzipped)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("note:"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The built-in data is recognised as the same from one run to the next.
+    let builtin = s(&root.join("builtin"));
+    succeed(&train_with(&[], &builtin));
+    let out = resume_two_epochs(&builtin, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

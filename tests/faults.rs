@@ -276,7 +276,87 @@ fn disk_full_keeps_the_previous_checkpoint() {
         std::fs::read(&checkpoint).unwrap() == before,
         "checkpoint changed"
     );
+    // The metrics are written after the checkpoint: they never list the epoch whose
+    // checkpoint failed.
+    assert_eq!(
+        metrics(&dir).len(),
+        1,
+        "metrics.jsonl lists an epoch the checkpoint lacks"
+    );
     assert_eq!(temp_files(&dir), Vec::<String>::new());
+}
+
+/// `train --resume DIR` under `ulimit -f LIMIT_KB` (SIGXFSZ ignored: a write past the
+/// limit fails with EFBIG, as one on a full disk fails with ENOSPC).
+fn resume_with_file_limit(dir: &Path, limit_kb: u64) -> Output {
+    let script = format!(
+        "trap '' XFSZ; ulimit -f {limit_kb}; exec '{}' train --cpu-fallback --resume '{}'",
+        env!("CARGO_BIN_EXE_mnist-gpu"),
+        s(dir)
+    );
+    run(Command::new("bash")
+        .args(["-c", &script])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .env("RUST_BACKTRACE", "1"))
+}
+
+/// A full disk when the finished run writes `model.safetensors`: the error says the
+/// checkpoint is intact and how to continue; `--resume` then writes the model, pictures
+/// and metrics from the checkpoint without training (the very model the run would have
+/// written), and once they are written it refuses to do it again.
+#[test]
+fn resume_writes_the_model_of_a_finished_run_whose_model_write_failed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let out = run(bin().args(train_args(&dir, &["--epochs", "1", "--train-limit", "500"])));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let model = dir.join("model.safetensors");
+    let written = std::fs::read(&model).unwrap();
+    let predictions = std::fs::read(dir.join("predictions.png")).unwrap();
+    assert!(
+        written.len() > 100 * 1024,
+        "the model exceeds the limit below"
+    );
+    // What a failed final write leaves: the checkpoint of the last epoch, no model.
+    for name in ["model.safetensors", "predictions.png", "curves.png"] {
+        std::fs::remove_file(dir.join(name)).unwrap();
+    }
+    let out = resume_with_file_limit(&dir, 100);
+    no_panic(&out);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("error: ")
+            && stderr.contains(&s(&model))
+            && stderr.contains("File too large"),
+        "{stderr}"
+    );
+    let note = format!(
+        "is intact; once there is room, continue it with: mnist-gpu train --resume {} --cpu-fallback",
+        s(&dir)
+    );
+    assert!(stderr.contains(&note), "{stderr}");
+    assert!(!model.exists());
+    assert_eq!(temp_files(&dir), Vec::<String>::new());
+
+    let out = resume_with_file_limit(&dir, 1 << 20);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let finishing = format!("finishing {}: epoch 1 of 1 is done", s(&dir));
+    assert!(stdout.contains(&finishing), "{stdout}");
+    assert!(!stdout.contains("Epoch 2"), "{stdout}");
+    assert!(
+        std::fs::read(&model).unwrap() == written,
+        "not the run's model"
+    );
+    assert!(std::fs::read(dir.join("predictions.png")).unwrap() == predictions);
+    assert!(dir.join("curves.png").exists());
+    assert_eq!(metrics(&dir).len(), 1);
+
+    let out = resume_with_file_limit(&dir, 1 << 20);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("its model is written"), "{stderr}");
 }
 
 /// `--lr 3e38` makes the loss non-finite at the second step: the run stops in that step
@@ -480,6 +560,50 @@ fn sighup_stops_even_when_stderr_cannot_be_written() {
     assert_eq!(status.code(), Some(130), "{status:?}");
     let (_, state) = modelfile::load_checkpoint(&dir.join("checkpoint.safetensors")).unwrap();
     assert!(state.epochs_done < 50);
+    resume_one_more_epoch(&dir, state.epochs_done);
+}
+
+/// A real terminal closed during training (its master side dropped): the kernel sends
+/// SIGHUP and writes to the terminal fail from then on. The run stops with a step
+/// checkpoint and exit 130, and `--resume` continues it.
+#[test]
+fn closing_the_terminal_stops_with_a_checkpoint_and_130() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let args = train_args(&dir, &["--train-limit", "20000", "--epochs", "50"]);
+    let (mut child, master) = common::terminal::spawn_in_terminal(&args);
+    let mut reader = master.try_clone_reader().unwrap();
+    // Read what it shows until epoch 1 is on disk: a run under way, drawing its bar.
+    let started = Instant::now();
+    let mut shown = [0u8; 4096];
+    while !dir.join("metrics.jsonl").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no epoch finished"
+        );
+        let n = reader.read(&mut shown).unwrap_or(0);
+        assert!(n > 0, "the run ended before its first epoch");
+    }
+    drop(reader);
+    drop(master);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the hangup was ignored"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.exit_code(), 130, "{status:?}");
+    let (_, state) = modelfile::load_checkpoint(&dir.join("checkpoint.safetensors")).unwrap();
+    assert!(
+        state.epochs_done >= 1 && state.epochs_done < 50,
+        "{}",
+        state.epochs_done
+    );
     resume_one_more_epoch(&dir, state.epochs_done);
 }
 

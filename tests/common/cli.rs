@@ -275,6 +275,7 @@ pub fn fresh_run_state(params: &Params) -> RunState {
             grid_offset: 0,
             device: Some("cpu".into()),
             metrics: None,
+            data_digest: None,
         },
         history: Vec::new(),
         partial: None,

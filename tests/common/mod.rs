@@ -6,3 +6,4 @@ pub mod photo;
 pub mod png;
 pub mod run;
 pub mod skip;
+pub mod terminal;
