@@ -572,7 +572,7 @@ fn closing_the_terminal_stops_with_a_checkpoint_and_130() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     let args = train_args(&dir, &["--train-limit", "20000", "--epochs", "50"]);
-    let (mut child, master) = common::terminal::spawn_in_terminal(&args);
+    let (mut child, master) = common::terminal::spawn_in_terminal(&args, &[]);
     let mut reader = master.try_clone_reader().unwrap();
     // Read what it shows until epoch 1 is on disk: a run under way, drawing its bar.
     let started = Instant::now();

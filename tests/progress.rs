@@ -2,12 +2,13 @@
 //! clearing (through a captured writer), and the binary's real terminal output through a
 //! pseudo-terminal (`portable-pty`).
 
+mod common;
+
 use mnist_gpu::backend::StepProgress;
 use mnist_gpu::progress::{
     bar, eta, format_closing, format_duration, format_live, format_per_step, Console, BAR_CELLS,
 };
 use mnist_gpu::train::{EpochRecord, Observer};
-use portable_pty::{native_pty_system, CommandBuilder, PtySize};
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -194,24 +195,8 @@ fn terminal_run(dir: &std::path::Path) -> Vec<String> {
 }
 
 fn in_terminal(args: &[String], env: &[(&str, &str)]) -> (String, u32) {
-    let pty = native_pty_system()
-        .openpty(PtySize {
-            rows: 40,
-            cols: 120,
-            pixel_width: 0,
-            pixel_height: 0,
-        })
-        .expect("a pseudo-terminal");
-    let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_mnist-gpu"));
-    cmd.args(args);
-    cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir());
-    cmd.env("TERM", "xterm-256color");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = pty.slave.spawn_command(cmd).expect("spawn in the pty");
-    drop(pty.slave);
-    let mut reader = pty.master.try_clone_reader().unwrap();
+    let (mut child, master) = common::terminal::spawn_in_terminal(args, env);
+    let mut reader = master.try_clone_reader().unwrap();
     let reading = std::thread::spawn(move || {
         let mut raw = Vec::new();
         // Ends with EOF or EIO once the child has exited and the slave side is closed.
@@ -219,7 +204,7 @@ fn in_terminal(args: &[String], env: &[(&str, &str)]) -> (String, u32) {
         raw
     });
     let status = child.wait().unwrap();
-    drop(pty.master);
+    drop(master);
     let raw = reading.join().unwrap();
     (
         String::from_utf8_lossy(&raw).into_owned(),

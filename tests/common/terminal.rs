@@ -4,12 +4,13 @@
 
 use portable_pty::{native_pty_system, Child, CommandBuilder, MasterPty, PtySize};
 
-/// Start the binary with `args` on a new pseudo-terminal of 120 columns, as the session
-/// leader with the terminal as its controlling terminal (so closing the terminal sends it
-/// SIGHUP). Returns the child and the terminal's master side: dropping every handle on
-/// the master (and its readers) closes the terminal.
+/// Start the binary with `args` (and the variables `env`) on a new pseudo-terminal of 120
+/// columns, as the session leader with the terminal as its controlling terminal (so
+/// closing the terminal sends it SIGHUP). Returns the child and the terminal's master
+/// side: dropping every handle on the master (and its readers) closes the terminal.
 pub fn spawn_in_terminal(
     args: &[String],
+    env: &[(&str, &str)],
 ) -> (Box<dyn Child + Send + Sync>, Box<dyn MasterPty + Send>) {
     let pty = native_pty_system()
         .openpty(PtySize {
@@ -25,6 +26,9 @@ pub fn spawn_in_terminal(
     cmd.env("XDG_RUNTIME_DIR", std::env::temp_dir());
     cmd.env("TERM", "xterm-256color");
     cmd.env_remove("MNIST_GPU_INTERRUPT_AT");
+    for (name, value) in env {
+        cmd.env(name, value);
+    }
     let child = pty.slave.spawn_command(cmd).expect("spawn in the pty");
     drop(pty.slave);
     (child, pty.master)
