@@ -2,6 +2,9 @@
 //!
 //! Steps ([`preprocess`]), robust to phone photos of a digit on paper as well as to clean
 //! scans and drawings:
+//! 0. Orientation (files only): a picture whose EXIF data (JPEG's APP1, PNG's eXIf) says
+//!    it is stored rotated or mirrored, as phones store portrait shots, is turned the way
+//!    a viewer shows it.
 //! 1. Grey: luma (0.299 R + 0.587 G + 0.114 B) at full precision (8-, 16-bit or float),
 //!    with any alpha channel composited over white. (If that leaves no ink but the picture
 //!    has transparency — light ink on a transparent background — it is composited over
@@ -35,7 +38,7 @@ mod ink;
 
 use crate::fsutil::InputFileError;
 use image::imageops::{self, FilterType};
-use image::{DynamicImage, ImageFormat, ImageReader, Limits};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -252,7 +255,35 @@ fn decode_checked<R: io::BufRead + io::Seek>(
             .map_err(|message| PreprocessError::Decode { path: p(), message })?;
     }
 
-    let mut reader = open()?;
+    // Phones store a portrait shot as the sensor saw it and say in EXIF how to turn it
+    // for display; the digit must be read the way the picture is shown.
+    let orientation = open()?
+        .into_decoder()
+        .and_then(|mut decoder| decoder.orientation())
+        .map_err(decode_err)?;
+    let mut img = decode_under_limits(open()?).map_err(|e| match e {
+        DecodeFailure::TooLarge => PreprocessError::TooLarge {
+            path: p(),
+            width,
+            height,
+        },
+        DecodeFailure::Other(other) => decode_err(other),
+    })?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// Why [`decode_under_limits`] failed.
+enum DecodeFailure {
+    TooLarge,
+    Other(image::ImageError),
+}
+
+/// Decode `reader` (its size already checked from the header) under [`MAX_SIDE`] and
+/// [`MAX_PIXELS`], in case the header lied.
+fn decode_under_limits<R: io::BufRead + io::Seek>(
+    mut reader: ImageReader<R>,
+) -> Result<DynamicImage, DecodeFailure> {
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
@@ -260,12 +291,8 @@ fn decode_checked<R: io::BufRead + io::Seek>(
     limits.max_alloc = Some(MAX_PIXELS * 8 + (64 << 20));
     reader.limits(limits);
     reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(_) => PreprocessError::TooLarge {
-            path: p(),
-            width,
-            height,
-        },
-        other => decode_err(other),
+        image::ImageError::Limits(_) => DecodeFailure::TooLarge,
+        other => DecodeFailure::Other(other),
     })
 }
 

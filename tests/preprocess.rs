@@ -462,6 +462,115 @@ fn garbage_missing_and_unsupported_files_are_refused() {
     assert_names(&err, dir.path());
 }
 
+/// EXIF data holding one Orientation tag (0x0112) of `value`: a little-endian TIFF header
+/// and one IFD with one SHORT entry, as a phone writes it (without the other tags).
+fn exif_orientation(value: u16) -> Vec<u8> {
+    let mut tiff = b"II\x2a\x00\x08\x00\x00\x00".to_vec();
+    tiff.extend(1u16.to_le_bytes()); // one entry
+    tiff.extend(0x0112u16.to_le_bytes()); // Orientation
+    tiff.extend(3u16.to_le_bytes()); // SHORT
+    tiff.extend(1u32.to_le_bytes()); // one value
+    tiff.extend(value.to_le_bytes());
+    tiff.extend([0, 0]); // the value field's padding
+    tiff.extend(0u32.to_le_bytes()); // no next IFD
+    tiff
+}
+
+/// The pixels a camera stores for a picture that a viewer shows as `upright` after
+/// turning it as EXIF orientation `value` says (EXIF 2.32, tag 0x0112): 1 as is, 2
+/// mirrored left-right, 3 upside down, 4 mirrored top-bottom, 5 transposed, 6 to be
+/// turned 90° clockwise, 7 transversed, 8 to be turned 90° anticlockwise.
+fn stored_as(value: u16, upright: &GrayImage) -> GrayImage {
+    let (w, h) = upright.dimensions();
+    let at = |x: u32, y: u32| *upright.get_pixel(x, y);
+    match value {
+        1 => upright.clone(),
+        2 => imageops::flip_horizontal(upright),
+        3 => imageops::rotate180(upright),
+        4 => imageops::flip_vertical(upright),
+        5 => GrayImage::from_fn(h, w, |x, y| at(y, x)),
+        6 => imageops::rotate270(upright),
+        7 => GrayImage::from_fn(h, w, |x, y| at(w - 1 - y, h - 1 - x)),
+        8 => imageops::rotate90(upright),
+        _ => unreachable!("EXIF orientations are 1 to 8"),
+    }
+}
+
+/// `img` as a PNG (with an eXIf chunk) or a JPEG (with an APP1 Exif segment) holding
+/// `exif`.
+fn encode_with_exif(img: &GrayImage, exif: Vec<u8>, jpeg: bool) -> Vec<u8> {
+    use image::ImageEncoder;
+    let mut bytes = Vec::new();
+    let (w, h) = img.dimensions();
+    let colour = image::ExtendedColorType::L8;
+    if jpeg {
+        let mut encoder = JpegEncoder::new_with_quality(&mut bytes, 95);
+        encoder.set_exif_metadata(exif).unwrap();
+        encoder.write_image(img.as_raw(), w, h, colour).unwrap();
+    } else {
+        let mut encoder = image::codecs::png::PngEncoder::new(&mut bytes);
+        encoder.set_exif_metadata(exif).unwrap();
+        encoder.write_image(img.as_raw(), w, h, colour).unwrap();
+    }
+    bytes
+}
+
+/// A picture as phones store portrait shots: pixels rotated or mirrored, with an EXIF tag
+/// saying how to show them. Each of the eight orientations, as PNG and as JPEG, is read as
+/// the upright picture is: the same 28×28 input exactly for PNG, nearly for JPEG (whose
+/// blocks fall differently on turned pixels). Dark ink on a light 300×220 page, the digit
+/// off-centre, so a picture read unturned gives another input.
+#[test]
+fn phone_orientations_are_read_as_shown() {
+    let dir = scratch();
+    let mut wrong_unturned = 0;
+    for index in 0..12 {
+        let ink = upscaled(index, 6);
+        let upright = GrayImage::from_fn(300, 220, |x, y| {
+            let inside = (40..40 + 168).contains(&x) && (20..20 + 168).contains(&y);
+            Luma([255
+                - if inside {
+                    ink.get_pixel(x - 40, y - 20).0[0]
+                } else {
+                    0
+                }])
+        });
+        for jpeg in [false, true] {
+            let read = |value: u16| {
+                let bytes =
+                    encode_with_exif(&stored_as(value, &upright), exif_orientation(value), jpeg);
+                let path = dir.path().join(format!(
+                    "{index}-{value}.{}",
+                    if jpeg { "jpg" } else { "png" }
+                ));
+                std::fs::write(&path, bytes).unwrap();
+                load_digit(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            };
+            let expected = read(1);
+            for value in 2..=8 {
+                let got = read(value);
+                let mad = mean_abs_diff(&got, &expected);
+                let limit = if jpeg { 3.0 } else { 0.0 };
+                assert!(
+                    mad <= limit,
+                    "digit {index}, orientation {value}, jpeg {jpeg}: mean |Δ| {mad:.2}"
+                );
+                let unturned =
+                    preprocess(&DynamicImage::ImageLuma8(stored_as(value, &upright))).unwrap();
+                if mean_abs_diff(&unturned, &expected) > 10.0 {
+                    wrong_unturned += 1;
+                }
+            }
+        }
+    }
+    // The check has teeth: most pictures read without turning give another input (a few
+    // digits, such as a 1 or a 0 mirrored, look alike either way).
+    assert!(
+        wrong_unturned >= 12 * 2 * 7 * 3 / 4,
+        "only {wrong_unturned} of 168 differ unturned"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // The generator of assets/digits (run once; the files are committed):
 //   cargo test --test preprocess -- --ignored generate_sample_digits
