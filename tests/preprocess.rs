@@ -528,12 +528,12 @@ fn phone_orientations_are_read_as_shown() {
         let ink = upscaled(index, 6);
         let upright = GrayImage::from_fn(300, 220, |x, y| {
             let inside = (40..40 + 168).contains(&x) && (20..20 + 168).contains(&y);
-            Luma([255
-                - if inside {
-                    ink.get_pixel(x - 40, y - 20).0[0]
-                } else {
-                    0
-                }])
+            let ink = if inside {
+                ink.get_pixel(x - 40, y - 20).0[0]
+            } else {
+                0
+            };
+            Luma([255 - ink])
         });
         for jpeg in [false, true] {
             let read = |value: u16| {
