@@ -35,6 +35,7 @@
 //! formats are refused with [`PreprocessError::Unsupported`].
 
 mod ink;
+mod stroke;
 
 use crate::fsutil::InputFileError;
 use image::imageops::{self, FilterType};
@@ -352,7 +353,7 @@ fn prepare_over(img: &DynamicImage, backdrop: f32) -> Option<Preprocessed> {
     let grey = ink::Grey::from_raw(w, h, to_grey(img, backdrop)).expect("w×h grey values");
     let found = ink::find_digit(&grey)?;
     Some(Preprocessed {
-        pixels: place(&found.crop)?,
+        pixels: place(&stroke::normalise(&found.crop))?,
         inverted: found.inverted,
         ink_box: found.source_box,
         warnings: found.warnings,
