@@ -35,6 +35,7 @@
 //! formats are refused with [`PreprocessError::Unsupported`].
 
 mod ink;
+mod lines;
 mod stroke;
 
 use crate::fsutil::InputFileError;

@@ -81,9 +81,16 @@ pub(super) fn find_digit(grey: &Grey) -> Option<Found> {
             0
         }])
     });
+    let (mask, lines) = super::lines::remove(&mask);
     let labels = connected_components(&mask, Connectivity::Eight, Luma([0u8]));
     let blobs = measure(&labels, &flat);
     let (kept, mut warnings) = choose(&blobs);
+    if lines > 0 {
+        warnings.push(format!(
+            "{lines} long straight line{} (a box, ruled or grid paper) removed before reading the digit",
+            if lines == 1 { "" } else { "s" }
+        ));
+    }
     let (crop, work_box) = cut_out(&flat, &labels, &kept)?;
     if let Some(note) = little_ink(&blobs, &kept, work_box, flat.dimensions(), scale) {
         warnings.insert(0, note);

@@ -1,0 +1,200 @@
+//! Lines that are not the digit: the box drawn around it on a form, the ruled lines of a
+//! notebook, grid paper. Taken for ink, they join the digit or outweigh it, and the model
+//! reads the box (as a 3, an 8, …). They are found as long straight runs in the ink mask
+//! and removed before the digit is picked.
+//!
+//! A run is a line when it is straight, long (at least [`LONG`] of the picture's side) and
+//! thin (at most [`THICK`] of it: a table edge or a shadow is a wide band, not a line), and
+//! either crosses the whole picture (ruled and grid paper) or has a partner parallel
+//! to it at least half the picture away and spanning the same stretch (the two sides of a
+//! box). A digit's own long stroke (a 7's bar, a 1's stem) has no such partner, and does
+//! not cross the picture.
+
+use image::{GrayImage, Luma};
+
+/// A straight run at least this share of the picture's side long may be a line.
+pub const LONG: f32 = 0.6;
+/// A line is at most this share of the picture thick.
+const THICK: f32 = 0.06;
+/// Two parallel lines at least this share of the picture apart …
+const APART: f32 = 0.5;
+/// … and overlapping over at least this share of the longer are the sides of a box.
+const SAME: f32 = 0.8;
+
+/// One long straight run of ink: along a row (`horizontal`) or a column, at position
+/// `at`, from `start` to `end` inclusive.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    at: u32,
+    start: u32,
+    end: u32,
+}
+
+/// `mask` (255 = ink) without its lines, and how many lines (groups of adjacent runs)
+/// were removed.
+pub(super) fn remove(mask: &GrayImage) -> (GrayImage, usize) {
+    let (w, h) = mask.dimensions();
+    let ink = |x: u32, y: u32| mask.get_pixel(x, y).0[0] > 0;
+    let rows = lines_of(&long_runs(h, w, |at, i| ink(i, at)), w, h);
+    let columns = lines_of(&long_runs(w, h, ink), h, w);
+    let mut clean = mask.clone();
+    for line in &rows {
+        erase(&mut clean, mask, line, |along, across| (along, across));
+    }
+    for line in &columns {
+        erase(&mut clean, mask, line, |along, across| (across, along));
+    }
+    (clean, rows.len() + columns.len())
+}
+
+/// Erase `line` from `clean`, except where a stroke of `mask` crosses it (ink just
+/// before and just after the line's thickness, straight or diagonally), so a digit written
+/// across a ruled line is not cut in two. `xy(along, across)` turns the line's
+/// coordinates into the picture's.
+fn erase(
+    clean: &mut GrayImage,
+    mask: &GrayImage,
+    line: &[Run],
+    xy: impl Fn(u32, u32) -> (u32, u32),
+) {
+    let (w, h) = mask.dimensions();
+    let first = line.iter().map(|r| r.at).min().unwrap_or(0);
+    let last = line.iter().map(|r| r.at).max().unwrap_or(0);
+    let ink = |along: i64, across: i64| {
+        let (x, y) = xy(along.max(0) as u32, across.max(0) as u32);
+        along >= 0 && across >= 0 && x < w && y < h && mask.get_pixel(x, y).0[0] > 0
+    };
+    let near = |along: i64, across: i64| (-1..=1).any(|d| ink(along + d, across));
+    for run in line {
+        for along in run.start..=run.end {
+            let a = along as i64;
+            let crossed = near(a, first as i64 - 1) && near(a, last as i64 + 1);
+            if !crossed {
+                let (x, y) = xy(along, run.at);
+                clean.put_pixel(x, y, Luma([0]));
+            }
+        }
+    }
+}
+
+/// Every run of ink at least [`LONG`] × `length` long, along each of `count` lines of
+/// `length` pixels (`ink(line, i)`).
+fn long_runs(count: u32, length: u32, ink: impl Fn(u32, u32) -> bool) -> Vec<Run> {
+    let min = (LONG * length as f32).ceil() as u32;
+    let mut runs = Vec::new();
+    for at in 0..count {
+        let mut i = 0;
+        while i < length {
+            if !ink(at, i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < length && ink(at, i) {
+                i += 1;
+            }
+            if i - start >= min {
+                runs.push(Run {
+                    at,
+                    start,
+                    end: i - 1,
+                });
+            }
+        }
+    }
+    runs
+}
+
+/// The runs grouped into lines (adjacent, overlapping runs: one line's thickness), keeping
+/// the lines that cross the whole `length` or have a parallel partner at least
+/// [`APART`] × `across` away.
+fn lines_of(runs: &[Run], length: u32, across: u32) -> Vec<Vec<Run>> {
+    let mut lines: Vec<Vec<Run>> = Vec::new();
+    for &run in runs {
+        let joins = |line: &Vec<Run>| {
+            let last = line[line.len() - 1];
+            run.at <= last.at + 1 && run.start <= last.end && run.end >= last.start
+        };
+        match lines.iter_mut().find(|line| joins(line)) {
+            Some(line) => line.push(run),
+            None => lines.push(vec![run]),
+        }
+    }
+    let crosses = |line: &Vec<Run>| line.iter().any(|r| r.start == 0 && r.end == length - 1);
+    let centre =
+        |line: &Vec<Run>| line.iter().map(|r| r.at as f32).sum::<f32>() / line.len() as f32;
+    let extent = |line: &Vec<Run>| {
+        let start = line.iter().map(|r| r.start).min().unwrap_or(0);
+        let end = line.iter().map(|r| r.end).max().unwrap_or(0);
+        (start, end)
+    };
+    // Partners: far apart, and spanning nearly the same stretch (a box's opposite sides);
+    // a 7's bar inside a box spans less than the box's side, so it is no partner.
+    let partners = |a: &Vec<Run>, b: &Vec<Run>| {
+        let ((a0, a1), (b0, b1)) = (extent(a), extent(b));
+        let overlap = (a1.min(b1) + 1).saturating_sub(a0.max(b0)) as f32;
+        let longer = (a1 - a0).max(b1 - b0) as f32 + 1.0;
+        (centre(a) - centre(b)).abs() >= APART * across as f32 && overlap >= SAME * longer
+    };
+    // A line is thin: a wide dark band (a table edge, a shadow) is not one.
+    let thin = |line: &Vec<Run>| line.len() as f32 <= THICK * across as f32;
+    let keep: Vec<bool> = lines
+        .iter()
+        .map(|line| {
+            thin(line) && (crosses(line) || lines.iter().any(|other| partners(line, other)))
+        })
+        .collect();
+    lines
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(line, keep)| keep.then_some(line))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(w: u32, h: u32, ink: impl Fn(u32, u32) -> bool) -> GrayImage {
+        GrayImage::from_fn(w, h, |x, y| Luma([if ink(x, y) { 255 } else { 0 }]))
+    }
+
+    fn ink_count(img: &GrayImage) -> usize {
+        img.pixels().filter(|p| p.0[0] > 0).count()
+    }
+
+    /// A box's four sides go; the 7 inside (a long bar, a long stem) stays whole.
+    #[test]
+    fn a_box_goes_and_the_digit_in_it_stays() {
+        let seven = |x: u32, y: u32| {
+            ((40..160).contains(&x) && (40..46).contains(&y))
+                || ((150..156).contains(&x) && (40..170).contains(&y))
+        };
+        let side = |v: u32| (5..9).contains(&v) || (191..195).contains(&v);
+        let boxed = |x: u32, y: u32| {
+            ((5..195).contains(&x) && side(y)) || ((5..195).contains(&y) && side(x))
+        };
+        let (clean, lines) = remove(&page(200, 200, |x, y| seven(x, y) || boxed(x, y)));
+        assert_eq!(lines, 4);
+        assert_eq!(clean, page(200, 200, seven));
+    }
+
+    /// Without a box, nothing is removed, however long the digit's strokes.
+    #[test]
+    fn a_digits_long_strokes_are_not_lines() {
+        let one_and_bar = |x: u32, y: u32| {
+            ((10..190).contains(&x) && (20..26).contains(&y))
+                || ((97..103).contains(&x) && (20..195).contains(&y))
+        };
+        let img = page(200, 200, one_and_bar);
+        let (clean, lines) = remove(&img);
+        assert_eq!((lines, ink_count(&clean)), (0, ink_count(&img)));
+    }
+
+    /// A ruled line across the page goes, even alone.
+    #[test]
+    fn a_line_across_the_page_goes() {
+        let (clean, lines) = remove(&page(200, 100, |_, y| (60..63).contains(&y)));
+        assert_eq!((lines, ink_count(&clean)), (1, 0));
+    }
+}
