@@ -476,7 +476,7 @@ impl CpuBackend {
         self.data.test.len()
     }
 
-    /// Evaluate the test samples in `range` (in batches of at most [`EVAL_BATCH`]), adding
+    /// Evaluate the test samples in `range` (in batches of at most `EVAL_BATCH`), adding
     /// them to `sums`: the page evaluates in small parts, yielding to the browser between.
     pub fn evaluate_part(&mut self, range: std::ops::Range<usize>, sums: &mut EvalSums) {
         let layers = self.params.config.dense_layers();

@@ -70,7 +70,8 @@ pub fn clear_stop() {
 }
 
 /// The page's form and URL values (JSON, the CLI's flag names, every value as text)
-/// checked with the command line's rules: `null`, or the refusal naming the field.
+/// checked with the command line's rules ([`PageForm::validate`]): nothing, or the
+/// refusal naming the field.
 #[wasm_bindgen]
 pub fn check_settings(form: String) -> Result<(), JsValue> {
     settings_from(&form).map(|_| ())
@@ -109,8 +110,8 @@ pub struct Session {
 #[wasm_bindgen]
 impl Session {
     /// Parse the four MNIST files (`.gz` bytes: train images, train labels, test images,
-    /// test labels) with `settings` (JSON, the CLI's names) and open the trainer: WebGPU
-    /// unless `cpu` is set, in which case, or when WebGPU fails, the CPU path.
+    /// test labels) with `settings` (the form as [`check_settings`] takes it, refused as it
+    /// refuses) and open the trainer: WebGPU unless `cpu` is set, else the CPU path.
     pub async fn create(files: js_sys::Array, settings: String) -> Result<Session, JsValue> {
         // A panic's message on the console, not only wasm's bare "unreachable".
         std::panic::set_hook(Box::new(|info| {
@@ -260,9 +261,9 @@ impl Session {
     }
 
     /// Replace the model by a `model.safetensors` made by the CLI and evaluate it on the
-    /// page's test set (the CPU forward pass, as `mnist-gpu eval --cpu-fallback`): JSON
-    /// `{"accuracy": …, "samples": …}`; the predictions replace the grid's.
-    /// A model whose outputs are not finite is refused, as `mnist-gpu eval` refuses it.
+    /// page's test set (on the CPU, as `mnist-gpu eval --cpu-fallback`): JSON
+    /// `{"accuracy": …, "samples": …}`; the predictions replace the grid's. A model whose
+    /// outputs overflow is refused with `eval`'s check; `name` names it in the refusal.
     pub fn load_model(&self, bytes: Vec<u8>, name: String) -> Result<String, JsValue> {
         let params = crate::modelfile::parse_model(&bytes).map_err(js_error)?;
         let mut s = self.state_mut()?;

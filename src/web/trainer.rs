@@ -4,8 +4,10 @@
 //! `train_from` is synchronous: natively the GPU backend blocks on `device.poll(Wait)`,
 //! which a browser cannot do (the map promises resolve only when the page's code
 //! returns to the event loop). So the page drives epochs itself, one call per epoch,
-//! reusing the loop's pieces (`epoch_order`, `epoch_record`, the finite checks) and the
-//! GPU's recording code through `GpuBackend::train_steps_async`.
+//! reusing the loop's pieces (`epoch_order`, `check_divergence`, the finite checks,
+//! `epoch_record`) and the GPU's recording code through `GpuBackend::train_steps_async`.
+//! The CPU path trains one step at a time and evaluates in small parts, yielding to the
+//! browser between them whenever 20 ms of work have passed.
 
 use super::yield_if_due;
 use crate::backend::{Backend, EpochEnd, EvalStats, StepProgress};
