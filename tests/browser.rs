@@ -450,7 +450,8 @@ fn refusal_of(session: &Session, port: u16, query: &str) -> String {
 }
 
 /// The page refuses what the command line refuses, with the field, the rule and the value
-/// in its words, and trains nothing; a run that diverges ends as an error, not as done.
+/// in its words, and trains nothing; a seed above 2^53 gives the CLI's run; a limit above
+/// the data gets the CLI's note; a run that diverges ends as an error, not as done.
 #[test]
 fn the_page_refuses_what_the_cli_refuses() {
     let Some((port, chromedriver)) = site() else {
@@ -512,6 +513,34 @@ fn the_page_refuses_what_the_cli_refuses() {
         let train = "return document.getElementById('train').disabled;";
         assert_eq!(session.execute(train, json!([])), json!(false), "{setting}");
     }
+    // A seed above 2^53 reaches the trainer exactly: the CLI's run with that seed.
+    let seed = "9007199254740993";
+    let query =
+        format!("?epochs=1&seed={seed}&train-limit=500&test-limit=200&cpu-fallback=1&autostart=1");
+    session.goto(&format!("http://127.0.0.1:{port}/{query}"));
+    let lines = wait_for_run(&session);
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("metrics.jsonl");
+    let (out, metrics_arg) = (dir.path().join("run"), metrics.to_str().unwrap());
+    succeed(&[
+        "train",
+        "--cpu-fallback",
+        "--epochs",
+        "1",
+        "--seed",
+        seed,
+        "--train-limit",
+        "500",
+        "--test-limit",
+        "200",
+        "--out-dir",
+        out.to_str().unwrap(),
+        "--metrics",
+        metrics_arg,
+    ]);
+    let cli: EpochRecord =
+        serde_json::from_str(std::fs::read_to_string(&metrics).unwrap().trim()).unwrap();
+    assert_agrees(&page_record(&lines), &cli);
     // A limit above the samples there are: all of them, with the CLI's note.
     let query = "?epochs=1&train-limit=100&test-limit=1000000&cpu-fallback=1&autostart=1";
     session.goto(&format!("http://127.0.0.1:{port}/{query}"));
