@@ -1,7 +1,7 @@
 //! The commands behind the CLI, as library functions: load the data, build the backend
 //! the user asked for, train, write what a run leaves behind, evaluate, predict.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, EvalStats};
 use crate::cpu::{self, CpuBackend};
 use crate::data::{self, Mnist};
 use crate::gpu::{self, DeviceChoice, GpuBackend};
@@ -90,10 +90,8 @@ pub fn load_data(
 
 /// A note when `flag`'s `limit` asked for more samples than the `kept` there are.
 fn limit_note(limit: Option<usize>, kept: usize, flag: &str) {
-    if let Some(n) = limit.filter(|&n| n > kept) {
-        crate::errln!(
-            "note: {flag} {n} is more than the {kept} samples available; using all {kept}"
-        );
+    if let Some(note) = crate::settings::limit_note(limit, kept, flag) {
+        crate::errln!("{note}");
     }
 }
 
@@ -150,13 +148,7 @@ pub fn run_eval(
     let labels = data.test.labels.clone();
     let mut backend = make_backend(&device, params, Hyper::default(), data)?;
     let eval = backend.evaluate()?;
-    if !eval.loss.is_finite() {
-        bail!(
-            "{}: the model produces non-finite outputs (its weights overflow), so it has no \
-             meaningful accuracy",
-            model.display()
-        );
-    }
+    check_finite_eval_loss(&eval, &model.display().to_string())?;
     crate::outln!("model: {} | device: {}", model.display(), backend.name());
     crate::outln!(
         "test: {} samples - loss: {:.4} - accuracy: {:.2}%",
@@ -174,6 +166,33 @@ pub fn run_eval(
         crate::outln!("wrote {}", path.display());
     }
     Ok(eval.accuracy)
+}
+
+/// Refuse the evaluation `eval` of the model `name` when its loss is not finite: the
+/// model's outputs overflow (`eval` and the page's model loading).
+pub fn check_finite_eval_loss(eval: &EvalStats, name: &str) -> Result<()> {
+    if !eval.loss.is_finite() {
+        bail!(
+            "{name}: the model produces non-finite outputs (its weights overflow), so it has \
+             no meaningful accuracy"
+        );
+    }
+    Ok(())
+}
+
+/// Refuse a model whose outputs (`probabilities`, one row per image) are not finite:
+/// its weights overflow. `name` names the model, `consequence` what cannot be done.
+pub fn check_finite_outputs(
+    probabilities: &[[f32; CLASSES]],
+    name: &str,
+    consequence: &str,
+) -> Result<()> {
+    if probabilities.iter().flatten().any(|p| !p.is_finite()) {
+        bail!(
+            "{name}: the model produces non-finite outputs (its weights overflow); {consequence}"
+        );
+    }
+    Ok(())
 }
 
 /// One image's prediction.
@@ -221,13 +240,11 @@ pub fn predict(model: &Path, images: &[PathBuf]) -> Result<Vec<PredictOutcome>> 
         .flat_map(|done| done.pixels)
         .collect();
     let probabilities = cpu::infer(&params, Hyper::default().bn_eps, &pixels);
-    if probabilities.iter().flatten().any(|p| !p.is_finite()) {
-        bail!(
-            "{}: the model produces non-finite outputs (its weights overflow); it cannot \
-             predict",
-            model.display()
-        );
-    }
+    check_finite_outputs(
+        &probabilities,
+        &model.display().to_string(),
+        "it cannot predict",
+    )?;
     let mut probabilities = probabilities.into_iter();
     Ok(images
         .iter()

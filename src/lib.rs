@@ -20,6 +20,7 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod rundir;
+pub mod settings;
 pub mod train;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

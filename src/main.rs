@@ -5,8 +5,9 @@ use clap::{Args, Parser, Subcommand};
 use mnist_gpu::app::{self, Device, PredictOutcome};
 use mnist_gpu::gpu::DeviceChoice;
 use mnist_gpu::interrupt::{self, Interrupted};
-use mnist_gpu::model::{parse_hidden, Hyper, ModelConfig};
+use mnist_gpu::model::{Hyper, ModelConfig};
 use mnist_gpu::run::{self, TrainSettings};
+use mnist_gpu::settings::{self, learning_rate, positive};
 use mnist_gpu::train::TrainOptions;
 use mnist_gpu::{errln, outln};
 use std::path::PathBuf;
@@ -44,7 +45,7 @@ struct EvalArgs {
     #[arg(long, value_name = "DIR", value_parser = path_arg)]
     data_dir: Option<PathBuf>,
     /// Evaluate only the first N test samples.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive)]
     test_limit: Option<usize>,
     /// Also draw the confusion matrix as a picture.
     #[arg(long, value_name = "FILE", value_parser = path_arg)]
@@ -107,7 +108,7 @@ struct TrainArgs {
     #[arg(long, default_value_t = 1e-3, value_parser = learning_rate, conflicts_with = "resume")]
     lr: f32,
     /// Seed for the weight initialisation and the per-epoch shuffling.
-    #[arg(long, default_value_t = 42, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 42, value_parser = settings::seed, conflicts_with = "resume")]
     seed: u64,
     /// Hidden layer widths, comma-separated: 128, or 256,128 for a deeper MLP.
     #[arg(long, default_value = "128", value_parser = hidden_list, conflicts_with_all = ["resume", "init_from"])]
@@ -119,10 +120,10 @@ struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     no_shuffle: bool,
     /// Use only the first N training samples (more than there are: all of them).
-    #[arg(long, value_name = "N", conflicts_with = "resume")]
+    #[arg(long, value_name = "N", value_parser = positive, conflicts_with = "resume")]
     train_limit: Option<usize>,
     /// Use only the first N test samples (more than there are: all of them).
-    #[arg(long, value_name = "N", conflicts_with = "resume")]
+    #[arg(long, value_name = "N", value_parser = positive, conflicts_with = "resume")]
     test_limit: Option<usize>,
     /// Also write the per-epoch metrics (one JSON object per line) to FILE: a regular file
     /// or a new one (not `-`, a device, or one of the run's own files).
@@ -150,35 +151,7 @@ struct TrainArgs {
 struct HiddenList(Vec<usize>);
 
 fn hidden_list(text: &str) -> Result<HiddenList, String> {
-    let hidden = parse_hidden(text)?;
-    ModelConfig {
-        hidden: hidden.clone(),
-        raw_pixels: false,
-    }
-    .check_size()?;
-    Ok(HiddenList(hidden))
-}
-
-fn positive(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(_) => Err(format!("'{text}' is not a positive whole number")),
-    }
-}
-
-/// A learning rate: a finite number above 0 that a 32-bit float holds at full precision
-/// (from about 1.2e-38; smaller ones round to 0 or lose their digits).
-fn learning_rate(text: &str) -> Result<f32, String> {
-    match text.parse::<f32>() {
-        Ok(lr) if lr.is_finite() && lr >= f32::MIN_POSITIVE => Ok(lr),
-        _ if text.parse::<f64>().is_ok_and(|x| x > 0.0 && x < 1.0) => Err(format!(
-            "'{text}' is too small: the smallest learning rate is {:e} (32-bit floats)",
-            f32::MIN_POSITIVE
-        )),
-        Ok(_) => Err(format!("must be a finite number above 0, got '{text}'")),
-        Err(_) => Err(format!("'{text}' is not a number")),
-    }
+    settings::hidden(text).map(HiddenList)
 }
 
 /// A path flag's value: `~` is not expanded (the shell expands it only at the start of

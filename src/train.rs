@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TrainOptions {
     pub epochs: usize,
     pub batch_size: usize,
@@ -219,20 +219,23 @@ fn train_epoch(
         &mut |p| observer.step(p),
         &|steps| stop(epoch + 1, steps),
     );
-    let end = result.map_err(|error| {
-        observer.failed();
-        match error.downcast::<Diverged>() {
-            Ok(diverged) => anyhow::Error::new(diverged)
-                .context(format!("training diverged in epoch {}", epoch + 1)),
-            Err(other) => other,
+    check_divergence(result, epoch + 1).inspect_err(|_| observer.failed())
+}
+
+/// The steps of epoch `epoch` (1-based) as a backend returned them, with a divergence
+/// named by its epoch: a [`Diverged`] error from the steps, or a finished epoch whose
+/// loss is not finite. The CLI's loop and the page's epoch driver both end here.
+pub fn check_divergence(result: Result<EpochEnd>, epoch: usize) -> Result<EpochEnd> {
+    let end = result.map_err(|error| match error.downcast::<Diverged>() {
+        Ok(diverged) => {
+            anyhow::Error::new(diverged).context(format!("training diverged in epoch {epoch}"))
         }
+        Err(other) => other,
     })?;
     if let EpochEnd::Finished(stats) = end {
         if !stats.loss.is_finite() {
-            observer.failed();
             bail!(
-                "training diverged in epoch {}: the loss became {} (try a smaller --lr)",
-                epoch + 1,
+                "training diverged in epoch {epoch}: the loss became {} (try a smaller --lr)",
                 stats.loss
             );
         }

@@ -371,11 +371,16 @@ fn log_lines(session: &Session) -> Vec<String> {
 
 /// Poll the page until `script` returns true (30 s at most).
 fn wait_until(session: &Session, what: &str, script: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    wait_until_for(session, what, script, 30);
+}
+
+/// Poll the page until `script` returns true (`seconds` at most).
+fn wait_until_for(session: &Session, what: &str, script: &str, seconds: u64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
     while session.execute(script, json!([])) != json!(true) {
         assert!(
             Instant::now() < deadline,
-            "waited 30 s for {what}: {:#?}",
+            "waited {seconds} s for {what}: {:#?}",
             log_lines(session)
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -414,4 +419,284 @@ fn stop_and_resume_on_webgpu_give_the_uninterrupted_metrics() {
     for (page, cli) in records.iter().zip(&cli) {
         assert_agrees(page, cli);
     }
+}
+
+/// Load `query` in `session` and wait for the page's first `error …` line (60 s at most):
+/// that line, after checking that nothing trained.
+fn refusal_of(session: &Session, port: u16, query: &str) -> String {
+    session.goto(&format!("http://127.0.0.1:{port}/{query}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lines = log_lines(session);
+        if let Some(error) = lines.iter().find_map(|l| l.strip_prefix("error ")) {
+            assert!(
+                !lines
+                    .iter()
+                    .any(|l| l.starts_with('{') || l.starts_with("done ")),
+                "{query}: trained before refusing: {lines:#?}"
+            );
+            return error.to_string();
+        }
+        assert!(
+            lines.iter().all(|l| !l.starts_with("done ")),
+            "{query}: finished instead of refusing: {lines:#?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{query}: no refusal in 60 s: {lines:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The page refuses what the command line refuses, with the field, the rule and the value
+/// in its words, and trains nothing; a seed above 2^53 gives the CLI's run; a limit above
+/// the data gets the CLI's note; a run that diverges ends as an error, not as done.
+#[test]
+fn the_page_refuses_what_the_cli_refuses() {
+    let Some((port, chromedriver)) = site() else {
+        return;
+    };
+    let _one = one_browser_at_a_time();
+    let driver = start_driver(chromedriver, "refusals");
+    let session = driver.session(&WEBGPU_ARGS);
+    let rest = "&train-limit=500&test-limit=200&cpu-fallback=1&autostart=1";
+    let cases = [
+        ("epochs=0", "the epochs field ('0'): must be at least 1"),
+        (
+            "epochs=NaN",
+            "the epochs field ('NaN'): 'NaN' is not a positive whole number",
+        ),
+        ("epochs=1.5", "the epochs field ('1.5')"),
+        (
+            "batch-size=0",
+            "the batch size field ('0'): must be at least 1",
+        ),
+        (
+            "lr=0",
+            "the learning rate field ('0'): must be a finite number above 0",
+        ),
+        ("lr=-1", "the learning rate field ('-1')"),
+        (
+            "lr=fast",
+            "the learning rate field ('fast'): 'fast' is not a number",
+        ),
+        (
+            "train-limit=0",
+            "the train limit field ('0'): must be at least 1",
+        ),
+        (
+            "test-limit=0",
+            "the test limit field ('0'): must be at least 1",
+        ),
+        (
+            "hidden=0",
+            "the hidden field ('0'): layer widths must be at least 1",
+        ),
+        (
+            "hidden=",
+            "the hidden field (''): expected a comma-separated list",
+        ),
+        (
+            "hidden=100000",
+            "layer width 100000 is too large (at most 65536)",
+        ),
+        ("hidden=64,abc", "'abc' is not a layer width"),
+        (
+            "seed=-1",
+            "the seed field ('-1'): '-1' is not a whole number from 0",
+        ),
+    ];
+    for (setting, expected) in cases {
+        let error = refusal_of(&session, *port, &format!("?{setting}{rest}"));
+        assert!(error.contains(expected), "{setting}: {error}");
+        let train = "return document.getElementById('train').disabled;";
+        assert_eq!(session.execute(train, json!([])), json!(false), "{setting}");
+    }
+    // A seed above 2^53 reaches the trainer exactly: the CLI's run with that seed.
+    let seed = "9007199254740993";
+    let query =
+        format!("?epochs=1&seed={seed}&train-limit=500&test-limit=200&cpu-fallback=1&autostart=1");
+    session.goto(&format!("http://127.0.0.1:{port}/{query}"));
+    let lines = wait_for_run(&session);
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("metrics.jsonl");
+    let (out, metrics_arg) = (dir.path().join("run"), metrics.to_str().unwrap());
+    succeed(&[
+        "train",
+        "--cpu-fallback",
+        "--epochs",
+        "1",
+        "--seed",
+        seed,
+        "--train-limit",
+        "500",
+        "--test-limit",
+        "200",
+        "--out-dir",
+        out.to_str().unwrap(),
+        "--metrics",
+        metrics_arg,
+    ]);
+    let cli: EpochRecord =
+        serde_json::from_str(std::fs::read_to_string(&metrics).unwrap().trim()).unwrap();
+    assert_agrees(&page_record(&lines), &cli);
+    // A limit above the samples there are: all of them, with the CLI's note.
+    let query = "?epochs=1&train-limit=100&test-limit=1000000&cpu-fallback=1&autostart=1";
+    session.goto(&format!("http://127.0.0.1:{port}/{query}"));
+    let done = "return (window.mnistGpuLog || []).some((l) => /^(error|done) /.test(l));";
+    wait_until_for(&session, "the run", done, 120);
+    let note =
+        "note: the test limit 1000000 is more than the 10000 samples available; using all 10000";
+    let lines = log_lines(&session);
+    assert!(lines.iter().any(|l| l == note), "{lines:#?}");
+    let device = session.execute(
+        "return document.getElementById('device').textContent;",
+        json!([]),
+    );
+    assert!(device.as_str().unwrap().contains(note), "{device}");
+    // The command line's divergence check, on both paths (at a learning rate that
+    // overflows whatever the order of the sums).
+    for cpu in ["1", "0"] {
+        let query = format!(
+            "?epochs=2&lr=1e38&train-limit=1000&test-limit=200&cpu-fallback={cpu}&autostart=1"
+        );
+        session.goto(&format!("http://127.0.0.1:{port}/{query}"));
+        let failed = "return (window.mnistGpuLog || []).some((l) => /^(error|done) /.test(l));";
+        wait_until_for(&session, "the diverging run to end", failed, 300);
+        let lines = log_lines(&session);
+        let error = lines.iter().find_map(|l| l.strip_prefix("error "));
+        let error = error.unwrap_or_else(|| panic!("cpu={cpu}: not refused: {lines:#?}"));
+        assert!(
+            error.contains("training diverged in epoch 1")
+                && error.contains("the learning rate field"),
+            "cpu={cpu}: {error}"
+        );
+    }
+}
+
+/// On the CPU path the page yields to the browser while it trains (its timers keep
+/// ticking and Stop works at once, however small the epochs), and while a resumed run
+/// trains, Train cannot start a second one beside it.
+#[test]
+fn the_cpu_path_keeps_the_page_responsive_and_one_run_at_a_time() {
+    let Some((port, chromedriver)) = site() else {
+        return;
+    };
+    let _one = one_browser_at_a_time();
+    let driver = start_driver(chromedriver, "responsive");
+    let session = driver.session(&WEBGPU_ARGS);
+    let query = "?epochs=1000000000&train-limit=500&test-limit=200&cpu-fallback=1&autostart=1";
+    session.goto(&format!("http://127.0.0.1:{port}/{query}"));
+    let epoch_done = "return (window.mnistGpuLog || []).some((l) => l.startsWith('{'));";
+    wait_until_for(&session, "an epoch to finish", epoch_done, 120);
+    let heartbeat = "window.beat = { last: performance.now(), worst: 0 };
+        setInterval(() => { const now = performance.now();
+            beat.worst = Math.max(beat.worst, now - beat.last); beat.last = now; }, 10);";
+    session.execute(heartbeat, json!([]));
+    std::thread::sleep(Duration::from_secs(5));
+    let worst = session.execute("return beat.worst;", json!([]));
+    let worst = worst.as_f64().unwrap();
+    assert!(
+        worst < 500.0,
+        "the page went {worst} ms without running a timer"
+    );
+    let stopped = |n: usize| {
+        format!("return (window.mnistGpuLog || []).filter((l) => l.startsWith('stopped')).length >= {n};")
+    };
+    session.execute("document.getElementById('stop').click();", json!([]));
+    wait_until_for(&session, "the stop", &stopped(1), 5);
+    // Resume: the same run goes on, and Train stays disabled until it ends.
+    session.execute("document.getElementById('resume').click();", json!([]));
+    let train = "return document.getElementById('train').disabled;";
+    assert_eq!(
+        session.execute(train, json!([])),
+        json!(true),
+        "Train during a resumed run"
+    );
+    session.execute("document.getElementById('train').click();", json!([]));
+    std::thread::sleep(Duration::from_secs(2));
+    session.execute("document.getElementById('stop').click();", json!([]));
+    wait_until_for(&session, "the second stop", &stopped(2), 5);
+    let lines = log_lines(&session);
+    assert!(
+        !lines.iter().any(|l| l.starts_with("error ")),
+        "a second run started: {lines:#?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("device ")).count(),
+        1,
+        "{lines:#?}"
+    );
+}
+
+/// Without WebGPU (the `no-webgpu=1` switch hides it) the page says so before Train; a
+/// model made by the CLI loads before any training, and one whose outputs overflow is
+/// refused as `mnist-gpu eval` refuses it; drawing with no model says one is needed.
+#[test]
+fn models_load_before_training_and_overflowing_ones_are_refused() {
+    let Some((port, chromedriver)) = site() else {
+        return;
+    };
+    let _one = one_browser_at_a_time();
+    let driver = start_driver(chromedriver, "models");
+    let session = driver.session(&WEBGPU_ARGS);
+    let page = format!("http://127.0.0.1:{port}/?no-webgpu=1&test-limit=200");
+    session.goto(&page);
+    let ready = "return (window.mnistGpuLog || []).some((l) => l.startsWith('webgpu '));";
+    wait_until(&session, "the WebGPU check", ready);
+    assert!(log_lines(&session).contains(&"webgpu false".to_string()));
+    let device = session.execute(
+        "return document.getElementById('device').textContent;",
+        json!([]),
+    );
+    assert!(device.as_str().unwrap().contains("unavailable"), "{device}");
+    let stroke = "const c = document.getElementById('draw'), r = c.getBoundingClientRect();
+        for (const t of ['pointerdown', 'pointermove', 'pointerup']) c.dispatchEvent(new PointerEvent(t,
+            { clientX: r.left + 100, clientY: r.top + 100, bubbles: true, pointerType: 'mouse' }));
+        return document.getElementById('top3').textContent;";
+    let said = session.execute(stroke, json!([]));
+    assert!(said.as_str().unwrap().contains("No model yet"), "{said}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    succeed(&[
+        "train",
+        "--cpu-fallback",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "500",
+        "--test-limit",
+        "200",
+        "--out-dir",
+        out.to_str().unwrap(),
+    ]);
+    let model = out.join("model.safetensors");
+    session.upload("#load", &model);
+    let loaded = "return (window.mnistGpuLog || []).some((l) => l.startsWith('loaded '));";
+    wait_until(&session, "the model to load", loaded);
+
+    // The same model with every weight at ±3e38: finite, but its outputs overflow.
+    let mut params = mnist_gpu::modelfile::load_model(&model).unwrap();
+    for (i, w) in params.trainable.iter_mut().enumerate() {
+        *w = if i % 2 == 0 { 3e38 } else { -3e38 };
+    }
+    let huge = dir.path().join("huge.safetensors");
+    mnist_gpu::modelfile::save_model(&params, 1, &huge).unwrap();
+    session.goto(&page);
+    wait_until(&session, "the WebGPU check", ready);
+    session.upload("#load", &huge);
+    let refused = "return (window.mnistGpuLog || []).some((l) => l.startsWith('refused '));";
+    wait_until(&session, "the refusal", refused);
+    let lines = log_lines(&session);
+    let refusal = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("refused "))
+        .unwrap();
+    assert!(refusal.contains("non-finite outputs"), "{refusal}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("loaded ")),
+        "{lines:#?}"
+    );
 }

@@ -2,7 +2,7 @@
 // progress bar, the epoch table, curves, the predictions grid, the confusion matrix and
 // the drawing canvas. Everything numerical happens in Rust (mnist_gpu.js / .wasm).
 // Lines prefixed "mnist-gpu: " on the console are what automated checks read.
-import init, { Session, request_stop, clear_stop } from './mnist_gpu.js';
+import init, { Session, request_stop, clear_stop, check_settings } from './mnist_gpu.js';
 
 const $ = (id) => document.getElementById(id);
 // Each line also kept in window.mnistGpuLog, for WebDriver (which cannot read the console).
@@ -12,6 +12,8 @@ const FILES = ['train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
   't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'];
 let session = null;
 let history = [];
+// Whether WebGPU has an adapter here (asked once, before any training).
+let webgpu = false;
 
 // --- settings ---------------------------------------------------------------------
 function applyQuery() {
@@ -25,15 +27,16 @@ function applyQuery() {
   return query.get('autostart') === '1';
 }
 
+// Every value as typed: Rust checks them with the command line's rules (a number's text
+// is kept, so a seed above 2^53 stays exact and a refusal quotes what was typed).
 function readSettings() {
   const f = $('settings').elements;
-  const optional = (name) => (f[name].value.trim() === '' ? null : Number(f[name].value));
+  const text = (name) => f[name].value;
   return {
-    epochs: Number(f['epochs'].value), 'batch-size': Number(f['batch-size'].value),
-    lr: Number(f['lr'].value), hidden: f['hidden'].value.split(',').map(Number),
-    seed: Number(f['seed'].value), 'raw-pixels': f['raw-pixels'].checked,
-    'train-limit': optional('train-limit'), 'test-limit': optional('test-limit'),
-    cpu: f['cpu-fallback'].checked || !navigator.gpu,
+    epochs: text('epochs'), 'batch-size': text('batch-size'), lr: text('lr'),
+    hidden: text('hidden'), seed: text('seed'), 'raw-pixels': f['raw-pixels'].checked,
+    'train-limit': text('train-limit'), 'test-limit': text('test-limit'),
+    cpu: f['cpu-fallback'].checked || !webgpu,
   };
 }
 
@@ -80,58 +83,85 @@ function progressLine(epoch, started) {
   };
 }
 
-async function runEpochs(settings) {
+// Train the session's remaining epochs; Train stays disabled meanwhile (Stop, then
+// Resume, continues the same run with the settings it started with).
+async function runEpochs() {
   clear_stop();
+  $('train').disabled = true;
   $('stop').disabled = false;
   $('resume').disabled = true;
-  while (session.epochs_done() < settings.epochs) {
-    const epoch = session.epochs_done() + 1;
-    const line = await session.train_epoch(progressLine(epoch, performance.now() / 1000));
-    if (line === null) { // stopped part-way: Resume continues this epoch
-      $('progress').textContent += '  (stopped)';
-      log(`stopped in epoch ${epoch}`);
-      $('resume').disabled = false;
-      $('stop').disabled = true;
-      return;
+  try {
+    while (session.epochs_done() < session.epochs()) {
+      const epoch = session.epochs_done() + 1;
+      const line = await session.train_epoch(progressLine(epoch, performance.now() / 1000));
+      if (line === null) { // stopped part-way: Resume continues this epoch
+        $('progress').textContent += '  (stopped; Resume continues with the settings this run started with)';
+        log(`stopped in epoch ${epoch}`);
+        $('resume').disabled = false;
+        return;
+      }
+      log(line);
+      const record = JSON.parse(line);
+      history.push(record);
+      addRow(record);
+      drawCurves();
     }
-    log(line);
-    const record = JSON.parse(line);
-    history.push(record);
-    addRow(record);
-    drawCurves();
+    showResults();
+    log(`done ${JSON.stringify(history[history.length - 1])}`);
+  } catch (error) {
+    showError(error);
+  } finally {
+    $('stop').disabled = true;
+    $('train').disabled = false;
   }
-  $('stop').disabled = true;
-  showResults();
-  log(`done ${JSON.stringify(history[history.length - 1] || {})}`);
+}
+
+function showError(error) {
+  const span = document.createElement('span');
+  span.className = 'error';
+  span.textContent = String(error);
+  $('progress').replaceChildren(span);
+  log(`error ${String(error)}`);
 }
 
 async function start(event) {
   if (event) event.preventDefault();
-  $('train').disabled = true;
+  const settings = readSettings();
   try {
-    const settings = readSettings();
+    check_settings(JSON.stringify(settings));
+  } catch (error) { // refused before anything is downloaded or trained
+    showError(error);
+    return;
+  }
+  $('train').disabled = true;
+  $('resume').disabled = true;
+  try {
     const files = await download();
     let note = '';
     try {
       session = await Session.create(files, JSON.stringify(settings));
     } catch (error) {
       if (settings.cpu) throw error;
-      // No adapter, or one without what the kernels need: the CPU path, as --cpu-fallback.
+      // An adapter without what the kernels need: the CPU path, as the CLI's fallback.
       note = ` — WebGPU failed (${error}), so the CPU path (wasm, one thread) trains instead`;
       session = await Session.create(files, JSON.stringify({ ...settings, cpu: true }));
     }
-    if (!navigator.gpu) note = ' — WebGPU is unavailable here, so the CPU path (wasm, one thread) trains instead';
+    if (!webgpu) note = ' — WebGPU is unavailable here, so the CPU path (wasm, one thread) trains instead';
     const where = session.device();
-    $('device').textContent = `Training on ${where}${note}`;
+    const notes = session.notes();
+    $('device').textContent = `Training on ${where}${note}${notes ? ` (${notes})` : ''}`;
     log(`device ${where}`);
+    if (notes) log(notes);
     history = [];
     $('epochs').tBodies[0].innerHTML = '';
-    await runEpochs(settings);
+    $('results').hidden = true;
+    $('save').disabled = true;
   } catch (error) {
-    $('progress').innerHTML = `<span class="error">${String(error)}</span>`;
-    log(`error ${String(error)}`);
+    showError(error);
+    $('train').disabled = false;
+    return;
   }
-  $('train').disabled = false;
+  await runEpochs();
 }
 
 // --- tables and pictures ------------------------------------------------------------
@@ -217,7 +247,10 @@ function setUpDrawing() {
 
 let predicting = false, again = false;
 async function predictDrawing() {
-  if (!session) return;
+  if (!session) {
+    $('top3').textContent = 'No model yet: train one (Train) or load one made by the CLI first.';
+    return;
+  }
   if (predicting) { again = true; return; } // run once more when this one ends
   predicting = true;
   try {
@@ -243,26 +276,47 @@ function saveModel() {
 
 async function loadModel(event) {
   const file = event.target.files[0];
-  if (!file || !session) return;
+  if (!file) return;
   try {
-    const result = JSON.parse(session.load_model(new Uint8Array(await file.arrayBuffer())));
+    if (!session) {
+      // Nothing trained yet: the test set (the form's test limit) to evaluate it on.
+      $('top3').textContent = `loading ${file.name}…`;
+      const settings = { ...readSettings(), epochs: '1', 'train-limit': '1', cpu: true };
+      session = await Session.create(await download(), JSON.stringify(settings));
+    }
+    const result = JSON.parse(session.load_model(new Uint8Array(await file.arrayBuffer()), file.name));
     $('top3').textContent = `loaded ${file.name}: test accuracy ${(100 * result.accuracy).toFixed(2)}%`
       + ` on ${result.samples} samples (predictions below are its own)`;
     log(`loaded ${JSON.stringify(result)}`);
     showResults();
   } catch (error) {
     $('top3').textContent = `${file.name}: ${error}`;
+    log(`refused ${String(error)}`);
+  }
+}
+
+// Whether WebGPU gives an adapter (`no-webgpu=1` in the URL hides it, to try the page
+// as a browser without WebGPU shows it).
+async function findWebGpu() {
+  if (new URLSearchParams(location.search).get('no-webgpu') === '1') return false;
+  if (!navigator.gpu) return false;
+  try {
+    return (await navigator.gpu.requestAdapter()) !== null;
+  } catch {
+    return false;
   }
 }
 
 await init();
 const autostart = applyQuery();
-$('device').textContent = navigator.gpu
+webgpu = await findWebGpu();
+log(`webgpu ${webgpu}`);
+$('device').textContent = webgpu
   ? 'WebGPU is available.'
   : 'WebGPU is unavailable in this browser (Chrome/Edge 113+, Safari 26+, or Chromium with --enable-unsafe-webgpu); training will run on the CPU path compiled to wasm.';
 $('settings').addEventListener('submit', start);
 $('stop').addEventListener('click', () => request_stop());
-$('resume').addEventListener('click', () => runEpochs(readSettings()));
+$('resume').addEventListener('click', () => runEpochs());
 $('save').addEventListener('click', saveModel);
 $('load').addEventListener('change', loadModel);
 setUpDrawing();

@@ -444,6 +444,65 @@ fn first_layer_grads<'g>(
     )
 }
 
+/// The sums of an evaluation under way, part by part ([`CpuBackend::evaluate_part`]).
+pub struct EvalSums {
+    loss_sum: f64,
+    correct: u64,
+    predictions: Vec<u8>,
+}
+
+impl EvalSums {
+    /// Nothing summed yet, for `count` test samples.
+    pub fn new(count: usize) -> EvalSums {
+        EvalSums {
+            loss_sum: 0.0,
+            correct: 0,
+            predictions: vec![0; count],
+        }
+    }
+
+    pub fn finish(self) -> EvalStats {
+        let count = self.predictions.len().max(1) as f64;
+        EvalStats {
+            loss: self.loss_sum / count,
+            accuracy: self.correct as f64 / count,
+            predictions: self.predictions,
+        }
+    }
+}
+
+impl CpuBackend {
+    pub fn test_count(&self) -> usize {
+        self.data.test.len()
+    }
+
+    /// Evaluate the test samples in `range` (in batches of at most `EVAL_BATCH`), adding
+    /// them to `sums`: the page evaluates in small parts, yielding to the browser between.
+    pub fn evaluate_part(&mut self, range: std::ops::Range<usize>, sums: &mut EvalSums) {
+        let layers = self.params.config.dense_layers();
+        let widths = self.params.config.widths();
+        let end = range.end;
+        for start in range.step_by(EVAL_BATCH) {
+            let batch = EVAL_BATCH.min(end - start);
+            self.work.resize(batch, &widths);
+            let indices: Vec<u32> = (start as u32..(start + batch) as u32).collect();
+            let w = &mut self.work;
+            let (images, eps) = (&self.data.test.images, self.hyper.bn_eps);
+            forward_eval(&self.params, eps, images, &indices, &mut w.x, &mut w.acts);
+            let labels = &self.data.test.labels[start..start + batch];
+            let (loss, ok) = softmax_xent(
+                &self.work.acts[layers],
+                labels,
+                CLASSES,
+                None,
+                Some(&mut sums.predictions[start..start + batch]),
+            );
+            sums.loss_sum += loss as f64;
+            sums.correct += ok as u64;
+        }
+    }
+}
+
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -499,33 +558,9 @@ impl Backend for CpuBackend {
 
     fn evaluate(&mut self) -> Result<EvalStats> {
         let count = self.data.test.len();
-        let layers = self.params.config.dense_layers();
-        let widths = self.params.config.widths();
-        let mut predictions = vec![0u8; count];
-        let (mut loss_sum, mut correct) = (0.0f64, 0u64);
-        for start in (0..count).step_by(EVAL_BATCH) {
-            let batch = EVAL_BATCH.min(count - start);
-            self.work.resize(batch, &widths);
-            let indices: Vec<u32> = (start as u32..(start + batch) as u32).collect();
-            let w = &mut self.work;
-            let (images, eps) = (&self.data.test.images, self.hyper.bn_eps);
-            forward_eval(&self.params, eps, images, &indices, &mut w.x, &mut w.acts);
-            let labels = &self.data.test.labels[start..start + batch];
-            let (loss, ok) = softmax_xent(
-                &self.work.acts[layers],
-                labels,
-                CLASSES,
-                None,
-                Some(&mut predictions[start..start + batch]),
-            );
-            loss_sum += loss as f64;
-            correct += ok as u64;
-        }
-        Ok(EvalStats {
-            loss: loss_sum / count.max(1) as f64,
-            accuracy: correct as f64 / count.max(1) as f64,
-            predictions,
-        })
+        let mut sums = EvalSums::new(count);
+        self.evaluate_part(0..count, &mut sums);
+        Ok(sums.finish())
     }
 
     fn params(&mut self) -> Result<Params> {

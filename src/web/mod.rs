@@ -9,10 +9,10 @@ use crate::backend::StepProgress;
 use crate::cpu::CpuBackend;
 use crate::data::Mnist;
 use crate::gpu::GpuBackend;
-use crate::model::{Hyper, ModelConfig, Params};
+use crate::model::{Hyper, Params};
+use crate::settings::{in_page_words, limit_note, PageForm, PageSettings};
 use crate::train::TrainOptions;
-use serde::Deserialize;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +34,28 @@ pub async fn sleep_ms(ms: i32) {
     let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }
 
+thread_local! {
+    /// When Rust code last gave the browser its turn.
+    static LAST_YIELD: Cell<Option<web_time::Instant>> = const { Cell::new(None) };
+}
+
+/// Work between two yields to the browser at most (then it repaints, runs its timers
+/// and Stop can be pressed).
+const YIELD_EVERY_MS: u128 = 20;
+
+/// Yield to the browser if [`YIELD_EVERY_MS`] passed since the last yield: the CPU path
+/// calls it between steps and between parts of its evaluation.
+pub async fn yield_if_due() {
+    let due = LAST_YIELD.with(|last| {
+        last.get()
+            .is_none_or(|at| at.elapsed().as_millis() >= YIELD_EVERY_MS)
+    });
+    if due {
+        sleep_ms(0).await;
+        LAST_YIELD.with(|last| last.set(Some(web_time::Instant::now())));
+    }
+}
+
 /// Ask the running epoch to stop after its chunk of steps under way.
 #[wasm_bindgen]
 pub fn request_stop() {
@@ -47,20 +69,17 @@ pub fn clear_stop() {
     STOP.store(false, Ordering::SeqCst);
 }
 
-/// The page's form, with the CLI's flag names.
-#[derive(Deserialize)]
-#[serde(rename_all = "kebab-case")]
-struct Settings {
-    epochs: usize,
-    batch_size: usize,
-    lr: f32,
-    hidden: Vec<usize>,
-    seed: u64,
-    raw_pixels: bool,
-    train_limit: Option<usize>,
-    test_limit: Option<usize>,
-    /// Train on the CPU path (also what the page does when WebGPU is missing).
-    cpu: bool,
+/// The page's form and URL values (JSON, the CLI's flag names, every value as text)
+/// checked with the command line's rules ([`PageForm::validate`]): nothing, or the
+/// refusal naming the field.
+#[wasm_bindgen]
+pub fn check_settings(form: String) -> Result<(), JsValue> {
+    settings_from(&form).map(|_| ())
+}
+
+fn settings_from(form: &str) -> Result<PageSettings, JsValue> {
+    let form: PageForm = serde_json::from_str(form).map_err(js_error)?;
+    form.validate().map_err(js_error)
 }
 
 struct State {
@@ -75,27 +94,30 @@ struct State {
     predictions: Vec<u8>,
 }
 
+/// An error for the page: its message (with its causes), naming the page's controls
+/// where the command line's would name flags.
 fn js_error(e: impl std::fmt::Display) -> JsValue {
-    JsValue::from_str(&e.to_string())
+    JsValue::from_str(&in_page_words(&format!("{e:#}")))
 }
 
 #[wasm_bindgen]
 pub struct Session {
     state: Rc<RefCell<State>>,
     device: String,
+    notes: String,
 }
 
 #[wasm_bindgen]
 impl Session {
     /// Parse the four MNIST files (`.gz` bytes: train images, train labels, test images,
-    /// test labels) with `settings` (JSON, the CLI's names) and open the trainer: WebGPU
-    /// unless `cpu` is set, in which case, or when WebGPU fails, the CPU path.
+    /// test labels) with `settings` (the form as [`check_settings`] takes it, refused as it
+    /// refuses) and open the trainer: WebGPU unless `cpu` is set, else the CPU path.
     pub async fn create(files: js_sys::Array, settings: String) -> Result<Session, JsValue> {
         // A panic's message on the console, not only wasm's bare "unreachable".
         std::panic::set_hook(Box::new(|info| {
             web_sys::console::error_1(&format!("mnist-gpu: panic {info}").into());
         }));
-        let settings: Settings = serde_json::from_str(&settings).map_err(js_error)?;
+        let settings = settings_from(&settings)?;
         let bytes: Vec<Vec<u8>> = files
             .iter()
             .map(|f| js_sys::Uint8Array::new(&f).to_vec())
@@ -103,12 +125,14 @@ impl Session {
         let files: [&[u8]; 4] = [&bytes[0], &bytes[1], &bytes[2], &bytes[3]];
         let data = Mnist::from_bytes(files, settings.train_limit, settings.test_limit)
             .map_err(js_error)?;
-        let config = ModelConfig {
-            hidden: settings.hidden.clone(),
-            raw_pixels: settings.raw_pixels,
-        };
-        config.check_size().map_err(js_error)?;
-        let params = Params::init(&config, settings.seed);
+        let notes: Vec<String> = [
+            (settings.train_limit, data.train.len(), "the train limit"),
+            (settings.test_limit, data.test.len(), "the test limit"),
+        ]
+        .into_iter()
+        .filter_map(|(limit, kept, name)| limit_note(limit, kept, name))
+        .collect();
+        let params = Params::init(&settings.model, settings.options.seed);
         let hyper = Hyper {
             lr: settings.lr,
             ..Hyper::default()
@@ -124,12 +148,7 @@ impl Session {
             ))
         };
         let device = trainer.name();
-        let options = TrainOptions {
-            epochs: settings.epochs,
-            batch_size: settings.batch_size.max(1),
-            seed: settings.seed,
-            shuffle: true,
-        };
+        let options: TrainOptions = settings.options;
         let state = State {
             trainer,
             options,
@@ -142,12 +161,23 @@ impl Session {
         Ok(Session {
             state: Rc::new(RefCell::new(state)),
             device,
+            notes: notes.join("; "),
         })
     }
 
     /// What trains: the adapter and `WebGPU`, or `cpu`.
     pub fn device(&self) -> String {
         self.device.clone()
+    }
+
+    /// Notes on the settings (a limit above the samples there are), or "".
+    pub fn notes(&self) -> String {
+        self.notes.clone()
+    }
+
+    /// The run's epochs (a resumed run keeps every setting it started with).
+    pub fn epochs(&self) -> Result<usize, JsValue> {
+        Ok(self.state()?.options.epochs)
     }
 
     pub fn epochs_done(&self) -> Result<usize, JsValue> {
@@ -231,23 +261,30 @@ impl Session {
     }
 
     /// Replace the model by a `model.safetensors` made by the CLI and evaluate it on the
-    /// page's test set (the CPU forward pass, as `mnist-gpu eval --cpu-fallback`): JSON
-    /// `{"accuracy": …, "samples": …}`; the predictions replace the grid's.
-    pub fn load_model(&self, bytes: Vec<u8>) -> Result<String, JsValue> {
+    /// page's test set (on the CPU, as `mnist-gpu eval --cpu-fallback`): JSON
+    /// `{"accuracy": …, "samples": …}`; the predictions replace the grid's. A model whose
+    /// outputs overflow is refused with `eval`'s check; `name` names it in the refusal.
+    pub fn load_model(&self, bytes: Vec<u8>, name: String) -> Result<String, JsValue> {
         let params = crate::modelfile::parse_model(&bytes).map_err(js_error)?;
         let mut s = self.state_mut()?;
-        let probabilities = crate::cpu::infer(&params, Hyper::default().bn_eps, &s.test.images);
-        let predictions: Vec<u8> = probabilities.iter().map(|p| argmax(p) as u8).collect();
-        let correct = predictions
-            .iter()
-            .zip(&s.test.labels)
-            .filter(|(p, l)| p == l)
-            .count();
-        let samples = predictions.len();
-        s.predictions = predictions;
+        // The test set alone, as `eval` loads it.
+        let train = crate::data::Dataset {
+            images: Vec::new(),
+            labels: Vec::new(),
+            rows: s.test.rows,
+            cols: s.test.cols,
+        };
+        let data = Mnist {
+            train,
+            test: s.test.clone(),
+        };
+        let mut cpu = CpuBackend::new(params.clone(), Hyper::default(), data);
+        let eval = crate::backend::Backend::evaluate(&mut cpu).map_err(js_error)?;
+        crate::app::check_finite_eval_loss(&eval, &name).map_err(js_error)?;
+        let samples = eval.predictions.len();
+        s.predictions = eval.predictions;
         s.params = Some(params);
-        let accuracy = correct as f64 / samples.max(1) as f64;
-        Ok(serde_json::json!({ "accuracy": accuracy, "samples": samples }).to_string())
+        Ok(serde_json::json!({ "accuracy": eval.accuracy, "samples": samples }).to_string())
     }
 
     /// Top-3 (digit, probability) of a drawing given as PNG bytes, prepared exactly as
@@ -261,14 +298,6 @@ impl Session {
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         serde_json::to_string(&ranked[..3]).map_err(js_error)
     }
-}
-
-/// The index of the largest value (the first of equal ones, as the kernels pick).
-fn argmax(values: &[f32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .fold(0, |best, (i, &v)| if v > values[best] { i } else { best })
 }
 
 impl Session {

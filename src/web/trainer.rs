@@ -4,21 +4,26 @@
 //! `train_from` is synchronous: natively the GPU backend blocks on `device.poll(Wait)`,
 //! which a browser cannot do (the map promises resolve only when the page's code
 //! returns to the event loop). So the page drives epochs itself, one call per epoch,
-//! reusing the loop's pieces (`epoch_order`, `epoch_record`, the finite checks) and the
-//! GPU's recording code through `GpuBackend::train_steps_async`.
+//! reusing the loop's pieces (`epoch_order`, `check_divergence`, the finite checks,
+//! `epoch_record`) and the GPU's recording code through `GpuBackend::train_steps_async`.
+//! The CPU path trains one step at a time and evaluates in small parts, yielding to the
+//! browser between them whenever 20 ms of work have passed.
 
-use super::sleep_ms;
+use super::yield_if_due;
 use crate::backend::{Backend, EpochEnd, EvalStats, StepProgress};
+use crate::cpu::backend::EvalSums;
 use crate::cpu::CpuBackend;
 use crate::gpu::GpuBackend;
 use crate::model::Params;
 use crate::train::{
-    check_finite_eval, check_finite_params, epoch_order, epoch_record, EpochRecord, TrainOptions,
+    check_divergence, check_finite_eval, check_finite_params, epoch_order, epoch_record,
+    EpochRecord, TrainOptions,
 };
 use anyhow::Result;
 
-/// CPU steps between yields to the page (so it repaints and Stop can be pressed).
-const CPU_STEPS_PER_SLICE: usize = 16;
+/// Multiply-adds the CPU path evaluates between two chances to yield (about 10 ms in
+/// wasm): the test set is evaluated in parts this size.
+const EVAL_PART_WORK: usize = 10_000_000;
 
 pub enum Trainer {
     /// Both boxed: the two differ much in size.
@@ -71,13 +76,14 @@ impl Trainer {
     ) -> Result<EpochOutcome> {
         let order = epoch_order(self.train_count(), options.seed, epoch, options.shuffle);
         let skip = (base.steps_done * options.batch_size).min(order.len());
+        yield_if_due().await;
         let started = web_time::Instant::now();
-        let end = match self {
+        let result = match self {
             Trainer::Gpu(gpu) => {
                 gpu.train_steps_async(&order[skip..], options.batch_size, base, progress, &|_| {
                     stop()
                 })
-                .await?
+                .await
             }
             Trainer::Cpu(cpu) => {
                 cpu_steps(
@@ -88,20 +94,14 @@ impl Trainer {
                     progress,
                     stop,
                 )
-                .await?
+                .await
             }
         };
         let seconds = started.elapsed().as_secs_f64();
-        let stats = match end {
+        let stats = match check_divergence(result, epoch + 1)? {
             EpochEnd::Finished(stats) => stats,
             EpochEnd::Stopped(totals) => return Ok(EpochOutcome::Stopped(totals)),
         };
-        anyhow::ensure!(
-            stats.loss.is_finite(),
-            "training diverged in epoch {}: the loss became {}",
-            epoch + 1,
-            stats.loss
-        );
         let eval = self.evaluate().await?;
         check_finite_eval(&eval, epoch + 1)?;
         check_finite_params(&self.params().await?, epoch + 1)?;
@@ -112,7 +112,17 @@ impl Trainer {
     pub async fn evaluate(&mut self) -> Result<EvalStats> {
         match self {
             Trainer::Gpu(gpu) => gpu.evaluate_async().await,
-            Trainer::Cpu(cpu) => cpu.evaluate(),
+            Trainer::Cpu(cpu) => {
+                let count = cpu.test_count();
+                let per_image = cpu.params()?.config.parameter_count().unwrap_or(1).max(1);
+                let part = (EVAL_PART_WORK / per_image).clamp(1, 1000);
+                let mut sums = EvalSums::new(count);
+                for start in (0..count).step_by(part) {
+                    cpu.evaluate_part(start..(start + part).min(count), &mut sums);
+                    yield_if_due().await;
+                }
+                Ok(sums.finish())
+            }
         }
     }
 
@@ -132,9 +142,9 @@ impl Trainer {
     }
 }
 
-/// The CPU path's steps, in slices of [`CPU_STEPS_PER_SLICE`] with a yield to the page
-/// between them (the CPU backend itself is synchronous; resuming from `base` is how a
-/// slice continues the one before).
+/// The CPU path's steps, one at a time, yielding to the page whenever it has worked
+/// long enough (the CPU backend itself is synchronous; resuming from the totals so far
+/// is how a step continues the one before).
 async fn cpu_steps(
     cpu: &mut CpuBackend,
     order: &[u32],
@@ -144,16 +154,16 @@ async fn cpu_steps(
     stop: &dyn Fn() -> bool,
 ) -> Result<EpochEnd> {
     let mut totals = *base;
-    for slice in order.chunks(CPU_STEPS_PER_SLICE * batch_size) {
+    for step in order.chunks(batch_size) {
         if stop() {
             return Ok(EpochEnd::Stopped(totals));
         }
-        match cpu.train_steps(slice, batch_size, &totals, progress, &|_| false)? {
-            // Only the epoch's last slice finishes it.
+        match cpu.train_steps(step, batch_size, &totals, progress, &|_| false)? {
+            // Only the epoch's last step finishes it.
             EpochEnd::Finished(stats) => return Ok(EpochEnd::Finished(stats)),
             EpochEnd::Stopped(done) => totals = done,
         }
-        sleep_ms(0).await;
+        yield_if_due().await;
     }
     Ok(EpochEnd::from_totals(totals))
 }

@@ -60,6 +60,24 @@ fn bad_flags() {
             &["--test-limit", "0"],
             &["--test-limit", "at least 1"],
         ),
+        flag(
+            "train-limit -5",
+            &["--train-limit", "-5"],
+            &["--train-limit", "'-5' is not a positive whole number"],
+        ),
+        flag(
+            "seed -1",
+            &["--seed", "-1"],
+            &[
+                "--seed",
+                "'-1' is not a whole number from 0 to 18446744073709551615",
+            ],
+        ),
+        flag(
+            "seed 2^64",
+            &["--seed", "18446744073709551616"],
+            &["--seed", "from 0 to 18446744073709551615"],
+        ),
         flag("unknown flag", &["--frobnicate"], &["--frobnicate"]),
         flag(
             "metrics in a missing directory",
