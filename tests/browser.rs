@@ -108,6 +108,19 @@ fn start_driver(chromedriver: &Path, test: &str) -> Driver {
     Driver::start(chromedriver, &log)
 }
 
+/// Run `test` in a fresh headless Chromium started with `args` (one at a time), with the
+/// built site's address (`http://127.0.0.1:PORT/`); chromedriver logs to
+/// `target/tmp/chromedriver-NAME.log`. Skips where [`site`] does.
+fn in_browser(name: &str, args: &[&str], test: impl FnOnce(&Session, &str)) {
+    let Some((port, chromedriver)) = site() else {
+        return;
+    };
+    let _one = one_browser_at_a_time();
+    let driver = start_driver(chromedriver, name);
+    let session = driver.session(args);
+    test(&session, &format!("http://127.0.0.1:{port}/"));
+}
+
 /// The page after training, as a PNG: `target/tmp/browser.png`, or the README's
 /// `docs/browser.png` when `MNIST_GPU_UPDATE_SCREENSHOT` is set (so a test run does not
 /// change a tracked file).
@@ -145,6 +158,14 @@ fn wait_for_run(session: &Session) -> Vec<String> {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// The page's `device …` line.
+fn device_line(lines: &[String]) -> &str {
+    lines
+        .iter()
+        .find(|l| l.starts_with("device "))
+        .expect("a device line")
 }
 
 /// The epoch record the page printed.
@@ -273,53 +294,39 @@ fn eval_downloaded_model(session: &Session) -> String {
 
 #[test]
 fn the_page_trains_on_webgpu_like_the_cli_and_its_model_draws_and_evaluates() {
-    let Some((port, chromedriver)) = site() else {
-        return;
-    };
-    let _one = one_browser_at_a_time();
-    let driver = start_driver(chromedriver, "webgpu");
-    let session = driver.session(&WEBGPU_ARGS);
-    session.goto(&format!("http://127.0.0.1:{port}/{QUERY}"));
-    let lines = wait_for_run(&session);
-    let device = lines
-        .iter()
-        .find(|l| l.starts_with("device "))
-        .expect("a device line");
-    assert!(device.contains("WebGPU"), "not on WebGPU: {device}");
-    let page = page_record(&lines);
-    assert_agrees(&page, &cli_record());
-    save_screenshot(&session);
-    let (label, top3) = draw_test_digit(&session, 0);
-    assert_eq!(
-        top3[0][0].as_u64(),
-        Some(label as u64),
-        "drew a {label}, the page read {top3}"
-    );
-    let accuracy = eval_downloaded_model(&session);
-    assert_eq!(
-        accuracy,
-        format!("{:.2}", page.val_accuracy * 100.0),
-        "eval of the page's model"
-    );
+    in_browser("webgpu", &WEBGPU_ARGS, |session, base| {
+        session.goto(&format!("{base}{QUERY}"));
+        let lines = wait_for_run(session);
+        let device = device_line(&lines);
+        assert!(device.contains("WebGPU"), "not on WebGPU: {device}");
+        let page = page_record(&lines);
+        assert_agrees(&page, &cli_record());
+        save_screenshot(session);
+        let (label, top3) = draw_test_digit(session, 0);
+        assert_eq!(
+            top3[0][0].as_u64(),
+            Some(label as u64),
+            "drew a {label}, the page read {top3}"
+        );
+        let accuracy = eval_downloaded_model(session);
+        assert_eq!(
+            accuracy,
+            format!("{:.2}", page.val_accuracy * 100.0),
+            "eval of the page's model"
+        );
+    });
 }
 
 #[test]
 fn without_webgpu_the_page_trains_on_the_cpu_path() {
-    let Some((port, chromedriver)) = site() else {
-        return;
-    };
-    let _one = one_browser_at_a_time();
-    let driver = start_driver(chromedriver, "no-webgpu");
-    let session = driver.session(&NO_WEBGPU_ARGS);
-    session.goto(&format!("http://127.0.0.1:{port}/{QUERY}"));
-    let lines = wait_for_run(&session);
-    let device = lines
-        .iter()
-        .find(|l| l.starts_with("device "))
-        .expect("a device line");
-    assert!(device.contains("cpu"), "expected the CPU path: {device}");
-    assert_agrees(&page_record(&lines), &cli_record());
-    check_loading_a_cli_model(&session);
+    in_browser("no-webgpu", &NO_WEBGPU_ARGS, |session, base| {
+        session.goto(&format!("{base}{QUERY}"));
+        let lines = wait_for_run(session);
+        let device = device_line(&lines);
+        assert!(device.contains("cpu"), "expected the CPU path: {device}");
+        assert_agrees(&page_record(&lines), &cli_record());
+        check_loading_a_cli_model(session);
+    });
 }
 
 /// A model trained by the CLI, loaded into the page, evaluates there (on the page's 500
@@ -343,19 +350,24 @@ fn check_loading_a_cli_model(session: &Session) {
     let cli_accuracy = stdout.split("accuracy: ").nth(1).expect("an accuracy line");
     let cli_accuracy = cli_accuracy.split('%').next().unwrap();
     session.upload("#load", &model);
-    let loaded = "return (window.mnistGpuLog || []).some((l) => l.startsWith('loaded '));";
-    wait_until(session, "the model to load", loaded);
-    let lines = log_lines(session);
-    let line = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("loaded "))
-        .unwrap();
-    let result: Value = serde_json::from_str(line).unwrap();
+    let line = wait_for_line(session, "loaded ", "the model to load");
+    let result: Value = serde_json::from_str(&line).unwrap();
     let page_accuracy = format!("{:.2}", result["accuracy"].as_f64().unwrap() * 100.0);
     assert_eq!(
         page_accuracy, cli_accuracy,
         "the CLI's model evaluated in the page"
     );
+}
+
+/// Wait (30 s at most) for the page's first log line starting with `prefix`; the rest of
+/// that line.
+fn wait_for_line(session: &Session, prefix: &str, what: &str) -> String {
+    let script =
+        format!("return (window.mnistGpuLog || []).some((l) => l.startsWith('{prefix}'));");
+    wait_until(session, what, &script);
+    let lines = log_lines(session);
+    let line = lines.iter().find_map(|l| l.strip_prefix(prefix));
+    line.expect("the line just seen").to_string()
 }
 
 /// The page's log lines so far.
@@ -389,42 +401,39 @@ fn wait_until_for(session: &Session, what: &str, script: &str, seconds: u64) {
 
 #[test]
 fn stop_and_resume_on_webgpu_give_the_uninterrupted_metrics() {
-    let Some((port, chromedriver)) = site() else {
-        return;
-    };
-    let _one = one_browser_at_a_time();
-    let driver = start_driver(chromedriver, "stop-resume");
-    let session = driver.session(&WEBGPU_ARGS);
-    let query = "?epochs=2&train-limit=2000&test-limit=500&autostart=1";
-    session.goto(&format!("http://127.0.0.1:{port}/{query}"));
-    // Stop once some of epoch 1's steps are done, then resume.
-    let running = "return /^Epoch 1: [1-9]/.test(document.getElementById('progress').textContent);";
-    wait_until(&session, "epoch 1 under way", running);
-    session.execute("document.getElementById('stop').click();", json!([]));
-    let stopped = "return (window.mnistGpuLog || []).some((l) => l.startsWith('stopped'));";
-    wait_until(&session, "the stop", stopped);
-    assert!(
-        !log_lines(&session).iter().any(|l| l.starts_with('{')),
-        "the stop came after epoch 1 ended"
-    );
-    session.execute("document.getElementById('resume').click();", json!([]));
-    let lines = wait_for_run(&session);
-    let records: Vec<EpochRecord> = lines
-        .iter()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let cli = cli_records(2);
-    assert_eq!(records.len(), 2, "{lines:#?}");
-    for (page, cli) in records.iter().zip(&cli) {
-        assert_agrees(page, cli);
-    }
+    in_browser("stop-resume", &WEBGPU_ARGS, |session, base| {
+        let query = "?epochs=2&train-limit=2000&test-limit=500&autostart=1";
+        session.goto(&format!("{base}{query}"));
+        // Stop once some of epoch 1's steps are done, then resume.
+        let running =
+            "return /^Epoch 1: [1-9]/.test(document.getElementById('progress').textContent);";
+        wait_until(session, "epoch 1 under way", running);
+        session.execute("document.getElementById('stop').click();", json!([]));
+        let stopped = "return (window.mnistGpuLog || []).some((l) => l.startsWith('stopped'));";
+        wait_until(session, "the stop", stopped);
+        assert!(
+            !log_lines(session).iter().any(|l| l.starts_with('{')),
+            "the stop came after epoch 1 ended"
+        );
+        session.execute("document.getElementById('resume').click();", json!([]));
+        let lines = wait_for_run(session);
+        let records: Vec<EpochRecord> = lines
+            .iter()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let cli = cli_records(2);
+        assert_eq!(records.len(), 2, "{lines:#?}");
+        for (page, cli) in records.iter().zip(&cli) {
+            assert_agrees(page, cli);
+        }
+    });
 }
 
 /// Load `query` in `session` and wait for the page's first `error …` line (60 s at most):
 /// that line, after checking that nothing trained.
-fn refusal_of(session: &Session, port: u16, query: &str) -> String {
-    session.goto(&format!("http://127.0.0.1:{port}/{query}"));
+fn refusal_of(session: &Session, base: &str, query: &str) -> String {
+    session.goto(&format!("{base}{query}"));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let lines = log_lines(session);
@@ -454,125 +463,122 @@ fn refusal_of(session: &Session, port: u16, query: &str) -> String {
 /// the data gets the CLI's note; a run that diverges ends as an error, not as done.
 #[test]
 fn the_page_refuses_what_the_cli_refuses() {
-    let Some((port, chromedriver)) = site() else {
-        return;
-    };
-    let _one = one_browser_at_a_time();
-    let driver = start_driver(chromedriver, "refusals");
-    let session = driver.session(&WEBGPU_ARGS);
-    let rest = "&train-limit=500&test-limit=200&cpu-fallback=1&autostart=1";
-    let cases = [
-        ("epochs=0", "the epochs field ('0'): must be at least 1"),
-        (
-            "epochs=NaN",
-            "the epochs field ('NaN'): 'NaN' is not a positive whole number",
-        ),
-        ("epochs=1.5", "the epochs field ('1.5')"),
-        (
-            "batch-size=0",
-            "the batch size field ('0'): must be at least 1",
-        ),
-        (
-            "lr=0",
-            "the learning rate field ('0'): must be a finite number above 0",
-        ),
-        ("lr=-1", "the learning rate field ('-1')"),
-        (
-            "lr=fast",
-            "the learning rate field ('fast'): 'fast' is not a number",
-        ),
-        (
-            "train-limit=0",
-            "the train limit field ('0'): must be at least 1",
-        ),
-        (
-            "test-limit=0",
-            "the test limit field ('0'): must be at least 1",
-        ),
-        (
-            "hidden=0",
-            "the hidden field ('0'): layer widths must be at least 1",
-        ),
-        (
-            "hidden=",
-            "the hidden field (''): expected a comma-separated list",
-        ),
-        (
-            "hidden=100000",
-            "layer width 100000 is too large (at most 65536)",
-        ),
-        ("hidden=64,abc", "'abc' is not a layer width"),
-        (
-            "seed=-1",
-            "the seed field ('-1'): '-1' is not a whole number from 0",
-        ),
-    ];
-    for (setting, expected) in cases {
-        let error = refusal_of(&session, *port, &format!("?{setting}{rest}"));
-        assert!(error.contains(expected), "{setting}: {error}");
-        let train = "return document.getElementById('train').disabled;";
-        assert_eq!(session.execute(train, json!([])), json!(false), "{setting}");
-    }
-    // A seed above 2^53 reaches the trainer exactly: the CLI's run with that seed.
-    let seed = "9007199254740993";
-    let query =
-        format!("?epochs=1&seed={seed}&train-limit=500&test-limit=200&cpu-fallback=1&autostart=1");
-    session.goto(&format!("http://127.0.0.1:{port}/{query}"));
-    let lines = wait_for_run(&session);
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = dir.path().join("metrics.jsonl");
-    let (out, metrics_arg) = (dir.path().join("run"), metrics.to_str().unwrap());
-    succeed(&[
-        "train",
-        "--cpu-fallback",
-        "--epochs",
-        "1",
-        "--seed",
-        seed,
-        "--train-limit",
-        "500",
-        "--test-limit",
-        "200",
-        "--out-dir",
-        out.to_str().unwrap(),
-        "--metrics",
-        metrics_arg,
-    ]);
-    let cli: EpochRecord =
-        serde_json::from_str(std::fs::read_to_string(&metrics).unwrap().trim()).unwrap();
-    assert_agrees(&page_record(&lines), &cli);
-    // A limit above the samples there are: all of them, with the CLI's note.
-    let query = "?epochs=1&train-limit=100&test-limit=1000000&cpu-fallback=1&autostart=1";
-    session.goto(&format!("http://127.0.0.1:{port}/{query}"));
-    let done = "return (window.mnistGpuLog || []).some((l) => /^(error|done) /.test(l));";
-    wait_until_for(&session, "the run", done, 120);
-    let note =
-        "note: the test limit 1000000 is more than the 10000 samples available; using all 10000";
-    let lines = log_lines(&session);
-    assert!(lines.iter().any(|l| l == note), "{lines:#?}");
-    let device = session.execute(
-        "return document.getElementById('device').textContent;",
-        json!([]),
-    );
-    assert!(device.as_str().unwrap().contains(note), "{device}");
-    // The command line's divergence check, on both paths (at a learning rate that
-    // overflows whatever the order of the sums).
-    for cpu in ["1", "0"] {
+    in_browser("refusals", &WEBGPU_ARGS, |session, base| {
+        let rest = "&train-limit=500&test-limit=200&cpu-fallback=1&autostart=1";
+        let cases = [
+            ("epochs=0", "the epochs field ('0'): must be at least 1"),
+            (
+                "epochs=NaN",
+                "the epochs field ('NaN'): 'NaN' is not a positive whole number",
+            ),
+            ("epochs=1.5", "the epochs field ('1.5')"),
+            (
+                "batch-size=0",
+                "the batch size field ('0'): must be at least 1",
+            ),
+            (
+                "lr=0",
+                "the learning rate field ('0'): must be a finite number above 0",
+            ),
+            ("lr=-1", "the learning rate field ('-1')"),
+            (
+                "lr=fast",
+                "the learning rate field ('fast'): 'fast' is not a number",
+            ),
+            (
+                "train-limit=0",
+                "the train limit field ('0'): must be at least 1",
+            ),
+            (
+                "test-limit=0",
+                "the test limit field ('0'): must be at least 1",
+            ),
+            (
+                "hidden=0",
+                "the hidden field ('0'): layer widths must be at least 1",
+            ),
+            (
+                "hidden=",
+                "the hidden field (''): expected a comma-separated list",
+            ),
+            (
+                "hidden=100000",
+                "layer width 100000 is too large (at most 65536)",
+            ),
+            ("hidden=64,abc", "'abc' is not a layer width"),
+            (
+                "seed=-1",
+                "the seed field ('-1'): '-1' is not a whole number from 0",
+            ),
+        ];
+        for (setting, expected) in cases {
+            let error = refusal_of(session, base, &format!("?{setting}{rest}"));
+            assert!(error.contains(expected), "{setting}: {error}");
+            let train = "return document.getElementById('train').disabled;";
+            assert_eq!(session.execute(train, json!([])), json!(false), "{setting}");
+        }
+        // A seed above 2^53 reaches the trainer exactly: the CLI's run with that seed.
+        let seed = "9007199254740993";
         let query = format!(
-            "?epochs=2&lr=1e38&train-limit=1000&test-limit=200&cpu-fallback={cpu}&autostart=1"
+            "?epochs=1&seed={seed}&train-limit=500&test-limit=200&cpu-fallback=1&autostart=1"
         );
-        session.goto(&format!("http://127.0.0.1:{port}/{query}"));
-        let failed = "return (window.mnistGpuLog || []).some((l) => /^(error|done) /.test(l));";
-        wait_until_for(&session, "the diverging run to end", failed, 300);
-        let lines = log_lines(&session);
-        let error = lines.iter().find_map(|l| l.strip_prefix("error "));
-        let error = error.unwrap_or_else(|| panic!("cpu={cpu}: not refused: {lines:#?}"));
-        assert!(
-            error.contains("training diverged in epoch 1")
-                && error.contains("the learning rate field"),
-            "cpu={cpu}: {error}"
+        session.goto(&format!("{base}{query}"));
+        let lines = wait_for_run(session);
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = dir.path().join("metrics.jsonl");
+        let (out, metrics_arg) = (dir.path().join("run"), metrics.to_str().unwrap());
+        succeed(&[
+            "train",
+            "--cpu-fallback",
+            "--epochs",
+            "1",
+            "--seed",
+            seed,
+            "--train-limit",
+            "500",
+            "--test-limit",
+            "200",
+            "--out-dir",
+            out.to_str().unwrap(),
+            "--metrics",
+            metrics_arg,
+        ]);
+        let cli: EpochRecord =
+            serde_json::from_str(std::fs::read_to_string(&metrics).unwrap().trim()).unwrap();
+        assert_agrees(&page_record(&lines), &cli);
+        // A limit above the samples there are: all of them, with the CLI's note.
+        let query = "?epochs=1&train-limit=100&test-limit=1000000&cpu-fallback=1&autostart=1";
+        session.goto(&format!("{base}{query}"));
+        let done = "return (window.mnistGpuLog || []).some((l) => /^(error|done) /.test(l));";
+        wait_until_for(session, "the run", done, 120);
+        let note =
+            "note: the test limit 1000000 is more than the 10000 samples available; using all 10000";
+        let lines = log_lines(session);
+        assert!(lines.iter().any(|l| l == note), "{lines:#?}");
+        let device = session.execute(
+            "return document.getElementById('device').textContent;",
+            json!([]),
         );
-    }
+        assert!(device.as_str().unwrap().contains(note), "{device}");
+        // The command line's divergence check, on both paths (at a learning rate that
+        // overflows whatever the order of the sums).
+        for cpu in ["1", "0"] {
+            let query = format!(
+                "?epochs=2&lr=1e38&train-limit=1000&test-limit=200&cpu-fallback={cpu}&autostart=1"
+            );
+            session.goto(&format!("{base}{query}"));
+            let failed = "return (window.mnistGpuLog || []).some((l) => /^(error|done) /.test(l));";
+            wait_until_for(session, "the diverging run to end", failed, 300);
+            let lines = log_lines(session);
+            let error = lines.iter().find_map(|l| l.strip_prefix("error "));
+            let error = error.unwrap_or_else(|| panic!("cpu={cpu}: not refused: {lines:#?}"));
+            assert!(
+                error.contains("training diverged in epoch 1")
+                    && error.contains("the learning rate field"),
+                "cpu={cpu}: {error}"
+            );
+        }
+    });
 }
 
 /// On the CPU path the page yields to the browser while it trains (its timers keep
@@ -580,54 +586,50 @@ fn the_page_refuses_what_the_cli_refuses() {
 /// trains, Train cannot start a second one beside it.
 #[test]
 fn the_cpu_path_keeps_the_page_responsive_and_one_run_at_a_time() {
-    let Some((port, chromedriver)) = site() else {
-        return;
-    };
-    let _one = one_browser_at_a_time();
-    let driver = start_driver(chromedriver, "responsive");
-    let session = driver.session(&WEBGPU_ARGS);
-    let query = "?epochs=1000000000&train-limit=500&test-limit=200&cpu-fallback=1&autostart=1";
-    session.goto(&format!("http://127.0.0.1:{port}/{query}"));
-    let epoch_done = "return (window.mnistGpuLog || []).some((l) => l.startsWith('{'));";
-    wait_until_for(&session, "an epoch to finish", epoch_done, 120);
-    let heartbeat = "window.beat = { last: performance.now(), worst: 0 };
-        setInterval(() => { const now = performance.now();
-            beat.worst = Math.max(beat.worst, now - beat.last); beat.last = now; }, 10);";
-    session.execute(heartbeat, json!([]));
-    std::thread::sleep(Duration::from_secs(5));
-    let worst = session.execute("return beat.worst;", json!([]));
-    let worst = worst.as_f64().unwrap();
-    assert!(
-        worst < 500.0,
-        "the page went {worst} ms without running a timer"
-    );
-    let stopped = |n: usize| {
-        format!("return (window.mnistGpuLog || []).filter((l) => l.startsWith('stopped')).length >= {n};")
-    };
-    session.execute("document.getElementById('stop').click();", json!([]));
-    wait_until_for(&session, "the stop", &stopped(1), 5);
-    // Resume: the same run goes on, and Train stays disabled until it ends.
-    session.execute("document.getElementById('resume').click();", json!([]));
-    let train = "return document.getElementById('train').disabled;";
-    assert_eq!(
-        session.execute(train, json!([])),
-        json!(true),
-        "Train during a resumed run"
-    );
-    session.execute("document.getElementById('train').click();", json!([]));
-    std::thread::sleep(Duration::from_secs(2));
-    session.execute("document.getElementById('stop').click();", json!([]));
-    wait_until_for(&session, "the second stop", &stopped(2), 5);
-    let lines = log_lines(&session);
-    assert!(
-        !lines.iter().any(|l| l.starts_with("error ")),
-        "a second run started: {lines:#?}"
-    );
-    assert_eq!(
-        lines.iter().filter(|l| l.starts_with("device ")).count(),
-        1,
-        "{lines:#?}"
-    );
+    in_browser("responsive", &WEBGPU_ARGS, |session, base| {
+        let query = "?epochs=1000000000&train-limit=500&test-limit=200&cpu-fallback=1&autostart=1";
+        session.goto(&format!("{base}{query}"));
+        let epoch_done = "return (window.mnistGpuLog || []).some((l) => l.startsWith('{'));";
+        wait_until_for(session, "an epoch to finish", epoch_done, 120);
+        let heartbeat = "window.beat = { last: performance.now(), worst: 0 };
+            setInterval(() => { const now = performance.now();
+                beat.worst = Math.max(beat.worst, now - beat.last); beat.last = now; }, 10);";
+        session.execute(heartbeat, json!([]));
+        std::thread::sleep(Duration::from_secs(5));
+        let worst = session.execute("return beat.worst;", json!([]));
+        let worst = worst.as_f64().unwrap();
+        assert!(
+            worst < 500.0,
+            "the page went {worst} ms without running a timer"
+        );
+        let stopped = |n: usize| {
+            format!("return (window.mnistGpuLog || []).filter((l) => l.startsWith('stopped')).length >= {n};")
+        };
+        session.execute("document.getElementById('stop').click();", json!([]));
+        wait_until_for(session, "the stop", &stopped(1), 5);
+        // Resume: the same run goes on, and Train stays disabled until it ends.
+        session.execute("document.getElementById('resume').click();", json!([]));
+        let train = "return document.getElementById('train').disabled;";
+        assert_eq!(
+            session.execute(train, json!([])),
+            json!(true),
+            "Train during a resumed run"
+        );
+        session.execute("document.getElementById('train').click();", json!([]));
+        std::thread::sleep(Duration::from_secs(2));
+        session.execute("document.getElementById('stop').click();", json!([]));
+        wait_until_for(session, "the second stop", &stopped(2), 5);
+        let lines = log_lines(session);
+        assert!(
+            !lines.iter().any(|l| l.starts_with("error ")),
+            "a second run started: {lines:#?}"
+        );
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with("device ")).count(),
+            1,
+            "{lines:#?}"
+        );
+    });
 }
 
 /// Without WebGPU (the `no-webgpu=1` switch hides it) the page says so before Train; a
@@ -635,68 +637,59 @@ fn the_cpu_path_keeps_the_page_responsive_and_one_run_at_a_time() {
 /// refused as `mnist-gpu eval` refuses it; drawing with no model says one is needed.
 #[test]
 fn models_load_before_training_and_overflowing_ones_are_refused() {
-    let Some((port, chromedriver)) = site() else {
-        return;
-    };
-    let _one = one_browser_at_a_time();
-    let driver = start_driver(chromedriver, "models");
-    let session = driver.session(&WEBGPU_ARGS);
-    let page = format!("http://127.0.0.1:{port}/?no-webgpu=1&test-limit=200");
-    session.goto(&page);
-    let ready = "return (window.mnistGpuLog || []).some((l) => l.startsWith('webgpu '));";
-    wait_until(&session, "the WebGPU check", ready);
-    assert!(log_lines(&session).contains(&"webgpu false".to_string()));
-    let device = session.execute(
-        "return document.getElementById('device').textContent;",
-        json!([]),
-    );
-    assert!(device.as_str().unwrap().contains("unavailable"), "{device}");
-    let stroke = "const c = document.getElementById('draw'), r = c.getBoundingClientRect();
-        for (const t of ['pointerdown', 'pointermove', 'pointerup']) c.dispatchEvent(new PointerEvent(t,
-            { clientX: r.left + 100, clientY: r.top + 100, bubbles: true, pointerType: 'mouse' }));
-        return document.getElementById('top3').textContent;";
-    let said = session.execute(stroke, json!([]));
-    assert!(said.as_str().unwrap().contains("No model yet"), "{said}");
+    in_browser("models", &WEBGPU_ARGS, |session, base| {
+        let page = format!("{base}?no-webgpu=1&test-limit=200");
+        session.goto(&page);
+        let ready = "return (window.mnistGpuLog || []).some((l) => l.startsWith('webgpu '));";
+        wait_until(session, "the WebGPU check", ready);
+        assert!(log_lines(session).contains(&"webgpu false".to_string()));
+        let device = session.execute(
+            "return document.getElementById('device').textContent;",
+            json!([]),
+        );
+        assert!(device.as_str().unwrap().contains("unavailable"), "{device}");
+        let stroke = "const c = document.getElementById('draw'), r = c.getBoundingClientRect();
+            for (const t of ['pointerdown', 'pointermove', 'pointerup']) c.dispatchEvent(new PointerEvent(t,
+                { clientX: r.left + 100, clientY: r.top + 100, bubbles: true, pointerType: 'mouse' }));
+            return document.getElementById('top3').textContent;";
+        let said = session.execute(stroke, json!([]));
+        assert!(said.as_str().unwrap().contains("No model yet"), "{said}");
 
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    succeed(&[
-        "train",
-        "--cpu-fallback",
-        "--epochs",
-        "1",
-        "--train-limit",
-        "500",
-        "--test-limit",
-        "200",
-        "--out-dir",
-        out.to_str().unwrap(),
-    ]);
-    let model = out.join("model.safetensors");
-    session.upload("#load", &model);
-    let loaded = "return (window.mnistGpuLog || []).some((l) => l.startsWith('loaded '));";
-    wait_until(&session, "the model to load", loaded);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        succeed(&[
+            "train",
+            "--cpu-fallback",
+            "--epochs",
+            "1",
+            "--train-limit",
+            "500",
+            "--test-limit",
+            "200",
+            "--out-dir",
+            out.to_str().unwrap(),
+        ]);
+        let model = out.join("model.safetensors");
+        session.upload("#load", &model);
+        let loaded = "return (window.mnistGpuLog || []).some((l) => l.startsWith('loaded '));";
+        wait_until(session, "the model to load", loaded);
 
-    // The same model with every weight at ±3e38: finite, but its outputs overflow.
-    let mut params = mnist_gpu::modelfile::load_model(&model).unwrap();
-    for (i, w) in params.trainable.iter_mut().enumerate() {
-        *w = if i % 2 == 0 { 3e38 } else { -3e38 };
-    }
-    let huge = dir.path().join("huge.safetensors");
-    mnist_gpu::modelfile::save_model(&params, 1, &huge).unwrap();
-    session.goto(&page);
-    wait_until(&session, "the WebGPU check", ready);
-    session.upload("#load", &huge);
-    let refused = "return (window.mnistGpuLog || []).some((l) => l.startsWith('refused '));";
-    wait_until(&session, "the refusal", refused);
-    let lines = log_lines(&session);
-    let refusal = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("refused "))
-        .unwrap();
-    assert!(refusal.contains("non-finite outputs"), "{refusal}");
-    assert!(
-        !lines.iter().any(|l| l.starts_with("loaded ")),
-        "{lines:#?}"
-    );
+        // The same model with every weight at ±3e38: finite, but its outputs overflow.
+        let mut params = mnist_gpu::modelfile::load_model(&model).unwrap();
+        for (i, w) in params.trainable.iter_mut().enumerate() {
+            *w = if i % 2 == 0 { 3e38 } else { -3e38 };
+        }
+        let huge = dir.path().join("huge.safetensors");
+        mnist_gpu::modelfile::save_model(&params, 1, &huge).unwrap();
+        session.goto(&page);
+        wait_until(session, "the WebGPU check", ready);
+        session.upload("#load", &huge);
+        let refusal = wait_for_line(session, "refused ", "the refusal");
+        let lines = log_lines(session);
+        assert!(refusal.contains("non-finite outputs"), "{refusal}");
+        assert!(
+            !lines.iter().any(|l| l.starts_with("loaded ")),
+            "{lines:#?}"
+        );
+    });
 }
