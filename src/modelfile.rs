@@ -15,6 +15,7 @@
 use crate::backend::StepProgress;
 use crate::fsutil::{open_regular, write_atomic, InputFileError};
 use crate::model::{ModelConfig, OptimState, ParamLayout, Params, INPUT, MAX_PARAMS};
+use crate::settings;
 use crate::train::EpochRecord;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -576,29 +577,35 @@ impl Reader<'_> {
         Ok(value)
     }
 
+    /// Metadata `key` checked by `rule`, the function the matching flag and the page's
+    /// field use (`settings`), so a checkpoint is held to the same rules in the same words.
+    fn meta_rule<T>(
+        &self,
+        key: &str,
+        rule: fn(&str) -> Result<T, String>,
+    ) -> Result<T, ModelFileError> {
+        let raw = self.meta(key)?;
+        rule(raw).map_err(|why| self.invalid(format!("metadata '{key}' is {raw}; {why}")))
+    }
+
     fn meta_limit(&self, key: &str) -> Result<Option<usize>, ModelFileError> {
         match self.meta(key)? {
             "all" => Ok(None),
-            _ => self.meta_at_least(key, 1).map(Some),
+            _ => self.meta_rule(key, settings::positive).map(Some),
         }
     }
 
     fn run_settings(&self) -> Result<RunSettings, ModelFileError> {
-        let lr: f32 = self.meta_parse(LR)?;
-        if !(lr.is_finite() && lr > 0.0) {
-            return Err(self.invalid(format!(
-                "metadata '{LR}' is {lr}; the learning rate must be a finite number above 0"
-            )));
-        }
+        let lr = self.meta_rule(LR, settings::learning_rate)?;
         let data_dir = self.meta(DATA_DIR)?;
         if data_dir.is_empty() {
             return Err(self.invalid(format!("metadata '{DATA_DIR}' is empty")));
         }
         Ok(RunSettings {
             data_dir: PathBuf::from(data_dir),
-            epochs: self.meta_at_least(EPOCHS, 1)?,
-            batch_size: self.meta_at_least(BATCH_SIZE, 1)?,
-            seed: self.meta_parse(SEED)?,
+            epochs: self.meta_rule(EPOCHS, settings::positive)?,
+            batch_size: self.meta_rule(BATCH_SIZE, settings::positive)?,
+            seed: self.meta_rule(SEED, settings::seed)?,
             shuffle: self.meta_parse(SHUFFLE)?,
             lr,
             train_limit: self.meta_limit(TRAIN_LIMIT)?,

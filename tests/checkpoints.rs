@@ -48,7 +48,21 @@ fn mutations() -> Vec<Mutation> {
             set("batch_size", "abc"),
             vec!["'batch_size'", "'abc'"],
         ),
-        ("epochs 0", set("epochs", "0"), vec!["'epochs' is 0"]),
+        (
+            "epochs 0, in the flag's words",
+            set("epochs", "0"),
+            vec!["'epochs' is 0", "must be at least 1"],
+        ),
+        (
+            "negative seed, in the flag's words",
+            set("seed", "-1"),
+            vec!["'seed' is -1", "not a whole number from 0 to"],
+        ),
+        (
+            "learning rate too small for 32-bit floats, in the flag's words",
+            set("lr", "1e-45"),
+            vec!["'lr' is 1e-45", "too small"],
+        ),
         (
             "epochs done beyond the run",
             set("epochs_done", "18446744073709551615"),
