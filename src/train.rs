@@ -239,9 +239,25 @@ pub fn check_divergence(result: Result<EpochEnd>, epoch: usize) -> Result<EpochE
                 stats.loss
             );
         }
+        if stats.loss > MAX_LOSS {
+            bail!(
+                "training diverged in epoch {epoch}: the loss reached {:.3e}, where an untrained \
+                 model starts near 2.3 (try a smaller --lr)",
+                stats.loss
+            );
+        }
     }
     Ok(end)
 }
+
+/// An epoch's mean loss above this is divergence even while it is finite. Cross-entropy
+/// is the gap between the true class's logit and the others' (plus at most ln 10); a
+/// mean gap of a million means logits far past where a 32-bit softmax tells classes
+/// apart, and whether such a run reaches an infinite value, and so a NaN, depends only on
+/// the order of the sums (native builds hit NaN at `--lr 1e30`, the single-threaded page
+/// stayed at 1.6e30). A run that merely trains badly, with losses in the thousands, is
+/// still reported as it is.
+pub const MAX_LOSS: f64 = 1e6;
 
 /// After epoch `epoch` (1-based) trained: evaluate, check that nothing became
 /// non-finite, and make the epoch's record.

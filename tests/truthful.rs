@@ -59,6 +59,17 @@ fn broken_results_are_never_success() {
             &["training diverged in epoch 1"],
         ),
         case(
+            "--lr 1000: a finite but absurd loss",
+            &strs(&train_with(
+                &["--lr", "1000", "--train-limit", "1000"],
+                &out("lr-1000"),
+            )),
+            &[
+                "training diverged in epoch 1: the loss reached",
+                "smaller --lr",
+            ],
+        ),
+        case(
             "eval of an overflowing model",
             &[
                 "eval",
