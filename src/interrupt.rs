@@ -8,11 +8,12 @@
 //! The handler sets the stop flag before it prints anything, and its printing cannot
 //! fail: a stop works with stderr closed, full, or on a terminal that hung up.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
-static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+/// Whether a signal arrived (as against the test hook or a failed write asking).
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
 
 /// Exit status of a run stopped by a signal (128 + SIGINT, as shells report Ctrl-C).
 pub const EXIT_CODE: u8 = 130;
@@ -29,7 +30,7 @@ pub fn install() {
         let mut first: Option<web_time::Instant> = None;
         let _ = ctrlc::set_handler(move || {
             REQUESTED.store(true, Ordering::SeqCst);
-            SIGNALS.fetch_add(1, Ordering::SeqCst);
+            SIGNALLED.store(true, Ordering::SeqCst);
             let mut stderr = std::io::stderr();
             let Some(at) = first else {
                 first = Some(web_time::Instant::now());
@@ -53,7 +54,7 @@ pub fn install() {
 
 /// Whether a signal (not the test hook or a failed output) asked for the stop.
 pub fn signalled() -> bool {
-    SIGNALS.load(Ordering::SeqCst) > 0
+    SIGNALLED.load(Ordering::SeqCst)
 }
 
 /// Ask the training loop to stop after the current step (what the signal handler does).

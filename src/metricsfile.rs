@@ -186,8 +186,9 @@ fn contents(target: &Path, history: Option<&[EpochRecord]>) -> Contents {
         .filter_map(|line| serde_json::from_str(line).ok())
         .collect();
     let own = history.is_some_and(|history| {
-        // The run's metrics.jsonl is written just before its checkpoint, the --metrics
-        // copy just after: an interruption between may leave one epoch more or less.
+        // The metrics files are written just after the checkpoint (and rewritten from
+        // it on resume): an interruption between leaves one epoch fewer; a file from an
+        // older build, which wrote metrics.jsonl first, may hold one more.
         let shared = records.len().min(history.len());
         shared > 0
             && records.len() == text.lines().count()

@@ -257,22 +257,14 @@ fn decode_checked<R: io::BufRead + io::Seek>(
             .map_err(|message| PreprocessError::Decode { path: p(), message })?;
     }
 
-    // Phones store a portrait shot as the sensor saw it and say in EXIF how to turn it
-    // for display; the digit must be read the way the picture is shown.
-    let orientation = open()?
-        .into_decoder()
-        .and_then(|mut decoder| decoder.orientation())
-        .map_err(decode_err)?;
-    let mut img = decode_under_limits(open()?).map_err(|e| match e {
+    decode_under_limits(open()?).map_err(|e| match e {
         DecodeFailure::TooLarge => PreprocessError::TooLarge {
             path: p(),
             width,
             height,
         },
         DecodeFailure::Other(other) => decode_err(other),
-    })?;
-    img.apply_orientation(orientation);
-    Ok(img)
+    })
 }
 
 /// Why [`decode_under_limits`] failed.
@@ -282,17 +274,28 @@ enum DecodeFailure {
 }
 
 /// Decode `reader` (its size already checked from the header) under [`MAX_SIDE`] and
-/// [`MAX_PIXELS`], in case the header lied.
+/// [`MAX_PIXELS`], in case the header lied, turned as its EXIF orientation says: phones
+/// store a portrait shot as the sensor saw it and say in EXIF how to turn it for display,
+/// and the digit must be read the way the picture is shown. (What `ImageReader::decode`
+/// does, with the decoder kept to ask it the orientation.)
 fn decode_under_limits<R: io::BufRead + io::Seek>(
-    mut reader: ImageReader<R>,
+    reader: ImageReader<R>,
 ) -> Result<DynamicImage, DecodeFailure> {
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     // The largest accepted picture as 16-bit RGBA, plus room for the decoder's buffers.
     limits.max_alloc = Some(MAX_PIXELS * 8 + (64 << 20));
-    reader.limits(limits);
-    reader.decode().map_err(|e| match e {
+    let decode = || -> image::ImageResult<DynamicImage> {
+        let mut decoder = reader.into_decoder()?;
+        limits.reserve(decoder.total_bytes())?;
+        decoder.set_limits(limits)?;
+        let orientation = decoder.orientation()?;
+        let mut img = DynamicImage::from_decoder(decoder)?;
+        img.apply_orientation(orientation);
+        Ok(img)
+    };
+    decode().map_err(|e| match e {
         image::ImageError::Limits(_) => DecodeFailure::TooLarge,
         other => DecodeFailure::Other(other),
     })
@@ -354,7 +357,7 @@ fn prepare_over(img: &DynamicImage, backdrop: f32) -> Option<Preprocessed> {
     let grey = ink::Grey::from_raw(w, h, to_grey(img, backdrop)).expect("w×h grey values");
     let found = ink::find_digit(&grey)?;
     Some(Preprocessed {
-        pixels: place(&stroke::normalise(&found.crop))?,
+        pixels: place(&stroke::normalise(found.crop))?,
         inverted: found.inverted,
         ink_box: found.source_box,
         warnings: found.warnings,

@@ -9,7 +9,7 @@ use crate::app::{self, Device};
 use crate::backend::{Backend, Diverged, NonFinite, StepProgress};
 use crate::cpu;
 use crate::data::{self, Mnist};
-use crate::fsutil::{self, write_atomic};
+use crate::fsutil::write_atomic;
 use crate::interrupt::{self, Interrupted};
 use crate::metricsfile;
 use crate::model::{Hyper, ModelConfig, Params};
@@ -225,13 +225,14 @@ fn starting_point(settings: &TrainSettings) -> Result<(Params, Option<RunState>)
 }
 
 /// Checks that need the data set: the grid offset, an interrupted epoch's step count,
-/// a starting model that produces finite outputs, and the `--metrics` file.
+/// a starting model that produces finite outputs, and the `--metrics` file (returned as
+/// the file that will be written, links followed).
 fn check_inputs(
     settings: &TrainSettings,
     data: &Mnist,
     params: &Params,
     digest: &DataDigest,
-) -> Result<()> {
+) -> Result<Option<PathBuf>> {
     check_same_data(settings, digest)?;
     let test_count = data.test.len();
     if settings.grid_offset >= test_count {
@@ -252,31 +253,21 @@ fn check_inputs(
     }
     if let Some(path) = &settings.init_from {
         let outputs = cpu::infer(params, settings.hyper.bn_eps, &data.test.images);
-        if outputs.iter().flatten().any(|p| !p.is_finite()) {
-            bail!(
-                "{}: the model produces non-finite outputs (its weights overflow); it cannot \
-                 be trained from",
-                path.display()
-            );
-        }
+        let name = path.display().to_string();
+        app::check_finite_outputs(&outputs, &name, "it cannot be trained from")?;
     }
     check_metrics_file(settings)
 }
 
 /// The `--metrics` file is written only once training runs; here it is only checked
-/// (see [`metricsfile`]).
-fn check_metrics_file(settings: &TrainSettings) -> Result<()> {
+/// (see [`metricsfile`]). The file that will be written, links followed.
+fn check_metrics_file(settings: &TrainSettings) -> Result<Option<PathBuf>> {
     let Some(path) = &settings.metrics else {
-        return Ok(());
+        return Ok(None);
     };
     let history = settings.resume.as_ref().map(|r| r.state.history.as_slice());
-    metricsfile::check(
-        path,
-        settings.out_dir.as_deref(),
-        history,
-        settings.overwrite,
-    )?;
-    Ok(())
+    let out_dir = settings.out_dir.as_deref();
+    metricsfile::check(path, out_dir, history, settings.overwrite).map(Some)
 }
 
 /// `mnist-gpu train`: the whole run, printed Keras-style; returns the outcome and the
@@ -295,7 +286,7 @@ pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
         settings.test_limit,
     )?;
     let digest = data_digest(&data);
-    check_inputs(settings, &data, &params, &digest)?;
+    let metrics_target = check_inputs(settings, &data, &params, &digest)?;
     let run = run_settings(settings, &device_label, digest);
     let claim = match (&settings.resume, settings.overwrite) {
         (Some(_), _) => Claim::Resume,
@@ -303,10 +294,11 @@ pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
         (None, false) => Claim::Fresh,
     };
     let run_dir = RunDir::claim(settings.out_dir.as_deref(), claim)?;
-    // An automatic run directory is known only now.
-    if let Some(path) = &settings.metrics {
-        let target = fsutil::replaceable_target(path)?;
-        if let Err(error) = metricsfile::check_not_run_file(path, &target, run_dir.path()) {
+    // An automatic run directory is known only now (a chosen one was checked above).
+    if let (Some(path), Some(target), None) =
+        (&settings.metrics, &metrics_target, &settings.out_dir)
+    {
+        if let Err(error) = metricsfile::check_not_run_file(path, target, run_dir.path()) {
             run_dir.discard_if_unused();
             return Err(error);
         }

@@ -24,16 +24,16 @@ const INK: f32 = 0.5;
 
 /// `crop` (the digit cut to its box, ink 1 on 0) with its strokes thickened to
 /// [`STROKE_SHARE`] of its height when they are thinner than [`THIN_SHARE`] of it.
-pub(super) fn normalise(crop: &Grey) -> Grey {
+pub(super) fn normalise(crop: Grey) -> Grey {
     let height = crop.width().max(crop.height()) as f32;
-    let width = stroke_width(crop);
+    let width = stroke_width(&crop);
     if width >= THIN_SHARE * height {
-        return crop.clone();
+        return crop;
     }
     let radius = ((STROKE_SHARE * height - width) / 2.0)
         .round()
         .clamp(1.0, 255.0) as u32;
-    thicken(crop, radius)
+    thicken(&crop, radius)
 }
 
 /// The mean width of the strokes in `crop`, in pixels (see the module documentation).
@@ -114,7 +114,10 @@ mod tests {
         for index in (0..40).map(|n| n * 97) {
             let crop = mnist_crop(index, 8);
             shares.push(stroke_width(&crop) / crop.width().max(crop.height()) as f32);
-            assert!(normalise(&crop) == crop, "test digit {index} was changed");
+            assert!(
+                normalise(crop.clone()) == crop,
+                "test digit {index} was changed"
+            );
         }
         shares.sort_by(f32::total_cmp);
         let (low, median) = (shares[0], shares[shares.len() / 2]);
@@ -134,7 +137,7 @@ mod tests {
             Luma([if (d - 48.0).abs() < 0.6 { 1.0 } else { 0.0 }])
         });
         assert!(stroke_width(&ring) < 3.0, "{}", stroke_width(&ring));
-        let thick = normalise(&ring);
+        let thick = normalise(ring.clone());
         let grown = thick.width() - ring.width();
         assert_eq!(thick.height() - ring.height(), grown);
         let share = stroke_width(&thick) / thick.width() as f32;
