@@ -13,6 +13,7 @@ use mnist_gpu::backend::Backend;
 use mnist_gpu::cpu::CpuBackend;
 use mnist_gpu::data::{self, Mnist};
 use mnist_gpu::gpu::{DeviceChoice, GpuBackend};
+use mnist_gpu::host::block_on;
 use mnist_gpu::model::{Hyper, ModelConfig, Params};
 use mnist_gpu::train::epoch_order;
 use std::time::Instant;
@@ -30,13 +31,13 @@ fn measure(backend: &mut dyn Backend, samples: usize, batch: usize, reps: usize)
     for epoch in 0..reps {
         let order = epoch_order(samples, 42, epoch, true);
         let start = Instant::now();
-        backend
-            .train_epoch(&order, batch, &mut |_| {})
-            .expect("training works");
+        block_on(backend.train_epoch(&order, batch, &mut |_| {})).expect("training works");
         times.push(start.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    let accuracy = backend.evaluate().expect("evaluation works").accuracy;
+    let accuracy = block_on(backend.evaluate())
+        .expect("evaluation works")
+        .accuracy;
     (times[times.len() / 2], accuracy)
 }
 

@@ -232,8 +232,7 @@ fn cpu_step_profiles() {
             );
             let mut run = || {
                 let warm_up = epoch_order(count, 42, 0, true);
-                backend
-                    .train_epoch(&warm_up, batch, &mut |_| {})
+                mnist_gpu::host::block_on(backend.train_epoch(&warm_up, batch, &mut |_| {}))
                     .expect("trains");
                 let order = epoch_order(count, 42, 1, true);
                 backend.profile_epoch(&order, batch).expect("trains")

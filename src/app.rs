@@ -1,7 +1,7 @@
 //! The commands behind the CLI, as library functions: load the data, build the backend
 //! the user asked for, train, write what a run leaves behind, evaluate, predict.
 
-use crate::backend::{Backend, EvalStats};
+use crate::backend::Backend;
 use crate::cpu::{self, CpuBackend};
 use crate::data::{self, Mnist};
 use crate::gpu::{self, DeviceChoice, GpuBackend};
@@ -147,8 +147,8 @@ pub fn run_eval(
     limit_note(test_limit, data.test.len(), "--test-limit");
     let labels = data.test.labels.clone();
     let mut backend = make_backend(&device, params, Hyper::default(), data)?;
-    let eval = backend.evaluate()?;
-    check_finite_eval_loss(&eval, &model.display().to_string())?;
+    let eval = crate::host::block_on(backend.evaluate())?;
+    crate::train::check_finite_eval_loss(&eval, &model.display().to_string())?;
     crate::outln!("model: {} | device: {}", model.display(), backend.name());
     crate::outln!(
         "test: {} samples - loss: {:.4} - accuracy: {:.2}%",
@@ -166,33 +166,6 @@ pub fn run_eval(
         crate::outln!("wrote {}", path.display());
     }
     Ok(eval.accuracy)
-}
-
-/// Refuse the evaluation `eval` of the model `name` when its loss is not finite: the
-/// model's outputs overflow (`eval` and the page's model loading).
-pub fn check_finite_eval_loss(eval: &EvalStats, name: &str) -> Result<()> {
-    if !eval.loss.is_finite() {
-        bail!(
-            "{name}: the model produces non-finite outputs (its weights overflow), so it has \
-             no meaningful accuracy"
-        );
-    }
-    Ok(())
-}
-
-/// Refuse a model whose outputs (`probabilities`, one row per image) are not finite:
-/// its weights overflow. `name` names the model, `consequence` what cannot be done.
-pub fn check_finite_outputs(
-    probabilities: &[[f32; CLASSES]],
-    name: &str,
-    consequence: &str,
-) -> Result<()> {
-    if probabilities.iter().flatten().any(|p| !p.is_finite()) {
-        bail!(
-            "{name}: the model produces non-finite outputs (its weights overflow); {consequence}"
-        );
-    }
-    Ok(())
 }
 
 /// One image's prediction.
@@ -240,7 +213,7 @@ pub fn predict(model: &Path, images: &[PathBuf]) -> Result<Vec<PredictOutcome>> 
         .flat_map(|done| done.pixels)
         .collect();
     let probabilities = cpu::infer(&params, Hyper::default().bn_eps, &pixels);
-    check_finite_outputs(
+    crate::train::check_finite_outputs(
         &probabilities,
         &model.display().to_string(),
         "it cannot predict",

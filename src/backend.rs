@@ -5,6 +5,7 @@
 //! run. It takes a whole epoch (its shuffled order) at a time, which lets the GPU record
 //! many steps per submission without the loop knowing.
 
+use crate::host::Task;
 use crate::model::{OptimState, Params};
 
 /// Running totals inside an epoch, for the progress line.
@@ -43,7 +44,7 @@ pub struct EpochStats {
     pub samples: usize,
 }
 
-/// How a call to [`Backend::train_epoch_from`] ended.
+/// How a call to [`Backend::train_steps`] ended.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum EpochEnd {
     /// Every step of the epoch ran: the epoch's statistics.
@@ -127,6 +128,10 @@ fn detected_note(step: usize, detected_after: usize) -> String {
     }
 }
 
+/// A trainer of one model on one device. Training, evaluation and reading state back
+/// are futures ([`Task`]): the command line blocks on the whole run in one place
+/// ([`crate::host::block_on`]), the browser page awaits them. Only [`crate::train`]'s
+/// epoch driver calls `train_steps`.
 pub trait Backend {
     /// What trains, for the run header: `cpu (2 threads)`, `llvmpipe (Vulkan, Mesa …)`.
     fn name(&self) -> String;
@@ -136,18 +141,22 @@ pub trait Backend {
 
     /// Train on the training-set samples listed in `order`, in batches of `batch_size`
     /// (the last batch may be smaller). `progress` receives running totals from time to time.
-    fn train_epoch(
-        &mut self,
-        order: &[u32],
+    fn train_epoch<'a>(
+        &'a mut self,
+        order: &'a [u32],
         batch_size: usize,
-        progress: &mut dyn FnMut(&StepProgress),
-    ) -> anyhow::Result<EpochStats> {
+        progress: &'a mut dyn FnMut(&StepProgress),
+    ) -> Task<'a, EpochStats> {
         let base = StepProgress {
-            steps_total: order.len().div_ceil(batch_size),
+            steps_total: order.len().div_ceil(batch_size.max(1)),
             ..StepProgress::default()
         };
-        let end = self.train_steps(order, batch_size, &base, progress, &|_| false)?;
-        Ok(end.stats())
+        Box::pin(async move {
+            let end = self
+                .train_steps(order, batch_size, base, progress, &|_| false)
+                .await?;
+            Ok(end.stats())
+        })
     }
 
     /// [`Backend::train_epoch`], resumable and interruptible. `order` holds the samples
@@ -158,23 +167,23 @@ pub trait Backend {
     /// under way; when it says yes the backend finishes the step(s) under way and returns
     /// [`EpochEnd::Stopped`]. A loss that is not finite ends the call with a
     /// [`Diverged`] error at once (built with [`Diverged::at`]).
-    fn train_steps(
-        &mut self,
-        order: &[u32],
+    fn train_steps<'a>(
+        &'a mut self,
+        order: &'a [u32],
         batch_size: usize,
-        base: &StepProgress,
-        progress: &mut dyn FnMut(&StepProgress),
-        stop: &(dyn Fn(usize) -> bool + Sync),
-    ) -> anyhow::Result<EpochEnd>;
+        base: StepProgress,
+        progress: &'a mut dyn FnMut(&StepProgress),
+        stop: &'a (dyn Fn(usize) -> bool + Sync),
+    ) -> Task<'a, EpochEnd>;
 
     /// Loss, accuracy and predictions on the whole test set, in inference mode.
-    fn evaluate(&mut self) -> anyhow::Result<EvalStats>;
+    fn evaluate(&mut self) -> Task<'_, EvalStats>;
 
     /// Read the current parameters (and moving statistics) back.
-    fn params(&mut self) -> anyhow::Result<Params>;
+    fn params(&mut self) -> Task<'_, Params>;
 
     /// Read Adam's moments and step count back.
-    fn optim_state(&mut self) -> anyhow::Result<OptimState>;
+    fn optim_state(&mut self) -> Task<'_, OptimState>;
 
     /// Replace the parameters, and the optimiser state when given (else reset it).
     fn load(&mut self, params: &Params, optim: Option<&OptimState>) -> anyhow::Result<()>;

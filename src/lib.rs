@@ -4,12 +4,14 @@
 //!
 //! The training loop ([`train`]) drives either one through the [`backend::Backend`] trait.
 
+#[cfg(not(target_arch = "wasm32"))]
 pub mod app;
 pub mod backend;
 pub mod cpu;
 pub mod data;
 pub mod fsutil;
 pub mod gpu;
+pub mod host;
 pub mod interrupt;
 pub mod metricsfile;
 pub mod model;
@@ -18,6 +20,7 @@ pub mod output;
 pub mod preprocess;
 pub mod progress;
 pub mod report;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod run;
 pub mod rundir;
 pub mod settings;

@@ -17,8 +17,8 @@
 //! between this epoch's first report and its latest, and is `?` until there are two. The line is cleared before the
 //! epoch's closing line, on interrupt, on error, and when the console is dropped.
 
-use crate::backend::{Backend, StepProgress};
-use crate::train::{EpochRecord, Observer};
+use crate::backend::StepProgress;
+use crate::train::{EpochRecord, Observer, Snapshot};
 use anyhow::Result;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -236,7 +236,7 @@ impl Observer for Console {
         &mut self,
         _epoch: usize,
         _progress: &StepProgress,
-        _backend: &mut dyn Backend,
+        _model: &Snapshot,
     ) -> Result<()> {
         self.clear();
         self.epoch = None;
@@ -248,12 +248,7 @@ impl Observer for Console {
         self.epoch = None;
     }
 
-    fn epoch_finished(
-        &mut self,
-        r: &EpochRecord,
-        _epochs: usize,
-        _backend: &mut dyn Backend,
-    ) -> Result<()> {
+    fn epoch_finished(&mut self, r: &EpochRecord, _epochs: usize, _model: &Snapshot) -> Result<()> {
         self.clear();
         let (total, trained) = match self.epoch.take() {
             Some(e) => (

@@ -6,7 +6,7 @@
 //! on bad input leaves nothing behind and changes no earlier file.
 
 use crate::app::{self, Device};
-use crate::backend::{Backend, Diverged, NonFinite, StepProgress};
+use crate::backend::{Diverged, NonFinite, StepProgress};
 use crate::cpu;
 use crate::data::{self, Mnist};
 use crate::fsutil::write_atomic;
@@ -18,7 +18,7 @@ use crate::progress::Console;
 use crate::report;
 use crate::rundir::{Claim, RunDir, CHECKPOINT, CURVES, METRICS, MODEL, PREDICTIONS};
 use crate::train::{
-    train_from, EpochRecord, Observer, StartAt, Stopped, TrainOptions, TrainOutcome,
+    train_from, EpochRecord, Observer, Snapshot, StartAt, Stopped, TrainOptions, TrainOutcome,
 };
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -254,7 +254,7 @@ fn check_inputs(
     if let Some(path) = &settings.init_from {
         let outputs = cpu::infer(params, settings.hyper.bn_eps, &data.test.images);
         let name = path.display().to_string();
-        app::check_finite_outputs(&outputs, &name, "it cannot be trained from")?;
+        crate::train::check_finite_outputs(&outputs, &name, "it cannot be trained from")?;
     }
     check_metrics_file(settings)
 }
@@ -352,21 +352,20 @@ fn train_in(
         partial,
     };
     let stop = interrupt::stop_requested;
-    let outcome = train_from(
+    let training = train_from(
         backend.as_mut(),
         &settings.options,
         &start,
         &mut writer,
         &stop,
-    )
-    .map_err(|error| writer.explain(error))?;
+    );
+    let outcome = crate::host::block_on(training).map_err(|error| writer.explain(error))?;
     crate::outln!(
         "Test accuracy: {:.2}% (loss {:.4})",
         outcome.final_eval.accuracy * 100.0,
         outcome.final_eval.loss
     );
-    write_outputs(&mut writer, backend.as_mut(), &test_images, &outcome)
-        .map_err(|error| writer.explain(error))?;
+    write_outputs(&mut writer, &test_images, &outcome).map_err(|error| writer.explain(error))?;
     Ok(outcome)
 }
 
@@ -435,15 +434,12 @@ fn print_resume(dir: &Path, state: &RunState, epochs: usize) {
 /// The model, the pictures, then the list of what was written.
 fn write_outputs(
     writer: &mut RunWriter,
-    backend: &mut dyn Backend,
     test_images: &data::Dataset,
     outcome: &TrainOutcome,
 ) -> Result<()> {
     let dir = writer.run_dir;
-    let params = backend.params()?;
-    crate::train::check_finite_params(&params, writer.history.len())?;
-    let steps = backend.optim_state()?.step;
-    modelfile::save_model(&params, steps, &dir.file(MODEL))?;
+    let model = &outcome.model;
+    modelfile::save_model(&model.params, model.optim.step, &dir.file(MODEL))?;
     report::draw_predictions(
         test_images,
         writer.settings.grid_offset,
@@ -513,19 +509,18 @@ impl RunWriter<'_> {
 
     fn save_checkpoint(
         &self,
-        backend: &mut dyn Backend,
+        model: &Snapshot,
         epochs_done: usize,
         partial: Option<StepProgress>,
     ) -> Result<()> {
         let state = RunState {
-            optim: backend.optim_state()?,
+            optim: model.optim.clone(),
             epochs_done,
             run: self.run.clone(),
             history: self.history.clone(),
             partial,
         };
-        let params = backend.params()?;
-        modelfile::save_checkpoint(&params, &state, &self.run_dir.file(CHECKPOINT))?;
+        modelfile::save_checkpoint(&model.params, &state, &self.run_dir.file(CHECKPOINT))?;
         Ok(())
     }
 
@@ -630,25 +625,25 @@ impl Observer for RunWriter<'_> {
         &mut self,
         epoch: usize,
         progress: &StepProgress,
-        backend: &mut dyn Backend,
+        model: &Snapshot,
     ) -> Result<()> {
-        self.console.interrupted(epoch, progress, backend)?;
+        self.console.interrupted(epoch, progress, model)?;
         if progress.steps_done >= progress.steps_total {
             return Ok(()); // the end-of-epoch checkpoint is already on disk
         }
         // No step taken yet: the checkpoint is that of the epoch's start.
         let partial = (progress.steps_done > 0).then_some(*progress);
-        self.save_checkpoint(backend, epoch - 1, partial)
+        self.save_checkpoint(model, epoch - 1, partial)
     }
     fn epoch_finished(
         &mut self,
         record: &EpochRecord,
         epochs: usize,
-        backend: &mut dyn Backend,
+        model: &Snapshot,
     ) -> Result<()> {
-        self.console.epoch_finished(record, epochs, backend)?;
+        self.console.epoch_finished(record, epochs, model)?;
         self.history.push(record.clone());
-        self.save_checkpoint(backend, record.epoch, None)?;
+        self.save_checkpoint(model, record.epoch, None)?;
         self.checkpoint_epoch = Some(record.epoch);
         // After the checkpoint: a failure here leaves the epoch resumable, and the
         // metrics never list an epoch the checkpoint lacks.

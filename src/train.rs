@@ -1,7 +1,7 @@
 //! The one training loop, over any [`Backend`]: epochs, shuffling, metrics, progress.
 
 use crate::backend::{Backend, Diverged, EpochEnd, EpochStats, EvalStats, NonFinite, StepProgress};
-use crate::model::Params;
+use crate::model::{OptimState, Params, CLASSES};
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -41,19 +41,28 @@ pub struct EpochRecord {
     pub samples_per_second: f64,
 }
 
-/// Hooks for whoever shows the run (the CLI's progress bar, or nothing in tests).
+/// The model as an epoch left it: parameters (checked finite) and Adam's state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub params: Params,
+    pub optim: OptimState,
+}
+
+/// Hooks for whoever shows the run (the CLI's progress bar and run files, or nothing in
+/// tests). They are plain functions: the driver reads what they need from the backend
+/// (a [`Snapshot`]) before calling them.
 pub trait Observer {
     /// Epoch `epoch` of `epochs` starts, with `start.steps_done` of its `start.steps_total`
     /// steps already done (a resumed epoch; their sums are in `start`).
     fn epoch_started(&mut self, _epoch: usize, _epochs: usize, _start: &StepProgress) {}
     fn step(&mut self, _progress: &StepProgress) {}
-    /// Called after each epoch with the backend (to save a checkpoint, say); an error
-    /// stops training (e.g. the disk is full).
+    /// Called after each epoch with the model it left (to save a checkpoint, say); an
+    /// error stops training (e.g. the disk is full).
     fn epoch_finished(
         &mut self,
         _record: &EpochRecord,
         _epochs: usize,
-        _backend: &mut dyn Backend,
+        _model: &Snapshot,
     ) -> Result<()> {
         Ok(())
     }
@@ -64,7 +73,7 @@ pub trait Observer {
         &mut self,
         _epoch: usize,
         _progress: &StepProgress,
-        _backend: &mut dyn Backend,
+        _model: &Snapshot,
     ) -> Result<()> {
         Ok(())
     }
@@ -98,15 +107,16 @@ pub fn epoch_order(count: usize, seed: u64, epoch: usize, shuffle: bool) -> Vec<
     order
 }
 
-/// What a whole run produced.
+/// What a whole run produced: every epoch's record, the last evaluation and the model.
 pub struct TrainOutcome {
     pub history: Vec<EpochRecord>,
     pub final_eval: EvalStats,
+    pub model: Snapshot,
 }
 
 /// Train up to epoch `options.epochs`, starting after `first_epoch` epochs already done
 /// (0 for a fresh run, k when resuming after epoch k), evaluating on the test set after each.
-pub fn train(
+pub async fn train(
     backend: &mut dyn Backend,
     options: &TrainOptions,
     first_epoch: usize,
@@ -116,7 +126,7 @@ pub fn train(
         first_epoch,
         partial: StepProgress::default(),
     };
-    train_from(backend, options, &start, observer, &|_, _| false)
+    train_from(backend, options, &start, observer, &|_, _| false).await
 }
 
 /// Where training starts: after `first_epoch` epochs, and inside epoch
@@ -128,98 +138,159 @@ pub struct StartAt {
     pub partial: StepProgress,
 }
 
+impl StartAt {
+    /// The totals epoch `epoch` (0-based) of `steps` steps starts from: those of the
+    /// steps already done in the first epoch, else none.
+    fn base(&self, epoch: usize, steps: usize) -> StepProgress {
+        let partial = if epoch == self.first_epoch {
+            self.partial
+        } else {
+            StepProgress::default()
+        };
+        StepProgress {
+            steps_total: steps,
+            ..partial
+        }
+    }
+}
+
+/// How one call to [`run_epoch`] ended.
+pub enum EpochOutcome {
+    /// Every step ran.
+    Finished(Box<FinishedEpoch>),
+    /// `stop` ended the epoch early: the totals of its steps done (resume from them).
+    Stopped(StepProgress),
+}
+
+/// A finished epoch: its record, the evaluation after it and the model it left.
+pub struct FinishedEpoch {
+    pub record: EpochRecord,
+    pub eval: EvalStats,
+    pub model: Snapshot,
+}
+
 /// [`train`] from `start`, stopping when `stop(epoch, steps done in it)` says so (it is
 /// asked between steps): after the step under way, with [`Observer::interrupted`]
 /// called and a [`Stopped`] error returned. A non-finite loss stops training at once
 /// with an error naming the epoch and step (it wraps [`crate::backend::Diverged`]).
-pub fn train_from(
+pub async fn train_from(
     backend: &mut dyn Backend,
     options: &TrainOptions,
     start: &StartAt,
     observer: &mut dyn Observer,
     stop: &(dyn Fn(usize, usize) -> bool + Sync),
 ) -> Result<TrainOutcome> {
-    let steps = backend.train_count().div_ceil(options.batch_size);
+    let steps = steps_per_epoch(backend.train_count(), options.batch_size);
     let mut history = Vec::new();
-    let mut final_eval = None;
+    let mut last = None;
     for epoch in start.first_epoch..options.epochs {
-        let partial = if epoch == start.first_epoch {
-            start.partial
-        } else {
-            StepProgress::default()
-        };
-        let base = StepProgress {
-            steps_total: steps,
-            ..partial
-        };
+        let base = start.base(epoch, steps);
         observer.epoch_started(epoch + 1, options.epochs, &base);
-        let started = Instant::now();
-        let stats = match train_epoch(backend, options, epoch, &base, observer, stop)? {
-            EpochEnd::Finished(stats) => stats,
-            EpochEnd::Stopped(progress) => {
-                observer.interrupted(epoch + 1, &progress, backend)?;
-                return Err(Stopped {
-                    epoch: epoch + 1,
-                    progress,
-                }
-                .into());
+        let mut progress = |p: &StepProgress| observer.step(p);
+        let stop_in_epoch = |done| stop(epoch + 1, done);
+        let outcome = run_epoch(backend, options, epoch, base, &mut progress, &stop_in_epoch).await;
+        let FinishedEpoch {
+            record,
+            eval,
+            model,
+        } = match outcome.inspect_err(|_| observer.failed())? {
+            EpochOutcome::Finished(finished) => *finished,
+            EpochOutcome::Stopped(progress) => {
+                let model = snapshot(backend, epoch).await?;
+                return Err(stopped(observer, epoch + 1, progress, &model));
             }
         };
-        let seconds = started.elapsed().as_secs_f64();
-        let (record, eval) = finish_epoch(backend, epoch + 1, &stats, &base, seconds)
-            .inspect_err(|_| observer.failed())?;
-        observer.epoch_finished(&record, options.epochs, backend)?;
+        observer.epoch_finished(&record, options.epochs, &model)?;
         history.push(record);
-        final_eval = Some(eval);
         if epoch + 1 < options.epochs && stop(epoch + 1, steps) {
             // The checkpoint written at the end of this epoch is the one to resume from.
             let progress = StepProgress {
                 steps_done: steps,
                 steps_total: steps,
-                samples_done: stats.samples,
+                samples_done: backend.train_count(),
                 ..StepProgress::default()
             };
-            observer.interrupted(epoch + 1, &progress, backend)?;
-            return Err(Stopped {
-                epoch: epoch + 1,
-                progress,
-            }
-            .into());
+            return Err(stopped(observer, epoch + 1, progress, &model));
         }
+        last = Some((eval, model));
     }
-    let final_eval = match final_eval {
-        Some(eval) => eval,
-        None => backend.evaluate()?,
+    let (final_eval, model) = match last {
+        Some(last) => last,
+        None => (
+            backend.evaluate().await?,
+            snapshot(backend, start.first_epoch).await?,
+        ),
     };
     Ok(TrainOutcome {
         history,
         final_eval,
+        model,
     })
 }
 
-/// The training steps of epoch `epoch` (0-based) after those in `base`: its order, less
-/// the samples of the steps already done, through the backend. A divergence is named
-/// with its epoch; the observer hears of any failure.
-fn train_epoch(
+/// Steps in an epoch of `samples` samples at `batch_size` (the last one may be short).
+pub fn steps_per_epoch(samples: usize, batch_size: usize) -> usize {
+    samples.div_ceil(batch_size.max(1))
+}
+
+/// Tell the observer that training stopped in epoch `epoch` (1-based) after `progress`,
+/// with the model as it is; the [`Stopped`] error to return (or the observer's own).
+fn stopped(
+    observer: &mut dyn Observer,
+    epoch: usize,
+    progress: StepProgress,
+    model: &Snapshot,
+) -> anyhow::Error {
+    match observer.interrupted(epoch, &progress, model) {
+        Ok(()) => Stopped { epoch, progress }.into(),
+        Err(error) => error,
+    }
+}
+
+/// **The epoch driver**, shared by the command line's loop ([`train_from`]) and the
+/// browser page (one call per epoch): the steps of epoch `epoch` (0-based) after those in
+/// `base` (its order, less the samples of the steps already done), then evaluation, the
+/// finite checks and the epoch's record. A divergence is named with its epoch.
+pub async fn run_epoch(
     backend: &mut dyn Backend,
     options: &TrainOptions,
     epoch: usize,
-    base: &StepProgress,
-    observer: &mut dyn Observer,
-    stop: &(dyn Fn(usize, usize) -> bool + Sync),
-) -> Result<EpochEnd> {
+    base: StepProgress,
+    progress: &mut dyn FnMut(&StepProgress),
+    stop: &(dyn Fn(usize) -> bool + Sync),
+) -> Result<EpochOutcome> {
     let order = epoch_order(backend.train_count(), options.seed, epoch, options.shuffle);
     // A resumed epoch: the same batches as the uninterrupted run, since the steps done
     // cover a whole number of batches.
     let skip = (base.steps_done * options.batch_size).min(order.len());
-    let result = backend.train_steps(
-        &order[skip..],
-        options.batch_size,
-        base,
-        &mut |p| observer.step(p),
-        &|steps| stop(epoch + 1, steps),
-    );
-    check_divergence(result, epoch + 1).inspect_err(|_| observer.failed())
+    crate::host::yield_if_due().await;
+    let started = Instant::now();
+    let result = backend
+        .train_steps(&order[skip..], options.batch_size, base, progress, stop)
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let stats = match check_divergence(result, epoch + 1)? {
+        EpochEnd::Finished(stats) => stats,
+        EpochEnd::Stopped(totals) => return Ok(EpochOutcome::Stopped(totals)),
+    };
+    let eval = backend.evaluate().await?;
+    check_finite_eval(&eval, epoch + 1)?;
+    let model = snapshot(backend, epoch + 1).await?;
+    let record = epoch_record(epoch + 1, &stats, &eval, &base, seconds);
+    Ok(EpochOutcome::Finished(Box::new(FinishedEpoch {
+        record,
+        eval,
+        model,
+    })))
+}
+
+/// The backend's parameters (checked finite; `epoch`: the last one trained) and Adam's
+/// state.
+pub async fn snapshot(backend: &mut dyn Backend, epoch: usize) -> Result<Snapshot> {
+    let params = backend.params().await?;
+    check_finite_params(&params, epoch)?;
+    let optim = backend.optim_state().await?;
+    Ok(Snapshot { params, optim })
 }
 
 /// The steps of epoch `epoch` (1-based) as a backend returned them, with a divergence
@@ -258,21 +329,6 @@ pub fn check_divergence(result: Result<EpochEnd>, epoch: usize) -> Result<EpochE
 /// stayed at 1.6e30). A run that merely trains badly, with losses in the thousands, is
 /// still reported as it is.
 pub const MAX_LOSS: f64 = 1e6;
-
-/// After epoch `epoch` (1-based) trained: evaluate, check that nothing became
-/// non-finite, and make the epoch's record.
-fn finish_epoch(
-    backend: &mut dyn Backend,
-    epoch: usize,
-    stats: &EpochStats,
-    base: &StepProgress,
-    seconds: f64,
-) -> Result<(EpochRecord, EvalStats)> {
-    let eval = backend.evaluate()?;
-    check_finite_eval(&eval, epoch)?;
-    check_finite_params(&backend.params()?, epoch)?;
-    Ok((epoch_record(epoch, stats, &eval, base, seconds), eval))
-}
 
 /// Epoch `epoch`'s record (a `metrics.jsonl` line) from its training statistics, the
 /// evaluation after it, the totals it resumed from and its training time.
@@ -329,4 +385,31 @@ pub fn check_finite_params(params: &Params, epoch: usize) -> Result<()> {
         .into()),
         None => Ok(()),
     }
+}
+
+/// Refuse the evaluation `eval` of the model `name` when its loss is not finite: the
+/// model's outputs overflow (`eval` and the page's model loading).
+pub fn check_finite_eval_loss(eval: &EvalStats, name: &str) -> Result<()> {
+    if !eval.loss.is_finite() {
+        bail!(
+            "{name}: the model produces non-finite outputs (its weights overflow), so it has \
+             no meaningful accuracy"
+        );
+    }
+    Ok(())
+}
+
+/// Refuse a model whose outputs (`probabilities`, one row per image) are not finite:
+/// its weights overflow. `name` names the model, `consequence` what cannot be done.
+pub fn check_finite_outputs(
+    probabilities: &[[f32; CLASSES]],
+    name: &str,
+    consequence: &str,
+) -> Result<()> {
+    if probabilities.iter().flatten().any(|p| !p.is_finite()) {
+        bail!(
+            "{name}: the model produces non-finite outputs (its weights overflow); {consequence}"
+        );
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@
 use mnist_gpu::backend::Backend;
 use mnist_gpu::cpu::CpuBackend;
 use mnist_gpu::data::{self, Mnist};
+use mnist_gpu::host::block_on;
 use mnist_gpu::model::{Hyper, ModelConfig, Params};
 use mnist_gpu::train::{self, epoch_order, Silent, TrainOptions};
 
@@ -112,8 +113,8 @@ fn sparse_and_dense_first_layer_paths_agree() {
         let mut backend = CpuBackend::new(Params::init(&config, 5), Hyper::default(), data.clone());
         backend.set_sparse_input(sparse);
         assert_eq!(backend.sparse_input(), sparse);
-        let outcome = train::train(&mut backend, &options, 0, &mut Silent).unwrap();
-        (backend.params().unwrap(), outcome)
+        let outcome = block_on(train::train(&mut backend, &options, 0, &mut Silent)).unwrap();
+        (block_on(backend.params()).unwrap(), outcome)
     };
     let (sparse, sparse_run) = run(true);
     let (dense, dense_run) = run(false);
@@ -163,8 +164,11 @@ fn train_small(seed: u64, batch: usize) -> (Params, f64) {
         seed,
         shuffle: true,
     };
-    let outcome = train::train(&mut backend, &options, 0, &mut Silent).unwrap();
-    (backend.params().unwrap(), outcome.final_eval.accuracy)
+    let outcome = block_on(train::train(&mut backend, &options, 0, &mut Silent)).unwrap();
+    (
+        block_on(backend.params()).unwrap(),
+        outcome.final_eval.accuracy,
+    )
 }
 
 /// Every trained value's bits: parameters and BatchNorm moving statistics.
@@ -217,15 +221,14 @@ fn partial_last_batch_is_kept() {
     );
     let order: Vec<u32> = (0..70).collect();
     let mut steps = Vec::new();
-    let stats = backend
-        .train_epoch(&order, 32, &mut |p| {
-            steps.push((p.steps_done, p.samples_done))
-        })
-        .unwrap();
+    let stats = block_on(backend.train_epoch(&order, 32, &mut |p| {
+        steps.push((p.steps_done, p.samples_done))
+    }))
+    .unwrap();
     // One report per chunk of steps handed to the thread pool (here all three steps).
     assert_eq!(steps, vec![(3, 70)]);
     assert_eq!(stats.samples, 70);
-    assert_eq!(backend.optim_state().unwrap().step, 3);
+    assert_eq!(block_on(backend.optim_state()).unwrap().step, 3);
 }
 
 #[test]
@@ -249,7 +252,7 @@ fn it_learns() {
         epochs: 1,
         ..TrainOptions::default()
     };
-    let outcome = train::train(&mut backend, &options, 0, &mut Silent).unwrap();
+    let outcome = block_on(train::train(&mut backend, &options, 0, &mut Silent)).unwrap();
     let record = &outcome.history[0];
     assert!(
         record.val_accuracy > 0.85,
@@ -278,7 +281,7 @@ fn deeper_and_raw_pixel_models_train() {
             epochs: 2,
             ..TrainOptions::default()
         };
-        let outcome = train::train(&mut backend, &options, 0, &mut Silent).unwrap();
+        let outcome = block_on(train::train(&mut backend, &options, 0, &mut Silent)).unwrap();
         assert!(
             outcome.final_eval.accuracy > 0.8,
             "{config:?}: {}",

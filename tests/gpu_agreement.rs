@@ -13,8 +13,9 @@ use mnist_gpu::cpu::{adam, batchnorm, gemm, relu, softmax_xent, CpuBackend};
 use mnist_gpu::data::Mnist;
 use mnist_gpu::gpu::kernels::Kernels;
 use mnist_gpu::gpu::{list_adapters, DeviceChoice, DeviceError, GpuBackend};
+use mnist_gpu::host::block_on;
 use mnist_gpu::model::{Hyper, ModelConfig, Params, INPUT};
-use mnist_gpu::train::epoch_order;
+use mnist_gpu::train::{epoch_order, run_epoch, steps_per_epoch, EpochOutcome, TrainOptions};
 use rand::Rng;
 use std::time::Instant;
 
@@ -425,8 +426,14 @@ fn gpu_backend(test: &str, backend: &str, params: &Params, data: &Mnist) -> Opti
 }
 
 fn compare_state(what: &str, gpu: &mut dyn Backend, cpu: &mut dyn Backend, tol: f64) {
-    let (gp, cp) = (gpu.params().unwrap(), cpu.params().unwrap());
-    let (go, co) = (gpu.optim_state().unwrap(), cpu.optim_state().unwrap());
+    let (gp, cp) = (
+        block_on(gpu.params()).unwrap(),
+        block_on(cpu.params()).unwrap(),
+    );
+    let (go, co) = (
+        block_on(gpu.optim_state()).unwrap(),
+        block_on(cpu.optim_state()).unwrap(),
+    );
     assert_eq!(go.step, co.step, "{what}: step count");
     for (name, a, b) in [
         ("parameters", &gp.trainable, &cp.trainable),
@@ -461,15 +468,15 @@ fn training_steps_match_cpu() {
             };
             let order = epoch_order(data.train.len(), 11, 0, true)[..samples].to_vec();
             let mut last = StepProgress::default();
-            let gs = gpu.train_epoch(&order, batch, &mut |p| last = *p).unwrap();
+            let gs = block_on(gpu.train_epoch(&order, batch, &mut |p| last = *p)).unwrap();
             assert_eq!(last.steps_done, last.steps_total, "final progress report");
-            let ge = gpu.evaluate().unwrap();
+            let ge = block_on(gpu.evaluate()).unwrap();
             // Against the dense reference path (the GPU's kernel-by-kernel twin) and the
             // sparse path the CPU trainer uses on MNIST.
             for sparse in [false, true] {
                 let mut cpu = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
                 cpu.set_sparse_input(sparse);
-                let cs = cpu.train_epoch(&order, batch, &mut |_| {}).unwrap();
+                let cs = block_on(cpu.train_epoch(&order, batch, &mut |_| {})).unwrap();
                 assert_eq!(gs.samples, cs.samples);
                 let tol = if samples == batch {
                     ONE_STEP_TOL
@@ -487,7 +494,7 @@ fn training_steps_match_cpu() {
                 );
                 assert_eq!(gs.accuracy, cs.accuracy, "{what}: training accuracy");
                 compare_state(&what, &mut gpu, &mut cpu, tol);
-                let ce = cpu.evaluate().unwrap();
+                let ce = block_on(cpu.evaluate()).unwrap();
                 assert!(
                     rel_err(ge.loss as f32, ce.loss as f32) <= tol,
                     "{what}: eval loss {} vs {}",
@@ -517,8 +524,8 @@ fn one_epoch_accuracy_matches_cpu() {
     let order = epoch_order(data.train.len(), 42, 0, true);
     let mut cpu = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
     let started = Instant::now();
-    cpu.train_epoch(&order, 32, &mut |_| {}).unwrap();
-    let cpu_eval = cpu.evaluate().unwrap();
+    block_on(cpu.train_epoch(&order, 32, &mut |_| {})).unwrap();
+    let cpu_eval = block_on(cpu.evaluate()).unwrap();
     eprintln!(
         "cpu: 1 epoch of 6000 at batch 32 + eval in {:.2?}: accuracy {:.4}",
         started.elapsed(),
@@ -531,9 +538,9 @@ fn one_epoch_accuracy_matches_cpu() {
         };
         let started = Instant::now();
         let mut reports = 0;
-        gpu.train_epoch(&order, 32, &mut |_| reports += 1).unwrap();
+        block_on(gpu.train_epoch(&order, 32, &mut |_| reports += 1)).unwrap();
         let trained = started.elapsed();
-        let gpu_eval = gpu.evaluate().unwrap();
+        let gpu_eval = block_on(gpu.evaluate()).unwrap();
         eprintln!(
             "{backend}: 1 epoch of 6000 at batch 32 in {trained:.2?} ({reports} progress reports), eval in {:.2?}: accuracy {:.4} (cpu {:.4})",
             started.elapsed() - trained,
@@ -564,10 +571,10 @@ fn gpu_training_is_deterministic() {
             else {
                 break;
             };
-            let stats = gpu.train_epoch(&order, 37, &mut |_| {}).unwrap();
-            let p = gpu.params().unwrap();
-            let o = gpu.optim_state().unwrap();
-            let e = gpu.evaluate().unwrap();
+            let stats = block_on(gpu.train_epoch(&order, 37, &mut |_| {})).unwrap();
+            let p = block_on(gpu.params()).unwrap();
+            let o = block_on(gpu.optim_state()).unwrap();
+            let e = block_on(gpu.evaluate()).unwrap();
             runs.push((stats.loss.to_bits(), p, o, e.loss.to_bits(), e.predictions));
         }
         if runs.len() == 2 {
@@ -597,51 +604,56 @@ fn gpu_training_is_deterministic() {
     }
 }
 
-/// The browser's driver (`train_steps_async`, `evaluate_async`, `params_async`: readbacks
-/// awaited between chunks, no blocking wait) gives the same bits as the native one; here
-/// its futures run under `pollster`, and yielding to the host polls the device.
+/// The one epoch driver as the page calls it (an epoch at a time; Stop part-way, then
+/// the rest of the epoch from the totals it returned) leaves the parameters of an
+/// uninterrupted epoch, to the bit, and the same evaluation.
 #[test]
-fn the_awaited_epoch_gives_the_blocking_epochs_bits() {
+fn an_epoch_stopped_and_continued_gives_the_whole_epochs_bits() {
     let data = mnist(200, 100);
     let params = Params::init(&ModelConfig::default(), 3);
-    let order = epoch_order(data.train.len(), 5, 0, true);
+    let options = TrainOptions {
+        epochs: 1,
+        batch_size: 37,
+        seed: 5,
+        shuffle: true,
+    };
     let base = StepProgress {
-        steps_total: order.len().div_ceil(37),
+        steps_total: steps_per_epoch(data.train.len(), 37),
         ..StepProgress::default()
     };
+    let test = "an_epoch_stopped_and_continued_gives_the_whole_epochs_bits";
     for backend in backends() {
-        let test = "the_awaited_epoch_gives_the_blocking_epochs_bits";
-        let Some(mut blocking) = gpu_backend(test, &backend, &params, &data) else {
+        let Some(mut whole) = gpu_backend(test, &backend, &params, &data) else {
             continue;
         };
-        let Some(mut awaited) = gpu_backend(test, &backend, &params, &data) else {
+        let Some(mut parts) = gpu_backend(test, &backend, &params, &data) else {
             continue;
         };
-        let stats = blocking.train_epoch(&order, 37, &mut |_| {}).unwrap();
-        let mut reports = 0;
-        let end = pollster::block_on(awaited.train_steps_async(
-            &order,
-            37,
-            &base,
-            &mut |_| reports += 1,
-            &|_| false,
-        ))
-        .unwrap();
-        assert!(reports >= 1, "{backend}: no progress reported");
-        assert_eq!(
-            end.stats().loss.to_bits(),
-            stats.loss.to_bits(),
-            "{backend}: epoch loss"
+        let epoch = |b: &mut GpuBackend, base, stop: &(dyn Fn(usize) -> bool + Sync)| {
+            block_on(run_epoch(b, &options, 0, base, &mut |_| {}, stop)).unwrap()
+        };
+        let EpochOutcome::Finished(whole_epoch) = epoch(&mut whole, base, &|_| false) else {
+            panic!("{backend}: the whole epoch stopped");
+        };
+        let EpochOutcome::Stopped(partial) = epoch(&mut parts, base, &|done| done >= 1) else {
+            panic!("{backend}: the epoch did not stop");
+        };
+        assert!(
+            (1..base.steps_total).contains(&partial.steps_done),
+            "{backend}: stopped after {partial:?}"
         );
+        let EpochOutcome::Finished(parts_epoch) = epoch(&mut parts, partial, &|_| false) else {
+            panic!("{backend}: the rest of the epoch stopped");
+        };
+        let (model, whole_model) = (&parts_epoch.model, &whole_epoch.model);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let awaited_params = pollster::block_on(awaited.params_async()).unwrap();
         assert_eq!(
-            bits(&awaited_params.trainable),
-            bits(&blocking.params().unwrap().trainable),
+            bits(&model.params.trainable),
+            bits(&whole_model.params.trainable),
             "{backend}: parameters"
         );
-        let eval = pollster::block_on(awaited.evaluate_async()).unwrap();
-        assert_eq!(eval, blocking.evaluate().unwrap(), "{backend}: evaluation");
+        assert_eq!(model.optim, whole_model.optim, "{backend}: Adam's state");
+        assert_eq!(parts_epoch.eval, whole_epoch.eval, "{backend}: evaluation");
     }
 }
 
@@ -662,9 +674,13 @@ fn load_round_trips_parameters() {
         optim.v[4] = 0.125;
         optim.step = 17;
         gpu.load(&other, Some(&optim)).unwrap();
-        assert_eq!(gpu.params().unwrap(), other, "{backend}: params after load");
         assert_eq!(
-            gpu.optim_state().unwrap(),
+            block_on(gpu.params()).unwrap(),
+            other,
+            "{backend}: params after load"
+        );
+        assert_eq!(
+            block_on(gpu.optim_state()).unwrap(),
             optim,
             "{backend}: optimiser state after load"
         );

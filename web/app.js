@@ -284,7 +284,7 @@ async function loadModel(event) {
       const settings = { ...readSettings(), epochs: '1', 'train-limit': '1', cpu: true };
       session = await Session.create(await download(), JSON.stringify(settings));
     }
-    const result = JSON.parse(session.load_model(new Uint8Array(await file.arrayBuffer()), file.name));
+    const result = JSON.parse(await session.load_model(new Uint8Array(await file.arrayBuffer()), file.name));
     $('top3').textContent = `loaded ${file.name}: test accuracy ${(100 * result.accuracy).toFixed(2)}%`
       + ` on ${result.samples} samples (predictions below are its own)`;
     log(`loaded ${JSON.stringify(result)}`);

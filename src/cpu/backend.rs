@@ -8,7 +8,9 @@ use super::batchnorm::{batchnorm_batch_update, batchnorm_dense_backward, batchno
 use super::forward::{dense_forward, forward_eval};
 use super::gather_scaled;
 use super::gemm::{bias_grad, gemm_input_grad, gemm_weight_grad};
-use super::profile::{PhaseClock, PhaseTime};
+use super::profile::PhaseClock;
+#[cfg(not(target_arch = "wasm32"))]
+use super::profile::PhaseTime;
 use super::softmax_xent::softmax_xent;
 use super::sparse::{
     batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward, sparse_forward,
@@ -16,11 +18,20 @@ use super::sparse::{
 };
 use crate::backend::{Backend, Diverged, EpochEnd, EvalStats, StepProgress};
 use crate::data::Mnist;
+use crate::host::Task;
 use crate::model::{Hyper, OptimState, ParamLayout, Params, CLASSES, INPUT};
 use anyhow::{ensure, Result};
 
-/// Samples trained per hand-off to the rayon pool; progress is reported after each.
-const SAMPLES_PER_CHUNK: usize = 8192;
+/// Samples trained per hand-off to the rayon pool; progress is reported after each. In a
+/// browser one step at a time: the page gets its turn between steps (when due).
+const SAMPLES_PER_CHUNK: usize = if cfg!(target_arch = "wasm32") {
+    1
+} else {
+    8192
+};
+/// Multiply-adds evaluated between two chances to yield to a browser (about 10 ms in
+/// wasm).
+const EVAL_PART_WORK: usize = 10_000_000;
 /// Test samples evaluated per forward pass.
 const EVAL_BATCH: usize = 1000;
 
@@ -117,10 +128,11 @@ impl CpuBackend {
     /// phase's mean and median wall seconds per step, and last the rest of the epoch's
     /// wall time per step (pool hand-offs between chunks of steps, progress, the loop;
     /// mean only, its median given as the mean).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn profile_epoch(&mut self, order: &[u32], batch: usize) -> Result<Vec<PhaseTime>> {
         self.clock.start();
         let started = web_time::Instant::now();
-        let result = self.train_epoch(order, batch, &mut |_| {});
+        let result = crate::host::block_on(self.train_epoch(order, batch, &mut |_| {}));
         let total = started.elapsed().as_secs_f64();
         let mut phases = self.clock.stop();
         result?;
@@ -423,6 +435,7 @@ const PHASE_SOFTMAX: &str = "softmax_xent";
 const PHASE_DENSE_BACKWARD: &str = "backward of layers ≥ 1";
 const PHASE_FIRST_BACKWARD: &str = "first-layer backward (xᵀ·δ, dW0, dγ, dβ)";
 const PHASE_ADAM: &str = "adam_update";
+#[cfg(not(target_arch = "wasm32"))]
 const PHASE_BETWEEN: &str = "between steps (pool hand-off, loop)";
 
 /// The gradient slices BatchNorm + the first dense layer write: (dgamma, dbeta, dW0),
@@ -445,7 +458,7 @@ fn first_layer_grads<'g>(
 }
 
 /// The sums of an evaluation under way, part by part ([`CpuBackend::evaluate_part`]).
-pub struct EvalSums {
+struct EvalSums {
     loss_sum: f64,
     correct: u64,
     predictions: Vec<u8>,
@@ -453,7 +466,7 @@ pub struct EvalSums {
 
 impl EvalSums {
     /// Nothing summed yet, for `count` test samples.
-    pub fn new(count: usize) -> EvalSums {
+    fn new(count: usize) -> EvalSums {
         EvalSums {
             loss_sum: 0.0,
             correct: 0,
@@ -461,7 +474,7 @@ impl EvalSums {
         }
     }
 
-    pub fn finish(self) -> EvalStats {
+    fn finish(self) -> EvalStats {
         let count = self.predictions.len().max(1) as f64;
         EvalStats {
             loss: self.loss_sum / count,
@@ -472,13 +485,9 @@ impl EvalSums {
 }
 
 impl CpuBackend {
-    pub fn test_count(&self) -> usize {
-        self.data.test.len()
-    }
-
     /// Evaluate the test samples in `range` (in batches of at most `EVAL_BATCH`), adding
     /// them to `sums`: the page evaluates in small parts, yielding to the browser between.
-    pub fn evaluate_part(&mut self, range: std::ops::Range<usize>, sums: &mut EvalSums) {
+    fn evaluate_part(&mut self, range: std::ops::Range<usize>, sums: &mut EvalSums) {
         let layers = self.params.config.dense_layers();
         let widths = self.params.config.widths();
         let end = range.end;
@@ -503,26 +512,19 @@ impl CpuBackend {
     }
 }
 
-impl Backend for CpuBackend {
-    fn name(&self) -> String {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        format!("cpu ({threads} threads)")
-    }
-
-    fn train_count(&self) -> usize {
-        self.data.train.len()
-    }
-
-    fn train_steps(
+impl CpuBackend {
+    /// The steps of [`Backend::train_steps`], in chunks of about [`SAMPLES_PER_CHUNK`]
+    /// samples handed to the rayon pool, progress after each, the host's turn between.
+    async fn steps(
         &mut self,
         order: &[u32],
         batch_size: usize,
-        base: &StepProgress,
+        base: StepProgress,
         progress: &mut dyn FnMut(&StepProgress),
         stop: &(dyn Fn(usize) -> bool + Sync),
     ) -> Result<EpochEnd> {
         ensure!(batch_size > 0, "batch size must be at least 1");
-        let mut totals = *base;
+        let mut totals = base;
         let batches: Vec<&[u32]> = order.chunks(batch_size).collect();
         let steps_per_chunk = (SAMPLES_PER_CHUNK / batch_size).max(1);
         let mut results = Vec::with_capacity(steps_per_chunk);
@@ -539,7 +541,7 @@ impl Backend for CpuBackend {
             for (i, (indices, (loss, correct))) in chunk.iter().zip(results.drain(..)).enumerate() {
                 if !loss.is_finite() {
                     let step = c * steps_per_chunk + i;
-                    return Err(Diverged::at(base, step, loss, step + 1).into());
+                    return Err(Diverged::at(&base, step, loss, step + 1).into());
                 }
                 totals.steps_done += 1;
                 totals.samples_done += indices.len();
@@ -552,23 +554,69 @@ impl Backend for CpuBackend {
             if stopped {
                 break;
             }
+            crate::host::yield_if_due().await;
         }
         Ok(EpochEnd::from_totals(totals))
     }
 
-    fn evaluate(&mut self) -> Result<EvalStats> {
+    /// [`Backend::evaluate`] in parts of at most `part` samples, the host's turn between.
+    async fn evaluate_in_parts(&mut self) -> Result<EvalStats> {
         let count = self.data.test.len();
         let mut sums = EvalSums::new(count);
-        self.evaluate_part(0..count, &mut sums);
+        for start in (0..count).step_by(self.eval_part()) {
+            let end = (start + self.eval_part()).min(count);
+            self.evaluate_part(start..end, &mut sums);
+            crate::host::yield_if_due().await;
+        }
         Ok(sums.finish())
     }
 
-    fn params(&mut self) -> Result<Params> {
-        Ok(self.params.clone())
+    /// Test samples evaluated between two chances to yield to the host: all of them
+    /// natively; in a browser about [`EVAL_PART_WORK`] multiply-adds' worth.
+    fn eval_part(&self) -> usize {
+        if cfg!(target_arch = "wasm32") {
+            let per_image = self.params.config.parameter_count().unwrap_or(1).max(1);
+            (EVAL_PART_WORK / per_image).clamp(1, EVAL_BATCH)
+        } else {
+            self.data.test.len().max(1)
+        }
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        if cfg!(target_arch = "wasm32") {
+            return "cpu (wasm, one thread)".into();
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        format!("cpu ({threads} threads)")
     }
 
-    fn optim_state(&mut self) -> Result<OptimState> {
-        Ok(self.optim.clone())
+    fn train_count(&self) -> usize {
+        self.data.train.len()
+    }
+
+    fn train_steps<'a>(
+        &'a mut self,
+        order: &'a [u32],
+        batch_size: usize,
+        base: StepProgress,
+        progress: &'a mut dyn FnMut(&StepProgress),
+        stop: &'a (dyn Fn(usize) -> bool + Sync),
+    ) -> Task<'a, EpochEnd> {
+        Box::pin(self.steps(order, batch_size, base, progress, stop))
+    }
+
+    fn evaluate(&mut self) -> Task<'_, EvalStats> {
+        Box::pin(self.evaluate_in_parts())
+    }
+
+    fn params(&mut self) -> Task<'_, Params> {
+        Box::pin(std::future::ready(Ok(self.params.clone())))
+    }
+
+    fn optim_state(&mut self) -> Task<'_, OptimState> {
+        Box::pin(std::future::ready(Ok(self.optim.clone())))
     }
 
     fn load(&mut self, params: &Params, optim: Option<&OptimState>) -> Result<()> {

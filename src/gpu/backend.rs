@@ -12,13 +12,14 @@
 //! asynchronously for progress.
 //! per-step loss/correct back asynchronously for progress.
 
+#[cfg(not(target_arch = "wasm32"))]
 mod profile;
 
 use super::bindings::{
     AdamBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, GemmBindings,
     SoftmaxXentBindings,
 };
-use super::context::{map_awaited, map_blocking, DeviceChoice, DeviceError, GpuContext, Needs};
+use super::context::{read_mapped, DeviceChoice, DeviceError, GpuContext, Needs};
 use super::epoch::{sum_stats, EpochRun, READBACK_SLOTS, STEPS_PER_SUBMIT};
 use super::kernels::{
     elementwise_groups, pack_pixels, record, storage_init, storage_zeroed, uniform, AdamUniform,
@@ -27,6 +28,7 @@ use super::kernels::{
 use crate::backend::{Backend, EpochEnd, EvalStats, StepProgress};
 use crate::cpu::adam::adam_alpha;
 use crate::data::{Dataset, Mnist};
+use crate::host::Task;
 use crate::model::{Hyper, ModelConfig, OptimState, ParamLayout, Params, CLASSES, INPUT};
 use anyhow::{bail, ensure, Result};
 
@@ -688,62 +690,60 @@ impl GpuBackend {
         Ok(true)
     }
 
-    /// [`Backend::train_steps`] for a host that must not block (a browser): the same
-    /// recorded steps, with the readbacks awaited between chunks (`EpochRun::run_async`).
-    pub async fn train_steps_async(
+    /// [`Backend::train_steps`]: upload the epoch's inputs, then run the recorded steps
+    /// through the GPU ([`EpochRun::run`]).
+    async fn steps(
         &mut self,
         order: &[u32],
         batch_size: usize,
-        base: &StepProgress,
+        base: StepProgress,
         progress: &mut dyn FnMut(&StepProgress),
         stop: &dyn Fn(usize) -> bool,
     ) -> Result<EpochEnd> {
         if !self.prepare_steps(order, batch_size)? {
-            return Ok(EpochEnd::from_totals(*base));
+            return Ok(EpochEnd::from_totals(base));
         }
         let plan = self.train_plan.as_ref().expect("plan");
-        let run = EpochRun::new(&self.ctx, plan, base, batch_size, order.len());
+        let run = EpochRun::new(&self.ctx, plan, &base, batch_size, order.len());
+        // Fewer steps than the epoch's when `stop` ended it early.
         let (totals, steps) = run
-            .run_async(progress, &|done| stop(base.steps_done + done))
+            .run(progress, &|done| stop(base.steps_done + done))
             .await?;
         self.step += steps as u64;
         Ok(EpochEnd::from_totals(totals))
     }
 
-    /// Training steps taken so far (Adam's step count).
-    pub fn steps_taken(&self) -> u64 {
-        self.step
-    }
-
-    /// [`Backend::evaluate`] with the readback awaited.
-    pub async fn evaluate_async(&mut self) -> Result<EvalStats> {
+    /// [`Backend::evaluate`]: every test chunk in one submission, read back once.
+    async fn evaluation(&mut self) -> Result<EvalStats> {
         if self.test_count == 0 {
             return Ok(EvalStats::default());
         }
         let size = self.submit_evaluation()?;
         let staging = &self.eval_plan.as_ref().expect("plan").staging;
-        let bytes = map_awaited(&self.ctx, staging, size).await?;
+        let bytes = read_mapped(&self.ctx, staging, size).await?;
         Ok(self.eval_stats_from(&bytes))
     }
 
-    /// [`Backend::params`] with the readbacks awaited.
-    pub async fn params_async(&self) -> Result<Params> {
-        let total = self.layout.total as u64 * 4;
-        let trainable = self.ctx.read_buffer_async(&self.params, 0, total);
-        let stats = self
-            .ctx
-            .read_buffer_async(&self.bn_stats, 0, (2 * INPUT * 4) as u64);
-        // Native hosts only complete maps while polling; the browser needs no help.
-        #[cfg(not(target_arch = "wasm32"))]
-        self.ctx.wait()?;
-        let trainable: Vec<f32> = bytemuck::cast_slice(&trainable.await?).to_vec();
-        let stats: Vec<f32> = bytemuck::cast_slice(&stats.await?).to_vec();
+    /// [`Backend::params`]: the parameters and the moving statistics read back.
+    async fn read_params(&self) -> Result<Params> {
+        let trainable = self.ctx.read_floats(&self.params, 0, self.layout.total);
+        let stats = self.ctx.read_floats(&self.bn_stats, 0, 2 * INPUT);
+        let (trainable, stats) = (trainable.await?, stats.await?);
         Ok(Params {
             config: self.config.clone(),
             layout: self.layout.clone(),
             trainable,
             moving_mean: stats[..INPUT].to_vec(),
             moving_var: stats[INPUT..].to_vec(),
+        })
+    }
+
+    /// [`Backend::optim_state`]: Adam's moments read back, and its step count.
+    async fn read_optim_state(&self) -> Result<OptimState> {
+        Ok(OptimState {
+            m: self.ctx.read_floats(&self.m, 0, self.layout.total).await?,
+            v: self.ctx.read_floats(&self.v, 0, self.layout.total).await?,
+            step: self.step,
         })
     }
 }
@@ -757,62 +757,27 @@ impl Backend for GpuBackend {
         self.train_count
     }
 
-    fn train_steps(
-        &mut self,
-        order: &[u32],
+    fn train_steps<'a>(
+        &'a mut self,
+        order: &'a [u32],
         batch_size: usize,
-        base: &StepProgress,
-        progress: &mut dyn FnMut(&StepProgress),
-        stop: &(dyn Fn(usize) -> bool + Sync),
-    ) -> Result<EpochEnd> {
-        if !self.prepare_steps(order, batch_size)? {
-            return Ok(EpochEnd::from_totals(*base));
-        }
-        let plan = self.train_plan.as_ref().expect("plan");
-        let mut run = EpochRun::new(&self.ctx, plan, base, batch_size, order.len());
-        while run.done < run.steps && !stop(base.steps_done + run.done) {
-            run.drain(progress)?;
-            run.submit_chunk(progress)?;
-            run.throttle()?;
-            run.drain(progress)?;
-        }
-        // Fewer steps than the epoch's when `stop` ended it early.
-        let (totals, steps) = run.finish(progress)?;
-        self.step += steps as u64;
-        Ok(EpochEnd::from_totals(totals))
+        base: StepProgress,
+        progress: &'a mut dyn FnMut(&StepProgress),
+        stop: &'a (dyn Fn(usize) -> bool + Sync),
+    ) -> Task<'a, EpochEnd> {
+        Box::pin(self.steps(order, batch_size, base, progress, stop))
     }
 
-    fn evaluate(&mut self) -> Result<EvalStats> {
-        if self.test_count == 0 {
-            return Ok(EvalStats::default());
-        }
-        let size = self.submit_evaluation()?;
-        let bytes = map_blocking(
-            &self.ctx,
-            &self.eval_plan.as_ref().expect("plan").staging,
-            size,
-        )?;
-        Ok(self.eval_stats_from(&bytes))
+    fn evaluate(&mut self) -> Task<'_, EvalStats> {
+        Box::pin(self.evaluation())
     }
 
-    fn params(&mut self) -> Result<Params> {
-        let trainable = self.ctx.read_f32(&self.params, 0, self.layout.total)?;
-        let stats = self.ctx.read_f32(&self.bn_stats, 0, 2 * INPUT)?;
-        Ok(Params {
-            config: self.config.clone(),
-            layout: self.layout.clone(),
-            trainable,
-            moving_mean: stats[..INPUT].to_vec(),
-            moving_var: stats[INPUT..].to_vec(),
-        })
+    fn params(&mut self) -> Task<'_, Params> {
+        Box::pin(self.read_params())
     }
 
-    fn optim_state(&mut self) -> Result<OptimState> {
-        Ok(OptimState {
-            m: self.ctx.read_f32(&self.m, 0, self.layout.total)?,
-            v: self.ctx.read_f32(&self.v, 0, self.layout.total)?,
-            step: self.step,
-        })
+    fn optim_state(&mut self) -> Task<'_, OptimState> {
+        Box::pin(self.read_optim_state())
     }
 
     fn load(&mut self, params: &Params, optim: Option<&OptimState>) -> Result<()> {

@@ -668,8 +668,8 @@ impl GpuContext {
     }
 
     /// Copy `size` bytes of `buffer` from `offset` to a host-readable buffer and read
-    /// them, blocking (native builds; see [`map_blocking`]).
-    pub fn read_buffer(
+    /// them once the device has done the copy.
+    pub async fn read(
         &self,
         buffer: &wgpu::Buffer,
         offset: u64,
@@ -679,43 +679,74 @@ impl GpuContext {
             return Ok(Vec::new());
         }
         let staging = self.copy_to_staging(buffer, offset, size);
-        map_blocking(self, &staging, size)
+        read_mapped(self, &staging, size).await
     }
 
-    /// `len` f32 values of `buffer` from element `offset`, blocking.
+    /// `len` f32 values of `buffer` from element `offset`.
+    pub async fn read_floats(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: usize,
+        len: usize,
+    ) -> Result<Vec<f32>, DeviceError> {
+        let bytes = self.read(buffer, offset as u64 * 4, len as u64 * 4).await?;
+        Ok(bytemuck::cast_slice::<u8, f32>(&bytes).to_vec())
+    }
+
+    /// [`GpuContext::read`], blocking: for the kernels' host-callable twins
+    /// (`gpu/twins.rs`) and the profiler, which tests and benches call directly.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_buffer(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> Result<Vec<u8>, DeviceError> {
+        crate::host::block_on(self.read(buffer, offset, size))
+    }
+
+    /// [`GpuContext::read_floats`], blocking (see [`GpuContext::read_buffer`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read_f32(
         &self,
         buffer: &wgpu::Buffer,
         offset: usize,
         len: usize,
     ) -> Result<Vec<f32>, DeviceError> {
-        let bytes = self.read_buffer(buffer, offset as u64 * 4, len as u64 * 4)?;
-        Ok(bytemuck::cast_slice::<u8, f32>(&bytes).to_vec())
+        crate::host::block_on(self.read_floats(buffer, offset, len))
     }
 
-    /// [`GpuContext::read_buffer`] as a future, for callers that must not block (a
-    /// browser): it completes once the device has done the copy.
-    pub fn read_buffer_async(
-        &self,
-        buffer: &wgpu::Buffer,
-        offset: u64,
-        size: u64,
-    ) -> impl Future<Output = Result<Vec<u8>, DeviceError>> {
-        let staging = (size > 0).then(|| self.copy_to_staging(buffer, offset, size));
-        let read = staging.map(|staging| {
-            let read = map_read(&staging, size);
-            async move {
-                let bytes = read.await;
-                drop(staging);
-                bytes
-            }
-        });
-        async move {
-            match read {
-                Some(read) => read.await,
-                None => Ok(Vec::new()),
-            }
+    /// Let the device make progress without waiting for it: natively a non-blocking
+    /// poll (it runs the callbacks of finished maps); in a browser one turn of the event
+    /// loop, during which the GPU's promises resolve and the page repaints.
+    pub async fn turn(&self) -> Result<(), DeviceError> {
+        #[cfg(target_arch = "wasm32")]
+        crate::host::yield_now().await;
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::Poll)
+            .map_err(|e| DeviceError::Gpu(format!("polling the GPU: {e}")))?;
+        Ok(())
+    }
+
+    /// Wait for the submission `index` (every submission: `None`): natively the device
+    /// is polled until it is done, which also runs its maps' callbacks; a browser cannot
+    /// block, so there it is one turn of the event loop and the caller asks again
+    /// (whether its readback has arrived) until it has.
+    pub async fn settle(&self, index: Option<wgpu::SubmissionIndex>) -> Result<(), DeviceError> {
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = index;
+            crate::host::yield_now().await;
         }
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: index,
+                timeout: None,
+            })
+            .map_err(|e| DeviceError::Gpu(format!("waiting for the GPU: {e}")))?;
+        Ok(())
     }
 
     fn copy_to_staging(&self, buffer: &wgpu::Buffer, offset: u64, size: u64) -> wgpu::Buffer {
@@ -760,50 +791,17 @@ pub fn map_read(
     }
 }
 
-/// A readback that never blocks a browser: there the map's promise is awaited (the page
-/// keeps running meanwhile); native builds block in [`map_blocking`], since nothing
-/// there drives wgpu's callbacks but a device poll.
-pub async fn map_awaited(
-    ctx: &GpuContext,
-    staging: &wgpu::Buffer,
-    size: u64,
-) -> Result<Vec<u8>, DeviceError> {
-    #[cfg(target_arch = "wasm32")]
-    {
-        let _ = ctx;
-        map_read(staging, size).await
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    map_blocking(ctx, staging, size)
-}
-
-/// Let the host's event loop run once: in a browser a macrotask turn (`setTimeout(0)`),
-/// during which the GPU's promises (map callbacks) resolve and the page repaints;
-/// natively a non-blocking device poll, which runs the map callbacks.
-pub async fn yield_to_host(ctx: &GpuContext) -> Result<(), DeviceError> {
-    #[cfg(target_arch = "wasm32")]
-    {
-        let _ = ctx;
-        crate::web::sleep_ms(0).await;
-        Ok(())
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    ctx.device
-        .poll(wgpu::PollType::Poll)
-        .map(|_| ())
-        .map_err(|e| DeviceError::Gpu(format!("polling the GPU: {e}")))
-}
-
-/// The one place native builds block on a readback: map `size` bytes of `staging`, wait
-/// for the device, take the bytes.
-pub fn map_blocking(
+/// Read `size` bytes of `staging` once the device has written them: start the map,
+/// [`GpuContext::settle`] the device (natively the map completes there; a browser
+/// resolves it on its own), then await it.
+pub async fn read_mapped(
     ctx: &GpuContext,
     staging: &wgpu::Buffer,
     size: u64,
 ) -> Result<Vec<u8>, DeviceError> {
     let read = map_read(staging, size);
-    ctx.wait()?;
-    pollster::block_on(read)
+    ctx.settle(None).await?;
+    read.await
 }
 
 #[cfg(test)]

@@ -8,12 +8,16 @@
 //! take about [`SUBMIT_TARGET`], and no more than about [`QUEUE_TARGET`] of work is
 //! queued — queued work cannot be taken back, so this bounds how long a stop (Ctrl-C)
 //! waits beyond the step under way, on every device.
+//!
+//! The same code runs natively and in a browser: its waits are [`GpuContext::settle`]
+//! and [`GpuContext::turn`], which block on the device natively and give the event loop
+//! a turn in a browser (where the GPU's callbacks run only then).
 
 use super::backend::TrainPlan;
-use super::context::{map_awaited, map_blocking, yield_to_host, DeviceError, GpuContext};
+use super::context::{read_mapped, DeviceError, GpuContext};
 use super::kernels::record;
 use crate::backend::{Diverged, StepProgress};
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, Result};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -127,7 +131,7 @@ fn gpu(what: &str, e: impl std::fmt::Display) -> anyhow::Error {
     DeviceError::Gpu(format!("{what}: {e}")).into()
 }
 
-/// The steps of one call to `train_epoch_from` on their way through the GPU.
+/// The steps of one call to `Backend::train_steps` on their way through the GPU.
 pub struct EpochRun<'a> {
     ctx: &'a GpuContext,
     plan: &'a TrainPlan,
@@ -176,10 +180,11 @@ impl<'a> EpochRun<'a> {
 
     /// Record the next chunk of steps with a copy of their statistics into a free
     /// readback buffer, submit it and start mapping that buffer.
-    pub fn submit_chunk(&mut self, progress: &mut dyn FnMut(&StepProgress)) -> Result<()> {
-        if self.readbacks.len() == READBACK_SLOTS {
+    async fn submit_chunk(&mut self, progress: &mut dyn FnMut(&StepProgress)) -> Result<()> {
+        while self.readbacks.len() == READBACK_SLOTS {
             // The oldest readback's buffer is needed again: wait for it.
-            self.ctx.wait()?;
+            self.ctx.settle(None).await?;
+            self.ctx.check()?;
             self.drain(progress)?;
         }
         let Some(slot) = (0..READBACK_SLOTS).find(|s| self.readbacks.iter().all(|r| r.slot != *s))
@@ -240,31 +245,42 @@ impl<'a> EpochRun<'a> {
         samples
     }
 
-    /// Wait for the oldest command buffer when the queue is full (measuring how long the
-    /// GPU took for it), else only poll; then surface any device error.
-    pub fn throttle(&mut self) -> Result<()> {
-        if self.in_flight.len() >= self.pacer.max_in_flight() {
-            let oldest = self.in_flight.pop_front().expect("in flight");
-            let wait = wgpu::PollType::Wait {
-                submission_index: Some(oldest.index),
-                timeout: None,
-            };
-            self.ctx
-                .device
-                .poll(wait)
-                .map_err(|e| gpu("waiting for the GPU", e))?;
-            // The GPU worked on it from its submission or from the previous one's end.
-            let began = self.last_done.max(oldest.submitted);
-            self.last_done = Instant::now();
-            self.pacer
-                .observe(oldest.steps, (self.last_done - began).as_secs_f64());
-        } else {
-            self.ctx
-                .device
-                .poll(wgpu::PollType::Poll)
-                .map_err(|e| gpu("polling the GPU", e))?;
+    /// Submit chunks until the call's steps are done or `stop` (asked with the call's
+    /// steps submitted) says so, keeping the queue short; then [`Self::finish`].
+    /// Returns the epoch's totals and this call's step count.
+    pub async fn run(
+        mut self,
+        progress: &mut dyn FnMut(&StepProgress),
+        stop: &dyn Fn(usize) -> bool,
+    ) -> Result<(StepProgress, usize)> {
+        while self.done < self.steps && !stop(self.done) {
+            self.submit_chunk(progress).await?;
+            self.throttle(progress).await?;
         }
-        self.ctx.check()?;
+        self.finish(progress).await
+    }
+
+    /// When the queue is full, wait until the oldest submission's statistics have come
+    /// back (its readback maps only after it ran), measuring its GPU time; else let the
+    /// device make progress without waiting. Either way report what has arrived and
+    /// surface any device error.
+    async fn throttle(&mut self, progress: &mut dyn FnMut(&StepProgress)) -> Result<()> {
+        if self.in_flight.len() < self.pacer.max_in_flight() {
+            self.ctx.turn().await?;
+            self.ctx.check()?;
+            return self.drain(progress);
+        }
+        let oldest = self.in_flight.pop_front().expect("in flight");
+        while self.reported.steps_done < oldest.end {
+            self.ctx.settle(Some(oldest.index.clone())).await?;
+            self.ctx.check()?;
+            self.drain(progress)?;
+        }
+        // The GPU worked on it from its submission or from the previous one's end.
+        let began = self.last_done.max(oldest.submitted);
+        self.last_done = Instant::now();
+        self.pacer
+            .observe(oldest.steps, (self.last_done - began).as_secs_f64());
         Ok(())
     }
 
@@ -299,22 +315,20 @@ impl<'a> EpochRun<'a> {
 
     /// After the last submission (or a stop): let every readback arrive and report it,
     /// then read every step's statistics once more, in one copy, for the exact totals.
-    /// Returns the epoch's totals and this call's step count.
-    pub fn finish(
+    async fn finish(
         mut self,
         progress: &mut dyn FnMut(&StepProgress),
     ) -> Result<(StepProgress, usize)> {
-        self.ctx.wait()?;
-        self.drain(progress)?;
-        ensure!(
-            self.readbacks.is_empty(),
-            "reading training progress back from the GPU did not finish"
-        );
+        while !self.readbacks.is_empty() {
+            self.ctx.settle(None).await?;
+            self.ctx.check()?;
+            self.drain(progress)?;
+        }
         let bytes = if self.done == 0 {
             Vec::new()
         } else {
             let size = self.copy_all_stats();
-            map_blocking(self.ctx, &self.plan.staging, size)?
+            read_mapped(self.ctx, &self.plan.staging, size).await?
         };
         self.totals(&bytes, progress)
     }
@@ -348,65 +362,5 @@ impl<'a> EpochRun<'a> {
         let totals = continued(self.base, call);
         progress(&totals);
         Ok((totals, self.done))
-    }
-}
-
-/// The same phases for a host that must never block (a browser, where
-/// `device.poll(Wait)` does nothing and wgpu's map callbacks run only when the page's
-/// code returns to the event loop): instead of waiting on the device, await the
-/// readbacks, yielding to the host between tries, so the page keeps drawing.
-impl EpochRun<'_> {
-    /// Submit chunks until the call's steps are done or `stop` (asked with the call's
-    /// steps submitted) says so, keeping the queue short; then [`Self::finish_async`].
-    pub async fn run_async(
-        mut self,
-        progress: &mut dyn FnMut(&StepProgress),
-        stop: &dyn Fn(usize) -> bool,
-    ) -> Result<(StepProgress, usize)> {
-        while self.done < self.steps && !stop(self.done) {
-            self.submit_chunk(progress)?;
-            self.throttle_async(progress).await?;
-        }
-        self.finish_async(progress).await
-    }
-
-    /// When the queue is full, yield until the oldest submission's statistics have come
-    /// back (its readback maps only after it ran), measuring its GPU time; else yield once.
-    async fn throttle_async(&mut self, progress: &mut dyn FnMut(&StepProgress)) -> Result<()> {
-        if self.in_flight.len() < self.pacer.max_in_flight() {
-            yield_to_host(self.ctx).await?;
-            self.ctx.check()?;
-            return self.drain(progress);
-        }
-        let oldest = self.in_flight.pop_front().expect("in flight");
-        while self.reported.steps_done < oldest.end {
-            yield_to_host(self.ctx).await?;
-            self.ctx.check()?;
-            self.drain(progress)?;
-        }
-        let began = self.last_done.max(oldest.submitted);
-        self.last_done = Instant::now();
-        self.pacer
-            .observe(oldest.steps, (self.last_done - began).as_secs_f64());
-        Ok(())
-    }
-
-    /// [`Self::finish`], awaiting the readbacks instead of blocking on the device.
-    pub async fn finish_async(
-        mut self,
-        progress: &mut dyn FnMut(&StepProgress),
-    ) -> Result<(StepProgress, usize)> {
-        while !self.readbacks.is_empty() {
-            yield_to_host(self.ctx).await?;
-            self.ctx.check()?;
-            self.drain(progress)?;
-        }
-        let bytes = if self.done == 0 {
-            Vec::new()
-        } else {
-            let size = self.copy_all_stats();
-            map_awaited(self.ctx, &self.plan.staging, size).await?
-        };
-        self.totals(&bytes, progress)
     }
 }

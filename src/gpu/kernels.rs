@@ -11,6 +11,7 @@ const GEMM_WGSL: &str = include_str!("../../shaders/gemm.wgsl");
 const BATCHNORM_WGSL: &str = include_str!("../../shaders/batchnorm.wgsl");
 const SOFTMAX_XENT_WGSL: &str = include_str!("../../shaders/softmax_xent.wgsl");
 const ADAM_WGSL: &str = include_str!("../../shaders/adam.wgsl");
+#[cfg(not(target_arch = "wasm32"))]
 pub(super) const RELU_WGSL: &str = include_str!("../../shaders/relu.wgsl");
 
 /// GEMM output tile edge (rows and columns per workgroup).

@@ -11,6 +11,7 @@ pub mod bindings;
 pub mod context;
 mod epoch;
 pub mod kernels;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod twins;
 
 pub use backend::GpuBackend;

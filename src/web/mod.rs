@@ -3,58 +3,21 @@
 //! the CPU path compiled to wasm where WebGPU is missing); the page calls
 //! `train_epoch` once per epoch and shows what comes back.
 
-mod trainer;
-
-use crate::backend::StepProgress;
+use crate::backend::{Backend, StepProgress};
 use crate::cpu::CpuBackend;
 use crate::data::Mnist;
 use crate::gpu::GpuBackend;
 use crate::model::{Hyper, Params};
 use crate::settings::{in_page_words, limit_note, PageForm, PageSettings};
-use crate::train::TrainOptions;
-use std::cell::{Cell, RefCell};
+use crate::train::{run_epoch, steps_per_epoch, EpochOutcome, FinishedEpoch, TrainOptions};
+use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use trainer::{EpochOutcome, Trainer};
 use wasm_bindgen::prelude::*;
 
 /// Set by the page's Stop button, read between chunks of steps.
 static STOP: AtomicBool = AtomicBool::new(false);
-
-/// A promise resolved after `ms` milliseconds by `setTimeout`: how Rust code yields to
-/// the browser's event loop (a resolved promise alone would stay in the microtask queue
-/// and let neither the GPU's callbacks nor a repaint run).
-pub async fn sleep_ms(ms: i32) {
-    let promise = js_sys::Promise::new(&mut |resolve, _| {
-        if let Some(window) = web_sys::window() {
-            let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
-        }
-    });
-    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
-}
-
-thread_local! {
-    /// When Rust code last gave the browser its turn.
-    static LAST_YIELD: Cell<Option<web_time::Instant>> = const { Cell::new(None) };
-}
-
-/// Work between two yields to the browser at most (then it repaints, runs its timers
-/// and Stop can be pressed).
-const YIELD_EVERY_MS: u128 = 20;
-
-/// Yield to the browser if [`YIELD_EVERY_MS`] passed since the last yield: the CPU path
-/// calls it between steps and between parts of its evaluation.
-pub async fn yield_if_due() {
-    let due = LAST_YIELD.with(|last| {
-        last.get()
-            .is_none_or(|at| at.elapsed().as_millis() >= YIELD_EVERY_MS)
-    });
-    if due {
-        sleep_ms(0).await;
-        LAST_YIELD.with(|last| last.set(Some(web_time::Instant::now())));
-    }
-}
 
 /// Ask the running epoch to stop after its chunk of steps under way.
 #[wasm_bindgen]
@@ -83,14 +46,16 @@ fn settings_from(form: &str) -> Result<PageSettings, JsValue> {
 }
 
 struct State {
-    trainer: Trainer,
+    trainer: Box<dyn Backend>,
     options: TrainOptions,
     /// Epochs finished, and the totals of the one stopped part-way (zero otherwise).
     epochs_done: usize,
     partial: StepProgress,
     test: crate::data::Dataset,
-    /// The model after the last epoch, for drawing and downloading.
+    /// The model after the last epoch, for drawing and downloading, and Adam's step
+    /// count then (the model file's `num_batches_tracked`).
     params: Option<Params>,
+    optimizer_steps: u64,
     predictions: Vec<u8>,
 }
 
@@ -138,16 +103,13 @@ impl Session {
             ..Hyper::default()
         };
         let test = data.test.clone();
-        let trainer = if settings.cpu {
-            Trainer::Cpu(Box::new(CpuBackend::new(params, hyper, data)))
+        let trainer: Box<dyn Backend> = if settings.cpu {
+            Box::new(CpuBackend::new(params, hyper, data))
         } else {
-            Trainer::Gpu(Box::new(
-                GpuBackend::new_browser(params, hyper, data)
-                    .await
-                    .map_err(js_error)?,
-            ))
+            let gpu = GpuBackend::new_browser(params, hyper, data).await;
+            Box::new(gpu.map_err(js_error)?)
         };
-        let device = trainer.name();
+        let device = device_line(trainer.as_ref(), settings.cpu);
         let options: TrainOptions = settings.options;
         let state = State {
             trainer,
@@ -156,6 +118,7 @@ impl Session {
             partial: StepProgress::default(),
             test,
             params: None,
+            optimizer_steps: 0,
             predictions: Vec::new(),
         };
         Ok(Session {
@@ -210,10 +173,9 @@ impl Session {
                 steps_total,
                 ..s.partial
             };
-            let stop = || STOP.load(Ordering::SeqCst);
-            let outcome = s
-                .trainer
-                .epoch(&s.options, s.epochs_done, &base, &mut report, &stop)
+            let stop = |_| STOP.load(Ordering::SeqCst);
+            let (epoch, options) = (s.epochs_done, &s.options);
+            let outcome = run_epoch(s.trainer.as_mut(), options, epoch, base, &mut report, &stop)
                 .await
                 .map_err(js_error)?;
             match outcome {
@@ -221,11 +183,17 @@ impl Session {
                     s.partial = totals;
                     Ok(JsValue::NULL)
                 }
-                EpochOutcome::Finished(record, eval) => {
+                EpochOutcome::Finished(finished) => {
+                    let FinishedEpoch {
+                        record,
+                        eval,
+                        model,
+                    } = *finished;
                     s.epochs_done += 1;
                     s.partial = StepProgress::default();
                     s.predictions = eval.predictions;
-                    s.params = Some(s.trainer.params().await.map_err(js_error)?);
+                    s.optimizer_steps = model.optim.step;
+                    s.params = Some(model.params);
                     Ok(serde_json::to_string(&record).map_err(js_error)?.into())
                 }
             }
@@ -250,41 +218,37 @@ impl Session {
 
     /// The trained model as `mnist-gpu train` writes `model.safetensors`.
     pub fn model_file(&self) -> Result<Vec<u8>, JsValue> {
-        let mut s = self.state_mut()?;
-        let steps = s.trainer.optimizer_steps().map_err(js_error)?;
+        let s = self.state()?;
         let params = s
             .params
             .as_ref()
             .ok_or_else(|| js_error("no epoch has finished yet"))?;
-        crate::modelfile::model_bytes(params, steps, Path::new("model.safetensors"))
+        crate::modelfile::model_bytes(params, s.optimizer_steps, Path::new("model.safetensors"))
             .map_err(js_error)
     }
 
     /// Replace the model by a `model.safetensors` made by the CLI and evaluate it on the
-    /// page's test set (on the CPU, as `mnist-gpu eval --cpu-fallback`): JSON
+    /// page's test set (on the CPU, as `mnist-gpu eval --cpu-fallback`): resolves to JSON
     /// `{"accuracy": …, "samples": …}`; the predictions replace the grid's. A model whose
     /// outputs overflow is refused with `eval`'s check; `name` names it in the refusal.
-    pub fn load_model(&self, bytes: Vec<u8>, name: String) -> Result<String, JsValue> {
-        let params = crate::modelfile::parse_model(&bytes).map_err(js_error)?;
-        let mut s = self.state_mut()?;
-        // The test set alone, as `eval` loads it.
-        let train = crate::data::Dataset {
-            images: Vec::new(),
-            labels: Vec::new(),
-            rows: s.test.rows,
-            cols: s.test.cols,
-        };
-        let data = Mnist {
-            train,
-            test: s.test.clone(),
-        };
-        let mut cpu = CpuBackend::new(params.clone(), Hyper::default(), data);
-        let eval = crate::backend::Backend::evaluate(&mut cpu).map_err(js_error)?;
-        crate::app::check_finite_eval_loss(&eval, &name).map_err(js_error)?;
-        let samples = eval.predictions.len();
-        s.predictions = eval.predictions;
-        s.params = Some(params);
-        Ok(serde_json::json!({ "accuracy": eval.accuracy, "samples": samples }).to_string())
+    #[allow(clippy::await_holding_refcell_ref)]
+    pub fn load_model(&self, bytes: Vec<u8>, name: String) -> js_sys::Promise {
+        let state = self.state.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let params = crate::modelfile::parse_model(&bytes).map_err(js_error)?;
+            // Held across the awaits, as in `train_epoch`.
+            let mut s = state
+                .try_borrow_mut()
+                .map_err(|_| js_error("training is under way"))?;
+            let mut cpu = CpuBackend::new(params.clone(), Hyper::default(), test_only(&s.test));
+            let eval = cpu.evaluate().await.map_err(js_error)?;
+            crate::train::check_finite_eval_loss(&eval, &name).map_err(js_error)?;
+            let samples = eval.predictions.len();
+            s.predictions = eval.predictions;
+            s.params = Some(params);
+            let json = serde_json::json!({ "accuracy": eval.accuracy, "samples": samples });
+            Ok(json.to_string().into())
+        })
     }
 
     /// Top-3 (digit, probability) of a drawing given as PNG bytes, prepared exactly as
@@ -306,16 +270,40 @@ impl Session {
             .try_borrow()
             .map_err(|_| js_error("training is under way"))
     }
-
-    fn state_mut(&self) -> Result<std::cell::RefMut<'_, State>, JsValue> {
-        self.state
-            .try_borrow_mut()
-            .map_err(|_| js_error("training is under way"))
-    }
 }
 
 impl State {
     fn trainer_steps(&self) -> usize {
-        self.trainer.train_count().div_ceil(self.options.batch_size)
+        steps_per_epoch(self.trainer.train_count(), self.options.batch_size)
     }
+}
+
+/// The data `eval` loads: the test set alone.
+fn test_only(test: &crate::data::Dataset) -> Mnist {
+    let train = crate::data::Dataset {
+        images: Vec::new(),
+        labels: Vec::new(),
+        rows: test.rows,
+        cols: test.cols,
+    };
+    Mnist {
+        train,
+        test: test.clone(),
+    }
+}
+
+/// The device line: `<adapter> WebGPU` (browsers may hide the adapter's name), or the
+/// CPU path's own name.
+fn device_line(trainer: &dyn Backend, cpu: bool) -> String {
+    if cpu {
+        return trainer.name();
+    }
+    let described = trainer.name();
+    let adapter = described.split(" — ").next().unwrap_or("").trim();
+    let adapter = if adapter.is_empty() {
+        "browser adapter"
+    } else {
+        adapter
+    };
+    format!("{adapter} WebGPU")
 }
