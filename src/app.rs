@@ -12,35 +12,42 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-/// Which hardware trains.
+/// The hardware the flags ask for; [`resolve_device`] turns it into a [`Device`].
 #[derive(Clone, Debug)]
-pub enum Device {
+pub enum DeviceRequest {
     /// No device flag: a hardware GPU if wgpu finds one, else the CPU.
     Auto,
     Cpu,
     Gpu(DeviceChoice),
 }
 
-impl Device {
-    /// The device for these flags: `--cpu-fallback`, else an explicit `--backend` /
+/// Which hardware trains: a resolved [`DeviceRequest`].
+#[derive(Clone, Debug)]
+pub enum Device {
+    Cpu,
+    Gpu(DeviceChoice),
+}
+
+impl DeviceRequest {
+    /// The request these flags make: `--cpu-fallback`, else an explicit `--backend` /
     /// `--adapter` (or wgpu's `WGPU_BACKEND` / `WGPU_ADAPTER_NAME`), else automatic.
-    pub fn from_flags(cpu_fallback: bool, choice: DeviceChoice) -> Device {
+    pub fn from_flags(cpu_fallback: bool, choice: DeviceChoice) -> DeviceRequest {
         let env_set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
         if cpu_fallback {
-            Device::Cpu
+            DeviceRequest::Cpu
         } else if choice.backend.is_some()
             || choice.adapter.is_some()
             || env_set("WGPU_BACKEND")
             || env_set("WGPU_ADAPTER_NAME")
         {
-            Device::Gpu(choice)
+            DeviceRequest::Gpu(choice)
         } else {
-            Device::Auto
+            DeviceRequest::Auto
         }
     }
 }
 
-/// What `Device::Auto` means on this machine: a hardware GPU, else the CPU (with a note
+/// What [`DeviceRequest::Auto`] means on this machine: a hardware GPU, else the CPU (with a note
 /// that says what will run there: `"training"`, `"evaluating"`).
 fn resolve_auto(activity: &str) -> Device {
     match gpu::list_adapters(&DeviceChoice::default()) {
@@ -95,37 +102,36 @@ fn limit_note(limit: Option<usize>, kept: usize, flag: &str) {
     }
 }
 
-/// The device `device` means here, checked before anything slow is loaded: `--backend`
+/// The device `request` means here, checked before anything slow is loaded: `--backend`
 /// and `--adapter` must name an adapter that exists. Returns it with its name for the
 /// checkpoint (`cpu`, or the adapter and its backend). `activity` (`"training"`,
 /// `"evaluating"`) is what the note about falling back to the CPU names.
-pub fn resolve_device(device: &Device, activity: &str) -> Result<(Device, String)> {
-    let resolved = match device {
-        Device::Auto => resolve_auto(activity),
-        other => other.clone(),
+pub fn resolve_device(request: &DeviceRequest, activity: &str) -> Result<(Device, String)> {
+    let device = match request {
+        DeviceRequest::Auto => resolve_auto(activity),
+        DeviceRequest::Cpu => Device::Cpu,
+        DeviceRequest::Gpu(choice) => Device::Gpu(choice.clone()),
     };
-    let label = match &resolved {
+    let label = match &device {
         Device::Gpu(choice) => {
             let adapter = gpu::context::chosen_adapter(choice)?;
             format!("{} ({})", adapter.name, adapter.backend)
         }
-        Device::Cpu | Device::Auto => "cpu".to_string(),
+        Device::Cpu => "cpu".to_string(),
     };
-    Ok((resolved, label))
+    Ok((device, label))
 }
 
-/// Build the backend for a device [`resolve_device`] returned: the CPU reference or a
-/// wgpu adapter.
+/// Build the backend for `device`: the CPU reference or a wgpu adapter.
 pub fn make_backend(
     device: &Device,
     params: Params,
     hyper: Hyper,
     data: Mnist,
 ) -> Result<Box<dyn Backend>> {
-    debug_assert!(!matches!(device, Device::Auto), "resolve the device first");
     Ok(match device {
         Device::Gpu(choice) => Box::new(GpuBackend::new(params, hyper, data, choice)?),
-        Device::Cpu | Device::Auto => Box::new(CpuBackend::new(params, hyper, data)),
+        Device::Cpu => Box::new(CpuBackend::new(params, hyper, data)),
     })
 }
 
@@ -134,11 +140,11 @@ pub fn run_eval(
     model: &Path,
     data_dir: &Path,
     test_limit: Option<usize>,
-    device: &Device,
+    request: &DeviceRequest,
     confusion_png: Option<&Path>,
 ) -> Result<f64> {
     let params = modelfile::load_model(model)?;
-    let (device, _) = resolve_device(device, "evaluating")?;
+    let (device, _) = resolve_device(request, "evaluating")?;
     if test_limit == Some(0) {
         bail!("--test-limit must be at least 1");
     }

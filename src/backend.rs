@@ -7,6 +7,7 @@
 
 use crate::host::Task;
 use crate::model::{OptimState, Params};
+use serde::{Deserialize, Serialize};
 
 /// Running totals inside an epoch, for the progress line.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -70,6 +71,19 @@ impl EpochEnd {
             EpochEnd::Stopped(totals) => totals.epoch_stats(),
         }
     }
+}
+
+/// One line of `--metrics`: what Keras' `History` holds, plus timing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    /// Wall time of the training pass (evaluation excluded).
+    pub seconds: f64,
+    pub samples_per_second: f64,
 }
 
 /// Test-set evaluation with the current parameters and moving statistics (all zero and

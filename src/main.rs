@@ -2,13 +2,13 @@
 //! message and a non-zero exit code.
 
 use clap::{Args, Parser, Subcommand};
-use mnist_gpu::app::{self, Device, PredictOutcome};
+use mnist_gpu::app::{self, DeviceRequest, PredictOutcome};
 use mnist_gpu::gpu::DeviceChoice;
 use mnist_gpu::interrupt::{self, Interrupted};
 use mnist_gpu::model::{Hyper, ModelConfig};
 use mnist_gpu::run::{self, TrainSettings};
+use mnist_gpu::settings::TrainOptions;
 use mnist_gpu::settings::{self, learning_rate, positive};
-use mnist_gpu::train::TrainOptions;
 use mnist_gpu::{errln, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -175,8 +175,8 @@ impl DeviceArgs {
     }
 }
 
-fn device(cpu_fallback: bool, args: &DeviceArgs) -> Device {
-    Device::from_flags(cpu_fallback, args.choice())
+fn device(cpu_fallback: bool, args: &DeviceArgs) -> DeviceRequest {
+    DeviceRequest::from_flags(cpu_fallback, args.choice())
 }
 
 impl TrainArgs {

@@ -10,9 +10,9 @@
 //!   that holds another run's metrics only with `--overwrite`. A resumed run recognises
 //!   its own file by content: the epochs it holds are those of the checkpoint.
 
+use crate::backend::EpochRecord;
 use crate::fsutil;
 use crate::rundir::{LOCK, RUN_FILES};
-use crate::train::EpochRecord;
 use anyhow::{bail, Result};
 use std::fs;
 use std::path::{Path, PathBuf};

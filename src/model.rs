@@ -121,6 +121,16 @@ impl Default for Hyper {
     }
 }
 
+impl Hyper {
+    /// Adam's step size with bias correction for update number `step` (1-based):
+    /// `lr · sqrt(1 − β2^t) / (1 − β1^t)`. The CPU computes it per step; the GPU trainer
+    /// uploads an epoch's worth at its start.
+    pub fn adam_alpha(&self, step: u64) -> f32 {
+        let t = step as f32;
+        self.lr * (1.0 - self.beta2.powf(t)).sqrt() / (1.0 - self.beta1.powf(t))
+    }
+}
+
 /// Where each trainable tensor lives inside the flat parameter vector.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamLayout {

@@ -12,11 +12,11 @@
 //! The architecture travels in the file's metadata (`hidden`, `raw_pixels`, …). A
 //! checkpoint adds `adam.m` and `adam.v` (the flat parameter layout) and the run's state.
 
+use crate::backend::EpochRecord;
 use crate::backend::StepProgress;
 use crate::fsutil::{open_regular, write_atomic, InputFileError};
 use crate::model::{ModelConfig, OptimState, ParamLayout, Params, INPUT, MAX_PARAMS};
 use crate::settings;
-use crate::train::EpochRecord;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::borrow::Cow;

@@ -17,8 +17,8 @@
 //! between this epoch's first report and its latest, and is `?` until there are two. The line is cleared before the
 //! epoch's closing line, on interrupt, on error, and when the console is dropped.
 
-use crate::backend::StepProgress;
-use crate::train::{EpochRecord, Observer, Snapshot};
+use crate::backend::{EpochRecord, StepProgress};
+use crate::train::{Observer, Snapshot};
 use anyhow::Result;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;

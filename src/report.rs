@@ -10,8 +10,8 @@
 //!
 //! The output format follows the file extension: `.png` (recommended) or `.jpg`/`.jpeg`.
 
+use crate::backend::EpochRecord;
 use crate::data::Dataset;
-use crate::train::EpochRecord;
 use ab_glyph::{point, Font, FontRef, PxScale, ScaleFont};
 use image::{ImageFormat, Rgb, RgbImage};
 use plotters::style::{BLACK as BLACK_PLOT, WHITE as WHITE_PLOT};

@@ -5,8 +5,8 @@
 //! Every input is validated before the run directory is touched, so a run that fails
 //! on bad input leaves nothing behind and changes no earlier file.
 
-use crate::app::{self, Device};
-use crate::backend::{Diverged, NonFinite, StepProgress};
+use crate::app::{self, DeviceRequest};
+use crate::backend::{Diverged, EpochRecord, NonFinite, StepProgress};
 use crate::cpu;
 use crate::data::{self, Mnist};
 use crate::fsutil::write_atomic;
@@ -17,9 +17,8 @@ use crate::modelfile::{self, DataDigest, RunSettings, RunState};
 use crate::progress::Console;
 use crate::report;
 use crate::rundir::{Claim, RunDir, CHECKPOINT, CURVES, METRICS, MODEL, PREDICTIONS};
-use crate::train::{
-    train_from, EpochRecord, Observer, Snapshot, StartAt, Stopped, TrainOptions, TrainOutcome,
-};
+use crate::settings::TrainOptions;
+use crate::train::{train_from, Observer, Snapshot, StartAt, Stopped, TrainOutcome};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -27,7 +26,7 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug)]
 pub struct TrainSettings {
     pub data_dir: PathBuf,
-    pub device: Device,
+    pub device: DeviceRequest,
     pub model: ModelConfig,
     pub hyper: Hyper,
     pub options: TrainOptions,
@@ -62,7 +61,7 @@ pub fn resume_settings(
     epochs: Option<usize>,
     data_dir: Option<PathBuf>,
     metrics: Option<PathBuf>,
-    device: Device,
+    device: DeviceRequest,
 ) -> Result<TrainSettings> {
     let path = dir.join(CHECKPOINT);
     let (params, state) = modelfile::load_checkpoint(&path)?;
@@ -317,7 +316,7 @@ fn train_in(
     run_dir: &RunDir,
     params: Params,
     resumed: Option<RunState>,
-    device: Device,
+    device: app::Device,
     run: RunSettings,
     data: Mnist,
 ) -> Result<TrainOutcome> {
@@ -579,7 +578,7 @@ struct WithNote {
 }
 
 /// The command that continues the run in `dir` on the same device.
-fn resume_command(dir: &Path, device: &Device) -> String {
+fn resume_command(dir: &Path, device: &DeviceRequest) -> String {
     let quote = |text: &str| {
         let plain = text
             .chars()
@@ -595,8 +594,8 @@ fn resume_command(dir: &Path, device: &Device) -> String {
         quote(&dir.display().to_string())
     );
     match device {
-        Device::Cpu => command.push_str(" --cpu-fallback"),
-        Device::Gpu(choice) => {
+        DeviceRequest::Cpu => command.push_str(" --cpu-fallback"),
+        DeviceRequest::Gpu(choice) => {
             for (flag, value) in [
                 ("--backend", &choice.backend),
                 ("--adapter", &choice.adapter),
@@ -606,7 +605,7 @@ fn resume_command(dir: &Path, device: &Device) -> String {
                 }
             }
         }
-        Device::Auto => {}
+        DeviceRequest::Auto => {}
     }
     command
 }

@@ -4,8 +4,27 @@
 //! natively too, so the page's rules are tested without a browser.
 
 use crate::model::{parse_hidden, ModelConfig};
-use crate::train::TrainOptions;
 use serde::Deserialize;
+
+/// How an epoch is cut into steps and how many epochs run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub shuffle: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            epochs: 10,
+            batch_size: 32,
+            seed: 42,
+            shuffle: true,
+        }
+    }
+}
 
 /// A whole number of at least 1 (`--epochs`, `--batch-size`, the limits).
 pub fn positive(text: &str) -> Result<usize, String> {

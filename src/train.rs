@@ -1,45 +1,15 @@
 //! The one training loop, over any [`Backend`]: epochs, shuffling, metrics, progress.
 
-use crate::backend::{Backend, Diverged, EpochEnd, EpochStats, EvalStats, NonFinite, StepProgress};
+use crate::backend::{
+    Backend, Diverged, EpochEnd, EpochRecord, EpochStats, EvalStats, NonFinite, StepProgress,
+};
 use crate::model::{OptimState, Params, CLASSES};
+use crate::settings::TrainOptions;
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 use web_time::Instant;
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct TrainOptions {
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub seed: u64,
-    pub shuffle: bool,
-}
-
-impl Default for TrainOptions {
-    fn default() -> Self {
-        TrainOptions {
-            epochs: 10,
-            batch_size: 32,
-            seed: 42,
-            shuffle: true,
-        }
-    }
-}
-
-/// One line of `--metrics`: what Keras' `History` holds, plus timing.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    pub epoch: usize,
-    pub loss: f64,
-    pub accuracy: f64,
-    pub val_loss: f64,
-    pub val_accuracy: f64,
-    /// Wall time of the training pass (evaluation excluded).
-    pub seconds: f64,
-    pub samples_per_second: f64,
-}
 
 /// The model as an epoch left it: parameters (checked finite) and Adam's state.
 #[derive(Clone, Debug, PartialEq)]

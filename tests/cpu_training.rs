@@ -7,7 +7,8 @@ use mnist_gpu::cpu::CpuBackend;
 use mnist_gpu::data::{self, Mnist};
 use mnist_gpu::host::block_on;
 use mnist_gpu::model::{Hyper, ModelConfig, Params};
-use mnist_gpu::train::{self, epoch_order, Silent, TrainOptions};
+use mnist_gpu::settings::TrainOptions;
+use mnist_gpu::train::{self, epoch_order, Silent};
 
 fn subset(train: usize, test: usize) -> Mnist {
     let m = Mnist::load(&data::builtin_dir()).unwrap();

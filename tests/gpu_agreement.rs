@@ -15,7 +15,8 @@ use mnist_gpu::gpu::kernels::Kernels;
 use mnist_gpu::gpu::{list_adapters, DeviceChoice, DeviceError, GpuBackend};
 use mnist_gpu::host::block_on;
 use mnist_gpu::model::{Hyper, ModelConfig, Params, INPUT};
-use mnist_gpu::train::{epoch_order, run_epoch, steps_per_epoch, EpochOutcome, TrainOptions};
+use mnist_gpu::settings::TrainOptions;
+use mnist_gpu::train::{epoch_order, run_epoch, steps_per_epoch, EpochOutcome};
 use rand::Rng;
 use std::time::Instant;
 
@@ -352,7 +353,7 @@ fn adam_matches_cpu() {
             let g = uniform_vec(&mut r, n, -0.1, 0.1);
             let m0 = uniform_vec(&mut r, n, -0.01, 0.01);
             let v0 = uniform_vec(&mut r, n, 0.0, 1e-4);
-            let alpha = adam::adam_alpha(&hyper, 3);
+            let alpha = hyper.adam_alpha(3);
             let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
             adam::adam_update(&mut p, &g, &mut m, &mut v, alpha, &hyper);
             let (mut gp, mut gm, mut gv) = (p0, m0, v0);

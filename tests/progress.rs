@@ -4,11 +4,12 @@
 
 mod common;
 
+use mnist_gpu::backend::EpochRecord;
 use mnist_gpu::backend::StepProgress;
 use mnist_gpu::progress::{
     bar, eta, format_closing, format_duration, format_live, format_per_step, Console, BAR_CELLS,
 };
-use mnist_gpu::train::{EpochRecord, Observer};
+use mnist_gpu::train::Observer;
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

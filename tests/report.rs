@@ -5,6 +5,7 @@
 mod common;
 
 use image::RgbImage;
+use mnist_gpu::backend::EpochRecord;
 use mnist_gpu::data::Dataset;
 use mnist_gpu::report::{
     confusion_matrix, digit_origin, digit_shade, draw_confusion, draw_curves, draw_predictions,
@@ -12,7 +13,6 @@ use mnist_gpu::report::{
     ReportError, CONFUSION_SIZE, CURVES_SIZE, DIGIT_PX, DIGIT_SIZE, LABEL_HEIGHT, TILE_HEIGHT,
     TILE_SCALE, TILE_WIDTH,
 };
-use mnist_gpu::train::EpochRecord;
 use std::path::Path;
 use std::sync::OnceLock;
 

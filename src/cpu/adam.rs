@@ -2,18 +2,11 @@
 
 use crate::model::Hyper;
 
-/// The step size with bias correction for update number `step` (1-based):
-/// `lr · sqrt(1 − β2^t) / (1 − β1^t)`.
-pub fn adam_alpha(hyper: &Hyper, step: u64) -> f32 {
-    let t = step as f32;
-    hyper.lr * (1.0 - hyper.beta2.powf(t)).sqrt() / (1.0 - hyper.beta1.powf(t))
-}
-
 /// Parameters per task below which the update is not split further over the rayon pool.
 const PARALLEL_CHUNK: usize = 1 << 15;
 
 /// One update of every parameter: `m += (g − m)(1 − β1)`, `v += (g² − v)(1 − β2)`,
-/// `p −= alpha · m / (sqrt(v) + ε)`, with `alpha` from [`adam_alpha`]. Elementwise, so
+/// `p −= alpha · m / (sqrt(v) + ε)`, with `alpha` from [`Hyper::adam_alpha`]. Elementwise, so
 /// splitting it over threads changes no result.
 pub fn adam_update(
     params: &mut [f32],
@@ -82,7 +75,7 @@ mod tests {
             &[0.5, -3.0, 0.0],
             &mut m,
             &mut v,
-            adam_alpha(&hyper, 1),
+            hyper.adam_alpha(1),
             &hyper,
         );
         assert!((p[0] - 0.999).abs() < 1e-6, "{}", p[0]);
@@ -99,22 +92,8 @@ mod tests {
         };
         let mut p = [0.0f32];
         let (mut m, mut v) = ([0.0f32], [0.0f32]);
-        adam_update(
-            &mut p,
-            &[1.0],
-            &mut m,
-            &mut v,
-            adam_alpha(&hyper, 1),
-            &hyper,
-        );
-        adam_update(
-            &mut p,
-            &[2.0],
-            &mut m,
-            &mut v,
-            adam_alpha(&hyper, 2),
-            &hyper,
-        );
+        adam_update(&mut p, &[1.0], &mut m, &mut v, hyper.adam_alpha(1), &hyper);
+        adam_update(&mut p, &[2.0], &mut m, &mut v, hyper.adam_alpha(2), &hyper);
         // Step 2 by hand in f64: m = 0.1·0.9 + 0.2 = 0.29, v = 0.001·0.999 + 0.004 = 0.004999,
         // alpha = 0.1·sqrt(1−0.999²)/(1−0.81).
         let m2 = 0.29f64;

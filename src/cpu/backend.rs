@@ -3,7 +3,7 @@
 //! on sparse data (MNIST) it trains the first layer through [`super::sparse`] instead,
 //! which computes the same step from the nonzero pixels only.
 
-use super::adam::{adam_alpha, adam_update};
+use super::adam::adam_update;
 use super::batchnorm::{batchnorm_batch_update, batchnorm_dense_backward, batchnorm_forward_train};
 use super::forward::{dense_forward, forward_eval};
 use super::gather_scaled;
@@ -216,7 +216,7 @@ impl CpuBackend {
         self.clock.skip();
         let (loss_sum, correct) = self.forward_backward(indices);
         self.optim.step += 1;
-        let alpha = adam_alpha(&self.hyper, self.optim.step);
+        let alpha = self.hyper.adam_alpha(self.optim.step);
         adam_update(
             &mut self.params.trainable,
             &self.grads,

@@ -20,13 +20,12 @@ use super::bindings::{
     SoftmaxXentBindings,
 };
 use super::context::{read_mapped, DeviceChoice, DeviceError, GpuContext, Needs};
-use super::epoch::{sum_stats, EpochRun, READBACK_SLOTS, STEPS_PER_SUBMIT};
+use super::epoch::{sum_stats, EpochRun, TrainPlan, READBACK_SLOTS, STEPS_PER_SUBMIT};
 use super::kernels::{
     elementwise_groups, pack_pixels, record, storage_init, storage_zeroed, uniform, AdamUniform,
     BnUniform, Dispatch, GemmUniform, Kernels, SoftmaxUniform,
 };
 use crate::backend::{Backend, EpochEnd, EvalStats, StepProgress};
-use crate::cpu::adam::adam_alpha;
 use crate::data::{Dataset, Mnist};
 use crate::host::Task;
 use crate::model::{Hyper, ModelConfig, OptimState, ParamLayout, Params, CLASSES, INPUT};
@@ -43,22 +42,6 @@ struct Workspace {
     acts: Vec<wgpu::Buffer>,
     /// `deltas[l]`: gradient of the mean loss w.r.t. `acts[l]`.
     deltas: Vec<wgpu::Buffer>,
-}
-
-/// Buffers and recorded dispatch lists for one (batch size, epoch length).
-pub(super) struct TrainPlan {
-    batch: usize,
-    len: usize,
-    order: wgpu::Buffer,
-    alphas: wgpu::Buffer,
-    /// Every step's (loss, correct) of the epoch, and its host-readable copy.
-    pub(super) stats: wgpu::Buffer,
-    pub(super) staging: wgpu::Buffer,
-    /// One submission's stats each, read back for the progress line.
-    pub(super) readbacks: Vec<wgpu::Buffer>,
-    /// Dispatches of a full step, and of the last partial step when there is one.
-    pub(super) full: Vec<Dispatch>,
-    pub(super) last: Option<Vec<Dispatch>>,
 }
 
 struct EvalPlan {
@@ -498,7 +481,7 @@ impl GpuBackend {
         self.ensure_train_plan(batch_size, order.len())?;
         let steps = order.len().div_ceil(batch_size) as u64;
         let alphas: Vec<f32> = (1..=steps)
-            .map(|s| adam_alpha(&self.hyper, self.step + s))
+            .map(|s| self.hyper.adam_alpha(self.step + s))
             .collect();
         let plan = self.train_plan.as_ref().expect("plan");
         let queue = &self.ctx.queue;

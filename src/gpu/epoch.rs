@@ -13,9 +13,8 @@
 //! and [`GpuContext::turn`], which block on the device natively and give the event loop
 //! a turn in a browser (where the GPU's callbacks run only then).
 
-use super::backend::TrainPlan;
 use super::context::{read_mapped, DeviceError, GpuContext};
-use super::kernels::record;
+use super::kernels::{record, Dispatch};
 use crate::backend::{Diverged, StepProgress};
 use anyhow::{bail, Result};
 use std::collections::VecDeque;
@@ -23,6 +22,22 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use web_time::Instant;
+
+/// Buffers and recorded dispatch lists for one (batch size, epoch length).
+pub struct TrainPlan {
+    pub(super) batch: usize,
+    pub(super) len: usize,
+    pub(super) order: wgpu::Buffer,
+    pub(super) alphas: wgpu::Buffer,
+    /// Every step's (loss, correct) of the epoch, and its host-readable copy.
+    pub(super) stats: wgpu::Buffer,
+    pub(super) staging: wgpu::Buffer,
+    /// One submission's stats each, read back for the progress line.
+    pub(super) readbacks: Vec<wgpu::Buffer>,
+    /// Dispatches of a full step, and of the last partial step when there is one.
+    pub(super) full: Vec<Dispatch>,
+    pub(super) last: Option<Vec<Dispatch>>,
+}
 
 /// Most training steps recorded into one command buffer.
 pub const STEPS_PER_SUBMIT: usize = 256;
