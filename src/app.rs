@@ -114,7 +114,7 @@ pub fn resolve_device(request: &DeviceRequest, activity: &str) -> Result<(Device
     };
     let label = match &device {
         Device::Gpu(choice) => {
-            let adapter = gpu::context::chosen_adapter(choice)?;
+            let adapter = gpu::adapters::chosen_adapter(choice)?;
             format!("{} ({})", adapter.name, adapter.backend)
         }
         Device::Cpu => "cpu".to_string(),

@@ -163,7 +163,7 @@ fn adapter_numbers_do_not_change_with_the_backend_filter() {
                 "`adapters --backend {backend}` shows {line:?}, which `adapters` does not:\n{every}"
             );
             let number = &line[1..line.find(']').unwrap()];
-            let chosen = mnist_gpu::gpu::context::chosen_adapter(&mnist_gpu::gpu::DeviceChoice {
+            let chosen = mnist_gpu::gpu::adapters::chosen_adapter(&mnist_gpu::gpu::DeviceChoice {
                 backend: Some(backend.clone()),
                 adapter: Some(number.to_string()),
             })

@@ -52,7 +52,7 @@ const CPU: &[&str] = &[
 
 /// Submodules of `gpu/`, lowest first.
 const GPU: &[&str] = &[
-    "context", "bindings", "kernels", "twins", "epoch", "backend",
+    "error", "adapters", "context", "bindings", "kernels", "twins", "epoch", "backend",
 ];
 
 /// Where a source file sits: its module path below `src/` (`["gpu", "epoch"]`).

@@ -15,12 +15,14 @@
 #[cfg(not(target_arch = "wasm32"))]
 mod profile;
 
+use super::adapters::DeviceChoice;
 use super::bindings::{
     AdamBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, GemmBindings,
     SoftmaxXentBindings,
 };
-use super::context::{read_mapped, DeviceChoice, DeviceError, GpuContext, Needs};
+use super::context::{read_mapped, GpuContext, Needs};
 use super::epoch::{sum_stats, EpochRun, TrainPlan, READBACK_SLOTS, STEPS_PER_SUBMIT};
+use super::error::DeviceError;
 use super::kernels::{
     elementwise_groups, pack_pixels, record, storage_init, storage_zeroed, uniform, AdamUniform,
     BnUniform, Dispatch, GemmUniform, Kernels, SoftmaxUniform,

@@ -13,7 +13,8 @@
 //! and [`GpuContext::turn`], which block on the device natively and give the event loop
 //! a turn in a browser (where the GPU's callbacks run only then).
 
-use super::context::{read_mapped, DeviceError, GpuContext};
+use super::context::{read_mapped, GpuContext};
+use super::error::DeviceError;
 use super::kernels::{record, Dispatch};
 use crate::backend::{Diverged, StepProgress};
 use anyhow::{bail, Result};

@@ -3,7 +3,8 @@
 //! kernel, for tests and benches, are in [`super::twins`].
 
 pub use super::bindings::*;
-use super::context::{DeviceError, GpuContext};
+use super::context::GpuContext;
+use super::error::DeviceError;
 use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
@@ -254,7 +255,7 @@ pub struct Kernels {
     pub batchnorm_dense_backward_per_feature: Kernel,
     pub softmax_xent: Kernel,
     pub adam: Kernel,
-    /// The adapter is a software rasteriser ([`super::context::is_software`]).
+    /// The adapter is a software rasteriser ([`super::adapters::is_software`]).
     cpu_adapter: bool,
 }
 
@@ -367,7 +368,7 @@ impl Kernels {
             )?,
             softmax_xent: kernel::<SoftmaxXentBindings>(ctx, &sx, "softmax_xent", "softmax_xent")?,
             adam: kernel::<AdamBindings>(ctx, &adam, "adam", "adam")?,
-            cpu_adapter: super::context::is_software(&ctx.info),
+            cpu_adapter: super::adapters::is_software(&ctx.info),
         })
     }
 

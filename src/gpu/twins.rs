@@ -4,7 +4,8 @@
 //! time them; training never calls these.
 
 use super::bindings::*;
-use super::context::{DeviceError, GpuContext};
+use super::context::GpuContext;
+use super::error::DeviceError;
 use super::kernels::{
     elementwise_groups, kernel, module, pack_pixels, record, storage_init, storage_zeroed, uniform,
     AdamUniform, BnUniform, Dispatch, GemmUniform, Kernels, ReluUniform, SoftmaxUniform, RELU_WGSL,

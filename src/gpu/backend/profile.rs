@@ -3,7 +3,7 @@
 //! timestamp queries. Training never calls these; they live here, beside the trainer
 //! whose plans they time, not in its hot path.
 
-use super::super::context::DeviceError;
+use super::super::error::DeviceError;
 use super::super::kernels::record;
 use super::GpuBackend;
 use anyhow::{ensure, Result};
