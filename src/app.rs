@@ -174,6 +174,70 @@ pub fn run_eval(
     Ok(eval.accuracy)
 }
 
+/// The exit status is already explained by the lines printed ([`run_predict`]'s
+/// per-file errors): `main` exits with 1 and prints nothing more.
+#[derive(Debug)]
+pub struct AlreadyReported;
+
+impl std::fmt::Display for AlreadyReported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("see the errors above")
+    }
+}
+
+impl std::error::Error for AlreadyReported {}
+
+/// `mnist-gpu predict`: predict every image; each file that fails gets its own `error:` line on stderr (and an
+/// `error` entry in `--json`), each doubtful answer a `warning:` line, and the exit code
+/// is 1 at the end if any file failed.
+pub fn run_predict(model: &Path, images: &[PathBuf], json: bool) -> Result<()> {
+    if images.iter().any(|p| p.as_os_str() == "-") {
+        bail!(
+            "-: reading a picture from standard input is not supported; give the picture's \
+             file name"
+        );
+    }
+    let outcomes = predict(model, images)?;
+    let mut failed = 0;
+    for outcome in &outcomes {
+        match outcome {
+            PredictOutcome::Predicted(p) => {
+                if !json {
+                    crate::outln!("{}: {} ({})", p.file, p.digit, top3_text(&p.top3));
+                }
+                for warning in &p.warnings {
+                    crate::errln!("warning: {}: {warning}", p.file);
+                }
+            }
+            PredictOutcome::Failed(f) => {
+                failed += 1;
+                crate::errln!("error: {}", f.error);
+            }
+        }
+    }
+    if json {
+        crate::outln!("{}", serde_json::to_string_pretty(&outcomes)?);
+    }
+    if failed == 0 {
+        return Ok(());
+    }
+    if outcomes.len() > 1 {
+        crate::errln!(
+            "note: {failed} of {} images could not be read; the others are above",
+            outcomes.len()
+        );
+    }
+    Err(AlreadyReported.into())
+}
+
+fn top3_text(top3: &[(u8, f32)]) -> String {
+    let parts: Vec<String> = top3
+        .iter()
+        .map(|(d, prob)| format!("{d}: {:.1}%", prob * 100.0))
+        .collect();
+    parts.join(", ")
+}
+
 /// One image's prediction.
 #[derive(Clone, Debug, Serialize)]
 pub struct Prediction {

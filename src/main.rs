@@ -2,14 +2,14 @@
 //! message and a non-zero exit code.
 
 use clap::{Args, Parser, Subcommand};
-use mnist_gpu::app::{self, DeviceRequest, PredictOutcome};
+use mnist_gpu::app::{self, AlreadyReported, DeviceRequest};
+use mnist_gpu::errln;
 use mnist_gpu::gpu::DeviceChoice;
 use mnist_gpu::interrupt::{self, Interrupted};
 use mnist_gpu::model::{Hyper, ModelConfig};
 use mnist_gpu::run::{self, TrainSettings};
 use mnist_gpu::settings::TrainOptions;
 use mnist_gpu::settings::{self, learning_rate, positive};
-use mnist_gpu::{errln, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -214,70 +214,6 @@ impl TrainArgs {
     }
 }
 
-/// The exit status is already explained by the lines printed (`predict`'s per-file
-/// errors): `main` exits with 1 and prints nothing more.
-#[derive(Debug)]
-struct AlreadyReported;
-
-impl std::fmt::Display for AlreadyReported {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("see the errors above")
-    }
-}
-
-impl std::error::Error for AlreadyReported {}
-
-/// Predict every image; each file that fails gets its own `error:` line on stderr (and an
-/// `error` entry in `--json`), each doubtful answer a `warning:` line, and the exit code
-/// is 1 at the end if any file failed.
-fn predict(args: &PredictArgs) -> anyhow::Result<()> {
-    if args.images.iter().any(|p| p.as_os_str() == "-") {
-        anyhow::bail!(
-            "-: reading a picture from standard input is not supported; give the picture's \
-             file name"
-        );
-    }
-    let outcomes = app::predict(&args.model, &args.images)?;
-    let mut failed = 0;
-    for outcome in &outcomes {
-        match outcome {
-            PredictOutcome::Predicted(p) => {
-                if !args.json {
-                    outln!("{}: {} ({})", p.file, p.digit, top3_text(&p.top3));
-                }
-                for warning in &p.warnings {
-                    errln!("warning: {}: {warning}", p.file);
-                }
-            }
-            PredictOutcome::Failed(f) => {
-                failed += 1;
-                errln!("error: {}", f.error);
-            }
-        }
-    }
-    if args.json {
-        outln!("{}", serde_json::to_string_pretty(&outcomes)?);
-    }
-    if failed == 0 {
-        return Ok(());
-    }
-    if outcomes.len() > 1 {
-        errln!(
-            "note: {failed} of {} images could not be read; the others are above",
-            outcomes.len()
-        );
-    }
-    Err(AlreadyReported.into())
-}
-
-fn top3_text(top3: &[(u8, f32)]) -> String {
-    let parts: Vec<String> = top3
-        .iter()
-        .map(|(d, prob)| format!("{d}: {:.1}%", prob * 100.0))
-        .collect();
-    parts.join(", ")
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Train(_)) {
@@ -300,7 +236,7 @@ fn run_command(command: Command) -> anyhow::Result<()> {
             args.confusion_png.as_deref(),
         )
         .map(|_| ()),
-        Command::Predict(args) => predict(&args),
+        Command::Predict(args) => app::run_predict(&args.model, &args.images, args.json),
         Command::Adapters(args) => app::run_adapters(&DeviceChoice {
             backend: args.backend,
             adapter: None,

@@ -1,5 +1,5 @@
 //! The `mnist-gpu` binary end to end: a small CPU training run, the train-limit note, and
-//! a missing data file. (Every bad input, table-driven, is in tests/errors.rs.)
+//! a missing data file. (Every bad input, table-driven, is in tests/errors/.)
 
 mod common;
 
