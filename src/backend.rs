@@ -142,6 +142,23 @@ fn detected_note(step: usize, detected_after: usize) -> String {
     }
 }
 
+/// A call to [`Backend::train_steps`]: the samples of an epoch's remaining steps in
+/// `order`, in batches of `batch_size` (the last one may be smaller), and `base`, the
+/// totals of the steps before them (all zero for a whole epoch; `base.steps_total` is the
+/// epoch's step count). The totals continue from `base`, in the epoch's step numbers, and
+/// reach `progress` from time to time. `stop` is asked between steps (the GPU: between
+/// submissions) with the number of the epoch's steps done or under way; when it says yes
+/// the backend finishes the step(s) under way and returns [`EpochEnd::Stopped`]. A loss
+/// that is not finite ends the call with a [`Diverged`] error at once (built with
+/// [`Diverged::at`]).
+pub struct Steps<'a> {
+    pub order: &'a [u32],
+    pub batch_size: usize,
+    pub base: StepProgress,
+    pub progress: &'a mut dyn FnMut(&StepProgress),
+    pub stop: &'a (dyn Fn(usize) -> bool + Sync),
+}
+
 /// A trainer of one model on one device. Training, evaluation and reading state back
 /// are futures ([`Task`]): the command line blocks on the whole run in one place
 /// ([`crate::host::block_on`]), the browser page awaits them. Only [`crate::train`]'s
@@ -166,29 +183,20 @@ pub trait Backend {
             ..StepProgress::default()
         };
         Box::pin(async move {
-            let end = self
-                .train_steps(order, batch_size, base, progress, &|_| false)
-                .await?;
-            Ok(end.stats())
+            let steps = Steps {
+                order,
+                batch_size,
+                base,
+                progress,
+                stop: &|_| false,
+            };
+            Ok(self.train_steps(steps).await?.stats())
         })
     }
 
-    /// [`Backend::train_epoch`], resumable and interruptible. `order` holds the samples
-    /// of the epoch's remaining steps and `base` the totals of the steps before them
-    /// (all zero for a whole epoch; `base.steps_total` is the epoch's step count): the
-    /// totals continue from `base`, in the epoch's step numbers. `stop` is asked between
-    /// steps (the GPU: between submissions) with the number of the epoch's steps done or
-    /// under way; when it says yes the backend finishes the step(s) under way and returns
-    /// [`EpochEnd::Stopped`]. A loss that is not finite ends the call with a
-    /// [`Diverged`] error at once (built with [`Diverged::at`]).
-    fn train_steps<'a>(
-        &'a mut self,
-        order: &'a [u32],
-        batch_size: usize,
-        base: StepProgress,
-        progress: &'a mut dyn FnMut(&StepProgress),
-        stop: &'a (dyn Fn(usize) -> bool + Sync),
-    ) -> Task<'a, EpochEnd>;
+    /// [`Backend::train_epoch`], resumable and interruptible: the [`Steps`] of an epoch
+    /// (the samples of its remaining steps, and the totals of those before them).
+    fn train_steps<'a>(&'a mut self, steps: Steps<'a>) -> Task<'a, EpochEnd>;
 
     /// Loss, accuracy and predictions on the whole test set, in inference mode.
     fn evaluate(&mut self) -> Task<'_, EvalStats>;

@@ -1,7 +1,7 @@
 //! The one training loop, over any [`Backend`]: epochs, shuffling, metrics, progress.
 
 use crate::backend::{
-    Backend, Diverged, EpochEnd, EpochRecord, EpochStats, EvalStats, NonFinite, StepProgress,
+    Backend, Diverged, EpochEnd, EpochRecord, EpochStats, EvalStats, NonFinite, StepProgress, Steps,
 };
 use crate::model::{OptimState, Params, CLASSES};
 use crate::settings::TrainOptions;
@@ -235,9 +235,14 @@ pub async fn run_epoch(
     let skip = (base.steps_done * options.batch_size).min(order.len());
     crate::host::yield_if_due().await;
     let started = Instant::now();
-    let result = backend
-        .train_steps(&order[skip..], options.batch_size, base, progress, stop)
-        .await;
+    let steps = Steps {
+        order: &order[skip..],
+        batch_size: options.batch_size,
+        base,
+        progress,
+        stop,
+    };
+    let result = backend.train_steps(steps).await;
     let seconds = started.elapsed().as_secs_f64();
     let stats = match check_divergence(result, epoch + 1)? {
         EpochEnd::Finished(stats) => stats,

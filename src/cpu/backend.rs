@@ -16,7 +16,7 @@ use super::sparse::{
     batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward, sparse_forward,
     ColumnBatch, SparseImages,
 };
-use crate::backend::{Backend, Diverged, EpochEnd, EvalStats, StepProgress};
+use crate::backend::{Backend, Diverged, EpochEnd, EvalStats, Steps};
 use crate::data::Mnist;
 use crate::host::Task;
 use crate::model::{Hyper, OptimState, ParamLayout, Params, CLASSES, INPUT};
@@ -515,14 +515,14 @@ impl CpuBackend {
 impl CpuBackend {
     /// The steps of [`Backend::train_steps`], in chunks of about [`SAMPLES_PER_CHUNK`]
     /// samples handed to the rayon pool, progress after each, the host's turn between.
-    async fn steps(
-        &mut self,
-        order: &[u32],
-        batch_size: usize,
-        base: StepProgress,
-        progress: &mut dyn FnMut(&StepProgress),
-        stop: &(dyn Fn(usize) -> bool + Sync),
-    ) -> Result<EpochEnd> {
+    async fn steps(&mut self, steps: Steps<'_>) -> Result<EpochEnd> {
+        let Steps {
+            order,
+            batch_size,
+            base,
+            progress,
+            stop,
+        } = steps;
         ensure!(batch_size > 0, "batch size must be at least 1");
         let mut totals = base;
         let batches: Vec<&[u32]> = order.chunks(batch_size).collect();
@@ -596,15 +596,8 @@ impl Backend for CpuBackend {
         self.data.train.len()
     }
 
-    fn train_steps<'a>(
-        &'a mut self,
-        order: &'a [u32],
-        batch_size: usize,
-        base: StepProgress,
-        progress: &'a mut dyn FnMut(&StepProgress),
-        stop: &'a (dyn Fn(usize) -> bool + Sync),
-    ) -> Task<'a, EpochEnd> {
-        Box::pin(self.steps(order, batch_size, base, progress, stop))
+    fn train_steps<'a>(&'a mut self, steps: Steps<'a>) -> Task<'a, EpochEnd> {
+        Box::pin(self.steps(steps))
     }
 
     fn evaluate(&mut self) -> Task<'_, EvalStats> {

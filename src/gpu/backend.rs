@@ -27,7 +27,7 @@ use super::kernels::{
     elementwise_groups, pack_pixels, record, storage_init, storage_zeroed, uniform, AdamUniform,
     BnUniform, Dispatch, GemmUniform, Kernels, SoftmaxUniform,
 };
-use crate::backend::{Backend, EpochEnd, EvalStats, StepProgress};
+use crate::backend::{Backend, EpochEnd, EvalStats, Steps};
 use crate::data::{Dataset, Mnist};
 use crate::host::Task;
 use crate::model::{Hyper, ModelConfig, OptimState, ParamLayout, Params, CLASSES, INPUT};
@@ -677,14 +677,14 @@ impl GpuBackend {
 
     /// [`Backend::train_steps`]: upload the epoch's inputs, then run the recorded steps
     /// through the GPU ([`EpochRun::run`]).
-    async fn steps(
-        &mut self,
-        order: &[u32],
-        batch_size: usize,
-        base: StepProgress,
-        progress: &mut dyn FnMut(&StepProgress),
-        stop: &dyn Fn(usize) -> bool,
-    ) -> Result<EpochEnd> {
+    async fn steps(&mut self, steps: Steps<'_>) -> Result<EpochEnd> {
+        let Steps {
+            order,
+            batch_size,
+            base,
+            progress,
+            stop,
+        } = steps;
         if !self.prepare_steps(order, batch_size)? {
             return Ok(EpochEnd::from_totals(base));
         }
@@ -742,15 +742,8 @@ impl Backend for GpuBackend {
         self.train_count
     }
 
-    fn train_steps<'a>(
-        &'a mut self,
-        order: &'a [u32],
-        batch_size: usize,
-        base: StepProgress,
-        progress: &'a mut dyn FnMut(&StepProgress),
-        stop: &'a (dyn Fn(usize) -> bool + Sync),
-    ) -> Task<'a, EpochEnd> {
-        Box::pin(self.steps(order, batch_size, base, progress, stop))
+    fn train_steps<'a>(&'a mut self, steps: Steps<'a>) -> Task<'a, EpochEnd> {
+        Box::pin(self.steps(steps))
     }
 
     fn evaluate(&mut self) -> Task<'_, EvalStats> {
