@@ -551,53 +551,18 @@ impl GpuBackend {
         if self.eval_plan.is_some() {
             return Ok(());
         }
-        let k = &self.kernels;
         let d = &self.ctx.device;
-        let layers = self.config.dense_layers();
         let plan = self.ctx.scoped("preparing evaluation", || {
-            let w = self.work.as_ref().expect("workspace");
+            // The dense forwards depend only on the chunk's rows (all full but the last).
+            let mut forwards: Vec<(usize, Vec<Dispatch>)> = Vec::new();
             let mut chunks = Vec::new();
-            let mut forward_cache: Vec<(usize, Vec<Dispatch>)> = Vec::new();
             for (slot, base) in (0..self.test_count).step_by(EVAL_CHUNK).enumerate() {
                 let rows = EVAL_CHUNK.min(self.test_count - base);
-                let mut list = Vec::new();
-                let u = self.bn_uniform(rows, 0, false, base);
-                let ub = uniform(d, "bn eval", &u);
-                // Evaluation reads rows in order: no sample order, no step counter.
-                let bindings = self.batchnorm_forward_bindings(&ub, &self.test_pixels, &self.dummy);
-                let kernel = &k.batchnorm_forward_eval;
-                list.push(kernel.dispatch(d, &bindings, u.workgroups()));
-                if !forward_cache.iter().any(|(r, _)| *r == rows) {
-                    forward_cache.push((rows, self.forward_dispatches(rows)));
+                if !forwards.iter().any(|(r, _)| *r == rows) {
+                    forwards.push((rows, self.forward_dispatches(rows)));
                 }
-                let fwd = &forward_cache
-                    .iter()
-                    .find(|(r, _)| *r == rows)
-                    .expect("cached")
-                    .1;
-                list.extend(fwd.iter().cloned());
-                let u = SoftmaxUniform {
-                    batch: rows as u32,
-                    classes: CLASSES as u32,
-                    base: base as u32,
-                    training: 0,
-                    slot: slot as u32,
-                    pred_base: base as u32,
-                    ..Default::default()
-                };
-                let ub = uniform(d, "softmax eval", &u);
-                let bindings = SoftmaxXentBindings {
-                    u: &ub,
-                    logits: &w.acts[layers],
-                    labels: &self.test_labels,
-                    order: &self.dummy,
-                    state: &self.state,
-                    grad: &w.deltas[layers],
-                    stats: &self.eval_stats,
-                    predictions: &self.predictions,
-                };
-                list.push(k.softmax_xent.dispatch(d, &bindings, [1, 1, 1]));
-                chunks.push(list);
+                let forward = &forwards.iter().find(|(r, _)| *r == rows).expect("made").1;
+                chunks.push(self.eval_chunk_dispatches(slot, base, rows, forward));
             }
             let staging = d.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("eval readback"),
@@ -609,6 +574,51 @@ impl GpuBackend {
         })?;
         self.eval_plan = Some(plan);
         Ok(())
+    }
+
+    /// The evaluation of test chunk `slot` (`rows` rows from sample `base`): BatchNorm in
+    /// inference mode, the dense `forward`, then softmax_xent's loss, correct count and
+    /// predictions into the chunk's slots.
+    fn eval_chunk_dispatches(
+        &self,
+        slot: usize,
+        base: usize,
+        rows: usize,
+        forward: &[Dispatch],
+    ) -> Vec<Dispatch> {
+        let (k, d) = (&self.kernels, &self.ctx.device);
+        let w = self.work.as_ref().expect("workspace");
+        let u = self.bn_uniform(rows, 0, false, base);
+        let ub = uniform(d, "bn eval", &u);
+        // Evaluation reads rows in order: no sample order, no step counter.
+        let bindings = self.batchnorm_forward_bindings(&ub, &self.test_pixels, &self.dummy);
+        let mut list = vec![k
+            .batchnorm_forward_eval
+            .dispatch(d, &bindings, u.workgroups())];
+        list.extend(forward.iter().cloned());
+        let u = SoftmaxUniform {
+            batch: rows as u32,
+            classes: CLASSES as u32,
+            base: base as u32,
+            training: 0,
+            slot: slot as u32,
+            pred_base: base as u32,
+            ..Default::default()
+        };
+        let ub = uniform(d, "softmax eval", &u);
+        let layers = self.config.dense_layers();
+        let bindings = SoftmaxXentBindings {
+            u: &ub,
+            logits: &w.acts[layers],
+            labels: &self.test_labels,
+            order: &self.dummy,
+            state: &self.state,
+            grad: &w.deltas[layers],
+            stats: &self.eval_stats,
+            predictions: &self.predictions,
+        };
+        list.push(k.softmax_xent.dispatch(d, &bindings, [1, 1, 1]));
+        list
     }
 }
 
