@@ -140,7 +140,7 @@ fn model_tensors(params: &Params) -> Vec<Tensor<'_>> {
 }
 
 fn architecture_metadata(config: &ModelConfig) -> HashMap<String, String> {
-    let hidden: Vec<String> = config.hidden.iter().map(|h| h.to_string()).collect();
+    let hidden: Vec<String> = config.hidden().iter().map(|h| h.to_string()).collect();
     HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("hidden".to_string(), hidden.join(",")),
@@ -302,12 +302,9 @@ impl<'a> Reader<'a> {
     fn config(&self) -> Result<ModelConfig, ModelFileError> {
         let hidden = crate::model::parse_hidden(self.meta("hidden")?)
             .map_err(|e| self.invalid(format!("metadata 'hidden': {e}")))?;
-        let config = ModelConfig {
-            hidden,
-            raw_pixels: self.meta_parse("raw_pixels")?,
-        };
+        let config = ModelConfig::mlp(&hidden, self.meta_parse("raw_pixels")?);
         config
-            .check_size()
+            .check()
             .map_err(|e| self.invalid(format!("metadata 'hidden': {e}")))?;
         Ok(config)
     }
