@@ -188,10 +188,7 @@ impl TrainArgs {
         Ok(TrainSettings {
             data_dir: app::data_dir_or_builtin(self.data_dir),
             device,
-            model: ModelConfig {
-                hidden: self.hidden.0,
-                raw_pixels: self.raw_pixels,
-            },
+            model: ModelConfig::mlp(&self.hidden.0, self.raw_pixels),
             hyper: Hyper {
                 lr: self.lr,
                 ..Hyper::default()

@@ -8,7 +8,9 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::fmt;
 use std::ops::Range;
+use std::str::FromStr;
 
 /// Pixels per MNIST image (28 × 28), the model's input width.
 pub const INPUT: usize = 784;
@@ -16,44 +18,271 @@ pub const INPUT: usize = 784;
 pub const CLASSES: usize = 10;
 /// Alignment of each tensor inside the flat parameter buffer, in f32 elements (256 bytes).
 pub const TENSOR_ALIGN: usize = 64;
+/// Widest layer accepted (`--hidden`'s widths, `dense(UNITS)`).
+pub const MAX_WIDTH: usize = 65_536;
 
-/// The architecture: Flatten → BatchNorm(784) → [Dense(h, ReLU)]* → Dense(10, softmax).
+/// One layer of the model. A model is a list of them, applied in order to the 784
+/// pixels of an image (flattened, scaled by [`ModelConfig::pixel_scale`]); each layer's
+/// input width is the previous layer's output width.
+///
+/// The text form, Keras' names in lower case, is what [`parse_layers`] reads and
+/// [`format_layers`] writes: the layers separated by commas, each one of
+///
+/// - `batchnorm`: batch normalisation of every feature of its input (Keras'
+///   `BatchNormalization`; same width out as in);
+/// - `dense(UNITS)`: a fully connected layer of UNITS outputs (1 to 65536);
+/// - `dense(UNITS,relu)`: the same, followed by ReLU.
+///
+/// For example `batchnorm,dense(128,relu),dense(10)` (the default). Spaces around the
+/// names, numbers and commas are allowed. The softmax of the last layer is part of the
+/// loss, not a layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LayerSpec {
+    BatchNorm,
+    Dense { units: usize, relu: bool },
+}
+
+impl fmt::Display for LayerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LayerSpec::BatchNorm => write!(f, "batchnorm"),
+            LayerSpec::Dense { units, relu: true } => write!(f, "dense({units},relu)"),
+            LayerSpec::Dense { units, relu: false } => write!(f, "dense({units})"),
+        }
+    }
+}
+
+/// The layers of a known kind that this text form names, for errors.
+const KNOWN_LAYERS: &str = "batchnorm, dense(UNITS) and dense(UNITS,relu)";
+
+impl FromStr for LayerSpec {
+    type Err = String;
+
+    /// One layer in the text form (see [`LayerSpec`]), e.g. `dense(128,relu)`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if let Some(c) = text.chars().find(|c| c.is_control()) {
+            return Err(format!("control character {c:?} in the layer"));
+        }
+        let unbalanced = || "unbalanced parentheses".to_string();
+        let (name, args) = match text.split_once('(') {
+            None => (text, None),
+            Some((name, rest)) => (
+                name.trim_end(),
+                Some(rest.strip_suffix(')').ok_or_else(unbalanced)?),
+            ),
+        };
+        if name.contains(')') || args.is_some_and(|a| a.contains(['(', ')'])) {
+            return Err(unbalanced());
+        }
+        match (name, args) {
+            ("batchnorm", None) => Ok(LayerSpec::BatchNorm),
+            ("batchnorm", Some(_)) => Err("batchnorm takes no arguments".into()),
+            ("dense", Some(args)) => dense(args),
+            ("dense", None) => {
+                Err("dense needs its units, e.g. dense(128) or dense(128,relu)".into())
+            }
+            ("", _) => Err(format!("no layer name (known: {KNOWN_LAYERS})")),
+            (other, _) => Err(format!("unknown layer '{other}' (known: {KNOWN_LAYERS})")),
+        }
+    }
+}
+
+/// The arguments of `dense(…)`: the units, then optionally `relu`.
+fn dense(args: &str) -> Result<LayerSpec, String> {
+    let mut args = args.split(',').map(str::trim);
+    let units = width(args.next().unwrap_or_default())?;
+    let relu = match args.next() {
+        None => false,
+        Some("relu") => true,
+        Some(other) => {
+            return Err(format!(
+                "unknown activation '{other}' (dense takes relu, or nothing for none)"
+            ))
+        }
+    };
+    if args.next().is_some() {
+        return Err("dense takes at most two arguments, its units and relu".into());
+    }
+    Ok(LayerSpec::Dense { units, relu })
+}
+
+/// One layer width: a whole number from 1 to [`MAX_WIDTH`].
+fn width(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("layer widths must be at least 1, got 0".into()),
+        Ok(w) if w > MAX_WIDTH => Err(format!(
+            "layer width {w} is too large (at most {MAX_WIDTH})"
+        )),
+        Ok(w) => Ok(w),
+        Err(_) => Err(format!(
+            "'{text}' is not a layer width (a whole number from 1 to {MAX_WIDTH})"
+        )),
+    }
+}
+
+/// Parse the text form of a layer list (see [`LayerSpec`]), such as
+/// `batchnorm,dense(128,relu),dense(10)`. An error names the first bad layer.
+pub fn parse_layers(text: &str) -> Result<Vec<LayerSpec>, String> {
+    if text.trim().is_empty() {
+        return Err(format!(
+            "expected a list of layers such as {}, got an empty value",
+            format_layers(&ModelConfig::default().layers)
+        ));
+    }
+    top_level_parts(text)
+        .into_iter()
+        .enumerate()
+        .map(|(i, part)| {
+            let named = |why| format!("layer {} ('{}'): {why}", i + 1, part.trim().escape_debug());
+            part.parse().map_err(named)
+        })
+        .collect()
+}
+
+/// `text` split at the commas outside parentheses.
+fn top_level_parts(text: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0isize, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+/// The text form of a layer list, which [`parse_layers`] reads back.
+pub fn format_layers(layers: &[LayerSpec]) -> String {
+    let texts: Vec<String> = layers.iter().map(LayerSpec::to_string).collect();
+    texts.join(",")
+}
+
+/// The architecture: a list of layers, and how pixels are scaled before the first.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
-    /// Widths of the hidden Dense+ReLU layers, in order (default `[128]`).
-    pub hidden: Vec<usize>,
+    /// The layers in order from the input (default `batchnorm,dense(128,relu),dense(10)`).
+    pub layers: Vec<LayerSpec>,
     /// Feed pixels as 0..255 (the Keras tutorial) instead of scaling them to [0, 1].
     pub raw_pixels: bool,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig {
-            hidden: vec![128],
-            raw_pixels: false,
-        }
+        ModelConfig::mlp(&[128], false)
     }
 }
 
 /// Largest model accepted (trainable parameters).
 pub const MAX_PARAMS: usize = 100_000_000;
 
+/// The output layer: one unit per class, no activation (the softmax is in the loss).
+const OUTPUT: LayerSpec = LayerSpec::Dense {
+    units: CLASSES,
+    relu: false,
+};
+
+/// The one architecture the trainers implement, in words, for errors.
+const SUPPORTED: &str = "batchnorm, then dense(UNITS,relu) layers, then dense(10)";
+
 impl ModelConfig {
-    /// Widths of every activation: `[784, hidden..., 10]`.
-    pub fn widths(&self) -> Vec<usize> {
-        let mut widths = vec![INPUT];
-        widths.extend(&self.hidden);
-        widths.push(CLASSES);
-        widths
+    /// The MLP `batchnorm, dense(h, relu) for each of hidden, dense(10)` (`--hidden`).
+    pub fn mlp(hidden: &[usize], raw_pixels: bool) -> Self {
+        let dense = |&units: &usize| LayerSpec::Dense { units, relu: true };
+        let mut layers = vec![LayerSpec::BatchNorm];
+        layers.extend(hidden.iter().map(dense));
+        layers.push(OUTPUT);
+        ModelConfig { layers, raw_pixels }
     }
 
-    /// Trainable parameters (BatchNorm γ, β and every kernel and bias), `None` on overflow.
-    pub fn parameter_count(&self) -> Option<usize> {
-        self.widths().windows(2).try_fold(2 * INPUT, |acc, w| {
-            w[0].checked_mul(w[1])
-                .and_then(|k| k.checked_add(w[1]))
-                .and_then(|n| acc.checked_add(n))
+    /// Refuse a layer list the trainers do not implement: anything but batchnorm, then
+    /// dense layers with ReLU, then dense(10) without. The error names the first layer
+    /// out of place.
+    pub fn check_supported(&self) -> Result<(), String> {
+        let Some(last) = self.layers.len().checked_sub(1) else {
+            return Err(format!("the model has no layers (supported: {SUPPORTED})"));
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (fits, rule) = if i == 0 {
+                (
+                    *layer == LayerSpec::BatchNorm,
+                    "the first layer must be batchnorm",
+                )
+            } else if i == last {
+                (
+                    *layer == OUTPUT,
+                    "the last layer must be dense(10), without relu",
+                )
+            } else {
+                (
+                    matches!(layer, LayerSpec::Dense { relu: true, .. }),
+                    "a layer between the first and the last must be dense(UNITS,relu)",
+                )
+            };
+            if !fits {
+                return Err(format!(
+                    "layer {} ({layer}) is not supported: {rule} (supported: {SUPPORTED})",
+                    i + 1
+                ));
+            }
+        }
+        if last == 0 {
+            return Err(format!(
+                "layer 1 (batchnorm) is the only layer: the model must end with dense(10) \
+                 (supported: {SUPPORTED})"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A model from outside (flags, a file's metadata) that the trainers implement and
+    /// that is small enough to train here.
+    pub fn check(&self) -> Result<(), String> {
+        self.check_supported()?;
+        self.check_size()
+    }
+
+    /// The units of every Dense layer, in order.
+    fn dense_units(&self) -> impl Iterator<Item = usize> + '_ {
+        self.layers.iter().filter_map(|layer| match layer {
+            LayerSpec::Dense { units, .. } => Some(*units),
+            LayerSpec::BatchNorm => None,
         })
+    }
+
+    /// Widths of the hidden Dense layers (every Dense layer but the last).
+    pub fn hidden(&self) -> Vec<usize> {
+        let mut hidden: Vec<usize> = self.dense_units().collect();
+        hidden.pop();
+        hidden
+    }
+
+    /// Widths of the input and of every Dense layer's output: `[784, hidden..., 10]`
+    /// (BatchNorm keeps its input's width).
+    pub fn widths(&self) -> Vec<usize> {
+        std::iter::once(INPUT).chain(self.dense_units()).collect()
+    }
+
+    /// Trainable parameters (BatchNorm γ and β, every kernel and bias), `None` on overflow.
+    pub fn parameter_count(&self) -> Option<usize> {
+        let mut width = INPUT;
+        self.layers
+            .iter()
+            .try_fold(0usize, |acc, layer| match *layer {
+                LayerSpec::BatchNorm => acc.checked_add(width.checked_mul(2)?),
+                LayerSpec::Dense { units, .. } => {
+                    let count = width.checked_mul(units)?.checked_add(units)?;
+                    width = units;
+                    acc.checked_add(count)
+                }
+            })
     }
 
     /// Refuse models too large to train here (more than [`MAX_PARAMS`] parameters: the
@@ -62,8 +291,8 @@ impl ModelConfig {
         match self.parameter_count() {
             Some(n) if n <= MAX_PARAMS => Ok(()),
             count => Err(format!(
-                "hidden layers {:?} give {} trainable parameters; at most {MAX_PARAMS} are supported",
-                self.hidden,
+                "the model {} has {} trainable parameters; at most {MAX_PARAMS} are supported",
+                format_layers(&self.layers),
                 count.map_or("too many".to_string(), |n| n.to_string())
             )),
         }
@@ -71,7 +300,7 @@ impl ModelConfig {
 
     /// Number of Dense layers (hidden layers plus the output layer).
     pub fn dense_layers(&self) -> usize {
-        self.hidden.len() + 1
+        self.dense_units().count()
     }
 
     /// Factor applied to the u8 pixel values before the BatchNorm layer.
@@ -83,13 +312,20 @@ impl ModelConfig {
         }
     }
 
-    /// Human-readable summary, e.g. `784 → BN → 128 (ReLU) → 10 (softmax)`.
+    /// Human-readable summary, e.g. `784 → BatchNorm → Dense 128 (ReLU) → Dense 10 (softmax)`.
     pub fn describe(&self) -> String {
-        let mut text = format!("{INPUT} → BatchNorm");
-        for h in &self.hidden {
-            text.push_str(&format!(" → Dense {h} (ReLU)"));
+        let last = self.layers.len().saturating_sub(1);
+        let mut text = INPUT.to_string();
+        for (i, layer) in self.layers.iter().enumerate() {
+            text.push_str(&match *layer {
+                LayerSpec::BatchNorm => " → BatchNorm".to_string(),
+                LayerSpec::Dense { units, relu: true } => format!(" → Dense {units} (ReLU)"),
+                LayerSpec::Dense { units, .. } if i == last => {
+                    format!(" → Dense {units} (softmax)")
+                }
+                LayerSpec::Dense { units, .. } => format!(" → Dense {units}"),
+            });
         }
-        text.push_str(&format!(" → Dense {CLASSES} (softmax)"));
         text
     }
 }
@@ -144,6 +380,8 @@ pub struct ParamLayout {
 }
 
 impl ParamLayout {
+    /// The layout of a model the trainers implement (see [`ModelConfig::check_supported`]):
+    /// the input BatchNorm's γ and β, then each Dense layer's kernel and bias.
     pub fn new(config: &ModelConfig) -> Self {
         let mut next = 0usize;
         let mut take = |len: usize| {
@@ -262,27 +500,17 @@ impl OptimState {
     }
 }
 
-/// Parse a `--hidden` list such as `128` or `256,128`: comma-separated positive widths.
+/// Parse a `--hidden` list such as `128` or `256,128`: comma-separated layer widths.
 pub fn parse_hidden(text: &str) -> Result<Vec<usize>, String> {
     if text.trim().is_empty() {
         return Err("expected a comma-separated list of layer widths such as 128 or 256,128, got an empty value".into());
     }
     text.split(',')
-        .map(|part| {
-            let part = part.trim();
-            match part.parse::<usize>() {
-                Ok(0) => Err("layer widths must be at least 1, got 0".to_string()),
-                Ok(width) if width > 65_536 => {
-                    Err(format!("layer width {width} is too large (at most 65536)"))
-                }
-                Ok(width) => Ok(width),
-                Err(_) if part.is_empty() => Err(format!(
-                    "empty layer width in '{text}' (expected e.g. 256,128)"
-                )),
-                Err(_) => Err(format!(
-                    "'{part}' is not a layer width (expected e.g. 256,128)"
-                )),
-            }
+        .map(|part| match part.trim() {
+            "" => Err(format!(
+                "empty layer width in '{text}' (expected e.g. 256,128)"
+            )),
+            part => width(part),
         })
         .collect()
 }
@@ -291,12 +519,20 @@ pub fn parse_hidden(text: &str) -> Result<Vec<usize>, String> {
 mod tests {
     use super::*;
 
+    fn layers(text: &str) -> Vec<LayerSpec> {
+        parse_layers(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    fn config(text: &str) -> ModelConfig {
+        ModelConfig {
+            layers: layers(text),
+            raw_pixels: false,
+        }
+    }
+
     #[test]
     fn layout_is_aligned_and_complete() {
-        let config = ModelConfig {
-            hidden: vec![129, 33],
-            raw_pixels: false,
-        };
+        let config = ModelConfig::mlp(&[129, 33], false);
         let layout = ParamLayout::new(&config);
         let named = layout.named(&config);
         assert_eq!(named.len(), 2 + 2 * 3);
@@ -306,6 +542,202 @@ mod tests {
         }
         assert_eq!(named[2].1, vec![784, 129]);
         assert_eq!(named[7].1, vec![10]);
+    }
+
+    #[test]
+    fn the_default_is_the_keras_tutorials_mlp() {
+        let default = ModelConfig::default();
+        assert_eq!(default, config("batchnorm,dense(128,relu),dense(10)"));
+        assert_eq!(default.widths(), [784, 128, 10]);
+        assert_eq!(default.hidden(), [128]);
+        assert_eq!(default.dense_layers(), 2);
+        // The figure the README's default run prints.
+        assert_eq!(default.parameter_count(), Some(103_338));
+        assert_eq!(
+            default.describe(),
+            "784 → BatchNorm → Dense 128 (ReLU) → Dense 10 (softmax)"
+        );
+    }
+
+    #[test]
+    fn mlp_builds_the_hidden_layers() {
+        let deep = ModelConfig::mlp(&[256, 128], true);
+        assert_eq!(
+            format_layers(&deep.layers),
+            "batchnorm,dense(256,relu),dense(128,relu),dense(10)"
+        );
+        assert_eq!(deep.hidden(), [256, 128]);
+        assert_eq!(deep.widths(), [784, 256, 128, 10]);
+        assert!(deep.raw_pixels);
+        assert_eq!(ModelConfig::mlp(&[], false).widths(), [784, 10]);
+    }
+
+    #[test]
+    fn layer_lists_round_trip() {
+        for text in [
+            "batchnorm,dense(128,relu),dense(10)",
+            "batchnorm,dense(10)",
+            "dense(1),batchnorm,dense(65536,relu)",
+            "batchnorm",
+        ] {
+            assert_eq!(format_layers(&layers(text)), text);
+        }
+        assert_eq!(
+            layers(" batchnorm , dense( 256 , relu ),dense (10) "),
+            layers("batchnorm,dense(256,relu),dense(10)")
+        );
+    }
+
+    #[test]
+    fn bad_layer_lists_are_refused_naming_the_layer() {
+        let cases = [
+            ("", "got an empty value"),
+            (" ", "got an empty value"),
+            ("conv2d(3)", "layer 1 ('conv2d(3)'): unknown layer 'conv2d'"),
+            ("batchnorm,flatten", "layer 2 ('flatten'): unknown layer"),
+            (
+                "batchnorm,dense(abc)",
+                "layer 2 ('dense(abc)'): 'abc' is not a layer width",
+            ),
+            ("dense(-3)", "'-3' is not a layer width"),
+            ("dense(1.5)", "'1.5' is not a layer width"),
+            ("dense()", "'' is not a layer width"),
+            (
+                "dense(0)",
+                "layer 1 ('dense(0)'): layer widths must be at least 1",
+            ),
+            (
+                "dense(65537)",
+                "layer width 65537 is too large (at most 65536)",
+            ),
+            ("dense(99999999999999999999)", "is not a layer width"),
+            ("dense(8,tanh)", "unknown activation 'tanh'"),
+            ("dense(8,relu,relu)", "at most two arguments"),
+            ("dense", "dense needs its units"),
+            ("batchnorm()", "batchnorm takes no arguments"),
+            ("batchnorm,,dense(10)", "layer 2 (''): no layer name"),
+            ("batchnorm,", "layer 2 (''): no layer name"),
+            ("(10)", "no layer name"),
+            ("dense(10", "layer 1 ('dense(10'): unbalanced parentheses"),
+            ("dense(10))", "unbalanced parentheses"),
+            ("dense((10))", "unbalanced parentheses"),
+            ("batchnorm),dense(10)", "unbalanced parentheses"),
+            (
+                "batchnorm,dense(1\n0)",
+                "layer 2 ('dense(1\\n0)'): control character '\\n'",
+            ),
+        ];
+        for (text, words) in cases {
+            let error = parse_layers(text).expect_err(text);
+            assert!(error.contains(words), "{text}: {error}");
+            assert!(!error.contains('\n'), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn only_the_mlp_shape_is_supported() {
+        for text in [
+            "batchnorm,dense(128,relu),dense(10)",
+            "batchnorm,dense(10)",
+            "batchnorm,dense(256,relu),dense(1,relu),dense(10)",
+        ] {
+            assert_eq!(config(text).check_supported(), Ok(()), "{text}");
+        }
+        let cases = [
+            (
+                "dense(128,relu),dense(10)",
+                "layer 1 (dense(128,relu))",
+                "first layer must be batchnorm",
+            ),
+            (
+                "batchnorm,dense(128),dense(10)",
+                "layer 2 (dense(128))",
+                "must be dense(UNITS,relu)",
+            ),
+            (
+                "batchnorm,batchnorm,dense(10)",
+                "layer 2 (batchnorm)",
+                "must be dense(UNITS,relu)",
+            ),
+            (
+                "batchnorm,dense(64,relu),dense(10,relu)",
+                "layer 3 (dense(10,relu))",
+                "last layer must be dense(10)",
+            ),
+            (
+                "batchnorm,dense(12)",
+                "layer 2 (dense(12))",
+                "last layer must be dense(10)",
+            ),
+            (
+                "batchnorm,dense(64,relu),batchnorm",
+                "layer 3 (batchnorm)",
+                "last layer",
+            ),
+            (
+                "batchnorm",
+                "layer 1 (batchnorm) is the only layer",
+                "end with dense(10)",
+            ),
+        ];
+        for (text, layer, rule) in cases {
+            let error = config(text).check_supported().expect_err(text);
+            assert!(error.starts_with(layer), "{text}: {error}");
+            assert!(
+                error.contains(rule) && error.contains(SUPPORTED),
+                "{text}: {error}"
+            );
+            assert_eq!(config(text).check(), Err(error));
+        }
+        let empty = ModelConfig {
+            layers: Vec::new(),
+            raw_pixels: false,
+        };
+        assert!(empty.check_supported().unwrap_err().contains("no layers"));
+    }
+
+    #[test]
+    fn shapes_follow_the_layers() {
+        // A BatchNorm after a Dense layer normalises that layer's 3 outputs.
+        let mixed = config("batchnorm,dense(3,relu),batchnorm,dense(10)");
+        let expected = 2 * 784 + (784 * 3 + 3) + 2 * 3 + (3 * 10 + 10);
+        assert_eq!(mixed.parameter_count(), Some(expected));
+        assert_eq!(mixed.widths(), [784, 3, 10]);
+        assert_eq!(
+            mixed.describe(),
+            "784 → BatchNorm → Dense 3 (ReLU) → BatchNorm → Dense 10 (softmax)"
+        );
+        assert_eq!(
+            config("dense(5),dense(10)").describe(),
+            "784 → Dense 5 → Dense 10 (softmax)"
+        );
+    }
+
+    #[test]
+    fn models_too_large_are_refused_naming_their_layers() {
+        let wide = ModelConfig::mlp(&[65_536, 65_536], false);
+        let error = wide.check_size().unwrap_err();
+        assert!(
+            error.starts_with(
+                "the model batchnorm,dense(65536,relu),dense(65536,relu),dense(10) has 4347"
+            ),
+            "{error}"
+        );
+        assert!(
+            error.ends_with("at most 100000000 are supported"),
+            "{error}"
+        );
+        assert_eq!(wide.check(), Err(error));
+        let overflow = ModelConfig {
+            layers: vec![LayerSpec::Dense {
+                units: usize::MAX,
+                relu: false,
+            }],
+            raw_pixels: false,
+        };
+        assert_eq!(overflow.parameter_count(), None);
+        assert!(overflow.check_size().unwrap_err().contains("too many"));
+        assert!(ModelConfig::mlp(&[4096, 4096], false).check().is_ok());
     }
 
     #[test]
@@ -328,5 +760,10 @@ mod tests {
         for bad in ["", "0", "abc", "128,,64", "12,-3"] {
             assert!(parse_hidden(bad).is_err(), "{bad}");
         }
+        // One width rule for --hidden and dense(UNITS).
+        let hidden = parse_hidden("64,70000").unwrap_err();
+        let dense = parse_layers("dense(70000)").unwrap_err();
+        assert_eq!(hidden, "layer width 70000 is too large (at most 65536)");
+        assert!(dense.ends_with(&hidden), "{dense}");
     }
 }

@@ -9,13 +9,19 @@
 //! | `{2+2l}.weight` | `[out, in]` | Dense layer l kernel, transposed from Keras' `[in, out]` |
 //! | `{2+2l}.bias` | `[out]` | Dense layer l bias |
 //!
-//! The architecture travels in the file's metadata (`hidden`, `raw_pixels`, …). A
-//! checkpoint adds `adam.m` and `adam.v` (the flat parameter layout) and the run's state.
+//! The architecture travels in the file's metadata: `layers`, the layer list in the text
+//! form of [`crate::model::LayerSpec`], and `raw_pixels`; `hidden` (the hidden Dense
+//! widths) is written too, for PyTorch users and older readers, and is all that files
+//! from before `layers` hold. A checkpoint adds `adam.m` and `adam.v` (the flat
+//! parameter layout) and the run's state.
 
 use crate::backend::EpochRecord;
 use crate::backend::StepProgress;
 use crate::fsutil::{open_regular, write_atomic, InputFileError};
-use crate::model::{ModelConfig, OptimState, ParamLayout, Params, INPUT, MAX_PARAMS};
+use crate::model::{
+    format_layers, parse_hidden, parse_layers, ModelConfig, OptimState, ParamLayout, Params, INPUT,
+    MAX_PARAMS,
+};
 use crate::settings;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -27,6 +33,10 @@ use thiserror::Error;
 
 /// Metadata value of `format`, identifying files this program wrote.
 const FORMAT: &str = "mnist-gpu";
+/// Architecture metadata keys: the layer list, and the hidden widths of the MLP (all
+/// that files written before `layers` hold).
+const LAYERS: &str = "layers";
+const HIDDEN: &str = "hidden";
 
 #[derive(Debug, Error)]
 pub enum ModelFileError {
@@ -140,10 +150,11 @@ fn model_tensors(params: &Params) -> Vec<Tensor<'_>> {
 }
 
 fn architecture_metadata(config: &ModelConfig) -> HashMap<String, String> {
-    let hidden: Vec<String> = config.hidden.iter().map(|h| h.to_string()).collect();
+    let hidden: Vec<String> = config.hidden().iter().map(|h| h.to_string()).collect();
     HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
-        ("hidden".to_string(), hidden.join(",")),
+        (LAYERS.to_string(), format_layers(&config.layers)),
+        (HIDDEN.to_string(), hidden.join(",")),
         ("raw_pixels".to_string(), config.raw_pixels.to_string()),
         ("pixel_scale".to_string(), config.pixel_scale().to_string()),
         (
@@ -299,17 +310,58 @@ impl<'a> Reader<'a> {
             .map_err(|_| self.invalid(format!("metadata '{key}' has the invalid value '{text}'")))
     }
 
+    /// The architecture: from `layers` (which `hidden`, when present, must agree with),
+    /// or in files written before `layers` from `hidden`; either way a model the
+    /// trainers implement and small enough to load.
     fn config(&self) -> Result<ModelConfig, ModelFileError> {
-        let hidden = crate::model::parse_hidden(self.meta("hidden")?)
-            .map_err(|e| self.invalid(format!("metadata 'hidden': {e}")))?;
+        let (key, layers) = match self.metadata.get(LAYERS) {
+            Some(text) => {
+                let layers = parse_layers(text)
+                    .map_err(|e| self.invalid(format!("metadata '{LAYERS}': {e}")))?;
+                (LAYERS, layers)
+            }
+            None => (HIDDEN, ModelConfig::mlp(&self.hidden()?, false).layers),
+        };
         let config = ModelConfig {
-            hidden,
+            layers,
             raw_pixels: self.meta_parse("raw_pixels")?,
         };
         config
-            .check_size()
-            .map_err(|e| self.invalid(format!("metadata 'hidden': {e}")))?;
+            .check()
+            .map_err(|e| self.invalid(format!("metadata '{key}': {e}")))?;
+        if key == LAYERS {
+            self.check_hidden_agrees(&config)?;
+        }
         Ok(config)
+    }
+
+    /// The widths in metadata `hidden`.
+    fn hidden(&self) -> Result<Vec<usize>, ModelFileError> {
+        let text = self.metadata.get(HIDDEN).ok_or_else(|| {
+            self.invalid(format!(
+                "metadata has neither '{LAYERS}' nor '{HIDDEN}' (was this file written by \
+                 mnist-gpu?)"
+            ))
+        })?;
+        parse_hidden(text).map_err(|e| self.invalid(format!("metadata '{HIDDEN}': {e}")))
+    }
+
+    /// A `hidden` next to `layers` names the same hidden widths (an MLP without hidden
+    /// layers writes it empty).
+    fn check_hidden_agrees(&self, config: &ModelConfig) -> Result<(), ModelFileError> {
+        let hidden = match self.metadata.get(HIDDEN).map(|text| text.trim()) {
+            None => return Ok(()),
+            Some("") => Vec::new(),
+            Some(_) => self.hidden()?,
+        };
+        if hidden != config.hidden() {
+            return Err(self.invalid(format!(
+                "metadata '{LAYERS}' ({}) and '{HIDDEN}' ({}) describe different models",
+                format_layers(&config.layers),
+                self.metadata[HIDDEN].escape_debug()
+            )));
+        }
+        Ok(())
     }
 
     /// Tensor `name` as f32 values, checked for presence, dtype, shape and finiteness.
@@ -720,5 +772,108 @@ impl Reader<'_> {
             loss_sum,
             correct,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(bytes: &[u8]) -> HashMap<String, String> {
+        let (_, header) = SafeTensors::read_metadata(bytes).unwrap();
+        header.metadata().clone().unwrap()
+    }
+
+    /// The model file of `params`, with its metadata changed by `edit`.
+    fn model_with(params: &Params, edit: impl FnOnce(&mut HashMap<String, String>)) -> Vec<u8> {
+        let mut meta = architecture_metadata(&params.config);
+        edit(&mut meta);
+        let tensors = model_tensors(params);
+        serialize(&tensors, steps_tensor(0), meta, Path::new(IN_MEMORY)).unwrap()
+    }
+
+    #[test]
+    fn a_model_file_round_trips_its_layers() {
+        for (config, layers, hidden) in [
+            (
+                ModelConfig::default(),
+                "batchnorm,dense(128,relu),dense(10)",
+                "128",
+            ),
+            (
+                ModelConfig::mlp(&[32, 16], true),
+                "batchnorm,dense(32,relu),dense(16,relu),dense(10)",
+                "32,16",
+            ),
+            (ModelConfig::mlp(&[], false), "batchnorm,dense(10)", ""),
+        ] {
+            let params = Params::init(&config, 5);
+            let bytes = model_bytes(&params, 3, Path::new(IN_MEMORY)).unwrap();
+            let meta = metadata(&bytes);
+            assert_eq!(
+                (meta[LAYERS].as_str(), meta[HIDDEN].as_str()),
+                (layers, hidden)
+            );
+            assert_eq!(parse_model(&bytes).unwrap(), params, "{layers}");
+        }
+    }
+
+    #[test]
+    fn a_file_written_before_layers_loads_from_hidden() {
+        let params = Params::init(&ModelConfig::mlp(&[32, 16], true), 5);
+        let old = model_with(&params, |m| {
+            m.remove(LAYERS);
+        });
+        assert!(!metadata(&old).contains_key(LAYERS));
+        assert_eq!(parse_model(&old).unwrap(), params);
+    }
+
+    #[test]
+    fn bad_architecture_metadata_is_refused_in_one_line() {
+        let cases = [
+            (
+                LAYERS,
+                "batchnorm,dense(10,relu)",
+                "metadata 'layers': layer 2 (dense(10,relu)) is not supported",
+            ),
+            (
+                LAYERS,
+                "batchnorm,dense(128,relu),maxpool2d(2),dense(10)",
+                "metadata 'layers': layer 3 ('maxpool2d(2)'): unknown layer 'maxpool2d'",
+            ),
+            (LAYERS, "", "metadata 'layers': expected a list of layers"),
+            (
+                LAYERS,
+                "batchnorm,dense(70000,relu),dense(10)",
+                "metadata 'layers': layer 2 ('dense(70000,relu)'): layer width 70000 is too large",
+            ),
+            (
+                LAYERS,
+                "batchnorm,\ndense(1\n28,relu),dense(10)",
+                "metadata 'layers': layer 2 ('dense(1\\n28,relu)'): control character '\\n'",
+            ),
+            (
+                HIDDEN,
+                "128,64",
+                "metadata 'layers' (batchnorm,dense(128,relu),dense(10)) and 'hidden' (128,64) \
+                 describe different models",
+            ),
+            (HIDDEN, "", "and 'hidden' () describe different models"),
+            (
+                HIDDEN,
+                "abc",
+                "metadata 'hidden': 'abc' is not a layer width",
+            ),
+        ];
+        let params = Params::init(&ModelConfig::default(), 5);
+        for (key, value, words) in cases {
+            let bytes = model_with(&params, |m| {
+                m.insert(key.to_string(), value.to_string());
+            });
+            let error = parse_model(&bytes).unwrap_err().to_string();
+            assert!(error.starts_with("<bytes>: "), "{error}");
+            assert!(error.contains(words), "{words}: {error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
     }
 }

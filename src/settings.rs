@@ -61,11 +61,7 @@ pub fn seed(text: &str) -> Result<u64, String> {
 /// Hidden layer widths, comma-separated, of a model small enough to train here.
 pub fn hidden(text: &str) -> Result<Vec<usize>, String> {
     let hidden = parse_hidden(text)?;
-    ModelConfig {
-        hidden: hidden.clone(),
-        raw_pixels: false,
-    }
-    .check_size()?;
+    ModelConfig::mlp(&hidden, false).check()?;
     Ok(hidden)
 }
 
@@ -130,10 +126,7 @@ impl PageForm {
         let train_limit = field("train limit", &self.train_limit, optional_limit)?;
         let test_limit = field("test limit", &self.test_limit, optional_limit)?;
         Ok(PageSettings {
-            model: ModelConfig {
-                hidden,
-                raw_pixels: self.raw_pixels,
-            },
+            model: ModelConfig::mlp(&hidden, self.raw_pixels),
             lr,
             options: TrainOptions {
                 epochs,

@@ -28,10 +28,7 @@ fn whole_model_gradient_matches_finite_differences() {
 }
 
 fn gradient_check(sparse: bool) {
-    let config = ModelConfig {
-        hidden: vec![7, 5],
-        raw_pixels: false,
-    };
+    let config = ModelConfig::mlp(&[7, 5], false);
     let mut params = Params::init(&config, 3);
     // Non-trivial gamma/beta so their gradients are not at a special point.
     for (i, g) in params.trainable[params.layout.gamma.clone()]
@@ -268,14 +265,8 @@ fn it_learns() {
 fn deeper_and_raw_pixel_models_train() {
     let data = subset(2000, 500);
     for config in [
-        ModelConfig {
-            hidden: vec![64, 32],
-            raw_pixels: false,
-        },
-        ModelConfig {
-            hidden: vec![128],
-            raw_pixels: true,
-        },
+        ModelConfig::mlp(&[64, 32], false),
+        ModelConfig::mlp(&[128], true),
     ] {
         let mut backend = CpuBackend::new(Params::init(&config, 1), Hyper::default(), data.clone());
         let options = TrainOptions {

@@ -78,3 +78,41 @@ fn checkpoint_mutations_are_refused() {
     }
     assert_eq!(accepted, ["checkpoint-valid.safetensors"]);
 }
+
+/// The layer-list seeds in the corpus (`layers-*`, made from `hidden-1` with a `layers`
+/// entry): the valid list parses to its model, the others are refused by name.
+#[test]
+fn layer_list_seeds() {
+    let mut results = Vec::new();
+    for (path, bytes) in corpus("model") {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("layers-") {
+            let result = mnist_gpu::modelfile::parse_model(&bytes);
+            results.push((name, result.map(|p| p.config).map_err(|e| e.to_string())));
+        }
+    }
+    let refused = |words: &str| Err(format!("<bytes>: metadata 'layers': {words}"));
+    let expected = [
+        (
+            "layers-1.safetensors",
+            Ok(mnist_gpu::model::ModelConfig::mlp(&[1], false)),
+        ),
+        (
+            "layers-garbage.safetensors",
+            refused("layer 2 ('dense(1,relu,dense(10)'): unbalanced parentheses"),
+        ),
+        (
+            "layers-unsupported.safetensors",
+            refused(
+                "layer 2 (dense(1)) is not supported: a layer between the first and the last \
+                 must be dense(UNITS,relu) (supported: batchnorm, then dense(UNITS,relu) \
+                 layers, then dense(10))",
+            ),
+        ),
+    ];
+    let expected: Vec<_> = expected
+        .into_iter()
+        .map(|(n, r)| (n.to_string(), r))
+        .collect();
+    assert_eq!(results, expected);
+}

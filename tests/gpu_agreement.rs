@@ -458,10 +458,7 @@ fn training_steps_match_cpu() {
             (vec![128], 32, 640, "20 steps"),
             (vec![129, 33], 33, 634, "20 steps, partial last batch"),
         ] {
-            let config = ModelConfig {
-                hidden: hidden.clone(),
-                raw_pixels: false,
-            };
+            let config = ModelConfig::mlp(&hidden, false);
             let params = Params::init(&config, 7);
             let Some(mut gpu) = gpu_backend("training_steps_match_cpu", &backend, &params, &data)
             else {
@@ -685,13 +682,7 @@ fn load_round_trips_parameters() {
             optim,
             "{backend}: optimiser state after load"
         );
-        let wrong = Params::init(
-            &ModelConfig {
-                hidden: vec![64],
-                raw_pixels: false,
-            },
-            1,
-        );
+        let wrong = Params::init(&ModelConfig::mlp(&[64], false), 1);
         assert!(
             gpu.load(&wrong, None).is_err(),
             "{backend}: a mismatched layout must be refused"

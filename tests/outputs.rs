@@ -1,10 +1,11 @@
 //! What a training run leaves behind, through the binary: every file of the run
 //! directory, `eval` reproducing `train`'s accuracy, bit-identical resume on the CPU,
-//! `--init-from`, and `predict` on the shipped sample digits.
+//! `--init-from`, `predict` on the shipped sample digits, and files written before the
+//! `layers` metadata still loading in each command.
 
 mod common;
 
-use common::cli::{bits, succeed};
+use common::cli::{bits, edit_metadata, model_and_checkpoint, s, succeed, train_with};
 use mnist_gpu::model::INPUT;
 use mnist_gpu::modelfile;
 use safetensors::{Dtype, SafeTensors};
@@ -88,8 +89,9 @@ fn a_run_writes_every_file_and_eval_reproduces_its_accuracy() {
     assert_eq!(i64::from_le_bytes(steps.data().try_into().unwrap()), 2 * 63);
     let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
     let meta = meta.metadata().clone().unwrap();
-    assert_eq!(meta["hidden"], "32,16");
-    assert_eq!(meta["raw_pixels"], "false");
+    let layers = "batchnorm,dense(32,relu),dense(16,relu),dense(10)";
+    let architecture = [&meta["layers"], &meta["hidden"], &meta["raw_pixels"]];
+    assert_eq!(architecture, [layers, "32,16", "false"]);
 
     // eval gives exactly the accuracy train reported for the last epoch.
     let val = records[1]["val_accuracy"].as_f64().unwrap() * 100.0;
@@ -313,4 +315,56 @@ fn predict_reads_every_file_and_reports_each_failure_on_its_own_line() {
             }
         }
     }
+}
+
+/// Model and checkpoint files written before the `layers` metadata (the architecture in
+/// `hidden` alone) still load in every command that reads one, to the same parameters
+/// and the same answers as the files with `layers`.
+#[test]
+fn files_written_before_the_layers_metadata_still_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (model, checkpoint) = model_and_checkpoint(root);
+    let old = |src: &Path, dst: &Path| {
+        edit_metadata(src, dst, |m| {
+            let layers = m.remove("layers");
+            assert_eq!(
+                layers.as_deref(),
+                Some("batchnorm,dense(128,relu),dense(10)")
+            );
+            assert_eq!(m["hidden"], "128");
+        });
+    };
+    let old_model = root.join("old-model.safetensors");
+    old(&model, &old_model);
+    let resume_dir = root.join("old-run");
+    std::fs::create_dir(&resume_dir).unwrap();
+    old(&checkpoint, &resume_dir.join("checkpoint.safetensors"));
+    assert_eq!(
+        modelfile::load_model(&old_model).unwrap(),
+        modelfile::load_model(&model).unwrap()
+    );
+    let digit = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/digits/digit-7-large-light.png");
+    for command in [
+        vec!["eval", "--cpu-fallback", "--test-limit", "100", "--model"],
+        vec!["predict", "--json", digit.to_str().unwrap(), "--model"],
+    ] {
+        let answer = |file: &Path| {
+            let mut args = command.clone();
+            args.push(file.to_str().unwrap());
+            stdout(&mnist_gpu(&args)).replace(file.to_str().unwrap(), "MODEL")
+        };
+        assert_eq!(answer(&old_model), answer(&model), "{}", command[0]);
+    }
+    let init = s(&root.join("init"));
+    succeed(&train_with(&["--init-from", &s(&old_model)], &init));
+    let resume = resume_dir.to_str().unwrap();
+    mnist_gpu(&["train", "--cpu-fallback", "--resume", resume]);
+    // What the resumed run writes has `layers`.
+    let written = std::fs::read(resume_dir.join("model.safetensors")).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&written).unwrap();
+    assert_eq!(
+        header.metadata().as_ref().unwrap()["layers"],
+        "batchnorm,dense(128,relu),dense(10)"
+    );
 }

@@ -7,15 +7,36 @@ use mnist_gpu::modelfile;
 use safetensors::Dtype;
 use std::path::{Path, PathBuf};
 
-/// (file name, description, words the error must hold) of each broken model, written
-/// from the valid model `src` into `dir`.
-fn broken_models(src: &Path, dir: &Path) -> Vec<(PathBuf, &'static str, Vec<&'static str>)> {
-    let keep = |_: &str, d, s, b| Some((d, s, b));
+/// A broken model: (file, description, words the error must hold).
+type Broken = (PathBuf, &'static str, Vec<&'static str>);
+
+/// Every broken model, written from the valid model `src` into `dir`.
+fn broken_models(src: &Path, dir: &Path) -> Vec<Broken> {
+    let mut broken = not_safetensors(src, dir);
+    broken.extend(broken_tensors(src, dir));
+    broken.extend(broken_layers(src, dir));
+    broken.extend(broken_hidden(src, dir));
+    broken
+}
+
+/// Files that are not safetensors at all.
+fn not_safetensors(src: &Path, dir: &Path) -> Vec<Broken> {
     let path = |name: &str| dir.join(name);
     std::fs::write(path("text.safetensors"), "this is not a model\n").unwrap();
     let bytes = std::fs::read(src).unwrap();
     std::fs::write(path("truncated.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
     std::fs::write(path("empty.safetensors"), b"").unwrap();
+    let words = || vec!["not a safetensors file"];
+    vec![
+        (path("text.safetensors"), "not safetensors", words()),
+        (path("empty.safetensors"), "empty", words()),
+        (path("truncated.safetensors"), "truncated", words()),
+    ]
+}
+
+/// Safetensors files with a tensor missing, misshapen, mistyped or not finite.
+fn broken_tensors(src: &Path, dir: &Path) -> Vec<Broken> {
+    let path = |name: &str| dir.join(name);
     edit_safetensors(
         src,
         &path("missing.safetensors"),
@@ -25,24 +46,18 @@ fn broken_models(src: &Path, dir: &Path) -> Vec<(PathBuf, &'static str, Vec<&'st
     edit_safetensors(
         src,
         &path("shape.safetensors"),
-        |n, d, s, b| {
-            if n == "2.weight" {
-                Some((d, vec![64, 784], b[..64 * 784 * 4].to_vec()))
-            } else {
-                Some((d, s, b))
-            }
+        |n, d, s, b| match n {
+            "2.weight" => Some((d, vec![64, 784], b[..64 * 784 * 4].to_vec())),
+            _ => Some((d, s, b)),
         },
         |_| {},
     );
     edit_safetensors(
         src,
         &path("dtype.safetensors"),
-        |n, d, s, b| {
-            if n == "1.weight" {
-                Some((Dtype::I32, s, b))
-            } else {
-                Some((d, s, b))
-            }
+        |n, d, s, b| match n {
+            "1.weight" => Some((Dtype::I32, s, b)),
+            _ => Some((d, s, b)),
         },
         |_| {},
     );
@@ -57,31 +72,7 @@ fn broken_models(src: &Path, dir: &Path) -> Vec<(PathBuf, &'static str, Vec<&'st
         },
         |_| {},
     );
-    edit_safetensors(src, &path("arch.safetensors"), keep, |m| {
-        m.insert("hidden".into(), "256".into());
-    });
-    edit_safetensors(src, &path("huge.safetensors"), keep, |m| {
-        m.insert("hidden".into(), "60000,60000".into());
-    });
-    edit_safetensors(src, &path("nometa.safetensors"), keep, |m| {
-        m.remove("hidden");
-    });
     vec![
-        (
-            path("text.safetensors"),
-            "not safetensors",
-            vec!["not a safetensors file"],
-        ),
-        (
-            path("empty.safetensors"),
-            "empty",
-            vec!["not a safetensors file"],
-        ),
-        (
-            path("truncated.safetensors"),
-            "truncated",
-            vec!["not a safetensors file"],
-        ),
         (
             path("missing.safetensors"),
             "missing tensor",
@@ -102,20 +93,93 @@ fn broken_models(src: &Path, dir: &Path) -> Vec<(PathBuf, &'static str, Vec<&'st
             "non-finite value",
             vec!["tensor '2.bias' holds a non-finite value (NaN) at index 5"],
         ),
+    ]
+}
+
+/// A copy of `src` named `name` in `dir`, with each metadata `(key, value)` of
+/// `entries` set (`Some`) or removed (`None`).
+fn with_metadata(src: &Path, dir: &Path, name: &str, entries: &[(&str, Option<&str>)]) -> PathBuf {
+    let path = dir.join(name);
+    edit_metadata(src, &path, |m| {
+        for (key, value) in entries {
+            match value {
+                Some(value) => m.insert(key.to_string(), value.to_string()),
+                None => m.remove(*key),
+            };
+        }
+    });
+    path
+}
+
+/// A `layers` entry that is malformed, unsupported, too large or contradicted by
+/// `hidden`, with the key and the bad layer named in the error.
+fn broken_layers(src: &Path, dir: &Path) -> Vec<Broken> {
+    let layers =
+        |name, value| with_metadata(src, dir, name, &[("layers", Some(value)), ("hidden", None)]);
+    vec![
         (
-            path("arch.safetensors"),
+            layers("arch.safetensors", "batchnorm,dense(256,relu),dense(10)"),
             "shapes of another architecture",
             vec!["tensor '2.weight' has shape [128, 784], expected [256, 784]"],
         ),
         (
-            path("huge.safetensors"),
+            layers("huge.safetensors", "batchnorm,dense(60000,relu),dense(60000,relu),dense(10)"),
             "architecture larger than the file",
-            vec!["metadata 'hidden'"],
+            vec![
+                "metadata 'layers': the model batchnorm,dense(60000,relu),dense(60000,relu),dense(10) has",
+                "at most 100000000",
+            ],
         ),
         (
-            path("nometa.safetensors"),
+            layers("unsupported.safetensors", "batchnorm,dense(128,relu),dense(10,relu)"),
+            "a layer list the trainers do not implement",
+            vec![
+                "metadata 'layers': layer 3 (dense(10,relu)) is not supported",
+                "the last layer must be dense(10)",
+            ],
+        ),
+        (
+            layers("garbage.safetensors", "conv2d(32,3),dense(10)"),
+            "an unknown layer",
+            vec!["metadata 'layers': layer 1 ('conv2d(32,3)'): unknown layer 'conv2d'"],
+        ),
+        (
+            layers("zero-units.safetensors", "batchnorm,dense(0,relu),dense(10)"),
+            "a layer of 0 units",
+            vec!["metadata 'layers': layer 2 ('dense(0,relu)'): layer widths must be at least 1"],
+        ),
+        (
+            with_metadata(src, dir, "disagree.safetensors", &[("hidden", Some("64"))]),
+            "'layers' and 'hidden' disagreeing",
+            vec![
+                "metadata 'layers' (batchnorm,dense(128,relu),dense(10)) and 'hidden' (64) \
+                 describe different models",
+            ],
+        ),
+    ]
+}
+
+/// Files written before `layers`, whose architecture is `hidden` alone, broken; and a
+/// file with neither.
+fn broken_hidden(src: &Path, dir: &Path) -> Vec<Broken> {
+    let hidden =
+        |name, value| with_metadata(src, dir, name, &[("hidden", Some(value)), ("layers", None)]);
+    let neither = [("hidden", None), ("layers", None)];
+    vec![
+        (
+            hidden("old-arch.safetensors", "256"),
+            "shapes of another architecture, in a file written before 'layers'",
+            vec!["tensor '2.weight' has shape [128, 784], expected [256, 784]"],
+        ),
+        (
+            hidden("old-huge.safetensors", "60000,60000"),
+            "architecture larger than the file, in a file written before 'layers'",
+            vec!["metadata 'hidden': the model", "at most 100000000"],
+        ),
+        (
+            with_metadata(src, dir, "nometa.safetensors", &neither),
             "no architecture metadata",
-            vec!["metadata has no 'hidden' entry"],
+            vec!["metadata has neither 'layers' nor 'hidden'"],
         ),
     ]
 }
