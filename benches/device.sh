@@ -9,6 +9,11 @@
 #                            # fetch the Vulkan loader .debs into .gl/
 #   benches/device.sh        # on the GPU machine (or here): run everything
 #
+# With BASELINE_EPOCH=PATH (an epoch bench built from an earlier commit, e.g. by
+# `git worktree add` and `cargo bench --bench epoch --no-run` there), `pack` adds it, and
+# the run measures it right before this build's epoch bench, in the same sitting: the
+# before-and-after figures of a change.
+#
 # For a GPU machine that has no Rust toolchain: `pack` on the build machine, copy the
 # checkout with .gl/ and .device/ there, and run `bash benches/device.sh` in it. It is
 # meant to finish in a few minutes; each part has its own time limit (480 s in all), and a
@@ -44,7 +49,12 @@ pack() (
     exe=$(printf '%s\n%s\n' "$tests" "$benches" | grep -o "target/release/deps/$name-[0-9a-f]*" | tail -1)
     strip -o "$stage/$name" "$exe"
   done
-  tar -C "$stage" -cf - "${programs[@]}" | xz -T1 --lzma2=preset=6,dict=96MiB >.device/programs.tar.xz
+  local packed=("${programs[@]}")
+  if [ -n "${BASELINE_EPOCH:-}" ]; then
+    strip -o "$stage/epoch-baseline" "$BASELINE_EPOCH"
+    packed+=(epoch-baseline)
+  fi
+  tar -C "$stage" -cf - "${packed[@]}" | xz -T1 --lzma2=preset=6,dict=96MiB >.device/programs.tar.xz
   local exclude
   exclude=$(git rev-parse --git-path info/exclude)
   mkdir -p "$(dirname "$exclude")"
@@ -160,6 +170,9 @@ run_all() {
     "$bin/gpu_agreement" --test-threads=1
   local bench_env=(MNIST_GPU_BENCH_BACKENDS="$backend")
   [ "$quick" = 1 ] && bench_env+=(MNIST_GPU_BENCH_SOFT_SAMPLES=1000 MNIST_GPU_BENCH_REPS=1)
+  if [ -x "$bin/epoch-baseline" ]; then
+    part "epoch bench (baseline)" 120 env "${bench_env[@]}" "$bin/epoch-baseline" --bench
+  fi
   part "epoch bench" 120 env "${bench_env[@]}" "$bin/epoch" --bench
   part "kernels bench" 120 env "${bench_env[@]}" "$bin/kernels" --bench
   part "train --adapter $backend" 90 bash "$0" train
