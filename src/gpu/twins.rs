@@ -36,6 +36,41 @@ fn run_one(ctx: &GpuContext, dispatch: Dispatch) -> Result<(), DeviceError> {
     ctx.wait()
 }
 
+/// `softmax_xent`'s loss sum (f32 bits) and correct count, the first two words of `stats`.
+fn read_loss_and_correct(
+    ctx: &GpuContext,
+    stats: &wgpu::Buffer,
+) -> Result<(f32, u32), DeviceError> {
+    let s = ctx.read_buffer(stats, 0, 8)?;
+    let words: &[u32] = bytemuck::cast_slice(&s);
+    Ok((f32::from_bits(words[0]), words[1]))
+}
+
+/// In training `softmax_xent` advances the step counter: from 0 it must now read 1.
+fn check_one_step_taken(ctx: &GpuContext, state: &wgpu::Buffer) -> Result<(), DeviceError> {
+    let st = ctx.read_buffer(state, 0, 4)?;
+    let t = bytemuck::cast_slice::<u8, u32>(&st)[0];
+    if t != 1 {
+        return Err(DeviceError::Gpu(format!(
+            "softmax kernel left the step counter at {t}, expected 1"
+        )));
+    }
+    Ok(())
+}
+
+/// The `batch` predicted classes `softmax_xent` wrote in evaluation (one u32 each).
+fn read_predictions(
+    ctx: &GpuContext,
+    preds: &wgpu::Buffer,
+    batch: usize,
+) -> Result<Vec<u8>, DeviceError> {
+    let p = ctx.read_buffer(preds, 0, (batch * 4) as u64)?;
+    Ok(bytemuck::cast_slice::<u8, u32>(&p)
+        .iter()
+        .map(|&v| v as u8)
+        .collect())
+}
+
 impl Kernels {
     fn gemm_dispatch(
         &self,
@@ -354,30 +389,13 @@ impl Kernels {
             predictions: &preds,
         };
         run_one(ctx, self.softmax_xent.dispatch(d, &bindings, [1, 1, 1]))?;
-        let s = ctx.read_buffer(&stats, 0, 8)?;
-        let words: &[u32] = bytemuck::cast_slice(&s);
-        let (loss, correct) = (f32::from_bits(words[0]), words[1]);
+        let (loss, correct) = read_loss_and_correct(ctx, &stats)?;
         if training {
-            let st = ctx.read_buffer(&state, 0, 4)?;
-            let t = bytemuck::cast_slice::<u8, u32>(&st)[0];
-            if t != 1 {
-                return Err(DeviceError::Gpu(format!(
-                    "softmax kernel left the step counter at {t}, expected 1"
-                )));
-            }
-            Ok((
-                loss,
-                correct,
-                ctx.read_f32(&grad, 0, b * classes)?,
-                Vec::new(),
-            ))
+            check_one_step_taken(ctx, &state)?;
+            let gradient = ctx.read_f32(&grad, 0, b * classes)?;
+            Ok((loss, correct, gradient, Vec::new()))
         } else {
-            let p = ctx.read_buffer(&preds, 0, (b * 4) as u64)?;
-            let p: Vec<u8> = bytemuck::cast_slice::<u8, u32>(&p)
-                .iter()
-                .map(|&v| v as u8)
-                .collect();
-            Ok((loss, correct, Vec::new(), p))
+            Ok((loss, correct, Vec::new(), read_predictions(ctx, &preds, b)?))
         }
     }
 
