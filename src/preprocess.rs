@@ -149,15 +149,12 @@ fn read_image(path: &Path) -> Result<DynamicImage, PreprocessError> {
         if source.kind() == io::ErrorKind::NotFound {
             PreprocessError::Missing { path: p() }
         } else {
-            PreprocessError::Io {
-                path: p(),
-                error: source,
-            }
+            io_error(source, path)
         }
     };
     let len = crate::fsutil::regular_file(path).map_err(|e| match e {
         InputFileError::Missing => PreprocessError::Missing { path: p() },
-        InputFileError::Io(error) => PreprocessError::Io { path: p(), error },
+        InputFileError::Io(error) => io_error(error, path),
         other => PreprocessError::Decode {
             path: p(),
             message: other.to_string(),
@@ -210,61 +207,86 @@ fn decode_checked<R: io::BufRead + io::Seek>(
     if let Some((width, height)) = png_dimensions(head) {
         check_size(width, height, path)?;
     }
-    let p = || path.to_path_buf();
-    let io_err = |source: io::Error| PreprocessError::Io {
-        path: p(),
-        error: source,
-    };
-    let open = || -> Result<ImageReader<R>, PreprocessError> {
-        let reader = make()?.with_guessed_format().map_err(io_err)?;
-        match reader.format() {
-            Some(ImageFormat::Png | ImageFormat::Jpeg) => Ok(reader),
-            Some(other) => Err(PreprocessError::Unsupported {
-                path: p(),
-                format: format!("{other:?}").to_uppercase(),
-            }),
-            None => Err(PreprocessError::Decode {
-                path: p(),
-                message: "unrecognised file contents".into(),
-            }),
-        }
-    };
-    let decode_err = |e: image::ImageError| match e {
-        image::ImageError::IoError(source) if source.kind() == io::ErrorKind::UnexpectedEof => {
-            PreprocessError::Decode {
-                path: p(),
-                message: "the file is truncated".into(),
-            }
-        }
-        image::ImageError::IoError(source) => PreprocessError::Io {
-            path: p(),
-            error: source,
-        },
-        other => PreprocessError::Decode {
-            path: p(),
-            message: other.to_string(),
-        },
-    };
-    let (width, height) = open()?.into_dimensions().map_err(decode_err)?;
+    // Each step consumes its reader, so each opens the picture afresh.
+    let open = || open_png_or_jpeg(&make, path);
+    let (width, height) = open()?
+        .into_dimensions()
+        .map_err(|e| decode_error(e, path))?;
     check_size(width, height, path)?;
     if open()?.format() == Some(ImageFormat::Jpeg) {
-        let mut bytes = Vec::new();
-        make()?
-            .into_inner()
-            .read_to_end(&mut bytes)
-            .map_err(io_err)?;
-        check_jpeg_whole(&bytes)
-            .map_err(|message| PreprocessError::Decode { path: p(), message })?;
+        check_jpeg_file(&make, path)?;
     }
-
     decode_under_limits(open()?).map_err(|e| match e {
         DecodeFailure::TooLarge => PreprocessError::TooLarge {
-            path: p(),
+            path: path.to_path_buf(),
             width,
             height,
         },
-        DecodeFailure::Other(other) => decode_err(other),
+        DecodeFailure::Other(other) => decode_error(other, path),
     })
+}
+
+/// A reader from `make` with its format guessed from the contents; only PNG and JPEG
+/// are accepted.
+fn open_png_or_jpeg<R: io::BufRead + io::Seek>(
+    make: &impl Fn() -> Result<ImageReader<R>, PreprocessError>,
+    path: &Path,
+) -> Result<ImageReader<R>, PreprocessError> {
+    let reader = make()?
+        .with_guessed_format()
+        .map_err(|error| io_error(error, path))?;
+    match reader.format() {
+        Some(ImageFormat::Png | ImageFormat::Jpeg) => Ok(reader),
+        Some(other) => Err(PreprocessError::Unsupported {
+            path: path.to_path_buf(),
+            format: format!("{other:?}").to_uppercase(),
+        }),
+        None => Err(PreprocessError::Decode {
+            path: path.to_path_buf(),
+            message: "unrecognised file contents".into(),
+        }),
+    }
+}
+
+/// Reads the whole JPEG file from `make` and decodes it strictly ([`check_jpeg_whole`]).
+fn check_jpeg_file<R: io::BufRead + io::Seek>(
+    make: &impl Fn() -> Result<ImageReader<R>, PreprocessError>,
+    path: &Path,
+) -> Result<(), PreprocessError> {
+    let mut bytes = Vec::new();
+    make()?
+        .into_inner()
+        .read_to_end(&mut bytes)
+        .map_err(|error| io_error(error, path))?;
+    check_jpeg_whole(&bytes).map_err(|message| PreprocessError::Decode {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+fn io_error(error: io::Error, path: &Path) -> PreprocessError {
+    PreprocessError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+/// The decoder's error in the words of [`PreprocessError`]: a file that ends early is
+/// truncated, any other I/O error stays one.
+fn decode_error(e: image::ImageError, path: &Path) -> PreprocessError {
+    match e {
+        image::ImageError::IoError(source) if source.kind() == io::ErrorKind::UnexpectedEof => {
+            PreprocessError::Decode {
+                path: path.to_path_buf(),
+                message: "the file is truncated".into(),
+            }
+        }
+        image::ImageError::IoError(error) => io_error(error, path),
+        other => PreprocessError::Decode {
+            path: path.to_path_buf(),
+            message: other.to_string(),
+        },
+    }
 }
 
 /// Why [`decode_under_limits`] failed.

@@ -75,6 +75,7 @@ pub const CORRECT_COLOR: Rgb<u8> = Rgb([0, 0, 0]);
 /// Colour of a wrong prediction's label (`"3 (true 5)"`).
 pub const WRONG_COLOR: Rgb<u8> = Rgb([210, 0, 0]);
 const WHITE: Rgb<u8> = Rgb([255, 255, 255]);
+const BLACK: Rgb<u8> = Rgb([0, 0, 0]);
 const FRAME_COLOR: Rgb<u8> = Rgb([200, 200, 200]);
 
 /// Top-left corner of tile `i` (0-based position in the grid, row-major, 10 per row).
@@ -128,26 +129,10 @@ pub fn draw_predictions(
     predictions: &[u8],
     path: &Path,
 ) -> Result<(), ReportError> {
-    let invalid = |problem: String| ReportError::Invalid {
+    let count = drawn_count(test, offset, predictions).map_err(|problem| ReportError::Invalid {
         path: path.to_path_buf(),
         problem,
-    };
-    if (test.rows, test.cols) != (DIGIT_SIZE as usize, DIGIT_SIZE as usize) {
-        return Err(invalid(format!(
-            "images are {}×{}, expected {DIGIT_SIZE}×{DIGIT_SIZE}",
-            test.rows, test.cols
-        )));
-    }
-    if test.is_empty() {
-        return Err(invalid("the test set is empty".into()));
-    }
-    if offset >= test.len() {
-        return Err(invalid(format!(
-            "offset {offset} is past the end of the test set ({} images)",
-            test.len()
-        )));
-    }
-    let count = (test.len() - offset).min(GRID_IMAGES);
+    })?;
     let prediction = |k: usize| -> u8 {
         if predictions.len() == test.len() {
             predictions[offset + k]
@@ -155,40 +140,59 @@ pub fn draw_predictions(
             predictions[k]
         }
     };
-    if predictions.len() != test.len() && predictions.len() != count {
-        return Err(invalid(format!(
-            "{} predictions: expected one per test image ({}) or one per drawn image ({count})",
-            predictions.len(),
-            test.len()
-        )));
-    }
-
     let (width, height) = predictions_size(count);
     let mut img = RgbImage::from_pixel(width, height, WHITE);
     let correct = (0..count)
         .filter(|&k| prediction(k) == test.labels[offset + k])
         .count();
-    let title = format!(
-        "Test images {}–{}: {correct} of {count} predicted correctly",
-        offset,
-        offset + count - 1
-    );
-    let title_y = (TITLE_HEIGHT as f32 - TITLE_FONT_PX) / 2.0;
-    let centre = width as f32 / 2.0;
-    draw_text_centered(
-        &mut img,
-        &title,
-        TITLE_FONT_PX,
-        centre,
-        title_y,
-        CORRECT_COLOR,
-    );
+    draw_predictions_title(&mut img, offset, count, correct);
     for k in 0..count {
         let i = offset + k;
         draw_digit_tile(&mut img, k, test.image(i));
         draw_tile_label(&mut img, k, prediction(k), test.labels[i]);
     }
     save(&img, path)
+}
+
+/// How many images [`draw_predictions`] draws from `offset` on, or why it cannot.
+fn drawn_count(test: &Dataset, offset: usize, predictions: &[u8]) -> Result<usize, String> {
+    if (test.rows, test.cols) != (DIGIT_SIZE as usize, DIGIT_SIZE as usize) {
+        return Err(format!(
+            "images are {}×{}, expected {DIGIT_SIZE}×{DIGIT_SIZE}",
+            test.rows, test.cols
+        ));
+    }
+    if test.is_empty() {
+        return Err("the test set is empty".into());
+    }
+    if offset >= test.len() {
+        return Err(format!(
+            "offset {offset} is past the end of the test set ({} images)",
+            test.len()
+        ));
+    }
+    let count = (test.len() - offset).min(GRID_IMAGES);
+    if predictions.len() != test.len() && predictions.len() != count {
+        return Err(format!(
+            "{} predictions: expected one per test image ({}) or one per drawn image ({count})",
+            predictions.len(),
+            test.len()
+        ));
+    }
+    Ok(count)
+}
+
+/// The title strip above the grid: which test images it shows and how many of their
+/// predictions are right.
+fn draw_predictions_title(img: &mut RgbImage, offset: usize, count: usize, correct: usize) {
+    let title = format!(
+        "Test images {}–{}: {correct} of {count} predicted correctly",
+        offset,
+        offset + count - 1
+    );
+    let title_y = (TITLE_HEIGHT as f32 - TITLE_FONT_PX) / 2.0;
+    let centre = img.width() as f32 / 2.0;
+    draw_text_centered(img, &title, TITLE_FONT_PX, centre, title_y, CORRECT_COLOR);
 }
 
 /// Tile `k`'s digit, scaled up, inside a light frame that shows the white background's
@@ -299,12 +303,38 @@ type CurveSpec = (
 type Panel<'a> =
     plotters::drawing::DrawingArea<plotters::prelude::BitMapBackend<'a>, plotters::coord::Shift>;
 
+/// A panel's chart: epochs across, the values of one [`CurveSpec`] up.
+type Chart<'c, 'b> = plotters::chart::ChartContext<
+    'c,
+    plotters::prelude::BitMapBackend<'b>,
+    plotters::coord::cartesian::Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
 /// Draw one panel: the training and validation curves of `spec` over the epochs, with
 /// readable ticks (integer epochs; scientific y labels when the values are huge).
 fn draw_curve_panel(panel: &Panel, history: &[EpochRecord], spec: CurveSpec) -> Result<(), String> {
+    let (_, y_desc, train, val) = spec;
+    let mut chart = curve_axes(panel, history, spec)?;
+    for (name, get, color) in [
+        ("train", train, TRAIN_COLOR),
+        ("validation", val, VAL_COLOR),
+    ] {
+        draw_curve(&mut chart, history, name, get, color)?;
+    }
+    draw_curve_legend(&mut chart, y_desc)
+}
+
+/// The panel's caption, axes and mesh, the y range fitted to the finite values of `spec`.
+fn curve_axes<'c, 'b>(
+    panel: &Panel<'b>,
+    history: &[EpochRecord],
+    spec: CurveSpec,
+) -> Result<Chart<'c, 'b>, String> {
     use plotters::prelude::*;
     let (caption, y_desc, train, val) = spec;
-    let err = |e: &dyn std::fmt::Display| e.to_string();
     let (x_lo, x_hi) = x_range(
         history[0].epoch as f64,
         history[history.len() - 1].epoch as f64,
@@ -322,46 +352,61 @@ fn draw_curve_panel(panel: &Panel, history: &[EpochRecord], spec: CurveSpec) -> 
         .x_label_area_size(45)
         .y_label_area_size(80)
         .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)
-        .map_err(|e| err(&e))?;
+        .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
         .x_desc("epoch")
         .y_desc(y_desc)
         .x_labels(history.len().clamp(1, 10) + 2)
-        .x_label_formatter(&|x| {
-            if (x - x.round()).abs() < 1e-6 {
-                format!("{}", x.round() as i64)
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&epoch_tick_label)
         .y_label_formatter(&|y| tick_label(*y, y_span))
         .label_style(("sans-serif", 15))
         .axis_desc_style(("sans-serif", 17))
         .light_line_style(WHITE_PLOT.mix(0.0))
         .bold_line_style(BLACK_PLOT.mix(0.12))
         .draw()
-        .map_err(|e| err(&e))?;
-    for (name, get, color) in [
-        ("train", train, TRAIN_COLOR),
-        ("validation", val, VAL_COLOR),
-    ] {
-        let points: Vec<(f64, f64)> = history
-            .iter()
-            .map(|r| (r.epoch as f64, get(r)))
-            .filter(|(_, v)| v.is_finite())
-            .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-            .map_err(|e| err(&e))?
-            .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-        chart
-            .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
-            .map_err(|e| err(&e))?;
+        .map_err(|e| e.to_string())?;
+    Ok(chart)
+}
+
+/// An x tick's label: the epoch at whole epochs, nothing between them.
+fn epoch_tick_label(x: &f64) -> String {
+    if (x - x.round()).abs() < 1e-6 {
+        format!("{}", x.round() as i64)
+    } else {
+        String::new()
     }
+}
+
+/// One curve, `get` of each epoch, as a line through dots; non-finite values are left out.
+fn draw_curve(
+    chart: &mut Chart,
+    history: &[EpochRecord],
+    name: &str,
+    get: fn(&EpochRecord) -> f64,
+    color: plotters::style::RGBColor,
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    let points: Vec<(f64, f64)> = history
+        .iter()
+        .map(|r| (r.epoch as f64, get(r)))
+        .filter(|(_, v)| v.is_finite())
+        .collect();
+    chart
+        .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+        .map_err(|e| e.to_string())?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    chart
+        .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The legend, in the corner the curves usually leave free: a falling loss's upper
+/// right, a rising accuracy's lower right.
+fn draw_curve_legend<'c, 'b: 'c>(chart: &mut Chart<'c, 'b>, y_desc: &str) -> Result<(), String> {
+    use plotters::prelude::*;
     let corner = if y_desc == "loss" {
         SeriesLabelPosition::UpperRight
     } else {
@@ -374,7 +419,7 @@ fn draw_curve_panel(panel: &Panel, history: &[EpochRecord], spec: CurveSpec) -> 
         .border_style(BLACK_PLOT.mix(0.4))
         .label_font(("sans-serif", 15))
         .draw()
-        .map_err(|e| err(&e))
+        .map_err(|e| e.to_string())
 }
 
 /// The epoch axis: the first and last epoch with a margin, so neither tick sits on the
@@ -489,7 +534,29 @@ pub const CONFUSION_SIZE: (u32, u32) = (
 pub fn draw_confusion(m: &[[u32; 10]; 10], path: &Path) -> Result<(), ReportError> {
     let (width, height) = CONFUSION_SIZE;
     let mut img = RgbImage::from_pixel(width, height, WHITE);
-    let black = Rgb([0, 0, 0]);
+    draw_confusion_titles(&mut img, m);
+    for t in 0..10u32 {
+        let row = &m[t as usize];
+        let row_total: u32 = row.iter().sum();
+        let y = CONFUSION_TOP + t * CELL_PX;
+        let label_top = y as f32 + (CELL_PX as f32 - 16.0) / 2.0;
+        let label_x = CONFUSION_LEFT as f32 - 18.0;
+        draw_text_centered(&mut img, &t.to_string(), 16.0, label_x, label_top, BLACK);
+        for p in 0..10u32 {
+            let x = CONFUSION_LEFT + p * CELL_PX;
+            if t == 0 {
+                let centre = x as f32 + CELL_PX as f32 / 2.0;
+                let top = CONFUSION_TOP as f32 - 24.0;
+                draw_text_centered(&mut img, &p.to_string(), 16.0, centre, top, BLACK);
+            }
+            draw_confusion_cell(&mut img, (x, y), row[p as usize], row_total);
+        }
+    }
+    save(&img, path)
+}
+
+/// The heat map's title (how many predictions are right) and its axis names.
+fn draw_confusion_titles(img: &mut RgbImage, m: &[[u32; 10]; 10]) {
     let total: u64 = m.iter().flatten().map(|&c| c as u64).sum();
     let correct: u64 = (0..10).map(|i| m[i][i] as u64).sum();
     let title = if total > 0 {
@@ -500,68 +567,33 @@ pub fn draw_confusion(m: &[[u32; 10]; 10], path: &Path) -> Result<(), ReportErro
     } else {
         "Confusion matrix (no samples)".to_string()
     };
-    draw_text_centered(&mut img, &title, 20.0, width as f32 / 2.0, 10.0, black);
+    draw_text_centered(img, &title, 20.0, img.width() as f32 / 2.0, 10.0, BLACK);
     let grid_cx = CONFUSION_LEFT as f32 + 5.0 * CELL_PX as f32;
     let grid_cy = CONFUSION_TOP as f32 + 5.0 * CELL_PX as f32;
-    draw_text_centered(&mut img, "predicted", 17.0, grid_cx, 42.0, black);
-    draw_text_vertical(&mut img, "true", 17.0, 12, grid_cy, black);
+    draw_text_centered(img, "predicted", 17.0, grid_cx, 42.0, BLACK);
+    draw_text_vertical(img, "true", 17.0, 12, grid_cy, BLACK);
+}
 
-    for t in 0..10u32 {
-        let row = &m[t as usize];
-        let row_total: u32 = row.iter().sum();
-        let y = CONFUSION_TOP + t * CELL_PX;
-        let label = t.to_string();
-        draw_text_centered(
-            &mut img,
-            &label,
-            16.0,
-            CONFUSION_LEFT as f32 - 18.0,
-            y as f32 + (CELL_PX as f32 - 16.0) / 2.0,
-            black,
-        );
-        for p in 0..10u32 {
-            let x = CONFUSION_LEFT + p * CELL_PX;
-            if t == 0 {
-                let top = CONFUSION_TOP as f32 - 24.0;
-                draw_text_centered(
-                    &mut img,
-                    &p.to_string(),
-                    16.0,
-                    x as f32 + CELL_PX as f32 / 2.0,
-                    top,
-                    black,
-                );
-            }
-            let count = row[p as usize];
-            let share = if row_total > 0 {
-                count as f32 / row_total as f32
-            } else {
-                0.0
-            };
-            // sqrt so that small off-diagonal shares are still visible.
-            let shade = share.sqrt();
-            let lerp = |a: u8, b: u8| (a as f32 + (b as f32 - a as f32) * shade).round() as u8;
-            let fill = Rgb([lerp(255, 8), lerp(255, 48), lerp(255, 107)]);
-            fill_rect(&mut img, x, y, CELL_PX, CELL_PX, fill);
-            draw_rect_outline(&mut img, x, y, CELL_PX + 1, CELL_PX + 1, FRAME_COLOR);
-            let text_color = if shade > 0.55 {
-                Rgb([255, 255, 255])
-            } else {
-                black
-            };
-            let text = count.to_string();
-            let px = fit_font_px(&text, 14.0, CELL_PX as f32 - 4.0);
-            draw_text_centered(
-                &mut img,
-                &text,
-                px,
-                x as f32 + CELL_PX as f32 / 2.0,
-                y as f32 + (CELL_PX as f32 - px) / 2.0,
-                text_color,
-            );
-        }
-    }
-    save(&img, path)
+/// The cell with top-left corner `(x, y)`: shaded by `count`'s share of its row's
+/// `row_total`, framed, with the count written in it.
+fn draw_confusion_cell(img: &mut RgbImage, (x, y): (u32, u32), count: u32, row_total: u32) {
+    let share = if row_total > 0 {
+        count as f32 / row_total as f32
+    } else {
+        0.0
+    };
+    // sqrt so that small off-diagonal shares are still visible.
+    let shade = share.sqrt();
+    let lerp = |a: u8, b: u8| (a as f32 + (b as f32 - a as f32) * shade).round() as u8;
+    let fill = Rgb([lerp(255, 8), lerp(255, 48), lerp(255, 107)]);
+    fill_rect(img, x, y, CELL_PX, CELL_PX, fill);
+    draw_rect_outline(img, x, y, CELL_PX + 1, CELL_PX + 1, FRAME_COLOR);
+    let text_color = if shade > 0.55 { WHITE } else { BLACK };
+    let text = count.to_string();
+    let px = fit_font_px(&text, 14.0, CELL_PX as f32 - 4.0);
+    let centre = x as f32 + CELL_PX as f32 / 2.0;
+    let top = y as f32 + (CELL_PX as f32 - px) / 2.0;
+    draw_text_centered(img, &text, px, centre, top, text_color);
 }
 
 // ---------------------------------------------------------------------------------------

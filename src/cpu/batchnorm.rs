@@ -263,6 +263,7 @@ fn sum_lanes(v: [f32; LANES]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::gradcheck::assert_matches_central_differences;
 
     #[test]
     fn forward_train_by_hand() {
@@ -367,36 +368,21 @@ mod tests {
             .map(|i| ((i * 13 % 7) as f64) / 4.0 - 0.8)
             .collect();
         let [dgamma, dbeta, dx] = bn_grads(&x, &gamma, &beta, &c, eps);
-        let h = 1e-6;
-        let central = |f: &dyn Fn(f64) -> f64| (f(h) - f(-h)) / (2.0 * h);
-        let close = |what: String, numeric: f64, analytic: f32| {
-            assert!(
-                (numeric - analytic as f64).abs() < 1e-4,
-                "{what}: {numeric} vs {analytic}"
-            );
-        };
-        for i in 0..batch * features {
-            let numeric = central(&|d| {
-                let mut xp = x.clone();
-                xp[i] += d;
-                bn_loss(&xp, &gamma, &beta, &c, eps)
-            });
-            close(format!("dx[{i}]"), numeric, dx[i]);
-        }
-        for j in 0..features {
-            let ng = central(&|d| {
-                let mut g = gamma;
-                g[j] += d;
-                bn_loss(&x, &g, &beta, &c, eps)
-            });
-            let nb = central(&|d| {
-                let mut b = beta;
-                b[j] += d;
-                bn_loss(&x, &gamma, &b, &c, eps)
-            });
-            close(format!("dgamma[{j}]"), ng, dgamma[j]);
-            close(format!("dbeta[{j}]"), nb, dbeta[j]);
-        }
+        assert_matches_central_differences("dx", &dx, 1e-4, |i, d| {
+            let mut xp = x.clone();
+            xp[i] += d;
+            bn_loss(&xp, &gamma, &beta, &c, eps)
+        });
+        assert_matches_central_differences("dgamma", &dgamma, 1e-4, |j, d| {
+            let mut g = gamma;
+            g[j] += d;
+            bn_loss(&x, &g, &beta, &c, eps)
+        });
+        assert_matches_central_differences("dbeta", &dbeta, 1e-4, |j, d| {
+            let mut b = beta;
+            b[j] += d;
+            bn_loss(&x, &gamma, &b, &c, eps)
+        });
     }
 
     /// The folded gradients equal the explicit chain: dW = yᵀ·dz, dy = dz·Wᵀ, then

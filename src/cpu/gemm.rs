@@ -317,6 +317,7 @@ fn check_lens(inputs: &[(&[f32], usize)], out: &[f32], out_len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::gradcheck::assert_matches_central_differences;
 
     #[test]
     fn forward_matches_hand_computed() {
@@ -375,24 +376,17 @@ mod tests {
         gemm_input_grad(&f32s(&c), &f32s(&w), m, k, n, None, &mut dx);
         bias_grad(&f32s(&c), m, n, &mut db);
         let b0 = vec![0.0f64; n];
-        let h = 1e-6;
-        let check = |analytic: &[f32], perturb: &dyn Fn(usize, f64) -> f64| {
-            for (i, &a) in analytic.iter().enumerate() {
-                let numeric = (perturb(i, h) - perturb(i, -h)) / (2.0 * h);
-                assert!((numeric - a as f64).abs() < 1e-5, "{i}: {numeric} vs {a}");
-            }
-        };
-        check(&dw, &|i, d| {
+        assert_matches_central_differences("dw", &dw, 1e-5, |i, d| {
             let mut w2 = w.clone();
             w2[i] += d;
             loss(&x, &w2, &b0)
         });
-        check(&dx, &|i, d| {
+        assert_matches_central_differences("dx", &dx, 1e-5, |i, d| {
             let mut x2 = x.clone();
             x2[i] += d;
             loss(&x2, &w, &b0)
         });
-        check(&db, &|i, d| {
+        assert_matches_central_differences("db", &db, 1e-5, |i, d| {
             let mut b2 = b0.clone();
             b2[i] += d;
             loss(&x, &w, &b2)

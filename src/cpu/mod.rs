@@ -6,6 +6,8 @@ pub mod backend;
 pub mod batchnorm;
 pub mod forward;
 pub mod gemm;
+#[cfg(test)]
+mod gradcheck;
 pub mod profile;
 pub mod relu;
 pub mod softmax_xent;

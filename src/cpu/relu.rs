@@ -27,6 +27,7 @@ pub fn relu_backward_in_place(grad: &mut [f32], y: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::gradcheck::assert_matches_central_differences;
 
     #[test]
     fn forward_and_backward_by_hand() {
@@ -48,17 +49,10 @@ mod tests {
         let dy: Vec<f32> = w.iter().map(|&v| v as f32).collect();
         let mut dx = [0.0f32; 4];
         relu_backward(&dy, &y, &mut dx);
-        for i in 0..4 {
-            let h = 1e-6;
-            let (mut p, mut q) = (x, x);
-            p[i] += h;
-            q[i] -= h;
-            let numeric = (f(&p) - f(&q)) / (2.0 * h);
-            assert!(
-                (numeric - dx[i] as f64).abs() < 1e-6,
-                "{i}: {numeric} vs {}",
-                dx[i]
-            );
-        }
+        assert_matches_central_differences("dx", &dx, 1e-6, |i, d| {
+            let mut moved = x;
+            moved[i] += d;
+            f(&moved)
+        });
     }
 }

@@ -48,6 +48,7 @@ pub fn softmax_xent(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::gradcheck::assert_matches_central_differences;
 
     #[test]
     fn by_hand() {
@@ -90,17 +91,10 @@ mod tests {
         let l32: Vec<f32> = logits.iter().map(|&v| v as f32).collect();
         let mut grad = vec![0.0; logits.len()];
         softmax_xent(&l32, &labels, classes, Some(&mut grad), None);
-        for i in 0..logits.len() {
-            let h = 1e-6;
-            let (mut p, mut q) = (logits.clone(), logits.clone());
-            p[i] += h;
-            q[i] -= h;
-            let numeric = (mean_loss(&p) - mean_loss(&q)) / (2.0 * h);
-            assert!(
-                (numeric - grad[i] as f64).abs() < 1e-6,
-                "{i}: {numeric} vs {}",
-                grad[i]
-            );
-        }
+        assert_matches_central_differences("grad", &grad, 1e-6, |i, d| {
+            let mut moved = logits.clone();
+            moved[i] += d;
+            mean_loss(&moved)
+        });
     }
 }

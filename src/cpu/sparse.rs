@@ -669,80 +669,127 @@ mod tests {
     }
 
     fn check_folded_layer(indices: &[u32], n: usize) {
-        use crate::cpu::batchnorm::{
-            batchnorm_batch_update, batchnorm_dense_backward, batchnorm_forward_train,
-        };
-        use crate::cpu::gemm::{bias_grad, gemm_forward, gemm_weight_grad};
-        let (count, pixels, scale) = (40usize, 50usize, 1.0 / 255.0);
-        let images = sample(count, pixels);
-        let sparse = SparseImages::from_dense(&images, pixels);
-        let batch = indices.len();
-        let val = |i: usize, a: usize, m: usize| ((i * a % m) as f32) / m as f32 - 0.5;
-        let gamma: Vec<f32> = (0..pixels).map(|j| 1.0 + 0.5 * val(j, 3, 7)).collect();
-        let beta: Vec<f32> = (0..pixels).map(|j| val(j, 5, 11)).collect();
-        let w: Vec<f32> = (0..pixels * n).map(|i| val(i, 13, 17)).collect();
-        let bias: Vec<f32> = (0..n).map(|i| val(i, 3, 5)).collect();
-        let delta: Vec<f32> = (0..batch * n).map(|i| val(i, 29, 31)).collect();
+        let case = Case::new(indices, n);
+        let dense = dense_first_layer(&case);
+        let sparse = sparse_first_layer(&case);
+        close(&sparse.moving_mean, &dense.moving_mean, 1e-6, "moving mean");
+        close(&sparse.moving_var, &dense.moving_var, 1e-5, "moving var");
+        close(&sparse.inv_std, &dense.inv_std, 1e-4, "inv_std");
+        close(&sparse.z, &dense.z, 1e-4, "forward");
+        close(&sparse.dw, &dense.dw, 1e-4, "dW");
+        close(&sparse.dgamma, &dense.dgamma, 1e-4, "dgamma");
+        close(&sparse.dbeta, &dense.dbeta, 1e-4, "dbeta");
+    }
 
-        // Dense reference.
+    /// The batch `indices` of 40 sample images of 50 pixels, BatchNorm's and the dense
+    /// layer's parameters (`n` outputs), and a δ with its column sums `db`.
+    struct Case<'a> {
+        images: Vec<u8>,
+        pixels: usize,
+        indices: &'a [u32],
+        scale: f32,
+        gamma: Vec<f32>,
+        beta: Vec<f32>,
+        w: Vec<f32>,
+        bias: Vec<f32>,
+        delta: Vec<f32>,
+        db: Vec<f32>,
+    }
+
+    impl<'a> Case<'a> {
+        fn new(indices: &'a [u32], n: usize) -> Self {
+            let (count, pixels, batch) = (40, 50, indices.len());
+            let val = |i: usize, a: usize, m: usize| ((i * a % m) as f32) / m as f32 - 0.5;
+            let delta: Vec<f32> = (0..batch * n).map(|i| val(i, 29, 31)).collect();
+            let mut db = vec![0.0; n];
+            crate::cpu::gemm::bias_grad(&delta, batch, n, &mut db);
+            Case {
+                images: sample(count, pixels),
+                pixels,
+                indices,
+                scale: 1.0 / 255.0,
+                gamma: (0..pixels).map(|j| 1.0 + 0.5 * val(j, 3, 7)).collect(),
+                beta: (0..pixels).map(|j| val(j, 5, 11)).collect(),
+                w: (0..pixels * n).map(|i| val(i, 13, 17)).collect(),
+                bias: (0..n).map(|i| val(i, 3, 5)).collect(),
+                delta,
+                db,
+            }
+        }
+
+        /// Where each path's results go: zeros, but for the moving variance, which
+        /// starts at 1 as in training.
+        fn outputs(&self) -> FirstLayerOutputs {
+            let (pixels, batch, n) = (self.pixels, self.indices.len(), self.bias.len());
+            FirstLayerOutputs {
+                moving_mean: vec![0.0; pixels],
+                moving_var: vec![1.0; pixels],
+                inv_std: vec![0.0; pixels],
+                z: vec![0.0; batch * n],
+                dw: vec![0.0; pixels * n],
+                dgamma: vec![0.0; pixels],
+                dbeta: vec![0.0; pixels],
+            }
+        }
+    }
+
+    /// What the dense reference and the sparse path both compute for a batch.
+    struct FirstLayerOutputs {
+        moving_mean: Vec<f32>,
+        moving_var: Vec<f32>,
+        inv_std: Vec<f32>,
+        z: Vec<f32>,
+        dw: Vec<f32>,
+        dgamma: Vec<f32>,
+        dbeta: Vec<f32>,
+    }
+
+    /// The dense reference: gather, `batchnorm_forward_train`, `gemm_forward`, then
+    /// `gemm_weight_grad` on xhat and `batchnorm_dense_backward`.
+    fn dense_first_layer(c: &Case) -> FirstLayerOutputs {
+        use crate::cpu::batchnorm::{batchnorm_dense_backward, batchnorm_forward_train};
+        use crate::cpu::gemm::{gemm_forward, gemm_weight_grad};
+        let (pixels, batch, n) = (c.pixels, c.indices.len(), c.bias.len());
+        let mut out = c.outputs();
         let mut x = vec![0.0f32; batch * pixels];
-        crate::cpu::gather_scaled(&images, pixels, indices, scale, &mut x);
-        let (mut mm, mut mv) = (vec![0.0; pixels], vec![1.0; pixels]);
-        let (mut xhat, mut y, mut inv) =
-            (vec![0.0; x.len()], vec![0.0; x.len()], vec![0.0; pixels]);
+        crate::cpu::gather_scaled(&c.images, pixels, c.indices, c.scale, &mut x);
+        let (mut xhat, mut y) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+        let (mm, mv, inv) = (&mut out.moving_mean, &mut out.moving_var, &mut out.inv_std);
+        let (gamma, beta) = (&c.gamma, &c.beta);
         batchnorm_forward_train(
-            &x, batch, &gamma, &beta, 1e-3, 0.99, &mut mm, &mut mv, &mut xhat, &mut y, &mut inv,
+            &x, batch, gamma, beta, 1e-3, 0.99, mm, mv, &mut xhat, &mut y, inv,
         );
-        let mut z_ref = vec![0.0; batch * n];
-        gemm_forward(&y, &w, &bias, batch, pixels, n, true, &mut z_ref);
-        let mut g_ref = vec![0.0; pixels * n];
-        gemm_weight_grad(&xhat, &delta, batch, pixels, n, &mut g_ref);
+        gemm_forward(&y, &c.w, &c.bias, batch, pixels, n, true, &mut out.z);
+        gemm_weight_grad(&xhat, &c.delta, batch, pixels, n, &mut out.dw);
+        let (dg, dbeta) = (&mut out.dgamma, &mut out.dbeta);
+        batchnorm_dense_backward(&mut out.dw, &c.w, gamma, beta, &c.db, dg, dbeta);
+        out
+    }
 
-        // Sparse path.
+    /// The sparse path: [`ColumnBatch`], [`batch_stats`], the folded forward and
+    /// [`sparse_first_layer_backward`].
+    fn sparse_first_layer(c: &Case) -> FirstLayerOutputs {
+        let (pixels, batch, n) = (c.pixels, c.indices.len(), c.bias.len());
+        let mut out = c.outputs();
+        let sparse = SparseImages::from_dense(&c.images, pixels);
         let mut columns = ColumnBatch::default();
-        columns.fill(&sparse, indices, scale);
+        columns.fill(&sparse, c.indices, c.scale);
         let (mut mean, mut var) = (vec![0.0; pixels], vec![0.0; pixels]);
         batch_stats(&columns, batch, &mut mean, &mut var);
-        let (mut smm, mut smv, mut sinv) =
-            (vec![0.0; pixels], vec![1.0; pixels], vec![0.0; pixels]);
-        batchnorm_batch_update(&mean, &var, 1e-3, 0.99, &mut smm, &mut smv, &mut sinv);
-        close(&smm, &mm, 1e-6, "moving mean");
-        close(&smv, &mv, 1e-5, "moving var");
-        close(&sinv, &inv, 1e-4, "inv_std");
+        let (mm, mv, inv) = (&mut out.moving_mean, &mut out.moving_var, &mut out.inv_std);
+        crate::cpu::batchnorm::batchnorm_batch_update(&mean, &var, 1e-3, 0.99, mm, mv, inv);
         let (mut coef, mut row) = (vec![0.0; pixels], vec![0.0; n]);
-        fold_batchnorm_into_dense(&mean, &sinv, &gamma, &beta, &w, &bias, &mut coef, &mut row);
-        let mut z = vec![0.0; batch * n];
-        sparse_forward(&sparse, indices, scale, &coef, &w, &row, true, &mut z);
-        close(&z, &z_ref, 1e-4, "forward");
-        let mut db = vec![0.0; n];
-        bias_grad(&delta, batch, n, &mut db);
-        let (mut dg_ref, mut dbeta_ref) = (vec![0.0; pixels], vec![0.0; pixels]);
-        batchnorm_dense_backward(
-            &mut g_ref,
-            &w,
-            &gamma,
-            &beta,
-            &db,
-            &mut dg_ref,
-            &mut dbeta_ref,
+        let (gamma, beta, w, inv) = (&c.gamma, &c.beta, &c.w, &out.inv_std);
+        fold_batchnorm_into_dense(&mean, inv, gamma, beta, w, &c.bias, &mut coef, &mut row);
+        sparse_forward(
+            &sparse, c.indices, c.scale, &coef, w, &row, true, &mut out.z,
         );
-        let mut g = vec![0.0; pixels * n];
-        let (mut dg, mut dbeta) = (vec![0.0; pixels], vec![0.0; pixels]);
+        let (dw, dg, dbeta) = (&mut out.dw, &mut out.dgamma, &mut out.dbeta);
+        let stats = (&mean[..], &out.inv_std[..]);
         sparse_first_layer_backward(
-            &columns,
-            &delta,
-            (&mean, &sinv),
-            &db,
-            &w,
-            &gamma,
-            &beta,
-            &mut g,
-            &mut dg,
-            &mut dbeta,
+            &columns, &c.delta, stats, &c.db, w, gamma, beta, dw, dg, dbeta,
         );
-        close(&g, &g_ref, 1e-4, "dW");
-        close(&dg, &dg_ref, 1e-4, "dgamma");
-        close(&dbeta, &dbeta_ref, 1e-4, "dbeta");
+        out
     }
 
     #[test]

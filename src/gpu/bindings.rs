@@ -28,26 +28,35 @@ pub trait Bindings {
     fn buffers(&self) -> Vec<&wgpu::Buffer>;
 }
 
+/// Declares every bindings type, one block each, and [`ALL`], the list of their
+/// declarations, so a new kernel's bindings are written in one place.
 macro_rules! bindings {
-    (
+    ($(
         $(#[$meta:meta])*
         $name:ident for $shader:literal $entries:expr => {
             $($field:ident: $access:ident = $binding:literal),* $(,)?
         }
-    ) => {
-        $(#[$meta])*
-        pub struct $name<'a> {
-            $(pub $field: &'a wgpu::Buffer,)*
-        }
-
-        impl Bindings for $name<'_> {
-            const SHADER: &'static str = $shader;
-            const ENTRY_POINTS: &'static [&'static str] = $entries;
-            const SLOTS: &'static [Slot] = &[$((stringify!($field), $binding, Access::$access)),*];
-            fn buffers(&self) -> Vec<&wgpu::Buffer> {
-                vec![$(self.$field),*]
+    )*) => {
+        $(
+            $(#[$meta])*
+            pub struct $name<'a> {
+                $(pub $field: &'a wgpu::Buffer,)*
             }
-        }
+
+            impl Bindings for $name<'_> {
+                const SHADER: &'static str = $shader;
+                const ENTRY_POINTS: &'static [&'static str] = $entries;
+                const SLOTS: &'static [Slot] =
+                    &[$((stringify!($field), $binding, Access::$access)),*];
+                fn buffers(&self) -> Vec<&wgpu::Buffer> {
+                    vec![$(self.$field),*]
+                }
+            }
+        )*
+
+        /// Every bindings declaration, for the shader test: (shader, entry points, slots).
+        pub const ALL: &[(&str, &[&str], &[Slot])] =
+            &[$(($name::SHADER, $name::ENTRY_POINTS, $name::SLOTS)),*];
     };
 }
 
@@ -60,9 +69,7 @@ bindings! {
         e: Read = 3,
         c: ReadWrite = 4,
     }
-}
 
-bindings! {
     /// `batchnorm.wgsl`'s forward passes: gather `pixels` (through `order` and the step
     /// counter `state` in training), normalise into `xhat` and `y`, update `stats`.
     BatchnormForwardBindings for "batchnorm" &["forward_train", "forward_eval"] => {
@@ -75,9 +82,7 @@ bindings! {
         xhat: ReadWrite = 6,
         y: ReadWrite = 7,
     }
-}
 
-bindings! {
     /// `batchnorm.wgsl`'s BatchNorm + first-dense backward: dγ, dβ and dW₀ from the
     /// first layer's xhatᵀ·δ, in `grads`.
     BatchnormDenseBackwardBindings for "batchnorm" &["dense_backward", "dense_backward_per_feature"] => {
@@ -85,9 +90,7 @@ bindings! {
         params: Read = 4,
         grads: ReadWrite = 10,
     }
-}
 
-bindings! {
     /// `softmax_xent.wgsl`: loss, correct count, gradient and predictions; advances the
     /// step counter `state` in training.
     SoftmaxXentBindings for "softmax_xent" &["softmax_xent"] => {
@@ -100,9 +103,7 @@ bindings! {
         stats: ReadWrite = 6,
         predictions: ReadWrite = 7,
     }
-}
 
-bindings! {
     /// `adam.wgsl`: one Adam update of `params`, `m`, `v` from `grads`, with the step
     /// size `alphas[state[0] − 1]`.
     AdamBindings for "adam" &["adam"] => {
@@ -114,17 +115,13 @@ bindings! {
         m: ReadWrite = 5,
         v: ReadWrite = 6,
     }
-}
 
-bindings! {
     /// `relu.wgsl`'s forward: `x = max(x, 0)` in place.
     ReluForwardBindings for "relu" &["forward"] => {
         u: Uniform = 0,
         x: ReadWrite = 1,
     }
-}
 
-bindings! {
     /// `relu.wgsl`'s backward: `dx = dy` where `y > 0`, else 0.
     ReluBackwardBindings for "relu" &["backward"] => {
         u: Uniform = 0,
@@ -133,21 +130,3 @@ bindings! {
         dx: ReadWrite = 4,
     }
 }
-
-/// `(T::SHADER, T::ENTRY_POINTS, T::SLOTS)` of each bindings type `T`.
-macro_rules! declarations {
-    ($($ty:ident),* $(,)?) => {
-        &[$(($ty::SHADER, $ty::ENTRY_POINTS, $ty::SLOTS)),*]
-    };
-}
-
-/// Every bindings declaration, for the shader test: (shader, entry points, slots).
-pub const ALL: &[(&str, &[&str], &[Slot])] = declarations![
-    GemmBindings,
-    BatchnormForwardBindings,
-    BatchnormDenseBackwardBindings,
-    SoftmaxXentBindings,
-    AdamBindings,
-    ReluForwardBindings,
-    ReluBackwardBindings,
-];

@@ -8,7 +8,8 @@ use super::context::GpuContext;
 use super::error::DeviceError;
 use super::kernels::{
     elementwise_groups, kernel, module, pack_pixels, record, storage_init, storage_zeroed, uniform,
-    AdamUniform, BnUniform, Dispatch, GemmUniform, Kernels, ReluUniform, SoftmaxUniform, RELU_WGSL,
+    AdamUniform, BnUniform, Dispatch, GemmUniform, Kernel, Kernels, ReluUniform, SoftmaxUniform,
+    RELU_WGSL,
 };
 
 /// What [`Kernels::batchnorm_dense_backward`] reads back.
@@ -35,6 +36,86 @@ fn run_one(ctx: &GpuContext, dispatch: Dispatch) -> Result<(), DeviceError> {
         ctx.queue.submit([encoder.finish()]);
     })?;
     ctx.wait()
+}
+
+/// The buffers of a BatchNorm forward dispatch that training and evaluation fill
+/// differently.
+struct BnForwardBuffers<'a> {
+    order: &'a wgpu::Buffer,
+    stats: &'a wgpu::Buffer,
+    xhat: &'a wgpu::Buffer,
+    y: &'a wgpu::Buffer,
+}
+
+/// One dispatch of a BatchNorm forward `kernel` on `images` (packed 4 per word), with
+/// the parameters `[gamma, beta]` (where `u`'s offsets are set to find them) and a
+/// zeroed step counter.
+fn run_batchnorm_forward(
+    ctx: &GpuContext,
+    kernel: &Kernel,
+    u: BnUniform,
+    images: &[u8],
+    (gamma, beta): (&[f32], &[f32]),
+    outputs: BnForwardBuffers,
+) -> Result<(), DeviceError> {
+    let d = &ctx.device;
+    let f = gamma.len() as u32;
+    let u = BnUniform {
+        gamma_off: 0,
+        beta_off: f,
+        features: f,
+        ..u
+    };
+    let pixels = storage_init(ctx, "pixels", bytemuck::cast_slice(&pack_pixels(images)));
+    let state = storage_zeroed(d, "state", 16);
+    let params = storage_init(ctx, "params", bytemuck::cast_slice(&[gamma, beta].concat()));
+    let ub = uniform(d, "bn", &u);
+    let bindings = BatchnormForwardBindings {
+        u: &ub,
+        pixels: &pixels,
+        order: outputs.order,
+        state: &state,
+        params: &params,
+        stats: outputs.stats,
+        xhat: outputs.xhat,
+        y: outputs.y,
+    };
+    run_one(ctx, kernel.dispatch(d, &bindings, u.workgroups()))
+}
+
+/// `softmax_xent`'s loss sum (f32 bits) and correct count, the first two words of `stats`.
+fn read_loss_and_correct(
+    ctx: &GpuContext,
+    stats: &wgpu::Buffer,
+) -> Result<(f32, u32), DeviceError> {
+    let s = ctx.read_buffer(stats, 0, 8)?;
+    let words: &[u32] = bytemuck::cast_slice(&s);
+    Ok((f32::from_bits(words[0]), words[1]))
+}
+
+/// In training `softmax_xent` advances the step counter: from 0 it must now read 1.
+fn check_one_step_taken(ctx: &GpuContext, state: &wgpu::Buffer) -> Result<(), DeviceError> {
+    let st = ctx.read_buffer(state, 0, 4)?;
+    let t = bytemuck::cast_slice::<u8, u32>(&st)[0];
+    if t != 1 {
+        return Err(DeviceError::Gpu(format!(
+            "softmax kernel left the step counter at {t}, expected 1"
+        )));
+    }
+    Ok(())
+}
+
+/// The `batch` predicted classes `softmax_xent` wrote in evaluation (one u32 each).
+fn read_predictions(
+    ctx: &GpuContext,
+    preds: &wgpu::Buffer,
+    batch: usize,
+) -> Result<Vec<u8>, DeviceError> {
+    let p = ctx.read_buffer(preds, 0, (batch * 4) as u64)?;
+    Ok(bytemuck::cast_slice::<u8, u32>(&p)
+        .iter()
+        .map(|&v| v as u8)
+        .collect())
 }
 
 impl Kernels {
@@ -165,10 +246,7 @@ impl Kernels {
         let f = gamma.len();
         let b = indices.len();
         let d = &ctx.device;
-        let pixels = storage_init(ctx, "pixels", bytemuck::cast_slice(&pack_pixels(images)));
         let order = storage_init(ctx, "order", bytemuck::cast_slice(indices));
-        let state = storage_init(ctx, "state", bytemuck::cast_slice(&[0u32; 4]));
-        let params = storage_init(ctx, "params", bytemuck::cast_slice(&[gamma, beta].concat()));
         let stats_host = [&moving_mean[..], &moving_var[..], &vec![0.0; f][..]].concat();
         let stats = storage_init(ctx, "stats", bytemuck::cast_slice(&stats_host));
         let xhat = storage_zeroed(d, "xhat", (b * f * 4) as u64);
@@ -177,27 +255,19 @@ impl Kernels {
             batch: b as u32,
             stride: b as u32,
             use_order: 1,
-            gamma_off: 0,
-            beta_off: f as u32,
-            features: f as u32,
             scale,
             eps,
             momentum,
             ..Default::default()
         };
-        let ub = uniform(d, "bn", &u);
-        let bindings = BatchnormForwardBindings {
-            u: &ub,
-            pixels: &pixels,
+        let outputs = BnForwardBuffers {
             order: &order,
-            state: &state,
-            params: &params,
             stats: &stats,
             xhat: &xhat,
             y: &y,
         };
         let kernel = &self.batchnorm_forward_train;
-        run_one(ctx, kernel.dispatch(d, &bindings, u.workgroups()))?;
+        run_batchnorm_forward(ctx, kernel, u, images, (gamma, beta), outputs)?;
         let stats_out = ctx.read_f32(&stats, 0, 3 * f)?;
         moving_mean.copy_from_slice(&stats_out[..f]);
         moving_var.copy_from_slice(&stats_out[f..2 * f]);
@@ -225,10 +295,7 @@ impl Kernels {
     ) -> Result<Vec<f32>, DeviceError> {
         let f = gamma.len();
         let d = &ctx.device;
-        let pixels = storage_init(ctx, "pixels", bytemuck::cast_slice(&pack_pixels(images)));
-        let dummy = storage_zeroed(d, "unused", 16);
-        let state = storage_zeroed(d, "state", 16);
-        let params = storage_init(ctx, "params", bytemuck::cast_slice(&[gamma, beta].concat()));
+        let unused = storage_zeroed(d, "unused", 16);
         let stats = storage_init(
             ctx,
             "stats",
@@ -238,26 +305,18 @@ impl Kernels {
         let y = storage_zeroed(d, "y", (batch * f * 4) as u64);
         let u = BnUniform {
             batch: batch as u32,
-            gamma_off: 0,
-            beta_off: f as u32,
-            features: f as u32,
             scale,
             eps,
             ..Default::default()
         };
-        let ub = uniform(d, "bn", &u);
-        let bindings = BatchnormForwardBindings {
-            u: &ub,
-            pixels: &pixels,
-            order: &dummy,
-            state: &state,
-            params: &params,
+        let outputs = BnForwardBuffers {
+            order: &unused,
             stats: &stats,
             xhat: &xhat,
             y: &y,
         };
         let kernel = &self.batchnorm_forward_eval;
-        run_one(ctx, kernel.dispatch(d, &bindings, u.workgroups()))?;
+        run_batchnorm_forward(ctx, kernel, u, images, (gamma, beta), outputs)?;
         ctx.read_f32(&y, 0, batch * f)
     }
 
@@ -355,30 +414,13 @@ impl Kernels {
             predictions: &preds,
         };
         run_one(ctx, self.softmax_xent.dispatch(d, &bindings, [1, 1, 1]))?;
-        let s = ctx.read_buffer(&stats, 0, 8)?;
-        let words: &[u32] = bytemuck::cast_slice(&s);
-        let (loss, correct) = (f32::from_bits(words[0]), words[1]);
+        let (loss, correct) = read_loss_and_correct(ctx, &stats)?;
         if training {
-            let st = ctx.read_buffer(&state, 0, 4)?;
-            let t = bytemuck::cast_slice::<u8, u32>(&st)[0];
-            if t != 1 {
-                return Err(DeviceError::Gpu(format!(
-                    "softmax kernel left the step counter at {t}, expected 1"
-                )));
-            }
-            Ok((
-                loss,
-                correct,
-                ctx.read_f32(&grad, 0, b * classes)?,
-                Vec::new(),
-            ))
+            check_one_step_taken(ctx, &state)?;
+            let gradient = ctx.read_f32(&grad, 0, b * classes)?;
+            Ok((loss, correct, gradient, Vec::new()))
         } else {
-            let p = ctx.read_buffer(&preds, 0, (b * 4) as u64)?;
-            let p: Vec<u8> = bytemuck::cast_slice::<u8, u32>(&p)
-                .iter()
-                .map(|&v| v as u8)
-                .collect();
-            Ok((loss, correct, Vec::new(), p))
+            Ok((loss, correct, Vec::new(), read_predictions(ctx, &preds, b)?))
         }
     }
 
