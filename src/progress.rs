@@ -232,18 +232,7 @@ impl Observer for Console {
         }
     }
 
-    fn interrupted(
-        &mut self,
-        _epoch: usize,
-        _progress: &StepProgress,
-        _model: &Snapshot,
-    ) -> Result<()> {
-        self.clear();
-        self.epoch = None;
-        Ok(())
-    }
-
-    fn failed(&mut self) {
+    fn ended_early(&mut self) {
         self.clear();
         self.epoch = None;
     }

@@ -614,8 +614,8 @@ impl Observer for RunWriter<'_> {
     fn epoch_started(&mut self, epoch: usize, epochs: usize, start: &StepProgress) {
         self.console.epoch_started(epoch, epochs, start);
     }
-    fn failed(&mut self) {
-        self.console.failed();
+    fn ended_early(&mut self) {
+        self.console.ended_early();
     }
     fn step(&mut self, progress: &StepProgress) {
         self.console.step(progress);
@@ -626,7 +626,6 @@ impl Observer for RunWriter<'_> {
         progress: &StepProgress,
         model: &Snapshot,
     ) -> Result<()> {
-        self.console.interrupted(epoch, progress, model)?;
         if progress.steps_done >= progress.steps_total {
             return Ok(()); // the end-of-epoch checkpoint is already on disk
         }

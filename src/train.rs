@@ -47,8 +47,10 @@ pub trait Observer {
     ) -> Result<()> {
         Ok(())
     }
-    /// Training stopped with an error (divergence, a device error): before it is reported.
-    fn failed(&mut self) {}
+    /// Training ended inside an epoch: an error (divergence, a device error), before it
+    /// is reported, or a stop, before [`Observer::interrupted`] (where the
+    /// [`StepProgress`] of the steps done is): the place to clear a progress line.
+    fn ended_early(&mut self) {}
 }
 
 /// Training stopped because `stop` said so; the observer has been told.
@@ -163,7 +165,7 @@ pub async fn train_from(
             record,
             eval,
             model,
-        } = match outcome.inspect_err(|_| observer.failed())? {
+        } = match outcome.inspect_err(|_| observer.ended_early())? {
             EpochOutcome::Finished(finished) => *finished,
             EpochOutcome::Stopped(progress) => {
                 let model = snapshot(backend, epoch).await?;
@@ -211,6 +213,7 @@ fn stopped(
     progress: StepProgress,
     model: &Snapshot,
 ) -> anyhow::Error {
+    observer.ended_early();
     match observer.interrupted(epoch, &progress, model) {
         Ok(()) => Stopped { epoch, progress }.into(),
         Err(error) => error,

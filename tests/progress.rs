@@ -158,7 +158,7 @@ fn the_console_draws_each_report_whole_and_clears_the_line_on_failure() {
     assert!(!frames
         .iter()
         .any(|f| f.starts_with("100/100") && f.contains("0.2500")));
-    console.failed();
+    console.ended_early();
     assert!(captured.text().ends_with("\r\x1b[K"), "cleared on error");
     let before = captured.text().len();
     drop(console);
@@ -170,7 +170,7 @@ fn without_a_terminal_there_is_no_live_line() {
     let mut console = Console::new(None, None);
     console.epoch_started(1, 1, &progress(0, 10, 0.0, 0));
     console.step(&progress(10, 10, 1.0, 1));
-    console.failed();
+    console.ended_early();
 }
 
 /// Run the binary in a pseudo-terminal of 120 columns; everything it wrote, raw.

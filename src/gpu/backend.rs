@@ -688,23 +688,18 @@ impl GpuBackend {
     /// [`Backend::train_steps`]: upload the epoch's inputs, then run the recorded steps
     /// through the GPU ([`EpochRun::run`]).
     async fn steps(&mut self, steps: Steps<'_>) -> Result<EpochEnd> {
-        let Steps {
-            order,
-            batch_size,
-            base,
-            progress,
-            stop,
-        } = steps;
+        let (order, batch_size, base) = (steps.order, steps.batch_size, steps.base);
         if !self.prepare_steps(order, batch_size)? {
             return Ok(EpochEnd::from_totals(base));
         }
         let plan = self.train_plan.as_ref().expect("plan");
         let run = EpochRun::new(&self.ctx, plan, &base, batch_size, order.len());
         // Fewer steps than the epoch's when `stop` ended it early.
-        let (totals, steps) = run
-            .run(progress, &|done| stop(base.steps_done + done))
+        let stop = steps.stop;
+        let (totals, taken) = run
+            .run(steps.progress, &|done| stop(base.steps_done + done))
             .await?;
-        self.step += steps as u64;
+        self.step += taken as u64;
         Ok(EpochEnd::from_totals(totals))
     }
 
