@@ -716,8 +716,8 @@ impl GpuBackend {
 
     /// [`Backend::params`]: the parameters and the moving statistics read back.
     async fn read_params(&self) -> Result<Params> {
-        let trainable = self.ctx.read_floats(&self.params, 0, self.layout.total);
-        let stats = self.ctx.read_floats(&self.bn_stats, 0, 2 * INPUT);
+        let trainable = self.ctx.read_as(&self.params, 0..self.layout.total);
+        let stats = self.ctx.read_as(&self.bn_stats, 0..2 * INPUT);
         let (trainable, stats) = (trainable.await?, stats.await?);
         Ok(Params {
             config: self.config.clone(),
@@ -731,8 +731,8 @@ impl GpuBackend {
     /// [`Backend::optim_state`]: Adam's moments read back, and its step count.
     async fn read_optim_state(&self) -> Result<OptimState> {
         Ok(OptimState {
-            m: self.ctx.read_floats(&self.m, 0, self.layout.total).await?,
-            v: self.ctx.read_floats(&self.v, 0, self.layout.total).await?,
+            m: self.ctx.read_as(&self.m, 0..self.layout.total).await?,
+            v: self.ctx.read_as(&self.v, 0..self.layout.total).await?,
             step: self.step,
         })
     }

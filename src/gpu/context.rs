@@ -291,53 +291,34 @@ impl GpuContext {
         self.check()
     }
 
-    /// Copy `size` bytes of `buffer` from `offset` to a host-readable buffer and read
-    /// them once the device has done the copy.
-    pub async fn read(
+    /// The `T`s at element positions `range` of `buffer`, read once the device has
+    /// copied them to a host-readable buffer.
+    pub async fn read_as<T: bytemuck::Pod>(
         &self,
         buffer: &wgpu::Buffer,
-        offset: u64,
-        size: u64,
-    ) -> Result<Vec<u8>, DeviceError> {
-        if size == 0 {
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<T>, DeviceError> {
+        let size = std::mem::size_of::<T>() as u64;
+        let bytes = range.len() as u64 * size;
+        if bytes == 0 {
             return Ok(Vec::new());
         }
-        let staging = self.copy_to_staging(buffer, offset, size);
-        read_mapped(self, &staging, size).await
+        let staging = self.copy_to_staging(buffer, range.start as u64 * size, bytes);
+        let read = read_mapped(self, &staging, bytes).await?;
+        Ok(bytemuck::pod_collect_to_vec(&read))
     }
 
-    /// `len` f32 values of `buffer` from element `offset`.
-    pub async fn read_floats(
+    /// `len` values of `T` of `buffer` from element `offset` ([`GpuContext::read_as`]),
+    /// blocking: for the kernels' host-callable twins (`gpu/twins.rs`) and the profiler,
+    /// which tests and benches call directly.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_vec<T: bytemuck::Pod>(
         &self,
         buffer: &wgpu::Buffer,
         offset: usize,
         len: usize,
-    ) -> Result<Vec<f32>, DeviceError> {
-        let bytes = self.read(buffer, offset as u64 * 4, len as u64 * 4).await?;
-        Ok(bytemuck::cast_slice::<u8, f32>(&bytes).to_vec())
-    }
-
-    /// [`GpuContext::read`], blocking: for the kernels' host-callable twins
-    /// (`gpu/twins.rs`) and the profiler, which tests and benches call directly.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn read_buffer(
-        &self,
-        buffer: &wgpu::Buffer,
-        offset: u64,
-        size: u64,
-    ) -> Result<Vec<u8>, DeviceError> {
-        crate::host::block_on(self.read(buffer, offset, size))
-    }
-
-    /// [`GpuContext::read_floats`], blocking (see [`GpuContext::read_buffer`]).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn read_f32(
-        &self,
-        buffer: &wgpu::Buffer,
-        offset: usize,
-        len: usize,
-    ) -> Result<Vec<f32>, DeviceError> {
-        crate::host::block_on(self.read_floats(buffer, offset, len))
+    ) -> Result<Vec<T>, DeviceError> {
+        crate::host::block_on(self.read_as(buffer, offset..offset + len))
     }
 
     /// Let the device make progress without waiting for it: natively a non-blocking

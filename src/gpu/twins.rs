@@ -88,14 +88,14 @@ fn read_loss_and_correct(
     ctx: &GpuContext,
     stats: &wgpu::Buffer,
 ) -> Result<(f32, u32), DeviceError> {
-    let s = ctx.read_buffer(stats, 0, 8)?;
+    let s = ctx.read_vec::<u8>(stats, 0, 8)?;
     let words: &[u32] = bytemuck::cast_slice(&s);
     Ok((f32::from_bits(words[0]), words[1]))
 }
 
 /// In training `softmax_xent` advances the step counter: from 0 it must now read 1.
 fn check_one_step_taken(ctx: &GpuContext, state: &wgpu::Buffer) -> Result<(), DeviceError> {
-    let st = ctx.read_buffer(state, 0, 4)?;
+    let st = ctx.read_vec::<u8>(state, 0, 4)?;
     let t = bytemuck::cast_slice::<u8, u32>(&st)[0];
     if t != 1 {
         return Err(DeviceError::Gpu(format!(
@@ -111,7 +111,7 @@ fn read_predictions(
     preds: &wgpu::Buffer,
     batch: usize,
 ) -> Result<Vec<u8>, DeviceError> {
-    let p = ctx.read_buffer(preds, 0, (batch * 4) as u64)?;
+    let p = ctx.read_vec::<u8>(preds, 0, batch * 4)?;
     Ok(bytemuck::cast_slice::<u8, u32>(&p)
         .iter()
         .map(|&v| v as u8)
@@ -164,7 +164,7 @@ impl Kernels {
             &bb,
             &y,
         )?;
-        ctx.read_f32(&y, 0, m * n)
+        ctx.read_vec::<f32>(&y, 0, m * n)
     }
 
     /// GPU twin of [`crate::cpu::gemm::gemm_weight_grad`] and [`crate::cpu::gemm::bias_grad`]
@@ -192,7 +192,7 @@ impl Kernels {
             &xb,
             &out,
         )?;
-        let all = ctx.read_f32(&out, 0, (k + 1) * n)?;
+        let all = ctx.read_vec::<f32>(&out, 0, (k + 1) * n)?;
         Ok((all[..k * n].to_vec(), all[k * n..].to_vec()))
     }
 
@@ -223,7 +223,7 @@ impl Kernels {
             &eb,
             &dx,
         )?;
-        ctx.read_f32(&dx, 0, m * k)
+        ctx.read_vec::<f32>(&dx, 0, m * k)
     }
 
     /// GPU twin of [`crate::cpu::batchnorm::batchnorm_forward_train`] fused with
@@ -268,12 +268,12 @@ impl Kernels {
         };
         let kernel = &self.batchnorm_forward_train;
         run_batchnorm_forward(ctx, kernel, u, images, (gamma, beta), outputs)?;
-        let stats_out = ctx.read_f32(&stats, 0, 3 * f)?;
+        let stats_out = ctx.read_vec::<f32>(&stats, 0, 3 * f)?;
         moving_mean.copy_from_slice(&stats_out[..f]);
         moving_var.copy_from_slice(&stats_out[f..2 * f]);
         Ok(BnTrainOutput {
-            xhat: ctx.read_f32(&xhat, 0, b * f)?,
-            y: ctx.read_f32(&y, 0, b * f)?,
+            xhat: ctx.read_vec::<f32>(&xhat, 0, b * f)?,
+            y: ctx.read_vec::<f32>(&y, 0, b * f)?,
             inv_std: stats_out[2 * f..].to_vec(),
         })
     }
@@ -317,7 +317,7 @@ impl Kernels {
         };
         let kernel = &self.batchnorm_forward_eval;
         run_batchnorm_forward(ctx, kernel, u, images, (gamma, beta), outputs)?;
-        ctx.read_f32(&y, 0, batch * f)
+        ctx.read_vec::<f32>(&y, 0, batch * f)
     }
 
     /// GPU twin of [`crate::cpu::batchnorm::batchnorm_dense_backward`]: from
@@ -365,7 +365,7 @@ impl Kernels {
             grads: &grads,
         };
         run_one(ctx, kernel.dispatch(d, &bindings, groups))?;
-        let all = ctx.read_f32(&grads, 0, 2 * f + f * n)?;
+        let all = ctx.read_vec::<f32>(&grads, 0, 2 * f + f * n)?;
         Ok(BnDenseGrads {
             dw: all[2 * f..].to_vec(),
             dgamma: all[..f].to_vec(),
@@ -417,7 +417,7 @@ impl Kernels {
         let (loss, correct) = read_loss_and_correct(ctx, &stats)?;
         if training {
             check_one_step_taken(ctx, &state)?;
-            let gradient = ctx.read_f32(&grad, 0, b * classes)?;
+            let gradient = ctx.read_vec::<f32>(&grad, 0, b * classes)?;
             Ok((loss, correct, gradient, Vec::new()))
         } else {
             Ok((loss, correct, Vec::new(), read_predictions(ctx, &preds, b)?))
@@ -462,9 +462,9 @@ impl Kernels {
             v: &vb,
         };
         run_one(ctx, self.adam.dispatch(d, &bindings, elementwise_groups(n)))?;
-        params.copy_from_slice(&ctx.read_f32(&pb, 0, n)?);
-        m.copy_from_slice(&ctx.read_f32(&mb, 0, n)?);
-        v.copy_from_slice(&ctx.read_f32(&vb, 0, n)?);
+        params.copy_from_slice(&ctx.read_vec::<f32>(&pb, 0, n)?);
+        m.copy_from_slice(&ctx.read_vec::<f32>(&mb, 0, n)?);
+        v.copy_from_slice(&ctx.read_vec::<f32>(&vb, 0, n)?);
         Ok(())
     }
 
@@ -485,7 +485,7 @@ impl Kernels {
             ctx,
             kernel.dispatch(d, &bindings, elementwise_groups(x.len())),
         )?;
-        ctx.read_f32(&xb, 0, x.len())
+        ctx.read_vec::<f32>(&xb, 0, x.len())
     }
 
     /// GPU twin of [`crate::cpu::relu::relu_backward`].
@@ -516,6 +516,6 @@ impl Kernels {
             ctx,
             kernel.dispatch(d, &bindings, elementwise_groups(dy.len())),
         )?;
-        ctx.read_f32(&dx, 0, dy.len())
+        ctx.read_vec::<f32>(&dx, 0, dy.len())
     }
 }

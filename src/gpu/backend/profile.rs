@@ -138,7 +138,7 @@ impl GpuBackend {
         }
         encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
         ctx.queue.submit([encoder.finish()]);
-        let raw = ctx.read_buffer(&resolved, 0, bytes)?;
+        let raw = ctx.read_vec::<u8>(&resolved, 0, bytes as usize)?;
         Ok(bytemuck::pod_collect_to_vec(&raw))
     }
 }
