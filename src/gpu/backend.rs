@@ -25,7 +25,7 @@ use super::epoch::{sum_stats, EpochRun, TrainPlan, READBACK_SLOTS, STEPS_PER_SUB
 use super::error::DeviceError;
 use super::kernels::{
     elementwise_groups, pack_pixels, record, storage_init, storage_zeroed, uniform, AdamUniform,
-    BnUniform, Dispatch, GemmUniform, Kernels, SoftmaxUniform,
+    BnSetup, BnUniform, Dispatch, GemmUniform, Kernels, SoftmaxUniform,
 };
 use crate::backend::{Backend, EpochEnd, EvalStats, Steps};
 use crate::data::{Dataset, Mnist};
@@ -261,19 +261,15 @@ impl GpuBackend {
         Ok(())
     }
 
-    fn bn_uniform(&self, rows: usize, stride: usize, use_order: bool, base: usize) -> BnUniform {
-        BnUniform {
-            batch: rows as u32,
-            stride: stride as u32,
-            use_order: use_order as u32,
-            base: base as u32,
-            gamma_off: self.layout.gamma.start as u32,
-            beta_off: self.layout.beta.start as u32,
-            features: INPUT as u32,
+    /// The model's BatchNorm layer, as its uniforms describe it.
+    fn bn_setup(&self) -> BnSetup {
+        BnSetup {
+            features: INPUT,
+            gamma_off: self.layout.gamma.start,
+            beta_off: self.layout.beta.start,
             scale: self.config.pixel_scale(),
             eps: self.hyper.bn_eps,
             momentum: self.hyper.bn_momentum,
-            ..Default::default()
         }
     }
 
@@ -334,7 +330,7 @@ impl GpuBackend {
         order: &wgpu::Buffer,
     ) -> Dispatch {
         let d = &self.ctx.device;
-        let u = self.bn_uniform(rows, stride, true, 0);
+        let u = BnUniform::training(rows, stride, &self.bn_setup());
         let ub = uniform(d, "batchnorm forward", &u);
         let bindings = self.batchnorm_forward_bindings(&ub, &self.train_pixels, order);
         let kernel = &self.kernels.batchnorm_forward_train;
@@ -372,14 +368,7 @@ impl GpuBackend {
         let d = &self.ctx.device;
         let w = self.work.as_ref().expect("workspace");
         let layers = self.config.dense_layers();
-        let u = SoftmaxUniform {
-            batch: rows as u32,
-            classes: CLASSES as u32,
-            stride: stride as u32,
-            use_order: 1,
-            training: 1,
-            ..Default::default()
-        };
+        let u = SoftmaxUniform::training(rows, CLASSES, stride);
         let ub = uniform(d, "softmax_xent", &u);
         let bindings = SoftmaxXentBindings {
             u: &ub,
@@ -442,7 +431,7 @@ impl GpuBackend {
             kernel_off: self.layout.kernels[0].start as u32,
             bias_off: self.layout.biases[0].start as u32,
             width: self.widths()[1] as u32,
-            ..self.bn_uniform(rows, stride, true, 0)
+            ..BnUniform::training(rows, stride, &self.bn_setup())
         };
         let ub = uniform(d, "batchnorm dense backward", &u);
         let (kernel, groups) = self.kernels.batchnorm_dense_backward_for(&u);
@@ -456,13 +445,7 @@ impl GpuBackend {
 
     fn adam_dispatch(&self, alphas: &wgpu::Buffer) -> Dispatch {
         let d = &self.ctx.device;
-        let u = AdamUniform {
-            n: self.layout.total as u32,
-            one_minus_b1: 1.0 - self.hyper.beta1,
-            one_minus_b2: 1.0 - self.hyper.beta2,
-            eps: self.hyper.adam_eps,
-            ..Default::default()
-        };
+        let u = AdamUniform::new(self.layout.total, &self.hyper);
         let ub = uniform(d, "adam", &u);
         let bindings = AdamBindings {
             u: &ub,
@@ -588,7 +571,7 @@ impl GpuBackend {
     ) -> Vec<Dispatch> {
         let (k, d) = (&self.kernels, &self.ctx.device);
         let w = self.work.as_ref().expect("workspace");
-        let u = self.bn_uniform(rows, 0, false, base);
+        let u = BnUniform::evaluation(rows, base, &self.bn_setup());
         let ub = uniform(d, "bn eval", &u);
         // Evaluation reads rows in order: no sample order, no step counter.
         let bindings = self.batchnorm_forward_bindings(&ub, &self.test_pixels, &self.dummy);
@@ -596,15 +579,7 @@ impl GpuBackend {
             .batchnorm_forward_eval
             .dispatch(d, &bindings, u.workgroups())];
         list.extend(forward.iter().cloned());
-        let u = SoftmaxUniform {
-            batch: rows as u32,
-            classes: CLASSES as u32,
-            base: base as u32,
-            training: 0,
-            slot: slot as u32,
-            pred_base: base as u32,
-            ..Default::default()
-        };
+        let u = SoftmaxUniform::evaluation(rows, CLASSES, base, slot);
         let ub = uniform(d, "softmax eval", &u);
         let layers = self.config.dense_layers();
         let bindings = SoftmaxXentBindings {

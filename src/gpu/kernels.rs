@@ -5,6 +5,7 @@
 pub use super::bindings::*;
 use super::context::GpuContext;
 use super::error::DeviceError;
+use crate::model::Hyper;
 use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
@@ -144,7 +145,44 @@ pub struct BnUniform {
     pub pad2: u32,
 }
 
+/// What every BatchNorm forward of one model shares: its feature count, where γ and β
+/// sit in the parameter buffer, the pixel scale and the layer's ε and momentum.
+#[derive(Clone, Copy, Debug)]
+pub struct BnSetup {
+    pub features: usize,
+    pub gamma_off: usize,
+    pub beta_off: usize,
+    pub scale: f32,
+    pub eps: f32,
+    pub momentum: f32,
+}
+
 impl BnUniform {
+    /// A training step's forward on `rows` rows: the samples through the epoch's order at
+    /// step s (`order[s·stride + row]`), batch statistics, the moving averages updated.
+    pub fn training(rows: usize, stride: usize, setup: &BnSetup) -> Self {
+        BnUniform {
+            stride: stride as u32,
+            use_order: 1,
+            ..BnUniform::evaluation(rows, 0, setup)
+        }
+    }
+
+    /// Inference on the `rows` samples from `base`, in order, with the moving statistics.
+    pub fn evaluation(rows: usize, base: usize, setup: &BnSetup) -> Self {
+        BnUniform {
+            batch: rows as u32,
+            base: base as u32,
+            gamma_off: setup.gamma_off as u32,
+            beta_off: setup.beta_off as u32,
+            features: setup.features as u32,
+            scale: setup.scale,
+            eps: setup.eps,
+            momentum: setup.momentum,
+            ..Default::default()
+        }
+    }
+
     pub fn workgroups(&self) -> [u32; 3] {
         [self.features.div_ceil(BN_WORKGROUP), 1, 1]
     }
@@ -174,6 +212,49 @@ pub struct AdamUniform {
     pub one_minus_b2: f32,
     pub eps: f32,
     pub pad1: f32,
+}
+
+impl SoftmaxUniform {
+    /// A training step on `rows` rows of `classes` logits: the samples through the epoch's
+    /// order at step s (`order[s·stride + row]`, s the step counter), the loss, correct
+    /// count and gradient into step s's slots, then the counter advanced.
+    pub fn training(rows: usize, classes: usize, stride: usize) -> Self {
+        SoftmaxUniform {
+            batch: rows as u32,
+            classes: classes as u32,
+            stride: stride as u32,
+            use_order: 1,
+            training: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Evaluation of the `rows` test samples from `base`, in order: loss and correct count
+    /// into chunk `slot`'s stats, the predictions from position `base`.
+    pub fn evaluation(rows: usize, classes: usize, base: usize, slot: usize) -> Self {
+        SoftmaxUniform {
+            batch: rows as u32,
+            classes: classes as u32,
+            base: base as u32,
+            slot: slot as u32,
+            pred_base: base as u32,
+            ..Default::default()
+        }
+    }
+}
+
+impl AdamUniform {
+    /// One Adam update of `n` parameters with `hyper`'s moments and epsilon (the step
+    /// size comes from the `alphas` buffer, per step).
+    pub fn new(n: usize, hyper: &Hyper) -> Self {
+        AdamUniform {
+            n: n as u32,
+            one_minus_b1: 1.0 - hyper.beta1,
+            one_minus_b2: 1.0 - hyper.beta2,
+            eps: hyper.adam_eps,
+            ..Default::default()
+        }
+    }
 }
 
 /// Uniform block of `relu.wgsl`.

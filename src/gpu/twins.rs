@@ -8,8 +8,8 @@ use super::context::GpuContext;
 use super::error::DeviceError;
 use super::kernels::{
     elementwise_groups, kernel, module, pack_pixels, record, storage_init, storage_zeroed, uniform,
-    AdamUniform, BnUniform, Dispatch, GemmUniform, Kernel, Kernels, ReluUniform, SoftmaxUniform,
-    RELU_WGSL,
+    AdamUniform, BnSetup, BnUniform, Dispatch, GemmUniform, Kernel, Kernels, ReluUniform,
+    SoftmaxUniform, RELU_WGSL,
 };
 
 /// What [`Kernels::batchnorm_dense_backward`] reads back.
@@ -38,6 +38,19 @@ fn run_one(ctx: &GpuContext, dispatch: Dispatch) -> Result<(), DeviceError> {
     ctx.wait()
 }
 
+/// The BatchNorm layer of a twin: `features` features, with γ and β at the start of its
+/// parameter buffer (`[gamma, beta]`).
+fn bn_setup(features: usize, scale: f32, eps: f32, momentum: f32) -> BnSetup {
+    BnSetup {
+        features,
+        gamma_off: 0,
+        beta_off: features,
+        scale,
+        eps,
+        momentum,
+    }
+}
+
 /// The buffers of a BatchNorm forward dispatch that training and evaluation fill
 /// differently.
 struct BnForwardBuffers<'a> {
@@ -48,8 +61,8 @@ struct BnForwardBuffers<'a> {
 }
 
 /// One dispatch of a BatchNorm forward `kernel` on `images` (packed 4 per word), with
-/// the parameters `[gamma, beta]` (where `u`'s offsets are set to find them) and a
-/// zeroed step counter.
+/// the parameters `[gamma, beta]` (where [`bn_setup`]'s offsets find them) and a zeroed
+/// step counter.
 fn run_batchnorm_forward(
     ctx: &GpuContext,
     kernel: &Kernel,
@@ -59,13 +72,6 @@ fn run_batchnorm_forward(
     outputs: BnForwardBuffers,
 ) -> Result<(), DeviceError> {
     let d = &ctx.device;
-    let f = gamma.len() as u32;
-    let u = BnUniform {
-        gamma_off: 0,
-        beta_off: f,
-        features: f,
-        ..u
-    };
     let pixels = storage_init(ctx, "pixels", bytemuck::cast_slice(&pack_pixels(images)));
     let state = storage_zeroed(d, "state", 16);
     let params = storage_init(ctx, "params", bytemuck::cast_slice(&[gamma, beta].concat()));
@@ -251,15 +257,7 @@ impl Kernels {
         let stats = storage_init(ctx, "stats", bytemuck::cast_slice(&stats_host));
         let xhat = storage_zeroed(d, "xhat", (b * f * 4) as u64);
         let y = storage_zeroed(d, "y", (b * f * 4) as u64);
-        let u = BnUniform {
-            batch: b as u32,
-            stride: b as u32,
-            use_order: 1,
-            scale,
-            eps,
-            momentum,
-            ..Default::default()
-        };
+        let u = BnUniform::training(b, b, &bn_setup(f, scale, eps, momentum));
         let outputs = BnForwardBuffers {
             order: &order,
             stats: &stats,
@@ -303,12 +301,8 @@ impl Kernels {
         );
         let xhat = storage_zeroed(d, "xhat", 16);
         let y = storage_zeroed(d, "y", (batch * f * 4) as u64);
-        let u = BnUniform {
-            batch: batch as u32,
-            scale,
-            eps,
-            ..Default::default()
-        };
+        // Evaluation never moves the moving statistics: no momentum.
+        let u = BnUniform::evaluation(batch, 0, &bn_setup(f, scale, eps, 0.0));
         let outputs = BnForwardBuffers {
             order: &unused,
             stats: &stats,
@@ -394,13 +388,10 @@ impl Kernels {
         let grad = storage_zeroed(d, "grad", (b * classes * 4) as u64);
         let stats = storage_zeroed(d, "stats", 16);
         let preds = storage_zeroed(d, "preds", (b * 4) as u64);
-        let u = SoftmaxUniform {
-            batch: b as u32,
-            classes: classes as u32,
-            stride: b as u32,
-            use_order: training as u32,
-            training: training as u32,
-            ..Default::default()
+        let u = if training {
+            SoftmaxUniform::training(b, classes, b)
+        } else {
+            SoftmaxUniform::evaluation(b, classes, 0, 0)
         };
         let ub = uniform(d, "softmax_xent", &u);
         let bindings = SoftmaxXentBindings {
@@ -444,13 +435,7 @@ impl Kernels {
         let pb = storage_init(ctx, "params", bytemuck::cast_slice(params));
         let mb = storage_init(ctx, "m", bytemuck::cast_slice(m));
         let vb = storage_init(ctx, "v", bytemuck::cast_slice(v));
-        let u = AdamUniform {
-            n: n as u32,
-            one_minus_b1: 1.0 - hyper.beta1,
-            one_minus_b2: 1.0 - hyper.beta2,
-            eps: hyper.adam_eps,
-            ..Default::default()
-        };
+        let u = AdamUniform::new(n, hyper);
         let ub = uniform(d, "adam", &u);
         let bindings = AdamBindings {
             u: &ub,
