@@ -22,7 +22,7 @@ use crate::model::{
     format_layers, parse_hidden, parse_layers, ModelConfig, OptimState, ParamLayout, Params, INPUT,
     MAX_PARAMS,
 };
-use crate::settings;
+use crate::settings::{self, steps_per_epoch};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::borrow::Cow;
@@ -490,6 +490,28 @@ fn check_file_size(
     Ok(())
 }
 
+impl RunState {
+    /// Refuse an interrupted epoch that does not fit an epoch of `train_samples` samples
+    /// (the run's training set, after its limit).
+    pub fn check_partial_fits(&self, train_samples: usize) -> Result<(), String> {
+        match self.partial {
+            Some(p) => check_steps_fit(p.steps_done, self.run.batch_size, train_samples),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An interrupted epoch's `steps_done` leave a step of the epoch to take.
+fn check_steps_fit(steps_done: usize, batch_size: usize, samples: usize) -> Result<(), String> {
+    let steps = steps_per_epoch(samples, batch_size);
+    if steps_done >= steps {
+        return Err(format!(
+            "metadata '{PARTIAL_STEPS}' is {steps_done}, but an epoch of this run has {steps} steps"
+        ));
+    }
+    Ok(())
+}
+
 /// Load a model (or the model part of a checkpoint), validated against its architecture.
 pub fn load_model(path: &Path) -> Result<Params, ModelFileError> {
     let bytes = read(path, false)?;
@@ -738,12 +760,8 @@ impl Reader<'_> {
         }
         let batch_size = run.batch_size;
         let steps_done = self.meta_at_least(PARTIAL_STEPS, 1)?;
-        if let Some(steps) = run.train_limit.map(|n| n.div_ceil(batch_size)) {
-            if steps_done >= steps {
-                return Err(self.invalid(format!(
-                    "metadata '{PARTIAL_STEPS}' is {steps_done}, but an epoch of this run has {steps} steps"
-                )));
-            }
+        if let Some(samples) = run.train_limit {
+            check_steps_fit(steps_done, batch_size, samples).map_err(|why| self.invalid(why))?;
         }
         let samples_done: usize = self.meta_parse(PARTIAL_SAMPLES)?;
         let correct: u64 = self.meta_parse(PARTIAL_CORRECT)?;

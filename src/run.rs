@@ -18,7 +18,9 @@ use crate::progress::Console;
 use crate::report;
 use crate::rundir::{Claim, RunDir, CHECKPOINT, CURVES, METRICS, MODEL, PREDICTIONS};
 use crate::settings::TrainOptions;
-use crate::train::{train_from, Observer, Snapshot, StartAt, Stopped, TrainOutcome};
+use crate::train::{
+    steps_per_epoch, train_from, Observer, Snapshot, StartAt, Stopped, TrainOutcome,
+};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -240,14 +242,9 @@ fn check_inputs(
             settings.grid_offset
         );
     }
-    let steps = data.train.len().div_ceil(settings.options.batch_size);
     if let Some(resume) = &settings.resume {
-        if let Some(p) = resume.state.partial.filter(|p| p.steps_done >= steps) {
-            bail!(
-                "{}: metadata 'epoch_steps_done' is {}, but an epoch of this run has {steps} steps",
-                resume.dir.join(CHECKPOINT).display(),
-                p.steps_done
-            );
+        if let Err(why) = resume.state.check_partial_fits(data.train.len()) {
+            bail!("{}: {why}", resume.dir.join(CHECKPOINT).display());
         }
     }
     if let Some(path) = &settings.init_from {
@@ -342,7 +339,7 @@ fn train_in(
         "device: {} | batch {} ({} steps/epoch), Adam lr {}, seed {}",
         backend.name(),
         settings.options.batch_size,
-        train_count.div_ceil(settings.options.batch_size),
+        steps_per_epoch(train_count, settings.options.batch_size),
         format_lr(settings.hyper.lr),
         settings.options.seed
     );

@@ -26,6 +26,11 @@ impl Default for TrainOptions {
     }
 }
 
+/// Steps in an epoch of `samples` samples at `batch_size` (the last one may be short).
+pub fn steps_per_epoch(samples: usize, batch_size: usize) -> usize {
+    samples.div_ceil(batch_size.max(1))
+}
+
 /// A whole number of at least 1 (`--epochs`, `--batch-size`, the limits).
 pub fn positive(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
