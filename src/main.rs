@@ -6,10 +6,9 @@ use mnist_gpu::app::{self, AlreadyReported, DeviceRequest};
 use mnist_gpu::errln;
 use mnist_gpu::gpu::DeviceChoice;
 use mnist_gpu::interrupt::{self, Interrupted};
-use mnist_gpu::model::{Hyper, ModelConfig};
+use mnist_gpu::model::ModelConfig;
 use mnist_gpu::run::{self, TrainSettings};
-use mnist_gpu::settings::TrainOptions;
-use mnist_gpu::settings::{self, learning_rate, positive};
+use mnist_gpu::settings::{self, learning_rate, positive, Settings, TrainOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -186,21 +185,20 @@ impl TrainArgs {
             return run::resume_settings(dir, self.epochs, self.data_dir, self.metrics, device);
         }
         Ok(TrainSettings {
+            settings: Settings {
+                model: ModelConfig::mlp(&self.hidden.0, self.raw_pixels),
+                lr: self.lr,
+                options: TrainOptions {
+                    epochs: self.epochs.unwrap_or(TrainOptions::default().epochs),
+                    batch_size: self.batch_size,
+                    seed: self.seed,
+                    shuffle: !self.no_shuffle,
+                },
+                train_limit: self.train_limit,
+                test_limit: self.test_limit,
+            },
             data_dir: app::data_dir_or_builtin(self.data_dir),
             device,
-            model: ModelConfig::mlp(&self.hidden.0, self.raw_pixels),
-            hyper: Hyper {
-                lr: self.lr,
-                ..Hyper::default()
-            },
-            options: TrainOptions {
-                epochs: self.epochs.unwrap_or(10),
-                batch_size: self.batch_size,
-                seed: self.seed,
-                shuffle: !self.no_shuffle,
-            },
-            train_limit: self.train_limit,
-            test_limit: self.test_limit,
             metrics: self.metrics,
             out_dir: self.out_dir,
             overwrite: self.overwrite,
