@@ -101,13 +101,13 @@ struct TrainArgs {
     #[arg(long, value_parser = positive)]
     epochs: Option<usize>,
     /// Samples per training step (the last batch of an epoch may be smaller).
-    #[arg(long, default_value_t = 32, value_parser = positive, conflicts_with = "resume")]
+    #[arg(long, default_value_t = TrainOptions::default().batch_size, value_parser = positive, conflicts_with = "resume")]
     batch_size: usize,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-3, value_parser = learning_rate, conflicts_with = "resume")]
+    #[arg(long, default_value_t = Settings::default().lr, value_parser = learning_rate, conflicts_with = "resume")]
     lr: f32,
     /// Seed for the weight initialisation and the per-epoch shuffling.
-    #[arg(long, default_value_t = 42, value_parser = settings::seed, conflicts_with = "resume")]
+    #[arg(long, default_value_t = TrainOptions::default().seed, value_parser = settings::seed, conflicts_with = "resume")]
     seed: u64,
     /// Hidden layer widths, comma-separated: 128, or 256,128 for a deeper MLP.
     #[arg(long, default_value = "128", value_parser = hidden_list, conflicts_with_all = ["resume", "init_from"])]
