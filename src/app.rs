@@ -77,18 +77,14 @@ fn resolve_auto(activity: &str) -> Device {
     }
 }
 
-/// Load the data set and apply `--train-limit` / `--test-limit` (a limit above the data
-/// set's size uses the whole set and says so).
+/// Load the data set and apply `--train-limit` / `--test-limit`, limits of a checked
+/// [`crate::settings::Settings`] (a limit above the data set's size uses the whole set
+/// and says so).
 pub fn load_data(
     data_dir: &Path,
     train_limit: Option<usize>,
     test_limit: Option<usize>,
 ) -> Result<Mnist> {
-    for (limit, flag) in [(train_limit, "--train-limit"), (test_limit, "--test-limit")] {
-        if limit == Some(0) {
-            bail!("{flag} must be at least 1");
-        }
-    }
     let data = Mnist::load_limited(data_dir, train_limit, test_limit)?;
     limit_note(train_limit, data.train.len(), "--train-limit");
     limit_note(test_limit, data.test.len(), "--test-limit");

@@ -6,10 +6,9 @@ use mnist_gpu::app::{self, AlreadyReported, DeviceRequest};
 use mnist_gpu::errln;
 use mnist_gpu::gpu::DeviceChoice;
 use mnist_gpu::interrupt::{self, Interrupted};
-use mnist_gpu::model::{Hyper, ModelConfig};
+use mnist_gpu::model::ModelConfig;
 use mnist_gpu::run::{self, TrainSettings};
-use mnist_gpu::settings::TrainOptions;
-use mnist_gpu::settings::{self, learning_rate, positive};
+use mnist_gpu::settings::{self, learning_rate, positive, Settings, TrainOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -102,13 +101,13 @@ struct TrainArgs {
     #[arg(long, value_parser = positive)]
     epochs: Option<usize>,
     /// Samples per training step (the last batch of an epoch may be smaller).
-    #[arg(long, default_value_t = 32, value_parser = positive, conflicts_with = "resume")]
+    #[arg(long, default_value_t = TrainOptions::default().batch_size, value_parser = positive, conflicts_with = "resume")]
     batch_size: usize,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-3, value_parser = learning_rate, conflicts_with = "resume")]
+    #[arg(long, default_value_t = Settings::default().lr, value_parser = learning_rate, conflicts_with = "resume")]
     lr: f32,
     /// Seed for the weight initialisation and the per-epoch shuffling.
-    #[arg(long, default_value_t = 42, value_parser = settings::seed, conflicts_with = "resume")]
+    #[arg(long, default_value_t = TrainOptions::default().seed, value_parser = settings::seed, conflicts_with = "resume")]
     seed: u64,
     /// Hidden layer widths, comma-separated: 128, or 256,128 for a deeper MLP.
     #[arg(long, default_value = "128", value_parser = hidden_list, conflicts_with_all = ["resume", "init_from"])]
@@ -186,21 +185,20 @@ impl TrainArgs {
             return run::resume_settings(dir, self.epochs, self.data_dir, self.metrics, device);
         }
         Ok(TrainSettings {
+            settings: Settings {
+                model: ModelConfig::mlp(&self.hidden.0, self.raw_pixels),
+                lr: self.lr,
+                options: TrainOptions {
+                    epochs: self.epochs.unwrap_or(TrainOptions::default().epochs),
+                    batch_size: self.batch_size,
+                    seed: self.seed,
+                    shuffle: !self.no_shuffle,
+                },
+                train_limit: self.train_limit,
+                test_limit: self.test_limit,
+            },
             data_dir: app::data_dir_or_builtin(self.data_dir),
             device,
-            model: ModelConfig::mlp(&self.hidden.0, self.raw_pixels),
-            hyper: Hyper {
-                lr: self.lr,
-                ..Hyper::default()
-            },
-            options: TrainOptions {
-                epochs: self.epochs.unwrap_or(10),
-                batch_size: self.batch_size,
-                seed: self.seed,
-                shuffle: !self.no_shuffle,
-            },
-            train_limit: self.train_limit,
-            test_limit: self.test_limit,
             metrics: self.metrics,
             out_dir: self.out_dir,
             overwrite: self.overwrite,

@@ -22,7 +22,7 @@ use crate::model::{
     format_layers, parse_hidden, parse_layers, ModelConfig, OptimState, ParamLayout, Params, INPUT,
     MAX_PARAMS,
 };
-use crate::settings;
+use crate::settings::{steps_per_epoch, FieldError, Settings};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::borrow::Cow;
@@ -71,19 +71,15 @@ pub struct RunState {
     pub partial: Option<StepProgress>,
 }
 
-/// A run's settings, as its checkpoint stores them (metadata strings, each validated
-/// like the command-line flag it stands for when read back).
+/// A run's settings, as its checkpoint stores them: what defines the run (its model is
+/// the file's architecture; the rest is stored as [`Settings::fields`] and read back
+/// through [`Settings::read`], each field by the rule of the flag it stands for), and
+/// what the command line ran it with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunSettings {
+    /// The model (the checkpoint's parameters'), the total epochs and the rest.
+    pub settings: Settings,
     pub data_dir: PathBuf,
-    /// Total epochs of the run.
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub seed: u64,
-    pub shuffle: bool,
-    pub lr: f32,
-    pub train_limit: Option<usize>,
-    pub test_limit: Option<usize>,
     pub grid_offset: usize,
     /// What trained (`cpu`, or the GPU adapter's name); `None` in older checkpoints.
     pub device: Option<String>,
@@ -253,18 +249,28 @@ pub fn save_checkpoint(
     state: &RunState,
     path: &Path,
 ) -> Result<(), ModelFileError> {
+    let bytes = checkpoint_bytes(params, state, path)?;
+    write_atomic(path, &bytes).map_err(|error| ModelFileError::Write {
+        path: path.to_path_buf(),
+        error,
+    })
+}
+
+/// The bytes [`save_checkpoint`] writes (`path` only names the file in errors).
+fn checkpoint_bytes(
+    params: &Params,
+    state: &RunState,
+    path: &Path,
+) -> Result<Vec<u8>, ModelFileError> {
+    // The run's model is stored as the file's architecture.
+    debug_assert_eq!(state.run.settings.model, params.config);
     let mut metadata = architecture_metadata(&params.config);
     metadata.extend(checkpoint_metadata(state));
     let mut tensors = model_tensors(params);
     for (name, values) in [("adam.m", &state.optim.m), ("adam.v", &state.optim.v)] {
         tensors.push((name.into(), vec![values.len()], values.as_slice().into()));
     }
-    let bytes = serialize(&tensors, steps_tensor(state.optim.step), metadata, path)?;
-    drop(tensors);
-    write_atomic(path, &bytes).map_err(|error| ModelFileError::Write {
-        path: path.to_path_buf(),
-        error,
-    })
+    serialize(&tensors, steps_tensor(state.optim.step), metadata, path)
 }
 
 /// A parsed file: its bytes stay alive while tensors are read.
@@ -297,17 +303,34 @@ impl<'a> Reader<'a> {
     }
 
     fn meta(&self, key: &str) -> Result<&str, ModelFileError> {
-        self.metadata.get(key).map(String::as_str).ok_or_else(|| {
-            self.invalid(format!(
-                "metadata has no '{key}' entry (was this file written by mnist-gpu?)"
-            ))
-        })
+        self.metadata
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| self.missing(key))
     }
 
-    fn meta_parse<T: std::str::FromStr>(&self, key: &str) -> Result<T, ModelFileError> {
+    fn missing(&self, key: &str) -> ModelFileError {
+        self.invalid(format!(
+            "metadata has no '{key}' entry (was this file written by mnist-gpu?)"
+        ))
+    }
+
+    /// A metadata entry that is not what it stands for, in the words of its rule.
+    fn refused(&self, error: FieldError) -> ModelFileError {
+        match error {
+            FieldError::Missing(key) => self.missing(key),
+            error => self.invalid(format!("metadata {error}")),
+        }
+    }
+
+    fn meta_parse<T: std::str::FromStr>(&self, key: &'static str) -> Result<T, ModelFileError> {
         let text = self.meta(key)?;
-        text.parse()
-            .map_err(|_| self.invalid(format!("metadata '{key}' has the invalid value '{text}'")))
+        text.parse().map_err(|_| {
+            self.refused(FieldError::Invalid {
+                key,
+                text: text.to_string(),
+            })
+        })
     }
 
     /// The architecture: from `layers` (which `hidden`, when present, must agree with),
@@ -490,6 +513,32 @@ fn check_file_size(
     Ok(())
 }
 
+impl RunState {
+    /// Refuse an interrupted epoch that does not fit an epoch of `train_samples` samples
+    /// (the run's training set, after its limit).
+    pub fn check_partial_fits(&self, train_samples: usize) -> Result<(), String> {
+        match self.partial {
+            Some(p) => check_steps_fit(
+                p.steps_done,
+                self.run.settings.options.batch_size,
+                train_samples,
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An interrupted epoch's `steps_done` leave a step of the epoch to take.
+fn check_steps_fit(steps_done: usize, batch_size: usize, samples: usize) -> Result<(), String> {
+    let steps = steps_per_epoch(samples, batch_size);
+    if steps_done >= steps {
+        return Err(format!(
+            "metadata '{PARTIAL_STEPS}' is {steps_done}, but an epoch of this run has {steps} steps"
+        ));
+    }
+    Ok(())
+}
+
 /// Load a model (or the model part of a checkpoint), validated against its architecture.
 pub fn load_model(path: &Path) -> Result<Params, ModelFileError> {
     let bytes = read(path, false)?;
@@ -526,14 +575,14 @@ fn checkpoint_from(path: &Path, bytes: &[u8]) -> Result<(Params, RunState), Mode
     let optim = OptimState {
         m: reader.f32s("adam.m", &[len])?,
         v: reader.f32s("adam.v", &[len])?,
-        step: reader.meta_parse("adam_step")?,
+        step: reader.meta_parse(ADAM_STEP)?,
     };
-    let run = reader.run_settings()?;
-    let epochs_done: usize = reader.meta_parse("epochs_done")?;
-    if epochs_done > run.epochs {
+    let run = reader.run_settings(params.config.clone())?;
+    let epochs_done: usize = reader.meta_parse(EPOCHS_DONE)?;
+    let epochs = run.settings.options.epochs;
+    if epochs_done > epochs {
         return Err(reader.invalid(format!(
-            "metadata 'epochs_done' is {epochs_done}, more than the run's {} epochs",
-            run.epochs
+            "metadata '{EPOCHS_DONE}' is {epochs_done}, more than the run's {epochs} epochs"
         )));
     }
     let history = reader.history(epochs_done)?;
@@ -550,15 +599,9 @@ fn checkpoint_from(path: &Path, bytes: &[u8]) -> Result<(Params, RunState), Mode
     ))
 }
 
-/// Checkpoint metadata keys (besides the architecture's).
+/// Checkpoint metadata keys (besides the architecture's and the settings',
+/// [`Settings::fields`]).
 const DATA_DIR: &str = "data_dir";
-const EPOCHS: &str = "epochs";
-const BATCH_SIZE: &str = "batch_size";
-const SEED: &str = "seed";
-const SHUFFLE: &str = "shuffle";
-const LR: &str = "lr";
-const TRAIN_LIMIT: &str = "train_limit";
-const TEST_LIMIT: &str = "test_limit";
 const GRID_OFFSET: &str = "grid_offset";
 const DEVICE: &str = "device";
 const METRICS: &str = "metrics";
@@ -573,23 +616,11 @@ const PARTIAL_SAMPLES: &str = "epoch_samples_done";
 const PARTIAL_LOSS: &str = "epoch_loss_sum";
 const PARTIAL_CORRECT: &str = "epoch_correct";
 
-/// A limit as stored: a number, or `all`.
-fn limit_text(limit: Option<usize>) -> String {
-    limit.map_or("all".to_string(), |n| n.to_string())
-}
-
 /// The metadata that [`Reader::run_settings`] and friends read back.
 fn checkpoint_metadata(state: &RunState) -> HashMap<String, String> {
     let run = &state.run;
     let mut meta = HashMap::from([
         (DATA_DIR, run.data_dir.display().to_string()),
-        (EPOCHS, run.epochs.to_string()),
-        (BATCH_SIZE, run.batch_size.to_string()),
-        (SEED, run.seed.to_string()),
-        (SHUFFLE, run.shuffle.to_string()),
-        (LR, run.lr.to_string()),
-        (TRAIN_LIMIT, limit_text(run.train_limit)),
-        (TEST_LIMIT, limit_text(run.test_limit)),
         (GRID_OFFSET, run.grid_offset.to_string()),
         (
             HISTORY,
@@ -614,12 +645,13 @@ fn checkpoint_metadata(state: &RunState) -> HashMap<String, String> {
         meta.insert(PARTIAL_LOSS, p.loss_sum.to_string());
         meta.insert(PARTIAL_CORRECT, p.correct.to_string());
     }
+    meta.extend(run.settings.fields());
     meta.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 impl Reader<'_> {
     /// Metadata `key` as a whole number of at least `min`.
-    fn meta_at_least(&self, key: &str, min: usize) -> Result<usize, ModelFileError> {
+    fn meta_at_least(&self, key: &'static str, min: usize) -> Result<usize, ModelFileError> {
         let value: usize = self.meta_parse(key)?;
         if value < min {
             return Err(self.invalid(format!(
@@ -629,39 +661,19 @@ impl Reader<'_> {
         Ok(value)
     }
 
-    /// Metadata `key` checked by `rule`, the function the matching flag and the page's
-    /// field use (`settings`), so a checkpoint is held to the same rules in the same words.
-    fn meta_rule<T>(
-        &self,
-        key: &str,
-        rule: fn(&str) -> Result<T, String>,
-    ) -> Result<T, ModelFileError> {
-        let raw = self.meta(key)?;
-        rule(raw).map_err(|why| self.invalid(format!("metadata '{key}' is {raw}; {why}")))
-    }
-
-    fn meta_limit(&self, key: &str) -> Result<Option<usize>, ModelFileError> {
-        match self.meta(key)? {
-            "all" => Ok(None),
-            _ => self.meta_rule(key, settings::positive).map(Some),
-        }
-    }
-
-    fn run_settings(&self) -> Result<RunSettings, ModelFileError> {
-        let lr = self.meta_rule(LR, settings::learning_rate)?;
+    /// The run's settings, for the checkpoint's `model`: each through the rule of the
+    /// flag it stands for ([`Settings::read`]), so a checkpoint is held to the same rules
+    /// in the same words.
+    fn run_settings(&self, model: ModelConfig) -> Result<RunSettings, ModelFileError> {
+        let text = |key| self.metadata.get(key).map(String::as_str);
+        let settings = Settings::read(model, text).map_err(|error| self.refused(error))?;
         let data_dir = self.meta(DATA_DIR)?;
         if data_dir.is_empty() {
             return Err(self.invalid(format!("metadata '{DATA_DIR}' is empty")));
         }
         Ok(RunSettings {
+            settings,
             data_dir: PathBuf::from(data_dir),
-            epochs: self.meta_rule(EPOCHS, settings::positive)?,
-            batch_size: self.meta_rule(BATCH_SIZE, settings::positive)?,
-            seed: self.meta_rule(SEED, settings::seed)?,
-            shuffle: self.meta_parse(SHUFFLE)?,
-            lr,
-            train_limit: self.meta_limit(TRAIN_LIMIT)?,
-            test_limit: self.meta_limit(TEST_LIMIT)?,
             grid_offset: self.meta_parse(GRID_OFFSET)?,
             device: self.metadata.get(DEVICE).cloned(),
             metrics: self.metadata.get(METRICS).map(PathBuf::from),
@@ -736,14 +748,10 @@ impl Reader<'_> {
         if !self.metadata.contains_key(PARTIAL_STEPS) {
             return Ok(None);
         }
-        let batch_size = run.batch_size;
+        let batch_size = run.settings.options.batch_size;
         let steps_done = self.meta_at_least(PARTIAL_STEPS, 1)?;
-        if let Some(steps) = run.train_limit.map(|n| n.div_ceil(batch_size)) {
-            if steps_done >= steps {
-                return Err(self.invalid(format!(
-                    "metadata '{PARTIAL_STEPS}' is {steps_done}, but an epoch of this run has {steps} steps"
-                )));
-            }
+        if let Some(samples) = run.settings.train_limit {
+            check_steps_fit(steps_done, batch_size, samples).map_err(|why| self.invalid(why))?;
         }
         let samples_done: usize = self.meta_parse(PARTIAL_SAMPLES)?;
         let correct: u64 = self.meta_parse(PARTIAL_CORRECT)?;
@@ -790,6 +798,88 @@ mod tests {
         edit(&mut meta);
         let tensors = model_tensors(params);
         serialize(&tensors, steps_tensor(0), meta, Path::new(IN_MEMORY)).unwrap()
+    }
+
+    /// The state of an interrupted run of `params` with every setting unlike the default
+    /// and every optional entry present.
+    fn interrupted_state(params: &Params) -> RunState {
+        let len = params.layout.total;
+        RunState {
+            optim: OptimState {
+                m: vec![0.5; len],
+                v: vec![0.25; len],
+                step: 9,
+            },
+            epochs_done: 0,
+            run: RunSettings {
+                settings: Settings {
+                    model: params.config.clone(),
+                    lr: 1e-9,
+                    options: crate::settings::TrainOptions {
+                        epochs: 3,
+                        batch_size: 7,
+                        seed: 5,
+                        shuffle: false,
+                    },
+                    train_limit: Some(70),
+                    test_limit: None,
+                },
+                data_dir: PathBuf::from("data"),
+                grid_offset: 4,
+                device: Some("cpu".into()),
+                metrics: Some(PathBuf::from("/tmp/m.jsonl")),
+                data_digest: Some(DataDigest {
+                    train: "fnv1a64:0123456789abcdef".into(),
+                    test: "fnv1a64:fedcba9876543210".into(),
+                }),
+            },
+            history: Vec::new(),
+            partial: Some(StepProgress {
+                steps_done: 9,
+                steps_total: 0,
+                samples_done: 63,
+                loss_sum: 20.5,
+                correct: 6,
+            }),
+        }
+    }
+
+    /// A checkpoint's metadata keeps its keys and values (so that checkpoints written
+    /// before keep loading), and reads back to the state written.
+    #[test]
+    fn a_checkpoint_keeps_its_metadata_and_reads_back() {
+        let params = Params::init(&ModelConfig::mlp(&[8], false), 5);
+        let state = interrupted_state(&params);
+        let expected = [
+            ("data_dir", "data"),
+            ("epochs", "3"),
+            ("batch_size", "7"),
+            ("seed", "5"),
+            ("shuffle", "false"),
+            ("lr", "0.000000001"),
+            ("train_limit", "70"),
+            ("test_limit", "all"),
+            ("grid_offset", "4"),
+            ("device", "cpu"),
+            ("metrics", "/tmp/m.jsonl"),
+            ("data_train_digest", "fnv1a64:0123456789abcdef"),
+            ("data_test_digest", "fnv1a64:fedcba9876543210"),
+            ("history", "[]"),
+            ("adam_step", "9"),
+            ("epochs_done", "0"),
+            ("epoch_steps_done", "9"),
+            ("epoch_samples_done", "63"),
+            ("epoch_loss_sum", "20.5"),
+            ("epoch_correct", "6"),
+        ];
+        let written: BTreeMap<String, String> = checkpoint_metadata(&state).into_iter().collect();
+        let expected: BTreeMap<String, String> = expected
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(written, expected);
+        let bytes = checkpoint_bytes(&params, &state, Path::new(IN_MEMORY)).unwrap();
+        assert_eq!(parse_checkpoint(&bytes).unwrap(), (params, state));
     }
 
     #[test]

@@ -12,26 +12,27 @@ use crate::data::{self, Mnist};
 use crate::fsutil::write_atomic;
 use crate::interrupt::{self, Interrupted};
 use crate::metricsfile;
-use crate::model::{Hyper, ModelConfig, Params};
+use crate::model::Params;
 use crate::modelfile::{self, DataDigest, RunSettings, RunState};
 use crate::progress::Console;
 use crate::report;
 use crate::rundir::{Claim, RunDir, CHECKPOINT, CURVES, METRICS, MODEL, PREDICTIONS};
-use crate::settings::TrainOptions;
-use crate::train::{train_from, Observer, Snapshot, StartAt, Stopped, TrainOutcome};
+use crate::settings::{Settings, TrainOptions};
+use crate::train::{
+    steps_per_epoch, train_from, Observer, Snapshot, StartAt, Stopped, TrainOutcome,
+};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Everything `mnist-gpu train` was asked to do.
+/// Everything `mnist-gpu train` was asked to do: the run's [`Settings`], and where it
+/// reads, trains and writes.
 #[derive(Clone, Debug)]
 pub struct TrainSettings {
+    /// What defines the run. With `init_from`, the model trained is that file's, not
+    /// `settings.model`.
+    pub settings: Settings,
     pub data_dir: PathBuf,
     pub device: DeviceRequest,
-    pub model: ModelConfig,
-    pub hyper: Hyper,
-    pub options: TrainOptions,
-    pub train_limit: Option<usize>,
-    pub test_limit: Option<usize>,
     /// Extra copy of the per-epoch metrics (the run directory always has metrics.jsonl).
     pub metrics: Option<PathBuf>,
     /// Where the run's files go (default: the next free `runs/run-NNN`).
@@ -66,7 +67,7 @@ pub fn resume_settings(
     let path = dir.join(CHECKPOINT);
     let (params, state) = modelfile::load_checkpoint(&path)?;
     let run = &state.run;
-    let epochs = epochs.unwrap_or(run.epochs);
+    let epochs = epochs.unwrap_or(run.settings.options.epochs);
     let done = state.epochs_done;
     // All epochs done but no model of them on disk (a full disk at the last write, say):
     // the run is finished from its checkpoint, without training.
@@ -83,22 +84,17 @@ pub fn resume_settings(
             dir.display()
         );
     }
+    let options = TrainOptions {
+        epochs,
+        ..run.settings.options.clone()
+    };
     Ok(TrainSettings {
+        settings: Settings {
+            options,
+            ..run.settings.clone()
+        },
         data_dir: resume_data_dir(&path, run, data_dir)?,
         device,
-        model: params.config.clone(),
-        hyper: Hyper {
-            lr: run.lr,
-            ..Hyper::default()
-        },
-        options: TrainOptions {
-            epochs,
-            batch_size: run.batch_size,
-            seed: run.seed,
-            shuffle: run.shuffle,
-        },
-        train_limit: run.train_limit,
-        test_limit: run.test_limit,
         metrics: metrics.or_else(|| run.metrics.clone()),
         out_dir: Some(dir.to_path_buf()),
         overwrite: false,
@@ -147,17 +143,19 @@ fn resume_data_dir(checkpoint: &Path, run: &RunSettings, flag: Option<PathBuf>) 
     Ok(dir.clone())
 }
 
-/// The run's settings as its checkpoint stores them.
-fn run_settings(s: &TrainSettings, device: &str, data_digest: DataDigest) -> RunSettings {
+/// The run's settings as its checkpoint stores them, for the model it trains (`params`).
+fn run_settings(
+    s: &TrainSettings,
+    params: &Params,
+    device: &str,
+    data_digest: DataDigest,
+) -> RunSettings {
     RunSettings {
+        settings: Settings {
+            model: params.config.clone(),
+            ..s.settings.clone()
+        },
         data_dir: s.data_dir.clone(),
-        epochs: s.options.epochs,
-        batch_size: s.options.batch_size,
-        seed: s.options.seed,
-        shuffle: s.options.shuffle,
-        lr: s.hyper.lr,
-        train_limit: s.train_limit,
-        test_limit: s.test_limit,
         grid_offset: s.grid_offset,
         device: Some(device.to_string()),
         // Absolute, so a run resumed from another directory writes the same file.
@@ -217,8 +215,8 @@ fn starting_point(settings: &TrainSettings) -> Result<(Params, Option<RunState>)
             (params, None)
         }
         (None, None) => {
-            settings.model.check_size().map_err(anyhow::Error::msg)?;
-            (Params::init(&settings.model, settings.options.seed), None)
+            let s = &settings.settings;
+            (Params::init(&s.model, s.options.seed), None)
         }
     })
 }
@@ -240,18 +238,14 @@ fn check_inputs(
             settings.grid_offset
         );
     }
-    let steps = data.train.len().div_ceil(settings.options.batch_size);
     if let Some(resume) = &settings.resume {
-        if let Some(p) = resume.state.partial.filter(|p| p.steps_done >= steps) {
-            bail!(
-                "{}: metadata 'epoch_steps_done' is {}, but an epoch of this run has {steps} steps",
-                resume.dir.join(CHECKPOINT).display(),
-                p.steps_done
-            );
+        if let Err(why) = resume.state.check_partial_fits(data.train.len()) {
+            bail!("{}: {why}", resume.dir.join(CHECKPOINT).display());
         }
     }
     if let Some(path) = &settings.init_from {
-        let outputs = cpu::infer(params, settings.hyper.bn_eps, &data.test.images);
+        let bn_eps = settings.settings.hyper().bn_eps;
+        let outputs = cpu::infer(params, bn_eps, &data.test.images);
         let name = path.display().to_string();
         crate::train::check_finite_outputs(&outputs, &name, "it cannot be trained from")?;
     }
@@ -272,6 +266,7 @@ fn check_metrics_file(settings: &TrainSettings) -> Result<Option<PathBuf>> {
 /// `mnist-gpu train`: the whole run, printed Keras-style; returns the outcome and the
 /// directory its files went to.
 pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
+    settings.settings.check().map_err(anyhow::Error::msg)?;
     let (params, resumed) = starting_point(settings)?;
     let (device, device_label) = app::resolve_device(&settings.device, "training")?;
     if let Some(before) = resumed.as_ref().and_then(|s| s.run.device.as_deref()) {
@@ -279,14 +274,11 @@ pub fn run_train(settings: &TrainSettings) -> Result<(TrainOutcome, PathBuf)> {
             crate::errln!("note: this run started on {before}; it continues on {device_label}");
         }
     }
-    let data = app::load_data(
-        &settings.data_dir,
-        settings.train_limit,
-        settings.test_limit,
-    )?;
+    let s = &settings.settings;
+    let data = app::load_data(&settings.data_dir, s.train_limit, s.test_limit)?;
     let digest = data_digest(&data);
     let metrics_target = check_inputs(settings, &data, &params, &digest)?;
-    let run = run_settings(settings, &device_label, digest);
+    let run = run_settings(settings, &params, &device_label, digest);
     let claim = match (&settings.resume, settings.overwrite) {
         (Some(_), _) => Claim::Resume,
         (None, true) => Claim::Overwrite,
@@ -323,7 +315,8 @@ fn train_in(
     print_header(&data, &params);
     let train_count = data.train.len();
     let test_images = data.test.clone();
-    let mut backend = app::make_backend(&device, params.clone(), settings.hyper.clone(), data)?;
+    let s = &settings.settings;
+    let mut backend = app::make_backend(&device, params.clone(), s.hyper(), data)?;
     let mut writer = RunWriter {
         console: Console::default(),
         settings,
@@ -341,23 +334,17 @@ fn train_in(
     crate::outln!(
         "device: {} | batch {} ({} steps/epoch), Adam lr {}, seed {}",
         backend.name(),
-        settings.options.batch_size,
-        train_count.div_ceil(settings.options.batch_size),
-        format_lr(settings.hyper.lr),
-        settings.options.seed
+        s.options.batch_size,
+        steps_per_epoch(train_count, s.options.batch_size),
+        format_lr(s.lr),
+        s.options.seed
     );
     let start = StartAt {
         first_epoch: resumed.as_ref().map_or(0, |s| s.epochs_done),
         partial,
     };
     let stop = interrupt::stop_requested;
-    let training = train_from(
-        backend.as_mut(),
-        &settings.options,
-        &start,
-        &mut writer,
-        &stop,
-    );
+    let training = train_from(backend.as_mut(), &s.options, &start, &mut writer, &stop);
     let outcome = crate::host::block_on(training).map_err(|error| writer.explain(error))?;
     crate::outln!(
         "Test accuracy: {:.2}% (loss {:.4})",
@@ -492,7 +479,8 @@ impl RunWriter<'_> {
     fn resume_from(&mut self, state: &RunState) -> Result<()> {
         self.history = state.history.clone();
         self.checkpoint_epoch = Some(state.epochs_done);
-        print_resume(self.run_dir.path(), state, self.settings.options.epochs);
+        let epochs = self.settings.settings.options.epochs;
+        print_resume(self.run_dir.path(), state, epochs);
         self.write_all_metrics()
             .map_err(|error| self.explain(error))
     }

@@ -1,9 +1,11 @@
-//! The rules for a run's settings, written once: the command line's flags (clap's value
-//! parsers in `main.rs`) and the page's form and URL ([`PageForm::validate`]) go through
-//! the same functions, so both refuse the same values with the same words. Compiled
+//! A run's settings and the rules for them, written once. [`Settings`] is what defines a
+//! training run; the command line's flags (clap's value parsers in `main.rs`), the page's
+//! form and URL ([`PageForm::validate`]) and a checkpoint's metadata ([`Settings::read`])
+//! all go through the same rule for each field, so all three refuse the same values with
+//! the same words, and [`Settings::check`] checks a whole one with those rules. Compiled
 //! natively too, so the page's rules are tested without a browser.
 
-use crate::model::{parse_hidden, ModelConfig};
+use crate::model::{parse_hidden, Hyper, ModelConfig};
 use serde::Deserialize;
 
 /// How an epoch is cut into steps and how many epochs run.
@@ -24,6 +26,159 @@ impl Default for TrainOptions {
             shuffle: true,
         }
     }
+}
+
+/// Steps in an epoch of `samples` samples at `batch_size` (the last one may be short).
+pub fn steps_per_epoch(samples: usize, batch_size: usize) -> usize {
+    samples.div_ceil(batch_size.max(1))
+}
+
+/// What defines a training run: the model, Adam's learning rate, the epochs and their
+/// steps, and how much of the data set it uses. The command line's flags, the page's form
+/// and a checkpoint's metadata each become one; [`Settings::check`] says whether it is
+/// one this program trains.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub model: ModelConfig,
+    pub lr: f32,
+    pub options: TrainOptions,
+    /// The first N training (test) samples; `None`: all of them.
+    pub train_limit: Option<usize>,
+    pub test_limit: Option<usize>,
+}
+
+impl Default for Settings {
+    /// The command line's default run.
+    fn default() -> Self {
+        Settings {
+            model: ModelConfig::default(),
+            lr: Hyper::default().lr,
+            options: TrainOptions::default(),
+            train_limit: None,
+            test_limit: None,
+        }
+    }
+}
+
+/// The names of the settings besides the model, which are also their checkpoint
+/// metadata keys; [`Settings::fields`] lists them in this order.
+pub const LR: &str = "lr";
+pub const EPOCHS: &str = "epochs";
+pub const BATCH_SIZE: &str = "batch_size";
+pub const SEED: &str = "seed";
+pub const SHUFFLE: &str = "shuffle";
+pub const TRAIN_LIMIT: &str = "train_limit";
+pub const TEST_LIMIT: &str = "test_limit";
+
+/// A limit as text: a number, or `all`.
+const ALL: &str = "all";
+
+/// A setting that [`Settings::read`] could not take.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum FieldError {
+    #[error("'{0}' is missing")]
+    Missing(&'static str),
+    /// Its rule refused it (`why`, in the rule's words).
+    #[error("'{key}' is {text}; {why}")]
+    Refused {
+        key: &'static str,
+        text: String,
+        why: String,
+    },
+    /// Not a value of its type at all.
+    #[error("'{key}' has the invalid value '{text}'")]
+    Invalid { key: &'static str, text: String },
+}
+
+impl Settings {
+    /// Adam's and BatchNorm's constants, with this run's learning rate.
+    pub fn hyper(&self) -> Hyper {
+        Hyper {
+            lr: self.lr,
+            ..Hyper::default()
+        }
+    }
+
+    /// Every setting but the model, as text under its name: what a checkpoint stores
+    /// (the model is stored as the file's architecture), and what [`Settings::read`]
+    /// reads back.
+    pub fn fields(&self) -> [(&'static str, String); 7] {
+        let limit = |limit: Option<usize>| limit.map_or(ALL.to_string(), |n| n.to_string());
+        [
+            (LR, self.lr.to_string()),
+            (EPOCHS, self.options.epochs.to_string()),
+            (BATCH_SIZE, self.options.batch_size.to_string()),
+            (SEED, self.options.seed.to_string()),
+            (SHUFFLE, self.options.shuffle.to_string()),
+            (TRAIN_LIMIT, limit(self.train_limit)),
+            (TEST_LIMIT, limit(self.test_limit)),
+        ]
+    }
+
+    /// The settings of `model` whose other fields `text` gives by name, as
+    /// [`Settings::fields`] writes them, each through the rule of the flag it stands for;
+    /// the first field missing or refused, in the order of [`Settings::fields`].
+    pub fn read<'a>(
+        model: ModelConfig,
+        text: impl Fn(&'static str) -> Option<&'a str>,
+    ) -> Result<Settings, FieldError> {
+        let text = |key| text(key).ok_or(FieldError::Missing(key));
+        let limit = |key| match text(key)? {
+            ALL => Ok(None),
+            value => by_rule(key, value, positive).map(Some),
+        };
+        let lr = by_rule(LR, text(LR)?, learning_rate)?;
+        let epochs = by_rule(EPOCHS, text(EPOCHS)?, positive)?;
+        let batch_size = by_rule(BATCH_SIZE, text(BATCH_SIZE)?, positive)?;
+        let seed = by_rule(SEED, text(SEED)?, seed)?;
+        let shuffle = text(SHUFFLE)?;
+        let shuffle = shuffle.parse().map_err(|_| FieldError::Invalid {
+            key: SHUFFLE,
+            text: shuffle.to_string(),
+        })?;
+        Ok(Settings {
+            model,
+            lr,
+            options: TrainOptions {
+                epochs,
+                batch_size,
+                seed,
+                shuffle,
+            },
+            train_limit: limit(TRAIN_LIMIT)?,
+            test_limit: limit(TEST_LIMIT)?,
+        })
+    }
+
+    /// The one check of a whole run's settings: a model the trainers implement and small
+    /// enough to train, and every other field passing its rule in the text a checkpoint
+    /// stores (so a checked run's checkpoint reads back to the same settings).
+    pub fn check(&self) -> Result<(), String> {
+        self.model.check()?;
+        let fields = self.fields();
+        let text = |key| {
+            fields
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        Settings::read(self.model.clone(), text)
+            .map(|_| ())
+            .map_err(|error| format!("setting {error}"))
+    }
+}
+
+/// `rule` applied to the setting `key`'s `text`.
+fn by_rule<T>(
+    key: &'static str,
+    text: &str,
+    rule: fn(&str) -> Result<T, String>,
+) -> Result<T, FieldError> {
+    rule(text).map_err(|why| FieldError::Refused {
+        key,
+        text: text.to_string(),
+        why,
+    })
 }
 
 /// A whole number of at least 1 (`--epochs`, `--batch-size`, the limits).
@@ -91,17 +246,6 @@ pub struct PageForm {
     pub cpu: bool,
 }
 
-/// The page's settings once every field passed its rule.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PageSettings {
-    pub model: ModelConfig,
-    pub lr: f32,
-    pub options: TrainOptions,
-    pub train_limit: Option<usize>,
-    pub test_limit: Option<usize>,
-    pub cpu: bool,
-}
-
 /// `rule` applied to the `label` field's `value`; a refusal names the field, the value
 /// and the rule.
 fn field<T>(label: &str, value: &str, rule: fn(&str) -> Result<T, String>) -> Result<T, String> {
@@ -116,8 +260,9 @@ fn optional_limit(text: &str) -> Result<Option<usize>, String> {
 }
 
 impl PageForm {
-    /// Every field through the rule of the flag it stands for; the first refusal.
-    pub fn validate(&self) -> Result<PageSettings, String> {
+    /// The run's settings: every field through the rule of the flag it stands for; the
+    /// first refusal. (The `cpu` box says where it trains, not what.)
+    pub fn validate(&self) -> Result<Settings, String> {
         let epochs = field("epochs", &self.epochs, positive)?;
         let batch_size = field("batch size", &self.batch_size, positive)?;
         let lr = field("learning rate", &self.lr, learning_rate)?;
@@ -125,7 +270,7 @@ impl PageForm {
         let seed = field("seed", &self.seed, seed)?;
         let train_limit = field("train limit", &self.train_limit, optional_limit)?;
         let test_limit = field("test limit", &self.test_limit, optional_limit)?;
-        Ok(PageSettings {
+        Ok(Settings {
             model: ModelConfig::mlp(&hidden, self.raw_pixels),
             lr,
             options: TrainOptions {
@@ -136,7 +281,6 @@ impl PageForm {
             },
             train_limit,
             test_limit,
-            cpu: self.cpu,
         })
     }
 }
@@ -198,10 +342,7 @@ mod tests {
 
     #[test]
     fn the_default_form_is_the_clis_default_run() {
-        let s = form().validate().unwrap();
-        assert_eq!(s.options, TrainOptions::default());
-        assert_eq!(s.model, ModelConfig::default());
-        assert_eq!((s.lr, s.train_limit, s.test_limit), (1e-3, None, None));
+        assert_eq!(form().validate().unwrap(), Settings::default());
     }
 
     #[test]
@@ -250,6 +391,106 @@ mod tests {
         assert_eq!((s.train_limit, s.test_limit), (Some(500), None));
         f.seed = "18446744073709551615".into();
         assert_eq!(f.validate().unwrap().options.seed, u64::MAX);
+    }
+
+    /// Settings unlike the default in every field.
+    fn odd_settings() -> Settings {
+        Settings {
+            model: ModelConfig::mlp(&[32, 16], true),
+            lr: 1e-9,
+            options: TrainOptions {
+                epochs: 3,
+                batch_size: 7,
+                seed: u64::MAX,
+                shuffle: false,
+            },
+            train_limit: Some(500),
+            test_limit: None,
+        }
+    }
+
+    fn read_back(settings: &Settings) -> Result<Settings, FieldError> {
+        let fields = settings.fields();
+        let text = |key| {
+            fields
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        Settings::read(settings.model.clone(), text)
+    }
+
+    #[test]
+    fn settings_read_back_from_their_fields() {
+        for settings in [Settings::default(), odd_settings()] {
+            assert_eq!(read_back(&settings), Ok(settings.clone()));
+            assert_eq!(settings.check(), Ok(()));
+        }
+        let texts: Vec<(&str, String)> = Settings::default().fields().into();
+        let expected = [
+            (LR, "0.001"),
+            (EPOCHS, "10"),
+            (BATCH_SIZE, "32"),
+            (SEED, "42"),
+            (SHUFFLE, "true"),
+            (TRAIN_LIMIT, "all"),
+            (TEST_LIMIT, "all"),
+        ];
+        assert_eq!(texts, expected.map(|(k, v)| (k, v.to_string())));
+    }
+
+    #[test]
+    fn reading_names_the_field_missing_or_refused() {
+        // The default's fields with `key` set to `value` (`None`: removed), read back.
+        let with = |key: &str, value: Option<&str>| {
+            let mut fields: Vec<(&str, String)> = Settings::default().fields().into();
+            fields.retain(|(k, _)| *k != key);
+            fields.extend(value.map(|v| (key, v.to_string())));
+            let text = |k| {
+                fields
+                    .iter()
+                    .find(|(f, _)| *f == k)
+                    .map(|(_, v)| v.as_str())
+            };
+            Settings::read(ModelConfig::default(), text)
+        };
+        assert_eq!(with(SEED, None), Err(FieldError::Missing(SEED)));
+        let refused = |key, value| with(key, Some(value)).unwrap_err().to_string();
+        assert_eq!(
+            refused(BATCH_SIZE, "0"),
+            "'batch_size' is 0; must be at least 1"
+        );
+        assert_eq!(
+            refused(TRAIN_LIMIT, "none"),
+            "'train_limit' is none; 'none' is not a positive whole number"
+        );
+        assert_eq!(
+            refused(SHUFFLE, "maybe"),
+            "'shuffle' has the invalid value 'maybe'"
+        );
+        assert!(refused(LR, "1e-45").contains("too small"));
+    }
+
+    #[test]
+    fn check_refuses_each_bad_field_in_its_rules_words() {
+        let bad = |edit: fn(&mut Settings)| {
+            let mut settings = Settings::default();
+            edit(&mut settings);
+            settings.check().expect_err("refused")
+        };
+        assert_eq!(
+            bad(|s| s.options.batch_size = 0),
+            "setting 'batch_size' is 0; must be at least 1"
+        );
+        assert_eq!(
+            bad(|s| s.test_limit = Some(0)),
+            "setting 'test_limit' is 0; must be at least 1"
+        );
+        assert!(bad(|s| s.lr = 1e-45).contains("too small"));
+        assert!(bad(|s| s.lr = f32::NAN).contains("finite number above 0"));
+        assert!(bad(|s| s.lr = -1.0).contains("finite number above 0"));
+        let huge = bad(|s| s.model = ModelConfig::mlp(&[65536, 65536], false));
+        assert!(huge.contains("at most 100000000"), "{huge}");
     }
 
     #[test]

@@ -4,6 +4,7 @@ use crate::backend::{
     Backend, Diverged, EpochEnd, EpochRecord, EpochStats, EvalStats, NonFinite, StepProgress, Steps,
 };
 use crate::model::{OptimState, Params, CLASSES};
+pub use crate::settings::steps_per_epoch;
 use crate::settings::TrainOptions;
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
@@ -198,11 +199,6 @@ pub async fn train_from(
         final_eval,
         model,
     })
-}
-
-/// Steps in an epoch of `samples` samples at `batch_size` (the last one may be short).
-pub fn steps_per_epoch(samples: usize, batch_size: usize) -> usize {
-    samples.div_ceil(batch_size.max(1))
 }
 
 /// Tell the observer that training stopped in epoch `epoch` (1-based) after `progress`,

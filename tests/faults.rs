@@ -389,7 +389,7 @@ fn divergence_keeps_the_last_good_checkpoint() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let checkpoint = dir.join("checkpoint.safetensors");
     let (params, mut state) = modelfile::load_checkpoint(&checkpoint).unwrap();
-    state.run.lr = 3e38;
+    state.run.settings.lr = 3e38;
     modelfile::save_checkpoint(&params, &state, &checkpoint).unwrap();
     let before = std::fs::read(&checkpoint).unwrap();
     let out = run(bin().args([

@@ -8,8 +8,7 @@ use crate::cpu::CpuBackend;
 use crate::data::Mnist;
 use crate::gpu::GpuBackend;
 use crate::model::{Hyper, Params};
-use crate::settings::TrainOptions;
-use crate::settings::{in_page_words, limit_note, PageForm, PageSettings};
+use crate::settings::{in_page_words, limit_note, PageForm, Settings, TrainOptions};
 use crate::train::{run_epoch, steps_per_epoch, EpochOutcome, FinishedEpoch};
 use std::cell::RefCell;
 use std::path::Path;
@@ -41,9 +40,10 @@ pub fn check_settings(form: String) -> Result<(), JsValue> {
     settings_from(&form).map(|_| ())
 }
 
-fn settings_from(form: &str) -> Result<PageSettings, JsValue> {
+/// The run's settings from the page's form, and whether it trains on the CPU.
+fn settings_from(form: &str) -> Result<(Settings, bool), JsValue> {
     let form: PageForm = serde_json::from_str(form).map_err(js_error)?;
-    form.validate().map_err(js_error)
+    Ok((form.validate().map_err(js_error)?, form.cpu))
 }
 
 struct State {
@@ -83,7 +83,7 @@ impl Session {
         std::panic::set_hook(Box::new(|info| {
             web_sys::console::error_1(&format!("mnist-gpu: panic {info}").into());
         }));
-        let settings = settings_from(&settings)?;
+        let (settings, cpu) = settings_from(&settings)?;
         let bytes: Vec<Vec<u8>> = files
             .iter()
             .map(|f| js_sys::Uint8Array::new(&f).to_vec())
@@ -99,22 +99,18 @@ impl Session {
         .filter_map(|(limit, kept, name)| limit_note(limit, kept, name))
         .collect();
         let params = Params::init(&settings.model, settings.options.seed);
-        let hyper = Hyper {
-            lr: settings.lr,
-            ..Hyper::default()
-        };
+        let hyper = settings.hyper();
         let test = data.test.clone();
-        let trainer: Box<dyn Backend> = if settings.cpu {
+        let trainer: Box<dyn Backend> = if cpu {
             Box::new(CpuBackend::new(params, hyper, data))
         } else {
             let gpu = GpuBackend::new_browser(params, hyper, data).await;
             Box::new(gpu.map_err(js_error)?)
         };
-        let device = device_line(trainer.as_ref(), settings.cpu);
-        let options: TrainOptions = settings.options;
+        let device = device_line(trainer.as_ref(), cpu);
         let state = State {
             trainer,
-            options,
+            options: settings.options,
             epochs_done: 0,
             partial: StepProgress::default(),
             test,

@@ -8,6 +8,7 @@ use flate2::Compression;
 use mnist_gpu::data::{self, write_idx};
 use mnist_gpu::model::{ModelConfig, OptimState, Params};
 use mnist_gpu::modelfile::{self, RunSettings, RunState};
+use mnist_gpu::settings::{Settings, TrainOptions};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -264,14 +265,19 @@ pub fn fresh_run_state(params: &Params) -> RunState {
         optim: OptimState::new(params.layout.total),
         epochs_done: 0,
         run: RunSettings {
+            settings: Settings {
+                model: params.config.clone(),
+                lr: 0.001,
+                options: TrainOptions {
+                    epochs: 1,
+                    batch_size: 32,
+                    seed: 1,
+                    shuffle: true,
+                },
+                train_limit: Some(64),
+                test_limit: Some(10),
+            },
             data_dir: data::builtin_dir(),
-            epochs: 1,
-            batch_size: 32,
-            seed: 1,
-            shuffle: true,
-            lr: 0.001,
-            train_limit: Some(64),
-            test_limit: Some(10),
             grid_offset: 0,
             device: Some("cpu".into()),
             metrics: None,
