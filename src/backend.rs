@@ -7,6 +7,7 @@
 
 use crate::host::Task;
 use crate::model::{OptimState, Params};
+use crate::settings::steps_per_epoch;
 use serde::{Deserialize, Serialize};
 
 /// Running totals inside an epoch, for the progress line.
@@ -179,7 +180,7 @@ pub trait Backend {
         progress: &'a mut dyn FnMut(&StepProgress),
     ) -> Task<'a, EpochStats> {
         let base = StepProgress {
-            steps_total: order.len().div_ceil(batch_size.max(1)),
+            steps_total: steps_per_epoch(order.len(), batch_size),
             ..StepProgress::default()
         };
         Box::pin(async move {

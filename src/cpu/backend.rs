@@ -136,7 +136,7 @@ impl CpuBackend {
         let total = started.elapsed().as_secs_f64();
         let mut phases = self.clock.stop();
         result?;
-        let steps = order.len().div_ceil(batch.max(1)).max(1) as f64;
+        let steps = crate::settings::steps_per_epoch(order.len(), batch).max(1) as f64;
         let timed: f64 = phases.iter().map(|p| p.total).sum();
         let between = (total - timed).max(0.0) / steps;
         for phase in &mut phases {

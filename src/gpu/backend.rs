@@ -31,6 +31,7 @@ use crate::backend::{Backend, EpochEnd, EvalStats, Steps};
 use crate::data::{Dataset, Mnist};
 use crate::host::Task;
 use crate::model::{Hyper, ModelConfig, OptimState, ParamLayout, Params, CLASSES, INPUT};
+use crate::settings::steps_per_epoch;
 use anyhow::{bail, ensure, Result};
 
 /// Test samples per evaluation chunk.
@@ -464,7 +465,7 @@ impl GpuBackend {
     /// order, Adam's step sizes and a zeroed step counter.
     fn upload_epoch(&mut self, order: &[u32], batch_size: usize) -> Result<(), DeviceError> {
         self.ensure_train_plan(batch_size, order.len())?;
-        let steps = order.len().div_ceil(batch_size) as u64;
+        let steps = steps_per_epoch(order.len(), batch_size) as u64;
         let alphas: Vec<f32> = (1..=steps)
             .map(|s| self.hyper.adam_alpha(self.step + s))
             .collect();
@@ -486,7 +487,7 @@ impl GpuBackend {
             return Ok(());
         }
         self.train_plan = None;
-        let steps = len.div_ceil(batch);
+        let steps = steps_per_epoch(len, batch);
         let d = &self.ctx.device;
         let plan = self.ctx.scoped("preparing the training step", || {
             let order = storage_zeroed(d, "order", (len * 4) as u64);

@@ -17,6 +17,7 @@ use super::context::{read_mapped, GpuContext};
 use super::error::DeviceError;
 use super::kernels::{record, Dispatch};
 use crate::backend::{Diverged, StepProgress};
+use crate::settings::steps_per_epoch;
 use anyhow::{bail, Result};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -183,7 +184,7 @@ impl<'a> EpochRun<'a> {
             base,
             batch_size,
             len,
-            steps: len.div_ceil(batch_size),
+            steps: steps_per_epoch(len, batch_size),
             done: 0,
             samples: 0,
             in_flight: VecDeque::new(),
