@@ -103,6 +103,7 @@ fn link_chain(path: &Path) -> io::Result<Vec<PathBuf>> {
 /// Remove the temporary files that [`write_atomic`] left in `dir` for the files named
 /// `names` when its process was killed mid-write (`.NAME.tmp-PID` of a process that no
 /// longer runs). Any other file, whatever its name, is kept.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn remove_stale_temp_files(dir: &Path, names: &[&str]) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -122,6 +123,7 @@ pub fn remove_stale_temp_files(dir: &Path, names: &[&str]) {
 }
 
 /// Whether process `pid` still exists (on non-Unix systems: assume it does).
+#[cfg(not(target_arch = "wasm32"))]
 fn process_alive(pid: u32) -> bool {
     #[cfg(unix)]
     {
@@ -140,6 +142,7 @@ fn process_alive(pid: u32) -> bool {
 }
 
 /// Create `dir` if needed and check that files can be written in it.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn ensure_writable_dir(dir: &Path) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let probe = dir.join(format!(".write-probe-{}", std::process::id()));
