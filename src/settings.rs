@@ -155,6 +155,14 @@ impl Settings {
     /// stores (so a checked run's checkpoint reads back to the same settings).
     pub fn check(&self) -> Result<(), String> {
         self.model.check()?;
+        self.read_back()
+            .map(|_| ())
+            .map_err(|error| format!("setting {error}"))
+    }
+
+    /// These settings as a checkpoint would read them back: every field written as text
+    /// ([`Settings::fields`]) and read through its rule ([`Settings::read`]).
+    pub fn read_back(&self) -> Result<Settings, FieldError> {
         let fields = self.fields();
         let text = |key| {
             fields
@@ -163,8 +171,6 @@ impl Settings {
                 .map(|(_, v)| v.as_str())
         };
         Settings::read(self.model.clone(), text)
-            .map(|_| ())
-            .map_err(|error| format!("setting {error}"))
     }
 }
 
@@ -409,21 +415,10 @@ mod tests {
         }
     }
 
-    fn read_back(settings: &Settings) -> Result<Settings, FieldError> {
-        let fields = settings.fields();
-        let text = |key| {
-            fields
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.as_str())
-        };
-        Settings::read(settings.model.clone(), text)
-    }
-
     #[test]
     fn settings_read_back_from_their_fields() {
         for settings in [Settings::default(), odd_settings()] {
-            assert_eq!(read_back(&settings), Ok(settings.clone()));
+            assert_eq!(settings.read_back(), Ok(settings.clone()));
             assert_eq!(settings.check(), Ok(()));
         }
         let texts: Vec<(&str, String)> = Settings::default().fields().into();
