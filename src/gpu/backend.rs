@@ -5,11 +5,10 @@
 //! GEMMs, softmax-xent (loss, correct, gradient, step counter), per layer from the top a
 //! weight-grad GEMM (bias gradient fused) and, above layer 0, an input-grad GEMM (ReLU
 //! mask fused); then BN + first-dense backward (dgamma, dbeta and dW0 from layer 0's
-//! xhatᵀ·δ, see `batchnorm_dense_backward`) and Adam: 3 + 3L dispatches. The host writes the epoch's order, Adam's step
-//! sizes and the step counter once per epoch, then (`gpu/epoch.rs`) records as many
-//! steps per command buffer as take about 100 ms of GPU time (measured), keeps no more
-//! than about 300 ms queued, and reads each submission's per-step loss/correct back
-//! asynchronously for progress.
+//! xhatᵀ·δ, see `batchnorm_dense_backward`) and Adam: 3 + 3L dispatches. The host writes
+//! the epoch's order, Adam's step sizes and the step counter once per epoch, then
+//! (`gpu/epoch.rs`) records as many steps per command buffer as take about 100 ms of GPU
+//! time (measured), keeps no more than about 300 ms queued, and reads each submission's
 //! per-step loss/correct back asynchronously for progress.
 
 #[cfg(not(target_arch = "wasm32"))]
