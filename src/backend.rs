@@ -208,6 +208,9 @@ pub trait Backend {
     /// Read Adam's moments and step count back.
     fn optim_state(&mut self) -> Task<'_, OptimState>;
 
+    /// Adam's update count so far, without reading the moments back.
+    fn adam_steps(&self) -> u64;
+
     /// Replace the parameters, and the optimiser state when given (else reset it).
     fn load(&mut self, params: &Params, optim: Option<&OptimState>) -> anyhow::Result<()>;
 }

@@ -139,7 +139,10 @@ pub enum EpochOutcome {
 pub struct FinishedEpoch {
     pub record: EpochRecord,
     pub eval: EvalStats,
-    pub model: Snapshot,
+    /// The parameters the epoch left, checked finite.
+    pub params: Params,
+    /// Adam's update count then (its moments are read only where a checkpoint needs them).
+    pub adam_steps: u64,
 }
 
 /// [`train`] from `start`, stopping when `stop(epoch, steps done in it)` says so (it is
@@ -162,17 +165,21 @@ pub async fn train_from(
         let mut progress = |p: &StepProgress| observer.step(p);
         let stop_in_epoch = |done| stop(epoch + 1, done);
         let outcome = run_epoch(backend, options, epoch, base, &mut progress, &stop_in_epoch).await;
+        let finished = match outcome.inspect_err(|_| observer.ended_early())? {
+            EpochOutcome::Finished(finished) => *finished,
+            EpochOutcome::Stopped(progress) => {
+                return Err(stopped_in_epoch(backend, observer, epoch + 1, progress).await)
+            }
+        };
+        let optim = backend.optim_state().await;
+        let optim = optim.inspect_err(|_| observer.ended_early())?;
         let FinishedEpoch {
             record,
             eval,
-            model,
-        } = match outcome.inspect_err(|_| observer.ended_early())? {
-            EpochOutcome::Finished(finished) => *finished,
-            EpochOutcome::Stopped(progress) => {
-                let model = snapshot(backend, epoch).await?;
-                return Err(stopped(observer, epoch + 1, progress, &model));
-            }
-        };
+            params,
+            ..
+        } = finished;
+        let model = Snapshot { params, optim };
         observer.epoch_finished(&record, options.epochs, &model)?;
         history.push(record);
         if epoch + 1 < options.epochs && stop(epoch + 1, steps) {
@@ -199,6 +206,23 @@ pub async fn train_from(
         final_eval,
         model,
     })
+}
+
+/// A stop inside epoch `epoch` (1-based) after `progress`: the model as it is, its
+/// parameters checked finite, then [`stopped`]; the error to return.
+async fn stopped_in_epoch(
+    backend: &mut dyn Backend,
+    observer: &mut dyn Observer,
+    epoch: usize,
+    progress: StepProgress,
+) -> anyhow::Error {
+    match snapshot(backend, epoch).await {
+        Ok(model) => stopped(observer, epoch, progress, &model),
+        Err(error) => {
+            observer.ended_early();
+            error
+        }
+    }
 }
 
 /// Tell the observer that training stopped in epoch `epoch` (1-based) after `progress`,
@@ -249,12 +273,14 @@ pub async fn run_epoch(
     };
     let eval = backend.evaluate().await?;
     check_finite_eval(&eval, epoch + 1)?;
-    let model = snapshot(backend, epoch + 1).await?;
+    let params = backend.params().await?;
+    check_finite_params(&params, epoch + 1)?;
     let record = epoch_record(epoch + 1, &stats, &eval, &base, seconds);
     Ok(EpochOutcome::Finished(Box::new(FinishedEpoch {
         record,
         eval,
-        model,
+        params,
+        adam_steps: backend.adam_steps(),
     })))
 }
 

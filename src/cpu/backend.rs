@@ -612,6 +612,10 @@ impl Backend for CpuBackend {
         Box::pin(std::future::ready(Ok(self.optim.clone())))
     }
 
+    fn adam_steps(&self) -> u64 {
+        self.optim.step
+    }
+
     fn load(&mut self, params: &Params, optim: Option<&OptimState>) -> Result<()> {
         ensure!(
             params.layout == self.params.layout,

@@ -738,6 +738,10 @@ impl Backend for GpuBackend {
         Box::pin(self.read_optim_state())
     }
 
+    fn adam_steps(&self) -> u64 {
+        self.step
+    }
+
     fn load(&mut self, params: &Params, optim: Option<&OptimState>) -> Result<()> {
         ensure!(
             params.layout == self.layout && params.trainable.len() == self.layout.total,

@@ -198,12 +198,9 @@ impl<'a> EpochRun<'a> {
     /// Record the next chunk of steps with a copy of their statistics into a free
     /// readback buffer, submit it and start mapping that buffer.
     async fn submit_chunk(&mut self, progress: &mut dyn FnMut(&StepProgress)) -> Result<()> {
-        while self.readbacks.len() == READBACK_SLOTS {
-            // The oldest readback's buffer is needed again: wait for it.
-            self.ctx.settle(None).await?;
-            self.ctx.check()?;
-            self.drain(progress)?;
-        }
+        // The oldest readback's buffer is needed again when all are taken: wait for it.
+        let free = |run: &Self| run.readbacks.len() < READBACK_SLOTS;
+        self.settle_until(None, progress, free).await?;
         let Some(slot) = (0..READBACK_SLOTS).find(|s| self.readbacks.iter().all(|r| r.slot != *s))
         else {
             bail!("reading training progress back from the GPU fell behind");
@@ -288,16 +285,39 @@ impl<'a> EpochRun<'a> {
             return self.drain(progress);
         }
         let oldest = self.in_flight.pop_front().expect("in flight");
-        while self.reported.steps_done < oldest.end {
-            self.ctx.settle(Some(oldest.index.clone())).await?;
-            self.ctx.check()?;
-            self.drain(progress)?;
-        }
+        let end = oldest.end;
+        let reported = move |run: &Self| run.reported.steps_done >= end;
+        self.settle_until(Some(oldest.index), progress, reported)
+            .await?;
         // The GPU worked on it from its submission or from the previous one's end.
         let began = self.last_done.max(oldest.submitted);
         self.last_done = Instant::now();
         self.pacer
             .observe(oldest.steps, (self.last_done - began).as_secs_f64());
+        Ok(())
+    }
+
+    /// Wait until `done` holds: settle the device (for submission `index`, else for all of
+    /// it) and report the statistics that arrived, as often as needed. Natively one settle
+    /// runs the callbacks of every map it waited for, so one that brings nothing while
+    /// `done` still fails is an error rather than a wait forever; a browser resolves the
+    /// maps between its turns, so there it asks again (a lost device fails the maps).
+    async fn settle_until(
+        &mut self,
+        index: Option<wgpu::SubmissionIndex>,
+        progress: &mut dyn FnMut(&StepProgress),
+        done: impl Fn(&Self) -> bool,
+    ) -> Result<()> {
+        while !done(self) {
+            let pending = self.readbacks.len();
+            self.ctx.settle(index.clone()).await?;
+            self.ctx.check()?;
+            self.drain(progress)?;
+            let stuck = self.readbacks.len() == pending && !done(self);
+            if stuck && !cfg!(target_arch = "wasm32") {
+                bail!("reading training progress back from the GPU did not finish");
+            }
+        }
         Ok(())
     }
 
@@ -336,11 +356,8 @@ impl<'a> EpochRun<'a> {
         mut self,
         progress: &mut dyn FnMut(&StepProgress),
     ) -> Result<(StepProgress, usize)> {
-        while !self.readbacks.is_empty() {
-            self.ctx.settle(None).await?;
-            self.ctx.check()?;
-            self.drain(progress)?;
-        }
+        let all_in = |run: &Self| run.readbacks.is_empty();
+        self.settle_until(None, progress, all_in).await?;
         let bytes = if self.done == 0 {
             Vec::new()
         } else {

@@ -184,13 +184,14 @@ impl Session {
                     let FinishedEpoch {
                         record,
                         eval,
-                        model,
+                        params,
+                        adam_steps,
                     } = *finished;
                     s.epochs_done += 1;
                     s.partial = StepProgress::default();
                     s.predictions = eval.predictions;
-                    s.optimizer_steps = model.optim.step;
-                    s.params = Some(model.params);
+                    s.optimizer_steps = adam_steps;
+                    s.params = Some(params);
                     Ok(serde_json::to_string(&record).map_err(js_error)?.into())
                 }
             }
