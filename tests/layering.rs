@@ -39,6 +39,7 @@ const TOP: &[&[&str]] = &[
 
 /// Submodules of `cpu/`, lowest first (`mod.rs` may use them all).
 const CPU: &[&str] = &[
+    "gradcheck",
     "profile",
     "adam",
     "relu",
@@ -79,66 +80,150 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The file's lines that are code: comments removed, and nothing from a
-/// `#[cfg(test)]` module on (every such module sits at a file's end).
-fn code_lines(text: &str) -> Vec<(usize, String)> {
-    let mut lines = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim_start().starts_with("#[cfg(test)]") {
-            break;
+/// The file's code: comments blanked out (outside string literals), and every
+/// `#[cfg(test)]` item (an inline `mod tests { … }`, a `mod gradcheck;`) removed. Line
+/// breaks are kept, so offsets still give line numbers.
+fn code_of(text: &str) -> String {
+    let stripped = without_comments(text);
+    let lines: Vec<&str> = stripped.split('\n').collect();
+    let mut kept = Vec::with_capacity(lines.len());
+    let mut i = 0;
+    while i < lines.len() {
+        if !lines[i].trim_start().starts_with("#[cfg(test)]") {
+            kept.push(lines[i].to_string());
+            i += 1;
+            continue;
         }
-        let code = line.split("//").next().unwrap_or("");
-        lines.push((i + 1, code.to_string()));
+        // The attribute and the item after it, to its balanced closing brace or `;`.
+        let mut depth = 0i32;
+        let mut end = i;
+        for (j, line) in lines.iter().enumerate().skip(i + 1) {
+            depth += line.matches('{').count() as i32 - line.matches('}').count() as i32;
+            end = j;
+            if depth <= 0 && (line.contains('}') || line.trim_end().ends_with(';')) {
+                break;
+            }
+        }
+        kept.extend((i..=end).map(|_| String::new()));
+        i = end + 1;
     }
-    lines
+    kept.join("\n")
 }
 
-/// Every module path a line refers to, resolved from the file's module `here`.
-fn references(line: &str, here: &[String]) -> Vec<Vec<String>> {
-    let mut found = Vec::new();
-    for (prefix, base) in [("crate::", Vec::new()), ("super::", parent(here))] {
-        for (at, _) in line.match_indices(prefix) {
-            let before = line[..at].chars().last();
-            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-                continue; // `super::` inside `crate::a::super::`, never in this code
-            }
-            let rest = &line[at + prefix.len()..];
-            // `crate::{a, b::c}`: one reference per name in the group.
-            let group = rest
-                .strip_prefix('{')
-                .map(|g| g.split('}').next().unwrap_or(""));
-            let items: Vec<&str> = match group {
-                Some(group) => group.split(',').collect(),
-                None => vec![rest],
-            };
-            for item in items {
-                let mut path = base.clone();
-                path.extend(segments(item.trim()));
-                if path.len() > base.len() {
-                    found.push(path);
-                }
-            }
+/// `text` with every `//` comment blanked, leaving string literals alone.
+fn without_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut in_comment, mut escaped) = (false, false, false);
+    let chars: Vec<char> = text.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if c == '\n' {
+            in_comment = false;
+        } else if in_comment {
+            continue;
+        } else if in_string {
+            in_string = !(c == '"' && !escaped);
+            escaped = c == '\\' && !escaped;
+        } else if c == '"' && !(i > 0 && chars[i - 1] == '\'' && chars.get(i + 1) == Some(&'\'')) {
+            in_string = true;
+        } else if c == '/' && chars.get(i + 1) == Some(&'/') {
+            in_comment = true;
+            continue;
         }
+        out.push(c);
+    }
+    out
+}
+
+/// Every module path `code` refers to (`crate::a::b`, `super::a`, `super::super::a`,
+/// and each name of a `use` group, nested or over several lines), with the line it is
+/// on, resolved from the file's module `here`.
+fn references(code: &str, here: &[String]) -> Vec<(usize, Vec<String>)> {
+    let chars: Vec<char> = code.chars().collect();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let after_ident = i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
+        let base = if after_ident {
+            None
+        } else if starts_with(&chars, i, "crate::") {
+            i += "crate::".len();
+            Some(Vec::new())
+        } else if starts_with(&chars, i, "super::") {
+            let mut up = here.to_vec();
+            while starts_with(&chars, i, "super::") {
+                i += "super::".len();
+                up.pop();
+            }
+            Some(up)
+        } else {
+            None
+        };
+        let Some(base) = base else {
+            i += 1;
+            continue;
+        };
+        let line = chars[..i].iter().filter(|&&c| c == '\n').count() + 1;
+        let mut paths = Vec::new();
+        use_tree(&chars, &mut i, base.clone(), &mut paths);
+        found.extend(
+            paths
+                .into_iter()
+                .filter(|p| p.len() > base.len())
+                .map(|p| (line, p)),
+        );
     }
     found
 }
 
-/// The leading `a::b::c` of a path's text, as names.
-fn segments(text: &str) -> Vec<String> {
-    text.split("::")
-        .map(|p| {
-            p.chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect::<String>()
-        })
-        .take_while(|p| !p.is_empty())
-        .collect()
+fn starts_with(chars: &[char], at: usize, text: &str) -> bool {
+    text.chars()
+        .enumerate()
+        .all(|(k, c)| chars.get(at + k) == Some(&c))
 }
 
-/// The module `super` names from a file's module: its parent (a file's module is its
-/// own path; `mod.rs` was folded into its folder's name).
-fn parent(here: &[String]) -> Vec<String> {
-    here[..here.len().saturating_sub(1)].to_vec()
+/// Reads a path or `use` tree at `*i` (`a::b`, `a::{b, c::{d}}`), pushing each path
+/// it names onto `out` with `path` before it.
+fn use_tree(chars: &[char], i: &mut usize, mut path: Vec<String>, out: &mut Vec<Vec<String>>) {
+    loop {
+        skip_space(chars, i);
+        if chars.get(*i) == Some(&'{') {
+            *i += 1;
+            loop {
+                skip_space(chars, i);
+                match chars.get(*i) {
+                    Some('}') | None => {
+                        *i += 1;
+                        return;
+                    }
+                    Some(',') => *i += 1,
+                    _ => use_tree(chars, i, path.clone(), out),
+                }
+            }
+        }
+        let start = *i;
+        while chars
+            .get(*i)
+            .is_some_and(|c| c.is_alphanumeric() || *c == '_')
+        {
+            *i += 1;
+        }
+        let name: String = chars[start..*i].iter().collect();
+        let empty = name.is_empty();
+        if !empty && name != "self" {
+            path.push(name);
+        }
+        if empty || !starts_with(chars, *i, "::") {
+            out.push(path);
+            return;
+        }
+        *i += 2;
+    }
+}
+
+fn skip_space(chars: &[char], i: &mut usize) {
+    while chars.get(*i).is_some_and(|c| c.is_whitespace()) {
+        *i += 1;
+    }
 }
 
 /// The rank of `path`'s unit among `order` (the first segment after `depth`), if listed.
@@ -211,13 +296,21 @@ fn every_use_in_src_points_down_the_layers() {
             file.display(),
             here[0]
         );
-        let text = fs::read_to_string(file).unwrap();
-        for (line, code) in code_lines(&text) {
-            for target in references(&code, &here) {
-                seen += 1;
-                if let Err(why) = check(&here, &target) {
-                    wrong.push(format!("{}:{line}: {why}", file.display()));
-                }
+        let inner_listed = match here.first().map(String::as_str) {
+            Some("cpu") => here.len() < 2 || rank(CPU, &here, 1).is_some(),
+            Some("gpu") => here.len() < 2 || rank(GPU, &here, 1).is_some(),
+            _ => true,
+        };
+        assert!(
+            inner_listed,
+            "{}: not in the CPU or GPU table of tests/layering.rs",
+            file.display()
+        );
+        let code = code_of(&fs::read_to_string(file).unwrap());
+        for (line, target) in references(&code, &here) {
+            seen += 1;
+            if let Err(why) = check(&here, &target) {
+                wrong.push(format!("{}:{line}: {why}", file.display()));
             }
         }
     }
@@ -241,11 +334,26 @@ fn the_check_refuses_an_upward_use() {
     assert!(check(&path("gpu::backend"), &path("cpu::adam")).is_err());
     assert!(check(&path("train"), &path("backend::Backend")).is_ok());
     assert!(check(&path("modelfile"), &path("train::EpochRecord")).is_err());
-    let found = references(
-        "use super::kernels::{record, Dispatch};",
-        &path("gpu::epoch"),
+    let paths = |code: &str, here: &str| -> Vec<String> {
+        references(code, &path(here))
+            .into_iter()
+            .map(|(line, p)| format!("{line}:{}", p.join("::")))
+            .collect()
+    };
+    assert_eq!(
+        paths("use super::kernels::{record, Dispatch};", "gpu::epoch"),
+        ["1:gpu::kernels::record", "1:gpu::kernels::Dispatch"]
     );
-    assert_eq!(found, vec![path("gpu::kernels")]);
-    let found = references("use crate::{preprocess, report::draw};", &path("app"));
-    assert_eq!(found, vec![path("preprocess"), path("report::draw")]);
+    // Groups nested and over several lines, `self` in a group, two levels up.
+    let code = "use crate::{\n    data,\n    report::{self, draw},\n};\nuse super::super::web;";
+    assert_eq!(
+        paths(code, "gpu::backend::profile"),
+        ["1:data", "1:report", "1:report::draw", "5:gpu::web"]
+    );
+    // A `//` inside a string is no comment; one outside is.
+    let code = "let url = \"https://x\"; crate::web::go(); // crate::run";
+    assert_eq!(paths(&code_of(code), "gpu::context"), ["1:web::go"]);
+    // Test modules are not the code's layers: skipped, inline or from a file.
+    let code = "#[cfg(test)]\nmod gradcheck;\nuse crate::data;\n#[cfg(test)]\nmod tests {\n    use crate::run;\n}\n";
+    assert_eq!(paths(&code_of(code), "cpu"), ["3:data"]);
 }
