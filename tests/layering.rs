@@ -121,7 +121,7 @@ fn without_comments(text: &str) -> String {
         } else if in_comment {
             continue;
         } else if in_string {
-            in_string = !(c == '"' && !escaped);
+            in_string = c != '"' || escaped;
             escaped = c == '\\' && !escaped;
         } else if c == '"' && !(i > 0 && chars[i - 1] == '\'' && chars.get(i + 1) == Some(&'\'')) {
             in_string = true;
