@@ -17,10 +17,8 @@ use crate::modelfile::{self, DataDigest, RunSettings, RunState};
 use crate::progress::Console;
 use crate::report;
 use crate::rundir::{Claim, RunDir, CHECKPOINT, CURVES, METRICS, MODEL, PREDICTIONS};
-use crate::settings::{Settings, TrainOptions};
-use crate::train::{
-    steps_per_epoch, train_from, Observer, Snapshot, StartAt, Stopped, TrainOutcome,
-};
+use crate::settings::{steps_per_epoch, Settings, TrainOptions};
+use crate::train::{train_from, Observer, Snapshot, StartAt, Stopped, TrainOutcome};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 

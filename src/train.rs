@@ -4,7 +4,7 @@ use crate::backend::{
     Backend, Diverged, EpochEnd, EpochRecord, EpochStats, EvalStats, NonFinite, StepProgress, Steps,
 };
 use crate::model::{OptimState, Params, CLASSES};
-pub use crate::settings::steps_per_epoch;
+use crate::settings::steps_per_epoch;
 use crate::settings::TrainOptions;
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
@@ -286,7 +286,7 @@ pub async fn run_epoch(
 
 /// The backend's parameters (checked finite; `epoch`: the last one trained) and Adam's
 /// state.
-pub async fn snapshot(backend: &mut dyn Backend, epoch: usize) -> Result<Snapshot> {
+async fn snapshot(backend: &mut dyn Backend, epoch: usize) -> Result<Snapshot> {
     let params = backend.params().await?;
     check_finite_params(&params, epoch)?;
     let optim = backend.optim_state().await?;
@@ -295,8 +295,8 @@ pub async fn snapshot(backend: &mut dyn Backend, epoch: usize) -> Result<Snapsho
 
 /// The steps of epoch `epoch` (1-based) as a backend returned them, with a divergence
 /// named by its epoch: a [`Diverged`] error from the steps, or a finished epoch whose
-/// loss is not finite. The CLI's loop and the page's epoch driver both end here.
-pub fn check_divergence(result: Result<EpochEnd>, epoch: usize) -> Result<EpochEnd> {
+/// loss is not finite.
+fn check_divergence(result: Result<EpochEnd>, epoch: usize) -> Result<EpochEnd> {
     let end = result.map_err(|error| match error.downcast::<Diverged>() {
         Ok(diverged) => {
             anyhow::Error::new(diverged).context(format!("training diverged in epoch {epoch}"))
@@ -332,7 +332,7 @@ pub const MAX_LOSS: f64 = 1e6;
 
 /// Epoch `epoch`'s record (a `metrics.jsonl` line) from its training statistics, the
 /// evaluation after it, the totals it resumed from and its training time.
-pub fn epoch_record(
+fn epoch_record(
     epoch: usize,
     stats: &EpochStats,
     eval: &EvalStats,
@@ -351,7 +351,7 @@ pub fn epoch_record(
 }
 
 /// A validation loss or accuracy that is not finite ends the run as a divergence.
-pub fn check_finite_eval(eval: &EvalStats, epoch: usize) -> Result<()> {
+fn check_finite_eval(eval: &EvalStats, epoch: usize) -> Result<()> {
     for (what, value) in [
         ("the validation loss", eval.loss),
         ("the validation accuracy", eval.accuracy),
@@ -370,7 +370,7 @@ pub fn check_finite_eval(eval: &EvalStats, epoch: usize) -> Result<()> {
 
 /// Parameters (or BatchNorm statistics) that are not finite end the run as a divergence
 /// before anything is saved from them (`epoch`: the last one trained).
-pub fn check_finite_params(params: &Params, epoch: usize) -> Result<()> {
+fn check_finite_params(params: &Params, epoch: usize) -> Result<()> {
     let values = params
         .trainable
         .iter()

@@ -15,8 +15,8 @@ use mnist_gpu::gpu::kernels::Kernels;
 use mnist_gpu::gpu::{list_adapters, DeviceChoice, DeviceError, GpuBackend};
 use mnist_gpu::host::block_on;
 use mnist_gpu::model::{Hyper, ModelConfig, Params, INPUT};
-use mnist_gpu::settings::TrainOptions;
-use mnist_gpu::train::{epoch_order, run_epoch, steps_per_epoch, EpochOutcome};
+use mnist_gpu::settings::{steps_per_epoch, TrainOptions};
+use mnist_gpu::train::{epoch_order, run_epoch, EpochOutcome};
 use rand::Rng;
 use std::time::Instant;
 

@@ -559,12 +559,13 @@ impl CpuBackend {
         Ok(EpochEnd::from_totals(totals))
     }
 
-    /// [`Backend::evaluate`] in parts of at most `part` samples, the host's turn between.
+    /// [`Backend::evaluate`] in parts of [`CpuBackend::eval_part`] samples, the host's
+    /// turn between.
     async fn evaluate_in_parts(&mut self) -> Result<EvalStats> {
-        let count = self.data.test.len();
+        let (count, part) = (self.data.test.len(), self.eval_part());
         let mut sums = EvalSums::new(count);
-        for start in (0..count).step_by(self.eval_part()) {
-            let end = (start + self.eval_part()).min(count);
+        for start in (0..count).step_by(part) {
+            let end = (start + part).min(count);
             self.evaluate_part(start..end, &mut sums);
             crate::host::yield_if_due().await;
         }

@@ -8,8 +8,10 @@ use crate::cpu::CpuBackend;
 use crate::data::Mnist;
 use crate::gpu::GpuBackend;
 use crate::model::{Hyper, Params};
-use crate::settings::{in_page_words, limit_note, PageForm, Settings, TrainOptions};
-use crate::train::{run_epoch, steps_per_epoch, EpochOutcome, FinishedEpoch};
+use crate::settings::{
+    in_page_words, limit_note, steps_per_epoch, PageForm, Settings, TrainOptions,
+};
+use crate::train::{run_epoch, EpochOutcome, FinishedEpoch};
 use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
