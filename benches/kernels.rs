@@ -2,9 +2,9 @@
 //! batch 32/128/512 and square 1024³ (4096³ on hardware GPUs), time per call of the other
 //! kernels, the CPU trainer's step phase by phase (`step/cpu/…`), and each adapter's
 //! training step dispatch by dispatch (`step/…`; also timed on the GPU itself where the
-//! adapter offers TIMESTAMP_QUERY). Every kernel family has its rows, under the name its
-//! shader entry point, CPU twin and agreement test share: `other/cpu/NAME` and
-//! `other/gpu/BACKEND/NAME`. Run: `cargo bench --bench kernels [filter]`.
+//! adapter offers TIMESTAMP_QUERY). Every layer family's agreement cases marked as bench
+//! rows (`src/layers/*/check.rs`) are timed on both sides, under the case's name:
+//! `other/cpu/NAME` and `other/gpu/BACKEND/NAME`. Run: `cargo bench --bench kernels [filter]`.
 //!
 //! GPU timings record `reps` dispatches into one command buffer, submit once and wait, so
 //! they measure the kernel (plus per-dispatch overhead), not uploads or readbacks.
@@ -12,8 +12,10 @@
 mod common;
 
 use mnist_gpu::cpu;
-use mnist_gpu::gpu::kernels::{self, GemmUniform, Kernels};
-use mnist_gpu::gpu::{context::Needs, GpuContext};
+use mnist_gpu::device::kernel::{record, storage_f32};
+use mnist_gpu::device::{context::Needs, GpuContext};
+use mnist_gpu::layers::dense::{self, DenseShape};
+use mnist_gpu::layers::Pipelines;
 use mnist_gpu::model::Hyper;
 use rand::{Rng, SeedableRng};
 
@@ -60,64 +62,55 @@ fn cpu_gemm(m: usize, k: usize, n: usize, form: u8, reps: usize) -> f64 {
     let bias = vec![0.0; n];
     let (mut y, mut dw, mut dx) = (vec![0.0; m * n], vec![0.0; k * n], vec![0.0; m * k]);
     common::median_secs(reps, || match form {
-        0 => cpu::gemm::gemm_forward(&x, &w, &bias, m, k, n, false, &mut y),
-        1 => cpu::gemm::gemm_weight_grad(&x, &dy, m, k, n, &mut dw),
-        _ => cpu::gemm::gemm_input_grad(&dy, &w, m, k, n, None, &mut dx),
+        0 => dense::cpu::gemm_forward(&x, &w, &bias, m, k, n, false, &mut y),
+        1 => dense::cpu::gemm_weight_grad(&x, &dy, m, k, n, &mut dw),
+        _ => dense::cpu::gemm_input_grad(&dy, &w, m, k, n, None, &mut dx),
     })
 }
 
 fn gpu_gemm(
     ctx: &GpuContext,
-    kernels: &Kernels,
+    pipelines: &Pipelines,
     m: usize,
     k: usize,
     n: usize,
     form: u8,
     reps: usize,
 ) -> f64 {
-    let buf = |len: usize, seed| {
-        kernels::storage_init(ctx, "bench", bytemuck::cast_slice(&random(len, seed)))
+    let buf = |len: usize, seed| storage_f32(ctx, "bench", &random(len, seed));
+    let shape = DenseShape {
+        rows: m,
+        inputs: k,
+        units: n,
+        kernel_off: 0,
+        bias_off: k * n,
     };
-    let (u, a, b, e, c) = match form {
-        0 => (
-            GemmUniform::forward(m, k, n, 0, 0, false),
-            buf(m * k, 1),
-            buf(k * n, 2),
-            buf(n, 4),
-            buf(m * n, 5),
+    let (d, dense) = (&ctx.device, &pipelines.dense);
+    let dispatch = match form {
+        0 => dense.forward(
+            d,
+            &shape,
+            false,
+            (&buf(m * k, 1), &buf(k * n + n, 2), &buf(m * n, 5)),
         ),
-        1 => (
-            GemmUniform::weight_grad(m, k, n, 0, k * n),
-            buf(m * k, 1),
-            buf(m * n, 3),
-            buf(16, 4),
-            buf(k * n + n, 5),
+        1 => dense.weight_grad(
+            d,
+            &shape,
+            (&buf(m * k, 1), &buf(m * n, 3), &buf(k * n + n, 5)),
         ),
-        _ => (
-            GemmUniform::input_grad(m, k, n, 0, false),
-            buf(m * n, 3),
-            buf(k * n, 2),
-            buf(16, 4),
-            buf(m * k, 5),
+        _ => dense.input_grad(
+            d,
+            &shape,
+            None,
+            (&buf(m * n, 3), &buf(k * n, 2), &buf(m * k, 5)),
         ),
     };
-    let ub = kernels::uniform(&ctx.device, "gemm", &u);
-    let bindings = kernels::GemmBindings {
-        u: &ub,
-        a: &a,
-        b: &b,
-        e: &e,
-        c: &c,
-    };
-    let dispatch = kernels
-        .gemm
-        .dispatch(&ctx.device, &bindings, u.workgroups());
     let batch: Vec<_> = vec![dispatch; reps];
     let run = || {
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            kernels::record(&mut pass, &batch);
+            record(&mut pass, &batch);
         }
         ctx.queue.submit([encoder.finish()]);
         ctx.wait().expect("the GPU finishes");
@@ -133,7 +126,7 @@ fn main() {
     let mut contexts = Vec::new();
     for (label, choice, software) in &adapters {
         match GpuContext::new(choice, Needs::default())
-            .and_then(|ctx| Kernels::new(&ctx).map(|k| (ctx, k)))
+            .and_then(|ctx| Pipelines::new(&ctx).map(|k| (ctx, k)))
         {
             Ok((ctx, k)) => contexts.push((label.clone(), ctx, k, *software)),
             Err(e) => eprintln!("{label}: {e}"),
@@ -176,16 +169,8 @@ fn main() {
         println!("{row}");
     }
     if wanted("other") {
-        other_kernels_cpu();
-        for (label, ctx, kernels, software) in &contexts {
-            // `vulkan`, `gl`: one adapter per backend here.
-            let backend = label
-                .split('/')
-                .next()
-                .unwrap_or(label)
-                .to_ascii_lowercase();
-            other_kernels_gpu(&backend, ctx, kernels, *software);
-        }
+        family_rows(&contexts);
+        sparse_first_layer_cpu();
     }
     if wanted("step") {
         cpu_step_profiles();
@@ -321,148 +306,40 @@ fn short(label: &str) -> String {
     label.chars().take(13).collect()
 }
 
-/// Time per call of the non-GEMM CPU kernels at batch 32 (the default training step).
-fn other_kernels_cpu() {
-    let (batch, features) = (32, 784);
-    let x = random(batch * features, 7);
-    let (gamma, beta) = (vec![1.0; features], vec![0.0; features]);
-    let (mut mm, mut mv) = (vec![0.0; features], vec![1.0; features]);
-    let (mut xhat, mut y, mut inv) = (
-        vec![0.0; batch * features],
-        vec![0.0; batch * features],
-        vec![0.0; features],
-    );
-    let hyper = Hyper::default();
-    let us = |s: f64| s * 1e6;
-    let t = common::median_secs(200, || {
-        cpu::batchnorm::batchnorm_forward_train(
-            &x, batch, &gamma, &beta, 1e-3, 0.99, &mut mm, &mut mv, &mut xhat, &mut y, &mut inv,
-        )
-    });
-    println!("other/cpu/batchnorm_forward_train b32: {:.1} µs", us(t));
-    let (mut dg, mut db) = (vec![0.0; features], vec![0.0; features]);
-    let (w, dbias) = (random(features * 128, 11), random(128, 12));
-    let mut grad_w = random(features * 128, 13);
-    let t = common::median_secs(200, || {
-        cpu::batchnorm::batchnorm_dense_backward(
-            &mut grad_w,
-            &w,
-            &gamma,
-            &beta,
-            &dbias,
-            &mut dg,
-            &mut db,
-        )
-    });
-    println!(
-        "other/cpu/batchnorm_dense_backward 784x128: {:.1} µs",
-        us(t)
-    );
-    let logits = random(batch * 10, 8);
-    let labels: Vec<u8> = (0..batch as u8).map(|i| i % 10).collect();
-    let mut grad = vec![0.0; batch * 10];
-    let t = common::median_secs(1000, || {
-        cpu::softmax_xent::softmax_xent(&logits, &labels, 10, Some(&mut grad), None);
-    });
-    println!("other/cpu/softmax_xent b32: {:.1} µs", us(t));
-    let len = 103_338;
-    let (mut p, g, mut m, mut v) = (
-        random(len, 9),
-        random(len, 10),
-        vec![0.0; len],
-        vec![0.0; len],
-    );
-    let t = common::median_secs(200, || {
-        cpu::adam::adam_update(&mut p, &g, &mut m, &mut v, 1e-3, &hyper)
-    });
-    println!("other/cpu/adam 103338 params: {:.1} µs", us(t));
-    let t = common::median_secs(200, || {
-        cpu::batchnorm::batchnorm_forward_eval(&x, &gamma, &beta, &mm, &mv, 1e-3, &mut y)
-    });
-    println!("other/cpu/batchnorm_forward_eval b32: {:.1} µs", us(t));
-    let mut h = random(batch * 128, 14);
-    let t = common::median_secs(1000, || cpu::relu::relu_forward(&mut h));
-    println!("other/cpu/relu_forward b32x128: {:.1} µs", us(t));
-    sparse_first_layer_cpu();
-}
-
-/// Every non-GEMM kernel family on one adapter, through its host-callable twin
-/// (`gpu::twins`) at the shapes of the default step: a round trip with upload and
-/// readback, so these bound the kernel from above (the `step/…` rows time the
-/// training step's own dispatches alone, and on the GPU itself where it can).
-fn other_kernels_gpu(label: &str, ctx: &GpuContext, k: &Kernels, software: bool) {
-    let reps = if software { 5 } else { 50 };
-    let (batch, features, width) = (32usize, 784usize, 128usize);
-    let images: Vec<u8> = (0..batch * features)
-        .map(|i| (i * 31 % 256) as u8)
+/// Every layer family's bench rows (its agreement cases at the shapes of the default
+/// step): the CPU reference per call, then on each adapter the GPU side as the agreement
+/// test runs it, a round trip with upload and readback, so these bound the kernel from
+/// above (the `step/…` rows time the training step's own dispatches alone, and on the
+/// GPU itself where it can).
+fn family_rows(contexts: &[(String, GpuContext, Pipelines, bool)]) {
+    let cases: Vec<_> = mnist_gpu::layers::cases()
+        .into_iter()
+        .filter(|case| case.bench)
         .collect();
-    let indices: Vec<u32> = (0..batch as u32).collect();
-    let (gamma, beta) = (vec![1.0; features], vec![0.0; features]);
-    let (mut mm, mut mv) = (vec![0.0; features], vec![1.0; features]);
-    let hyper = Hyper::default();
     let us = |s: f64| s * 1e6;
-    let line = |name: &str, shape: &str, f: &mut dyn FnMut()| {
-        let t = common::median_secs(reps, f);
-        println!(
-            "other/gpu/{label}/{name} {shape} (round trip): {:.1} µs",
-            us(t)
-        );
-    };
-    line("batchnorm_forward_train", "b32", &mut || {
-        let (e, m) = (hyper.bn_eps, hyper.bn_momentum);
-        let _ = k.batchnorm_forward_train(
-            ctx,
-            &images,
-            &indices,
-            1.0 / 255.0,
-            &gamma,
-            &beta,
-            e,
-            m,
-            &mut mm,
-            &mut mv,
-        );
-    });
-    line("batchnorm_forward_eval", "b32", &mut || {
-        let _ = k.batchnorm_forward_eval(
-            ctx,
-            &images,
-            batch,
-            1.0 / 255.0,
-            &gamma,
-            &beta,
-            &mm,
-            &mv,
-            hyper.bn_eps,
-        );
-    });
-    let (grad_w, w, dbias) = (
-        random(features * width, 13),
-        random(features * width, 11),
-        random(width, 12),
-    );
-    line("batchnorm_dense_backward", "784x128", &mut || {
-        let _ = k.batchnorm_dense_backward(ctx, software, &grad_w, &w, &gamma, &beta, &dbias);
-    });
-    let logits = random(batch * 10, 8);
-    let labels: Vec<u8> = (0..batch as u8).map(|i| i % 10).collect();
-    line("softmax_xent", "b32", &mut || {
-        let _ = k.softmax_xent(ctx, &logits, &labels, 10, true);
-    });
-    let len = 103_338;
-    let (mut p, g, mut m, mut v) = (
-        random(len, 9),
-        random(len, 10),
-        vec![0.0; len],
-        vec![0.0; len],
-    );
-    line("adam", "103338 params", &mut || {
-        let _ = k.adam(ctx, &mut p, &g, &mut m, &mut v, 1e-3, &hyper);
-    });
-    let h = random(batch * width, 14);
-    line("relu_forward", "b32x128", &mut || {
-        let _ = k.relu_forward(ctx, &h);
-    });
+    for case in &cases {
+        let t = common::median_secs(200, || drop((case.cpu)()));
+        println!("other/cpu/{}: {:.1} µs", case.name, us(t));
+    }
+    for (label, ctx, pipelines, software) in contexts {
+        // `vulkan`, `gl`: one adapter per backend here.
+        let backend = label
+            .split('/')
+            .next()
+            .unwrap_or(label)
+            .to_ascii_lowercase();
+        let reps = if *software { 5 } else { 50 };
+        for case in &cases {
+            let t = common::median_secs(reps, || {
+                (case.gpu)(ctx, pipelines).expect("the kernel runs");
+            });
+            println!(
+                "other/gpu/{backend}/{} (round trip): {:.1} µs",
+                case.name,
+                us(t)
+            );
+        }
+    }
 }
 
 /// The CPU trainer's sparse first layer (784 → 128) on real MNIST batches: the batch

@@ -12,10 +12,12 @@ pub mod app;
 pub mod backend;
 pub mod cpu;
 pub mod data;
+pub mod device;
 mod fsutil;
 pub mod gpu;
 pub mod host;
 pub mod interrupt;
+pub mod layers;
 #[cfg(not(target_arch = "wasm32"))]
 mod metricsfile;
 pub mod model;

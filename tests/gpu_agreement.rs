@@ -9,389 +9,46 @@ mod common;
 use common::gpu::*;
 use common::skip::{skip, ADAPTER_FIX};
 use mnist_gpu::backend::{Backend, StepProgress};
-use mnist_gpu::cpu::{adam, batchnorm, gemm, relu, softmax_xent, CpuBackend};
+use mnist_gpu::cpu::CpuBackend;
 use mnist_gpu::data::Mnist;
-use mnist_gpu::gpu::kernels::Kernels;
 use mnist_gpu::gpu::{list_adapters, DeviceChoice, DeviceError, GpuBackend};
 use mnist_gpu::host::block_on;
-use mnist_gpu::model::{Hyper, ModelConfig, Params, INPUT};
+use mnist_gpu::layers::Pipelines;
+use mnist_gpu::model::{Hyper, ModelConfig, Params};
 use mnist_gpu::settings::{steps_per_epoch, TrainOptions};
 use mnist_gpu::train::{epoch_order, run_epoch, EpochOutcome};
-use rand::Rng;
 use std::time::Instant;
 
-/// Bound on the error of GEMM-based results (sums over up to 784 products, in a
-/// different order than the CPU's blocked SIMD kernel).
-const GEMM_TOL: f64 = 1e-4;
-/// Bound on the error of elementwise and per-feature results.
-const ELEMENTWISE_TOL: f64 = 1e-5;
-
-/// (m, k, n) shapes: batch 1, 33, 37, 70 and widths 10, 129, 784, none of them tile
-/// multiples.
-const GEMM_SHAPES: [(usize, usize, usize); 7] = [
-    (1, 784, 128),
-    (70, 300, 90),
-    (33, 784, 129),
-    (37, 129, 10),
-    (33, 10, 784),
-    (37, 128, 10),
-    (1, 129, 10),
-];
-
+/// Every agreement case of every registered layer family (`src/layers/*/check.rs`): the
+/// trainer's own dispatch builders on the GPU against the CPU reference, each failure
+/// named by family, kernel, shape and output.
 #[test]
-fn gemm_forms_match_cpu() {
-    on_each_backend("gemm_forms_match_cpu", |backend, ctx| {
-        let kernels = Kernels::new(ctx).expect("pipelines");
-        let mut r = rng(1);
-        for (m, k, n) in GEMM_SHAPES {
-            let x = uniform_vec(&mut r, m * k, -1.0, 1.0);
-            let w = uniform_vec(&mut r, k * n, -1.0, 1.0);
-            let bias = uniform_vec(&mut r, n, -1.0, 1.0);
-            let dy = uniform_vec(&mut r, m * n, -1.0, 1.0);
-            for relu in [false, true] {
-                let mut cpu = vec![0.0; m * n];
-                gemm::gemm_forward(&x, &w, &bias, m, k, n, relu, &mut cpu);
-                let gpu = kernels
-                    .gemm_forward(ctx, &x, &w, &bias, m, k, n, relu)
-                    .unwrap();
-                let e = max_rel_err(&gpu, &cpu);
-                assert!(
-                    e <= GEMM_TOL,
-                    "{backend} forward {m}x{k}x{n} relu={relu}: error {e}"
-                );
-            }
-            let mut dw = vec![0.0; k * n];
-            let mut db = vec![0.0; n];
-            gemm::gemm_weight_grad(&x, &dy, m, k, n, &mut dw);
-            gemm::bias_grad(&dy, m, n, &mut db);
-            let (gdw, gdb) = kernels.gemm_weight_grad(ctx, &x, &dy, m, k, n).unwrap();
-            let e = max_rel_err(&gdw, &dw).max(max_rel_err(&gdb, &db));
-            assert!(
-                e <= GEMM_TOL,
-                "{backend} weight grad {m}x{k}x{n}: error {e}"
-            );
-            // A mask with about half its entries ≤ 0 (some exactly 0).
-            let mask: Vec<f32> = uniform_vec(&mut r, m * k, -1.0, 1.0)
-                .into_iter()
-                .map(|v| if v < -0.8 { 0.0 } else { v })
-                .collect();
-            for masked in [false, true] {
-                let mut dx = vec![0.0; m * k];
-                let mask_arg = masked.then_some(&mask[..]);
-                gemm::gemm_input_grad(&dy, &w, m, k, n, mask_arg, &mut dx);
-                let gdx = kernels
-                    .gemm_input_grad(ctx, &dy, &w, m, k, n, mask_arg)
-                    .unwrap();
-                let e = max_rel_err(&gdx, &dx);
-                assert!(
-                    e <= GEMM_TOL,
-                    "{backend} input grad {m}x{k}x{n} masked={masked}: error {e}"
-                );
-            }
-        }
-    });
-}
-
-/// Random u8 images with some always-zero pixels, like MNIST's borders.
-fn random_images(r: &mut rand_chacha::ChaCha8Rng, count: usize) -> Vec<u8> {
-    (0..count * INPUT)
-        .map(|i| {
-            if (i % INPUT) % 28 < 3 {
-                0
-            } else {
-                r.random_range(0..=255u8)
-            }
-        })
-        .collect()
-}
-
-/// Random BatchNorm inputs for a batch of `batch` samples of a 50-image pool.
-struct BnCase {
-    images: Vec<u8>,
-    indices: Vec<u32>,
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
-    mean0: Vec<f32>,
-    var0: Vec<f32>,
-}
-
-const BN_SCALE: f32 = 1.0 / 255.0;
-
-fn bn_case(r: &mut rand_chacha::ChaCha8Rng, batch: usize) -> BnCase {
-    let pool = 50;
-    let images = random_images(r, pool);
-    let indices = (0..batch).map(|_| r.random_range(0..pool as u32)).collect();
-    BnCase {
-        images,
-        indices,
-        gamma: uniform_vec(r, INPUT, 0.5, 1.5),
-        beta: uniform_vec(r, INPUT, -0.5, 0.5),
-        mean0: uniform_vec(r, INPUT, -0.1, 0.1),
-        var0: uniform_vec(r, INPUT, 0.5, 1.5),
+fn every_layer_family_matches_its_cpu_reference() {
+    let cases = mnist_gpu::layers::cases();
+    for family in mnist_gpu::layers::SHADERS {
+        let family_cases = cases.iter().filter(|c| c.family == family.family);
+        assert!(
+            family_cases.count() > 0,
+            "family {} has no agreement case",
+            family.family
+        );
     }
-}
-
-/// The CPU's training-mode forward of `c`: (xhat, y, inv_std, moving mean, moving var).
-type BnForward = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
-
-fn cpu_bn_forward_train(c: &BnCase, hyper: &Hyper) -> BnForward {
-    let batch = c.indices.len();
-    let mut x = vec![0.0; batch * INPUT];
-    mnist_gpu::cpu::gather_scaled(&c.images, INPUT, &c.indices, BN_SCALE, &mut x);
-    let (mut mm, mut mv) = (c.mean0.clone(), c.var0.clone());
-    let (mut xhat, mut y, mut inv) = (
-        vec![0.0; batch * INPUT],
-        vec![0.0; batch * INPUT],
-        vec![0.0; INPUT],
+    on_each_backend(
+        "every_layer_family_matches_its_cpu_reference",
+        |backend, ctx| {
+            let pipelines = Pipelines::new(ctx).expect("pipelines");
+            let mut failures = Vec::new();
+            for case in &cases {
+                match case.check(ctx, &pipelines) {
+                    Ok(error) => {
+                        eprintln!("{backend} {} {}: error {error:.1e}", case.family, case.name)
+                    }
+                    Err(message) => failures.push(format!("{backend} {message}")),
+                }
+            }
+            assert!(failures.is_empty(), "{}", failures.join("\n"));
+        },
     );
-    batchnorm::batchnorm_forward_train(
-        &x,
-        batch,
-        &c.gamma,
-        &c.beta,
-        hyper.bn_eps,
-        hyper.bn_momentum,
-        &mut mm,
-        &mut mv,
-        &mut xhat,
-        &mut y,
-        &mut inv,
-    );
-    (xhat, y, inv, mm, mv)
-}
-
-#[test]
-fn batchnorm_forward_train_matches_cpu() {
-    on_each_backend("batchnorm_forward_train_matches_cpu", |backend, ctx| {
-        let kernels = Kernels::new(ctx).expect("pipelines");
-        let mut r = rng(2);
-        let hyper = Hyper::default();
-        for batch in [1usize, 33, 37] {
-            let c = bn_case(&mut r, batch);
-            let (xhat, y, inv, mm, mv) = cpu_bn_forward_train(&c, &hyper);
-            let (mut gmm, mut gmv) = (c.mean0.clone(), c.var0.clone());
-            let g = kernels
-                .batchnorm_forward_train(
-                    ctx,
-                    &c.images,
-                    &c.indices,
-                    BN_SCALE,
-                    &c.gamma,
-                    &c.beta,
-                    hyper.bn_eps,
-                    hyper.bn_momentum,
-                    &mut gmm,
-                    &mut gmv,
-                )
-                .unwrap();
-            for (what, a, b) in [
-                ("xhat", &g.xhat, &xhat),
-                ("y", &g.y, &y),
-                ("inv_std", &g.inv_std, &inv),
-                ("moving mean", &gmm, &mm),
-                ("moving var", &gmv, &mv),
-            ] {
-                let e = max_rel_err(a, b);
-                assert!(
-                    e <= ELEMENTWISE_TOL,
-                    "{backend} batchnorm_forward_train batch {batch} {what}: error {e}"
-                );
-            }
-        }
-    });
-}
-
-#[test]
-fn batchnorm_forward_eval_matches_cpu() {
-    on_each_backend("batchnorm_forward_eval_matches_cpu", |backend, ctx| {
-        let kernels = Kernels::new(ctx).expect("pipelines");
-        let mut r = rng(3);
-        let hyper = Hyper::default();
-        for batch in [1usize, 33, 37] {
-            let c = bn_case(&mut r, batch);
-            // Evaluation mode on the first `batch` images.
-            let mut x = vec![0.0; batch * INPUT];
-            let first: Vec<u32> = (0..batch as u32).collect();
-            mnist_gpu::cpu::gather_scaled(&c.images, INPUT, &first, BN_SCALE, &mut x);
-            let mut y = vec![0.0; batch * INPUT];
-            batchnorm::batchnorm_forward_eval(
-                &x,
-                &c.gamma,
-                &c.beta,
-                &c.mean0,
-                &c.var0,
-                hyper.bn_eps,
-                &mut y,
-            );
-            let gy = kernels
-                .batchnorm_forward_eval(
-                    ctx,
-                    &c.images,
-                    batch,
-                    BN_SCALE,
-                    &c.gamma,
-                    &c.beta,
-                    &c.mean0,
-                    &c.var0,
-                    hyper.bn_eps,
-                )
-                .unwrap();
-            let e = max_rel_err(&gy, &y);
-            assert!(
-                e <= ELEMENTWISE_TOL,
-                "{backend} batchnorm_forward_eval batch {batch}: error {e}"
-            );
-        }
-    });
-}
-
-/// BatchNorm + first-dense backward from G = xhatᵀ·δ, both variants (per workgroup:
-/// hardware GPUs; per feature: CPU adapters).
-#[test]
-fn batchnorm_dense_backward_matches_cpu() {
-    on_each_backend("batchnorm_dense_backward_matches_cpu", |backend, ctx| {
-        let kernels = Kernels::new(ctx).expect("pipelines");
-        let mut r = rng(4);
-        let hyper = Hyper::default();
-        for batch in [1usize, 33, 37] {
-            let c = bn_case(&mut r, batch);
-            let (xhat, ..) = cpu_bn_forward_train(&c, &hyper);
-            let width = 37; // not a multiple of the 64 threads that stride each row
-            let w = uniform_vec(&mut r, INPUT * width, -0.1, 0.1);
-            let delta = uniform_vec(&mut r, batch * width, -1.0, 1.0);
-            let (mut grad_w, mut dbias) = (vec![0.0; INPUT * width], vec![0.0; width]);
-            gemm::gemm_weight_grad(&xhat, &delta, batch, INPUT, width, &mut grad_w);
-            gemm::bias_grad(&delta, batch, width, &mut dbias);
-            let (gamma, beta) = (&c.gamma, &c.beta);
-            let gpu = [false, true].map(|per_feature| {
-                kernels
-                    .batchnorm_dense_backward(ctx, per_feature, &grad_w, &w, gamma, beta, &dbias)
-                    .unwrap()
-            });
-            let (mut dg, mut db) = (vec![0.0; INPUT], vec![0.0; INPUT]);
-            batchnorm::batchnorm_dense_backward(
-                &mut grad_w,
-                &w,
-                gamma,
-                beta,
-                &dbias,
-                &mut dg,
-                &mut db,
-            );
-            for (variant, gpu) in ["per workgroup", "per feature"].iter().zip(&gpu) {
-                let e = max_rel_err(&gpu.dw, &grad_w)
-                    .max(max_rel_err(&gpu.dgamma, &dg))
-                    .max(max_rel_err(&gpu.dbeta, &db));
-                assert!(
-                    e <= ELEMENTWISE_TOL,
-                    "{backend} batchnorm_dense_backward ({variant}) batch {batch}: error {e}"
-                );
-            }
-        }
-    });
-}
-
-#[test]
-fn softmax_xent_matches_cpu() {
-    on_each_backend("softmax_xent_matches_cpu", |backend, ctx| {
-        let kernels = Kernels::new(ctx).expect("pipelines");
-        let mut r = rng(3);
-        let classes = 10;
-        for batch in [1usize, 33, 37, 300] {
-            let mut logits = uniform_vec(&mut r, batch * classes, -5.0, 5.0);
-            // Ties: the first maximum must win, as on the CPU.
-            for row in (0..batch).step_by(3) {
-                logits[row * classes + 3] = 9.0;
-                logits[row * classes + 7] = 9.0;
-            }
-            let labels: Vec<u8> = (0..batch).map(|_| r.random_range(0..10u8)).collect();
-            let mut grad = vec![0.0; batch * classes];
-            let mut preds = vec![0u8; batch];
-            let (loss, correct) = softmax_xent::softmax_xent(
-                &logits,
-                &labels,
-                classes,
-                Some(&mut grad),
-                Some(&mut preds),
-            );
-            let (gl, gc, ggrad, _) = kernels
-                .softmax_xent(ctx, &logits, &labels, classes, true)
-                .unwrap();
-            let (el, ec, _, gpreds) = kernels
-                .softmax_xent(ctx, &logits, &labels, classes, false)
-                .unwrap();
-            assert_eq!(
-                (gc, ec),
-                (correct, correct),
-                "{backend} batch {batch}: correct count"
-            );
-            assert_eq!(gpreds, preds, "{backend} batch {batch}: predictions");
-            for l in [gl, el] {
-                let e = rel_err(l, loss);
-                assert!(
-                    e <= ELEMENTWISE_TOL,
-                    "{backend} batch {batch}: loss {l} vs {loss}"
-                );
-            }
-            let e = max_rel_err(&ggrad, &grad);
-            assert!(
-                e <= ELEMENTWISE_TOL,
-                "{backend} batch {batch}: gradient error {e}"
-            );
-        }
-    });
-}
-
-#[test]
-fn adam_matches_cpu() {
-    on_each_backend("adam_matches_cpu", |backend, ctx| {
-        let kernels = Kernels::new(ctx).expect("pipelines");
-        let mut r = rng(5);
-        let hyper = Hyper::default();
-        for n in [1usize, 129, 100_003] {
-            let p0 = uniform_vec(&mut r, n, -1.0, 1.0);
-            let g = uniform_vec(&mut r, n, -0.1, 0.1);
-            let m0 = uniform_vec(&mut r, n, -0.01, 0.01);
-            let v0 = uniform_vec(&mut r, n, 0.0, 1e-4);
-            let alpha = hyper.adam_alpha(3);
-            let (mut p, mut m, mut v) = (p0.clone(), m0.clone(), v0.clone());
-            adam::adam_update(&mut p, &g, &mut m, &mut v, alpha, &hyper);
-            let (mut gp, mut gm, mut gv) = (p0, m0, v0);
-            kernels
-                .adam(ctx, &mut gp, &g, &mut gm, &mut gv, alpha, &hyper)
-                .unwrap();
-            let e = max_rel_err(&gp, &p)
-                .max(max_rel_err(&gm, &m))
-                .max(max_rel_err(&gv, &v));
-            assert!(e <= ELEMENTWISE_TOL, "{backend} adam n={n}: error {e}");
-        }
-    });
-}
-
-#[test]
-fn relu_matches_cpu() {
-    on_each_backend("relu_matches_cpu", |backend, ctx| {
-        let kernels = Kernels::new(ctx).expect("pipelines");
-        let mut r = rng(6);
-        for n in [1usize, 129, 100_003] {
-            let x = uniform_vec(&mut r, n, -1.0, 1.0);
-            let mut y = x.clone();
-            relu::relu_forward(&mut y);
-            let gy = kernels.relu_forward(ctx, &x).unwrap();
-            assert!(
-                max_rel_err(&gy, &y) <= ELEMENTWISE_TOL,
-                "{backend} relu_forward n={n}"
-            );
-            let dy = uniform_vec(&mut r, n, -1.0, 1.0);
-            let mut dx = vec![0.0; n];
-            relu::relu_backward(&dy, &y, &mut dx);
-            let gdx = kernels.relu_backward(ctx, &dy, &y).unwrap();
-            assert!(
-                max_rel_err(&gdx, &dx) <= ELEMENTWISE_TOL,
-                "{backend} relu_backward n={n}"
-            );
-        }
-    });
 }
 
 // ---------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@
 //! modules named.
 //!
 //! The check reads the sources as text: every `crate::a::…` and `super::a::…` path
-//! outside comments and `#[cfg(test)]` modules. Within `cpu/` and `gpu/` the submodules
-//! are ordered the same way, so that, say, `gpu/epoch.rs` and `gpu/backend.rs` cannot
-//! use each other.
+//! outside comments and `#[cfg(test)]` modules. Within `device/`, `layers/`, `cpu/` and
+//! `gpu/` the submodules are ordered the same way, so that, say, `gpu/epoch.rs` and
+//! `gpu/backend.rs` cannot use each other.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,10 @@ const TOP: &[&[&str]] = &[
     // Data and model.
     &["data", "model"],
     &["preprocess", "settings"],
+    // The GPU device, then the layer families (each a WGSL kernel, its CPU reference and
+    // its host side) built on it.
+    &["device"],
+    &["layers"],
     // The seam: what a trainer takes and returns.
     &["backend"],
     // The two trainers behind it; beside them the files and pictures a run writes, which
@@ -37,24 +41,39 @@ const TOP: &[&[&str]] = &[
     &["run", "web"],
 ];
 
-/// Submodules of `cpu/`, lowest first (`mod.rs` may use them all).
-const CPU: &[&str] = &[
+/// Submodules of `device/`, lowest first (`mod.rs` may use them all).
+const DEVICE: &[&str] = &["error", "adapters", "context", "kernel"];
+
+/// Submodules of `layers/`, lowest first: the test helpers, the agreement cases'
+/// framework, then the families (a family may use the ones before it: the dense layer
+/// fuses ReLU, BatchNorm's backward is fused with the dense layer it feeds). The
+/// registry (`mod.rs`) may use them all.
+const LAYERS: &[&str] = &[
     "gradcheck",
-    "profile",
-    "adam",
+    "check",
     "relu",
-    "gemm",
+    "dense",
     "batchnorm",
     "softmax_xent",
-    "forward",
-    "sparse",
-    "backend",
+    "adam",
 ];
 
+/// Submodules of `cpu/`, lowest first.
+const CPU: &[&str] = &["profile", "forward", "sparse", "backend"];
+
 /// Submodules of `gpu/`, lowest first.
-const GPU: &[&str] = &[
-    "error", "adapters", "context", "bindings", "kernels", "twins", "epoch", "backend",
-];
+const GPU: &[&str] = &["epoch", "backend"];
+
+/// The ordered submodules of the top-level module `name`, if it has a table.
+fn inner_table(name: &str) -> Option<&'static [&'static str]> {
+    match name {
+        "device" => Some(DEVICE),
+        "layers" => Some(LAYERS),
+        "cpu" => Some(CPU),
+        "gpu" => Some(GPU),
+        _ => None,
+    }
+}
 
 /// Where a source file sits: its module path below `src/` (`["gpu", "epoch"]`).
 fn module_path(src: &Path, file: &Path) -> Vec<String> {
@@ -264,10 +283,8 @@ fn check(here: &[String], target: &[String]) -> Result<(), String> {
             ))
         };
     }
-    let inner = match here[0].as_str() {
-        "cpu" => CPU,
-        "gpu" => GPU,
-        _ => return Ok(()),
+    let Some(inner) = inner_table(&here[0]) else {
+        return Ok(());
     };
     match (rank(inner, here, 1), rank(inner, target, 1)) {
         // `mod.rs`, or the module itself: anything inside its own family.
@@ -296,14 +313,13 @@ fn every_use_in_src_points_down_the_layers() {
             file.display(),
             here[0]
         );
-        let inner_listed = match here.first().map(String::as_str) {
-            Some("cpu") => here.len() < 2 || rank(CPU, &here, 1).is_some(),
-            Some("gpu") => here.len() < 2 || rank(GPU, &here, 1).is_some(),
-            _ => true,
+        let inner_listed = match here.first().and_then(|top| inner_table(top)) {
+            Some(table) => here.len() < 2 || rank(table, &here, 1).is_some(),
+            None => true,
         };
         assert!(
             inner_listed,
-            "{}: not in the CPU or GPU table of tests/layering.rs",
+            "{}: not in its folder's table of tests/layering.rs",
             file.display()
         );
         let code = code_of(&fs::read_to_string(file).unwrap());
@@ -330,8 +346,16 @@ fn the_check_refuses_an_upward_use() {
     let path = |p: &str| p.split("::").map(String::from).collect::<Vec<_>>();
     assert!(check(&path("gpu::backend"), &path("gpu::epoch::EpochRun")).is_ok());
     assert!(check(&path("gpu::epoch"), &path("gpu::backend::GpuBackend")).is_err());
-    assert!(check(&path("gpu::context"), &path("web::sleep_ms")).is_err());
-    assert!(check(&path("gpu::backend"), &path("cpu::adam")).is_err());
+    assert!(check(&path("device::context"), &path("web::sleep_ms")).is_err());
+    assert!(check(&path("gpu::backend"), &path("cpu::forward")).is_err());
+    assert!(check(&path("layers::dense"), &path("gpu::GpuBackend")).is_err());
+    assert!(check(
+        &path("layers::batchnorm"),
+        &path("layers::dense::DenseShape")
+    )
+    .is_ok());
+    assert!(check(&path("layers::dense"), &path("layers::batchnorm::cpu")).is_err());
+    assert!(check(&path("device::kernel"), &path("layers::Pipelines")).is_err());
     assert!(check(&path("train"), &path("backend::Backend")).is_ok());
     assert!(check(&path("modelfile"), &path("train::EpochRecord")).is_err());
     let paths = |code: &str, here: &str| -> Vec<String> {

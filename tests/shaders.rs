@@ -1,37 +1,67 @@
-//! Every `shaders/*.wgsl` parses and validates with naga (no device needed), and every
-//! Rust uniform struct matches the layout of the WGSL struct it is uploaded as.
+//! Every layer family's shader (`src/layers/*/*.wgsl`, registered in `src/layers/mod.rs`)
+//! parses and validates with naga (no device needed), its uniform struct matches the
+//! layout of the WGSL struct it is uploaded as, and its bindings declarations match the
+//! shader's variables.
 
-use mnist_gpu::gpu::context::WORKGROUP_STORAGE_BYTES;
+use mnist_gpu::device::context::WORKGROUP_STORAGE_BYTES;
+use mnist_gpu::device::kernel::{Access, BindingsDecl, UniformDecl};
+use mnist_gpu::layers::{Shader, SHADERS};
 use std::path::Path;
+
+/// The shader of `family`, parsed.
+fn parse(shader: &Shader) -> naga::Module {
+    naga::front::wgsl::parse_str(shader.source).unwrap()
+}
+
+/// Every `.wgsl` file under `src/layers/`, by name.
+fn wgsl_files() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/layers");
+    let mut names = Vec::new();
+    for folder in std::fs::read_dir(&dir).expect("src/layers exists") {
+        let folder = folder.expect("readable entry").path();
+        if !folder.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(&folder).expect("readable folder") {
+            let path = file.expect("readable entry").path();
+            if path.extension().is_some_and(|e| e == "wgsl") {
+                names.push(path.file_stem().unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    names.sort();
+    names
+}
+
+/// No shader file is left out of the registry, and no family is registered twice.
+#[test]
+fn every_shader_file_is_registered() {
+    let mut registered: Vec<String> = SHADERS.iter().map(|s| s.family.to_string()).collect();
+    registered.sort();
+    assert_eq!(
+        wgsl_files(),
+        registered,
+        "shader files vs the families! registry"
+    );
+}
 
 #[test]
 fn every_shader_parses_and_validates() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .expect("shaders/ exists")
-        .map(|entry| entry.expect("readable entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wgsl"))
-        .collect();
-    paths.sort();
-    let expected = ["adam", "batchnorm", "gemm", "relu", "softmax_xent"];
-    for name in expected {
-        assert!(
-            paths
-                .iter()
-                .any(|p| p.file_stem().is_some_and(|s| s == name)),
-            "shaders/{name}.wgsl is missing"
-        );
-    }
+    assert!(
+        SHADERS.len() >= 5,
+        "the registry lists {} shaders",
+        SHADERS.len()
+    );
     let mut failures = Vec::new();
-    for path in &paths {
-        let source = std::fs::read_to_string(path).expect("readable shader");
-        let module = match naga::front::wgsl::parse_str(&source) {
+    for shader in SHADERS {
+        let path = format!("{}.wgsl", shader.family);
+        let source = shader.source;
+        let module = match naga::front::wgsl::parse_str(source) {
             Ok(module) => module,
             Err(e) => {
                 failures.push(format!(
-                    "{}: parse error:\n{}",
-                    path.display(),
-                    e.emit_to_string(&source)
+                    "{path}: parse error:\n{}",
+                    e.emit_to_string(source)
                 ));
                 continue;
             }
@@ -42,17 +72,12 @@ fn every_shader_parses_and_validates() {
         );
         if let Err(e) = validator.validate(&module) {
             failures.push(format!(
-                "{}: validation error:\n{}",
-                path.display(),
-                e.emit_to_string(&source)
+                "{path}: validation error:\n{}",
+                e.emit_to_string(source)
             ));
             continue;
         }
-        assert!(
-            !module.entry_points.is_empty(),
-            "{} has no entry point",
-            path.display()
-        );
+        assert!(!module.entry_points.is_empty(), "{path} has no entry point");
         // The device is opened with exactly the workgroup memory the trainer asks for, and
         // not every wgpu backend checks a shader against it: check here.
         let workgroup_bytes: u32 = module
@@ -63,107 +88,51 @@ fn every_shader_parses_and_validates() {
             .sum();
         if workgroup_bytes > WORKGROUP_STORAGE_BYTES {
             failures.push(format!(
-                "{}: {workgroup_bytes} bytes of workgroup memory, more than the {WORKGROUP_STORAGE_BYTES} requested",
-                path.display()
+                "{path}: {workgroup_bytes} bytes of workgroup memory, more than the {WORKGROUP_STORAGE_BYTES} requested"
             ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// A Rust uniform struct and the WGSL struct it is uploaded as.
-struct UniformPair {
-    rust: &'static str,
-    shader: &'static str,
-    wgsl: &'static str,
-    size: usize,
-    /// Every field but the padding, with its byte offset in the Rust struct.
-    fields: Vec<(&'static str, usize)>,
+fn is_padding(name: &str) -> bool {
+    name.starts_with("pad")
 }
 
-macro_rules! uniform_pair {
-    ($ty:ty, $shader:literal, $wgsl:literal, [$($field:ident),* $(,)?]) => {
-        UniformPair {
-            rust: stringify!($ty),
-            shader: $shader,
-            wgsl: $wgsl,
-            size: std::mem::size_of::<$ty>(),
-            fields: vec![$((stringify!($field), std::mem::offset_of!($ty, $field))),*],
-        }
-    };
-}
-
-/// Each Rust uniform struct has the size of its WGSL struct and every (non-padding)
+/// Each family's uniform struct has the size of its WGSL struct and every (non-padding)
 /// WGSL member at the same byte offset under the same name: a field added, moved or
 /// renamed on one side only fails here, not as garbage on the GPU.
 #[test]
 fn uniform_structs_match_their_wgsl_layout() {
-    use mnist_gpu::gpu::kernels::*;
-    let pairs = vec![
-        uniform_pair!(
-            GemmUniform,
-            "gemm",
-            "Gemm",
-            [
-                m, n, k, flags, a_off, a_rs, a_cs, b_off, b_rs, b_cs, c_off, ldc, e_off, lde,
-                c2_off
-            ]
-        ),
-        uniform_pair!(
-            BnUniform,
-            "batchnorm",
-            "Bn",
-            [
-                batch, stride, use_order, base, gamma_off, beta_off, features, scale, eps,
-                momentum, kernel_off, bias_off, width
-            ]
-        ),
-        uniform_pair!(
-            SoftmaxUniform,
-            "softmax_xent",
-            "Sx",
-            [batch, classes, stride, use_order, base, training, slot, pred_base]
-        ),
-        uniform_pair!(
-            AdamUniform,
-            "adam",
-            "Adam",
-            [n, one_minus_b1, one_minus_b2, eps]
-        ),
-        uniform_pair!(ReluUniform, "relu", "Relu", [n]),
-    ];
     let mut failures = Vec::new();
-    for pair in &pairs {
-        failures.extend(layout_problems(pair));
+    for shader in SHADERS {
+        failures.extend(layout_problems(shader, &shader.uniform));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-fn layout_problems(pair: &UniformPair) -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("shaders")
-        .join(format!("{}.wgsl", pair.shader));
-    let source = std::fs::read_to_string(&path).unwrap();
-    let module = naga::front::wgsl::parse_str(&source).unwrap();
+fn layout_problems(shader: &Shader, decl: &UniformDecl) -> Vec<String> {
+    let module = parse(shader);
     let Some((members, span)) = module.types.iter().find_map(|(_, ty)| match &ty.inner {
-        naga::TypeInner::Struct { members, span } if ty.name.as_deref() == Some(pair.wgsl) => {
+        naga::TypeInner::Struct { members, span } if ty.name.as_deref() == Some(decl.wgsl) => {
             Some((members.clone(), *span))
         }
         _ => None,
     }) else {
-        return vec![format!("{}: no struct {}", path.display(), pair.wgsl)];
+        return vec![format!("{}.wgsl: no struct {}", shader.family, decl.wgsl)];
     };
     let mut problems = Vec::new();
-    let at = format!("{} vs {}.wgsl's {}", pair.rust, pair.shader, pair.wgsl);
-    if span as usize != pair.size {
-        problems.push(format!("{at}: {} bytes vs {span}", pair.size));
+    let at = format!("{} vs {}.wgsl's {}", decl.rust, shader.family, decl.wgsl);
+    if span as usize != decl.size {
+        problems.push(format!("{at}: {} bytes vs {span}", decl.size));
     }
+    let fields: Vec<_> = decl.fields.iter().filter(|(f, _)| !is_padding(f)).collect();
     for member in members
         .iter()
-        .filter(|m| !m.name.as_deref().unwrap_or("").starts_with("pad"))
+        .filter(|m| !is_padding(m.name.as_deref().unwrap_or("")))
     {
         let name = member.name.as_deref().unwrap_or("?");
-        match pair.fields.iter().find(|(field, _)| *field == name) {
+        match fields.iter().find(|(field, _)| *field == name) {
             Some((_, offset)) if *offset == member.offset as usize => {}
             Some((_, offset)) => problems.push(format!(
                 "{at}: '{name}' at byte {offset} in Rust, {} in WGSL",
@@ -172,7 +141,7 @@ fn layout_problems(pair: &UniformPair) -> Vec<String> {
             None => problems.push(format!("{at}: WGSL member '{name}' has no Rust field")),
         }
     }
-    for (field, _) in &pair.fields {
+    for (field, _) in &fields {
         if !members.iter().any(|m| m.name.as_deref() == Some(field)) {
             problems.push(format!("{at}: Rust field '{field}' is not in WGSL"));
         }
@@ -180,20 +149,26 @@ fn layout_problems(pair: &UniformPair) -> Vec<String> {
     problems
 }
 
-/// Each kernel's bindings declaration (`src/gpu/bindings.rs`) names the shader's own
+/// Each family's bindings declarations (`bindings!` in its `mod.rs`) name the shader's own
 /// variables, with their binding numbers and access, and covers every binding its entry
 /// points use: the bind groups are built from it, so a buffer can never be bound to
 /// the wrong variable.
 #[test]
 fn bindings_match_each_entry_point() {
-    use mnist_gpu::gpu::bindings::{Access, ALL};
     let mut failures = Vec::new();
-    for &(shader, entries, slots) in ALL {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("shaders")
-            .join(format!("{shader}.wgsl"));
-        let source = std::fs::read_to_string(&path).unwrap();
-        let module = naga::front::wgsl::parse_str(&source).unwrap();
+    for family in SHADERS {
+        for decl in family.bindings {
+            failures.extend(bindings_problems(family, decl));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn bindings_problems(family: &Shader, decl: &BindingsDecl) -> Vec<String> {
+    let (shader, entries, slots) = (family.family, decl.entry_points, decl.slots);
+    let mut failures = Vec::new();
+    {
+        let module = parse(family);
         let info = naga::valid::Validator::new(
             naga::valid::ValidationFlags::all(),
             naga::valid::Capabilities::empty(),
@@ -249,5 +224,5 @@ fn bindings_match_each_entry_point() {
             }
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    failures
 }

@@ -3,15 +3,10 @@
 //! on sparse data (MNIST) it trains the first layer through [`super::sparse`] instead,
 //! which computes the same step from the nonzero pixels only.
 
-use super::adam::adam_update;
-use super::batchnorm::{batchnorm_batch_update, batchnorm_dense_backward, batchnorm_forward_train};
 use super::forward::{dense_forward, forward_eval};
-use super::gather_scaled;
-use super::gemm::{bias_grad, gemm_input_grad, gemm_weight_grad};
 use super::profile::PhaseClock;
 #[cfg(not(target_arch = "wasm32"))]
 use super::profile::PhaseTime;
-use super::softmax_xent::softmax_xent;
 use super::sparse::{
     batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward, sparse_forward,
     ColumnBatch, SparseImages,
@@ -19,6 +14,12 @@ use super::sparse::{
 use crate::backend::{Backend, Diverged, EpochEnd, EvalStats, Steps};
 use crate::data::Mnist;
 use crate::host::Task;
+use crate::layers::adam::cpu::adam_update;
+use crate::layers::batchnorm::cpu::{
+    batchnorm_batch_update, batchnorm_dense_backward, batchnorm_forward_train, gather_scaled,
+};
+use crate::layers::dense::cpu::{bias_grad, gemm_input_grad, gemm_weight_grad};
+use crate::layers::softmax_xent::cpu::softmax_xent;
 use crate::model::{Hyper, OptimState, ParamLayout, Params, CLASSES, INPUT};
 use anyhow::{ensure, Result};
 

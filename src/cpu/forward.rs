@@ -1,9 +1,8 @@
 //! The forward pass, written once: training (after its BatchNorm), evaluation and
 //! `predict` all run these.
 
-use super::batchnorm::batchnorm_forward_eval;
-use super::gather_scaled;
-use super::gemm::gemm_forward;
+use crate::layers::batchnorm::cpu::{batchnorm_forward_eval, gather_scaled};
+use crate::layers::dense::cpu::gemm_forward;
 use crate::model::{Params, CLASSES, INPUT};
 
 /// The dense layers from `acts[first]` to the logits in the last of `acts`

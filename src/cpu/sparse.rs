@@ -10,7 +10,7 @@
 //!   `coef_j = gamma_j·s_j` and `row = bias + Σ_j (beta_j − coef_j·mean_j)·W_j`
 //!   ([`fold_batchnorm_into_dense`], [`sparse_forward`]);
 //! - backward: `G = xhatᵀ·δ` has rows `G_j = s_j·(H_j − mean_j·db)` with `H = xᵀ·δ` and
-//!   `db = Σ_b δ_b`, and [`super::batchnorm::batchnorm_dense_backward`]'s row step turns
+//!   `db = Σ_b δ_b`, and [`crate::layers::batchnorm::cpu::batchnorm_dense_backward`]'s row step turns
 //!   `G` into dW, dgamma and dbeta ([`sparse_first_layer_backward`], all in one pass).
 //!
 //! Work per sample falls from 2·784·n to about 2·150·n multiply-adds. The dense path
@@ -423,7 +423,7 @@ fn forward_one(
 /// The rest of the backward pass through layer 0 and BatchNorm, in one parallel pass over
 /// the rows of `w` (`[pixels, n]`). For each pixel j: `H_j = Σ_b x_bj·δ_b` over column j's
 /// entries in batch order, `G_j = inv_std_j·(H_j − mean_j·db)` (so `G = xhatᵀ·δ`), then
-/// [`batchnorm_dense_backward`](super::batchnorm::batchnorm_dense_backward)'s row step:
+/// [`batchnorm_dense_backward`](crate::layers::batchnorm::cpu::batchnorm_dense_backward)'s row step:
 /// `dgamma_j`, `dbeta_j` and `dW_j = gamma_j·G_j + beta_j·db` into `grad_w`. Rows are
 /// independent, so each is computed the same whatever the split; fused, the 784×n arrays
 /// are swept once per step instead of four times.
@@ -505,8 +505,13 @@ fn first_layer_rows(
         for (g, &d) in g_row.iter_mut().zip(db) {
             *g = s * (*g - m * d);
         }
-        (dgamma[r], dbeta[r]) =
-            super::batchnorm::dense_backward_row(g_row, w_row, rows.gamma[j], rows.beta[j], db);
+        (dgamma[r], dbeta[r]) = crate::layers::batchnorm::cpu::dense_backward_row(
+            g_row,
+            w_row,
+            rows.gamma[j],
+            rows.beta[j],
+            db,
+        );
     }
 }
 
@@ -702,7 +707,7 @@ mod tests {
             let val = |i: usize, a: usize, m: usize| ((i * a % m) as f32) / m as f32 - 0.5;
             let delta: Vec<f32> = (0..batch * n).map(|i| val(i, 29, 31)).collect();
             let mut db = vec![0.0; n];
-            crate::cpu::gemm::bias_grad(&delta, batch, n, &mut db);
+            crate::layers::dense::cpu::bias_grad(&delta, batch, n, &mut db);
             Case {
                 images: sample(count, pixels),
                 pixels,
@@ -747,12 +752,12 @@ mod tests {
     /// The dense reference: gather, `batchnorm_forward_train`, `gemm_forward`, then
     /// `gemm_weight_grad` on xhat and `batchnorm_dense_backward`.
     fn dense_first_layer(c: &Case) -> FirstLayerOutputs {
-        use crate::cpu::batchnorm::{batchnorm_dense_backward, batchnorm_forward_train};
-        use crate::cpu::gemm::{gemm_forward, gemm_weight_grad};
+        use crate::layers::batchnorm::cpu::{batchnorm_dense_backward, batchnorm_forward_train};
+        use crate::layers::dense::cpu::{gemm_forward, gemm_weight_grad};
         let (pixels, batch, n) = (c.pixels, c.indices.len(), c.bias.len());
         let mut out = c.outputs();
         let mut x = vec![0.0f32; batch * pixels];
-        crate::cpu::gather_scaled(&c.images, pixels, c.indices, c.scale, &mut x);
+        crate::layers::batchnorm::cpu::gather_scaled(&c.images, pixels, c.indices, c.scale, &mut x);
         let (mut xhat, mut y) = (vec![0.0; x.len()], vec![0.0; x.len()]);
         let (mm, mv, inv) = (&mut out.moving_mean, &mut out.moving_var, &mut out.inv_std);
         let (gamma, beta) = (&c.gamma, &c.beta);
@@ -777,7 +782,7 @@ mod tests {
         let (mut mean, mut var) = (vec![0.0; pixels], vec![0.0; pixels]);
         batch_stats(&columns, batch, &mut mean, &mut var);
         let (mm, mv, inv) = (&mut out.moving_mean, &mut out.moving_var, &mut out.inv_std);
-        crate::cpu::batchnorm::batchnorm_batch_update(&mean, &var, 1e-3, 0.99, mm, mv, inv);
+        crate::layers::batchnorm::cpu::batchnorm_batch_update(&mean, &var, 1e-3, 0.99, mm, mv, inv);
         let (mut coef, mut row) = (vec![0.0; pixels], vec![0.0; n]);
         let (gamma, beta, w, inv) = (&c.gamma, &c.beta, &c.w, &out.inv_std);
         fold_batchnorm_into_dense(&mean, inv, gamma, beta, w, &c.bias, &mut coef, &mut row);

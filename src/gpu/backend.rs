@@ -14,21 +14,19 @@
 #[cfg(not(target_arch = "wasm32"))]
 mod profile;
 
-use super::adapters::DeviceChoice;
-use super::bindings::{
-    AdamBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, GemmBindings,
-    SoftmaxXentBindings,
-};
-use super::context::{read_mapped, GpuContext, Needs};
 use super::epoch::{sum_stats, EpochRun, TrainPlan, READBACK_SLOTS, STEPS_PER_SUBMIT};
-use super::error::DeviceError;
-use super::kernels::{
-    elementwise_groups, pack_pixels, record, storage_init, storage_zeroed, uniform, AdamUniform,
-    BnSetup, BnUniform, Dispatch, GemmUniform, Kernels, SoftmaxUniform,
-};
 use crate::backend::{Backend, EpochEnd, EvalStats, Steps};
 use crate::data::{Dataset, Mnist};
+use crate::device::adapters::DeviceChoice;
+use crate::device::context::{read_mapped, GpuContext, Needs};
+use crate::device::error::DeviceError;
+use crate::device::kernel::{pack_pixels, record, storage_init, storage_zeroed, Dispatch};
 use crate::host::Task;
+use crate::layers::adam::AdamBindings;
+use crate::layers::batchnorm::{BatchnormDenseBackwardBindings, BatchnormForwardBindings, BnSetup};
+use crate::layers::dense::DenseShape;
+use crate::layers::softmax_xent::{SoftmaxUniform, SoftmaxXentBindings};
+use crate::layers::Pipelines;
 use crate::model::{Hyper, ModelConfig, OptimState, ParamLayout, Params, CLASSES, INPUT};
 use crate::settings::steps_per_epoch;
 use anyhow::{bail, ensure, Result};
@@ -55,7 +53,7 @@ pub struct GpuBackend {
     train_plan: Option<TrainPlan>,
     eval_plan: Option<EvalPlan>,
     work: Option<Workspace>,
-    kernels: Kernels,
+    pipelines: Pipelines,
     ctx: GpuContext,
     config: ModelConfig,
     layout: ParamLayout,
@@ -177,7 +175,7 @@ impl GpuBackend {
         data: Mnist,
     ) -> Result<GpuBackend, DeviceError> {
         let layout = params.layout.clone();
-        let kernels = Kernels::new(&ctx)?;
+        let pipelines = Pipelines::new(&ctx)?;
         let d = &ctx.device;
         let scopes = ctx.begin_scope();
         let total = layout.total;
@@ -189,7 +187,7 @@ impl GpuBackend {
             train_plan: None,
             eval_plan: None,
             work: None,
-            kernels,
+            pipelines,
             train_count: data.train.len(),
             test_count: data.test.len(),
             train_pixels: pixels_buffer(&ctx, "train pixels", &data.train),
@@ -273,32 +271,30 @@ impl GpuBackend {
         }
     }
 
-    /// The forward GEMMs for `rows` rows.
+    /// Dense layer `l` on `rows` rows, with its parameters' offsets.
+    fn dense_shape(&self, l: usize, rows: usize) -> DenseShape {
+        let widths = self.widths();
+        DenseShape {
+            rows,
+            inputs: widths[l],
+            units: widths[l + 1],
+            kernel_off: self.layout.kernels[l].start,
+            bias_off: self.layout.biases[l].start,
+        }
+    }
+
+    /// The forward GEMMs for `rows` rows, ReLU fused into each but the last.
     fn forward_dispatches(&self, rows: usize) -> Vec<Dispatch> {
-        let k = &self.kernels;
         let d = &self.ctx.device;
         let w = self.work.as_ref().expect("workspace");
-        let widths = self.widths();
         let layers = self.config.dense_layers();
         (0..layers)
             .map(|l| {
-                let u = GemmUniform::forward(
-                    rows,
-                    widths[l],
-                    widths[l + 1],
-                    self.layout.kernels[l].start,
-                    self.layout.biases[l].start,
-                    l + 1 < layers,
-                );
-                let ub = uniform(d, "gemm forward", &u);
-                let bindings = GemmBindings {
-                    u: &ub,
-                    a: &w.acts[l],
-                    b: &self.params,
-                    e: &self.params,
-                    c: &w.acts[l + 1],
-                };
-                k.gemm.dispatch(d, &bindings, u.workgroups())
+                let buffers = (&w.acts[l], &self.params, &w.acts[l + 1]);
+                let shape = self.dense_shape(l, rows);
+                self.pipelines
+                    .dense
+                    .forward(d, &shape, l + 1 < layers, buffers)
             })
             .collect()
     }
@@ -318,7 +314,7 @@ impl GpuBackend {
         list.extend(self.forward_dispatches(rows));
         list.push(self.softmax_xent_dispatch(rows, stride, order, stats));
         list.extend(self.backward_dispatches(rows));
-        list.push(self.batchnorm_dense_backward_dispatch(rows, stride));
+        list.push(self.batchnorm_dense_backward_dispatch(rows));
         list.push(self.adam_dispatch(alphas));
         list
     }
@@ -329,25 +325,21 @@ impl GpuBackend {
         stride: usize,
         order: &wgpu::Buffer,
     ) -> Dispatch {
-        let d = &self.ctx.device;
-        let u = BnUniform::training(rows, stride, &self.bn_setup());
-        let ub = uniform(d, "batchnorm forward", &u);
-        let bindings = self.batchnorm_forward_bindings(&ub, &self.train_pixels, order);
-        let kernel = &self.kernels.batchnorm_forward_train;
-        kernel.dispatch(d, &bindings, u.workgroups())
+        let bindings = self.batchnorm_forward_bindings(&self.train_pixels, order);
+        let setup = self.bn_setup();
+        let pipelines = &self.pipelines.batchnorm;
+        pipelines.forward_train(&self.ctx.device, (rows, stride), &setup, &bindings)
     }
 
     /// BatchNorm forward's buffers for the images `pixels` (through `order` when
     /// training), into the workspace's `xhat` and first activations.
     fn batchnorm_forward_bindings<'a>(
         &'a self,
-        ub: &'a wgpu::Buffer,
         pixels: &'a wgpu::Buffer,
         order: &'a wgpu::Buffer,
     ) -> BatchnormForwardBindings<'a> {
         let w = self.work.as_ref().expect("workspace");
         BatchnormForwardBindings {
-            u: ub,
             pixels,
             order,
             state: &self.state,
@@ -369,9 +361,7 @@ impl GpuBackend {
         let w = self.work.as_ref().expect("workspace");
         let layers = self.config.dense_layers();
         let u = SoftmaxUniform::training(rows, CLASSES, stride);
-        let ub = uniform(d, "softmax_xent", &u);
         let bindings = SoftmaxXentBindings {
-            u: &ub,
             logits: &w.acts[layers],
             labels: &self.train_labels,
             order,
@@ -380,7 +370,7 @@ impl GpuBackend {
             stats,
             predictions: &self.predictions,
         };
-        self.kernels.softmax_xent.dispatch(d, &bindings, [1, 1, 1])
+        self.pipelines.softmax_xent.dispatch(d, &u, &bindings)
     }
 
     /// From the top layer down: each layer's weight-gradient GEMM (bias gradient fused)
@@ -388,67 +378,37 @@ impl GpuBackend {
     fn backward_dispatches(&self, rows: usize) -> Vec<Dispatch> {
         let d = &self.ctx.device;
         let w = self.work.as_ref().expect("workspace");
-        let widths = self.widths();
+        let dense = &self.pipelines.dense;
         let mut list = Vec::new();
         for l in (0..self.config.dense_layers()).rev() {
-            let (kin, nout) = (widths[l], widths[l + 1]);
-            let kernel_off = self.layout.kernels[l].start;
-            let u =
-                GemmUniform::weight_grad(rows, kin, nout, kernel_off, self.layout.biases[l].start);
-            let ub = uniform(d, "gemm weight grad", &u);
+            let shape = self.dense_shape(l, rows);
             // Layer 0's weight gradient is taken against xhat: the BatchNorm + dense
             // backward turns it into dW0, dgamma and dbeta, so layer 0 needs no
             // input-grad GEMM.
             let input = if l == 0 { &w.xhat } else { &w.acts[l] };
-            let bindings = GemmBindings {
-                u: &ub,
-                a: input,
-                b: &w.deltas[l + 1],
-                e: &self.params,
-                c: &self.grads,
-            };
-            list.push(self.kernels.gemm.dispatch(d, &bindings, u.workgroups()));
+            let buffers = (input, &w.deltas[l + 1], &self.grads);
+            list.push(dense.weight_grad(d, &shape, buffers));
             if l == 0 {
                 break;
             }
-            let u = GemmUniform::input_grad(rows, kin, nout, kernel_off, true);
-            let ub = uniform(d, "gemm input grad", &u);
-            let bindings = GemmBindings {
-                u: &ub,
-                a: &w.deltas[l + 1],
-                b: &self.params,
-                e: &w.acts[l],
-                c: &w.deltas[l],
-            };
-            list.push(self.kernels.gemm.dispatch(d, &bindings, u.workgroups()));
+            let buffers = (&w.deltas[l + 1], &self.params, &w.deltas[l]);
+            list.push(dense.input_grad(d, &shape, Some(&w.acts[l]), buffers));
         }
         list
     }
 
-    fn batchnorm_dense_backward_dispatch(&self, rows: usize, stride: usize) -> Dispatch {
-        let d = &self.ctx.device;
-        let u = BnUniform {
-            kernel_off: self.layout.kernels[0].start as u32,
-            bias_off: self.layout.biases[0].start as u32,
-            width: self.widths()[1] as u32,
-            ..BnUniform::training(rows, stride, &self.bn_setup())
-        };
-        let ub = uniform(d, "batchnorm dense backward", &u);
-        let (kernel, groups) = self.kernels.batchnorm_dense_backward_for(&u);
+    fn batchnorm_dense_backward_dispatch(&self, rows: usize) -> Dispatch {
         let bindings = BatchnormDenseBackwardBindings {
-            u: &ub,
             params: &self.params,
             grads: &self.grads,
         };
-        kernel.dispatch(d, &bindings, groups)
+        let (setup, dense) = (self.bn_setup(), self.dense_shape(0, rows));
+        let pipelines = &self.pipelines.batchnorm;
+        pipelines.dense_backward(&self.ctx.device, &setup, &dense, &bindings)
     }
 
     fn adam_dispatch(&self, alphas: &wgpu::Buffer) -> Dispatch {
-        let d = &self.ctx.device;
-        let u = AdamUniform::new(self.layout.total, &self.hyper);
-        let ub = uniform(d, "adam", &u);
         let bindings = AdamBindings {
-            u: &ub,
             state: &self.state,
             alphas,
             grads: &self.grads,
@@ -456,8 +416,8 @@ impl GpuBackend {
             m: &self.m,
             v: &self.v,
         };
-        let groups = elementwise_groups(self.layout.total);
-        self.kernels.adam.dispatch(d, &bindings, groups)
+        let (d, n) = (&self.ctx.device, self.layout.total);
+        self.pipelines.adam.update(d, n, &self.hyper, &bindings)
     }
 
     /// Make the training plan for `order` and upload the epoch's inputs: the sample
@@ -569,21 +529,17 @@ impl GpuBackend {
         rows: usize,
         forward: &[Dispatch],
     ) -> Vec<Dispatch> {
-        let (k, d) = (&self.kernels, &self.ctx.device);
+        let d = &self.ctx.device;
         let w = self.work.as_ref().expect("workspace");
-        let u = BnUniform::evaluation(rows, base, &self.bn_setup());
-        let ub = uniform(d, "bn eval", &u);
         // Evaluation reads rows in order: no sample order, no step counter.
-        let bindings = self.batchnorm_forward_bindings(&ub, &self.test_pixels, &self.dummy);
-        let mut list = vec![k
-            .batchnorm_forward_eval
-            .dispatch(d, &bindings, u.workgroups())];
+        let bindings = self.batchnorm_forward_bindings(&self.test_pixels, &self.dummy);
+        let setup = self.bn_setup();
+        let batchnorm = &self.pipelines.batchnorm;
+        let mut list = vec![batchnorm.forward_eval(d, (rows, base), &setup, &bindings)];
         list.extend(forward.iter().cloned());
         let u = SoftmaxUniform::evaluation(rows, CLASSES, base, slot);
-        let ub = uniform(d, "softmax eval", &u);
         let layers = self.config.dense_layers();
         let bindings = SoftmaxXentBindings {
-            u: &ub,
             logits: &w.acts[layers],
             labels: &self.test_labels,
             order: &self.dummy,
@@ -592,7 +548,7 @@ impl GpuBackend {
             stats: &self.eval_stats,
             predictions: &self.predictions,
         };
-        list.push(k.softmax_xent.dispatch(d, &bindings, [1, 1, 1]));
+        list.push(self.pipelines.softmax_xent.dispatch(d, &u, &bindings));
         list
     }
 }

@@ -13,10 +13,10 @@
 //! and [`GpuContext::turn`], which block on the device natively and give the event loop
 //! a turn in a browser (where the GPU's callbacks run only then).
 
-use super::context::{read_mapped, GpuContext};
-use super::error::DeviceError;
-use super::kernels::{record, Dispatch};
 use crate::backend::{Diverged, StepProgress};
+use crate::device::context::{read_mapped, GpuContext};
+use crate::device::error::DeviceError;
+use crate::device::kernel::{record, Dispatch};
 use crate::settings::steps_per_epoch;
 use anyhow::{bail, Result};
 use std::collections::VecDeque;

@@ -1,24 +1,16 @@
-//! The wgpu trainer: hand-written WGSL compute shaders (`shaders/*.wgsl`) driven through
+//! The wgpu trainer: the layer families' WGSL kernels (`src/layers/`) dispatched through
 //! wgpu, with the parameters, optimiser state and the whole data set resident on the
 //! device for the whole run.
 //!
-//! - [`adapters`]: which adapter trains ([`DeviceChoice`], the adapters table).
-//! - [`context`]: the opened device: limits, error scopes, waits and readbacks.
-//! - [`error`]: [`DeviceError`], every failure as one user-facing line.
-//! - [`kernels`]: the pipelines and host-callable wrappers for tests and benchmarks.
-//! - [`backend`]: [`GpuBackend`], the training step and evaluation.
+//! - [`backend`]: [`GpuBackend`], the training step and evaluation as dispatches.
+//! - `epoch`: an epoch's steps, submitted in measured chunks with progress read back.
+//!
+//! The device itself (adapters, context, errors, kernels) is [`crate::device`].
 
-pub mod adapters;
 pub mod backend;
-pub mod bindings;
-pub mod context;
 mod epoch;
-pub mod error;
-pub mod kernels;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod twins;
 
-pub use adapters::{format_adapters, list_adapters, AdapterSummary, DeviceChoice};
+pub use crate::device::{
+    adapters, format_adapters, list_adapters, AdapterSummary, DeviceChoice, DeviceError, GpuContext,
+};
 pub use backend::GpuBackend;
-pub use context::GpuContext;
-pub use error::DeviceError;

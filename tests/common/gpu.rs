@@ -3,10 +3,8 @@
 
 #![allow(dead_code)]
 
-use mnist_gpu::gpu::context::Needs;
-use mnist_gpu::gpu::{DeviceChoice, DeviceError, GpuContext};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use mnist_gpu::device::context::Needs;
+use mnist_gpu::device::{DeviceChoice, DeviceError, GpuContext};
 
 /// Backends to test: env `MNIST_GPU_TEST_BACKENDS` (comma-separated), default `vulkan,gl`.
 pub fn backends() -> Vec<String> {
@@ -59,30 +57,11 @@ pub fn on_each_backend(test: &str, mut f: impl FnMut(&str, &GpuContext)) {
     }
 }
 
-/// Relative error of `a` against the reference `b`: |a − b| / max(|b|, 1) — relative for
-/// large values, absolute for values below 1 (where relative error is meaningless near 0).
-pub fn rel_err(a: f32, b: f32) -> f64 {
-    (a as f64 - b as f64).abs() / (b.abs() as f64).max(1.0)
-}
+#[allow(unused_imports)]
+pub use mnist_gpu::layers::check::rel_err;
 
-/// Largest [`rel_err`] over two equally long slices (panics on a length mismatch or NaN).
+/// The largest [`rel_err`] over two slices (panics on a length mismatch or when one is
+/// finite where the other is not).
 pub fn max_rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    let mut worst = 0.0f64;
-    for (&x, &y) in a.iter().zip(b) {
-        assert!(
-            x.is_finite() == y.is_finite(),
-            "finiteness differs: {x} vs {y}"
-        );
-        worst = worst.max(rel_err(x, y));
-    }
-    worst
-}
-
-pub fn rng(seed: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(seed)
-}
-
-pub fn uniform_vec(rng: &mut ChaCha8Rng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
-    (0..len).map(|_| rng.random_range(lo..hi)).collect()
+    mnist_gpu::layers::check::max_rel_err(a, b).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -3,9 +3,9 @@
 //! timestamp queries. Training never calls these; they live here, beside the trainer
 //! whose plans they time, not in its hot path.
 
-use super::super::error::DeviceError;
-use super::super::kernels::record;
 use super::GpuBackend;
+use crate::device::error::DeviceError;
+use crate::device::kernel::record;
 use anyhow::{ensure, Result};
 use web_time::Instant;
 

@@ -1,4 +1,4 @@
-//! ReLU forward and backward. GPU twin: `shaders/relu.wgsl` (also fused into the GEMM epilogues).
+//! ReLU forward and backward. GPU twin: `relu.wgsl` beside it (also fused into the GEMM epilogues).
 
 /// `x = max(x, 0)` in place.
 pub fn relu_forward(x: &mut [f32]) {
@@ -27,7 +27,7 @@ pub fn relu_backward_in_place(grad: &mut [f32], y: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::gradcheck::assert_matches_central_differences;
+    use crate::layers::gradcheck::assert_matches_central_differences;
 
     #[test]
     fn forward_and_backward_by_hand() {

@@ -1,5 +1,5 @@
 // Adam over the whole flat parameter buffer in one dispatch (grid-stride loop), exactly
-// as src/cpu/adam.rs: m += (g − m)(1 − β1), v += (g² − v)(1 − β2),
+// as cpu.rs beside it: m += (g − m)(1 − β1), v += (g² − v)(1 − β2),
 // p −= alpha·m/(sqrt(v) + ε). alpha = lr·sqrt(1 − β2^t)/(1 − β1^t) is computed on the
 // host (the CPU's own function) for every step of the epoch and uploaded once per epoch;
 // this step's entry is alphas[state[0] − 1] (the softmax kernel already advanced state[0]).

@@ -1,7 +1,7 @@
 //! GEMM, the three forms a dense layer needs (row-major everywhere; shapes are
 //! `x: [m, k]`, `w: [k, n]`, `y/dy: [m, n]`). Backed by `matrixmultiply` (cache-blocked,
 //! SIMD), split over a rayon pool by [`par_sgemm`]; [`gemm_naive`] is the plain triple loop kept as the test oracle.
-//! GPU twin: `shaders/gemm.wgsl`.
+//! GPU twin: `gemm.wgsl` beside it.
 
 use rayon::prelude::*;
 
@@ -152,7 +152,7 @@ pub fn gemm_forward(
         )
     };
     if relu {
-        super::relu::relu_forward(y);
+        crate::layers::relu::cpu::relu_forward(y);
     }
 }
 
@@ -207,7 +207,7 @@ pub fn gemm_input_grad(
         )
     };
     if let Some(mask) = mask {
-        super::relu::relu_backward_in_place(dx, mask);
+        crate::layers::relu::cpu::relu_backward_in_place(dx, mask);
     }
 }
 
@@ -317,7 +317,7 @@ fn check_lens(inputs: &[(&[f32], usize)], out: &[f32], out_len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::gradcheck::assert_matches_central_differences;
+    use crate::layers::gradcheck::assert_matches_central_differences;
 
     #[test]
     fn forward_matches_hand_computed() {

@@ -103,7 +103,7 @@ fn forward_eval(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // Backward through BatchNorm and the dense layer it feeds (CPU twin and derivation:
-// `batchnorm_dense_backward` in src/cpu/batchnorm.rs). On entry layer 0's kernel slot of
+// `batchnorm_dense_backward` in cpu.rs beside it). On entry layer 0's kernel slot of
 // `grads` holds G = xhatᵀ·δ and its bias slot db; this writes dW = gamma ⊗ G + beta ⊗ db,
 // dgamma_j = Σ_k W_jk·G_jk and dbeta_j = Σ_k W_jk·db_k. So BatchNorm needs neither dy
 // nor the input-grad GEMM that would make it. One workgroup per feature j: its threads

@@ -1,4 +1,4 @@
-//! Adam, exactly as Keras 3 writes it. GPU twin: `shaders/adam.wgsl`.
+//! Adam, exactly as Keras 3 writes it. GPU twin: `adam.wgsl` beside it.
 
 use crate::model::Hyper;
 

@@ -1,5 +1,5 @@
 //! Softmax + sparse categorical cross-entropy, computed stably from logits with
-//! log-sum-exp. GPU twin: `shaders/softmax_xent.wgsl`.
+//! log-sum-exp. GPU twin: `softmax_xent.wgsl` beside it.
 
 /// Sum over the batch of `−log softmax(logits)[label]`, the number of rows whose argmax
 /// (first maximum) equals the label, and optionally the gradient of the MEAN loss,
@@ -48,7 +48,7 @@ pub fn softmax_xent(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::gradcheck::assert_matches_central_differences;
+    use crate::layers::gradcheck::assert_matches_central_differences;
 
     #[test]
     fn by_hand() {

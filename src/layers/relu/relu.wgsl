@@ -1,6 +1,6 @@
 // ReLU forward (in place) and backward. The trainer fuses both into the GEMM epilogues
 // (forward: FLAG_RELU, backward: FLAG_MASK on dY·Wᵀ); these standalone kernels are the
-// reference forms, checked against src/cpu/relu.rs.
+// reference forms, checked against cpu.rs beside it.
 
 struct Relu {
     n: u32,

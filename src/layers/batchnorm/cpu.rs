@@ -1,8 +1,19 @@
 //! BatchNormalization over features (Keras semantics). Activations are `[batch, features]`
-//! row-major. GPU twin: `shaders/batchnorm.wgsl`.
+//! row-major. GPU twin: `batchnorm.wgsl` beside it.
 //!
 //! Every per-feature sum runs over the batch rows in order 0..batch, which is also the
 //! order the GPU kernel uses, so the two agree to rounding.
+
+/// Gather samples `indices` of a u8 image set into `x` (`[indices.len(), pixels]`),
+/// scaled: the input of a BatchNorm on pixels (the GPU kernel fuses it in).
+pub fn gather_scaled(images: &[u8], pixels: usize, indices: &[u32], scale: f32, x: &mut [f32]) {
+    for (row, &index) in x.chunks_exact_mut(pixels).zip(indices) {
+        let start = index as usize * pixels;
+        for (dst, &src) in row.iter_mut().zip(&images[start..start + pixels]) {
+            *dst = src as f32 * scale;
+        }
+    }
+}
 
 /// Training mode: normalise with the batch mean and the biased batch variance, write
 /// `xhat` (normalised input, kept for backward), `y = gamma·xhat + beta` and `inv_std`
@@ -145,7 +156,7 @@ pub fn batchnorm_backward(
 /// - `dbeta[j]  = Σ_b dy[b,j]           = Σ_k W[j,k]·dbias[k]`
 ///
 /// `grad_w` (`[features, n]`) holds `G` on entry and `dW` on return. Row j needs only row j
-/// of `W` and `G`; the GPU twin (`dense_backward` in `shaders/batchnorm.wgsl`) gives each
+/// of `W` and `G`; the GPU twin (`dense_backward` in `batchnorm.wgsl`) gives each
 /// feature one workgroup.
 pub fn batchnorm_dense_backward(
     grad_w: &mut [f32],
@@ -263,7 +274,7 @@ fn sum_lanes(v: [f32; LANES]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::gradcheck::assert_matches_central_differences;
+    use crate::layers::gradcheck::assert_matches_central_differences;
 
     #[test]
     fn forward_train_by_hand() {
@@ -389,7 +400,7 @@ mod tests {
     /// BatchNorm backward on dy.
     #[test]
     fn dense_backward_equals_explicit_chain() {
-        use crate::cpu::gemm::{bias_grad, gemm_input_grad, gemm_weight_grad};
+        use crate::layers::dense::cpu::{bias_grad, gemm_input_grad, gemm_weight_grad};
         let (batch, features, n) = (7usize, 5usize, 3usize);
         let val = |i: usize, a: usize, b: usize| ((i * a % b) as f32) / b as f32 - 0.45;
         let x: Vec<f32> = (0..batch * features).map(|i| val(i, 37, 11)).collect();

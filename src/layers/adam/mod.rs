@@ -1,0 +1,89 @@
+//! The optimiser: one Adam update of every parameter (`adam.wgsl`), with the step size
+//! of step s read from a per-epoch table through the step counter; the CPU reference is
+//! [`cpu`].
+
+#[cfg(not(target_arch = "wasm32"))]
+mod check;
+pub mod cpu;
+
+use super::Family;
+use crate::device::context::GpuContext;
+use crate::device::error::DeviceError;
+use crate::device::kernel::{
+    bindings, elementwise_groups, uniform, BindingsDecl, Dispatch, Kernel, Uniform, UniformDecl,
+};
+use crate::model::Hyper;
+
+uniform! {
+    /// Uniform block of `adam.wgsl`.
+    pub struct AdamUniform as "Adam" {
+        pub n: u32,
+        pub pad0: [u32; 3],
+        pub one_minus_b1: f32,
+        pub one_minus_b2: f32,
+        pub eps: f32,
+        pub pad1: f32,
+    }
+}
+
+bindings! {
+    /// One Adam update of `params`, `m`, `v` from `grads`, with the step size
+    /// `alphas[state[0] − 1]`.
+    AdamBindings(AdamUniform) for ["adam"] => {
+        state: Read = 1,
+        alphas: Read = 2,
+        grads: Read = 3,
+        params: ReadWrite = 4,
+        m: ReadWrite = 5,
+        v: ReadWrite = 6,
+    }
+}
+
+impl AdamUniform {
+    /// One Adam update of `n` parameters with `hyper`'s moments and epsilon (the step
+    /// size comes from the `alphas` buffer, per step).
+    pub fn new(n: usize, hyper: &Hyper) -> Self {
+        AdamUniform {
+            n: n as u32,
+            one_minus_b1: 1.0 - hyper.beta1,
+            one_minus_b2: 1.0 - hyper.beta2,
+            eps: hyper.adam_eps,
+            ..Default::default()
+        }
+    }
+}
+
+/// The optimiser family's pipeline.
+pub struct Pipelines {
+    pub adam: Kernel,
+}
+
+impl Pipelines {
+    /// The update of the first `n` parameters.
+    pub fn update(&self, d: &wgpu::Device, n: usize, hyper: &Hyper, bindings: &AdamBindings) -> Dispatch {
+        let u = AdamUniform::new(n, hyper);
+        self.adam.dispatch(d, &u, bindings, elementwise_groups(n))
+    }
+}
+
+/// The optimiser family.
+pub struct Adam;
+
+impl Family for Adam {
+    const NAME: &'static str = "adam";
+    const WGSL: &'static str = include_str!("adam.wgsl");
+    const BINDINGS: &'static [BindingsDecl] = BINDINGS;
+    const UNIFORM: UniformDecl = <AdamUniform as Uniform>::DECL;
+    type Pipelines = Pipelines;
+
+    fn pipelines(ctx: &GpuContext, module: &wgpu::ShaderModule) -> Result<Pipelines, DeviceError> {
+        Ok(Pipelines {
+            adam: Kernel::new::<AdamBindings>(ctx, module, "adam", "adam")?,
+        })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn cases() -> Vec<super::check::Case> {
+        check::cases()
+    }
+}

@@ -1,0 +1,228 @@
+//! BatchNormalization on the pixels, fused with the batch gather (`batchnorm.wgsl`:
+//! `forward_train`, `forward_eval`), and its backward fused with the dense layer it
+//! feeds (`dense_backward`); the CPU reference is [`cpu`].
+
+#[cfg(not(target_arch = "wasm32"))]
+mod check;
+pub mod cpu;
+
+use super::dense::DenseShape;
+use super::Family;
+use crate::device::adapters::is_software;
+use crate::device::context::GpuContext;
+use crate::device::error::DeviceError;
+use crate::device::kernel::{bindings, uniform, BindingsDecl, Dispatch, Kernel, Uniform, UniformDecl};
+
+/// Threads per workgroup of the per-feature BatchNorm kernels.
+pub const BN_WORKGROUP: u32 = 64;
+
+uniform! {
+    /// Uniform block of `batchnorm.wgsl`.
+    pub struct BnUniform as "Bn" {
+        pub batch: u32,
+        pub stride: u32,
+        pub use_order: u32,
+        pub base: u32,
+        pub gamma_off: u32,
+        pub beta_off: u32,
+        pub features: u32,
+        pub pad0: u32,
+        pub scale: f32,
+        pub eps: f32,
+        pub momentum: f32,
+        pub pad1: f32,
+        pub kernel_off: u32,
+        pub bias_off: u32,
+        pub width: u32,
+        pub pad2: u32,
+    }
+}
+
+bindings! {
+    /// The forward passes: gather `pixels` (through `order` and the step counter `state`
+    /// in training), normalise into `xhat` and `y`, update `stats`.
+    BatchnormForwardBindings(BnUniform) for ["forward_train", "forward_eval"] => {
+        pixels: Read = 1,
+        order: Read = 2,
+        state: Read = 3,
+        params: Read = 4,
+        stats: ReadWrite = 5,
+        xhat: ReadWrite = 6,
+        y: ReadWrite = 7,
+    }
+
+    /// BatchNorm + first-dense backward: dγ, dβ and dW₀ from the first layer's xhatᵀ·δ,
+    /// in `grads`.
+    BatchnormDenseBackwardBindings(BnUniform) for ["dense_backward", "dense_backward_per_feature"] => {
+        params: Read = 4,
+        grads: ReadWrite = 10,
+    }
+}
+
+/// What every BatchNorm forward of one model shares: its feature count, where γ and β
+/// sit in the parameter buffer, the pixel scale and the layer's ε and momentum.
+#[derive(Clone, Copy, Debug)]
+pub struct BnSetup {
+    pub features: usize,
+    pub gamma_off: usize,
+    pub beta_off: usize,
+    pub scale: f32,
+    pub eps: f32,
+    pub momentum: f32,
+}
+
+impl BnUniform {
+    /// A training step's forward on `rows` rows: the samples through the epoch's order at
+    /// step s (`order[s·stride + row]`), batch statistics, the moving averages updated.
+    pub fn training(rows: usize, stride: usize, setup: &BnSetup) -> Self {
+        BnUniform {
+            stride: stride as u32,
+            use_order: 1,
+            ..BnUniform::evaluation(rows, 0, setup)
+        }
+    }
+
+    /// Inference on the `rows` samples from `base`, in order, with the moving statistics.
+    pub fn evaluation(rows: usize, base: usize, setup: &BnSetup) -> Self {
+        BnUniform {
+            batch: rows as u32,
+            base: base as u32,
+            gamma_off: setup.gamma_off as u32,
+            beta_off: setup.beta_off as u32,
+            features: setup.features as u32,
+            scale: setup.scale,
+            eps: setup.eps,
+            momentum: setup.momentum,
+            ..Default::default()
+        }
+    }
+
+    /// The backward through BatchNorm and the dense layer `dense` it feeds.
+    pub fn dense_backward(setup: &BnSetup, dense: &DenseShape) -> Self {
+        BnUniform {
+            kernel_off: dense.kernel_off as u32,
+            bias_off: dense.bias_off as u32,
+            width: dense.units as u32,
+            ..BnUniform::evaluation(0, 0, setup)
+        }
+    }
+
+    pub fn workgroups(&self) -> [u32; 3] {
+        [self.features.div_ceil(BN_WORKGROUP), 1, 1]
+    }
+}
+
+/// The BatchNorm family's pipelines.
+pub struct Pipelines {
+    pub forward_train: Kernel,
+    pub forward_eval: Kernel,
+    /// BatchNorm + first-dense backward, a workgroup per feature (hardware GPUs) …
+    pub dense_backward: Kernel,
+    /// … or a thread per feature (CPU adapters, where barriers cost what they save
+    /// elsewhere). [`Pipelines::dense_backward`] picks.
+    pub dense_backward_per_feature: Kernel,
+    /// The adapter is a software rasteriser ([`is_software`]).
+    software: bool,
+}
+
+impl Pipelines {
+    /// A training step's forward on `rows` rows of the epoch's order (`stride` a step).
+    pub fn forward_train(
+        &self,
+        d: &wgpu::Device,
+        (rows, stride): (usize, usize),
+        setup: &BnSetup,
+        bindings: &BatchnormForwardBindings,
+    ) -> Dispatch {
+        let u = BnUniform::training(rows, stride, setup);
+        self.forward_train.dispatch(d, &u, bindings, u.workgroups())
+    }
+
+    /// Inference on `rows` samples from `base` (the bindings' `order` and `state` are
+    /// not read).
+    pub fn forward_eval(
+        &self,
+        d: &wgpu::Device,
+        (rows, base): (usize, usize),
+        setup: &BnSetup,
+        bindings: &BatchnormForwardBindings,
+    ) -> Dispatch {
+        let u = BnUniform::evaluation(rows, base, setup);
+        self.forward_eval.dispatch(d, &u, bindings, u.workgroups())
+    }
+
+    /// The backward through BatchNorm and `dense`, with the kernel variant for this
+    /// adapter: on entry `grads` holds `G = xhatᵀ·δ` at the dense kernel's offset.
+    pub fn dense_backward(
+        &self,
+        d: &wgpu::Device,
+        setup: &BnSetup,
+        dense: &DenseShape,
+        bindings: &BatchnormDenseBackwardBindings,
+    ) -> Dispatch {
+        self.dense_backward_variant(d, setup, dense, bindings, self.software)
+    }
+
+    /// Either variant (the agreement cases run both): a thread per feature when
+    /// `per_feature`, else a workgroup per feature.
+    pub fn dense_backward_variant(
+        &self,
+        d: &wgpu::Device,
+        setup: &BnSetup,
+        dense: &DenseShape,
+        bindings: &BatchnormDenseBackwardBindings,
+        per_feature: bool,
+    ) -> Dispatch {
+        let u = BnUniform::dense_backward(setup, dense);
+        if per_feature {
+            let kernel = &self.dense_backward_per_feature;
+            kernel.dispatch(d, &u, bindings, u.workgroups())
+        } else {
+            let groups = [u.features, 1, 1];
+            self.dense_backward.dispatch(d, &u, bindings, groups)
+        }
+    }
+}
+
+/// The BatchNorm layer family.
+pub struct BatchNorm;
+
+impl Family for BatchNorm {
+    const NAME: &'static str = "batchnorm";
+    const WGSL: &'static str = include_str!("batchnorm.wgsl");
+    const BINDINGS: &'static [BindingsDecl] = BINDINGS;
+    const UNIFORM: UniformDecl = <BnUniform as Uniform>::DECL;
+    type Pipelines = Pipelines;
+
+    fn pipelines(ctx: &GpuContext, module: &wgpu::ShaderModule) -> Result<Pipelines, DeviceError> {
+        type Forward<'a> = BatchnormForwardBindings<'a>;
+        type Backward<'a> = BatchnormDenseBackwardBindings<'a>;
+        Ok(Pipelines {
+            forward_train: Kernel::new::<Forward>(
+                ctx,
+                module,
+                "batchnorm_forward_train",
+                "forward_train",
+            )?,
+            forward_eval: Kernel::new::<Forward>(ctx, module, "batchnorm_forward_eval", "forward_eval")?,
+            dense_backward: Kernel::new::<Backward>(
+                ctx,
+                module,
+                "batchnorm_dense_backward",
+                "dense_backward",
+            )?,
+            dense_backward_per_feature: Kernel::new::<Backward>(
+                ctx,
+                module,
+                "batchnorm_dense_backward_per_feature",
+                "dense_backward_per_feature",
+            )?,
+            software: is_software(&ctx.info),
+        })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn cases() -> Vec<super::check::Case> {
+        check::cases()
+    }
+}

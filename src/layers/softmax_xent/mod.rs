@@ -1,0 +1,109 @@
+//! The loss: softmax + sparse categorical cross-entropy over a whole batch in one
+//! workgroup (`softmax_xent.wgsl`), with the loss sum, correct count, gradient and
+//! predictions; the CPU reference is [`cpu`].
+
+#[cfg(not(target_arch = "wasm32"))]
+mod check;
+pub mod cpu;
+
+use super::Family;
+use crate::device::context::GpuContext;
+use crate::device::error::DeviceError;
+use crate::device::kernel::{bindings, uniform, BindingsDecl, Dispatch, Kernel, Uniform, UniformDecl};
+
+uniform! {
+    /// Uniform block of `softmax_xent.wgsl`.
+    pub struct SoftmaxUniform as "Sx" {
+        pub batch: u32,
+        pub classes: u32,
+        pub stride: u32,
+        pub use_order: u32,
+        pub base: u32,
+        pub training: u32,
+        pub slot: u32,
+        pub pred_base: u32,
+    }
+}
+
+bindings! {
+    /// Loss, correct count, gradient and predictions; advances the step counter `state`
+    /// in training.
+    SoftmaxXentBindings(SoftmaxUniform) for ["softmax_xent"] => {
+        logits: Read = 1,
+        labels: Read = 2,
+        order: Read = 3,
+        state: ReadWrite = 4,
+        grad: ReadWrite = 5,
+        stats: ReadWrite = 6,
+        predictions: ReadWrite = 7,
+    }
+}
+
+impl SoftmaxUniform {
+    /// A training step on `rows` rows of `classes` logits: the samples through the epoch's
+    /// order at step s (`order[s·stride + row]`, s the step counter), the loss, correct
+    /// count and gradient into step s's slots, then the counter advanced.
+    pub fn training(rows: usize, classes: usize, stride: usize) -> Self {
+        SoftmaxUniform {
+            batch: rows as u32,
+            classes: classes as u32,
+            stride: stride as u32,
+            use_order: 1,
+            training: 1,
+            ..Default::default()
+        }
+    }
+
+    /// Evaluation of the `rows` test samples from `base`, in order: loss and correct count
+    /// into chunk `slot`'s stats, the predictions from position `base`.
+    pub fn evaluation(rows: usize, classes: usize, base: usize, slot: usize) -> Self {
+        SoftmaxUniform {
+            batch: rows as u32,
+            classes: classes as u32,
+            base: base as u32,
+            slot: slot as u32,
+            pred_base: base as u32,
+            ..Default::default()
+        }
+    }
+}
+
+/// The loss family's pipeline.
+pub struct Pipelines {
+    pub softmax_xent: Kernel,
+}
+
+impl Pipelines {
+    /// One dispatch (one workgroup) with the uniform `u`, training or evaluation.
+    pub fn dispatch(
+        &self,
+        d: &wgpu::Device,
+        u: &SoftmaxUniform,
+        bindings: &SoftmaxXentBindings,
+    ) -> Dispatch {
+        self.softmax_xent.dispatch(d, u, bindings, [1, 1, 1])
+    }
+}
+
+/// The loss family.
+pub struct SoftmaxXent;
+
+impl Family for SoftmaxXent {
+    const NAME: &'static str = "softmax_xent";
+    const WGSL: &'static str = include_str!("softmax_xent.wgsl");
+    const BINDINGS: &'static [BindingsDecl] = BINDINGS;
+    const UNIFORM: UniformDecl = <SoftmaxUniform as Uniform>::DECL;
+    type Pipelines = Pipelines;
+
+    fn pipelines(ctx: &GpuContext, module: &wgpu::ShaderModule) -> Result<Pipelines, DeviceError> {
+        let kernel = Kernel::new::<SoftmaxXentBindings>(ctx, module, "softmax_xent", "softmax_xent");
+        Ok(Pipelines {
+            softmax_xent: kernel?,
+        })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn cases() -> Vec<super::check::Case> {
+        check::cases()
+    }
+}
