@@ -44,19 +44,34 @@ const TOP: &[&[&str]] = &[
 /// Submodules of `device/`, lowest first (`mod.rs` may use them all).
 const DEVICE: &[&str] = &["error", "adapters", "context", "kernel"];
 
-/// Submodules of `layers/`, lowest first: the test helpers, the agreement cases'
-/// framework, then the families (a family may use the ones before it: the dense layer
-/// fuses ReLU, BatchNorm's backward is fused with the dense layer it feeds). The
-/// registry (`mod.rs`) may use them all.
-const LAYERS: &[&str] = &[
-    "gradcheck",
-    "check",
-    "relu",
-    "dense",
-    "batchnorm",
-    "softmax_xent",
-    "adam",
-];
+/// Submodules of `layers/` below the families: the test helpers and the agreement cases'
+/// framework. The families follow in the order of their registry, `families!` in
+/// `src/layers/mod.rs` (a family may use the ones registered before it), so a new family
+/// is listed by its one registration line. The registry (`mod.rs`) may use them all.
+const LAYERS_BELOW_FAMILIES: &[&str] = &["gradcheck", "check"];
+
+/// `layers/`'s submodules, lowest first: [`LAYERS_BELOW_FAMILIES`], then each
+/// `folder: Type,` line of the `families!` registry.
+fn layers_table() -> &'static [&'static str] {
+    static TABLE: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let registry = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/layers/mod.rs");
+        let text = fs::read_to_string(registry).unwrap();
+        let block = text
+            .split("\nfamilies! {")
+            .nth(1)
+            .and_then(|rest| rest.split('}').next())
+            .expect("src/layers/mod.rs invokes families! { … }");
+        let families = block
+            .lines()
+            .filter_map(|line| line.trim().split_once(':'))
+            .map(|(folder, _)| &*String::leak(folder.trim().to_string()));
+        let mut table = LAYERS_BELOW_FAMILIES.to_vec();
+        table.extend(families);
+        assert!(table.len() > 4, "families! registers {:?}", table);
+        table
+    })
+}
 
 /// Submodules of `cpu/`, lowest first.
 const CPU: &[&str] = &["profile", "forward", "sparse", "backend"];
@@ -68,7 +83,7 @@ const GPU: &[&str] = &["epoch", "backend"];
 fn inner_table(name: &str) -> Option<&'static [&'static str]> {
     match name {
         "device" => Some(DEVICE),
-        "layers" => Some(LAYERS),
+        "layers" => Some(layers_table()),
         "cpu" => Some(CPU),
         "gpu" => Some(GPU),
         _ => None,

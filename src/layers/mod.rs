@@ -99,10 +99,13 @@ macro_rules! families {
     };
 }
 
+// In order: a family may use the families listed before it (the dense layer fuses ReLU;
+// BatchNorm's backward is fused with the dense layer it feeds), which tests/layering.rs
+// checks.
 families! {
+    relu: Relu,
     dense: Dense,
     batchnorm: BatchNorm,
-    relu: Relu,
     softmax_xent: SoftmaxXent,
     adam: Adam,
 }
