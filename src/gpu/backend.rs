@@ -17,7 +17,7 @@ mod profile;
 use super::epoch::{sum_stats, EpochRun, TrainPlan, READBACK_SLOTS, STEPS_PER_SUBMIT};
 use crate::backend::{Backend, EpochEnd, EvalStats, Steps};
 use crate::data::{Dataset, Mnist};
-use crate::device::adapters::DeviceChoice;
+use crate::device::adapters::{is_software, DeviceChoice};
 use crate::device::context::{read_mapped, GpuContext, Needs};
 use crate::device::error::DeviceError;
 use crate::device::kernel::{pack_pixels, record, storage_init, storage_zeroed, Dispatch};
@@ -403,8 +403,11 @@ impl GpuBackend {
             grads: &self.grads,
         };
         let (setup, dense) = (self.bn_setup(), self.dense_shape(0, rows));
+        // A thread per feature on CPU adapters: there a workgroup's barriers cost more
+        // than the parallel sum saves (see batchnorm.wgsl).
+        let per_feature = is_software(&self.ctx.info);
         let pipelines = &self.pipelines.batchnorm;
-        pipelines.dense_backward(&self.ctx.device, &setup, &dense, &bindings)
+        pipelines.dense_backward(&self.ctx.device, &setup, &dense, &bindings, per_feature)
     }
 
     fn adam_dispatch(&self, alphas: &wgpu::Buffer) -> Dispatch {

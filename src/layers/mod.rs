@@ -23,12 +23,14 @@ mod gradcheck;
 
 use crate::device::context::GpuContext;
 use crate::device::error::DeviceError;
+#[allow(unused_imports)] // for the documentation's links
+use crate::device::kernel::Kernel;
 use crate::device::kernel::{module, BindingsDecl, UniformDecl};
 
 /// What the registry needs of each family.
 pub trait Family {
     /// The family's name: its shader is `NAME.wgsl`, and its kernels are named
-    /// `NAME_ENTRY` in profiles and bench rows.
+    /// `NAME/ENTRY` in errors and profiles.
     const NAME: &'static str;
     /// The shader's source.
     const WGSL: &'static str;
@@ -53,6 +55,56 @@ pub struct Shader {
     pub source: &'static str,
     pub bindings: &'static [BindingsDecl],
     pub uniform: UniformDecl,
+}
+
+/// Declares a family: its type, its shader file and name, its uniform, and its kernels
+/// (a [`Kernel`] field of its `Pipelines` for each, with the bindings type and the WGSL
+/// entry point), then implements [`Family`] for it. The kernels are named
+/// `shader/entry` in errors and profiles; the agreement cases are the family's
+/// `check::cases()`.
+macro_rules! family {
+    (
+        $(#[$meta:meta])*
+        $ty:ident: $name:literal in $file:literal, uniform $uniform:ty => {
+            $($(#[$kmeta:meta])* $field:ident: $bindings:ident = $entry:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $ty;
+
+        /// This family's compiled kernels.
+        pub struct Pipelines {
+            $($(#[$kmeta])* pub $field: $crate::device::kernel::Kernel,)+
+        }
+
+        impl $crate::layers::Family for $ty {
+            const NAME: &'static str = $name;
+            const WGSL: &'static str = include_str!($file);
+            const BINDINGS: &'static [$crate::device::kernel::BindingsDecl] = BINDINGS;
+            const UNIFORM: $crate::device::kernel::UniformDecl =
+                <$uniform as $crate::device::kernel::Uniform>::DECL;
+            type Pipelines = Pipelines;
+
+            fn pipelines(
+                ctx: &$crate::device::context::GpuContext,
+                module: &wgpu::ShaderModule,
+            ) -> Result<Pipelines, $crate::device::error::DeviceError> {
+                Ok(Pipelines {
+                    $($field: $crate::device::kernel::Kernel::new::<$bindings>(
+                        ctx,
+                        module,
+                        concat!($name, "/", $entry),
+                        $entry,
+                    )?,)+
+                })
+            }
+
+            #[cfg(not(target_arch = "wasm32"))]
+            fn cases() -> Vec<$crate::layers::check::Case> {
+                check::cases()
+            }
+        }
+    };
 }
 
 /// The registry: `folder: Type` for each family. It declares the modules, the

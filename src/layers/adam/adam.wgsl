@@ -5,14 +5,8 @@
 // this step's entry is alphas[state[0] − 1] (the softmax kernel already advanced state[0]).
 
 struct Adam {
-    n: u32,
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
-    one_minus_b1: f32,
-    one_minus_b2: f32,
-    eps: f32,
-    pad3: f32,
+    n: u32, pad0: u32, pad1: u32, pad2: u32,
+    one_minus_b1: f32, one_minus_b2: f32, eps: f32, pad3: f32,
 }
 
 @group(0) @binding(0) var<uniform> u: Adam;

@@ -6,23 +6,16 @@
 mod check;
 pub mod cpu;
 
-use super::Family;
-use crate::device::context::GpuContext;
-use crate::device::error::DeviceError;
 use crate::device::kernel::{
-    bindings, elementwise_groups, uniform, BindingsDecl, Dispatch, Kernel, Uniform, UniformDecl,
+    bindings, elementwise_groups, uniform, Dispatch,
 };
 use crate::model::Hyper;
 
 uniform! {
     /// Uniform block of `adam.wgsl`.
     pub struct AdamUniform as "Adam" {
-        pub n: u32,
-        pub pad0: [u32; 3],
-        pub one_minus_b1: f32,
-        pub one_minus_b2: f32,
-        pub eps: f32,
-        pub pad1: f32,
+        pub n: u32, pub pad0: [u32; 3],
+        pub one_minus_b1: f32, pub one_minus_b2: f32, pub eps: f32, pub pad1: f32,
     }
 }
 
@@ -53,9 +46,11 @@ impl AdamUniform {
     }
 }
 
-/// The optimiser family's pipeline.
-pub struct Pipelines {
-    pub adam: Kernel,
+family! {
+    /// The optimiser family.
+    Adam: "adam" in "adam.wgsl", uniform AdamUniform => {
+        adam: AdamBindings = "adam",
+    }
 }
 
 impl Pipelines {
@@ -63,27 +58,5 @@ impl Pipelines {
     pub fn update(&self, d: &wgpu::Device, n: usize, hyper: &Hyper, bindings: &AdamBindings) -> Dispatch {
         let u = AdamUniform::new(n, hyper);
         self.adam.dispatch(d, &u, bindings, elementwise_groups(n))
-    }
-}
-
-/// The optimiser family.
-pub struct Adam;
-
-impl Family for Adam {
-    const NAME: &'static str = "adam";
-    const WGSL: &'static str = include_str!("adam.wgsl");
-    const BINDINGS: &'static [BindingsDecl] = BINDINGS;
-    const UNIFORM: UniformDecl = <AdamUniform as Uniform>::DECL;
-    type Pipelines = Pipelines;
-
-    fn pipelines(ctx: &GpuContext, module: &wgpu::ShaderModule) -> Result<Pipelines, DeviceError> {
-        Ok(Pipelines {
-            adam: Kernel::new::<AdamBindings>(ctx, module, "adam", "adam")?,
-        })
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
-    fn cases() -> Vec<super::check::Case> {
-        check::cases()
     }
 }

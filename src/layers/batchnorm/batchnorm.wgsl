@@ -8,23 +8,11 @@
 // last training batch (kept for backward).
 
 struct Bn {
-    batch: u32,
-    stride: u32,
-    use_order: u32,
-    base: u32,
-    gamma_off: u32,
-    beta_off: u32,
-    features: u32,
-    pad0: u32,
-    scale: f32,
-    eps: f32,
-    momentum: f32,
-    pad1: f32,
+    batch: u32, stride: u32, use_order: u32, base: u32,
+    gamma_off: u32, beta_off: u32, features: u32, pad0: u32,
+    scale: f32, eps: f32, momentum: f32, pad1: f32,
     // dense_backward only: where layer 0's kernel [features, width] and bias sit.
-    kernel_off: u32,
-    bias_off: u32,
-    width: u32,
-    pad2: u32,
+    kernel_off: u32, bias_off: u32, width: u32, pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> u: Bn;

@@ -203,7 +203,7 @@ fn dense_backward(name: String, c: Rc<Inputs>, per_feature: bool) -> Case {
         };
         let pipelines = &p.batchnorm;
         let d = &ctx.device;
-        let dispatch = pipelines.dense_backward_variant(d, &setup(&c), &dense, &bindings, per_feature);
+        let dispatch = pipelines.dense_backward(d, &setup(&c), &dense, &bindings, per_feature);
         run_one(ctx, dispatch)?;
         let out = ctx.read_vec(bindings.grads, 0, 2 * INPUT + INPUT * WIDTH)?;
         Ok(vec![("dgamma, dbeta, dW", out)])

@@ -7,11 +7,7 @@ mod check;
 pub mod cpu;
 
 use super::dense::DenseShape;
-use super::Family;
-use crate::device::adapters::is_software;
-use crate::device::context::GpuContext;
-use crate::device::error::DeviceError;
-use crate::device::kernel::{bindings, uniform, BindingsDecl, Dispatch, Kernel, Uniform, UniformDecl};
+use crate::device::kernel::{bindings, uniform, Dispatch};
 
 /// Threads per workgroup of the per-feature BatchNorm kernels.
 pub const BN_WORKGROUP: u32 = 64;
@@ -19,22 +15,10 @@ pub const BN_WORKGROUP: u32 = 64;
 uniform! {
     /// Uniform block of `batchnorm.wgsl`.
     pub struct BnUniform as "Bn" {
-        pub batch: u32,
-        pub stride: u32,
-        pub use_order: u32,
-        pub base: u32,
-        pub gamma_off: u32,
-        pub beta_off: u32,
-        pub features: u32,
-        pub pad0: u32,
-        pub scale: f32,
-        pub eps: f32,
-        pub momentum: f32,
-        pub pad1: f32,
-        pub kernel_off: u32,
-        pub bias_off: u32,
-        pub width: u32,
-        pub pad2: u32,
+        pub batch: u32, pub stride: u32, pub use_order: u32, pub base: u32,
+        pub gamma_off: u32, pub beta_off: u32, pub features: u32, pub pad0: u32,
+        pub scale: f32, pub eps: f32, pub momentum: f32, pub pad1: f32,
+        pub kernel_off: u32, pub bias_off: u32, pub width: u32, pub pad2: u32,
     }
 }
 
@@ -112,17 +96,17 @@ impl BnUniform {
     }
 }
 
-/// The BatchNorm family's pipelines.
-pub struct Pipelines {
-    pub forward_train: Kernel,
-    pub forward_eval: Kernel,
-    /// BatchNorm + first-dense backward, a workgroup per feature (hardware GPUs) …
-    pub dense_backward: Kernel,
-    /// … or a thread per feature (CPU adapters, where barriers cost what they save
-    /// elsewhere). [`Pipelines::dense_backward`] picks.
-    pub dense_backward_per_feature: Kernel,
-    /// The adapter is a software rasteriser ([`is_software`]).
-    software: bool,
+family! {
+    /// The BatchNorm layer family.
+    BatchNorm: "batchnorm" in "batchnorm.wgsl", uniform BnUniform => {
+        forward_train: BatchnormForwardBindings = "forward_train",
+        forward_eval: BatchnormForwardBindings = "forward_eval",
+        /// BatchNorm + first-dense backward, a workgroup per feature (hardware GPUs) …
+        dense_backward: BatchnormDenseBackwardBindings = "dense_backward",
+        /// … or a thread per feature (CPU adapters, where barriers cost what they save
+        /// elsewhere).
+        dense_backward_per_feature: BatchnormDenseBackwardBindings = "dense_backward_per_feature",
+    }
 }
 
 impl Pipelines {
@@ -151,21 +135,11 @@ impl Pipelines {
         self.forward_eval.dispatch(d, &u, bindings, u.workgroups())
     }
 
-    /// The backward through BatchNorm and `dense`, with the kernel variant for this
-    /// adapter: on entry `grads` holds `G = xhatᵀ·δ` at the dense kernel's offset.
+    /// The backward through BatchNorm and `dense`: on entry `grads` holds
+    /// `G = xhatᵀ·δ` at the dense kernel's offset. A thread per feature when
+    /// `per_feature` (the trainer's choice on CPU adapters), else a workgroup per
+    /// feature; the agreement cases run both.
     pub fn dense_backward(
-        &self,
-        d: &wgpu::Device,
-        setup: &BnSetup,
-        dense: &DenseShape,
-        bindings: &BatchnormDenseBackwardBindings,
-    ) -> Dispatch {
-        self.dense_backward_variant(d, setup, dense, bindings, self.software)
-    }
-
-    /// Either variant (the agreement cases run both): a thread per feature when
-    /// `per_feature`, else a workgroup per feature.
-    pub fn dense_backward_variant(
         &self,
         d: &wgpu::Device,
         setup: &BnSetup,
@@ -181,48 +155,5 @@ impl Pipelines {
             let groups = [u.features, 1, 1];
             self.dense_backward.dispatch(d, &u, bindings, groups)
         }
-    }
-}
-
-/// The BatchNorm layer family.
-pub struct BatchNorm;
-
-impl Family for BatchNorm {
-    const NAME: &'static str = "batchnorm";
-    const WGSL: &'static str = include_str!("batchnorm.wgsl");
-    const BINDINGS: &'static [BindingsDecl] = BINDINGS;
-    const UNIFORM: UniformDecl = <BnUniform as Uniform>::DECL;
-    type Pipelines = Pipelines;
-
-    fn pipelines(ctx: &GpuContext, module: &wgpu::ShaderModule) -> Result<Pipelines, DeviceError> {
-        type Forward<'a> = BatchnormForwardBindings<'a>;
-        type Backward<'a> = BatchnormDenseBackwardBindings<'a>;
-        Ok(Pipelines {
-            forward_train: Kernel::new::<Forward>(
-                ctx,
-                module,
-                "batchnorm_forward_train",
-                "forward_train",
-            )?,
-            forward_eval: Kernel::new::<Forward>(ctx, module, "batchnorm_forward_eval", "forward_eval")?,
-            dense_backward: Kernel::new::<Backward>(
-                ctx,
-                module,
-                "batchnorm_dense_backward",
-                "dense_backward",
-            )?,
-            dense_backward_per_feature: Kernel::new::<Backward>(
-                ctx,
-                module,
-                "batchnorm_dense_backward_per_feature",
-                "dense_backward_per_feature",
-            )?,
-            software: is_software(&ctx.info),
-        })
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
-    fn cases() -> Vec<super::check::Case> {
-        check::cases()
     }
 }

@@ -11,22 +11,12 @@
 // reduction runs in order p = 0..k for every output.
 
 struct Gemm {
-    m: u32,
-    n: u32,
-    k: u32,
-    flags: u32,
-    a_off: u32,
-    a_rs: u32,
-    a_cs: u32,
-    b_off: u32,
-    b_rs: u32,
-    b_cs: u32,
-    c_off: u32,
-    ldc: u32,
-    e_off: u32,
-    lde: u32,
-    c2_off: u32,
-    pad: u32,
+    m: u32, n: u32, k: u32, flags: u32,
+    a_off: u32, a_rs: u32, a_cs: u32,
+    b_off: u32, b_rs: u32, b_cs: u32,
+    c_off: u32, ldc: u32,
+    e_off: u32, lde: u32,
+    c2_off: u32, pad: u32,
 }
 
 const FLAG_BIAS: u32 = 1u;     // add e[e_off + j]

@@ -9,10 +9,7 @@
 mod check;
 pub mod cpu;
 
-use super::Family;
-use crate::device::context::GpuContext;
-use crate::device::error::DeviceError;
-use crate::device::kernel::{bindings, uniform, BindingsDecl, Dispatch, Kernel, Uniform, UniformDecl};
+use crate::device::kernel::{bindings, uniform, Dispatch};
 
 /// GEMM output tile edge (rows and columns per workgroup).
 pub const GEMM_TILE: u32 = 64;
@@ -25,22 +22,12 @@ pub const GEMM_ONES_ROW: u32 = 8;
 uniform! {
     /// Uniform block of `gemm.wgsl` (see the shader for the meaning of each field).
     pub struct GemmUniform as "Gemm" {
-        pub m: u32,
-        pub n: u32,
-        pub k: u32,
-        pub flags: u32,
-        pub a_off: u32,
-        pub a_rs: u32,
-        pub a_cs: u32,
-        pub b_off: u32,
-        pub b_rs: u32,
-        pub b_cs: u32,
-        pub c_off: u32,
-        pub ldc: u32,
-        pub e_off: u32,
-        pub lde: u32,
-        pub c2_off: u32,
-        pub pad: u32,
+        pub m: u32, pub n: u32, pub k: u32, pub flags: u32,
+        pub a_off: u32, pub a_rs: u32, pub a_cs: u32,
+        pub b_off: u32, pub b_rs: u32, pub b_cs: u32,
+        pub c_off: u32, pub ldc: u32,
+        pub e_off: u32, pub lde: u32,
+        pub c2_off: u32, pub pad: u32,
     }
 }
 
@@ -129,9 +116,11 @@ impl GemmUniform {
     }
 }
 
-/// The dense family's pipeline.
-pub struct Pipelines {
-    pub gemm: Kernel,
+family! {
+    /// The dense layer family.
+    Dense: "gemm" in "gemm.wgsl", uniform GemmUniform => {
+        gemm: GemmBindings = "gemm",
+    }
 }
 
 impl Pipelines {
@@ -176,28 +165,5 @@ impl Pipelines {
         let u = GemmUniform::input_grad(shape, relu_out.is_some());
         let (a, b, e, c) = (dy, params, relu_out.unwrap_or(dy), dx);
         self.gemm(d, u, GemmBindings { a, b, e, c })
-    }
-}
-
-/// The dense layer family.
-pub struct Dense;
-
-impl Family for Dense {
-    const NAME: &'static str = "gemm";
-    const WGSL: &'static str = include_str!("gemm.wgsl");
-    const BINDINGS: &'static [BindingsDecl] = BINDINGS;
-    const UNIFORM: UniformDecl =
-        <GemmUniform as Uniform>::DECL;
-    type Pipelines = Pipelines;
-
-    fn pipelines(ctx: &GpuContext, module: &wgpu::ShaderModule) -> Result<Pipelines, DeviceError> {
-        Ok(Pipelines {
-            gemm: Kernel::new::<GemmBindings>(ctx, module, "gemm", "gemm")?,
-        })
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
-    fn cases() -> Vec<super::check::Case> {
-        check::cases()
     }
 }

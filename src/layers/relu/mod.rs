@@ -6,20 +6,14 @@
 mod check;
 pub mod cpu;
 
-use super::Family;
-use crate::device::context::GpuContext;
-use crate::device::error::DeviceError;
 use crate::device::kernel::{
-    bindings, elementwise_groups, uniform, BindingsDecl, Dispatch, Kernel, Uniform, UniformDecl,
+    bindings, elementwise_groups, uniform, Dispatch,
 };
 
 uniform! {
     /// Uniform block of `relu.wgsl`.
     pub struct ReluUniform as "Relu" {
-        pub n: u32,
-        pub pad0: u32,
-        pub pad1: u32,
-        pub pad2: u32,
+        pub n: u32, pub pad0: u32, pub pad1: u32, pub pad2: u32,
     }
 }
 
@@ -37,10 +31,12 @@ bindings! {
     }
 }
 
-/// The ReLU family's pipelines.
-pub struct Pipelines {
-    pub forward: Kernel,
-    pub backward: Kernel,
+family! {
+    /// The ReLU layer family.
+    Relu: "relu" in "relu.wgsl", uniform ReluUniform => {
+        forward: ReluForwardBindings = "forward",
+        backward: ReluBackwardBindings = "backward",
+    }
 }
 
 fn elementwise(n: usize) -> (ReluUniform, [u32; 3]) {
@@ -62,28 +58,5 @@ impl Pipelines {
     pub fn backward(&self, d: &wgpu::Device, n: usize, bindings: &ReluBackwardBindings) -> Dispatch {
         let (u, groups) = elementwise(n);
         self.backward.dispatch(d, &u, bindings, groups)
-    }
-}
-
-/// The ReLU layer family.
-pub struct Relu;
-
-impl Family for Relu {
-    const NAME: &'static str = "relu";
-    const WGSL: &'static str = include_str!("relu.wgsl");
-    const BINDINGS: &'static [BindingsDecl] = BINDINGS;
-    const UNIFORM: UniformDecl = <ReluUniform as Uniform>::DECL;
-    type Pipelines = Pipelines;
-
-    fn pipelines(ctx: &GpuContext, module: &wgpu::ShaderModule) -> Result<Pipelines, DeviceError> {
-        Ok(Pipelines {
-            forward: Kernel::new::<ReluForwardBindings>(ctx, module, "relu_forward", "forward")?,
-            backward: Kernel::new::<ReluBackwardBindings>(ctx, module, "relu_backward", "backward")?,
-        })
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
-    fn cases() -> Vec<super::check::Case> {
-        check::cases()
     }
 }

@@ -3,10 +3,7 @@
 // reference forms, checked against cpu.rs beside it.
 
 struct Relu {
-    n: u32,
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
+    n: u32, pad0: u32, pad1: u32, pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> u: Relu;

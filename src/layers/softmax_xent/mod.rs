@@ -6,22 +6,13 @@
 mod check;
 pub mod cpu;
 
-use super::Family;
-use crate::device::context::GpuContext;
-use crate::device::error::DeviceError;
-use crate::device::kernel::{bindings, uniform, BindingsDecl, Dispatch, Kernel, Uniform, UniformDecl};
+use crate::device::kernel::{bindings, uniform, Dispatch};
 
 uniform! {
     /// Uniform block of `softmax_xent.wgsl`.
     pub struct SoftmaxUniform as "Sx" {
-        pub batch: u32,
-        pub classes: u32,
-        pub stride: u32,
-        pub use_order: u32,
-        pub base: u32,
-        pub training: u32,
-        pub slot: u32,
-        pub pred_base: u32,
+        pub batch: u32, pub classes: u32, pub stride: u32, pub use_order: u32,
+        pub base: u32, pub training: u32, pub slot: u32, pub pred_base: u32,
     }
 }
 
@@ -68,9 +59,11 @@ impl SoftmaxUniform {
     }
 }
 
-/// The loss family's pipeline.
-pub struct Pipelines {
-    pub softmax_xent: Kernel,
+family! {
+    /// The loss family.
+    SoftmaxXent: "softmax_xent" in "softmax_xent.wgsl", uniform SoftmaxUniform => {
+        softmax_xent: SoftmaxXentBindings = "softmax_xent",
+    }
 }
 
 impl Pipelines {
@@ -82,28 +75,5 @@ impl Pipelines {
         bindings: &SoftmaxXentBindings,
     ) -> Dispatch {
         self.softmax_xent.dispatch(d, u, bindings, [1, 1, 1])
-    }
-}
-
-/// The loss family.
-pub struct SoftmaxXent;
-
-impl Family for SoftmaxXent {
-    const NAME: &'static str = "softmax_xent";
-    const WGSL: &'static str = include_str!("softmax_xent.wgsl");
-    const BINDINGS: &'static [BindingsDecl] = BINDINGS;
-    const UNIFORM: UniformDecl = <SoftmaxUniform as Uniform>::DECL;
-    type Pipelines = Pipelines;
-
-    fn pipelines(ctx: &GpuContext, module: &wgpu::ShaderModule) -> Result<Pipelines, DeviceError> {
-        let kernel = Kernel::new::<SoftmaxXentBindings>(ctx, module, "softmax_xent", "softmax_xent");
-        Ok(Pipelines {
-            softmax_xent: kernel?,
-        })
-    }
-
-    #[cfg(not(target_arch = "wasm32"))]
-    fn cases() -> Vec<super::check::Case> {
-        check::cases()
     }
 }

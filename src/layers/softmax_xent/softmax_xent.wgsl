@@ -9,14 +9,8 @@
 // Evaluation: sample base + row, results to stats[2·slot..], predictions[pred_base + row].
 
 struct Sx {
-    batch: u32,
-    classes: u32,
-    stride: u32,
-    use_order: u32,
-    base: u32,
-    training: u32,
-    slot: u32,
-    pred_base: u32,
+    batch: u32, classes: u32, stride: u32, use_order: u32,
+    base: u32, training: u32, slot: u32, pred_base: u32,
 }
 
 @group(0) @binding(0) var<uniform> u: Sx;
