@@ -83,29 +83,6 @@ fn gpu_backend(test: &str, backend: &str, params: &Params, data: &Mnist) -> Opti
     )
 }
 
-fn compare_state(what: &str, gpu: &mut dyn Backend, cpu: &mut dyn Backend, tol: f64) {
-    let (gp, cp) = (
-        block_on(gpu.params()).unwrap(),
-        block_on(cpu.params()).unwrap(),
-    );
-    let (go, co) = (
-        block_on(gpu.optim_state()).unwrap(),
-        block_on(cpu.optim_state()).unwrap(),
-    );
-    assert_eq!(go.step, co.step, "{what}: step count");
-    for (name, a, b) in [
-        ("parameters", &gp.trainable, &cp.trainable),
-        ("moving mean", &gp.moving_mean, &cp.moving_mean),
-        ("moving var", &gp.moving_var, &cp.moving_var),
-        ("adam m", &go.m, &co.m),
-        ("adam v", &go.v, &co.v),
-    ] {
-        let e = max_rel_err(a, b);
-        eprintln!("{what}: {name} max error {e:.2e}");
-        assert!(e <= tol, "{what}: {name} error {e} > {tol}");
-    }
-}
-
 #[test]
 fn training_steps_match_cpu() {
     let data = mnist(640, 100);

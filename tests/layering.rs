@@ -44,11 +44,11 @@ const TOP: &[&[&str]] = &[
 /// Submodules of `device/`, lowest first (`mod.rs` may use them all).
 const DEVICE: &[&str] = &["error", "adapters", "context", "kernel"];
 
-/// Submodules of `layers/` below the families: the test helpers and the agreement cases'
-/// framework. The families follow in the order of their registry, `families!` in
+/// Submodules of `layers/` below the families: the test helpers, the agreement cases'
+/// framework and the fusion planner. The families follow in the order of their registry, `families!` in
 /// `src/layers/mod.rs` (a family may use the ones registered before it), so a new family
 /// is listed by its one registration line. The registry (`mod.rs`) may use them all.
-const LAYERS_BELOW_FAMILIES: &[&str] = &["gradcheck", "check"];
+const LAYERS_BELOW_FAMILIES: &[&str] = &["gradcheck", "check", "plan"];
 
 /// `layers/`'s submodules, lowest first: [`LAYERS_BELOW_FAMILIES`], then each
 /// `folder: Type,` line of the `families!` registry.

@@ -16,9 +16,12 @@ use crate::data::Mnist;
 use crate::host::Task;
 use crate::layers::adam::cpu::adam_update;
 use crate::layers::batchnorm::cpu::{
-    batchnorm_batch_update, batchnorm_dense_backward, batchnorm_forward_train, gather_scaled,
+    batchnorm_backward, batchnorm_batch_update, batchnorm_dense_backward, batchnorm_forward_train,
+    gather_scaled,
 };
 use crate::layers::dense::cpu::{bias_grad, gemm_input_grad, gemm_weight_grad};
+use crate::layers::plan::Fusions;
+use crate::layers::relu::cpu::relu_backward_in_place;
 use crate::layers::softmax_xent::cpu::softmax_xent;
 use crate::model::{Hyper, OptimState, ParamLayout, Params, CLASSES, INPUT};
 use anyhow::{ensure, Result};
@@ -42,6 +45,8 @@ pub struct CpuBackend {
     hyper: Hyper,
     data: Mnist,
     grads: Vec<f32>,
+    /// The fusions the planner may choose ([`Fusions::plan`]).
+    allowed: Fusions,
     /// The training images in sparse rows, when the sparse first-layer path is on.
     sparse_train: Option<SparseImages>,
     work: Workspace,
@@ -107,14 +112,16 @@ impl CpuBackend {
     /// set has fewer than 2²⁴ images), else on the dense reference path.
     pub fn new(params: Params, hyper: Hyper, data: Mnist) -> Self {
         let len = params.trainable.len();
+        let planned = Fusions::plan(&params.config, Fusions::ALL).sparse_first_layer;
         // The sparse path addresses pixels with u32 offsets and batch rows with 24 bits.
         let fits = data.train.images.len() <= u32::MAX as usize && data.train.len() < 1 << 24;
-        let sparse_train = fits
+        let sparse_train = (planned && fits)
             .then(|| SparseImages::from_dense(&data.train.images, INPUT))
             .filter(|sparse| sparse.density() <= SPARSE_MAX_DENSITY);
         CpuBackend {
             optim: OptimState::new(len),
             grads: vec![0.0; len],
+            allowed: Fusions::ALL,
             sparse_train,
             params,
             hyper,
@@ -154,8 +161,24 @@ impl CpuBackend {
     /// Chooses the first layer's path: sparse (folded BatchNorm, nonzero pixels only) or
     /// dense (the reference kernels, as the GPU runs them). Both train the same model.
     pub fn set_sparse_input(&mut self, sparse: bool) {
+        let planned = self.fusions().sparse_first_layer;
         self.sparse_train =
-            sparse.then(|| SparseImages::from_dense(&self.data.train.images, INPUT));
+            (sparse && planned).then(|| SparseImages::from_dense(&self.data.train.images, INPUT));
+    }
+
+    /// Train with only the fusions of `allowed` (all by default), for the tests that
+    /// check each fusion against the unfused layers. The sparse first layer, when
+    /// allowed, still runs only on data sparse enough for it.
+    pub fn set_fusions(&mut self, allowed: Fusions) {
+        self.allowed = allowed;
+        if !self.fusions().sparse_first_layer {
+            self.sparse_train = None;
+        }
+    }
+
+    /// The fusions this model runs: those allowed whose rules match its layers.
+    fn fusions(&self) -> Fusions {
+        Fusions::plan(&self.params.config, self.allowed)
     }
 
     /// Whether training uses the sparse first-layer path.
@@ -165,7 +188,13 @@ impl CpuBackend {
 
     /// Dense forward from `acts[first]` to the logits in `acts[last]`.
     fn forward_dense(&mut self, batch: usize, first: usize) {
-        dense_forward(&self.params, &mut self.work.acts, batch, first);
+        let relu_in_gemm = self.fusions().relu_in_gemm;
+        dense_forward(
+            &self.params,
+            &mut self.work.acts,
+            (batch, first),
+            relu_in_gemm,
+        );
     }
 
     /// Runs `f` on a worker of the rayon pool, or of a one-thread pool for batches under
@@ -288,46 +317,69 @@ impl CpuBackend {
     /// Backward pass from the softmax gradient in `deltas[layers]`: fills `self.grads`.
     fn backward(&mut self, batch: usize) {
         let widths = self.params.config.widths();
-        let layers = self.params.config.dense_layers();
+        let fusions = self.fusions();
+        let relu_in_gemm = fusions.relu_in_gemm;
         let w = &mut self.work;
         let layout = &self.params.layout;
-        for l in (0..layers).rev() {
+        for l in (1..self.params.config.dense_layers()).rev() {
             let (k, n) = (widths[l], widths[l + 1]);
-            bias_grad(
-                &w.deltas[l + 1],
-                batch,
-                n,
-                &mut self.grads[layout.biases[l].clone()],
-            );
+            let grad_b = &mut self.grads[layout.biases[l].clone()];
+            bias_grad(&w.deltas[l + 1], batch, n, grad_b);
             let grad_w = &mut self.grads[layout.kernels[l].clone()];
-            if l > 0 {
-                gemm_weight_grad(&w.acts[l], &w.deltas[l + 1], batch, k, n, grad_w);
-                // acts[l] of a hidden layer is a ReLU output: its mask turns the GEMM into ReLU backward.
-                let (lower, upper) = w.deltas.split_at_mut(l + 1);
-                let mask = Some(&w.acts[l][..]);
-                gemm_input_grad(
-                    &upper[0],
-                    self.params.kernel(l),
-                    batch,
-                    k,
-                    n,
-                    mask,
-                    &mut lower[l],
-                );
-                if l == 1 {
-                    self.clock.mark(PHASE_DENSE_BACKWARD);
-                }
-            } else if self.sparse_train.is_some() {
-                self.first_layer_backward_sparse();
-                return;
-            } else {
-                // Layer 0's weight-grad GEMM runs on xhat; first_layer_backward_dense turns the
-                // result into dW0, dgamma and dbeta, so layer 0 needs no input-grad GEMM.
-                gemm_weight_grad(&w.xhat, &w.deltas[1], batch, k, n, grad_w);
+            gemm_weight_grad(&w.acts[l], &w.deltas[l + 1], batch, k, n, grad_w);
+            // acts[l] of a hidden layer is a ReLU output: as the GEMM's mask it turns the
+            // GEMM into the ReLU's backward too.
+            let (lower, upper) = w.deltas.split_at_mut(l + 1);
+            let mask = relu_in_gemm.then_some(&w.acts[l][..]);
+            let kernel = self.params.kernel(l);
+            gemm_input_grad(&upper[0], kernel, batch, k, n, mask, &mut lower[l]);
+            if !relu_in_gemm {
+                relu_backward_in_place(&mut lower[l], &w.acts[l]);
             }
         }
-        self.first_layer_backward_dense();
+        self.clock.mark(PHASE_DENSE_BACKWARD);
+        let (k, n) = (widths[0], widths[1]);
+        bias_grad(
+            &w.deltas[1],
+            batch,
+            n,
+            &mut self.grads[layout.biases[0].clone()],
+        );
+        if self.sparse_train.is_some() {
+            self.first_layer_backward_sparse();
+        } else if fusions.batchnorm_dense_backward {
+            // Layer 0's weight-grad GEMM runs on xhat; first_layer_backward_dense turns the
+            // result into dW0, dgamma and dbeta, so layer 0 needs no input-grad GEMM.
+            let grad_w = &mut self.grads[layout.kernels[0].clone()];
+            gemm_weight_grad(&w.xhat, &w.deltas[1], batch, k, n, grad_w);
+            self.first_layer_backward_dense();
+        } else {
+            self.first_layer_backward_unfused(batch);
+        }
         self.clock.mark(PHASE_FIRST_BACKWARD);
+    }
+
+    /// Layer 0 and BatchNorm, each on its own: the weight gradient against BatchNorm's
+    /// output, the input gradient into `deltas[0]`, then BatchNorm's own backward.
+    fn first_layer_backward_unfused(&mut self, batch: usize) {
+        let (k, n) = (INPUT, self.params.config.widths()[1]);
+        let w = &mut self.work;
+        let p = &self.params;
+        let (dgamma, dbeta, grad_w0, _) = first_layer_grads(&mut self.grads, &p.layout);
+        gemm_weight_grad(&w.acts[0], &w.deltas[1], batch, k, n, grad_w0);
+        let (lower, upper) = w.deltas.split_at_mut(1);
+        gemm_input_grad(&upper[0], p.kernel(0), batch, k, n, None, &mut lower[0]);
+        let (xhat, inv_std) = (&w.xhat, &w.inv_std);
+        batchnorm_backward(
+            &lower[0],
+            xhat,
+            p.gamma(),
+            inv_std,
+            batch,
+            dgamma,
+            dbeta,
+            None,
+        );
     }
 
     /// Sparse path: layer 0's and BatchNorm's gradients from the transposed batch.
@@ -346,7 +398,6 @@ impl CpuBackend {
             dgamma,
             dbeta,
         );
-        self.clock.mark(PHASE_FIRST_BACKWARD);
     }
 
     /// Reference path: gather the batch densely, BatchNorm forward into `acts[0]`.

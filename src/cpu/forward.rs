@@ -3,16 +3,24 @@
 
 use crate::layers::batchnorm::cpu::{batchnorm_forward_eval, gather_scaled};
 use crate::layers::dense::cpu::gemm_forward;
+use crate::layers::relu::cpu::relu_forward;
 use crate::model::{Params, CLASSES, INPUT};
 
 /// The dense layers from `acts[first]` to the logits in the last of `acts`
-/// (`acts[l + 1] = acts[l] · W_l + b_l`, ReLU on every layer but the last), for `batch`
-/// rows. `acts[l]` holds `batch × widths[l]` values.
-pub fn dense_forward(params: &Params, acts: &mut [Vec<f32>], batch: usize, first: usize) {
+/// (`acts[l + 1] = acts[l] · W_l + b_l`, ReLU on every layer but the last: in the GEMM
+/// when `relu_in_gemm`, else after it), for `batch` rows. `acts[l]` holds
+/// `batch × widths[l]` values.
+pub fn dense_forward(
+    params: &Params,
+    acts: &mut [Vec<f32>],
+    (batch, first): (usize, usize),
+    relu_in_gemm: bool,
+) {
     let widths = params.config.widths();
     let layers = params.config.dense_layers();
     for l in first..layers {
         let (input, output) = acts.split_at_mut(l + 1);
+        let relu = l + 1 < layers;
         gemm_forward(
             &input[l],
             params.kernel(l),
@@ -20,9 +28,12 @@ pub fn dense_forward(params: &Params, acts: &mut [Vec<f32>], batch: usize, first
             batch,
             widths[l],
             widths[l + 1],
-            l + 1 < layers,
+            relu && relu_in_gemm,
             &mut output[0],
         );
+        if relu && !relu_in_gemm {
+            relu_forward(&mut output[0]);
+        }
     }
 }
 
@@ -47,7 +58,7 @@ pub fn forward_eval(
         bn_eps,
         &mut acts[0],
     );
-    dense_forward(params, acts, indices.len(), 0);
+    dense_forward(params, acts, (indices.len(), 0), true);
 }
 
 /// Class probabilities (softmax) for each image in `images` (`count × 784` u8 pixels),

@@ -1,11 +1,13 @@
 //! `GpuBackend`: the training step and evaluation as sequences of compute dispatches over
 //! device-resident buffers.
 //!
-//! Per training step (L dense layers): BN forward (gather + batch statistics), L forward
-//! GEMMs, softmax-xent (loss, correct, gradient, step counter), per layer from the top a
-//! weight-grad GEMM (bias gradient fused) and, above layer 0, an input-grad GEMM (ReLU
-//! mask fused); then BN + first-dense backward (dgamma, dbeta and dW0 from layer 0's
-//! xhatᵀ·δ, see `batchnorm_dense_backward`) and Adam: 3 + 3L dispatches. The host writes
+//! Per training step (L dense layers), with every fusion of [`Fusions`] on: BN forward
+//! (gather + batch statistics), L forward GEMMs (ReLU fused), softmax-xent (loss,
+//! correct, gradient, step counter), per layer from the top a weight-grad GEMM (bias
+//! gradient fused) and, above layer 0, an input-grad GEMM (ReLU mask fused); then BN +
+//! first-dense backward (dgamma, dbeta and dW0 from layer 0's xhatᵀ·δ, see
+//! `batchnorm_dense_backward`) and Adam: 3 + 3L dispatches. With a fusion off, its
+//! layers run on their own kernels (`set_fusions`, for the tests). The host writes
 //! the epoch's order, Adam's step sizes and the step counter once per epoch, then
 //! (`gpu/epoch.rs`) records as many steps per command buffer as take about 100 ms of GPU
 //! time (measured), keeps no more than about 300 ms queued, and reads each submission's
@@ -23,8 +25,12 @@ use crate::device::error::DeviceError;
 use crate::device::kernel::{pack_pixels, record, storage_init, storage_zeroed, Dispatch};
 use crate::host::Task;
 use crate::layers::adam::AdamBindings;
-use crate::layers::batchnorm::{BatchnormDenseBackwardBindings, BatchnormForwardBindings, BnSetup};
+use crate::layers::batchnorm::{
+    BatchnormBackwardBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, BnSetup,
+};
 use crate::layers::dense::DenseShape;
+use crate::layers::plan::Fusions;
+use crate::layers::relu::{ReluBackwardBindings, ReluForwardBindings};
 use crate::layers::softmax_xent::{SoftmaxUniform, SoftmaxXentBindings};
 use crate::layers::Pipelines;
 use crate::model::{Hyper, ModelConfig, OptimState, ParamLayout, Params, CLASSES, INPUT};
@@ -42,6 +48,8 @@ struct Workspace {
     acts: Vec<wgpu::Buffer>,
     /// `deltas[l]`: gradient of the mean loss w.r.t. `acts[l]`.
     deltas: Vec<wgpu::Buffer>,
+    /// An input gradient before the ReLU backward, when that is not fused.
+    scratch: wgpu::Buffer,
 }
 
 struct EvalPlan {
@@ -56,6 +64,8 @@ pub struct GpuBackend {
     pipelines: Pipelines,
     ctx: GpuContext,
     config: ModelConfig,
+    /// The fusions the planner may choose ([`Fusions::plan`]).
+    allowed: Fusions,
     layout: ParamLayout,
     hyper: Hyper,
     step: u64,
@@ -204,6 +214,7 @@ impl GpuBackend {
             eval_stats: storage_zeroed(d, "eval stats", (chunks * 8) as u64),
             dummy: storage_zeroed(d, "unused", 16),
             config: params.config.clone(),
+            allowed: Fusions::ALL,
             layout: layout.clone(),
             hyper,
             step: 0,
@@ -254,6 +265,7 @@ impl GpuBackend {
                     .enumerate()
                     .map(|(l, w)| storage_zeroed(d, &format!("deltas{l}"), (cap * w * 4) as u64))
                     .collect(),
+                scratch: storage_zeroed(d, "scratch", bytes),
             })?;
         self.work = Some(work);
         Ok(())
@@ -283,20 +295,43 @@ impl GpuBackend {
         }
     }
 
-    /// The forward GEMMs for `rows` rows, ReLU fused into each but the last.
+    /// The fusions this model runs: those allowed whose rules match its layers.
+    fn fusions(&self) -> Fusions {
+        Fusions::plan(&self.config, self.allowed)
+    }
+
+    /// Train with only the fusions of `allowed` (all by default), for the tests that
+    /// check each fusion against the unfused layers.
+    pub fn set_fusions(&mut self, allowed: Fusions) {
+        self.allowed = allowed;
+        self.train_plan = None;
+        self.eval_plan = None;
+    }
+
+    /// The dense layers' forwards for `rows` rows, with a ReLU after each but the last:
+    /// in the GEMM's epilogue, or its own dispatch when that fusion is off.
     fn forward_dispatches(&self, rows: usize) -> Vec<Dispatch> {
         let d = &self.ctx.device;
         let w = self.work.as_ref().expect("workspace");
         let layers = self.config.dense_layers();
-        (0..layers)
-            .map(|l| {
-                let buffers = (&w.acts[l], &self.params, &w.acts[l + 1]);
-                let shape = self.dense_shape(l, rows);
+        let fused = self.fusions().relu_in_gemm;
+        let mut list = Vec::new();
+        for l in 0..layers {
+            let relu = l + 1 < layers;
+            let buffers = (&w.acts[l], &self.params, &w.acts[l + 1]);
+            let shape = self.dense_shape(l, rows);
+            list.push(
                 self.pipelines
                     .dense
-                    .forward(d, &shape, l + 1 < layers, buffers)
-            })
-            .collect()
+                    .forward(d, &shape, relu && fused, buffers),
+            );
+            if relu && !fused {
+                let bindings = ReluForwardBindings { x: &w.acts[l + 1] };
+                let n = rows * shape.units;
+                list.push(self.pipelines.relu.forward(d, n, &bindings));
+            }
+        }
+        list
     }
 
     /// Every dispatch of one training step on `rows` rows (batch stride `stride`), in
@@ -314,7 +349,6 @@ impl GpuBackend {
         list.extend(self.forward_dispatches(rows));
         list.push(self.softmax_xent_dispatch(rows, stride, order, stats));
         list.extend(self.backward_dispatches(rows));
-        list.push(self.batchnorm_dense_backward_dispatch(rows));
         list.push(self.adam_dispatch(alphas));
         list
     }
@@ -374,27 +408,70 @@ impl GpuBackend {
     }
 
     /// From the top layer down: each layer's weight-gradient GEMM (bias gradient fused)
-    /// and, above the first layer, its input-gradient GEMM (ReLU mask fused).
+    /// and, above the first layer, its input gradient through the ReLU below; then
+    /// BatchNorm's gradients ([`GpuBackend::first_layer_backward`]).
     fn backward_dispatches(&self, rows: usize) -> Vec<Dispatch> {
         let d = &self.ctx.device;
         let w = self.work.as_ref().expect("workspace");
         let dense = &self.pipelines.dense;
         let mut list = Vec::new();
-        for l in (0..self.config.dense_layers()).rev() {
+        for l in (1..self.config.dense_layers()).rev() {
             let shape = self.dense_shape(l, rows);
-            // Layer 0's weight gradient is taken against xhat: the BatchNorm + dense
-            // backward turns it into dW0, dgamma and dbeta, so layer 0 needs no
-            // input-grad GEMM.
-            let input = if l == 0 { &w.xhat } else { &w.acts[l] };
-            let buffers = (input, &w.deltas[l + 1], &self.grads);
+            let buffers = (&w.acts[l], &w.deltas[l + 1], &self.grads);
             list.push(dense.weight_grad(d, &shape, buffers));
-            if l == 0 {
-                break;
-            }
-            let buffers = (&w.deltas[l + 1], &self.params, &w.deltas[l]);
-            list.push(dense.input_grad(d, &shape, Some(&w.acts[l]), buffers));
+            list.extend(self.input_grad_through_relu(&shape, l));
         }
+        list.extend(self.first_layer_backward(rows));
         list
+    }
+
+    /// `deltas[l] = (deltas[l + 1] · Wᵀ) · [acts[l] > 0]`: the ReLU as the GEMM's mask,
+    /// or, unfused, the GEMM into `scratch` and the ReLU backward from there.
+    fn input_grad_through_relu(&self, shape: &DenseShape, l: usize) -> Vec<Dispatch> {
+        let d = &self.ctx.device;
+        let w = self.work.as_ref().expect("workspace");
+        let dense = &self.pipelines.dense;
+        if self.fusions().relu_in_gemm {
+            let buffers = (&w.deltas[l + 1], &self.params, &w.deltas[l]);
+            return vec![dense.input_grad(d, shape, Some(&w.acts[l]), buffers)];
+        }
+        let buffers = (&w.deltas[l + 1], &self.params, &w.scratch);
+        let bindings = ReluBackwardBindings {
+            dy: &w.scratch,
+            y: &w.acts[l],
+            dx: &w.deltas[l],
+        };
+        let n = shape.rows * shape.inputs;
+        vec![
+            dense.input_grad(d, shape, None, buffers),
+            self.pipelines.relu.backward(d, n, &bindings),
+        ]
+    }
+
+    /// The first dense layer's and BatchNorm's gradients. Fused: the weight gradient
+    /// against xhat, turned into dW0, dγ and dβ by the BatchNorm + dense backward, so
+    /// layer 0 needs no input-grad GEMM. Unfused: the weight gradient against BatchNorm's
+    /// output, the input gradient into `deltas[0]`, then BatchNorm's own backward.
+    fn first_layer_backward(&self, rows: usize) -> Vec<Dispatch> {
+        let d = &self.ctx.device;
+        let w = self.work.as_ref().expect("workspace");
+        let dense = &self.pipelines.dense;
+        let shape = self.dense_shape(0, rows);
+        if self.fusions().batchnorm_dense_backward {
+            let buffers = (&w.xhat, &w.deltas[1], &self.grads);
+            let weight_grad = dense.weight_grad(d, &shape, buffers);
+            return vec![weight_grad, self.batchnorm_dense_backward_dispatch(rows)];
+        }
+        let bindings = BatchnormBackwardBindings {
+            grads: &self.grads,
+            dy: &w.deltas[0],
+            xhat_in: &w.xhat,
+        };
+        vec![
+            dense.weight_grad(d, &shape, (&w.acts[0], &w.deltas[1], &self.grads)),
+            dense.input_grad(d, &shape, None, (&w.deltas[1], &self.params, &w.deltas[0])),
+            (self.pipelines.batchnorm).backward(d, rows, &self.bn_setup(), &bindings),
+        ]
     }
 
     fn batchnorm_dense_backward_dispatch(&self, rows: usize) -> Dispatch {

@@ -20,6 +20,7 @@
 pub mod check;
 #[cfg(test)]
 mod gradcheck;
+pub mod plan;
 
 use crate::device::context::GpuContext;
 use crate::device::error::DeviceError;

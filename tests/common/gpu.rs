@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+use mnist_gpu::backend::Backend;
 use mnist_gpu::device::context::Needs;
 use mnist_gpu::device::{DeviceChoice, DeviceError, GpuContext};
+use mnist_gpu::host::block_on;
 
 /// Backends to test: env `MNIST_GPU_TEST_BACKENDS` (comma-separated), default `vulkan,gl`.
 pub fn backends() -> Vec<String> {
@@ -64,4 +66,29 @@ pub use mnist_gpu::layers::check::rel_err;
 /// finite where the other is not).
 pub fn max_rel_err(a: &[f32], b: &[f32]) -> f64 {
     mnist_gpu::layers::check::max_rel_err(a, b).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Asserts that two trainers hold the same model: parameters, moving statistics, Adam's
+/// moments and step count, each within `tol` ([`max_rel_err`]).
+pub fn compare_state(what: &str, gpu: &mut dyn Backend, cpu: &mut dyn Backend, tol: f64) {
+    let (gp, cp) = (
+        block_on(gpu.params()).unwrap(),
+        block_on(cpu.params()).unwrap(),
+    );
+    let (go, co) = (
+        block_on(gpu.optim_state()).unwrap(),
+        block_on(cpu.optim_state()).unwrap(),
+    );
+    assert_eq!(go.step, co.step, "{what}: step count");
+    for (name, a, b) in [
+        ("parameters", &gp.trainable, &cp.trainable),
+        ("moving mean", &gp.moving_mean, &cp.moving_mean),
+        ("moving var", &gp.moving_var, &cp.moving_var),
+        ("adam m", &go.m, &co.m),
+        ("adam v", &go.v, &co.v),
+    ] {
+        let e = max_rel_err(a, b);
+        eprintln!("{what}: {name} max error {e:.2e}");
+        assert!(e <= tol, "{what}: {name} error {e} > {tol}");
+    }
 }

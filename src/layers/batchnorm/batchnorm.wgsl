@@ -25,8 +25,11 @@ struct Bn {
 @group(0) @binding(6) var<storage, read_write> xhat: array<f32>;
 @group(0) @binding(7) var<storage, read_write> y: array<f32>;
 
-// dense_backward's binding (its own bind-group layout, with params).
+// dense_backward's and backward's output (their own bind-group layouts).
 @group(0) @binding(10) var<storage, read_write> grads: array<f32>;
+// backward's inputs: the gradient of the BatchNorm output and the step's xhat.
+@group(0) @binding(11) var<storage, read> dy: array<f32>;
+@group(0) @binding(12) var<storage, read> xhat_in: array<f32>;
 
 fn sample_of(row: u32) -> u32 {
     if (u.use_order != 0u) {
@@ -153,6 +156,28 @@ fn dense_backward_per_feature(@builtin(global_invocation_id) gid: vec3<u32>) {
         dg = dg + w * g;
         db = db + w * d;
         grads[row + k] = gamma * g + beta * d;
+    }
+    grads[u.gamma_off + j] = dg;
+    grads[u.beta_off + j] = db;
+}
+
+// BatchNorm's own backward, for the trainer without the fused dense_backward above:
+// dgamma_j = Σ_r dy[r,j]·xhat[r,j] and dbeta_j = Σ_r dy[r,j], summed over the rows in
+// order 0..batch (the CPU's order), one thread per feature. BatchNorm is on the pixels,
+// so no input gradient is needed.
+@compute @workgroup_size(64, 1, 1)
+fn backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let f = u.features;
+    if (j >= f) {
+        return;
+    }
+    var dg = 0.0;
+    var db = 0.0;
+    for (var r = 0u; r < u.batch; r++) {
+        let g = dy[r * f + j];
+        dg = dg + g * xhat_in[r * f + j];
+        db = db + g;
     }
     grads[u.gamma_off + j] = dg;
     grads[u.beta_off + j] = db;

@@ -1,9 +1,12 @@
 //! The BatchNorm family's agreement cases: the forward passes (with the gather from u8
-//! images) and both variants of the BatchNorm + first-dense backward, against
+//! images), the unfused backward and both variants of the BatchNorm + first-dense
+//! backward, against
 //! [`super::cpu`], at batches 32 (the default step, the bench rows), 1, 33 and 37.
 
 use super::cpu::{self, gather_scaled};
-use super::{BatchnormDenseBackwardBindings, BatchnormForwardBindings, BnSetup};
+use super::{
+    BatchnormBackwardBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, BnSetup,
+};
 use crate::device::context::GpuContext;
 use crate::device::error::DeviceError;
 use crate::device::kernel::{pack_pixels, run_one, storage_f32, storage_init, storage_zeroed};
@@ -69,6 +72,7 @@ pub fn cases() -> Vec<Case> {
         let mut add = |case: Case| cases.push(if bench { case.bench() } else { case });
         add(forward_train(format!("batchnorm_forward_train b{batch}"), c.clone()));
         add(forward_eval(format!("batchnorm_forward_eval b{batch}"), c.clone()));
+        add(backward(format!("batchnorm_backward b{batch}"), c.clone()));
         for per_feature in [false, true] {
             let variant = if per_feature { "_per_feature" } else { "" };
             let name = format!("batchnorm_dense_backward{variant} {INPUT}x{WIDTH} b{batch}");
@@ -207,5 +211,31 @@ fn dense_backward(name: String, c: Rc<Inputs>, per_feature: bool) -> Case {
         run_one(ctx, dispatch)?;
         let out = ctx.read_vec(bindings.grads, 0, 2 * INPUT + INPUT * WIDTH)?;
         Ok(vec![("dgamma, dbeta, dW", out)])
+    })
+}
+
+/// BatchNorm's own backward from a random output gradient at the step's xhat.
+fn backward(name: String, c: Rc<Inputs>) -> Case {
+    let batch = c.indices.len();
+    let mut r = rng(1000 + batch as u64);
+    let dy = Rc::new(uniform_vec(&mut r, batch * INPUT, -1.0, 1.0));
+    let forward = cpu_forward_train(&c);
+    let xhat = Rc::new(forward[0].1.clone());
+    let inv_std = forward[2].1[2 * INPUT..].to_vec();
+    let (cpu_dy, cpu_xhat, gamma) = (dy.clone(), xhat.clone(), c.gamma.clone());
+    let cpu = move || -> Outputs {
+        let (mut dgamma, mut dbeta) = (vec![0.0; INPUT], vec![0.0; INPUT]);
+        let grads = (&mut dgamma[..], &mut dbeta[..]);
+        cpu::batchnorm_backward(&cpu_dy, &cpu_xhat, &gamma, &inv_std, batch, grads.0, grads.1, None);
+        vec![("dgamma, dbeta", [dgamma, dbeta].concat())]
+    };
+    Case::new(name, ELEMENTWISE_TOL, cpu, move |ctx, p| {
+        let bindings = BatchnormBackwardBindings {
+            grads: &storage_zeroed(&ctx.device, "grads", (2 * INPUT * 4) as u64),
+            dy: &storage_f32(ctx, "dy", &dy),
+            xhat_in: &storage_f32(ctx, "xhat", &xhat),
+        };
+        run_one(ctx, p.batchnorm.backward(&ctx.device, batch, &setup(&c), &bindings))?;
+        Ok(vec![("dgamma, dbeta", ctx.read_vec(bindings.grads, 0, 2 * INPUT)?)])
     })
 }

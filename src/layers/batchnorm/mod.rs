@@ -41,6 +41,14 @@ bindings! {
         params: Read = 4,
         grads: ReadWrite = 10,
     }
+
+    /// BatchNorm's own backward (unfused): dγ and dβ from the output gradient `dy` and
+    /// the step's `xhat_in`, into `grads`.
+    BatchnormBackwardBindings(BnUniform) for ["backward"] => {
+        grads: ReadWrite = 10,
+        dy: Read = 11,
+        xhat_in: Read = 12,
+    }
 }
 
 /// What every BatchNorm forward of one model shares: its feature count, where γ and β
@@ -106,10 +114,25 @@ family! {
         /// … or a thread per feature (CPU adapters, where barriers cost what they save
         /// elsewhere).
         dense_backward_per_feature: BatchnormDenseBackwardBindings = "dense_backward_per_feature",
+        /// The unfused backward, without the dense layer.
+        backward: BatchnormBackwardBindings = "backward",
     }
 }
 
 impl Pipelines {
+    /// BatchNorm's own backward on a step of `rows` rows: dγ and dβ into `grads` at the
+    /// layer's offsets.
+    pub fn backward(
+        &self,
+        d: &wgpu::Device,
+        rows: usize,
+        setup: &BnSetup,
+        bindings: &BatchnormBackwardBindings,
+    ) -> Dispatch {
+        let u = BnUniform::evaluation(rows, 0, setup);
+        self.backward.dispatch(d, &u, bindings, u.workgroups())
+    }
+
     /// A training step's forward on `rows` rows of the epoch's order (`stride` a step).
     pub fn forward_train(
         &self,

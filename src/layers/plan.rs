@@ -1,0 +1,79 @@
+//! Which fusions a trainer runs, chosen from the model's layer list. Each fusion is an
+//! optimisation of a pattern of consecutive layers, never the architecture: the layers
+//! run unfused when its rule does not match (or when a test turns it off), and each is
+//! tested against the unfused layers (`tests/fusions.rs`).
+//!
+//! | fusion | rule | what it saves |
+//! | --- | --- | --- |
+//! | `relu_in_gemm` | Dense followed by ReLU | the ReLU in the GEMM's epilogue, its backward as the mask of the input-grad GEMM below it: two elementwise passes a hidden layer |
+//! | `batchnorm_dense_backward` | BatchNorm on the pixels, then Dense | BatchNorm's gradients and the dense kernel's from `xhatᵀ·δ` alone (`batchnorm::cpu::batchnorm_dense_backward`): no input-grad GEMM for the first dense layer |
+//! | `sparse_first_layer` (CPU) | BatchNorm on the pixels, then Dense, on data at most half nonzero | BatchNorm folded into the dense layer, its forward and backward over the nonzero pixels only (`cpu/sparse.rs`) |
+
+use crate::model::{LayerSpec, ModelConfig};
+
+/// The fusions a trainer runs (or may run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fusions {
+    pub relu_in_gemm: bool,
+    pub batchnorm_dense_backward: bool,
+    pub sparse_first_layer: bool,
+}
+
+impl Fusions {
+    /// Every fusion, where its rule matches: what the trainers run.
+    pub const ALL: Fusions = Fusions {
+        relu_in_gemm: true,
+        batchnorm_dense_backward: true,
+        sparse_first_layer: true,
+    };
+
+    /// None: every layer on its own kernels, the reference the fusions are tested against.
+    pub const NONE: Fusions = Fusions {
+        relu_in_gemm: false,
+        batchnorm_dense_backward: false,
+        sparse_first_layer: false,
+    };
+
+    /// The fusions of `allowed` whose rules match `config`'s layer list.
+    pub fn plan(config: &ModelConfig, allowed: Fusions) -> Fusions {
+        let layers = &config.layers;
+        let pixels_then_dense = matches!(
+            layers.as_slice(),
+            [LayerSpec::BatchNorm, LayerSpec::Dense { .. }, ..]
+        );
+        let dense_then_relu = layers
+            .iter()
+            .any(|layer| matches!(layer, LayerSpec::Dense { relu: true, .. }));
+        Fusions {
+            relu_in_gemm: allowed.relu_in_gemm && dense_then_relu,
+            batchnorm_dense_backward: allowed.batchnorm_dense_backward && pixels_then_dense,
+            sparse_first_layer: allowed.sparse_first_layer && pixels_then_dense,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_match_the_layer_patterns() {
+        let mlp = ModelConfig::mlp(&[128], false);
+        assert_eq!(Fusions::plan(&mlp, Fusions::ALL), Fusions::ALL);
+        assert_eq!(Fusions::plan(&mlp, Fusions::NONE), Fusions::NONE);
+        // A single dense layer has no ReLU to fuse.
+        let linear = ModelConfig::mlp(&[], false);
+        let planned = Fusions::plan(&linear, Fusions::ALL);
+        assert!(!planned.relu_in_gemm && planned.batchnorm_dense_backward);
+        // Without BatchNorm first, nothing fuses with it.
+        let no_bn = ModelConfig {
+            layers: vec![LayerSpec::Dense {
+                units: 10,
+                relu: false,
+            }],
+            raw_pixels: false,
+        };
+        let planned = Fusions::plan(&no_bn, Fusions::ALL);
+        assert!(!planned.batchnorm_dense_backward && !planned.sparse_first_layer);
+    }
+}

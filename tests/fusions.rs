@@ -1,0 +1,130 @@
+//! Each fusion the planner chooses (`src/layers/plan.rs`) against the unfused layers: the
+//! same steps trained with only that fusion on, and with every one, end with the model
+//! the unfused trainer ends with, on the CPU and on every GPU backend in
+//! `MNIST_GPU_TEST_BACKENDS` (default `vulkan,gl`; a backend without an adapter is
+//! skipped with a message, or fails when env `CI` is set).
+
+mod common;
+
+use common::gpu::{available, backends, choice, compare_state};
+use mnist_gpu::backend::Backend;
+use mnist_gpu::cpu::CpuBackend;
+use mnist_gpu::data::{self, Mnist};
+use mnist_gpu::gpu::GpuBackend;
+use mnist_gpu::host::block_on;
+use mnist_gpu::layers::plan::Fusions;
+use mnist_gpu::model::{Hyper, ModelConfig, Params};
+use mnist_gpu::train::epoch_order;
+
+/// After 20 steps (differences in summation order compound through Adam's
+/// normalisation), as the GPU/CPU agreement test allows.
+const TOL: f64 = 1e-4;
+
+/// Each fusion alone, and all of them, against none.
+fn fused_sets() -> [(&'static str, Fusions); 4] {
+    let none = Fusions::NONE;
+    [
+        (
+            "relu_in_gemm",
+            Fusions {
+                relu_in_gemm: true,
+                ..none
+            },
+        ),
+        (
+            "batchnorm_dense_backward",
+            Fusions {
+                batchnorm_dense_backward: true,
+                ..none
+            },
+        ),
+        (
+            "sparse_first_layer",
+            Fusions {
+                sparse_first_layer: true,
+                ..none
+            },
+        ),
+        ("all", Fusions::ALL),
+    ]
+}
+
+fn subset() -> Mnist {
+    let m = Mnist::load(&data::builtin_dir()).unwrap();
+    Mnist {
+        train: m.train.truncated(640),
+        test: m.test.truncated(100),
+    }
+}
+
+/// 20 steps of batch 32 (two hidden layers, so a ReLU sits between two dense layers).
+fn train(backend: &mut dyn Backend, data: &Mnist) {
+    let order = epoch_order(data.train.len(), 11, 0, true);
+    block_on(backend.train_epoch(&order, 32, &mut |_| {})).unwrap();
+}
+
+fn start() -> (Params, Mnist) {
+    (
+        Params::init(&ModelConfig::mlp(&[129, 33], false), 7),
+        subset(),
+    )
+}
+
+#[test]
+fn each_cpu_fusion_matches_the_unfused_layers() {
+    let (params, data) = start();
+    let mut unfused = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
+    unfused.set_fusions(Fusions::NONE);
+    assert!(!unfused.sparse_input(), "no fusion: the dense first layer");
+    train(&mut unfused, &data);
+    for (name, fusions) in fused_sets() {
+        let mut fused = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
+        fused.set_fusions(fusions);
+        assert_eq!(fused.sparse_input(), fusions.sparse_first_layer, "{name}");
+        train(&mut fused, &data);
+        compare_state(&format!("cpu, {name} fused"), &mut fused, &mut unfused, TOL);
+    }
+}
+
+#[test]
+fn each_gpu_fusion_matches_the_unfused_layers() {
+    let (params, data) = start();
+    let test = "each_gpu_fusion_matches_the_unfused_layers";
+    for backend in backends() {
+        let open = || {
+            GpuBackend::new(
+                params.clone(),
+                Hyper::default(),
+                data.clone(),
+                &choice(&backend),
+            )
+        };
+        let Some(mut unfused) = available(test, &backend, open()) else {
+            continue;
+        };
+        unfused.set_fusions(Fusions::NONE);
+        train(&mut unfused, &data);
+        // The GPU has no sparse first layer: that set is the unfused trainer again.
+        for (name, fusions) in fused_sets() {
+            let mut fused = open().unwrap();
+            fused.set_fusions(fusions);
+            train(&mut fused, &data);
+            let what = format!("{backend}, {name} fused");
+            compare_state(&what, &mut fused, &mut unfused, TOL);
+            let (a, b) = (
+                block_on(fused.evaluate()).unwrap(),
+                block_on(unfused.evaluate()).unwrap(),
+            );
+            let differ = a
+                .predictions
+                .iter()
+                .zip(&b.predictions)
+                .filter(|(x, y)| x != y)
+                .count();
+            assert!(
+                differ <= 1,
+                "{what}: {differ} of 100 test predictions differ"
+            );
+        }
+    }
+}
