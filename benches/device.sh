@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The real-GPU check, in one script: Vulkan loader and adapters, the GPU agreement tests on
-# the hardware adapter, the epoch and kernel benchmarks beside the CPU, and a default
+# The real-GPU check, in one script: Vulkan loader and adapters, the GPU agreement and
+# fusion tests on the hardware adapter, the epoch and kernel benchmarks beside the CPU, and a default
 # 10-epoch `train --adapter vulkan`, all written to one results file.
 #
-#   benches/device.sh pack   # on the build machine: build the four programs, strip them
+#   benches/device.sh pack   # on the build machine: build the five programs, strip them
 #                            # into .device/programs.tar.xz (16 MB: each embeds the same
 #                            # 11 MB of MNIST, which xz's 96 MiB window stores once), and
 #                            # fetch the Vulkan loader .debs into .gl/
@@ -30,7 +30,7 @@ cd "$(dirname "$0")/.."
 
 backend=${DEVICE_BACKEND:-vulkan}
 quick=${DEVICE_QUICK:-0}
-programs=(mnist-gpu gpu_agreement epoch kernels)
+programs=(mnist-gpu gpu_agreement fusions epoch kernels)
 
 # Build the programs here and pack them, stripped and small enough to copy to the GPU
 # machine with the checkout; fetch the Vulkan loader packages for a machine that has
@@ -39,12 +39,12 @@ pack() (
   set -e
   cargo build --release --bin mnist-gpu
   local tests benches
-  tests=$(cargo test --release --test gpu_agreement --no-run 2>&1)
+  tests=$(cargo test --release --test gpu_agreement --test fusions --no-run 2>&1)
   benches=$(cargo bench --bench epoch --bench kernels --no-run 2>&1)
   local stage=target/device-programs
   mkdir -p .device "$stage"
   strip -o "$stage/mnist-gpu" target/release/mnist-gpu
-  for name in gpu_agreement epoch kernels; do
+  for name in gpu_agreement fusions epoch kernels; do
     local exe
     exe=$(printf '%s\n%s\n' "$tests" "$benches" | grep -o "target/release/deps/$name-[0-9a-f]*" | tail -1)
     strip -o "$stage/$name" "$exe"
@@ -168,6 +168,8 @@ run_all() {
   # The agreement tests on the hardware adapter only (CI set: a missing adapter fails).
   part "gpu_agreement ($backend)" 120 env CI=1 MNIST_GPU_TEST_BACKENDS="$backend" \
     "$bin/gpu_agreement" --test-threads=1
+  part "fusions ($backend)" 60 env CI=1 MNIST_GPU_TEST_BACKENDS="$backend" \
+    "$bin/fusions" --test-threads=1
   local bench_env=(MNIST_GPU_BENCH_BACKENDS="$backend")
   [ "$quick" = 1 ] && bench_env+=(MNIST_GPU_BENCH_SOFT_SAMPLES=1000 MNIST_GPU_BENCH_REPS=1)
   if [ -x "$bin/epoch-baseline" ]; then
