@@ -26,7 +26,8 @@ use crate::device::kernel::{pack_pixels, record, storage_init, storage_zeroed, D
 use crate::host::Task;
 use crate::layers::adam::AdamBindings;
 use crate::layers::batchnorm::{
-    BatchnormBackwardBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, BnSetup,
+    BatchnormBackwardBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, BnForward,
+    BnSetup,
 };
 use crate::layers::dense::DenseShape;
 use crate::layers::plan::Fusions;
@@ -362,7 +363,8 @@ impl GpuBackend {
         let bindings = self.batchnorm_forward_bindings(&self.train_pixels, order);
         let setup = self.bn_setup();
         let pipelines = &self.pipelines.batchnorm;
-        pipelines.forward_train(&self.ctx.device, (rows, stride), &setup, &bindings)
+        let pass = BnForward::Train { rows, stride };
+        pipelines.forward(&self.ctx.device, pass, &setup, &bindings)
     }
 
     /// BatchNorm forward's buffers for the images `pixels` (through `order` when
@@ -615,7 +617,8 @@ impl GpuBackend {
         let bindings = self.batchnorm_forward_bindings(&self.test_pixels, &self.dummy);
         let setup = self.bn_setup();
         let batchnorm = &self.pipelines.batchnorm;
-        let mut list = vec![batchnorm.forward_eval(d, (rows, base), &setup, &bindings)];
+        let pass = BnForward::Eval { rows, base };
+        let mut list = vec![batchnorm.forward(d, pass, &setup, &bindings)];
         list.extend(forward.iter().cloned());
         let u = SoftmaxUniform::evaluation(rows, CLASSES, base, slot);
         let layers = self.config.dense_layers();

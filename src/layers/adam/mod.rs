@@ -23,12 +23,8 @@ bindings! {
     /// One Adam update of `params`, `m`, `v` from `grads`, with the step size
     /// `alphas[state[0] − 1]`.
     AdamBindings(AdamUniform) for ["adam"] => {
-        state: Read = 1,
-        alphas: Read = 2,
-        grads: Read = 3,
-        params: ReadWrite = 4,
-        m: ReadWrite = 5,
-        v: ReadWrite = 6,
+        state: Read = 1, alphas: Read = 2, grads: Read = 3,
+        params: ReadWrite = 4, m: ReadWrite = 5, v: ReadWrite = 6,
     }
 }
 

@@ -5,7 +5,8 @@
 
 use super::cpu::{self, gather_scaled};
 use super::{
-    BatchnormBackwardBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, BnSetup,
+    BatchnormBackwardBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, BnForward,
+    BnSetup,
 };
 use crate::device::context::GpuContext;
 use crate::device::error::DeviceError;
@@ -118,11 +119,12 @@ fn gpu_forward(ctx: &GpuContext, p: &Pipelines, c: &Inputs, train: bool) -> Resu
         y: &storage_zeroed(d, "y", (batch * INPUT * 4) as u64),
     };
     let setup = setup(c);
-    let dispatch = if train {
-        p.batchnorm.forward_train(d, (batch, batch), &setup, &bindings)
+    let pass = if train {
+        BnForward::Train { rows: batch, stride: batch }
     } else {
-        p.batchnorm.forward_eval(d, (batch, 0), &setup, &bindings)
+        BnForward::Eval { rows: batch, base: 0 }
     };
+    let dispatch = p.batchnorm.forward(d, pass, &setup, &bindings);
     run_one(ctx, dispatch)?;
     let y = ctx.read_vec(bindings.y, 0, batch * INPUT)?;
     if !train {

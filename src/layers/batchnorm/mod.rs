@@ -26,13 +26,8 @@ bindings! {
     /// The forward passes: gather `pixels` (through `order` and the step counter `state`
     /// in training), normalise into `xhat` and `y`, update `stats`.
     BatchnormForwardBindings(BnUniform) for ["forward_train", "forward_eval"] => {
-        pixels: Read = 1,
-        order: Read = 2,
-        state: Read = 3,
-        params: Read = 4,
-        stats: ReadWrite = 5,
-        xhat: ReadWrite = 6,
-        y: ReadWrite = 7,
+        pixels: Read = 1, order: Read = 2, state: Read = 3, params: Read = 4,
+        stats: ReadWrite = 5, xhat: ReadWrite = 6, y: ReadWrite = 7,
     }
 
     /// BatchNorm + first-dense backward: dγ, dβ and dW₀ from the first layer's xhatᵀ·δ,
@@ -45,10 +40,18 @@ bindings! {
     /// BatchNorm's own backward (unfused): dγ and dβ from the output gradient `dy` and
     /// the step's `xhat_in`, into `grads`.
     BatchnormBackwardBindings(BnUniform) for ["backward"] => {
+        dy: Read = 11, xhat_in: Read = 12,
         grads: ReadWrite = 10,
-        dy: Read = 11,
-        xhat_in: Read = 12,
     }
+}
+
+/// Which forward a dispatch runs: a training step's on `rows` rows of the epoch's order
+/// (`stride` a step), or inference on the `rows` samples from `base` (the bindings'
+/// `order` and `state` are then not read).
+#[derive(Clone, Copy, Debug)]
+pub enum BnForward {
+    Train { rows: usize, stride: usize },
+    Eval { rows: usize, base: usize },
 }
 
 /// What every BatchNorm forward of one model shares: its feature count, where γ and β
@@ -133,29 +136,23 @@ impl Pipelines {
         self.backward.dispatch(d, &u, bindings, u.workgroups())
     }
 
-    /// A training step's forward on `rows` rows of the epoch's order (`stride` a step).
-    pub fn forward_train(
+    /// The forward `pass` (its kernel and uniform block).
+    pub fn forward(
         &self,
         d: &wgpu::Device,
-        (rows, stride): (usize, usize),
+        pass: BnForward,
         setup: &BnSetup,
         bindings: &BatchnormForwardBindings,
     ) -> Dispatch {
-        let u = BnUniform::training(rows, stride, setup);
-        self.forward_train.dispatch(d, &u, bindings, u.workgroups())
-    }
-
-    /// Inference on `rows` samples from `base` (the bindings' `order` and `state` are
-    /// not read).
-    pub fn forward_eval(
-        &self,
-        d: &wgpu::Device,
-        (rows, base): (usize, usize),
-        setup: &BnSetup,
-        bindings: &BatchnormForwardBindings,
-    ) -> Dispatch {
-        let u = BnUniform::evaluation(rows, base, setup);
-        self.forward_eval.dispatch(d, &u, bindings, u.workgroups())
+        let (kernel, u) = match pass {
+            BnForward::Train { rows, stride } => {
+                (&self.forward_train, BnUniform::training(rows, stride, setup))
+            }
+            BnForward::Eval { rows, base } => {
+                (&self.forward_eval, BnUniform::evaluation(rows, base, setup))
+            }
+        };
+        kernel.dispatch(d, &u, bindings, u.workgroups())
     }
 
     /// The backward through BatchNorm and `dense`: on entry `grads` holds

@@ -34,9 +34,7 @@ uniform! {
 bindings! {
     /// `gemm.wgsl`: `c = a · b` with the epilogue (bias, ReLU, mask) read from `e`.
     GemmBindings(GemmUniform) for ["gemm"] => {
-        a: Read = 1,
-        b: Read = 2,
-        e: Read = 3,
+        a: Read = 1, b: Read = 2, e: Read = 3,
         c: ReadWrite = 4,
     }
 }

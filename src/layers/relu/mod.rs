@@ -25,8 +25,7 @@ bindings! {
 
     /// The backward: `dx = dy` where `y > 0`, else 0.
     ReluBackwardBindings(ReluUniform) for ["backward"] => {
-        dy: Read = 2,
-        y: Read = 3,
+        dy: Read = 2, y: Read = 3,
         dx: ReadWrite = 4,
     }
 }

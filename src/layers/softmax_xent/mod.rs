@@ -20,13 +20,9 @@ bindings! {
     /// Loss, correct count, gradient and predictions; advances the step counter `state`
     /// in training.
     SoftmaxXentBindings(SoftmaxUniform) for ["softmax_xent"] => {
-        logits: Read = 1,
-        labels: Read = 2,
-        order: Read = 3,
-        state: ReadWrite = 4,
-        grad: ReadWrite = 5,
-        stats: ReadWrite = 6,
-        predictions: ReadWrite = 7,
+        logits: Read = 1, labels: Read = 2, order: Read = 3,
+        state: ReadWrite = 4, grad: ReadWrite = 5,
+        stats: ReadWrite = 6, predictions: ReadWrite = 7,
     }
 }
 
