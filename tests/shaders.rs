@@ -1,16 +1,16 @@
-//! Every layer family's shader (`src/layers/*/*.wgsl`, registered in `src/layers/mod.rs`)
-//! parses and validates with naga (no device needed), its uniform struct matches the
-//! layout of the WGSL struct it is uploaded as, and its bindings declarations match the
-//! shader's variables.
+//! Every layer family's shader (`src/layers/*/*.wgsl`, registered in `src/layers/mod.rs`,
+//! with the declarations generated from its Rust side put before it) parses and validates
+//! with naga (no device needed), naga lays out its uniform struct at the Rust struct's
+//! offsets, and each entry point uses only the bindings its declaration names.
 
 use mnist_gpu::device::context::WORKGROUP_STORAGE_BYTES;
 use mnist_gpu::device::kernel::{Access, BindingsDecl, UniformDecl};
 use mnist_gpu::layers::{Shader, SHADERS};
 use std::path::Path;
 
-/// The shader of `family`, parsed.
+/// The shader of `family` as it is compiled, parsed.
 fn parse(shader: &Shader) -> naga::Module {
-    naga::front::wgsl::parse_str(shader.source).unwrap()
+    naga::front::wgsl::parse_str(&shader.source().unwrap()).unwrap()
 }
 
 /// Every `.wgsl` file under `src/layers/`, by name.
@@ -55,7 +55,14 @@ fn every_shader_parses_and_validates() {
     let mut failures = Vec::new();
     for shader in SHADERS {
         let path = format!("{}.wgsl", shader.family);
-        let source = shader.source;
+        let source = match shader.source() {
+            Ok(source) => source,
+            Err(e) => {
+                failures.push(e);
+                continue;
+            }
+        };
+        let source = &source;
         let module = match naga::front::wgsl::parse_str(source) {
             Ok(module) => module,
             Err(e) => {
@@ -99,9 +106,9 @@ fn is_padding(name: &str) -> bool {
     name.starts_with("pad")
 }
 
-/// Each family's uniform struct has the size of its WGSL struct and every (non-padding)
-/// WGSL member at the same byte offset under the same name: a field added, moved or
-/// renamed on one side only fails here, not as garbage on the GPU.
+/// Each family's uniform struct has the size naga gives the WGSL struct generated from
+/// it, and every (non-padding) member at the same byte offset: WGSL's layout rules and
+/// `#[repr(C)]`'s agree, or this fails here rather than as garbage on the GPU.
 #[test]
 fn uniform_structs_match_their_wgsl_layout() {
     let mut failures = Vec::new();
@@ -126,7 +133,12 @@ fn layout_problems(shader: &Shader, decl: &UniformDecl) -> Vec<String> {
     if span as usize != decl.size {
         problems.push(format!("{at}: {} bytes vs {span}", decl.size));
     }
-    let fields: Vec<_> = decl.fields.iter().filter(|(f, _)| !is_padding(f)).collect();
+    let fields: Vec<_> = decl
+        .fields
+        .iter()
+        .map(|&(name, offset, _)| (name, offset))
+        .filter(|(f, _)| !is_padding(f))
+        .collect();
     for member in members
         .iter()
         .filter(|m| !is_padding(m.name.as_deref().unwrap_or("")))
@@ -203,8 +215,8 @@ fn bindings_problems(family: &Shader, decl: &BindingsDecl) -> Vec<String> {
                 let slot = slots.iter().find(|s| s.1 == binding);
                 let used = !uses[handle].is_empty();
                 match slot {
-                    Some(&(n, _, a)) if n == name && a == access => {}
-                    Some(&(n, _, a)) => failures.push(format!(
+                    Some(&(n, _, a, _)) if n == name && a == access => {}
+                    Some(&(n, _, a, _)) => failures.push(format!(
                         "{shader}.wgsl {entry}: binding {binding} is '{name}' ({access:?}), declared '{n}' ({a:?})"
                     )),
                     None if used => failures.push(format!(
@@ -214,7 +226,7 @@ fn bindings_problems(family: &Shader, decl: &BindingsDecl) -> Vec<String> {
                 }
             }
         }
-        for &(name, binding, _) in slots {
+        for &(name, binding, _, _) in slots {
             let exists = module
                 .global_variables
                 .iter()

@@ -3,11 +3,13 @@
 //! buffers with [`bindings!`]), the pipeline built from them ([`Kernel`]), a recorded
 //! [`Dispatch`], and the buffer helpers every family uses.
 //!
-//! No call site lists buffers by position: a bindings struct names each of the shader's
-//! `var`s, its binding number and access are declared once, the bind-group layout is
-//! built from that declaration, and `tests/shaders.rs` checks every declaration against
-//! its shader through naga (name, binding, access, and that the entry point uses no other
-//! binding), and every uniform struct against its WGSL struct, offset for offset.
+//! Each declaration is written once, in Rust, and serves both sides: the shader's own
+//! declarations (its uniform struct and its `@binding` variables) are generated from it
+//! and put before the family's WGSL ([`wgsl_declarations`]), the bind-group layout is
+//! built from it, and a dispatch is built from a filled-in bindings struct, so no call
+//! site lists buffers by position. `tests/shaders.rs` validates every shader through naga
+//! and checks that each entry point uses only the bindings its declaration names, and
+//! that naga lays out each generated struct at the Rust struct's offsets.
 
 use super::context::GpuContext;
 use super::error::DeviceError;
@@ -27,8 +29,9 @@ pub enum Access {
     ReadWrite,
 }
 
-/// One binding of an entry point: the WGSL variable's name, its binding number, access.
-pub type Slot = (&'static str, u32, Access);
+/// One binding of an entry point: the WGSL variable's name, its binding number, access,
+/// and the type of its array's elements (`f32`, `u32`; the uniform's is its struct).
+pub type Slot = (&'static str, u32, Access, &'static str);
 
 /// One bindings declaration, as the shader test reads it.
 #[derive(Clone, Copy, Debug)]
@@ -54,14 +57,17 @@ pub trait Bindings {
 /// ```text
 /// bindings! {
 ///     /// What the entry point does.
-///     GemmBindings(GemmUniform) for ["gemm"] => { a: Read = 1, c: ReadWrite = 4 }
+///     GemmBindings(GemmUniform) for ["gemm"] => { a: Read<f32> = 1, c: ReadWrite<f32> = 4 }
 /// }
 /// ```
+///
+/// declares `a` as `@group(0) @binding(1) var<storage, read> a: array<f32>;` in the
+/// shader, beside `@group(0) @binding(0) var<uniform> u: Gemm;`.
 macro_rules! bindings {
     ($(
         $(#[$meta:meta])*
         $name:ident($uniform:ty) for [$($entry:literal),+] => {
-            $($field:ident: $access:ident = $binding:literal),* $(,)?
+            $($field:ident: $access:ident<$elem:ident> = $binding:literal),* $(,)?
         }
     )*) => {
         $(
@@ -77,11 +83,17 @@ macro_rules! bindings {
                         name: stringify!($name),
                         entry_points: &[$($entry),+],
                         slots: &[
-                            ("u", 0, $crate::device::kernel::Access::Uniform),
+                            (
+                                "u",
+                                0,
+                                $crate::device::kernel::Access::Uniform,
+                                <$uniform as $crate::device::kernel::Uniform>::DECL.wgsl,
+                            ),
                             $((
                                 stringify!($field),
                                 $binding,
                                 $crate::device::kernel::Access::$access,
+                                stringify!($elem),
                             )),*
                         ],
                     };
@@ -98,14 +110,14 @@ macro_rules! bindings {
 }
 pub(crate) use bindings;
 
-/// A uniform block's layout, as the shader test reads it: the WGSL struct's name, the
-/// size, and every field with its byte offset.
+/// A uniform block's layout: the WGSL struct's name, the size, and every field with its
+/// byte offset and type (`u32` or `f32`).
 #[derive(Clone, Copy, Debug)]
 pub struct UniformDecl {
     pub rust: &'static str,
     pub wgsl: &'static str,
     pub size: usize,
-    pub fields: &'static [(&'static str, usize)],
+    pub fields: &'static [(&'static str, usize, &'static str)],
 }
 
 /// A uniform block: plain data uploaded as the WGSL struct `DECL.wgsl`.
@@ -113,8 +125,8 @@ pub trait Uniform: Pod {
     const DECL: UniformDecl;
 }
 
-/// Declares a uniform struct (`#[repr(C)]`, plain data) mirroring the WGSL struct named
-/// after `as`; fields named `pad…` are padding, in both languages.
+/// Declares a uniform struct (`#[repr(C)]`, plain data, `u32` and `f32` fields) and the
+/// WGSL struct named after `as` generated from it; fields named `pad…` are padding.
 macro_rules! uniform {
     (
         $(#[$meta:meta])*
@@ -132,7 +144,11 @@ macro_rules! uniform {
                 rust: stringify!($name),
                 wgsl: $wgsl,
                 size: std::mem::size_of::<$name>(),
-                fields: &[$((stringify!($field), std::mem::offset_of!($name, $field))),*],
+                fields: &[$((
+                    stringify!($field),
+                    std::mem::offset_of!($name, $field),
+                    stringify!($ty),
+                )),*],
             };
         }
     };
@@ -212,7 +228,7 @@ impl Kernel {
             .slots
             .iter()
             .zip(buffers)
-            .map(|(&(_, binding, _), buffer)| wgpu::BindGroupEntry {
+            .map(|(&(_, binding, _, _), buffer)| wgpu::BindGroupEntry {
                 binding,
                 resource: buffer.as_entire_binding(),
             })
@@ -231,7 +247,7 @@ impl Kernel {
     }
 }
 
-fn layout_entry(&(_, binding, access): &Slot) -> wgpu::BindGroupLayoutEntry {
+fn layout_entry(&(_, binding, access, _): &Slot) -> wgpu::BindGroupLayoutEntry {
     let ty = match access {
         Access::Uniform => wgpu::BufferBindingType::Uniform,
         Access::Read => wgpu::BufferBindingType::Storage { read_only: true },
@@ -247,6 +263,54 @@ fn layout_entry(&(_, binding, access): &Slot) -> wgpu::BindGroupLayoutEntry {
         },
         count: None,
     }
+}
+
+/// The WGSL declarations of a family's uniform struct and of every binding its entry
+/// points use (each binding once, however many declarations name it), to be put before
+/// its shader; an error when two declarations give one binding number different
+/// variables.
+pub fn wgsl_declarations(
+    uniform: &UniformDecl,
+    bindings: &[BindingsDecl],
+) -> Result<String, String> {
+    let fields: Vec<String> = uniform
+        .fields
+        .iter()
+        .map(|(name, _, ty)| format!("    {name}: {ty},"))
+        .collect();
+    let mut text = format!(
+        "// Declared in the family's mod.rs (uniform!, bindings!).\nstruct {} {{\n{}\n}}\n",
+        uniform.wgsl,
+        fields.join("\n")
+    );
+    let mut slots: Vec<Slot> = bindings
+        .iter()
+        .flat_map(|b| b.slots.iter().copied())
+        .collect();
+    slots.sort_by_key(|slot| slot.1);
+    slots.dedup();
+    for pair in slots.windows(2) {
+        if pair[0].1 == pair[1].1 {
+            return Err(format!(
+                "binding {} is declared as both {:?} and {:?}",
+                pair[0].1, pair[0], pair[1]
+            ));
+        }
+    }
+    for (name, binding, access, ty) in slots {
+        let space = match access {
+            Access::Uniform => "uniform".to_string(),
+            Access::Read => "storage, read".to_string(),
+            Access::ReadWrite => "storage, read_write".to_string(),
+        };
+        let ty = if access == Access::Uniform {
+            ty.to_string()
+        } else {
+            format!("array<{ty}>")
+        };
+        text += &format!("@group(0) @binding({binding}) var<{space}> {name}: {ty};\n");
+    }
+    Ok(text)
 }
 
 /// Compile a family's shader (`label` names it in errors).

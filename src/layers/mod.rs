@@ -26,7 +26,7 @@ use crate::device::context::GpuContext;
 use crate::device::error::DeviceError;
 #[allow(unused_imports)] // for the documentation's links
 use crate::device::kernel::Kernel;
-use crate::device::kernel::{module, BindingsDecl, UniformDecl};
+use crate::device::kernel::{module, wgsl_declarations, BindingsDecl, UniformDecl};
 
 /// What the registry needs of each family.
 pub trait Family {
@@ -53,9 +53,25 @@ pub trait Family {
 /// One registered shader, as the shader test reads it.
 pub struct Shader {
     pub family: &'static str,
-    pub source: &'static str,
+    /// The shader file's text, without the declarations.
+    pub wgsl: &'static str,
     pub bindings: &'static [BindingsDecl],
     pub uniform: UniformDecl,
+}
+
+impl Shader {
+    /// What is compiled: the declarations generated from the Rust side, then the file.
+    pub fn source(&self) -> Result<String, String> {
+        let declarations = wgsl_declarations(&self.uniform, self.bindings)
+            .map_err(|e| format!("{}.wgsl: {e}", self.family))?;
+        Ok(declarations + "\n" + self.wgsl)
+    }
+
+    /// Compile this shader on `ctx`.
+    fn module(&self, ctx: &GpuContext) -> Result<wgpu::ShaderModule, DeviceError> {
+        let source = self.source().map_err(DeviceError::Gpu)?;
+        module(ctx, self.family, &source)
+    }
 }
 
 /// Declares a family: its type, its shader file and name, its uniform, and its kernels
@@ -108,6 +124,16 @@ macro_rules! family {
     };
 }
 
+/// Family `F`'s shader.
+const fn shader<F: Family>() -> Shader {
+    Shader {
+        family: F::NAME,
+        wgsl: F::WGSL,
+        bindings: F::BINDINGS,
+        uniform: F::UNIFORM,
+    }
+}
+
 /// The registry: `folder: Type` for each family. It declares the modules, the
 /// [`Pipelines`] of every family, [`SHADERS`] and [`cases`].
 macro_rules! families {
@@ -124,7 +150,7 @@ macro_rules! families {
             pub fn new(ctx: &GpuContext) -> Result<Pipelines, DeviceError> {
                 Ok(Pipelines {
                     $($family: {
-                        let module = module(ctx, <$ty as Family>::NAME, <$ty as Family>::WGSL)?;
+                        let module = shader::<$ty>().module(ctx)?;
                         <$ty as Family>::pipelines(ctx, &module)?
                     },)*
                 })
@@ -132,12 +158,7 @@ macro_rules! families {
         }
 
         /// Every family's shader with its declarations.
-        pub const SHADERS: &[Shader] = &[$(Shader {
-            family: <$ty as Family>::NAME,
-            source: <$ty as Family>::WGSL,
-            bindings: <$ty as Family>::BINDINGS,
-            uniform: <$ty as Family>::UNIFORM,
-        }),*];
+        pub const SHADERS: &[Shader] = &[$(shader::<$ty>()),*];
 
         /// Every family's agreement cases.
         #[cfg(not(target_arch = "wasm32"))]

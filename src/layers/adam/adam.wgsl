@@ -3,20 +3,9 @@
 // p −= alpha·m/(sqrt(v) + ε). alpha = lr·sqrt(1 − β2^t)/(1 − β1^t) is computed on the
 // host (the CPU's own function) for every step of the epoch and uploaded once per epoch;
 // this step's entry is alphas[state[0] − 1] (the softmax kernel already advanced state[0]).
-
-struct Adam {
-    n: u32, pad0: u32, pad1: u32, pad2: u32,
-    one_minus_b1: f32, one_minus_b2: f32, eps: f32, pad3: f32,
-}
-
-@group(0) @binding(0) var<uniform> u: Adam;
-// The step counter: a contract with batchnorm and softmax_xent, see `GpuBackend::state`.
-@group(0) @binding(1) var<storage, read> state: array<u32>;
-@group(0) @binding(2) var<storage, read> alphas: array<f32>;
-@group(0) @binding(3) var<storage, read> grads: array<f32>;
-@group(0) @binding(4) var<storage, read_write> params: array<f32>;
-@group(0) @binding(5) var<storage, read_write> m: array<f32>;
-@group(0) @binding(6) var<storage, read_write> v: array<f32>;
+//
+// The uniform block `u: Adam` and the buffers are declared once, in mod.rs (`uniform!`,
+// `bindings!`), and put before this source when it is compiled.
 
 @compute @workgroup_size(256, 1, 1)
 fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {

@@ -14,17 +14,18 @@ use crate::model::Hyper;
 uniform! {
     /// Uniform block of `adam.wgsl`.
     pub struct AdamUniform as "Adam" {
-        pub n: u32, pub pad0: [u32; 3],
-        pub one_minus_b1: f32, pub one_minus_b2: f32, pub eps: f32, pub pad1: f32,
+        pub n: u32, pub pad0: u32, pub pad1: u32, pub pad2: u32,
+        pub one_minus_b1: f32, pub one_minus_b2: f32, pub eps: f32, pub pad3: f32,
     }
 }
 
 bindings! {
     /// One Adam update of `params`, `m`, `v` from `grads`, with the step size
-    /// `alphas[state[0] − 1]`.
+    /// `alphas[state[0] − 1]`. `state` is the step counter, a contract with batchnorm and
+    /// softmax_xent (see `GpuBackend::state`).
     AdamBindings(AdamUniform) for ["adam"] => {
-        state: Read = 1, alphas: Read = 2, grads: Read = 3,
-        params: ReadWrite = 4, m: ReadWrite = 5, v: ReadWrite = 6,
+        state: Read<u32> = 1, alphas: Read<f32> = 2, grads: Read<f32> = 3,
+        params: ReadWrite<f32> = 4, m: ReadWrite<f32> = 5, v: ReadWrite<f32> = 6,
     }
 }
 

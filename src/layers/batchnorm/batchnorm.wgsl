@@ -6,30 +6,9 @@
 //
 // stats buffer: [0, F) moving mean, [F, 2F) moving variance, [2F, 3F) inv_std of the
 // last training batch (kept for backward).
-
-struct Bn {
-    batch: u32, stride: u32, use_order: u32, base: u32,
-    gamma_off: u32, beta_off: u32, features: u32, pad0: u32,
-    scale: f32, eps: f32, momentum: f32, pad1: f32,
-    // dense_backward only: where layer 0's kernel [features, width] and bias sit.
-    kernel_off: u32, bias_off: u32, width: u32, pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> u: Bn;
-@group(0) @binding(1) var<storage, read> pixels: array<u32>;
-@group(0) @binding(2) var<storage, read> order: array<u32>;
-// The step counter: a contract with softmax_xent and adam, see `GpuBackend::state`.
-@group(0) @binding(3) var<storage, read> state: array<u32>;
-@group(0) @binding(4) var<storage, read> params: array<f32>;
-@group(0) @binding(5) var<storage, read_write> stats: array<f32>;
-@group(0) @binding(6) var<storage, read_write> xhat: array<f32>;
-@group(0) @binding(7) var<storage, read_write> y: array<f32>;
-
-// dense_backward's and backward's output (their own bind-group layouts).
-@group(0) @binding(10) var<storage, read_write> grads: array<f32>;
-// backward's inputs: the gradient of the BatchNorm output and the step's xhat.
-@group(0) @binding(11) var<storage, read> dy: array<f32>;
-@group(0) @binding(12) var<storage, read> xhat_in: array<f32>;
+//
+// The uniform block `u: Bn` and the buffers are declared once, in mod.rs (`uniform!`,
+// `bindings!`), and put before this source when it is compiled.
 
 fn sample_of(row: u32) -> u32 {
     if (u.use_order != 0u) {

@@ -18,30 +18,33 @@ uniform! {
         pub batch: u32, pub stride: u32, pub use_order: u32, pub base: u32,
         pub gamma_off: u32, pub beta_off: u32, pub features: u32, pub pad0: u32,
         pub scale: f32, pub eps: f32, pub momentum: f32, pub pad1: f32,
+        // dense_backward only: where layer 0's kernel [features, width] and bias sit.
         pub kernel_off: u32, pub bias_off: u32, pub width: u32, pub pad2: u32,
     }
 }
 
 bindings! {
     /// The forward passes: gather `pixels` (through `order` and the step counter `state`
-    /// in training), normalise into `xhat` and `y`, update `stats`.
+    /// in training; the counter is a contract with softmax_xent and adam, see
+    /// `GpuBackend::state`), normalise into `xhat` and `y`, update `stats`.
     BatchnormForwardBindings(BnUniform) for ["forward_train", "forward_eval"] => {
-        pixels: Read = 1, order: Read = 2, state: Read = 3, params: Read = 4,
-        stats: ReadWrite = 5, xhat: ReadWrite = 6, y: ReadWrite = 7,
+        pixels: Read<u32> = 1, order: Read<u32> = 2, state: Read<u32> = 3,
+        params: Read<f32> = 4,
+        stats: ReadWrite<f32> = 5, xhat: ReadWrite<f32> = 6, y: ReadWrite<f32> = 7,
     }
 
     /// BatchNorm + first-dense backward: dγ, dβ and dW₀ from the first layer's xhatᵀ·δ,
     /// in `grads`.
     BatchnormDenseBackwardBindings(BnUniform) for ["dense_backward", "dense_backward_per_feature"] => {
-        params: Read = 4,
-        grads: ReadWrite = 10,
+        params: Read<f32> = 4,
+        grads: ReadWrite<f32> = 10,
     }
 
     /// BatchNorm's own backward (unfused): dγ and dβ from the output gradient `dy` and
     /// the step's `xhat_in`, into `grads`.
     BatchnormBackwardBindings(BnUniform) for ["backward"] => {
-        dy: Read = 11, xhat_in: Read = 12,
-        grads: ReadWrite = 10,
+        dy: Read<f32> = 11, xhat_in: Read<f32> = 12,
+        grads: ReadWrite<f32> = 10,
     }
 }
 

@@ -9,15 +9,9 @@
 // (rows 8·ty.., columns 8·tx..) held in 16 vec4 registers — written out by hand, since
 // private arrays indexed in loops stay in memory on some drivers (lavapipe). The
 // reduction runs in order p = 0..k for every output.
-
-struct Gemm {
-    m: u32, n: u32, k: u32, flags: u32,
-    a_off: u32, a_rs: u32, a_cs: u32,
-    b_off: u32, b_rs: u32, b_cs: u32,
-    c_off: u32, ldc: u32,
-    e_off: u32, lde: u32,
-    c2_off: u32, pad: u32,
-}
+//
+// The uniform block `u: Gemm` and the buffers are declared once, in mod.rs (`uniform!`,
+// `bindings!`), and put before this source when it is compiled.
 
 const FLAG_BIAS: u32 = 1u;     // add e[e_off + j]
 const FLAG_RELU: u32 = 2u;     // max(·, 0)
@@ -29,12 +23,6 @@ const TN: u32 = 64u;
 // k-slice per shared tile: 32 halves the barriers of 16 (2-3% faster on lavapipe); the
 // two tiles then fill the 16 KiB of workgroup memory WebGPU guarantees.
 const TK: u32 = 32u;
-
-@group(0) @binding(0) var<uniform> u: Gemm;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read> e: array<f32>;
-@group(0) @binding(4) var<storage, read_write> c: array<f32>;
 
 var<workgroup> sa: array<vec4<f32>, 512>; // [TK][TM / 4]
 var<workgroup> sb: array<vec4<f32>, 512>; // [TK][TN / 4]

@@ -34,8 +34,8 @@ uniform! {
 bindings! {
     /// `gemm.wgsl`: `c = a · b` with the epilogue (bias, ReLU, mask) read from `e`.
     GemmBindings(GemmUniform) for ["gemm"] => {
-        a: Read = 1, b: Read = 2, e: Read = 3,
-        c: ReadWrite = 4,
+        a: Read<f32> = 1, b: Read<f32> = 2, e: Read<f32> = 3,
+        c: ReadWrite<f32> = 4,
     }
 }
 

@@ -20,13 +20,13 @@ uniform! {
 bindings! {
     /// The forward: `x = max(x, 0)` in place.
     ReluForwardBindings(ReluUniform) for ["forward"] => {
-        x: ReadWrite = 1,
+        x: ReadWrite<f32> = 1,
     }
 
     /// The backward: `dx = dy` where `y > 0`, else 0.
     ReluBackwardBindings(ReluUniform) for ["backward"] => {
-        dy: Read = 2, y: Read = 3,
-        dx: ReadWrite = 4,
+        dy: Read<f32> = 2, y: Read<f32> = 3,
+        dx: ReadWrite<f32> = 4,
     }
 }
 

@@ -18,11 +18,11 @@ uniform! {
 
 bindings! {
     /// Loss, correct count, gradient and predictions; advances the step counter `state`
-    /// in training.
+    /// in training (a contract with batchnorm and adam, see `GpuBackend::state`).
     SoftmaxXentBindings(SoftmaxUniform) for ["softmax_xent"] => {
-        logits: Read = 1, labels: Read = 2, order: Read = 3,
-        state: ReadWrite = 4, grad: ReadWrite = 5,
-        stats: ReadWrite = 6, predictions: ReadWrite = 7,
+        logits: Read<f32> = 1, labels: Read<u32> = 2, order: Read<u32> = 3,
+        state: ReadWrite<u32> = 4, grad: ReadWrite<f32> = 5,
+        stats: ReadWrite<u32> = 6, predictions: ReadWrite<u32> = 7,
     }
 }
 

@@ -7,21 +7,9 @@
 // inside the epoch); the batch's loss (f32 bits) and correct count go to stats[2s],
 // stats[2s + 1], then thread 0 advances state[0] to s + 1 — this is the step counter.
 // Evaluation: sample base + row, results to stats[2·slot..], predictions[pred_base + row].
-
-struct Sx {
-    batch: u32, classes: u32, stride: u32, use_order: u32,
-    base: u32, training: u32, slot: u32, pred_base: u32,
-}
-
-@group(0) @binding(0) var<uniform> u: Sx;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;
-@group(0) @binding(2) var<storage, read> labels: array<u32>;
-@group(0) @binding(3) var<storage, read> order: array<u32>;
-// The step counter (advanced here): a contract with batchnorm and adam, see `GpuBackend::state`.
-@group(0) @binding(4) var<storage, read_write> state: array<u32>;
-@group(0) @binding(5) var<storage, read_write> grad: array<f32>;
-@group(0) @binding(6) var<storage, read_write> stats: array<u32>;
-@group(0) @binding(7) var<storage, read_write> predictions: array<u32>;
+//
+// The uniform block `u: Sx` and the buffers are declared once, in mod.rs (`uniform!`,
+// `bindings!`), and put before this source when it is compiled.
 
 const WG: u32 = 256u;
 
