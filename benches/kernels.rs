@@ -14,7 +14,7 @@ mod common;
 use mnist_gpu::cpu;
 use mnist_gpu::device::kernel::{record, storage_f32};
 use mnist_gpu::device::{context::Needs, GpuContext};
-use mnist_gpu::layers::dense::{self, DenseShape};
+use mnist_gpu::layers::dense::{self, DenseOp, DenseShape};
 use mnist_gpu::layers::Pipelines;
 use mnist_gpu::model::Hyper;
 use rand::{Rng, SeedableRng};
@@ -86,25 +86,28 @@ fn gpu_gemm(
         bias_off: k * n,
     };
     let (d, dense) = (&ctx.device, &pipelines.dense);
-    let dispatch = match form {
-        0 => dense.forward(
-            d,
-            &shape,
-            false,
-            (&buf(m * k, 1), &buf(k * n + n, 2), &buf(m * n, 5)),
-        ),
-        1 => dense.weight_grad(
-            d,
-            &shape,
-            (&buf(m * k, 1), &buf(m * n, 3), &buf(k * n + n, 5)),
-        ),
-        _ => dense.input_grad(
-            d,
-            &shape,
-            None,
-            (&buf(m * n, 3), &buf(k * n, 2), &buf(m * k, 5)),
-        ),
+    let (x, dy, w) = (buf(m * k, 1), buf(m * n, 3), buf(k * n + n, 2));
+    let out = buf(m * k.max(n) + k * n + n, 5);
+    let op = match form {
+        0 => DenseOp::Forward {
+            x: &x,
+            params: &w,
+            y: &out,
+            relu: false,
+        },
+        1 => DenseOp::WeightGrad {
+            x: &x,
+            dy: &dy,
+            grads: &out,
+        },
+        _ => DenseOp::InputGrad {
+            dy: &dy,
+            params: &w,
+            dx: &out,
+            relu_out: None,
+        },
     };
+    let dispatch = dense.dispatch(d, &shape, op);
     let batch: Vec<_> = vec![dispatch; reps];
     let run = || {
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
@@ -347,7 +350,7 @@ fn family_rows(contexts: &[(String, GpuContext, Pipelines, bool)]) {
 fn sparse_first_layer_cpu() {
     use cpu::sparse::{
         batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward, sparse_forward,
-        ColumnBatch, SparseImages,
+        ColumnBatch, FoldedLayer, SparseImages,
     };
     let mnist = mnist_gpu::data::Mnist::load(&mnist_gpu::data::builtin_dir())
         .expect("the built-in MNIST loads");
@@ -372,7 +375,13 @@ fn sparse_first_layer_cpu() {
             fold_batchnorm_into_dense(
                 &mean, &inv_std, &gamma, &beta, &w, &bias, &mut coef, &mut row,
             );
-            sparse_forward(&images, &indices, scale, &coef, &w, &row, true, &mut z);
+            let layer = FoldedLayer {
+                coef: &coef,
+                w: &w,
+                row: &row,
+                relu: true,
+            };
+            sparse_forward(&images, (&indices, scale), layer, &mut z);
         });
         println!(
             "other/cpu/sparse forward (fold + 784→128) b{batch}: {:.1} µs",

@@ -9,7 +9,7 @@ use super::profile::PhaseClock;
 use super::profile::PhaseTime;
 use super::sparse::{
     batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward, sparse_forward,
-    ColumnBatch, SparseImages,
+    ColumnBatch, FoldedLayer, SparseImages,
 };
 use crate::backend::{Backend, Diverged, EpochEnd, EvalStats, Steps};
 use crate::data::Mnist;
@@ -460,17 +460,13 @@ impl CpuBackend {
             &mut w.row,
         );
         self.clock.mark(PHASE_FOLD);
-        let relu = p.config.dense_layers() > 1;
-        sparse_forward(
-            sparse,
-            indices,
-            scale,
-            &w.coef,
-            p.kernel(0),
-            &w.row,
-            relu,
-            &mut w.acts[1],
-        );
+        let layer = FoldedLayer {
+            coef: &w.coef,
+            w: p.kernel(0),
+            row: &w.row,
+            relu: p.config.dense_layers() > 1,
+        };
+        sparse_forward(sparse, (indices, scale), layer, &mut w.acts[1]);
         self.clock.mark(PHASE_SPARSE_FORWARD);
     }
 }

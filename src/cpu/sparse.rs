@@ -344,20 +344,27 @@ const PARALLEL_MIN_ROWS: usize = 64;
 /// thread (MNIST: about 150 per image, so about 64 images).
 const PARALLEL_MIN_ENTRIES: usize = 64 * 150;
 
-/// Forward of the folded layer on the images `indices`: `z_b = row + Σ_j x_bj·coef_j·W_j`
-/// over the nonzero pixels of sample b, then ReLU when `relu` is set. `z: [batch, n]`.
-#[allow(clippy::too_many_arguments)]
+/// The first dense layer with BatchNorm folded in ([`fold_batchnorm_into_dense`]): the
+/// per-pixel coefficients `coef`, the kernel `w` (`[pixels, n]`), the folded bias `row`
+/// (`[n]`), and whether a ReLU follows.
+#[derive(Clone, Copy)]
+pub struct FoldedLayer<'a> {
+    pub coef: &'a [f32],
+    pub w: &'a [f32],
+    pub row: &'a [f32],
+    pub relu: bool,
+}
+
+/// Forward of the folded layer on the images `indices` (pixels times `scale`):
+/// `z_b = row + Σ_j x_bj·coef_j·W_j` over the nonzero pixels of sample b, then ReLU when
+/// the layer has one. `z: [batch, n]`.
 pub fn sparse_forward(
     images: &SparseImages,
-    indices: &[u32],
-    scale: f32,
-    coef: &[f32],
-    w: &[f32],
-    row: &[f32],
-    relu: bool,
+    (indices, scale): (&[u32], f32),
+    layer: FoldedLayer,
     z: &mut [f32],
 ) {
-    let n = row.len();
+    let n = layer.row.len();
     assert_eq!(z.len(), indices.len() * n);
     let rows_per_task = PARALLEL_MIN_ROWS.max(indices.len().div_ceil(rayon::current_num_threads()));
     z.par_chunks_mut(rows_per_task * n)
@@ -365,7 +372,7 @@ pub fn sparse_forward(
         .for_each(|(z_part, part)| {
             for (z_b, &i) in z_part.chunks_exact_mut(n).zip(part) {
                 let (cols, vals) = images.row(i);
-                forward_one(cols, vals, scale, coef, w, row, relu, z_b);
+                forward_one((cols, vals), scale, &layer, z_b);
             }
         });
 }
@@ -382,26 +389,17 @@ const BLOCK: usize = 64;
 /// (decoding the pixel, finding the row) is done once instead of twice.
 const WIDE_BLOCK: usize = 128;
 
-/// One sample of [`sparse_forward`]: `z = row + Σ (val·scale·coef_col)·W_col` over its
-/// nonzero pixels, then ReLU when `relu` is set. (Tiling W's rows for the level-1 cache,
-/// as the backward pass tiles δ, made this slower: the per-tile bookkeeping cost more
-/// than the level-2 reads it saved.)
-#[allow(clippy::too_many_arguments)]
+/// One sample of [`sparse_forward`], its nonzero pixels' columns and values:
+/// `z = row + Σ (val·scale·coef_col)·W_col`, then ReLU when the layer has one. (Tiling
+/// W's rows for the level-1 cache, as the backward pass tiles δ, made this slower: the
+/// per-tile bookkeeping cost more than the level-2 reads it saved.)
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512vl+avx2+fma",
     "x86_64+avx2+fma",
     "x86_64+avx"
 ))]
-fn forward_one(
-    cols: &[u16],
-    vals: &[u8],
-    scale: f32,
-    coef: &[f32],
-    w: &[f32],
-    row: &[f32],
-    relu: bool,
-    z: &mut [f32],
-) {
+fn forward_one((cols, vals): (&[u16], &[u8]), scale: f32, layer: &FoldedLayer, z: &mut [f32]) {
+    let FoldedLayer { coef, w, row, relu } = *layer;
     let n = row.len();
     let terms = || {
         cols.iter()
@@ -786,9 +784,13 @@ mod tests {
         let (mut coef, mut row) = (vec![0.0; pixels], vec![0.0; n]);
         let (gamma, beta, w, inv) = (&c.gamma, &c.beta, &c.w, &out.inv_std);
         fold_batchnorm_into_dense(&mean, inv, gamma, beta, w, &c.bias, &mut coef, &mut row);
-        sparse_forward(
-            &sparse, c.indices, c.scale, &coef, w, &row, true, &mut out.z,
-        );
+        let layer = FoldedLayer {
+            coef: &coef,
+            w,
+            row: &row,
+            relu: true,
+        };
+        sparse_forward(&sparse, (c.indices, c.scale), layer, &mut out.z);
         let (dw, dg, dbeta) = (&mut out.dw, &mut out.dgamma, &mut out.dbeta);
         let stats = (&mean[..], &out.inv_std[..]);
         sparse_first_layer_backward(

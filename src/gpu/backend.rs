@@ -29,7 +29,7 @@ use crate::layers::batchnorm::{
     BatchnormBackwardBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, BnForward,
     BnSetup,
 };
-use crate::layers::dense::DenseShape;
+use crate::layers::dense::{DenseOp, DenseShape};
 use crate::layers::plan::Fusions;
 use crate::layers::relu::{ReluBackwardBindings, ReluForwardBindings};
 use crate::layers::softmax_xent::{SoftmaxUniform, SoftmaxXentBindings};
@@ -319,13 +319,14 @@ impl GpuBackend {
         let mut list = Vec::new();
         for l in 0..layers {
             let relu = l + 1 < layers;
-            let buffers = (&w.acts[l], &self.params, &w.acts[l + 1]);
             let shape = self.dense_shape(l, rows);
-            list.push(
-                self.pipelines
-                    .dense
-                    .forward(d, &shape, relu && fused, buffers),
-            );
+            let op = DenseOp::Forward {
+                x: &w.acts[l],
+                params: &self.params,
+                y: &w.acts[l + 1],
+                relu: relu && fused,
+            };
+            list.push(self.pipelines.dense.dispatch(d, &shape, op));
             if relu && !fused {
                 let bindings = ReluForwardBindings { x: &w.acts[l + 1] };
                 let n = rows * shape.units;
@@ -419,8 +420,12 @@ impl GpuBackend {
         let mut list = Vec::new();
         for l in (1..self.config.dense_layers()).rev() {
             let shape = self.dense_shape(l, rows);
-            let buffers = (&w.acts[l], &w.deltas[l + 1], &self.grads);
-            list.push(dense.weight_grad(d, &shape, buffers));
+            let op = DenseOp::WeightGrad {
+                x: &w.acts[l],
+                dy: &w.deltas[l + 1],
+                grads: &self.grads,
+            };
+            list.push(dense.dispatch(d, &shape, op));
             list.extend(self.input_grad_through_relu(&shape, l));
         }
         list.extend(self.first_layer_backward(rows));
@@ -433,21 +438,24 @@ impl GpuBackend {
         let d = &self.ctx.device;
         let w = self.work.as_ref().expect("workspace");
         let dense = &self.pipelines.dense;
-        if self.fusions().relu_in_gemm {
-            let buffers = (&w.deltas[l + 1], &self.params, &w.deltas[l]);
-            return vec![dense.input_grad(d, shape, Some(&w.acts[l]), buffers)];
+        let fused = self.fusions().relu_in_gemm;
+        let op = DenseOp::InputGrad {
+            dy: &w.deltas[l + 1],
+            params: &self.params,
+            dx: if fused { &w.deltas[l] } else { &w.scratch },
+            relu_out: fused.then_some(&w.acts[l]),
+        };
+        let input_grad = dense.dispatch(d, shape, op);
+        if fused {
+            return vec![input_grad];
         }
-        let buffers = (&w.deltas[l + 1], &self.params, &w.scratch);
         let bindings = ReluBackwardBindings {
             dy: &w.scratch,
             y: &w.acts[l],
             dx: &w.deltas[l],
         };
         let n = shape.rows * shape.inputs;
-        vec![
-            dense.input_grad(d, shape, None, buffers),
-            self.pipelines.relu.backward(d, n, &bindings),
-        ]
+        vec![input_grad, self.pipelines.relu.backward(d, n, &bindings)]
     }
 
     /// The first dense layer's and BatchNorm's gradients. Fused: the weight gradient
@@ -459,19 +467,30 @@ impl GpuBackend {
         let w = self.work.as_ref().expect("workspace");
         let dense = &self.pipelines.dense;
         let shape = self.dense_shape(0, rows);
-        if self.fusions().batchnorm_dense_backward {
-            let buffers = (&w.xhat, &w.deltas[1], &self.grads);
-            let weight_grad = dense.weight_grad(d, &shape, buffers);
+        let fused = self.fusions().batchnorm_dense_backward;
+        let weight_grad = DenseOp::WeightGrad {
+            x: if fused { &w.xhat } else { &w.acts[0] },
+            dy: &w.deltas[1],
+            grads: &self.grads,
+        };
+        let weight_grad = dense.dispatch(d, &shape, weight_grad);
+        if fused {
             return vec![weight_grad, self.batchnorm_dense_backward_dispatch(rows)];
         }
+        let input_grad = DenseOp::InputGrad {
+            dy: &w.deltas[1],
+            params: &self.params,
+            dx: &w.deltas[0],
+            relu_out: None,
+        };
         let bindings = BatchnormBackwardBindings {
             grads: &self.grads,
             dy: &w.deltas[0],
             xhat_in: &w.xhat,
         };
         vec![
-            dense.weight_grad(d, &shape, (&w.acts[0], &w.deltas[1], &self.grads)),
-            dense.input_grad(d, &shape, None, (&w.deltas[1], &self.params, &w.deltas[0])),
+            weight_grad,
+            dense.dispatch(d, &shape, input_grad),
             (self.pipelines.batchnorm).backward(d, rows, &self.bn_setup(), &bindings),
         ]
     }

@@ -17,19 +17,44 @@ pub fn adam_update(
     hyper: &Hyper,
 ) {
     assert!(params.len() == grads.len() && m.len() == grads.len() && v.len() == grads.len());
-    if params.len() > PARALLEL_CHUNK {
-        let half = params.len() / 2;
-        let (p0, p1) = params.split_at_mut(half);
-        let (g0, g1) = grads.split_at(half);
-        let (m0, m1) = m.split_at_mut(half);
-        let (v0, v1) = v.split_at_mut(half);
-        rayon::join(
-            || adam_update(p0, g0, m0, v0, alpha, hyper),
-            || adam_update(p1, g1, m1, v1, alpha, hyper),
-        );
+    update(Slices { params, grads, m, v }, alpha, hyper);
+}
+
+/// What one update runs over: the parameters, their gradients and Adam's two moments, of
+/// equal length.
+struct Slices<'a> {
+    params: &'a mut [f32],
+    grads: &'a [f32],
+    m: &'a mut [f32],
+    v: &'a mut [f32],
+}
+
+impl<'a> Slices<'a> {
+    /// The first `at` elements of each, and the rest.
+    fn split(self, at: usize) -> (Slices<'a>, Slices<'a>) {
+        let (params, params_rest) = self.params.split_at_mut(at);
+        let (grads, grads_rest) = self.grads.split_at(at);
+        let (m, m_rest) = self.m.split_at_mut(at);
+        let (v, v_rest) = self.v.split_at_mut(at);
+        let rest = Slices {
+            params: params_rest,
+            grads: grads_rest,
+            m: m_rest,
+            v: v_rest,
+        };
+        (Slices { params, grads, m, v }, rest)
+    }
+}
+
+/// [`adam_update`] split in halves over the rayon pool down to [`PARALLEL_CHUNK`].
+fn update(slices: Slices, alpha: f32, hyper: &Hyper) {
+    let len = slices.params.len();
+    if len > PARALLEL_CHUNK {
+        let (first, second) = slices.split(len / 2);
+        rayon::join(|| update(first, alpha, hyper), || update(second, alpha, hyper));
         return;
     }
-    adam_update_serial(params, grads, m, v, alpha, hyper);
+    update_serial(slices, alpha, hyper);
 }
 
 /// The single-threaded body of [`adam_update`], also compiled for AVX2 and AVX and picked
@@ -39,15 +64,9 @@ pub fn adam_update(
     "x86_64+avx2+fma",
     "x86_64+avx"
 ))]
-fn adam_update_serial(
-    params: &mut [f32],
-    grads: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    alpha: f32,
-    hyper: &Hyper,
-) {
+fn update_serial(slices: Slices, alpha: f32, hyper: &Hyper) {
     let (one_minus_b1, one_minus_b2, eps) = (1.0 - hyper.beta1, 1.0 - hyper.beta2, hyper.adam_eps);
+    let Slices { params, grads, m, v } = slices;
     for (((p, &g), m), v) in params
         .iter_mut()
         .zip(grads)

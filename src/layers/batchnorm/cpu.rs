@@ -189,7 +189,7 @@ pub fn batchnorm_dense_backward(
         );
         return;
     }
-    dense_backward_rows(grad_w, w, gamma, beta, dbias, dgamma, dbeta);
+    dense_backward_rows(grad_w, (w, gamma, beta, dbias), (dgamma, dbeta));
 }
 
 /// Elements below which [`batchnorm_dense_backward`] stays on one thread.
@@ -209,12 +209,8 @@ const LANES: usize = 8;
 ))]
 fn dense_backward_rows(
     grad_w: &mut [f32],
-    w: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    dbias: &[f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
+    (w, gamma, beta, dbias): (&[f32], &[f32], &[f32], &[f32]),
+    (dgamma, dbeta): (&mut [f32], &mut [f32]),
 ) {
     let n = dbias.len();
     for (j, (g_row, w_row)) in grad_w

@@ -1,7 +1,7 @@
 //! The dense family's agreement cases: each GEMM form against [`super::cpu`] at shapes
 //! that are not tile multiples (batch 1, 33, 37, 70; widths 10, 129, 784).
 
-use super::{cpu, DenseShape};
+use super::{cpu, DenseOp, DenseShape};
 use crate::device::kernel::{run_one, storage_f32, storage_zeroed};
 use crate::layers::check::{rng, uniform_vec, Case, Outputs, GEMM_TOL};
 use std::rc::Rc;
@@ -86,7 +86,13 @@ fn forward(name: String, o: Rc<Operands>, relu: bool) -> Case {
         let x = storage_f32(ctx, "x", &o.x);
         let params = storage_f32(ctx, "params", &[&o.w[..], &o.bias].concat());
         let y = storage_zeroed(&ctx.device, "y", (s.rows * s.units * 4) as u64);
-        run_one(ctx, p.dense.forward(&ctx.device, s, relu, (&x, &params, &y)))?;
+        let op = DenseOp::Forward {
+            x: &x,
+            params: &params,
+            y: &y,
+            relu,
+        };
+        run_one(ctx, p.dense.dispatch(&ctx.device, s, op))?;
         Ok(vec![("y", ctx.read_vec(&y, 0, s.rows * s.units)?)])
     })
 }
@@ -104,7 +110,12 @@ fn weight_grad(name: String, o: Rc<Operands>) -> Case {
         let s = &o.shape;
         let (x, dy) = (storage_f32(ctx, "x", &o.x), storage_f32(ctx, "dy", &o.dy));
         let grads = storage_zeroed(&ctx.device, "grads", (s.bias_off + s.units) as u64 * 4);
-        run_one(ctx, p.dense.weight_grad(&ctx.device, s, (&x, &dy, &grads)))?;
+        let op = DenseOp::WeightGrad {
+            x: &x,
+            dy: &dy,
+            grads: &grads,
+        };
+        run_one(ctx, p.dense.dispatch(&ctx.device, s, op))?;
         let all: Vec<f32> = ctx.read_vec(&grads, 0, s.bias_off + s.units)?;
         let (dw, db) = all.split_at(s.bias_off);
         Ok(vec![("dw", dw.to_vec()), ("db", db.to_vec())])
@@ -125,10 +136,13 @@ fn input_grad(name: String, o: Rc<Operands>, masked: bool) -> Case {
         let (dy, w) = (storage_f32(ctx, "dy", &o.dy), storage_f32(ctx, "w", &o.w));
         let mask = masked.then(|| storage_f32(ctx, "mask", &o.mask));
         let dx = storage_zeroed(&ctx.device, "dx", (s.rows * s.inputs * 4) as u64);
-        let dispatch = p
-            .dense
-            .input_grad(&ctx.device, s, mask.as_ref(), (&dy, &w, &dx));
-        run_one(ctx, dispatch)?;
+        let op = DenseOp::InputGrad {
+            dy: &dy,
+            params: &w,
+            dx: &dx,
+            relu_out: mask.as_ref(),
+        };
+        run_one(ctx, p.dense.dispatch(&ctx.device, s, op))?;
         Ok(vec![("dx", ctx.read_vec(&dx, 0, s.rows * s.inputs)?)])
     })
 }

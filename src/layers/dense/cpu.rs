@@ -190,7 +190,7 @@ pub fn gemm_input_grad(
         assert_eq!(mask.len(), m * k);
     }
     if n <= NARROW_MAX {
-        input_grad_narrow(dy, w, m, k, n, mask, dx);
+        input_grad_narrow(dy, w, (m, k, n), mask, dx);
         return;
     }
     // SAFETY: lengths checked; wᵀ is read through swapped strides.
@@ -217,14 +217,13 @@ const NARROW_MAX: usize = 16;
 /// Rows per task below which [`input_grad_narrow`] stays on one thread.
 const NARROW_MIN_ROWS: usize = 64;
 
-/// `dx = dy·wᵀ` for a narrow n: wᵀ is copied to `[n, k]`, then each row of dx is n
-/// contiguous axpys (c = 0..n in order) with the ReLU mask applied as the row finishes.
+/// `dx = dy·wᵀ` for a narrow n (the shape is `(m, k, n)` as in [`gemm_input_grad`]): wᵀ
+/// is copied to `[n, k]`, then each row of dx is n contiguous axpys (c = 0..n in order)
+/// with the ReLU mask applied as the row finishes.
 fn input_grad_narrow(
     dy: &[f32],
     w: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
     mask: Option<&[f32]>,
     dx: &mut [f32],
 ) {

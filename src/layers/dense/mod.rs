@@ -3,7 +3,7 @@
 //! reference is [`cpu`].
 //!
 //! The trainer and the agreement cases build their dispatches with the same
-//! [`Pipelines::forward`], [`Pipelines::weight_grad`] and [`Pipelines::input_grad`].
+//! [`Pipelines::dispatch`] of a [`DenseOp`].
 
 #[cfg(not(target_arch = "wasm32"))]
 mod check;
@@ -121,47 +121,49 @@ family! {
     }
 }
 
-impl Pipelines {
-    fn gemm(&self, d: &wgpu::Device, u: GemmUniform, bindings: GemmBindings) -> Dispatch {
-        self.gemm.dispatch(d, &u, &bindings, u.workgroups())
-    }
-
+/// The three products a dense layer needs, with the buffers each reads and writes.
+pub enum DenseOp<'a> {
     /// `y = x · W + b` (then ReLU when `relu`), W and b read from `params`.
-    pub fn forward(
-        &self,
-        d: &wgpu::Device,
-        shape: &DenseShape,
+    Forward {
+        x: &'a wgpu::Buffer,
+        params: &'a wgpu::Buffer,
+        y: &'a wgpu::Buffer,
         relu: bool,
-        (x, params, y): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
-    ) -> Dispatch {
-        let u = GemmUniform::forward(shape, relu);
-        let (a, b, e, c) = (x, params, params, y);
-        self.gemm(d, u, GemmBindings { a, b, e, c })
-    }
-
+    },
     /// `dW = xᵀ · dy` and `db = Σ dy` into `grads` at the layer's offsets.
-    pub fn weight_grad(
-        &self,
-        d: &wgpu::Device,
-        shape: &DenseShape,
-        (x, dy, grads): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
-    ) -> Dispatch {
-        let u = GemmUniform::weight_grad(shape);
-        // The epilogue buffer is unused; bind one already bound.
-        let (a, b, e, c) = (x, dy, x, grads);
-        self.gemm(d, u, GemmBindings { a, b, e, c })
-    }
-
+    WeightGrad {
+        x: &'a wgpu::Buffer,
+        dy: &'a wgpu::Buffer,
+        grads: &'a wgpu::Buffer,
+    },
     /// `dx = dy · Wᵀ`, zeroed where `relu_out` (the input's ReLU output) is ≤ 0.
-    pub fn input_grad(
-        &self,
-        d: &wgpu::Device,
-        shape: &DenseShape,
-        relu_out: Option<&wgpu::Buffer>,
-        (dy, params, dx): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
-    ) -> Dispatch {
-        let u = GemmUniform::input_grad(shape, relu_out.is_some());
-        let (a, b, e, c) = (dy, params, relu_out.unwrap_or(dy), dx);
-        self.gemm(d, u, GemmBindings { a, b, e, c })
+    InputGrad {
+        dy: &'a wgpu::Buffer,
+        params: &'a wgpu::Buffer,
+        dx: &'a wgpu::Buffer,
+        relu_out: Option<&'a wgpu::Buffer>,
+    },
+}
+
+impl Pipelines {
+    /// The dispatch of `op` on the layer `shape`.
+    pub fn dispatch(&self, d: &wgpu::Device, shape: &DenseShape, op: DenseOp) -> Dispatch {
+        let (u, bindings) = match op {
+            DenseOp::Forward { x, params, y, relu } => {
+                let (a, b, e, c) = (x, params, params, y);
+                (GemmUniform::forward(shape, relu), GemmBindings { a, b, e, c })
+            }
+            DenseOp::WeightGrad { x, dy, grads } => {
+                // The epilogue buffer is unused; bind one already bound.
+                let (a, b, e, c) = (x, dy, x, grads);
+                (GemmUniform::weight_grad(shape), GemmBindings { a, b, e, c })
+            }
+            DenseOp::InputGrad { dy, params, dx, relu_out } => {
+                let (a, b, e, c) = (dy, params, relu_out.unwrap_or(dy), dx);
+                let u = GemmUniform::input_grad(shape, relu_out.is_some());
+                (u, GemmBindings { a, b, e, c })
+            }
+        };
+        self.gemm.dispatch(d, &u, &bindings, u.workgroups())
     }
 }
