@@ -78,13 +78,7 @@ fn gpu_gemm(
     reps: usize,
 ) -> f64 {
     let buf = |len: usize, seed| storage_f32(ctx, "bench", &random(len, seed));
-    let shape = DenseShape {
-        rows: m,
-        inputs: k,
-        units: n,
-        kernel_off: 0,
-        bias_off: k * n,
-    };
+    let shape = DenseShape::alone(m, k, n);
     let (d, dense) = (&ctx.device, &pipelines.dense);
     let (x, dy, w) = (buf(m * k, 1), buf(m * n, 3), buf(k * n + n, 2));
     let out = buf(m * k.max(n) + k * n + n, 5);

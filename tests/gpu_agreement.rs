@@ -133,16 +133,7 @@ fn training_steps_match_cpu() {
                     ge.loss,
                     ce.loss
                 );
-                let differ = ge
-                    .predictions
-                    .iter()
-                    .zip(&ce.predictions)
-                    .filter(|(a, b)| a != b)
-                    .count();
-                assert!(
-                    differ <= 1,
-                    "{what}: {differ} of 100 test predictions differ"
-                );
+                assert_predictions_agree(&what, &ge.predictions, &ce.predictions);
             }
         }
     }

@@ -92,3 +92,13 @@ pub fn compare_state(what: &str, gpu: &mut dyn Backend, cpu: &mut dyn Backend, t
         assert!(e <= tol, "{what}: {name} error {e} > {tol}");
     }
 }
+
+/// Asserts that two evaluations' predictions differ in at most one test sample.
+pub fn assert_predictions_agree(what: &str, a: &[u8], b: &[u8]) {
+    let differ = a.iter().zip(b).filter(|(x, y)| x != y).count();
+    assert!(
+        differ <= 1,
+        "{what}: {differ} of {} test predictions differ",
+        a.len()
+    );
+}

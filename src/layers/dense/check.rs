@@ -31,15 +31,8 @@ struct Operands {
 
 fn operands(seed: u64, (m, k, n): (usize, usize, usize)) -> Rc<Operands> {
     let mut r = rng(seed);
-    let shape = DenseShape {
-        rows: m,
-        inputs: k,
-        units: n,
-        kernel_off: 0,
-        bias_off: k * n,
-    };
     Rc::new(Operands {
-        shape,
+        shape: DenseShape::alone(m, k, n),
         x: uniform_vec(&mut r, m * k, -1.0, 1.0),
         w: uniform_vec(&mut r, k * n, -1.0, 1.0),
         bias: uniform_vec(&mut r, n, -1.0, 1.0),

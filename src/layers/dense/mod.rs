@@ -51,6 +51,19 @@ pub struct DenseShape {
     pub bias_off: usize,
 }
 
+impl DenseShape {
+    /// A layer alone in its buffers: its kernel at the start, its bias after it.
+    pub fn alone(rows: usize, inputs: usize, units: usize) -> DenseShape {
+        DenseShape {
+            rows,
+            inputs,
+            units,
+            kernel_off: 0,
+            bias_off: inputs * units,
+        }
+    }
+}
+
 impl GemmUniform {
     /// `y[m,n] = x[m,k] · w[k,n] + bias` (ReLU when `relu`).
     pub fn forward(s: &DenseShape, relu: bool) -> Self {
