@@ -45,9 +45,10 @@ const TOP: &[&[&str]] = &[
 const DEVICE: &[&str] = &["error", "adapters", "context", "kernel"];
 
 /// Submodules of `layers/` below the families: the test helpers, the agreement cases'
-/// framework and the fusion planner. The families follow in the order of their registry, `families!` in
-/// `src/layers/mod.rs` (a family may use the ones registered before it), so a new family
-/// is listed by its one registration line. The registry (`mod.rs`) may use them all.
+/// framework and the fusion planner. The families follow in the order of their registry,
+/// `families!` in `src/layers/mod.rs` (a family may use the ones registered before it),
+/// so a new family is listed here by its registry line. The registry (`mod.rs`) may use
+/// them all.
 const LAYERS_BELOW_FAMILIES: &[&str] = &["gradcheck", "check", "plan"];
 
 /// `layers/`'s submodules, lowest first: [`LAYERS_BELOW_FAMILIES`], then each

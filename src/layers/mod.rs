@@ -13,8 +13,9 @@
 //!   family on every adapter, and `cargo bench --bench kernels` times the cases marked as
 //!   bench rows.
 //!
-//! Adding a family is a new folder and one line in [`families!`]; the shader test
-//! (`tests/shaders.rs`), the agreement test and the bench rows find it from there.
+//! Adding a family is a new folder, its `pub mod` line and its line in [`families!`]; the
+//! shader test (`tests/shaders.rs`), the agreement test and the bench rows find it from
+//! there.
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod check;
@@ -134,11 +135,10 @@ const fn shader<F: Family>() -> Shader {
     }
 }
 
-/// The registry: `folder: Type` for each family. It declares the modules, the
-/// [`Pipelines`] of every family, [`SHADERS`] and [`cases`].
+/// The registry: `folder: Type` for each family. It declares the [`Pipelines`] of every
+/// family, [`SHADERS`] and [`cases`].
 macro_rules! families {
     ($($family:ident: $ty:ident,)*) => {
-        $(pub mod $family;)*
         $(pub use $family::$ty;)*
 
         /// Every family's pipelines, compiled on one device.
@@ -173,9 +173,17 @@ macro_rules! families {
     };
 }
 
-// In order: a family may use the families listed before it (the dense layer fuses ReLU;
-// BatchNorm's backward is fused with the dense layer it feeds), which tests/layering.rs
-// checks.
+// The families, each a folder: its module (declared here, outside the macro, so that
+// rustfmt finds its files) and its line in the registry below. The registry's order is
+// the layers' order: a family may use the families listed before it (the dense layer
+// fuses ReLU; BatchNorm's backward is fused with the dense layer it feeds), which
+// tests/layering.rs checks.
+pub mod adam;
+pub mod batchnorm;
+pub mod dense;
+pub mod relu;
+pub mod softmax_xent;
+
 families! {
     relu: Relu,
     dense: Dense,

@@ -17,7 +17,16 @@ pub fn adam_update(
     hyper: &Hyper,
 ) {
     assert!(params.len() == grads.len() && m.len() == grads.len() && v.len() == grads.len());
-    update(Slices { params, grads, m, v }, alpha, hyper);
+    update(
+        Slices {
+            params,
+            grads,
+            m,
+            v,
+        },
+        alpha,
+        hyper,
+    );
 }
 
 /// What one update runs over: the parameters, their gradients and Adam's two moments, of
@@ -42,7 +51,15 @@ impl<'a> Slices<'a> {
             m: m_rest,
             v: v_rest,
         };
-        (Slices { params, grads, m, v }, rest)
+        (
+            Slices {
+                params,
+                grads,
+                m,
+                v,
+            },
+            rest,
+        )
     }
 }
 
@@ -51,7 +68,10 @@ fn update(slices: Slices, alpha: f32, hyper: &Hyper) {
     let len = slices.params.len();
     if len > PARALLEL_CHUNK {
         let (first, second) = slices.split(len / 2);
-        rayon::join(|| update(first, alpha, hyper), || update(second, alpha, hyper));
+        rayon::join(
+            || update(first, alpha, hyper),
+            || update(second, alpha, hyper),
+        );
         return;
     }
     update_serial(slices, alpha, hyper);
@@ -66,7 +86,12 @@ fn update(slices: Slices, alpha: f32, hyper: &Hyper) {
 ))]
 fn update_serial(slices: Slices, alpha: f32, hyper: &Hyper) {
     let (one_minus_b1, one_minus_b2, eps) = (1.0 - hyper.beta1, 1.0 - hyper.beta2, hyper.adam_eps);
-    let Slices { params, grads, m, v } = slices;
+    let Slices {
+        params,
+        grads,
+        m,
+        v,
+    } = slices;
     for (((p, &g), m), v) in params
         .iter_mut()
         .zip(grads)

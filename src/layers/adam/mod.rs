@@ -6,9 +6,7 @@
 mod check;
 pub mod cpu;
 
-use crate::device::kernel::{
-    bindings, elementwise_groups, uniform, Dispatch,
-};
+use crate::device::kernel::{bindings, elementwise_groups, uniform, Dispatch};
 use crate::model::Hyper;
 
 uniform! {
@@ -52,7 +50,13 @@ family! {
 
 impl Pipelines {
     /// The update of the first `n` parameters.
-    pub fn update(&self, d: &wgpu::Device, n: usize, hyper: &Hyper, bindings: &AdamBindings) -> Dispatch {
+    pub fn update(
+        &self,
+        d: &wgpu::Device,
+        n: usize,
+        hyper: &Hyper,
+        bindings: &AdamBindings,
+    ) -> Dispatch {
         let u = AdamUniform::new(n, hyper);
         self.adam.dispatch(d, &u, bindings, elementwise_groups(n))
     }

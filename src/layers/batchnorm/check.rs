@@ -46,7 +46,13 @@ fn inputs(seed: u64, batch: usize) -> Rc<Inputs> {
     let pool = 50;
     // Some always-zero pixels, like MNIST's borders.
     let images = (0..pool * INPUT)
-        .map(|i| if (i % INPUT) % 28 < 3 { 0 } else { r.random_range(0..=255u8) })
+        .map(|i| {
+            if (i % INPUT) % 28 < 3 {
+                0
+            } else {
+                r.random_range(0..=255u8)
+            }
+        })
         .collect();
     Rc::new(Inputs {
         images,
@@ -77,8 +83,14 @@ pub fn cases() -> Vec<Case> {
         let c = inputs(200 + i as u64, batch);
         let bench = batch == 32;
         let mut add = |case: Case| cases.push(if bench { case.bench() } else { case });
-        add(forward_train(format!("batchnorm_forward_train b{batch}"), c.clone()));
-        add(forward_eval(format!("batchnorm_forward_eval b{batch}"), c.clone()));
+        add(forward_train(
+            format!("batchnorm_forward_train b{batch}"),
+            c.clone(),
+        ));
+        add(forward_eval(
+            format!("batchnorm_forward_eval b{batch}"),
+            c.clone(),
+        ));
         add(backward(format!("batchnorm_backward b{batch}"), c.clone()));
         for per_feature in [false, true] {
             let variant = if per_feature { "_per_feature" } else { "" };
@@ -102,20 +114,42 @@ fn cpu_forward_train(c: &Inputs) -> Outputs {
     let (gamma, beta) = (&c.gamma, &c.beta);
     let moving = (&mut mean[..], &mut var[..]);
     cpu::batchnorm_forward_train(
-        &x, batch, gamma, beta, eps, momentum, moving.0, moving.1, &mut xhat, &mut y,
+        &x,
+        batch,
+        gamma,
+        beta,
+        eps,
+        momentum,
+        moving.0,
+        moving.1,
+        &mut xhat,
+        &mut y,
         &mut inv_std,
     );
     let stats = [mean, var, inv_std].concat();
-    vec![("xhat", xhat), ("y", y), ("moving mean, var, inv_std", stats)]
+    vec![
+        ("xhat", xhat),
+        ("y", y),
+        ("moving mean, var, inv_std", stats),
+    ]
 }
 
 /// One forward dispatch of `train` or evaluation on the GPU, read back as the CPU's
 /// outputs are named.
-fn gpu_forward(ctx: &GpuContext, p: &Pipelines, c: &Inputs, train: bool) -> Result<Outputs, DeviceError> {
+fn gpu_forward(
+    ctx: &GpuContext,
+    p: &Pipelines,
+    c: &Inputs,
+    train: bool,
+) -> Result<Outputs, DeviceError> {
     let (d, batch) = (&ctx.device, c.indices.len());
     let pixels = storage_init(ctx, "pixels", bytemuck::cast_slice(&pack_pixels(&c.images)));
     let order = storage_init(ctx, "order", bytemuck::cast_slice(&c.indices));
-    let stats = storage_f32(ctx, "stats", &[&c.mean[..], &c.var, &vec![0.0; INPUT]].concat());
+    let stats = storage_f32(
+        ctx,
+        "stats",
+        &[&c.mean[..], &c.var, &vec![0.0; INPUT]].concat(),
+    );
     let bindings = BatchnormForwardBindings {
         pixels: &pixels,
         order: &order,
@@ -127,9 +161,15 @@ fn gpu_forward(ctx: &GpuContext, p: &Pipelines, c: &Inputs, train: bool) -> Resu
     };
     let setup = setup(c);
     let pass = if train {
-        BnForward::Train { rows: batch, stride: batch }
+        BnForward::Train {
+            rows: batch,
+            stride: batch,
+        }
     } else {
-        BnForward::Eval { rows: batch, base: 0 }
+        BnForward::Eval {
+            rows: batch,
+            base: 0,
+        }
     };
     let dispatch = p.batchnorm.forward(d, pass, &setup, &bindings);
     run_one(ctx, dispatch)?;
@@ -139,7 +179,11 @@ fn gpu_forward(ctx: &GpuContext, p: &Pipelines, c: &Inputs, train: bool) -> Resu
     }
     let xhat = ctx.read_vec(bindings.xhat, 0, batch * INPUT)?;
     let stats = ctx.read_vec(&stats, 0, 3 * INPUT)?;
-    Ok(vec![("xhat", xhat), ("y", y), ("moving mean, var, inv_std", stats)])
+    Ok(vec![
+        ("xhat", xhat),
+        ("y", y),
+        ("moving mean, var, inv_std", stats),
+    ])
 }
 
 fn forward_train(name: String, c: Rc<Inputs>) -> Case {
@@ -160,7 +204,15 @@ fn forward_eval(name: String, c: Rc<Inputs>) -> Case {
         let mut x = vec![0.0; batch * INPUT];
         gather_scaled(&c.images, INPUT, &first, SCALE, &mut x);
         let mut y = vec![0.0; batch * INPUT];
-        cpu::batchnorm_forward_eval(&x, &c.gamma, &c.beta, &c.mean, &c.var, c.hyper.bn_eps, &mut y);
+        cpu::batchnorm_forward_eval(
+            &x,
+            &c.gamma,
+            &c.beta,
+            &c.mean,
+            &c.var,
+            c.hyper.bn_eps,
+            &mut y,
+        );
         vec![("y", y)]
     };
     Case::new(name, ELEMENTWISE_TOL, cpu, move |ctx, p| {
@@ -197,7 +249,15 @@ fn dense_backward(name: String, c: Rc<Inputs>, per_feature: bool) -> Case {
         let mut dw = grads.g.clone();
         let (mut dgamma, mut dbeta) = (vec![0.0; INPUT], vec![0.0; INPUT]);
         let (gamma, beta) = (&c.gamma, &c.beta);
-        cpu::batchnorm_dense_backward(&mut dw, &grads.w, gamma, beta, &grads.db, &mut dgamma, &mut dbeta);
+        cpu::batchnorm_dense_backward(
+            &mut dw,
+            &grads.w,
+            gamma,
+            beta,
+            &grads.db,
+            &mut dgamma,
+            &mut dbeta,
+        );
         vec![("dgamma, dbeta, dW", [dgamma, dbeta, dw].concat())]
     };
     Case::new(name, ELEMENTWISE_TOL, cpu, move |ctx, p| {
@@ -238,7 +298,9 @@ fn backward(name: String, c: Rc<Inputs>) -> Case {
     let cpu = move || -> Outputs {
         let (mut dgamma, mut dbeta) = (vec![0.0; INPUT], vec![0.0; INPUT]);
         let grads = (&mut dgamma[..], &mut dbeta[..]);
-        cpu::batchnorm_backward(&cpu_dy, &cpu_xhat, &gamma, &inv_std, batch, grads.0, grads.1, None);
+        cpu::batchnorm_backward(
+            &cpu_dy, &cpu_xhat, &gamma, &inv_std, batch, grads.0, grads.1, None,
+        );
         vec![("dgamma, dbeta", [dgamma, dbeta].concat())]
     };
     Case::new(name, ELEMENTWISE_TOL, cpu, move |ctx, p| {
@@ -247,7 +309,14 @@ fn backward(name: String, c: Rc<Inputs>) -> Case {
             dy: &storage_f32(ctx, "dy", &dy),
             xhat_in: &storage_f32(ctx, "xhat", &xhat),
         };
-        run_one(ctx, p.batchnorm.backward(&ctx.device, batch, &setup(&c), &bindings))?;
-        Ok(vec![("dgamma, dbeta", ctx.read_vec(bindings.grads, 0, 2 * INPUT)?)])
+        run_one(
+            ctx,
+            p.batchnorm
+                .backward(&ctx.device, batch, &setup(&c), &bindings),
+        )?;
+        Ok(vec![(
+            "dgamma, dbeta",
+            ctx.read_vec(bindings.grads, 0, 2 * INPUT)?,
+        )])
     })
 }

@@ -148,9 +148,10 @@ impl Pipelines {
         bindings: &BatchnormForwardBindings,
     ) -> Dispatch {
         let (kernel, u) = match pass {
-            BnForward::Train { rows, stride } => {
-                (&self.forward_train, BnUniform::training(rows, stride, setup))
-            }
+            BnForward::Train { rows, stride } => (
+                &self.forward_train,
+                BnUniform::training(rows, stride, setup),
+            ),
             BnForward::Eval { rows, base } => {
                 (&self.forward_eval, BnUniform::evaluation(rows, base, setup))
             }

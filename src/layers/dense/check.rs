@@ -53,7 +53,10 @@ pub fn cases() -> Vec<Case> {
             let name = format!("gemm_forward {m}x{k}x{n} relu={relu}");
             cases.push(forward(name, o.clone(), relu));
         }
-        cases.push(weight_grad(format!("gemm_weight_grad {m}x{k}x{n}"), o.clone()));
+        cases.push(weight_grad(
+            format!("gemm_weight_grad {m}x{k}x{n}"),
+            o.clone(),
+        ));
         for masked in [false, true] {
             let name = format!("gemm_input_grad {m}x{k}x{n} masked={masked}");
             cases.push(input_grad(name, o.clone(), masked));

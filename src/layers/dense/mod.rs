@@ -164,14 +164,22 @@ impl Pipelines {
         let (u, bindings) = match op {
             DenseOp::Forward { x, params, y, relu } => {
                 let (a, b, e, c) = (x, params, params, y);
-                (GemmUniform::forward(shape, relu), GemmBindings { a, b, e, c })
+                (
+                    GemmUniform::forward(shape, relu),
+                    GemmBindings { a, b, e, c },
+                )
             }
             DenseOp::WeightGrad { x, dy, grads } => {
                 // The epilogue buffer is unused; bind one already bound.
                 let (a, b, e, c) = (x, dy, x, grads);
                 (GemmUniform::weight_grad(shape), GemmBindings { a, b, e, c })
             }
-            DenseOp::InputGrad { dy, params, dx, relu_out } => {
+            DenseOp::InputGrad {
+                dy,
+                params,
+                dx,
+                relu_out,
+            } => {
                 let (a, b, e, c) = (dy, params, relu_out.unwrap_or(dy), dx);
                 let u = GemmUniform::input_grad(shape, relu_out.is_some());
                 (u, GemmBindings { a, b, e, c })

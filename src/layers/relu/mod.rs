@@ -6,9 +6,7 @@
 mod check;
 pub mod cpu;
 
-use crate::device::kernel::{
-    bindings, elementwise_groups, uniform, Dispatch,
-};
+use crate::device::kernel::{bindings, elementwise_groups, uniform, Dispatch};
 
 uniform! {
     /// Uniform block of `relu.wgsl`.
@@ -54,7 +52,12 @@ impl Pipelines {
     }
 
     /// `dx = dy · [y > 0]` over the first `n` values.
-    pub fn backward(&self, d: &wgpu::Device, n: usize, bindings: &ReluBackwardBindings) -> Dispatch {
+    pub fn backward(
+        &self,
+        d: &wgpu::Device,
+        n: usize,
+        bindings: &ReluBackwardBindings,
+    ) -> Dispatch {
         let (u, groups) = elementwise(n);
         self.backward.dispatch(d, &u, bindings, groups)
     }

@@ -22,7 +22,9 @@ fn inputs(seed: u64, batch: usize) -> Rc<Inputs> {
         logits[row * CLASSES + 3] = 9.0;
         logits[row * CLASSES + 7] = 9.0;
     }
-    let labels = (0..batch).map(|_| r.random_range(0..CLASSES as u8)).collect();
+    let labels = (0..batch)
+        .map(|_| r.random_range(0..CLASSES as u8))
+        .collect();
     Rc::new(Inputs { logits, labels })
 }
 
@@ -33,7 +35,11 @@ pub fn cases() -> Vec<Case> {
         for training in [true, false] {
             let mode = if training { "training" } else { "evaluation" };
             let case = softmax_xent(format!("softmax_xent {mode} b{batch}"), c.clone(), training);
-            cases.push(if batch == 32 && training { case.bench() } else { case });
+            cases.push(if batch == 32 && training {
+                case.bench()
+            } else {
+                case
+            });
         }
     }
     cases
@@ -46,8 +52,13 @@ fn softmax_xent(name: String, c: Rc<Inputs>, training: bool) -> Case {
         let batch = c.labels.len();
         let mut grad = vec![0.0; batch * CLASSES];
         let mut preds = vec![0u8; batch];
-        let (loss, correct) =
-            cpu::softmax_xent(&c.logits, &c.labels, CLASSES, Some(&mut grad), Some(&mut preds));
+        let (loss, correct) = cpu::softmax_xent(
+            &c.logits,
+            &c.labels,
+            CLASSES,
+            Some(&mut grad),
+            Some(&mut preds),
+        );
         let counts = vec![("loss", vec![loss]), ("correct", as_f32(&[correct]))];
         let rest = if training {
             vec![("gradient", grad), ("step counter", vec![1.0])]
