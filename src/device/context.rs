@@ -309,8 +309,8 @@ impl GpuContext {
     }
 
     /// `len` values of `T` of `buffer` from element `offset` ([`GpuContext::read_as`]),
-    /// blocking: for the kernels' host-callable twins (`gpu/twins.rs`) and the profiler,
-    /// which tests and benches call directly.
+    /// blocking: for the layer families' agreement cases (`layers/*/check.rs`) and the
+    /// profiler, which tests and benches call directly.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn read_vec<T: bytemuck::Pod>(
         &self,

@@ -347,7 +347,7 @@ pub fn record(pass: &mut wgpu::ComputePass<'_>, dispatches: &[Dispatch]) {
     }
 }
 
-/// Run one dispatch now and wait for it (the kernels' host-callable twins).
+/// Run one dispatch now and wait for it (the families' agreement cases).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn run_one(ctx: &GpuContext, dispatch: Dispatch) -> Result<(), DeviceError> {
     ctx.scoped("running a kernel", || {
