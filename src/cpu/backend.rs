@@ -45,8 +45,8 @@ pub struct CpuBackend {
     hyper: Hyper,
     data: Mnist,
     grads: Vec<f32>,
-    /// The fusions the planner may choose ([`Fusions::plan`]).
-    allowed: Fusions,
+    /// The fusions this model runs ([`Fusions::plan`] of the allowed ones).
+    fusions: Fusions,
     /// The training images in sparse rows, when the sparse first-layer path is on.
     sparse_train: Option<SparseImages>,
     work: Workspace,
@@ -112,16 +112,16 @@ impl CpuBackend {
     /// set has fewer than 2²⁴ images), else on the dense reference path.
     pub fn new(params: Params, hyper: Hyper, data: Mnist) -> Self {
         let len = params.trainable.len();
-        let planned = Fusions::plan(&params.config, Fusions::ALL).sparse_first_layer;
+        let fusions = Fusions::plan(&params.config, Fusions::ALL);
         // The sparse path addresses pixels with u32 offsets and batch rows with 24 bits.
         let fits = data.train.images.len() <= u32::MAX as usize && data.train.len() < 1 << 24;
-        let sparse_train = (planned && fits)
+        let sparse_train = (fusions.sparse_first_layer && fits)
             .then(|| SparseImages::from_dense(&data.train.images, INPUT))
             .filter(|sparse| sparse.density() <= SPARSE_MAX_DENSITY);
         CpuBackend {
             optim: OptimState::new(len),
             grads: vec![0.0; len],
-            allowed: Fusions::ALL,
+            fusions,
             sparse_train,
             params,
             hyper,
@@ -161,7 +161,7 @@ impl CpuBackend {
     /// Chooses the first layer's path: sparse (folded BatchNorm, nonzero pixels only) or
     /// dense (the reference kernels, as the GPU runs them). Both train the same model.
     pub fn set_sparse_input(&mut self, sparse: bool) {
-        let planned = self.fusions().sparse_first_layer;
+        let planned = self.fusions.sparse_first_layer;
         self.sparse_train =
             (sparse && planned).then(|| SparseImages::from_dense(&self.data.train.images, INPUT));
     }
@@ -170,15 +170,10 @@ impl CpuBackend {
     /// check each fusion against the unfused layers. The sparse first layer, when
     /// allowed, still runs only on data sparse enough for it.
     pub fn set_fusions(&mut self, allowed: Fusions) {
-        self.allowed = allowed;
-        if !self.fusions().sparse_first_layer {
+        self.fusions = Fusions::plan(&self.params.config, allowed);
+        if !self.fusions.sparse_first_layer {
             self.sparse_train = None;
         }
-    }
-
-    /// The fusions this model runs: those allowed whose rules match its layers.
-    fn fusions(&self) -> Fusions {
-        Fusions::plan(&self.params.config, self.allowed)
     }
 
     /// Whether training uses the sparse first-layer path.
@@ -188,7 +183,7 @@ impl CpuBackend {
 
     /// Dense forward from `acts[first]` to the logits in `acts[last]`.
     fn forward_dense(&mut self, batch: usize, first: usize) {
-        let relu_in_gemm = self.fusions().relu_in_gemm;
+        let relu_in_gemm = self.fusions.relu_in_gemm;
         dense_forward(
             &self.params,
             &mut self.work.acts,
@@ -317,7 +312,7 @@ impl CpuBackend {
     /// Backward pass from the softmax gradient in `deltas[layers]`: fills `self.grads`.
     fn backward(&mut self, batch: usize) {
         let widths = self.params.config.widths();
-        let fusions = self.fusions();
+        let fusions = self.fusions;
         let relu_in_gemm = fusions.relu_in_gemm;
         let w = &mut self.work;
         let layout = &self.params.layout;

@@ -298,15 +298,10 @@ pub fn wgsl_declarations(
         }
     }
     for (name, binding, access, ty) in slots {
-        let space = match access {
-            Access::Uniform => "uniform".to_string(),
-            Access::Read => "storage, read".to_string(),
-            Access::ReadWrite => "storage, read_write".to_string(),
-        };
-        let ty = if access == Access::Uniform {
-            ty.to_string()
-        } else {
-            format!("array<{ty}>")
+        let (space, ty) = match access {
+            Access::Uniform => ("uniform", ty.to_string()),
+            Access::Read => ("storage, read", format!("array<{ty}>")),
+            Access::ReadWrite => ("storage, read_write", format!("array<{ty}>")),
         };
         text += &format!("@group(0) @binding({binding}) var<{space}> {name}: {ty};\n");
     }

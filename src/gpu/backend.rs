@@ -49,7 +49,7 @@ struct Workspace {
     acts: Vec<wgpu::Buffer>,
     /// `deltas[l]`: gradient of the mean loss w.r.t. `acts[l]`.
     deltas: Vec<wgpu::Buffer>,
-    /// An input gradient before the ReLU backward, when that is not fused.
+    /// An input gradient before the ReLU backward, when that is not fused (else unused).
     scratch: wgpu::Buffer,
 }
 
@@ -65,8 +65,8 @@ pub struct GpuBackend {
     pipelines: Pipelines,
     ctx: GpuContext,
     config: ModelConfig,
-    /// The fusions the planner may choose ([`Fusions::plan`]).
-    allowed: Fusions,
+    /// The fusions this model runs ([`Fusions::plan`] of the allowed ones).
+    fusions: Fusions,
     layout: ParamLayout,
     hyper: Hyper,
     step: u64,
@@ -215,7 +215,7 @@ impl GpuBackend {
             eval_stats: storage_zeroed(d, "eval stats", (chunks * 8) as u64),
             dummy: storage_zeroed(d, "unused", 16),
             config: params.config.clone(),
-            allowed: Fusions::ALL,
+            fusions: Fusions::plan(&params.config, Fusions::ALL),
             layout: layout.clone(),
             hyper,
             step: 0,
@@ -250,6 +250,8 @@ impl GpuBackend {
                 self.ctx.limits.max_storage_buffer_binding_size
             )));
         }
+        // Only the unfused ReLU backward needs the scratch buffer.
+        let scratch_bytes = if self.fusions.relu_in_gemm { 16 } else { bytes };
         let d = &self.ctx.device;
         let work = self
             .ctx
@@ -266,7 +268,7 @@ impl GpuBackend {
                     .enumerate()
                     .map(|(l, w)| storage_zeroed(d, &format!("deltas{l}"), (cap * w * 4) as u64))
                     .collect(),
-                scratch: storage_zeroed(d, "scratch", bytes),
+                scratch: storage_zeroed(d, "scratch", scratch_bytes),
             })?;
         self.work = Some(work);
         Ok(())
@@ -296,17 +298,14 @@ impl GpuBackend {
         }
     }
 
-    /// The fusions this model runs: those allowed whose rules match its layers.
-    fn fusions(&self) -> Fusions {
-        Fusions::plan(&self.config, self.allowed)
-    }
-
     /// Train with only the fusions of `allowed` (all by default), for the tests that
-    /// check each fusion against the unfused layers.
+    /// check each fusion against the unfused layers. The activation buffers and plans are
+    /// made again for them.
     pub fn set_fusions(&mut self, allowed: Fusions) {
-        self.allowed = allowed;
+        self.fusions = Fusions::plan(&self.config, allowed);
         self.train_plan = None;
         self.eval_plan = None;
+        self.work = None;
     }
 
     /// The dense layers' forwards for `rows` rows, with a ReLU after each but the last:
@@ -315,7 +314,7 @@ impl GpuBackend {
         let d = &self.ctx.device;
         let w = self.work.as_ref().expect("workspace");
         let layers = self.config.dense_layers();
-        let fused = self.fusions().relu_in_gemm;
+        let fused = self.fusions.relu_in_gemm;
         let mut list = Vec::new();
         for l in 0..layers {
             let relu = l + 1 < layers;
@@ -438,7 +437,7 @@ impl GpuBackend {
         let d = &self.ctx.device;
         let w = self.work.as_ref().expect("workspace");
         let dense = &self.pipelines.dense;
-        let fused = self.fusions().relu_in_gemm;
+        let fused = self.fusions.relu_in_gemm;
         let op = DenseOp::InputGrad {
             dy: &w.deltas[l + 1],
             params: &self.params,
@@ -467,7 +466,7 @@ impl GpuBackend {
         let w = self.work.as_ref().expect("workspace");
         let dense = &self.pipelines.dense;
         let shape = self.dense_shape(0, rows);
-        let fused = self.fusions().batchnorm_dense_backward;
+        let fused = self.fusions.batchnorm_dense_backward;
         let weight_grad = DenseOp::WeightGrad {
             x: if fused { &w.xhat } else { &w.acts[0] },
             dy: &w.deltas[1],
@@ -835,7 +834,8 @@ impl Backend for GpuBackend {
         q.write_buffer(&self.m, 0, bytemuck::cast_slice(&optim.m));
         q.write_buffer(&self.v, 0, bytemuck::cast_slice(&optim.v));
         self.step = optim.step;
-        // The pixel scale is baked into the recorded uniforms: rebuild them.
+        // The pixel scale is baked into the recorded uniforms: rebuild them. (The layers,
+        // and so the planned fusions, are this model's: the layouts match.)
         self.config = params.config.clone();
         self.train_plan = None;
         self.eval_plan = None;

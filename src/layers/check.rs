@@ -67,6 +67,9 @@ impl Case {
         let at = format!("{} {}", self.family, self.name);
         let gpu = (self.gpu)(ctx, pipelines).map_err(|e| format!("{at}: {e}"))?;
         let cpu = (self.cpu)();
+        if cpu.len() != gpu.len() {
+            return Err(format!("{at}: {} outputs vs {}", gpu.len(), cpu.len()));
+        }
         let mut worst = 0.0f64;
         for ((what, c), (_, g)) in cpu.iter().zip(&gpu) {
             let error = max_rel_err(g, c).map_err(|e| format!("{at} {what}: {e}"))?;
@@ -77,9 +80,6 @@ impl Case {
                 ));
             }
             worst = worst.max(error);
-        }
-        if cpu.len() != gpu.len() {
-            return Err(format!("{at}: {} outputs vs {}", gpu.len(), cpu.len()));
         }
         Ok(worst)
     }

@@ -25,8 +25,6 @@ pub mod plan;
 
 use crate::device::context::GpuContext;
 use crate::device::error::DeviceError;
-#[allow(unused_imports)] // for the documentation's links
-use crate::device::kernel::Kernel;
 use crate::device::kernel::{module, wgsl_declarations, BindingsDecl, UniformDecl};
 
 /// What the registry needs of each family.
@@ -76,7 +74,7 @@ impl Shader {
 }
 
 /// Declares a family: its type, its shader file and name, its uniform, and its kernels
-/// (a [`Kernel`] field of its `Pipelines` for each, with the bindings type and the WGSL
+/// (a [`Kernel`](crate::device::kernel::Kernel) field of its `Pipelines` for each, with the bindings type and the WGSL
 /// entry point), then implements [`Family`] for it. The kernels are named
 /// `shader/entry` in errors and profiles; the agreement cases are the family's
 /// `check::cases()`.

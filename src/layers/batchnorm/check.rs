@@ -112,7 +112,6 @@ fn cpu_forward_train(c: &Inputs) -> Outputs {
     let mut inv_std = vec![0.0; INPUT];
     let (eps, momentum) = (c.hyper.bn_eps, c.hyper.bn_momentum);
     let (gamma, beta) = (&c.gamma, &c.beta);
-    let moving = (&mut mean[..], &mut var[..]);
     cpu::batchnorm_forward_train(
         &x,
         batch,
@@ -120,8 +119,8 @@ fn cpu_forward_train(c: &Inputs) -> Outputs {
         beta,
         eps,
         momentum,
-        moving.0,
-        moving.1,
+        &mut mean,
+        &mut var,
         &mut xhat,
         &mut y,
         &mut inv_std,

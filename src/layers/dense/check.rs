@@ -49,22 +49,20 @@ pub fn cases() -> Vec<Case> {
     for (i, &dims) in SHAPES.iter().enumerate() {
         let o = operands(100 + i as u64, dims);
         let (m, k, n) = dims;
+        // The default step's shapes (the first) are the bench rows.
+        let mut add = |case: Case| cases.push(if i == 0 { case.bench() } else { case });
         for relu in [false, true] {
             let name = format!("gemm_forward {m}x{k}x{n} relu={relu}");
-            cases.push(forward(name, o.clone(), relu));
+            add(forward(name, o.clone(), relu));
         }
-        cases.push(weight_grad(
+        add(weight_grad(
             format!("gemm_weight_grad {m}x{k}x{n}"),
             o.clone(),
         ));
         for masked in [false, true] {
             let name = format!("gemm_input_grad {m}x{k}x{n} masked={masked}");
-            cases.push(input_grad(name, o.clone(), masked));
+            add(input_grad(name, o.clone(), masked));
         }
-    }
-    // The default step's shapes are the bench rows.
-    for case in cases.iter_mut().take(5) {
-        case.bench = true;
     }
     cases
 }
