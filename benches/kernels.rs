@@ -79,7 +79,7 @@ fn gpu_gemm(
 ) -> f64 {
     let buf = |len: usize, seed| storage_f32(ctx, "bench", &random(len, seed));
     let shape = DenseShape::alone(m, k, n);
-    let (d, dense) = (&ctx.device, &pipelines.dense);
+    let dense = &pipelines.dense;
     let (x, dy, w) = (buf(m * k, 1), buf(m * n, 3), buf(k * n + n, 2));
     let out = buf(m * k.max(n) + k * n + n, 5);
     let op = match form {
@@ -101,7 +101,7 @@ fn gpu_gemm(
             relu_out: None,
         },
     };
-    let dispatch = dense.dispatch(d, &shape, op);
+    let dispatch = dense.dispatch(&shape, op);
     let batch: Vec<_> = vec![dispatch; reps];
     let run = || {
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
@@ -344,8 +344,9 @@ fn family_rows(contexts: &[(String, GpuContext, Pipelines, bool)]) {
 fn sparse_first_layer_cpu() {
     use cpu::sparse::{
         batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward, sparse_forward,
-        ColumnBatch, FoldedLayer, SparseImages,
+        ColumnBatch, FirstLayer, FoldedLayer, SparseImages,
     };
+    use mnist_gpu::layers::batchnorm::cpu::Affine;
     let mnist = mnist_gpu::data::Mnist::load(&mnist_gpu::data::builtin_dir())
         .expect("the built-in MNIST loads");
     let (features, n, scale) = (784, 128, 1.0 / 255.0);
@@ -365,10 +366,16 @@ fn sparse_first_layer_cpu() {
         let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + 1e-3).sqrt()).collect();
         let (mut coef, mut row) = (vec![0.0; features], vec![0.0; n]);
         let mut z = vec![0.0; batch * n];
+        let first = FirstLayer {
+            normalise: (&mean, &inv_std),
+            params: Affine {
+                gamma: &gamma,
+                beta: &beta,
+            },
+            w: &w,
+        };
         let t = common::median_secs(200, || {
-            fold_batchnorm_into_dense(
-                &mean, &inv_std, &gamma, &beta, &w, &bias, &mut coef, &mut row,
-            );
+            fold_batchnorm_into_dense(first, &bias, &mut coef, &mut row);
             let layer = FoldedLayer {
                 coef: &coef,
                 w: &w,
@@ -386,18 +393,11 @@ fn sparse_first_layer_cpu() {
         let mut grad_w = vec![0.0; features * n];
         let (mut dg, mut dbeta) = (vec![0.0; features], vec![0.0; features]);
         let t = common::median_secs(200, || {
-            sparse_first_layer_backward(
-                &columns,
-                &delta,
-                (&mean, &inv_std),
-                &db,
-                &w,
-                &gamma,
-                &beta,
-                &mut grad_w,
-                &mut dg,
-                &mut dbeta,
-            )
+            let grads = Affine {
+                gamma: &mut dg[..],
+                beta: &mut dbeta[..],
+            };
+            sparse_first_layer_backward(&columns, (&delta, &db), first, &mut grad_w, grads)
         });
         println!(
             "other/cpu/sparse backward (dW, dγ, dβ) b{batch}: {:.1} µs",

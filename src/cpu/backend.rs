@@ -3,13 +3,13 @@
 //! on sparse data (MNIST) it trains the first layer through [`super::sparse`] instead,
 //! which computes the same step from the nonzero pixels only.
 
-use super::forward::{dense_forward, forward_eval};
+use super::forward::{bn_params, dense_forward, forward_eval};
 use super::profile::PhaseClock;
 #[cfg(not(target_arch = "wasm32"))]
 use super::profile::PhaseTime;
 use super::sparse::{
     batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward, sparse_forward,
-    ColumnBatch, FoldedLayer, SparseImages,
+    ColumnBatch, FirstLayer, FoldedLayer, SparseImages,
 };
 use crate::backend::{Backend, Diverged, EpochEnd, EvalStats, Steps};
 use crate::data::Mnist;
@@ -17,7 +17,7 @@ use crate::host::Task;
 use crate::layers::adam::cpu::adam_update;
 use crate::layers::batchnorm::cpu::{
     batchnorm_backward, batchnorm_batch_update, batchnorm_dense_backward, batchnorm_forward_train,
-    gather_scaled,
+    gather_scaled, Affine, Moments, TrainOutputs,
 };
 use crate::layers::dense::cpu::{bias_grad, gemm_input_grad, gemm_weight_grad};
 use crate::layers::plan::Fusions;
@@ -265,17 +265,9 @@ impl CpuBackend {
     /// Replaces G = xhatᵀ·δ1 in layer 0's kernel gradient by dW0 and fills dgamma/dbeta
     /// (see [`batchnorm_dense_backward`]).
     fn first_layer_backward_dense(&mut self) {
-        let (dgamma, dbeta, grad_w0, dbias0) =
-            first_layer_grads(&mut self.grads, &self.params.layout);
-        batchnorm_dense_backward(
-            grad_w0,
-            self.params.kernel(0),
-            self.params.gamma(),
-            self.params.beta(),
-            dbias0,
-            dgamma,
-            dbeta,
-        );
+        let (bn_grads, grad_w0, dbias0) = first_layer_grads(&mut self.grads, &self.params.layout);
+        let p = &self.params;
+        batchnorm_dense_backward(grad_w0, p.kernel(0), bn_params(p), dbias0, bn_grads);
     }
 
     /// Forward and backward pass: fills `self.grads`; returns (loss sum, correct count).
@@ -360,39 +352,25 @@ impl CpuBackend {
         let (k, n) = (INPUT, self.params.config.widths()[1]);
         let w = &mut self.work;
         let p = &self.params;
-        let (dgamma, dbeta, grad_w0, _) = first_layer_grads(&mut self.grads, &p.layout);
+        let (bn_grads, grad_w0, _) = first_layer_grads(&mut self.grads, &p.layout);
         gemm_weight_grad(&w.acts[0], &w.deltas[1], batch, k, n, grad_w0);
         let (lower, upper) = w.deltas.split_at_mut(1);
         gemm_input_grad(&upper[0], p.kernel(0), batch, k, n, None, &mut lower[0]);
-        let (xhat, inv_std) = (&w.xhat, &w.inv_std);
-        batchnorm_backward(
-            &lower[0],
-            xhat,
-            p.gamma(),
-            inv_std,
-            batch,
-            dgamma,
-            dbeta,
-            None,
-        );
+        let dy_and_xhat = (&lower[0][..], &w.xhat[..]);
+        batchnorm_backward(dy_and_xhat, p.gamma(), &w.inv_std, bn_grads, None);
     }
 
     /// Sparse path: layer 0's and BatchNorm's gradients from the transposed batch.
     fn first_layer_backward_sparse(&mut self) {
-        let (dgamma, dbeta, grad_w0, db0) = first_layer_grads(&mut self.grads, &self.params.layout);
+        let (bn_grads, grad_w0, db0) = first_layer_grads(&mut self.grads, &self.params.layout);
         let (w, p) = (&self.work, &self.params);
-        sparse_first_layer_backward(
-            &w.columns,
-            &w.deltas[1],
-            (&w.mean, &w.inv_std),
-            db0,
-            p.kernel(0),
-            p.gamma(),
-            p.beta(),
-            grad_w0,
-            dgamma,
-            dbeta,
-        );
+        let layer = FirstLayer {
+            normalise: (&w.mean, &w.inv_std),
+            params: bn_params(p),
+            w: p.kernel(0),
+        };
+        let delta = (&w.deltas[1][..], db0);
+        sparse_first_layer_backward(&w.columns, delta, layer, grad_w0, bn_grads);
     }
 
     /// Reference path: gather the batch densely, BatchNorm forward into `acts[0]`.
@@ -406,20 +384,21 @@ impl CpuBackend {
             &mut w.x,
         );
         self.clock.mark(PHASE_GATHER);
-        let layout = &self.params.layout;
-        batchnorm_forward_train(
-            &w.x,
-            indices.len(),
-            &self.params.trainable[layout.gamma.clone()],
-            &self.params.trainable[layout.beta.clone()],
-            self.hyper.bn_eps,
-            self.hyper.bn_momentum,
-            &mut self.params.moving_mean,
-            &mut self.params.moving_var,
-            &mut w.xhat,
-            &mut w.acts[0],
-            &mut w.inv_std,
-        );
+        let p = &mut self.params;
+        let params = Affine {
+            gamma: &p.trainable[p.layout.gamma.clone()],
+            beta: &p.trainable[p.layout.beta.clone()],
+        };
+        let out = TrainOutputs {
+            xhat: &mut w.xhat,
+            y: &mut w.acts[0],
+            inv_std: &mut w.inv_std,
+        };
+        let moving = Moments {
+            mean: &mut p.moving_mean[..],
+            var: &mut p.moving_var[..],
+        };
+        batchnorm_forward_train(&w.x, params, &self.hyper, moving, out);
         self.clock.mark(PHASE_STATS);
     }
 
@@ -433,27 +412,22 @@ impl CpuBackend {
         w.columns.fill(sparse, indices, scale);
         self.clock.mark(PHASE_GATHER);
         batch_stats(&w.columns, indices.len(), &mut w.mean, &mut w.var);
-        let (eps, momentum) = (self.hyper.bn_eps, self.hyper.bn_momentum);
-        batchnorm_batch_update(
-            &w.mean,
-            &w.var,
-            eps,
-            momentum,
-            &mut p.moving_mean,
-            &mut p.moving_var,
-            &mut w.inv_std,
-        );
+        let batch = Moments {
+            mean: &w.mean[..],
+            var: &w.var[..],
+        };
+        let moving = Moments {
+            mean: &mut p.moving_mean[..],
+            var: &mut p.moving_var[..],
+        };
+        batchnorm_batch_update(batch, &self.hyper, moving, &mut w.inv_std);
         self.clock.mark(PHASE_STATS);
-        fold_batchnorm_into_dense(
-            &w.mean,
-            &w.inv_std,
-            p.gamma(),
-            p.beta(),
-            p.kernel(0),
-            p.bias(0),
-            &mut w.coef,
-            &mut w.row,
-        );
+        let layer = FirstLayer {
+            normalise: (&w.mean, &w.inv_std),
+            params: bn_params(p),
+            w: p.kernel(0),
+        };
+        fold_batchnorm_into_dense(layer, p.bias(0), &mut w.coef, &mut w.row);
         self.clock.mark(PHASE_FOLD);
         let layer = FoldedLayer {
             coef: &w.coef,
@@ -481,23 +455,22 @@ const PHASE_ADAM: &str = "adam_update";
 #[cfg(not(target_arch = "wasm32"))]
 const PHASE_BETWEEN: &str = "between steps (pool hand-off, loop)";
 
-/// The gradient slices BatchNorm + the first dense layer write: (dgamma, dbeta, dW0),
+/// The gradient slices BatchNorm + the first dense layer write: (dgamma and dbeta, dW0),
 /// and db0 to read.
 fn first_layer_grads<'g>(
     grads: &'g mut [f32],
     layout: &ParamLayout,
-) -> (&'g mut [f32], &'g mut [f32], &'g mut [f32], &'g [f32]) {
+) -> (Affine<&'g mut [f32]>, &'g mut [f32], &'g [f32]) {
     // Layout order: gamma, beta, kernel 0, bias 0, … (each range after the previous one).
     let (head, tail) = grads.split_at_mut(layout.biases[0].start);
     let db0 = &tail[..layout.biases[0].len()];
     let (head, kernel0) = head.split_at_mut(layout.kernels[0].start);
     let (head, beta) = head.split_at_mut(layout.beta.start);
-    (
-        &mut head[layout.gamma.clone()],
-        &mut beta[..layout.beta.len()],
-        &mut kernel0[..layout.kernels[0].len()],
-        db0,
-    )
+    let bn_grads = Affine {
+        gamma: &mut head[layout.gamma.clone()],
+        beta: &mut beta[..layout.beta.len()],
+    };
+    (bn_grads, &mut kernel0[..layout.kernels[0].len()], db0)
 }
 
 /// The sums of an evaluation under way, part by part ([`CpuBackend::evaluate_part`]).

@@ -1,7 +1,7 @@
 //! The forward pass, written once: training (after its BatchNorm), evaluation and
 //! `predict` all run these.
 
-use crate::layers::batchnorm::cpu::{batchnorm_forward_eval, gather_scaled};
+use crate::layers::batchnorm::cpu::{batchnorm_forward_eval, gather_scaled, Affine, Moments};
 use crate::layers::dense::cpu::gemm_forward;
 use crate::layers::relu::cpu::relu_forward;
 use crate::model::{Params, CLASSES, INPUT};
@@ -37,6 +37,14 @@ pub fn dense_forward(
     }
 }
 
+/// BatchNorm's parameters γ and β in `params`.
+pub(super) fn bn_params(params: &Params) -> Affine<&[f32]> {
+    Affine {
+        gamma: params.gamma(),
+        beta: params.beta(),
+    }
+}
+
 /// Inference mode on the images `indices` of `images` (u8, 784 each): gather and scale
 /// into `x`, BatchNorm with the moving statistics into `acts[0]`, then the dense layers;
 /// the logits end in the last of `acts`. `x` and `acts` are sized for the batch.
@@ -49,15 +57,11 @@ pub fn forward_eval(
     acts: &mut [Vec<f32>],
 ) {
     gather_scaled(images, INPUT, indices, params.config.pixel_scale(), x);
-    batchnorm_forward_eval(
-        x,
-        params.gamma(),
-        params.beta(),
-        &params.moving_mean,
-        &params.moving_var,
-        bn_eps,
-        &mut acts[0],
-    );
+    let moving = Moments {
+        mean: &params.moving_mean[..],
+        var: &params.moving_var[..],
+    };
+    batchnorm_forward_eval(x, bn_params(params), moving, bn_eps, &mut acts[0]);
     dense_forward(params, acts, (indices.len(), 0), true);
 }
 

@@ -18,6 +18,7 @@
 //! mirror, stays the reference: tests check these functions and whole training steps
 //! against it.
 
+use crate::layers::batchnorm::cpu::{dense_backward_row, Affine};
 use multiversion::target::selected_target;
 use rayon::prelude::*;
 
@@ -292,20 +293,32 @@ pub fn batch_stats(columns: &ColumnBatch, batch: usize, mean: &mut [f32], var: &
         });
 }
 
-/// Folds BatchNorm (batch statistics `mean`, `inv_std`; parameters `gamma`, `beta`) into
-/// the dense layer `w: [features, n]`, `bias: [n]`: fills `coef` (`[features]`) and
-/// `row` (`[n]`) so that the layer's output is `row + Σ_j x_j·coef_j·W_j`.
-#[allow(clippy::too_many_arguments)]
+/// The first dense layer and the BatchNorm before it, as the sparse path reads them.
+#[derive(Clone, Copy)]
+pub struct FirstLayer<'a> {
+    /// The batch's per-feature `(mean, inv_std)`: `xhat = (x − mean)·inv_std`.
+    pub normalise: (&'a [f32], &'a [f32]),
+    /// BatchNorm's γ and β.
+    pub params: Affine<&'a [f32]>,
+    /// The dense kernel, `[features, n]` (in the backward, a task's rows of it).
+    pub w: &'a [f32],
+}
+
+/// Folds BatchNorm into the dense layer of `layer` with bias `bias` (`[n]`): fills `coef`
+/// (`[features]`) and `row` (`[n]`) so that the layer's output is
+/// `row + Σ_j x_j·coef_j·W_j`.
 pub fn fold_batchnorm_into_dense(
-    mean: &[f32],
-    inv_std: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    w: &[f32],
+    layer: FirstLayer,
     bias: &[f32],
     coef: &mut [f32],
     row: &mut [f32],
 ) {
+    let ((mean, inv_std), gamma, beta, w) = (
+        layer.normalise,
+        layer.params.gamma,
+        layer.params.beta,
+        layer.w,
+    );
     for j in 0..coef.len() {
         coef[j] = gamma[j] * inv_std[j];
     }
@@ -425,22 +438,16 @@ fn forward_one((cols, vals): (&[u16], &[u8]), scale: f32, layer: &FoldedLayer, z
 /// `dgamma_j`, `dbeta_j` and `dW_j = gamma_j·G_j + beta_j·db` into `grad_w`. Rows are
 /// independent, so each is computed the same whatever the split; fused, the 784×n arrays
 /// are swept once per step instead of four times.
-#[allow(clippy::too_many_arguments)]
 pub fn sparse_first_layer_backward(
     columns: &ColumnBatch,
-    delta: &[f32],
-    stats: (&[f32], &[f32]),
-    db: &[f32],
-    w: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
+    (delta, db): (&[f32], &[f32]),
+    layer: FirstLayer,
     grad_w: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
+    grads: Affine<&mut [f32]>,
 ) {
     let (n, pixels) = (db.len(), columns.pixels());
-    assert!(grad_w.len() == pixels * n && w.len() == grad_w.len());
-    assert!(dgamma.len() == pixels && dbeta.len() == pixels);
+    assert!(grad_w.len() == pixels * n && layer.w.len() == grad_w.len());
+    assert!(grads.gamma.len() == pixels && grads.beta.len() == pixels);
     // Below about 64 samples' worth of entries the pass stays on one thread: at batch 32
     // the split cost more than it saved (0.071 against 0.058 ms per step).
     let tasks = if columns.entries.len() >= PARALLEL_MIN_ENTRIES {
@@ -451,29 +458,18 @@ pub fn sparse_first_layer_backward(
     let rows_per_task = pixels.div_ceil(tasks).max(1);
     grad_w
         .par_chunks_mut(rows_per_task * n)
-        .zip(dgamma.par_chunks_mut(rows_per_task))
-        .zip(dbeta.par_chunks_mut(rows_per_task))
+        .zip(grads.gamma.par_chunks_mut(rows_per_task))
+        .zip(grads.beta.par_chunks_mut(rows_per_task))
         .enumerate()
-        .for_each(|(t, ((grad_part, dg_part), db_part))| {
+        .for_each(|(t, ((grad_part, gamma), beta))| {
             let first = t * rows_per_task;
-            let rows = FirstRows {
-                first,
-                w: &w[first * n..first * n + grad_part.len()],
-                gamma,
-                beta,
-                stats,
+            let rows = FirstLayer {
+                w: &layer.w[first * n..first * n + grad_part.len()],
+                ..layer
             };
-            first_layer_rows(columns, delta, db, &rows, grad_part, dg_part, db_part);
+            let grads = Affine { gamma, beta };
+            first_layer_rows(columns, (delta, db), (first, &rows), grad_part, grads);
         });
-}
-
-/// One task's share of [`sparse_first_layer_backward`]: rows `first..` of everything.
-struct FirstRows<'a> {
-    first: usize,
-    w: &'a [f32],
-    gamma: &'a [f32],
-    beta: &'a [f32],
-    stats: (&'a [f32], &'a [f32]),
 }
 
 #[multiversion::multiversion(targets(
@@ -481,35 +477,30 @@ struct FirstRows<'a> {
     "x86_64+avx2+fma",
     "x86_64+avx"
 ))]
+/// One task's share of [`sparse_first_layer_backward`]: the rows of `grad_w` and `grads`
+/// from feature `first`, with `rows.w` holding the same rows of the kernel.
 fn first_layer_rows(
     columns: &ColumnBatch,
-    delta: &[f32],
-    db: &[f32],
-    rows: &FirstRows,
+    (delta, db): (&[f32], &[f32]),
+    (first, rows): (usize, &FirstLayer),
     grad_w: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
+    grads: Affine<&mut [f32]>,
 ) {
     let n = db.len();
-    let (mean, inv_std) = rows.stats;
-    column_sums(columns, delta, n, rows.first, grad_w);
+    let (mean, inv_std) = rows.normalise;
+    column_sums(columns, delta, n, first, grad_w);
     for (r, (g_row, w_row)) in grad_w
         .chunks_exact_mut(n)
         .zip(rows.w.chunks_exact(n))
         .enumerate()
     {
-        let j = rows.first + r;
+        let j = first + r;
         let (m, s) = (mean[j], inv_std[j]);
         for (g, &d) in g_row.iter_mut().zip(db) {
             *g = s * (*g - m * d);
         }
-        (dgamma[r], dbeta[r]) = crate::layers::batchnorm::cpu::dense_backward_row(
-            g_row,
-            w_row,
-            rows.gamma[j],
-            rows.beta[j],
-            db,
-        );
+        let (gamma, beta) = (rows.params.gamma[j], rows.params.beta[j]);
+        (grads.gamma[r], grads.beta[r]) = dense_backward_row(g_row, w_row, gamma, beta, db);
     }
 }
 
@@ -604,6 +595,8 @@ fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::batchnorm::cpu::{batchnorm_batch_update, Moments};
+    use crate::model::Hyper;
 
     #[test]
     fn compresses_rows_and_measures_density() {
@@ -734,6 +727,32 @@ mod tests {
                 dbeta: vec![0.0; pixels],
             }
         }
+
+        fn params(&self) -> Affine<&[f32]> {
+            Affine {
+                gamma: &self.gamma,
+                beta: &self.beta,
+            }
+        }
+    }
+
+    impl FirstLayerOutputs {
+        /// The moving statistics, to update, and `inv_std`.
+        fn statistics(&mut self) -> (Moments<&mut [f32]>, &mut [f32]) {
+            let moving = Moments {
+                mean: &mut self.moving_mean[..],
+                var: &mut self.moving_var[..],
+            };
+            (moving, &mut self.inv_std)
+        }
+
+        /// dγ and dβ, to write.
+        fn bn_grads(&mut self) -> Affine<&mut [f32]> {
+            Affine {
+                gamma: &mut self.dgamma,
+                beta: &mut self.dbeta,
+            }
+        }
     }
 
     /// What the dense reference and the sparse path both compute for a batch.
@@ -750,22 +769,27 @@ mod tests {
     /// The dense reference: gather, `batchnorm_forward_train`, `gemm_forward`, then
     /// `gemm_weight_grad` on xhat and `batchnorm_dense_backward`.
     fn dense_first_layer(c: &Case) -> FirstLayerOutputs {
-        use crate::layers::batchnorm::cpu::{batchnorm_dense_backward, batchnorm_forward_train};
+        use crate::layers::batchnorm::cpu::{
+            batchnorm_dense_backward, batchnorm_forward_train, TrainOutputs,
+        };
         use crate::layers::dense::cpu::{gemm_forward, gemm_weight_grad};
         let (pixels, batch, n) = (c.pixels, c.indices.len(), c.bias.len());
         let mut out = c.outputs();
         let mut x = vec![0.0f32; batch * pixels];
         crate::layers::batchnorm::cpu::gather_scaled(&c.images, pixels, c.indices, c.scale, &mut x);
         let (mut xhat, mut y) = (vec![0.0; x.len()], vec![0.0; x.len()]);
-        let (mm, mv, inv) = (&mut out.moving_mean, &mut out.moving_var, &mut out.inv_std);
-        let (gamma, beta) = (&c.gamma, &c.beta);
-        batchnorm_forward_train(
-            &x, batch, gamma, beta, 1e-3, 0.99, mm, mv, &mut xhat, &mut y, inv,
-        );
+        let (moving, inv_std) = out.statistics();
+        let bn_out = TrainOutputs {
+            xhat: &mut xhat,
+            y: &mut y,
+            inv_std,
+        };
+        batchnorm_forward_train(&x, c.params(), &Hyper::default(), moving, bn_out);
         gemm_forward(&y, &c.w, &c.bias, batch, pixels, n, true, &mut out.z);
         gemm_weight_grad(&xhat, &c.delta, batch, pixels, n, &mut out.dw);
-        let (dg, dbeta) = (&mut out.dgamma, &mut out.dbeta);
-        batchnorm_dense_backward(&mut out.dw, &c.w, gamma, beta, &c.db, dg, dbeta);
+        let mut dw = std::mem::take(&mut out.dw);
+        batchnorm_dense_backward(&mut dw, &c.w, c.params(), &c.db, out.bn_grads());
+        out.dw = dw;
         out
     }
 
@@ -779,23 +803,31 @@ mod tests {
         columns.fill(&sparse, c.indices, c.scale);
         let (mut mean, mut var) = (vec![0.0; pixels], vec![0.0; pixels]);
         batch_stats(&columns, batch, &mut mean, &mut var);
-        let (mm, mv, inv) = (&mut out.moving_mean, &mut out.moving_var, &mut out.inv_std);
-        crate::layers::batchnorm::cpu::batchnorm_batch_update(&mean, &var, 1e-3, 0.99, mm, mv, inv);
+        let (moving, inv_std) = out.statistics();
+        let batch_moments = Moments {
+            mean: &mean[..],
+            var: &var[..],
+        };
+        batchnorm_batch_update(batch_moments, &Hyper::default(), moving, inv_std);
         let (mut coef, mut row) = (vec![0.0; pixels], vec![0.0; n]);
-        let (gamma, beta, w, inv) = (&c.gamma, &c.beta, &c.w, &out.inv_std);
-        fold_batchnorm_into_dense(&mean, inv, gamma, beta, w, &c.bias, &mut coef, &mut row);
+        let inv_std = out.inv_std.clone();
+        let first = FirstLayer {
+            normalise: (&mean, &inv_std),
+            params: c.params(),
+            w: &c.w,
+        };
+        fold_batchnorm_into_dense(first, &c.bias, &mut coef, &mut row);
         let layer = FoldedLayer {
             coef: &coef,
-            w,
+            w: &c.w,
             row: &row,
             relu: true,
         };
         sparse_forward(&sparse, (c.indices, c.scale), layer, &mut out.z);
-        let (dw, dg, dbeta) = (&mut out.dw, &mut out.dgamma, &mut out.dbeta);
-        let stats = (&mean[..], &out.inv_std[..]);
-        sparse_first_layer_backward(
-            &columns, &c.delta, stats, &c.db, w, gamma, beta, dw, dg, dbeta,
-        );
+        let mut dw = std::mem::take(&mut out.dw);
+        let delta = (&c.delta[..], &c.db[..]);
+        sparse_first_layer_backward(&columns, delta, first, &mut dw, out.bn_grads());
+        out.dw = dw;
         out
     }
 

@@ -163,6 +163,8 @@ pub struct Kernel {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
     slots: &'static [Slot],
+    /// The device the pipeline was made on, which its dispatches' bind groups need.
+    device: wgpu::Device,
 }
 
 impl Kernel {
@@ -203,6 +205,7 @@ impl Kernel {
                 pipeline,
                 layout,
                 slots: B::DECL.slots,
+                device: device.clone(),
             }
         })
     }
@@ -211,11 +214,11 @@ impl Kernel {
     /// the buffers `bindings` (which must be this kernel's own [`Bindings`] type).
     pub fn dispatch<B: Bindings>(
         &self,
-        device: &wgpu::Device,
         u: &B::Uniform,
         bindings: &B,
         groups: [u32; 3],
     ) -> Dispatch {
+        let device = &self.device;
         assert!(
             B::DECL.slots == self.slots,
             "{}: dispatched with {}",

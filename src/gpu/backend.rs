@@ -311,7 +311,6 @@ impl GpuBackend {
     /// The dense layers' forwards for `rows` rows, with a ReLU after each but the last:
     /// in the GEMM's epilogue, or its own dispatch when that fusion is off.
     fn forward_dispatches(&self, rows: usize) -> Vec<Dispatch> {
-        let d = &self.ctx.device;
         let w = self.work.as_ref().expect("workspace");
         let layers = self.config.dense_layers();
         let fused = self.fusions.relu_in_gemm;
@@ -325,11 +324,11 @@ impl GpuBackend {
                 y: &w.acts[l + 1],
                 relu: relu && fused,
             };
-            list.push(self.pipelines.dense.dispatch(d, &shape, op));
+            list.push(self.pipelines.dense.dispatch(&shape, op));
             if relu && !fused {
                 let bindings = ReluForwardBindings { x: &w.acts[l + 1] };
                 let n = rows * shape.units;
-                list.push(self.pipelines.relu.forward(d, n, &bindings));
+                list.push(self.pipelines.relu.forward(n, &bindings));
             }
         }
         list
@@ -364,7 +363,7 @@ impl GpuBackend {
         let setup = self.bn_setup();
         let pipelines = &self.pipelines.batchnorm;
         let pass = BnForward::Train { rows, stride };
-        pipelines.forward(&self.ctx.device, pass, &setup, &bindings)
+        pipelines.forward(pass, &setup, &bindings)
     }
 
     /// BatchNorm forward's buffers for the images `pixels` (through `order` when
@@ -393,7 +392,6 @@ impl GpuBackend {
         order: &wgpu::Buffer,
         stats: &wgpu::Buffer,
     ) -> Dispatch {
-        let d = &self.ctx.device;
         let w = self.work.as_ref().expect("workspace");
         let layers = self.config.dense_layers();
         let u = SoftmaxUniform::training(rows, CLASSES, stride);
@@ -406,14 +404,13 @@ impl GpuBackend {
             stats,
             predictions: &self.predictions,
         };
-        self.pipelines.softmax_xent.dispatch(d, &u, &bindings)
+        self.pipelines.softmax_xent.dispatch(&u, &bindings)
     }
 
     /// From the top layer down: each layer's weight-gradient GEMM (bias gradient fused)
     /// and, above the first layer, its input gradient through the ReLU below; then
     /// BatchNorm's gradients ([`GpuBackend::first_layer_backward`]).
     fn backward_dispatches(&self, rows: usize) -> Vec<Dispatch> {
-        let d = &self.ctx.device;
         let w = self.work.as_ref().expect("workspace");
         let dense = &self.pipelines.dense;
         let mut list = Vec::new();
@@ -424,7 +421,7 @@ impl GpuBackend {
                 dy: &w.deltas[l + 1],
                 grads: &self.grads,
             };
-            list.push(dense.dispatch(d, &shape, op));
+            list.push(dense.dispatch(&shape, op));
             list.extend(self.input_grad_through_relu(&shape, l));
         }
         list.extend(self.first_layer_backward(rows));
@@ -434,7 +431,6 @@ impl GpuBackend {
     /// `deltas[l] = (deltas[l + 1] · Wᵀ) · [acts[l] > 0]`: the ReLU as the GEMM's mask,
     /// or, unfused, the GEMM into `scratch` and the ReLU backward from there.
     fn input_grad_through_relu(&self, shape: &DenseShape, l: usize) -> Vec<Dispatch> {
-        let d = &self.ctx.device;
         let w = self.work.as_ref().expect("workspace");
         let dense = &self.pipelines.dense;
         let fused = self.fusions.relu_in_gemm;
@@ -444,7 +440,7 @@ impl GpuBackend {
             dx: if fused { &w.deltas[l] } else { &w.scratch },
             relu_out: fused.then_some(&w.acts[l]),
         };
-        let input_grad = dense.dispatch(d, shape, op);
+        let input_grad = dense.dispatch(shape, op);
         if fused {
             return vec![input_grad];
         }
@@ -454,7 +450,7 @@ impl GpuBackend {
             dx: &w.deltas[l],
         };
         let n = shape.rows * shape.inputs;
-        vec![input_grad, self.pipelines.relu.backward(d, n, &bindings)]
+        vec![input_grad, self.pipelines.relu.backward(n, &bindings)]
     }
 
     /// The first dense layer's and BatchNorm's gradients. Fused: the weight gradient
@@ -462,7 +458,6 @@ impl GpuBackend {
     /// layer 0 needs no input-grad GEMM. Unfused: the weight gradient against BatchNorm's
     /// output, the input gradient into `deltas[0]`, then BatchNorm's own backward.
     fn first_layer_backward(&self, rows: usize) -> Vec<Dispatch> {
-        let d = &self.ctx.device;
         let w = self.work.as_ref().expect("workspace");
         let dense = &self.pipelines.dense;
         let shape = self.dense_shape(0, rows);
@@ -472,7 +467,7 @@ impl GpuBackend {
             dy: &w.deltas[1],
             grads: &self.grads,
         };
-        let weight_grad = dense.dispatch(d, &shape, weight_grad);
+        let weight_grad = dense.dispatch(&shape, weight_grad);
         if fused {
             return vec![weight_grad, self.batchnorm_dense_backward_dispatch(rows)];
         }
@@ -489,8 +484,8 @@ impl GpuBackend {
         };
         vec![
             weight_grad,
-            dense.dispatch(d, &shape, input_grad),
-            (self.pipelines.batchnorm).backward(d, rows, &self.bn_setup(), &bindings),
+            dense.dispatch(&shape, input_grad),
+            (self.pipelines.batchnorm).backward(rows, &self.bn_setup(), &bindings),
         ]
     }
 
@@ -504,7 +499,7 @@ impl GpuBackend {
         // than the parallel sum saves (see batchnorm.wgsl).
         let per_feature = is_software(&self.ctx.info);
         let pipelines = &self.pipelines.batchnorm;
-        pipelines.dense_backward(&self.ctx.device, &setup, &dense, &bindings, per_feature)
+        pipelines.dense_backward(&setup, &dense, &bindings, per_feature)
     }
 
     fn adam_dispatch(&self, alphas: &wgpu::Buffer) -> Dispatch {
@@ -516,8 +511,8 @@ impl GpuBackend {
             m: &self.m,
             v: &self.v,
         };
-        let (d, n) = (&self.ctx.device, self.layout.total);
-        self.pipelines.adam.update(d, n, &self.hyper, &bindings)
+        let n = self.layout.total;
+        self.pipelines.adam.update(n, &self.hyper, &bindings)
     }
 
     /// Make the training plan for `order` and upload the epoch's inputs: the sample
@@ -629,14 +624,13 @@ impl GpuBackend {
         rows: usize,
         forward: &[Dispatch],
     ) -> Vec<Dispatch> {
-        let d = &self.ctx.device;
         let w = self.work.as_ref().expect("workspace");
         // Evaluation reads rows in order: no sample order, no step counter.
         let bindings = self.batchnorm_forward_bindings(&self.test_pixels, &self.dummy);
         let setup = self.bn_setup();
         let batchnorm = &self.pipelines.batchnorm;
         let pass = BnForward::Eval { rows, base };
-        let mut list = vec![batchnorm.forward(d, pass, &setup, &bindings)];
+        let mut list = vec![batchnorm.forward(pass, &setup, &bindings)];
         list.extend(forward.iter().cloned());
         let u = SoftmaxUniform::evaluation(rows, CLASSES, base, slot);
         let layers = self.config.dense_layers();
@@ -649,7 +643,7 @@ impl GpuBackend {
             stats: &self.eval_stats,
             predictions: &self.predictions,
         };
-        list.push(self.pipelines.softmax_xent.dispatch(d, &u, &bindings));
+        list.push(self.pipelines.softmax_xent.dispatch(&u, &bindings));
         list
     }
 }

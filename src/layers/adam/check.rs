@@ -61,7 +61,7 @@ fn adam(name: String, c: Rc<Inputs>) -> Case {
             m: &storage_f32(ctx, "m", &c.m),
             v: &storage_f32(ctx, "v", &c.v),
         };
-        run_one(ctx, p.adam.update(&ctx.device, n, &c.hyper, &bindings))?;
+        run_one(ctx, p.adam.update(n, &c.hyper, &bindings))?;
         Ok(vec![
             ("params", ctx.read_vec(bindings.params, 0, n)?),
             ("m", ctx.read_vec(bindings.m, 0, n)?),

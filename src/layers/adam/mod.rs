@@ -50,14 +50,8 @@ family! {
 
 impl Pipelines {
     /// The update of the first `n` parameters.
-    pub fn update(
-        &self,
-        d: &wgpu::Device,
-        n: usize,
-        hyper: &Hyper,
-        bindings: &AdamBindings,
-    ) -> Dispatch {
+    pub fn update(&self, n: usize, hyper: &Hyper, bindings: &AdamBindings) -> Dispatch {
         let u = AdamUniform::new(n, hyper);
-        self.adam.dispatch(d, &u, bindings, elementwise_groups(n))
+        self.adam.dispatch(&u, bindings, elementwise_groups(n))
     }
 }

@@ -3,7 +3,7 @@
 //! backward, against
 //! [`super::cpu`], at batches 32 (the default step, the bench rows), 1, 33 and 37.
 
-use super::cpu::{self, gather_scaled};
+use super::cpu::{self, gather_scaled, Affine, Moments, TrainOutputs};
 use super::{
     BatchnormBackwardBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, BnForward,
     BnSetup,
@@ -39,6 +39,15 @@ struct Inputs {
     mean: Vec<f32>,
     var: Vec<f32>,
     hyper: Hyper,
+}
+
+impl Inputs {
+    fn params(&self) -> Affine<&[f32]> {
+        Affine {
+            gamma: &self.gamma,
+            beta: &self.beta,
+        }
+    }
 }
 
 fn inputs(seed: u64, batch: usize) -> Rc<Inputs> {
@@ -110,21 +119,16 @@ fn cpu_forward_train(c: &Inputs) -> Outputs {
     let (mut mean, mut var) = (c.mean.clone(), c.var.clone());
     let (mut xhat, mut y) = (vec![0.0; batch * INPUT], vec![0.0; batch * INPUT]);
     let mut inv_std = vec![0.0; INPUT];
-    let (eps, momentum) = (c.hyper.bn_eps, c.hyper.bn_momentum);
-    let (gamma, beta) = (&c.gamma, &c.beta);
-    cpu::batchnorm_forward_train(
-        &x,
-        batch,
-        gamma,
-        beta,
-        eps,
-        momentum,
-        &mut mean,
-        &mut var,
-        &mut xhat,
-        &mut y,
-        &mut inv_std,
-    );
+    let moving = Moments {
+        mean: &mut mean[..],
+        var: &mut var[..],
+    };
+    let out = TrainOutputs {
+        xhat: &mut xhat,
+        y: &mut y,
+        inv_std: &mut inv_std,
+    };
+    cpu::batchnorm_forward_train(&x, c.params(), &c.hyper, moving, out);
     let stats = [mean, var, inv_std].concat();
     vec![
         ("xhat", xhat),
@@ -170,7 +174,7 @@ fn gpu_forward(
             base: 0,
         }
     };
-    let dispatch = p.batchnorm.forward(d, pass, &setup, &bindings);
+    let dispatch = p.batchnorm.forward(pass, &setup, &bindings);
     run_one(ctx, dispatch)?;
     let y = ctx.read_vec(bindings.y, 0, batch * INPUT)?;
     if !train {
@@ -203,15 +207,11 @@ fn forward_eval(name: String, c: Rc<Inputs>) -> Case {
         let mut x = vec![0.0; batch * INPUT];
         gather_scaled(&c.images, INPUT, &first, SCALE, &mut x);
         let mut y = vec![0.0; batch * INPUT];
-        cpu::batchnorm_forward_eval(
-            &x,
-            &c.gamma,
-            &c.beta,
-            &c.mean,
-            &c.var,
-            c.hyper.bn_eps,
-            &mut y,
-        );
+        let moving = Moments {
+            mean: &c.mean[..],
+            var: &c.var[..],
+        };
+        cpu::batchnorm_forward_eval(&x, c.params(), moving, c.hyper.bn_eps, &mut y);
         vec![("y", y)]
     };
     Case::new(name, ELEMENTWISE_TOL, cpu, move |ctx, p| {
@@ -247,16 +247,11 @@ fn dense_backward(name: String, c: Rc<Inputs>, per_feature: bool) -> Case {
         let (c, grads) = (&cpu_inputs, &cpu_grads);
         let mut dw = grads.g.clone();
         let (mut dgamma, mut dbeta) = (vec![0.0; INPUT], vec![0.0; INPUT]);
-        let (gamma, beta) = (&c.gamma, &c.beta);
-        cpu::batchnorm_dense_backward(
-            &mut dw,
-            &grads.w,
-            gamma,
-            beta,
-            &grads.db,
-            &mut dgamma,
-            &mut dbeta,
-        );
+        let bn_grads = Affine {
+            gamma: &mut dgamma[..],
+            beta: &mut dbeta[..],
+        };
+        cpu::batchnorm_dense_backward(&mut dw, &grads.w, c.params(), &grads.db, bn_grads);
         vec![("dgamma, dbeta, dW", [dgamma, dbeta, dw].concat())]
     };
     Case::new(name, ELEMENTWISE_TOL, cpu, move |ctx, p| {
@@ -277,8 +272,7 @@ fn dense_backward(name: String, c: Rc<Inputs>, per_feature: bool) -> Case {
             bias_off: 2 * INPUT + INPUT * width,
         };
         let pipelines = &p.batchnorm;
-        let d = &ctx.device;
-        let dispatch = pipelines.dense_backward(d, &setup(&c), &dense, &bindings, per_feature);
+        let dispatch = pipelines.dense_backward(&setup(&c), &dense, &bindings, per_feature);
         run_one(ctx, dispatch)?;
         let out = ctx.read_vec(bindings.grads, 0, 2 * INPUT + INPUT * width)?;
         Ok(vec![("dgamma, dbeta, dW", out)])
@@ -296,10 +290,12 @@ fn backward(name: String, c: Rc<Inputs>) -> Case {
     let (cpu_dy, cpu_xhat, gamma) = (dy.clone(), xhat.clone(), c.gamma.clone());
     let cpu = move || -> Outputs {
         let (mut dgamma, mut dbeta) = (vec![0.0; INPUT], vec![0.0; INPUT]);
-        let grads = (&mut dgamma[..], &mut dbeta[..]);
-        cpu::batchnorm_backward(
-            &cpu_dy, &cpu_xhat, &gamma, &inv_std, batch, grads.0, grads.1, None,
-        );
+        let grads = Affine {
+            gamma: &mut dgamma[..],
+            beta: &mut dbeta[..],
+        };
+        let dy_and_xhat = (&cpu_dy[..], &cpu_xhat[..]);
+        cpu::batchnorm_backward(dy_and_xhat, &gamma, &inv_std, grads, None);
         vec![("dgamma, dbeta", [dgamma, dbeta].concat())]
     };
     Case::new(name, ELEMENTWISE_TOL, cpu, move |ctx, p| {
@@ -308,11 +304,7 @@ fn backward(name: String, c: Rc<Inputs>) -> Case {
             dy: &storage_f32(ctx, "dy", &dy),
             xhat_in: &storage_f32(ctx, "xhat", &xhat),
         };
-        run_one(
-            ctx,
-            p.batchnorm
-                .backward(&ctx.device, batch, &setup(&c), &bindings),
-        )?;
+        run_one(ctx, p.batchnorm.backward(batch, &setup(&c), &bindings))?;
         Ok(vec![(
             "dgamma, dbeta",
             ctx.read_vec(bindings.grads, 0, 2 * INPUT)?,

@@ -4,6 +4,8 @@
 //! Every per-feature sum runs over the batch rows in order 0..batch, which is also the
 //! order the GPU kernel uses, so the two agree to rounding.
 
+use crate::model::Hyper;
+
 /// Gather samples `indices` of a u8 image set into `x` (`[indices.len(), pixels]`),
 /// scaled: the input of a BatchNorm on pixels (the GPU kernel fuses it in).
 pub fn gather_scaled(images: &[u8], pixels: usize, indices: &[u32], scale: f32, x: &mut [f32]) {
@@ -15,27 +17,43 @@ pub fn gather_scaled(images: &[u8], pixels: usize, indices: &[u32], scale: f32, 
     }
 }
 
-/// Training mode: normalise with the batch mean and the biased batch variance, write
-/// `xhat` (normalised input, kept for backward), `y = gamma·xhat + beta` and `inv_std`
-/// (1/sqrt(var + eps), kept for backward), and update the moving statistics:
-/// `moving = moving·momentum + batch·(1 − momentum)`.
-#[allow(clippy::too_many_arguments)]
+/// A BatchNorm layer's two per-feature vectors: its parameters γ (scale) and β (shift)
+/// as `Affine<&[f32]>`, or their gradients dγ and dβ as `Affine<&mut [f32]>`.
+#[derive(Clone, Copy, Debug)]
+pub struct Affine<T> {
+    pub gamma: T,
+    pub beta: T,
+}
+
+/// Per-feature mean and biased variance: a batch's, or the moving averages
+/// (`Moments<&mut [f32]>` while a training step updates them).
+#[derive(Clone, Copy, Debug)]
+pub struct Moments<T> {
+    pub mean: T,
+    pub var: T,
+}
+
+/// What a training-mode forward writes: the normalised input `xhat` and `inv_std`
+/// (1/sqrt(var + eps), per feature), both kept for backward, and the output `y`.
+pub struct TrainOutputs<'a> {
+    pub xhat: &'a mut [f32],
+    pub y: &'a mut [f32],
+    pub inv_std: &'a mut [f32],
+}
+
+/// Training mode on `x` (`[batch, features]`): normalise with the batch mean and the
+/// biased batch variance into `out.xhat`, write `out.y = gamma·xhat + beta` and
+/// `out.inv_std`, and update the moving statistics (see [`batchnorm_batch_update`]).
 pub fn batchnorm_forward_train(
     x: &[f32],
-    batch: usize,
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    momentum: f32,
-    moving_mean: &mut [f32],
-    moving_var: &mut [f32],
-    xhat: &mut [f32],
-    y: &mut [f32],
-    inv_std: &mut [f32],
+    params: Affine<&[f32]>,
+    hyper: &Hyper,
+    moving: Moments<&mut [f32]>,
+    out: TrainOutputs,
 ) {
-    let features = gamma.len();
-    assert!(x.len() == batch * features && xhat.len() == x.len() && y.len() == x.len());
-    let inv_batch = 1.0 / batch as f32;
+    let features = params.gamma.len();
+    assert!(out.xhat.len() == x.len() && out.y.len() == x.len() && x.len().is_multiple_of(features));
+    let inv_batch = 1.0 / (x.len() / features) as f32;
     let mut mean = vec![0.0f32; features];
     for row in x.chunks_exact(features) {
         for (acc, &v) in mean.iter_mut().zip(row) {
@@ -51,11 +69,16 @@ pub fn batchnorm_forward_train(
         }
     }
     var.iter_mut().for_each(|v| *v *= inv_batch);
-    batchnorm_batch_update(&mean, &var, eps, momentum, moving_mean, moving_var, inv_std);
+    let batch = Moments {
+        mean: &mean[..],
+        var: &var[..],
+    };
+    batchnorm_batch_update(batch, hyper, moving, &mut *out.inv_std);
+    let (gamma, beta, inv_std) = (params.gamma, params.beta, &*out.inv_std);
     for ((x_row, xhat_row), y_row) in x
         .chunks_exact(features)
-        .zip(xhat.chunks_exact_mut(features))
-        .zip(y.chunks_exact_mut(features))
+        .zip(out.xhat.chunks_exact_mut(features))
+        .zip(out.y.chunks_exact_mut(features))
     {
         for j in 0..features {
             let n = (x_row[j] - mean[j]) * inv_std[j];
@@ -68,60 +91,53 @@ pub fn batchnorm_forward_train(
 /// From a batch's mean and biased variance: `inv_std = 1/sqrt(var + eps)` and the
 /// moving-statistics update `moving = moving·momentum + batch·(1 − momentum)`.
 pub fn batchnorm_batch_update(
-    mean: &[f32],
-    var: &[f32],
-    eps: f32,
-    momentum: f32,
-    moving_mean: &mut [f32],
-    moving_var: &mut [f32],
+    batch: Moments<&[f32]>,
+    hyper: &Hyper,
+    moving: Moments<&mut [f32]>,
     inv_std: &mut [f32],
 ) {
-    for j in 0..mean.len() {
-        inv_std[j] = 1.0 / (var[j] + eps).sqrt();
-        moving_mean[j] = moving_mean[j] * momentum + mean[j] * (1.0 - momentum);
-        moving_var[j] = moving_var[j] * momentum + var[j] * (1.0 - momentum);
+    let (eps, momentum) = (hyper.bn_eps, hyper.bn_momentum);
+    for (j, inv) in inv_std.iter_mut().enumerate().take(batch.mean.len()) {
+        *inv = 1.0 / (batch.var[j] + eps).sqrt();
+        moving.mean[j] = moving.mean[j] * momentum + batch.mean[j] * (1.0 - momentum);
+        moving.var[j] = moving.var[j] * momentum + batch.var[j] * (1.0 - momentum);
     }
 }
 
-/// Inference mode: normalise with the moving statistics.
-#[allow(clippy::too_many_arguments)]
+/// Inference mode: normalise `x` with the moving statistics into `y`.
 pub fn batchnorm_forward_eval(
     x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    moving_mean: &[f32],
-    moving_var: &[f32],
+    params: Affine<&[f32]>,
+    moving: Moments<&[f32]>,
     eps: f32,
     y: &mut [f32],
 ) {
-    let features = gamma.len();
+    let features = params.gamma.len();
     let scale: Vec<f32> = (0..features)
-        .map(|j| gamma[j] / (moving_var[j] + eps).sqrt())
+        .map(|j| params.gamma[j] / (moving.var[j] + eps).sqrt())
         .collect();
     for (x_row, y_row) in x.chunks_exact(features).zip(y.chunks_exact_mut(features)) {
         for j in 0..features {
-            y_row[j] = (x_row[j] - moving_mean[j]) * scale[j] + beta[j];
+            y_row[j] = (x_row[j] - moving.mean[j]) * scale[j] + params.beta[j];
         }
     }
 }
 
-/// Backward: `dgamma = Σ dy·xhat`, `dbeta = Σ dy` over the batch, and, when `dx` is
+/// Backward from the output gradient `dy`, with the forward's `xhat` and `inv_std`:
+/// `dgamma = Σ dy·xhat`, `dbeta = Σ dy` over the batch into `grads`, and, when `dx` is
 /// given, the input gradient `dx = gamma·inv_std/B · (B·dy − dbeta − xhat·dgamma)`.
 /// (In this model BatchNorm is the first layer, so training never needs `dx`; training
 /// uses [`batchnorm_dense_backward`], and this explicit form is what that is tested against.)
-#[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward(
-    dy: &[f32],
-    xhat: &[f32],
+    (dy, xhat): (&[f32], &[f32]),
     gamma: &[f32],
     inv_std: &[f32],
-    batch: usize,
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
+    grads: Affine<&mut [f32]>,
     dx: Option<&mut [f32]>,
 ) {
     let features = gamma.len();
-    assert!(dy.len() == batch * features && xhat.len() == dy.len());
+    assert!(xhat.len() == dy.len() && dy.len().is_multiple_of(features));
+    let (dgamma, dbeta) = (grads.gamma, grads.beta);
     dgamma.fill(0.0);
     dbeta.fill(0.0);
     for (dy_row, xhat_row) in dy.chunks_exact(features).zip(xhat.chunks_exact(features)) {
@@ -131,7 +147,7 @@ pub fn batchnorm_backward(
         }
     }
     if let Some(dx) = dx {
-        let b = batch as f32;
+        let b = (dy.len() / features) as f32;
         for ((dx_row, dy_row), xhat_row) in dx
             .chunks_exact_mut(features)
             .zip(dy.chunks_exact(features))
@@ -161,35 +177,47 @@ pub fn batchnorm_backward(
 pub fn batchnorm_dense_backward(
     grad_w: &mut [f32],
     w: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
+    params: Affine<&[f32]>,
     dbias: &[f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
+    grads: Affine<&mut [f32]>,
 ) {
-    let n = dbias.len();
-    let features = gamma.len();
+    let (n, features) = (dbias.len(), params.gamma.len());
     assert!(grad_w.len() == features * n && w.len() == grad_w.len());
-    assert!(dgamma.len() == features && dbeta.len() == features && beta.len() == features);
+    assert!(grads.gamma.len() == features && grads.beta.len() == features);
     // Rows are independent: split them over the pool when there is enough work.
     if features > 1 && features * n >= PARALLEL_MIN_ELEMENTS {
         let half = features / 2;
         let (gw0, gw1) = grad_w.split_at_mut(half * n);
-        let (dg0, dg1) = dgamma.split_at_mut(half);
-        let (db0, db1) = dbeta.split_at_mut(half);
+        let (w0, w1) = w.split_at(half * n);
+        let (p0, p1) = params.split(|v| v.split_at(half));
+        let (g0, g1) = grads.split(|v| v.split_at_mut(half));
         rayon::join(
-            || {
-                let (w0, g0, b0) = (&w[..half * n], &gamma[..half], &beta[..half]);
-                batchnorm_dense_backward(gw0, w0, g0, b0, dbias, dg0, db0)
-            },
-            || {
-                let (w1, g1, b1) = (&w[half * n..], &gamma[half..], &beta[half..]);
-                batchnorm_dense_backward(gw1, w1, g1, b1, dbias, dg1, db1)
-            },
+            || batchnorm_dense_backward(gw0, w0, p0, dbias, g0),
+            || batchnorm_dense_backward(gw1, w1, p1, dbias, g1),
         );
         return;
     }
-    dense_backward_rows(grad_w, (w, gamma, beta, dbias), (dgamma, dbeta));
+    dense_backward_rows(grad_w, (w, params, dbias), grads);
+}
+
+impl<T> Affine<T> {
+    /// Features `..mid` and `mid..`, by `split_at`: a slice's `split_at` or `split_at_mut`
+    /// at `mid`.
+    fn split(self, split_at: impl Fn(T) -> (T, T)) -> (Self, Self) {
+        let (gamma0, gamma1) = split_at(self.gamma);
+        let (beta0, beta1) = split_at(self.beta);
+        let first = Affine {
+            gamma: gamma0,
+            beta: beta0,
+        };
+        (
+            first,
+            Affine {
+                gamma: gamma1,
+                beta: beta1,
+            },
+        )
+    }
 }
 
 /// Elements below which [`batchnorm_dense_backward`] stays on one thread.
@@ -209,10 +237,11 @@ const LANES: usize = 8;
 ))]
 fn dense_backward_rows(
     grad_w: &mut [f32],
-    (w, gamma, beta, dbias): (&[f32], &[f32], &[f32], &[f32]),
-    (dgamma, dbeta): (&mut [f32], &mut [f32]),
+    (w, params, dbias): (&[f32], Affine<&[f32]>, &[f32]),
+    grads: Affine<&mut [f32]>,
 ) {
-    let n = dbias.len();
+    let (n, gamma, beta) = (dbias.len(), params.gamma, params.beta);
+    let (dgamma, dbeta) = (grads.gamma, grads.beta);
     for (j, (g_row, w_row)) in grad_w
         .chunks_exact_mut(n)
         .zip(w.chunks_exact(n))
@@ -272,6 +301,22 @@ mod tests {
     use super::*;
     use crate::layers::gradcheck::assert_matches_central_differences;
 
+    fn affine<'a>(gamma: &'a [f32], beta: &'a [f32]) -> Affine<&'a [f32]> {
+        Affine { gamma, beta }
+    }
+
+    fn moments<'a>(mean: &'a mut [f32], var: &'a mut [f32]) -> Moments<&'a mut [f32]> {
+        Moments { mean, var }
+    }
+
+    fn outputs<'a>(
+        xhat: &'a mut [f32],
+        y: &'a mut [f32],
+        inv_std: &'a mut [f32],
+    ) -> TrainOutputs<'a> {
+        TrainOutputs { xhat, y, inv_std }
+    }
+
     #[test]
     fn forward_train_by_hand() {
         // Two features over a batch of two: column 0 = [1, 3] (mean 2, var 1), column 1 = [5, 5].
@@ -279,9 +324,9 @@ mod tests {
         let (gamma, beta) = ([2.0, 1.0], [0.5, -1.0]);
         let (mut mm, mut mv) = ([0.0, 0.0], [1.0, 1.0]);
         let (mut xhat, mut y, mut inv) = ([0.0; 4], [0.0; 4], [0.0; 2]);
-        batchnorm_forward_train(
-            &x, 2, &gamma, &beta, 1e-3, 0.99, &mut mm, &mut mv, &mut xhat, &mut y, &mut inv,
-        );
+        let (params, moving) = (affine(&gamma, &beta), moments(&mut mm, &mut mv));
+        let out = outputs(&mut xhat, &mut y, &mut inv);
+        batchnorm_forward_train(&x, params, &Hyper::default(), moving, out);
         let s = 1.0 / (1.0f32 + 1e-3).sqrt();
         assert_eq!(inv[0], s);
         assert_eq!(xhat, [-s, 0.0, s, 0.0]);
@@ -293,15 +338,12 @@ mod tests {
     #[test]
     fn forward_eval_uses_moving_statistics() {
         let mut y = [0.0; 2];
-        batchnorm_forward_eval(
-            &[3.0, 0.0],
-            &[2.0, 1.0],
-            &[1.0, 0.0],
-            &[1.0, 0.0],
-            &[4.0 - 1e-3, 1.0 - 1e-3],
-            1e-3,
-            &mut y,
-        );
+        let params = affine(&[2.0, 1.0], &[1.0, 0.0]);
+        let moving = Moments {
+            mean: &[1.0, 0.0][..],
+            var: &[4.0 - 1e-3, 1.0 - 1e-3][..],
+        };
+        batchnorm_forward_eval(&[3.0, 0.0], params, moving, 1e-3, &mut y);
         assert!((y[0] - 3.0).abs() < 1e-6 && y[1].abs() < 1e-6);
     }
 
@@ -327,37 +369,25 @@ mod tests {
     fn bn_grads(x: &[f64], gamma: &[f64], beta: &[f64], c: &[f64], eps: f64) -> [Vec<f32>; 3] {
         let to32 = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
         let features = gamma.len();
-        let batch = x.len() / features;
         let (mut mm, mut mv) = (vec![0.0; features], vec![1.0; features]);
         let (mut xhat, mut y, mut inv) =
             (vec![0.0; x.len()], vec![0.0; x.len()], vec![0.0; features]);
-        batchnorm_forward_train(
-            &to32(x),
-            batch,
-            &to32(gamma),
-            &to32(beta),
-            eps as f32,
-            0.99,
-            &mut mm,
-            &mut mv,
-            &mut xhat,
-            &mut y,
-            &mut inv,
-        );
+        let (gamma32, beta32) = (to32(gamma), to32(beta));
+        let hyper = Hyper {
+            bn_eps: eps as f32,
+            ..Hyper::default()
+        };
+        let (params, moving) = (affine(&gamma32, &beta32), moments(&mut mm, &mut mv));
+        let out = outputs(&mut xhat, &mut y, &mut inv);
+        batchnorm_forward_train(&to32(x), params, &hyper, moving, out);
         let (mut dgamma, mut dbeta, mut dx) =
             (vec![0.0; features], vec![0.0; features], vec![0.0; x.len()]);
-        let gamma32 = to32(gamma);
-        let dx_out = Some(&mut dx[..]);
-        batchnorm_backward(
-            &to32(c),
-            &xhat,
-            &gamma32,
-            &inv,
-            batch,
-            &mut dgamma,
-            &mut dbeta,
-            dx_out,
-        );
+        let grads = Affine {
+            gamma: &mut dgamma[..],
+            beta: &mut dbeta[..],
+        };
+        let dy = to32(c);
+        batchnorm_backward((&dy, &xhat), &gamma32, &inv, grads, Some(&mut dx[..]));
         [dgamma, dbeta, dx]
     }
 
@@ -407,9 +437,9 @@ mod tests {
         let (mut mm, mut mv) = (vec![0.0; features], vec![1.0; features]);
         let (mut xhat, mut y, mut inv) =
             (vec![0.0; x.len()], vec![0.0; x.len()], vec![0.0; features]);
-        batchnorm_forward_train(
-            &x, batch, &gamma, &beta, 1e-3, 0.99, &mut mm, &mut mv, &mut xhat, &mut y, &mut inv,
-        );
+        let (params, moving) = (affine(&gamma, &beta), moments(&mut mm, &mut mv));
+        let out = outputs(&mut xhat, &mut y, &mut inv);
+        batchnorm_forward_train(&x, params, &Hyper::default(), moving, out);
         let mut dbias = vec![0.0; n];
         bias_grad(&dz, batch, n, &mut dbias);
 
@@ -418,21 +448,20 @@ mod tests {
         let mut dy = vec![0.0; batch * features];
         gemm_input_grad(&dz, &w, batch, features, n, None, &mut dy);
         let (mut dg_chain, mut db_chain) = (vec![0.0; features], vec![0.0; features]);
-        batchnorm_backward(
-            &dy,
-            &xhat,
-            &gamma,
-            &inv,
-            batch,
-            &mut dg_chain,
-            &mut db_chain,
-            None,
-        );
+        let chain_grads = Affine {
+            gamma: &mut dg_chain[..],
+            beta: &mut db_chain[..],
+        };
+        batchnorm_backward((&dy, &xhat), &gamma, &inv, chain_grads, None);
 
         let mut dw = vec![0.0; features * n];
         gemm_weight_grad(&xhat, &dz, batch, features, n, &mut dw);
         let (mut dg, mut db) = (vec![0.0; features], vec![0.0; features]);
-        batchnorm_dense_backward(&mut dw, &w, &gamma, &beta, &dbias, &mut dg, &mut db);
+        let grads = Affine {
+            gamma: &mut dg[..],
+            beta: &mut db[..],
+        };
+        batchnorm_dense_backward(&mut dw, &w, params, &dbias, grads);
 
         let close = |a: &[f32], b: &[f32], what: &str| {
             for (i, (p, q)) in a.iter().zip(b).enumerate() {

@@ -130,19 +130,17 @@ impl Pipelines {
     /// layer's offsets.
     pub fn backward(
         &self,
-        d: &wgpu::Device,
         rows: usize,
         setup: &BnSetup,
         bindings: &BatchnormBackwardBindings,
     ) -> Dispatch {
         let u = BnUniform::evaluation(rows, 0, setup);
-        self.backward.dispatch(d, &u, bindings, u.workgroups())
+        self.backward.dispatch(&u, bindings, u.workgroups())
     }
 
     /// The forward `pass` (its kernel and uniform block).
     pub fn forward(
         &self,
-        d: &wgpu::Device,
         pass: BnForward,
         setup: &BnSetup,
         bindings: &BatchnormForwardBindings,
@@ -156,7 +154,7 @@ impl Pipelines {
                 (&self.forward_eval, BnUniform::evaluation(rows, base, setup))
             }
         };
-        kernel.dispatch(d, &u, bindings, u.workgroups())
+        kernel.dispatch(&u, bindings, u.workgroups())
     }
 
     /// The backward through BatchNorm and `dense`: on entry `grads` holds
@@ -165,7 +163,6 @@ impl Pipelines {
     /// feature; the agreement cases run both.
     pub fn dense_backward(
         &self,
-        d: &wgpu::Device,
         setup: &BnSetup,
         dense: &DenseShape,
         bindings: &BatchnormDenseBackwardBindings,
@@ -174,10 +171,10 @@ impl Pipelines {
         let u = BnUniform::dense_backward(setup, dense);
         if per_feature {
             let kernel = &self.dense_backward_per_feature;
-            kernel.dispatch(d, &u, bindings, u.workgroups())
+            kernel.dispatch(&u, bindings, u.workgroups())
         } else {
             let groups = [u.features, 1, 1];
-            self.dense_backward.dispatch(d, &u, bindings, groups)
+            self.dense_backward.dispatch(&u, bindings, groups)
         }
     }
 }

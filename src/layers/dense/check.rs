@@ -86,7 +86,7 @@ fn forward(name: String, o: Rc<Operands>, relu: bool) -> Case {
             y: &y,
             relu,
         };
-        run_one(ctx, p.dense.dispatch(&ctx.device, s, op))?;
+        run_one(ctx, p.dense.dispatch(s, op))?;
         Ok(vec![("y", ctx.read_vec(&y, 0, s.rows * s.units)?)])
     })
 }
@@ -109,7 +109,7 @@ fn weight_grad(name: String, o: Rc<Operands>) -> Case {
             dy: &dy,
             grads: &grads,
         };
-        run_one(ctx, p.dense.dispatch(&ctx.device, s, op))?;
+        run_one(ctx, p.dense.dispatch(s, op))?;
         let all: Vec<f32> = ctx.read_vec(&grads, 0, s.bias_off + s.units)?;
         let (dw, db) = all.split_at(s.bias_off);
         Ok(vec![("dw", dw.to_vec()), ("db", db.to_vec())])
@@ -136,7 +136,7 @@ fn input_grad(name: String, o: Rc<Operands>, masked: bool) -> Case {
             dx: &dx,
             relu_out: mask.as_ref(),
         };
-        run_one(ctx, p.dense.dispatch(&ctx.device, s, op))?;
+        run_one(ctx, p.dense.dispatch(s, op))?;
         Ok(vec![("dx", ctx.read_vec(&dx, 0, s.rows * s.inputs)?)])
     })
 }

@@ -44,6 +44,26 @@ fn load_b(p: u32, j: u32) -> f32 {
     return b[u.b_off + p * u.b_rs + j * u.b_cs];
 }
 
+// Rows i..i+3 of A at column p, and row p of B at columns j..j+3.
+fn load_a4(i: u32, p: u32) -> vec4<f32> {
+    return vec4<f32>(load_a(i, p), load_a(i + 1u, p), load_a(i + 2u, p), load_a(i + 3u, p));
+}
+
+fn load_b4(p: u32, j: u32) -> vec4<f32> {
+    return vec4<f32>(load_b(p, j), load_b(p, j + 1u), load_b(p, j + 2u), load_b(p, j + 3u));
+}
+
+// Tile slot `idx` (each tile holds 512 vec4 slots, slot = p·16 + quad, covering rows or
+// columns 4·quad..4·quad+3 at k-offset p) as (p, quad). With k contiguous in the
+// operand's memory consecutive threads walk p, so their loads are adjacent; otherwise
+// they walk the quads.
+fn slot(idx: u32, k_fast: bool) -> vec2<u32> {
+    if (k_fast) {
+        return vec2<u32>(idx % TK, idx / TK);
+    }
+    return vec2<u32>(idx / 16u, idx % 16u);
+}
+
 // Epilogue for one output: bias, ReLU, mask, then the store (bias-gradient row aside).
 fn store(i: u32, j: u32, value: f32) {
     if (i >= u.m || j >= u.n) {
@@ -82,8 +102,8 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let flat = ty * 8u + tx;
     let row0 = wid.y * TM;
     let col0 = wid.x * TN;
-    // Tile loads: each thread fills 8 vec4 of each tile. With k contiguous in memory
-    // (a_cs == 1 / b_rs == 1) consecutive threads walk k; otherwise they walk rows/columns.
+    // Tile loads: each thread fills 8 vec4 slots of each tile (see `slot`); k is
+    // contiguous in A's memory when a_cs == 1, in B's when b_rs == 1.
     let a_k_fast = u.a_cs == 1u;
     let b_k_fast = u.b_rs == 1u;
 
@@ -106,40 +126,11 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 
     for (var kt = 0u; kt < u.k; kt += TK) {
         for (var q = 0u; q < 8u; q++) {
-            // 512 vec4 slots per tile: slot = p·16 + quad, covering rows/cols 4·quad..4·quad+3.
             let idx = flat + q * 64u;
-            var pa: u32;
-            var qa: u32;
-            if (a_k_fast) {
-                pa = idx % TK;
-                qa = idx / TK;
-            } else {
-                qa = idx % 16u;
-                pa = idx / 16u;
-            }
-            let ia = row0 + 4u * qa;
-            sa[pa * 16u + qa] = vec4<f32>(
-                load_a(ia, kt + pa),
-                load_a(ia + 1u, kt + pa),
-                load_a(ia + 2u, kt + pa),
-                load_a(ia + 3u, kt + pa),
-            );
-            var pb: u32;
-            var qb: u32;
-            if (b_k_fast) {
-                pb = idx % TK;
-                qb = idx / TK;
-            } else {
-                qb = idx % 16u;
-                pb = idx / 16u;
-            }
-            let jb = col0 + 4u * qb;
-            sb[pb * 16u + qb] = vec4<f32>(
-                load_b(kt + pb, jb),
-                load_b(kt + pb, jb + 1u),
-                load_b(kt + pb, jb + 2u),
-                load_b(kt + pb, jb + 3u),
-            );
+            let sa_at = slot(idx, a_k_fast);
+            sa[sa_at.x * 16u + sa_at.y] = load_a4(row0 + 4u * sa_at.y, kt + sa_at.x);
+            let sb_at = slot(idx, b_k_fast);
+            sb[sb_at.x * 16u + sb_at.y] = load_b4(kt + sb_at.x, col0 + 4u * sb_at.y);
         }
         workgroupBarrier();
         for (var p = 0u; p < TK; p++) {

@@ -64,60 +64,81 @@ impl DenseShape {
     }
 }
 
+/// How the GEMM reads an operand: its element offset and (row, column) strides.
+struct Operand {
+    off: usize,
+    rs: usize,
+    cs: usize,
+}
+
+/// A row-major matrix of `cols` columns at element `off`, read as it is stored.
+fn as_stored(off: usize, cols: usize) -> Operand {
+    Operand {
+        off,
+        rs: cols,
+        cs: 1,
+    }
+}
+
+/// The same matrix read transposed: transposes are only strides.
+fn transposed(off: usize, cols: usize) -> Operand {
+    Operand {
+        off,
+        rs: 1,
+        cs: cols,
+    }
+}
+
 impl GemmUniform {
+    /// `c[m,n] = a[m,k] · b[k,n]` into a row-major `c` at offset 0, with the epilogue
+    /// `flags`; the callers set the epilogue's offsets.
+    fn product([m, n, k]: [usize; 3], a: Operand, b: Operand, flags: u32) -> Self {
+        let u = |v: usize| v as u32;
+        GemmUniform {
+            m: u(m),
+            n: u(n),
+            k: u(k),
+            flags,
+            a_off: u(a.off),
+            a_rs: u(a.rs),
+            a_cs: u(a.cs),
+            b_off: u(b.off),
+            b_rs: u(b.rs),
+            b_cs: u(b.cs),
+            ldc: u(n),
+            ..Default::default()
+        }
+    }
+
     /// `y[m,n] = x[m,k] · w[k,n] + bias` (ReLU when `relu`).
     pub fn forward(s: &DenseShape, relu: bool) -> Self {
+        let flags = GEMM_BIAS | if relu { GEMM_RELU } else { 0 };
+        let (x, w) = (as_stored(0, s.inputs), as_stored(s.kernel_off, s.units));
         GemmUniform {
-            m: s.rows as u32,
-            n: s.units as u32,
-            k: s.inputs as u32,
-            flags: GEMM_BIAS | if relu { GEMM_RELU } else { 0 },
-            a_rs: s.inputs as u32,
-            a_cs: 1,
-            b_off: s.kernel_off as u32,
-            b_rs: s.units as u32,
-            b_cs: 1,
-            ldc: s.units as u32,
             e_off: s.bias_off as u32,
-            ..Default::default()
+            ..Self::product([s.rows, s.units, s.inputs], x, w, flags)
         }
     }
 
     /// `dw[k,n] = xᵀ · dy` written at the kernel's offset, and the bias gradient (column
     /// sums of dy, the product with an appended row of ones) at the bias's.
     pub fn weight_grad(s: &DenseShape) -> Self {
+        let (x_t, dy) = (transposed(0, s.inputs), as_stored(0, s.units));
         GemmUniform {
-            m: s.inputs as u32 + 1,
-            n: s.units as u32,
-            k: s.rows as u32,
-            flags: GEMM_ONES_ROW,
-            a_rs: 1,
-            a_cs: s.inputs as u32,
-            b_rs: s.units as u32,
-            b_cs: 1,
             c_off: s.kernel_off as u32,
-            ldc: s.units as u32,
             c2_off: s.bias_off as u32,
-            ..Default::default()
+            ..Self::product([s.inputs + 1, s.units, s.rows], x_t, dy, GEMM_ONES_ROW)
         }
     }
 
     /// `dx[m,k] = dy[m,n] · wᵀ`, zeroed where the epilogue buffer (the layer input's
     /// ReLU output, `[m,k]`) is ≤ 0 when `mask`.
     pub fn input_grad(s: &DenseShape, mask: bool) -> Self {
+        let (dy, w_t) = (as_stored(0, s.units), transposed(s.kernel_off, s.units));
+        let flags = if mask { GEMM_MASK } else { 0 };
         GemmUniform {
-            m: s.rows as u32,
-            n: s.inputs as u32,
-            k: s.units as u32,
-            flags: if mask { GEMM_MASK } else { 0 },
-            a_rs: s.units as u32,
-            a_cs: 1,
-            b_off: s.kernel_off as u32,
-            b_rs: 1,
-            b_cs: s.units as u32,
-            ldc: s.inputs as u32,
             lde: s.inputs as u32,
-            ..Default::default()
+            ..Self::product([s.rows, s.inputs, s.units], dy, w_t, flags)
         }
     }
 
@@ -160,7 +181,7 @@ pub enum DenseOp<'a> {
 
 impl Pipelines {
     /// The dispatch of `op` on the layer `shape`.
-    pub fn dispatch(&self, d: &wgpu::Device, shape: &DenseShape, op: DenseOp) -> Dispatch {
+    pub fn dispatch(&self, shape: &DenseShape, op: DenseOp) -> Dispatch {
         let (u, bindings) = match op {
             DenseOp::Forward { x, params, y, relu } => {
                 let (a, b, e, c) = (x, params, params, y);
@@ -185,6 +206,6 @@ impl Pipelines {
                 (u, GemmBindings { a, b, e, c })
             }
         };
-        self.gemm.dispatch(d, &u, &bindings, u.workgroups())
+        self.gemm.dispatch(&u, &bindings, u.workgroups())
     }
 }

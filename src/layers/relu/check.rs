@@ -38,7 +38,7 @@ fn forward(name: String, c: Rc<Inputs>) -> Case {
         let bindings = ReluForwardBindings {
             x: &storage_f32(ctx, "x", &c.x),
         };
-        run_one(ctx, p.relu.forward(&ctx.device, c.x.len(), &bindings))?;
+        run_one(ctx, p.relu.forward(c.x.len(), &bindings))?;
         Ok(vec![("y", ctx.read_vec(bindings.x, 0, c.x.len())?)])
     })
 }
@@ -62,7 +62,7 @@ fn backward(name: String, c: Rc<Inputs>) -> Case {
             y: &storage_f32(ctx, "y", &y),
             dx: &storage_zeroed(&ctx.device, "dx", (n * 4) as u64),
         };
-        run_one(ctx, p.relu.backward(&ctx.device, n, &bindings))?;
+        run_one(ctx, p.relu.backward(n, &bindings))?;
         Ok(vec![("dx", ctx.read_vec(bindings.dx, 0, n)?)])
     })
 }

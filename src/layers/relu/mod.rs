@@ -46,19 +46,14 @@ fn elementwise(n: usize) -> (ReluUniform, [u32; 3]) {
 
 impl Pipelines {
     /// `x = max(x, 0)` over its first `n` values.
-    pub fn forward(&self, d: &wgpu::Device, n: usize, bindings: &ReluForwardBindings) -> Dispatch {
+    pub fn forward(&self, n: usize, bindings: &ReluForwardBindings) -> Dispatch {
         let (u, groups) = elementwise(n);
-        self.forward.dispatch(d, &u, bindings, groups)
+        self.forward.dispatch(&u, bindings, groups)
     }
 
     /// `dx = dy · [y > 0]` over the first `n` values.
-    pub fn backward(
-        &self,
-        d: &wgpu::Device,
-        n: usize,
-        bindings: &ReluBackwardBindings,
-    ) -> Dispatch {
+    pub fn backward(&self, n: usize, bindings: &ReluBackwardBindings) -> Dispatch {
         let (u, groups) = elementwise(n);
-        self.backward.dispatch(d, &u, bindings, groups)
+        self.backward.dispatch(&u, bindings, groups)
     }
 }

@@ -85,7 +85,7 @@ fn softmax_xent(name: String, c: Rc<Inputs>, training: bool) -> Case {
         } else {
             SoftmaxUniform::evaluation(batch, CLASSES, 0, 0)
         };
-        run_one(ctx, p.softmax_xent.dispatch(d, &u, &bindings))?;
+        run_one(ctx, p.softmax_xent.dispatch(&u, &bindings))?;
         let stats: Vec<u32> = ctx.read_vec(bindings.stats, 0, 2)?;
         let counts = vec![
             ("loss", vec![f32::from_bits(stats[0])]),

@@ -64,12 +64,7 @@ family! {
 
 impl Pipelines {
     /// One dispatch (one workgroup) with the uniform `u`, training or evaluation.
-    pub fn dispatch(
-        &self,
-        d: &wgpu::Device,
-        u: &SoftmaxUniform,
-        bindings: &SoftmaxXentBindings,
-    ) -> Dispatch {
-        self.softmax_xent.dispatch(d, u, bindings, [1, 1, 1])
+    pub fn dispatch(&self, u: &SoftmaxUniform, bindings: &SoftmaxXentBindings) -> Dispatch {
+        self.softmax_xent.dispatch(u, bindings, [1, 1, 1])
     }
 }
