@@ -52,7 +52,9 @@ pub fn batchnorm_forward_train(
     out: TrainOutputs,
 ) {
     let features = params.gamma.len();
-    assert!(out.xhat.len() == x.len() && out.y.len() == x.len() && x.len().is_multiple_of(features));
+    assert!(
+        out.xhat.len() == x.len() && out.y.len() == x.len() && x.len().is_multiple_of(features)
+    );
     let inv_batch = 1.0 / (x.len() / features) as f32;
     let mut mean = vec![0.0f32; features];
     for row in x.chunks_exact(features) {
