@@ -14,7 +14,7 @@ mod common;
 use mnist_gpu::cpu;
 use mnist_gpu::device::kernel::{record, storage_f32};
 use mnist_gpu::device::{context::Needs, GpuContext};
-use mnist_gpu::layers::dense::{self, DenseOp, DenseShape};
+use mnist_gpu::layers::dense::{self, DenseShape, LinearOp};
 use mnist_gpu::layers::Pipelines;
 use mnist_gpu::model::Hyper;
 use rand::{Rng, SeedableRng};
@@ -83,18 +83,18 @@ fn gpu_gemm(
     let (x, dy, w) = (buf(m * k, 1), buf(m * n, 3), buf(k * n + n, 2));
     let out = buf(m * k.max(n) + k * n + n, 5);
     let op = match form {
-        0 => DenseOp::Forward {
+        0 => LinearOp::Forward {
             x: &x,
             params: &w,
             y: &out,
             relu: false,
         },
-        1 => DenseOp::WeightGrad {
+        1 => LinearOp::WeightGrad {
             x: &x,
             dy: &dy,
             grads: &out,
         },
-        _ => DenseOp::InputGrad {
+        _ => LinearOp::InputGrad {
             dy: &dy,
             params: &w,
             dx: &out,

@@ -29,7 +29,7 @@ use crate::layers::batchnorm::{
     BatchnormBackwardBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, BnForward,
     BnSetup,
 };
-use crate::layers::dense::{DenseOp, DenseShape};
+use crate::layers::dense::{DenseShape, LinearOp};
 use crate::layers::plan::Fusions;
 use crate::layers::relu::{ReluBackwardBindings, ReluForwardBindings};
 use crate::layers::softmax_xent::{SoftmaxUniform, SoftmaxXentBindings};
@@ -318,7 +318,7 @@ impl GpuBackend {
         for l in 0..layers {
             let relu = l + 1 < layers;
             let shape = self.dense_shape(l, rows);
-            let op = DenseOp::Forward {
+            let op = LinearOp::Forward {
                 x: &w.acts[l],
                 params: &self.params,
                 y: &w.acts[l + 1],
@@ -416,7 +416,7 @@ impl GpuBackend {
         let mut list = Vec::new();
         for l in (1..self.config.dense_layers()).rev() {
             let shape = self.dense_shape(l, rows);
-            let op = DenseOp::WeightGrad {
+            let op = LinearOp::WeightGrad {
                 x: &w.acts[l],
                 dy: &w.deltas[l + 1],
                 grads: &self.grads,
@@ -434,7 +434,7 @@ impl GpuBackend {
         let w = self.work.as_ref().expect("workspace");
         let dense = &self.pipelines.dense;
         let fused = self.fusions.relu_in_gemm;
-        let op = DenseOp::InputGrad {
+        let op = LinearOp::InputGrad {
             dy: &w.deltas[l + 1],
             params: &self.params,
             dx: if fused { &w.deltas[l] } else { &w.scratch },
@@ -462,7 +462,7 @@ impl GpuBackend {
         let dense = &self.pipelines.dense;
         let shape = self.dense_shape(0, rows);
         let fused = self.fusions.batchnorm_dense_backward;
-        let weight_grad = DenseOp::WeightGrad {
+        let weight_grad = LinearOp::WeightGrad {
             x: if fused { &w.xhat } else { &w.acts[0] },
             dy: &w.deltas[1],
             grads: &self.grads,
@@ -471,7 +471,7 @@ impl GpuBackend {
         if fused {
             return vec![weight_grad, self.batchnorm_dense_backward_dispatch(rows)];
         }
-        let input_grad = DenseOp::InputGrad {
+        let input_grad = LinearOp::InputGrad {
             dy: &w.deltas[1],
             params: &self.params,
             dx: &w.deltas[0],

@@ -14,6 +14,12 @@ use rand_chacha::ChaCha8Rng;
 /// Bound on the error of GEMM-based results (sums over up to 784 products, in a
 /// different order than the CPU's blocked SIMD kernel).
 pub const GEMM_TOL: f64 = 1e-4;
+/// [`GEMM_TOL`] for sums `depth` products deep: the rounding error of a sum grows about
+/// as the square root of its length, and `GEMM_TOL` is set for 784.
+pub fn gemm_tol(depth: usize) -> f64 {
+    GEMM_TOL * (depth as f64 / 784.0).sqrt().max(1.0)
+}
+
 /// Bound on the error of elementwise and per-feature results.
 pub const ELEMENTWISE_TOL: f64 = 1e-5;
 

@@ -174,10 +174,11 @@ macro_rules! families {
 // The families, each a folder: its module (declared here, outside the macro, so that
 // rustfmt finds its files) and its line in the registry below. The registry's order is
 // the layers' order: a family may use the families listed before it (the dense layer
-// fuses ReLU; BatchNorm's backward is fused with the dense layer it feeds), which
-// tests/layering.rs checks.
+// fuses ReLU; Conv2D's reference uses the dense layer's GEMM; BatchNorm's backward is
+// fused with the dense layer it feeds), which tests/layering.rs checks.
 pub mod adam;
 pub mod batchnorm;
+pub mod conv2d;
 pub mod dense;
 pub mod relu;
 pub mod softmax_xent;
@@ -185,6 +186,7 @@ pub mod softmax_xent;
 families! {
     relu: Relu,
     dense: Dense,
+    conv2d: Conv2d,
     batchnorm: BatchNorm,
     softmax_xent: SoftmaxXent,
     adam: Adam,

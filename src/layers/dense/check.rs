@@ -1,7 +1,7 @@
 //! The dense family's agreement cases: each GEMM form against [`super::cpu`] at shapes
 //! that are not tile multiples (batch 1, 33, 37, 70; widths 10, 129, 784).
 
-use super::{cpu, DenseOp, DenseShape};
+use super::{cpu, DenseShape, LinearOp};
 use crate::device::kernel::{run_one, storage_f32, storage_zeroed};
 use crate::layers::check::{rng, uniform_vec, Case, Outputs, GEMM_TOL};
 use std::rc::Rc;
@@ -80,7 +80,7 @@ fn forward(name: String, o: Rc<Operands>, relu: bool) -> Case {
         let x = storage_f32(ctx, "x", &o.x);
         let params = storage_f32(ctx, "params", &[&o.w[..], &o.bias].concat());
         let y = storage_zeroed(&ctx.device, "y", (s.rows * s.units * 4) as u64);
-        let op = DenseOp::Forward {
+        let op = LinearOp::Forward {
             x: &x,
             params: &params,
             y: &y,
@@ -104,7 +104,7 @@ fn weight_grad(name: String, o: Rc<Operands>) -> Case {
         let s = &o.shape;
         let (x, dy) = (storage_f32(ctx, "x", &o.x), storage_f32(ctx, "dy", &o.dy));
         let grads = storage_zeroed(&ctx.device, "grads", (s.bias_off + s.units) as u64 * 4);
-        let op = DenseOp::WeightGrad {
+        let op = LinearOp::WeightGrad {
             x: &x,
             dy: &dy,
             grads: &grads,
@@ -130,7 +130,7 @@ fn input_grad(name: String, o: Rc<Operands>, masked: bool) -> Case {
         let (dy, w) = (storage_f32(ctx, "dy", &o.dy), storage_f32(ctx, "w", &o.w));
         let mask = masked.then(|| storage_f32(ctx, "mask", &o.mask));
         let dx = storage_zeroed(&ctx.device, "dx", (s.rows * s.inputs * 4) as u64);
-        let op = DenseOp::InputGrad {
+        let op = LinearOp::InputGrad {
             dy: &dy,
             params: &w,
             dx: &dx,

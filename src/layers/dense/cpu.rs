@@ -269,6 +269,72 @@ fn narrow_rows(dy: &[f32], wt: &[f32], n: usize, mask: Option<&[f32]>, dx: &mut 
     }
 }
 
+/// A `rows`×`cols` matrix in a slice, element (i, j) at `data[i·rs + j·cs]`: a
+/// row-major matrix ([`Mat::rows`]) or its transpose ([`Mat::t`]) without a copy.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// `data` as a row-major `rows`×`cols` matrix.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose, read through swapped strides.
+    pub fn t(self) -> Self {
+        Mat {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+}
+
+/// Whether a `rows`×`cols` matrix with strides `rs`, `cs` lies inside `len` elements.
+fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
+    rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
+}
+
+/// `c = a·b + beta·c`, where `c` is the row-major `a.rows`×`b.cols` matrix in `c`. Split
+/// over the pool like the dense layer's GEMMs, each element summed over k in the same
+/// order whatever the split.
+pub fn matmul(a: Mat, b: Mat, beta: f32, c: &mut [f32]) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "matmul: inner dimensions differ");
+    assert!(fits(a.data.len(), m, k, a.rs, a.cs) && fits(b.data.len(), k, n, b.rs, b.cs));
+    assert_eq!(c.len(), m * n, "matmul output has the wrong length");
+    if m * n == 0 {
+        return;
+    }
+    // SAFETY: the views were checked above to lie inside their slices.
+    unsafe {
+        par_sgemm(
+            m,
+            k,
+            n,
+            view(a.data, a.rs, a.cs),
+            view(b.data, b.rs, b.cs),
+            beta,
+            view_mut(c, n, 1),
+            threads(),
+        )
+    };
+}
+
 /// Bias gradient: column sums of `dy` (`[m, n]` → `[n]`), summed in row order.
 pub fn bias_grad(dy: &[f32], m: usize, n: usize, db: &mut [f32]) {
     assert_eq!(dy.len(), m * n);

@@ -3,7 +3,7 @@
 //! reference is [`cpu`].
 //!
 //! The trainer and the agreement cases build their dispatches with the same
-//! [`Pipelines::dispatch`] of a [`DenseOp`].
+//! [`Pipelines::dispatch`] of a [`LinearOp`].
 
 #[cfg(not(target_arch = "wasm32"))]
 mod check;
@@ -155,9 +155,11 @@ family! {
     }
 }
 
-/// The three products a dense layer needs, with the buffers each reads and writes.
-pub enum DenseOp<'a> {
-    /// `y = x · W + b` (then ReLU when `relu`), W and b read from `params`.
+/// The three products of a linear layer, with the buffers each reads and writes: a
+/// dense layer's, and a Conv2D's (a dense layer applied to every patch).
+pub enum LinearOp<'a> {
+    /// `y = x · W + b` (then ReLU when `relu`), W and b read from `params` at the layer's
+    /// offsets.
     Forward {
         x: &'a wgpu::Buffer,
         params: &'a wgpu::Buffer,
@@ -179,33 +181,52 @@ pub enum DenseOp<'a> {
     },
 }
 
-impl Pipelines {
-    /// The dispatch of `op` on the layer `shape`.
-    pub fn dispatch(&self, shape: &DenseShape, op: DenseOp) -> Dispatch {
-        let (u, bindings) = match op {
-            DenseOp::Forward { x, params, y, relu } => {
-                let (a, b, e, c) = (x, params, params, y);
-                (
-                    GemmUniform::forward(shape, relu),
-                    GemmBindings { a, b, e, c },
-                )
-            }
-            DenseOp::WeightGrad { x, dy, grads } => {
-                // The epilogue buffer is unused; bind one already bound.
-                let (a, b, e, c) = (x, dy, x, grads);
-                (GemmUniform::weight_grad(shape), GemmBindings { a, b, e, c })
-            }
-            DenseOp::InputGrad {
+/// A product's buffers: `out = lhs · rhs` (up to transposes and the layer's layout), and
+/// the mask an input gradient applies (the ReLU output of the layer below), if any.
+pub struct Operands<'a> {
+    pub lhs: &'a wgpu::Buffer,
+    pub rhs: &'a wgpu::Buffer,
+    pub out: &'a wgpu::Buffer,
+    pub mask: Option<&'a wgpu::Buffer>,
+}
+
+impl<'a> LinearOp<'a> {
+    /// The product's buffers; the kernels of both linear families bind them this way.
+    pub fn operands(&self) -> Operands<'a> {
+        let (lhs, rhs, out, mask) = match *self {
+            LinearOp::Forward { x, params, y, .. } => (x, params, y, None),
+            LinearOp::WeightGrad { x, dy, grads } => (x, dy, grads, None),
+            LinearOp::InputGrad {
                 dy,
                 params,
                 dx,
                 relu_out,
-            } => {
-                let (a, b, e, c) = (dy, params, relu_out.unwrap_or(dy), dx);
-                let u = GemmUniform::input_grad(shape, relu_out.is_some());
-                (u, GemmBindings { a, b, e, c })
+            } => (dy, params, dx, relu_out),
+        };
+        Operands {
+            lhs,
+            rhs,
+            out,
+            mask,
+        }
+    }
+}
+
+impl Pipelines {
+    /// The dispatch of `op` on the layer `shape`.
+    pub fn dispatch(&self, shape: &DenseShape, op: LinearOp) -> Dispatch {
+        let u = match op {
+            LinearOp::Forward { relu, .. } => GemmUniform::forward(shape, relu),
+            LinearOp::WeightGrad { .. } => GemmUniform::weight_grad(shape),
+            LinearOp::InputGrad { relu_out, .. } => {
+                GemmUniform::input_grad(shape, relu_out.is_some())
             }
         };
-        self.gemm.dispatch(&u, &bindings, u.workgroups())
+        // The epilogue reads the bias from `params` in the forward, and the mask in an
+        // input gradient; otherwise it is not read, and an input is bound in its place.
+        let o = op.operands();
+        let (a, b, e, c) = (o.lhs, o.rhs, o.mask.unwrap_or(o.rhs), o.out);
+        self.gemm
+            .dispatch(&u, &GemmBindings { a, b, e, c }, u.workgroups())
     }
 }
