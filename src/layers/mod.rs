@@ -180,6 +180,7 @@ pub mod adam;
 pub mod batchnorm;
 pub mod conv2d;
 pub mod dense;
+pub mod maxpool2d;
 pub mod relu;
 pub mod softmax_xent;
 
@@ -187,6 +188,7 @@ families! {
     relu: Relu,
     dense: Dense,
     conv2d: Conv2d,
+    maxpool2d: MaxPool2d,
     batchnorm: BatchNorm,
     softmax_xent: SoftmaxXent,
     adam: Adam,
