@@ -126,7 +126,8 @@ pub trait Uniform: Pod {
 }
 
 /// Declares a uniform struct (`#[repr(C)]`, plain data, `u32` and `f32` fields) and the
-/// WGSL struct named after `as` generated from it; fields named `pad…` are padding.
+/// WGSL struct named after `as` generated from it. Both are padded to a whole number of
+/// 16-byte rows (`_pad` in Rust, `padN` in WGSL), the uniform buffer's unit.
 macro_rules! uniform {
     (
         $(#[$meta:meta])*
@@ -137,6 +138,10 @@ macro_rules! uniform {
         #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
         pub struct $name {
             $(pub $field: $ty,)*
+            pub _pad: [u32; {
+                const FIELDS: usize = [$(stringify!($field)),*].len();
+                (4 - FIELDS % 4) % 4
+            }],
         }
 
         impl $crate::device::kernel::Uniform for $name {
@@ -276,11 +281,15 @@ pub fn wgsl_declarations(
     uniform: &UniformDecl,
     bindings: &[BindingsDecl],
 ) -> Result<String, String> {
-    let fields: Vec<String> = uniform
+    let mut fields: Vec<String> = uniform
         .fields
         .iter()
         .map(|(name, _, ty)| format!("    {name}: {ty},"))
         .collect();
+    // The Rust struct's `_pad` words, as fields (a uniform array would need a 16-byte
+    // stride).
+    let pad_words = (uniform.size / 4).saturating_sub(uniform.fields.len());
+    fields.extend((0..pad_words).map(|i| format!("    pad{i}: u32,")));
     let mut text = format!(
         "// Declared in the family's mod.rs (uniform!, bindings!).\nstruct {} {{\n{}\n}}\n",
         uniform.wgsl,

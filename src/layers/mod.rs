@@ -180,6 +180,7 @@ pub mod adam;
 pub mod batchnorm;
 pub mod conv2d;
 pub mod dense;
+pub mod dropout;
 pub mod maxpool2d;
 pub mod relu;
 pub mod softmax_xent;
@@ -189,6 +190,7 @@ families! {
     dense: Dense,
     conv2d: Conv2d,
     maxpool2d: MaxPool2d,
+    dropout: Dropout,
     batchnorm: BatchNorm,
     softmax_xent: SoftmaxXent,
     adam: Adam,

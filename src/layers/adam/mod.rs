@@ -12,8 +12,7 @@ use crate::model::Hyper;
 uniform! {
     /// Uniform block of `adam.wgsl`.
     pub struct AdamUniform as "Adam" {
-        pub n: u32, pub pad0: u32, pub pad1: u32, pub pad2: u32,
-        pub one_minus_b1: f32, pub one_minus_b2: f32, pub eps: f32, pub pad3: f32,
+        pub n: u32, pub one_minus_b1: f32, pub one_minus_b2: f32, pub eps: f32,
     }
 }
 

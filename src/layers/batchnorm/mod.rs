@@ -15,11 +15,10 @@ pub const BN_WORKGROUP: u32 = 64;
 uniform! {
     /// Uniform block of `batchnorm.wgsl`.
     pub struct BnUniform as "Bn" {
-        pub batch: u32, pub stride: u32, pub use_order: u32, pub base: u32,
-        pub gamma_off: u32, pub beta_off: u32, pub features: u32, pub pad0: u32,
-        pub scale: f32, pub eps: f32, pub momentum: f32, pub pad1: f32,
+        pub batch: u32, pub stride: u32, pub use_order: u32, pub base: u32, pub features: u32,
+        pub gamma_off: u32, pub beta_off: u32, pub scale: f32, pub eps: f32, pub momentum: f32,
         // dense_backward only: where layer 0's kernel [features, width] and bias sit.
-        pub kernel_off: u32, pub bias_off: u32, pub width: u32, pub pad2: u32,
+        pub kernel_off: u32, pub bias_off: u32, pub width: u32,
     }
 }
 

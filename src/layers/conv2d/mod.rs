@@ -128,6 +128,7 @@ impl ConvUniform {
             flags,
             kernel_off: u(s.kernel_off),
             bias_off: u(s.bias_off),
+            ..Default::default()
         }
     }
 }

@@ -27,7 +27,7 @@ uniform! {
         pub b_off: u32, pub b_rs: u32, pub b_cs: u32,
         pub c_off: u32, pub ldc: u32,
         pub e_off: u32, pub lde: u32,
-        pub c2_off: u32, pub pad: u32,
+        pub c2_off: u32,
     }
 }
 

@@ -14,7 +14,7 @@ uniform! {
     /// Uniform block of `maxpool2d.wgsl`.
     pub struct PoolUniform as "Pool" {
         pub planes: u32, pub h: u32, pub w: u32, pub size: u32,
-        pub out_h: u32, pub out_w: u32, pub flags: u32, pub pad0: u32,
+        pub out_h: u32, pub out_w: u32, pub flags: u32,
     }
 }
 
@@ -88,7 +88,7 @@ impl PoolShape {
             out_h: u(out_h),
             out_w: u(out_w),
             flags,
-            pad0: 0,
+            ..Default::default()
         }
     }
 }

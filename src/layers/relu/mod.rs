@@ -11,7 +11,7 @@ use crate::device::kernel::{bindings, elementwise_groups, uniform, Dispatch};
 uniform! {
     /// Uniform block of `relu.wgsl`.
     pub struct ReluUniform as "Relu" {
-        pub n: u32, pub pad0: u32, pub pad1: u32, pub pad2: u32,
+        pub n: u32,
     }
 }
 
