@@ -25,13 +25,20 @@ pub fn window_argmax(x: &[f32], s: &PoolShape, plane: usize, oy: usize, ox: usiz
     best
 }
 
+/// Every output pixel as `(its index, plane, oy, ox)`, in order.
+fn outputs(s: &PoolShape) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    let (oh, ow) = s.out_size();
+    let planes = s.batch * s.channels;
+    let pixels =
+        (0..planes).flat_map(move |p| (0..oh).flat_map(move |y| (0..ow).map(move |x| (p, y, x))));
+    pixels.enumerate().map(|(i, (p, y, x))| (i, p, y, x))
+}
+
 /// Forward: each output is its window's maximum.
 pub fn maxpool2d_forward(x: &[f32], s: &PoolShape, y: &mut [f32]) {
-    let (oh, ow) = s.out_size();
     assert!(x.len() == s.in_len() && y.len() == s.out_len());
-    for (i, out) in y.iter_mut().enumerate() {
-        let (plane, oy, ox) = (i / (oh * ow), i / ow % oh, i % ow);
-        *out = x[window_argmax(x, s, plane, oy, ox)];
+    for (i, plane, oy, ox) in outputs(s) {
+        y[i] = x[window_argmax(x, s, plane, oy, ox)];
     }
 }
 
@@ -39,13 +46,12 @@ pub fn maxpool2d_forward(x: &[f32], s: &PoolShape, y: &mut [f32]) {
 /// inputs no window covers, get 0). With `masked`, `x` is the ReLU output of the layer
 /// below and the gradient is zeroed where `x <= 0` (that ReLU's backward, fused).
 pub fn maxpool2d_backward(x: &[f32], dy: &[f32], s: &PoolShape, masked: bool, dx: &mut [f32]) {
-    let (oh, ow) = s.out_size();
     assert!(x.len() == s.in_len() && dx.len() == x.len() && dy.len() == s.out_len());
     dx.fill(0.0);
-    for (i, &g) in dy.iter().enumerate() {
-        let at = window_argmax(x, s, i / (oh * ow), i / ow % oh, i % ow);
+    for (i, plane, oy, ox) in outputs(s) {
+        let at = window_argmax(x, s, plane, oy, ox);
         if !masked || x[at] > 0.0 {
-            dx[at] = g;
+            dx[at] = dy[i];
         }
     }
 }
