@@ -21,10 +21,12 @@
 // below, this layer's input) is ≤ 0: that ReLU's backward, fused as in gemm.wgsl.
 //
 // Each workgroup computes a 32×32 tile of C with 8×8 threads, each thread a 4×4 block
-// (rows 4·ty.., columns 4·tx..) in four vec4s; the K dimension is walked in
-// slices of 16 through workgroup memory. Every output sums its K terms in order
-// p = 0..K, one slice after another, so results do not depend on the tiling and the CPU
-// reference (cpu.rs, im2col + GEMM) agrees to rounding.
+// (rows 4·ty.., columns 4·tx..) in four vec4s; the K dimension is walked in slices of 16
+// through workgroup memory. Every output sums its K terms in order p = 0..K, one slice
+// after another, so results do not depend on the tiling, and the CPU reference (cpu.rs,
+// im2col + GEMM) agrees to rounding. On lavapipe this runs at 1 to 2 GFLOP/s, a quarter
+// of gemm.wgsl with its 8×8 blocks (benches/RESULTS.md): the convnet's speed work starts
+// here.
 //
 // The uniform block `u: Conv` and the buffers are declared once, in mod.rs (`uniform!`,
 // `bindings!`), and put before this source when it is compiled.
@@ -39,8 +41,11 @@ const FLAG_MASK: u32 = 2u;
 const T: u32 = 32u;  // output tile edge
 const TK: u32 = 16u; // K slice per barrier
 
-var<workgroup> sa: array<f32, 512>; // [TK][T]: sa[p·T + i] = A[row0 + i, k0 + p]
-var<workgroup> sb: array<f32, 512>; // [TK][T]: sb[p·T + j] = B[k0 + p, col0 + j]
+// The tiles as vec4s of 4 rows (columns), so the inner loop reads two vec4s for its 16
+// multiply-adds: [TK][T / 4], sa[p·8 + i/4][i%4] = A[row0 + i, k0 + p], sb likewise
+// for B[k0 + p, col0 + j].
+var<workgroup> sa: array<vec4<f32>, 128>;
+var<workgroup> sb: array<vec4<f32>, 128>;
 
 fn patch_len() -> u32 {
     return u.in_ch * u.ks * u.ks;
@@ -59,25 +64,43 @@ fn dims() -> vec3<u32> {
     }
 }
 
-// x[b, c, oy + ky, ox + kx] for patch row p = (c, ky, kx) and output pixel q = (oy, ox).
-fn x_at(b: u32, p: u32, q: u32) -> f32 {
+// Where patch element p = (c, ky, kx) lies from its window's corner in a sample of x:
+// c·h·w + ky·w + kx.
+fn patch_offset(p: u32) -> u32 {
     let kk = u.ks * u.ks;
-    let c = p / kk;
-    let ky = p % kk / u.ks;
-    let kx = p % u.ks;
-    let oy = q / u.out_w;
-    let ox = q % u.out_w;
-    return lhs[((b * u.in_ch + c) * u.h + oy + ky) * u.w + ox + kx];
+    let r = p % kk;
+    return (p / kk) * u.h * u.w + (r / u.ks) * u.w + r % u.ks;
 }
 
-// dy_b[o, iy − ky, ix − kx] for p = (o, ky, kx) and input pixel j = (iy, ix); 0 where
-// that output pixel does not exist.
-fn dy_shifted(b: u32, p: u32, j: u32) -> f32 {
+// Where output pixel q = (oy, ox)'s window corner lies in a sample of x: oy·w + ox.
+fn corner_offset(q: u32) -> u32 {
+    return (q / u.out_w) * u.w + q % u.out_w;
+}
+
+// What every load of B's column j reuses, worked out once per thread (each thread loads
+// one column of B) rather than once per load, which saves integer divisions: the window
+// corner of output pixel j (forward), the patch offset of j and whether j is the column
+// of ones (weight gradient), or input pixel j's (iy, ix) (input gradient).
+fn column_key(j: u32) -> vec2<u32> {
+    switch u.op {
+        case OP_FORWARD: { return vec2<u32>(corner_offset(j), 0u); }
+        case OP_WEIGHT_GRAD: {
+            if (j == patch_len()) {
+                return vec2<u32>(0u, 1u);
+            }
+            return vec2<u32>(patch_offset(j), 0u);
+        }
+        default: { return vec2<u32>(j / u.w, j % u.w); }
+    }
+}
+
+// dy_b[o, iy − ky, ix − kx] for p = (o, ky, kx) and input pixel (iy, ix); 0 where that
+// output pixel does not exist.
+fn dy_shifted(b: u32, p: u32, iy: u32, ix: u32) -> f32 {
     let kk = u.ks * u.ks;
-    let ky = p % kk / u.ks;
-    let kx = p % u.ks;
-    let iy = j / u.w;
-    let ix = j % u.w;
+    let r = p % kk;
+    let ky = r / u.ks;
+    let kx = r % u.ks;
     if (iy < ky || ix < kx || iy - ky >= u.out_h || ix - kx >= u.out_w) {
         return 0.0;
     }
@@ -99,17 +122,19 @@ fn load_a(b: u32, i: u32, p: u32) -> f32 {
     }
 }
 
-// B[p, j] of sample b (inside the product's bounds).
-fn load_b(b: u32, p: u32, j: u32) -> f32 {
+// B[p, j] of sample b (inside the product's bounds), `key` being column_key(j).
+fn load_b(b: u32, p: u32, key: vec2<u32>) -> f32 {
+    let sample = u.in_ch * u.h * u.w;
     switch u.op {
-        case OP_FORWARD: { return x_at(b, p, j); }
+        case OP_FORWARD: { return lhs[b * sample + key.x + patch_offset(p)]; }
         case OP_WEIGHT_GRAD: {
-            if (j == patch_len()) {
+            if (key.y == 1u) {
                 return 1.0;
             }
-            return x_at(p / out_pixels(), j, p % out_pixels());
+            // x[b', c, oy + ky, ox + kx] for p = (b', (oy, ox)) and j = (c, ky, kx)
+            return lhs[p / out_pixels() * sample + corner_offset(p % out_pixels()) + key.x];
         }
-        default: { return dy_shifted(b, p, j); }
+        default: { return dy_shifted(b, p, key.x, key.y); }
     }
 }
 
@@ -147,29 +172,34 @@ fn conv(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let col0 = wid.x * T;
     let b = wid.z;
     var acc = array<vec4<f32>, 4>(); // this thread's rows, each 4 columns
+    // This thread's share of each tile: row i of A's and column i of B's, at k-offsets
+    // p0, p0 + 2, …, p0 + 14 (neighbouring threads take neighbouring rows and columns).
+    let i = flat % T;
+    let p0 = flat / T;
+    let row_in = row0 + i < mnk.x;
+    let col_in = col0 + i < mnk.y;
+    var key = vec2<u32>(0u);
+    if (col_in) {
+        key = column_key(col0 + i);
+    }
     for (var k0 = 0u; k0 < mnk.z; k0 += TK) {
-        // This thread's 8 values of each tile: (p, i) with i fastest, so neighbouring
-        // threads read neighbouring rows of A and columns of B.
-        for (var q = 0u; q < 8u; q++) {
-            let idx = flat + q * 64u;
-            let p = idx / T;
-            let i = idx % T;
+        for (var p = p0; p < TK; p += 2u) {
+            let k_in = k0 + p < mnk.z;
             var a = 0.0;
             var bv = 0.0;
-            if (k0 + p < mnk.z && row0 + i < mnk.x) {
+            if (k_in && row_in) {
                 a = load_a(b, row0 + i, k0 + p);
             }
-            if (k0 + p < mnk.z && col0 + i < mnk.y) {
-                bv = load_b(b, k0 + p, col0 + i);
+            if (k_in && col_in) {
+                bv = load_b(b, k0 + p, key);
             }
-            sa[p * T + i] = a;
-            sb[p * T + i] = bv;
+            sa[p * 8u + i / 4u][i % 4u] = a;
+            sb[p * 8u + i / 4u][i % 4u] = bv;
         }
         workgroupBarrier();
         for (var p = 0u; p < TK; p++) {
-            let at = p * T;
-            let a = vec4<f32>(sa[at + 4u * lid.y], sa[at + 4u * lid.y + 1u], sa[at + 4u * lid.y + 2u], sa[at + 4u * lid.y + 3u]);
-            let bv = vec4<f32>(sb[at + 4u * lid.x], sb[at + 4u * lid.x + 1u], sb[at + 4u * lid.x + 2u], sb[at + 4u * lid.x + 3u]);
+            let a = sa[p * 8u + lid.y];
+            let bv = sb[p * 8u + lid.x];
             acc[0] = acc[0] + a.x * bv;
             acc[1] = acc[1] + a.y * bv;
             acc[2] = acc[2] + a.z * bv;
