@@ -31,15 +31,152 @@ pub const MAX_WIDTH: usize = 65_536;
 /// - `batchnorm`: batch normalisation of every feature of its input (Keras'
 ///   `BatchNormalization`; same width out as in);
 /// - `dense(UNITS)`: a fully connected layer of UNITS outputs (1 to 65536);
-/// - `dense(UNITS,relu)`: the same, followed by ReLU.
+/// - `dense(UNITS,relu)`: the same, followed by ReLU;
+/// - `conv2d(FILTERS,SIZE)` and `conv2d(FILTERS,SIZE,relu)`: a convolution with FILTERS
+///   square SIZE×SIZE filters, stride 1, `valid` padding (Keras' `Conv2D`);
+/// - `maxpool2d(SIZE)`: the maximum of each SIZE×SIZE window, stride SIZE;
+/// - `flatten`: an image to a flat vector, channels first (PyTorch's order);
+/// - `dropout(RATE)`: inverted dropout in training, RATE in [0, 1).
 ///
-/// For example `batchnorm,dense(128,relu),dense(10)` (the default). Spaces around the
-/// names, numbers and commas are allowed. The softmax of the last layer is part of the
-/// loss, not a layer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// For example `batchnorm,dense(128,relu),dense(10)` (the default), or Keras' MNIST
+/// convnet `conv2d(32,3,relu),maxpool2d(2),conv2d(64,3,relu),maxpool2d(2),flatten,
+/// dropout(0.5),dense(10)`. The input is the 28×28 image, one channel; `batchnorm` and
+/// `dense` see their input flattened. Spaces around the names, numbers and commas are
+/// allowed. The softmax of the last layer is part of the loss, not a layer.
+#[derive(Clone, Debug, PartialEq)]
 pub enum LayerSpec {
     BatchNorm,
-    Dense { units: usize, relu: bool },
+    Dense {
+        units: usize,
+        relu: bool,
+    },
+    Conv2d {
+        filters: usize,
+        size: usize,
+        relu: bool,
+    },
+    MaxPool2d {
+        size: usize,
+    },
+    Flatten,
+    Dropout {
+        rate: f32,
+    },
+}
+
+/// What flows from one layer to the next: an image of `channels`×`height`×`width`
+/// values, or a flat vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Image {
+        channels: usize,
+        height: usize,
+        width: usize,
+    },
+    Flat(usize),
+}
+
+/// The model's input: one 28×28 image with one channel.
+pub const INPUT_IMAGE: Activation = Activation::Image {
+    channels: 1,
+    height: 28,
+    width: 28,
+};
+
+impl Activation {
+    /// Values in one sample.
+    pub fn len(&self) -> usize {
+        match *self {
+            Activation::Image {
+                channels,
+                height,
+                width,
+            } => channels * height * width,
+            Activation::Flat(n) => n,
+        }
+    }
+
+    /// Always false: no layer has an empty output (sizes start at 1).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Activation::Image {
+                channels,
+                height,
+                width,
+            } => write!(f, "{channels}×{height}×{width}"),
+            Activation::Flat(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl LayerSpec {
+    /// This layer's output for `input`, or why it cannot take it.
+    pub fn output(&self, input: Activation) -> Result<Activation, String> {
+        let image = |what: &str| match input {
+            Activation::Image {
+                channels,
+                height,
+                width,
+            } => Ok((channels, height, width)),
+            Activation::Flat(n) => Err(format!(
+                "{what} needs an image, but its input is {n} flat values"
+            )),
+        };
+        match *self {
+            LayerSpec::BatchNorm | LayerSpec::Flatten => Ok(Activation::Flat(input.len())),
+            LayerSpec::Dense { units, .. } => Ok(Activation::Flat(units)),
+            LayerSpec::Dropout { .. } => Ok(input),
+            LayerSpec::Conv2d { filters, size, .. } => {
+                let (_, height, width) = image("conv2d")?;
+                if size > height || size > width {
+                    return Err(format!(
+                        "its {size}×{size} filters are larger than its {input} input"
+                    ));
+                }
+                let (height, width) = (height + 1 - size, width + 1 - size);
+                Ok(Activation::Image {
+                    channels: filters,
+                    height,
+                    width,
+                })
+            }
+            LayerSpec::MaxPool2d { size } => {
+                let (channels, height, width) = image("maxpool2d")?;
+                if size > height || size > width {
+                    return Err(format!(
+                        "its {size}×{size} window is larger than its {input} input"
+                    ));
+                }
+                Ok(Activation::Image {
+                    channels,
+                    height: height / size,
+                    width: width / size,
+                })
+            }
+        }
+    }
+
+    /// Trainable parameters of this layer on `input`, `None` on overflow.
+    fn parameters(&self, input: Activation) -> Option<usize> {
+        match *self {
+            LayerSpec::BatchNorm => input.len().checked_mul(2),
+            LayerSpec::Dense { units, .. } => input.len().checked_mul(units)?.checked_add(units),
+            LayerSpec::Conv2d { filters, size, .. } => {
+                let Activation::Image { channels, .. } = input else {
+                    return Some(0);
+                };
+                let kernel = channels.checked_mul(size * size)?.checked_mul(filters)?;
+                kernel.checked_add(filters)
+            }
+            LayerSpec::MaxPool2d { .. } | LayerSpec::Flatten | LayerSpec::Dropout { .. } => Some(0),
+        }
+    }
 }
 
 impl fmt::Display for LayerSpec {
@@ -48,12 +185,28 @@ impl fmt::Display for LayerSpec {
             LayerSpec::BatchNorm => write!(f, "batchnorm"),
             LayerSpec::Dense { units, relu: true } => write!(f, "dense({units},relu)"),
             LayerSpec::Dense { units, relu: false } => write!(f, "dense({units})"),
+            LayerSpec::Conv2d {
+                filters,
+                size,
+                relu: true,
+            } => {
+                write!(f, "conv2d({filters},{size},relu)")
+            }
+            LayerSpec::Conv2d {
+                filters,
+                size,
+                relu: false,
+            } => write!(f, "conv2d({filters},{size})"),
+            LayerSpec::MaxPool2d { size } => write!(f, "maxpool2d({size})"),
+            LayerSpec::Flatten => write!(f, "flatten"),
+            LayerSpec::Dropout { rate } => write!(f, "dropout({rate})"),
         }
     }
 }
 
 /// The layers of a known kind that this text form names, for errors.
-const KNOWN_LAYERS: &str = "batchnorm, dense(UNITS) and dense(UNITS,relu)";
+const KNOWN_LAYERS: &str = "batchnorm, dense(UNITS[,relu]), conv2d(FILTERS,SIZE[,relu]), \
+                            maxpool2d(SIZE), flatten and dropout(RATE)";
 
 impl FromStr for LayerSpec {
     type Err = String;
@@ -82,6 +235,21 @@ impl FromStr for LayerSpec {
             ("dense", None) => {
                 Err("dense needs its units, e.g. dense(128) or dense(128,relu)".into())
             }
+            ("conv2d", Some(args)) => conv2d(args),
+            ("maxpool2d", Some(args)) => Ok(LayerSpec::MaxPool2d {
+                size: size(args.trim(), "window")?,
+            }),
+            ("flatten", None) => Ok(LayerSpec::Flatten),
+            ("dropout", Some(args)) => dropout(args.trim()),
+            ("conv2d" | "maxpool2d" | "dropout", None) => Err(format!(
+                "{name} needs its arguments, e.g. {}",
+                match name {
+                    "conv2d" => "conv2d(32,3,relu)",
+                    "maxpool2d" => "maxpool2d(2)",
+                    _ => "dropout(0.5)",
+                }
+            )),
+            ("flatten", Some(_)) => Err("flatten takes no arguments".into()),
             ("", _) => Err(format!("no layer name (known: {KNOWN_LAYERS})")),
             (other, _) => Err(format!("unknown layer '{other}' (known: {KNOWN_LAYERS})")),
         }
@@ -105,6 +273,49 @@ fn dense(args: &str) -> Result<LayerSpec, String> {
         return Err("dense takes at most two arguments, its units and relu".into());
     }
     Ok(LayerSpec::Dense { units, relu })
+}
+
+/// The arguments of `conv2d(…)`: the filters, the filter size, then optionally `relu`.
+fn conv2d(args: &str) -> Result<LayerSpec, String> {
+    let args: Vec<&str> = args.split(',').map(str::trim).collect();
+    let relu = match args.get(2) {
+        None => false,
+        Some(&"relu") => true,
+        Some(other) => {
+            return Err(format!(
+                "unknown activation '{other}' (conv2d takes relu, or nothing for none)"
+            ))
+        }
+    };
+    if !(2..=3).contains(&args.len()) {
+        return Err("conv2d takes its filters, its filter size and optionally relu".into());
+    }
+    let (filters, size) = (width(args[0])?, size(args[1], "filter")?);
+    Ok(LayerSpec::Conv2d {
+        filters,
+        size,
+        relu,
+    })
+}
+
+/// A filter or window size: a whole number from 1 to 28 (the image's side).
+fn size(text: &str, what: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(s) if (1..=28).contains(&s) => Ok(s),
+        _ => Err(format!(
+            "'{text}' is not a {what} size (a whole number from 1 to 28)"
+        )),
+    }
+}
+
+/// The argument of `dropout(…)`: a rate in [0, 1).
+fn dropout(text: &str) -> Result<LayerSpec, String> {
+    match text.parse::<f32>() {
+        Ok(rate) if (0.0..1.0).contains(&rate) => Ok(LayerSpec::Dropout { rate }),
+        _ => Err(format!(
+            "'{text}' is not a dropout rate (a number from 0 up to, not including, 1)"
+        )),
+    }
 }
 
 /// One layer width: a whole number from 1 to [`MAX_WIDTH`].
@@ -206,6 +417,7 @@ impl ModelConfig {
     /// dense layers with ReLU, then dense(10) without. The error names the first layer
     /// out of place.
     pub fn check_supported(&self) -> Result<(), String> {
+        self.check_convnet_layers()?;
         let Some(last) = self.layers.len().checked_sub(1) else {
             return Err(format!("the model has no layers (supported: {SUPPORTED})"));
         };
@@ -242,6 +454,42 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// Refuse a list with a convnet layer (conv2d, maxpool2d, flatten, dropout): its
+    /// shapes are checked, but the trainers do not build these layers yet.
+    fn check_convnet_layers(&self) -> Result<(), String> {
+        let convnet =
+            |layer: &&LayerSpec| !matches!(layer, LayerSpec::BatchNorm | LayerSpec::Dense { .. });
+        let Some((i, layer)) = self.layers.iter().enumerate().find(|(_, l)| convnet(l)) else {
+            return Ok(());
+        };
+        self.activations()?;
+        Err(format!(
+            "layer {} ({layer}): the trainers do not build conv2d, maxpool2d, flatten or \
+             dropout layers yet (supported: {SUPPORTED})",
+            i + 1
+        ))
+    }
+
+    /// The input and every layer's output, in order; an error names the first layer that
+    /// cannot take its input, or a last layer without one output per class.
+    pub fn activations(&self) -> Result<Vec<Activation>, String> {
+        let mut shapes = vec![INPUT_IMAGE];
+        for (i, layer) in self.layers.iter().enumerate() {
+            let input = shapes[i];
+            let output = layer
+                .output(input)
+                .map_err(|why| format!("layer {} ({layer}): {why}", i + 1))?;
+            shapes.push(output);
+        }
+        match shapes.last() {
+            Some(&Activation::Flat(CLASSES)) => Ok(shapes),
+            Some(last) => Err(format!(
+                "the model ends with {last} values; it must end with {CLASSES}, one per class"
+            )),
+            None => unreachable!("the input is always there"),
+        }
+    }
+
     /// A model from outside (flags, a file's metadata) that the trainers implement and
     /// that is small enough to train here.
     pub fn check(&self) -> Result<(), String> {
@@ -253,7 +501,7 @@ impl ModelConfig {
     fn dense_units(&self) -> impl Iterator<Item = usize> + '_ {
         self.layers.iter().filter_map(|layer| match layer {
             LayerSpec::Dense { units, .. } => Some(*units),
-            LayerSpec::BatchNorm => None,
+            _ => None,
         })
     }
 
@@ -270,19 +518,16 @@ impl ModelConfig {
         std::iter::once(INPUT).chain(self.dense_units()).collect()
     }
 
-    /// Trainable parameters (BatchNorm γ and β, every kernel and bias), `None` on overflow.
+    /// Trainable parameters (BatchNorm γ and β, every kernel and bias), `None` on overflow
+    /// or when a layer cannot take its input.
     pub fn parameter_count(&self) -> Option<usize> {
-        let mut width = INPUT;
-        self.layers
-            .iter()
-            .try_fold(0usize, |acc, layer| match *layer {
-                LayerSpec::BatchNorm => acc.checked_add(width.checked_mul(2)?),
-                LayerSpec::Dense { units, .. } => {
-                    let count = width.checked_mul(units)?.checked_add(units)?;
-                    width = units;
-                    acc.checked_add(count)
-                }
-            })
+        let mut input = INPUT_IMAGE;
+        let mut total = 0usize;
+        for layer in &self.layers {
+            total = total.checked_add(layer.parameters(input)?)?;
+            input = layer.output(input).ok()?;
+        }
+        Some(total)
     }
 
     /// Refuse models too large to train here (more than [`MAX_PARAMS`] parameters: the
@@ -324,6 +569,17 @@ impl ModelConfig {
                     format!(" → Dense {units} (softmax)")
                 }
                 LayerSpec::Dense { units, .. } => format!(" → Dense {units}"),
+                LayerSpec::Conv2d {
+                    filters,
+                    size,
+                    relu,
+                } => {
+                    let relu = if relu { " (ReLU)" } else { "" };
+                    format!(" → Conv2D {filters} {size}×{size}{relu}")
+                }
+                LayerSpec::MaxPool2d { size } => format!(" → MaxPool {size}×{size}"),
+                LayerSpec::Flatten => " → Flatten".to_string(),
+                LayerSpec::Dropout { rate } => format!(" → Dropout {rate}"),
             });
         }
         text
@@ -530,6 +786,84 @@ mod tests {
         }
     }
 
+    /// Keras' "Simple MNIST convnet" (keras-io examples/vision/mnist_convnet.py).
+    const KERAS_CONVNET: &str =
+        "conv2d(32,3,relu),maxpool2d(2),conv2d(64,3,relu),maxpool2d(2),flatten,dropout(0.5),dense(10)";
+
+    #[test]
+    fn the_keras_convnet_has_keras_shapes_and_parameter_count() {
+        let convnet = config(KERAS_CONVNET);
+        assert_eq!(format_layers(&convnet.layers), KERAS_CONVNET);
+        let image = |channels, height, width| Activation::Image {
+            channels,
+            height,
+            width,
+        };
+        let shapes = convnet.activations().unwrap();
+        let want = [
+            image(1, 28, 28),
+            image(32, 26, 26),
+            image(32, 13, 13),
+            image(64, 11, 11),
+            image(64, 5, 5),
+            Activation::Flat(1600),
+            Activation::Flat(1600),
+            Activation::Flat(10),
+        ];
+        assert_eq!(shapes, want);
+        // Keras' model.summary(): 320 + 18,496 + 16,010.
+        assert_eq!(convnet.parameter_count(), Some(34_826));
+        // The MLPs' shapes and counts are what they were.
+        assert_eq!(ModelConfig::default().parameter_count(), Some(103_338));
+        assert_eq!(ModelConfig::default().activations().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_layer_that_cannot_take_its_input_is_named() {
+        let error = |text: &str| config(text).activations().unwrap_err();
+        assert_eq!(
+            error("conv2d(8,3),flatten,conv2d(4,3),flatten,dense(10)"),
+            "layer 3 (conv2d(4,3)): conv2d needs an image, but its input is 5408 flat values"
+        );
+        assert!(error("conv2d(8,5),maxpool2d(25),flatten,dense(10)")
+            .starts_with("layer 2 (maxpool2d(25)): its 25×25 window is larger than its 8×24×24"));
+        assert!(error("dense(10),maxpool2d(2)").contains("maxpool2d needs an image"));
+        assert_eq!(
+            error("conv2d(8,3),flatten"),
+            "the model ends with 5408 values; it must end with 10, one per class"
+        );
+    }
+
+    #[test]
+    fn convnet_layers_parse_strictly() {
+        let error = |text: &str| parse_layers(text).unwrap_err();
+        assert!(error("conv2d(8)").contains("conv2d takes its filters, its filter size"));
+        assert!(error("conv2d(8,3,tanh)").contains("unknown activation 'tanh'"));
+        assert!(error("conv2d(8,29)").contains("not a filter size"));
+        assert!(error("maxpool2d(0)").contains("not a window size"));
+        assert!(error("maxpool2d").contains("e.g. maxpool2d(2)"));
+        assert!(error("flatten(2)").contains("flatten takes no arguments"));
+        assert!(error("dropout(1)").contains("not a dropout rate"));
+        assert!(error("dropout(-0.1)").contains("not a dropout rate"));
+        assert_eq!(
+            layers(" dropout( 0.25 ) "),
+            [LayerSpec::Dropout { rate: 0.25 }]
+        );
+    }
+
+    #[test]
+    fn the_trainers_refuse_a_convnet_in_one_line() {
+        let refused = config(KERAS_CONVNET).check().unwrap_err();
+        assert!(refused.starts_with(
+            "layer 1 (conv2d(32,3,relu)): the trainers do not build conv2d, maxpool2d, flatten \
+             or dropout layers yet"
+        ));
+        assert!(!refused.contains('\n'));
+        // A convnet whose shapes do not fit gets the shape error first.
+        let misshapen = config("conv2d(8,3),dense(5)").check().unwrap_err();
+        assert!(misshapen.contains("it must end with 10"), "{misshapen}");
+    }
+
     #[test]
     fn layout_is_aligned_and_complete() {
         let config = ModelConfig::mlp(&[129, 33], false);
@@ -593,8 +927,8 @@ mod tests {
         let cases = [
             ("", "got an empty value"),
             (" ", "got an empty value"),
-            ("conv2d(3)", "layer 1 ('conv2d(3)'): unknown layer 'conv2d'"),
-            ("batchnorm,flatten", "layer 2 ('flatten'): unknown layer"),
+            ("conv3d(3)", "layer 1 ('conv3d(3)'): unknown layer 'conv3d'"),
+            ("batchnorm,reshape", "layer 2 ('reshape'): unknown layer"),
             (
                 "batchnorm,dense(abc)",
                 "layer 2 ('dense(abc)'): 'abc' is not a layer width",

@@ -929,7 +929,8 @@ mod tests {
             (
                 LAYERS,
                 "batchnorm,dense(128,relu),maxpool2d(2),dense(10)",
-                "metadata 'layers': layer 3 ('maxpool2d(2)'): unknown layer 'maxpool2d'",
+                "metadata 'layers': layer 3 (maxpool2d(2)): maxpool2d needs an image, but its \
+                 input is 128 flat values",
             ),
             (LAYERS, "", "metadata 'layers': expected a list of layers"),
             (

@@ -139,9 +139,17 @@ fn broken_layers(src: &Path, dir: &Path) -> Vec<Broken> {
             ],
         ),
         (
-            layers("garbage.safetensors", "conv2d(32,3),dense(10)"),
+            layers("garbage.safetensors", "conv3d(32,3),dense(10)"),
             "an unknown layer",
-            vec!["metadata 'layers': layer 1 ('conv2d(32,3)'): unknown layer 'conv2d'"],
+            vec!["metadata 'layers': layer 1 ('conv3d(32,3)'): unknown layer 'conv3d'"],
+        ),
+        (
+            layers("convnet.safetensors", "conv2d(32,3,relu),flatten,dense(10)"),
+            "a convnet, which the trainers do not build yet",
+            vec![
+                "metadata 'layers': layer 1 (conv2d(32,3,relu)): the trainers do not build \
+                 conv2d, maxpool2d, flatten or dropout layers yet",
+            ],
         ),
         (
             layers("zero-units.safetensors", "batchnorm,dense(0,relu),dense(10)"),
