@@ -367,7 +367,8 @@ fn sparse_first_layer_cpu() {
         let (mut coef, mut row) = (vec![0.0; features], vec![0.0; n]);
         let mut z = vec![0.0; batch * n];
         let first = FirstLayer {
-            normalise: (&mean, &inv_std),
+            mean: &mean,
+            inv_std: &inv_std,
             params: Affine {
                 gamma: &gamma,
                 beta: &beta,

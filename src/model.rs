@@ -21,9 +21,9 @@ pub const TENSOR_ALIGN: usize = 64;
 /// Widest layer accepted (`--hidden`'s widths, `dense(UNITS)`).
 pub const MAX_WIDTH: usize = 65_536;
 
-/// One layer of the model. A model is a list of them, applied in order to the 784
-/// pixels of an image (flattened, scaled by [`ModelConfig::pixel_scale`]); each layer's
-/// input width is the previous layer's output width.
+/// One layer of the model. A model is a list of them, applied in order to an image (scaled
+/// by [`ModelConfig::pixel_scale`]); each layer's input is the previous layer's output
+/// (see [`ModelConfig::activations`]).
 ///
 /// The text form, Keras' names in lower case, is what [`parse_layers`] reads and
 /// [`format_layers`] writes: the layers separated by commas, each one of
@@ -236,6 +236,9 @@ impl FromStr for LayerSpec {
                 Err("dense needs its units, e.g. dense(128) or dense(128,relu)".into())
             }
             ("conv2d", Some(args)) => conv2d(args),
+            ("maxpool2d", Some(args)) if args.contains(',') => {
+                Err("maxpool2d takes one argument, its window size".into())
+            }
             ("maxpool2d", Some(args)) => Ok(LayerSpec::MaxPool2d {
                 size: size(args.trim(), "window")?,
             }),
@@ -290,7 +293,13 @@ fn conv2d(args: &str) -> Result<LayerSpec, String> {
     if !(2..=3).contains(&args.len()) {
         return Err("conv2d takes its filters, its filter size and optionally relu".into());
     }
-    let (filters, size) = (width(args[0])?, size(args[1], "filter")?);
+    let filters = width(args[0]).map_err(|_| {
+        format!(
+            "'{}' is not a filter count (a whole number from 1 to {MAX_WIDTH})",
+            args[0]
+        )
+    })?;
+    let size = size(args[1], "filter")?;
     Ok(LayerSpec::Conv2d {
         filters,
         size,
@@ -311,7 +320,11 @@ fn size(text: &str, what: &str) -> Result<usize, String> {
 /// The argument of `dropout(…)`: a rate in [0, 1).
 fn dropout(text: &str) -> Result<LayerSpec, String> {
     match text.parse::<f32>() {
-        Ok(rate) if (0.0..1.0).contains(&rate) => Ok(LayerSpec::Dropout { rate }),
+        // `+ 0.0` turns -0 into 0.
+        Ok(rate) if (0.0..1.0).contains(&rate) => Ok(LayerSpec::Dropout { rate: rate + 0.0 }),
+        Ok(1.0) if text.trim_start_matches('0').starts_with('.') => Err(format!(
+            "dropout rate {text} rounds to 1 as a 32-bit float (it must be below 1)"
+        )),
         _ => Err(format!(
             "'{text}' is not a dropout rate (a number from 0 up to, not including, 1)"
         )),
@@ -476,6 +489,15 @@ impl ModelConfig {
         let mut shapes = vec![INPUT_IMAGE];
         for (i, layer) in self.layers.iter().enumerate() {
             let input = shapes[i];
+            if i > 0 && *layer == LayerSpec::BatchNorm && matches!(input, Activation::Image { .. })
+            {
+                return Err(format!(
+                    "layer {} (batchnorm): on a convolution's output Keras normalises each \
+                     channel, and this batchnorm normalises each value; put flatten before it \
+                     for that",
+                    i + 1
+                ));
+            }
             let output = layer
                 .output(input)
                 .map_err(|why| format!("layer {} ({layer}): {why}", i + 1))?;
@@ -560,7 +582,11 @@ impl ModelConfig {
     /// Human-readable summary, e.g. `784 → BatchNorm → Dense 128 (ReLU) → Dense 10 (softmax)`.
     pub fn describe(&self) -> String {
         let last = self.layers.len().saturating_sub(1);
-        let mut text = INPUT.to_string();
+        // The input as the first layer sees it: flat pixels, or the image.
+        let mut text = match self.activations().map(|shapes| shapes[1]) {
+            Ok(Activation::Image { .. }) => INPUT_IMAGE.to_string(),
+            _ => INPUT.to_string(),
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             text.push_str(&match *layer {
                 LayerSpec::BatchNorm => " → BatchNorm".to_string(),
@@ -828,6 +854,13 @@ mod tests {
         assert!(error("conv2d(8,5),maxpool2d(25),flatten,dense(10)")
             .starts_with("layer 2 (maxpool2d(25)): its 25×25 window is larger than its 8×24×24"));
         assert!(error("dense(10),maxpool2d(2)").contains("maxpool2d needs an image"));
+        // BatchNorm on the input image is the tutorial's (each pixel); on a convolution's
+        // output it would not be Keras' (each channel), so it is refused.
+        assert!(error("conv2d(8,3),batchnorm,flatten,dense(10)")
+            .starts_with("layer 2 (batchnorm): on a convolution's output Keras normalises"));
+        assert!(config("conv2d(8,3),flatten,batchnorm,dense(10)")
+            .activations()
+            .is_ok());
         assert_eq!(
             error("conv2d(8,3),flatten"),
             "the model ends with 5408 values; it must end with 10, one per class"
@@ -849,6 +882,10 @@ mod tests {
             layers(" dropout( 0.25 ) "),
             [LayerSpec::Dropout { rate: 0.25 }]
         );
+        assert_eq!(format_layers(&layers("dropout(-0)")), "dropout(0)");
+        assert!(error("dropout(0.99999999)").contains("rounds to 1"));
+        assert!(error("conv2d(abc,3)").contains("'abc' is not a filter count"));
+        assert!(error("maxpool2d(2,2)").contains("maxpool2d takes one argument"));
     }
 
     #[test]

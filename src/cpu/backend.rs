@@ -365,7 +365,8 @@ impl CpuBackend {
         let (bn_grads, grad_w0, db0) = first_layer_grads(&mut self.grads, &self.params.layout);
         let (w, p) = (&self.work, &self.params);
         let layer = FirstLayer {
-            normalise: (&w.mean, &w.inv_std),
+            mean: &w.mean,
+            inv_std: &w.inv_std,
             params: bn_params(p),
             w: p.kernel(0),
         };
@@ -423,7 +424,8 @@ impl CpuBackend {
         batchnorm_batch_update(batch, &self.hyper, moving, &mut w.inv_std);
         self.clock.mark(PHASE_STATS);
         let layer = FirstLayer {
-            normalise: (&w.mean, &w.inv_std),
+            mean: &w.mean,
+            inv_std: &w.inv_std,
             params: bn_params(p),
             w: p.kernel(0),
         };

@@ -296,8 +296,9 @@ pub fn batch_stats(columns: &ColumnBatch, batch: usize, mean: &mut [f32], var: &
 /// The first dense layer and the BatchNorm before it, as the sparse path reads them.
 #[derive(Clone, Copy)]
 pub struct FirstLayer<'a> {
-    /// The batch's per-feature `(mean, inv_std)`: `xhat = (x − mean)·inv_std`.
-    pub normalise: (&'a [f32], &'a [f32]),
+    /// The batch's per-feature mean and 1/sqrt(var + eps): `xhat = (x − mean)·inv_std`.
+    pub mean: &'a [f32],
+    pub inv_std: &'a [f32],
     /// BatchNorm's γ and β.
     pub params: Affine<&'a [f32]>,
     /// The dense kernel, `[features, n]` (in the backward, a task's rows of it).
@@ -313,12 +314,8 @@ pub fn fold_batchnorm_into_dense(
     coef: &mut [f32],
     row: &mut [f32],
 ) {
-    let ((mean, inv_std), gamma, beta, w) = (
-        layer.normalise,
-        layer.params.gamma,
-        layer.params.beta,
-        layer.w,
-    );
+    let (mean, inv_std, w) = (layer.mean, layer.inv_std, layer.w);
+    let (gamma, beta) = (layer.params.gamma, layer.params.beta);
     for j in 0..coef.len() {
         coef[j] = gamma[j] * inv_std[j];
     }
@@ -487,7 +484,7 @@ fn first_layer_rows(
     grads: Affine<&mut [f32]>,
 ) {
     let n = db.len();
-    let (mean, inv_std) = rows.normalise;
+    let (mean, inv_std) = (rows.mean, rows.inv_std);
     column_sums(columns, delta, n, first, grad_w);
     for (r, (g_row, w_row)) in grad_w
         .chunks_exact_mut(n)
@@ -812,7 +809,8 @@ mod tests {
         let (mut coef, mut row) = (vec![0.0; pixels], vec![0.0; n]);
         let inv_std = out.inv_std.clone();
         let first = FirstLayer {
-            normalise: (&mean, &inv_std),
+            mean: &mean,
+            inv_std: &inv_std,
             params: c.params(),
             w: &c.w,
         };

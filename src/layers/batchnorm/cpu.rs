@@ -98,8 +98,11 @@ pub fn batchnorm_batch_update(
     moving: Moments<&mut [f32]>,
     inv_std: &mut [f32],
 ) {
+    let features = batch.mean.len();
+    assert!(batch.var.len() == features && inv_std.len() == features);
+    assert!(moving.mean.len() == features && moving.var.len() == features);
     let (eps, momentum) = (hyper.bn_eps, hyper.bn_momentum);
-    for (j, inv) in inv_std.iter_mut().enumerate().take(batch.mean.len()) {
+    for (j, inv) in inv_std.iter_mut().enumerate() {
         *inv = 1.0 / (batch.var[j] + eps).sqrt();
         moving.mean[j] = moving.mean[j] * momentum + batch.mean[j] * (1.0 - momentum);
         moving.var[j] = moving.var[j] * momentum + batch.var[j] * (1.0 - momentum);

@@ -24,9 +24,9 @@
 // (rows 4·ty.., columns 4·tx..) in four vec4s; the K dimension is walked in slices of 16
 // through workgroup memory. Every output sums its K terms in order p = 0..K, one slice
 // after another, so results do not depend on the tiling, and the CPU reference (cpu.rs,
-// im2col + GEMM) agrees to rounding. On lavapipe this runs at 1 to 2 GFLOP/s, a quarter
-// of gemm.wgsl with its 8×8 blocks (benches/RESULTS.md): the convnet's speed work starts
-// here.
+// im2col + GEMM) agrees to rounding. Not yet tuned (benches/RESULTS.md has its first
+// figures): the weight gradient's grid has out·(in·k·k + 1) / 32² tiles, a single
+// workgroup for a first layer of 32 3×3 filters, each walking the whole batch.
 //
 // The uniform block `u: Conv` and the buffers are declared once, in mod.rs (`uniform!`,
 // `bindings!`), and put before this source when it is compiled.

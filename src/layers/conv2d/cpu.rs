@@ -59,6 +59,7 @@ pub fn conv2d_forward(
 ) {
     let (pixels, outputs) = (s.out_pixels(), s.out_channels * s.out_pixels());
     assert!(x.len() == s.batch * s.in_len() && y.len() == s.batch * outputs);
+    assert!(w.len() == s.out_channels * s.patch() && bias.len() == s.out_channels);
     let mut cols = vec![0.0f32; s.patch() * pixels];
     let kernel = Mat::rows(w, s.out_channels, s.patch());
     for (x_b, y_b) in x.chunks_exact(s.in_len()).zip(y.chunks_exact_mut(outputs)) {
@@ -78,6 +79,7 @@ pub fn conv2d_forward(
 pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], db: &mut [f32]) {
     let (pixels, outputs) = (s.out_pixels(), s.out_channels * s.out_pixels());
     assert!(x.len() == s.batch * s.in_len() && dy.len() == s.batch * outputs);
+    assert!(dw.len() == s.out_channels * s.patch() && db.len() == s.out_channels);
     let mut cols = vec![0.0f32; s.patch() * pixels];
     dw.fill(0.0);
     db.fill(0.0);

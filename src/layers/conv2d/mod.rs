@@ -96,6 +96,10 @@ impl ConvShape {
 
     /// The output's height and width (`valid`: the input's less `kernel − 1`).
     pub fn out_size(&self) -> (usize, usize) {
+        assert!(
+            self.kernel <= self.height.min(self.width),
+            "filters larger than the input"
+        );
         (self.height + 1 - self.kernel, self.width + 1 - self.kernel)
     }
 

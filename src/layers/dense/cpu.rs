@@ -304,9 +304,16 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// Whether a `rows`×`cols` matrix with strides `rs`, `cs` lies inside `len` elements.
+/// Whether a `rows`×`cols` matrix with strides `rs`, `cs` lies inside `len` elements
+/// (false where the last element's index would overflow).
 fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
-    rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
+    if rows == 0 || cols == 0 {
+        return true;
+    }
+    let last = (rows - 1)
+        .checked_mul(rs)
+        .and_then(|r| (cols - 1).checked_mul(cs)?.checked_add(r));
+    last.is_some_and(|last| last < len)
 }
 
 /// `c = a·b + beta·c`, where `c` is the row-major `a.rows`×`b.cols` matrix in `c`. Split
@@ -316,7 +323,11 @@ pub fn matmul(a: Mat, b: Mat, beta: f32, c: &mut [f32]) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner dimensions differ");
     assert!(fits(a.data.len(), m, k, a.rs, a.cs) && fits(b.data.len(), k, n, b.rs, b.cs));
-    assert_eq!(c.len(), m * n, "matmul output has the wrong length");
+    assert_eq!(
+        Some(c.len()),
+        m.checked_mul(n),
+        "matmul output has the wrong length"
+    );
     if m * n == 0 {
         return;
     }

@@ -25,6 +25,8 @@ pub fn dropout_hash(seed: u32, step: u32, index: u32) -> u32 {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DropMask {
     pub seed: u32,
+    /// The global step. The GPU kernel takes it in two parts: a base in its uniform,
+    /// plus the trainer's step counter (see `Pipelines::apply`).
     pub step: u32,
     /// A value is kept when its hash is at least this: `rate · 2³²`, rounded.
     pub threshold: u32,

@@ -14,9 +14,9 @@ use super::PoolShape;
 pub fn window_argmax(x: &[f32], s: &PoolShape, plane: usize, oy: usize, ox: usize) -> usize {
     let first = (plane * s.height + oy * s.size) * s.width + ox * s.size;
     let mut best = first;
-    for dy in 0..s.size {
-        for dx in 0..s.size {
-            let at = first + dy * s.width + dx;
+    for wy in 0..s.size {
+        for wx in 0..s.size {
+            let at = first + wy * s.width + wx;
             if x[at] > x[best] {
                 best = at;
             }
@@ -50,7 +50,7 @@ pub fn maxpool2d_backward(x: &[f32], dy: &[f32], s: &PoolShape, masked: bool, dx
     dx.fill(0.0);
     for (i, plane, oy, ox) in outputs(s) {
         let at = window_argmax(x, s, plane, oy, ox);
-        if !masked || x[at] > 0.0 {
+        if !(masked && x[at] <= 0.0) {
             dx[at] = dy[i];
         }
     }

@@ -20,9 +20,9 @@ const FLAG_MASK: u32 = 1u;
 fn window_argmax(plane: u32, oy: u32, ox: u32) -> u32 {
     let first = (plane * u.h + oy * u.size) * u.w + ox * u.size;
     var best = first;
-    for (var dy = 0u; dy < u.size; dy++) {
-        for (var dx = 0u; dx < u.size; dx++) {
-            let at = first + dy * u.w + dx;
+    for (var wy = 0u; wy < u.size; wy++) {
+        for (var wx = 0u; wx < u.size; wx++) {
+            let at = first + wy * u.w + wx;
             if (x[at] > x[best]) {
                 best = at;
             }
