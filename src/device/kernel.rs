@@ -215,6 +215,11 @@ impl Kernel {
         })
     }
 
+    /// The device this kernel runs on.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
     /// A dispatch of this kernel over `groups` workgroups with the uniform block `u` and
     /// the buffers `bindings` (which must be this kernel's own [`Bindings`] type).
     pub fn dispatch<B: Bindings>(
@@ -357,11 +362,17 @@ pub fn record(pass: &mut wgpu::ComputePass<'_>, dispatches: &[Dispatch]) {
 /// Run one dispatch now and wait for it (the families' agreement cases).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn run_one(ctx: &GpuContext, dispatch: Dispatch) -> Result<(), DeviceError> {
+    run_all(ctx, std::slice::from_ref(&dispatch))
+}
+
+/// Run `dispatches` in order, in one compute pass, now, and wait for them.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn run_all(ctx: &GpuContext, dispatches: &[Dispatch]) -> Result<(), DeviceError> {
     ctx.scoped("running a kernel", || {
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
-            record(&mut pass, std::slice::from_ref(&dispatch));
+            record(&mut pass, dispatches);
         }
         ctx.queue.submit([encoder.finish()]);
     })?;

@@ -2,12 +2,12 @@
 //! gradients (the input gradient with and without the ReLU mask) against [`super::cpu`],
 //! at the convnet's two layers (1×28×28 → 32 and 32×13×13 → 64, 3×3, batch 32: the bench
 //! rows) and at odd shapes: channel counts that are not multiples of the tile, a batch of
-//! one, 5×5 and 1×1 kernels, non-square images.
+//! one, 5×5 and 1×1 kernels, non-square images, a weight gradient split unevenly.
 
 use super::{cpu, ConvShape};
 use crate::device::context::GpuContext;
 use crate::device::error::DeviceError;
-use crate::device::kernel::{run_one, storage_f32, storage_zeroed};
+use crate::device::kernel::{run_all, storage_f32, storage_zeroed};
 use crate::layers::check::{gemm_tol, rng, uniform_vec, Case, Outputs};
 use crate::layers::dense::LinearOp;
 use crate::layers::Pipelines;
@@ -55,6 +55,8 @@ pub fn cases() -> Vec<Case> {
         ConvShape::alone(3, 3, (9, 7), 5, 3),
         ConvShape::alone(2, 2, (11, 10), 7, 5),
         ConvShape::alone(2, 33, (6, 5), 35, 1),
+        // The weight gradient in two uneven splits (4 samples, then 3).
+        ConvShape::alone(7, 2, (28, 28), 5, 3),
     ];
     let mut cases = Vec::new();
     for (i, shape) in shapes.into_iter().enumerate() {
@@ -192,6 +194,6 @@ fn gpu_product(
             }
         }
     };
-    run_one(ctx, p.conv2d.dispatch(&c.shape, op))?;
+    run_all(ctx, &p.conv2d.dispatch(&c.shape, op))?;
     Ok(product.outputs(c, ctx.read_vec(out, 0, len)?))
 }

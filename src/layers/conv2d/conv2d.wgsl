@@ -9,7 +9,10 @@
 //                   M = out, N = out_h·out_w, K = in·k·k; workgroup z = the sample
 //   OP_WEIGHT_GRAD  dW[o, (c,ky,kx)] = Σ_(b,oy,ox) dy[b, o, oy,ox] · x[b, c, oy+ky, ox+kx]
 //                   M = out, N = in·k·k + 1, K = batch·out_h·out_w: a virtual column of ones
-//                   ends B, so the last output column is the bias gradient Σ dy
+//                   ends B, so the last output column is the bias gradient Σ dy. The
+//                   batch is split (workgroup z = the split, u.split_samples samples
+//                   each), each split's sums go to `out` as [split][M][N], and
+//                   `reduce_splits` adds them in split order into dW and db
 //   OP_INPUT_GRAD   per sample b:  dx_b[c, (iy,ix)] = Σ_(o,ky,kx) W[o, c,ky,kx] · dy_b[o, iy−ky, ix−kx]
 //                   (terms outside the output dropped); M = in, N = h·w, K = out·k·k
 //
@@ -24,9 +27,10 @@
 // (rows 4·ty.., columns 4·tx..) in four vec4s; the K dimension is walked in slices of 16
 // through workgroup memory. Every output sums its K terms in order p = 0..K, one slice
 // after another, so results do not depend on the tiling, and the CPU reference (cpu.rs,
-// im2col + GEMM) agrees to rounding. Not yet tuned (benches/RESULTS.md has its first
-// figures): the weight gradient's grid has out·(in·k·k + 1) / 32² tiles, a single
-// workgroup for a first layer of 32 3×3 filters, each walking the whole batch.
+// im2col + GEMM) agrees to rounding. The weight gradient's output is small (32 × 10 for a
+// first layer of 32 3×3 filters: one tile), so its batch is split, about 2,048 terms a
+// split (mod.rs: weight_grad_splits), to give the grid more workgroups: on lavapipe's 2
+// threads that halved the first layer's weight gradient (benches/RESULTS.md).
 //
 // The uniform block `u: Conv` and the buffers are declared once, in mod.rs (`uniform!`,
 // `bindings!`), and put before this source when it is compiled.
@@ -149,13 +153,7 @@ fn store(b: u32, i: u32, j: u32, v: f32) {
             }
             out[(b * u.out_ch + i) * out_pixels() + j] = y;
         }
-        case OP_WEIGHT_GRAD: {
-            if (j == patch_len()) {
-                out[u.bias_off + i] = v;
-            } else {
-                out[u.kernel_off + i * patch_len() + j] = v;
-            }
-        }
+        case OP_WEIGHT_GRAD: { out[(b * u.out_ch + i) * (patch_len() + 1u) + j] = v; } // b: the split
         default: {
             let at = (b * u.in_ch + i) * u.h * u.w + j;
             let masked = (u.flags & FLAG_MASK) != 0u && y_mask[at] <= 0.0;
@@ -182,9 +180,16 @@ fn conv(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     if (col_in) {
         key = column_key(col0 + i);
     }
-    for (var k0 = 0u; k0 < mnk.z; k0 += TK) {
+    // The K range: all of it, or the weight gradient's split z.
+    var k_begin = 0u;
+    var k_end = mnk.z;
+    if (u.op == OP_WEIGHT_GRAD) {
+        k_begin = b * u.split_samples * out_pixels();
+        k_end = min(k_begin + u.split_samples * out_pixels(), mnk.z);
+    }
+    for (var k0 = k_begin; k0 < k_end; k0 += TK) {
         for (var p = p0; p < TK; p += 2u) {
-            let k_in = k0 + p < mnk.z;
+            let k_in = k0 + p < k_end;
             var a = 0.0;
             var bv = 0.0;
             if (k_in && row_in) {
@@ -214,6 +219,29 @@ fn conv(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             if (i < mnk.x && j < mnk.y) {
                 store(b, i, j, acc[r][c]);
             }
+        }
+    }
+}
+
+// The weight gradient's second pass: each output (o, j) of dW and db is the sum of the
+// splits' partial sums in `lhs` ([split][M][N]), in split order, into `out` at the
+// kernel's and the bias's offsets.
+@compute @workgroup_size(256, 1, 1)
+fn reduce_splits(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let n = patch_len() + 1u;
+    let outputs = u.out_ch * n;
+    let splits = (u.batch + u.split_samples - 1u) / u.split_samples;
+    for (var e = gid.x; e < outputs; e += groups.x * 256u) {
+        var v = 0.0;
+        for (var z = 0u; z < splits; z++) {
+            v = v + lhs[z * outputs + e];
+        }
+        let i = e / n;
+        let j = e % n;
+        if (j == patch_len()) {
+            out[u.bias_off + i] = v;
+        } else {
+            out[u.kernel_off + i * patch_len() + j] = v;
         }
     }
 }

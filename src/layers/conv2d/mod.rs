@@ -10,7 +10,7 @@
 mod check;
 pub mod cpu;
 
-use crate::device::kernel::{bindings, uniform, Dispatch};
+use crate::device::kernel::{bindings, elementwise_groups, storage_zeroed, uniform, Dispatch};
 use crate::layers::dense::LinearOp;
 
 /// Output tile edge of `conv2d.wgsl` (rows and columns of C per workgroup).
@@ -25,6 +25,7 @@ uniform! {
         pub batch: u32, pub in_ch: u32, pub h: u32, pub w: u32,
         pub out_ch: u32, pub ks: u32, pub out_h: u32, pub out_w: u32,
         pub op: u32, pub flags: u32, pub kernel_off: u32, pub bias_off: u32,
+        pub split_samples: u32,
     }
 }
 
@@ -42,6 +43,8 @@ family! {
     /// The Conv2D layer family.
     Conv2d: "conv2d" in "conv2d.wgsl", uniform ConvUniform => {
         conv: ConvBindings = "conv",
+        /// The weight gradient's second pass: the splits' partial sums, added in order.
+        reduce_splits: ConvBindings = "reduce_splits",
     }
 }
 
@@ -143,42 +146,106 @@ fn groups(m: usize, n: usize, samples: usize) -> [u32; 3] {
     [tiles(n), tiles(m), samples as u32]
 }
 
+/// Terms of the weight gradient's sums (sample·pixel pairs) per split, about: the sums
+/// are split over the batch so that the grid has workgroups enough to fill a device
+/// (the first layer's gradient is a single 32×32 tile), and each split's partial sums
+/// are added in a second pass, in split order, so the result does not depend on the
+/// device. 2,048 keeps the partial sums small (`splits` × the gradient's size).
+const TERMS_PER_SPLIT: usize = 2048;
+
+/// Samples per split of the weight gradient of `s`, and the number of splits.
+pub fn weight_grad_splits(s: &ConvShape) -> (usize, usize) {
+    let samples = TERMS_PER_SPLIT
+        .div_ceil(s.out_pixels())
+        .clamp(1, s.batch.max(1));
+    (samples, s.batch.div_ceil(samples))
+}
+
 impl Pipelines {
-    /// The dispatch of `op` on the layer `s`. As for a dense layer, the ReLU's backward
-    /// is the input gradient's mask (by the ReLU output of the layer below), so `dy`
-    /// arrives already masked.
-    pub fn dispatch(&self, s: &ConvShape, op: LinearOp) -> Dispatch {
+    /// The dispatches of `op` on the layer `s`: one, or for the weight gradient two (the
+    /// splits' partial sums into a scratch buffer made here, then their sum). As for a
+    /// dense layer, the ReLU's backward is the input gradient's mask (by the ReLU output
+    /// of the layer below), so `dy` arrives already masked.
+    pub fn dispatch(&self, s: &ConvShape, op: LinearOp) -> Vec<Dispatch> {
+        let o = op.operands();
+        // Without a mask, `y_mask` is not read: bind an input in its place.
+        let (lhs, rhs, y_mask) = (o.lhs, o.rhs, o.mask.unwrap_or(o.lhs));
         let (op_code, flags, groups) = match op {
             LinearOp::Forward { relu, .. } => {
                 let flags = if relu { FLAG_RELU } else { 0 };
-                (
-                    OP_FORWARD,
-                    flags,
-                    groups(s.out_channels, s.out_pixels(), s.batch),
-                )
+                let groups = groups(s.out_channels, s.out_pixels(), s.batch);
+                (OP_FORWARD, flags, groups)
             }
-            LinearOp::WeightGrad { .. } => {
-                (OP_WEIGHT_GRAD, 0, groups(s.out_channels, s.patch() + 1, 1))
-            }
+            LinearOp::WeightGrad { .. } => return self.weight_grad(s, [lhs, rhs], o.out),
             LinearOp::InputGrad { relu_out, .. } => {
                 let flags = if relu_out.is_some() { FLAG_MASK } else { 0 };
                 let groups = groups(s.in_channels, s.height * s.width, s.batch);
                 (OP_INPUT_GRAD, flags, groups)
             }
         };
-        let o = op.operands();
-        // Without a mask, `y_mask` is not read: bind an input in its place.
-        let (lhs, rhs, y_mask, out) = (o.lhs, o.rhs, o.mask.unwrap_or(o.lhs), o.out);
         let u = ConvUniform::new(s, op_code, flags);
-        self.conv.dispatch(
-            &u,
-            &ConvBindings {
-                lhs,
-                rhs,
-                y_mask,
-                out,
-            },
-            groups,
-        )
+        let bindings = ConvBindings {
+            lhs,
+            rhs,
+            y_mask,
+            out: o.out,
+        };
+        vec![self.conv.dispatch(&u, &bindings, groups)]
+    }
+
+    /// The weight gradient of `x` (`lhs`) and `dy` (`rhs`) into `grads`, in two passes.
+    fn weight_grad(
+        &self,
+        s: &ConvShape,
+        [lhs, rhs]: [&wgpu::Buffer; 2],
+        grads: &wgpu::Buffer,
+    ) -> Vec<Dispatch> {
+        let (samples, splits) = weight_grad_splits(s);
+        let outputs = s.out_channels * (s.patch() + 1);
+        let partials = storage_zeroed(
+            self.conv.device(),
+            "conv2d weight-grad splits",
+            (splits * outputs * 4) as u64,
+        );
+        let u = ConvUniform {
+            split_samples: samples as u32,
+            ..ConvUniform::new(s, OP_WEIGHT_GRAD, 0)
+        };
+        let first = ConvBindings {
+            lhs,
+            rhs,
+            y_mask: lhs,
+            out: &partials,
+        };
+        let sum = ConvBindings {
+            lhs: &partials,
+            rhs,
+            y_mask: rhs,
+            out: grads,
+        };
+        vec![
+            self.conv
+                .dispatch(&u, &first, groups(s.out_channels, s.patch() + 1, splits)),
+            self.reduce_splits
+                .dispatch(&u, &sum, elementwise_groups(outputs)),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_weight_gradient_splits_about_2048_terms_each() {
+        let splits = |batch, channels, side| {
+            weight_grad_splits(&ConvShape::alone(batch, channels, (side, side), 8, 3))
+        };
+        // 26×26 output pixels: 4 samples (2,704 terms) a split.
+        assert_eq!(splits(32, 1, 28), (4, 8));
+        assert_eq!(splits(7, 1, 28), (4, 2));
+        // 11×11: 17 samples (2,057 terms).
+        assert_eq!(splits(32, 32, 13), (17, 2));
+        assert_eq!(splits(1, 1, 28), (1, 1));
     }
 }
