@@ -85,7 +85,7 @@ pub const INPUT_IMAGE: Activation = Activation::Image {
 
 impl Activation {
     /// Values in one sample.
-    pub fn len(&self) -> usize {
+    pub fn values(&self) -> usize {
         match *self {
             Activation::Image {
                 channels,
@@ -94,11 +94,6 @@ impl Activation {
             } => channels * height * width,
             Activation::Flat(n) => n,
         }
-    }
-
-    /// Always false: no layer has an empty output (sizes start at 1).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -118,41 +113,35 @@ impl fmt::Display for Activation {
 impl LayerSpec {
     /// This layer's output for `input`, or why it cannot take it.
     pub fn output(&self, input: Activation) -> Result<Activation, String> {
-        let image = |what: &str| match input {
+        // The input image of a conv2d or maxpool2d `layer` whose `size`×`size` `window`
+        // (its filters or its pooling window) must fit in it.
+        let image = |layer: &str, size: usize, window: &str| match input {
             Activation::Image {
                 channels,
                 height,
                 width,
-            } => Ok((channels, height, width)),
+            } if size <= height && size <= width => Ok((channels, height, width)),
+            Activation::Image { .. } => Err(format!(
+                "its {size}×{size} {window} larger than its {input} input"
+            )),
             Activation::Flat(n) => Err(format!(
-                "{what} needs an image, but its input is {n} flat values"
+                "{layer} needs an image, but its input is {n} flat values"
             )),
         };
         match *self {
-            LayerSpec::BatchNorm | LayerSpec::Flatten => Ok(Activation::Flat(input.len())),
+            LayerSpec::BatchNorm | LayerSpec::Flatten => Ok(Activation::Flat(input.values())),
             LayerSpec::Dense { units, .. } => Ok(Activation::Flat(units)),
             LayerSpec::Dropout { .. } => Ok(input),
             LayerSpec::Conv2d { filters, size, .. } => {
-                let (_, height, width) = image("conv2d")?;
-                if size > height || size > width {
-                    return Err(format!(
-                        "its {size}×{size} filters are larger than its {input} input"
-                    ));
-                }
-                let (height, width) = (height + 1 - size, width + 1 - size);
+                let (_, height, width) = image("conv2d", size, "filters are")?;
                 Ok(Activation::Image {
                     channels: filters,
-                    height,
-                    width,
+                    height: height + 1 - size,
+                    width: width + 1 - size,
                 })
             }
             LayerSpec::MaxPool2d { size } => {
-                let (channels, height, width) = image("maxpool2d")?;
-                if size > height || size > width {
-                    return Err(format!(
-                        "its {size}×{size} window is larger than its {input} input"
-                    ));
-                }
+                let (channels, height, width) = image("maxpool2d", size, "window is")?;
                 Ok(Activation::Image {
                     channels,
                     height: height / size,
@@ -165,8 +154,8 @@ impl LayerSpec {
     /// Trainable parameters of this layer on `input`, `None` on overflow.
     fn parameters(&self, input: Activation) -> Option<usize> {
         match *self {
-            LayerSpec::BatchNorm => input.len().checked_mul(2),
-            LayerSpec::Dense { units, .. } => input.len().checked_mul(units)?.checked_add(units),
+            LayerSpec::BatchNorm => input.values().checked_mul(2),
+            LayerSpec::Dense { units, .. } => input.values().checked_mul(units)?.checked_add(units),
             LayerSpec::Conv2d { filters, size, .. } => {
                 let Activation::Image { channels, .. } = input else {
                     return Some(0);
@@ -582,10 +571,15 @@ impl ModelConfig {
     /// Human-readable summary, e.g. `784 → BatchNorm → Dense 128 (ReLU) → Dense 10 (softmax)`.
     pub fn describe(&self) -> String {
         let last = self.layers.len().saturating_sub(1);
-        // The input as the first layer sees it: flat pixels, or the image.
-        let mut text = match self.activations().map(|shapes| shapes[1]) {
-            Ok(Activation::Image { .. }) => INPUT_IMAGE.to_string(),
-            _ => INPUT.to_string(),
+        // The input as the first layer sees it: the image, or flat pixels.
+        let first_sees_image = matches!(
+            self.layers.first(),
+            Some(LayerSpec::Conv2d { .. } | LayerSpec::MaxPool2d { .. })
+        );
+        let mut text = if first_sees_image {
+            INPUT_IMAGE.to_string()
+        } else {
+            INPUT.to_string()
         };
         for (i, layer) in self.layers.iter().enumerate() {
             text.push_str(&match *layer {

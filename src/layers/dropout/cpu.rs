@@ -18,7 +18,12 @@ pub fn pcg(v: u32) -> u32 {
 
 /// The hash deciding value `index` of step `step` in a run seeded `seed`.
 pub fn dropout_hash(seed: u32, step: u32, index: u32) -> u32 {
-    pcg(index.wrapping_add(pcg(step.wrapping_add(pcg(seed)))))
+    pcg(index.wrapping_add(step_key(seed, step)))
+}
+
+/// The part of [`dropout_hash`] that all of a step's values share.
+fn step_key(seed: u32, step: u32) -> u32 {
+    pcg(step.wrapping_add(pcg(seed)))
 }
 
 /// Which values a step drops, and how the kept ones are scaled.
@@ -49,11 +54,6 @@ impl DropMask {
             scale: 1.0 / (1.0 - rate),
         }
     }
-
-    /// Whether value `index` is kept.
-    pub fn keeps(&self, index: usize) -> bool {
-        dropout_hash(self.seed, self.step, index as u32) >= self.threshold
-    }
 }
 
 /// `out = x · scale` where kept, 0 where dropped: the forward (`x` the input, `out` the
@@ -61,8 +61,10 @@ impl DropMask {
 /// same product.
 pub fn dropout_apply(x: &[f32], mask: &DropMask, out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
+    let key = step_key(mask.seed, mask.step);
     for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
-        *o = if mask.keeps(i) { v * mask.scale } else { 0.0 };
+        let kept = pcg((i as u32).wrapping_add(key)) >= mask.threshold;
+        *o = if kept { v * mask.scale } else { 0.0 };
     }
 }
 
@@ -87,10 +89,9 @@ mod tests {
     #[test]
     fn masks_differ_by_seed_and_step_and_repeat_exactly() {
         let mask = |seed, step| -> Vec<f32> {
-            let mask = DropMask::new(0.5, seed, step);
-            (0..256)
-                .map(|i| if mask.keeps(i) { 1.0 } else { 0.0 })
-                .collect()
+            let mut kept = vec![0.0; 256];
+            dropout_apply(&[1.0; 256], &DropMask::new(0.5, seed, step), &mut kept);
+            kept
         };
         assert_eq!(mask(1, 2), mask(1, 2));
         assert_ne!(mask(1, 2), mask(1, 3));
