@@ -6,7 +6,7 @@ use mnist_gpu::app::{self, AlreadyReported, DeviceRequest};
 use mnist_gpu::errln;
 use mnist_gpu::gpu::DeviceChoice;
 use mnist_gpu::interrupt::{self, Interrupted};
-use mnist_gpu::model::ModelConfig;
+use mnist_gpu::model::{ModelConfig, ModelKind};
 use mnist_gpu::run::{self, TrainSettings};
 use mnist_gpu::settings::{self, learning_rate, positive, Settings, TrainOptions};
 use std::path::PathBuf;
@@ -97,21 +97,24 @@ struct TrainArgs {
     /// Directory with the four MNIST IDX files (plain or .gz) [default: the built-in MNIST]
     #[arg(long, value_name = "DIR", value_parser = path_arg)]
     data_dir: Option<PathBuf>,
-    /// Epochs to train [default: 10; with --resume: the checkpoint's total]
+    /// The model: mlp (the Keras tutorial's; --hidden sets its widths) or convnet (Keras' MNIST convnet).
+    #[arg(long, value_name = "NAME", default_value = "mlp", value_parser = model_kind, conflicts_with_all = ["resume", "init_from"])]
+    model: ModelKind,
+    /// Epochs to train [default: the mlp 10, the convnet 15; with --resume: the checkpoint's total]
     #[arg(long, value_parser = positive)]
     epochs: Option<usize>,
-    /// Samples per training step (the last batch of an epoch may be smaller).
-    #[arg(long, default_value_t = TrainOptions::default().batch_size, value_parser = positive, conflicts_with = "resume")]
-    batch_size: usize,
+    /// Samples per training step, the last batch of an epoch may be smaller [default: the mlp 32, the convnet 128]
+    #[arg(long, value_parser = positive, conflicts_with = "resume")]
+    batch_size: Option<usize>,
     /// Adam learning rate.
     #[arg(long, default_value_t = Settings::default().lr, value_parser = learning_rate, conflicts_with = "resume")]
     lr: f32,
     /// Seed for the weight initialisation and the per-epoch shuffling.
     #[arg(long, default_value_t = TrainOptions::default().seed, value_parser = settings::seed, conflicts_with = "resume")]
     seed: u64,
-    /// Hidden layer widths, comma-separated: 128, or 256,128 for a deeper MLP.
-    #[arg(long, default_value = "128", value_parser = hidden_list, conflicts_with_all = ["resume", "init_from"])]
-    hidden: HiddenList,
+    /// The MLP's hidden layer widths, comma-separated: 128, or 256,128 for a deeper MLP [default: 128]
+    #[arg(long, value_parser = hidden_list, conflicts_with_all = ["resume", "init_from"])]
+    hidden: Option<HiddenList>,
     /// Feed pixels as 0..255, as the Keras tutorial did (default: scaled to [0, 1]).
     #[arg(long, conflicts_with_all = ["resume", "init_from"])]
     raw_pixels: bool,
@@ -153,6 +156,10 @@ fn hidden_list(text: &str) -> Result<HiddenList, String> {
     settings::hidden(text).map(HiddenList)
 }
 
+fn model_kind(text: &str) -> Result<ModelKind, String> {
+    text.parse()
+}
+
 /// A path flag's value: `~` is not expanded (the shell expands it only at the start of
 /// a word, so `--out-dir=~/runs` reaches the program as it is written).
 fn path_arg(text: &str) -> Result<PathBuf, String> {
@@ -184,13 +191,14 @@ impl TrainArgs {
         if let Some(dir) = &self.resume {
             return run::resume_settings(dir, self.epochs, self.data_dir, self.metrics, device);
         }
+        let (epochs, batch_size) = self.model.default_epochs_and_batch();
         Ok(TrainSettings {
             settings: Settings {
-                model: ModelConfig::mlp(&self.hidden.0, self.raw_pixels),
+                model: self.model_config()?,
                 lr: self.lr,
                 options: TrainOptions {
-                    epochs: self.epochs.unwrap_or(TrainOptions::default().epochs),
-                    batch_size: self.batch_size,
+                    epochs: self.epochs.unwrap_or(epochs),
+                    batch_size: self.batch_size.unwrap_or(batch_size),
                     seed: self.seed,
                     shuffle: !self.no_shuffle,
                 },
@@ -206,6 +214,23 @@ impl TrainArgs {
             init_from: self.init_from,
             resume: None,
         })
+    }
+}
+
+impl TrainArgs {
+    /// The model `--model` names, with `--hidden`'s widths for the MLP.
+    fn model_config(&self) -> anyhow::Result<ModelConfig> {
+        match (self.model, &self.hidden) {
+            (ModelKind::Mlp, hidden) => {
+                let hidden = hidden.as_ref().map_or(&[128][..], |h| &h.0[..]);
+                Ok(ModelConfig::mlp(hidden, self.raw_pixels))
+            }
+            (ModelKind::Convnet, None) => Ok(ModelConfig::convnet(self.raw_pixels)),
+            (ModelKind::Convnet, Some(_)) => anyhow::bail!(
+                "--hidden sets the MLP's widths; the convnet's layers are fixed (leave out \
+                 --hidden, or use --model mlp)"
+            ),
+        }
     }
 }
 

@@ -43,7 +43,7 @@ pub const MAX_WIDTH: usize = 65_536;
 /// dropout(0.5),dense(10)`. The input is the 28×28 image, one channel; `batchnorm` and
 /// `dense` see their input flattened. Spaces around the names, numbers and commas are
 /// allowed. The softmax of the last layer is part of the loss, not a layer.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LayerSpec {
     BatchNorm,
     Dense {
@@ -402,8 +402,51 @@ const OUTPUT: LayerSpec = LayerSpec::Dense {
     relu: false,
 };
 
-/// The one architecture the trainers implement, in words, for errors.
-const SUPPORTED: &str = "batchnorm, then dense(UNITS,relu) layers, then dense(10)";
+/// The layer lists the trainers implement, in words, for errors.
+const SUPPORTED: &str = "conv2d, maxpool2d, flatten, dropout and dense layers, with \
+                         batchnorm only as the first layer, ending with dense(10)";
+
+/// The models `--model` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    /// The Keras tutorial's MLP: `batchnorm`, `dense(h,relu)` per `--hidden` width,
+    /// `dense(10)`.
+    Mlp,
+    /// Keras' "Simple MNIST convnet" ([`KERAS_CONVNET`]).
+    Convnet,
+}
+
+/// Keras' "Simple MNIST convnet" (keras-io `examples/vision/mnist_convnet.py`).
+pub const KERAS_CONVNET: &str =
+    "conv2d(32,3,relu),maxpool2d(2),conv2d(64,3,relu),maxpool2d(2),flatten,dropout(0.5),dense(10)";
+
+impl ModelKind {
+    /// The names `--model` takes.
+    pub const NAMES: &'static str = "mlp or convnet";
+
+    /// Epochs and batch size of the tutorial each model comes from.
+    pub fn default_epochs_and_batch(self) -> (usize, usize) {
+        match self {
+            ModelKind::Mlp => (10, 32),
+            ModelKind::Convnet => (15, 128),
+        }
+    }
+}
+
+impl FromStr for ModelKind {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "mlp" => Ok(ModelKind::Mlp),
+            "convnet" => Ok(ModelKind::Convnet),
+            other => Err(format!(
+                "unknown model '{}' (expected {})",
+                other.escape_debug(),
+                ModelKind::NAMES
+            )),
+        }
+    }
+}
 
 impl ModelConfig {
     /// The MLP `batchnorm, dense(h, relu) for each of hidden, dense(10)` (`--hidden`).
@@ -415,61 +458,45 @@ impl ModelConfig {
         ModelConfig { layers, raw_pixels }
     }
 
-    /// Refuse a layer list the trainers do not implement: anything but batchnorm, then
-    /// dense layers with ReLU, then dense(10) without. The error names the first layer
-    /// out of place.
+    /// Keras' MNIST convnet ([`KERAS_CONVNET`]).
+    pub fn convnet(raw_pixels: bool) -> Self {
+        let layers = parse_layers(KERAS_CONVNET).expect("the convnet's layer list parses");
+        ModelConfig { layers, raw_pixels }
+    }
+
+    /// Whether this is the MLP shape (`batchnorm`, then `dense(UNITS,relu)` layers, then
+    /// `dense(10)`), which the GPU trainer and the CPU's fused first-layer paths build.
+    pub fn is_mlp(&self) -> bool {
+        let Some((last, middle)) = self.layers.split_last() else {
+            return false;
+        };
+        let hidden = |layer: &LayerSpec| matches!(layer, LayerSpec::Dense { relu: true, .. });
+        middle.first() == Some(&LayerSpec::BatchNorm)
+            && middle[1..].iter().all(hidden)
+            && *last == OUTPUT
+    }
+
+    /// Refuse a layer list the trainers do not implement: a batchnorm anywhere but first,
+    /// a last layer other than dense(10) without relu, or a layer that cannot take its
+    /// input. The error names the first layer out of place.
     pub fn check_supported(&self) -> Result<(), String> {
-        self.check_convnet_layers()?;
         let Some(last) = self.layers.len().checked_sub(1) else {
             return Err(format!("the model has no layers (supported: {SUPPORTED})"));
         };
         for (i, layer) in self.layers.iter().enumerate() {
-            let (fits, rule) = if i == 0 {
-                (
-                    *layer == LayerSpec::BatchNorm,
-                    "the first layer must be batchnorm",
-                )
-            } else if i == last {
-                (
-                    *layer == OUTPUT,
-                    "the last layer must be dense(10), without relu",
-                )
+            let rule = if i == last && *layer != OUTPUT {
+                "the last layer must be dense(10), without relu"
+            } else if i > 0 && *layer == LayerSpec::BatchNorm {
+                "batchnorm is supported only as the first layer, on the pixels"
             } else {
-                (
-                    matches!(layer, LayerSpec::Dense { relu: true, .. }),
-                    "a layer between the first and the last must be dense(UNITS,relu)",
-                )
+                continue;
             };
-            if !fits {
-                return Err(format!(
-                    "layer {} ({layer}) is not supported: {rule} (supported: {SUPPORTED})",
-                    i + 1
-                ));
-            }
-        }
-        if last == 0 {
             return Err(format!(
-                "layer 1 (batchnorm) is the only layer: the model must end with dense(10) \
-                 (supported: {SUPPORTED})"
+                "layer {} ({layer}) is not supported: {rule} (supported: {SUPPORTED})",
+                i + 1
             ));
         }
-        Ok(())
-    }
-
-    /// Refuse a list with a convnet layer (conv2d, maxpool2d, flatten, dropout): its
-    /// shapes are checked, but the trainers do not build these layers yet.
-    fn check_convnet_layers(&self) -> Result<(), String> {
-        let convnet =
-            |layer: &&LayerSpec| !matches!(layer, LayerSpec::BatchNorm | LayerSpec::Dense { .. });
-        let Some((i, layer)) = self.layers.iter().enumerate().find(|(_, l)| convnet(l)) else {
-            return Ok(());
-        };
-        self.activations()?;
-        Err(format!(
-            "layer {} ({layer}): the trainers do not build conv2d, maxpool2d, flatten or \
-             dropout layers yet (supported: {SUPPORTED})",
-            i + 1
-        ))
+        self.activations().map(|_| ())
     }
 
     /// The input and every layer's output, in order; an error names the first layer that
@@ -618,6 +645,8 @@ pub struct Hyper {
     pub bn_eps: f32,
     /// BatchNorm moving-average momentum (Keras: 0.99).
     pub bn_momentum: f32,
+    /// The seed of the dropout masks (see `layers::dropout`): the run's seed.
+    pub dropout_seed: u32,
 }
 
 impl Default for Hyper {
@@ -629,6 +658,7 @@ impl Default for Hyper {
             adam_eps: 1e-7,
             bn_eps: 1e-3,
             bn_momentum: 0.99,
+            dropout_seed: 0,
         }
     }
 }
@@ -646,18 +676,79 @@ impl Hyper {
 /// Where each trainable tensor lives inside the flat parameter vector.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamLayout {
+    /// The first layer's BatchNorm γ and β (empty ranges in a model without one).
     pub gamma: Range<usize>,
     pub beta: Range<usize>,
-    /// Dense kernels, Keras layout `[in, out]` row-major.
+    /// The kernel of every dense and conv2d layer, in layer order: dense in Keras' layout
+    /// `[in, out]`, conv2d in PyTorch's `[out, in, k, k]`, row-major.
     pub kernels: Vec<Range<usize>>,
+    /// Their biases, `[out]`.
     pub biases: Vec<Range<usize>>,
     /// Total length including padding.
     pub total: usize,
 }
 
+/// A layer with a kernel and a bias, as [`ModelConfig::weighted_layers`] lists them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WeightedLayer {
+    /// Index in [`ModelConfig::layers`].
+    pub layer: usize,
+    /// Values in the kernel and in the bias.
+    pub kernel_len: usize,
+    pub bias_len: usize,
+    /// Glorot's fan-in and fan-out (Keras: `k·k·channels` for a convolution).
+    pub fan_in: usize,
+    pub fan_out: usize,
+}
+
+impl ModelConfig {
+    /// Each layer's input: the image, then the previous layer's output (a layer that
+    /// cannot take its input passes it on; [`ModelConfig::check`] refuses such lists).
+    pub fn layer_inputs(&self) -> Vec<Activation> {
+        let mut input = INPUT_IMAGE;
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            inputs.push(input);
+            input = layer.output(input).unwrap_or(input);
+        }
+        inputs
+    }
+
+    /// The dense and conv2d layers, in order, with their tensors' sizes.
+    pub fn weighted_layers(&self) -> Vec<WeightedLayer> {
+        let mut weighted = Vec::new();
+        for (layer, (spec, input)) in self.layers.iter().zip(self.layer_inputs()).enumerate() {
+            let (fan_in, fan_out, out) = match (*spec, input) {
+                (LayerSpec::Dense { units, .. }, _) => (input.values(), units, units),
+                (LayerSpec::Conv2d { filters, size, .. }, Activation::Image { channels, .. }) => {
+                    (channels * size * size, filters * size * size, filters)
+                }
+                _ => continue,
+            };
+            weighted.push(WeightedLayer {
+                layer,
+                kernel_len: fan_in * out,
+                bias_len: out,
+                fan_in,
+                fan_out,
+            });
+        }
+        weighted
+    }
+
+    /// Values the first layer's BatchNorm normalises (0 without one).
+    pub fn batchnorm_features(&self) -> usize {
+        match self.layers.first() {
+            Some(LayerSpec::BatchNorm) => INPUT,
+            _ => 0,
+        }
+    }
+}
+
 impl ParamLayout {
     /// The layout of a model the trainers implement (see [`ModelConfig::check_supported`]):
-    /// the input BatchNorm's γ and β, then each Dense layer's kernel and bias.
+    /// the first layer's BatchNorm γ and β, then each dense or conv2d layer's kernel and
+    /// bias, in layer order.
     pub fn new(config: &ModelConfig) -> Self {
         let mut next = 0usize;
         let mut take = |len: usize| {
@@ -665,14 +756,14 @@ impl ParamLayout {
             next = (start + len).div_ceil(TENSOR_ALIGN) * TENSOR_ALIGN;
             start..start + len
         };
-        let gamma = take(INPUT);
-        let beta = take(INPUT);
-        let widths = config.widths();
+        let features = config.batchnorm_features();
+        let gamma = take(features);
+        let beta = take(features);
         let mut kernels = Vec::new();
         let mut biases = Vec::new();
-        for pair in widths.windows(2) {
-            kernels.push(take(pair[0] * pair[1]));
-            biases.push(take(pair[1]));
+        for weighted in config.weighted_layers() {
+            kernels.push(take(weighted.kernel_len));
+            biases.push(take(weighted.bias_len));
         }
         ParamLayout {
             gamma,
@@ -681,28 +772,6 @@ impl ParamLayout {
             biases,
             total: next,
         }
-    }
-
-    /// Every tensor with its name and shape, in a fixed order (Keras shapes).
-    pub fn named(&self, config: &ModelConfig) -> Vec<(String, Vec<usize>, Range<usize>)> {
-        let widths = config.widths();
-        let mut named = vec![
-            (
-                "batchnorm.gamma".to_string(),
-                vec![INPUT],
-                self.gamma.clone(),
-            ),
-            ("batchnorm.beta".to_string(), vec![INPUT], self.beta.clone()),
-        ];
-        for (l, (k, b)) in self.kernels.iter().zip(&self.biases).enumerate() {
-            named.push((
-                format!("dense{l}.kernel"),
-                vec![widths[l], widths[l + 1]],
-                k.clone(),
-            ));
-            named.push((format!("dense{l}.bias"), vec![widths[l + 1]], b.clone()));
-        }
-        named
     }
 }
 
@@ -726,20 +795,20 @@ impl Params {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         // A separate stream from the shuffling RNG, so changing one never changes the other.
         rng.set_stream(1);
-        let widths = config.widths();
-        for (l, kernel) in layout.kernels.iter().enumerate() {
-            let (fan_in, fan_out) = (widths[l] as f32, widths[l + 1] as f32);
+        for (weighted, kernel) in config.weighted_layers().iter().zip(&layout.kernels) {
+            let (fan_in, fan_out) = (weighted.fan_in as f32, weighted.fan_out as f32);
             let limit = (6.0 / (fan_in + fan_out)).sqrt();
             for w in &mut trainable[kernel.clone()] {
                 *w = rng.random_range(-limit..limit);
             }
         }
+        let features = config.batchnorm_features();
         Params {
             config: config.clone(),
             layout,
             trainable,
-            moving_mean: vec![0.0; INPUT],
-            moving_var: vec![1.0; INPUT],
+            moving_mean: vec![0.0; features],
+            moving_var: vec![1.0; features],
         }
     }
 
@@ -805,10 +874,6 @@ mod tests {
             raw_pixels: false,
         }
     }
-
-    /// Keras' "Simple MNIST convnet" (keras-io examples/vision/mnist_convnet.py).
-    const KERAS_CONVNET: &str =
-        "conv2d(32,3,relu),maxpool2d(2),conv2d(64,3,relu),maxpool2d(2),flatten,dropout(0.5),dense(10)";
 
     #[test]
     fn the_keras_convnet_has_keras_shapes_and_parameter_count() {
@@ -883,30 +948,48 @@ mod tests {
     }
 
     #[test]
-    fn the_trainers_refuse_a_convnet_in_one_line() {
-        let refused = config(KERAS_CONVNET).check().unwrap_err();
-        assert!(refused.starts_with(
-            "layer 1 (conv2d(32,3,relu)): the trainers do not build conv2d, maxpool2d, flatten \
-             or dropout layers yet"
-        ));
-        assert!(!refused.contains('\n'));
-        // A convnet whose shapes do not fit gets the shape error first.
-        let misshapen = config("conv2d(8,3),dense(5)").check().unwrap_err();
-        assert!(misshapen.contains("it must end with 10"), "{misshapen}");
-    }
-
-    #[test]
     fn layout_is_aligned_and_complete() {
         let config = ModelConfig::mlp(&[129, 33], false);
         let layout = ParamLayout::new(&config);
-        let named = layout.named(&config);
-        assert_eq!(named.len(), 2 + 2 * 3);
-        for (_, shape, range) in &named {
+        let ranges = [&layout.gamma, &layout.beta].into_iter().chain(
+            layout
+                .kernels
+                .iter()
+                .zip(&layout.biases)
+                .flat_map(|(k, b)| [k, b]),
+        );
+        let mut end = 0;
+        for range in ranges {
             assert_eq!(range.start % TENSOR_ALIGN, 0);
-            assert_eq!(range.len(), shape.iter().product::<usize>());
+            assert!(range.start >= end, "tensors overlap");
+            end = range.end;
         }
-        assert_eq!(named[2].1, vec![784, 129]);
-        assert_eq!(named[7].1, vec![10]);
+        let lens = |ranges: &[Range<usize>]| ranges.iter().map(|r| r.len()).collect::<Vec<_>>();
+        assert_eq!(lens(&layout.kernels), [784 * 129, 129 * 33, 33 * 10]);
+        assert_eq!(lens(&layout.biases), [129, 33, 10]);
+        assert_eq!(layout.total, end.next_multiple_of(TENSOR_ALIGN));
+    }
+
+    /// The convnet's tensors: two conv kernels `[out, in, 3, 3]` with Keras' fans, the
+    /// dense kernel on the 1600 flattened values, and no BatchNorm.
+    #[test]
+    fn the_convnet_layout_and_init_follow_keras() {
+        let convnet = ModelConfig::convnet(false);
+        let weighted = convnet.weighted_layers();
+        let fans: Vec<_> = weighted
+            .iter()
+            .map(|w| (w.layer, w.fan_in, w.fan_out))
+            .collect();
+        assert_eq!(fans, [(0, 9, 288), (2, 288, 576), (6, 1600, 10)]);
+        let layout = ParamLayout::new(&convnet);
+        assert!(layout.gamma.is_empty() && layout.beta.is_empty());
+        let params = Params::init(&convnet, 1);
+        assert!(params.moving_mean.is_empty() && params.moving_var.is_empty());
+        let limit = (6.0f32 / (288.0 + 576.0)).sqrt();
+        assert!(params.kernel(1).iter().all(|w| w.abs() <= limit));
+        assert!(params.kernel(1).iter().any(|w| w.abs() > limit * 0.9));
+        assert_eq!(params.kernel(1).len(), 64 * 32 * 9);
+        assert!(params.bias(0).iter().all(|&b| b == 0.0));
     }
 
     #[test]
@@ -1000,49 +1083,43 @@ mod tests {
     }
 
     #[test]
-    fn only_the_mlp_shape_is_supported() {
+    fn the_trainers_take_layer_lists_that_end_in_ten_classes() {
         for text in [
             "batchnorm,dense(128,relu),dense(10)",
             "batchnorm,dense(10)",
             "batchnorm,dense(256,relu),dense(1,relu),dense(10)",
+            KERAS_CONVNET,
+            "dense(10)",
+            "batchnorm,dense(64),dropout(0.2),dense(10)",
+            "conv2d(4,5),flatten,dense(10)",
         ] {
             assert_eq!(config(text).check_supported(), Ok(()), "{text}");
         }
         let cases = [
             (
-                "dense(128,relu),dense(10)",
-                "layer 1 (dense(128,relu))",
-                "first layer must be batchnorm",
-            ),
-            (
-                "batchnorm,dense(128),dense(10)",
-                "layer 2 (dense(128))",
-                "must be dense(UNITS,relu)",
-            ),
-            (
                 "batchnorm,batchnorm,dense(10)",
-                "layer 2 (batchnorm)",
-                "must be dense(UNITS,relu)",
+                "layer 2 (batchnorm) is not supported",
+                "only as the first layer",
             ),
             (
                 "batchnorm,dense(64,relu),dense(10,relu)",
-                "layer 3 (dense(10,relu))",
+                "layer 3 (dense(10,relu)) is not supported",
                 "last layer must be dense(10)",
             ),
             (
                 "batchnorm,dense(12)",
-                "layer 2 (dense(12))",
+                "layer 2 (dense(12)) is not supported",
                 "last layer must be dense(10)",
             ),
             (
-                "batchnorm,dense(64,relu),batchnorm",
-                "layer 3 (batchnorm)",
-                "last layer",
+                "batchnorm",
+                "layer 1 (batchnorm) is not supported",
+                "last layer must be dense(10)",
             ),
             (
-                "batchnorm",
-                "layer 1 (batchnorm) is the only layer",
-                "end with dense(10)",
+                "conv2d(8,3),dense(5)",
+                "layer 2 (dense(5)) is not supported",
+                "last layer must be dense(10)",
             ),
         ];
         for (text, layer, rule) in cases {
@@ -1054,11 +1131,27 @@ mod tests {
             );
             assert_eq!(config(text).check(), Err(error));
         }
+        // A list whose shapes do not fit gets the shape error, naming the layer.
+        let misshapen = config("dense(64),conv2d(3,3),dense(10)")
+            .check()
+            .unwrap_err();
+        assert!(misshapen.starts_with("layer 2 (conv2d(3,3)): conv2d needs an image"));
         let empty = ModelConfig {
             layers: Vec::new(),
             raw_pixels: false,
         };
         assert!(empty.check_supported().unwrap_err().contains("no layers"));
+    }
+
+    /// The MLP shape, which the GPU trainer and the CPU's fused paths build.
+    #[test]
+    fn the_mlp_shape_is_recognised() {
+        for text in ["batchnorm,dense(128,relu),dense(10)", "batchnorm,dense(10)"] {
+            assert!(config(text).is_mlp(), "{text}");
+        }
+        for text in [KERAS_CONVNET, "dense(10)", "batchnorm,dense(64),dense(10)"] {
+            assert!(!config(text).is_mlp(), "{text}");
+        }
     }
 
     #[test]

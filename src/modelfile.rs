@@ -1,13 +1,18 @@
 //! Model and checkpoint files in the safetensors format, laid out the PyTorch way so that
-//! `torch.nn.Sequential(Flatten, BatchNorm1d, Linear, ReLU, …, Linear)` loads them:
+//! the obvious `torch.nn.Sequential` loads them: the layers in order, each ReLU a module
+//! of its own after its layer, and a `Flatten` before a `batchnorm` or `dense` layer whose
+//! input is an image. The MLP is `Sequential(Flatten, BatchNorm1d, Linear, ReLU, …,
+//! Linear)`, the convnet `Sequential(Conv2d, ReLU, MaxPool2d, Conv2d, ReLU, MaxPool2d,
+//! Flatten, Dropout, Linear)`. A tensor's name is its module's index `i` in that list:
 //!
 //! | name | shape | what |
 //! | --- | --- | --- |
-//! | `1.weight`, `1.bias` | `[784]` | BatchNorm gamma, beta |
-//! | `1.running_mean`, `1.running_var` | `[784]` | BatchNorm moving statistics |
-//! | `1.num_batches_tracked` | `[]` (i64) | training steps taken (PyTorch's BatchNorm buffer) |
-//! | `{2+2l}.weight` | `[out, in]` | Dense layer l kernel, transposed from Keras' `[in, out]` |
-//! | `{2+2l}.bias` | `[out]` | Dense layer l bias |
+//! | `i.weight`, `i.bias` | `[784]` | BatchNorm gamma, beta |
+//! | `i.running_mean`, `i.running_var` | `[784]` | BatchNorm moving statistics |
+//! | `i.num_batches_tracked` | `[]` (i64) | training steps taken (PyTorch's BatchNorm buffer) |
+//! | `i.weight` | `[out, in]` | Dense kernel, transposed from Keras' `[in, out]` |
+//! | `i.weight` | `[out, in, k, k]` | Conv2D kernel (stored this way) |
+//! | `i.bias` | `[out]` | Dense or Conv2D bias |
 //!
 //! The architecture travels in the file's metadata: `layers`, the layer list in the text
 //! form of [`crate::model::LayerSpec`], and `raw_pixels`; `hidden` (the hidden Dense
@@ -19,8 +24,8 @@ use crate::backend::EpochRecord;
 use crate::backend::StepProgress;
 use crate::fsutil::{open_regular, write_atomic, InputFileError};
 use crate::model::{
-    format_layers, parse_hidden, parse_layers, ModelConfig, OptimState, ParamLayout, Params, INPUT,
-    MAX_PARAMS,
+    format_layers, parse_hidden, parse_layers, Activation, LayerSpec, ModelConfig, OptimState,
+    ParamLayout, Params, INPUT, MAX_PARAMS,
 };
 use crate::settings::{steps_per_epoch, FieldError, Settings};
 use safetensors::tensor::TensorView;
@@ -97,9 +102,73 @@ pub struct DataDigest {
     pub test: String,
 }
 
-/// The PyTorch-style name of Dense layer `l`'s tensor (`weight` or `bias`).
-pub fn dense_name(l: usize, what: &str) -> String {
-    format!("{}.{what}", 2 + 2 * l)
+/// Each layer's module index in the model's `torch.nn.Sequential` (see the module
+/// header): a `Flatten` goes before a batchnorm or dense layer that takes an image, and
+/// a `ReLU` after a layer with `relu`.
+pub fn torch_indices(config: &ModelConfig) -> Vec<usize> {
+    let mut next = 0;
+    let mut indices = Vec::with_capacity(config.layers.len());
+    for (layer, input) in config.layers.iter().zip(config.layer_inputs()) {
+        let flat_only = matches!(layer, LayerSpec::BatchNorm | LayerSpec::Dense { .. });
+        if flat_only && matches!(input, Activation::Image { .. }) {
+            next += 1;
+        }
+        indices.push(next);
+        let relu = matches!(
+            layer,
+            LayerSpec::Dense { relu: true, .. } | LayerSpec::Conv2d { relu: true, .. }
+        );
+        next += 1 + usize::from(relu);
+    }
+    indices
+}
+
+/// What a model file's tensor holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Holds {
+    Gamma,
+    Beta,
+    MovingMean,
+    MovingVar,
+    /// Weighted layer `w`'s kernel; `Some((in, out))` for a dense kernel, which the file
+    /// stores transposed (`[out, in]`).
+    Kernel(usize, Option<(usize, usize)>),
+    Bias(usize),
+}
+
+/// Every f32 tensor of a model file, in order: name, PyTorch shape and what it holds.
+fn tensor_names(config: &ModelConfig) -> Vec<(String, Vec<usize>, Holds)> {
+    let indices = torch_indices(config);
+    let features = config.batchnorm_features();
+    let mut names = Vec::new();
+    if features > 0 {
+        let name = |what: &str| format!("{}.{what}", indices[0]);
+        names.push((name("weight"), vec![features], Holds::Gamma));
+        names.push((name("bias"), vec![features], Holds::Beta));
+        names.push((name("running_mean"), vec![features], Holds::MovingMean));
+        names.push((name("running_var"), vec![features], Holds::MovingVar));
+    }
+    for (w, weighted) in config.weighted_layers().iter().enumerate() {
+        let index = indices[weighted.layer];
+        let out = weighted.bias_len;
+        let (shape, transposed) = match config.layers[weighted.layer] {
+            LayerSpec::Conv2d { size, .. } => {
+                let channels = weighted.kernel_len / (out * size * size);
+                (vec![out, channels, size, size], None)
+            }
+            _ => {
+                let fan_in = weighted.kernel_len / out;
+                (vec![out, fan_in], Some((fan_in, out)))
+            }
+        };
+        names.push((
+            format!("{index}.weight"),
+            shape,
+            Holds::Kernel(w, transposed),
+        ));
+        names.push((format!("{index}.bias"), vec![out], Holds::Bias(w)));
+    }
+    names
 }
 
 fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -118,46 +187,43 @@ type Tensor<'a> = (String, Vec<usize>, Cow<'a, [f32]>);
 
 /// (name, shape, values) of every model tensor, PyTorch layout.
 fn model_tensors(params: &Params) -> Vec<Tensor<'_>> {
-    let widths = params.config.widths();
-    let mut tensors = vec![
-        ("1.weight".into(), vec![INPUT], params.gamma().into()),
-        ("1.bias".into(), vec![INPUT], params.beta().into()),
-        (
-            "1.running_mean".into(),
-            vec![INPUT],
-            params.moving_mean.as_slice().into(),
-        ),
-        (
-            "1.running_var".into(),
-            vec![INPUT],
-            params.moving_var.as_slice().into(),
-        ),
-    ];
-    for l in 0..params.config.dense_layers() {
-        let (fan_in, fan_out) = (widths[l], widths[l + 1]);
-        tensors.push((
-            dense_name(l, "weight"),
-            vec![fan_out, fan_in],
-            transpose(params.kernel(l), fan_in, fan_out).into(),
-        ));
-        tensors.push((dense_name(l, "bias"), vec![fan_out], params.bias(l).into()));
-    }
-    tensors
+    let values = |holds: Holds| -> Cow<'_, [f32]> {
+        match holds {
+            Holds::Gamma => params.gamma().into(),
+            Holds::Beta => params.beta().into(),
+            Holds::MovingMean => params.moving_mean.as_slice().into(),
+            Holds::MovingVar => params.moving_var.as_slice().into(),
+            Holds::Kernel(w, Some((rows, cols))) => transpose(params.kernel(w), rows, cols).into(),
+            Holds::Kernel(w, None) => params.kernel(w).into(),
+            Holds::Bias(w) => params.bias(w).into(),
+        }
+    };
+    tensor_names(&params.config)
+        .into_iter()
+        .map(|(name, shape, holds)| (name, shape, values(holds)))
+        .collect()
 }
 
+/// The architecture's metadata. `hidden` is written for the MLP only: a reader that
+/// knows nothing else would take any other model for an MLP.
 fn architecture_metadata(config: &ModelConfig) -> HashMap<String, String> {
-    let hidden: Vec<String> = config.hidden().iter().map(|h| h.to_string()).collect();
-    HashMap::from([
+    let input = if config.is_mlp() {
+        "flatten 28x28 u8 pixels, multiplied by pixel_scale"
+    } else {
+        "28x28 u8 pixels as [1, 28, 28] (channels, height, width), multiplied by pixel_scale"
+    };
+    let mut metadata = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         (LAYERS.to_string(), format_layers(&config.layers)),
-        (HIDDEN.to_string(), hidden.join(",")),
         ("raw_pixels".to_string(), config.raw_pixels.to_string()),
         ("pixel_scale".to_string(), config.pixel_scale().to_string()),
-        (
-            "input".to_string(),
-            "flatten 28x28 u8 pixels, multiplied by pixel_scale".to_string(),
-        ),
-    ])
+        ("input".to_string(), input.to_string()),
+    ]);
+    if config.is_mlp() {
+        let hidden: Vec<String> = config.hidden().iter().map(|h| h.to_string()).collect();
+        metadata.insert(HIDDEN.to_string(), hidden.join(","));
+    }
+    metadata
 }
 
 /// The file's bytes. The tensors' values are viewed in place (no copy); the one large
@@ -228,15 +294,19 @@ pub fn save_model(params: &Params, steps: u64, path: &Path) -> Result<(), ModelF
 pub fn model_bytes(params: &Params, steps: u64, path: &Path) -> Result<Vec<u8>, ModelFileError> {
     serialize(
         &model_tensors(params),
-        steps_tensor(steps),
+        steps_tensor(&params.config, steps),
         architecture_metadata(&params.config),
         path,
     )
 }
 
-fn steps_tensor(steps: u64) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+/// PyTorch's BatchNorm step counter, in a model with a BatchNorm.
+fn steps_tensor(config: &ModelConfig, steps: u64) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+    if config.batchnorm_features() == 0 {
+        return Vec::new();
+    }
     vec![(
-        "1.num_batches_tracked".into(),
+        format!("{}.num_batches_tracked", torch_indices(config)[0]),
         Dtype::I64,
         vec![],
         (steps as i64).to_le_bytes().to_vec(),
@@ -270,7 +340,12 @@ fn checkpoint_bytes(
     for (name, values) in [("adam.m", &state.optim.m), ("adam.v", &state.optim.v)] {
         tensors.push((name.into(), vec![values.len()], values.as_slice().into()));
     }
-    serialize(&tensors, steps_tensor(state.optim.step), metadata, path)
+    serialize(
+        &tensors,
+        steps_tensor(&params.config, state.optim.step),
+        metadata,
+        path,
+    )
 }
 
 /// A parsed file: its bytes stay alive while tensors are read.
@@ -422,32 +497,48 @@ impl<'a> Reader<'a> {
     fn params(&self) -> Result<Params, ModelFileError> {
         let config = self.config()?;
         let layout = ParamLayout::new(&config);
-        let mut trainable = vec![0.0f32; layout.total];
-        trainable[layout.gamma.clone()].copy_from_slice(&self.f32s("1.weight", &[INPUT])?);
-        trainable[layout.beta.clone()].copy_from_slice(&self.f32s("1.bias", &[INPUT])?);
-        let widths = config.widths();
-        for l in 0..config.dense_layers() {
-            let (fan_in, fan_out) = (widths[l], widths[l + 1]);
-            let weight = self.f32s(&dense_name(l, "weight"), &[fan_out, fan_in])?;
-            trainable[layout.kernels[l].clone()]
-                .copy_from_slice(&transpose(&weight, fan_out, fan_in));
-            trainable[layout.biases[l].clone()]
-                .copy_from_slice(&self.f32s(&dense_name(l, "bias"), &[fan_out])?);
-        }
-        let moving_mean = self.f32s("1.running_mean", &[INPUT])?;
-        let moving_var = self.f32s("1.running_var", &[INPUT])?;
-        if let Some(i) = moving_var.iter().position(|&v| v < 0.0) {
-            return Err(self.invalid(format!(
-                "tensor '1.running_var' holds a negative variance at index {i}"
-            )));
-        }
-        Ok(Params {
+        let mut params = Params {
+            trainable: vec![0.0f32; layout.total],
+            moving_mean: Vec::new(),
+            moving_var: Vec::new(),
             config,
             layout,
-            trainable,
-            moving_mean,
-            moving_var,
-        })
+        };
+        for (name, shape, holds) in tensor_names(&params.config) {
+            let values = self.f32s(&name, &shape)?;
+            let layout = &params.layout;
+            let range = match holds {
+                Holds::Gamma => layout.gamma.clone(),
+                Holds::Beta => layout.beta.clone(),
+                Holds::MovingMean => {
+                    params.moving_mean = values;
+                    continue;
+                }
+                Holds::MovingVar => {
+                    self.check_variances(&name, &values)?;
+                    params.moving_var = values;
+                    continue;
+                }
+                Holds::Kernel(w, _) => layout.kernels[w].clone(),
+                Holds::Bias(w) => layout.biases[w].clone(),
+            };
+            let values = match holds {
+                Holds::Kernel(_, Some((rows, cols))) => transpose(&values, cols, rows),
+                _ => values,
+            };
+            params.trainable[range].copy_from_slice(&values);
+        }
+        Ok(params)
+    }
+
+    /// A moving variance is never negative.
+    fn check_variances(&self, name: &str, var: &[f32]) -> Result<(), ModelFileError> {
+        match var.iter().position(|&v| v < 0.0) {
+            Some(i) => Err(self.invalid(format!(
+                "tensor '{name}' holds a negative variance at index {i}"
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -797,7 +888,13 @@ mod tests {
         let mut meta = architecture_metadata(&params.config);
         edit(&mut meta);
         let tensors = model_tensors(params);
-        serialize(&tensors, steps_tensor(0), meta, Path::new(IN_MEMORY)).unwrap()
+        serialize(
+            &tensors,
+            steps_tensor(&params.config, 0),
+            meta,
+            Path::new(IN_MEMORY),
+        )
+        .unwrap()
     }
 
     /// The state of an interrupted run of `params` with every setting unlike the default
@@ -906,6 +1003,43 @@ mod tests {
             );
             assert_eq!(parse_model(&bytes).unwrap(), params, "{layers}");
         }
+    }
+
+    /// The convnet's tensors carry the index of their module in the obvious
+    /// `torch.nn.Sequential` and PyTorch's shapes, and read back to the same model.
+    #[test]
+    fn a_convnet_file_has_pytorch_names_and_round_trips() {
+        let params = Params::init(&ModelConfig::convnet(false), 5);
+        let bytes = model_bytes(&params, 3, Path::new(IN_MEMORY)).unwrap();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        let mut shapes: Vec<(String, Vec<usize>)> = file
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.shape().to_vec()))
+            .collect();
+        shapes.sort();
+        let expected = [
+            ("0.bias", vec![32]),
+            ("0.weight", vec![32, 1, 3, 3]),
+            ("3.bias", vec![64]),
+            ("3.weight", vec![64, 32, 3, 3]),
+            ("8.bias", vec![10]),
+            ("8.weight", vec![10, 1600]),
+        ];
+        let expected: Vec<(String, Vec<usize>)> = expected
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s))
+            .collect();
+        assert_eq!(shapes, expected);
+        assert!(!metadata(&bytes).contains_key(HIDDEN));
+        assert_eq!(parse_model(&bytes).unwrap(), params);
+        // The dense kernel is stored transposed ([out, in]); the conv kernels as they are.
+        let dense = file.tensor("8.weight").unwrap();
+        let first: Vec<f32> = dense.data()[..8]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(first, [params.kernel(2)[0], params.kernel(2)[10]]);
     }
 
     #[test]

@@ -374,12 +374,7 @@ fn print_header(data: &Mnist, params: &Params) {
         test.cols
     );
     let config = &params.config;
-    let trainable: usize = params
-        .layout
-        .named(config)
-        .iter()
-        .map(|(_, _, range)| range.len())
-        .sum();
+    let trainable = config.parameter_count().unwrap_or(0);
     crate::outln!(
         "model: {} ({trainable} trainable parameters), pixels {}",
         config.describe(),

@@ -93,8 +93,11 @@ pub enum FieldError {
 impl Settings {
     /// Adam's and BatchNorm's constants, with this run's learning rate.
     pub fn hyper(&self) -> Hyper {
+        let seed = self.options.seed;
         Hyper {
             lr: self.lr,
+            // The dropout hash takes 32 bits: both halves of the seed count.
+            dropout_seed: (seed ^ (seed >> 32)) as u32,
             ..Hyper::default()
         }
     }

@@ -7,7 +7,7 @@
 mod common;
 
 use common::gpu::{assert_predictions_agree, available, backends, choice, compare_state};
-use mnist_gpu::backend::Backend;
+use mnist_gpu::backend::{Backend, EvalStats};
 use mnist_gpu::cpu::CpuBackend;
 use mnist_gpu::data::{self, Mnist};
 use mnist_gpu::gpu::GpuBackend;
@@ -84,6 +84,23 @@ fn each_cpu_fusion_matches_the_unfused_layers() {
         train(&mut fused, &data);
         compare_state(&format!("cpu, {name} fused"), &mut fused, &mut unfused, TOL);
     }
+}
+
+/// The MLP trained layer by layer through the general path (`cpu/stack.rs`, which
+/// trains every other model) ends where the fused path ends.
+#[test]
+fn the_layer_stack_matches_the_fused_mlp() {
+    let (params, data) = start();
+    let mut fused = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
+    train(&mut fused, &data);
+    let mut stack = CpuBackend::new(params, Hyper::default(), data.clone());
+    stack.use_layer_stack();
+    assert!(!stack.sparse_input());
+    train(&mut stack, &data);
+    compare_state("cpu, layer stack", &mut stack, &mut fused, TOL);
+    let (a, b) = (block_on(stack.evaluate()), block_on(fused.evaluate()));
+    let predictions = |eval: anyhow::Result<EvalStats>| eval.unwrap().predictions;
+    assert_predictions_agree("cpu, layer stack", &predictions(a), &predictions(b));
 }
 
 #[test]

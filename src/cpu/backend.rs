@@ -11,6 +11,7 @@ use super::sparse::{
     batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward, sparse_forward,
     ColumnBatch, FirstLayer, FoldedLayer, SparseImages,
 };
+use super::stack::{LayerStack, Pass};
 use crate::backend::{Backend, Diverged, EpochEnd, EvalStats, Steps};
 use crate::data::Mnist;
 use crate::host::Task;
@@ -49,6 +50,9 @@ pub struct CpuBackend {
     fusions: Fusions,
     /// The training images in sparse rows, when the sparse first-layer path is on.
     sparse_train: Option<SparseImages>,
+    /// The general path, layer by layer ([`super::stack`]): every model but the MLP,
+    /// whose fused path is below (and the MLP too, when a test asks).
+    stack: Option<LayerStack>,
     work: Workspace,
     /// Per-phase wall time of the steps, while [`CpuBackend::profile_epoch`] runs.
     clock: PhaseClock,
@@ -115,7 +119,8 @@ impl CpuBackend {
         let fusions = Fusions::plan(&params.config, Fusions::ALL);
         // The sparse path addresses pixels with u32 offsets and batch rows with 24 bits.
         let fits = data.train.images.len() <= u32::MAX as usize && data.train.len() < 1 << 24;
-        let sparse_train = (fusions.sparse_first_layer && fits)
+        let stack = (!params.config.is_mlp()).then(|| LayerStack::new(&params.config));
+        let sparse_train = (fusions.sparse_first_layer && fits && stack.is_none())
             .then(|| SparseImages::from_dense(&data.train.images, INPUT))
             .filter(|sparse| sparse.density() <= SPARSE_MAX_DENSITY);
         CpuBackend {
@@ -123,6 +128,7 @@ impl CpuBackend {
             grads: vec![0.0; len],
             fusions,
             sparse_train,
+            stack,
             params,
             hyper,
             data,
@@ -174,6 +180,13 @@ impl CpuBackend {
         if !self.fusions.sparse_first_layer {
             self.sparse_train = None;
         }
+    }
+
+    /// Trains and evaluates the MLP layer by layer too ([`super::stack`]), the reference
+    /// its fused path is tested against. (Every other model always does.)
+    pub fn use_layer_stack(&mut self) {
+        self.sparse_train = None;
+        self.stack = Some(LayerStack::new(&self.params.config));
     }
 
     /// Whether training uses the sparse first-layer path.
@@ -272,6 +285,15 @@ impl CpuBackend {
 
     /// Forward and backward pass: fills `self.grads`; returns (loss sum, correct count).
     fn forward_backward(&mut self, indices: &[u32]) -> (f32, u32) {
+        if let Some(stack) = &mut self.stack {
+            let train = &self.data.train;
+            let samples = (&train.images[..], &train.labels[..], indices);
+            let step = self.optim.step + 1;
+            let (p, hyper, grads) = (&mut self.params, &self.hyper, &mut self.grads);
+            let result = stack.forward_backward(p, hyper, samples, step, grads);
+            self.clock.mark(PHASE_LAYERS);
+            return result;
+        }
         let batch = indices.len();
         let widths = self.params.config.widths();
         let layers = self.params.config.dense_layers();
@@ -454,6 +476,7 @@ const PHASE_SOFTMAX: &str = "softmax_xent";
 const PHASE_DENSE_BACKWARD: &str = "backward of layers ≥ 1";
 const PHASE_FIRST_BACKWARD: &str = "first-layer backward (xᵀ·δ, dW0, dγ, dβ)";
 const PHASE_ADAM: &str = "adam_update";
+const PHASE_LAYERS: &str = "forward and backward, layer by layer";
 #[cfg(not(target_arch = "wasm32"))]
 const PHASE_BETWEEN: &str = "between steps (pool hand-off, loop)";
 
@@ -506,6 +529,9 @@ impl CpuBackend {
     /// Evaluate the test samples in `range` (in batches of at most `EVAL_BATCH`), adding
     /// them to `sums`: the page evaluates in small parts, yielding to the browser between.
     fn evaluate_part(&mut self, range: std::ops::Range<usize>, sums: &mut EvalSums) {
+        if self.stack.is_some() {
+            return self.evaluate_part_layered(range, sums);
+        }
         let layers = self.params.config.dense_layers();
         let widths = self.params.config.widths();
         let end = range.end;
@@ -531,6 +557,37 @@ impl CpuBackend {
 }
 
 impl CpuBackend {
+    /// [`CpuBackend::evaluate_part`] through the layer stack.
+    fn evaluate_part_layered(&mut self, range: std::ops::Range<usize>, sums: &mut EvalSums) {
+        let stack = self.stack.as_mut().expect("the layer stack");
+        let end = range.end;
+        for start in range.step_by(EVAL_BATCH) {
+            let batch = EVAL_BATCH.min(end - start);
+            let indices: Vec<u32> = (start as u32..(start + batch) as u32).collect();
+            let pass = Pass {
+                batch,
+                training: false,
+                step: 0,
+            };
+            let test = &self.data.test;
+            stack.forward(
+                &mut self.params,
+                &self.hyper,
+                (&test.images, &indices),
+                pass,
+            );
+            let (loss, ok) = softmax_xent(
+                stack.logits(),
+                &test.labels[start..start + batch],
+                CLASSES,
+                None,
+                Some(&mut sums.predictions[start..start + batch]),
+            );
+            sums.loss_sum += loss as f64;
+            sums.correct += ok as u64;
+        }
+    }
+
     /// The steps of [`Backend::train_steps`], in chunks of about [`SAMPLES_PER_CHUNK`]
     /// samples handed to the rayon pool, progress after each, the host's turn between.
     async fn steps(&mut self, steps: Steps<'_>) -> Result<EpochEnd> {

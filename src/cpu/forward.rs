@@ -1,10 +1,11 @@
 //! The forward pass, written once: training (after its BatchNorm), evaluation and
 //! `predict` all run these.
 
+use super::stack::{LayerStack, Pass};
 use crate::layers::batchnorm::cpu::{batchnorm_forward_eval, gather_scaled, Affine, Moments};
 use crate::layers::dense::cpu::gemm_forward;
 use crate::layers::relu::cpu::relu_forward;
-use crate::model::{Params, CLASSES, INPUT};
+use crate::model::{Hyper, Params, CLASSES, INPUT};
 
 /// The dense layers from `acts[first]` to the logits in the last of `acts`
 /// (`acts[l + 1] = acts[l] · W_l + b_l`, ReLU on every layer but the last: in the GEMM
@@ -70,15 +71,19 @@ pub fn forward_eval(
 pub fn infer(params: &Params, bn_eps: f32, images: &[u8]) -> Vec<[f32; CLASSES]> {
     let count = images.len() / INPUT;
     let indices: Vec<u32> = (0..count as u32).collect();
-    let mut x = vec![0.0f32; count * INPUT];
-    let mut acts: Vec<Vec<f32>> = params
-        .config
-        .widths()
-        .iter()
-        .map(|w| vec![0.0; count * w])
-        .collect();
-    forward_eval(params, bn_eps, images, &indices, &mut x, &mut acts);
-    let logits = acts.last().expect("at least one layer");
+    let logits = if params.config.is_mlp() {
+        let mut x = vec![0.0f32; count * INPUT];
+        let mut acts: Vec<Vec<f32>> = params
+            .config
+            .widths()
+            .iter()
+            .map(|w| vec![0.0; count * w])
+            .collect();
+        forward_eval(params, bn_eps, images, &indices, &mut x, &mut acts);
+        acts.pop().expect("at least one layer")
+    } else {
+        infer_layered(params, bn_eps, images, &indices)
+    };
     logits
         .chunks_exact(CLASSES)
         .map(|logits| {
@@ -87,4 +92,23 @@ pub fn infer(params: &Params, bn_eps: f32, images: &[u8]) -> Vec<[f32; CLASSES]>
             std::array::from_fn(|i| (logits[i] - max).exp() / sum)
         })
         .collect()
+}
+
+/// The logits of the images `indices` through the layer stack, in inference mode.
+fn infer_layered(params: &Params, bn_eps: f32, images: &[u8], indices: &[u32]) -> Vec<f32> {
+    let hyper = Hyper {
+        bn_eps,
+        ..Hyper::default()
+    };
+    let pass = Pass {
+        batch: indices.len(),
+        training: false,
+        step: 0,
+    };
+    let mut stack = LayerStack::new(&params.config);
+    // Inference changes nothing in the parameters; the stack's forward takes them
+    // mutably for training's moving statistics, so it gets a copy.
+    let mut params = params.clone();
+    stack.forward(&mut params, &hyper, (images, indices), pass);
+    stack.logits().to_vec()
 }

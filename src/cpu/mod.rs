@@ -6,6 +6,7 @@ pub mod backend;
 pub mod forward;
 pub mod profile;
 pub mod sparse;
+pub mod stack;
 
 pub use backend::CpuBackend;
 pub use forward::infer;

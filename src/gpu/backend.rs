@@ -117,6 +117,10 @@ fn labels_buffer(ctx: &GpuContext, label: &str, set: &Dataset) -> wgpu::Buffer {
 fn check_inputs(params: &Params, data: &Mnist) -> Result<(), DeviceError> {
     let invalid =
         |what: String| DeviceError::Gpu(format!("invalid input to the GPU trainer: {what}"));
+    if !params.config.is_mlp() {
+        let layers = crate::model::format_layers(&params.config.layers);
+        return Err(DeviceError::ModelNotOnGpu { layers });
+    }
     let layout = ParamLayout::new(&params.config);
     if params.layout != layout || params.trainable.len() != layout.total {
         return Err(invalid(

@@ -1,0 +1,367 @@
+//! The CPU trainer's general path: the model as its list of layers, run forward in order
+//! and backward in reverse, each layer through its family's CPU reference
+//! (`src/layers/*/cpu.rs`). Every model the trainers accept runs here; the MLP also has
+//! a fused path ([`super::backend`], with the sparse first layer) that
+//! `tests/fusions.rs` checks against this one.
+//!
+//! Activations are `[batch, values]` row-major, images channels first
+//! (`[batch, channels, height, width]`), so `flatten` is a copy and a dense layer reads an
+//! image as its flat values. `acts[0]` is the scaled pixels and `acts[i + 1]` layer `i`'s
+//! output; `deltas[i]` is the gradient of the mean loss with respect to `acts[i]`.
+
+use crate::layers::batchnorm::cpu::{
+    batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, gather_scaled, Affine,
+    Moments, TrainOutputs,
+};
+use crate::layers::conv2d::cpu::{conv2d_forward, conv2d_input_grad, conv2d_weight_grad};
+use crate::layers::conv2d::ConvShape;
+use crate::layers::dense::cpu::{bias_grad, gemm_forward, gemm_input_grad, gemm_weight_grad};
+use crate::layers::dropout::cpu::{dropout_apply, DropMask};
+use crate::layers::maxpool2d::cpu::{maxpool2d_backward, maxpool2d_forward};
+use crate::layers::maxpool2d::PoolShape;
+use crate::layers::relu::cpu::relu_backward_in_place;
+use crate::layers::softmax_xent::cpu::softmax_xent;
+use crate::model::{
+    Activation, Hyper, LayerSpec, ModelConfig, ParamLayout, Params, CLASSES, INPUT,
+};
+
+/// One layer as the stack runs it, with the shapes of its input.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    /// On the pixels (the first layer only).
+    BatchNorm,
+    /// Weighted layer `w`: `inputs` values to `units`.
+    Dense {
+        w: usize,
+        inputs: usize,
+        units: usize,
+        relu: bool,
+    },
+    /// Weighted layer `w`; `shape.batch` is set per call.
+    Conv {
+        w: usize,
+        shape: ConvShape,
+        relu: bool,
+    },
+    /// `shape.batch` is set per call.
+    Pool {
+        shape: PoolShape,
+    },
+    Flatten,
+    Dropout {
+        rate: f32,
+    },
+}
+
+impl Op {
+    /// The stack's operations for `config`'s layers.
+    fn plan(config: &ModelConfig) -> Vec<Op> {
+        let mut weighted = 0;
+        let mut ops = Vec::with_capacity(config.layers.len());
+        for (spec, input) in config.layers.iter().zip(config.layer_inputs()) {
+            let image = match input {
+                Activation::Image {
+                    channels,
+                    height,
+                    width,
+                } => (channels, (height, width)),
+                Activation::Flat(n) => (n, (1, 1)),
+            };
+            let op = match *spec {
+                LayerSpec::BatchNorm => Op::BatchNorm,
+                LayerSpec::Dense { units, relu } => Op::Dense {
+                    w: weighted,
+                    inputs: input.values(),
+                    units,
+                    relu,
+                },
+                LayerSpec::Conv2d {
+                    filters,
+                    size,
+                    relu,
+                } => Op::Conv {
+                    w: weighted,
+                    shape: ConvShape::alone(0, image.0, image.1, filters, size),
+                    relu,
+                },
+                LayerSpec::MaxPool2d { size } => Op::Pool {
+                    shape: PoolShape::new(0, image.0, image.1, size),
+                },
+                LayerSpec::Flatten => Op::Flatten,
+                LayerSpec::Dropout { rate } => Op::Dropout { rate },
+            };
+            weighted += usize::from(matches!(op, Op::Dense { .. } | Op::Conv { .. }));
+            ops.push(op);
+        }
+        ops
+    }
+
+    fn relu(&self) -> bool {
+        matches!(
+            self,
+            Op::Dense { relu: true, .. } | Op::Conv { relu: true, .. }
+        )
+    }
+}
+
+/// The batch, the step and the mode a forward pass runs in.
+#[derive(Clone, Copy, Debug)]
+pub struct Pass {
+    pub batch: usize,
+    /// Training: batch statistics and dropout, whose mask is that of `step`.
+    pub training: bool,
+    /// The Adam update this pass's gradient feeds (1-based), the dropout mask's step.
+    pub step: u64,
+}
+
+/// The layer list of one model with its activations and gradients, reused across steps.
+pub struct LayerStack {
+    ops: Vec<Op>,
+    /// Values per sample of `acts[i]`.
+    widths: Vec<usize>,
+    batch: usize,
+    acts: Vec<Vec<f32>>,
+    deltas: Vec<Vec<f32>>,
+    /// The first layer's BatchNorm: normalised input and 1/sqrt(var + eps).
+    xhat: Vec<f32>,
+    inv_std: Vec<f32>,
+    labels: Vec<u8>,
+}
+
+impl LayerStack {
+    pub fn new(config: &ModelConfig) -> LayerStack {
+        let mut widths = vec![INPUT];
+        widths.extend(
+            config
+                .layers
+                .iter()
+                .zip(config.layer_inputs())
+                .map(|(spec, input)| spec.output(input).map_or(0, |out| out.values())),
+        );
+        LayerStack {
+            ops: Op::plan(config),
+            widths,
+            batch: 0,
+            acts: Vec::new(),
+            deltas: Vec::new(),
+            xhat: Vec::new(),
+            inv_std: vec![0.0; config.batchnorm_features()],
+            labels: Vec::new(),
+        }
+    }
+
+    fn resize(&mut self, batch: usize) {
+        if self.batch == batch && !self.acts.is_empty() {
+            return;
+        }
+        self.batch = batch;
+        self.acts = self.widths.iter().map(|w| vec![0.0; batch * w]).collect();
+        self.deltas = self.acts.clone();
+        self.xhat = vec![0.0; batch * self.inv_std.len()];
+        self.labels = vec![0; batch];
+    }
+
+    /// The logits of the last forward pass, `[batch, 10]`.
+    pub fn logits(&self) -> &[f32] {
+        self.acts.last().map_or(&[], |v| &v[..])
+    }
+
+    /// A forward pass on the images `indices` of `images` (u8, 784 each), scaled by the
+    /// model's pixel scale; the logits end in [`LayerStack::logits`]. In training mode the
+    /// BatchNorm moving statistics are updated.
+    pub fn forward(
+        &mut self,
+        params: &mut Params,
+        hyper: &Hyper,
+        (images, indices): (&[u8], &[u32]),
+        pass: Pass,
+    ) {
+        self.resize(pass.batch);
+        let scale = params.config.pixel_scale();
+        gather_scaled(images, INPUT, indices, scale, &mut self.acts[0]);
+        for i in 0..self.ops.len() {
+            self.forward_layer(i, params, hyper, pass);
+        }
+    }
+
+    /// Layer `i`'s forward: `acts[i + 1]` from `acts[i]`.
+    fn forward_layer(&mut self, i: usize, params: &mut Params, hyper: &Hyper, pass: Pass) {
+        let (lower, upper) = self.acts.split_at_mut(i + 1);
+        let (x, y) = (&lower[i][..], &mut upper[0][..]);
+        let batch = pass.batch;
+        match self.ops[i] {
+            Op::BatchNorm if pass.training => {
+                let out = TrainOutputs {
+                    xhat: &mut self.xhat,
+                    y,
+                    inv_std: &mut self.inv_std,
+                };
+                let (affine, moving) = batchnorm_state(params);
+                batchnorm_forward_train(x, affine, hyper, moving, out);
+            }
+            Op::BatchNorm => {
+                let moving = Moments {
+                    mean: &params.moving_mean[..],
+                    var: &params.moving_var[..],
+                };
+                let affine = Affine {
+                    gamma: params.gamma(),
+                    beta: params.beta(),
+                };
+                batchnorm_forward_eval(x, affine, moving, hyper.bn_eps, y);
+            }
+            Op::Dense {
+                w,
+                inputs,
+                units,
+                relu,
+            } => gemm_forward(
+                x,
+                params.kernel(w),
+                params.bias(w),
+                batch,
+                inputs,
+                units,
+                relu,
+                y,
+            ),
+            Op::Conv { w, shape, relu } => {
+                let shape = ConvShape { batch, ..shape };
+                conv2d_forward(x, params.kernel(w), params.bias(w), &shape, relu, y);
+            }
+            Op::Pool { shape } => maxpool2d_forward(x, &PoolShape { batch, ..shape }, y),
+            Op::Dropout { rate } if pass.training => {
+                dropout_apply(x, &drop_mask(rate, hyper, pass.step), y);
+            }
+            Op::Flatten | Op::Dropout { .. } => y.copy_from_slice(x),
+        }
+    }
+
+    /// A training step's forward and backward on `indices`: `grads` (the flat layout)
+    /// gets the gradient of the mean loss; returns (loss sum, correct count).
+    pub fn forward_backward(
+        &mut self,
+        params: &mut Params,
+        hyper: &Hyper,
+        (images, labels, indices): (&[u8], &[u8], &[u32]),
+        step: u64,
+        grads: &mut [f32],
+    ) -> (f32, u32) {
+        let pass = Pass {
+            batch: indices.len(),
+            training: true,
+            step,
+        };
+        self.forward(params, hyper, (images, indices), pass);
+        for (label, &i) in self.labels.iter_mut().zip(indices) {
+            *label = labels[i as usize];
+        }
+        let last = self.ops.len();
+        let (logits, delta) = (&self.acts[last], &mut self.deltas[last]);
+        let (loss_sum, correct) = softmax_xent(logits, &self.labels, CLASSES, Some(delta), None);
+        for i in (0..last).rev() {
+            self.backward_layer(i, params, hyper, pass, grads);
+        }
+        (loss_sum, correct)
+    }
+
+    /// Layer `i`'s backward: its parameters' gradients from `deltas[i + 1]`, and
+    /// `deltas[i]` unless `i` is the first layer (nothing needs the pixels' gradient).
+    fn backward_layer(
+        &mut self,
+        i: usize,
+        params: &Params,
+        hyper: &Hyper,
+        pass: Pass,
+        grads: &mut [f32],
+    ) {
+        let op = self.ops[i];
+        if op.relu() {
+            relu_backward_in_place(&mut self.deltas[i + 1], &self.acts[i + 1]);
+        }
+        let (lower, upper) = self.deltas.split_at_mut(i + 1);
+        let (dy, dx) = (&upper[0][..], &mut lower[i][..]);
+        let (x, batch, first) = (&self.acts[i][..], pass.batch, i == 0);
+        let layout = &params.layout;
+        match op {
+            Op::BatchNorm => {
+                let (dgamma, dbeta) = pair_mut(grads, &layout.gamma, &layout.beta);
+                let bn_grads = Affine {
+                    gamma: dgamma,
+                    beta: dbeta,
+                };
+                let dy_and_xhat = (dy, &self.xhat[..]);
+                batchnorm_backward(dy_and_xhat, params.gamma(), &self.inv_std, bn_grads, None);
+            }
+            Op::Dense {
+                w, inputs, units, ..
+            } => {
+                let (dw, db) = weighted_grads(grads, layout, w);
+                bias_grad(dy, batch, units, db);
+                gemm_weight_grad(x, dy, batch, inputs, units, dw);
+                if !first {
+                    gemm_input_grad(dy, params.kernel(w), batch, inputs, units, None, dx);
+                }
+            }
+            Op::Conv { w, shape, .. } => {
+                let shape = ConvShape { batch, ..shape };
+                let (dw, db) = weighted_grads(grads, layout, w);
+                conv2d_weight_grad(x, dy, &shape, dw, db);
+                if !first {
+                    conv2d_input_grad(dy, params.kernel(w), &shape, None, dx);
+                }
+            }
+            Op::Pool { shape } => {
+                maxpool2d_backward(x, dy, &PoolShape { batch, ..shape }, false, dx);
+            }
+            Op::Dropout { rate } => dropout_apply(dy, &drop_mask(rate, hyper, pass.step), dx),
+            Op::Flatten => dx.copy_from_slice(dy),
+        }
+    }
+}
+
+/// The mask of a dropout layer at `rate` in the Adam update `step` (1-based): the hash
+/// takes the step's low 32 bits.
+fn drop_mask(rate: f32, hyper: &Hyper, step: u64) -> DropMask {
+    DropMask::new(rate, hyper.dropout_seed, step as u32)
+}
+
+/// The first layer's BatchNorm γ and β, and its moving statistics to update.
+fn batchnorm_state(params: &mut Params) -> (Affine<&[f32]>, Moments<&mut [f32]>) {
+    let Params {
+        layout,
+        trainable,
+        moving_mean,
+        moving_var,
+        ..
+    } = params;
+    let affine = Affine {
+        gamma: &trainable[layout.gamma.clone()],
+        beta: &trainable[layout.beta.clone()],
+    };
+    let moving = Moments {
+        mean: &mut moving_mean[..],
+        var: &mut moving_var[..],
+    };
+    (affine, moving)
+}
+
+/// Weighted layer `w`'s kernel and bias gradients in the flat `grads`.
+fn weighted_grads<'g>(
+    grads: &'g mut [f32],
+    layout: &ParamLayout,
+    w: usize,
+) -> (&'g mut [f32], &'g mut [f32]) {
+    pair_mut(grads, &layout.kernels[w], &layout.biases[w])
+}
+
+/// Two disjoint ranges of `values`, `first` before `second`, both mutable.
+fn pair_mut<'v>(
+    values: &'v mut [f32],
+    first: &std::ops::Range<usize>,
+    second: &std::ops::Range<usize>,
+) -> (&'v mut [f32], &'v mut [f32]) {
+    assert!(first.end <= second.start, "tensors out of layout order");
+    let (head, tail) = values.split_at_mut(second.start);
+    (&mut head[first.clone()], &mut tail[..second.len()])
+}
