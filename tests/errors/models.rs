@@ -145,10 +145,15 @@ fn broken_layers(src: &Path, dir: &Path) -> Vec<Broken> {
         ),
         (
             layers("convnet.safetensors", "conv2d(32,3,relu),flatten,dense(10)"),
-            "a convnet, which the trainers do not build yet",
+            "a convnet's layers over an MLP's tensors",
+            vec!["tensor '0.weight' is missing"],
+        ),
+        (
+            layers("late-batchnorm.safetensors", "batchnorm,dense(128,relu),batchnorm,dense(10)"),
+            "a batchnorm after the first layer",
             vec![
-                "metadata 'layers': layer 1 (conv2d(32,3,relu)): the trainers do not build \
-                 conv2d, maxpool2d, flatten or dropout layers yet",
+                "metadata 'layers': layer 3 (batchnorm) is not supported",
+                "only as the first layer",
             ],
         ),
         (
