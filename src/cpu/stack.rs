@@ -276,9 +276,12 @@ impl LayerStack {
         grads: &mut [f32],
     ) {
         let op = self.ops[i];
-        if op.relu() {
+        // A max-pool above zeroes its input gradient where this ReLU's output is zero.
+        let pooled_above = matches!(self.ops.get(i + 1), Some(Op::Pool { .. }));
+        if op.relu() && !pooled_above {
             relu_backward_in_place(&mut self.deltas[i + 1], &self.acts[i + 1]);
         }
+        let relu_below = i > 0 && self.ops[i - 1].relu();
         let (lower, upper) = self.deltas.split_at_mut(i + 1);
         let (dy, dx) = (&upper[0][..], &mut lower[i][..]);
         let (x, batch, first) = (&self.acts[i][..], pass.batch, i == 0);
@@ -312,7 +315,7 @@ impl LayerStack {
                 }
             }
             Op::Pool { shape } => {
-                maxpool2d_backward(x, dy, &PoolShape { batch, ..shape }, false, dx);
+                maxpool2d_backward(x, dy, &PoolShape { batch, ..shape }, relu_below, dx);
             }
             Op::Dropout { rate } => dropout_apply(dy, &drop_mask(rate, hyper, pass.step), dx),
             Op::Flatten => dx.copy_from_slice(dy),

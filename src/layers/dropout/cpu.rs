@@ -8,6 +8,8 @@
 //! every GPU drop the same values, the backward finds the forward's mask again without
 //! storing it, and a resumed run drops what the uninterrupted one would.
 
+use rayon::prelude::*;
+
 /// The PCG hash of one 32-bit word (Jarzynski and Olano, "Hash Functions for GPU
 /// Rendering", JCGT 2020): a PCG step and its output permutation.
 pub fn pcg(v: u32) -> u32 {
@@ -62,10 +64,18 @@ impl DropMask {
 pub fn dropout_apply(x: &[f32], mask: &DropMask, out: &mut [f32]) {
     assert_eq!(x.len(), out.len());
     let key = step_key(mask.seed, mask.step);
-    for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
-        let kept = pcg((i as u32).wrapping_add(key)) >= mask.threshold;
-        *o = if kept { v * mask.scale } else { 0.0 };
-    }
+    // Each value's hash depends only on its index: chunks run on any thread alike.
+    const CHUNK: usize = 1 << 14;
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(c, (out, x))| {
+            let first = (c * CHUNK) as u32;
+            for (i, (o, &v)) in (first..).zip(out.iter_mut().zip(x)) {
+                let kept = pcg(i.wrapping_add(key)) >= mask.threshold;
+                *o = if kept { v * mask.scale } else { 0.0 };
+            }
+        });
 }
 
 #[cfg(test)]

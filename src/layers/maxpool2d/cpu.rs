@@ -8,16 +8,33 @@
 //! everywhere.
 
 use super::PoolShape;
+use rayon::prelude::*;
 
-/// The flat index in `x` of the largest value of output pixel `(plane, oy, ox)`'s window,
-/// `plane` being `b·channels + c`.
-pub fn window_argmax(x: &[f32], s: &PoolShape, plane: usize, oy: usize, ox: usize) -> usize {
-    let first = (plane * s.height + oy * s.size) * s.width + ox * s.size;
+/// The index in `plane` (one `height`×`width` channel) of the largest value of output
+/// pixel `(oy, ox)`'s window.
+#[inline]
+fn plane_argmax(plane: &[f32], s: &PoolShape, oy: usize, ox: usize) -> usize {
+    let first = oy * s.size * s.width + ox * s.size;
+    if s.size == 2 {
+        // The common window, unrolled: candidates in row-major order, a later one
+        // winning only when strictly greater.
+        let pair = |at: usize| {
+            let (a, b) = (plane[at], plane[at + 1]);
+            if b > a {
+                (at + 1, b)
+            } else {
+                (at, a)
+            }
+        };
+        let (top, top_max) = pair(first);
+        let (bottom, bottom_max) = pair(first + s.width);
+        return if bottom_max > top_max { bottom } else { top };
+    }
     let mut best = first;
     for wy in 0..s.size {
-        for wx in 0..s.size {
-            let at = first + wy * s.width + wx;
-            if x[at] > x[best] {
+        let row = first + wy * s.width;
+        for at in row..row + s.size {
+            if plane[at] > plane[best] {
                 best = at;
             }
         }
@@ -25,21 +42,27 @@ pub fn window_argmax(x: &[f32], s: &PoolShape, plane: usize, oy: usize, ox: usiz
     best
 }
 
-/// Every output pixel as `(its index, plane, oy, ox)`, in order.
-fn outputs(s: &PoolShape) -> impl Iterator<Item = (usize, usize, usize, usize)> {
-    let (oh, ow) = s.out_size();
-    let planes = s.batch * s.channels;
-    let pixels =
-        (0..planes).flat_map(move |p| (0..oh).flat_map(move |y| (0..ow).map(move |x| (p, y, x))));
-    pixels.enumerate().map(|(i, (p, y, x))| (i, p, y, x))
+/// The flat index in `x` of the largest value of output pixel `(plane, oy, ox)`'s window,
+/// `plane` being `b·channels + c`.
+pub fn window_argmax(x: &[f32], s: &PoolShape, plane: usize, oy: usize, ox: usize) -> usize {
+    let len = s.height * s.width;
+    plane * len + plane_argmax(&x[plane * len..(plane + 1) * len], s, oy, ox)
 }
 
 /// Forward: each output is its window's maximum.
 pub fn maxpool2d_forward(x: &[f32], s: &PoolShape, y: &mut [f32]) {
     assert!(x.len() == s.in_len() && y.len() == s.out_len());
-    for (i, plane, oy, ox) in outputs(s) {
-        y[i] = x[window_argmax(x, s, plane, oy, ox)];
-    }
+    let (oh, ow) = s.out_size();
+    let planes = x.par_chunks_exact(s.height * s.width);
+    planes
+        .zip(y.par_chunks_exact_mut(oh * ow))
+        .for_each(|(x, y)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    y[oy * ow + ox] = x[plane_argmax(x, s, oy, ox)];
+                }
+            }
+        });
 }
 
 /// Backward: each output's gradient goes to its window's arg-max (the others, and the
@@ -47,13 +70,22 @@ pub fn maxpool2d_forward(x: &[f32], s: &PoolShape, y: &mut [f32]) {
 /// below and the gradient is zeroed where `x <= 0` (that ReLU's backward, fused).
 pub fn maxpool2d_backward(x: &[f32], dy: &[f32], s: &PoolShape, masked: bool, dx: &mut [f32]) {
     assert!(x.len() == s.in_len() && dx.len() == x.len() && dy.len() == s.out_len());
-    dx.fill(0.0);
-    for (i, plane, oy, ox) in outputs(s) {
-        let at = window_argmax(x, s, plane, oy, ox);
-        if !(masked && x[at] <= 0.0) {
-            dx[at] = dy[i];
-        }
-    }
+    let (oh, ow) = s.out_size();
+    let len = s.height * s.width;
+    let planes = x.par_chunks_exact(len).zip(dx.par_chunks_exact_mut(len));
+    planes
+        .zip(dy.par_chunks_exact(oh * ow))
+        .for_each(|((x, dx), dy)| {
+            dx.fill(0.0);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let at = plane_argmax(x, s, oy, ox);
+                    if !(masked && x[at] <= 0.0) {
+                        dx[at] = dy[oy * ow + ox];
+                    }
+                }
+            }
+        });
 }
 
 #[cfg(test)]
