@@ -139,6 +139,70 @@ fn training_steps_match_cpu() {
     }
 }
 
+/// Models the layer path trains (`gpu/backend/layers.rs` against `cpu/stack.rs`): the
+/// Keras convnet (dropout on), a list with a BatchNorm first, a dropout right after a
+/// ReLU and a dense layer without one, and a convolution flattened straight into the
+/// output. Two epochs of 10 steps each (the second epoch's dropout masks count on from
+/// the first's), then the parameters, Adam's moments and the evaluation against the
+/// CPU's.
+#[test]
+fn layer_lists_train_as_on_the_cpu() {
+    let data = mnist(160, 100);
+    let hyper = Hyper {
+        dropout_seed: 9,
+        ..Hyper::default()
+    };
+    for backend in backends() {
+        for layers in [
+            mnist_gpu::model::KERAS_CONVNET,
+            "batchnorm,dense(64,relu),dropout(0.3),dense(32),dense(10)",
+            "conv2d(4,5,relu),flatten,dense(10)",
+        ] {
+            let config = ModelConfig {
+                layers: mnist_gpu::model::parse_layers(layers).unwrap(),
+                raw_pixels: false,
+            };
+            let params = Params::init(&config, 7);
+            let test = "layer_lists_train_as_on_the_cpu";
+            let gpu = GpuBackend::new(
+                params.clone(),
+                hyper.clone(),
+                data.clone(),
+                &choice(&backend),
+            );
+            let Some(mut gpu) = available(test, &backend, gpu) else {
+                break;
+            };
+            let mut cpu = CpuBackend::new(params, hyper.clone(), data.clone());
+            for epoch in 0..2 {
+                let order = epoch_order(data.train.len(), 11, epoch, true);
+                let gs = block_on(gpu.train_epoch(&order, 16, &mut |_| {})).unwrap();
+                let cs = block_on(cpu.train_epoch(&order, 16, &mut |_| {})).unwrap();
+                let what = format!("{backend} {layers}, epoch {}", epoch + 1);
+                assert!(
+                    rel_err(gs.loss as f32, cs.loss as f32) <= LAYER_LIST_TOL,
+                    "{what}: loss"
+                );
+                assert_eq!(gs.accuracy, cs.accuracy, "{what}: training accuracy");
+                compare_state(&what, &mut gpu, &mut cpu, LAYER_LIST_TOL);
+            }
+            let (ge, ce) = (
+                block_on(gpu.evaluate()).unwrap(),
+                block_on(cpu.evaluate()).unwrap(),
+            );
+            let what = format!("{backend} {layers}");
+            assert!(
+                rel_err(ge.loss as f32, ce.loss as f32) <= LAYER_LIST_TOL,
+                "{what}: eval loss"
+            );
+            assert_predictions_agree(&what, &ge.predictions, &ce.predictions);
+        }
+    }
+}
+
+/// After the 20 steps of [`layer_lists_train_as_on_the_cpu`].
+const LAYER_LIST_TOL: f64 = 1e-5;
+
 #[test]
 fn one_epoch_accuracy_matches_cpu() {
     let data = mnist(6000, 1000);

@@ -19,90 +19,10 @@ use crate::layers::dense::cpu::{bias_grad, gemm_forward, gemm_input_grad, gemm_w
 use crate::layers::dropout::cpu::{dropout_apply, DropMask};
 use crate::layers::maxpool2d::cpu::{maxpool2d_backward, maxpool2d_forward};
 use crate::layers::maxpool2d::PoolShape;
+use crate::layers::plan::{activation_widths, LayerOp};
 use crate::layers::relu::cpu::relu_backward_in_place;
 use crate::layers::softmax_xent::cpu::softmax_xent;
-use crate::model::{
-    Activation, Hyper, LayerSpec, ModelConfig, ParamLayout, Params, CLASSES, INPUT,
-};
-
-/// One layer as the stack runs it, with the shapes of its input.
-#[derive(Clone, Copy, Debug)]
-enum Op {
-    /// On the pixels (the first layer only).
-    BatchNorm,
-    /// Weighted layer `w`: `inputs` values to `units`.
-    Dense {
-        w: usize,
-        inputs: usize,
-        units: usize,
-        relu: bool,
-    },
-    /// Weighted layer `w`; `shape.batch` is set per call.
-    Conv {
-        w: usize,
-        shape: ConvShape,
-        relu: bool,
-    },
-    /// `shape.batch` is set per call.
-    Pool {
-        shape: PoolShape,
-    },
-    Flatten,
-    Dropout {
-        rate: f32,
-    },
-}
-
-impl Op {
-    /// The stack's operations for `config`'s layers.
-    fn plan(config: &ModelConfig) -> Vec<Op> {
-        let mut weighted = 0;
-        let mut ops = Vec::with_capacity(config.layers.len());
-        for (spec, input) in config.layers.iter().zip(config.layer_inputs()) {
-            let image = match input {
-                Activation::Image {
-                    channels,
-                    height,
-                    width,
-                } => (channels, (height, width)),
-                Activation::Flat(n) => (n, (1, 1)),
-            };
-            let op = match *spec {
-                LayerSpec::BatchNorm => Op::BatchNorm,
-                LayerSpec::Dense { units, relu } => Op::Dense {
-                    w: weighted,
-                    inputs: input.values(),
-                    units,
-                    relu,
-                },
-                LayerSpec::Conv2d {
-                    filters,
-                    size,
-                    relu,
-                } => Op::Conv {
-                    w: weighted,
-                    shape: ConvShape::alone(0, image.0, image.1, filters, size),
-                    relu,
-                },
-                LayerSpec::MaxPool2d { size } => Op::Pool {
-                    shape: PoolShape::new(0, image.0, image.1, size),
-                },
-                LayerSpec::Flatten => Op::Flatten,
-                LayerSpec::Dropout { rate } => Op::Dropout { rate },
-            };
-            weighted += usize::from(matches!(op, Op::Dense { .. } | Op::Conv { .. }));
-            ops.push(op);
-        }
-        ops
-    }
-
-    fn relu(&self) -> bool {
-        matches!(
-            self,
-            Op::Dense { relu: true, .. } | Op::Conv { relu: true, .. }
-        )
-    }
-}
+use crate::model::{Hyper, ModelConfig, ParamLayout, Params, CLASSES, INPUT};
 
 /// The batch, the step and the mode a forward pass runs in.
 #[derive(Clone, Copy, Debug)]
@@ -116,7 +36,7 @@ pub struct Pass {
 
 /// The layer list of one model with its activations and gradients, reused across steps.
 pub struct LayerStack {
-    ops: Vec<Op>,
+    ops: Vec<LayerOp>,
     /// Values per sample of `acts[i]`.
     widths: Vec<usize>,
     batch: usize,
@@ -130,17 +50,9 @@ pub struct LayerStack {
 
 impl LayerStack {
     pub fn new(config: &ModelConfig) -> LayerStack {
-        let mut widths = vec![INPUT];
-        widths.extend(
-            config
-                .layers
-                .iter()
-                .zip(config.layer_inputs())
-                .map(|(spec, input)| spec.output(input).map_or(0, |out| out.values())),
-        );
         LayerStack {
-            ops: Op::plan(config),
-            widths,
+            ops: LayerOp::plan(config),
+            widths: activation_widths(config),
             batch: 0,
             acts: Vec::new(),
             deltas: Vec::new(),
@@ -190,7 +102,7 @@ impl LayerStack {
         let (x, y) = (&lower[i][..], &mut upper[0][..]);
         let batch = pass.batch;
         match self.ops[i] {
-            Op::BatchNorm if pass.training => {
+            LayerOp::BatchNorm if pass.training => {
                 let out = TrainOutputs {
                     xhat: &mut self.xhat,
                     y,
@@ -199,7 +111,7 @@ impl LayerStack {
                 let (affine, moving) = batchnorm_state(params);
                 batchnorm_forward_train(x, affine, hyper, moving, out);
             }
-            Op::BatchNorm => {
+            LayerOp::BatchNorm => {
                 let moving = Moments {
                     mean: &params.moving_mean[..],
                     var: &params.moving_var[..],
@@ -210,7 +122,7 @@ impl LayerStack {
                 };
                 batchnorm_forward_eval(x, affine, moving, hyper.bn_eps, y);
             }
-            Op::Dense {
+            LayerOp::Dense {
                 w,
                 inputs,
                 units,
@@ -225,15 +137,15 @@ impl LayerStack {
                 relu,
                 y,
             ),
-            Op::Conv { w, shape, relu } => {
+            LayerOp::Conv { w, shape, relu } => {
                 let shape = ConvShape { batch, ..shape };
                 conv2d_forward(x, params.kernel(w), params.bias(w), &shape, relu, y);
             }
-            Op::Pool { shape } => maxpool2d_forward(x, &PoolShape { batch, ..shape }, y),
-            Op::Dropout { rate } if pass.training => {
+            LayerOp::Pool { shape } => maxpool2d_forward(x, &PoolShape { batch, ..shape }, y),
+            LayerOp::Dropout { rate } if pass.training => {
                 dropout_apply(x, &drop_mask(rate, hyper, pass.step), y);
             }
-            Op::Flatten | Op::Dropout { .. } => y.copy_from_slice(x),
+            LayerOp::Flatten | LayerOp::Dropout { .. } => y.copy_from_slice(x),
         }
     }
 
@@ -277,7 +189,7 @@ impl LayerStack {
     ) {
         let op = self.ops[i];
         // A max-pool above zeroes its input gradient where this ReLU's output is zero.
-        let pooled_above = matches!(self.ops.get(i + 1), Some(Op::Pool { .. }));
+        let pooled_above = matches!(self.ops.get(i + 1), Some(LayerOp::Pool { .. }));
         if op.relu() && !pooled_above {
             relu_backward_in_place(&mut self.deltas[i + 1], &self.acts[i + 1]);
         }
@@ -287,7 +199,7 @@ impl LayerStack {
         let (x, batch, first) = (&self.acts[i][..], pass.batch, i == 0);
         let layout = &params.layout;
         match op {
-            Op::BatchNorm => {
+            LayerOp::BatchNorm => {
                 let (dgamma, dbeta) = pair_mut(grads, &layout.gamma, &layout.beta);
                 let bn_grads = Affine {
                     gamma: dgamma,
@@ -296,7 +208,7 @@ impl LayerStack {
                 let dy_and_xhat = (dy, &self.xhat[..]);
                 batchnorm_backward(dy_and_xhat, params.gamma(), &self.inv_std, bn_grads, None);
             }
-            Op::Dense {
+            LayerOp::Dense {
                 w, inputs, units, ..
             } => {
                 let (dw, db) = weighted_grads(grads, layout, w);
@@ -306,7 +218,7 @@ impl LayerStack {
                     gemm_input_grad(dy, params.kernel(w), batch, inputs, units, None, dx);
                 }
             }
-            Op::Conv { w, shape, .. } => {
+            LayerOp::Conv { w, shape, .. } => {
                 let shape = ConvShape { batch, ..shape };
                 let (dw, db) = weighted_grads(grads, layout, w);
                 conv2d_weight_grad(x, dy, &shape, dw, db);
@@ -314,11 +226,11 @@ impl LayerStack {
                     conv2d_input_grad(dy, params.kernel(w), &shape, None, dx);
                 }
             }
-            Op::Pool { shape } => {
+            LayerOp::Pool { shape } => {
                 maxpool2d_backward(x, dy, &PoolShape { batch, ..shape }, relu_below, dx);
             }
-            Op::Dropout { rate } => dropout_apply(dy, &drop_mask(rate, hyper, pass.step), dx),
-            Op::Flatten => dx.copy_from_slice(dy),
+            LayerOp::Dropout { rate } => dropout_apply(dy, &drop_mask(rate, hyper, pass.step), dx),
+            LayerOp::Flatten => dx.copy_from_slice(dy),
         }
     }
 }

@@ -28,8 +28,6 @@ pub enum DeviceError {
     Unsupported { adapter: String, reason: String },
     #[error("could not open a device on adapter '{adapter}': {message} (use --cpu-fallback to train on the CPU)")]
     RequestDevice { adapter: String, message: String },
-    #[error("the GPU trainer builds only the MLP (batchnorm, dense(UNITS,relu) layers, dense(10)) so far; the model {layers} trains on the CPU: use --cpu-fallback")]
-    ModelNotOnGpu { layers: String },
     #[error("GPU error: {} (use --cpu-fallback to train on the CPU)", one_line(.0))]
     Gpu(String),
     #[error("the GPU device was lost: {} (use --cpu-fallback to train on the CPU)", one_line(.0))]

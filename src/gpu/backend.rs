@@ -13,6 +13,7 @@
 //! time (measured), keeps no more than about 300 ms queued, and reads each submission's
 //! per-step loss/correct back asynchronously for progress.
 
+mod layers;
 #[cfg(not(target_arch = "wasm32"))]
 mod profile;
 
@@ -30,7 +31,7 @@ use crate::layers::batchnorm::{
     BnSetup,
 };
 use crate::layers::dense::{DenseShape, LinearOp};
-use crate::layers::plan::Fusions;
+use crate::layers::plan::{Fusions, LayerOp};
 use crate::layers::relu::{ReluBackwardBindings, ReluForwardBindings};
 use crate::layers::softmax_xent::{SoftmaxUniform, SoftmaxXentBindings};
 use crate::layers::Pipelines;
@@ -117,19 +118,16 @@ fn labels_buffer(ctx: &GpuContext, label: &str, set: &Dataset) -> wgpu::Buffer {
 fn check_inputs(params: &Params, data: &Mnist) -> Result<(), DeviceError> {
     let invalid =
         |what: String| DeviceError::Gpu(format!("invalid input to the GPU trainer: {what}"));
-    if !params.config.is_mlp() {
-        let layers = crate::model::format_layers(&params.config.layers);
-        return Err(DeviceError::ModelNotOnGpu { layers });
-    }
     let layout = ParamLayout::new(&params.config);
     if params.layout != layout || params.trainable.len() != layout.total {
         return Err(invalid(
             "the parameters do not fit the model's layout".into(),
         ));
     }
-    if params.moving_mean.len() != INPUT || params.moving_var.len() != INPUT {
+    let features = params.config.batchnorm_features();
+    if params.moving_mean.len() != features || params.moving_var.len() != features {
         return Err(invalid(format!(
-            "moving statistics must hold {INPUT} values each"
+            "moving statistics must hold {features} values each"
         )));
     }
     for (name, set) in [("training", &data.train), ("test", &data.test)] {
@@ -236,6 +234,21 @@ impl GpuBackend {
         self.config.widths()
     }
 
+    /// Whether this model trains on the layer path ([`layers`]) rather than the MLP's
+    /// fused step.
+    fn layered(&self) -> bool {
+        !self.config.is_mlp()
+    }
+
+    /// The index in the workspace's `acts` of the logits.
+    fn logits_index(&self) -> usize {
+        if self.layered() {
+            self.config.layers.len()
+        } else {
+            self.config.dense_layers()
+        }
+    }
+
     /// Make sure the activation buffers hold `rows` rows; recreating them drops the plans.
     fn ensure_workspace(&mut self, rows: usize) -> Result<(), DeviceError> {
         if self.work.as_ref().is_some_and(|w| w.cap >= rows) {
@@ -245,6 +258,17 @@ impl GpuBackend {
         self.eval_plan = None;
         self.work = None;
         let cap = rows.max(1);
+        if self.layered() {
+            self.check_layer_buffers(cap)?;
+            let (ops, widths) = (LayerOp::plan(&self.config), self.layer_widths());
+            let features = self.config.batchnorm_features();
+            let d = &self.ctx.device;
+            let work = self.ctx.scoped("allocating activation buffers", || {
+                layers::layer_workspace(d, &ops, &widths, (cap, features))
+            })?;
+            self.work = Some(work);
+            return Ok(());
+        }
         let widths = self.widths();
         let widest = *widths.iter().max().expect("widths");
         let bytes = (cap * widest * 4) as u64;
@@ -348,6 +372,9 @@ impl GpuBackend {
         stride: usize,
         plan_bufs: (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
     ) -> Vec<Dispatch> {
+        if self.layered() {
+            return self.layers_step(rows, stride, plan_bufs);
+        }
         let (order, alphas, stats) = plan_bufs;
         let mut list = vec![self.batchnorm_forward_dispatch(rows, stride, order)];
         list.extend(self.forward_dispatches(rows));
@@ -397,7 +424,7 @@ impl GpuBackend {
         stats: &wgpu::Buffer,
     ) -> Dispatch {
         let w = self.work.as_ref().expect("workspace");
-        let layers = self.config.dense_layers();
+        let layers = self.logits_index();
         let u = SoftmaxUniform::training(rows, CLASSES, stride);
         let bindings = SoftmaxXentBindings {
             logits: &w.acts[layers],
@@ -531,7 +558,10 @@ impl GpuBackend {
         let queue = &self.ctx.queue;
         queue.write_buffer(&plan.order, 0, bytemuck::cast_slice(order));
         queue.write_buffer(&plan.alphas, 0, bytemuck::cast_slice(&alphas));
-        queue.write_buffer(&self.state, 0, bytemuck::cast_slice(&[0u32; 4]));
+        // The step counter from 0, and the global number of the epoch's first step
+        // (dropout's masks count from it).
+        let first_step = (self.step + 1) as u32;
+        queue.write_buffer(&self.state, 0, bytemuck::cast_slice(&[0, first_step, 0, 0]));
         Ok(())
     }
 
@@ -601,7 +631,12 @@ impl GpuBackend {
             for (slot, base) in (0..self.test_count).step_by(EVAL_CHUNK).enumerate() {
                 let rows = EVAL_CHUNK.min(self.test_count - base);
                 if !forwards.iter().any(|(r, _)| *r == rows) {
-                    forwards.push((rows, self.forward_dispatches(rows)));
+                    let forward = if self.layered() {
+                        self.layers_forward(rows, false)
+                    } else {
+                        self.forward_dispatches(rows)
+                    };
+                    forwards.push((rows, forward));
                 }
                 let forward = &forwards.iter().find(|(r, _)| *r == rows).expect("made").1;
                 chunks.push(self.eval_chunk_dispatches(slot, base, rows, forward));
@@ -630,14 +665,18 @@ impl GpuBackend {
     ) -> Vec<Dispatch> {
         let w = self.work.as_ref().expect("workspace");
         // Evaluation reads rows in order: no sample order, no step counter.
-        let bindings = self.batchnorm_forward_bindings(&self.test_pixels, &self.dummy);
-        let setup = self.bn_setup();
-        let batchnorm = &self.pipelines.batchnorm;
         let pass = BnForward::Eval { rows, base };
-        let mut list = vec![batchnorm.forward(pass, &setup, &bindings)];
+        let first = if self.layered() {
+            self.layers_input(pass, [&self.test_pixels, &self.dummy])
+        } else {
+            let bindings = self.batchnorm_forward_bindings(&self.test_pixels, &self.dummy);
+            let batchnorm = &self.pipelines.batchnorm;
+            batchnorm.forward(pass, &self.bn_setup(), &bindings)
+        };
+        let mut list = vec![first];
         list.extend(forward.iter().cloned());
         let u = SoftmaxUniform::evaluation(rows, CLASSES, base, slot);
-        let layers = self.config.dense_layers();
+        let layers = self.logits_index();
         let bindings = SoftmaxXentBindings {
             logits: &w.acts[layers],
             labels: &self.test_labels,
@@ -746,15 +785,18 @@ impl GpuBackend {
 
     /// [`Backend::params`]: the parameters and the moving statistics read back.
     async fn read_params(&self) -> Result<Params> {
-        let trainable = self.ctx.read_as(&self.params, 0..self.layout.total);
-        let stats = self.ctx.read_as(&self.bn_stats, 0..2 * INPUT);
-        let (trainable, stats) = (trainable.await?, stats.await?);
+        let features = self.config.batchnorm_features();
+        let trainable = self.ctx.read_as(&self.params, 0..self.layout.total).await?;
+        let stats = match features {
+            0 => Vec::new(),
+            _ => self.ctx.read_as(&self.bn_stats, 0..2 * features).await?,
+        };
         Ok(Params {
             config: self.config.clone(),
             layout: self.layout.clone(),
             trainable,
-            moving_mean: stats[..INPUT].to_vec(),
-            moving_var: stats[INPUT..].to_vec(),
+            moving_mean: stats[..features].to_vec(),
+            moving_var: stats[features..].to_vec(),
         })
     }
 
@@ -802,9 +844,10 @@ impl Backend for GpuBackend {
             params.layout == self.layout && params.trainable.len() == self.layout.total,
             "the parameters do not fit this model's architecture"
         );
+        let features = self.config.batchnorm_features();
         ensure!(
-            params.moving_mean.len() == INPUT && params.moving_var.len() == INPUT,
-            "the moving statistics must hold {INPUT} values each"
+            params.moving_mean.len() == features && params.moving_var.len() == features,
+            "the moving statistics must hold {features} values each"
         );
         let total = self.layout.total;
         let fresh;
@@ -826,7 +869,7 @@ impl Backend for GpuBackend {
         q.write_buffer(&self.bn_stats, 0, bytemuck::cast_slice(&params.moving_mean));
         q.write_buffer(
             &self.bn_stats,
-            (INPUT * 4) as u64,
+            (features * 4) as u64,
             bytemuck::cast_slice(&params.moving_var),
         );
         q.write_buffer(&self.m, 0, bytemuck::cast_slice(&optim.m));

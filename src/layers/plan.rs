@@ -1,3 +1,6 @@
+//! What a trainer runs for a model's layer list: each layer as a [`LayerOp`] with its
+//! shapes, and which fusions apply.
+//!
 //! Which fusions a trainer runs, chosen from the model's layer list. Each fusion is an
 //! optimisation of a pattern of consecutive layers, never the architecture: the layers
 //! run unfused when its rule does not match (or when a test turns it off), and each is
@@ -9,7 +12,9 @@
 //! | `batchnorm_dense_backward` | BatchNorm on the pixels, then Dense | BatchNorm's gradients and the dense kernel's from `xhatᵀ·δ` alone (`batchnorm::cpu::batchnorm_dense_backward`): no input-grad GEMM for the first dense layer |
 //! | `sparse_first_layer` (CPU) | BatchNorm on the pixels, then Dense, on data at most half nonzero | BatchNorm folded into the dense layer, its forward and backward over the nonzero pixels only (`cpu/sparse.rs`) |
 
-use crate::model::{LayerSpec, ModelConfig};
+use crate::layers::conv2d::ConvShape;
+use crate::layers::maxpool2d::PoolShape;
+use crate::model::{Activation, LayerSpec, ModelConfig, ParamLayout, INPUT};
 
 /// The fusions a trainer runs (or may run).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +55,102 @@ impl Fusions {
             sparse_first_layer: allowed.sparse_first_layer && pixels_then_dense,
         }
     }
+}
+
+/// One layer as the trainers' general paths (`cpu/stack.rs`, the GPU's layer path) run
+/// it, with the shapes of its input and, for a conv2d layer, its tensors' offsets.
+#[derive(Clone, Copy, Debug)]
+pub enum LayerOp {
+    /// On the pixels (the first layer only).
+    BatchNorm,
+    /// Weighted layer `w`: `inputs` values to `units`.
+    Dense {
+        w: usize,
+        inputs: usize,
+        units: usize,
+        relu: bool,
+    },
+    /// Weighted layer `w`, its kernel and bias at `shape`'s offsets; `shape.batch` is
+    /// set per call.
+    Conv {
+        w: usize,
+        shape: ConvShape,
+        relu: bool,
+    },
+    /// `shape.batch` is set per call.
+    Pool {
+        shape: PoolShape,
+    },
+    Flatten,
+    Dropout {
+        rate: f32,
+    },
+}
+
+impl LayerOp {
+    /// The stack's operations for `config`'s layers.
+    pub fn plan(config: &ModelConfig) -> Vec<LayerOp> {
+        let layout = ParamLayout::new(config);
+        let mut weighted = 0;
+        let mut ops = Vec::with_capacity(config.layers.len());
+        for (spec, input) in config.layers.iter().zip(config.layer_inputs()) {
+            let image = match input {
+                Activation::Image {
+                    channels,
+                    height,
+                    width,
+                } => (channels, (height, width)),
+                Activation::Flat(n) => (n, (1, 1)),
+            };
+            let op = match *spec {
+                LayerSpec::BatchNorm => LayerOp::BatchNorm,
+                LayerSpec::Dense { units, relu } => LayerOp::Dense {
+                    w: weighted,
+                    inputs: input.values(),
+                    units,
+                    relu,
+                },
+                LayerSpec::Conv2d {
+                    filters,
+                    size,
+                    relu,
+                } => LayerOp::Conv {
+                    w: weighted,
+                    shape: ConvShape {
+                        kernel_off: layout.kernels[weighted].start,
+                        bias_off: layout.biases[weighted].start,
+                        ..ConvShape::alone(0, image.0, image.1, filters, size)
+                    },
+                    relu,
+                },
+                LayerSpec::MaxPool2d { size } => LayerOp::Pool {
+                    shape: PoolShape::new(0, image.0, image.1, size),
+                },
+                LayerSpec::Flatten => LayerOp::Flatten,
+                LayerSpec::Dropout { rate } => LayerOp::Dropout { rate },
+            };
+            weighted += usize::from(matches!(op, LayerOp::Dense { .. } | LayerOp::Conv { .. }));
+            ops.push(op);
+        }
+        ops
+    }
+
+    /// Whether a ReLU follows the layer.
+    pub fn relu(&self) -> bool {
+        matches!(
+            self,
+            LayerOp::Dense { relu: true, .. } | LayerOp::Conv { relu: true, .. }
+        )
+    }
+}
+
+/// Values per sample of each activation of the general paths: the pixels, then every
+/// layer's output.
+pub fn activation_widths(config: &ModelConfig) -> Vec<usize> {
+    let mut widths = vec![INPUT];
+    let layers = config.layers.iter().zip(config.layer_inputs());
+    widths.extend(layers.map(|(spec, input)| spec.output(input).map_or(0, |out| out.values())));
+    widths
 }
 
 #[cfg(test)]

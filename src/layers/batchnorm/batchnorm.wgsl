@@ -56,6 +56,20 @@ fn forward_train(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
+// A model whose first layer is not BatchNorm: the batch's scaled pixels alone, into y
+// (a thread per feature, as above; xhat and stats are not touched).
+@compute @workgroup_size(64, 1, 1)
+fn gather(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let f = u.features;
+    if (j >= f) {
+        return;
+    }
+    for (var r = 0u; r < u.batch; r++) {
+        y[r * f + j] = pixel(r, j);
+    }
+}
+
 // Inference: normalise with the moving statistics.
 @compute @workgroup_size(64, 1, 1)
 fn forward_eval(@builtin(global_invocation_id) gid: vec3<u32>) {

@@ -1,6 +1,7 @@
 //! BatchNormalization on the pixels, fused with the batch gather (`batchnorm.wgsl`:
-//! `forward_train`, `forward_eval`), and its backward fused with the dense layer it
-//! feeds (`dense_backward`); the CPU reference is [`cpu`].
+//! `forward_train`, `forward_eval`; `gather` alone for a model without BatchNorm), and
+//! its backward fused with the dense layer it feeds (`dense_backward`); the CPU
+//! reference is [`cpu`].
 
 #[cfg(not(target_arch = "wasm32"))]
 mod check;
@@ -26,7 +27,7 @@ bindings! {
     /// The forward passes: gather `pixels` (through `order` and the step counter `state`
     /// in training; the counter is a contract with softmax_xent and adam, see
     /// `GpuBackend::state`), normalise into `xhat` and `y`, update `stats`.
-    BatchnormForwardBindings(BnUniform) for ["forward_train", "forward_eval"] => {
+    BatchnormForwardBindings(BnUniform) for ["forward_train", "forward_eval", "gather"] => {
         pixels: Read<u32> = 1, order: Read<u32> = 2, state: Read<u32> = 3,
         params: Read<f32> = 4,
         stats: ReadWrite<f32> = 5, xhat: ReadWrite<f32> = 6, y: ReadWrite<f32> = 7,
@@ -114,6 +115,8 @@ family! {
     BatchNorm: "batchnorm" in "batchnorm.wgsl", uniform BnUniform => {
         forward_train: BatchnormForwardBindings = "forward_train",
         forward_eval: BatchnormForwardBindings = "forward_eval",
+        /// The gather alone (scaled pixels into `y`), for a model without BatchNorm.
+        gather: BatchnormForwardBindings = "gather",
         /// BatchNorm + first-dense backward, a workgroup per feature (hardware GPUs) …
         dense_backward: BatchnormDenseBackwardBindings = "dense_backward",
         /// … or a thread per feature (CPU adapters, where barriers cost what they save
@@ -154,6 +157,21 @@ impl Pipelines {
             }
         };
         kernel.dispatch(&u, bindings, u.workgroups())
+    }
+
+    /// The gather of `pass`'s rows alone: their scaled pixels into the bindings' `y`, for
+    /// a model whose first layer is not BatchNorm (`setup`'s γ, β, ε and momentum unused).
+    pub fn gather(
+        &self,
+        pass: BnForward,
+        setup: &BnSetup,
+        bindings: &BatchnormForwardBindings,
+    ) -> Dispatch {
+        let u = match pass {
+            BnForward::Train { rows, stride } => BnUniform::training(rows, stride, setup),
+            BnForward::Eval { rows, base } => BnUniform::evaluation(rows, base, setup),
+        };
+        self.gather.dispatch(&u, bindings, u.workgroups())
     }
 
     /// The backward through BatchNorm and `dense`: on entry `grads` holds

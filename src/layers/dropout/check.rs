@@ -14,7 +14,8 @@ pub fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
     for (i, (n, rate)) in runs.into_iter().enumerate() {
         let x = Rc::new(uniform_vec(&mut rng(900 + i as u64), n, -1.0, 1.0));
-        // Global step 1000 + i: 1000 in the uniform, i in the counter.
+        // Global step 1000 + i: 1000 − 7 in the uniform, i in the counter and 7 as the
+        // epoch's first step.
         let mask = DropMask::new(rate, 42 + i as u32, 1000 + i as u32);
         let case = apply(format!("dropout {n} rate={rate}"), x, mask, i as u32);
         cases.push(if i == 0 { case.bench() } else { case });
@@ -33,12 +34,12 @@ fn apply(name: String, x: Rc<Vec<f32>>, mask: DropMask, counted: u32) -> Case {
     Case::new(name, 0.0, cpu, move |ctx, p| {
         let n = x.len();
         let bindings = DropoutBindings {
-            state: &storage_init(ctx, "state", bytemuck::cast_slice(&[counted, 0, 0, 0])),
+            state: &storage_init(ctx, "state", bytemuck::cast_slice(&[counted, 7, 0, 0])),
             x: &storage_f32(ctx, "x", &x),
             out: &storage_zeroed(&ctx.device, "out", (n * 4) as u64),
         };
         let uniform_part = DropMask {
-            step: mask.step - counted,
+            step: mask.step - counted - 7,
             ..mask
         };
         run_one(ctx, p.dropout.apply(n, &uniform_part, &bindings))?;

@@ -17,8 +17,9 @@ uniform! {
 }
 
 bindings! {
-    /// `out = x · scale` where kept, else 0, at step `step_base + state[0]` (`state` is
-    /// the trainer's step counter, see `GpuBackend::state`).
+    /// `out = x · scale` where kept, else 0, at step `step_base + state[0] + state[1]`
+    /// (`state` holds the trainer's step counter and the epoch's first step, see
+    /// `GpuBackend::state`).
     DropoutBindings(DropoutUniform) for ["apply"] => {
         state: Read<u32> = 1, x: Read<f32> = 2, out: ReadWrite<f32> = 3,
     }
@@ -33,7 +34,7 @@ family! {
 
 impl Pipelines {
     /// `mask` applied to the first `n` values: a step's forward or backward. The mask's
-    /// step is `mask.step` plus the count in the bindings' `state`.
+    /// step is `mask.step` plus the two counts in the bindings' `state`.
     pub fn apply(&self, n: usize, mask: &DropMask, bindings: &DropoutBindings) -> Dispatch {
         let u = DropoutUniform {
             n: n as u32,
