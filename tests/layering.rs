@@ -44,15 +44,16 @@ const TOP: &[&[&str]] = &[
 /// Submodules of `device/`, lowest first (`mod.rs` may use them all).
 const DEVICE: &[&str] = &["error", "adapters", "context", "kernel"];
 
-/// Submodules of `layers/` below the families: the test helpers, the agreement cases'
-/// framework and the fusion planner. The families follow in the order of their registry,
-/// `families!` in `src/layers/mod.rs` (a family may use the ones registered before it),
-/// so a new family is listed here by its registry line. The registry (`mod.rs`) may use
-/// them all.
-const LAYERS_BELOW_FAMILIES: &[&str] = &["gradcheck", "check", "plan"];
+/// Submodules of `layers/` below the families: the test helpers and the agreement cases'
+/// framework. The families follow in the order of their registry, `families!` in
+/// `src/layers/mod.rs` (a family may use the ones registered before it), so a new family
+/// is listed here by its registry line; above them the planner, which describes a model's
+/// layers in the families' shapes. The registry (`mod.rs`) may use them all.
+const LAYERS_BELOW_FAMILIES: &[&str] = &["gradcheck", "check"];
+const LAYERS_ABOVE_FAMILIES: &[&str] = &["plan"];
 
-/// `layers/`'s submodules, lowest first: [`LAYERS_BELOW_FAMILIES`], then each
-/// `folder: Type,` line of the `families!` registry.
+/// `layers/`'s submodules, lowest first: [`LAYERS_BELOW_FAMILIES`], each `folder: Type,`
+/// line of the `families!` registry, then [`LAYERS_ABOVE_FAMILIES`].
 fn layers_table() -> &'static [&'static str] {
     static TABLE: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
@@ -69,6 +70,7 @@ fn layers_table() -> &'static [&'static str] {
             .map(|(folder, _)| &*String::leak(folder.trim().to_string()));
         let mut table = LAYERS_BELOW_FAMILIES.to_vec();
         table.extend(families);
+        table.extend(LAYERS_ABOVE_FAMILIES);
         assert!(table.len() > 4, "families! registers {:?}", table);
         table
     })
