@@ -1,7 +1,7 @@
 //! The BatchNorm family's agreement cases: the forward passes (with the gather from u8
-//! images), the unfused backward and both variants of the BatchNorm + first-dense
-//! backward, against
-//! [`super::cpu`], at batches 32 (the default step, the bench rows), 1, 33 and 37.
+//! images), the gather alone, the unfused backward and both variants of the BatchNorm +
+//! first-dense backward, against [`super::cpu`], at batches 32 (the default step, the
+//! bench rows), 1, 33 and 37.
 
 use super::cpu::{self, gather_scaled, Affine, Moments, TrainOutputs};
 use super::{
@@ -101,6 +101,7 @@ pub fn cases() -> Vec<Case> {
             c.clone(),
         ));
         add(backward(format!("batchnorm_backward b{batch}"), c.clone()));
+        add(gather(format!("gather b{batch}"), c.clone()));
         for per_feature in [false, true] {
             let variant = if per_feature { "_per_feature" } else { "" };
             let width = width(batch);
@@ -137,13 +138,21 @@ fn cpu_forward_train(c: &Inputs) -> Outputs {
     ]
 }
 
-/// One forward dispatch of `train` or evaluation on the GPU, read back as the CPU's
-/// outputs are named.
+/// Which kernel [`gpu_forward`] runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Forward {
+    Train,
+    Eval,
+    /// The gather alone, of a training step's rows.
+    Gather,
+}
+
+/// One forward dispatch on the GPU, read back as the CPU's outputs are named.
 fn gpu_forward(
     ctx: &GpuContext,
     p: &Pipelines,
     c: &Inputs,
-    train: bool,
+    forward: Forward,
 ) -> Result<Outputs, DeviceError> {
     let (d, batch) = (&ctx.device, c.indices.len());
     let pixels = storage_init(ctx, "pixels", bytemuck::cast_slice(&pack_pixels(&c.images)));
@@ -163,21 +172,28 @@ fn gpu_forward(
         y: &storage_zeroed(d, "y", (batch * INPUT * 4) as u64),
     };
     let setup = setup(c);
-    let pass = if train {
-        BnForward::Train {
-            rows: batch,
-            stride: batch,
+    let dispatch = match forward {
+        Forward::Eval => {
+            let pass = BnForward::Eval {
+                rows: batch,
+                base: 0,
+            };
+            p.batchnorm.forward(pass, &setup, &bindings)
         }
-    } else {
-        BnForward::Eval {
-            rows: batch,
-            base: 0,
+        _ => {
+            let pass = BnForward::Train {
+                rows: batch,
+                stride: batch,
+            };
+            match forward {
+                Forward::Gather => p.batchnorm.gather(pass, &setup, &bindings),
+                _ => p.batchnorm.forward(pass, &setup, &bindings),
+            }
         }
     };
-    let dispatch = p.batchnorm.forward(pass, &setup, &bindings);
     run_one(ctx, dispatch)?;
     let y = ctx.read_vec(bindings.y, 0, batch * INPUT)?;
-    if !train {
+    if forward != Forward::Train {
         return Ok(vec![("y", y)]);
     }
     let xhat = ctx.read_vec(bindings.xhat, 0, batch * INPUT)?;
@@ -193,7 +209,22 @@ fn forward_train(name: String, c: Rc<Inputs>) -> Case {
     let cpu_inputs = c.clone();
     let cpu = move || cpu_forward_train(&cpu_inputs);
     Case::new(name, ELEMENTWISE_TOL, cpu, move |ctx, p| {
-        gpu_forward(ctx, p, &c, true)
+        gpu_forward(ctx, p, &c, Forward::Train)
+    })
+}
+
+/// The gather alone (a model without BatchNorm): the batch's scaled pixels.
+fn gather(name: String, c: Rc<Inputs>) -> Case {
+    let cpu_inputs = c.clone();
+    let cpu = move || -> Outputs {
+        let c = &cpu_inputs;
+        let mut x = vec![0.0; c.indices.len() * INPUT];
+        gather_scaled(&c.images, INPUT, &c.indices, SCALE, &mut x);
+        vec![("y", x)]
+    };
+    // Exact: one u8 to f32 conversion and one multiplication by the same f32.
+    Case::new(name, 0.0, cpu, move |ctx, p| {
+        gpu_forward(ctx, p, &c, Forward::Gather)
     })
 }
 
@@ -215,7 +246,7 @@ fn forward_eval(name: String, c: Rc<Inputs>) -> Case {
         vec![("y", y)]
     };
     Case::new(name, ELEMENTWISE_TOL, cpu, move |ctx, p| {
-        gpu_forward(ctx, p, &c, false)
+        gpu_forward(ctx, p, &c, Forward::Eval)
     })
 }
 
