@@ -20,7 +20,7 @@
 
 use super::ConvShape;
 use crate::layers::dense::cpu::{matmul, Mat};
-use crate::layers::relu::cpu::{relu_backward_in_place, relu_forward};
+use crate::layers::relu::cpu::relu_backward_in_place;
 use rayon::prelude::*;
 
 /// Most values in one group's `cols` (32 MiB): a batch of 128 of the convnet's layers
@@ -140,17 +140,23 @@ pub fn conv2d_forward(
     assert!(x.len() == s.batch * s.in_len() && y.len() == s.batch * outputs);
     assert!(w.len() == s.out_channels * s.patch() && bias.len() == s.out_channels);
     if s.patch() <= DIRECT_MAX_PATCH {
-        forward_direct(x, w, bias, s, y);
+        forward_direct(x, w, bias, s, relu, y);
     } else {
-        forward_gemm(x, w, bias, s, y);
-    }
-    if relu {
-        relu_forward(y);
+        forward_gemm(x, w, bias, s, relu, y);
     }
 }
 
-/// [`conv2d_forward`] (before the ReLU) as `W · cols`, group by group.
-fn forward_gemm(x: &[f32], w: &[f32], bias: &[f32], s: &ConvShape, y: &mut [f32]) {
+/// `out = product + bias`, then ReLU when `relu`: a forward's last step.
+#[inline(always)]
+fn add_bias(out: &mut [f32], product: &[f32], bias: f32, relu: bool) {
+    for (v, &p) in out.iter_mut().zip(product) {
+        let y = p + bias;
+        *v = if relu { y.max(0.0) } else { y };
+    }
+}
+
+/// [`conv2d_forward`] as `W · cols`, group by group.
+fn forward_gemm(x: &[f32], w: &[f32], bias: &[f32], s: &ConvShape, relu: bool, y: &mut [f32]) {
     let (pixels, outputs) = (s.out_pixels(), s.out_channels * s.out_pixels());
     let kernel = Mat::rows(w, s.out_channels, s.patch());
     with_scratch(s, |cols, products| {
@@ -172,9 +178,7 @@ fn forward_gemm(x: &[f32], w: &[f32], bias: &[f32], s: &ConvShape, y: &mut [f32]
                 .for_each(|(b, y_b)| {
                     for (o, (row, &bias)) in y_b.chunks_exact_mut(pixels).zip(bias).enumerate() {
                         let product = &products[(o * n + b) * pixels..(o * n + b + 1) * pixels];
-                        for (v, &p) in row.iter_mut().zip(product) {
-                            *v = p + bias;
-                        }
+                        add_bias(row, product, bias, relu);
                     }
                 });
         }
@@ -190,7 +194,7 @@ const DIRECT_MAX_PATCH: usize = 32;
 
 /// `Σ a[i]·b[i]` in 8 interleaved partial sums (which the compiler keeps in one SIMD
 /// register), added in a fixed order.
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -279,18 +283,30 @@ fn weight_grad_direct(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], db: 
             for (row, dst) in dy_o.chunks_exact(ow).zip(spread.chunks_mut(s.width)) {
                 dst[..ow].copy_from_slice(row);
             }
-            for (r, d) in dw_o.iter_mut().enumerate() {
-                let start = run_start(s, r);
-                *d += dot(&spread, &x_b[start..start + span]);
-            }
+            filter_grad(x_b, &spread, s, dw_o);
         }
     });
 }
 
-/// [`conv2d_forward`] from its definition (before the ReLU): output plane `o` is its
-/// bias plus, for every filter value `r`, `w[o, r]` times `r`'s run of the input, summed
-/// at the input's row stride and then packed. Samples are split over the pool.
-fn forward_direct(x: &[f32], w: &[f32], bias: &[f32], s: &ConvShape, y: &mut [f32]) {
+/// One sample's share of filter `o`'s gradient: `dw_o[r] += spread · x_b`'s run `r`.
+/// Also compiled for AVX2 and AVX and picked at run time (`multiversion`; the portable
+/// build has only 4-wide SSE). No version fuses multiply-adds: the same bits on each.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
+fn filter_grad(x_b: &[f32], spread: &[f32], s: &ConvShape, dw_o: &mut [f32]) {
+    for (r, d) in dw_o.iter_mut().enumerate() {
+        let start = run_start(s, r);
+        *d += dot(spread, &x_b[start..start + spread.len()]);
+    }
+}
+
+/// [`conv2d_forward`] from its definition: output plane `o` is, for every filter value
+/// `r`, `w[o, r]` times `r`'s run of the input, summed at the input's row stride, then
+/// packed with the bias added. Samples are split over the pool.
+fn forward_direct(x: &[f32], w: &[f32], bias: &[f32], s: &ConvShape, relu: bool, y: &mut [f32]) {
     let (_, ow) = s.out_size();
     let (pixels, outputs, span) = (s.out_pixels(), s.out_channels * s.out_pixels(), span(s));
     let samples = x
@@ -301,19 +317,71 @@ fn forward_direct(x: &[f32], w: &[f32], bias: &[f32], s: &ConvShape, y: &mut [f3
         |spread, (x_b, y_b)| {
             let filters = y_b.chunks_exact_mut(pixels).zip(w.chunks_exact(s.patch()));
             for ((y_o, w_o), &bias) in filters.zip(bias) {
-                spread.fill(bias);
-                for (r, &weight) in w_o.iter().enumerate() {
-                    let start = run_start(s, r);
-                    for (v, &xv) in spread.iter_mut().zip(&x_b[start..start + span]) {
-                        *v += weight * xv;
-                    }
-                }
+                spread.fill(0.0);
+                plane_forward(x_b, w_o, s, spread);
                 for (dst, row) in y_o.chunks_exact_mut(ow).zip(spread.chunks(s.width)) {
-                    dst.copy_from_slice(&row[..ow]);
+                    add_bias(dst, &row[..ow], bias, relu);
                 }
             }
         },
     );
+}
+
+/// One output plane of [`forward_direct`] at the input's row stride: `spread +=
+/// w_o[r] · x_b`'s run `r` for every filter value. Multiversioned as [`filter_grad`].
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
+fn plane_forward(x_b: &[f32], w_o: &[f32], s: &ConvShape, spread: &mut [f32]) {
+    let span = spread.len();
+    for (r, &weight) in w_o.iter().enumerate() {
+        let start = run_start(s, r);
+        for (v, &xv) in spread.iter_mut().zip(&x_b[start..start + span]) {
+            *v += weight * xv;
+        }
+    }
+}
+
+/// One sample's patch gradients for [`input_grad_sparse`]: `patches[p] += dy[o, p] ·
+/// w[o]` for every nonzero `dy[o, p]`. Multiversioned as [`filter_grad`].
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
+fn patch_grads(dy_b: &[f32], w: &[f32], patch: usize, patches: &mut [f32]) {
+    let pixels = patches.len() / patch;
+    for (dy_o, w_o) in dy_b.chunks_exact(pixels).zip(w.chunks_exact(patch)) {
+        for (p, &g) in dy_o.iter().enumerate().filter(|(_, &g)| g != 0.0) {
+            for (d, &wv) in patches[p * patch..(p + 1) * patch].iter_mut().zip(w_o) {
+                *d += g * wv;
+            }
+        }
+    }
+}
+
+/// One sample's patch gradients (`[pixels, in·k·k]`) added back onto its input pixels,
+/// into `dx_b` (zeroed first). Multiversioned as [`filter_grad`].
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
+fn patches_back(patches: &[f32], s: &ConvShape, dx_b: &mut [f32]) {
+    let (k, (_, ow)) = (s.kernel, s.out_size());
+    dx_b.fill(0.0);
+    for (p, patch_grad) in patches.chunks_exact(s.patch()).enumerate() {
+        let (oy, ox) = (p / ow, p % ow);
+        for (row, values) in patch_grad.chunks_exact(k).enumerate() {
+            let (c, ky) = (row / k, row % k);
+            let start = (c * s.height + oy + ky) * s.width + ox;
+            for (d, &v) in dx_b[start..start + k].iter_mut().zip(values) {
+                *d += v;
+            }
+        }
+    }
 }
 
 /// Input gradient: `dx` (`[batch, in, h, w]`) from `dy` through the kernel `w`; when
@@ -376,7 +444,6 @@ fn input_grad_gemm(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]) {
 /// sample at a time), which is then added back onto the input pixels. Samples are split
 /// over the pool, each summed in a fixed order.
 fn input_grad_sparse(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]) {
-    let (k, (_, ow)) = (s.kernel, s.out_size());
     let (pixels, outputs, patch) = (s.out_pixels(), s.out_channels * s.out_pixels(), s.patch());
     let samples = dx
         .par_chunks_exact_mut(s.in_len())
@@ -385,24 +452,8 @@ fn input_grad_sparse(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]) {
         || vec![0.0f32; pixels * patch],
         |patches, (dx_b, dy_b)| {
             patches.fill(0.0);
-            for (dy_o, w_o) in dy_b.chunks_exact(pixels).zip(w.chunks_exact(patch)) {
-                for (p, &g) in dy_o.iter().enumerate().filter(|(_, &g)| g != 0.0) {
-                    for (d, &wv) in patches[p * patch..(p + 1) * patch].iter_mut().zip(w_o) {
-                        *d += g * wv;
-                    }
-                }
-            }
-            dx_b.fill(0.0);
-            for (p, patch_grad) in patches.chunks_exact(patch).enumerate() {
-                let (oy, ox) = (p / ow, p % ow);
-                for (row, values) in patch_grad.chunks_exact(k).enumerate() {
-                    let (c, ky) = (row / k, row % k);
-                    let start = (c * s.height + oy + ky) * s.width + ox;
-                    for (d, &v) in dx_b[start..start + k].iter_mut().zip(values) {
-                        *d += v;
-                    }
-                }
-            }
+            patch_grads(dy_b, w, patch, patches);
+            patches_back(patches, s, dx_b);
         },
     );
 }
@@ -521,8 +572,8 @@ mod tests {
         let (_, _, bias) = layer(&s);
         let mut y = vec![0.0; dy.len()];
         let mut y_gemm = vec![1.0; dy.len()];
-        forward_direct(&x, &w, &bias, &s, &mut y);
-        forward_gemm(&x, &w, &bias, &s, &mut y_gemm);
+        forward_direct(&x, &w, &bias, &s, true, &mut y);
+        forward_gemm(&x, &w, &bias, &s, true, &mut y_gemm);
         assert!(close(&y, &y_gemm));
         let mut dx = vec![0.0; x.len()];
         let mut dx_gemm = vec![1.0; x.len()];
