@@ -180,10 +180,8 @@ fn main() {
 /// default pool and on a one-thread pool, plus the per-epoch and per-run work outside the
 /// steps (the shuffle, building the sparse copy of the training set).
 fn cpu_step_profiles() {
-    use mnist_gpu::backend::Backend;
-    use mnist_gpu::cpu::CpuBackend;
     use mnist_gpu::data::{self, Mnist};
-    use mnist_gpu::model::{ModelConfig, Params, INPUT};
+    use mnist_gpu::model::{ModelConfig, INPUT};
     use mnist_gpu::train::epoch_order;
     let mnist = Mnist::load(&data::builtin_dir()).expect("the built-in MNIST loads");
     let count = mnist.train.len();
@@ -205,26 +203,45 @@ fn cpu_step_profiles() {
         let one = rayon::ThreadPoolBuilder::new().num_threads(1).build();
         pools.push((1, Some(one.expect("a one-thread pool"))));
     }
+    let models = [
+        ("", ModelConfig::default(), &[32, 128, 512][..]),
+        ("convnet/", ModelConfig::convnet(false), &[128][..]),
+    ];
     for (threads, pool) in &pools {
-        for batch in [32, 128, 512] {
-            let mut backend = CpuBackend::new(
-                Params::init(&ModelConfig::default(), 42),
-                Hyper::default(),
-                mnist.clone(),
-            );
-            let mut run = || {
-                let warm_up = epoch_order(count, 42, 0, true);
-                mnist_gpu::host::block_on(backend.train_epoch(&warm_up, batch, &mut |_| {}))
-                    .expect("trains");
-                let order = epoch_order(count, 42, 1, true);
-                backend.profile_epoch(&order, batch).expect("trains")
-            };
-            let profile = match pool {
-                Some(pool) => pool.install(run),
-                None => run(),
-            };
-            print_cpu_profile(&format!("step/cpu/{threads} threads/b{batch}"), &profile);
+        for (name, config, batches) in &models {
+            for &batch in batches.iter() {
+                let label = format!("step/cpu/{name}{threads} threads/b{batch}");
+                let profile = cpu_epoch_profile(&mnist, config, batch, pool.as_ref());
+                print_cpu_profile(&label, &profile);
+            }
         }
+    }
+}
+
+/// [`CpuBackend::profile_epoch`] of one epoch of `config` at `batch` (after one epoch to
+/// warm up), on `pool` or the default pool.
+fn cpu_epoch_profile(
+    mnist: &mnist_gpu::data::Mnist,
+    config: &mnist_gpu::model::ModelConfig,
+    batch: usize,
+    pool: Option<&rayon::ThreadPool>,
+) -> Vec<cpu::profile::PhaseTime> {
+    use mnist_gpu::backend::Backend;
+    use mnist_gpu::cpu::CpuBackend;
+    use mnist_gpu::model::Params;
+    use mnist_gpu::train::epoch_order;
+    let count = mnist.train.len();
+    let mut backend = CpuBackend::new(Params::init(config, 42), Hyper::default(), mnist.clone());
+    let mut run = || {
+        let warm_up = epoch_order(count, 42, 0, true);
+        mnist_gpu::host::block_on(backend.train_epoch(&warm_up, batch, &mut |_| {}))
+            .expect("trains");
+        let order = epoch_order(count, 42, 1, true);
+        backend.profile_epoch(&order, batch).expect("trains")
+    };
+    match pool {
+        Some(pool) => pool.install(run),
+        None => run(),
     }
 }
 

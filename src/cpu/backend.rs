@@ -289,10 +289,9 @@ impl CpuBackend {
             let train = &self.data.train;
             let samples = (&train.images[..], &train.labels[..], indices);
             let step = self.optim.step + 1;
-            let (p, hyper, grads) = (&mut self.params, &self.hyper, &mut self.grads);
-            let result = stack.forward_backward(p, hyper, samples, step, grads);
-            self.clock.mark(PHASE_LAYERS);
-            return result;
+            let model = (&mut self.params, &self.hyper);
+            let clock = &mut self.clock;
+            return stack.forward_backward(model, samples, step, &mut self.grads, clock);
         }
         let batch = indices.len();
         let widths = self.params.config.widths();
@@ -476,7 +475,6 @@ const PHASE_SOFTMAX: &str = "softmax_xent";
 const PHASE_DENSE_BACKWARD: &str = "backward of layers ≥ 1";
 const PHASE_FIRST_BACKWARD: &str = "first-layer backward (xᵀ·δ, dW0, dγ, dβ)";
 const PHASE_ADAM: &str = "adam_update";
-const PHASE_LAYERS: &str = "forward and backward, layer by layer";
 #[cfg(not(target_arch = "wasm32"))]
 const PHASE_BETWEEN: &str = "between steps (pool hand-off, loop)";
 

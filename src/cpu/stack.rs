@@ -9,6 +9,7 @@
 //! image as its flat values. `acts[0]` is the scaled pixels and `acts[i + 1]` layer `i`'s
 //! output; `deltas[i]` is the gradient of the mean loss with respect to `acts[i]`.
 
+use super::profile::PhaseClock;
 use crate::layers::batchnorm::cpu::{
     batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, gather_scaled, Affine,
     Moments, TrainOutputs,
@@ -37,6 +38,8 @@ pub struct Pass {
 /// The layer list of one model with its activations and gradients, reused across steps.
 pub struct LayerStack {
     ops: Vec<LayerOp>,
+    /// Each layer's forward and backward phase names, for the step profile.
+    phases: Vec<[&'static str; 2]>,
     /// Values per sample of `acts[i]`.
     widths: Vec<usize>,
     batch: usize,
@@ -50,8 +53,10 @@ pub struct LayerStack {
 
 impl LayerStack {
     pub fn new(config: &ModelConfig) -> LayerStack {
+        let ops = LayerOp::plan(config);
         LayerStack {
-            ops: LayerOp::plan(config),
+            phases: phase_names(config),
+            ops,
             widths: activation_widths(config),
             batch: 0,
             acts: Vec::new(),
@@ -151,28 +156,38 @@ impl LayerStack {
 
     /// A training step's forward and backward on `indices`: `grads` (the flat layout)
     /// gets the gradient of the mean loss; returns (loss sum, correct count).
+    /// `clock` times each layer's forward and backward (when it runs).
     pub fn forward_backward(
         &mut self,
-        params: &mut Params,
-        hyper: &Hyper,
+        (params, hyper): (&mut Params, &Hyper),
         (images, labels, indices): (&[u8], &[u8], &[u32]),
         step: u64,
         grads: &mut [f32],
+        clock: &mut PhaseClock,
     ) -> (f32, u32) {
         let pass = Pass {
             batch: indices.len(),
             training: true,
             step,
         };
-        self.forward(params, hyper, (images, indices), pass);
+        self.resize(pass.batch);
+        let scale = params.config.pixel_scale();
+        gather_scaled(images, INPUT, indices, scale, &mut self.acts[0]);
         for (label, &i) in self.labels.iter_mut().zip(indices) {
             *label = labels[i as usize];
+        }
+        clock.mark(PHASE_GATHER);
+        for i in 0..self.ops.len() {
+            self.forward_layer(i, params, hyper, pass);
+            clock.mark(self.phases[i][0]);
         }
         let last = self.ops.len();
         let (logits, delta) = (&self.acts[last], &mut self.deltas[last]);
         let (loss_sum, correct) = softmax_xent(logits, &self.labels, CLASSES, Some(delta), None);
+        clock.mark(PHASE_SOFTMAX);
         for i in (0..last).rev() {
             self.backward_layer(i, params, hyper, pass, grads);
+            clock.mark(self.phases[i][1]);
         }
         (loss_sum, correct)
     }
@@ -233,6 +248,34 @@ impl LayerStack {
             LayerOp::Flatten => dx.copy_from_slice(dy),
         }
     }
+}
+
+const PHASE_GATHER: &str = "gather + labels";
+const PHASE_SOFTMAX: &str = "softmax_xent";
+
+/// "layer N KIND forward" and "… backward" for each layer of `config`: names made once
+/// per distinct text and kept for the process (a profile's phases are `&'static str`).
+fn phase_names(config: &ModelConfig) -> Vec<[&'static str; 2]> {
+    static NAMES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut intern = |text: String| -> &'static str {
+        match names.iter().find(|name| **name == text) {
+            Some(name) => name,
+            None => {
+                let name: &'static str = text.leak();
+                names.push(name);
+                name
+            }
+        }
+    };
+    let layers = config.layers.iter().enumerate();
+    layers
+        .map(|(i, layer)| {
+            let kind = layer.to_string();
+            let kind = kind.split('(').next().unwrap_or("");
+            ["forward", "backward"].map(|pass| intern(format!("layer {} {kind} {pass}", i + 1)))
+        })
+        .collect()
 }
 
 /// The mask of a dropout layer at `rate` in the Adam update `step` (1-based): the hash

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 /// The PCG hash of one 32-bit word (Jarzynski and Olano, "Hash Functions for GPU
 /// Rendering", JCGT 2020): a PCG step and its output permutation.
+#[inline(always)]
 pub fn pcg(v: u32) -> u32 {
     let state = v.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
     let word = ((state >> ((state >> 28) + 4)) ^ state).wrapping_mul(277_803_737);
@@ -69,13 +70,23 @@ pub fn dropout_apply(x: &[f32], mask: &DropMask, out: &mut [f32]) {
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .enumerate()
-        .for_each(|(c, (out, x))| {
-            let first = (c * CHUNK) as u32;
-            for (i, (o, &v)) in (first..).zip(out.iter_mut().zip(x)) {
-                let kept = pcg(i.wrapping_add(key)) >= mask.threshold;
-                *o = if kept { v * mask.scale } else { 0.0 };
-            }
-        });
+        .for_each(|(c, (out, x))| apply_chunk(x, mask, (key, (c * CHUNK) as u32), out));
+}
+
+/// [`dropout_apply`] on the values from index `first`, with the step's hash key. Also
+/// compiled for AVX2 and AVX-512 and picked at run time (`multiversion`): the hash's
+/// per-value shift needs AVX2 to run 8 values at a time. Integer arithmetic and one
+/// multiplication: the same bits on every target.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
+fn apply_chunk(x: &[f32], mask: &DropMask, (key, first): (u32, u32), out: &mut [f32]) {
+    for (i, (o, &v)) in (first..).zip(out.iter_mut().zip(x)) {
+        let kept = pcg(i.wrapping_add(key)) >= mask.threshold;
+        *o = if kept { v * mask.scale } else { 0.0 };
+    }
 }
 
 #[cfg(test)]

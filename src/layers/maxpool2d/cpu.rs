@@ -12,24 +12,10 @@ use rayon::prelude::*;
 
 /// The index in `plane` (one `height`×`width` channel) of the largest value of output
 /// pixel `(oy, ox)`'s window.
-#[inline]
+#[inline(always)]
 fn plane_argmax(plane: &[f32], s: &PoolShape, oy: usize, ox: usize) -> usize {
     let first = oy * s.size * s.width + ox * s.size;
-    if s.size == 2 {
-        // The common window, unrolled: candidates in row-major order, a later one
-        // winning only when strictly greater.
-        let pair = |at: usize| {
-            let (a, b) = (plane[at], plane[at + 1]);
-            if b > a {
-                (at + 1, b)
-            } else {
-                (at, a)
-            }
-        };
-        let (top, top_max) = pair(first);
-        let (bottom, bottom_max) = pair(first + s.width);
-        return if bottom_max > top_max { bottom } else { top };
-    }
+
     let mut best = first;
     for wy in 0..s.size {
         let row = first + wy * s.width;
@@ -56,13 +42,54 @@ pub fn maxpool2d_forward(x: &[f32], s: &PoolShape, y: &mut [f32]) {
     let planes = x.par_chunks_exact(s.height * s.width);
     planes
         .zip(y.par_chunks_exact_mut(oh * ow))
-        .for_each(|(x, y)| {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    y[oy * ow + ox] = x[plane_argmax(x, s, oy, ox)];
-                }
+        .for_each(|(x, y)| plane_forward(x, s, y));
+}
+
+/// The two input rows under output row `oy` of a 2×2 pooling, each `2·out_w` long.
+#[inline(always)]
+fn rows_of_window<'x>(x: &'x [f32], s: &PoolShape, oy: usize) -> (&'x [f32], &'x [f32]) {
+    let len = 2 * s.out_size().1;
+    let top = 2 * oy * s.width;
+    (&x[top..top + len], &x[top + s.width..top + s.width + len])
+}
+
+/// The first maximum of a 2×2 window (`top` and `bottom` rows of 2) in row-major order:
+/// its place (0 to 3) and value. A later value wins only when strictly greater.
+#[inline(always)]
+fn first_max_2x2(top: &[f32], bottom: &[f32]) -> (usize, f32) {
+    let pair = |row: &[f32], first: usize| {
+        if row[1] > row[0] {
+            (first + 1, row[1])
+        } else {
+            (first, row[0])
+        }
+    };
+    let (upper, lower) = (pair(top, 0), pair(bottom, 2));
+    if lower.1 > upper.1 {
+        lower
+    } else {
+        upper
+    }
+}
+
+/// One plane of [`maxpool2d_forward`].
+fn plane_forward(x: &[f32], s: &PoolShape, y: &mut [f32]) {
+    let (oh, ow) = s.out_size();
+    if s.size == 2 {
+        for (oy, out) in y.chunks_exact_mut(ow).enumerate() {
+            let rows = rows_of_window(x, s, oy);
+            let windows = rows.0.chunks_exact(2).zip(rows.1.chunks_exact(2));
+            for (o, (top, bottom)) in out.iter_mut().zip(windows) {
+                *o = first_max_2x2(top, bottom).1;
             }
-        });
+        }
+        return;
+    }
+    for oy in 0..oh {
+        for ox in 0..ow {
+            y[oy * ow + ox] = x[plane_argmax(x, s, oy, ox)];
+        }
+    }
 }
 
 /// Backward: each output's gradient goes to its window's arg-max (the others, and the
@@ -75,17 +102,40 @@ pub fn maxpool2d_backward(x: &[f32], dy: &[f32], s: &PoolShape, masked: bool, dx
     let planes = x.par_chunks_exact(len).zip(dx.par_chunks_exact_mut(len));
     planes
         .zip(dy.par_chunks_exact(oh * ow))
-        .for_each(|((x, dx), dy)| {
-            dx.fill(0.0);
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let at = plane_argmax(x, s, oy, ox);
-                    if !(masked && x[at] <= 0.0) {
-                        dx[at] = dy[oy * ow + ox];
-                    }
+        .for_each(|((x, dx), dy)| plane_backward(x, dy, (s, masked), dx));
+}
+
+/// One plane of [`maxpool2d_backward`].
+fn plane_backward(x: &[f32], dy: &[f32], (s, masked): (&PoolShape, bool), dx: &mut [f32]) {
+    let (oh, ow) = s.out_size();
+    dx.fill(0.0);
+    if s.size == 2 {
+        for (oy, dy_row) in dy.chunks_exact(ow).enumerate() {
+            let (top, bottom) = rows_of_window(x, s, oy);
+            let (dx_top, dx_bottom) = dx[2 * oy * s.width..].split_at_mut(s.width);
+            for (ox, &g) in dy_row.iter().enumerate() {
+                let window = (&top[2 * ox..2 * ox + 2], &bottom[2 * ox..2 * ox + 2]);
+                let (at, max) = first_max_2x2(window.0, window.1);
+                if !(masked && max <= 0.0) {
+                    let row = if at < 2 {
+                        &mut *dx_top
+                    } else {
+                        &mut *dx_bottom
+                    };
+                    row[2 * ox + at % 2] = g;
                 }
             }
-        });
+        }
+        return;
+    }
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let at = plane_argmax(x, s, oy, ox);
+            if !(masked && x[at] <= 0.0) {
+                dx[at] = dy[oy * ow + ox];
+            }
+        }
+    }
 }
 
 #[cfg(test)]
