@@ -5,7 +5,7 @@
 //! the same words, and [`Settings::check`] checks a whole one with those rules. Compiled
 //! natively too, so the page's rules are tested without a browser.
 
-use crate::model::{parse_hidden, Hyper, ModelConfig};
+use crate::model::{parse_hidden, Hyper, ModelConfig, ModelKind};
 use serde::Deserialize;
 
 /// How an epoch is cut into steps and how many epochs run.
@@ -242,9 +242,12 @@ pub fn limit_note(limit: Option<usize>, kept: usize, name: &str) -> Option<Strin
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", default)]
 pub struct PageForm {
+    /// `mlp` or `convnet` (empty: `mlp`).
+    pub model: String,
     pub epochs: String,
     pub batch_size: String,
     pub lr: String,
+    /// The MLP's hidden widths; empty for the convnet.
     pub hidden: String,
     pub seed: String,
     /// Empty: all samples.
@@ -272,15 +275,15 @@ impl PageForm {
     /// The run's settings: every field through the rule of the flag it stands for; the
     /// first refusal. (The `cpu` box says where it trains, not what.)
     pub fn validate(&self) -> Result<Settings, String> {
+        let model = self.model()?;
         let epochs = field("epochs", &self.epochs, positive)?;
         let batch_size = field("batch size", &self.batch_size, positive)?;
         let lr = field("learning rate", &self.lr, learning_rate)?;
-        let hidden = field("hidden", &self.hidden, hidden)?;
         let seed = field("seed", &self.seed, seed)?;
         let train_limit = field("train limit", &self.train_limit, optional_limit)?;
         let test_limit = field("test limit", &self.test_limit, optional_limit)?;
         Ok(Settings {
-            model: ModelConfig::mlp(&hidden, self.raw_pixels),
+            model,
             lr,
             options: TrainOptions {
                 epochs,
@@ -291,6 +294,31 @@ impl PageForm {
             train_limit,
             test_limit,
         })
+    }
+}
+
+impl PageForm {
+    /// The model the model and hidden fields name: the MLP with its hidden widths, or the
+    /// convnet, whose hidden field must be empty (it has no widths to set).
+    fn model(&self) -> Result<ModelConfig, String> {
+        let kind = match self.model.trim() {
+            "" => ModelKind::Mlp,
+            text => field("model", text, |t| t.parse::<ModelKind>())?,
+        };
+        match kind {
+            ModelKind::Mlp => {
+                let hidden = field("hidden", &self.hidden, hidden)?;
+                Ok(ModelConfig::mlp(&hidden, self.raw_pixels))
+            }
+            ModelKind::Convnet if self.hidden.trim().is_empty() => {
+                Ok(ModelConfig::convnet(self.raw_pixels))
+            }
+            ModelKind::Convnet => Err(format!(
+                "the hidden field ('{}') sets the MLP's widths; the convnet's layers are \
+                 fixed (leave it empty, or choose the mlp model)",
+                self.hidden
+            )),
+        }
     }
 }
 
@@ -387,6 +415,39 @@ mod tests {
             assert!(message.starts_with(&start), "{message}");
             assert!(message.contains(rule), "{label}: {message}");
         }
+    }
+
+    /// The model field: the convnet (its hidden field empty), refusals naming the field.
+    #[test]
+    fn the_model_field_names_the_mlp_or_the_convnet() {
+        let convnet = PageForm {
+            model: "convnet".into(),
+            hidden: "".into(),
+            ..form()
+        };
+        assert_eq!(
+            convnet.validate().unwrap().model,
+            ModelConfig::convnet(false)
+        );
+        assert_eq!(
+            form().validate().unwrap().model,
+            ModelConfig::mlp(&[128], false)
+        );
+        let with_hidden = PageForm {
+            model: "convnet".into(),
+            ..form()
+        };
+        let refused = with_hidden.validate().unwrap_err();
+        assert!(refused.starts_with("the hidden field ('128')"), "{refused}");
+        let unknown = PageForm {
+            model: "resnet".into(),
+            ..form()
+        };
+        let refused = unknown.validate().unwrap_err();
+        assert!(
+            refused.starts_with("the model field ('resnet'): unknown model"),
+            "{refused}"
+        );
     }
 
     #[test]

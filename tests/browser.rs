@@ -184,21 +184,27 @@ fn cli_record() -> EpochRecord {
 
 /// `mnist-gpu train --cpu-fallback` for `epochs` epochs on the same subset: its records.
 fn cli_records(epochs: usize) -> Vec<EpochRecord> {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    let metrics = dir.path().join("metrics.jsonl");
     let epochs = epochs.to_string();
-    let args = [
-        "train",
-        "--cpu-fallback",
+    cli_run(&[
         "--epochs",
         &epochs,
         "--train-limit",
         "2000",
         "--test-limit",
         "500",
-    ];
-    let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    ])
+}
+
+/// `mnist-gpu train --cpu-fallback` with `flags`: its epoch records.
+fn cli_run(flags: &[&str]) -> Vec<EpochRecord> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let metrics = dir.path().join("metrics.jsonl");
+    let mut args: Vec<String> = ["train", "--cpu-fallback"]
+        .iter()
+        .chain(flags)
+        .map(|s| s.to_string())
+        .collect();
     args.extend([
         "--out-dir".into(),
         out.display().to_string(),
@@ -263,9 +269,9 @@ fn draw_test_digit(session: &Session, index: usize) -> (u8, Value) {
     (test.labels[index], top3)
 }
 
-/// The page's model file, evaluated by `mnist-gpu eval` on the same 500 test samples:
-/// its accuracy in percent as printed.
-fn eval_downloaded_model(session: &Session) -> String {
+/// The page's model file, evaluated by `mnist-gpu eval` on the same `test_limit` test
+/// samples: its accuracy in percent as printed.
+fn eval_downloaded_model(session: &Session, test_limit: &str) -> String {
     let bytes = session.execute(
         "document.getElementById('save').click(); return Array.from(window.mnistGpuModel);",
         json!([]),
@@ -283,7 +289,7 @@ fn eval_downloaded_model(session: &Session) -> String {
         "eval",
         "--cpu-fallback",
         "--test-limit",
-        "500",
+        test_limit,
         "--model",
         model.to_str().unwrap(),
     ]);
@@ -308,12 +314,41 @@ fn the_page_trains_on_webgpu_like_the_cli_and_its_model_draws_and_evaluates() {
             Some(label as u64),
             "drew a {label}, the page read {top3}"
         );
-        let accuracy = eval_downloaded_model(session);
+        let accuracy = eval_downloaded_model(session, "500");
         assert_eq!(
             accuracy,
             format!("{:.2}", page.val_accuracy * 100.0),
             "eval of the page's model"
         );
+    });
+}
+
+/// The page offers the convnet: chosen in the URL, it trains on WebGPU with the
+/// convnet's layers and dropout and gives the CLI's metrics for the same flags, and its
+/// downloaded model evaluates to the page's accuracy.
+#[test]
+fn the_page_trains_the_convnet_on_webgpu_like_the_cli() {
+    in_browser("convnet", &WEBGPU_ARGS, |session, base| {
+        let flags = "epochs=1&batch-size=32&train-limit=320&test-limit=200";
+        session.goto(&format!("{base}?model=convnet&{flags}&autostart=1"));
+        let lines = wait_for_run(session);
+        assert!(device_line(&lines).contains("WebGPU"), "{lines:#?}");
+        let page = page_record(&lines);
+        let cli = cli_run(&[
+            "--model",
+            "convnet",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--train-limit",
+            "320",
+            "--test-limit",
+            "200",
+        ]);
+        assert_agrees(&page, &cli[0]);
+        let accuracy = eval_downloaded_model(session, "200");
+        assert_eq!(accuracy, format!("{:.2}", page.val_accuracy * 100.0));
     });
 }
 

@@ -2,7 +2,7 @@
 // progress bar, the epoch table, curves, the predictions grid, the confusion matrix and
 // the drawing canvas. Everything numerical happens in Rust (mnist_gpu.js / .wasm).
 // Lines prefixed "mnist-gpu: " on the console are what automated checks read.
-import init, { Session, request_stop, clear_stop, check_settings } from './mnist_gpu.js';
+import init, { Session, request_stop, clear_stop, check_settings, model_defaults } from './mnist_gpu.js';
 
 const $ = (id) => document.getElementById(id);
 // Each line also kept in window.mnistGpuLog, for WebDriver (which cannot read the console).
@@ -22,9 +22,32 @@ function applyQuery() {
     if (!input.name || !query.has(input.name)) continue;
     const value = query.get(input.name);
     if (input.type === 'checkbox') input.checked = value !== '0' && value !== 'false';
-    else input.value = value;
+    else {
+      // A value the list lacks stays what the URL says, for the checks to refuse by name.
+      if (input.tagName === 'SELECT' && ![...input.options].some((o) => o.value === value)) {
+        input.add(new Option(value));
+      }
+      input.value = value;
+    }
   }
+  applyModel(query);
   return query.get('autostart') === '1';
+}
+
+// The model's own defaults (Rust's, as the CLI's): its epochs and batch size, and the
+// hidden field only for the MLP. Fields the URL sets are kept (a convnet given hidden
+// widths is then refused by the checks, as on the command line).
+function applyModel(query) {
+  const f = $('settings').elements;
+  const given = (name) => query !== null && query.has(name);
+  const convnet = f.model.value === 'convnet';
+  f.hidden.disabled = convnet && !given('hidden');
+  if (!given('hidden')) f.hidden.value = convnet ? '' : '128';
+  let defaults;
+  try { defaults = model_defaults(f.model.value); } catch { return; } // refused at Train
+  const [epochs, batch] = defaults;
+  if (!given('epochs')) f.epochs.value = epochs;
+  if (!given('batch-size')) f['batch-size'].value = batch;
 }
 
 // Every value as typed: Rust checks them with the command line's rules (a number's text
@@ -33,7 +56,7 @@ function readSettings() {
   const f = $('settings').elements;
   const text = (name) => f[name].value;
   return {
-    epochs: text('epochs'), 'batch-size': text('batch-size'), lr: text('lr'),
+    model: text('model'), epochs: text('epochs'), 'batch-size': text('batch-size'), lr: text('lr'),
     hidden: text('hidden'), seed: text('seed'), 'raw-pixels': f['raw-pixels'].checked,
     'train-limit': text('train-limit'), 'test-limit': text('test-limit'),
     cpu: f['cpu-fallback'].checked || !webgpu,
@@ -315,6 +338,7 @@ $('device').textContent = webgpu
   ? 'WebGPU is available.'
   : 'WebGPU is unavailable in this browser (Chrome/Edge 113+, Safari 26+, or Chromium with --enable-unsafe-webgpu); training will run on the CPU path compiled to wasm.';
 $('settings').addEventListener('submit', start);
+$('settings').elements.model.addEventListener('change', () => applyModel(null));
 $('stop').addEventListener('click', () => request_stop());
 $('resume').addEventListener('click', () => runEpochs());
 $('save').addEventListener('click', saveModel);

@@ -42,6 +42,15 @@ pub fn check_settings(form: String) -> Result<(), JsValue> {
     settings_from(&form).map(|_| ())
 }
 
+/// The epochs and batch size a model's tutorial trains it with (`mlp` or `convnet`),
+/// the defaults the form shows for it, as on the command line.
+#[wasm_bindgen]
+pub fn model_defaults(model: String) -> Result<Vec<usize>, JsValue> {
+    let kind: crate::model::ModelKind = model.parse().map_err(js_error)?;
+    let (epochs, batch) = kind.default_epochs_and_batch();
+    Ok(vec![epochs, batch])
+}
+
 /// The run's settings from the page's form, and whether it trains on the CPU.
 fn settings_from(form: &str) -> Result<(Settings, bool), JsValue> {
     let form: PageForm = serde_json::from_str(form).map_err(js_error)?;

@@ -1,6 +1,7 @@
-//! The default training run (`mnist-gpu train --cpu-fallback`, every other flag at its
-//! default), done once per test binary: its printed output and its model. The CPU path
-//! is deterministic, so every binary gets the same model and the same printed figures.
+//! The README's training runs, each done once per test binary: the default run
+//! (`mnist-gpu train --cpu-fallback`, every other flag at its default) and the convnet's
+//! (`train --model convnet --cpu-fallback`), with their printed output and their models.
+//! The CPU path is deterministic, so every binary gets the same models and figures.
 
 #![allow(dead_code)]
 
@@ -24,24 +25,36 @@ impl DefaultRun {
 /// Train with the default settings on the CPU (about 5 s in release), once per binary.
 pub fn default_run() -> &'static DefaultRun {
     static RUN: OnceLock<DefaultRun> = OnceLock::new();
-    RUN.get_or_init(|| {
-        // Under target/, one directory per test binary (binaries may run concurrently).
-        let exe = std::env::current_exe().expect("test binary path");
-        let name = exe.file_stem().expect("binary name").to_string_lossy();
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("default-run-{name}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        let out = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"))
-            .args(["train", "--cpu-fallback", "--out-dir"])
-            .arg(&dir)
-            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
-            .output()
-            .expect("the binary runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "default training run failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        DefaultRun { stdout, dir }
-    })
+    RUN.get_or_init(|| train_once("default-run", &[]))
+}
+
+/// Train the convnet with its defaults on the CPU (15 epochs, about 2 to 3 minutes on
+/// two cores), once per binary.
+pub fn convnet_run() -> &'static DefaultRun {
+    static RUN: OnceLock<DefaultRun> = OnceLock::new();
+    RUN.get_or_init(|| train_once("convnet-run", &["--model", "convnet"]))
+}
+
+/// `train --cpu-fallback FLAGS` into a directory `name` under target/ (one per test
+/// binary: binaries may run concurrently).
+fn train_once(name: &str, flags: &[&str]) -> DefaultRun {
+    let exe = std::env::current_exe().expect("test binary path");
+    let binary = exe.file_stem().expect("binary name").to_string_lossy();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{binary}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"))
+        .args(["train", "--cpu-fallback"])
+        .args(flags)
+        .arg("--out-dir")
+        .arg(&dir)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "training run {flags:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    DefaultRun { stdout, dir }
 }
