@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The real-GPU check, in one script: Vulkan loader and adapters, the GPU agreement and
-# fusion tests on the hardware adapter, the epoch and kernel benchmarks beside the CPU, and a default
-# 10-epoch `train --adapter vulkan`, all written to one results file.
+# fusion tests on the hardware adapter, the epoch and kernel benchmarks beside the CPU, a
+# default 10-epoch `train --adapter vulkan`, 2 epochs of the convnet, and the convnet in
+# PyTorch on CUDA where it is installed, all written to one results file.
 #
 #   benches/device.sh pack   # on the build machine: build the five programs, strip them
 #                            # into .device/programs.tar.xz (16 MB: each embeds the same
@@ -16,7 +17,7 @@
 #
 # For a GPU machine that has no Rust toolchain: `pack` on the build machine, copy the
 # checkout with .gl/ and .device/ there, and run `bash benches/device.sh` in it. It is
-# meant to finish in a few minutes; each part has its own time limit (480 s in all), and a
+# meant to finish in a few minutes; each part has its own time limit (570 s in all), and a
 # part that fails or runs out of time is recorded and the rest still runs.
 #
 # Environment:
@@ -139,6 +140,27 @@ machine() {
   echo "backend: $backend, quick: $quick"
 }
 
+# The convnet (Keras' MNIST convnet, batch 128) for 2 epochs on the adapter; quick: 1,280
+# samples, 1 epoch.
+convnet_run() {
+  bin=target/device-run
+  local dir
+  dir=$(mktemp -d)
+  local args=(train --model convnet --adapter "$backend" --epochs 2 --out-dir "$dir/run")
+  [ "$quick" = 1 ] && args+=(--train-limit 1280 --epochs 1)
+  echo "\$ mnist-gpu ${args[*]}"
+  "$bin/mnist-gpu" "${args[@]}" 2>&1
+}
+
+# The same convnet in PyTorch on CUDA, where PyTorch is installed.
+pytorch_convnet() {
+  if ! python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+    echo "no PyTorch with CUDA here: skipped"
+    return 0
+  fi
+  python3 benches/reference/pytorch_convnet.py --device cuda --epochs 2
+}
+
 train_run() {
   bin=target/device-run
   local dir
@@ -166,18 +188,20 @@ run_all() {
   find_programs
   part "adapters" 30 "$bin/mnist-gpu" adapters
   # The agreement tests on the hardware adapter only (CI set: a missing adapter fails).
-  part "gpu_agreement ($backend)" 120 env CI=1 MNIST_GPU_TEST_BACKENDS="$backend" \
+  part "gpu_agreement ($backend)" 100 env CI=1 MNIST_GPU_TEST_BACKENDS="$backend" \
     "$bin/gpu_agreement" --test-threads=1
-  part "fusions ($backend)" 60 env CI=1 MNIST_GPU_TEST_BACKENDS="$backend" \
+  part "fusions ($backend)" 50 env CI=1 MNIST_GPU_TEST_BACKENDS="$backend" \
     "$bin/fusions" --test-threads=1
   local bench_env=(MNIST_GPU_BENCH_BACKENDS="$backend")
   [ "$quick" = 1 ] && bench_env+=(MNIST_GPU_BENCH_SOFT_SAMPLES=1000 MNIST_GPU_BENCH_REPS=1)
   if [ -x "$bin/epoch-baseline" ]; then
     part "epoch bench (baseline)" 120 env "${bench_env[@]}" "$bin/epoch-baseline" --bench
   fi
-  part "epoch bench" 120 env "${bench_env[@]}" "$bin/epoch" --bench
-  part "kernels bench" 120 env "${bench_env[@]}" "$bin/kernels" --bench
-  part "train --adapter $backend" 90 bash "$0" train
+  part "epoch bench" 110 env "${bench_env[@]}" "$bin/epoch" --bench
+  part "kernels bench" 100 env "${bench_env[@]}" "$bin/kernels" --bench
+  part "train --adapter $backend" 80 bash "$0" train
+  part "convnet --adapter $backend" 60 bash "$0" convnet
+  part "pytorch convnet (cuda)" 40 bash "$0" pytorch-convnet
   section summary
   printf '%s\n' "${summary[@]}"
   echo "results: $results"
@@ -188,6 +212,8 @@ run_all() {
 case "${1:-}" in
   pack) pack ;;
   train) train_run ;; # one part of the run, in its own process for `timeout`
+  convnet) convnet_run ;;
+  pytorch-convnet) pytorch_convnet ;;
   "") run_all ;;
   *) echo "usage: benches/device.sh [pack]" >&2; exit 2 ;;
 esac

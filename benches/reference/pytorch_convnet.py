@@ -10,7 +10,7 @@ every epoch, last partial batch kept; 15 epochs; test set evaluated after every 
 Reads the project's own assets/mnist/*.gz.
 
     pip install torch numpy
-    python3 benches/reference/pytorch_convnet.py [--batch-size 128] [--epochs 15] [--threads 2]
+    python3 benches/reference/pytorch_convnet.py [--batch-size 128] [--epochs 15] [--threads 2] [--device cuda]
 
 Prints one line per epoch with the training pass's seconds, like `mnist-gpu train`.
 """
@@ -54,22 +54,25 @@ def main():
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    x_train, x_test = images("train-images-idx3-ubyte"), images("t10k-images-idx3-ubyte")
-    y_train = torch.tensor(idx("train-labels-idx1-ubyte"), dtype=torch.long)
-    y_test = torch.tensor(idx("t10k-labels-idx1-ubyte"), dtype=torch.long)
-    print(f"train: {len(x_train)} x 28 x 28, test: {len(x_test)} x 28 x 28, torch {torch.__version__}, {args.threads} threads")
+    dev = torch.device(args.device)
+    x_train, x_test = images("train-images-idx3-ubyte").to(dev), images("t10k-images-idx3-ubyte").to(dev)
+    y_train = torch.tensor(idx("train-labels-idx1-ubyte"), dtype=torch.long).to(dev)
+    y_test = torch.tensor(idx("t10k-labels-idx1-ubyte"), dtype=torch.long).to(dev)
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{args.threads} threads"
+    print(f"train: {len(x_train)} x 28 x 28, test: {len(x_test)} x 28 x 28, torch {torch.__version__}, {where}")
 
-    model = convnet()
+    model = convnet().to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
     loss_fn = nn.CrossEntropyLoss()
 
     for epoch in range(1, args.epochs + 1):
         model.train()
-        order = torch.randperm(len(x_train))
+        order = torch.randperm(len(x_train), device=dev)
         start = time.perf_counter()
         loss_sum, correct = 0.0, 0
         for i in range(0, len(order), args.batch_size):
