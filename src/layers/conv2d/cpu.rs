@@ -17,8 +17,14 @@
 //! whose sums do not depend on the thread count, and the groups are fixed by the shape,
 //! so neither are the results. GPU twin: `conv2d.wgsl` beside it, which forms the same
 //! products without the im2col buffer.
+//!
+//! Two kinds of layer take other routes to the same values: one with small filters (the
+//! first layer on the pixels: 9 values a filter) computes its forward and weight
+//! gradient from the definition ([`DIRECT_MAX_PATCH`]), and one whose output gradient is
+//! mostly zeros (under a max-pool) takes both gradients from the nonzero values only
+//! (`sparse.rs`). Each is tested against the GEMMs.
 
-use super::ConvShape;
+use super::{sparse, ConvShape};
 use crate::layers::dense::cpu::{matmul, Mat};
 use crate::layers::relu::cpu::relu_backward_in_place;
 use rayon::prelude::*;
@@ -220,13 +226,21 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], 
     assert!(dw.len() == s.out_channels * s.patch() && db.len() == s.out_channels);
     if s.patch() <= DIRECT_MAX_PATCH {
         weight_grad_direct(x, dy, s, dw, db);
+    } else if sparse::worth_it(dy, s) {
+        sparse::weight_grad_sparse(x, dy, s, dw, db);
     } else {
         weight_grad_gemm(x, dy, s, dw, db);
     }
 }
 
 /// [`conv2d_weight_grad`] as `dy · colsᵀ`, summed group by group.
-fn weight_grad_gemm(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], db: &mut [f32]) {
+pub(super) fn weight_grad_gemm(
+    x: &[f32],
+    dy: &[f32],
+    s: &ConvShape,
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
     let (pixels, outputs) = (s.out_pixels(), s.out_channels * s.out_pixels());
     dw.fill(0.0);
     db.fill(0.0);
@@ -344,46 +358,6 @@ fn plane_forward(x_b: &[f32], w_o: &[f32], s: &ConvShape, spread: &mut [f32]) {
     }
 }
 
-/// One sample's patch gradients for [`input_grad_sparse`]: `patches[p] += dy[o, p] ·
-/// w[o]` for every nonzero `dy[o, p]`. Multiversioned as [`filter_grad`].
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512vl+avx2+fma",
-    "x86_64+avx2+fma",
-    "x86_64+avx"
-))]
-fn patch_grads(dy_b: &[f32], w: &[f32], patch: usize, patches: &mut [f32]) {
-    let pixels = patches.len() / patch;
-    for (dy_o, w_o) in dy_b.chunks_exact(pixels).zip(w.chunks_exact(patch)) {
-        for (p, &g) in dy_o.iter().enumerate().filter(|(_, &g)| g != 0.0) {
-            for (d, &wv) in patches[p * patch..(p + 1) * patch].iter_mut().zip(w_o) {
-                *d += g * wv;
-            }
-        }
-    }
-}
-
-/// One sample's patch gradients (`[pixels, in·k·k]`) added back onto its input pixels,
-/// into `dx_b` (zeroed first). Multiversioned as [`filter_grad`].
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512vl+avx2+fma",
-    "x86_64+avx2+fma",
-    "x86_64+avx"
-))]
-fn patches_back(patches: &[f32], s: &ConvShape, dx_b: &mut [f32]) {
-    let (k, (_, ow)) = (s.kernel, s.out_size());
-    dx_b.fill(0.0);
-    for (p, patch_grad) in patches.chunks_exact(s.patch()).enumerate() {
-        let (oy, ox) = (p / ow, p % ow);
-        for (row, values) in patch_grad.chunks_exact(k).enumerate() {
-            let (c, ky) = (row / k, row % k);
-            let start = (c * s.height + oy + ky) * s.width + ox;
-            for (d, &v) in dx_b[start..start + k].iter_mut().zip(values) {
-                *d += v;
-            }
-        }
-    }
-}
-
 /// Input gradient: `dx` (`[batch, in, h, w]`) from `dy` through the kernel `w`; when
 /// `mask` (the ReLU output of the layer below, `dx`'s shape) is given, zeroed where
 /// `mask <= 0` (that ReLU's backward, fused, as in the dense layer).
@@ -396,9 +370,8 @@ pub fn conv2d_input_grad(
 ) {
     let outputs = s.out_channels * s.out_pixels();
     assert!(dy.len() == s.batch * outputs && dx.len() == s.batch * s.in_len());
-    let nonzero = dy.iter().filter(|&&g| g != 0.0).count();
-    if nonzero as f64 <= SPARSE_MAX_DENSITY * dy.len() as f64 {
-        input_grad_sparse(dy, w, s, dx);
+    if sparse::worth_it(dy, s) {
+        sparse::input_grad_sparse(dy, w, s, dx);
     } else {
         input_grad_gemm(dy, w, s, dx);
     }
@@ -407,13 +380,8 @@ pub fn conv2d_input_grad(
     }
 }
 
-/// Largest fraction of nonzero output gradients for which [`input_grad_sparse`] runs.
-/// Under a max-pool at most a quarter of them are nonzero (one value per window), and
-/// fewer after the ReLU; the sparse path then does a fifth of the GEMM's arithmetic.
-const SPARSE_MAX_DENSITY: f64 = 0.3;
-
 /// [`conv2d_input_grad`] (before the mask) as `col2im(Wᵀ · dy)`, group by group.
-fn input_grad_gemm(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]) {
+pub(super) fn input_grad_gemm(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]) {
     let (pixels, outputs) = (s.out_pixels(), s.out_channels * s.out_pixels());
     let kernel_t = Mat::rows(w, s.out_channels, s.patch()).t();
     with_scratch(s, |cols, grad| {
@@ -437,25 +405,6 @@ fn input_grad_gemm(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]) {
             );
         }
     });
-}
-
-/// [`conv2d_input_grad`] (before the mask) over the nonzero values of `dy` only: each
-/// adds `dy · W[o]` to its pixel's patch gradient (`patches`, `[pixels, in·k·k]`, one
-/// sample at a time), which is then added back onto the input pixels. Samples are split
-/// over the pool, each summed in a fixed order.
-fn input_grad_sparse(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]) {
-    let (pixels, outputs, patch) = (s.out_pixels(), s.out_channels * s.out_pixels(), s.patch());
-    let samples = dx
-        .par_chunks_exact_mut(s.in_len())
-        .zip(dy.par_chunks_exact(outputs));
-    samples.for_each_init(
-        || vec![0.0f32; pixels * patch],
-        |patches, (dx_b, dy_b)| {
-            patches.fill(0.0);
-            patch_grads(dy_b, w, patch, patches);
-            patches_back(patches, s, dx_b);
-        },
-    );
 }
 
 #[cfg(test)]
@@ -554,8 +503,7 @@ mod tests {
         });
     }
 
-    /// The direct forward and weight gradient (small filters) and the sparse input
-    /// gradient agree with the GEMM ones, on a `dy` that is half zeros.
+    /// The direct forward and weight gradient (small filters) agree with the GEMM ones.
     #[test]
     fn direct_and_gemm_paths_agree() {
         let s = shape();
@@ -575,11 +523,6 @@ mod tests {
         forward_direct(&x, &w, &bias, &s, true, &mut y);
         forward_gemm(&x, &w, &bias, &s, true, &mut y_gemm);
         assert!(close(&y, &y_gemm));
-        let mut dx = vec![0.0; x.len()];
-        let mut dx_gemm = vec![1.0; x.len()];
-        input_grad_sparse(&dy, &w, &s, &mut dx);
-        input_grad_gemm(&dy, &w, &s, &mut dx_gemm);
-        assert!(close(&dx, &dx_gemm));
     }
 
     #[test]

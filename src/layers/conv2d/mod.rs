@@ -9,6 +9,7 @@
 #[cfg(not(target_arch = "wasm32"))]
 mod check;
 pub mod cpu;
+mod sparse;
 
 use crate::device::kernel::{bindings, elementwise_groups, storage_zeroed, uniform, Dispatch};
 use crate::layers::dense::LinearOp;

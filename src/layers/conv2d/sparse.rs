@@ -1,0 +1,190 @@
+//! Conv2D's two gradients over the nonzero output gradients only, on the CPU. Under a
+//! max-pool at most a quarter of a convolution's output gradient is nonzero (one value a
+//! window), and fewer after its ReLU: the convnet's second layer keeps about a fifth.
+//! These skip the rest, and so do about a fifth of the arithmetic of the GEMMs in
+//! [`super::cpu`], which they are tested against.
+//!
+//! They work channels last: with an input pixel's channels side by side, the patch under
+//! an output pixel is `k·k` runs of `in` values, so each nonzero `dy` costs `k·k`
+//! vectorised multiply-adds of `in` values (32 for the convnet's second layer) instead
+//! of scattered 3-value ones.
+
+use super::ConvShape;
+use rayon::prelude::*;
+
+/// Largest fraction of nonzero output gradients for which the sparse gradients run.
+pub const SPARSE_MAX_DENSITY: f64 = 0.3;
+
+/// Fewest input channels for the channels-last runs to be worth it (below, the direct
+/// paths of [`super::cpu`] serve).
+pub const SPARSE_MIN_CHANNELS: usize = 8;
+
+/// Whether `dy` is sparse enough, and the layer wide enough, for these gradients.
+pub fn worth_it(dy: &[f32], s: &ConvShape) -> bool {
+    if s.in_channels < SPARSE_MIN_CHANNELS {
+        return false;
+    }
+    let nonzero: usize = dy
+        .par_chunks(1 << 14)
+        .map(|chunk| chunk.iter().filter(|&&g| g != 0.0).count())
+        .sum();
+    nonzero as f64 <= SPARSE_MAX_DENSITY * dy.len() as f64
+}
+
+/// `dst[j][i] = src[i][j]` for `src` of `rows`×`cols`.
+fn transpose(src: &[f32], (rows, cols): (usize, usize), dst: &mut [f32]) {
+    for (i, row) in src.chunks_exact(cols).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            dst[j * rows + i] = v;
+        }
+    }
+}
+
+/// The weight and bias gradients (as `super::cpu::conv2d_weight_grad` defines them) from
+/// the nonzero values of `dy`: filter `o`'s gradient, kept as `[k, k, in]`, gets
+/// `dy[b, o, p]` times the channels-last patch under `p`. Filters are split over the
+/// pool; each sums its samples and pixels in order, so the thread count does not matter.
+pub fn weight_grad_sparse(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], db: &mut [f32]) {
+    let (pixels, plane, patch) = (s.out_pixels(), s.height * s.width, s.patch());
+    let outputs = s.out_channels * pixels;
+    let mut x_last = vec![0.0f32; x.len()];
+    let samples = x_last.par_chunks_exact_mut(s.in_len());
+    samples
+        .zip(x.par_chunks_exact(s.in_len()))
+        .for_each(|(dst, src)| transpose(src, (s.in_channels, plane), dst));
+    let filters = dw.par_chunks_exact_mut(patch).zip(db.par_iter_mut());
+    filters.enumerate().for_each(|(o, (dw_o, db_o))| {
+        let mut grad = vec![0.0f32; patch];
+        *db_o = 0.0;
+        for (x_b, dy_b) in x_last
+            .chunks_exact(s.in_len())
+            .zip(dy.chunks_exact(outputs))
+        {
+            let dy_o = &dy_b[o * pixels..(o + 1) * pixels];
+            *db_o += filter_sample(x_b, dy_o, s, &mut grad);
+        }
+        // [k, k, in] back to PyTorch's [in, k, k].
+        transpose(&grad, (s.kernel * s.kernel, s.in_channels), dw_o);
+    });
+}
+
+/// One sample's share of a filter's gradient: `grad += dy_o[p] · patch(p)` for every
+/// nonzero `dy_o[p]`; returns the sum of `dy_o`'s nonzero values (the bias's share).
+/// Also compiled for AVX2 and AVX-512 and picked at run time (`multiversion`; no fused
+/// multiply-adds, so the same bits on every target).
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
+fn filter_sample(x_b: &[f32], dy_o: &[f32], s: &ConvShape, grad: &mut [f32]) -> f32 {
+    let (k, c, ow) = (s.kernel, s.in_channels, s.out_size().1);
+    let mut bias = 0.0;
+    for (p, &g) in dy_o.iter().enumerate().filter(|(_, &g)| g != 0.0) {
+        bias += g;
+        let (oy, ox) = (p / ow, p % ow);
+        for (run, grad_run) in grad.chunks_exact_mut(c).enumerate() {
+            let (ky, kx) = (run / k, run % k);
+            let at = ((oy + ky) * s.width + ox + kx) * c;
+            for (d, &v) in grad_run.iter_mut().zip(&x_b[at..at + c]) {
+                *d += g * v;
+            }
+        }
+    }
+    bias
+}
+
+/// The input gradient (before any mask) from the nonzero values of `dy`: each adds
+/// `dy[b, o, p] · W[o]` (channels last) onto the input pixels under `p`. Samples are split
+/// over the pool, each summed in a fixed order.
+pub fn input_grad_sparse(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]) {
+    let (pixels, plane, patch) = (s.out_pixels(), s.height * s.width, s.patch());
+    let outputs = s.out_channels * pixels;
+    let mut w_last = vec![0.0f32; w.len()];
+    for (src, dst) in w.chunks_exact(patch).zip(w_last.chunks_exact_mut(patch)) {
+        transpose(src, (s.in_channels, s.kernel * s.kernel), dst);
+    }
+    let samples = dx
+        .par_chunks_exact_mut(s.in_len())
+        .zip(dy.par_chunks_exact(outputs));
+    samples.for_each_init(
+        || vec![0.0f32; s.in_len()],
+        |dx_last, (dx_b, dy_b)| {
+            dx_last.fill(0.0);
+            sample_input_grad(dy_b, &w_last, s, dx_last);
+            transpose(dx_last, (plane, s.in_channels), dx_b);
+        },
+    );
+}
+
+/// One sample of [`input_grad_sparse`] into `dx_last` (`[pixels, in]`, zeroed).
+/// Multiversioned as [`filter_sample`].
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "x86_64+avx"
+))]
+fn sample_input_grad(dy_b: &[f32], w_last: &[f32], s: &ConvShape, dx_last: &mut [f32]) {
+    let (k, c, ow) = (s.kernel, s.in_channels, s.out_size().1);
+    let pixels = s.out_pixels();
+    for (dy_o, w_o) in dy_b
+        .chunks_exact(pixels)
+        .zip(w_last.chunks_exact(s.patch()))
+    {
+        for (p, &g) in dy_o.iter().enumerate().filter(|(_, &g)| g != 0.0) {
+            let (oy, ox) = (p / ow, p % ow);
+            for (run, w_run) in w_o.chunks_exact(c).enumerate() {
+                let (ky, kx) = (run / k, run % k);
+                let at = ((oy + ky) * s.width + ox + kx) * c;
+                for (d, &wv) in dx_last[at..at + c].iter_mut().zip(w_run) {
+                    *d += g * wv;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::cpu::{input_grad_gemm, weight_grad_gemm};
+    use super::*;
+
+    /// Both sparse gradients against the GEMMs', on 9 input channels of 6×7, 5 filters of
+    /// 3×3, a batch of 3, and a `dy` three quarters zeros.
+    #[test]
+    fn the_sparse_gradients_are_the_gemms() {
+        let s = ConvShape::alone(3, 9, (6, 7), 5, 3);
+        let values = |len: usize, a: usize, b: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * a % b) as f32) / b as f32 - 0.45)
+                .collect()
+        };
+        let x = values(s.batch * s.in_len(), 37, 11);
+        let w = values(s.out_channels * s.patch(), 13, 17);
+        let mut dy = values(s.batch * s.out_channels * s.out_pixels(), 29, 13);
+        dy.iter_mut()
+            .enumerate()
+            .filter(|(i, _)| i % 4 != 0)
+            .for_each(|(_, g)| *g = 0.0);
+        assert!(worth_it(&dy, &s));
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-5);
+        let (mut dw, mut db) = (vec![0.0; w.len()], vec![0.0; 5]);
+        let (mut dw_gemm, mut db_gemm) = (vec![1.0; w.len()], vec![1.0; 5]);
+        weight_grad_sparse(&x, &dy, &s, &mut dw, &mut db);
+        weight_grad_gemm(&x, &dy, &s, &mut dw_gemm, &mut db_gemm);
+        assert!(close(&dw, &dw_gemm) && close(&db, &db_gemm));
+        let (mut dx, mut dx_gemm) = (vec![0.0; x.len()], vec![1.0; x.len()]);
+        input_grad_sparse(&dy, &w, &s, &mut dx);
+        input_grad_gemm(&dy, &w, &s, &mut dx_gemm);
+        assert!(close(&dx, &dx_gemm));
+    }
+
+    #[test]
+    fn dense_gradients_or_few_channels_take_the_gemms() {
+        let s = ConvShape::alone(2, 9, (6, 7), 5, 3);
+        let dense = vec![0.5f32; s.batch * s.out_channels * s.out_pixels()];
+        assert!(!worth_it(&dense, &s));
+        let zeros = vec![0.0f32; dense.len()];
+        assert!(!worth_it(&zeros, &ConvShape::alone(2, 4, (6, 7), 5, 3)));
+    }
+}
