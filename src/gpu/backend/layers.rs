@@ -197,36 +197,73 @@ impl GpuBackend {
     fn layer_backward(&self, ops: &[LayerOp], i: usize, rows: usize) -> Vec<Dispatch> {
         let w = self.work();
         let (x, dy, dx) = (&w.acts[i], &w.deltas[i + 1], &w.deltas[i]);
-        let (params, grads) = (&self.params, &self.grads);
         let mask = Self::relu_output(ops, i).then_some(x);
-        let first = i == 0;
-        let mut list = Vec::new();
         match ops[i] {
             LayerOp::BatchNorm => {
                 let bindings = BatchnormBackwardBindings {
-                    grads,
+                    grads: &self.grads,
                     dy,
                     xhat_in: &w.xhat,
                 };
-                list.push(
-                    self.pipelines
-                        .batchnorm
-                        .backward(rows, &self.bn_setup(), &bindings),
-                );
+                let batchnorm = &self.pipelines.batchnorm;
+                vec![batchnorm.backward(rows, &self.bn_setup(), &bindings)]
             }
+            LayerOp::Dense { .. } | LayerOp::Conv { .. } => {
+                self.weighted_backward(ops[i], (i, rows), mask)
+            }
+            LayerOp::Pool { shape } => {
+                let shape = PoolShape {
+                    batch: rows,
+                    ..shape
+                };
+                let pool = &self.pipelines.maxpool2d;
+                vec![pool.backward(&shape, [x, dy, dx], mask.is_some())]
+            }
+            LayerOp::Dropout { rate } => {
+                let n = rows * self.layer_widths()[i];
+                let Some(relu_out) = mask else {
+                    return vec![self.dropout(n, rate, BACKWARD_STEP_BASE, [dy, dx])];
+                };
+                // Through the scratch buffer, then the ReLU below's backward.
+                let bindings = ReluBackwardBindings {
+                    dy: &w.scratch,
+                    y: relu_out,
+                    dx,
+                };
+                vec![
+                    self.dropout(n, rate, BACKWARD_STEP_BASE, [dy, &w.scratch]),
+                    self.pipelines.relu.backward(n, &bindings),
+                ]
+            }
+            LayerOp::Flatten => Vec::new(),
+        }
+    }
+
+    /// A dense or conv2d layer `op` (layer `i`, `rows` rows): its weight and bias
+    /// gradients and, but for the first layer, its input gradient (masked by `mask`, the
+    /// ReLU output below, if any).
+    fn weighted_backward(
+        &self,
+        op: LayerOp,
+        (i, rows): (usize, usize),
+        mask: Option<&wgpu::Buffer>,
+    ) -> Vec<Dispatch> {
+        let w = self.work();
+        let (x, dy, dx) = (&w.acts[i], &w.deltas[i + 1], &w.deltas[i]);
+        let (params, grads) = (&self.params, &self.grads);
+        let weight_grad = LinearOp::WeightGrad { x, dy, grads };
+        let input_grad = (i > 0).then_some(LinearOp::InputGrad {
+            dy,
+            params,
+            dx,
+            relu_out: mask,
+        });
+        let products = [Some(weight_grad), input_grad].into_iter().flatten();
+        match op {
             LayerOp::Dense { w: l, .. } => {
                 let shape = self.layer_dense_shape(l, rows, i);
                 let dense = &self.pipelines.dense;
-                list.push(dense.dispatch(&shape, LinearOp::WeightGrad { x, dy, grads }));
-                if !first {
-                    let op = LinearOp::InputGrad {
-                        dy,
-                        params,
-                        dx,
-                        relu_out: mask,
-                    };
-                    list.push(dense.dispatch(&shape, op));
-                }
+                products.map(|op| dense.dispatch(&shape, op)).collect()
             }
             LayerOp::Conv { shape, .. } => {
                 let shape = ConvShape {
@@ -234,44 +271,10 @@ impl GpuBackend {
                     ..shape
                 };
                 let conv = &self.pipelines.conv2d;
-                list.extend(conv.dispatch(&shape, LinearOp::WeightGrad { x, dy, grads }));
-                if !first {
-                    let op = LinearOp::InputGrad {
-                        dy,
-                        params,
-                        dx,
-                        relu_out: mask,
-                    };
-                    list.extend(conv.dispatch(&shape, op));
-                }
+                products.flat_map(|op| conv.dispatch(&shape, op)).collect()
             }
-            LayerOp::Pool { shape } => {
-                let shape = PoolShape {
-                    batch: rows,
-                    ..shape
-                };
-                let masked = mask.is_some();
-                list.push(
-                    self.pipelines
-                        .maxpool2d
-                        .backward(&shape, [x, dy, dx], masked),
-                );
-            }
-            LayerOp::Dropout { rate } => {
-                let n = rows * self.layer_widths()[i];
-                let (out, relu) = match mask {
-                    Some(_) => (&w.scratch, true),
-                    None => (dx, false),
-                };
-                list.push(self.dropout(n, rate, BACKWARD_STEP_BASE, [dy, out]));
-                if relu {
-                    let bindings = ReluBackwardBindings { dy: out, y: x, dx };
-                    list.push(self.pipelines.relu.backward(n, &bindings));
-                }
-            }
-            LayerOp::Flatten => {}
+            _ => unreachable!("only dense and conv2d layers have weights"),
         }
-        list
     }
 
     /// Every dispatch of one training step of the layer path on `rows` rows (batch
