@@ -228,20 +228,28 @@ fn the_raw_pixels_paragraph_matches_a_raw_pixels_run() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
-/// The PyTorch snippet's computation, done here from the tensors by their PyTorch names:
-/// BatchNorm1d(eps=1e-3) with the running statistics, Linear, ReLU, Linear, argmax.
-fn snippet_accuracy(model: &Path) -> f64 {
+/// Every f32 tensor of the model file `model`, by name.
+fn f32_tensors(model: &Path) -> std::collections::HashMap<String, Vec<f32>> {
     let bytes = std::fs::read(model).unwrap();
     let tensors = SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |name: &str| -> Vec<f32> {
-        let view = tensors
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("no tensor {name}"));
-        view.data()
-            .chunks_exact(4)
+    let values = |view: safetensors::tensor::TensorView| -> Vec<f32> {
+        let words = view.data().chunks_exact(4);
+        words
             .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
             .collect()
     };
+    let f32s = tensors
+        .tensors()
+        .into_iter()
+        .filter(|(_, v)| v.dtype() == safetensors::Dtype::F32);
+    f32s.map(|(name, view)| (name, values(view))).collect()
+}
+
+/// The PyTorch snippet's computation, done here from the tensors by their PyTorch names:
+/// BatchNorm1d(eps=1e-3) with the running statistics, Linear, ReLU, Linear, argmax.
+fn snippet_accuracy(model: &Path) -> f64 {
+    let tensors = f32_tensors(model);
+    let f32s = |name: &str| tensors[name].clone();
     let (gamma, beta) = (f32s("1.weight"), f32s("1.bias"));
     let (mean, var) = (f32s("1.running_mean"), f32s("1.running_var"));
     let (w1, b1, w2, b2) = (
@@ -299,17 +307,8 @@ fn the_pytorch_snippet_gives_the_accuracy_its_comment_says() {
 /// not with the program's kernels.
 fn convnet_snippet_accuracy(model: &Path) -> f64 {
     use rayon::prelude::*;
-    let bytes = std::fs::read(model).unwrap();
-    let tensors = SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |name: &str| -> Vec<f32> {
-        let view = tensors
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("no tensor {name}"));
-        view.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    };
+    let tensors = f32_tensors(model);
+    let f32s = |name: &str| tensors[name].clone();
     let conv1 = (f32s("0.weight"), f32s("0.bias"));
     let conv2 = (f32s("3.weight"), f32s("3.bias"));
     let dense = (f32s("8.weight"), f32s("8.bias"));

@@ -14,20 +14,12 @@ Reads the project's own assets/mnist/*.gz.
 
 Prints one line per epoch with the training pass's seconds, like `mnist-gpu train`.
 """
-import argparse, gzip, pathlib, time
+import argparse
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-ROOT = pathlib.Path(__file__).resolve().parents[2] / "assets" / "mnist"
-
-
-def idx(name):
-    data = gzip.open(ROOT / f"{name}.gz", "rb").read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+from pytorch_mnist import fit, idx
 
 
 def images(name):
@@ -67,33 +59,7 @@ def main():
     print(f"train: {len(x_train)} x 28 x 28, test: {len(x_test)} x 28 x 28, torch {torch.__version__}, {where}")
 
     model = convnet().to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
-    loss_fn = nn.CrossEntropyLoss()
-
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        order = torch.randperm(len(x_train), device=dev)
-        start = time.perf_counter()
-        loss_sum, correct = 0.0, 0
-        for i in range(0, len(order), args.batch_size):
-            idx_b = order[i: i + args.batch_size]
-            xb, yb = x_train[idx_b], y_train[idx_b]
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.item() * len(idx_b)
-            correct += (logits.argmax(1) == yb).sum().item()
-        seconds = time.perf_counter() - start
-        model.eval()
-        with torch.no_grad():
-            logits = torch.cat([model(x_test[i: i + 1000]) for i in range(0, len(x_test), 1000)])
-            val_loss = loss_fn(logits, y_test).item()
-            val_acc = (logits.argmax(1) == y_test).float().mean().item()
-        n = len(x_train)
-        print(f"Epoch {epoch}/{args.epochs} - {seconds:.2f}s ({n / seconds:.0f} samples/s) - loss: {loss_sum / n:.4f}"
-              f" - accuracy: {correct / n:.4f} - val_loss: {val_loss:.4f} - val_accuracy: {val_acc:.4f}")
+    fit(model, (x_train, y_train), (x_test, y_test), args.epochs, args.batch_size)
 
 
 if __name__ == "__main__":

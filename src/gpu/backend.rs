@@ -314,13 +314,19 @@ impl GpuBackend {
         }
     }
 
-    /// Dense layer `l` on `rows` rows, with its parameters' offsets.
+    /// Dense layer `l` of the MLP on `rows` rows.
     fn dense_shape(&self, l: usize, rows: usize) -> DenseShape {
         let widths = self.widths();
+        self.weighted_dense(l, rows, (widths[l], widths[l + 1]))
+    }
+
+    /// The `l`-th weighted layer, a dense layer of `inputs` to `units`, on `rows` rows,
+    /// with its parameters' offsets.
+    fn weighted_dense(&self, l: usize, rows: usize, (inputs, units): (usize, usize)) -> DenseShape {
         DenseShape {
             rows,
-            inputs: widths[l],
-            units: widths[l + 1],
+            inputs,
+            units,
             kernel_off: self.layout.kernels[l].start,
             bias_off: self.layout.biases[l].start,
         }

@@ -165,13 +165,7 @@ impl GpuBackend {
     /// Dense layer `l` (the `l`-th weighted layer, layer `i` of the list) on `rows` rows.
     fn layer_dense_shape(&self, l: usize, rows: usize, i: usize) -> DenseShape {
         let widths = self.layer_widths();
-        DenseShape {
-            rows,
-            inputs: widths[i],
-            units: widths[i + 1],
-            kernel_off: self.layout.kernels[l].start,
-            bias_off: self.layout.biases[l].start,
-        }
+        self.weighted_dense(l, rows, (widths[i], widths[i + 1]))
     }
 
     /// The backwards from the top layer down, for `rows` rows: each layer's parameter
