@@ -282,15 +282,17 @@ impl PageForm {
         let seed = field("seed", &self.seed, seed)?;
         let train_limit = field("train limit", &self.train_limit, optional_limit)?;
         let test_limit = field("test limit", &self.test_limit, optional_limit)?;
+        // The page always shuffles.
+        let options = TrainOptions {
+            shuffle: true,
+            epochs,
+            batch_size,
+            seed,
+        };
         Ok(Settings {
             model,
             lr,
-            options: TrainOptions {
-                epochs,
-                batch_size,
-                seed,
-                shuffle: true,
-            },
+            options,
             train_limit,
             test_limit,
         })

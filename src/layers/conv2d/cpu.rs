@@ -124,6 +124,27 @@ fn with_scratch<R>(s: &ConvShape, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -
     result
 }
 
+/// Runs `f(first, n, cols, other)` for each group of `s`'s batch (its first sample and
+/// its `n` samples) with this thread's scratch buffers cut to the group: `cols`
+/// (`[in·k·k, n·pixels]`) holding the group's patches of `x` when `x` is given, and
+/// `other` room for `[out, n·pixels]` values.
+fn for_each_group(
+    s: &ConvShape,
+    x: Option<&[f32]>,
+    mut f: impl FnMut(usize, usize, &mut [f32], &mut [f32]),
+) {
+    let (pixels, outputs) = (s.out_pixels(), s.out_channels * s.out_pixels());
+    with_scratch(s, |cols, other| {
+        for (first, n) in groups(s) {
+            let cols = &mut cols[..s.patch() * n * pixels];
+            if let Some(x) = x {
+                im2col(&x[first * s.in_len()..(first + n) * s.in_len()], s, cols);
+            }
+            f(first, n, cols, &mut other[..n * outputs]);
+        }
+    });
+}
+
 /// The samples of `s`'s batch in groups: `(first sample, samples)`.
 fn groups(s: &ConvShape) -> impl Iterator<Item = (usize, usize)> {
     let (batch, group) = (s.batch, group_size(s));
@@ -165,29 +186,18 @@ fn add_bias(out: &mut [f32], product: &[f32], bias: f32, relu: bool) {
 fn forward_gemm(x: &[f32], w: &[f32], bias: &[f32], s: &ConvShape, relu: bool, y: &mut [f32]) {
     let (pixels, outputs) = (s.out_pixels(), s.out_channels * s.out_pixels());
     let kernel = Mat::rows(w, s.out_channels, s.patch());
-    with_scratch(s, |cols, products| {
-        for (first, n) in groups(s) {
-            let (cols, products) = (
-                &mut cols[..s.patch() * n * pixels],
-                &mut products[..n * outputs],
-            );
-            im2col(&x[first * s.in_len()..(first + n) * s.in_len()], s, cols);
-            matmul(
-                kernel,
-                Mat::rows(cols, s.patch(), n * pixels),
-                0.0,
-                products,
-            );
-            let y = &mut y[first * outputs..(first + n) * outputs];
-            y.par_chunks_exact_mut(outputs)
-                .enumerate()
-                .for_each(|(b, y_b)| {
-                    for (o, (row, &bias)) in y_b.chunks_exact_mut(pixels).zip(bias).enumerate() {
-                        let product = &products[(o * n + b) * pixels..(o * n + b + 1) * pixels];
-                        add_bias(row, product, bias, relu);
-                    }
-                });
-        }
+    for_each_group(s, Some(x), |first, n, cols, products| {
+        let pixels_n = n * pixels;
+        matmul(kernel, Mat::rows(cols, s.patch(), pixels_n), 0.0, products);
+        let y = &mut y[first * outputs..(first + n) * outputs];
+        y.par_chunks_exact_mut(outputs)
+            .enumerate()
+            .for_each(|(b, y_b)| {
+                for (o, (row, &bias)) in y_b.chunks_exact_mut(pixels).zip(bias).enumerate() {
+                    let product = &products[(o * n + b) * pixels..(o * n + b + 1) * pixels];
+                    add_bias(row, product, bias, relu);
+                }
+            });
     });
 }
 
@@ -244,20 +254,13 @@ pub(super) fn weight_grad_gemm(
     let (pixels, outputs) = (s.out_pixels(), s.out_channels * s.out_pixels());
     dw.fill(0.0);
     db.fill(0.0);
-    with_scratch(s, |cols, grad| {
-        for (first, n) in groups(s) {
-            let (cols, grad) = (
-                &mut cols[..s.patch() * n * pixels],
-                &mut grad[..n * outputs],
-            );
-            im2col(&x[first * s.in_len()..(first + n) * s.in_len()], s, cols);
-            let dy = &dy[first * outputs..(first + n) * outputs];
-            channels_first(dy, s.out_channels, pixels, grad);
-            let grad_t = Mat::rows(grad, s.out_channels, n * pixels);
-            matmul(grad_t, Mat::rows(cols, s.patch(), n * pixels).t(), 1.0, dw);
-            for (acc, row) in db.iter_mut().zip(grad.chunks_exact(n * pixels)) {
-                *acc += row.iter().sum::<f32>();
-            }
+    for_each_group(s, Some(x), |first, n, cols, grad| {
+        let dy = &dy[first * outputs..(first + n) * outputs];
+        channels_first(dy, s.out_channels, pixels, grad);
+        let grad_t = Mat::rows(grad, s.out_channels, n * pixels);
+        matmul(grad_t, Mat::rows(cols, s.patch(), n * pixels).t(), 1.0, dw);
+        for (acc, row) in db.iter_mut().zip(grad.chunks_exact(n * pixels)) {
+            *acc += row.iter().sum::<f32>();
         }
     });
 }
@@ -384,26 +387,16 @@ pub fn conv2d_input_grad(
 pub(super) fn input_grad_gemm(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]) {
     let (pixels, outputs) = (s.out_pixels(), s.out_channels * s.out_pixels());
     let kernel_t = Mat::rows(w, s.out_channels, s.patch()).t();
-    with_scratch(s, |cols, grad| {
-        for (first, n) in groups(s) {
-            let (cols, grad) = (
-                &mut cols[..s.patch() * n * pixels],
-                &mut grad[..n * outputs],
-            );
-            let dy = &dy[first * outputs..(first + n) * outputs];
-            channels_first(dy, s.out_channels, pixels, grad);
-            matmul(
-                kernel_t,
-                Mat::rows(grad, s.out_channels, n * pixels),
-                0.0,
-                cols,
-            );
-            col2im(
-                cols,
-                s,
-                &mut dx[first * s.in_len()..(first + n) * s.in_len()],
-            );
-        }
+    for_each_group(s, None, |first, n, cols, grad| {
+        let dy = &dy[first * outputs..(first + n) * outputs];
+        channels_first(dy, s.out_channels, pixels, grad);
+        let grad = Mat::rows(grad, s.out_channels, n * pixels);
+        matmul(kernel_t, grad, 0.0, cols);
+        col2im(
+            cols,
+            s,
+            &mut dx[first * s.in_len()..(first + n) * s.in_len()],
+        );
     });
 }
 
