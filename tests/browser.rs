@@ -334,6 +334,10 @@ fn the_page_trains_the_convnet_on_webgpu_like_the_cli() {
         let lines = wait_for_run(session);
         assert!(device_line(&lines).contains("WebGPU"), "{lines:#?}");
         let page = page_record(&lines);
+        eprintln!(
+            "the convnet in the page: {:.2} s for 320 samples ({:.0} samples/s)",
+            page.seconds, page.samples_per_second
+        );
         let cli = cli_run(&[
             "--model",
             "convnet",
