@@ -52,8 +52,20 @@ fn gemm_cases(large: bool) -> Vec<(String, usize, usize, usize, u8)> {
     }
     // The convnet's second convolution at batch 128 as one product, both ways round: as
     // the CPU path forms it (W · cols) and transposed (colsᵀ · Wᵀ), PyTorch's shape.
-    cases.push(("gemm/conv2 W·cols (64×288·288×15488)".into(), 64, 288, 15488, 0));
-    cases.push(("gemm/conv2 colsᵀ·Wᵀ (15488×288·288×64)".into(), 15488, 288, 64, 0));
+    cases.push((
+        "gemm/conv2 W·cols (64×288·288×15488)".into(),
+        64,
+        288,
+        15488,
+        0,
+    ));
+    cases.push((
+        "gemm/conv2 colsᵀ·Wᵀ (15488×288·288×64)".into(),
+        15488,
+        288,
+        64,
+        0,
+    ));
     cases.push(("gemm/square/1024".into(), 1024, 1024, 1024, 0));
     if large {
         cases.push(("gemm/square/4096".into(), 4096, 4096, 4096, 0));

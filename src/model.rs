@@ -396,6 +396,11 @@ impl Default for ModelConfig {
 /// Largest model accepted (trainable parameters).
 pub const MAX_PARAMS: usize = 100_000_000;
 
+/// Most activation values a sample (the input and every layer's output) of a model
+/// accepted: 4 MiB a sample, so a batch of 128 keeps 512 MiB of activations and as much
+/// of their gradients. The convnet has 40,378.
+pub const MAX_ACTIVATIONS: usize = 1 << 20;
+
 /// The output layer: one unit per class, no activation (the softmax is in the loss).
 const OUTPUT: LayerSpec = LayerSpec::Dense {
     units: CLASSES,
@@ -532,7 +537,27 @@ impl ModelConfig {
     /// that is small enough to train here.
     pub fn check(&self) -> Result<(), String> {
         self.check_supported()?;
-        self.check_size()
+        self.check_size()?;
+        self.check_activations()
+    }
+
+    /// Refuse models whose activations are too large to train here (more than
+    /// [`MAX_ACTIVATIONS`] values a sample over the input and every layer's output: a
+    /// batch keeps them all, and their gradients, for the backward pass).
+    pub fn check_activations(&self) -> Result<(), String> {
+        let shapes = self.activations()?;
+        let values = shapes
+            .iter()
+            .try_fold(0usize, |sum, shape| sum.checked_add(shape.values()));
+        match values {
+            Some(n) if n <= MAX_ACTIVATIONS => Ok(()),
+            values => Err(format!(
+                "the model {} has {} activation values a sample; at most {MAX_ACTIVATIONS} \
+                 are supported",
+                format_layers(&self.layers),
+                values.map_or("too many".to_string(), |n| n.to_string())
+            )),
+        }
     }
 
     /// The units of every Dense layer, in order.
@@ -550,8 +575,9 @@ impl ModelConfig {
         hidden
     }
 
-    /// Widths of the input and of every Dense layer's output: `[784, hidden..., 10]`
-    /// (BatchNorm keeps its input's width).
+    /// For the MLP (its fused paths): the widths of the input and of every Dense layer's
+    /// output, `[784, hidden..., 10]` (BatchNorm keeps its input's width). The layer
+    /// paths use `layers::plan::activation_widths`, which every model has.
     pub fn widths(&self) -> Vec<usize> {
         std::iter::once(INPUT).chain(self.dense_units()).collect()
     }
@@ -1144,6 +1170,28 @@ mod tests {
     }
 
     /// The MLP shape, which the GPU trainer and the CPU's fused paths build.
+    /// A model of few parameters but huge activations is refused in one line.
+    #[test]
+    fn models_with_huge_activations_are_refused() {
+        let wide = config("conv2d(65536,3,relu),maxpool2d(26),flatten,dense(10)");
+        assert!(wide.check_size().is_ok());
+        let error = wide.check().unwrap_err();
+        assert!(
+            error.contains("activation values a sample; at most 1048576"),
+            "{error}"
+        );
+        assert!(!error.contains('\n'));
+        let convnet = ModelConfig::convnet(false);
+        assert_eq!(convnet.check(), Ok(()));
+        let values: usize = convnet
+            .activations()
+            .unwrap()
+            .iter()
+            .map(|a| a.values())
+            .sum();
+        assert_eq!(values, 40_378);
+    }
+
     #[test]
     fn the_mlp_shape_is_recognised() {
         for text in ["batchnorm,dense(128,relu),dense(10)", "batchnorm,dense(10)"] {

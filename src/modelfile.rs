@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | `i.weight`, `i.bias` | `[784]` | BatchNorm gamma, beta |
 //! | `i.running_mean`, `i.running_var` | `[784]` | BatchNorm moving statistics |
-//! | `i.num_batches_tracked` | `[]` (i64) | training steps taken (PyTorch's BatchNorm buffer) |
+//! | `i.num_batches_tracked` | `[]` (i64) | training steps taken (PyTorch's BatchNorm buffer; a model without BatchNorm has none) |
 //! | `i.weight` | `[out, in]` | Dense kernel, transposed from Keras' `[in, out]` |
 //! | `i.weight` | `[out, in, k, k]` | Conv2D kernel (stored this way) |
 //! | `i.bias` | `[out]` | Dense or Conv2D bias |

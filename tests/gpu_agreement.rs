@@ -140,14 +140,14 @@ fn training_steps_match_cpu() {
 }
 
 /// Models the layer path trains (`gpu/backend/layers.rs` against `cpu/stack.rs`): the
-/// Keras convnet (dropout on), a list with a BatchNorm first, a dropout right after a
-/// ReLU and a dense layer without one, and a convolution flattened straight into the
-/// output. Two epochs of 10 steps each (the second epoch's dropout masks count on from
-/// the first's), then the parameters, Adam's moments and the evaluation against the
-/// CPU's.
+/// Keras convnet (dropout on), a list with a BatchNorm first, two dropouts (one right
+/// after a ReLU) and a dense layer without one, and a convolution flattened straight
+/// into the output. Two epochs of 11 steps each, the last a partial batch (the second
+/// epoch's dropout masks count on from the first's), then the parameters, Adam's
+/// moments and the evaluation against the CPU's.
 #[test]
 fn layer_lists_train_as_on_the_cpu() {
-    let data = mnist(160, 100);
+    let data = mnist(170, 100);
     let hyper = Hyper {
         dropout_seed: 9,
         ..Hyper::default()
@@ -155,7 +155,7 @@ fn layer_lists_train_as_on_the_cpu() {
     for backend in backends() {
         for layers in [
             mnist_gpu::model::KERAS_CONVNET,
-            "batchnorm,dense(64,relu),dropout(0.3),dense(32),dense(10)",
+            "batchnorm,dense(64,relu),dropout(0.3),dense(32),dropout(0.2),dense(10)",
             "conv2d(4,5,relu),flatten,dense(10)",
         ] {
             let config = ModelConfig {

@@ -167,7 +167,8 @@ impl CpuBackend {
     /// Chooses the first layer's path: sparse (folded BatchNorm, nonzero pixels only) or
     /// dense (the reference kernels, as the GPU runs them). Both train the same model.
     pub fn set_sparse_input(&mut self, sparse: bool) {
-        let planned = self.fusions.sparse_first_layer;
+        // The layer stack (every model but the MLP) has no sparse first layer.
+        let planned = self.fusions.sparse_first_layer && self.stack.is_none();
         self.sparse_train =
             (sparse && planned).then(|| SparseImages::from_dense(&self.data.train.images, INPUT));
     }

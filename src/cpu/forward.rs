@@ -94,21 +94,30 @@ pub fn infer(params: &Params, bn_eps: f32, images: &[u8]) -> Vec<[f32; CLASSES]>
         .collect()
 }
 
-/// The logits of the images `indices` through the layer stack, in inference mode.
+/// The logits of the images `indices` through the layer stack, in inference mode, in
+/// chunks of [`INFER_CHUNK`] images (a whole test set at once would hold gigabytes of
+/// activations).
 fn infer_layered(params: &Params, bn_eps: f32, images: &[u8], indices: &[u32]) -> Vec<f32> {
     let hyper = Hyper {
         bn_eps,
         ..Hyper::default()
     };
-    let pass = Pass {
-        batch: indices.len(),
-        training: false,
-        step: 0,
-    };
     let mut stack = LayerStack::new(&params.config);
     // Inference changes nothing in the parameters; the stack's forward takes them
     // mutably for training's moving statistics, so it gets a copy.
     let mut params = params.clone();
-    stack.forward(&mut params, &hyper, (images, indices), pass);
-    stack.logits().to_vec()
+    let mut logits = Vec::with_capacity(indices.len() * CLASSES);
+    for chunk in indices.chunks(INFER_CHUNK) {
+        let pass = Pass {
+            batch: chunk.len(),
+            training: false,
+            step: 0,
+        };
+        stack.forward(&mut params, &hyper, (images, chunk), pass);
+        logits.extend_from_slice(stack.logits());
+    }
+    logits
 }
+
+/// Images per forward pass of [`infer`] through the layer stack.
+const INFER_CHUNK: usize = 1000;

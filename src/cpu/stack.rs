@@ -17,7 +17,7 @@ use crate::layers::batchnorm::cpu::{
 use crate::layers::conv2d::cpu::{conv2d_forward, conv2d_input_grad, conv2d_weight_grad};
 use crate::layers::conv2d::ConvShape;
 use crate::layers::dense::cpu::{bias_grad, gemm_forward, gemm_input_grad, gemm_weight_grad};
-use crate::layers::dropout::cpu::{dropout_apply, DropMask};
+use crate::layers::dropout::cpu::{dropout_apply, layer_seed, DropMask};
 use crate::layers::maxpool2d::cpu::{maxpool2d_backward, maxpool2d_forward};
 use crate::layers::maxpool2d::PoolShape;
 use crate::layers::plan::{activation_widths, LayerOp};
@@ -67,15 +67,19 @@ impl LayerStack {
         }
     }
 
-    fn resize(&mut self, batch: usize) {
-        if self.batch == batch && !self.acts.is_empty() {
-            return;
+    /// Activations for `batch` rows, and their gradients too when `grads` (training):
+    /// inference never allocates them.
+    fn resize(&mut self, batch: usize, grads: bool) {
+        if self.batch != batch || self.acts.is_empty() {
+            self.batch = batch;
+            self.acts = self.widths.iter().map(|w| vec![0.0; batch * w]).collect();
+            self.labels = vec![0; batch];
         }
-        self.batch = batch;
-        self.acts = self.widths.iter().map(|w| vec![0.0; batch * w]).collect();
-        self.deltas = self.acts.clone();
-        self.xhat = vec![0.0; batch * self.inv_std.len()];
-        self.labels = vec![0; batch];
+        let grad_rows = self.deltas.first().map_or(0, |d| d.len() / INPUT);
+        if grads && grad_rows != batch {
+            self.deltas = self.acts.clone();
+            self.xhat = vec![0.0; batch * self.inv_std.len()];
+        }
     }
 
     /// The logits of the last forward pass, `[batch, 10]`.
@@ -93,7 +97,7 @@ impl LayerStack {
         (images, indices): (&[u8], &[u32]),
         pass: Pass,
     ) {
-        self.resize(pass.batch);
+        self.resize(pass.batch, pass.training);
         let scale = params.config.pixel_scale();
         gather_scaled(images, INPUT, indices, scale, &mut self.acts[0]);
         for i in 0..self.ops.len() {
@@ -147,8 +151,8 @@ impl LayerStack {
                 conv2d_forward(x, params.kernel(w), params.bias(w), &shape, relu, y);
             }
             LayerOp::Pool { shape } => maxpool2d_forward(x, &PoolShape { batch, ..shape }, y),
-            LayerOp::Dropout { rate } if pass.training => {
-                dropout_apply(x, &drop_mask(rate, hyper, pass.step), y);
+            LayerOp::Dropout { rate, rank } if pass.training => {
+                dropout_apply(x, &drop_mask((rate, rank), hyper, pass.step), y);
             }
             LayerOp::Flatten | LayerOp::Dropout { .. } => y.copy_from_slice(x),
         }
@@ -170,7 +174,7 @@ impl LayerStack {
             training: true,
             step,
         };
-        self.resize(pass.batch);
+        self.resize(pass.batch, true);
         let scale = params.config.pixel_scale();
         gather_scaled(images, INPUT, indices, scale, &mut self.acts[0]);
         for (label, &i) in self.labels.iter_mut().zip(indices) {
@@ -244,7 +248,9 @@ impl LayerStack {
             LayerOp::Pool { shape } => {
                 maxpool2d_backward(x, dy, &PoolShape { batch, ..shape }, relu_below, dx);
             }
-            LayerOp::Dropout { rate } => dropout_apply(dy, &drop_mask(rate, hyper, pass.step), dx),
+            LayerOp::Dropout { rate, rank } => {
+                dropout_apply(dy, &drop_mask((rate, rank), hyper, pass.step), dx);
+            }
             LayerOp::Flatten => dx.copy_from_slice(dy),
         }
     }
@@ -278,10 +284,10 @@ fn phase_names(config: &ModelConfig) -> Vec<[&'static str; 2]> {
         .collect()
 }
 
-/// The mask of a dropout layer at `rate` in the Adam update `step` (1-based): the hash
-/// takes the step's low 32 bits.
-fn drop_mask(rate: f32, hyper: &Hyper, step: u64) -> DropMask {
-    DropMask::new(rate, hyper.dropout_seed, step as u32)
+/// The mask of the `rank`-th dropout layer, at `rate`, in the Adam update `step`
+/// (1-based): the hash takes the step's low 32 bits.
+fn drop_mask((rate, rank): (f32, usize), hyper: &Hyper, step: u64) -> DropMask {
+    DropMask::new(rate, layer_seed(hyper.dropout_seed, rank), step as u32)
 }
 
 /// The first layer's BatchNorm γ and β, and its moving statistics to update.

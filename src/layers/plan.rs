@@ -1,10 +1,9 @@
 //! What a trainer runs for a model's layer list: each layer as a [`LayerOp`] with its
-//! shapes, and which fusions apply.
-//!
-//! Which fusions a trainer runs, chosen from the model's layer list. Each fusion is an
-//! optimisation of a pattern of consecutive layers, never the architecture: the layers
-//! run unfused when its rule does not match (or when a test turns it off), and each is
-//! tested against the unfused layers (`tests/fusions.rs`).
+//! shapes (what the layer paths, `cpu/stack.rs` and the GPU's `backend/layers.rs`,
+//! walk), and which fusions apply ([`Fusions`], for the MLP's fused path). Each fusion
+//! is an optimisation of a pattern of consecutive layers, never the architecture: the
+//! layers run unfused when its rule does not match (or when a test turns it off), and
+//! each is tested against the unfused layers (`tests/fusions.rs`).
 //!
 //! | fusion | rule | what it saves |
 //! | --- | --- | --- |
@@ -82,8 +81,11 @@ pub enum LayerOp {
         shape: PoolShape,
     },
     Flatten,
+    /// The `rank`-th dropout layer of the model (from 0), which sets its masks' seed
+    /// (`dropout::cpu::layer_seed`).
     Dropout {
         rate: f32,
+        rank: usize,
     },
 }
 
@@ -91,7 +93,7 @@ impl LayerOp {
     /// The stack's operations for `config`'s layers.
     pub fn plan(config: &ModelConfig) -> Vec<LayerOp> {
         let layout = ParamLayout::new(config);
-        let mut weighted = 0;
+        let (mut weighted, mut dropouts) = (0, 0);
         let mut ops = Vec::with_capacity(config.layers.len());
         for (spec, input) in config.layers.iter().zip(config.layer_inputs()) {
             let image = match input {
@@ -127,9 +129,13 @@ impl LayerOp {
                     shape: PoolShape::new(0, image.0, image.1, size),
                 },
                 LayerSpec::Flatten => LayerOp::Flatten,
-                LayerSpec::Dropout { rate } => LayerOp::Dropout { rate },
+                LayerSpec::Dropout { rate } => LayerOp::Dropout {
+                    rate,
+                    rank: dropouts,
+                },
             };
             weighted += usize::from(matches!(op, LayerOp::Dense { .. } | LayerOp::Conv { .. }));
+            dropouts += usize::from(matches!(op, LayerOp::Dropout { .. }));
             ops.push(op);
         }
         ops

@@ -65,7 +65,7 @@ struct State {
     partial: StepProgress,
     test: crate::data::Dataset,
     /// The model after the last epoch, for drawing and downloading, and Adam's step
-    /// count then (the model file's `num_batches_tracked`).
+    /// count then (the model file's `num_batches_tracked`, in a model with BatchNorm).
     params: Option<Params>,
     optimizer_steps: u64,
     predictions: Vec<u8>,

@@ -16,7 +16,7 @@ use crate::device::kernel::{storage_zeroed, Dispatch};
 use crate::layers::batchnorm::{BatchnormBackwardBindings, BnForward};
 use crate::layers::conv2d::ConvShape;
 use crate::layers::dense::{DenseShape, LinearOp};
-use crate::layers::dropout::cpu::DropMask;
+use crate::layers::dropout::cpu::{layer_seed, DropMask};
 use crate::layers::dropout::DropoutBindings;
 use crate::layers::maxpool2d::PoolShape;
 use crate::layers::plan::{activation_widths, LayerOp};
@@ -136,24 +136,25 @@ impl GpuBackend {
                 };
                 vec![self.pipelines.maxpool2d.forward(&shape, x, y)]
             }
-            LayerOp::Dropout { rate } => {
+            LayerOp::Dropout { rate, rank } => {
                 let rate = if training { rate } else { 0.0 };
                 let n = rows * self.layer_widths()[i];
-                vec![self.dropout(n, rate, FORWARD_STEP_BASE, [x, y])]
+                vec![self.dropout(n, (rate, rank), FORWARD_STEP_BASE, [x, y])]
             }
         }
     }
 
-    /// A dropout at `rate` over `n` values of `x` into `out`, its step `step_base` plus
-    /// the step counter's two parts.
+    /// The `rank`-th dropout layer at `rate` over `n` values of `x` into `out`, its step
+    /// `step_base` plus the step counter's two parts.
     fn dropout(
         &self,
         n: usize,
-        rate: f32,
+        (rate, rank): (f32, usize),
         step_base: u32,
         [x, out]: [&wgpu::Buffer; 2],
     ) -> Dispatch {
-        let mask = DropMask::new(rate, self.hyper.dropout_seed, step_base);
+        let seed = layer_seed(self.hyper.dropout_seed, rank);
+        let mask = DropMask::new(rate, seed, step_base);
         let bindings = DropoutBindings {
             state: &self.state,
             x,
@@ -213,10 +214,11 @@ impl GpuBackend {
                 let pool = &self.pipelines.maxpool2d;
                 vec![pool.backward(&shape, [x, dy, dx], mask.is_some())]
             }
-            LayerOp::Dropout { rate } => {
+            LayerOp::Dropout { rate, rank } => {
                 let n = rows * self.layer_widths()[i];
+                let dropout = (rate, rank);
                 let Some(relu_out) = mask else {
-                    return vec![self.dropout(n, rate, BACKWARD_STEP_BASE, [dy, dx])];
+                    return vec![self.dropout(n, dropout, BACKWARD_STEP_BASE, [dy, dx])];
                 };
                 // Through the scratch buffer, then the ReLU below's backward.
                 let bindings = ReluBackwardBindings {
@@ -225,7 +227,7 @@ impl GpuBackend {
                     dx,
                 };
                 vec![
-                    self.dropout(n, rate, BACKWARD_STEP_BASE, [dy, &w.scratch]),
+                    self.dropout(n, dropout, BACKWARD_STEP_BASE, [dy, &w.scratch]),
                     self.pipelines.relu.backward(n, &bindings),
                 ]
             }
@@ -295,7 +297,7 @@ impl GpuBackend {
         let limit = self.ctx.limits.max_storage_buffer_binding_size;
         if bytes > limit {
             return Err(DeviceError::Gpu(format!(
-                "a batch of {rows} rows needs {bytes}-byte activation buffers, more than this device's {limit}-byte storage binding limit (use a smaller --batch-size)"
+                "{rows} rows (a training batch, or an evaluation chunk of up to 1000) need {bytes}-byte activation buffers, more than this device's {limit}-byte storage binding limit (use a smaller --batch-size, or a smaller model)"
             )));
         }
         Ok(())

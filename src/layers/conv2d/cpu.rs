@@ -306,7 +306,7 @@ fn weight_grad_direct(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], db: 
 }
 
 /// One sample's share of filter `o`'s gradient: `dw_o[r] += spread · x_b`'s run `r`.
-/// Also compiled for AVX2 and AVX and picked at run time (`multiversion`; the portable
+/// Also compiled for AVX2 and AVX-512 and picked at run time (`multiversion`; the portable
 /// build has only 4-wide SSE). No version fuses multiply-adds: the same bits on each.
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512vl+avx2+fma",

@@ -19,6 +19,16 @@ pub fn pcg(v: u32) -> u32 {
     (word >> 22) ^ word
 }
 
+/// The seed of a model's `rank`-th dropout layer (0 for the first) in a run seeded
+/// `seed`: the run's seed for the first, each later one mixed with its rank, so that two
+/// dropout layers do not drop the same positions at every step.
+pub fn layer_seed(seed: u32, rank: usize) -> u32 {
+    match rank {
+        0 => seed,
+        _ => seed ^ pcg(rank as u32),
+    }
+}
+
 /// The hash deciding value `index` of step `step` in a run seeded `seed`.
 pub fn dropout_hash(seed: u32, step: u32, index: u32) -> u32 {
     pcg(index.wrapping_add(step_key(seed, step)))
@@ -92,6 +102,20 @@ fn apply_chunk(x: &[f32], mask: &DropMask, (key, first): (u32, u32), out: &mut [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_dropout_layer_has_its_own_mask() {
+        assert_eq!(layer_seed(42, 0), 42);
+        let x = vec![1.0f32; 4096];
+        let masks: Vec<Vec<f32>> = (0..3)
+            .map(|rank| {
+                let mut out = vec![0.0; x.len()];
+                dropout_apply(&x, &DropMask::new(0.5, layer_seed(42, rank), 7), &mut out);
+                out
+            })
+            .collect();
+        assert!(masks[0] != masks[1] && masks[1] != masks[2] && masks[0] != masks[2]);
+    }
 
     #[test]
     fn drops_about_the_rate_and_scales_the_rest() {

@@ -28,13 +28,6 @@ fn plane_argmax(plane: &[f32], s: &PoolShape, oy: usize, ox: usize) -> usize {
     best
 }
 
-/// The flat index in `x` of the largest value of output pixel `(plane, oy, ox)`'s window,
-/// `plane` being `b·channels + c`.
-pub fn window_argmax(x: &[f32], s: &PoolShape, plane: usize, oy: usize, ox: usize) -> usize {
-    let len = s.height * s.width;
-    plane * len + plane_argmax(&x[plane * len..(plane + 1) * len], s, oy, ox)
-}
-
 /// Forward: each output is its window's maximum.
 pub fn maxpool2d_forward(x: &[f32], s: &PoolShape, y: &mut [f32]) {
     assert!(x.len() == s.in_len() && y.len() == s.out_len());
@@ -54,22 +47,18 @@ fn rows_of_window<'x>(x: &'x [f32], s: &PoolShape, oy: usize) -> (&'x [f32], &'x
 }
 
 /// The first maximum of a 2×2 window (`top` and `bottom` rows of 2) in row-major order:
-/// its place (0 to 3) and value. A later value wins only when strictly greater.
+/// its place (0 to 3) and value. Each later value wins only when strictly greater than
+/// the best so far, the order of the general loop in [`plane_argmax`] and of the GPU's,
+/// so a NaN gives the same answer everywhere.
 #[inline(always)]
 fn first_max_2x2(top: &[f32], bottom: &[f32]) -> (usize, f32) {
-    let pair = |row: &[f32], first: usize| {
-        if row[1] > row[0] {
-            (first + 1, row[1])
-        } else {
-            (first, row[0])
+    let mut best = (0, top[0]);
+    for (at, v) in [(1, top[1]), (2, bottom[0]), (3, bottom[1])] {
+        if v > best.1 {
+            best = (at, v);
         }
-    };
-    let (upper, lower) = (pair(top, 0), pair(bottom, 2));
-    if lower.1 > upper.1 {
-        lower
-    } else {
-        upper
     }
+    best
 }
 
 /// One plane of [`maxpool2d_forward`].
