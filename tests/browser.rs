@@ -325,7 +325,8 @@ fn the_page_trains_on_webgpu_like_the_cli_and_its_model_draws_and_evaluates() {
 
 /// The page offers the convnet: chosen in the URL, it trains on WebGPU with the
 /// convnet's layers and dropout and gives the CLI's metrics for the same flags, and its
-/// downloaded model evaluates to the page's accuracy.
+/// downloaded model evaluates to the page's accuracy; a convnet from the command line
+/// loads, evaluates to `eval`'s accuracy and reads a drawn digit.
 #[test]
 fn the_page_trains_the_convnet_on_webgpu_like_the_cli() {
     in_browser("convnet", &WEBGPU_ARGS, |session, base| {
@@ -353,6 +354,15 @@ fn the_page_trains_the_convnet_on_webgpu_like_the_cli() {
         assert_agrees(&page, &cli[0]);
         let accuracy = eval_downloaded_model(session, "200");
         assert_eq!(accuracy, format!("{:.2}", page.val_accuracy * 100.0));
+        // A convnet trained by the command line loads, evaluates as `eval` does, and
+        // reads a digit drawn on the canvas.
+        check_loading_a_cli_model(session, &["--model", "convnet"], "200");
+        let (label, top3) = draw_test_digit(session, 0);
+        assert_eq!(
+            top3[0][0].as_u64(),
+            Some(label as u64),
+            "drew a {label}: {top3}"
+        );
     });
 }
 
@@ -364,13 +374,14 @@ fn without_webgpu_the_page_trains_on_the_cpu_path() {
         let device = device_line(&lines);
         assert!(device.contains("cpu"), "expected the CPU path: {device}");
         assert_agrees(&page_record(&lines), &cli_record());
-        check_loading_a_cli_model(session);
+        check_loading_a_cli_model(session, &[], "500");
     });
 }
 
-/// A model trained by the CLI, loaded into the page, evaluates there (on the page's 500
-/// test samples) to the accuracy `mnist-gpu eval` prints for it.
-fn check_loading_a_cli_model(session: &Session) {
+/// A model trained by the CLI (with the `model` flags), loaded into the page, evaluates
+/// there (on the page's `test_limit` test samples) to the accuracy `mnist-gpu eval`
+/// prints for it.
+fn check_loading_a_cli_model(session: &Session, model: &[&str], test_limit: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let out = out.to_str().unwrap();
@@ -382,9 +393,22 @@ fn check_loading_a_cli_model(session: &Session) {
         "--train-limit",
         "3000",
     ];
-    succeed(&[&train[..], &["--test-limit", "500", "--out-dir", out]].concat());
+    succeed(
+        &[
+            &train[..],
+            model,
+            &["--test-limit", "500", "--out-dir", out],
+        ]
+        .concat(),
+    );
     let model = dir.path().join("run/model.safetensors");
-    let eval = ["eval", "--cpu-fallback", "--test-limit", "500", "--model"];
+    let eval = [
+        "eval",
+        "--cpu-fallback",
+        "--test-limit",
+        test_limit,
+        "--model",
+    ];
     let stdout = text(&succeed(&[&eval[..], &[model.to_str().unwrap()]].concat()).stdout);
     let cli_accuracy = stdout.split("accuracy: ").nth(1).expect("an accuracy line");
     let cli_accuracy = cli_accuracy.split('%').next().unwrap();
@@ -545,6 +569,14 @@ fn the_page_refuses_what_the_cli_refuses() {
                 "layer width 100000 is too large (at most 65536)",
             ),
             ("hidden=64,abc", "'abc' is not a layer width"),
+            (
+                "model=resnet",
+                "the model field ('resnet'): unknown model 'resnet' (expected mlp or convnet)",
+            ),
+            (
+                "model=convnet&hidden=64",
+                "the hidden field ('64') sets the MLP's widths",
+            ),
             (
                 "seed=-1",
                 "the seed field ('-1'): '-1' is not a whole number from 0",
