@@ -3,7 +3,7 @@
 //! on sparse data (MNIST) it trains the first layer through [`super::sparse`] instead,
 //! which computes the same step from the nonzero pixels only.
 
-use super::forward::{bn_params, dense_forward, forward_eval};
+use super::forward::{dense_forward, forward_eval};
 use super::profile::PhaseClock;
 #[cfg(not(target_arch = "wasm32"))]
 use super::profile::PhaseTime;
@@ -11,7 +11,7 @@ use super::sparse::{
     batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward, sparse_forward,
     ColumnBatch, FirstLayer, FoldedLayer, SparseImages,
 };
-use super::stack::{LayerStack, Pass};
+use super::stack::{batchnorm_state, bn_params, LayerStack, Pass};
 use crate::backend::{Backend, Diverged, EpochEnd, EvalStats, Steps};
 use crate::data::Mnist;
 use crate::host::Task;
@@ -407,20 +407,12 @@ impl CpuBackend {
             &mut w.x,
         );
         self.clock.mark(PHASE_GATHER);
-        let p = &mut self.params;
-        let params = Affine {
-            gamma: &p.trainable[p.layout.gamma.clone()],
-            beta: &p.trainable[p.layout.beta.clone()],
-        };
         let out = TrainOutputs {
             xhat: &mut w.xhat,
             y: &mut w.acts[0],
             inv_std: &mut w.inv_std,
         };
-        let moving = Moments {
-            mean: &mut p.moving_mean[..],
-            var: &mut p.moving_var[..],
-        };
+        let (params, moving) = batchnorm_state(&mut self.params);
         batchnorm_forward_train(&w.x, params, &self.hyper, moving, out);
         self.clock.mark(PHASE_STATS);
     }

@@ -1,8 +1,8 @@
 //! The forward pass, written once: training (after its BatchNorm), evaluation and
 //! `predict` all run these.
 
-use super::stack::{LayerStack, Pass};
-use crate::layers::batchnorm::cpu::{batchnorm_forward_eval, gather_scaled, Affine, Moments};
+use super::stack::{bn_params, moving_stats, LayerStack, Pass};
+use crate::layers::batchnorm::cpu::{batchnorm_forward_eval, gather_scaled};
 use crate::layers::dense::cpu::gemm_forward;
 use crate::layers::relu::cpu::relu_forward;
 use crate::model::{Hyper, Params, CLASSES, INPUT};
@@ -38,14 +38,6 @@ pub fn dense_forward(
     }
 }
 
-/// BatchNorm's parameters γ and β in `params`.
-pub(super) fn bn_params(params: &Params) -> Affine<&[f32]> {
-    Affine {
-        gamma: params.gamma(),
-        beta: params.beta(),
-    }
-}
-
 /// Inference mode on the images `indices` of `images` (u8, 784 each): gather and scale
 /// into `x`, BatchNorm with the moving statistics into `acts[0]`, then the dense layers;
 /// the logits end in the last of `acts`. `x` and `acts` are sized for the batch.
@@ -58,10 +50,7 @@ pub fn forward_eval(
     acts: &mut [Vec<f32>],
 ) {
     gather_scaled(images, INPUT, indices, params.config.pixel_scale(), x);
-    let moving = Moments {
-        mean: &params.moving_mean[..],
-        var: &params.moving_var[..],
-    };
+    let moving = moving_stats(params);
     batchnorm_forward_eval(x, bn_params(params), moving, bn_eps, &mut acts[0]);
     dense_forward(params, acts, (indices.len(), 0), true);
 }

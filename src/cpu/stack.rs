@@ -98,10 +98,28 @@ impl LayerStack {
         pass: Pass,
     ) {
         self.resize(pass.batch, pass.training);
+        self.forward_layers(
+            (params, hyper),
+            (images, indices),
+            pass,
+            &mut PhaseClock::default(),
+        );
+    }
+
+    /// The gather and every layer's forward, `clock` marking each (when it runs).
+    fn forward_layers(
+        &mut self,
+        (params, hyper): (&mut Params, &Hyper),
+        (images, indices): (&[u8], &[u32]),
+        pass: Pass,
+        clock: &mut PhaseClock,
+    ) {
         let scale = params.config.pixel_scale();
         gather_scaled(images, INPUT, indices, scale, &mut self.acts[0]);
+        clock.mark(PHASE_GATHER);
         for i in 0..self.ops.len() {
             self.forward_layer(i, params, hyper, pass);
+            clock.mark(self.phases[i][0]);
         }
     }
 
@@ -121,14 +139,7 @@ impl LayerStack {
                 batchnorm_forward_train(x, affine, hyper, moving, out);
             }
             LayerOp::BatchNorm => {
-                let moving = Moments {
-                    mean: &params.moving_mean[..],
-                    var: &params.moving_var[..],
-                };
-                let affine = Affine {
-                    gamma: params.gamma(),
-                    beta: params.beta(),
-                };
+                let (affine, moving) = (bn_params(params), moving_stats(params));
                 batchnorm_forward_eval(x, affine, moving, hyper.bn_eps, y);
             }
             LayerOp::Dense {
@@ -175,16 +186,10 @@ impl LayerStack {
             step,
         };
         self.resize(pass.batch, true);
-        let scale = params.config.pixel_scale();
-        gather_scaled(images, INPUT, indices, scale, &mut self.acts[0]);
         for (label, &i) in self.labels.iter_mut().zip(indices) {
             *label = labels[i as usize];
         }
-        clock.mark(PHASE_GATHER);
-        for i in 0..self.ops.len() {
-            self.forward_layer(i, params, hyper, pass);
-            clock.mark(self.phases[i][0]);
-        }
+        self.forward_layers((params, hyper), (images, indices), pass, clock);
         let last = self.ops.len();
         let (logits, delta) = (&self.acts[last], &mut self.deltas[last]);
         let (loss_sum, correct) = softmax_xent(logits, &self.labels, CLASSES, Some(delta), None);
@@ -290,8 +295,24 @@ fn drop_mask((rate, rank): (f32, usize), hyper: &Hyper, step: u64) -> DropMask {
     DropMask::new(rate, layer_seed(hyper.dropout_seed, rank), step as u32)
 }
 
+/// BatchNorm's parameters γ and β in `params`.
+pub(super) fn bn_params(params: &Params) -> Affine<&[f32]> {
+    Affine {
+        gamma: params.gamma(),
+        beta: params.beta(),
+    }
+}
+
+/// BatchNorm's moving mean and variance in `params`, to read.
+pub(super) fn moving_stats(params: &Params) -> Moments<&[f32]> {
+    Moments {
+        mean: &params.moving_mean[..],
+        var: &params.moving_var[..],
+    }
+}
+
 /// The first layer's BatchNorm γ and β, and its moving statistics to update.
-fn batchnorm_state(params: &mut Params) -> (Affine<&[f32]>, Moments<&mut [f32]>) {
+pub(super) fn batchnorm_state(params: &mut Params) -> (Affine<&[f32]>, Moments<&mut [f32]>) {
     let Params {
         layout,
         trainable,

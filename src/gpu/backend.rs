@@ -249,6 +249,20 @@ impl GpuBackend {
         }
     }
 
+    /// The bytes of the widest activation buffer (`widths` values a row) for `rows` rows,
+    /// or an error when that is more than one storage binding may hold.
+    fn check_activation_bytes(&self, rows: usize, widths: &[usize]) -> Result<u64, DeviceError> {
+        let widest = widths.iter().copied().max().unwrap_or(1);
+        let bytes = (rows * widest * 4) as u64;
+        let limit = self.ctx.limits.max_storage_buffer_binding_size;
+        if bytes > limit {
+            return Err(DeviceError::Gpu(format!(
+                "{rows} rows (a training batch, or an evaluation chunk of up to 1000) need {bytes}-byte activation buffers, more than this device's {limit}-byte storage binding limit (use a smaller --batch-size, or a smaller model)"
+            )));
+        }
+        Ok(bytes)
+    }
+
     /// Make sure the activation buffers hold `rows` rows; recreating them drops the plans.
     fn ensure_workspace(&mut self, rows: usize) -> Result<(), DeviceError> {
         if self.work.as_ref().is_some_and(|w| w.cap >= rows) {
@@ -259,8 +273,8 @@ impl GpuBackend {
         self.work = None;
         let cap = rows.max(1);
         if self.layered() {
-            self.check_layer_buffers(cap)?;
             let (ops, widths) = (LayerOp::plan(&self.config), self.layer_widths());
+            self.check_activation_bytes(cap, &widths)?;
             let features = self.config.batchnorm_features();
             let d = &self.ctx.device;
             let work = self.ctx.scoped("allocating activation buffers", || {
@@ -270,14 +284,7 @@ impl GpuBackend {
             return Ok(());
         }
         let widths = self.widths();
-        let widest = *widths.iter().max().expect("widths");
-        let bytes = (cap * widest * 4) as u64;
-        if bytes > self.ctx.limits.max_storage_buffer_binding_size {
-            return Err(DeviceError::Gpu(format!(
-                "a batch of {cap} rows needs {bytes}-byte activation buffers, more than this device's {}-byte storage binding limit (use a smaller --batch-size)",
-                self.ctx.limits.max_storage_buffer_binding_size
-            )));
-        }
+        let bytes = self.check_activation_bytes(cap, &widths)?;
         // Only the unfused ReLU backward needs the scratch buffer.
         let scratch_bytes = if self.fusions.relu_in_gemm { 16 } else { bytes };
         let d = &self.ctx.device;

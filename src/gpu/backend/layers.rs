@@ -11,7 +11,6 @@
 //! masks with a kernel of its own.
 
 use super::{GpuBackend, Workspace};
-use crate::device::error::DeviceError;
 use crate::device::kernel::{storage_zeroed, Dispatch};
 use crate::layers::batchnorm::{BatchnormBackwardBindings, BnForward};
 use crate::layers::conv2d::ConvShape;
@@ -288,18 +287,5 @@ impl GpuBackend {
         list.extend(self.layers_backward(rows));
         list.push(self.adam_dispatch(alphas));
         list
-    }
-
-    /// Checks that a layer path's activation for `rows` rows fits one storage binding.
-    pub(super) fn check_layer_buffers(&self, rows: usize) -> Result<(), DeviceError> {
-        let widest = self.layer_widths().into_iter().max().unwrap_or(1);
-        let bytes = (rows * widest * 4) as u64;
-        let limit = self.ctx.limits.max_storage_buffer_binding_size;
-        if bytes > limit {
-            return Err(DeviceError::Gpu(format!(
-                "{rows} rows (a training batch, or an evaluation chunk of up to 1000) need {bytes}-byte activation buffers, more than this device's {limit}-byte storage binding limit (use a smaller --batch-size, or a smaller model)"
-            )));
-        }
-        Ok(())
     }
 }
