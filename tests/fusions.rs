@@ -103,6 +103,32 @@ fn the_layer_stack_matches_the_fused_mlp() {
     assert_predictions_agree("cpu, layer stack", &predictions(a), &predictions(b));
 }
 
+/// The convnet's first convolution and the max-pool above it as one forward and one
+/// backward (`pool_into_first_conv`, the CPU layer path's fusion) train the same model as
+/// the two layers, bit for bit. (The GPU runs the two layers.)
+#[test]
+fn the_pooled_first_convolution_is_the_two_layers_bit_for_bit() {
+    let data = subset();
+    let params = Params::init(&ModelConfig::convnet(false), 7);
+    let mut unfused = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
+    unfused.set_fusions(Fusions::NONE);
+    let mut fused = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
+    train(&mut unfused, &data);
+    train(&mut fused, &data);
+    let bits = |backend: &mut CpuBackend| {
+        let params = block_on(backend.params()).unwrap();
+        let optim = block_on(backend.optim_state()).unwrap();
+        let all = [params.trainable, optim.m, optim.v].concat();
+        all.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    };
+    let (a, b) = (bits(&mut fused), bits(&mut unfused));
+    assert!(a == b, "the fused first layers trained another model");
+    assert!(a != bits(&mut CpuBackend::new(params, Hyper::default(), data)));
+    let (a, b) = (block_on(fused.evaluate()), block_on(unfused.evaluate()));
+    let predictions = |eval: anyhow::Result<EvalStats>| eval.unwrap().predictions;
+    assert_eq!(predictions(a), predictions(b));
+}
+
 #[test]
 fn each_gpu_fusion_matches_the_unfused_layers() {
     let (params, data) = start();

@@ -178,6 +178,9 @@ impl CpuBackend {
     /// allowed, still runs only on data sparse enough for it.
     pub fn set_fusions(&mut self, allowed: Fusions) {
         self.fusions = Fusions::plan(&self.params.config, allowed);
+        if let Some(stack) = &mut self.stack {
+            stack.set_fusions(self.fusions);
+        }
         if !self.fusions.sparse_first_layer {
             self.sparse_train = None;
         }
@@ -187,7 +190,9 @@ impl CpuBackend {
     /// its fused path is tested against. (Every other model always does.)
     pub fn use_layer_stack(&mut self) {
         self.sparse_train = None;
-        self.stack = Some(LayerStack::new(&self.params.config));
+        let mut stack = LayerStack::new(&self.params.config);
+        stack.set_fusions(self.fusions);
+        self.stack = Some(stack);
     }
 
     /// Whether training uses the sparse first-layer path.

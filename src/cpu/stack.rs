@@ -8,19 +8,27 @@
 //! (`[batch, channels, height, width]`), so `flatten` is a copy and a dense layer reads an
 //! image as its flat values. `acts[0]` is the scaled pixels and `acts[i + 1]` layer `i`'s
 //! output; `deltas[i]` is the gradient of the mean loss with respect to `acts[i]`.
+//!
+//! Of [`Fusions`], this path runs `pool_into_first_conv`: a first convolution pools its
+//! output as it computes it, and takes its gradient from the max-pool's, so the two
+//! layers' forward is one pass, and their backward one, and `acts[1]` and `deltas[1]`
+//! (between them) are never written.
 
 use super::profile::PhaseClock;
 use crate::layers::batchnorm::cpu::{
     batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, gather_scaled, Affine,
     Moments, TrainOutputs,
 };
-use crate::layers::conv2d::cpu::{conv2d_forward, conv2d_input_grad, conv2d_weight_grad};
+use crate::layers::conv2d::cpu::{
+    conv2d_forward, conv2d_forward_pooled, conv2d_input_grad, conv2d_weight_grad,
+    conv2d_weight_grad_pooled, PooledGrad,
+};
 use crate::layers::conv2d::ConvShape;
 use crate::layers::dense::cpu::{bias_grad, gemm_forward, gemm_input_grad, gemm_weight_grad};
 use crate::layers::dropout::cpu::{dropout_apply, layer_seed, DropMask};
 use crate::layers::maxpool2d::cpu::{maxpool2d_backward, maxpool2d_forward};
 use crate::layers::maxpool2d::PoolShape;
-use crate::layers::plan::{activation_widths, LayerOp};
+use crate::layers::plan::{activation_widths, Fusions, LayerOp};
 use crate::layers::relu::cpu::relu_backward_in_place;
 use crate::layers::softmax_xent::cpu::softmax_xent;
 use crate::model::{Hyper, ModelConfig, ParamLayout, Params, CLASSES, INPUT};
@@ -38,6 +46,8 @@ pub struct Pass {
 /// The layer list of one model with its activations and gradients, reused across steps.
 pub struct LayerStack {
     ops: Vec<LayerOp>,
+    /// Whether the first convolution takes its gradient from the pool above it.
+    pool_into_first_conv: bool,
     /// Each layer's forward and backward phase names, for the step profile.
     phases: Vec<[&'static str; 2]>,
     /// Values per sample of `acts[i]`.
@@ -45,6 +55,9 @@ pub struct LayerStack {
     batch: usize,
     acts: Vec<Vec<f32>>,
     deltas: Vec<Vec<f32>>,
+    /// Each max-pool layer's arg-maxes (see `maxpool2d_forward`), by layer; empty for
+    /// the others.
+    argmax: Vec<Vec<u32>>,
     /// The first layer's BatchNorm: normalised input and 1/sqrt(var + eps).
     xhat: Vec<f32>,
     inv_std: Vec<f32>,
@@ -56,15 +69,48 @@ impl LayerStack {
         let ops = LayerOp::plan(config);
         LayerStack {
             phases: phase_names(config),
+            pool_into_first_conv: Fusions::plan(config, Fusions::ALL).pool_into_first_conv,
             ops,
             widths: activation_widths(config),
             batch: 0,
             acts: Vec::new(),
             deltas: Vec::new(),
+            argmax: Vec::new(),
             xhat: Vec::new(),
             inv_std: vec![0.0; config.batchnorm_features()],
             labels: Vec::new(),
         }
+    }
+
+    /// Runs those of `planned` (as [`Fusions::plan`] chose them for this model) that this
+    /// path has (see the module's header).
+    pub(super) fn set_fusions(&mut self, planned: Fusions) {
+        self.pool_into_first_conv = planned.pool_into_first_conv;
+    }
+
+    /// Layer `i`'s ReLU's backward, in place on `deltas[i + 1]`, unless a max-pool above
+    /// masked it already (it zeroes its input gradient where this ReLU's output is zero).
+    fn relu_backward(&mut self, i: usize) {
+        let pooled_above = matches!(self.ops.get(i + 1), Some(LayerOp::Pool { .. }));
+        if self.ops[i].relu() && !pooled_above {
+            relu_backward_in_place(&mut self.deltas[i + 1], &self.acts[i + 1]);
+        }
+    }
+
+    /// The first two layers' backward, a convolution and the max-pool above it, in one
+    /// pass (`pool_into_first_conv`): the convolution's gradients straight from the
+    /// pool's output gradient `deltas[2]`.
+    fn backward_first_pooled(&self, params: &Params, batch: usize, grads: &mut [f32]) {
+        let (w, shape, relu, pool) = self.first_conv_and_pool(batch);
+        let above = PooledGrad {
+            dy: &self.deltas[2],
+            y: &self.acts[2],
+            argmax: &self.argmax[1],
+            shape: pool,
+            masked: relu,
+        };
+        let (dw, db) = weighted_grads(grads, &params.layout, w);
+        conv2d_weight_grad_pooled(&self.acts[0], &above, &shape, dw, db);
     }
 
     /// Activations for `batch` rows, and their gradients too when `grads` (training):
@@ -73,6 +119,11 @@ impl LayerStack {
         if self.batch != batch || self.acts.is_empty() {
             self.batch = batch;
             self.acts = self.widths.iter().map(|w| vec![0.0; batch * w]).collect();
+            let pooled = |(op, w): (&LayerOp, &usize)| match op {
+                LayerOp::Pool { .. } => vec![0; batch * w],
+                _ => Vec::new(),
+            };
+            self.argmax = self.ops.iter().zip(&self.widths[1..]).map(pooled).collect();
             self.labels = vec![0; batch];
         }
         let grad_rows = self.deltas.first().map_or(0, |d| d.len() / INPUT);
@@ -118,9 +169,41 @@ impl LayerStack {
         gather_scaled(images, INPUT, indices, scale, &mut self.acts[0]);
         clock.mark(PHASE_GATHER);
         for i in 0..self.ops.len() {
-            self.forward_layer(i, params, hyper, pass);
+            match i {
+                0 if self.pool_into_first_conv => self.forward_first_pooled(params, pass.batch),
+                // The first convolution pooled its output as it computed it.
+                1 if self.pool_into_first_conv => {}
+                _ => self.forward_layer(i, params, hyper, pass),
+            }
             clock.mark(self.phases[i][0]);
         }
+    }
+
+    /// The first layer, a convolution (its weighted-layer index, shape and ReLU), and the
+    /// second, a max-pool, at `batch`: the layers `pool_into_first_conv` fuses.
+    fn first_conv_and_pool(&self, batch: usize) -> (usize, ConvShape, bool, PoolShape) {
+        let (LayerOp::Conv { w, shape, relu }, LayerOp::Pool { shape: pool }) =
+            (self.ops[0], self.ops[1])
+        else {
+            unreachable!("pool_into_first_conv needs a convolution, then a max-pool");
+        };
+        (
+            w,
+            ConvShape { batch, ..shape },
+            relu,
+            PoolShape { batch, ..pool },
+        )
+    }
+
+    /// The first two layers' forward, a convolution and the max-pool above it, in one
+    /// pass (`pool_into_first_conv`): `acts[2]` and the pool's arg-maxes, while `acts[1]`,
+    /// the convolution's output, is not written.
+    fn forward_first_pooled(&mut self, params: &Params, batch: usize) {
+        let (w, shape, relu, pool) = self.first_conv_and_pool(batch);
+        let (pixels, above) = self.acts.split_at_mut(1);
+        let conv = (&pixels[0][..], params.kernel(w), params.bias(w));
+        let (y, argmax) = (&mut above[1][..], &mut self.argmax[1][..]);
+        conv2d_forward_pooled(conv, (&shape, relu), &pool, (y, argmax));
     }
 
     /// Layer `i`'s forward: `acts[i + 1]` from `acts[i]`.
@@ -161,7 +244,10 @@ impl LayerStack {
                 let shape = ConvShape { batch, ..shape };
                 conv2d_forward(x, params.kernel(w), params.bias(w), &shape, relu, y);
             }
-            LayerOp::Pool { shape } => maxpool2d_forward(x, &PoolShape { batch, ..shape }, y),
+            LayerOp::Pool { shape } => {
+                let argmax = &mut self.argmax[i];
+                maxpool2d_forward(x, &PoolShape { batch, ..shape }, y, argmax);
+            }
             LayerOp::Dropout { rate, rank } if pass.training => {
                 dropout_apply(x, &drop_mask((rate, rank), hyper, pass.step), y);
             }
@@ -211,12 +297,15 @@ impl LayerStack {
         pass: Pass,
         grads: &mut [f32],
     ) {
-        let op = self.ops[i];
-        // A max-pool above zeroes its input gradient where this ReLU's output is zero.
-        let pooled_above = matches!(self.ops.get(i + 1), Some(LayerOp::Pool { .. }));
-        if op.relu() && !pooled_above {
-            relu_backward_in_place(&mut self.deltas[i + 1], &self.acts[i + 1]);
+        if self.pool_into_first_conv && i < 2 {
+            // The convolution and its max-pool: one backward, at the convolution's turn.
+            if i == 0 {
+                self.backward_first_pooled(params, pass.batch, grads);
+            }
+            return;
         }
+        let op = self.ops[i];
+        self.relu_backward(i);
         let relu_below = i > 0 && self.ops[i - 1].relu();
         let (lower, upper) = self.deltas.split_at_mut(i + 1);
         let (dy, dx) = (&upper[0][..], &mut lower[i][..]);
@@ -251,7 +340,8 @@ impl LayerStack {
                 }
             }
             LayerOp::Pool { shape } => {
-                maxpool2d_backward(x, dy, &PoolShape { batch, ..shape }, relu_below, dx);
+                let forward = (&self.acts[i + 1][..], &self.argmax[i][..]);
+                maxpool2d_backward(dy, forward, &PoolShape { batch, ..shape }, relu_below, dx);
             }
             LayerOp::Dropout { rate, rank } => {
                 dropout_apply(dy, &drop_mask((rate, rank), hyper, pass.step), dx);

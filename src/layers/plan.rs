@@ -1,6 +1,7 @@
 //! What a trainer runs for a model's layer list: each layer as a [`LayerOp`] with its
 //! shapes (what the layer paths, `cpu/stack.rs` and the GPU's `backend/layers.rs`,
-//! walk), and which fusions apply ([`Fusions`], for the MLP's fused path). Each fusion
+//! walk), and which fusions apply ([`Fusions`]: the MLP's fused path, and the CPU layer
+//! path's first convolution). Each fusion
 //! is an optimisation of a pattern of consecutive layers, never the architecture: the
 //! layers run unfused when its rule does not match (or when a test turns it off), and
 //! each is tested against the unfused layers (`tests/fusions.rs`).
@@ -10,6 +11,7 @@
 //! | `relu_in_gemm` | Dense followed by ReLU | the ReLU in the GEMM's epilogue, its backward as the mask of the input-grad GEMM below it: two elementwise passes a hidden layer |
 //! | `batchnorm_dense_backward` | BatchNorm on the pixels, then Dense | BatchNorm's gradients and the dense kernel's from `xhatᵀ·δ` alone (`batchnorm::cpu::batchnorm_dense_backward`): no input-grad GEMM for the first dense layer |
 //! | `sparse_first_layer` (CPU) | BatchNorm on the pixels, then Dense, on data at most half nonzero | BatchNorm folded into the dense layer, its forward and backward over the nonzero pixels only (`cpu/sparse.rs`) |
+//! | `pool_into_first_conv` (CPU) | Conv2D on the pixels, then MaxPool2D | the convolution's weight gradient straight from the pool's gradients (`conv2d::cpu::conv2d_weight_grad_pooled`): the dense gradient between them (11 MB a step for the convnet) is never written |
 
 use crate::layers::conv2d::ConvShape;
 use crate::layers::maxpool2d::PoolShape;
@@ -21,6 +23,7 @@ pub struct Fusions {
     pub relu_in_gemm: bool,
     pub batchnorm_dense_backward: bool,
     pub sparse_first_layer: bool,
+    pub pool_into_first_conv: bool,
 }
 
 impl Fusions {
@@ -29,6 +32,7 @@ impl Fusions {
         relu_in_gemm: true,
         batchnorm_dense_backward: true,
         sparse_first_layer: true,
+        pool_into_first_conv: true,
     };
 
     /// None: every layer on its own kernels, the reference the fusions are tested against.
@@ -36,6 +40,7 @@ impl Fusions {
         relu_in_gemm: false,
         batchnorm_dense_backward: false,
         sparse_first_layer: false,
+        pool_into_first_conv: false,
     };
 
     /// The fusions of `allowed` whose rules match `config`'s layer list.
@@ -48,7 +53,12 @@ impl Fusions {
         let dense_then_relu = layers
             .iter()
             .any(|layer| matches!(layer, LayerSpec::Dense { relu: true, .. }));
+        let conv_then_pool = matches!(
+            layers.as_slice(),
+            [LayerSpec::Conv2d { .. }, LayerSpec::MaxPool2d { .. }, ..]
+        );
         Fusions {
+            pool_into_first_conv: allowed.pool_into_first_conv && conv_then_pool,
             relu_in_gemm: allowed.relu_in_gemm && dense_then_relu,
             batchnorm_dense_backward: allowed.batchnorm_dense_backward && pixels_then_dense,
             sparse_first_layer: allowed.sparse_first_layer && pixels_then_dense,
@@ -166,7 +176,17 @@ mod tests {
     #[test]
     fn rules_match_the_layer_patterns() {
         let mlp = ModelConfig::mlp(&[128], false);
-        assert_eq!(Fusions::plan(&mlp, Fusions::ALL), Fusions::ALL);
+        let mlp_fusions = Fusions {
+            pool_into_first_conv: false,
+            ..Fusions::ALL
+        };
+        assert_eq!(Fusions::plan(&mlp, Fusions::ALL), mlp_fusions);
+        let convnet = Fusions::plan(&ModelConfig::convnet(false), Fusions::ALL);
+        let only_the_pool = Fusions {
+            pool_into_first_conv: true,
+            ..Fusions::NONE
+        };
+        assert_eq!(convnet, only_the_pool);
         assert_eq!(Fusions::plan(&mlp, Fusions::NONE), Fusions::NONE);
         // A single dense layer has no ReLU to fuse.
         let linear = ModelConfig::mlp(&[], false);

@@ -22,10 +22,17 @@
 //! first layer on the pixels: 9 values a filter) computes its forward and weight
 //! gradient from the definition ([`DIRECT_MAX_PATCH`]), and one whose output gradient is
 //! mostly zeros (under a max-pool) takes both gradients from the nonzero values only
-//! (`sparse.rs`). Each is tested against the GEMMs.
+//! (`sparse.rs`). Each is tested against the GEMMs. A first layer with small filters
+//! under a max-pool also runs with the pool ([`conv2d_forward_pooled`],
+//! [`conv2d_weight_grad_pooled`]), bit for bit the two layers' results, tested against
+//! them.
 
 use super::{sparse, ConvShape};
 use crate::layers::dense::cpu::{matmul, Mat};
+use crate::layers::maxpool2d::cpu::{
+    for_each_gradient, maxpool2d_backward, maxpool2d_forward, maxpool2d_plane,
+};
+use crate::layers::maxpool2d::PoolShape;
 use crate::layers::relu::cpu::relu_backward_in_place;
 use rayon::prelude::*;
 
@@ -175,10 +182,16 @@ pub fn conv2d_forward(
 
 /// `out = product + bias`, then ReLU when `relu`: a forward's last step.
 #[inline(always)]
-fn add_bias(out: &mut [f32], product: &[f32], bias: f32, relu: bool) {
+fn add_bias(out: &mut f32, product: f32, bias: f32, relu: bool) {
+    let y = product + bias;
+    *out = if relu { y.max(0.0) } else { y };
+}
+
+/// [`add_bias`] over a row.
+#[inline(always)]
+fn add_bias_row(out: &mut [f32], product: &[f32], bias: f32, relu: bool) {
     for (v, &p) in out.iter_mut().zip(product) {
-        let y = p + bias;
-        *v = if relu { y.max(0.0) } else { y };
+        add_bias(v, p, bias, relu);
     }
 }
 
@@ -195,7 +208,7 @@ fn forward_gemm(x: &[f32], w: &[f32], bias: &[f32], s: &ConvShape, relu: bool, y
             .for_each(|(b, y_b)| {
                 for (o, (row, &bias)) in y_b.chunks_exact_mut(pixels).zip(bias).enumerate() {
                     let product = &products[(o * n + b) * pixels..(o * n + b + 1) * pixels];
-                    add_bias(row, product, bias, relu);
+                    add_bias_row(row, product, bias, relu);
                 }
             });
     });
@@ -208,21 +221,40 @@ fn forward_gemm(x: &[f32], w: &[f32], bias: &[f32], s: &ConvShape, relu: bool, y
 /// more than its arithmetic.
 const DIRECT_MAX_PATCH: usize = 32;
 
-/// `Σ a[i]·b[i]` in 8 interleaved partial sums (which the compiler keeps in one SIMD
-/// register), added in a fixed order.
+/// Partial sums [`dot`] and [`sum`] keep: four 8-wide chains, so the additions of one
+/// chain wait on each other but the four overlap (one chain was latency-bound: the
+/// first layer's weight gradient took 1.5 ms a step, most of it waiting on adds).
+const LANES: usize = 32;
+
+/// `Σ a[i]·b[i]` in [`LANES`] interleaved partial sums (which the compiler keeps in SIMD
+/// registers), added in a fixed order.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
+    let mut lanes = [0.0f32; LANES];
+    let (a_n, b_n) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_n
         .remainder()
         .iter()
-        .zip(b8.remainder())
+        .zip(b_n.remainder())
         .map(|(x, y)| x * y)
         .sum();
-    for (a, b) in a8.zip(b8) {
-        for l in 0..8 {
+    for (a, b) in a_n.zip(b_n) {
+        for l in 0..LANES {
             lanes[l] += a[l] * b[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `Σ a[i]` in [`LANES`] interleaved partial sums, added in a fixed order.
+#[inline(always)]
+fn sum(a: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let a_n = a.chunks_exact(LANES);
+    let tail: f32 = a_n.remainder().iter().sum();
+    for a in a_n {
+        for l in 0..LANES {
+            lanes[l] += a[l];
         }
     }
     lanes.iter().sum::<f32>() + tail
@@ -241,6 +273,69 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], 
     } else {
         weight_grad_gemm(x, dy, s, dw, db);
     }
+}
+
+/// The output gradient of a layer under a max-pool, as that pool's backward holds it:
+/// the pool's output gradient `dy`, its forward's output `y` and arg-maxes, its shape,
+/// and whether it masks this layer's ReLU (see `maxpool2d::cpu::maxpool2d_backward`).
+pub struct PooledGrad<'a> {
+    pub dy: &'a [f32],
+    pub y: &'a [f32],
+    pub argmax: &'a [u32],
+    pub shape: PoolShape,
+    pub masked: bool,
+}
+
+/// [`conv2d_weight_grad`] of a layer under a max-pool, with the pool's backward fused in:
+/// for a first layer, which needs no input gradient. With small filters, each filter's
+/// gradient plane of a sample is spread from the pool's few gradients into a buffer of
+/// one plane, as [`weight_grad_direct`] spreads it from the dense gradient, so the
+/// results are the same bits, without writing and reading back the batch's dense
+/// gradient (11 MB a step for the convnet's first layer). Larger filters take the
+/// pool's backward and [`conv2d_weight_grad`].
+pub fn conv2d_weight_grad_pooled(
+    x: &[f32],
+    above: &PooledGrad,
+    s: &ConvShape,
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    let (oh, ow) = s.out_size();
+    let pool = &above.shape;
+    let same_shape = (pool.batch, pool.channels, pool.height, pool.width);
+    assert_eq!(
+        same_shape,
+        (s.batch, s.out_channels, oh, ow),
+        "the pool above"
+    );
+    assert!(x.len() == s.batch * s.in_len() && above.dy.len() == pool.out_len());
+    let forward = (above.y, above.argmax);
+    if s.patch() > DIRECT_MAX_PATCH {
+        let mut dense = vec![0.0; pool.in_len()];
+        maxpool2d_backward(above.dy, forward, pool, above.masked, &mut dense);
+        return conv2d_weight_grad(x, &dense, s, dw, db);
+    }
+    // Where each output pixel sits at the input's row stride (see [`span`]).
+    let spread_at: Vec<u32> = (0..oh * ow)
+        .map(|at| (at / ow * s.width + at % ow) as u32)
+        .collect();
+    let windows = pool.out_size().0 * pool.out_size().1;
+    let filters = dw.par_chunks_exact_mut(s.patch()).zip(db.par_iter_mut());
+    filters.enumerate().for_each(|(o, (dw_o, db_o))| {
+        dw_o.fill(0.0);
+        *db_o = 0.0;
+        let mut spread = vec![0.0f32; span(s)];
+        for (b, x_b) in x.chunks_exact(s.in_len()).enumerate() {
+            let first = (b * s.out_channels + o) * windows;
+            let plane = first..first + windows;
+            let forward = (&forward.0[plane.clone()], &forward.1[plane.clone()]);
+            spread.fill(0.0);
+            for_each_gradient(&above.dy[plane], forward, above.masked, |at, g| {
+                spread[spread_at[at] as usize] = g;
+            });
+            *db_o += filter_grad(x_b, &spread, s, dw_o);
+        }
+    });
 }
 
 /// [`conv2d_weight_grad`] as `dy · colsᵀ`, summed group by group.
@@ -296,16 +391,16 @@ fn weight_grad_direct(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], db: 
         let mut spread = vec![0.0f32; span];
         for (x_b, dy_b) in x.chunks_exact(s.in_len()).zip(dy.chunks_exact(outputs)) {
             let dy_o = &dy_b[o * pixels..(o + 1) * pixels];
-            *db_o += dy_o.iter().sum::<f32>();
             for (row, dst) in dy_o.chunks_exact(ow).zip(spread.chunks_mut(s.width)) {
                 dst[..ow].copy_from_slice(row);
             }
-            filter_grad(x_b, &spread, s, dw_o);
+            *db_o += filter_grad(x_b, &spread, s, dw_o);
         }
     });
 }
 
-/// One sample's share of filter `o`'s gradient: `dw_o[r] += spread · x_b`'s run `r`.
+/// One sample's share of filter `o`'s gradient: `dw_o[r] += spread · x_b`'s run `r`;
+/// returns the sum of `spread` (the bias's share).
 /// Also compiled for AVX2 and AVX-512 and picked at run time (`multiversion`; the portable
 /// build has only 4-wide SSE). No version fuses multiply-adds: the same bits on each.
 #[multiversion::multiversion(targets(
@@ -313,11 +408,12 @@ fn weight_grad_direct(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], db: 
     "x86_64+avx2+fma",
     "x86_64+avx"
 ))]
-fn filter_grad(x_b: &[f32], spread: &[f32], s: &ConvShape, dw_o: &mut [f32]) {
+fn filter_grad(x_b: &[f32], spread: &[f32], s: &ConvShape, dw_o: &mut [f32]) -> f32 {
     for (r, d) in dw_o.iter_mut().enumerate() {
         let start = run_start(s, r);
         *d += dot(spread, &x_b[start..start + spread.len()]);
     }
+    sum(spread)
 }
 
 /// [`conv2d_forward`] from its definition: output plane `o` is, for every filter value
@@ -337,29 +433,94 @@ fn forward_direct(x: &[f32], w: &[f32], bias: &[f32], s: &ConvShape, relu: bool,
                 spread.fill(0.0);
                 plane_forward(x_b, w_o, s, spread);
                 for (dst, row) in y_o.chunks_exact_mut(ow).zip(spread.chunks(s.width)) {
-                    add_bias(dst, &row[..ow], bias, relu);
+                    add_bias_row(dst, &row[..ow], bias, relu);
                 }
             }
         },
     );
 }
 
+/// [`conv2d_forward`] and the forward of the max-pool above it (`pool`, its batch set)
+/// in one pass: the pool's output `y` and arg-maxes, as `maxpool2d_forward` gives them
+/// from the convolution's output, bit for bit. With small filters each output plane is
+/// pooled where [`forward_direct`] computes it, so the convolution's output (11 MB a
+/// step for the convnet's first layer) is never written; larger filters run the two
+/// forwards.
+pub fn conv2d_forward_pooled(
+    (x, w, bias): (&[f32], &[f32], &[f32]),
+    (s, relu): (&ConvShape, bool),
+    pool: &PoolShape,
+    (y, argmax): (&mut [f32], &mut [u32]),
+) {
+    let (oh, ow) = s.out_size();
+    let same_shape = (pool.batch, pool.channels, pool.height, pool.width);
+    assert_eq!(
+        same_shape,
+        (s.batch, s.out_channels, oh, ow),
+        "the pool above"
+    );
+    if s.patch() > DIRECT_MAX_PATCH {
+        let mut out = vec![0.0; pool.in_len()];
+        conv2d_forward(x, w, bias, s, relu, &mut out);
+        return maxpool2d_forward(&out, pool, y, argmax);
+    }
+    assert!(x.len() == s.batch * s.in_len() && w.len() == s.out_channels * s.patch());
+    let windows = pool.out_size().0 * pool.out_size().1;
+    let outputs = y.par_chunks_exact_mut(s.out_channels * windows);
+    let samples = x.par_chunks_exact(s.in_len()).zip(outputs);
+    samples
+        .zip(argmax.par_chunks_exact_mut(s.out_channels * windows))
+        .for_each_init(
+            || vec![0.0f32; span(s)],
+            |spread, ((x_b, y_b), argmax_b)| {
+                let filters = w.chunks_exact(s.patch()).zip(bias);
+                let pooled = y_b.chunks_exact_mut(windows);
+                let planes = pooled.zip(argmax_b.chunks_exact_mut(windows));
+                for ((w_o, &bias), (y_o, argmax_o)) in filters.zip(planes) {
+                    spread.fill(0.0);
+                    plane_forward(x_b, w_o, s, spread);
+                    spread.iter_mut().for_each(|v| add_bias(v, *v, bias, relu));
+                    maxpool2d_plane(spread, s.width, pool, y_o, argmax_o);
+                }
+            },
+        );
+}
+
 /// One output plane of [`forward_direct`] at the input's row stride: `spread +=
-/// w_o[r] · x_b`'s run `r` for every filter value. Multiversioned as [`filter_grad`].
+/// w_o[r] · x_b`'s run `r` for every filter value, added in filter order. A block of
+/// [`PLANE_BLOCK`] outputs at a time takes every filter value's share before it is
+/// stored, rather than a pass over the plane per filter value. Multiversioned as
+/// [`filter_grad`].
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512vl+avx2+fma",
     "x86_64+avx2+fma",
     "x86_64+avx"
 ))]
 fn plane_forward(x_b: &[f32], w_o: &[f32], s: &ConvShape, spread: &mut [f32]) {
-    let span = spread.len();
-    for (r, &weight) in w_o.iter().enumerate() {
-        let start = run_start(s, r);
-        for (v, &xv) in spread.iter_mut().zip(&x_b[start..start + span]) {
+    let starts: Vec<usize> = (0..w_o.len()).map(|r| run_start(s, r)).collect();
+    let first = spread.len() / PLANE_BLOCK * PLANE_BLOCK;
+    let mut blocks = spread.chunks_exact_mut(PLANE_BLOCK);
+    for (j, out) in (0..).step_by(PLANE_BLOCK).zip(&mut blocks) {
+        let mut acc = [0.0f32; PLANE_BLOCK];
+        acc.copy_from_slice(out);
+        for (&weight, &start) in w_o.iter().zip(&starts) {
+            let run = &x_b[start + j..start + j + PLANE_BLOCK];
+            for (a, &xv) in acc.iter_mut().zip(run) {
+                *a += weight * xv;
+            }
+        }
+        out.copy_from_slice(&acc);
+    }
+    let tail = blocks.into_remainder();
+    for (&weight, &start) in w_o.iter().zip(&starts) {
+        for (v, &xv) in tail.iter_mut().zip(&x_b[start + first..]) {
             *v += weight * xv;
         }
     }
 }
+
+/// Outputs [`plane_forward`] keeps in registers at a time: two AVX-512 vectors.
+const PLANE_BLOCK: usize = 32;
 
 /// Input gradient: `dx` (`[batch, in, h, w]`) from `dy` through the kernel `w`; when
 /// `mask` (the ReLU output of the layer below, `dx`'s shape) is given, zeroed where
@@ -516,6 +677,50 @@ mod tests {
         forward_direct(&x, &w, &bias, &s, true, &mut y);
         forward_gemm(&x, &w, &bias, &s, true, &mut y_gemm);
         assert!(close(&y, &y_gemm));
+    }
+
+    /// A first layer under a max-pool, its forward and weight gradient taken with the
+    /// pool's (`conv2d_forward_pooled`, `conv2d_weight_grad_pooled`), gives the two
+    /// layers' own results bit for bit: small filters (the direct paths, an odd row and
+    /// column left out of the pool) and larger ones (the GEMMs), with ReLU and without.
+    #[test]
+    fn the_pooled_paths_are_the_two_layers_bit_for_bit() {
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for s in [
+            ConvShape::alone(3, 2, (9, 8), 4, 3),
+            ConvShape::alone(2, 5, (8, 9), 3, 3),
+        ] {
+            let (x, w, bias) = layer(&s);
+            let (oh, ow) = s.out_size();
+            let pool = PoolShape::new(s.batch, s.out_channels, (oh, ow), 2);
+            let dy = values(pool.out_len(), 29, 13);
+            for relu in [true, false] {
+                let mut out = vec![0.0; pool.in_len()];
+                conv2d_forward(&x, &w, &bias, &s, relu, &mut out);
+                let (mut y, mut argmax) = (vec![0.0; pool.out_len()], vec![0; pool.out_len()]);
+                maxpool2d_forward(&out, &pool, &mut y, &mut argmax);
+                let (mut y_fused, mut argmax_fused) = (vec![1.0; y.len()], vec![7; y.len()]);
+                let fused_out = (&mut y_fused[..], &mut argmax_fused[..]);
+                conv2d_forward_pooled((&x, &w, &bias), (&s, relu), &pool, fused_out);
+                assert_eq!((bits(&y_fused), &argmax_fused), (bits(&y), &argmax));
+                assert!(relu == y.contains(&0.0), "ReLU drops some windows");
+
+                let mut dense = vec![0.0; pool.in_len()];
+                maxpool2d_backward(&dy, (&y, &argmax), &pool, relu, &mut dense);
+                let (mut dw, mut db) = (vec![0.0; w.len()], vec![0.0; bias.len()]);
+                conv2d_weight_grad(&x, &dense, &s, &mut dw, &mut db);
+                let above = PooledGrad {
+                    dy: &dy,
+                    y: &y,
+                    argmax: &argmax,
+                    shape: pool,
+                    masked: relu,
+                };
+                let (mut dw_fused, mut db_fused) = (vec![1.0; w.len()], vec![1.0; bias.len()]);
+                conv2d_weight_grad_pooled(&x, &above, &s, &mut dw_fused, &mut db_fused);
+                assert_eq!((bits(&dw_fused), bits(&db_fused)), (bits(&dw), bits(&db)));
+            }
+        }
     }
 
     #[test]

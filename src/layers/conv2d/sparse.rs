@@ -40,6 +40,33 @@ fn transpose(src: &[f32], (rows, cols): (usize, usize), dst: &mut [f32]) {
     }
 }
 
+/// One output plane's nonzero gradients as `(offset, value)` in row-major order, the
+/// offset that of the first value of the patch under the pixel in a channels-last sample.
+/// Built without a branch on the values (each pixel is written, and the count advances
+/// only past a nonzero one): the zeros a ReLU leaves fall at random, and a branch
+/// mispredicted on them cost more than the multiply-adds they skip.
+fn nonzeros(dy_o: &[f32], s: &ConvShape, list: &mut Vec<(u32, f32)>) {
+    let (c, ow) = (s.in_channels, s.out_size().1);
+    list.resize(dy_o.len(), (0, 0.0));
+    let mut count = 0;
+    for (oy, row) in dy_o.chunks_exact(ow).enumerate() {
+        for (ox, &g) in row.iter().enumerate() {
+            list[count] = (((oy * s.width + ox) * c) as u32, g);
+            count += usize::from(g != 0.0);
+        }
+    }
+    list.truncate(count);
+}
+
+/// Where each filter value's run of `in` values starts in a channels-last sample,
+/// relative to its patch's first: `[k·k]`.
+fn run_offsets(s: &ConvShape) -> Vec<usize> {
+    let k = s.kernel;
+    (0..k * k)
+        .map(|run| ((run / k) * s.width + run % k) * s.in_channels)
+        .collect()
+}
+
 /// The weight and bias gradients (as `super::cpu::conv2d_weight_grad` defines them) from
 /// the nonzero values of `dy`: filter `o`'s gradient, kept as `[k, k, in]`, gets
 /// `dy[b, o, p]` times the channels-last patch under `p`. Filters are split over the
@@ -54,22 +81,30 @@ pub fn weight_grad_sparse(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], 
         .for_each(|(dst, src)| transpose(src, (s.in_channels, plane), dst));
     let filters = dw.par_chunks_exact_mut(patch).zip(db.par_iter_mut());
     filters.enumerate().for_each(|(o, (dw_o, db_o))| {
-        let mut grad = vec![0.0f32; patch];
+        // Every sample's nonzero gradients of filter `o`, one after another, and where
+        // each sample's end.
+        let (mut list, mut all, mut ends) = (Vec::new(), Vec::new(), Vec::new());
         *db_o = 0.0;
-        for (x_b, dy_b) in x_last
-            .chunks_exact(s.in_len())
-            .zip(dy.chunks_exact(outputs))
-        {
-            let dy_o = &dy_b[o * pixels..(o + 1) * pixels];
-            *db_o += filter_sample(x_b, dy_o, s, &mut grad);
+        for dy_b in dy.chunks_exact(outputs) {
+            nonzeros(&dy_b[o * pixels..(o + 1) * pixels], s, &mut list);
+            *db_o += list.iter().map(|&(_, g)| g).sum::<f32>();
+            all.extend_from_slice(&list);
+            ends.push(all.len());
         }
+        let mut grad = vec![0.0f32; patch];
+        filter_grad(&x_last, (&all, &ends), s, &mut grad);
         // [k, k, in] back to PyTorch's [in, k, k].
         transpose(&grad, (s.kernel * s.kernel, s.in_channels), dw_o);
     });
 }
 
-/// One sample's share of a filter's gradient: `grad += dy_o[p] · patch(p)` for every
-/// nonzero `dy_o[p]`; returns the sum of `dy_o`'s nonzero values (the bias's share).
+/// Channels [`filter_grad`] sums at a time, in registers: two AVX-512 vectors.
+const LANES: usize = 32;
+
+/// One filter's gradient `grad` (`[k, k, in]`): for each filter value's run of channels,
+/// `Σ_b Σ_p dy[b, o, p] · x_last[b]`'s run under `p`, from each sample's nonzero list
+/// (`nonzeros`, concatenated, with each sample's end). Each run's [`LANES`] channels at a
+/// time stay in registers over every sample. The sums run in sample, then pixel order.
 /// Also compiled for AVX2 and AVX-512 and picked at run time (`multiversion`; no fused
 /// multiply-adds, so the same bits on every target).
 #[multiversion::multiversion(targets(
@@ -77,21 +112,43 @@ pub fn weight_grad_sparse(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], 
     "x86_64+avx2+fma",
     "x86_64+avx"
 ))]
-fn filter_sample(x_b: &[f32], dy_o: &[f32], s: &ConvShape, grad: &mut [f32]) -> f32 {
-    let (k, c, ow) = (s.kernel, s.in_channels, s.out_size().1);
-    let mut bias = 0.0;
-    for (p, &g) in dy_o.iter().enumerate().filter(|(_, &g)| g != 0.0) {
-        bias += g;
-        let (oy, ox) = (p / ow, p % ow);
-        for (run, grad_run) in grad.chunks_exact_mut(c).enumerate() {
-            let (ky, kx) = (run / k, run % k);
-            let at = ((oy + ky) * s.width + ox + kx) * c;
-            for (d, &v) in grad_run.iter_mut().zip(&x_b[at..at + c]) {
-                *d += g * v;
+fn filter_grad(
+    x_last: &[f32],
+    (nonzeros, ends): (&[(u32, f32)], &[usize]),
+    s: &ConvShape,
+    grad: &mut [f32],
+) {
+    let c = s.in_channels;
+    let runs = grad.chunks_exact_mut(c).zip(run_offsets(s));
+    for (grad_run, run_off) in runs {
+        for (first, out) in (0..c).step_by(LANES).zip(grad_run.chunks_mut(LANES)) {
+            let mut acc = [0.0f32; LANES];
+            let mut begin = 0;
+            for (x_b, &end) in x_last.chunks_exact(s.in_len()).zip(ends) {
+                for &(at, g) in &nonzeros[begin..end] {
+                    let from = at as usize + run_off + first;
+                    add_scaled(&mut acc, g, &x_b[from..from + out.len()]);
+                }
+                begin = end;
             }
+            out.copy_from_slice(&acc[..out.len()]);
         }
     }
-    bias
+}
+
+/// `acc += g · xs` over `xs`'s length (at most [`LANES`]); a whole [`LANES`] as one
+/// fixed-length loop the compiler unrolls into vectors.
+#[inline(always)]
+fn add_scaled(acc: &mut [f32; LANES], g: f32, xs: &[f32]) {
+    if let Ok(xs) = <&[f32; LANES]>::try_from(xs) {
+        for l in 0..LANES {
+            acc[l] += g * xs[l];
+        }
+    } else {
+        for (a, &v) in acc.iter_mut().zip(xs) {
+            *a += g * v;
+        }
+    }
 }
 
 /// The input gradient (before any mask) from the nonzero values of `dy`: each adds
@@ -108,34 +165,37 @@ pub fn input_grad_sparse(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]) {
         .par_chunks_exact_mut(s.in_len())
         .zip(dy.par_chunks_exact(outputs));
     samples.for_each_init(
-        || vec![0.0f32; s.in_len()],
-        |dx_last, (dx_b, dy_b)| {
+        || (vec![0.0f32; s.in_len()], Vec::new()),
+        |(dx_last, list), (dx_b, dy_b)| {
             dx_last.fill(0.0);
-            sample_input_grad(dy_b, &w_last, s, dx_last);
+            sample_input_grad(dy_b, &w_last, s, (dx_last, list));
             transpose(dx_last, (plane, s.in_channels), dx_b);
         },
     );
 }
 
-/// One sample of [`input_grad_sparse`] into `dx_last` (`[pixels, in]`, zeroed).
-/// Multiversioned as [`filter_sample`].
+/// One sample of [`input_grad_sparse`] into `dx_last` (`[pixels, in]`, zeroed), with
+/// `list` room for a plane's nonzero gradients. Multiversioned as [`filter_grad`].
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512vl+avx2+fma",
     "x86_64+avx2+fma",
     "x86_64+avx"
 ))]
-fn sample_input_grad(dy_b: &[f32], w_last: &[f32], s: &ConvShape, dx_last: &mut [f32]) {
-    let (k, c, ow) = (s.kernel, s.in_channels, s.out_size().1);
-    let pixels = s.out_pixels();
+fn sample_input_grad(
+    dy_b: &[f32],
+    w_last: &[f32],
+    s: &ConvShape,
+    (dx_last, list): (&mut [f32], &mut Vec<(u32, f32)>),
+) {
+    let (c, pixels, run_offs) = (s.in_channels, s.out_pixels(), run_offsets(s));
     for (dy_o, w_o) in dy_b
         .chunks_exact(pixels)
         .zip(w_last.chunks_exact(s.patch()))
     {
-        for (p, &g) in dy_o.iter().enumerate().filter(|(_, &g)| g != 0.0) {
-            let (oy, ox) = (p / ow, p % ow);
-            for (run, w_run) in w_o.chunks_exact(c).enumerate() {
-                let (ky, kx) = (run / k, run % k);
-                let at = ((oy + ky) * s.width + ox + kx) * c;
+        nonzeros(dy_o, s, list);
+        for &(at, g) in list.iter() {
+            for (w_run, &run_off) in w_o.chunks_exact(c).zip(&run_offs) {
+                let at = at as usize + run_off;
                 for (d, &wv) in dx_last[at..at + c].iter_mut().zip(w_run) {
                     *d += g * wv;
                 }

@@ -46,12 +46,19 @@ pub fn cases() -> Vec<Case> {
     cases
 }
 
+/// The CPU forward's output and arg-maxes (the GPU's backward finds the arg-max again
+/// from `x`).
+fn cpu_forward(c: &Inputs) -> (Vec<f32>, Vec<u32>) {
+    let (mut y, mut argmax) = (vec![0.0; c.shape.out_len()], vec![0; c.shape.out_len()]);
+    cpu::maxpool2d_forward(&c.x, &c.shape, &mut y, &mut argmax);
+    (y, argmax)
+}
+
 fn forward(name: String, c: Rc<Inputs>) -> Case {
     let cpu_inputs = c.clone();
     let cpu = move || -> Outputs {
         let c = &cpu_inputs;
-        let mut y = vec![0.0; c.shape.out_len()];
-        cpu::maxpool2d_forward(&c.x, &c.shape, &mut y);
+        let (y, _) = cpu_forward(c);
         vec![("y", y)]
     };
     Case::new(name, ELEMENTWISE_TOL, cpu, move |ctx, p| {
@@ -67,8 +74,9 @@ fn backward(name: String, c: Rc<Inputs>, masked: bool) -> Case {
     let cpu_inputs = c.clone();
     let cpu = move || -> Outputs {
         let c = &cpu_inputs;
+        let (y, argmax) = cpu_forward(c);
         let mut dx = vec![0.0; c.x.len()];
-        cpu::maxpool2d_backward(&c.x, &c.dy, &c.shape, masked, &mut dx);
+        cpu::maxpool2d_backward(&c.dy, (&y, &argmax), &c.shape, masked, &mut dx);
         vec![("dx", dx)]
     };
     Case::new(name, ELEMENTWISE_TOL, cpu, move |ctx, p| {
