@@ -174,8 +174,9 @@ macro_rules! families {
 // The families, each a folder: its module (declared here, outside the macro, so that
 // rustfmt finds its files) and its line in the registry below. The registry's order is
 // the layers' order: a family may use the families listed before it (the dense layer
-// fuses ReLU; Conv2D's reference uses the dense layer's GEMM; BatchNorm's backward is
-// fused with the dense layer it feeds), which tests/layering.rs checks.
+// fuses ReLU; Conv2D's reference uses the dense layer's GEMM, and runs a first layer
+// with the max-pool above it; BatchNorm's backward is fused with the dense layer it
+// feeds), which tests/layering.rs checks.
 pub mod adam;
 pub mod batchnorm;
 pub mod conv2d;
@@ -188,8 +189,8 @@ pub mod softmax_xent;
 families! {
     relu: Relu,
     dense: Dense,
-    conv2d: Conv2d,
     maxpool2d: MaxPool2d,
+    conv2d: Conv2d,
     dropout: Dropout,
     batchnorm: BatchNorm,
     softmax_xent: SoftmaxXent,
