@@ -21,6 +21,19 @@ const APART: f32 = 0.5;
 /// … and overlapping over at least this share of the longer are the sides of a box.
 const SAME: f32 = 0.8;
 
+/// A stroke crosses a line when its ink goes on this many pixels beyond both of the line's
+/// edges. (One pixel was not enough: a photographed line's mask has a ragged edge, a pixel
+/// here and there beside the line, which passed for crossings all along it.)
+const CROSSING: i64 = 3;
+/// Pixels beside a line's long runs that are erased with it.
+const BESIDE: i64 = 1;
+/// Gaps a run of ink may have and still be one run, as a share of the picture's side:
+/// grain and JPEG break a faint photographed line into dashes.
+const GAP: f32 = 0.03;
+/// A line crosses the picture when its runs come this close (a share of the side) to
+/// both edges: blur and lens shading leave a photographed line's ends a little short.
+const EDGE: f32 = 0.02;
+
 /// One long straight run of ink: along a row (`horizontal`) or a column, at position
 /// `at`, from `start` to `end` inclusive.
 #[derive(Clone, Copy, Debug)]
@@ -47,9 +60,11 @@ pub(super) fn remove(mask: &GrayImage) -> (GrayImage, usize) {
     (clean, rows.len() + columns.len())
 }
 
-/// Erase `line` from `clean`, except where a stroke of `mask` crosses it (ink just
-/// before and just after the line's thickness, straight or diagonally), so a digit written
-/// across a ruled line is not cut in two. `xy(along, across)` turns the line's
+/// Erase `line` from `clean`: its runs' whole stretch, across its thickness and
+/// [`BESIDE`] pixels either side (a photographed line's mask is ragged: rows of it too
+/// broken to be long runs lie along it), except where a stroke of `mask` crosses it (ink
+/// on both sides for [`CROSSING`] pixels beyond that, straight or diagonally), so a digit
+/// written across a ruled line is not cut in two. `xy(along, across)` turns the line's
 /// coordinates into the picture's.
 fn erase(
     clean: &mut GrayImage,
@@ -58,19 +73,25 @@ fn erase(
     xy: impl Fn(u32, u32) -> (u32, u32),
 ) {
     let (w, h) = mask.dimensions();
-    let first = line.iter().map(|r| r.at).min().unwrap_or(0);
-    let last = line.iter().map(|r| r.at).max().unwrap_or(0);
-    let ink = |along: i64, across: i64| {
+    let inside = |along: i64, across: i64| {
         let (x, y) = xy(along.max(0) as u32, across.max(0) as u32);
-        along >= 0 && across >= 0 && x < w && y < h && mask.get_pixel(x, y).0[0] > 0
+        (along >= 0 && across >= 0 && x < w && y < h).then_some((x, y))
+    };
+    let ink = |along: i64, across: i64| {
+        inside(along, across).is_some_and(|(x, y)| mask.get_pixel(x, y).0[0] > 0)
     };
     let near = |along: i64, across: i64| (-1..=1).any(|d| ink(along + d, across));
-    for run in line {
-        for along in run.start..=run.end {
-            let a = along as i64;
-            let crossed = near(a, first as i64 - 1) && near(a, last as i64 + 1);
-            if !crossed {
-                let (x, y) = xy(along, run.at);
+    let first = line.iter().map(|r| r.at).min().unwrap_or(0) as i64 - BESIDE;
+    let last = line.iter().map(|r| r.at).max().unwrap_or(0) as i64 + BESIDE;
+    let start = line.iter().map(|r| r.start).min().unwrap_or(0);
+    let end = line.iter().map(|r| r.end).max().unwrap_or(0);
+    for along in (start..=end).map(i64::from) {
+        let crossed = (1..=CROSSING).all(|k| near(along, first - k) && near(along, last + k));
+        if crossed {
+            continue;
+        }
+        for across in first..=last {
+            if let Some((x, y)) = inside(along, across) {
                 clean.put_pixel(x, y, Luma([0]));
             }
         }
@@ -81,6 +102,7 @@ fn erase(
 /// `length` pixels (`ink(line, i)`).
 fn long_runs(count: u32, length: u32, ink: impl Fn(u32, u32) -> bool) -> Vec<Run> {
     let min = (LONG * length as f32).ceil() as u32;
+    let gap = ((GAP * length as f32) as u32).max(2);
     let mut runs = Vec::new();
     for at in 0..count {
         let mut i = 0;
@@ -90,9 +112,15 @@ fn long_runs(count: u32, length: u32, ink: impl Fn(u32, u32) -> bool) -> Vec<Run
                 continue;
             }
             let start = i;
-            while i < length && ink(at, i) {
+            // The run goes on over gaps of up to `gap` pixels.
+            let mut end = i;
+            while i < length && i <= end + gap {
+                if ink(at, i) {
+                    end = i;
+                }
                 i += 1;
             }
+            i = end + 1;
             if i - start >= min {
                 runs.push(Run {
                     at,
@@ -120,14 +148,18 @@ fn lines_of(runs: &[Run], length: u32, across: u32) -> Vec<Vec<Run>> {
             None => lines.push(vec![run]),
         }
     }
-    let crosses = |line: &Vec<Run>| line.iter().any(|r| r.start == 0 && r.end == length - 1);
-    let centre =
-        |line: &Vec<Run>| line.iter().map(|r| r.at as f32).sum::<f32>() / line.len() as f32;
     let extent = |line: &Vec<Run>| {
         let start = line.iter().map(|r| r.start).min().unwrap_or(0);
         let end = line.iter().map(|r| r.end).max().unwrap_or(0);
         (start, end)
     };
+    let edge = (EDGE * length as f32) as u32;
+    let crosses = |line: &Vec<Run>| {
+        let (start, end) = extent(line);
+        start <= edge && end + 1 + edge >= length
+    };
+    let centre =
+        |line: &Vec<Run>| line.iter().map(|r| r.at as f32).sum::<f32>() / line.len() as f32;
     // Partners: far apart, and spanning nearly the same stretch (a box's opposite sides);
     // a 7's bar inside a box spans less than the box's side, so it is no partner.
     let partners = |a: &Vec<Run>, b: &Vec<Run>| {

@@ -2,6 +2,7 @@ pub mod browser;
 pub mod cli;
 pub mod data;
 pub mod gpu;
+pub mod notebook;
 pub mod paper;
 pub mod pens;
 pub mod photo;

@@ -182,34 +182,49 @@ pub struct PhotoScore {
 /// Make the [`PHOTOS`] photos (test image `n·STRIDE`, seeded with its index), prepare
 /// each as `predict` does (from its JPEG bytes) and classify it with `model`.
 pub fn read_photo_set(model: &std::path::Path) -> PhotoScore {
+    let test = mnist_gpu::data::Mnist::load(&mnist_gpu::data::builtin_dir())
+        .expect("built-in MNIST")
+        .test;
+    let photos = (0..PHOTOS).map(|n| n * STRIDE).map(|index| {
+        let (img, style) = photo(test.image(index), index as u64);
+        (index, jpeg(&img), format!("{style:?}"))
+    });
+    read_jpegs(model, photos)
+}
+
+/// How `model` reads `pictures` (MNIST test index, JPEG bytes, how it was made), each
+/// prepared as `predict` prepares a file.
+pub fn read_jpegs(
+    model: &std::path::Path,
+    pictures: impl IntoIterator<Item = (usize, Vec<u8>, String)>,
+) -> PhotoScore {
     use mnist_gpu::data::{builtin_dir, Mnist};
     use mnist_gpu::{cpu, model::Hyper, modelfile, preprocess};
     let test = Mnist::load(&builtin_dir()).expect("built-in MNIST").test;
     let params = modelfile::load_model(model).expect("the model loads");
     let (mut pixels, mut read, mut failures) = (Vec::new(), Vec::new(), Vec::new());
-    for index in (0..PHOTOS).map(|n| n * STRIDE) {
-        let (img, style) = photo(test.image(index), index as u64);
-        match preprocess::from_bytes(&jpeg(&img)) {
+    for (index, bytes, how) in pictures {
+        match preprocess::from_bytes(&bytes) {
             Ok(done) => {
                 pixels.extend_from_slice(&done.pixels);
-                read.push((index, test.labels[index], style));
+                read.push((index, test.labels[index], how));
             }
-            Err(e) => failures.push(format!("test image {index} ({style:?}): {e}")),
+            Err(e) => failures.push(format!("test image {index} ({how}): {e}")),
         }
     }
     let probabilities = cpu::infer(&params, Hyper::default().bn_eps, &pixels);
     let mut wrong = Vec::new();
-    for ((index, label, style), p) in read.iter().zip(&probabilities) {
+    for ((index, label, how), p) in read.iter().zip(&probabilities) {
         let digit = (0..10).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
         if digit != *label as usize {
             wrong.push(format!(
-                "test image {index}: {label} read as {digit} ({style:?})"
+                "test image {index}: {label} read as {digit} ({how})"
             ));
         }
     }
     PhotoScore {
-        correct: PHOTOS - failures.len() - wrong.len(),
-        total: PHOTOS,
+        correct: read.len() - wrong.len(),
+        total: read.len() + failures.len(),
         wrong,
         failures,
     }
