@@ -223,6 +223,29 @@ mod tests {
         assert_eq!((lines, ink_count(&clean)), (0, ink_count(&img)));
     }
 
+    /// A photographed ruled line: broken into dashes, stopping a few pixels short of one
+    /// edge, with stray pixels along its edges. It goes, stray pixels and all, while the
+    /// stroke written across it stays whole (with the line's pixel on either side of it,
+    /// as a slanted stroke's crossing is kept).
+    #[test]
+    fn a_dashed_ragged_line_goes_and_the_stroke_across_it_stays() {
+        let line = |x: u32, y: u32| {
+            let dashed = (60..62).contains(&y) && x >= 3 && x % 40 >= 4;
+            let ragged = (y == 59 || y == 62) && x % 13 == 6;
+            dashed || ragged
+        };
+        let stroke = |x: u32, y: u32| (100..104).contains(&x) && (20..100).contains(&y);
+        let (clean, lines) = remove(&page(200, 100, |x, y| line(x, y) || stroke(x, y)));
+        let kept = |x: u32, y: u32| line(x, y) && (99..=104).contains(&x);
+        let want = page(200, 100, |x, y| stroke(x, y) || kept(x, y));
+        let differ = clean
+            .pixels()
+            .zip(want.pixels())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!((lines, differ), (1, 0));
+    }
+
     /// A ruled line across the page goes, even alone.
     #[test]
     fn a_line_across_the_page_goes() {
