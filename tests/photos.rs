@@ -117,19 +117,47 @@ pub const README_PHOTOS: [usize; 5] = [4450, 1050, 2900, 1100, 150];
 #[ignore = "regenerates the committed docs/photos files"]
 fn generate_readme_photos() {
     let test = Mnist::load(&builtin_dir()).expect("built-in MNIST").test;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/photos");
-    std::fs::create_dir_all(&dir).unwrap();
-    // A sheet for the README: each photo above the 28×28 input prepared from it.
-    let cell = 150u32;
-    let mut sheet =
-        RgbImage::from_pixel(cell * README_PHOTOS.len() as u32, 2 * cell, Rgb([255; 3]));
-    for (n, index) in README_PHOTOS.into_iter().enumerate() {
+    let pictures = README_PHOTOS.map(|index| {
         let (img, style) = photo(test.image(index), index as u64);
-        let name = format!("photo-{}-{index}.jpg", test.labels[index]);
-        let bytes = jpeg(&img);
-        std::fs::write(dir.join(&name), &bytes).unwrap();
-        eprintln!("{name}: {style:?}");
-        let shown = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        eprintln!("photo {index}: {style:?}");
+        (
+            format!("photo-{}-{index}.jpg", test.labels[index]),
+            jpeg(&img),
+        )
+    });
+    write_readme_pictures("docs/photos", &pictures);
+}
+
+/// The notebook pictures shown in the README (`docs/notebook/`), in the order of their
+/// file names: test images `163·n + 11` for n = 3, 10 (the 5, which the default run's
+/// model reads wrong), 0 and 2.
+pub const README_NOTEBOOK: [usize; 4] = [500, 1641, 11, 337];
+
+#[test]
+#[ignore = "regenerates the committed docs/notebook files"]
+fn generate_readme_notebook() {
+    let test = Mnist::load(&builtin_dir()).expect("built-in MNIST").test;
+    let pictures = README_NOTEBOOK.map(|index| {
+        let img = pencil_on_notebook(test.image(index), index as u64);
+        (
+            format!("notebook-{}-{index}.jpg", test.labels[index]),
+            jpeg(&img),
+        )
+    });
+    write_readme_pictures("docs/notebook", &pictures);
+}
+
+/// Writes `pictures` (file name, JPEG bytes) into `dir` of the checkout, and
+/// `sheet.png` beside them for the README: each picture above the 28×28 input `predict`
+/// makes of it.
+fn write_readme_pictures(dir: &str, pictures: &[(String, Vec<u8>)]) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cell = 150u32;
+    let mut sheet = RgbImage::from_pixel(cell * pictures.len() as u32, 2 * cell, Rgb([255; 3]));
+    for (n, (name, bytes)) in pictures.iter().enumerate() {
+        std::fs::write(dir.join(name), bytes).unwrap();
+        let shown = image::load_from_memory(bytes).unwrap().to_rgb8();
         let fit = (cell - 10) as f32 / shown.width().max(shown.height()) as f32;
         let (w, h) = (
             (shown.width() as f32 * fit) as u32,
@@ -137,13 +165,9 @@ fn generate_readme_photos() {
         );
         let shown = imageops::resize(&shown, w, h, FilterType::Triangle);
         let x = n as u32 * cell;
-        imageops::replace(
-            &mut sheet,
-            &shown,
-            (x + (cell - w) / 2) as i64,
-            ((cell - h) / 2) as i64,
-        );
-        let input = preprocess::from_bytes(&bytes).unwrap().pixels;
+        let (left, top) = ((x + (cell - w) / 2) as i64, ((cell - h) / 2) as i64);
+        imageops::replace(&mut sheet, &shown, left, top);
+        let input = preprocess::from_bytes(bytes).unwrap().pixels;
         let input = GrayImage::from_raw(28, 28, input.to_vec()).unwrap();
         let input = imageops::resize(&input, 140, 140, FilterType::Nearest);
         let input = DynamicImage::ImageLuma8(input).to_rgb8();

@@ -440,9 +440,16 @@ fn the_photo_figures_are_what_predict_gives() {
         ),
         "photo-set score"
     );
-    let start = readme
-        .find("$ mnist-gpu predict --model runs/run-001/model.safetensors docs/photos/*.jpg\n")
-        .expect("predict block");
+    check_predict_block(&readme, "docs/photos");
+    check_predict_block(&readme, "docs/notebook");
+}
+
+/// The README's block `mnist-gpu predict … DIR/*.jpg` shows every JPEG in `dir`, in glob
+/// order, with what `predict` prints for it with the default run's model.
+fn check_predict_block(readme: &str, dir: &str) {
+    let command =
+        format!("$ mnist-gpu predict --model runs/run-001/model.safetensors {dir}/*.jpg\n");
+    let start = readme.find(&command).expect("predict block");
     let shown: Vec<&str> = readme[start..]
         .lines()
         .skip(1)
@@ -450,16 +457,16 @@ fn the_photo_figures_are_what_predict_gives() {
         .collect();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let files: Vec<&str> = shown.iter().map(|l| l.split(':').next().unwrap()).collect();
-    let mut on_disk: Vec<String> = std::fs::read_dir(root.join("docs/photos"))
+    let mut on_disk: Vec<String> = std::fs::read_dir(root.join(dir))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".jpg"))
-        .map(|n| format!("docs/photos/{n}"))
+        .map(|n| format!("{dir}/{n}"))
         .collect();
     on_disk.sort();
     assert_eq!(
         files, on_disk,
-        "the block shows every docs/photos/*.jpg, in glob order"
+        "the block shows every {dir}/*.jpg, in glob order"
     );
     let out = Command::new(env!("CARGO_BIN_EXE_mnist-gpu"))
         .current_dir(root)
@@ -475,6 +482,6 @@ fn the_photo_figures_are_what_predict_gives() {
     assert_eq!(
         printed.lines().collect::<Vec<_>>(),
         shown,
-        "the predict block"
+        "the predict block for {dir}"
     );
 }
