@@ -318,6 +318,7 @@ impl GpuBackend {
             scale: self.config.pixel_scale(),
             eps: self.hyper.bn_eps,
             momentum: self.hyper.bn_momentum,
+            per_feature: is_software(&self.ctx.info),
         }
     }
 

@@ -83,6 +83,7 @@ fn setup(c: &Inputs) -> BnSetup {
         scale: SCALE,
         eps: c.hyper.bn_eps,
         momentum: c.hyper.bn_momentum,
+        per_feature: true,
     }
 }
 
@@ -92,10 +93,11 @@ pub fn cases() -> Vec<Case> {
         let c = inputs(200 + i as u64, batch);
         let bench = batch == 32;
         let mut add = |case: Case| cases.push(if bench { case.bench() } else { case });
-        add(forward_train(
-            format!("batchnorm_forward_train b{batch}"),
-            c.clone(),
-        ));
+        for per_feature in [true, false] {
+            let variant = if per_feature { "" } else { "_wide" };
+            let name = format!("batchnorm_forward_train{variant} b{batch}");
+            add(forward_train(name, c.clone(), per_feature));
+        }
         add(forward_eval(
             format!("batchnorm_forward_eval b{batch}"),
             c.clone(),
@@ -141,7 +143,10 @@ fn cpu_forward_train(c: &Inputs) -> Outputs {
 /// Which kernel [`gpu_forward`] runs.
 #[derive(Clone, Copy, PartialEq)]
 enum Forward {
-    Train,
+    /// A training step's, with a thread per feature or the workgroup variant.
+    Train {
+        per_feature: bool,
+    },
     Eval,
     /// The gather alone, of a training step's rows.
     Gather,
@@ -171,7 +176,11 @@ fn gpu_forward(
         xhat: &storage_zeroed(d, "xhat", (batch * INPUT * 4) as u64),
         y: &storage_zeroed(d, "y", (batch * INPUT * 4) as u64),
     };
-    let setup = setup(c);
+    let per_feature = forward != Forward::Train { per_feature: false };
+    let setup = BnSetup {
+        per_feature,
+        ..setup(c)
+    };
     let dispatch = match forward {
         Forward::Eval => {
             let pass = BnForward::Eval {
@@ -193,7 +202,7 @@ fn gpu_forward(
     };
     run_one(ctx, dispatch)?;
     let y = ctx.read_vec(bindings.y, 0, batch * INPUT)?;
-    if forward != Forward::Train {
+    if !matches!(forward, Forward::Train { .. }) {
         return Ok(vec![("y", y)]);
     }
     let xhat = ctx.read_vec(bindings.xhat, 0, batch * INPUT)?;
@@ -205,11 +214,13 @@ fn gpu_forward(
     ])
 }
 
-fn forward_train(name: String, c: Rc<Inputs>) -> Case {
+/// The training forward, `forward_train` (a thread per feature) or, unless `per_feature`,
+/// `forward_train_wide` (its sums in a tree, another order than the CPU's).
+fn forward_train(name: String, c: Rc<Inputs>, per_feature: bool) -> Case {
     let cpu_inputs = c.clone();
     let cpu = move || cpu_forward_train(&cpu_inputs);
     Case::new(name, ELEMENTWISE_TOL, cpu, move |ctx, p| {
-        gpu_forward(ctx, p, &c, Forward::Train)
+        gpu_forward(ctx, p, &c, Forward::Train { per_feature })
     })
 }
 

@@ -1,5 +1,5 @@
 //! BatchNormalization on the pixels, fused with the batch gather (`batchnorm.wgsl`:
-//! `forward_train`, `forward_eval`; `gather` alone for a model without BatchNorm), and
+//! `forward_train` or, on hardware GPUs, `forward_train_wide`, and `forward_eval`; `gather` alone for a model without BatchNorm), and
 //! its backward fused with the dense layer it feeds (`dense_backward`); the CPU
 //! reference is [`cpu`].
 
@@ -27,7 +27,7 @@ bindings! {
     /// The forward passes: gather `pixels` (through `order` and the step counter `state`
     /// in training; the counter is a contract with softmax_xent and adam, see
     /// `GpuBackend::state`), normalise into `xhat` and `y`, update `stats`.
-    BatchnormForwardBindings(BnUniform) for ["forward_train", "forward_eval", "gather"] => {
+    BatchnormForwardBindings(BnUniform) for ["forward_train", "forward_train_wide", "forward_eval", "gather"] => {
         pixels: Read<u32> = 1, order: Read<u32> = 2, state: Read<u32> = 3,
         params: Read<f32> = 4,
         stats: ReadWrite<f32> = 5, xhat: ReadWrite<f32> = 6, y: ReadWrite<f32> = 7,
@@ -67,6 +67,10 @@ pub struct BnSetup {
     pub scale: f32,
     pub eps: f32,
     pub momentum: f32,
+    /// The training forward with a thread per feature (`forward_train`: CPU adapters,
+    /// where barriers cost what they save elsewhere), or a workgroup per 4 features
+    /// (`forward_train_wide`: hardware GPUs).
+    pub per_feature: bool,
 }
 
 impl BnUniform {
@@ -114,6 +118,8 @@ family! {
     /// The BatchNorm layer family.
     BatchNorm: "batchnorm" in "batchnorm.wgsl", uniform BnUniform => {
         forward_train: BatchnormForwardBindings = "forward_train",
+        /// The same, a workgroup for each 4 features (hardware GPUs).
+        forward_train_wide: BatchnormForwardBindings = "forward_train_wide",
         forward_eval: BatchnormForwardBindings = "forward_eval",
         /// The gather alone (scaled pixels into `y`), for a model without BatchNorm.
         gather: BatchnormForwardBindings = "gather",
@@ -140,23 +146,30 @@ impl Pipelines {
         self.backward.dispatch(&u, bindings, u.workgroups())
     }
 
-    /// The forward `pass` (its kernel and uniform block).
+    /// The forward `pass` (its kernel and uniform block); a training pass takes the kernel
+    /// `setup.per_feature` names.
     pub fn forward(
         &self,
         pass: BnForward,
         setup: &BnSetup,
         bindings: &BatchnormForwardBindings,
     ) -> Dispatch {
-        let (kernel, u) = match pass {
-            BnForward::Train { rows, stride } => (
-                &self.forward_train,
-                BnUniform::training(rows, stride, setup),
-            ),
-            BnForward::Eval { rows, base } => {
-                (&self.forward_eval, BnUniform::evaluation(rows, base, setup))
+        match pass {
+            BnForward::Train { rows, stride } if !setup.per_feature => {
+                assert_eq!(setup.features % 4, 0, "pixels come 4 to a word");
+                let u = BnUniform::training(rows, stride, setup);
+                let groups = [u.features / 4, 1, 1];
+                self.forward_train_wide.dispatch(&u, bindings, groups)
             }
-        };
-        kernel.dispatch(&u, bindings, u.workgroups())
+            BnForward::Train { rows, stride } => {
+                let u = BnUniform::training(rows, stride, setup);
+                self.forward_train.dispatch(&u, bindings, u.workgroups())
+            }
+            BnForward::Eval { rows, base } => {
+                let u = BnUniform::evaluation(rows, base, setup);
+                self.forward_eval.dispatch(&u, bindings, u.workgroups())
+            }
+        }
     }
 
     /// The gather of `pass`'s rows alone: their scaled pixels into the bindings' `y`, for
