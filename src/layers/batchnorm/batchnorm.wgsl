@@ -161,8 +161,8 @@ fn forward_eval(@builtin(global_invocation_id) gid: vec3<u32>) {
 // `grads` holds G = xhatᵀ·δ and its bias slot db; this writes dW = gamma ⊗ G + beta ⊗ db,
 // dgamma_j = Σ_k W_jk·G_jk and dbeta_j = Σ_k W_jk·db_k. So BatchNorm needs neither dy
 // nor the input-grad GEMM that would make it. One workgroup per feature j: its threads
-// stride over the row (coalesced), then a fixed-order tree sums their partials.
-var<workgroup> partial: array<vec2<f32>, 64>;
+// stride over the row (coalesced), then a fixed-order tree sums their partials
+// (`workgroup_sum`).
 
 @compute @workgroup_size(64, 1, 1)
 fn dense_backward(
@@ -182,17 +182,10 @@ fn dense_backward(
         acc += w * vec2<f32>(g, db);
         grads[row + k] = gamma * g + beta * db;
     }
-    partial[t] = acc;
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-        if (t < s) {
-            partial[t] += partial[t + s];
-        }
-        workgroupBarrier();
-    }
+    let total = workgroup_sum(t, vec4<f32>(acc, 0.0, 0.0));
     if (t == 0u) {
-        grads[u.gamma_off + j] = partial[0].x;
-        grads[u.beta_off + j] = partial[0].y;
+        grads[u.gamma_off + j] = total.x;
+        grads[u.beta_off + j] = total.y;
     }
 }
 
