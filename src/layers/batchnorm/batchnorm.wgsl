@@ -163,7 +163,6 @@ fn forward_eval(@builtin(global_invocation_id) gid: vec3<u32>) {
 // nor the input-grad GEMM that would make it. One workgroup per feature j: its threads
 // stride over the row (coalesced), then a fixed-order tree sums their partials
 // (`workgroup_sum`).
-
 @compute @workgroup_size(64, 1, 1)
 fn dense_backward(
     @builtin(workgroup_id) group: vec3<u32>,
