@@ -81,13 +81,7 @@ pub(super) fn find_digit(grey: &Grey) -> Option<Found> {
             0
         }])
     });
-    if let Ok(p) = std::env::var("DBG_MASK") {
-        mask.save(format!("{p}_mask.png")).unwrap();
-    }
     let (mask, lines) = super::lines::remove(&mask);
-    if let Ok(p) = std::env::var("DBG_MASK") {
-        mask.save(format!("{p}_clean.png")).unwrap();
-    }
     let labels = connected_components(&mask, Connectivity::Eight, Luma([0u8]));
     let blobs = measure(&labels, &flat);
     let (kept, mut warnings) = choose(&blobs);
