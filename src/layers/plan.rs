@@ -1,17 +1,17 @@
 //! What a trainer runs for a model's layer list: each layer as a [`LayerOp`] with its
 //! shapes (what the layer paths, `cpu/stack.rs` and the GPU's `backend/layers.rs`,
 //! walk), and which fusions apply ([`Fusions`]: the MLP's fused path, and the CPU layer
-//! path's first convolution). Each fusion
-//! is an optimisation of a pattern of consecutive layers, never the architecture: the
-//! layers run unfused when its rule does not match (or when a test turns it off), and
-//! each is tested against the unfused layers (`tests/fusions.rs`).
+//! path's first convolution). Each fusion is an optimisation of a pattern of consecutive
+//! layers, never the architecture: the layers run unfused when its rule does not match
+//! (or when a test turns it off), and each is tested against the unfused layers
+//! (`tests/fusions.rs`).
 //!
 //! | fusion | rule | what it saves |
 //! | --- | --- | --- |
 //! | `relu_in_gemm` | Dense followed by ReLU | the ReLU in the GEMM's epilogue, its backward as the mask of the input-grad GEMM below it: two elementwise passes a hidden layer |
 //! | `batchnorm_dense_backward` | BatchNorm on the pixels, then Dense | BatchNorm's gradients and the dense kernel's from `xhatᵀ·δ` alone (`batchnorm::cpu::batchnorm_dense_backward`): no input-grad GEMM for the first dense layer |
 //! | `sparse_first_layer` (CPU) | BatchNorm on the pixels, then Dense, on data at most half nonzero | BatchNorm folded into the dense layer, its forward and backward over the nonzero pixels only (`cpu/sparse.rs`) |
-//! | `pool_into_first_conv` (CPU) | Conv2D on the pixels, then MaxPool2D | the convolution's weight gradient straight from the pool's gradients (`conv2d::cpu::conv2d_weight_grad_pooled`): the dense gradient between them (11 MB a step for the convnet) is never written |
+//! | `pool_into_first_conv` (CPU) | Conv2D on the pixels, then MaxPool2D | the convolution pooled where it is computed (`conv2d::cpu::conv2d_forward_pooled`) and its weight gradient straight from the pool's gradients (`conv2d_weight_grad_pooled`): the output and gradient between them (11 MB each a step for the convnet) are never written |
 
 use crate::layers::conv2d::ConvShape;
 use crate::layers::maxpool2d::PoolShape;

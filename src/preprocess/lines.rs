@@ -83,8 +83,7 @@ fn erase(
     let near = |along: i64, across: i64| (-1..=1).any(|d| ink(along + d, across));
     let first = line.iter().map(|r| r.at).min().unwrap_or(0) as i64 - BESIDE;
     let last = line.iter().map(|r| r.at).max().unwrap_or(0) as i64 + BESIDE;
-    let start = line.iter().map(|r| r.start).min().unwrap_or(0);
-    let end = line.iter().map(|r| r.end).max().unwrap_or(0);
+    let (start, end) = extent(line);
     for along in (start..=end).map(i64::from) {
         let crossed = (1..=CROSSING).all(|k| near(along, first - k) && near(along, last + k));
         if crossed {
@@ -96,6 +95,13 @@ fn erase(
             }
         }
     }
+}
+
+/// The stretch a line's runs cover together: (first, last) position along it.
+fn extent(line: &[Run]) -> (u32, u32) {
+    let start = line.iter().map(|r| r.start).min().unwrap_or(0);
+    let end = line.iter().map(|r| r.end).max().unwrap_or(0);
+    (start, end)
 }
 
 /// Every run of ink at least [`LONG`] × `length` long, along each of `count` lines of
@@ -148,11 +154,6 @@ fn lines_of(runs: &[Run], length: u32, across: u32) -> Vec<Vec<Run>> {
             None => lines.push(vec![run]),
         }
     }
-    let extent = |line: &Vec<Run>| {
-        let start = line.iter().map(|r| r.start).min().unwrap_or(0);
-        let end = line.iter().map(|r| r.end).max().unwrap_or(0);
-        (start, end)
-    };
     let edge = (EDGE * length as f32) as u32;
     let crosses = |line: &Vec<Run>| {
         let (start, end) = extent(line);

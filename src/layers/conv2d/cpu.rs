@@ -289,6 +289,17 @@ pub struct PooledGrad<'a> {
     pub masked: bool,
 }
 
+/// Asserts that `pool` pools the output of the layer `s`, at the same batch.
+fn assert_pool_above(s: &ConvShape, pool: &PoolShape) {
+    let (oh, ow) = s.out_size();
+    let same_shape = (pool.batch, pool.channels, pool.height, pool.width);
+    assert_eq!(
+        same_shape,
+        (s.batch, s.out_channels, oh, ow),
+        "the pool above"
+    );
+}
+
 /// [`conv2d_weight_grad`] of a layer under a max-pool, with the pool's backward fused in:
 /// for a first layer, which needs no input gradient. With small filters, each filter's
 /// gradient plane of a sample is spread from the pool's few gradients into a buffer of
@@ -305,12 +316,7 @@ pub fn conv2d_weight_grad_pooled(
 ) {
     let (oh, ow) = s.out_size();
     let pool = &above.shape;
-    let same_shape = (pool.batch, pool.channels, pool.height, pool.width);
-    assert_eq!(
-        same_shape,
-        (s.batch, s.out_channels, oh, ow),
-        "the pool above"
-    );
+    assert_pool_above(s, pool);
     assert!(x.len() == s.batch * s.in_len() && above.dy.len() == pool.out_len());
     let forward = (above.y, above.argmax);
     if s.patch() > DIRECT_MAX_PATCH {
@@ -455,13 +461,7 @@ pub fn conv2d_forward_pooled(
     pool: &PoolShape,
     (y, argmax): (&mut [f32], &mut [u32]),
 ) {
-    let (oh, ow) = s.out_size();
-    let same_shape = (pool.batch, pool.channels, pool.height, pool.width);
-    assert_eq!(
-        same_shape,
-        (s.batch, s.out_channels, oh, ow),
-        "the pool above"
-    );
+    assert_pool_above(s, pool);
     if s.patch() > DIRECT_MAX_PATCH {
         let mut out = vec![0.0; pool.in_len()];
         conv2d_forward(x, w, bias, s, relu, &mut out);
