@@ -175,9 +175,10 @@ macro_rules! families {
 // rustfmt finds its files) and its line in the registry below. The registry's order is
 // the layers' order: a family may use the families listed before it (the dense layer
 // fuses ReLU; Conv2D's reference uses the dense layer's GEMM, and runs a first layer
-// with the max-pool above it; BatchNorm's backward is fused with the dense layer it
-// feeds), which tests/layering.rs checks.
+// with the max-pool above it; the augmentation hashes with Dropout's PCG; BatchNorm's
+// backward is fused with the dense layer it feeds), which tests/layering.rs checks.
 pub mod adam;
+pub mod augment;
 pub mod batchnorm;
 pub mod conv2d;
 pub mod dense;
@@ -192,6 +193,7 @@ families! {
     maxpool2d: MaxPool2d,
     conv2d: Conv2d,
     dropout: Dropout,
+    augment: Augment,
     batchnorm: BatchNorm,
     softmax_xent: SoftmaxXent,
     adam: Adam,

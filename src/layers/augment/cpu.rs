@@ -1,0 +1,308 @@
+//! Data augmentation, the CPU reference (`train --augment`): each training image, each
+//! epoch, moved by its own small random affine change and made a pixel thinner or
+//! thicker, as torchvision's `RandomAffine` or Keras' `RandomRotation`/`RandomZoom`/
+//! `RandomTranslation` do. GPU twin: `augment.wgsl` beside it.
+//!
+//! What each image gets is not drawn from a random stream but computed from a hash of
+//! (the run's seed, the epoch, the image's index in the training set), and the image is
+//! resampled in integer arithmetic only. So the CPU and every GPU make the same bytes, the
+//! order the images are visited in does not matter, and a resumed run trains on what the
+//! uninterrupted one would have.
+//!
+//! Per image, each choice uniform over its steps:
+//! - rotation by −12° … 12°, in steps of 0.1°;
+//! - scale 0.90 … 1.10, in steps of 0.01;
+//! - shift −3 … 3 pixels on each axis, in steps of 1/16 pixel;
+//! - stroke: one pixel thinner (the minimum of each 2×2 window), kept (half the images),
+//!   or one pixel thicker (the maximum of each 2×2 window).
+//!
+//! The stroke change is applied to the 28×28 source, then the affine map: output pixel q
+//! is the source bilinearly sampled at p = R(−θ)·(q − c − t)/s + c, with c the image's
+//! centre and t the shift. Out-of-image samples read 0 (the background).
+
+use crate::layers::dropout::cpu::pcg;
+use rayon::prelude::*;
+
+/// Side of the images augmented (MNIST's).
+pub const SIDE: usize = 28;
+/// Pixels of one image.
+pub const PIXELS: usize = SIDE * SIDE;
+/// Rotation steps: −12.0° … 12.0° in tenths of a degree.
+pub const ROTATIONS: u32 = 241;
+/// Scale steps: 0.90 … 1.10 in hundredths.
+pub const SCALES: u32 = 21;
+/// Shift steps on each axis: −3 … 3 pixels in sixteenths.
+pub const SHIFTS: u32 = 97;
+/// Stroke choices: thinner, kept, kept, thicker.
+pub const STROKES: u32 = 4;
+/// Mixed into the seed, so the augmentation's hashes differ from dropout's.
+pub const SALT: u32 = 0x6175_6731;
+/// The fixed-point unit of the matrix entries: 2¹⁶.
+const MATRIX_ONE: f64 = 65_536.0;
+/// The source coordinate of output pixel 0's centre, less the map's part, in units of
+/// 2⁻²¹ pixel: 13.5 (the centre 14 less half a pixel, from centres to indices).
+const CENTRE_Q21: i32 = 27 << 20;
+
+/// Whose augmentation: the run's seed (32 bits) and the 0-based epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AugmentKey {
+    pub seed: u32,
+    pub epoch: u32,
+}
+
+impl AugmentKey {
+    /// The key of epoch `epoch` (0-based) of a run seeded `seed` (both halves count).
+    pub fn new(seed: u64, epoch: usize) -> Self {
+        AugmentKey {
+            seed: (seed ^ (seed >> 32)) as u32,
+            epoch: epoch as u32,
+        }
+    }
+}
+
+/// What one image gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Warp {
+    /// Index into [`warp_table`]: rotation step · [`SCALES`] + scale step.
+    pub matrix: u32,
+    /// Shift in sixteenths of a pixel, x then y.
+    pub shift: [i32; 2],
+    /// −1 thinner, 0 kept, 1 thicker.
+    pub stroke: i32,
+}
+
+impl Warp {
+    /// No change at all (for tests): 0°, scale 1, no shift, the stroke kept.
+    pub const IDENTITY: Warp = Warp {
+        matrix: (ROTATIONS / 2) * SCALES + SCALES / 2,
+        shift: [0, 0],
+        stroke: 0,
+    };
+}
+
+/// The warp of training image `sample` under `key`: a chain of PCG hashes, one per
+/// choice (the WGSL kernel computes the same chain).
+pub fn sample_warp(key: AugmentKey, sample: u32) -> Warp {
+    let mut hash = pcg(sample.wrapping_add(pcg(key.epoch.wrapping_add(pcg(key.seed ^ SALT)))));
+    let mut next = |steps: u32| {
+        hash = pcg(hash);
+        hash % steps
+    };
+    let rotation = next(ROTATIONS);
+    let scale = next(SCALES);
+    let centred = |step: u32| step as i32 - (SHIFTS / 2) as i32;
+    let shift = [centred(next(SHIFTS)), centred(next(SHIFTS))];
+    let stroke = match next(STROKES) {
+        0 => -1,
+        3 => 1,
+        _ => 0,
+    };
+    Warp {
+        matrix: rotation * SCALES + scale,
+        shift,
+        stroke,
+    }
+}
+
+/// The inverse map's matrix entries for each (rotation, scale): `[cos θ / s, sin θ / s]`
+/// in units of 2⁻¹⁶, rotation-major. The sine and cosine are Taylor series in +, × and ÷
+/// only, which IEEE 754 rounds the same everywhere (a platform's `cos` may differ in the
+/// last bit), so every build of the program makes the same table.
+pub fn warp_table() -> Vec<[i32; 2]> {
+    let mut table = Vec::with_capacity((ROTATIONS * SCALES) as usize);
+    for rotation in 0..ROTATIONS {
+        let tenths = rotation as f64 - (ROTATIONS / 2) as f64;
+        let theta = tenths / 10.0 * std::f64::consts::PI / 180.0;
+        let (sin, cos) = taylor_sin_cos(theta);
+        for scale in 0..SCALES {
+            let s = (90.0 + scale as f64) / 100.0;
+            let entry = |v: f64| (v / s * MATRIX_ONE).round() as i32;
+            table.push([entry(cos), entry(sin)]);
+        }
+    }
+    table
+}
+
+/// sin x and cos x for |x| ≤ 0.25 by their Taylor series to the 16th power (the first
+/// term left out is below 10⁻²⁰).
+fn taylor_sin_cos(x: f64) -> (f64, f64) {
+    let (mut sin, mut cos) = (0.0, 0.0);
+    let mut term = 1.0; // xⁿ/n!
+    for n in 0..=16 {
+        match n % 4 {
+            0 => cos += term,
+            1 => sin += term,
+            2 => cos -= term,
+            _ => sin -= term,
+        }
+        term = term * x / (n + 1) as f64;
+    }
+    (sin, cos)
+}
+
+/// Every image of `images` (28×28 each) augmented under `key` into `out`: image i with
+/// [`sample_warp`]`(key, i)`.
+pub fn augment_set(images: &[u8], key: AugmentKey, table: &[[i32; 2]], out: &mut [u8]) {
+    assert_eq!(images.len(), out.len());
+    assert_eq!(images.len() % PIXELS, 0, "images are not 28×28");
+    out.par_chunks_mut(PIXELS)
+        .zip(images.par_chunks(PIXELS))
+        .enumerate()
+        .for_each(|(i, (image_out, image))| {
+            augment_image(image, &sample_warp(key, i as u32), table, image_out)
+        });
+}
+
+/// One 28×28 image under `warp`.
+pub fn augment_image(image: &[u8], warp: &Warp, table: &[[i32; 2]], out: &mut [u8]) {
+    let mut stroked = [0u8; PIXELS];
+    for (p, value) in stroked.iter_mut().enumerate() {
+        *value = stroke_pixel(image, (p % SIDE) as i32, (p / SIDE) as i32, warp.stroke);
+    }
+    let [cos, sin] = table[warp.matrix as usize];
+    for (p, value) in out.iter_mut().enumerate() {
+        let (x, y) = ((p % SIDE) as i32, (p / SIDE) as i32);
+        // q − c − t in units of 1/32 pixel: pixel centres are at halves.
+        let vx = 16 * (2 * x + 1 - SIDE as i32) - 2 * warp.shift[0];
+        let vy = 16 * (2 * y + 1 - SIDE as i32) - 2 * warp.shift[1];
+        // A 2⁻¹⁶ matrix entry times 1/32 pixel is 2⁻²¹ pixel; |each sum| < 2²⁷.
+        let ux = cos * vx + sin * vy + CENTRE_Q21;
+        let uy = -sin * vx + cos * vy + CENTRE_Q21;
+        *value = bilinear(&stroked, ux, uy);
+    }
+}
+
+/// Pixel (x, y) of `image` after the stroke change: the minimum (−1) or maximum (1) of
+/// the 2×2 window from (x, y) right and down, outside pixels 0; else the pixel.
+fn stroke_pixel(image: &[u8], x: i32, y: i32, stroke: i32) -> u8 {
+    let at = |dx: i32, dy: i32| pixel(image, x + dx, y + dy) as u8;
+    let window = [at(0, 0), at(1, 0), at(0, 1), at(1, 1)];
+    match stroke {
+        -1 => window.into_iter().min().unwrap_or(0),
+        1 => window.into_iter().max().unwrap_or(0),
+        _ => window[0],
+    }
+}
+
+/// `image`'s pixel (x, y), 0 outside.
+fn pixel(image: &[u8], x: i32, y: i32) -> i32 {
+    let side = SIDE as i32;
+    if (0..side).contains(&x) && (0..side).contains(&y) {
+        image[(y * side + x) as usize] as i32
+    } else {
+        0
+    }
+}
+
+/// `image` sampled at (ux, uy), pixel indices in units of 2⁻²¹, between its four nearest
+/// pixels with weights in 256ths, rounded to the nearest byte.
+fn bilinear(image: &[u8], ux: i32, uy: i32) -> u8 {
+    let (x, y) = (ux >> 21, uy >> 21);
+    let (fx, fy) = ((ux >> 13) & 255, (uy >> 13) & 255);
+    let top = pixel(image, x, y) * (256 - fx) + pixel(image, x + 1, y) * fx;
+    let bottom = pixel(image, x, y + 1) * (256 - fx) + pixel(image, x + 1, y + 1) * fx;
+    ((top * (256 - fy) + bottom * fy + (1 << 15)) >> 16) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 28×28 test image: a filled square of `value` from (x0, y0), w × h.
+    fn square(x0: usize, y0: usize, (w, h): (usize, usize), value: u8) -> Vec<u8> {
+        let mut image = vec![0u8; PIXELS];
+        for y in y0..y0 + h {
+            image[y * SIDE + x0..y * SIDE + x0 + w].fill(value);
+        }
+        image
+    }
+
+    fn warped(image: &[u8], warp: Warp) -> Vec<u8> {
+        let mut out = vec![0; PIXELS];
+        augment_image(image, &warp, &warp_table(), &mut out);
+        out
+    }
+
+    #[test]
+    fn the_identity_warp_returns_the_image_unchanged() {
+        let image: Vec<u8> = (0..PIXELS).map(|i| (i * 37 % 256) as u8).collect();
+        assert_eq!(warped(&image, Warp::IDENTITY), image);
+    }
+
+    #[test]
+    fn a_whole_pixel_shift_moves_the_image_by_that_pixel() {
+        let image = square(10, 8, (5, 7), 200);
+        let right_down = Warp {
+            shift: [16, 32],
+            ..Warp::IDENTITY
+        };
+        assert_eq!(warped(&image, right_down), square(11, 10, (5, 7), 200));
+        let half = Warp {
+            shift: [8, 0],
+            ..Warp::IDENTITY
+        };
+        // Half a pixel to the right: each edge column half covered.
+        let out = warped(&image, half);
+        assert_eq!(out[8 * SIDE + 10], 100);
+        assert_eq!(out[8 * SIDE + 11], 200);
+        assert_eq!(out[8 * SIDE + 15], 100);
+    }
+
+    #[test]
+    fn the_stroke_change_removes_or_adds_one_pixel_of_width() {
+        let bar = square(10, 4, (3, 20), 255);
+        let ink = |image: &[u8]| image.iter().filter(|&&v| v > 0).count();
+        let thinner = warped(&bar, Warp { stroke: -1, ..Warp::IDENTITY });
+        let thicker = warped(&bar, Warp { stroke: 1, ..Warp::IDENTITY });
+        assert_eq!(ink(&thinner), 2 * 19);
+        assert_eq!(ink(&thicker), 4 * 21);
+    }
+
+    #[test]
+    fn a_rotation_turns_the_image_about_its_centre() {
+        // A centred square stays centred and keeps about its ink.
+        let image = square(9, 9, (10, 10), 255);
+        let sum = |image: &[u8]| image.iter().map(|&v| v as u32).sum::<u32>();
+        let turned = Warp {
+            matrix: (ROTATIONS - 1) * SCALES + SCALES / 2, // 12°, scale 1
+            ..Warp::IDENTITY
+        };
+        let out = warped(&image, turned);
+        assert!(sum(&out).abs_diff(sum(&image)) < sum(&image) / 50);
+        assert_eq!(out[14 * SIDE + 14], 255);
+        // Point-symmetric, up to the rounding of the sampling weights.
+        let opposite = |x: usize, y: usize| out[(27 - y) * SIDE + 27 - x];
+        let symmetric = |x: usize, y: usize| out[y * SIDE + x].abs_diff(opposite(x, y)) <= 2;
+        assert!((0..SIDE).all(|x| (0..SIDE).all(|y| symmetric(x, y))));
+    }
+
+    #[test]
+    fn the_table_matches_the_platforms_sine_and_cosine() {
+        let table = warp_table();
+        for (i, [cos, sin]) in table.iter().enumerate() {
+            let (rotation, scale) = (i as u32 / SCALES, i as u32 % SCALES);
+            let theta = ((rotation as f64 - 120.0) / 10.0).to_radians();
+            let s = 0.9 + scale as f64 / 100.0;
+            assert!((*cos as f64 - theta.cos() / s * MATRIX_ONE).abs() <= 0.5 + 1e-6);
+            assert!((*sin as f64 - theta.sin() / s * MATRIX_ONE).abs() <= 0.5 + 1e-6);
+        }
+        assert_eq!(table[Warp::IDENTITY.matrix as usize], [65_536, 0]);
+    }
+
+    #[test]
+    fn warps_cover_their_ranges_and_depend_on_seed_epoch_and_sample() {
+        let key = AugmentKey::new(42, 0);
+        let warps: Vec<Warp> = (0..20_000).map(|i| sample_warp(key, i)).collect();
+        let shifts: Vec<i32> = warps.iter().map(|w| w.shift[0]).collect();
+        assert_eq!(shifts.iter().min(), Some(&-48));
+        assert_eq!(shifts.iter().max(), Some(&48));
+        let thinner = warps.iter().filter(|w| w.stroke == -1).count();
+        assert!((4_500..5_500).contains(&thinner), "{thinner}");
+        assert!(warps.iter().any(|w| w.matrix == 0));
+        assert!(warps.iter().any(|w| w.matrix == ROTATIONS * SCALES - 1));
+        let other_epoch = sample_warp(AugmentKey::new(42, 1), 0);
+        let other_seed = sample_warp(AugmentKey::new(43, 0), 0);
+        assert!(warps[0] != other_epoch && warps[0] != other_seed && warps[0] != warps[1]);
+        assert_eq!(sample_warp(key, 0), warps[0]);
+    }
+}
