@@ -5,6 +5,7 @@
 //! run. It takes a whole epoch (its shuffled order) at a time, which lets the GPU record
 //! many steps per submission without the loop knowing.
 
+use crate::layers::augment::cpu::AugmentKey;
 use crate::host::Task;
 use crate::model::{OptimState, Params};
 use crate::settings::steps_per_epoch;
@@ -198,6 +199,12 @@ pub trait Backend {
     /// [`Backend::train_epoch`], resumable and interruptible: the [`Steps`] of an epoch
     /// (the samples of its remaining steps, and the totals of those before them).
     fn train_steps<'a>(&'a mut self, steps: Steps<'a>) -> Task<'a, EpochEnd>;
+
+    /// From now on, train on the training images augmented under `key` (the epoch's:
+    /// see [`crate::layers::augment`]), each made from the original image, not from the
+    /// last epoch's. The epoch driver calls it before each epoch's steps under
+    /// `--augment`; evaluation never sees it.
+    fn augment(&mut self, key: AugmentKey) -> Task<'_, ()>;
 
     /// Loss, accuracy and predictions on the whole test set, in inference mode.
     fn evaluate(&mut self) -> Task<'_, EvalStats>;

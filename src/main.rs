@@ -121,6 +121,11 @@ struct TrainArgs {
     /// Keep the data in file order instead of shuffling every epoch.
     #[arg(long, conflicts_with = "resume")]
     no_shuffle: bool,
+    /// Train on augmented images: each epoch, each training image gets its own small
+    /// rotation (±12°), scale (0.9–1.1), shift (±3 px) and stroke change (±1 px), the
+    /// same on every device and on resume.
+    #[arg(long, conflicts_with = "resume")]
+    augment: bool,
     /// Use only the first N training samples (more than there are: all of them).
     #[arg(long, value_name = "N", value_parser = positive, conflicts_with = "resume")]
     train_limit: Option<usize>,
@@ -201,6 +206,7 @@ impl TrainArgs {
                     batch_size: self.batch_size.unwrap_or(batch_size),
                     seed: self.seed,
                     shuffle: !self.no_shuffle,
+                    augment: self.augment,
                 },
                 train_limit: self.train_limit,
                 test_limit: self.test_limit,

@@ -15,6 +15,8 @@ pub struct TrainOptions {
     pub batch_size: usize,
     pub seed: u64,
     pub shuffle: bool,
+    /// Train on each epoch's augmented images ([`crate::layers::augment`]).
+    pub augment: bool,
 }
 
 impl Default for TrainOptions {
@@ -24,6 +26,7 @@ impl Default for TrainOptions {
             batch_size: 32,
             seed: 42,
             shuffle: true,
+            augment: false,
         }
     }
 }
@@ -67,6 +70,7 @@ pub const EPOCHS: &str = "epochs";
 pub const BATCH_SIZE: &str = "batch_size";
 pub const SEED: &str = "seed";
 pub const SHUFFLE: &str = "shuffle";
+pub const AUGMENT: &str = "augment";
 pub const TRAIN_LIMIT: &str = "train_limit";
 pub const TEST_LIMIT: &str = "test_limit";
 
@@ -105,7 +109,7 @@ impl Settings {
     /// Every setting but the model, as text under its name: what a checkpoint stores
     /// (the model is stored as the file's architecture), and what [`Settings::read`]
     /// reads back.
-    pub fn fields(&self) -> [(&'static str, String); 7] {
+    pub fn fields(&self) -> [(&'static str, String); 8] {
         let limit = |limit: Option<usize>| limit.map_or(ALL.to_string(), |n| n.to_string());
         [
             (LR, self.lr.to_string()),
@@ -113,6 +117,7 @@ impl Settings {
             (BATCH_SIZE, self.options.batch_size.to_string()),
             (SEED, self.options.seed.to_string()),
             (SHUFFLE, self.options.shuffle.to_string()),
+            (AUGMENT, self.options.augment.to_string()),
             (TRAIN_LIMIT, limit(self.train_limit)),
             (TEST_LIMIT, limit(self.test_limit)),
         ]
@@ -134,11 +139,9 @@ impl Settings {
         let epochs = by_rule(EPOCHS, text(EPOCHS)?, positive)?;
         let batch_size = by_rule(BATCH_SIZE, text(BATCH_SIZE)?, positive)?;
         let seed = by_rule(SEED, text(SEED)?, seed)?;
-        let shuffle = text(SHUFFLE)?;
-        let shuffle = shuffle.parse().map_err(|_| FieldError::Invalid {
-            key: SHUFFLE,
-            text: shuffle.to_string(),
-        })?;
+        let shuffle = flag(SHUFFLE, text(SHUFFLE)?)?;
+        // Checkpoints written before --augment existed trained without it.
+        let augment = text(AUGMENT).map_or(Ok(false), |value| flag(AUGMENT, value))?;
         Ok(Settings {
             model,
             lr,
@@ -147,6 +150,7 @@ impl Settings {
                 batch_size,
                 seed,
                 shuffle,
+                augment,
             },
             train_limit: limit(TRAIN_LIMIT)?,
             test_limit: limit(TEST_LIMIT)?,
@@ -175,6 +179,14 @@ impl Settings {
         };
         Settings::read(self.model.clone(), text)
     }
+}
+
+/// The on/off setting `key`, written `true` or `false`.
+fn flag(key: &'static str, text: &str) -> Result<bool, FieldError> {
+    text.parse().map_err(|_| FieldError::Invalid {
+        key,
+        text: text.to_string(),
+    })
 }
 
 /// `rule` applied to the setting `key`'s `text`.
@@ -254,6 +266,8 @@ pub struct PageForm {
     pub train_limit: String,
     pub test_limit: String,
     pub raw_pixels: bool,
+    /// Train on augmented images (`--augment`).
+    pub augment: bool,
     /// Train on the CPU path (also what the page does when WebGPU is missing).
     pub cpu: bool,
 }
@@ -288,6 +302,7 @@ impl PageForm {
             epochs,
             batch_size,
             seed,
+            augment: self.augment,
         };
         Ok(Settings {
             model,
@@ -475,6 +490,7 @@ mod tests {
                 batch_size: 7,
                 seed: u64::MAX,
                 shuffle: false,
+                augment: true,
             },
             train_limit: Some(500),
             test_limit: None,
@@ -494,6 +510,7 @@ mod tests {
             (BATCH_SIZE, "32"),
             (SEED, "42"),
             (SHUFFLE, "true"),
+            (AUGMENT, "false"),
             (TRAIN_LIMIT, "all"),
             (TEST_LIMIT, "all"),
         ];
@@ -516,6 +533,10 @@ mod tests {
             Settings::read(ModelConfig::default(), text)
         };
         assert_eq!(with(SEED, None), Err(FieldError::Missing(SEED)));
+        // Written before --augment existed: trained without it.
+        let augment = |value| with(AUGMENT, value).map(|s| s.options.augment);
+        assert_eq!(augment(None), Ok(false));
+        assert_eq!(augment(Some("true")), Ok(true));
         let refused = |key, value| with(key, Some(value)).unwrap_err().to_string();
         assert_eq!(
             refused(BATCH_SIZE, "0"),
@@ -528,6 +549,10 @@ mod tests {
         assert_eq!(
             refused(SHUFFLE, "maybe"),
             "'shuffle' has the invalid value 'maybe'"
+        );
+        assert_eq!(
+            refused(AUGMENT, "yes"),
+            "'augment' has the invalid value 'yes'"
         );
         assert!(refused(LR, "1e-45").contains("too small"));
     }

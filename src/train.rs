@@ -3,6 +3,7 @@
 use crate::backend::{
     Backend, Diverged, EpochEnd, EpochRecord, EpochStats, EvalStats, NonFinite, StepProgress, Steps,
 };
+use crate::layers::augment::cpu::AugmentKey;
 use crate::model::{OptimState, Params, CLASSES};
 use crate::settings::steps_per_epoch;
 use crate::settings::TrainOptions;
@@ -242,7 +243,8 @@ fn stopped(
 
 /// **The epoch driver**, shared by the command line's loop ([`train_from`]) and the
 /// browser page (one call per epoch): the steps of epoch `epoch` (0-based) after those in
-/// `base` (its order, less the samples of the steps already done), then evaluation, the
+/// `base` (its order, less the samples of the steps already done) — on the epoch's
+/// augmented images under `--augment` — then evaluation, the
 /// finite checks and the epoch's record. A divergence is named with its epoch.
 pub async fn run_epoch(
     backend: &mut dyn Backend,
@@ -258,6 +260,9 @@ pub async fn run_epoch(
     let skip = (base.steps_done * options.batch_size).min(order.len());
     crate::host::yield_if_due().await;
     let started = Instant::now();
+    if options.augment {
+        backend.augment(AugmentKey::new(options.seed, epoch)).await?;
+    }
     let steps = Steps {
         order: &order[skip..],
         batch_size: options.batch_size,

@@ -130,9 +130,16 @@ fn probes(params: &Params) -> Vec<usize> {
 
 /// The sparse first-layer path (the default on MNIST) and the dense reference path train
 /// the same model: after two epochs of 60 steps every parameter, moving statistic and the
-/// test accuracy agree to rounding. Batch 37 leaves a partial last batch.
+/// test accuracy agree to rounding. Batch 37 leaves a partial last batch. With
+/// `--augment` too, where the sparse rows are remade from each epoch's images.
 #[test]
 fn sparse_and_dense_first_layer_paths_agree() {
+    for augment in [false, true] {
+        sparse_and_dense_paths_agree(augment);
+    }
+}
+
+fn sparse_and_dense_paths_agree(augment: bool) {
     let data = subset(2220, 500);
     let config = ModelConfig::default();
     let options = TrainOptions {
@@ -140,6 +147,7 @@ fn sparse_and_dense_first_layer_paths_agree() {
         batch_size: 37,
         seed: 5,
         shuffle: true,
+        augment,
     };
     let run = |sparse: bool| {
         let mut backend = CpuBackend::new(Params::init(&config, 5), Hyper::default(), data.clone());
@@ -159,13 +167,15 @@ fn sparse_and_dense_first_layer_paths_agree() {
     let e = worst(&sparse.trainable, &dense.trainable)
         .max(worst(&sparse.moving_mean, &dense.moving_mean))
         .max(worst(&sparse.moving_var, &dense.moving_var));
-    assert!(e < 2e-4, "sparse and dense paths differ by {e}");
+    assert!(e < 2e-4, "sparse and dense paths differ by {e} (augment: {augment})");
     let (a, b) = (
         sparse_run.final_eval.accuracy,
         dense_run.final_eval.accuracy,
     );
     assert!((a - b).abs() <= 0.004, "accuracy {a} vs {b}");
-    assert!(a > 0.85, "accuracy {a}");
+    // Two epochs of 2220 augmented images teach less than of the images themselves.
+    let floor = if augment { 0.75 } else { 0.85 };
+    assert!(a > floor, "accuracy {a} (augment: {augment})");
 }
 
 /// MNIST is sparse enough for the sparse path to be chosen; a data set of dense images
@@ -198,6 +208,7 @@ fn train_model(config: &ModelConfig, samples: usize, (seed, batch): (u64, usize)
         batch_size: batch,
         seed,
         shuffle: true,
+        augment: false,
     };
     let hyper = Hyper {
         dropout_seed: seed as u32,

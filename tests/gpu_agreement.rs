@@ -13,6 +13,7 @@ use mnist_gpu::cpu::CpuBackend;
 use mnist_gpu::data::Mnist;
 use mnist_gpu::gpu::{list_adapters, DeviceChoice, DeviceError, GpuBackend};
 use mnist_gpu::host::block_on;
+use mnist_gpu::layers::augment::cpu::AugmentKey;
 use mnist_gpu::layers::Pipelines;
 use mnist_gpu::model::{Hyper, ModelConfig, Params};
 use mnist_gpu::settings::{steps_per_epoch, TrainOptions};
@@ -144,7 +145,8 @@ fn training_steps_match_cpu() {
 /// after a ReLU) and a dense layer without one, and a convolution flattened straight
 /// into the output. Two epochs of 11 steps each, the last a partial batch (the second
 /// epoch's dropout masks count on from the first's), then the parameters, Adam's
-/// moments and the evaluation against the CPU's.
+/// moments and the evaluation against the CPU's. The convnet trains on augmented
+/// images (`--augment`), a new set each epoch.
 #[test]
 fn layer_lists_train_as_on_the_cpu() {
     let data = mnist(170, 100);
@@ -174,7 +176,13 @@ fn layer_lists_train_as_on_the_cpu() {
                 break;
             };
             let mut cpu = CpuBackend::new(params, hyper.clone(), data.clone());
+            let augment = layers == mnist_gpu::model::KERAS_CONVNET;
             for epoch in 0..2 {
+                if augment {
+                    let key = AugmentKey::new(11, epoch);
+                    block_on(gpu.augment(key)).unwrap();
+                    block_on(cpu.augment(key)).unwrap();
+                }
                 let order = epoch_order(data.train.len(), 11, epoch, true);
                 let gs = block_on(gpu.train_epoch(&order, 16, &mut |_| {})).unwrap();
                 let cs = block_on(cpu.train_epoch(&order, 16, &mut |_| {})).unwrap();
@@ -202,6 +210,42 @@ fn layer_lists_train_as_on_the_cpu() {
 
 /// After the 20 steps of [`layer_lists_train_as_on_the_cpu`].
 const LAYER_LIST_TOL: f64 = 1e-5;
+
+/// `--augment` with the MLP: two epochs of 10 steps on each epoch's augmented images,
+/// on the GPU and on both CPU paths (the sparse rows remade each epoch), agree as
+/// unaugmented training does; the evaluation, on the test images as they are, too.
+#[test]
+fn augmented_training_matches_cpu() {
+    let data = mnist(320, 100);
+    let params = Params::init(&ModelConfig::default(), 7);
+    for backend in backends() {
+        let Some(mut gpu) = gpu_backend("augmented_training_matches_cpu", &backend, &params, &data)
+        else {
+            continue;
+        };
+        for sparse in [true, false] {
+            let mut cpu = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
+            cpu.set_sparse_input(sparse);
+            gpu.load(&params, None).unwrap();
+            for epoch in 0..2 {
+                let key = AugmentKey::new(3, epoch);
+                block_on(gpu.augment(key)).unwrap();
+                block_on(cpu.augment(key)).unwrap();
+                let order = epoch_order(data.train.len(), 3, epoch, true);
+                let gs = block_on(gpu.train_epoch(&order, 32, &mut |_| {})).unwrap();
+                let cs = block_on(cpu.train_epoch(&order, 32, &mut |_| {})).unwrap();
+                let what = format!("{backend}, cpu sparse={sparse}, epoch {}", epoch + 1);
+                let loss_err = rel_err(gs.loss as f32, cs.loss as f32);
+                assert!(loss_err <= TWENTY_STEPS_TOL, "{what}: loss {loss_err:.1e}");
+                compare_state(&what, &mut gpu, &mut cpu, TWENTY_STEPS_TOL);
+            }
+            let (ge, ce) = (block_on(gpu.evaluate()).unwrap(), block_on(cpu.evaluate()).unwrap());
+            let what = format!("{backend}, cpu sparse={sparse}: evaluation");
+            assert!(rel_err(ge.loss as f32, ce.loss as f32) <= TWENTY_STEPS_TOL, "{what}");
+            assert_predictions_agree(&what, &ge.predictions, &ce.predictions);
+        }
+    }
+}
 
 #[test]
 fn one_epoch_accuracy_matches_cpu() {
@@ -296,6 +340,14 @@ fn gpu_training_is_deterministic() {
 /// uninterrupted epoch, to the bit, and the same evaluation.
 #[test]
 fn an_epoch_stopped_and_continued_gives_the_whole_epochs_bits() {
+    for augment in [false, true] {
+        stopped_and_continued(augment);
+    }
+}
+
+/// [`an_epoch_stopped_and_continued_gives_the_whole_epochs_bits`], with `--augment` or
+/// without.
+fn stopped_and_continued(augment: bool) {
     let data = mnist(200, 100);
     let params = Params::init(&ModelConfig::default(), 3);
     let options = TrainOptions {
@@ -303,6 +355,7 @@ fn an_epoch_stopped_and_continued_gives_the_whole_epochs_bits() {
         batch_size: 37,
         seed: 5,
         shuffle: true,
+        augment,
     };
     let base = StepProgress {
         steps_total: steps_per_epoch(data.train.len(), 37),
@@ -337,7 +390,7 @@ fn an_epoch_stopped_and_continued_gives_the_whole_epochs_bits() {
         assert_eq!(
             bits(&model.params.trainable),
             bits(&whole_model.params.trainable),
-            "{backend}: parameters"
+            "{backend}, augment {augment}: parameters"
         );
         assert_eq!(
             block_on(parts.optim_state()).unwrap(),

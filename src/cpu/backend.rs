@@ -16,6 +16,7 @@ use crate::backend::{Backend, Diverged, EpochEnd, EvalStats, Steps};
 use crate::data::Mnist;
 use crate::host::Task;
 use crate::layers::adam::cpu::adam_update;
+use crate::layers::augment::cpu::{augment_part, warp_table, AugmentKey};
 use crate::layers::batchnorm::cpu::{
     batchnorm_backward, batchnorm_batch_update, batchnorm_dense_backward, batchnorm_forward_train,
     gather_scaled, Affine, Moments, TrainOutputs,
@@ -58,7 +59,13 @@ pub struct CpuBackend {
     clock: PhaseClock,
     /// A one-thread pool for batches under [`PARALLEL_MIN_BATCH`], built when first needed.
     serial_pool: Option<rayon::ThreadPool>,
+    /// Under `--augment`: the training images as loaded (`data.train.images` then holds
+    /// the epoch's augmented ones) and the warp table, kept from the first epoch on.
+    augment_source: Option<(Vec<u8>, Vec<[i32; 2]>)>,
 }
+
+/// Images augmented between two chances to yield to a browser (about 20 ms in wasm).
+const AUGMENT_PART: usize = 2048;
 
 /// Batches below this size train on one thread: their steps' parallel sections are so
 /// short that handing half to the other thread costs more than it saves (batch 32 on two
@@ -135,6 +142,7 @@ impl CpuBackend {
             work: Workspace::default(),
             clock: PhaseClock::default(),
             serial_pool: None,
+            augment_source: None,
         }
     }
 
@@ -655,6 +663,27 @@ impl CpuBackend {
     }
 }
 
+impl CpuBackend {
+    /// [`Backend::augment`]: the training images remade from the originals in parts, the
+    /// host's turn between (so a browser tab stays responsive), then the sparse rows
+    /// remade from them.
+    async fn augment_images(&mut self, key: AugmentKey) -> Result<()> {
+        let images = &mut self.data.train.images;
+        let (original, table) = self
+            .augment_source
+            .get_or_insert_with(|| (images.clone(), warp_table()));
+        let part = AUGMENT_PART * INPUT;
+        for (p, (source, out)) in original.chunks(part).zip(images.chunks_mut(part)).enumerate() {
+            augment_part(source, (key, p * AUGMENT_PART), table, out);
+            crate::host::yield_if_due().await;
+        }
+        if self.sparse_train.is_some() {
+            self.sparse_train = Some(SparseImages::from_dense(images, INPUT));
+        }
+        Ok(())
+    }
+}
+
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         if cfg!(target_arch = "wasm32") {
@@ -670,6 +699,10 @@ impl Backend for CpuBackend {
 
     fn train_steps<'a>(&'a mut self, steps: Steps<'a>) -> Task<'a, EpochEnd> {
         Box::pin(self.steps(steps))
+    }
+
+    fn augment(&mut self, key: AugmentKey) -> Task<'_, ()> {
+        Box::pin(self.augment_images(key))
     }
 
     fn evaluate(&mut self) -> Task<'_, EvalStats> {

@@ -13,6 +13,7 @@
 //! time (measured), keeps no more than about 300 ms queued, and reads each submission's
 //! per-step loss/correct back asynchronously for progress.
 
+mod augment;
 mod layers;
 #[cfg(not(target_arch = "wasm32"))]
 mod profile;
@@ -26,6 +27,7 @@ use crate::device::error::DeviceError;
 use crate::device::kernel::{pack_pixels, record, storage_init, storage_zeroed, Dispatch};
 use crate::host::Task;
 use crate::layers::adam::AdamBindings;
+use crate::layers::augment::cpu::AugmentKey;
 use crate::layers::batchnorm::{
     BatchnormBackwardBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, BnForward,
     BnSetup,
@@ -77,6 +79,8 @@ pub struct GpuBackend {
     train_labels: wgpu::Buffer,
     test_pixels: wgpu::Buffer,
     test_labels: wgpu::Buffer,
+    /// Under `--augment`, from its first epoch on.
+    augmented: Option<augment::AugmentBuffers>,
     params: wgpu::Buffer,
     grads: wgpu::Buffer,
     m: wgpu::Buffer,
@@ -207,6 +211,7 @@ impl GpuBackend {
             train_labels: labels_buffer(&ctx, "train labels", &data.train),
             test_pixels: pixels_buffer(&ctx, "test pixels", &data.test),
             test_labels: labels_buffer(&ctx, "test labels", &data.test),
+            augmented: None,
             params: storage_init(&ctx, "params", bytemuck::cast_slice(&params.trainable)),
             grads: storage_zeroed(d, "grads", (total * 4) as u64),
             m: storage_zeroed(d, "adam m", (total * 4) as u64),
@@ -404,7 +409,7 @@ impl GpuBackend {
         stride: usize,
         order: &wgpu::Buffer,
     ) -> Dispatch {
-        let bindings = self.batchnorm_forward_bindings(&self.train_pixels, order);
+        let bindings = self.batchnorm_forward_bindings(self.train_images(), order);
         let setup = self.bn_setup();
         let pipelines = &self.pipelines.batchnorm;
         let pass = BnForward::Train { rows, stride };
@@ -835,6 +840,12 @@ impl Backend for GpuBackend {
 
     fn train_steps<'a>(&'a mut self, steps: Steps<'a>) -> Task<'a, EpochEnd> {
         Box::pin(self.steps(steps))
+    }
+
+    fn augment(&mut self, key: AugmentKey) -> Task<'_, ()> {
+        Box::pin(std::future::ready(
+            self.augment_images(key).map_err(Into::into),
+        ))
     }
 
     fn evaluate(&mut self) -> Task<'_, EvalStats> {

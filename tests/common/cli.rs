@@ -273,6 +273,7 @@ pub fn fresh_run_state(params: &Params) -> RunState {
                     batch_size: 32,
                     seed: 1,
                     shuffle: true,
+                    augment: false,
                 },
                 train_limit: Some(64),
                 test_limit: Some(10),

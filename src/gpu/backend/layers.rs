@@ -281,7 +281,7 @@ impl GpuBackend {
         (order, alphas, stats): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
     ) -> Vec<Dispatch> {
         let pass = BnForward::Train { rows, stride };
-        let mut list = vec![self.layers_input(pass, [&self.train_pixels, order])];
+        let mut list = vec![self.layers_input(pass, [self.train_images(), order])];
         list.extend(self.layers_forward(rows, true));
         list.push(self.softmax_xent_dispatch(rows, stride, order, stats));
         list.extend(self.layers_backward(rows));

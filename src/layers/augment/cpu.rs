@@ -143,13 +143,24 @@ fn taylor_sin_cos(x: f64) -> (f64, f64) {
 /// Every image of `images` (28×28 each) augmented under `key` into `out`: image i with
 /// [`sample_warp`]`(key, i)`.
 pub fn augment_set(images: &[u8], key: AugmentKey, table: &[[i32; 2]], out: &mut [u8]) {
+    augment_part(images, (key, 0), table, out);
+}
+
+/// [`augment_set`] of a part of a set, whose first image is image `first` of the set.
+pub fn augment_part(
+    images: &[u8],
+    (key, first): (AugmentKey, usize),
+    table: &[[i32; 2]],
+    out: &mut [u8],
+) {
     assert_eq!(images.len(), out.len());
     assert_eq!(images.len() % PIXELS, 0, "images are not 28×28");
     out.par_chunks_mut(PIXELS)
         .zip(images.par_chunks(PIXELS))
         .enumerate()
         .for_each(|(i, (image_out, image))| {
-            augment_image(image, &sample_warp(key, i as u32), table, image_out)
+            let warp = sample_warp(key, (first + i) as u32);
+            augment_image(image, &warp, table, image_out)
         });
 }
 
