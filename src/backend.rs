@@ -5,8 +5,8 @@
 //! run. It takes a whole epoch (its shuffled order) at a time, which lets the GPU record
 //! many steps per submission without the loop knowing.
 
-use crate::layers::augment::cpu::AugmentKey;
 use crate::host::Task;
+use crate::layers::augment::cpu::AugmentKey;
 use crate::model::{OptimState, Params};
 use crate::settings::steps_per_epoch;
 use serde::{Deserialize, Serialize};

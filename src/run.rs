@@ -330,12 +330,13 @@ fn train_in(
         writer.resume_from(state)?;
     }
     crate::outln!(
-        "device: {} | batch {} ({} steps/epoch), Adam lr {}, seed {}",
+        "device: {} | batch {} ({} steps/epoch), Adam lr {}, seed {}{}",
         backend.name(),
         s.options.batch_size,
         steps_per_epoch(train_count, s.options.batch_size),
         format_lr(s.lr),
-        s.options.seed
+        s.options.seed,
+        if s.options.augment { ", augmented" } else { "" }
     );
     let start = StartAt {
         first_epoch: resumed.as_ref().map_or(0, |s| s.epochs_done),

@@ -261,7 +261,9 @@ pub async fn run_epoch(
     crate::host::yield_if_due().await;
     let started = Instant::now();
     if options.augment {
-        backend.augment(AugmentKey::new(options.seed, epoch)).await?;
+        backend
+            .augment(AugmentKey::new(options.seed, epoch))
+            .await?;
     }
     let steps = Steps {
         order: &order[skip..],

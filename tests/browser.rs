@@ -324,13 +324,14 @@ fn the_page_trains_on_webgpu_like_the_cli_and_its_model_draws_and_evaluates() {
 }
 
 /// The page offers the convnet: chosen in the URL, it trains on WebGPU with the
-/// convnet's layers and dropout and gives the CLI's metrics for the same flags, and its
+/// convnet's layers and dropout, on augmented images (the augment box), and gives the
+/// CLI's metrics for the same flags, and its
 /// downloaded model evaluates to the page's accuracy; a convnet from the command line
 /// loads, evaluates to `eval`'s accuracy and reads a drawn digit.
 #[test]
 fn the_page_trains_the_convnet_on_webgpu_like_the_cli() {
     in_browser("convnet", &WEBGPU_ARGS, |session, base| {
-        let flags = "epochs=1&batch-size=32&train-limit=320&test-limit=200";
+        let flags = "epochs=1&batch-size=32&train-limit=320&test-limit=200&augment=1";
         session.goto(&format!("{base}?model=convnet&{flags}&autostart=1"));
         let lines = wait_for_run(session);
         assert!(device_line(&lines).contains("WebGPU"), "{lines:#?}");
@@ -350,6 +351,7 @@ fn the_page_trains_the_convnet_on_webgpu_like_the_cli() {
             "320",
             "--test-limit",
             "200",
+            "--augment",
         ]);
         assert_agrees(&page, &cli[0]);
         let accuracy = eval_downloaded_model(session, "200");

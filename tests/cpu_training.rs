@@ -167,7 +167,10 @@ fn sparse_and_dense_paths_agree(augment: bool) {
     let e = worst(&sparse.trainable, &dense.trainable)
         .max(worst(&sparse.moving_mean, &dense.moving_mean))
         .max(worst(&sparse.moving_var, &dense.moving_var));
-    assert!(e < 2e-4, "sparse and dense paths differ by {e} (augment: {augment})");
+    assert!(
+        e < 2e-4,
+        "sparse and dense paths differ by {e} (augment: {augment})"
+    );
     let (a, b) = (
         sparse_run.final_eval.accuracy,
         dense_run.final_eval.accuracy,

@@ -79,13 +79,25 @@ fn temp_files(dir: &Path) -> Vec<String> {
 /// weights and metrics of a run that was never interrupted.
 #[test]
 fn interrupt_mid_epoch_then_resume_is_bit_identical() {
+    interrupt_and_resume(&["--epochs", "3"]);
+}
+
+/// The same with `--augment`: the resumed epoch trains on the images the uninterrupted
+/// one did, and the checkpoint remembers to augment.
+#[test]
+fn an_augmented_run_resumes_bit_identically() {
+    interrupt_and_resume(&["--epochs", "3", "--augment"]);
+}
+
+/// A run with `flags` interrupted in epoch 2 and resumed against the same run whole.
+fn interrupt_and_resume(flags: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let (whole, cut) = (tmp.path().join("whole"), tmp.path().join("cut"));
-    let out = run(bin().args(train_args(&whole, &["--epochs", "3"])));
+    let out = run(bin().args(train_args(&whole, flags)));
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     let out = run(bin()
-        .args(train_args(&cut, &["--epochs", "3"]))
+        .args(train_args(&cut, flags))
         .env("MNIST_GPU_INTERRUPT_AT", "2:20"));
     no_panic(&out);
     let stderr = text(&out.stderr);

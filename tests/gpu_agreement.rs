@@ -239,9 +239,15 @@ fn augmented_training_matches_cpu() {
                 assert!(loss_err <= TWENTY_STEPS_TOL, "{what}: loss {loss_err:.1e}");
                 compare_state(&what, &mut gpu, &mut cpu, TWENTY_STEPS_TOL);
             }
-            let (ge, ce) = (block_on(gpu.evaluate()).unwrap(), block_on(cpu.evaluate()).unwrap());
+            let (ge, ce) = (
+                block_on(gpu.evaluate()).unwrap(),
+                block_on(cpu.evaluate()).unwrap(),
+            );
             let what = format!("{backend}, cpu sparse={sparse}: evaluation");
-            assert!(rel_err(ge.loss as f32, ce.loss as f32) <= TWENTY_STEPS_TOL, "{what}");
+            assert!(
+                rel_err(ge.loss as f32, ce.loss as f32) <= TWENTY_STEPS_TOL,
+                "{what}"
+            );
             assert_predictions_agree(&what, &ge.predictions, &ce.predictions);
         }
     }

@@ -7,10 +7,11 @@ mod common;
 
 use common::paper::{on_paper, Paper};
 use common::pens::pen_drawing;
-use common::run::default_run;
+use common::run::{default_run, readme_models};
 use image::DynamicImage;
 use mnist_gpu::data::{builtin_dir, Mnist};
 use mnist_gpu::{cpu, model::Hyper, modelfile, preprocess};
+use std::path::Path;
 
 /// Test digits spread over the set (none was looked at while writing the preprocessing).
 const DIGITS: usize = 30;
@@ -20,13 +21,15 @@ const SIDE: u32 = 280;
 
 /// Of the `DIGITS` test digits drawn with a pen `width` pixels wide: how many are read right.
 fn read_right(width: u32) -> (usize, Vec<String>) {
-    read_drawn(|digit| pen_drawing(digit, SIDE, width))
+    read_drawn(&default_run().model(), |digit| {
+        pen_drawing(digit, SIDE, width)
+    })
 }
 
-/// Of the `DIGITS` test digits, each drawn by `draw`: how many are read right.
-fn read_drawn(draw: impl Fn(&[u8]) -> image::GrayImage) -> (usize, Vec<String>) {
+/// Of the `DIGITS` test digits, each drawn by `draw`: how many `model` reads right.
+fn read_drawn(model: &Path, draw: impl Fn(&[u8]) -> image::GrayImage) -> (usize, Vec<String>) {
     let test = Mnist::load(&builtin_dir()).expect("built-in MNIST").test;
-    let params = modelfile::load_model(&default_run().model()).expect("the model loads");
+    let params = modelfile::load_model(model).expect("the model loads");
     let mut pixels = Vec::new();
     for n in 0..DIGITS {
         let drawing = draw(test.image(n * STRIDE));
@@ -85,7 +88,7 @@ fn digits_on_forms_and_stationery_are_read() {
     let mut report = Vec::new();
     let mut weak = Vec::new();
     for paper in papers {
-        let (right, wrong) = read_drawn(|digit| on_paper(digit, paper));
+        let (right, wrong) = read_drawn(&default_run().model(), |digit| on_paper(digit, paper));
         report.push(format!("{paper:?}: {right}/{DIGITS} {wrong:?}"));
         if right < 27 {
             weak.push(paper);
@@ -104,4 +107,29 @@ fn digits_on_forms_and_stationery_are_read() {
         weak.is_empty(),
         "{weak:?} read fewer than 27 of {DIGITS}:\n{report}"
     );
+}
+
+/// Every README model's scores on the pens and the forms, for the README's table (it
+/// trains the convnet's and the augmented runs first, a few minutes):
+/// `cargo test --release --test pens -- --ignored every_readme_model --nocapture`.
+#[test]
+#[ignore = "trains the convnet and the augmented models"]
+fn every_readme_model_reads_the_pens_and_forms() {
+    let papers = [
+        Paper::Box { line: 4 },
+        Paper::Box { line: 12 },
+        Paper::Ruled,
+        Paper::Grid,
+    ];
+    for (name, run) in readme_models() {
+        let model = run().model();
+        for width in [1, 4, 8, 16, 30] {
+            let (right, _) = read_drawn(&model, |digit| pen_drawing(digit, SIDE, width));
+            eprintln!("{name}, pen {width} px: {right} of {DIGITS}");
+        }
+        for paper in papers {
+            let (right, _) = read_drawn(&model, |digit| on_paper(digit, paper));
+            eprintln!("{name}, {paper:?}: {right} of {DIGITS}");
+        }
+    }
 }

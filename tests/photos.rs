@@ -8,7 +8,7 @@ mod common;
 
 use common::notebook::pencil_on_notebook;
 use common::photo::{jpeg, photo, read_jpegs, read_photo_set, PhotoScore, STRIDE};
-use common::run::{convnet_run, default_run};
+use common::run::{default_run, readme_models};
 use image::imageops::{self, FilterType};
 use image::{DynamicImage, GrayImage, Rgb, RgbImage};
 use mnist_gpu::data::{builtin_dir, Mnist};
@@ -78,24 +78,27 @@ fn pencil_on_notebook_paper_is_read() {
     at_least_95_percent("pencil on notebook paper", &score);
 }
 
-/// The convnet's scores on the same sets, for the README (it trains the convnet's
-/// 15-epoch README run first): `cargo test --release --test photos -- --ignored convnet`.
+/// Every README model's scores on the same sets, for the README's table (it trains the
+/// convnet's and the augmented runs first, a few minutes):
+/// `cargo test --release --test photos -- --ignored every_readme_model --nocapture`.
 #[test]
-#[ignore = "trains the convnet for 15 epochs"]
-fn the_convnet_reads_the_same_sets() {
-    let model = convnet_run().model();
+#[ignore = "trains the convnet and the augmented models"]
+fn every_readme_model_reads_the_same_sets() {
     let test = Mnist::load(&builtin_dir()).expect("built-in MNIST").test;
-    let mut scores = vec![("photos".to_string(), read_photo_set(&model))];
-    for side in [100, 1000, 4000] {
-        let score = read_jpegs(&model, photo_set(&test, Some(side)));
-        scores.push((format!("photos {side} px a side"), score));
-    }
-    scores.push((
-        "pencil on notebook paper".into(),
-        read_jpegs(&model, notebook_pictures()),
-    ));
-    for (what, score) in &scores {
-        eprintln!("convnet, {what}: {} of {}", score.correct, score.total);
+    for (name, run) in readme_models() {
+        let model = run().model();
+        let mut scores = vec![("photos".to_string(), read_photo_set(&model))];
+        for side in [100, 1000, 4000] {
+            let score = read_jpegs(&model, photo_set(&test, Some(side)));
+            scores.push((format!("photos {side} px a side"), score));
+        }
+        scores.push((
+            "pencil on notebook paper".into(),
+            read_jpegs(&model, notebook_pictures()),
+        ));
+        for (what, score) in &scores {
+            eprintln!("{name}, {what}: {} of {}", score.correct, score.total);
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 mod common;
 
 use common::photo::read_photo_set;
-use common::run::{convnet_run, default_run, DefaultRun};
+use common::run::{augmented_convnet_run, augmented_run, convnet_run, default_run, DefaultRun};
 use mnist_gpu::data::{builtin_dir, Mnist};
 use safetensors::SafeTensors;
 use std::path::Path;
@@ -117,6 +117,58 @@ fn the_convnet_block_shows_what_the_program_prints() {
         .unwrap();
     let accuracy: f64 = number_after(line, "Test accuracy: ").parse().unwrap();
     assert!(accuracy >= 99.1, "the convnet reached only {accuracy}%");
+}
+
+/// The table of augmented training: each row's test accuracy, test loss and last
+/// epoch's training accuracy are what its command gives (the augmented runs train here).
+#[test]
+fn the_augmented_training_table_is_what_the_runs_give() {
+    let readme = readme();
+    let table = section(&readme, "## Augmented training");
+    let runs = [
+        ("mnist-gpu train --cpu-fallback", default_run()),
+        ("mnist-gpu train --cpu-fallback --augment", augmented_run()),
+        (
+            "mnist-gpu train --model convnet --cpu-fallback",
+            convnet_run(),
+        ),
+        (
+            "mnist-gpu train --model convnet --cpu-fallback --augment",
+            augmented_convnet_run(),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (command, run) in runs {
+        let row = format!("| `{command}` | ");
+        let cells: Vec<&str> = table
+            .lines()
+            .find_map(|l| l.strip_prefix(&row))
+            .unwrap_or_else(|| panic!("no row for {command}"))
+            .split(" | ")
+            .map(|c| c.trim_end_matches(" |").trim_end_matches('%'))
+            .collect();
+        let last = metrics(&run.dir).pop().expect("an epoch");
+        let value = |key: &str| last[key].as_f64().unwrap();
+        check(
+            &format!("{command}: test accuracy"),
+            cells[0],
+            value("val_accuracy") * 100.0,
+            &mut wrong,
+        );
+        check(
+            &format!("{command}: test loss"),
+            cells[1],
+            value("val_loss"),
+            &mut wrong,
+        );
+        check(
+            &format!("{command}: training accuracy"),
+            cells[2],
+            value("accuracy") * 100.0,
+            &mut wrong,
+        );
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 /// The README block that starts with `command`: its model and header lines are printed

@@ -58,6 +58,7 @@ function readSettings() {
   return {
     model: text('model'), epochs: text('epochs'), 'batch-size': text('batch-size'), lr: text('lr'),
     hidden: text('hidden'), seed: text('seed'), 'raw-pixels': f['raw-pixels'].checked,
+    augment: f.augment.checked,
     'train-limit': text('train-limit'), 'test-limit': text('test-limit'),
     cpu: f['cpu-fallback'].checked || !webgpu,
   };

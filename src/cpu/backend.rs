@@ -673,7 +673,11 @@ impl CpuBackend {
             .augment_source
             .get_or_insert_with(|| (images.clone(), warp_table()));
         let part = AUGMENT_PART * INPUT;
-        for (p, (source, out)) in original.chunks(part).zip(images.chunks_mut(part)).enumerate() {
+        for (p, (source, out)) in original
+            .chunks(part)
+            .zip(images.chunks_mut(part))
+            .enumerate()
+        {
             augment_part(source, (key, p * AUGMENT_PART), table, out);
             crate::host::yield_if_due().await;
         }

@@ -1,6 +1,7 @@
 //! The README's training runs, each done once per test binary: the default run
-//! (`mnist-gpu train --cpu-fallback`, every other flag at its default) and the convnet's
-//! (`train --model convnet --cpu-fallback`), with their printed output and their models.
+//! (`mnist-gpu train --cpu-fallback`, every other flag at its default), the convnet's
+//! (`train --model convnet --cpu-fallback`), and both with `--augment`, with their
+//! printed output and their models.
 //! The CPU path is deterministic, so every binary gets the same models and figures.
 
 #![allow(dead_code)]
@@ -33,6 +34,37 @@ pub fn default_run() -> &'static DefaultRun {
 pub fn convnet_run() -> &'static DefaultRun {
     static RUN: OnceLock<DefaultRun> = OnceLock::new();
     RUN.get_or_init(|| train_once("convnet-run", &["--model", "convnet"]))
+}
+
+/// The default run with `--augment` (about 10 s), once per binary.
+pub fn augmented_run() -> &'static DefaultRun {
+    static RUN: OnceLock<DefaultRun> = OnceLock::new();
+    RUN.get_or_init(|| train_once("augmented-run", &["--augment"]))
+}
+
+/// The convnet's run with `--augment` (a few minutes), once per binary.
+pub fn augmented_convnet_run() -> &'static DefaultRun {
+    static RUN: OnceLock<DefaultRun> = OnceLock::new();
+    RUN.get_or_init(|| {
+        train_once(
+            "augmented-convnet-run",
+            &["--model", "convnet", "--augment"],
+        )
+    })
+}
+
+/// One of the runs above: trained when first asked for.
+pub type RunOnce = fn() -> &'static DefaultRun;
+
+/// The README's four models, named as its tables name them (the convnets and the
+/// augmented runs train when first asked for).
+pub fn readme_models() -> [(&'static str, RunOnce); 4] {
+    [
+        ("MLP", default_run),
+        ("MLP --augment", augmented_run),
+        ("convnet", convnet_run),
+        ("convnet --augment", augmented_convnet_run),
+    ]
 }
 
 /// `train --cpu-fallback FLAGS` into a directory `name` under target/ (one per test

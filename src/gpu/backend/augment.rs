@@ -20,7 +20,9 @@ impl GpuBackend {
     /// The training images the steps read: the epoch's augmented ones under
     /// `--augment`, else the originals.
     pub(super) fn train_images(&self) -> &wgpu::Buffer {
-        self.augmented.as_ref().map_or(&self.train_pixels, |a| &a.images)
+        self.augmented
+            .as_ref()
+            .map_or(&self.train_pixels, |a| &a.images)
     }
 
     /// [`crate::backend::Backend::augment`]: the kernel queued over the whole set
@@ -46,11 +48,17 @@ impl GpuBackend {
             images: &self.train_pixels,
             out: &buffers.images,
         };
-        let dispatch = self.pipelines.augment.augment(self.train_count, key, &bindings);
+        let dispatch = self
+            .pipelines
+            .augment
+            .augment(self.train_count, key, &bindings);
         self.ctx.scoped("augmenting the training images", || {
             let device = &self.ctx.device;
             let mut encoder = device.create_command_encoder(&Default::default());
-            record(&mut encoder.begin_compute_pass(&Default::default()), &[dispatch]);
+            record(
+                &mut encoder.begin_compute_pass(&Default::default()),
+                &[dispatch],
+            );
             self.ctx.queue.submit([encoder.finish()]);
         })?;
         self.ctx.check()

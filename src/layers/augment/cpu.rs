@@ -164,12 +164,16 @@ pub fn augment_part(
         });
 }
 
+/// Zero pixels around the image in [`augment_image`]'s working copy: more than any
+/// sample reaches (|q − c − t| ≤ 13.5·√2 + 3·√2 = 23.3 pixels, over a scale of at least
+/// 0.9: 25.9 from the centre), so no sample needs a bounds check of its own.
+const PAD: usize = 13;
+/// Side of the working copy.
+const PADDED: usize = SIDE + 2 * PAD;
+
 /// One 28×28 image under `warp`.
 pub fn augment_image(image: &[u8], warp: &Warp, table: &[[i32; 2]], out: &mut [u8]) {
-    let mut stroked = [0u8; PIXELS];
-    for (p, value) in stroked.iter_mut().enumerate() {
-        *value = stroke_pixel(image, (p % SIDE) as i32, (p / SIDE) as i32, warp.stroke);
-    }
+    let stroked = stroked_padded(image, warp.stroke);
     let [cos, sin] = table[warp.matrix as usize];
     for (p, value) in out.iter_mut().enumerate() {
         let (x, y) = ((p % SIDE) as i32, (p / SIDE) as i32);
@@ -183,35 +187,49 @@ pub fn augment_image(image: &[u8], warp: &Warp, table: &[[i32; 2]], out: &mut [u
     }
 }
 
-/// Pixel (x, y) of `image` after the stroke change: the minimum (−1) or maximum (1) of
-/// the 2×2 window from (x, y) right and down, outside pixels 0; else the pixel.
-fn stroke_pixel(image: &[u8], x: i32, y: i32, stroke: i32) -> u8 {
-    let at = |dx: i32, dy: i32| pixel(image, x + dx, y + dy) as u8;
-    let window = [at(0, 0), at(1, 0), at(0, 1), at(1, 1)];
-    match stroke {
-        -1 => window.into_iter().min().unwrap_or(0),
-        1 => window.into_iter().max().unwrap_or(0),
-        _ => window[0],
+/// `image` after the stroke change, in the middle of a [`PADDED`]² copy whose border is
+/// 0: thinner (−1), each pixel the minimum of the 2×2 window from it right and down
+/// (pixels outside the image 0); thicker (1), its maximum; else the pixel.
+fn stroked_padded(image: &[u8], stroke: i32) -> [u8; PADDED * PADDED] {
+    let mut source = [0u8; PADDED * PADDED];
+    for (row, pixels) in image.chunks_exact(SIDE).enumerate() {
+        let start = (row + PAD) * PADDED + PAD;
+        source[start..start + SIDE].copy_from_slice(pixels);
     }
+    if stroke == 0 {
+        return source;
+    }
+    let mut stroked = [0u8; PADDED * PADDED];
+    for y in PAD..PAD + SIDE {
+        for x in PAD..PAD + SIDE {
+            let i = y * PADDED + x;
+            let window = [
+                source[i],
+                source[i + 1],
+                source[i + PADDED],
+                source[i + PADDED + 1],
+            ];
+            let (min, max) = (window.iter().min(), window.iter().max());
+            stroked[i] = *if stroke < 0 { min } else { max }.unwrap_or(&0);
+        }
+    }
+    stroked
 }
 
-/// `image`'s pixel (x, y), 0 outside.
-fn pixel(image: &[u8], x: i32, y: i32) -> i32 {
-    let side = SIDE as i32;
-    if (0..side).contains(&x) && (0..side).contains(&y) {
-        image[(y * side + x) as usize] as i32
-    } else {
-        0
-    }
-}
-
-/// `image` sampled at (ux, uy), pixel indices in units of 2⁻²¹, between its four nearest
-/// pixels with weights in 256ths, rounded to the nearest byte.
-fn bilinear(image: &[u8], ux: i32, uy: i32) -> u8 {
-    let (x, y) = (ux >> 21, uy >> 21);
+/// `image` (a [`PADDED`]² copy) sampled at (ux, uy), pixel indices of the 28×28 image in
+/// units of 2⁻²¹, between its four nearest pixels with weights in 256ths, rounded to the
+/// nearest byte.
+fn bilinear(image: &[u8; PADDED * PADDED], ux: i32, uy: i32) -> u8 {
+    let (x, y) = ((ux >> 21) + PAD as i32, (uy >> 21) + PAD as i32);
     let (fx, fy) = ((ux >> 13) & 255, (uy >> 13) & 255);
-    let top = pixel(image, x, y) * (256 - fx) + pixel(image, x + 1, y) * fx;
-    let bottom = pixel(image, x, y + 1) * (256 - fx) + pixel(image, x + 1, y + 1) * fx;
+    let inside = |v: i32| (0..PADDED as i32 - 1).contains(&v);
+    if !(inside(x) && inside(y)) {
+        return 0; // never reached (see PAD); all background if it were
+    }
+    let i = y as usize * PADDED + x as usize;
+    let at = |i: usize| image[i] as i32;
+    let top = at(i) * (256 - fx) + at(i + 1) * fx;
+    let bottom = at(i + PADDED) * (256 - fx) + at(i + PADDED + 1) * fx;
     ((top * (256 - fy) + bottom * fy + (1 << 15)) >> 16) as u8
 }
 
@@ -263,8 +281,20 @@ mod tests {
     fn the_stroke_change_removes_or_adds_one_pixel_of_width() {
         let bar = square(10, 4, (3, 20), 255);
         let ink = |image: &[u8]| image.iter().filter(|&&v| v > 0).count();
-        let thinner = warped(&bar, Warp { stroke: -1, ..Warp::IDENTITY });
-        let thicker = warped(&bar, Warp { stroke: 1, ..Warp::IDENTITY });
+        let thinner = warped(
+            &bar,
+            Warp {
+                stroke: -1,
+                ..Warp::IDENTITY
+            },
+        );
+        let thicker = warped(
+            &bar,
+            Warp {
+                stroke: 1,
+                ..Warp::IDENTITY
+            },
+        );
         assert_eq!(ink(&thinner), 2 * 19);
         assert_eq!(ink(&thicker), 4 * 21);
     }
