@@ -11,8 +11,10 @@ pub mod cpu;
 use crate::device::kernel::{bindings, uniform, Dispatch};
 use cpu::AugmentKey;
 
-/// Cap on workgroups (one per image): the kernel loops over the images past it.
-const MAX_GROUPS: u32 = 65_535;
+/// Cap on workgroups: the kernel loops over the words past them.
+const MAX_GROUPS: u32 = 4096;
+/// Threads per workgroup (`augment.wgsl`), one per output word.
+const WORKGROUP: u32 = 256;
 
 uniform! {
     /// Uniform block of `augment.wgsl`.
@@ -45,7 +47,8 @@ impl Pipelines {
             epoch: key.epoch,
             ..Default::default()
         };
-        let groups = (count as u32).clamp(1, MAX_GROUPS);
+        let words = (count * cpu::PIXELS / 4) as u32;
+        let groups = words.div_ceil(WORKGROUP).clamp(1, MAX_GROUPS);
         self.augment.dispatch(&u, bindings, [groups, 1, 1])
     }
 }
