@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The real-GPU check, in one script: Vulkan loader and adapters, the GPU agreement and
 # fusion tests on the hardware adapter, the epoch and kernel benchmarks beside the CPU, a
-# default 10-epoch `train --adapter vulkan`, 2 epochs of the convnet, and the convnet in
-# PyTorch on CUDA where it is installed, all written to one results file.
+# default 10-epoch `train --adapter vulkan`, 2 epochs of the convnet, the convnet in
+# PyTorch on CUDA where it is installed, and one short epoch on wgpu's GL backend, all
+# written to one results file.
 #
 #   benches/device.sh pack   # on the build machine: build the five programs, strip them
 #                            # into .device/programs.tar.xz (16 MB: each embeds the same
@@ -17,7 +18,7 @@
 #
 # For a GPU machine that has no Rust toolchain: `pack` on the build machine, copy the
 # checkout with .gl/ and .device/ there, and run `bash benches/device.sh` in it. It is
-# meant to finish in a few minutes; each part has its own time limit (570 s in all), and a
+# meant to finish in a few minutes; each part has its own time limit (610 s in all), and a
 # part that fails or runs out of time is recorded and the rest still runs.
 #
 # Environment:
@@ -175,6 +176,18 @@ train_run() {
   return $status
 }
 
+# wgpu's GL backend on the same GPU: its adapters, and one short epoch (the H200 once
+# failed here with "Parent device is lost" while opening the device).
+gl_run() {
+  bin=target/device-run
+  local dir
+  dir=$(mktemp -d)
+  "$bin/mnist-gpu" adapters --backend gl 2>&1
+  local args=(train --backend gl --train-limit 3000 --test-limit 1000 --epochs 1 --out-dir "$dir/run")
+  echo "\$ mnist-gpu ${args[*]}"
+  "$bin/mnist-gpu" "${args[@]}" 2>&1
+}
+
 run_all() {
   local out_dir=${OUT:-target}
   mkdir -p "$out_dir"
@@ -202,6 +215,7 @@ run_all() {
   part "train --adapter $backend" 80 bash "$0" train
   part "convnet --adapter $backend" 60 bash "$0" convnet
   part "pytorch convnet (cuda)" 40 bash "$0" pytorch-convnet
+  part "train --backend gl" 40 bash "$0" gl
   section summary
   printf '%s\n' "${summary[@]}"
   echo "results: $results"
@@ -214,6 +228,7 @@ case "${1:-}" in
   train) train_run ;; # one part of the run, in its own process for `timeout`
   convnet) convnet_run ;;
   pytorch-convnet) pytorch_convnet ;;
+  gl) gl_run ;;
   "") run_all ;;
   *) echo "usage: benches/device.sh [pack]" >&2; exit 2 ;;
 esac

@@ -105,9 +105,16 @@ fn backends_for(choice: &DeviceChoice) -> Result<(wgpu::Backends, String), Devic
 }
 
 /// An instance over every backend (see [`Found`] for why even under `--backend`).
+///
+/// Without wgpu's validation of indirect calls: the trainer makes none, and wgpu builds
+/// that validation's own compute pipelines when it opens a device, any failure of which
+/// it reports as "Parent device is lost". That is how opening NVIDIA's driver through
+/// the GL backend fails (wgpu asks EGL for an OpenGL 3.3 context there).
 fn make_instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = wgpu::Backends::all();
+    desc.flags
+        .remove(wgpu::InstanceFlags::VALIDATION_INDIRECT_CALL);
     wgpu::Instance::new(desc)
 }
 
@@ -271,7 +278,8 @@ pub(super) fn pick_adapter(choice: &DeviceChoice) -> Result<(usize, wgpu::Adapte
 }
 
 /// Of the adapters at `positions`, the best: compute shaders first, then discrete >
-/// integrated > virtual > cpu, then the lower number.
+/// integrated > virtual > cpu, then any backend before GL (the same GPU under Vulkan,
+/// Metal or DX12 is the better driven), then the lower number.
 fn best(found: &Found, positions: Vec<usize>) -> Option<usize> {
     positions.into_iter().min_by_key(|&i| {
         let adapter = &found.adapters[i];
@@ -279,7 +287,9 @@ fn best(found: &Found, positions: Vec<usize>) -> Option<usize> {
             .get_downlevel_capabilities()
             .flags
             .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS);
-        (!compute, type_rank(adapter.get_info().device_type), i)
+        let info = adapter.get_info();
+        let gl = info.backend == wgpu::Backend::Gl;
+        (!compute, type_rank(info.device_type), gl, i)
     })
 }
 

@@ -3,7 +3,7 @@
 //! [`read_mapped`]).
 
 use super::adapters::{backend_label, pick_adapter, DeviceChoice};
-use super::error::DeviceError;
+use super::error::{open_failure_hint, DeviceError};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
@@ -190,6 +190,7 @@ impl GpuContext {
             .map_err(|e| DeviceError::RequestDevice {
                 adapter: info.name.clone(),
                 message: e.to_string(),
+                hint: open_failure_hint(&info),
             })?;
         let (errors, lost) = error_sinks(&device);
         Ok(GpuContext {

@@ -26,12 +26,32 @@ pub enum DeviceError {
     },
     #[error("adapter '{adapter}' cannot run the trainer: {reason} (choose another with --adapter, or use --cpu-fallback)")]
     Unsupported { adapter: String, reason: String },
-    #[error("could not open a device on adapter '{adapter}': {message} (use --cpu-fallback to train on the CPU)")]
-    RequestDevice { adapter: String, message: String },
+    #[error("could not open a device on adapter '{adapter}': {message} ({hint})")]
+    RequestDevice {
+        adapter: String,
+        message: String,
+        /// What to do instead ([`open_failure_hint`]).
+        hint: String,
+    },
     #[error("GPU error: {} (use --cpu-fallback to train on the CPU)", one_line(.0))]
     Gpu(String),
     #[error("the GPU device was lost: {} (use --cpu-fallback to train on the CPU)", one_line(.0))]
     DeviceLost(String),
+}
+
+/// What to suggest when an adapter cannot be opened: for NVIDIA's driver through wgpu's
+/// GL backend, which fails where its Vulkan driver works, that backend; else the CPU.
+pub fn open_failure_hint(info: &wgpu::AdapterInfo) -> String {
+    const NVIDIA: u32 = 0x10de;
+    let nvidia = info.vendor == NVIDIA || info.name.to_ascii_lowercase().contains("nvidia");
+    if info.backend == wgpu::Backend::Gl && nvidia {
+        "NVIDIA's OpenGL driver does not work with wgpu's GL backend on this machine, a \
+         limitation of wgpu or the driver; use --adapter vulkan for this GPU, or \
+         --cpu-fallback"
+            .into()
+    } else {
+        "use --cpu-fallback to train on the CPU".into()
+    }
 }
 
 /// wgpu's messages span several lines (`Validation Error\n\nCaused by:\n  In …`): join
@@ -43,4 +63,43 @@ fn one_line(message: &str) -> String {
         .filter(|l| !l.is_empty() && *l != "Caused by:")
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adapter(name: &str, vendor: u32, backend: wgpu::Backend) -> wgpu::AdapterInfo {
+        wgpu::AdapterInfo {
+            name: name.into(),
+            vendor,
+            ..wgpu::AdapterInfo::new(wgpu::DeviceType::DiscreteGpu, backend)
+        }
+    }
+
+    #[test]
+    fn a_failed_nvidia_gl_device_points_to_vulkan() {
+        let nvidia_gl = adapter("NVIDIA H200/PCIe/SSE2", 0x10de, wgpu::Backend::Gl);
+        let error = DeviceError::RequestDevice {
+            adapter: nvidia_gl.name.clone(),
+            message: "Parent device is lost".into(),
+            hint: open_failure_hint(&nvidia_gl),
+        };
+        let text = error.to_string();
+        assert!(text.contains("use --adapter vulkan for this GPU"), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+        for other in [
+            adapter("NVIDIA H200", 0x10de, wgpu::Backend::Vulkan),
+            adapter(
+                "llvmpipe (LLVM 15.0.6, 256 bits)",
+                0x10005,
+                wgpu::Backend::Gl,
+            ),
+        ] {
+            assert_eq!(
+                open_failure_hint(&other),
+                "use --cpu-fallback to train on the CPU"
+            );
+        }
+    }
 }
