@@ -32,7 +32,7 @@ use crate::layers::batchnorm::{
     BatchnormBackwardBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, BnForward,
     BnSetup,
 };
-use crate::layers::dense::{DenseShape, LinearOp};
+use crate::layers::dense::{split_k, DenseShape, GemmUniform, LinearOp};
 use crate::layers::plan::{Fusions, LayerOp};
 use crate::layers::relu::{ReluBackwardBindings, ReluForwardBindings};
 use crate::layers::softmax_xent::{SoftmaxUniform, SoftmaxXentBindings};
@@ -54,6 +54,8 @@ struct Workspace {
     deltas: Vec<wgpu::Buffer>,
     /// An input gradient before the ReLU backward, when that is not fused (else unused).
     scratch: wgpu::Buffer,
+    /// The splits' sums of the dense forwards split over k (see `split_k`).
+    partial: wgpu::Buffer,
 }
 
 struct EvalPlan {
@@ -70,6 +72,9 @@ pub struct GpuBackend {
     config: ModelConfig,
     /// The fusions this model runs ([`Fusions::plan`] of the allowed ones).
     fusions: Fusions,
+    /// Whether the MLP's dense forwards with few output tiles split their k
+    /// ([`split_k`]): on hardware GPUs, whose many cores would otherwise idle.
+    split_k: bool,
     layout: ParamLayout,
     hyper: Hyper,
     step: u64,
@@ -223,6 +228,7 @@ impl GpuBackend {
             dummy: storage_zeroed(d, "unused", 16),
             config: params.config.clone(),
             fusions: Fusions::plan(&params.config, Fusions::ALL),
+            split_k: !is_software(&ctx.info),
             layout: layout.clone(),
             hyper,
             step: 0,
@@ -292,6 +298,7 @@ impl GpuBackend {
         let bytes = self.check_activation_bytes(cap, &widths)?;
         // Only the unfused ReLU backward needs the scratch buffer.
         let scratch_bytes = if self.fusions.relu_in_gemm { 16 } else { bytes };
+        let partial_bytes = self.partial_floats(cap).max(4) as u64 * 4;
         let d = &self.ctx.device;
         let work = self
             .ctx
@@ -309,6 +316,7 @@ impl GpuBackend {
                     .map(|(l, w)| storage_zeroed(d, &format!("deltas{l}"), (cap * w * 4) as u64))
                     .collect(),
                 scratch: storage_zeroed(d, "scratch", scratch_bytes),
+                partial: storage_zeroed(d, "split-k partial sums", partial_bytes),
             })?;
         self.work = Some(work);
         Ok(())
@@ -345,6 +353,38 @@ impl GpuBackend {
         }
     }
 
+    /// Split the dense forwards with few output tiles over k, or not: hardware adapters
+    /// do, software ones do not; the tests ask for both on the software ones.
+    pub fn set_split_k(&mut self, split: bool) {
+        self.split_k = split;
+        self.train_plan = None;
+        self.eval_plan = None;
+        self.work = None;
+    }
+
+    /// How many ways dense layer `shape`'s forward splits its k (1: not split).
+    fn forward_splits(&self, shape: &DenseShape) -> u32 {
+        match self.split_k {
+            true => split_k(shape.rows, shape.inputs, shape.units),
+            false => 1,
+        }
+    }
+
+    /// Floats of the partial sums buffer: the most any dense forward on up to `cap` rows
+    /// needs (a batch, the last short one, an evaluation chunk).
+    fn partial_floats(&self, cap: usize) -> usize {
+        let layers = 0..self.config.dense_layers();
+        let shapes = layers.flat_map(|l| (1..=cap).map(move |rows| (l, rows)));
+        shapes
+            .map(|(l, rows)| {
+                let shape = self.dense_shape(l, rows);
+                let u = GemmUniform::forward(&shape, false);
+                u.split(self.forward_splits(&shape)).partial_len()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Train with only the fusions of `allowed` (all by default), for the tests that
     /// check each fusion against the unfused layers. The activation buffers and plans are
     /// made again for them.
@@ -371,7 +411,8 @@ impl GpuBackend {
                 y: &w.acts[l + 1],
                 relu: relu && fused,
             };
-            list.push(self.pipelines.dense.dispatch(&shape, op));
+            let split = (&w.partial, self.forward_splits(&shape));
+            list.extend(self.pipelines.dense.dispatch_split(&shape, op, split));
             if relu && !fused {
                 let bindings = ReluForwardBindings { x: &w.acts[l + 1] };
                 let n = rows * shape.units;

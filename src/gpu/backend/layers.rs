@@ -51,6 +51,8 @@ pub(super) fn layer_workspace(
             "scratch",
             (cap * widths.iter().max().unwrap_or(&1) * 4) as u64,
         ),
+        // The layer path does not split its products.
+        partial: storage_zeroed(device, "unused partial sums", 16),
     }
 }
 

@@ -1,8 +1,12 @@
 //! The dense family's agreement cases: each GEMM form against [`super::cpu`] at shapes
-//! that are not tile multiples (batch 1, 33, 37, 70; widths 10, 129, 784).
+//! that are not tile multiples (batch 1, 33, 37, 70; widths 10, 129, 784), and split
+//! over k (`gemm_split` + `reduce`, as hardware GPUs run the first layer's forward at
+//! small batches) at the splits [`super::split_k`] chooses and at uneven ones.
 
-use super::{cpu, DenseShape, LinearOp};
-use crate::device::kernel::{run_one, storage_f32, storage_zeroed};
+use super::{cpu, split_k, DenseShape, GemmUniform, LinearOp, Pipelines};
+use crate::device::context::GpuContext;
+use crate::device::error::DeviceError;
+use crate::device::kernel::{run_all, storage_f32, storage_zeroed};
 use crate::layers::check::{rng, uniform_vec, Case, Outputs, GEMM_TOL};
 use std::rc::Rc;
 
@@ -53,21 +57,79 @@ pub fn cases() -> Vec<Case> {
         let mut add = |case: Case| cases.push(if i == 0 { case.bench() } else { case });
         for relu in [false, true] {
             let name = format!("gemm_forward {m}x{k}x{n} relu={relu}");
-            add(forward(name, o.clone(), relu));
+            add(forward(name, o.clone(), relu, 1));
         }
         add(weight_grad(
             format!("gemm_weight_grad {m}x{k}x{n}"),
             o.clone(),
+            1,
         ));
         for masked in [false, true] {
             let name = format!("gemm_input_grad {m}x{k}x{n} masked={masked}");
-            add(input_grad(name, o.clone(), masked));
+            add(input_grad(name, o.clone(), masked, 1));
         }
+    }
+    cases.extend(split_cases());
+    cases
+}
+
+/// Every form split over k: the forward at the default step's first layer with the
+/// rule's splits (25) and the rest at splits that leave a short last range.
+fn split_cases() -> Vec<Case> {
+    let (m, k, n) = SHAPES[0];
+    let splits = split_k(m, k, n);
+    assert!(
+        splits > 1,
+        "the rule splits the first layer's forward at batch 32"
+    );
+    let o = operands(100, SHAPES[0]);
+    let mut cases = vec![forward(
+        format!("gemm_split forward {m}x{k}x{n} relu=true splits={splits}"),
+        o,
+        true,
+        splits,
+    )];
+    cases[0].bench = true;
+    for (i, &(m, k, n)) in SHAPES[2..5].iter().enumerate() {
+        let o = operands(200 + i as u64, (m, k, n));
+        let asked = 3 + i as u32;
+        // Each form's k: the inputs, the batch rows, the units.
+        let [forward_k, weight_k, input_k] = [k, m, n].map(|k| effective_splits(k, asked));
+        let shape = format!("{m}x{k}x{n}");
+        let name = format!("gemm_split forward {shape} splits={forward_k}");
+        cases.push(forward(name, o.clone(), false, asked));
+        let name = format!("gemm_split weight_grad {shape} splits={weight_k}");
+        cases.push(weight_grad(name, o.clone(), asked));
+        let name = format!("gemm_split input_grad {shape} masked=true splits={input_k}");
+        cases.push(input_grad(name, o, true, asked));
     }
     cases
 }
 
-fn forward(name: String, o: Rc<Operands>, relu: bool) -> Case {
+/// The splits a product over `k` gets when `asked` are asked for (whole k-slices each).
+fn effective_splits(k: usize, asked: u32) -> u32 {
+    let product = GemmUniform {
+        k: k as u32,
+        ..Default::default()
+    };
+    product.split(asked).splits
+}
+
+/// The dispatches of `op` on `s`, split `splits` ways (1: the plain GEMM), with a
+/// `partial` buffer of the size the split needs.
+fn run_split(
+    ctx: &GpuContext,
+    p: &crate::layers::Pipelines,
+    (s, op): (&DenseShape, LinearOp),
+    splits: u32,
+) -> Result<(), DeviceError> {
+    let dense: &Pipelines = &p.dense;
+    let len = GemmUniform::of(s, &op).split(splits).partial_len().max(4);
+    let partial = storage_zeroed(&ctx.device, "partial", (len * 4) as u64);
+    run_all(ctx, &dense.dispatch_split(s, op, (&partial, splits)))
+}
+
+fn forward(name: String, o: Rc<Operands>, relu: bool, splits: u32) -> Case {
     let c = o.clone();
     let cpu = move || -> Outputs {
         let s = &c.shape;
@@ -86,12 +148,12 @@ fn forward(name: String, o: Rc<Operands>, relu: bool) -> Case {
             y: &y,
             relu,
         };
-        run_one(ctx, p.dense.dispatch(s, op))?;
+        run_split(ctx, p, (s, op), splits)?;
         Ok(vec![("y", ctx.read_vec(&y, 0, s.rows * s.units)?)])
     })
 }
 
-fn weight_grad(name: String, o: Rc<Operands>) -> Case {
+fn weight_grad(name: String, o: Rc<Operands>, splits: u32) -> Case {
     let c = o.clone();
     let cpu = move || -> Outputs {
         let s = &c.shape;
@@ -109,14 +171,14 @@ fn weight_grad(name: String, o: Rc<Operands>) -> Case {
             dy: &dy,
             grads: &grads,
         };
-        run_one(ctx, p.dense.dispatch(s, op))?;
+        run_split(ctx, p, (s, op), splits)?;
         let all: Vec<f32> = ctx.read_vec(&grads, 0, s.bias_off + s.units)?;
         let (dw, db) = all.split_at(s.bias_off);
         Ok(vec![("dw", dw.to_vec()), ("db", db.to_vec())])
     })
 }
 
-fn input_grad(name: String, o: Rc<Operands>, masked: bool) -> Case {
+fn input_grad(name: String, o: Rc<Operands>, masked: bool, splits: u32) -> Case {
     let c = o.clone();
     let cpu = move || -> Outputs {
         let s = &c.shape;
@@ -136,7 +198,7 @@ fn input_grad(name: String, o: Rc<Operands>, masked: bool) -> Case {
             dx: &dx,
             relu_out: mask.as_ref(),
         };
-        run_one(ctx, p.dense.dispatch(s, op))?;
+        run_split(ctx, p, (s, op), splits)?;
         Ok(vec![("dx", ctx.read_vec(&dx, 0, s.rows * s.inputs)?)])
     })
 }

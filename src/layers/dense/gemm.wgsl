@@ -10,6 +10,13 @@
 // private arrays indexed in loops stay in memory on some drivers (lavapipe). The
 // reduction runs in order p = 0..k for every output.
 //
+// Split-K (`u.splits` > 1, for products with few output tiles and a long k, such as the
+// first layer's forward at batch 32: 2 tiles, k = 784): workgroup z sums only its
+// k-range [z·k_split, (z+1)·k_split) (k_split a multiple of TK) and writes the raw sums
+// to `partial[z][i][j]`; `reduce` then adds the splits in order z = 0, 1, … and applies
+// the epilogue. So the result is the same on every run and device, and there are
+// `splits` times as many workgroups to spread over a GPU's cores.
+//
 // The uniform block `u: Gemm` and the buffers are declared once, in mod.rs (`uniform!`,
 // `bindings!`), and put before this source when it is compiled.
 
@@ -88,6 +95,25 @@ fn store(i: u32, j: u32, value: f32) {
     }
 }
 
+struct Block {
+    c00: vec4<f32>,
+    c01: vec4<f32>,
+    c10: vec4<f32>,
+    c11: vec4<f32>,
+    c20: vec4<f32>,
+    c21: vec4<f32>,
+    c30: vec4<f32>,
+    c31: vec4<f32>,
+    c40: vec4<f32>,
+    c41: vec4<f32>,
+    c50: vec4<f32>,
+    c51: vec4<f32>,
+    c60: vec4<f32>,
+    c61: vec4<f32>,
+    c70: vec4<f32>,
+    c71: vec4<f32>,
+}
+
 fn store4(i: u32, j: u32, v: vec4<f32>) {
     store(i, j, v.x);
     store(i, j + 1u, v.y);
@@ -95,8 +121,35 @@ fn store4(i: u32, j: u32, v: vec4<f32>) {
     store(i, j + 3u, v.w);
 }
 
-@compute @workgroup_size(8, 8, 1)
-fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+// Split z's raw sums for outputs (i, j..j+3), before the epilogue.
+fn store4_partial(z: u32, i: u32, j: u32, v: vec4<f32>) {
+    if (i >= u.m) {
+        return;
+    }
+    let row = (z * u.m + i) * u.n;
+    for (var q = 0u; q < 4u; q++) {
+        if (j + q < u.n) {
+            partial[row + j + q] = v[q];
+        }
+    }
+}
+
+// The splits' sums of each output, added in order, then the epilogue: a thread per output.
+@compute @workgroup_size(256, 1, 1)
+fn reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let outputs = u.m * u.n;
+    for (var o = gid.x; o < outputs; o += groups.x * 256u) {
+        var sum = 0.0;
+        for (var z = 0u; z < u.splits; z++) {
+            sum = sum + partial[z * outputs + o];
+        }
+        store(o / u.n, o % u.n, sum);
+    }
+}
+
+// A thread's 8×8 block of sums: rows 8·ty + r, columns 8·tx + 4·h + (0..3) in `c{r}{h}`,
+// over the workgroup's k-range.
+fn accumulate(lid: vec3<u32>, wid: vec3<u32>) -> Block {
     let tx = lid.x;
     let ty = lid.y;
     let flat = ty * 8u + tx;
@@ -124,7 +177,10 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     var c70 = vec4<f32>(0.0);
     var c71 = vec4<f32>(0.0);
 
-    for (var kt = 0u; kt < u.k; kt += TK) {
+    // This workgroup's k-range: all of k, or split z's.
+    let k_begin = wid.z * u.k_split;
+    let k_end = min(u.k, k_begin + u.k_split);
+    for (var kt = k_begin; kt < k_end; kt += TK) {
         for (var q = 0u; q < 8u; q++) {
             let idx = flat + q * 64u;
             let sa_at = slot(idx, a_k_fast);
@@ -158,23 +214,52 @@ fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         workgroupBarrier();
     }
 
-    let i0 = row0 + 8u * ty;
-    let j0 = col0 + 8u * tx;
-    let j1 = j0 + 4u;
-    store4(i0, j0, c00);
-    store4(i0, j1, c01);
-    store4(i0 + 1u, j0, c10);
-    store4(i0 + 1u, j1, c11);
-    store4(i0 + 2u, j0, c20);
-    store4(i0 + 2u, j1, c21);
-    store4(i0 + 3u, j0, c30);
-    store4(i0 + 3u, j1, c31);
-    store4(i0 + 4u, j0, c40);
-    store4(i0 + 4u, j1, c41);
-    store4(i0 + 5u, j0, c50);
-    store4(i0 + 5u, j1, c51);
-    store4(i0 + 6u, j0, c60);
-    store4(i0 + 6u, j1, c61);
-    store4(i0 + 7u, j0, c70);
-    store4(i0 + 7u, j1, c71);
+    return Block(c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71);
+}
+
+@compute @workgroup_size(8, 8, 1)
+fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let b = accumulate(lid, wid);
+    let i0 = wid.y * TM + 8u * lid.y;
+    let j0 = wid.x * TN + 8u * lid.x;
+    store4(i0, j0, b.c00);
+    store4(i0, j0 + 4u, b.c01);
+    store4(i0 + 1u, j0, b.c10);
+    store4(i0 + 1u, j0 + 4u, b.c11);
+    store4(i0 + 2u, j0, b.c20);
+    store4(i0 + 2u, j0 + 4u, b.c21);
+    store4(i0 + 3u, j0, b.c30);
+    store4(i0 + 3u, j0 + 4u, b.c31);
+    store4(i0 + 4u, j0, b.c40);
+    store4(i0 + 4u, j0 + 4u, b.c41);
+    store4(i0 + 5u, j0, b.c50);
+    store4(i0 + 5u, j0 + 4u, b.c51);
+    store4(i0 + 6u, j0, b.c60);
+    store4(i0 + 6u, j0 + 4u, b.c61);
+    store4(i0 + 7u, j0, b.c70);
+    store4(i0 + 7u, j0 + 4u, b.c71);
+}
+
+// Split-K: split wid.z's raw sums, to be added by `reduce`.
+@compute @workgroup_size(8, 8, 1)
+fn gemm_split(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let b = accumulate(lid, wid);
+    let i0 = wid.y * TM + 8u * lid.y;
+    let j0 = wid.x * TN + 8u * lid.x;
+    store4_partial(wid.z, i0, j0, b.c00);
+    store4_partial(wid.z, i0, j0 + 4u, b.c01);
+    store4_partial(wid.z, i0 + 1u, j0, b.c10);
+    store4_partial(wid.z, i0 + 1u, j0 + 4u, b.c11);
+    store4_partial(wid.z, i0 + 2u, j0, b.c20);
+    store4_partial(wid.z, i0 + 2u, j0 + 4u, b.c21);
+    store4_partial(wid.z, i0 + 3u, j0, b.c30);
+    store4_partial(wid.z, i0 + 3u, j0 + 4u, b.c31);
+    store4_partial(wid.z, i0 + 4u, j0, b.c40);
+    store4_partial(wid.z, i0 + 4u, j0 + 4u, b.c41);
+    store4_partial(wid.z, i0 + 5u, j0, b.c50);
+    store4_partial(wid.z, i0 + 5u, j0 + 4u, b.c51);
+    store4_partial(wid.z, i0 + 6u, j0, b.c60);
+    store4_partial(wid.z, i0 + 6u, j0 + 4u, b.c61);
+    store4_partial(wid.z, i0 + 7u, j0, b.c70);
+    store4_partial(wid.z, i0 + 7u, j0 + 4u, b.c71);
 }

@@ -13,6 +13,11 @@ use crate::device::kernel::{bindings, uniform, Dispatch};
 
 /// GEMM output tile edge (rows and columns per workgroup).
 pub const GEMM_TILE: u32 = 64;
+/// The k-slice of a workgroup's loop (`TK` in `gemm.wgsl`): a split's k-range is a
+/// multiple of it.
+pub const GEMM_K_SLICE: u32 = 32;
+/// Most splits of one product's k (see [`split_k`]).
+pub const MAX_SPLITS: u32 = 32;
 
 pub const GEMM_BIAS: u32 = 1;
 pub const GEMM_RELU: u32 = 2;
@@ -28,6 +33,7 @@ uniform! {
         pub c_off: u32, pub ldc: u32,
         pub e_off: u32, pub lde: u32,
         pub c2_off: u32,
+        pub splits: u32, pub k_split: u32,
     }
 }
 
@@ -36,6 +42,15 @@ bindings! {
     GemmBindings(GemmUniform) for ["gemm"] => {
         a: Read<f32> = 1, b: Read<f32> = 2, e: Read<f32> = 3,
         c: ReadWrite<f32> = 4,
+    }
+    /// `gemm.wgsl:gemm_split`: each split's raw sums of `a · b` into `partial`.
+    GemmSplitBindings(GemmUniform) for ["gemm_split"] => {
+        a: Read<f32> = 1, b: Read<f32> = 2, partial: ReadWrite<f32> = 5,
+    }
+    /// `gemm.wgsl:reduce`: `c` = the splits' sums in `partial`, added in order, with the
+    /// epilogue.
+    GemmReduceBindings(GemmUniform) for ["reduce"] => {
+        e: Read<f32> = 3, c: ReadWrite<f32> = 4, partial: ReadWrite<f32> = 5,
     }
 }
 
@@ -106,7 +121,23 @@ impl GemmUniform {
             b_rs: u(b.rs),
             b_cs: u(b.cs),
             ldc: u(n),
+            splits: 1,
+            k_split: u(k).next_multiple_of(GEMM_K_SLICE),
             ..Default::default()
+        }
+    }
+
+    /// This product with its k split into `splits` ranges (1: not split), each a
+    /// multiple of [`GEMM_K_SLICE`].
+    pub fn split(self, splits: u32) -> Self {
+        let slices = self.k.div_ceil(GEMM_K_SLICE).max(1);
+        let splits = splits.clamp(1, slices);
+        // As even as whole slices allow; the last split may be shorter or empty.
+        let k_split = slices.div_ceil(splits) * GEMM_K_SLICE;
+        GemmUniform {
+            splits: self.k.div_ceil(k_split).max(1),
+            k_split,
+            ..self
         }
     }
 
@@ -144,14 +175,50 @@ impl GemmUniform {
 
     /// Workgroups to dispatch.
     pub fn workgroups(&self) -> [u32; 3] {
-        [self.n.div_ceil(GEMM_TILE), self.m.div_ceil(GEMM_TILE), 1]
+        [
+            self.n.div_ceil(GEMM_TILE),
+            self.m.div_ceil(GEMM_TILE),
+            self.splits.max(1),
+        ]
+    }
+
+    /// Floats of the `partial` buffer a split product needs.
+    pub fn partial_len(&self) -> usize {
+        self.splits as usize * self.m as usize * self.n as usize
     }
 }
+
+/// How many ranges to split the k of an `m`×`k`·`k`×`n` product into, on a GPU with many
+/// cores (software adapters, with a core or two per thread group, never split): only
+/// products of fewer than [`SPLIT_BELOW_TILES`] output tiles with k of at least four
+/// slices, into one split per slice, at most [`MAX_SPLITS`], and at most
+/// [`SPLIT_TARGET_GROUPS`] workgroups in all. The first layer's forward at batch 32 (2
+/// tiles, k = 784) becomes 25 splits, 50 workgroups. Chosen from the H200's profile
+/// (that product alone took 54% of a batch-32 step on 2 workgroups, 39 GFLOP/s), not yet
+/// measured there.
+pub fn split_k(m: usize, k: usize, n: usize) -> u32 {
+    let tiles = (m as u32).div_ceil(GEMM_TILE) * (n as u32).div_ceil(GEMM_TILE);
+    let slices = (k as u32).div_ceil(GEMM_K_SLICE);
+    if tiles >= SPLIT_BELOW_TILES || slices < 4 {
+        return 1;
+    }
+    slices
+        .min(MAX_SPLITS)
+        .min(SPLIT_TARGET_GROUPS / tiles)
+        .max(1)
+}
+
+/// Products with at least this many output tiles are not split.
+pub const SPLIT_BELOW_TILES: u32 = 16;
+/// Most workgroups a split product is spread over.
+pub const SPLIT_TARGET_GROUPS: u32 = 128;
 
 family! {
     /// The dense layer family.
     Dense: "gemm" in "gemm.wgsl", uniform GemmUniform => {
         gemm: GemmBindings = "gemm",
+        gemm_split: GemmSplitBindings = "gemm_split",
+        reduce: GemmReduceBindings = "reduce",
     }
 }
 
@@ -215,18 +282,49 @@ impl<'a> LinearOp<'a> {
 impl Pipelines {
     /// The dispatch of `op` on the layer `shape`.
     pub fn dispatch(&self, shape: &DenseShape, op: LinearOp) -> Dispatch {
-        let u = match op {
-            LinearOp::Forward { relu, .. } => GemmUniform::forward(shape, relu),
-            LinearOp::WeightGrad { .. } => GemmUniform::weight_grad(shape),
-            LinearOp::InputGrad { relu_out, .. } => {
-                GemmUniform::input_grad(shape, relu_out.is_some())
-            }
-        };
+        let u = GemmUniform::of(shape, &op);
         // The epilogue reads the bias from `params` in the forward, and the mask in an
         // input gradient; otherwise it is not read, and an input is bound in its place.
         let o = op.operands();
         let (a, b, e, c) = (o.lhs, o.rhs, o.mask.unwrap_or(o.rhs), o.out);
         self.gemm
             .dispatch(&u, &GemmBindings { a, b, e, c }, u.workgroups())
+    }
+
+    /// The dispatches of `op` on `shape` with its k split `splits` ways (see [`split_k`]):
+    /// the partial products into `partial` (at least [`GemmUniform::partial_len`]
+    /// floats), then their reduction with the epilogue. Unsplit (1), [`Self::dispatch`].
+    pub fn dispatch_split(
+        &self,
+        shape: &DenseShape,
+        op: LinearOp,
+        (partial, splits): (&wgpu::Buffer, u32),
+    ) -> Vec<Dispatch> {
+        let u = GemmUniform::of(shape, &op).split(splits);
+        if u.splits <= 1 {
+            return vec![self.dispatch(shape, op)];
+        }
+        let o = op.operands();
+        let (a, b, e, c) = (o.lhs, o.rhs, o.mask.unwrap_or(o.rhs), o.out);
+        let products = GemmSplitBindings { a, b, partial };
+        let reduce = GemmReduceBindings { e, c, partial };
+        let outputs = (u.m * u.n).div_ceil(256).clamp(1, 4096);
+        vec![
+            self.gemm_split.dispatch(&u, &products, u.workgroups()),
+            self.reduce.dispatch(&u, &reduce, [outputs, 1, 1]),
+        ]
+    }
+}
+
+impl GemmUniform {
+    /// The uniform of `op` on `shape`, unsplit.
+    fn of(shape: &DenseShape, op: &LinearOp) -> Self {
+        match op {
+            LinearOp::Forward { relu, .. } => GemmUniform::forward(shape, *relu),
+            LinearOp::WeightGrad { .. } => GemmUniform::weight_grad(shape),
+            LinearOp::InputGrad { relu_out, .. } => {
+                GemmUniform::input_grad(shape, relu_out.is_some())
+            }
+        }
     }
 }
