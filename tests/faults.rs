@@ -114,6 +114,11 @@ fn interrupt_and_resume(flags: &[&str]) {
     }
     let (_, state) = modelfile::load_checkpoint(&cut.join("checkpoint.safetensors")).unwrap();
     assert_eq!(state.epochs_done, 1);
+    let augment = flags.contains(&"--augment");
+    assert_eq!(
+        state.run.settings.options.augment, augment,
+        "the checkpoint's --augment"
+    );
     assert_eq!(state.partial.map(|p| p.steps_done), Some(20));
     assert_eq!(state.optim.step, 63 + 20);
     assert!(!cut.join("model.safetensors").exists());

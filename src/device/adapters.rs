@@ -108,8 +108,9 @@ fn backends_for(choice: &DeviceChoice) -> Result<(wgpu::Backends, String), Devic
 ///
 /// Without wgpu's validation of indirect calls: the trainer makes none, and wgpu builds
 /// that validation's own compute pipelines when it opens a device, any failure of which
-/// it reports as "Parent device is lost". That is how opening NVIDIA's driver through
-/// the GL backend fails (wgpu asks EGL for an OpenGL 3.3 context there).
+/// it reports as "Parent device is lost" (wgpu-core 30's `indirect_validation`). That is
+/// the message NVIDIA's driver gave through the GL backend, where wgpu asks EGL for an
+/// OpenGL 3.3 context; whether this was the cause is not yet tried on NVIDIA.
 fn make_instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = wgpu::Backends::all();

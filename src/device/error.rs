@@ -45,7 +45,7 @@ pub fn open_failure_hint(info: &wgpu::AdapterInfo) -> String {
     const NVIDIA: u32 = 0x10de;
     let nvidia = info.vendor == NVIDIA || info.name.to_ascii_lowercase().contains("nvidia");
     if info.backend == wgpu::Backend::Gl && nvidia {
-        "NVIDIA's OpenGL driver does not work with wgpu's GL backend on this machine, a \
+        "wgpu's GL backend has failed to open NVIDIA's OpenGL driver before, a \
          limitation of wgpu or the driver; use --adapter vulkan for this GPU, or \
          --cpu-fallback"
             .into()

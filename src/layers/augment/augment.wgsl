@@ -25,7 +25,6 @@
 // (`uniform!`, `bindings!`), and put before this source when it is compiled.
 
 const SIDE: i32 = 28;
-const PIXELS: u32 = 784u;
 const WORDS: u32 = 196u;
 const ROTATIONS: u32 = 241u;
 const SCALES: u32 = 21u;

@@ -14,7 +14,9 @@
 //! - scale 0.90 … 1.10, in steps of 0.01;
 //! - shift −3 … 3 pixels on each axis, in steps of 1/16 pixel;
 //! - stroke: one pixel thinner (the minimum of each 2×2 window), kept (half the images),
-//!   or one pixel thicker (the maximum of each 2×2 window).
+//!   or one pixel thicker (the maximum of each 2×2 window). The window runs right and
+//!   down from its pixel, so a changed stroke also moves half a pixel up and left, small
+//!   beside the shifts.
 //!
 //! The stroke change is applied to the 28×28 source, then the affine map: output pixel q
 //! is the source bilinearly sampled at p = R(−θ)·(q − c − t)/s + c, with c the image's
@@ -39,8 +41,8 @@ pub const STROKES: u32 = 4;
 pub const SALT: u32 = 0x6175_6731;
 /// The fixed-point unit of the matrix entries: 2¹⁶.
 const MATRIX_ONE: f64 = 65_536.0;
-/// The source coordinate of output pixel 0's centre, less the map's part, in units of
-/// 2⁻²¹ pixel: 13.5 (the centre 14 less half a pixel, from centres to indices).
+/// The image's centre c in pixel indices (14 less half a pixel, since pixel i's centre
+/// is at i + ½): 13.5, in units of 2⁻²¹ pixel.
 const CENTRE_Q21: i32 = 27 << 20;
 
 /// Whose augmentation: the run's seed (32 bits) and the 0-based epoch.
@@ -166,7 +168,9 @@ pub fn augment_part(
 
 /// Zero pixels around the image in [`augment_image`]'s working copy: more than any
 /// sample reaches (|q − c − t| ≤ 13.5·√2 + 3·√2 = 23.3 pixels, over a scale of at least
-/// 0.9: 25.9 from the centre), so no sample needs a bounds check of its own.
+/// 0.9: 25.9 from the centre; with the rotation at most 12° the taps reach indices −9 to
+/// 36, which a unit test checks over every warp), so no sample needs a bounds check of
+/// its own.
 const PAD: usize = 13;
 /// Side of the working copy.
 const PADDED: usize = SIDE + 2 * PAD;
@@ -224,7 +228,9 @@ fn bilinear(image: &[u8; PADDED * PADDED], ux: i32, uy: i32) -> u8 {
     let (fx, fy) = ((ux >> 13) & 255, (uy >> 13) & 255);
     let inside = |v: i32| (0..PADDED as i32 - 1).contains(&v);
     if !(inside(x) && inside(y)) {
-        return 0; // never reached (see PAD); all background if it were
+        // Never reached (see PAD and its test); the GPU would read each tap on its own.
+        debug_assert!(false, "a sample at ({ux}, {uy}) is outside the padding");
+        return 0;
     }
     let i = y as usize * PADDED + x as usize;
     let at = |i: usize| image[i] as i32;
@@ -328,6 +334,31 @@ mod tests {
             assert!((*sin as f64 - theta.sin() / s * MATRIX_ONE).abs() <= 0.5 + 1e-6);
         }
         assert_eq!(table[Warp::IDENTITY.matrix as usize], [65_536, 0]);
+    }
+
+    /// Every matrix of the table with the extreme shifts, at the four corner pixels (the
+    /// map is affine, so the corners bound the rest): the bilinear taps stay inside the
+    /// padded copy.
+    #[test]
+    fn every_warp_samples_inside_the_padding() {
+        let table = warp_table();
+        let (mut lowest, mut highest) = (i32::MAX, i32::MIN);
+        for [cos, sin] in &table {
+            for shift in [[-48, -48], [-48, 48], [48, -48], [48, 48]] {
+                for (x, y) in [(0, 0), (27, 0), (0, 27), (27, 27)] {
+                    let vx = 16 * (2 * x + 1 - SIDE as i32) - 2 * shift[0];
+                    let vy = 16 * (2 * y + 1 - SIDE as i32) - 2 * shift[1];
+                    for u in [cos * vx + sin * vy, -sin * vx + cos * vy] {
+                        let tap = (u + CENTRE_Q21) >> 21;
+                        (lowest, highest) = (lowest.min(tap), highest.max(tap + 1));
+                    }
+                }
+            }
+        }
+        assert!(
+            lowest >= -(PAD as i32) && highest < (SIDE + PAD) as i32,
+            "{lowest}..={highest}"
+        );
     }
 
     #[test]
