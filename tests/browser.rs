@@ -590,10 +590,11 @@ fn the_page_refuses_what_the_cli_refuses() {
             let train = "return document.getElementById('train').disabled;";
             assert_eq!(session.execute(train, json!([])), json!(false), "{setting}");
         }
-        // A seed above 2^53 reaches the trainer exactly: the CLI's run with that seed.
+        // A seed above 2^53 reaches the trainer exactly: the CLI's run with that seed,
+        // augmented (the page's wasm CPU path makes the images the native one does).
         let seed = "9007199254740993";
         let query = format!(
-            "?epochs=1&seed={seed}&train-limit=500&test-limit=200&cpu-fallback=1&autostart=1"
+            "?epochs=1&seed={seed}&augment=1&train-limit=500&test-limit=200&cpu-fallback=1&autostart=1"
         );
         session.goto(&format!("{base}{query}"));
         let lines = wait_for_run(session);
@@ -607,6 +608,7 @@ fn the_page_refuses_what_the_cli_refuses() {
             "1",
             "--seed",
             seed,
+            "--augment",
             "--train-limit",
             "500",
             "--test-limit",
