@@ -1,48 +1,100 @@
 //! Softmax + sparse categorical cross-entropy, computed stably from logits with
 //! log-sum-exp. GPU twin: `softmax_xent.wgsl` beside it.
 
+use rayon::prelude::*;
+
+/// Batches from this size on split their rows over the rayon pool (below it, a fork
+/// costs more than the rows).
+const PARALLEL_MIN_ROWS: usize = 256;
+/// Rows per task when split.
+const ROWS_PER_TASK: usize = 128;
+
 /// Sum over the batch of `−log softmax(logits)[label]`, the number of rows whose argmax
 /// (first maximum) equals the label, and optionally the gradient of the MEAN loss,
-/// `(softmax − onehot) / batch`, and the predicted classes.
+/// `(softmax − onehot) / batch`, and the predicted classes. Rows are independent, so a
+/// large batch splits them over threads; the loss is summed in row order afterwards,
+/// the same sum whatever the split.
 pub fn softmax_xent(
     logits: &[f32],
     labels: &[u8],
     classes: usize,
-    mut grad: Option<&mut [f32]>,
-    mut predictions: Option<&mut [u8]>,
+    grad: Option<&mut [f32]>,
+    predictions: Option<&mut [u8]>,
 ) -> (f32, u32) {
     let batch = labels.len();
     assert_eq!(logits.len(), batch * classes);
-    let inv_batch = 1.0 / batch as f32;
+    assert!(classes <= 256, "classes are stored as bytes");
+    let rows = Rows {
+        classes,
+        inv_batch: 1.0 / batch as f32,
+    };
+    let mut terms = vec![0.0f32; batch];
+    let mut argmaxes = vec![0u8; batch];
+    let split = batch >= PARALLEL_MIN_ROWS && rayon::current_num_threads() > 1;
+    let per_task = if split { ROWS_PER_TASK } else { batch.max(1) };
+    let tasks = logits
+        .par_chunks(per_task * classes)
+        .zip(labels.par_chunks(per_task))
+        .zip(terms.par_chunks_mut(per_task))
+        .zip(argmaxes.par_chunks_mut(per_task));
+    match grad {
+        Some(grad) => tasks
+            .zip(grad.par_chunks_mut(per_task * classes))
+            .for_each(|((((x, y), t), a), g)| rows.run((x, y), (t, a), Some(g))),
+        None => tasks.for_each(|(((x, y), t), a)| rows.run((x, y), (t, a), None)),
+    }
     let mut loss_sum = 0.0f32;
-    let mut correct = 0u32;
-    for (b, row) in logits.chunks_exact(classes).enumerate() {
-        let label = labels[b] as usize;
-        let (argmax, max) =
-            row.iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                    if v > bv {
-                        (i, v)
-                    } else {
-                        (bi, bv)
-                    }
-                });
-        let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
-        loss_sum += max + sum.ln() - row[label];
-        correct += (argmax == label) as u32;
-        if let Some(grad) = grad.as_deref_mut() {
-            let g = &mut grad[b * classes..(b + 1) * classes];
-            for (i, (gi, &v)) in g.iter_mut().zip(row).enumerate() {
-                let p = (v - max).exp() / sum;
-                *gi = (p - (i == label) as u32 as f32) * inv_batch;
-            }
-        }
-        if let Some(predictions) = predictions.as_deref_mut() {
-            predictions[b] = argmax as u8;
-        }
+    for &term in &terms {
+        loss_sum += term;
+    }
+    let correct = argmaxes.iter().zip(labels).filter(|(a, y)| a == y).count() as u32;
+    if let Some(predictions) = predictions {
+        predictions.copy_from_slice(&argmaxes);
     }
     (loss_sum, correct)
+}
+
+/// What every row of one [`softmax_xent`] shares.
+#[derive(Clone, Copy)]
+struct Rows {
+    classes: usize,
+    inv_batch: f32,
+}
+
+impl Rows {
+    /// Rows `logits` with their `labels`: each row's loss term and argmax, and its
+    /// gradient into `grad` when given.
+    fn run(
+        self,
+        (logits, labels): (&[f32], &[u8]),
+        (terms, argmaxes): (&mut [f32], &mut [u8]),
+        mut grad: Option<&mut [f32]>,
+    ) {
+        let classes = self.classes;
+        for (b, row) in logits.chunks_exact(classes).enumerate() {
+            let label = labels[b] as usize;
+            let (argmax, max) =
+                row.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                        if v > bv {
+                            (i, v)
+                        } else {
+                            (bi, bv)
+                        }
+                    });
+            let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
+            terms[b] = max + sum.ln() - row[label];
+            argmaxes[b] = argmax as u8;
+            if let Some(grad) = grad.as_deref_mut() {
+                let g = &mut grad[b * classes..(b + 1) * classes];
+                for (i, (gi, &v)) in g.iter_mut().zip(row).enumerate() {
+                    let p = (v - max).exp() / sum;
+                    *gi = (p - (i == label) as u32 as f32) * self.inv_batch;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -65,6 +117,32 @@ mod tests {
         for (g, e) in grad.iter().zip(expect) {
             assert!((g - e).abs() < 1e-7);
         }
+    }
+
+    /// A batch large enough to be split over threads gives the bits of one pass over
+    /// its rows in order, on a pool of 2 and of 3 threads.
+    #[test]
+    fn a_split_batch_gives_the_bits_of_one_pass() {
+        let (batch, classes) = (1000, 10);
+        let logits: Vec<f32> = (0..batch * classes)
+            .map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0)
+            .collect();
+        let labels: Vec<u8> = (0..batch).map(|b| (b * 31 % classes) as u8).collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (mut grad, mut preds) = (vec![0.0; batch * classes], vec![0u8; batch]);
+            let (loss, correct) = pool.install(|| {
+                softmax_xent(&logits, &labels, classes, Some(&mut grad), Some(&mut preds))
+            });
+            let grad_bits: Vec<u32> = grad.iter().map(|g| g.to_bits()).collect();
+            (loss.to_bits(), correct, grad_bits, preds)
+        };
+        let one_pass = run(1);
+        assert_eq!(run(2), one_pass);
+        assert_eq!(run(3), one_pass);
     }
 
     #[test]
