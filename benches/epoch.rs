@@ -41,6 +41,49 @@ fn measure(backend: &mut dyn Backend, samples: usize, batch: usize, reps: usize)
     (times[times.len() / 2], accuracy)
 }
 
+/// One device row of the table: the CPU, or a GPU adapter (with its split-K choice
+/// overridden when `split_k` is set), and the epoch's samples measured there.
+struct Row {
+    label: String,
+    choice: Option<DeviceChoice>,
+    samples: usize,
+    split_k: Option<bool>,
+}
+
+/// Measures `row` at `batch` and prints its line.
+fn measure_row(row: &Row, mnist: &Mnist, config: &ModelConfig, (batch, reps): (usize, usize)) {
+    let samples = row.samples;
+    let data = Mnist {
+        train: mnist.train.clone().truncated(samples),
+        test: mnist.test.clone(),
+    };
+    let params = Params::init(config, 42);
+    let mut backend: Box<dyn Backend> = match &row.choice {
+        None => Box::new(CpuBackend::new(params, Hyper::default(), data)),
+        Some(c) => match GpuBackend::new(params, Hyper::default(), data, c) {
+            Ok(mut b) => {
+                if let Some(split) = row.split_k {
+                    b.set_split_k(split);
+                }
+                Box::new(b)
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", row.label);
+                return;
+            }
+        },
+    };
+    let (secs, accuracy) = measure(backend.as_mut(), samples, batch, reps);
+    let scaled = secs * 60_000.0 / samples as f64;
+    let mark = if samples < 60_000 { "*" } else { " " };
+    println!(
+        "{:<58} {batch:>6} {scaled:>11.3}{mark} {:>12.0} {:>9.2}%",
+        row.label,
+        samples as f64 / secs,
+        accuracy * 100.0
+    );
+}
+
 fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let reps = env_usize("MNIST_GPU_BENCH_REPS", 3);
@@ -51,43 +94,41 @@ fn main() {
         "{:<58} {:>6} {:>12} {:>12} {:>10}",
         "device", "batch", "s/epoch", "samples/s", "test acc"
     );
-    let mut rows: Vec<(String, Option<DeviceChoice>, usize)> = vec![("cpu".into(), None, 60_000)];
+    let mut rows: Vec<Row> = vec![Row {
+        label: "cpu".into(),
+        choice: None,
+        samples: 60_000,
+        split_k: None,
+    }];
     for (label, choice, software) in common::adapters() {
-        rows.push((
-            label,
-            Some(choice),
-            if software { soft_samples } else { 60_000 },
-        ));
+        let samples = if software { soft_samples } else { 60_000 };
+        // A hardware GPU splits small products over k; its row without, beside.
+        let variants = if software {
+            vec![None]
+        } else {
+            vec![None, Some(false)]
+        };
+        for split_k in variants {
+            let label = match split_k {
+                Some(false) => format!("{label} (k unsplit)"),
+                _ => label.clone(),
+            };
+            let choice = Some(choice.clone());
+            rows.push(Row {
+                label,
+                choice,
+                samples,
+                split_k,
+            });
+        }
     }
-    for (label, choice, samples) in rows {
+    for row in rows {
         for batch in [32, 128, 512] {
-            let name = format!("epoch/{label}/b{batch}");
+            let name = format!("epoch/{}/b{batch}", row.label);
             if filter.as_deref().is_some_and(|f| !name.contains(f)) {
                 continue;
             }
-            let data = Mnist {
-                train: mnist.train.clone().truncated(samples),
-                test: mnist.test.clone(),
-            };
-            let params = Params::init(&config, 42);
-            let mut backend: Box<dyn Backend> = match &choice {
-                None => Box::new(CpuBackend::new(params, Hyper::default(), data)),
-                Some(c) => match GpuBackend::new(params, Hyper::default(), data, c) {
-                    Ok(b) => Box::new(b),
-                    Err(e) => {
-                        eprintln!("{label}: {e}");
-                        continue;
-                    }
-                },
-            };
-            let (secs, accuracy) = measure(backend.as_mut(), samples, batch, reps);
-            let scaled = secs * 60_000.0 / samples as f64;
-            let mark = if samples < 60_000 { "*" } else { " " };
-            println!(
-                "{label:<58} {batch:>6} {scaled:>11.3}{mark} {:>12.0} {:>9.2}%",
-                samples as f64 / secs,
-                accuracy * 100.0
-            );
+            measure_row(&row, &mnist, &config, (batch, reps));
         }
     }
     println!("(* measured on a {soft_samples}-sample epoch and scaled to 60,000; accuracy after {reps} epochs of the measured size)");
