@@ -95,24 +95,8 @@ fn store(i: u32, j: u32, value: f32) {
     }
 }
 
-struct Block {
-    c00: vec4<f32>,
-    c01: vec4<f32>,
-    c10: vec4<f32>,
-    c11: vec4<f32>,
-    c20: vec4<f32>,
-    c21: vec4<f32>,
-    c30: vec4<f32>,
-    c31: vec4<f32>,
-    c40: vec4<f32>,
-    c41: vec4<f32>,
-    c50: vec4<f32>,
-    c51: vec4<f32>,
-    c60: vec4<f32>,
-    c61: vec4<f32>,
-    c70: vec4<f32>,
-    c71: vec4<f32>,
-}
+// A thread's 8×8 block of sums: entry 2r + h holds row 8·ty + r, columns 8·tx + 4h..+3.
+alias Block = array<vec4<f32>, 16>;
 
 fn store4(i: u32, j: u32, v: vec4<f32>) {
     store(i, j, v.x);
@@ -147,8 +131,8 @@ fn reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     }
 }
 
-// A thread's 8×8 block of sums: rows 8·ty + r, columns 8·tx + 4·h + (0..3) in `c{r}{h}`,
-// over the workgroup's k-range.
+// The thread's block of sums (`c{r}{h}`, kept in 16 registers while they run) over the
+// workgroup's k-range.
 fn accumulate(lid: vec3<u32>, wid: vec3<u32>) -> Block {
     let tx = lid.x;
     let ty = lid.y;
@@ -219,47 +203,18 @@ fn accumulate(lid: vec3<u32>, wid: vec3<u32>) -> Block {
 
 @compute @workgroup_size(8, 8, 1)
 fn gemm(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let b = accumulate(lid, wid);
-    let i0 = wid.y * TM + 8u * lid.y;
-    let j0 = wid.x * TN + 8u * lid.x;
-    store4(i0, j0, b.c00);
-    store4(i0, j0 + 4u, b.c01);
-    store4(i0 + 1u, j0, b.c10);
-    store4(i0 + 1u, j0 + 4u, b.c11);
-    store4(i0 + 2u, j0, b.c20);
-    store4(i0 + 2u, j0 + 4u, b.c21);
-    store4(i0 + 3u, j0, b.c30);
-    store4(i0 + 3u, j0 + 4u, b.c31);
-    store4(i0 + 4u, j0, b.c40);
-    store4(i0 + 4u, j0 + 4u, b.c41);
-    store4(i0 + 5u, j0, b.c50);
-    store4(i0 + 5u, j0 + 4u, b.c51);
-    store4(i0 + 6u, j0, b.c60);
-    store4(i0 + 6u, j0 + 4u, b.c61);
-    store4(i0 + 7u, j0, b.c70);
-    store4(i0 + 7u, j0 + 4u, b.c71);
+    var b = accumulate(lid, wid);
+    for (var q = 0u; q < 16u; q++) {
+        store4(wid.y * TM + 8u * lid.y + q / 2u, wid.x * TN + 8u * lid.x + 4u * (q % 2u), b[q]);
+    }
 }
 
 // Split-K: split wid.z's raw sums, to be added by `reduce`.
 @compute @workgroup_size(8, 8, 1)
 fn gemm_split(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let b = accumulate(lid, wid);
-    let i0 = wid.y * TM + 8u * lid.y;
-    let j0 = wid.x * TN + 8u * lid.x;
-    store4_partial(wid.z, i0, j0, b.c00);
-    store4_partial(wid.z, i0, j0 + 4u, b.c01);
-    store4_partial(wid.z, i0 + 1u, j0, b.c10);
-    store4_partial(wid.z, i0 + 1u, j0 + 4u, b.c11);
-    store4_partial(wid.z, i0 + 2u, j0, b.c20);
-    store4_partial(wid.z, i0 + 2u, j0 + 4u, b.c21);
-    store4_partial(wid.z, i0 + 3u, j0, b.c30);
-    store4_partial(wid.z, i0 + 3u, j0 + 4u, b.c31);
-    store4_partial(wid.z, i0 + 4u, j0, b.c40);
-    store4_partial(wid.z, i0 + 4u, j0 + 4u, b.c41);
-    store4_partial(wid.z, i0 + 5u, j0, b.c50);
-    store4_partial(wid.z, i0 + 5u, j0 + 4u, b.c51);
-    store4_partial(wid.z, i0 + 6u, j0, b.c60);
-    store4_partial(wid.z, i0 + 6u, j0 + 4u, b.c61);
-    store4_partial(wid.z, i0 + 7u, j0, b.c70);
-    store4_partial(wid.z, i0 + 7u, j0 + 4u, b.c71);
+    var b = accumulate(lid, wid);
+    for (var q = 0u; q < 16u; q++) {
+        let i = wid.y * TM + 8u * lid.y + q / 2u;
+        store4_partial(wid.z, i, wid.x * TN + 8u * lid.x + 4u * (q % 2u), b[q]);
+    }
 }
