@@ -226,22 +226,34 @@ fn split_k_training_matches_cpu() {
         };
         gpu.set_split_k(true);
         let mut cpu = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
-        let gs = block_on(gpu.train_epoch(&order, 32, &mut |_| {})).unwrap();
-        let cs = block_on(cpu.train_epoch(&order, 32, &mut |_| {})).unwrap();
         let what = format!("{backend}, split k");
-        let loss_err = rel_err(gs.loss as f32, cs.loss as f32);
-        assert!(loss_err <= TWENTY_STEPS_TOL, "{what}: loss {loss_err:.1e}");
-        compare_state(&what, &mut gpu, &mut cpu, TWENTY_STEPS_TOL);
-        let (ge, ce) = (
-            block_on(gpu.evaluate()).unwrap(),
-            block_on(cpu.evaluate()).unwrap(),
-        );
-        assert!(
-            rel_err(ge.loss as f32, ce.loss as f32) <= TWENTY_STEPS_TOL,
-            "{what}: eval"
-        );
-        assert_predictions_agree(&what, &ge.predictions, &ce.predictions);
+        epochs_agree(&what, (&mut gpu, &mut cpu), &order);
+        evaluations_agree(&format!("{what}: eval"), &mut gpu, &mut cpu);
     }
+}
+
+/// An epoch in `order` at batch 32 on both trainers: the same loss and state within
+/// [`TWENTY_STEPS_TOL`].
+fn epochs_agree(what: &str, (gpu, cpu): (&mut GpuBackend, &mut CpuBackend), order: &[u32]) {
+    let gs = block_on(gpu.train_epoch(order, 32, &mut |_| {})).unwrap();
+    let cs = block_on(cpu.train_epoch(order, 32, &mut |_| {})).unwrap();
+    let loss_err = rel_err(gs.loss as f32, cs.loss as f32);
+    assert!(loss_err <= TWENTY_STEPS_TOL, "{what}: loss {loss_err:.1e}");
+    compare_state(what, gpu, cpu, TWENTY_STEPS_TOL);
+}
+
+/// Both trainers' evaluations: the same loss within [`TWENTY_STEPS_TOL`], the same
+/// predictions.
+fn evaluations_agree(what: &str, gpu: &mut GpuBackend, cpu: &mut CpuBackend) {
+    let (ge, ce) = (
+        block_on(gpu.evaluate()).unwrap(),
+        block_on(cpu.evaluate()).unwrap(),
+    );
+    assert!(
+        rel_err(ge.loss as f32, ce.loss as f32) <= TWENTY_STEPS_TOL,
+        "{what}"
+    );
+    assert_predictions_agree(what, &ge.predictions, &ce.predictions);
 }
 
 /// `--augment` with the MLP: two epochs of 10 steps on each epoch's augmented images,
@@ -265,23 +277,11 @@ fn augmented_training_matches_cpu() {
                 block_on(gpu.augment(key)).unwrap();
                 block_on(cpu.augment(key)).unwrap();
                 let order = epoch_order(data.train.len(), 3, epoch, true);
-                let gs = block_on(gpu.train_epoch(&order, 32, &mut |_| {})).unwrap();
-                let cs = block_on(cpu.train_epoch(&order, 32, &mut |_| {})).unwrap();
                 let what = format!("{backend}, cpu sparse={sparse}, epoch {}", epoch + 1);
-                let loss_err = rel_err(gs.loss as f32, cs.loss as f32);
-                assert!(loss_err <= TWENTY_STEPS_TOL, "{what}: loss {loss_err:.1e}");
-                compare_state(&what, &mut gpu, &mut cpu, TWENTY_STEPS_TOL);
+                epochs_agree(&what, (&mut gpu, &mut cpu), &order);
             }
-            let (ge, ce) = (
-                block_on(gpu.evaluate()).unwrap(),
-                block_on(cpu.evaluate()).unwrap(),
-            );
             let what = format!("{backend}, cpu sparse={sparse}: evaluation");
-            assert!(
-                rel_err(ge.loss as f32, ce.loss as f32) <= TWENTY_STEPS_TOL,
-                "{what}"
-            );
-            assert_predictions_agree(&what, &ge.predictions, &ce.predictions);
+            evaluations_agree(&what, &mut gpu, &mut cpu);
         }
     }
 }

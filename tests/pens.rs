@@ -18,6 +18,15 @@ const DIGITS: usize = 30;
 const STRIDE: usize = 331;
 /// The canvas: a drawing program's 280×280 box, where the digit is about 200 pixels tall.
 const SIDE: u32 = 280;
+/// The pens' widths in pixels: 0.5% to 15% of the digit's height.
+const PENS: [u32; 5] = [1, 4, 8, 16, 30];
+/// The forms: a thin and a thick box, ruled and grid paper.
+const PAPERS: [Paper; 4] = [
+    Paper::Box { line: 4 },
+    Paper::Box { line: 12 },
+    Paper::Ruled,
+    Paper::Grid,
+];
 
 /// Of the `DIGITS` test digits drawn with a pen `width` pixels wide: how many are read right.
 fn read_right(width: u32) -> (usize, Vec<String>) {
@@ -59,7 +68,7 @@ fn read_drawn(model: &Path, draw: impl Fn(&[u8]) -> image::GrayImage) -> (usize,
 fn pens_of_every_width_are_read() {
     let mut report = Vec::new();
     let (mut weak, mut total) = (Vec::new(), 0);
-    for width in [1, 4, 8, 16, 30] {
+    for width in PENS {
         let (right, wrong) = read_right(width);
         report.push(format!("pen {width:2} px: {right}/{DIGITS} {wrong:?}"));
         total += right;
@@ -74,9 +83,9 @@ fn pens_of_every_width_are_read() {
         "pens {weak:?} px read fewer than 27 of {DIGITS}:\n{report}"
     );
     assert!(
-        total * 20 >= 5 * DIGITS * 19,
+        total * 20 >= PENS.len() * DIGITS * 19,
         "{total} of {}:\n{report}",
-        5 * DIGITS
+        PENS.len() * DIGITS
     );
 }
 
@@ -86,15 +95,9 @@ fn pens_of_every_width_are_read() {
 /// removal is said in a warning.
 #[test]
 fn digits_on_forms_and_stationery_are_read() {
-    let papers = [
-        Paper::Box { line: 4 },
-        Paper::Box { line: 12 },
-        Paper::Ruled,
-        Paper::Grid,
-    ];
     let mut report = Vec::new();
     let (mut weak, mut total) = (Vec::new(), 0);
-    for paper in papers {
+    for paper in PAPERS {
         let (right, wrong) = read_drawn(&default_run().model(), |digit| on_paper(digit, paper));
         report.push(format!("{paper:?}: {right}/{DIGITS} {wrong:?}"));
         total += right;
@@ -116,9 +119,9 @@ fn digits_on_forms_and_stationery_are_read() {
         "{weak:?} read fewer than 27 of {DIGITS}:\n{report}"
     );
     assert!(
-        total * 20 >= 4 * DIGITS * 19,
+        total * 20 >= PAPERS.len() * DIGITS * 19,
         "{total} of {}:\n{report}",
-        4 * DIGITS
+        PAPERS.len() * DIGITS
     );
 }
 
@@ -128,19 +131,13 @@ fn digits_on_forms_and_stationery_are_read() {
 #[test]
 #[ignore = "trains the convnet and the augmented models"]
 fn every_readme_model_reads_the_pens_and_forms() {
-    let papers = [
-        Paper::Box { line: 4 },
-        Paper::Box { line: 12 },
-        Paper::Ruled,
-        Paper::Grid,
-    ];
     for (name, run) in readme_models() {
         let model = run().model();
-        for width in [1, 4, 8, 16, 30] {
+        for width in PENS {
             let (right, _) = read_drawn(&model, |digit| pen_drawing(digit, SIDE, width));
             eprintln!("{name}, pen {width} px: {right} of {DIGITS}");
         }
-        for paper in papers {
+        for paper in PAPERS {
             let (right, _) = read_drawn(&model, |digit| on_paper(digit, paper));
             eprintln!("{name}, {paper:?}: {right} of {DIGITS}");
         }

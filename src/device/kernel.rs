@@ -368,15 +368,25 @@ pub fn run_one(ctx: &GpuContext, dispatch: Dispatch) -> Result<(), DeviceError> 
 /// Run `dispatches` in order, in one compute pass, now, and wait for them.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn run_all(ctx: &GpuContext, dispatches: &[Dispatch]) -> Result<(), DeviceError> {
-    ctx.scoped("running a kernel", || {
+    submit_all(ctx, "running a kernel", dispatches)?;
+    ctx.wait()
+}
+
+/// Queue `dispatches` in order, in one compute pass, without waiting for them (the
+/// queue keeps the order of what is submitted after); `what` names them in errors.
+pub fn submit_all(
+    ctx: &GpuContext,
+    what: &str,
+    dispatches: &[Dispatch],
+) -> Result<(), DeviceError> {
+    ctx.scoped(what, || {
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = encoder.begin_compute_pass(&Default::default());
             record(&mut pass, dispatches);
         }
         ctx.queue.submit([encoder.finish()]);
-    })?;
-    ctx.wait()
+    })
 }
 
 /// Workgroups of a grid-stride elementwise kernel over `n` elements.

@@ -4,7 +4,7 @@
 
 use super::GpuBackend;
 use crate::device::error::DeviceError;
-use crate::device::kernel::{record, storage_init, storage_zeroed};
+use crate::device::kernel::{storage_init, storage_zeroed, submit_all};
 use crate::layers::augment::cpu::AugmentKey;
 use crate::layers::augment::{warp_table_words, AugmentBindings};
 
@@ -52,15 +52,6 @@ impl GpuBackend {
             .pipelines
             .augment
             .augment(self.train_count, key, &bindings);
-        self.ctx.scoped("augmenting the training images", || {
-            let device = &self.ctx.device;
-            let mut encoder = device.create_command_encoder(&Default::default());
-            record(
-                &mut encoder.begin_compute_pass(&Default::default()),
-                &[dispatch],
-            );
-            self.ctx.queue.submit([encoder.finish()]);
-        })?;
-        self.ctx.check()
+        submit_all(&self.ctx, "augmenting the training images", &[dispatch])
     }
 }

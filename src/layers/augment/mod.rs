@@ -8,13 +8,8 @@
 mod check;
 pub mod cpu;
 
-use crate::device::kernel::{bindings, uniform, Dispatch};
+use crate::device::kernel::{bindings, elementwise_groups, uniform, Dispatch};
 use cpu::AugmentKey;
-
-/// Cap on workgroups: the kernel loops over the words past them.
-const MAX_GROUPS: u32 = 4096;
-/// Threads per workgroup (`augment.wgsl`), one per output word.
-const WORKGROUP: u32 = 256;
 
 uniform! {
     /// Uniform block of `augment.wgsl`.
@@ -47,9 +42,10 @@ impl Pipelines {
             epoch: key.epoch,
             ..Default::default()
         };
-        let words = (count * cpu::PIXELS / 4) as u32;
-        let groups = words.div_ceil(WORKGROUP).clamp(1, MAX_GROUPS);
-        self.augment.dispatch(&u, bindings, [groups, 1, 1])
+        // A grid-stride loop over the output words, one thread each.
+        let words = count * cpu::PIXELS / 4;
+        self.augment
+            .dispatch(&u, bindings, elementwise_groups(words))
     }
 }
 

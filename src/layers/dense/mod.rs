@@ -9,7 +9,7 @@
 mod check;
 pub mod cpu;
 
-use crate::device::kernel::{bindings, uniform, Dispatch};
+use crate::device::kernel::{bindings, elementwise_groups, uniform, Dispatch};
 
 /// GEMM output tile edge (rows and columns per workgroup).
 pub const GEMM_TILE: u32 = 64;
@@ -132,7 +132,7 @@ impl GemmUniform {
     pub fn split(self, splits: u32) -> Self {
         let slices = self.k.div_ceil(GEMM_K_SLICE).max(1);
         let splits = splits.clamp(1, slices);
-        // As even as whole slices allow; the last split may be shorter or empty.
+        // As even as whole slices allow; the last split may be shorter.
         let k_split = slices.div_ceil(splits) * GEMM_K_SLICE;
         GemmUniform {
             splits: self.k.div_ceil(k_split).max(1),
@@ -182,8 +182,11 @@ impl GemmUniform {
         ]
     }
 
-    /// Floats of the `partial` buffer a split product needs.
+    /// Floats of the `partial` buffer a split product needs (none unsplit).
     pub fn partial_len(&self) -> usize {
+        if self.splits <= 1 {
+            return 0;
+        }
         self.splits as usize * self.m as usize * self.n as usize
     }
 }
@@ -202,10 +205,7 @@ pub fn split_k(m: usize, k: usize, n: usize) -> u32 {
     if tiles >= SPLIT_BELOW_TILES || slices < 4 {
         return 1;
     }
-    slices
-        .min(MAX_SPLITS)
-        .min(SPLIT_TARGET_GROUPS / tiles)
-        .max(1)
+    slices.min(MAX_SPLITS).min(SPLIT_TARGET_GROUPS / tiles)
 }
 
 /// Products with at least this many output tiles are not split.
@@ -308,10 +308,10 @@ impl Pipelines {
         let (a, b, e, c) = (o.lhs, o.rhs, o.mask.unwrap_or(o.rhs), o.out);
         let products = GemmSplitBindings { a, b, partial };
         let reduce = GemmReduceBindings { e, c, partial };
-        let outputs = (u.m * u.n).div_ceil(256).clamp(1, 4096);
+        let outputs = elementwise_groups(u.m as usize * u.n as usize);
         vec![
             self.gemm_split.dispatch(&u, &products, u.workgroups()),
-            self.reduce.dispatch(&u, &reduce, [outputs, 1, 1]),
+            self.reduce.dispatch(&u, &reduce, outputs),
         ]
     }
 }
