@@ -146,7 +146,8 @@ fn training_steps_match_cpu() {
 /// into the output. Two epochs of 11 steps each, the last a partial batch (the second
 /// epoch's dropout masks count on from the first's), then the parameters, Adam's
 /// moments and the evaluation against the CPU's. The convnet trains on augmented
-/// images (`--augment`), a new set each epoch.
+/// images (`--augment`), a new set each epoch. The second epoch splits the dense
+/// products over k (`gemm_split` + `reduce`).
 #[test]
 fn layer_lists_train_as_on_the_cpu() {
     let data = mnist(170, 100);
@@ -178,6 +179,9 @@ fn layer_lists_train_as_on_the_cpu() {
             let mut cpu = CpuBackend::new(params, hyper.clone(), data.clone());
             let augment = layers == mnist_gpu::model::KERAS_CONVNET;
             for epoch in 0..2 {
+                // The second epoch with the dense products split over k, as hardware
+                // GPUs run them (the first dense layer of each list splits at batch 16).
+                gpu.set_split_k(epoch == 1);
                 if augment {
                     let key = AugmentKey::new(11, epoch);
                     block_on(gpu.augment(key)).unwrap();
@@ -211,9 +215,11 @@ fn layer_lists_train_as_on_the_cpu() {
 /// After the 20 steps of [`layer_lists_train_as_on_the_cpu`].
 const LAYER_LIST_TOL: f64 = 1e-5;
 
-/// The dense forwards split over k (`gemm_split` + `reduce`, which hardware GPUs run for
-/// the first layer at small batches; software adapters only when asked): 20 steps at
-/// batch 32 and a partial last batch agree with the CPU as the unsplit GEMM does.
+/// The dense products split over k (`gemm_split` + `reduce`, which hardware GPUs run for
+/// products with few output tiles; software adapters only when asked) agree with the CPU
+/// as the unsplit GEMM does: an epoch at batch 32 (the forwards split: the first layer's
+/// 25 ways) and one at batch 128 (the weight and bias gradients of the layers above the
+/// first split too, their k being the batch), each ending in a partial batch.
 #[test]
 fn split_k_training_matches_cpu() {
     let data = mnist(650, 100);
@@ -226,17 +232,23 @@ fn split_k_training_matches_cpu() {
         };
         gpu.set_split_k(true);
         let mut cpu = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
-        let what = format!("{backend}, split k");
-        epochs_agree(&what, (&mut gpu, &mut cpu), &order);
-        evaluations_agree(&format!("{what}: eval"), &mut gpu, &mut cpu);
+        for batch in [32, 128] {
+            let what = format!("{backend}, split k, batch {batch}");
+            epochs_agree(&what, (&mut gpu, &mut cpu), (&order, batch));
+            evaluations_agree(&format!("{what}: eval"), &mut gpu, &mut cpu);
+        }
     }
 }
 
-/// An epoch in `order` at batch 32 on both trainers: the same loss and state within
+/// An epoch in `order` at `batch` on both trainers: the same loss and state within
 /// [`TWENTY_STEPS_TOL`].
-fn epochs_agree(what: &str, (gpu, cpu): (&mut GpuBackend, &mut CpuBackend), order: &[u32]) {
-    let gs = block_on(gpu.train_epoch(order, 32, &mut |_| {})).unwrap();
-    let cs = block_on(cpu.train_epoch(order, 32, &mut |_| {})).unwrap();
+fn epochs_agree(
+    what: &str,
+    (gpu, cpu): (&mut GpuBackend, &mut CpuBackend),
+    (order, batch): (&[u32], usize),
+) {
+    let gs = block_on(gpu.train_epoch(order, batch, &mut |_| {})).unwrap();
+    let cs = block_on(cpu.train_epoch(order, batch, &mut |_| {})).unwrap();
     let loss_err = rel_err(gs.loss as f32, cs.loss as f32);
     assert!(loss_err <= TWENTY_STEPS_TOL, "{what}: loss {loss_err:.1e}");
     compare_state(what, gpu, cpu, TWENTY_STEPS_TOL);
@@ -278,7 +290,7 @@ fn augmented_training_matches_cpu() {
                 block_on(cpu.augment(key)).unwrap();
                 let order = epoch_order(data.train.len(), 3, epoch, true);
                 let what = format!("{backend}, cpu sparse={sparse}, epoch {}", epoch + 1);
-                epochs_agree(&what, (&mut gpu, &mut cpu), &order);
+                epochs_agree(&what, (&mut gpu, &mut cpu), (&order, 32));
             }
             let what = format!("{backend}, cpu sparse={sparse}: evaluation");
             evaluations_agree(&what, &mut gpu, &mut cpu);

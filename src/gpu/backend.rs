@@ -32,7 +32,7 @@ use crate::layers::batchnorm::{
     BatchnormBackwardBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, BnForward,
     BnSetup,
 };
-use crate::layers::dense::{split_k, DenseShape, GemmUniform, LinearOp};
+use crate::layers::dense::{partial_floats, product_splits, DenseShape, LinearOp};
 use crate::layers::plan::{Fusions, LayerOp};
 use crate::layers::relu::{ReluBackwardBindings, ReluForwardBindings};
 use crate::layers::softmax_xent::{SoftmaxUniform, SoftmaxXentBindings};
@@ -54,7 +54,7 @@ struct Workspace {
     deltas: Vec<wgpu::Buffer>,
     /// An input gradient before the ReLU backward, when that is not fused (else unused).
     scratch: wgpu::Buffer,
-    /// The splits' sums of the dense forwards split over k (see `split_k`).
+    /// The splits' sums of the dense products split over k (see `split_k`).
     partial: wgpu::Buffer,
 }
 
@@ -72,8 +72,8 @@ pub struct GpuBackend {
     config: ModelConfig,
     /// The fusions this model runs ([`Fusions::plan`] of the allowed ones).
     fusions: Fusions,
-    /// Whether the MLP's dense forwards with few output tiles split their k
-    /// ([`split_k`]): on hardware GPUs, whose many cores would otherwise idle.
+    /// Whether the dense products with few output tiles split their k
+    /// ([`product_splits`]): on hardware GPUs, whose many cores would otherwise idle.
     split_k: bool,
     layout: ParamLayout,
     hyper: Hyper,
@@ -288,8 +288,9 @@ impl GpuBackend {
             self.check_activation_bytes(cap, &widths)?;
             let features = self.config.batchnorm_features();
             let d = &self.ctx.device;
+            let partial = self.partial_floats(cap);
             let work = self.ctx.scoped("allocating activation buffers", || {
-                layers::layer_workspace(d, &ops, &widths, (cap, features))
+                layers::layer_workspace(d, &ops, &widths, (cap, features, partial))
             })?;
             self.work = Some(work);
             return Ok(());
@@ -353,7 +354,7 @@ impl GpuBackend {
         }
     }
 
-    /// Split the dense forwards with few output tiles over k, or not: hardware adapters
+    /// Split the dense products with few output tiles over k, or not: hardware adapters
     /// do, software ones do not; the tests ask for both on the software ones.
     pub fn set_split_k(&mut self, split: bool) {
         self.split_k = split;
@@ -362,27 +363,49 @@ impl GpuBackend {
         self.work = None;
     }
 
-    /// How many ways dense layer `shape`'s forward splits its k (1: not split).
-    fn forward_splits(&self, shape: &DenseShape) -> u32 {
-        match self.split_k {
-            true => split_k(shape.rows, shape.inputs, shape.units),
+    /// The dispatches of dense product `op` on `shape`: on a hardware GPU split over k
+    /// where [`product_splits`] says so (`gemm_split` + `reduce`), else one GEMM.
+    fn dense_product(&self, shape: &DenseShape, op: LinearOp) -> Vec<Dispatch> {
+        let splits = match self.split_k {
+            true => product_splits(shape, &op),
             false => 1,
-        }
+        };
+        let partial = &self.work.as_ref().expect("workspace").partial;
+        self.pipelines
+            .dense
+            .dispatch_split(shape, op, (partial, splits))
     }
 
-    /// Floats of the partial sums buffer: the most any dense forward on up to `cap` rows
-    /// needs (a batch, the last short one, an evaluation chunk).
+    /// Floats of the partial sums buffer: the most any dense product on up to `cap` rows
+    /// needs (a batch, the last short one, an evaluation chunk); none when nothing splits.
     fn partial_floats(&self, cap: usize) -> usize {
-        let layers = 0..self.config.dense_layers();
-        let shapes = layers.flat_map(|l| (1..=cap).map(move |rows| (l, rows)));
+        if !self.split_k {
+            return 0;
+        }
+        let layers = self.dense_layer_widths();
+        let shapes = layers.into_iter().flat_map(|(l, widths)| {
+            (1..=cap).map(move |rows| self.weighted_dense(l, rows, widths))
+        });
         shapes
-            .map(|(l, rows)| {
-                let shape = self.dense_shape(l, rows);
-                let u = GemmUniform::forward(&shape, false);
-                u.split(self.forward_splits(&shape)).partial_len()
-            })
+            .map(|shape| partial_floats(&shape))
             .max()
             .unwrap_or(0)
+    }
+
+    /// Every dense layer's weighted-layer index and (inputs, units), on either path.
+    fn dense_layer_widths(&self) -> Vec<(usize, (usize, usize))> {
+        if !self.layered() {
+            let widths = self.widths();
+            let layers = 0..self.config.dense_layers();
+            return layers.map(|l| (l, (widths[l], widths[l + 1]))).collect();
+        }
+        let widths = self.layer_widths();
+        let ops = LayerOp::plan(&self.config).into_iter().enumerate();
+        ops.filter_map(|(i, op)| match op {
+            LayerOp::Dense { w: l, .. } => Some((l, (widths[i], widths[i + 1]))),
+            _ => None,
+        })
+        .collect()
     }
 
     /// Train with only the fusions of `allowed` (all by default), for the tests that
@@ -411,8 +434,7 @@ impl GpuBackend {
                 y: &w.acts[l + 1],
                 relu: relu && fused,
             };
-            let split = (&w.partial, self.forward_splits(&shape));
-            list.extend(self.pipelines.dense.dispatch_split(&shape, op, split));
+            list.extend(self.dense_product(&shape, op));
             if relu && !fused {
                 let bindings = ReluForwardBindings { x: &w.acts[l + 1] };
                 let n = rows * shape.units;
@@ -503,7 +525,6 @@ impl GpuBackend {
     /// BatchNorm's gradients ([`GpuBackend::first_layer_backward`]).
     fn backward_dispatches(&self, rows: usize) -> Vec<Dispatch> {
         let w = self.work.as_ref().expect("workspace");
-        let dense = &self.pipelines.dense;
         let mut list = Vec::new();
         for l in (1..self.config.dense_layers()).rev() {
             let shape = self.dense_shape(l, rows);
@@ -512,7 +533,7 @@ impl GpuBackend {
                 dy: &w.deltas[l + 1],
                 grads: &self.grads,
             };
-            list.push(dense.dispatch(&shape, op));
+            list.extend(self.dense_product(&shape, op));
             list.extend(self.input_grad_through_relu(&shape, l));
         }
         list.extend(self.first_layer_backward(rows));
@@ -523,7 +544,6 @@ impl GpuBackend {
     /// or, unfused, the GEMM into `scratch` and the ReLU backward from there.
     fn input_grad_through_relu(&self, shape: &DenseShape, l: usize) -> Vec<Dispatch> {
         let w = self.work.as_ref().expect("workspace");
-        let dense = &self.pipelines.dense;
         let fused = self.fusions.relu_in_gemm;
         let op = LinearOp::InputGrad {
             dy: &w.deltas[l + 1],
@@ -531,9 +551,9 @@ impl GpuBackend {
             dx: if fused { &w.deltas[l] } else { &w.scratch },
             relu_out: fused.then_some(&w.acts[l]),
         };
-        let input_grad = dense.dispatch(shape, op);
+        let mut list = self.dense_product(shape, op);
         if fused {
-            return vec![input_grad];
+            return list;
         }
         let bindings = ReluBackwardBindings {
             dy: &w.scratch,
@@ -541,7 +561,8 @@ impl GpuBackend {
             dx: &w.deltas[l],
         };
         let n = shape.rows * shape.inputs;
-        vec![input_grad, self.pipelines.relu.backward(n, &bindings)]
+        list.push(self.pipelines.relu.backward(n, &bindings));
+        list
     }
 
     /// The first dense layer's and BatchNorm's gradients. Fused: the weight gradient
@@ -550,7 +571,6 @@ impl GpuBackend {
     /// output, the input gradient into `deltas[0]`, then BatchNorm's own backward.
     fn first_layer_backward(&self, rows: usize) -> Vec<Dispatch> {
         let w = self.work.as_ref().expect("workspace");
-        let dense = &self.pipelines.dense;
         let shape = self.dense_shape(0, rows);
         let fused = self.fusions.batchnorm_dense_backward;
         let weight_grad = LinearOp::WeightGrad {
@@ -558,9 +578,10 @@ impl GpuBackend {
             dy: &w.deltas[1],
             grads: &self.grads,
         };
-        let weight_grad = dense.dispatch(&shape, weight_grad);
+        let mut list = self.dense_product(&shape, weight_grad);
         if fused {
-            return vec![weight_grad, self.batchnorm_dense_backward_dispatch(rows)];
+            list.push(self.batchnorm_dense_backward_dispatch(rows));
+            return list;
         }
         let input_grad = LinearOp::InputGrad {
             dy: &w.deltas[1],
@@ -573,11 +594,9 @@ impl GpuBackend {
             dy: &w.deltas[0],
             xhat_in: &w.xhat,
         };
-        vec![
-            weight_grad,
-            dense.dispatch(&shape, input_grad),
-            (self.pipelines.batchnorm).backward(rows, &self.bn_setup(), &bindings),
-        ]
+        list.extend(self.dense_product(&shape, input_grad));
+        list.push((self.pipelines.batchnorm).backward(rows, &self.bn_setup(), &bindings));
+        list
     }
 
     fn batchnorm_dense_backward_dispatch(&self, rows: usize) -> Dispatch {

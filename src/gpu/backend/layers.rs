@@ -22,12 +22,12 @@ use crate::layers::plan::{activation_widths, LayerOp};
 use crate::layers::relu::ReluBackwardBindings;
 
 /// The activation and gradient buffers of the layer path for `cap` rows (a `flatten`'s
-/// output sharing its input's).
+/// output sharing its input's), and `partial` floats of split-K partial sums.
 pub(super) fn layer_workspace(
     device: &wgpu::Device,
     ops: &[LayerOp],
     widths: &[usize],
-    (cap, features): (usize, usize),
+    (cap, features, partial): (usize, usize, usize),
 ) -> Workspace {
     let buffers = |name: &str| {
         let mut list: Vec<wgpu::Buffer> = Vec::with_capacity(widths.len());
@@ -51,8 +51,7 @@ pub(super) fn layer_workspace(
             "scratch",
             (cap * widths.iter().max().unwrap_or(&1) * 4) as u64,
         ),
-        // The layer path does not split its products.
-        partial: storage_zeroed(device, "unused partial sums", 16),
+        partial: storage_zeroed(device, "split-k partial sums", (partial.max(4) * 4) as u64),
     }
 }
 
@@ -115,10 +114,7 @@ impl GpuBackend {
             LayerOp::BatchNorm | LayerOp::Flatten => Vec::new(),
             LayerOp::Dense { w: l, relu, .. } => {
                 let op = LinearOp::Forward { x, params, y, relu };
-                vec![self
-                    .pipelines
-                    .dense
-                    .dispatch(&self.layer_dense_shape(l, rows, i), op)]
+                self.dense_product(&self.layer_dense_shape(l, rows, i), op)
             }
             LayerOp::Conv { shape, relu, .. } => {
                 let op = LinearOp::Forward { x, params, y, relu };
@@ -259,8 +255,9 @@ impl GpuBackend {
         match op {
             LayerOp::Dense { w: l, .. } => {
                 let shape = self.layer_dense_shape(l, rows, i);
-                let dense = &self.pipelines.dense;
-                products.map(|op| dense.dispatch(&shape, op)).collect()
+                products
+                    .flat_map(|op| self.dense_product(&shape, op))
+                    .collect()
             }
             LayerOp::Conv { shape, .. } => {
                 let shape = ConvShape {

@@ -198,7 +198,10 @@ impl GemmUniform {
 /// [`SPLIT_TARGET_GROUPS`] workgroups in all. The first layer's forward at batch 32 (2
 /// tiles, k = 784) becomes 25 splits, 50 workgroups. Chosen from the H200's profile
 /// (that product alone took 54% of a batch-32 step on 2 workgroups, 39 GFLOP/s), not yet
-/// measured there.
+/// measured there. The trainer applies it to all three forms; a weight gradient's k is
+/// the batch, so from batch 128 on the small layers' weight and bias gradients (sums
+/// over the batch, one thread per output otherwise) are spread over k too: the 128→10
+/// layer's at batch 512 goes from 3 workgroups to 48.
 pub fn split_k(m: usize, k: usize, n: usize) -> u32 {
     let tiles = (m as u32).div_ceil(GEMM_TILE) * (n as u32).div_ceil(GEMM_TILE);
     let slices = (k as u32).div_ceil(GEMM_K_SLICE);
@@ -206,6 +209,28 @@ pub fn split_k(m: usize, k: usize, n: usize) -> u32 {
         return 1;
     }
     slices.min(MAX_SPLITS).min(SPLIT_TARGET_GROUPS / tiles)
+}
+
+/// The splits [`split_k`] gives `op`'s product on `shape`.
+pub fn product_splits(shape: &DenseShape, op: &LinearOp) -> u32 {
+    let u = GemmUniform::of(shape, op);
+    split_k(u.m as usize, u.k as usize, u.n as usize)
+}
+
+/// Floats of partial sums the most split of `shape`'s three products needs when each is
+/// split as [`split_k`] says.
+pub fn partial_floats(shape: &DenseShape) -> usize {
+    let forms = [
+        GemmUniform::forward(shape, false),
+        GemmUniform::weight_grad(shape),
+        GemmUniform::input_grad(shape, false),
+    ];
+    forms
+        .into_iter()
+        .map(|u| u.split(split_k(u.m as usize, u.k as usize, u.n as usize)))
+        .map(|u| u.partial_len())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Products with at least this many output tiles are not split.
