@@ -223,7 +223,7 @@ impl CpuBackend {
     /// [`PARALLEL_MIN_BATCH`].
     fn in_pool<R: Send>(&mut self, batch: usize, f: impl FnOnce(&mut Self) -> R + Send) -> R {
         if batch >= PARALLEL_MIN_BATCH || rayon::current_num_threads() == 1 {
-            return rayon::scope(|_| f(self));
+            return super::awake::with_workers_awake(|| f(self));
         }
         let pool = match self.serial_pool.take() {
             Some(pool) => pool,
