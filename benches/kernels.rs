@@ -328,8 +328,33 @@ fn step_profiles(adapters: &[(String, mnist_gpu::gpu::DeviceChoice, bool)]) {
                 Ok(None) => println!("step/{label}: no TIMESTAMP_QUERY on this adapter"),
                 Err(e) => println!("step/{label}: timestamp profile failed: {e}"),
             }
+            let steps = if *software { 10 } else { 200 };
+            match backend.profile_submission(batch, steps) {
+                Ok(times) => print_submission(&format!("step/{label}/b{batch}"), steps, &times),
+                Err(e) => println!("step/{label}: submission profile failed: {e}"),
+            }
         }
     }
+}
+
+/// Whether the host or the GPU bounds a step: [`GpuBackend::profile_submission`]'s times.
+fn print_submission(title: &str, steps: usize, times: &mnist_gpu::gpu::SubmissionTimes) {
+    let ms = |s: f64| s * 1e3;
+    let gpu = times
+        .gpu
+        .map_or("no timestamps".into(), |g| format!("{:.4} ms", ms(g)));
+    let bound = match times.gpu {
+        Some(g) if g >= times.record => "the GPU bounds the step",
+        Some(_) => "recording bounds the step",
+        None => "unknown",
+    };
+    println!(
+        "{title}: {steps} steps of {} dispatches in one submission, per step: recording {:.4} ms, the submit call {:.4} ms, GPU {gpu}, wall {:.4} ms; {bound}",
+        times.dispatches,
+        ms(times.record),
+        ms(times.submit),
+        ms(times.wall),
+    );
 }
 
 fn short(label: &str) -> String {

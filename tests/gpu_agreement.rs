@@ -540,3 +540,37 @@ fn device_errors_are_clear() {
     let table = mnist_gpu::gpu::format_adapters(&found);
     assert!(table.contains(&found[0].name), "{table}");
 }
+
+/// The bench's host-against-GPU profile (`GpuBackend::profile_submission`) runs the
+/// steps it times: the parameters move, and its times are in order (the GPU's own time,
+/// where the adapter has timestamps, within the wall time around it).
+#[test]
+fn the_submission_profile_times_real_steps() {
+    let data = mnist(256, 10);
+    let params = Params::init(&ModelConfig::default(), 3);
+    for backend in backends() {
+        let test = "the_submission_profile_times_real_steps";
+        let Some(mut gpu) = gpu_backend(test, &backend, &params, &data) else {
+            continue;
+        };
+        let before = block_on(gpu.params()).unwrap();
+        let times = gpu.profile_submission(32, 4).unwrap();
+        let after = block_on(gpu.params()).unwrap();
+        assert_ne!(before.trainable, after.trainable, "{backend}: no step ran");
+        assert!(
+            times.dispatches > 0 && times.record > 0.0,
+            "{backend}: {times:?}"
+        );
+        assert!(
+            times.record + times.submit <= times.wall,
+            "{backend}: {times:?}"
+        );
+        if let Some(gpu_secs) = times.gpu {
+            // Clocks differ: allow the GPU's count a sliver over the host's.
+            assert!(
+                gpu_secs > 0.0 && gpu_secs <= times.wall * 1.05,
+                "{backend}: {times:?}"
+            );
+        }
+    }
+}

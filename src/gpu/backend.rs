@@ -17,6 +17,7 @@ mod augment;
 mod layers;
 #[cfg(not(target_arch = "wasm32"))]
 mod profile;
+pub use profile::SubmissionTimes;
 
 use super::epoch::{sum_stats, EpochRun, TrainPlan, READBACK_SLOTS, STEPS_PER_SUBMIT};
 use crate::backend::{Backend, EpochEnd, EvalStats, Steps};

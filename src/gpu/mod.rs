@@ -13,4 +13,4 @@ mod epoch;
 pub use crate::device::{
     adapters, format_adapters, list_adapters, AdapterSummary, DeviceChoice, DeviceError, GpuContext,
 };
-pub use backend::GpuBackend;
+pub use backend::{GpuBackend, SubmissionTimes};
