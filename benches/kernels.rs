@@ -1,5 +1,6 @@
 //! Kernel throughput, CPU and GPU side by side: GEMM GFLOP/s for the three MNIST forms at
-//! batch 32/128/512 and square 1024³ (4096³ on hardware GPUs), time per call of the other
+//! batch 32/128/512 and square 1024³ (4096³ on hardware GPUs; the square products also
+//! through the wide-tile GEMM, `gemm_wide`, on the GPUs), time per call of the other
 //! kernels, the CPU trainer's step phase by phase (`step/cpu/…`), and each adapter's
 //! training step dispatch by dispatch (`step/…`; also timed on the GPU itself where the
 //! adapter offers TIMESTAMP_QUERY). Every layer family's agreement cases marked as bench
@@ -24,8 +25,36 @@ fn random(len: usize, seed: u64) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()
 }
 
+/// Which GEMM kernel a row times on the GPUs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GemmKernel {
+    /// `gemm` (64×64 tiles), as the trainer dispatches it unsplit.
+    Tiled,
+    /// `gemm_wide` (128×128 tiles), which hardware GPUs run for large products.
+    Wide,
+}
+
+/// One GEMM row: label, (m, k, n) as the dense layer sees them, form (0: X·W, 1: Xᵀ·dY,
+/// 2: dY·Wᵀ) and the GPU kernel.
+type GemmRow = (String, (usize, usize, usize), u8, GemmKernel);
+
+/// The GEMM rows: the `(label, m, k, n, form)` of [`gemm_shapes`] through `gemm`, and the
+/// square products through `gemm_wide` too, each beside its `gemm` row.
+fn gemm_cases(large: bool) -> Vec<GemmRow> {
+    let mut rows = Vec::new();
+    for (label, m, k, n, form) in gemm_shapes(large) {
+        let square = label.starts_with("gemm/square/");
+        let wide = format!("{label} wide");
+        rows.push((label, (m, k, n), form, GemmKernel::Tiled));
+        if square {
+            rows.push((wide, (m, k, n), form, GemmKernel::Wide));
+        }
+    }
+    rows
+}
+
 /// (label, m, k, n, form) — form 0: X·W, 1: Xᵀ·dY, 2: dY·Wᵀ; (m, k, n) as the dense layer sees them.
-fn gemm_cases(large: bool) -> Vec<(String, usize, usize, usize, u8)> {
+fn gemm_shapes(large: bool) -> Vec<(String, usize, usize, usize, u8)> {
     let mut cases = Vec::new();
     for batch in [32, 128, 512] {
         cases.push((
@@ -85,12 +114,10 @@ fn cpu_gemm(m: usize, k: usize, n: usize, form: u8, reps: usize) -> f64 {
 }
 
 fn gpu_gemm(
-    ctx: &GpuContext,
-    pipelines: &Pipelines,
-    m: usize,
-    k: usize,
-    n: usize,
+    (ctx, pipelines): (&GpuContext, &Pipelines),
+    (m, k, n): (usize, usize, usize),
     form: u8,
+    kernel: GemmKernel,
     reps: usize,
 ) -> f64 {
     let buf = |len: usize, seed| storage_f32(ctx, "bench", &random(len, seed));
@@ -117,7 +144,10 @@ fn gpu_gemm(
             relu_out: None,
         },
     };
-    let dispatch = dense.dispatch(&shape, op);
+    let dispatch = match kernel {
+        GemmKernel::Tiled => dense.dispatch(&shape, op),
+        GemmKernel::Wide => dense.dispatch_wide(&shape, op),
+    };
     let batch: Vec<_> = vec![dispatch; reps];
     let run = || {
         let mut encoder = ctx.device.create_command_encoder(&Default::default());
@@ -155,13 +185,14 @@ fn main() {
             .collect::<String>()
     );
     let large = contexts.iter().any(|c| !c.3);
-    for (label, m, k, n, form) in gemm_cases(large) {
+    for (label, (m, k, n), form, kernel) in gemm_cases(large) {
         if !wanted(&label) {
             continue;
         }
         let flops = 2.0 * (m * k * n) as f64;
         let reps = ((2e9 / flops) as usize).clamp(3, 200);
-        let cpu = if m * k * n > 1 << 32 {
+        // The CPU has no wide kernel: its figure is on the `gemm` row beside.
+        let cpu = if m * k * n > 1 << 32 || kernel == GemmKernel::Wide {
             f64::NAN
         } else {
             flops / cpu_gemm(m, k, n, form, reps) / 1e9
@@ -176,7 +207,7 @@ fn main() {
             };
             row.push_str(&format!(
                 "{:>14.2}",
-                flops / gpu_gemm(ctx, kernels, m, k, n, form, gpu_reps) / 1e9
+                flops / gpu_gemm((ctx, kernels), (m, k, n), form, kernel, gpu_reps) / 1e9
             ));
         }
         println!("{row}");

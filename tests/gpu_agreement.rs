@@ -240,6 +240,30 @@ fn split_k_training_matches_cpu() {
     }
 }
 
+/// The wide-tile GEMM (`gemm_wide`, which hardware GPUs run for products of at least 64
+/// tiles of 128×128; forced here for every dense product, however small) agrees with the
+/// CPU as the 64×64 GEMM does: an epoch at batch 32 and one at batch 128, each ending in
+/// a partial batch, each followed by an evaluation.
+#[test]
+fn wide_tile_training_matches_cpu() {
+    let data = mnist(650, 100);
+    let params = Params::init(&ModelConfig::mlp(&[128, 64], false), 5);
+    let order = epoch_order(data.train.len(), 2, 0, true);
+    for backend in backends() {
+        let Some(mut gpu) = gpu_backend("wide_tile_training_matches_cpu", &backend, &params, &data)
+        else {
+            continue;
+        };
+        gpu.set_wide_tiles(true);
+        let mut cpu = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
+        for batch in [32, 128] {
+            let what = format!("{backend}, wide tiles, batch {batch}");
+            epochs_agree(&what, (&mut gpu, &mut cpu), (&order, batch));
+            evaluations_agree(&format!("{what}: eval"), &mut gpu, &mut cpu);
+        }
+    }
+}
+
 /// An epoch in `order` at `batch` on both trainers: the same loss and state within
 /// [`TWENTY_STEPS_TOL`].
 fn epochs_agree(

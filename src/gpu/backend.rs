@@ -17,6 +17,7 @@ mod augment;
 mod layers;
 #[cfg(not(target_arch = "wasm32"))]
 mod profile;
+#[cfg(not(target_arch = "wasm32"))]
 pub use profile::SubmissionTimes;
 
 use super::epoch::{sum_stats, EpochRun, TrainPlan, READBACK_SLOTS, STEPS_PER_SUBMIT};
@@ -33,7 +34,7 @@ use crate::layers::batchnorm::{
     BatchnormBackwardBindings, BatchnormDenseBackwardBindings, BatchnormForwardBindings, BnForward,
     BnSetup,
 };
-use crate::layers::dense::{partial_floats, product_splits, DenseShape, LinearOp};
+use crate::layers::dense::{partial_floats, product_splits, product_wide, DenseShape, LinearOp};
 use crate::layers::plan::{Fusions, LayerOp};
 use crate::layers::relu::{ReluBackwardBindings, ReluForwardBindings};
 use crate::layers::softmax_xent::{SoftmaxUniform, SoftmaxXentBindings};
@@ -59,6 +60,17 @@ struct Workspace {
     partial: wgpu::Buffer,
 }
 
+/// Which dense products run the wide-tile GEMM ([`product_wide`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WideTiles {
+    /// None (software adapters: as split-K, the rule is for GPUs with many cores).
+    Off,
+    /// Those [`product_wide`] picks (hardware GPUs).
+    Large,
+    /// Every one that is not split over k, whatever its size (the tests).
+    Every,
+}
+
 struct EvalPlan {
     chunks: Vec<Vec<Dispatch>>,
     staging: wgpu::Buffer,
@@ -76,6 +88,8 @@ pub struct GpuBackend {
     /// Whether the dense products with few output tiles split their k
     /// ([`product_splits`]): on hardware GPUs, whose many cores would otherwise idle.
     split_k: bool,
+    /// Which dense products run the wide-tile GEMM (`gemm_wide`).
+    wide_tiles: WideTiles,
     layout: ParamLayout,
     hyper: Hyper,
     step: u64,
@@ -230,6 +244,10 @@ impl GpuBackend {
             config: params.config.clone(),
             fusions: Fusions::plan(&params.config, Fusions::ALL),
             split_k: !is_software(&ctx.info),
+            wide_tiles: match is_software(&ctx.info) {
+                true => WideTiles::Off,
+                false => WideTiles::Large,
+            },
             layout: layout.clone(),
             hyper,
             step: 0,
@@ -364,13 +382,38 @@ impl GpuBackend {
         self.work = None;
     }
 
+    /// Run the dense products through the wide-tile GEMM (`gemm_wide`) or not. On, it
+    /// runs every product that is not split over k, bypassing the size rule
+    /// ([`product_wide`]) that hardware adapters apply by default, so that the tests can
+    /// check it on the software adapters and small models; off, none (as software
+    /// adapters do by default).
+    pub fn set_wide_tiles(&mut self, on: bool) {
+        self.wide_tiles = match on {
+            true => WideTiles::Every,
+            false => WideTiles::Off,
+        };
+        self.train_plan = None;
+        self.eval_plan = None;
+        self.work = None;
+    }
+
     /// The dispatches of dense product `op` on `shape`: on a hardware GPU split over k
-    /// where [`product_splits`] says so (`gemm_split` + `reduce`), else one GEMM.
+    /// where [`product_splits`] says so (`gemm_split` + `reduce`), else through the
+    /// wide-tile GEMM where [`product_wide`] says so, else one GEMM.
     fn dense_product(&self, shape: &DenseShape, op: LinearOp) -> Vec<Dispatch> {
         let splits = match self.split_k {
             true => product_splits(shape, &op),
             false => 1,
         };
+        let wide = match self.wide_tiles {
+            WideTiles::Off => false,
+            WideTiles::Large => product_wide(shape, &op),
+            WideTiles::Every => true,
+        };
+        // Split-K wins: its products (few tiles) are never large enough to be wide.
+        if wide && splits <= 1 {
+            return vec![self.pipelines.dense.dispatch_wide(shape, op)];
+        }
         let partial = &self.work.as_ref().expect("workspace").partial;
         self.pipelines
             .dense

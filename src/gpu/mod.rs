@@ -13,4 +13,6 @@ mod epoch;
 pub use crate::device::{
     adapters, format_adapters, list_adapters, AdapterSummary, DeviceChoice, DeviceError, GpuContext,
 };
-pub use backend::{GpuBackend, SubmissionTimes};
+pub use backend::GpuBackend;
+#[cfg(not(target_arch = "wasm32"))]
+pub use backend::SubmissionTimes;

@@ -1,6 +1,7 @@
 //! Dense: `y = x · W + b` (ReLU fused into the epilogue when the layer is followed by
-//! one), and its two gradients, all through one tiled GEMM (`gemm.wgsl`); the CPU
-//! reference is [`cpu`].
+//! one), and its two gradients, all through one tiled GEMM (`gemm.wgsl`: `gemm`, split
+//! over k for products with few tiles ([`split_k`]), or `gemm_wide` for large ones
+//! ([`wide_tiles`])); the CPU reference is [`cpu`].
 //!
 //! The trainer and the agreement cases build their dispatches with the same
 //! [`Pipelines::dispatch`] of a [`LinearOp`].
@@ -18,6 +19,10 @@ pub const GEMM_TILE: u32 = 64;
 pub const GEMM_K_SLICE: u32 = 32;
 /// Most splits of one product's k (see [`split_k`]).
 pub const MAX_SPLITS: u32 = 32;
+/// Output tile edge of the wide-tile GEMM (`gemm_wide`, see [`wide_tiles`]).
+pub const GEMM_WIDE_TILE: u32 = 128;
+/// Products with at least this many wide tiles' worth of outputs run `gemm_wide`.
+pub const WIDE_FROM_TILES: usize = 128;
 
 pub const GEMM_BIAS: u32 = 1;
 pub const GEMM_RELU: u32 = 2;
@@ -42,6 +47,12 @@ bindings! {
     GemmBindings(GemmUniform) for ["gemm"] => {
         a: Read<f32> = 1, b: Read<f32> = 2, e: Read<f32> = 3,
         c: ReadWrite<f32> = 4,
+    }
+    /// `gemm.wgsl:gemm_wide`: as `gemm`, in 128×128 tiles; `a4` and `b4` are `a` and `b`
+    /// again, read as vec4 where an operand's layout allows.
+    GemmWideBindings(GemmUniform) for ["gemm_wide"] => {
+        a: Read<f32> = 1, b: Read<f32> = 2, e: Read<f32> = 3,
+        c: ReadWrite<f32> = 4, a4: Read<vec4f> = 6, b4: Read<vec4f> = 7,
     }
     /// `gemm.wgsl:gemm_split`: each split's raw sums of `a · b` into `partial`.
     GemmSplitBindings(GemmUniform) for ["gemm_split"] => {
@@ -182,6 +193,15 @@ impl GemmUniform {
         ]
     }
 
+    /// Workgroups of the wide-tile GEMM (`gemm_wide`), which does not split k.
+    pub fn wide_workgroups(&self) -> [u32; 3] {
+        [
+            self.n.div_ceil(GEMM_WIDE_TILE),
+            self.m.div_ceil(GEMM_WIDE_TILE),
+            1,
+        ]
+    }
+
     /// Floats of the `partial` buffer a split product needs (none unsplit).
     pub fn partial_len(&self) -> usize {
         if self.splits <= 1 {
@@ -233,6 +253,29 @@ pub fn partial_floats(shape: &DenseShape) -> usize {
         .unwrap_or(0)
 }
 
+/// Whether an `m`×`n` product runs the wide-tile GEMM (`gemm_wide`: 128×128 tiles of 256
+/// threads, double-buffered k-slices, vec4 loads) on a GPU with many cores: outputs of at
+/// least [`WIDE_FROM_TILES`] such tiles, about one workgroup for each of an H200's 132
+/// SMs (a smaller product leaves SMs idle that the 64×64 `gemm`'s four times as many
+/// workgroups would fill). The square 4096 product and the big products of `--hidden
+/// 4096,4096 --batch-size 512` qualify; the square 1024 (64 tiles) and the default
+/// model's layers (784→128→10) do not. Written for the H200, where the 64×64 `gemm`
+/// reaches 11.5 TFLOP/s at 4096³; not yet measured there: the bench's `gemm/square/…
+/// wide` rows beside the `gemm` ones say where the threshold belongs. Software adapters
+/// never use it (the trainer only applies the rule on hardware); the split-K rule
+/// ([`split_k`], fewer than 16 tiles of 64) never picks the same products, and would win
+/// if it did.
+pub fn wide_tiles(m: usize, n: usize) -> bool {
+    let tile = GEMM_WIDE_TILE as usize;
+    m * n >= WIDE_FROM_TILES * tile * tile
+}
+
+/// Whether [`wide_tiles`] picks `op`'s product on `shape`.
+pub fn product_wide(shape: &DenseShape, op: &LinearOp) -> bool {
+    let u = GemmUniform::of(shape, op);
+    wide_tiles(u.m as usize, u.n as usize)
+}
+
 /// Products with at least this many output tiles are not split.
 pub const SPLIT_BELOW_TILES: u32 = 16;
 /// Most workgroups a split product is spread over.
@@ -243,6 +286,7 @@ family! {
     Dense: "gemm" in "gemm.wgsl", uniform GemmUniform => {
         gemm: GemmBindings = "gemm",
         gemm_split: GemmSplitBindings = "gemm_split",
+        gemm_wide: GemmWideBindings = "gemm_wide",
         reduce: GemmReduceBindings = "reduce",
     }
 }
@@ -316,6 +360,23 @@ impl Pipelines {
             .dispatch(&u, &GemmBindings { a, b, e, c }, u.workgroups())
     }
 
+    /// The dispatch of `op` on `shape` through the wide-tile GEMM (see [`wide_tiles`]),
+    /// whatever its size.
+    pub fn dispatch_wide(&self, shape: &DenseShape, op: LinearOp) -> Dispatch {
+        let u = GemmUniform::of(shape, &op);
+        let o = op.operands();
+        let (a, b, e, c) = (o.lhs, o.rhs, o.mask.unwrap_or(o.rhs), o.out);
+        let bindings = GemmWideBindings {
+            a,
+            b,
+            e,
+            c,
+            a4: a,
+            b4: b,
+        };
+        self.gemm_wide.dispatch(&u, &bindings, u.wide_workgroups())
+    }
+
     /// The dispatches of `op` on `shape` with its k split `splits` ways (see [`split_k`]):
     /// the partial products into `partial` (at least [`GemmUniform::partial_len`]
     /// floats), then their reduction with the epilogue. Unsplit (1), [`Self::dispatch`].
@@ -349,6 +410,53 @@ impl GemmUniform {
             LinearOp::WeightGrad { .. } => GemmUniform::weight_grad(shape),
             LinearOp::InputGrad { relu_out, .. } => {
                 GemmUniform::input_grad(shape, relu_out.is_some())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{split_k, wide_tiles};
+
+    /// The products the rule names: the square 4096 and the big products of `--hidden
+    /// 4096,4096 --batch-size 512` (forwards, weight gradients with the ones row, the
+    /// evaluation's 1000-row chunks) are wide; the default model's (784→128→10 at batch
+    /// 512, and its evaluation) are not.
+    #[test]
+    fn wide_tiles_picks_only_large_outputs() {
+        let wide = [
+            (2048, 1024),
+            (4096, 4096),
+            (512, 4096),
+            (785, 4096),
+            (4097, 4096),
+            (1000, 4096),
+        ];
+        for (m, n) in wide {
+            assert!(wide_tiles(m, n), "{m}x{n} is large");
+        }
+        let narrow = [
+            (512, 128),
+            (785, 128),
+            (129, 10),
+            (512, 10),
+            (1000, 128),
+            (1024, 1024),
+            (2047, 1024),
+        ];
+        for (m, n) in narrow {
+            assert!(!wide_tiles(m, n), "{m}x{n} is not large");
+        }
+    }
+
+    /// No product qualifies for both split-K and wide tiles.
+    #[test]
+    fn split_and_wide_products_never_meet() {
+        for m in (1..=2048).step_by(17) {
+            for n in (1..=2048).step_by(23) {
+                let split = split_k(m, 4096, n) > 1;
+                assert!(!(split && wide_tiles(m, n)), "{m}x{n}");
             }
         }
     }
