@@ -356,8 +356,9 @@ fn fold_columns(
 }
 
 /// Samples per task below which [`sparse_forward`] stays on one thread (and batches
-/// below which [`ColumnBatch::fill`] does).
-const PARALLEL_MIN_ROWS: usize = 64;
+/// below which [`ColumnBatch::fill`] does): 16, as the trainer's smallest batch that
+/// splits, now that the workers stay awake between splits (64 before).
+const PARALLEL_MIN_ROWS: usize = 16;
 
 /// Samples per task of a batch of `rows`: an equal part for each thread, but at least
 /// [`PARALLEL_MIN_ROWS`].
@@ -365,8 +366,8 @@ fn rows_per_task(rows: usize) -> usize {
     PARALLEL_MIN_ROWS.max(rows.div_ceil(rayon::current_num_threads()))
 }
 /// Nonzero pixels in a batch below which [`sparse_first_layer_backward`] stays on one
-/// thread (MNIST: about 150 per image, so about 64 images).
-const PARALLEL_MIN_ENTRIES: usize = 64 * 150;
+/// thread (MNIST: about 150 per image, so about 16 images).
+const PARALLEL_MIN_ENTRIES: usize = 16 * 150;
 
 /// The first dense layer with BatchNorm folded in ([`fold_batchnorm_into_dense`]): the
 /// per-pixel coefficients `coef`, the kernel `w` (`[pixels, n]`), the folded bias `row`
@@ -459,8 +460,9 @@ pub fn sparse_first_layer_backward(
     let (n, pixels) = (db.len(), columns.pixels());
     assert!(grad_w.len() == pixels * n && layer.w.len() == grad_w.len());
     assert!(grads.gamma.len() == pixels && grads.beta.len() == pixels);
-    // Below about 64 samples' worth of entries the pass stays on one thread: at batch 32
-    // the split cost more than it saved (0.071 against 0.058 ms per step).
+    // Below about 16 samples' worth of entries the pass stays on one thread. (Before the
+    // workers were kept awake between splits, the split cost more than it saved at
+    // batch 32: 0.071 against 0.058 ms per step.)
     let tasks = if columns.entries.len() >= PARALLEL_MIN_ENTRIES {
         rayon::current_num_threads()
     } else {
