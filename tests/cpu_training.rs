@@ -246,9 +246,8 @@ fn same_seed_gives_bit_identical_weights() {
 }
 
 /// The CPU path splits its work by rows and columns, never a sum across threads, so the
-/// weights are the same bits on one thread and on three (batch 32 trains on one thread
-/// anyway; 128 and 200 take the parallel transpose, forward and backward, 200 with a
-/// partial group of samples).
+/// weights are the same bits on one thread and on three (batch 32 splits its forward and
+/// backward; 128 and 200 the transpose too, 200 with a partial group of samples).
 #[test]
 fn weights_do_not_depend_on_the_thread_count() {
     for batch in [32, 128, 200] {

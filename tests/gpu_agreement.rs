@@ -147,7 +147,8 @@ fn training_steps_match_cpu() {
 /// epoch's dropout masks count on from the first's), then the parameters, Adam's
 /// moments and the evaluation against the CPU's. The convnet trains on augmented
 /// images (`--augment`), a new set each epoch. The second epoch splits the dense
-/// products over k (`gemm_split` + `reduce`).
+/// products over k (`gemm_split` + `reduce`), as hardware GPUs run them (the first dense
+/// layer of each list splits at batch 16).
 #[test]
 fn layer_lists_train_as_on_the_cpu() {
     let data = mnist(170, 100);
@@ -179,8 +180,6 @@ fn layer_lists_train_as_on_the_cpu() {
             let mut cpu = CpuBackend::new(params, hyper.clone(), data.clone());
             let augment = layers == mnist_gpu::model::KERAS_CONVNET;
             for epoch in 0..2 {
-                // The second epoch with the dense products split over k, as hardware
-                // GPUs run them (the first dense layer of each list splits at batch 16).
                 gpu.set_split_k(epoch == 1);
                 if augment {
                     let key = AugmentKey::new(11, epoch);
@@ -240,7 +239,7 @@ fn split_k_training_matches_cpu() {
     }
 }
 
-/// The wide-tile GEMM (`gemm_wide`, which hardware GPUs run for products of at least 64
+/// The wide-tile GEMM (`gemm_wide`, which hardware GPUs run for products of at least 128
 /// tiles of 128×128; forced here for every dense product, however small) agrees with the
 /// CPU as the 64×64 GEMM does: an epoch at batch 32 and one at batch 128, each ending in
 /// a partial batch, each followed by an evaluation.

@@ -12,20 +12,34 @@
 //! when, never what a job computes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use web_time::Instant;
+
+/// Whether a [`with_workers_awake`] region is running, in any pool of the process.
+static REGION: AtomicBool = AtomicBool::new(false);
+
+/// How long a polling worker goes without finding work before it stops polling (and may
+/// sleep). A training step's serial stretches are under 0.1 ms; this bounds the delay
+/// of the rare case below where a poller sits above a job that `f` waits for.
+const MAX_IDLE: Duration = Duration::from_millis(1);
 
 /// Runs `f` on a worker of the current rayon pool (as `rayon::scope` does) while every
 /// other worker of the pool polls for work (`rayon::yield_now`) until `f` returns.
 ///
-/// Why this cannot deadlock: a poller waits only for `f`, and `f` never waits for a job
-/// beneath a poller on a worker's stack. A worker takes its broadcast job (the poller)
-/// before it steals anything (rayon looks in its own deque, then its broadcast queue,
-/// then steals), and the pollers are broadcast before `f` makes its first job, so every
-/// job of `f` that a worker steals runs above that worker's poller, never beneath it.
-/// `f`'s own worker skips its poller.
+/// A poller waits for `f`, so it must not run on top of a job that `f` waits for. Rayon
+/// looks in a worker's own deque, then its broadcast queue (the pollers), then steals,
+/// so a worker normally starts its poller before it can steal any of `f`'s jobs; but a
+/// worker that had looked at its broadcast queue just before the pollers were sent can
+/// steal a job of `f` first and start its poller inside it while waiting. So a poller
+/// also stops after [`MAX_IDLE`] without work, which turns that case into a short delay.
+/// Only one region runs at a time in the process (others run as a plain scope): two
+/// runners' pollers could otherwise each end up on top of the other runner's `f`. A
+/// panic in `f` stops the pollers too, and then propagates.
 pub fn with_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_num_threads() < 2 {
+    if rayon::current_num_threads() < 2 || REGION.swap(true, Ordering::Acquire) {
         return rayon::scope(|_| f());
     }
+    let _region = SetOnDrop(&REGION, false);
     let done = AtomicBool::new(false);
     rayon::scope(|scope| {
         let runner = rayon::current_thread_index();
@@ -35,16 +49,30 @@ pub fn with_workers_awake<R: Send>(f: impl FnOnce() -> R + Send) -> R {
                 poll_until(done);
             }
         });
-        let result = f();
-        done.store(true, Ordering::Release);
-        result
+        let _finished = SetOnDrop(done, true);
+        f()
     })
 }
 
-/// Runs whatever work the pool has, spinning between jobs, until `done` is set.
+/// Stores its value into the flag when dropped (also while a panic unwinds).
+struct SetOnDrop<'a>(&'a AtomicBool, bool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(self.1, Ordering::Release);
+    }
+}
+
+/// Runs whatever work the pool has, spinning between jobs, until `done` is set or no
+/// work has come for [`MAX_IDLE`].
 fn poll_until(done: &AtomicBool) {
+    let mut last_work = Instant::now();
     while !done.load(Ordering::Acquire) {
-        if !matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
+        if matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
+            last_work = Instant::now();
+        } else if last_work.elapsed() > MAX_IDLE {
+            return;
+        } else {
             std::hint::spin_loop();
         }
     }
@@ -79,5 +107,19 @@ mod tests {
             let expected: u64 = (0..50u64).map(|r| r * 1999 * 2000 / 2).sum();
             assert_eq!(sums, (expected, expected), "{threads} threads");
         }
+    }
+
+    /// A panic inside stops the pollers and reaches the caller (instead of a hang), and
+    /// the next region runs normally.
+    #[test]
+    fn a_panic_inside_reaches_the_caller() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build();
+        let pool = pool.expect("a pool");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.install(|| with_workers_awake(|| panic!("inside")))
+        }));
+        assert!(panicked.is_err());
+        let sum = pool.install(|| with_workers_awake(|| (0..100u32).into_par_iter().sum::<u32>()));
+        assert_eq!(sum, 4950);
     }
 }

@@ -639,9 +639,6 @@ impl CpuBackend {
             stop,
         } = steps;
         ensure!(batch_size > 0, "batch size must be at least 1");
-        // A batch transposed ahead is used within this call only (the images may change
-        // between calls: `--augment`).
-        self.work.next_indices.clear();
         let mut totals = base;
         let batches: Vec<&[u32]> = order.chunks(batch_size).collect();
         let steps_per_chunk = (SAMPLES_PER_CHUNK / batch_size).max(1);
@@ -656,6 +653,9 @@ impl CpuBackend {
             let stopped = self.in_pool(batch_size, |me| {
                 me.run_steps(chunk, first, stop, &mut results)
             });
+            // A batch transposed ahead is used within its chunk only: after a stop or a
+            // divergence it would be stale once `--augment` changes the images.
+            self.work.next_indices.clear();
             for (i, (indices, (loss, correct))) in chunk.iter().zip(results.drain(..)).enumerate() {
                 if !loss.is_finite() {
                     let step = c * steps_per_chunk + i;

@@ -89,10 +89,9 @@ impl SparseImages {
     /// cache (level 2), without waiting for them. The trainer calls it for the next
     /// step's batch: each image is a random one of 27 MB of rows, mostly not in the
     /// cache, and the batch transpose would otherwise wait for them one miss at a time.
-    /// The level-2 cache is each core's own, so the rows are split over the threads as
-    /// [`sparse_forward`] and [`ColumnBatch::fill`] split them: each thread prefetches
-    /// the part it is likely to read (two threads, batch 128: the transpose's phase went
-    /// from slower on two threads than on one to faster).
+    /// The level-2 cache is each core's own, so the rows are split over the threads in
+    /// equal parts, as [`sparse_forward`] splits them: with work stealing, a thread
+    /// often (not always) reads the part it asked for.
     pub fn prefetch(&self, indices: &[u32]) {
         indices
             .par_chunks(rows_per_task(indices.len()))

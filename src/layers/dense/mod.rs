@@ -219,7 +219,7 @@ impl GemmUniform {
 /// tiles, k = 784) becomes 25 splits, 50 workgroups. Chosen from the H200's profile
 /// (that product alone took 54% of a batch-32 step on 2 workgroups, 39 GFLOP/s), not yet
 /// measured there. The trainer applies it to all three forms; a weight gradient's k is
-/// the batch, so from batch 128 on the small layers' weight and bias gradients (sums
+/// the batch, so from batch 97 on (four k-slices) the small layers' weight and bias gradients (sums
 /// over the batch, one thread per output otherwise) are spread over k too: the 128→10
 /// layer's at batch 512 goes from 3 workgroups to 48.
 pub fn split_k(m: usize, k: usize, n: usize) -> u32 {
