@@ -92,10 +92,6 @@ struct Workspace {
     coef: Vec<f32>,
     row: Vec<f32>,
     columns: ColumnBatch,
-    /// Sparse path: the next step's batch, transposed beside the last step's Adam
-    /// update, and its sample indices (empty when none is ready).
-    next_columns: ColumnBatch,
-    next_indices: Vec<u32>,
     /// `acts[0]` is the BatchNorm output; `acts[l + 1]` the output of Dense layer l
     /// (the last one holds the logits).
     acts: Vec<Vec<f32>>,
@@ -260,7 +256,7 @@ impl CpuBackend {
             if let (Some(sparse), Some(next)) = (&self.sparse_train, batches.get(i + 1)) {
                 sparse.prefetch(next);
             }
-            let (loss, correct) = self.train_step(indices, batches.get(i + 1).copied());
+            let (loss, correct) = self.train_step(indices);
             results.push((loss, correct));
             if !loss.is_finite() {
                 break;
@@ -270,38 +266,19 @@ impl CpuBackend {
     }
 
     /// One training step on the samples `indices`; returns (loss sum, correct count).
-    /// On the sparse path the `next` step's batch is transposed beside Adam's update.
-    fn train_step(&mut self, indices: &[u32], next: Option<&[u32]>) -> (f32, u32) {
+    fn train_step(&mut self, indices: &[u32]) -> (f32, u32) {
         self.clock.skip();
         let (loss_sum, correct) = self.forward_backward(indices);
         self.optim.step += 1;
         let alpha = self.hyper.adam_alpha(self.optim.step);
-        let scale = self.params.config.pixel_scale();
-        let (params, optim, hyper) = (&mut self.params.trainable, &mut self.optim, &self.hyper);
-        let adam = || {
-            adam_update(
-                params,
-                &self.grads,
-                &mut optim.m,
-                &mut optim.v,
-                alpha,
-                hyper,
-            )
-        };
-        // Adam's update is bound by the caches' bandwidth and hardly gets faster on a
-        // second thread; the transpose (random rows of the image set) does not need the
-        // new parameters, so it runs beside it.
-        let w = &mut self.work;
-        let transpose = || match (&self.sparse_train, next) {
-            (Some(sparse), Some(next)) if self.stack.is_none() => {
-                sparse.prefetch(next);
-                w.next_columns.fill(sparse, next, scale);
-                w.next_indices.clear();
-                w.next_indices.extend_from_slice(next);
-            }
-            _ => w.next_indices.clear(),
-        };
-        rayon::join(adam, transpose);
+        adam_update(
+            &mut self.params.trainable,
+            &self.grads,
+            &mut self.optim.m,
+            &mut self.optim.v,
+            alpha,
+            &self.hyper,
+        );
         self.clock.mark(PHASE_ADAM);
         (loss_sum, correct)
     }
@@ -466,14 +443,8 @@ impl CpuBackend {
         // push many of them out of the level-2 cache again; asking for the whole batch
         // once more just before the transpose overlaps the misses that remain. Batch 512,
         // one thread: this phase went from 0.25 to 0.11 ms (two threads: 0.12 to 0.07).
-        if w.next_indices == indices {
-            // Transposed beside the last step's Adam update.
-            std::mem::swap(&mut w.columns, &mut w.next_columns);
-        } else {
-            sparse.prefetch(indices);
-            w.columns.fill(sparse, indices, scale);
-        }
-        w.next_indices.clear();
+        sparse.prefetch(indices);
+        w.columns.fill(sparse, indices, scale);
         self.clock.mark(PHASE_GATHER);
         batch_stats(&w.columns, indices.len(), &mut w.mean, &mut w.var);
         let batch = Moments {
@@ -516,7 +487,7 @@ const PHASE_DENSE_FORWARD: &str = "gemm_forward (dense layers)";
 const PHASE_SOFTMAX: &str = "softmax_xent";
 const PHASE_DENSE_BACKWARD: &str = "backward of layers ≥ 1";
 const PHASE_FIRST_BACKWARD: &str = "first-layer backward (xᵀ·δ, dW0, dγ, dβ)";
-const PHASE_ADAM: &str = "adam_update (beside it: the next batch's transpose)";
+const PHASE_ADAM: &str = "adam_update";
 #[cfg(not(target_arch = "wasm32"))]
 const PHASE_BETWEEN: &str = "between steps (pool hand-off, loop)";
 
@@ -653,9 +624,6 @@ impl CpuBackend {
             let stopped = self.in_pool(batch_size, |me| {
                 me.run_steps(chunk, first, stop, &mut results)
             });
-            // A batch transposed ahead is used within its chunk only: after a stop or a
-            // divergence it would be stale once `--augment` changes the images.
-            self.work.next_indices.clear();
             for (i, (indices, (loss, correct))) in chunk.iter().zip(results.drain(..)).enumerate() {
                 if !loss.is_finite() {
                     let step = c * steps_per_chunk + i;
