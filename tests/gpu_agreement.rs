@@ -221,22 +221,9 @@ const LAYER_LIST_TOL: f64 = 1e-5;
 /// first split too, their k being the batch), each ending in a partial batch.
 #[test]
 fn split_k_training_matches_cpu() {
-    let data = mnist(650, 100);
-    let params = Params::init(&ModelConfig::mlp(&[128, 64], false), 5);
-    let order = epoch_order(data.train.len(), 2, 0, true);
-    for backend in backends() {
-        let Some(mut gpu) = gpu_backend("split_k_training_matches_cpu", &backend, &params, &data)
-        else {
-            continue;
-        };
-        gpu.set_split_k(true);
-        let mut cpu = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
-        for batch in [32, 128] {
-            let what = format!("{backend}, split k, batch {batch}");
-            epochs_agree(&what, (&mut gpu, &mut cpu), (&order, batch));
-            evaluations_agree(&format!("{what}: eval"), &mut gpu, &mut cpu);
-        }
-    }
+    forced_gemm_trains_as_on_the_cpu("split_k_training_matches_cpu", "split k", |gpu| {
+        gpu.set_split_k(true)
+    });
 }
 
 /// The wide-tile GEMM (`gemm_wide`, which hardware GPUs run for products of at least 128
@@ -245,18 +232,26 @@ fn split_k_training_matches_cpu() {
 /// a partial batch, each followed by an evaluation.
 #[test]
 fn wide_tile_training_matches_cpu() {
+    forced_gemm_trains_as_on_the_cpu("wide_tile_training_matches_cpu", "wide tiles", |gpu| {
+        gpu.set_wide_tiles(true)
+    });
+}
+
+/// A two-hidden-layer MLP with a GEMM variant forced by `force` on every backend: an
+/// epoch at batch 32 and one at batch 128 (each ending in a partial batch), each followed
+/// by an evaluation, against the CPU.
+fn forced_gemm_trains_as_on_the_cpu(test: &str, variant: &str, force: fn(&mut GpuBackend)) {
     let data = mnist(650, 100);
     let params = Params::init(&ModelConfig::mlp(&[128, 64], false), 5);
     let order = epoch_order(data.train.len(), 2, 0, true);
     for backend in backends() {
-        let Some(mut gpu) = gpu_backend("wide_tile_training_matches_cpu", &backend, &params, &data)
-        else {
+        let Some(mut gpu) = gpu_backend(test, &backend, &params, &data) else {
             continue;
         };
-        gpu.set_wide_tiles(true);
+        force(&mut gpu);
         let mut cpu = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
         for batch in [32, 128] {
-            let what = format!("{backend}, wide tiles, batch {batch}");
+            let what = format!("{backend}, {variant}, batch {batch}");
             epochs_agree(&what, (&mut gpu, &mut cpu), (&order, batch));
             evaluations_agree(&format!("{what}: eval"), &mut gpu, &mut cpu);
         }

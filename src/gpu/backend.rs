@@ -298,18 +298,16 @@ impl GpuBackend {
         if self.work.as_ref().is_some_and(|w| w.cap >= rows) {
             return Ok(());
         }
-        self.train_plan = None;
-        self.eval_plan = None;
-        self.work = None;
+        self.drop_plans_and_workspace();
         let cap = rows.max(1);
         if self.layered() {
             let (ops, widths) = (LayerOp::plan(&self.config), self.layer_widths());
             self.check_activation_bytes(cap, &widths)?;
             let features = self.config.batchnorm_features();
             let d = &self.ctx.device;
-            let partial = self.partial_floats(cap);
+            let partial_bytes = self.partial_bytes(cap);
             let work = self.ctx.scoped("allocating activation buffers", || {
-                layers::layer_workspace(d, &ops, &widths, (cap, features, partial))
+                layers::layer_workspace(d, &ops, &widths, (cap, features, partial_bytes))
             })?;
             self.work = Some(work);
             return Ok(());
@@ -318,7 +316,7 @@ impl GpuBackend {
         let bytes = self.check_activation_bytes(cap, &widths)?;
         // Only the unfused ReLU backward needs the scratch buffer.
         let scratch_bytes = if self.fusions.relu_in_gemm { 16 } else { bytes };
-        let partial_bytes = self.partial_floats(cap).max(4) as u64 * 4;
+        let partial_bytes = self.partial_bytes(cap);
         let d = &self.ctx.device;
         let work = self
             .ctx
@@ -373,13 +371,19 @@ impl GpuBackend {
         }
     }
 
+    /// Forgets the recorded plans and the activation buffers, to be made again for a
+    /// changed setting (their dispatches and sizes depend on it).
+    fn drop_plans_and_workspace(&mut self) {
+        self.train_plan = None;
+        self.eval_plan = None;
+        self.work = None;
+    }
+
     /// Split the dense products with few output tiles over k, or not: hardware adapters
     /// do, software ones do not; the tests ask for both on the software ones.
     pub fn set_split_k(&mut self, split: bool) {
         self.split_k = split;
-        self.train_plan = None;
-        self.eval_plan = None;
-        self.work = None;
+        self.drop_plans_and_workspace();
     }
 
     /// Run the dense products through the wide-tile GEMM (`gemm_wide`) or not. On, it
@@ -392,9 +396,7 @@ impl GpuBackend {
             true => WideTiles::Every,
             false => WideTiles::Off,
         };
-        self.train_plan = None;
-        self.eval_plan = None;
-        self.work = None;
+        self.drop_plans_and_workspace();
     }
 
     /// The dispatches of dense product `op` on `shape`: on a hardware GPU split over k
@@ -420,8 +422,14 @@ impl GpuBackend {
             .dispatch_split(shape, op, (partial, splits))
     }
 
-    /// Floats of the partial sums buffer: the most any dense product on up to `cap` rows
-    /// needs (a batch, the last short one, an evaluation chunk); none when nothing splits.
+    /// Bytes of the partial sums buffer: the most any dense product on up to `cap` rows
+    /// needs (a batch, the last short one, an evaluation chunk); a token 16 when nothing
+    /// splits.
+    fn partial_bytes(&self, cap: usize) -> u64 {
+        self.partial_floats(cap).max(4) as u64 * 4
+    }
+
+    /// Floats of partial sums behind [`Self::partial_bytes`]; none when nothing splits.
     fn partial_floats(&self, cap: usize) -> usize {
         if !self.split_k {
             return 0;
@@ -457,9 +465,7 @@ impl GpuBackend {
     /// made again for them.
     pub fn set_fusions(&mut self, allowed: Fusions) {
         self.fusions = Fusions::plan(&self.config, allowed);
-        self.train_plan = None;
-        self.eval_plan = None;
-        self.work = None;
+        self.drop_plans_and_workspace();
     }
 
     /// The dense layers' forwards for `rows` rows, with a ReLU after each but the last:

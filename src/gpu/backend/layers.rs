@@ -22,12 +22,12 @@ use crate::layers::plan::{activation_widths, LayerOp};
 use crate::layers::relu::ReluBackwardBindings;
 
 /// The activation and gradient buffers of the layer path for `cap` rows (a `flatten`'s
-/// output sharing its input's), and `partial` floats of split-K partial sums.
+/// output sharing its input's), and `partial_bytes` of split-K partial sums.
 pub(super) fn layer_workspace(
     device: &wgpu::Device,
     ops: &[LayerOp],
     widths: &[usize],
-    (cap, features, partial): (usize, usize, usize),
+    (cap, features, partial_bytes): (usize, usize, u64),
 ) -> Workspace {
     let buffers = |name: &str| {
         let mut list: Vec<wgpu::Buffer> = Vec::with_capacity(widths.len());
@@ -51,7 +51,7 @@ pub(super) fn layer_workspace(
             "scratch",
             (cap * widths.iter().max().unwrap_or(&1) * 4) as u64,
         ),
-        partial: storage_zeroed(device, "split-k partial sums", (partial.max(4) * 4) as u64),
+        partial: storage_zeroed(device, "split-k partial sums", partial_bytes),
     }
 }
 

@@ -219,9 +219,9 @@ impl GemmUniform {
 /// tiles, k = 784) becomes 25 splits, 50 workgroups. Chosen from the H200's profile
 /// (that product alone took 54% of a batch-32 step on 2 workgroups, 39 GFLOP/s), not yet
 /// measured there. The trainer applies it to all three forms; a weight gradient's k is
-/// the batch, so from batch 97 on (four k-slices) the small layers' weight and bias gradients (sums
-/// over the batch, one thread per output otherwise) are spread over k too: the 128→10
-/// layer's at batch 512 goes from 3 workgroups to 48.
+/// the batch, so from batch 97 on (four k-slices) the small layers' weight and bias
+/// gradients (sums over the batch, one thread per output otherwise) are spread over k
+/// too: the 128→10 layer's at batch 512 goes from 3 workgroups to 48.
 pub fn split_k(m: usize, k: usize, n: usize) -> u32 {
     let tiles = (m as u32).div_ceil(GEMM_TILE) * (n as u32).div_ceil(GEMM_TILE);
     let slices = (k as u32).div_ceil(GEMM_K_SLICE);
@@ -233,8 +233,7 @@ pub fn split_k(m: usize, k: usize, n: usize) -> u32 {
 
 /// The splits [`split_k`] gives `op`'s product on `shape`.
 pub fn product_splits(shape: &DenseShape, op: &LinearOp) -> u32 {
-    let u = GemmUniform::of(shape, op);
-    split_k(u.m as usize, u.k as usize, u.n as usize)
+    GemmUniform::of(shape, op).rule_splits()
 }
 
 /// Floats of partial sums the most split of `shape`'s three products needs when each is
@@ -247,8 +246,7 @@ pub fn partial_floats(shape: &DenseShape) -> usize {
     ];
     forms
         .into_iter()
-        .map(|u| u.split(split_k(u.m as usize, u.k as usize, u.n as usize)))
-        .map(|u| u.partial_len())
+        .map(|u| u.split(u.rule_splits()).partial_len())
         .max()
         .unwrap_or(0)
 }
@@ -352,10 +350,7 @@ impl Pipelines {
     /// The dispatch of `op` on the layer `shape`.
     pub fn dispatch(&self, shape: &DenseShape, op: LinearOp) -> Dispatch {
         let u = GemmUniform::of(shape, &op);
-        // The epilogue reads the bias from `params` in the forward, and the mask in an
-        // input gradient; otherwise it is not read, and an input is bound in its place.
-        let o = op.operands();
-        let (a, b, e, c) = (o.lhs, o.rhs, o.mask.unwrap_or(o.rhs), o.out);
+        let [a, b, e, c] = op.gemm_buffers();
         self.gemm
             .dispatch(&u, &GemmBindings { a, b, e, c }, u.workgroups())
     }
@@ -364,8 +359,7 @@ impl Pipelines {
     /// whatever its size.
     pub fn dispatch_wide(&self, shape: &DenseShape, op: LinearOp) -> Dispatch {
         let u = GemmUniform::of(shape, &op);
-        let o = op.operands();
-        let (a, b, e, c) = (o.lhs, o.rhs, o.mask.unwrap_or(o.rhs), o.out);
+        let [a, b, e, c] = op.gemm_buffers();
         let bindings = GemmWideBindings {
             a,
             b,
@@ -390,8 +384,7 @@ impl Pipelines {
         if u.splits <= 1 {
             return vec![self.dispatch(shape, op)];
         }
-        let o = op.operands();
-        let (a, b, e, c) = (o.lhs, o.rhs, o.mask.unwrap_or(o.rhs), o.out);
+        let [a, b, e, c] = op.gemm_buffers();
         let products = GemmSplitBindings { a, b, partial };
         let reduce = GemmReduceBindings { e, c, partial };
         let outputs = elementwise_groups(u.m as usize * u.n as usize);
@@ -402,7 +395,22 @@ impl Pipelines {
     }
 }
 
+impl<'a> LinearOp<'a> {
+    /// The GEMM's `a`, `b`, `e` and `c`. The epilogue reads the bias from `params` in the
+    /// forward, and the mask in an input gradient; otherwise it is not read, and an input
+    /// is bound in its place.
+    fn gemm_buffers(&self) -> [&'a wgpu::Buffer; 4] {
+        let o = self.operands();
+        [o.lhs, o.rhs, o.mask.unwrap_or(o.rhs), o.out]
+    }
+}
+
 impl GemmUniform {
+    /// The splits [`split_k`] gives this product.
+    fn rule_splits(&self) -> u32 {
+        split_k(self.m as usize, self.k as usize, self.n as usize)
+    }
+
     /// The uniform of `op` on `shape`, unsplit.
     fn of(shape: &DenseShape, op: &LinearOp) -> Self {
         match op {
