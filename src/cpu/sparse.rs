@@ -500,7 +500,9 @@ fn first_layer_rows(
 ) {
     let n = db.len();
     let (mean, inv_std) = (rows.mean, rows.inv_std);
-    column_sums(columns, delta, n, first, grad_w);
+    // As in `forward_one`: ask for "avx512f" on x86-64 only.
+    let wide = cfg!(target_arch = "x86_64") && selected_target!().supports_feature_str("avx512f");
+    column_sums(columns, delta, (n, wide), first, grad_w);
     for (r, (g_row, w_row)) in grad_w
         .chunks_exact_mut(n)
         .zip(rows.w.chunks_exact(n))
@@ -519,18 +521,35 @@ fn first_layer_rows(
 /// `H_j = Σ_b x_bj·δ_b` into the rows of `h` for the pixel columns `first..`, one group
 /// of [`TILE`] samples (of δ's rows) at a time: each column adds its entries from the
 /// group, in batch order, so every row gets the same sum in the same order as untiled.
+/// With `wide` (AVX-512's registers), a column of at least [`WIDE_MIN_ENTRIES`] entries
+/// is summed in one [`WIDE_BLOCK`] instead of two [`BLOCK`]s: the same bits.
 #[inline(always)]
-fn column_sums(columns: &ColumnBatch, delta: &[f32], n: usize, first: usize, h: &mut [f32]) {
+fn column_sums(
+    columns: &ColumnBatch,
+    delta: &[f32],
+    (n, wide): (usize, bool),
+    first: usize,
+    h: &mut [f32],
+) {
     h.fill(0.0);
     for g in 0..columns.groups() {
         for (r, h_row) in h.chunks_exact_mut(n).enumerate() {
             let column = columns.column(g, first + r);
-            if !column.is_empty() {
+            if wide && column.len() >= WIDE_MIN_ENTRIES {
+                weight_grad_row::<WIDE_BLOCK>(columns, column, delta, h_row);
+            } else if !column.is_empty() {
                 weight_grad_row::<BLOCK>(columns, column, delta, h_row);
             }
         }
     }
 }
+
+/// Entries of a column from which [`column_sums`] takes the whole row in one block, each
+/// entry's decoding and δ row lookup done once instead of twice. Fewer entries keep the
+/// narrow blocks: measured per column threshold 4, 8, 16 on the step profile, the
+/// first-layer backward took 0.085, 0.088, 0.088 ms at batch 128 on one thread (0.094
+/// with narrow blocks only) and 0.268, 0.272, 0.275 ms at batch 512 (0.292).
+const WIDE_MIN_ENTRIES: usize = 4;
 
 /// `h_row += Σ x·δ_b` over entries of one pixel column.
 #[inline(always)]

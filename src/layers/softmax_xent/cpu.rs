@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 /// Batches from this size on split their rows over the rayon pool (below it, a fork
 /// costs more than the rows).
-const PARALLEL_MIN_ROWS: usize = 256;
+const PARALLEL_MIN_ROWS: usize = 64;
 /// Rows per task when split.
 const ROWS_PER_TASK: usize = 128;
 
@@ -31,7 +31,11 @@ pub fn softmax_xent(
     let mut terms = vec![0.0f32; batch];
     let mut argmaxes = vec![0u8; batch];
     let split = batch >= PARALLEL_MIN_ROWS && rayon::current_num_threads() > 1;
-    let per_task = if split { ROWS_PER_TASK } else { batch.max(1) };
+    let per_task = if split {
+        ROWS_PER_TASK.min(batch.div_ceil(rayon::current_num_threads()))
+    } else {
+        batch.max(1)
+    };
     let tasks = logits
         .par_chunks(per_task * classes)
         .zip(labels.par_chunks(per_task))
@@ -83,15 +87,23 @@ impl Rows {
                             (bi, bv)
                         }
                     });
-            let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
-            terms[b] = max + sum.ln() - row[label];
             argmaxes[b] = argmax as u8;
-            if let Some(grad) = grad.as_deref_mut() {
-                let g = &mut grad[b * classes..(b + 1) * classes];
-                for (i, (gi, &v)) in g.iter_mut().zip(row).enumerate() {
-                    let p = (v - max).exp() / sum;
-                    *gi = (p - (i == label) as u32 as f32) * self.inv_batch;
-                }
+            let Some(grad) = grad.as_deref_mut() else {
+                let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
+                terms[b] = max + sum.ln() - row[label];
+                continue;
+            };
+            // The gradient row holds the exponentials until their sum is known: each is
+            // computed once (the exponentials are most of a row's time).
+            let g = &mut grad[b * classes..(b + 1) * classes];
+            let mut sum = 0.0f32;
+            for (gi, &v) in g.iter_mut().zip(row) {
+                *gi = (v - max).exp();
+                sum += *gi;
+            }
+            terms[b] = max + sum.ln() - row[label];
+            for (i, gi) in g.iter_mut().enumerate() {
+                *gi = (*gi / sum - (i == label) as u32 as f32) * self.inv_batch;
             }
         }
     }
