@@ -135,7 +135,16 @@ mod tests {
     /// its rows in order, on a pool of 2 and of 3 threads.
     #[test]
     fn a_split_batch_gives_the_bits_of_one_pass() {
-        let (batch, classes) = (1000, 10);
+        // 100 rows: two tasks of 50 on 2 threads; 1000: tasks of 128.
+        for batch in [100, 1000] {
+            check_split_bits(batch);
+        }
+    }
+
+    /// [`softmax_xent`] on `batch` rows gives the same bits on pools of 1, 2 and 3 threads,
+    /// and the same loss without the gradient as with it.
+    fn check_split_bits(batch: usize) {
+        let classes = 10;
         let logits: Vec<f32> = (0..batch * classes)
             .map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0)
             .collect();
@@ -149,12 +158,15 @@ mod tests {
             let (loss, correct) = pool.install(|| {
                 softmax_xent(&logits, &labels, classes, Some(&mut grad), Some(&mut preds))
             });
+            let (loss_alone, _) =
+                pool.install(|| softmax_xent(&logits, &labels, classes, None, None));
+            assert_eq!(loss_alone.to_bits(), loss.to_bits(), "batch {batch}");
             let grad_bits: Vec<u32> = grad.iter().map(|g| g.to_bits()).collect();
             (loss.to_bits(), correct, grad_bits, preds)
         };
         let one_pass = run(1);
-        assert_eq!(run(2), one_pass);
-        assert_eq!(run(3), one_pass);
+        assert_eq!(run(2), one_pass, "batch {batch}");
+        assert_eq!(run(3), one_pass, "batch {batch}");
     }
 
     #[test]
