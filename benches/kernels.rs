@@ -15,6 +15,7 @@ mod common;
 use mnist_gpu::cpu;
 use mnist_gpu::device::kernel::{record, storage_f32};
 use mnist_gpu::device::{context::Needs, GpuContext};
+use mnist_gpu::gpu::KernelTime;
 use mnist_gpu::layers::dense::{self, DenseShape, LinearOp};
 use mnist_gpu::layers::Pipelines;
 use mnist_gpu::model::Hyper;
@@ -311,15 +312,61 @@ fn print_cpu_profile(title: &str, profile: &[cpu::profile::PhaseTime]) {
     }
 }
 
-fn print_profile(title: &str, profile: &[(&str, f64)], what: &str) {
-    let total: f64 = profile.iter().map(|p| p.1).sum();
+fn print_profile(title: &str, profile: &[KernelTime], what: &str) {
+    let total: f64 = profile.iter().map(|p| p.secs).sum();
     println!("{title}: {:.3} ms per step, {what}:", total * 1e3);
-    for (name, secs) in profile {
+    for p in profile {
         println!(
-            "    {name:<44} {:>10.3} ms {:>5.1}%",
-            secs * 1e3,
-            secs / total * 100.0
+            "    {:<44} {:>10.3} ms {:>5.1}%",
+            p.kernel,
+            p.secs * 1e3,
+            p.secs / total * 100.0
         );
+    }
+}
+
+/// Each kernel of a GPU-timed step against the device's bound: its GFLOP/s and GB/s from
+/// its least work ([`mnist_gpu::device::kernel::Work`]), and, where the device's peaks
+/// are known ([`common::device_peaks`]), its time over its bound, the larger of
+/// `max(flops / peak, bytes / bandwidth)` and the step's fastest dispatch (the fixed cost
+/// of any dispatch, which no kernel can go under). Then the kernels over 3× theirs, by
+/// their place in the step (`#1` is its first dispatch).
+fn print_bounds(title: &str, adapter: &str, profile: &[KernelTime]) {
+    let peaks = common::device_peaks(adapter);
+    let floor = profile.iter().map(|p| p.secs).fold(f64::INFINITY, f64::min);
+    match &peaks {
+        Some((.., source)) => println!(
+            "{title}: each kernel against its bound ({source}; the step's fastest dispatch, {:.1} µs, as the least any dispatch takes):",
+            floor * 1e6
+        ),
+        None => println!("{title}: each kernel's rates (no peak figures for this adapter: set MNIST_GPU_PEAKS=TFLOPS,GBPS for its bound):"),
+    }
+    let mut over = Vec::new();
+    for (i, p) in profile.iter().enumerate().filter(|(_, p)| p.work.known()) {
+        let name = format!("#{} {}", i + 1, p.kernel);
+        let rates = format!(
+            "{:>9.1} GFLOP/s {:>8.1} GB/s",
+            p.work.flops / p.secs / 1e9,
+            p.work.bytes / p.secs / 1e9
+        );
+        let Some((flops, bytes, _)) = &peaks else {
+            println!("    {name:<44} {rates}");
+            continue;
+        };
+        let bound = p.work.bound_secs(*flops, *bytes).max(floor);
+        let times = p.secs / bound;
+        println!("    {name:<44} {rates} {times:>6.1}× its bound");
+        if times > 3.0 {
+            over.push(format!("{name} ({times:.1}×)"));
+        }
+    }
+    if peaks.is_some() {
+        let list = if over.is_empty() {
+            "none".into()
+        } else {
+            over.join(", ")
+        };
+        println!("{title}: kernels over 3× their bound: {list}");
     }
 }
 
@@ -351,11 +398,13 @@ fn step_profiles(adapters: &[(String, mnist_gpu::gpu::DeviceChoice, bool)]) {
                 "dispatch by dispatch, each submitted alone (wall clock)",
             );
             match backend.profile_step_on_gpu(batch, reps.max(5)) {
-                Ok(Some(profile)) => print_profile(
-                    &format!("step/{label}/b{batch}"),
-                    &profile,
-                    "each dispatch timed on the GPU (TIMESTAMP_QUERY, median of the steps)",
-                ),
+                Ok(Some(profile)) => {
+                    let title = format!("step/{label}/b{batch}");
+                    let what =
+                        "each dispatch timed on the GPU (TIMESTAMP_QUERY, median of the steps)";
+                    print_profile(&title, &profile, what);
+                    print_bounds(&title, label, &profile);
+                }
                 Ok(None) => println!("step/{label}: no TIMESTAMP_QUERY on this adapter"),
                 Err(e) => println!("step/{label}: timestamp profile failed: {e}"),
             }

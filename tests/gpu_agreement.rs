@@ -559,6 +559,49 @@ fn device_errors_are_clear() {
     assert!(table.contains(&found[0].name), "{table}");
 }
 
+/// Every dispatch of a training step says its least work (`Dispatch::work`), so the
+/// bench's step profile can set each kernel against the device's bound: on the default
+/// model and on the convnet, every kernel has operations and bytes, and the default
+/// model's GEMMs are its five products exactly (forwards 784→128 and 128→10, both weight
+/// gradients with the bias row, the input gradient of the second layer; software
+/// adapters never split a product).
+#[test]
+fn every_kernel_of_a_step_has_its_work() {
+    let data = mnist(256, 10);
+    let test = "every_kernel_of_a_step_has_its_work";
+    for config in [ModelConfig::default(), ModelConfig::convnet(false)] {
+        let params = Params::init(&config, 3);
+        for backend in backends() {
+            let Some(mut gpu) = gpu_backend(test, &backend, &params, &data) else {
+                continue;
+            };
+            let batch = 16;
+            let profile = gpu.profile_step(batch, 1).unwrap();
+            for k in &profile {
+                let w = k.work;
+                assert!(
+                    w.flops > 0.0 && w.bytes > 0.0,
+                    "{backend}: {} has no work",
+                    k.kernel
+                );
+            }
+            if config != ModelConfig::default() {
+                continue;
+            }
+            let gemm_flops: f64 = (profile.iter())
+                .filter(|k| k.kernel.starts_with("gemm/"))
+                .map(|k| k.work.flops)
+                .sum();
+            let b = batch as f64;
+            let products = [b * 784.0 * 128.0, b * 128.0 * 10.0, 785.0 * b * 128.0]
+                .into_iter()
+                .chain([129.0 * b * 10.0, b * 10.0 * 128.0]);
+            let by_hand: f64 = products.map(|p| 2.0 * p).sum();
+            assert_eq!(gemm_flops, by_hand, "{backend}");
+        }
+    }
+}
+
 /// The bench's host-against-GPU profile (`GpuBackend::profile_submission`) runs the
 /// steps it times: the parameters move, and its times are in order (the GPU's own time,
 /// where the adapter has timestamps, within the wall time around it).

@@ -40,3 +40,37 @@ pub fn adapters() -> Vec<(String, DeviceChoice, bool)> {
     }
     found
 }
+
+/// A device's peak single-precision FLOP/s and memory bytes/s, for the step profile's
+/// bound: `MNIST_GPU_PEAKS=TFLOPS,GBPS` (e.g. `67,4800`), else the datasheet figures of
+/// the data-centre GPUs this project is measured on, picked by the adapter's name (`None`
+/// for any other adapter; software adapters have no fixed peak). Returns the figures and
+/// where they came from.
+pub fn device_peaks(adapter: &str) -> Option<(f64, f64, String)> {
+    if let Ok(given) = std::env::var("MNIST_GPU_PEAKS") {
+        let parsed: Vec<f64> = given
+            .split(',')
+            .filter_map(|v| v.trim().parse().ok())
+            .collect();
+        if let [tflops, gbps] = parsed[..] {
+            return Some((
+                tflops * 1e12,
+                gbps * 1e9,
+                format!("MNIST_GPU_PEAKS={given}"),
+            ));
+        }
+        eprintln!("MNIST_GPU_PEAKS={given}: expected TFLOPS,GBPS; ignored");
+    }
+    // (name contains, FP32 TFLOP/s without tensor cores, memory GB/s): NVIDIA's
+    // datasheets; the first match wins, so the variants come before the plain names.
+    const DATASHEETS: [(&str, f64, f64); 5] = [
+        ("H200 NVL", 60.0, 4800.0),
+        ("H200", 67.0, 4800.0),
+        ("H100 NVL", 60.0, 3900.0),
+        ("H100 PCIe", 51.0, 2000.0),
+        ("H100", 67.0, 3350.0),
+    ];
+    let (name, tflops, gbps) = DATASHEETS.iter().find(|(n, ..)| adapter.contains(n))?;
+    let source = format!("{name} datasheet: {tflops} TFLOP/s FP32, {gbps} GB/s");
+    Some((tflops * 1e12, gbps * 1e9, source))
+}

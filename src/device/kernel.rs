@@ -256,6 +256,7 @@ impl Kernel {
             pipeline: self.pipeline.clone(),
             bind_group,
             groups,
+            work: Work::default(),
         }
     }
 }
@@ -340,7 +341,8 @@ pub fn module(
     })
 }
 
-/// A recorded dispatch: pipeline, bind group, workgroup counts.
+/// A recorded dispatch: pipeline, bind group, workgroup counts, and the least work it
+/// must do (for profiles).
 #[derive(Clone)]
 pub struct Dispatch {
     /// The kernel's name (for profiles).
@@ -348,6 +350,47 @@ pub struct Dispatch {
     pub pipeline: wgpu::ComputePipeline,
     pub bind_group: wgpu::BindGroup,
     pub groups: [u32; 3],
+    pub work: Work,
+}
+
+impl Dispatch {
+    /// This dispatch, with its least work set.
+    pub fn with_work(mut self, work: Work) -> Self {
+        self.work = work;
+        self
+    }
+}
+
+/// The least a dispatch must do: its floating-point operations (a multiply-add counts
+/// two) and its bytes of memory traffic if each input were read once and each output
+/// written once. A kernel's time against `max(flops / peak FLOP/s, bytes / peak
+/// bandwidth)` says how far it is from the device's bound (the GPU step profile prints
+/// it). Zero where the family has not said (the profile then prints no bound).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Work {
+    pub flops: f64,
+    pub bytes: f64,
+}
+
+impl Work {
+    /// `flops` operations over `floats` 4-byte values of traffic.
+    pub fn new(flops: f64, floats: f64) -> Self {
+        Work {
+            flops,
+            bytes: 4.0 * floats,
+        }
+    }
+
+    /// Whether the family gave this dispatch's work.
+    pub fn known(&self) -> bool {
+        self.flops > 0.0 || self.bytes > 0.0
+    }
+
+    /// The seconds the device's peaks allow: the arithmetic or the traffic, whichever
+    /// takes longer.
+    pub fn bound_secs(&self, peak_flops: f64, peak_bytes_per_sec: f64) -> f64 {
+        (self.flops / peak_flops).max(self.bytes / peak_bytes_per_sec)
+    }
 }
 
 /// Record `dispatches` into one compute pass.

@@ -18,7 +18,7 @@ mod layers;
 #[cfg(not(target_arch = "wasm32"))]
 mod profile;
 #[cfg(not(target_arch = "wasm32"))]
-pub use profile::SubmissionTimes;
+pub use profile::{KernelTime, SubmissionTimes};
 
 use super::epoch::{sum_stats, EpochRun, TrainPlan, READBACK_SLOTS, STEPS_PER_SUBMIT};
 use crate::backend::{Backend, EpochEnd, EvalStats, Steps};

@@ -15,4 +15,4 @@ pub use crate::device::{
 };
 pub use backend::GpuBackend;
 #[cfg(not(target_arch = "wasm32"))]
-pub use backend::SubmissionTimes;
+pub use backend::{KernelTime, SubmissionTimes};

@@ -5,16 +5,35 @@
 
 use super::GpuBackend;
 use crate::device::error::DeviceError;
-use crate::device::kernel::record;
+use crate::device::kernel::{record, Dispatch, Work};
 use anyhow::{ensure, Result};
 use web_time::Instant;
+
+/// One dispatch of a profiled step: its kernel, its median seconds and the least work it
+/// must do (to set against the device's bound).
+#[derive(Clone, Debug)]
+pub struct KernelTime {
+    pub kernel: &'static str,
+    pub secs: f64,
+    pub work: Work,
+}
+
+impl KernelTime {
+    fn of(dispatch: &Dispatch, secs: f64) -> Self {
+        KernelTime {
+            kernel: dispatch.kernel,
+            secs,
+            work: dispatch.work,
+        }
+    }
+}
 
 impl GpuBackend {
     /// Profiles one training step at `batch`: each of its dispatches is submitted on its
     /// own `reps` times, and the median seconds per call are returned beside the kernel's
     /// name, in step order. The step's first-sample index repeats and the model trains
     /// on, so profile a throwaway backend.
-    pub fn profile_step(&mut self, batch: usize, reps: usize) -> Result<Vec<(&'static str, f64)>> {
+    pub fn profile_step(&mut self, batch: usize, reps: usize) -> Result<Vec<KernelTime>> {
         ensure!(
             batch > 0 && batch <= self.train_count,
             "batch must be 1..=training samples"
@@ -42,7 +61,7 @@ impl GpuBackend {
                 times.push(started.elapsed().as_secs_f64());
             }
             times.sort_by(f64::total_cmp);
-            profile.push((dispatch.kernel, times[times.len() / 2]));
+            profile.push(KernelTime::of(dispatch, times[times.len() / 2]));
         }
         Ok(profile)
     }
@@ -69,7 +88,7 @@ impl GpuBackend {
         &mut self,
         batch: usize,
         reps: usize,
-    ) -> Result<Option<Vec<(&'static str, f64)>>> {
+    ) -> Result<Option<Vec<KernelTime>>> {
         let device = &self.ctx.device;
         if !device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
             return Ok(None);
@@ -98,7 +117,7 @@ impl GpuBackend {
                     })
                     .collect();
                 secs.sort_by(f64::total_cmp);
-                (plan.full[k].kernel, secs[secs.len() / 2])
+                KernelTime::of(&plan.full[k], secs[secs.len() / 2])
             })
             .collect();
         Ok(Some(profile))

@@ -6,7 +6,7 @@
 mod check;
 pub mod cpu;
 
-use crate::device::kernel::{bindings, elementwise_groups, uniform, Dispatch};
+use crate::device::kernel::{bindings, elementwise_groups, uniform, Dispatch, Work};
 use crate::model::Hyper;
 
 uniform! {
@@ -51,6 +51,11 @@ impl Pipelines {
     /// The update of the first `n` parameters.
     pub fn update(&self, n: usize, hyper: &Hyper, bindings: &AdamBindings) -> Dispatch {
         let u = AdamUniform::new(n, hyper);
-        self.adam.dispatch(&u, bindings, elementwise_groups(n))
+        // Per parameter: m (three operations), v (four), the step (five, a square root
+        // and a division among them); g, p, m, v read and p, m, v written.
+        let work = Work::new(12.0 * n as f64, 7.0 * n as f64);
+        self.adam
+            .dispatch(&u, bindings, elementwise_groups(n))
+            .with_work(work)
     }
 }

@@ -8,7 +8,7 @@ mod check;
 pub mod cpu;
 
 use super::dense::DenseShape;
-use crate::device::kernel::{bindings, uniform, Dispatch};
+use crate::device::kernel::{bindings, uniform, Dispatch, Work};
 
 /// Threads per workgroup of the per-feature BatchNorm kernels.
 pub const BN_WORKGROUP: u32 = 64;
@@ -112,6 +112,11 @@ impl BnUniform {
     pub fn workgroups(&self) -> [u32; 3] {
         [self.features.div_ceil(BN_WORKGROUP), 1, 1]
     }
+
+    /// Values in a batch: rows × features.
+    fn elements(&self) -> f64 {
+        self.batch as f64 * self.features as f64
+    }
 }
 
 family! {
@@ -143,7 +148,12 @@ impl Pipelines {
         bindings: &BatchnormBackwardBindings,
     ) -> Dispatch {
         let u = BnUniform::evaluation(rows, 0, setup);
-        self.backward.dispatch(&u, bindings, u.workgroups())
+        let elements = u.elements();
+        // dγ = Σ dy·xhat and dβ = Σ dy over dy and xhat.
+        let work = Work::new(3.0 * elements, 2.0 * elements);
+        self.backward
+            .dispatch(&u, bindings, u.workgroups())
+            .with_work(work)
     }
 
     /// The forward `pass` (its kernel and uniform block); a training pass takes the kernel
@@ -154,7 +164,7 @@ impl Pipelines {
         setup: &BnSetup,
         bindings: &BatchnormForwardBindings,
     ) -> Dispatch {
-        match pass {
+        let dispatch = match pass {
             BnForward::Train { rows, stride } if !setup.per_feature => {
                 assert_eq!(setup.features % 4, 0, "pixels come 4 to a word");
                 let u = BnUniform::training(rows, stride, setup);
@@ -169,7 +179,8 @@ impl Pipelines {
                 let u = BnUniform::evaluation(rows, base, setup);
                 self.forward_eval.dispatch(&u, bindings, u.workgroups())
             }
-        }
+        };
+        dispatch.with_work(forward_work(pass, setup))
     }
 
     /// The gather of `pass`'s rows alone: their scaled pixels into the bindings' `y`, for
@@ -184,7 +195,15 @@ impl Pipelines {
             BnForward::Train { rows, stride } => BnUniform::training(rows, stride, setup),
             BnForward::Eval { rows, base } => BnUniform::evaluation(rows, base, setup),
         };
-        self.gather.dispatch(&u, bindings, u.workgroups())
+        // Each pixel read (a byte), scaled and written.
+        let values = u.elements();
+        let work = Work {
+            flops: values,
+            bytes: 5.0 * values,
+        };
+        self.gather
+            .dispatch(&u, bindings, u.workgroups())
+            .with_work(work)
     }
 
     /// The backward through BatchNorm and `dense`: on entry `grads` holds
@@ -199,12 +218,32 @@ impl Pipelines {
         per_feature: bool,
     ) -> Dispatch {
         let u = BnUniform::dense_backward(setup, dense);
-        if per_feature {
+        let dispatch = if per_feature {
             let kernel = &self.dense_backward_per_feature;
             kernel.dispatch(&u, bindings, u.workgroups())
         } else {
             let groups = [u.features, 1, 1];
             self.dense_backward.dispatch(&u, bindings, groups)
-        }
+        };
+        // Per kernel entry: dγ += G·W and dβ += db·W (two each), dW = γ·G + β·db
+        // (three), reading G and W and writing dW.
+        let entries = (setup.features * dense.units) as f64;
+        dispatch.with_work(Work::new(7.0 * entries, 3.0 * entries))
+    }
+}
+
+/// A forward pass's least work: each pixel read once (a byte), and per value the
+/// statistics' sum and sum of squares (training: three operations), normalising and
+/// scaling (four); written: `xhat` and `y` in training, `y` in inference.
+fn forward_work(pass: BnForward, setup: &BnSetup) -> Work {
+    let (rows, train) = match pass {
+        BnForward::Train { rows, .. } => (rows, true),
+        BnForward::Eval { rows, .. } => (rows, false),
+    };
+    let values = (rows * setup.features) as f64;
+    let (flops, outputs) = if train { (7.0, 2.0) } else { (4.0, 1.0) };
+    Work {
+        flops: flops * values,
+        bytes: values + 4.0 * outputs * values,
     }
 }

@@ -11,7 +11,9 @@ mod check;
 pub mod cpu;
 mod sparse;
 
-use crate::device::kernel::{bindings, elementwise_groups, storage_zeroed, uniform, Dispatch};
+use crate::device::kernel::{
+    bindings, elementwise_groups, storage_zeroed, uniform, Dispatch, Work,
+};
 use crate::layers::dense::LinearOp;
 
 /// Output tile edge of `conv2d.wgsl` (rows and columns of C per workgroup).
@@ -112,6 +114,18 @@ impl ConvShape {
         let (oh, ow) = self.out_size();
         oh * ow
     }
+
+    /// The forward's or the input gradient's least work: `2·batch·out pixels·out
+    /// channels·patch` operations; the input, the kernel and bias, and the output each
+    /// moved once (and the mask read when `masked`).
+    fn product_work(&self, masked: bool) -> Work {
+        let inputs = (self.batch * self.in_len()) as f64;
+        let outputs = (self.batch * self.out_channels * self.out_pixels()) as f64;
+        let kernel = (self.out_channels * (self.patch() + 1)) as f64;
+        let flops = 2.0 * outputs * self.patch() as f64;
+        let mask = if masked { inputs } else { 0.0 };
+        Work::new(flops, inputs + kernel + outputs + mask)
+    }
 }
 
 /// Which product a dispatch forms (`u.op`).
@@ -171,6 +185,7 @@ impl Pipelines {
         let o = op.operands();
         // Without a mask, `y_mask` is not read: bind an input in its place.
         let (lhs, rhs, y_mask) = (o.lhs, o.rhs, o.mask.unwrap_or(o.lhs));
+        let masked = o.mask.is_some();
         let (op_code, flags, groups) = match op {
             LinearOp::Forward { relu, .. } => {
                 let flags = if relu { FLAG_RELU } else { 0 };
@@ -191,7 +206,8 @@ impl Pipelines {
             y_mask,
             out: o.out,
         };
-        vec![self.conv.dispatch(&u, &bindings, groups)]
+        let work = s.product_work(masked);
+        vec![self.conv.dispatch(&u, &bindings, groups).with_work(work)]
     }
 
     /// The weight gradient of `x` (`lhs`) and `dy` (`rhs`) into `grads`, in two passes.
@@ -224,11 +240,25 @@ impl Pipelines {
             y_mask: rhs,
             out: grads,
         };
+        // The products read x and dy once and write each split's sums; the reduction
+        // reads those and writes the gradient.
+        let (x_len, dy_len) = (
+            s.batch * s.in_len(),
+            s.batch * s.out_channels * s.out_pixels(),
+        );
+        let flops = 2.0 * (dy_len * (s.patch() + 1)) as f64;
+        let partial = (splits * outputs) as f64;
+        let products = Work::new(flops, (x_len + dy_len) as f64 + partial);
+        let reduce = Work::new(partial, partial + outputs as f64);
         vec![
-            self.conv
-                .dispatch(&u, &first, groups(s.out_channels, s.patch() + 1, splits)),
-            self.reduce_splits
-                .dispatch(&u, &sum, elementwise_groups(outputs)),
+            (self
+                .conv
+                .dispatch(&u, &first, groups(s.out_channels, s.patch() + 1, splits)))
+            .with_work(products),
+            (self
+                .reduce_splits
+                .dispatch(&u, &sum, elementwise_groups(outputs)))
+            .with_work(reduce),
         ]
     }
 }

@@ -10,7 +10,7 @@
 mod check;
 pub mod cpu;
 
-use crate::device::kernel::{bindings, elementwise_groups, uniform, Dispatch};
+use crate::device::kernel::{bindings, elementwise_groups, uniform, Dispatch, Work};
 
 /// GEMM output tile edge (rows and columns per workgroup).
 pub const GEMM_TILE: u32 = 64;
@@ -202,6 +202,35 @@ impl GemmUniform {
         ]
     }
 
+    /// The product's least work: `2·m·k·n` operations; `a`, `b` and the epilogue's
+    /// bias or mask read once, and `c` written once (split: each split's partial sums).
+    pub fn work(&self) -> Work {
+        let (m, n, k) = (self.m as f64, self.n as f64, self.k as f64);
+        let outputs = if self.splits > 1 {
+            self.splits as f64 * m * n
+        } else {
+            m * n + self.epilogue_floats()
+        };
+        Work::new(2.0 * m * k * n, m * k + k * n + outputs)
+    }
+
+    /// The reduction of a split product's partial sums: each read once, `c` written once.
+    pub fn reduce_work(&self) -> Work {
+        let (outputs, splits) = (self.m as f64 * self.n as f64, self.splits as f64);
+        let floats = (splits + 1.0) * outputs + self.epilogue_floats();
+        Work::new(splits * outputs, floats)
+    }
+
+    /// Floats the epilogue reads: the bias (`n`) or the mask (`m·n`).
+    fn epilogue_floats(&self) -> f64 {
+        let (m, n) = (self.m as f64, self.n as f64);
+        match (self.flags & GEMM_BIAS != 0, self.flags & GEMM_MASK != 0) {
+            (true, _) => n,
+            (_, true) => m * n,
+            _ => 0.0,
+        }
+    }
+
     /// Floats of the `partial` buffer a split product needs (none unsplit).
     pub fn partial_len(&self) -> usize {
         if self.splits <= 1 {
@@ -353,6 +382,7 @@ impl Pipelines {
         let [a, b, e, c] = op.gemm_buffers();
         self.gemm
             .dispatch(&u, &GemmBindings { a, b, e, c }, u.workgroups())
+            .with_work(u.work())
     }
 
     /// The dispatch of `op` on `shape` through the wide-tile GEMM (see [`wide_tiles`]),
@@ -368,7 +398,9 @@ impl Pipelines {
             a4: a,
             b4: b,
         };
-        self.gemm_wide.dispatch(&u, &bindings, u.wide_workgroups())
+        self.gemm_wide
+            .dispatch(&u, &bindings, u.wide_workgroups())
+            .with_work(u.work())
     }
 
     /// The dispatches of `op` on `shape` with its k split `splits` ways (see [`split_k`]):
@@ -389,8 +421,8 @@ impl Pipelines {
         let reduce = GemmReduceBindings { e, c, partial };
         let outputs = elementwise_groups(u.m as usize * u.n as usize);
         vec![
-            self.gemm_split.dispatch(&u, &products, u.workgroups()),
-            self.reduce.dispatch(&u, &reduce, outputs),
+            (self.gemm_split.dispatch(&u, &products, u.workgroups())).with_work(u.work()),
+            (self.reduce.dispatch(&u, &reduce, outputs)).with_work(u.reduce_work()),
         ]
     }
 }
@@ -425,7 +457,36 @@ impl GemmUniform {
 
 #[cfg(test)]
 mod tests {
-    use super::{split_k, wide_tiles};
+    use super::{split_k, wide_tiles, DenseShape, GemmUniform};
+    use crate::device::kernel::Work;
+
+    /// The three products of a 784→128 layer at batch 32, their least work by hand: the
+    /// forward reads x, W and the bias and writes y; the weight gradient's m counts the
+    /// bias row (ones); the masked input gradient reads the mask too. Split four ways,
+    /// the products write four partial sums, which the reduction reads and sums.
+    #[test]
+    fn a_products_work_is_its_operations_and_operands() {
+        let s = DenseShape::alone(32, 784, 128);
+        let (b, i, o) = (32.0, 784.0, 128.0);
+        let forward = GemmUniform::forward(&s, true);
+        let by_hand = Work::new(2.0 * b * i * o, b * i + i * o + b * o + o);
+        assert_eq!(forward.work(), by_hand);
+        let weight_grad = GemmUniform::weight_grad(&s);
+        let by_hand = Work::new(
+            2.0 * (i + 1.0) * b * o,
+            (i + 1.0) * b + b * o + (i + 1.0) * o,
+        );
+        assert_eq!(weight_grad.work(), by_hand);
+        let input_grad = GemmUniform::input_grad(&s, true);
+        let by_hand = Work::new(2.0 * b * o * i, b * o + o * i + 2.0 * b * i);
+        assert_eq!(input_grad.work(), by_hand);
+        let split = forward.split(4);
+        assert_eq!(split.splits, 4);
+        let by_hand = Work::new(2.0 * b * i * o, b * i + i * o + 4.0 * b * o);
+        assert_eq!(split.work(), by_hand);
+        let by_hand = Work::new(4.0 * b * o, 5.0 * b * o + o);
+        assert_eq!(split.reduce_work(), by_hand);
+    }
 
     /// The products the rule names: the square 4096 and the big products of `--hidden
     /// 4096,4096 --batch-size 512` (forwards, weight gradients with the ones row, the

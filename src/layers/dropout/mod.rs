@@ -6,7 +6,7 @@
 mod check;
 pub mod cpu;
 
-use crate::device::kernel::{bindings, elementwise_groups, uniform, Dispatch};
+use crate::device::kernel::{bindings, elementwise_groups, uniform, Dispatch, Work};
 use cpu::DropMask;
 
 uniform! {
@@ -44,6 +44,10 @@ impl Pipelines {
             scale: mask.scale,
             ..Default::default()
         };
-        self.apply.dispatch(&u, bindings, elementwise_groups(n))
+        // Per value a comparison and a scaling; read and written once.
+        let work = Work::new(2.0 * n as f64, 2.0 * n as f64);
+        self.apply
+            .dispatch(&u, bindings, elementwise_groups(n))
+            .with_work(work)
     }
 }

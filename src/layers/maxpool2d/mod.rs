@@ -6,7 +6,7 @@
 mod check;
 pub mod cpu;
 
-use crate::device::kernel::{bindings, elementwise_groups, uniform, Dispatch};
+use crate::device::kernel::{bindings, elementwise_groups, uniform, Dispatch, Work};
 
 const FLAG_MASK: u32 = 1;
 
@@ -99,7 +99,12 @@ impl Pipelines {
         // The forward does not read `dy`: `x` is bound in its place.
         let bindings = PoolBindings { x, dy: x, out: y };
         let groups = elementwise_groups(s.out_len());
-        self.forward.dispatch(&s.uniform(0), &bindings, groups)
+        // A comparison per input value; the input read, the output written.
+        let (inputs, outputs) = (s.in_len() as f64, s.out_len() as f64);
+        let work = Work::new(inputs, inputs + outputs);
+        self.forward
+            .dispatch(&s.uniform(0), &bindings, groups)
+            .with_work(work)
     }
 
     /// The backward on `s`: `dx` from the forward's input `x` and the output gradient
@@ -113,7 +118,11 @@ impl Pipelines {
     ) -> Dispatch {
         let u = s.uniform(if masked { FLAG_MASK } else { 0 });
         let bindings = PoolBindings { x, dy, out: dx };
+        // A comparison per input value; x and dy read, dx written.
+        let (inputs, outputs) = (s.in_len() as f64, s.out_len() as f64);
+        let work = Work::new(inputs, 2.0 * inputs + outputs);
         self.backward
             .dispatch(&u, &bindings, elementwise_groups(s.in_len()))
+            .with_work(work)
     }
 }

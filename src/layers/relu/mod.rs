@@ -6,7 +6,7 @@
 mod check;
 pub mod cpu;
 
-use crate::device::kernel::{bindings, elementwise_groups, uniform, Dispatch};
+use crate::device::kernel::{bindings, elementwise_groups, uniform, Dispatch, Work};
 
 uniform! {
     /// Uniform block of `relu.wgsl`.
@@ -48,12 +48,14 @@ impl Pipelines {
     /// `x = max(x, 0)` over its first `n` values.
     pub fn forward(&self, n: usize, bindings: &ReluForwardBindings) -> Dispatch {
         let (u, groups) = elementwise(n);
-        self.forward.dispatch(&u, bindings, groups)
+        let work = Work::new(n as f64, 2.0 * n as f64);
+        self.forward.dispatch(&u, bindings, groups).with_work(work)
     }
 
     /// `dx = dy · [y > 0]` over the first `n` values.
     pub fn backward(&self, n: usize, bindings: &ReluBackwardBindings) -> Dispatch {
         let (u, groups) = elementwise(n);
-        self.backward.dispatch(&u, bindings, groups)
+        let work = Work::new(n as f64, 3.0 * n as f64);
+        self.backward.dispatch(&u, bindings, groups).with_work(work)
     }
 }

@@ -6,7 +6,7 @@
 mod check;
 pub mod cpu;
 
-use crate::device::kernel::{bindings, uniform, Dispatch};
+use crate::device::kernel::{bindings, uniform, Dispatch, Work};
 
 uniform! {
     /// Uniform block of `softmax_xent.wgsl`.
@@ -65,6 +65,13 @@ family! {
 impl Pipelines {
     /// One dispatch (one workgroup) with the uniform `u`, training or evaluation.
     pub fn dispatch(&self, u: &SoftmaxUniform, bindings: &SoftmaxXentBindings) -> Dispatch {
-        self.softmax_xent.dispatch(u, bindings, [1, 1, 1])
+        // Per logit: the max, the exponential, its sum, and the probability less the
+        // label (five); the logits and labels read, the gradient written in training.
+        let logits = u.batch as f64 * u.classes as f64;
+        let floats = logits * (1.0 + u.training as f64) + u.batch as f64;
+        let work = Work::new(5.0 * logits, floats);
+        self.softmax_xent
+            .dispatch(u, bindings, [1, 1, 1])
+            .with_work(work)
     }
 }
