@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The real-GPU check, in one script: Vulkan loader and adapters, the GPU agreement and
-# fusion tests on the hardware adapter, the epoch and kernel benchmarks beside the CPU, a
-# default 10-epoch `train --adapter vulkan`, 2 epochs of the convnet, the convnet in
-# PyTorch on CUDA where it is installed, and one short epoch on wgpu's GL backend, all
-# written to one results file.
+# fusion tests on the hardware adapter, the epoch and kernel benchmarks beside the CPU
+# (the kernels' step profile sets each kernel against the device's bound), a default
+# 10-epoch `train --adapter vulkan`, 3 epochs of `--hidden 4096,4096 --batch-size 512`,
+# 2 epochs of the convnet, the same models in PyTorch on CUDA where it is installed, and
+# one short epoch on wgpu's GL backend, all written to one results file.
 #
 #   benches/device.sh pack   # on the build machine: build the five programs, strip them
 #                            # into .device/programs.tar.xz (16 MB: each embeds the same
@@ -18,7 +19,7 @@
 #
 # For a GPU machine that has no Rust toolchain: `pack` on the build machine, copy the
 # checkout with .gl/ and .device/ there, and run `bash benches/device.sh` in it. It is
-# meant to finish in a few minutes; each part has its own time limit (610 s in all), and a
+# meant to finish in a few minutes; each part has its own time limit (590 s in all), and a
 # part that fails or runs out of time is recorded and the rest still runs.
 #
 # Environment:
@@ -153,13 +154,39 @@ convnet_run() {
   "$bin/mnist-gpu" "${args[@]}" 2>&1
 }
 
+# Whether PyTorch with CUDA is installed (else says it skips).
+have_torch_cuda() {
+  python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null && return 0
+  echo "no PyTorch with CUDA here: skipped"
+  return 1
+}
+
 # The same convnet in PyTorch on CUDA, where PyTorch is installed.
 pytorch_convnet() {
-  if ! python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
-    echo "no PyTorch with CUDA here: skipped"
-    return 0
-  fi
+  have_torch_cuda || return 0
   python3 benches/reference/pytorch_convnet.py --device cuda --epochs 2
+}
+
+# The MLPs in PyTorch on CUDA: the default model at batch 32 and 512, and the 4096-wide
+# one at 512 (the first epoch of each warms up).
+pytorch_mlp() {
+  have_torch_cuda || return 0
+  local mlp=benches/reference/pytorch_mnist.py
+  python3 "$mlp" --device cuda --batch-size 32 --epochs 2
+  python3 "$mlp" --device cuda --batch-size 512 --epochs 3
+  python3 "$mlp" --device cuda --batch-size 512 --epochs 3 --hidden 4096,4096
+}
+
+# The 4096-wide MLP at batch 512 on the adapter, where a GEMM that feeds the chip pays;
+# quick: 3,000 samples.
+big_run() {
+  bin=target/device-run
+  local dir
+  dir=$(mktemp -d)
+  local args=(train --adapter "$backend" --hidden 4096,4096 --batch-size 512 --epochs 3 --out-dir "$dir/run")
+  [ "$quick" = 1 ] && args+=(--train-limit 3000 --test-limit 1000)
+  echo "\$ mnist-gpu ${args[*]}"
+  "$bin/mnist-gpu" "${args[@]}" 2>&1
 }
 
 train_run() {
@@ -199,22 +226,24 @@ run_all() {
   section loader
   loader
   find_programs
-  part "adapters" 30 "$bin/mnist-gpu" adapters
+  part "adapters" 20 "$bin/mnist-gpu" adapters
   # The agreement tests on the hardware adapter only (CI set: a missing adapter fails).
-  part "gpu_agreement ($backend)" 100 env CI=1 MNIST_GPU_TEST_BACKENDS="$backend" \
+  part "gpu_agreement ($backend)" 80 env CI=1 MNIST_GPU_TEST_BACKENDS="$backend" \
     "$bin/gpu_agreement" --test-threads=1
-  part "fusions ($backend)" 50 env CI=1 MNIST_GPU_TEST_BACKENDS="$backend" \
+  part "fusions ($backend)" 40 env CI=1 MNIST_GPU_TEST_BACKENDS="$backend" \
     "$bin/fusions" --test-threads=1
   local bench_env=(MNIST_GPU_BENCH_BACKENDS="$backend")
   [ "$quick" = 1 ] && bench_env+=(MNIST_GPU_BENCH_SOFT_SAMPLES=1000 MNIST_GPU_BENCH_REPS=1)
   if [ -x "$bin/epoch-baseline" ]; then
     part "epoch bench (baseline)" 120 env "${bench_env[@]}" "$bin/epoch-baseline" --bench
   fi
-  part "epoch bench" 110 env "${bench_env[@]}" "$bin/epoch" --bench
-  part "kernels bench" 100 env "${bench_env[@]}" "$bin/kernels" --bench
-  part "train --adapter $backend" 80 bash "$0" train
+  part "epoch bench" 80 env "${bench_env[@]}" "$bin/epoch" --bench
+  part "kernels bench" 90 env "${bench_env[@]}" "$bin/kernels" --bench
+  part "train --adapter $backend" 50 bash "$0" train
+  part "--hidden 4096,4096 b512" 40 bash "$0" big
   part "convnet --adapter $backend" 60 bash "$0" convnet
   part "pytorch convnet (cuda)" 40 bash "$0" pytorch-convnet
+  part "pytorch mlp (cuda)" 50 bash "$0" pytorch-mlp
   part "train --backend gl" 40 bash "$0" gl
   section summary
   printf '%s\n' "${summary[@]}"
@@ -228,6 +257,8 @@ case "${1:-}" in
   train) train_run ;; # one part of the run, in its own process for `timeout`
   convnet) convnet_run ;;
   pytorch-convnet) pytorch_convnet ;;
+  pytorch-mlp) pytorch_mlp ;;
+  big) big_run ;;
   gl) gl_run ;;
   "") run_all ;;
   *) echo "usage: benches/device.sh [pack]" >&2; exit 2 ;;

@@ -9,6 +9,10 @@ after every epoch. Reads the project's own assets/mnist/*.gz.
 
     pip install torch numpy
     python3 benches/reference/pytorch_mnist.py [--batch-size 32] [--epochs 10] [--raw-pixels] [--threads 2]
+        [--hidden 128] [--device cpu]
+
+`--hidden 4096,4096` gives `mnist-gpu train --hidden 4096,4096`'s model (a ReLU after each
+hidden layer); `--device cuda` trains on the GPU (the data moved there first).
 
 Prints one line per epoch with the training pass's seconds, like `mnist-gpu train`.
 """
@@ -35,6 +39,8 @@ def main():
     ap.add_argument("--raw-pixels", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--hidden", default="128", help="hidden widths, comma-separated")
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -44,9 +50,16 @@ def main():
     y_train = torch.tensor(idx("train-labels-idx1-ubyte"), dtype=torch.long)
     x_test = torch.tensor(idx("t10k-images-idx3-ubyte"), dtype=torch.float32).reshape(-1, 784) * scale
     y_test = torch.tensor(idx("t10k-labels-idx1-ubyte"), dtype=torch.long)
-    print(f"train: {len(x_train)} x 28 x 28, test: {len(x_test)} x 28 x 28, torch {torch.__version__}, {args.threads} threads")
+    device = torch.device(args.device)
+    x_train, y_train, x_test, y_test = (t.to(device) for t in (x_train, y_train, x_test, y_test))
+    print(f"train: {len(x_train)} x 28 x 28, test: {len(x_test)} x 28 x 28, torch {torch.__version__}, "
+          f"{args.threads} threads, device {device}, hidden {args.hidden}")
 
-    model = nn.Sequential(nn.BatchNorm1d(784, eps=1e-3, momentum=0.01), nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 10))
+    widths = [784] + [int(w) for w in args.hidden.split(",")]
+    layers = [nn.BatchNorm1d(784, eps=1e-3, momentum=0.01)]
+    for w_in, w_out in zip(widths, widths[1:]):
+        layers += [nn.Linear(w_in, w_out), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(widths[-1], 10)).to(device)
     for layer in model:
         if isinstance(layer, nn.Linear):
             nn.init.xavier_uniform_(layer.weight)
