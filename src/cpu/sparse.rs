@@ -421,6 +421,14 @@ fn group_size(rows: usize) -> usize {
     per_thread.clamp(MIN_GROUP, TILE)
 }
 
+/// Whether the version a multiversioned function runs (`selected_target!()`) has
+/// AVX-512's registers. "avx512f" names an x86 feature: asked on another architecture
+/// (wasm32 in a browser) `supports_feature_str` panics, so it is asked on x86-64 only.
+#[inline(always)]
+fn has_avx512(target: multiversion::target::Target) -> bool {
+    cfg!(target_arch = "x86_64") && target.supports_feature_str("avx512f")
+}
+
 /// Output columns per register block: 8 AVX vectors, kept in registers while the
 /// nonzero pixels stream past (n = 128 makes two blocks).
 const BLOCK: usize = 64;
@@ -445,9 +453,7 @@ fn forward_one((cols, vals): (&[u16], &[u8]), scale: f32, layer: &FoldedLayer, z
             .zip(vals)
             .map(|(&col, &val)| (val as f32 * scale * coef[col as usize], col as usize * n))
     };
-    // "avx512f" names an x86 feature: asked on another architecture (wasm32 in a
-    // browser) `supports_feature_str` panics, so ask only on x86-64.
-    if cfg!(target_arch = "x86_64") && selected_target!().supports_feature_str("avx512f") {
+    if has_avx512(selected_target!()) {
         weighted_sum::<WIDE_BLOCK, _>(z, row, w, terms);
     } else {
         weighted_sum::<BLOCK, _>(z, row, w, terms);
@@ -515,8 +521,7 @@ fn first_layer_rows(
 ) {
     let n = db.len();
     let (mean, inv_std) = (rows.mean, rows.inv_std);
-    // As in `forward_one`: ask for "avx512f" on x86-64 only.
-    let wide = cfg!(target_arch = "x86_64") && selected_target!().supports_feature_str("avx512f");
+    let wide = has_avx512(selected_target!());
     column_sums(columns, delta, (n, wide), first, grad_w);
     for (r, (g_row, w_row)) in grad_w
         .chunks_exact_mut(n)

@@ -75,6 +75,9 @@ impl Rows {
         mut grad: Option<&mut [f32]>,
     ) {
         let classes = self.classes;
+        // Without a gradient to write, the row's exponentials wait here.
+        let mut scratch = [0.0f32; 256];
+        let training = grad.is_some();
         for (b, row) in logits.chunks_exact(classes).enumerate() {
             let label = labels[b] as usize;
             let (argmax, max) =
@@ -88,22 +91,22 @@ impl Rows {
                         }
                     });
             argmaxes[b] = argmax as u8;
-            let Some(grad) = grad.as_deref_mut() else {
-                let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
-                terms[b] = max + sum.ln() - row[label];
-                continue;
+            // The gradient row (or the scratch) holds the exponentials until their sum is
+            // known: each is computed once (the exponentials are most of a row's time).
+            let exps = match grad.as_deref_mut() {
+                Some(grad) => &mut grad[b * classes..(b + 1) * classes],
+                None => &mut scratch[..classes],
             };
-            // The gradient row holds the exponentials until their sum is known: each is
-            // computed once (the exponentials are most of a row's time).
-            let g = &mut grad[b * classes..(b + 1) * classes];
             let mut sum = 0.0f32;
-            for (gi, &v) in g.iter_mut().zip(row) {
-                *gi = (v - max).exp();
-                sum += *gi;
+            for (e, &v) in exps.iter_mut().zip(row) {
+                *e = (v - max).exp();
+                sum += *e;
             }
             terms[b] = max + sum.ln() - row[label];
-            for (i, gi) in g.iter_mut().enumerate() {
-                *gi = (*gi / sum - (i == label) as u32 as f32) * self.inv_batch;
+            if training {
+                for (i, g) in exps.iter_mut().enumerate() {
+                    *g = (*g / sum - (i == label) as u32 as f32) * self.inv_batch;
+                }
             }
         }
     }
