@@ -77,7 +77,9 @@ fn layers_table() -> &'static [&'static str] {
 }
 
 /// Submodules of `cpu/`, lowest first.
-const CPU: &[&str] = &["awake", "profile", "stack", "forward", "sparse", "backend"];
+const CPU: &[&str] = &[
+    "aligned", "awake", "profile", "stack", "forward", "sparse", "backend",
+];
 
 /// Submodules of `gpu/`, lowest first.
 const GPU: &[&str] = &["epoch", "backend"];

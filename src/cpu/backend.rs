@@ -3,6 +3,7 @@
 //! on sparse data (MNIST) it trains the first layer through [`super::sparse`] instead,
 //! which computes the same step from the nonzero pixels only.
 
+use super::aligned::{Aligned, Rows};
 use super::forward::{dense_forward, forward_eval};
 use super::profile::PhaseClock;
 #[cfg(not(target_arch = "wasm32"))]
@@ -46,7 +47,7 @@ pub struct CpuBackend {
     optim: OptimState,
     hyper: Hyper,
     data: Mnist,
-    grads: Vec<f32>,
+    grads: Aligned<f32>,
     /// The fusions this model runs ([`Fusions::plan`] of the allowed ones).
     fusions: Fusions,
     /// The training images in sparse rows, when the sparse first-layer path is on.
@@ -83,8 +84,8 @@ pub const SPARSE_MAX_DENSITY: f64 = 0.5;
 #[derive(Default)]
 struct Workspace {
     batch: usize,
-    x: Vec<f32>,
-    xhat: Vec<f32>,
+    x: Rows,
+    xhat: Rows,
     inv_std: Vec<f32>,
     /// Sparse path: batch statistics and the folded first layer (see `sparse`).
     mean: Vec<f32>,
@@ -94,9 +95,9 @@ struct Workspace {
     columns: ColumnBatch,
     /// `acts[0]` is the BatchNorm output; `acts[l + 1]` the output of Dense layer l
     /// (the last one holds the logits).
-    acts: Vec<Vec<f32>>,
+    acts: Vec<Rows>,
     /// `deltas[l]`: gradient of the mean loss with respect to `acts[l]`.
-    deltas: Vec<Vec<f32>>,
+    deltas: Vec<Rows>,
     labels: Vec<u8>,
 }
 
@@ -106,15 +107,15 @@ impl Workspace {
             return;
         }
         self.batch = batch;
-        self.x = vec![0.0; batch * INPUT];
-        self.xhat = vec![0.0; batch * INPUT];
+        self.x = Rows::zeros(batch * INPUT);
+        self.xhat = Rows::zeros(batch * INPUT);
         self.inv_std = vec![0.0; INPUT];
         self.mean = vec![0.0; INPUT];
         self.var = vec![0.0; INPUT];
         self.coef = vec![0.0; INPUT];
         self.row = vec![0.0; widths[1]];
-        self.acts = widths.iter().map(|w| vec![0.0; batch * w]).collect();
-        self.deltas = widths.iter().map(|w| vec![0.0; batch * w]).collect();
+        self.acts = widths.iter().map(|w| Rows::zeros(batch * w)).collect();
+        self.deltas = widths.iter().map(|w| Rows::zeros(batch * w)).collect();
         self.labels = vec![0; batch];
     }
 }
@@ -134,7 +135,7 @@ impl CpuBackend {
             .filter(|sparse| sparse.density() <= SPARSE_MAX_DENSITY);
         CpuBackend {
             optim: OptimState::new(len),
-            grads: vec![0.0; len],
+            grads: Aligned::zeros(len),
             fusions,
             sparse_train,
             stack,

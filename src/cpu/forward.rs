@@ -1,6 +1,7 @@
 //! The forward pass, written once: training (after its BatchNorm), evaluation and
 //! `predict` all run these.
 
+use super::aligned::Rows;
 use super::stack::{bn_params, moving_stats, LayerStack, Pass};
 use crate::layers::batchnorm::cpu::{batchnorm_forward_eval, gather_scaled};
 use crate::layers::dense::cpu::gemm_forward;
@@ -13,7 +14,7 @@ use crate::model::{Hyper, Params, CLASSES, INPUT};
 /// `batch × widths[l]` values.
 pub fn dense_forward(
     params: &Params,
-    acts: &mut [Vec<f32>],
+    acts: &mut [Rows],
     (batch, first): (usize, usize),
     relu_in_gemm: bool,
 ) {
@@ -47,7 +48,7 @@ pub fn forward_eval(
     images: &[u8],
     indices: &[u32],
     x: &mut [f32],
-    acts: &mut [Vec<f32>],
+    acts: &mut [Rows],
 ) {
     gather_scaled(images, INPUT, indices, params.config.pixel_scale(), x);
     let moving = moving_stats(params);
@@ -61,15 +62,15 @@ pub fn infer(params: &Params, bn_eps: f32, images: &[u8]) -> Vec<[f32; CLASSES]>
     let count = images.len() / INPUT;
     let indices: Vec<u32> = (0..count as u32).collect();
     let logits = if params.config.is_mlp() {
-        let mut x = vec![0.0f32; count * INPUT];
-        let mut acts: Vec<Vec<f32>> = params
+        let mut x = Rows::zeros(count * INPUT);
+        let mut acts: Vec<Rows> = params
             .config
             .widths()
             .iter()
-            .map(|w| vec![0.0; count * w])
+            .map(|w| Rows::zeros(count * w))
             .collect();
         forward_eval(params, bn_eps, images, &indices, &mut x, &mut acts);
-        acts.pop().expect("at least one layer")
+        acts.pop().expect("at least one layer").to_vec()
     } else {
         infer_layered(params, bn_eps, images, &indices)
     };

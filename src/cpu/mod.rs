@@ -2,6 +2,7 @@
 //! references (`src/layers/*/cpu.rs`): the one forward pass ([`forward`]), the sparse
 //! first layer ([`sparse`]) and the step profiler ([`profile`]).
 
+pub mod aligned;
 pub mod awake;
 pub mod backend;
 pub mod forward;

@@ -18,6 +18,7 @@
 //! mirror, stays the reference: tests check these functions and whole training steps
 //! against it.
 
+use super::aligned::Aligned;
 use crate::layers::batchnorm::cpu::{dense_backward_row, Affine};
 use multiversion::target::selected_target;
 use rayon::prelude::*;
@@ -28,8 +29,8 @@ use rayon::prelude::*;
 pub struct SparseImages {
     pixels: usize,
     starts: Vec<u32>,
-    cols: Vec<u16>,
-    vals: Vec<u8>,
+    cols: Aligned<u16>,
+    vals: Aligned<u8>,
 }
 
 impl SparseImages {
@@ -55,8 +56,8 @@ impl SparseImages {
         let mut sparse = SparseImages {
             pixels,
             starts: vec![0; count + 1],
-            cols: vec![0; total],
-            vals: vec![0; total],
+            cols: Aligned::zeros(total),
+            vals: Aligned::zeros(total),
         };
         let mut jobs = Vec::with_capacity(blocks.len());
         let (mut starts, mut cols, mut vals) = (
@@ -111,18 +112,21 @@ impl SparseImages {
     }
 }
 
-/// Prefetches every 64-byte line of `data` into the level-2 cache (a hint: no effect on
+/// Prefetches every 64-byte line that holds part of `data` into the level-2 cache (a hint: no effect on
 /// results, and none at all off x86-64).
 #[inline]
 fn prefetch_lines<T>(data: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let bytes = std::mem::size_of_val(data);
-        let base = data.as_ptr() as *const i8;
-        for offset in (0..bytes).step_by(64) {
+        // From the line holding the first byte to the one holding the last: stepping 64
+        // bytes from an unaligned start would miss the last line of most rows.
+        let skew = data.as_ptr() as usize % 64;
+        let base = (data.as_ptr() as *const i8).wrapping_sub(skew);
+        for offset in (0..skew + std::mem::size_of_val(data)).step_by(64) {
             // SAFETY: a prefetch never faults and reads nothing into the program; the
-            // address is inside `data` anyway. SSE, which it needs, is part of x86-64.
+            // address is in a line that holds part of `data` anyway. SSE, which it
+            // needs, is part of x86-64.
             unsafe { _mm_prefetch::<_MM_HINT_T1>(base.wrapping_add(offset)) };
         }
     }
@@ -178,7 +182,7 @@ pub struct ColumnBatch {
     starts: Vec<u32>,
     bases: Vec<usize>,
     /// `batch row << 8 | pixel value`, rows ascending within a group's column.
-    entries: Vec<u32>,
+    entries: Aligned<u32>,
     scale: f32,
 }
 
@@ -196,7 +200,7 @@ impl ColumnBatch {
             self.bases.push(total);
             total += group.iter().map(|&i| images.row(i).0.len()).sum::<usize>();
         }
-        self.entries.resize(total, 0);
+        self.entries.resize(total);
         self.starts.resize(groups.len() * (pixels + 1), 0);
         let mut jobs = Vec::with_capacity(groups.len());
         let mut rest = &mut self.entries[..];

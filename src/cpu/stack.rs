@@ -14,6 +14,7 @@
 //! layers' forward is one pass, and their backward one, and `acts[1]` and `deltas[1]`
 //! (between them) are never written.
 
+use super::aligned::Rows;
 use super::profile::PhaseClock;
 use crate::layers::batchnorm::cpu::{
     batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, gather_scaled, Affine,
@@ -53,13 +54,13 @@ pub struct LayerStack {
     /// Values per sample of `acts[i]`.
     widths: Vec<usize>,
     batch: usize,
-    acts: Vec<Vec<f32>>,
-    deltas: Vec<Vec<f32>>,
+    acts: Vec<Rows>,
+    deltas: Vec<Rows>,
     /// Each max-pool layer's arg-maxes (see `maxpool2d_forward`), by layer; empty for
     /// the others.
     argmax: Vec<Vec<u32>>,
     /// The first layer's BatchNorm: normalised input and 1/sqrt(var + eps).
-    xhat: Vec<f32>,
+    xhat: Rows,
     inv_std: Vec<f32>,
     labels: Vec<u8>,
 }
@@ -76,7 +77,7 @@ impl LayerStack {
             acts: Vec::new(),
             deltas: Vec::new(),
             argmax: Vec::new(),
-            xhat: Vec::new(),
+            xhat: Rows::default(),
             inv_std: vec![0.0; config.batchnorm_features()],
             labels: Vec::new(),
         }
@@ -118,7 +119,7 @@ impl LayerStack {
     fn resize(&mut self, batch: usize, grads: bool) {
         if self.batch != batch || self.acts.is_empty() {
             self.batch = batch;
-            self.acts = self.widths.iter().map(|w| vec![0.0; batch * w]).collect();
+            self.acts = self.widths.iter().map(|w| Rows::zeros(batch * w)).collect();
             let pooled = |(op, w): (&LayerOp, &usize)| match op {
                 LayerOp::Pool { .. } => vec![0; batch * w],
                 _ => Vec::new(),
@@ -129,7 +130,7 @@ impl LayerStack {
         let grad_rows = self.deltas.first().map_or(0, |d| d.len() / INPUT);
         if grads && grad_rows != batch {
             self.deltas = self.acts.clone();
-            self.xhat = vec![0.0; batch * self.inv_std.len()];
+            self.xhat = Rows::zeros(batch * self.inv_std.len());
         }
     }
 
