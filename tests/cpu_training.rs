@@ -2,7 +2,7 @@
 //! determinism (also across thread counts), partial batches, shuffling, and that it
 //! learns.
 
-use mnist_gpu::backend::Backend;
+use mnist_gpu::backend::{Backend, EvalStats};
 use mnist_gpu::cpu::CpuBackend;
 use mnist_gpu::data::{self, Mnist};
 use mnist_gpu::host::block_on;
@@ -199,12 +199,17 @@ fn sparse_path_is_chosen_by_density() {
     assert!(!backend.sparse_input());
 }
 
-fn train_small(seed: u64, batch: usize) -> (Params, f64) {
+fn train_small(seed: u64, batch: usize) -> (Params, EvalStats) {
     train_model(&ModelConfig::default(), 1000, (seed, batch))
 }
 
-/// 2 epochs of `config` on the first `samples` training images.
-fn train_model(config: &ModelConfig, samples: usize, (seed, batch): (u64, usize)) -> (Params, f64) {
+/// 2 epochs of `config` on the first `samples` training images, and the evaluation of
+/// the first 200 test images after them.
+fn train_model(
+    config: &ModelConfig,
+    samples: usize,
+    (seed, batch): (u64, usize),
+) -> (Params, EvalStats) {
     let data = subset(samples, 200);
     let options = TrainOptions {
         epochs: 2,
@@ -219,10 +224,7 @@ fn train_model(config: &ModelConfig, samples: usize, (seed, batch): (u64, usize)
     };
     let mut backend = CpuBackend::new(Params::init(config, seed), hyper, data);
     let outcome = block_on(train::train(&mut backend, &options, 0, &mut Silent)).unwrap();
-    (
-        block_on(backend.params()).unwrap(),
-        outcome.final_eval.accuracy,
-    )
+    (block_on(backend.params()).unwrap(), outcome.final_eval)
 }
 
 /// Every trained value's bits: parameters and BatchNorm moving statistics.
@@ -237,17 +239,18 @@ fn bits(p: &Params) -> Vec<u32> {
 
 #[test]
 fn same_seed_gives_bit_identical_weights() {
-    let (a, acc_a) = train_small(11, 32);
-    let (b, acc_b) = train_small(11, 32);
+    let (a, eval_a) = train_small(11, 32);
+    let (b, eval_b) = train_small(11, 32);
     assert_eq!(bits(&a), bits(&b));
-    assert_eq!(acc_a, acc_b);
+    assert_eq!(eval_a, eval_b);
     let (c, _) = train_small(12, 32);
     assert_ne!(bits(&a), bits(&c));
 }
 
 /// The CPU path splits its work by rows and columns, never a sum across threads, so the
 /// weights are the same bits on one thread and on three (batch 32 splits its forward and
-/// backward; 128 and 200 the transpose too, 200 with a partial group of samples).
+/// backward; 128 and 200 the transpose too, 200 with a partial group of samples), and so
+/// is the evaluation (its batch of 200 split by rows).
 #[test]
 fn weights_do_not_depend_on_the_thread_count() {
     for batch in [32, 128, 200] {
@@ -258,9 +261,10 @@ fn weights_do_not_depend_on_the_thread_count() {
                 .unwrap();
             pool.install(|| train_small(5, batch))
         };
-        let ((one, acc_one), (three, acc_three)) = (on(1), on(3));
+        let ((one, eval_one), (three, eval_three)) = (on(1), on(3));
         assert!(bits(&one) == bits(&three), "batch {batch}");
-        assert_eq!(acc_one, acc_three);
+        assert_eq!(eval_one.loss.to_bits(), eval_three.loss.to_bits());
+        assert_eq!(eval_one, eval_three);
     }
 }
 
@@ -276,17 +280,18 @@ fn the_convnet_trains_the_same_bits_on_any_thread_count() {
             .unwrap();
         pool.install(|| train_model(&convnet, 300, (seed, 64)))
     };
-    let (one, acc_one) = on(1, 5);
-    let (three, acc_three) = on(3, 5);
+    let (one, eval_one) = on(1, 5);
+    let (three, eval_three) = on(3, 5);
     assert!(bits(&one) == bits(&three));
-    assert_eq!(acc_one, acc_three);
+    assert_eq!(eval_one, eval_three);
     assert!(bits(&on(1, 6).0) != bits(&one));
 }
 
 /// Two epochs of the convnet on 2,000 images already read most digits.
 #[test]
 fn the_convnet_learns() {
-    let (_, accuracy) = train_model(&ModelConfig::convnet(false), 2000, (42, 32));
+    let (_, eval) = train_model(&ModelConfig::convnet(false), 2000, (42, 32));
+    let accuracy = eval.accuracy;
     assert!(accuracy > 0.85, "accuracy {accuracy}");
 }
 

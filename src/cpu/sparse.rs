@@ -428,8 +428,9 @@ fn group_size(rows: usize) -> usize {
 /// Whether the version a multiversioned function runs (`selected_target!()`) has
 /// AVX-512's registers. "avx512f" names an x86 feature: asked on another architecture
 /// (wasm32 in a browser) `supports_feature_str` panics, so it is asked on x86-64 only.
-#[inline(always)]
-fn has_avx512(target: multiversion::target::Target) -> bool {
+/// Callers ask in a `const`, so it is answered when compiling: called per sample, the
+/// lookup of the feature by name took 2% of a training epoch.
+const fn has_avx512(target: multiversion::target::Target) -> bool {
     cfg!(target_arch = "x86_64") && target.supports_feature_str("avx512f")
 }
 
@@ -457,7 +458,8 @@ fn forward_one((cols, vals): (&[u16], &[u8]), scale: f32, layer: &FoldedLayer, z
             .zip(vals)
             .map(|(&col, &val)| (val as f32 * scale * coef[col as usize], col as usize * n))
     };
-    if has_avx512(selected_target!()) {
+    const WIDE: bool = has_avx512(selected_target!());
+    if WIDE {
         weighted_sum::<WIDE_BLOCK, _>(z, row, w, terms);
     } else {
         weighted_sum::<BLOCK, _>(z, row, w, terms);
@@ -525,8 +527,8 @@ fn first_layer_rows(
 ) {
     let n = db.len();
     let (mean, inv_std) = (rows.mean, rows.inv_std);
-    let wide = has_avx512(selected_target!());
-    column_sums(columns, delta, (n, wide), first, grad_w);
+    const WIDE: bool = has_avx512(selected_target!());
+    column_sums(columns, delta, (n, WIDE), first, grad_w);
     for (r, (g_row, w_row)) in grad_w
         .chunks_exact_mut(n)
         .zip(rows.w.chunks_exact(n))
