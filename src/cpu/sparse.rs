@@ -332,32 +332,26 @@ pub fn fold_batchnorm_into_dense(
     for j in 0..coef.len() {
         coef[j] = gamma[j] * inv_std[j];
     }
-    // Each task sums `BLOCK` columns of `row` over all of W's rows, in registers.
-    let n = bias.len();
-    row.par_chunks_mut(BLOCK)
-        .enumerate()
-        .for_each(|(t, part)| fold_columns(mean, beta, coef, w, n, t * BLOCK, bias, part));
+    fold_rows(mean, beta, coef, w, bias, row);
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `row = bias + Σ_j (beta_j − coef_j·mean_j)·W_j`, on one thread: on AVX-512 all 128
+/// columns stay in registers over one pass of W (split in two column halves over two
+/// threads, the fold had taken longer on two threads than on one).
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512vl+avx2+fma",
     "x86_64+avx2+fma",
     "x86_64+avx"
 ))]
-fn fold_columns(
-    mean: &[f32],
-    beta: &[f32],
-    coef: &[f32],
-    w: &[f32],
-    n: usize,
-    start: usize,
-    bias: &[f32],
-    out: &mut [f32],
-) {
-    let width = out.len();
-    let terms = || (0..coef.len()).map(|j| (beta[j] - coef[j] * mean[j], j * n + start));
-    weighted_sum::<BLOCK, _>(out, &bias[start..start + width], w, terms);
+fn fold_rows(mean: &[f32], beta: &[f32], coef: &[f32], w: &[f32], bias: &[f32], row: &mut [f32]) {
+    let n = row.len();
+    let terms = || (0..coef.len()).map(|j| (beta[j] - coef[j] * mean[j], j * n));
+    const WIDE: bool = has_avx512(selected_target!());
+    if WIDE {
+        weighted_sum::<WIDE_BLOCK, _>(row, bias, w, terms);
+    } else {
+        weighted_sum::<BLOCK, _>(row, bias, w, terms);
+    }
 }
 
 /// Samples per task below which [`sparse_forward`] stays on one thread (and batches
