@@ -263,9 +263,32 @@ fn weights_do_not_depend_on_the_thread_count() {
         };
         let ((one, eval_one), (three, eval_three)) = (on(1), on(3));
         assert!(bits(&one) == bits(&three), "batch {batch}");
-        assert_eq!(eval_one.loss.to_bits(), eval_three.loss.to_bits());
-        assert_eq!(eval_one, eval_three);
+        assert_eq!(eval_one, eval_three, "batch {batch}");
     }
+}
+
+/// Evaluation runs in batches of 1,000 with arrays it keeps and resizes in place: on
+/// 2,345 test images (a short last batch, then full ones again on the next evaluation)
+/// it gives the same result twice, and the predictions of `infer`, which sizes its
+/// arrays for all the images at once.
+#[test]
+fn evaluation_in_batches_matches_inference_at_once() {
+    let data = subset(1000, 2345);
+    let images = data.test.images.clone();
+    let config = ModelConfig::default();
+    let mut backend = CpuBackend::new(Params::init(&config, 3), Hyper::default(), data);
+    let order = epoch_order(1000, 3, 0, true);
+    block_on(backend.train_epoch(&order, 100, &mut |_| {})).unwrap();
+    let first = block_on(backend.evaluate()).unwrap();
+    let second = block_on(backend.evaluate()).unwrap();
+    assert_eq!(first, second);
+    assert_eq!(first.predictions.len(), 2345);
+    let params = block_on(backend.params()).unwrap();
+    let inferred: Vec<u8> = mnist_gpu::cpu::infer(&params, Hyper::default().bn_eps, &images)
+        .iter()
+        .map(|p| (0..p.len()).fold(0, |best, c| if p[c] > p[best] { c } else { best }) as u8)
+        .collect();
+    assert_eq!(first.predictions, inferred);
 }
 
 /// The convnet (through the layer stack, with dropout) is as deterministic as the MLP:

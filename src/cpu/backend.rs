@@ -47,7 +47,7 @@ pub struct CpuBackend {
     optim: OptimState,
     hyper: Hyper,
     data: Mnist,
-    grads: Aligned<f32>,
+    grads: Aligned,
     /// The fusions this model runs ([`Fusions::plan`] of the allowed ones).
     fusions: Fusions,
     /// The training images in sparse rows, when the sparse first-layer path is on.
@@ -56,9 +56,8 @@ pub struct CpuBackend {
     /// whose fused path is below (and the MLP too, when a test asks).
     stack: Option<LayerStack>,
     work: Workspace,
-    /// Evaluation's own arrays (batches of [`EVAL_BATCH`]), so that evaluating between
-    /// epochs does not resize the training ones.
-    eval_work: Workspace,
+    /// Evaluation's arrays, for batches of [`EVAL_BATCH`].
+    eval_work: EvalArrays,
     /// Per-phase wall time of the steps, while [`CpuBackend::profile_epoch`] runs.
     clock: PhaseClock,
     /// A one-thread pool for batches under [`PARALLEL_MIN_BATCH`], built when first needed.
@@ -106,17 +105,15 @@ struct Workspace {
 
 impl Workspace {
     /// Sizes the arrays for `batch` rows, in place: an epoch's shorter last batch and
-    /// the next epoch's first reuse the same memory (allocating and zeroing it again
-    /// cost about a millisecond per epoch at batch 512). Only `training` needs `xhat`
-    /// and the gradients.
-    fn resize(&mut self, batch: usize, widths: &[usize], training: bool) {
+    /// the next epoch's first reuse the same memory, and growing back zeroes only the
+    /// rows added.
+    fn resize(&mut self, batch: usize, widths: &[usize]) {
         if self.batch == batch && self.acts.len() == widths.len() {
             return;
         }
         self.batch = batch;
-        let train_rows = if training { batch } else { 0 };
         self.x.resize(batch * INPUT);
-        self.xhat.resize(train_rows * INPUT);
+        self.xhat.resize(batch * INPUT);
         for v in [
             &mut self.inv_std,
             &mut self.mean,
@@ -127,8 +124,31 @@ impl Workspace {
         }
         self.row.resize(widths[1], 0.0);
         resize_all(&mut self.acts, widths, batch);
-        resize_all(&mut self.deltas, widths, train_rows);
+        resize_all(&mut self.deltas, widths, batch);
         self.labels.resize(batch, 0);
+    }
+}
+
+/// Evaluation's own arrays (the MLP's path; the layer stack has its own), so that
+/// validating between epochs does not resize the training ones: it had made the first
+/// step of every epoch allocate and zero them again.
+#[derive(Default)]
+struct EvalArrays {
+    batch: usize,
+    /// The batch's scaled pixels.
+    x: Rows,
+    /// As [`Workspace`]'s.
+    acts: Vec<Rows>,
+}
+
+impl EvalArrays {
+    /// Sizes the arrays for `batch` rows, in place.
+    fn resize(&mut self, batch: usize, widths: &[usize]) {
+        if self.batch != batch || self.acts.len() != widths.len() {
+            self.batch = batch;
+            self.x.resize(batch * INPUT);
+            resize_all(&mut self.acts, widths, batch);
+        }
     }
 }
 
@@ -163,7 +183,7 @@ impl CpuBackend {
             hyper,
             data,
             work: Workspace::default(),
-            eval_work: Workspace::default(),
+            eval_work: EvalArrays::default(),
             clock: PhaseClock::default(),
             serial_pool: None,
             augment_source: None,
@@ -334,7 +354,7 @@ impl CpuBackend {
         let batch = indices.len();
         let widths = self.params.config.widths();
         let layers = self.params.config.dense_layers();
-        self.work.resize(batch, &widths, true);
+        self.work.resize(batch, &widths);
         for (label, &i) in self.work.labels.iter_mut().zip(indices) {
             *label = self.data.train.labels[i as usize];
         }
@@ -570,7 +590,7 @@ impl CpuBackend {
         let end = range.end;
         for start in range.step_by(EVAL_BATCH) {
             let batch = EVAL_BATCH.min(end - start);
-            self.eval_work.resize(batch, &widths, false);
+            self.eval_work.resize(batch, &widths);
             let indices: Vec<u32> = (start as u32..(start + batch) as u32).collect();
             let w = &mut self.eval_work;
             let (images, eps) = (&self.data.test.images, self.hyper.bn_eps);

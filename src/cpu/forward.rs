@@ -52,13 +52,13 @@ pub fn forward_eval(
     acts: &mut [Rows],
 ) {
     // Rows are independent here, so the gather and BatchNorm run in equal parts per
-    // thread (the same bits on any count): a two-thread evaluation of the 10,000 test
-    // images went from 0.011–0.014 to 0.009 s (2-core AMD EPYC).
+    // thread (the same bits on any count). They had run on one thread;
+    // `benches/RESULTS.md` ("Aligned arrays") has the evaluation's time before and after.
     let (scale, moving) = (params.config.pixel_scale(), moving_stats(params));
-    let rows = indices.len().div_ceil(rayon::current_num_threads()).max(1);
-    x.par_chunks_mut(rows * INPUT)
-        .zip(acts[0].par_chunks_mut(rows * INPUT))
-        .zip(indices.par_chunks(rows))
+    let rows_per_task = indices.len().div_ceil(rayon::current_num_threads()).max(1);
+    x.par_chunks_mut(rows_per_task * INPUT)
+        .zip(acts[0].par_chunks_mut(rows_per_task * INPUT))
+        .zip(indices.par_chunks(rows_per_task))
         .for_each(|((x, y), indices)| {
             gather_scaled(images, INPUT, indices, scale, x);
             batchnorm_forward_eval(x, bn_params(params), moving, bn_eps, y);

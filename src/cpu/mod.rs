@@ -1,6 +1,7 @@
 //! [`CpuBackend`], the `--cpu-fallback` trainer, built on the layer families' CPU
 //! references (`src/layers/*/cpu.rs`): the one forward pass ([`forward`]), the sparse
-//! first layer ([`sparse`]) and the step profiler ([`profile`]).
+//! first layer ([`sparse`]), the step profiler ([`profile`]) and the cache-line-aligned
+//! arrays its hot loops sweep ([`aligned`]).
 
 pub mod aligned;
 pub mod awake;
