@@ -483,8 +483,9 @@ fn family_rows(contexts: &[(String, GpuContext, Pipelines, bool)]) {
 fn sparse_first_layer_cpu() {
     use cpu::sparse::{
         batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward, sparse_forward,
-        ColumnBatch, FirstLayer, FoldedLayer, SparseImages,
+        ColumnBatch, FirstLayer, FoldedLayer, Kernel, KernelAdam, SparseImages,
     };
+    use mnist_gpu::layers::adam::cpu::AdamStep;
     use mnist_gpu::layers::batchnorm::cpu::Affine;
     let mnist = mnist_gpu::data::Mnist::load(&mnist_gpu::data::builtin_dir())
         .expect("the built-in MNIST loads");
@@ -512,10 +513,9 @@ fn sparse_first_layer_cpu() {
                 gamma: &gamma,
                 beta: &beta,
             },
-            w: &w,
         };
         let t = common::median_secs(200, || {
-            fold_batchnorm_into_dense(first, &bias, &mut coef, &mut row);
+            fold_batchnorm_into_dense(first, (&w, &bias), &mut coef, &mut row);
             let layer = FoldedLayer {
                 coef: &coef,
                 w: &w,
@@ -537,10 +537,27 @@ fn sparse_first_layer_cpu() {
                 gamma: &mut dg[..],
                 beta: &mut dbeta[..],
             };
-            sparse_first_layer_backward(&columns, (&delta, &db), first, &mut grad_w, grads)
+            let layer = (first, Kernel::Read(&w));
+            sparse_first_layer_backward(&columns, (&delta, &db), layer, &mut grad_w, grads)
         });
         println!(
             "other/cpu/sparse backward (dW, dγ, dβ) b{batch}: {:.1} µs",
+            us(t)
+        );
+        // The same pass with Adam's update of the kernel in it (`adam_in_backward`).
+        let (mut w_trained, mut m, mut v) = (w.clone(), vec![0.0; w.len()], vec![0.0; w.len()]);
+        let step = AdamStep::new(1e-3, &mnist_gpu::model::Hyper::default());
+        let t = common::median_secs(200, || {
+            let grads = Affine {
+                gamma: &mut dg[..],
+                beta: &mut dbeta[..],
+            };
+            let (w, m, v) = (&mut w_trained[..], &mut m[..], &mut v[..]);
+            let layer = (first, Kernel::Update(KernelAdam { w, m, v, step }));
+            sparse_first_layer_backward(&columns, (&delta, &db), layer, &mut grad_w, grads)
+        });
+        println!(
+            "other/cpu/sparse backward + Adam of dW b{batch}: {:.1} µs",
             us(t)
         );
     }

@@ -108,13 +108,42 @@ fn the_layer_stack_matches_the_fused_mlp() {
 /// the two layers, bit for bit. (The GPU runs the two layers.)
 #[test]
 fn the_pooled_first_convolution_is_the_two_layers_bit_for_bit() {
-    let data = subset();
     let params = Params::init(&ModelConfig::convnet(false), 7);
-    let mut unfused = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
-    unfused.set_fusions(Fusions::NONE);
-    let mut fused = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
-    train(&mut unfused, &data);
+    let pooled = Fusions {
+        pool_into_first_conv: true,
+        ..Fusions::NONE
+    };
+    same_bits("pool_into_first_conv", params, (pooled, Fusions::NONE));
+}
+
+/// Adam's update of the first kernel inside the sparse backward pass (`adam_in_backward`)
+/// trains the same model as Adam's sweep after the pass, bit for bit.
+#[test]
+fn adam_in_the_backward_pass_is_the_sweep_bit_for_bit() {
+    let (params, _) = start();
+    let sparse = Fusions {
+        sparse_first_layer: true,
+        ..Fusions::NONE
+    };
+    let fused = Fusions {
+        adam_in_backward: true,
+        ..sparse
+    };
+    same_bits("adam_in_backward", params, (fused, sparse));
+}
+
+/// Trains `params` with each of `fusions`: the parameters and Adam's moments end the
+/// same to the bit (and not where they started), and so do the test predictions.
+fn same_bits(name: &str, params: Params, (fused, unfused): (Fusions, Fusions)) {
+    let data = subset();
+    let open = |fusions| {
+        let mut backend = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
+        backend.set_fusions(fusions);
+        backend
+    };
+    let (mut fused, mut unfused) = (open(fused), open(unfused));
     train(&mut fused, &data);
+    train(&mut unfused, &data);
     let bits = |backend: &mut CpuBackend| {
         let params = block_on(backend.params()).unwrap();
         let optim = block_on(backend.optim_state()).unwrap();
@@ -122,11 +151,12 @@ fn the_pooled_first_convolution_is_the_two_layers_bit_for_bit() {
         all.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
     };
     let (a, b) = (bits(&mut fused), bits(&mut unfused));
-    assert!(a == b, "the fused first layers trained another model");
-    assert!(a != bits(&mut CpuBackend::new(params, Hyper::default(), data)));
+    assert!(a == b, "{name}: the fused layers trained another model");
+    let untrained = bits(&mut CpuBackend::new(params, Hyper::default(), data));
+    assert!(a != untrained, "{name}: nothing trained");
     let (a, b) = (block_on(fused.evaluate()), block_on(unfused.evaluate()));
     let predictions = |eval: anyhow::Result<EvalStats>| eval.unwrap().predictions;
-    assert_eq!(predictions(a), predictions(b));
+    assert_eq!(predictions(a), predictions(b), "{name}");
 }
 
 #[test]

@@ -10,13 +10,13 @@ use super::profile::PhaseClock;
 use super::profile::PhaseTime;
 use super::sparse::{
     batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward, sparse_forward,
-    ColumnBatch, FirstLayer, FoldedLayer, SparseImages,
+    ColumnBatch, FirstLayer, FoldedLayer, Kernel, KernelAdam, SparseImages,
 };
 use super::stack::{batchnorm_state, bn_params, LayerStack, Pass};
 use crate::backend::{Backend, Diverged, EpochEnd, EvalStats, Steps};
 use crate::data::Mnist;
 use crate::host::Task;
-use crate::layers::adam::cpu::adam_update;
+use crate::layers::adam::cpu::{adam_update, AdamStep};
 use crate::layers::augment::cpu::{augment_part, warp_table, AugmentKey};
 use crate::layers::batchnorm::cpu::{
     batchnorm_backward, batchnorm_batch_update, batchnorm_dense_backward, batchnorm_forward_train,
@@ -310,26 +310,47 @@ impl CpuBackend {
     /// One training step on the samples `indices`; returns (loss sum, correct count).
     fn train_step(&mut self, indices: &[u32]) -> (f32, u32) {
         self.clock.skip();
-        let (loss_sum, correct) = self.forward_backward(indices);
-        self.optim.step += 1;
-        let alpha = self.hyper.adam_alpha(self.optim.step);
-        adam_update(
+        let step = self.optim.step + 1;
+        let alpha = self.hyper.adam_alpha(step);
+        // Fused, the backward pass updates layer 0's kernel (all but 3% of the MLP's
+        // parameters) as it goes; Adam's sweep below then skips it.
+        let fused = self.adam_in_backward();
+        let update = fused.then(|| AdamStep::new(alpha, &self.hyper));
+        let (loss_sum, correct) = self.forward_backward(indices, update);
+        self.optim.step = step;
+        let skip = if fused {
+            self.params.layout.kernels[0].clone()
+        } else {
+            0..0
+        };
+        let (params, m, v) = (
             &mut self.params.trainable,
-            &self.grads,
             &mut self.optim.m,
             &mut self.optim.v,
-            alpha,
-            &self.hyper,
         );
+        for part in [0..skip.start, skip.end..params.len()] {
+            let (grads, m, v) = (
+                &self.grads[part.clone()],
+                &mut m[part.clone()],
+                &mut v[part.clone()],
+            );
+            adam_update(&mut params[part], grads, m, v, alpha, &self.hyper);
+        }
         self.clock.mark(PHASE_ADAM);
         (loss_sum, correct)
+    }
+
+    /// Whether the backward pass updates layer 0's kernel (the `adam_in_backward` fusion,
+    /// on the sparse path).
+    fn adam_in_backward(&self) -> bool {
+        self.fusions.adam_in_backward && self.sparse_train.is_some() && self.stack.is_none()
     }
 
     /// The mean training-mode loss on `indices` and its gradient with respect to every
     /// trainable parameter (flat layout), without changing the parameters. (The BatchNorm
     /// moving statistics are updated, as in any training-mode forward pass.)
     pub fn loss_and_gradients(&mut self, indices: &[u32]) -> (f32, &[f32]) {
-        let (loss_sum, _) = self.forward_backward(indices);
+        let (loss_sum, _) = self.forward_backward(indices, None);
         (loss_sum / indices.len() as f32, &self.grads)
     }
 
@@ -341,8 +362,10 @@ impl CpuBackend {
         batchnorm_dense_backward(grad_w0, p.kernel(0), bn_params(p), dbias0, bn_grads);
     }
 
-    /// Forward and backward pass: fills `self.grads`; returns (loss sum, correct count).
-    fn forward_backward(&mut self, indices: &[u32]) -> (f32, u32) {
+    /// Forward and backward pass: fills `self.grads` (and, with `update`, updates layer
+    /// 0's kernel: [`Self::first_layer_backward_sparse`]); returns (loss sum, correct
+    /// count).
+    fn forward_backward(&mut self, indices: &[u32], update: Option<AdamStep>) -> (f32, u32) {
         if let Some(stack) = &mut self.stack {
             let train = &self.data.train;
             let samples = (&train.images[..], &train.labels[..], indices);
@@ -376,12 +399,13 @@ impl CpuBackend {
             None,
         );
         self.clock.mark(PHASE_SOFTMAX);
-        self.backward(batch);
+        self.backward(batch, update);
         (loss_sum, correct)
     }
 
-    /// Backward pass from the softmax gradient in `deltas[layers]`: fills `self.grads`.
-    fn backward(&mut self, batch: usize) {
+    /// Backward pass from the softmax gradient in `deltas[layers]`: fills `self.grads`
+    /// (`update`: on the sparse path only).
+    fn backward(&mut self, batch: usize, update: Option<AdamStep>) {
         let widths = self.params.config.widths();
         let fusions = self.fusions;
         let relu_in_gemm = fusions.relu_in_gemm;
@@ -412,7 +436,7 @@ impl CpuBackend {
             &mut self.grads[layout.biases[0].clone()],
         );
         if self.sparse_train.is_some() {
-            self.first_layer_backward_sparse();
+            self.first_layer_backward_sparse(update);
         } else if fusions.batchnorm_dense_backward {
             // Layer 0's weight-grad GEMM runs on xhat; first_layer_backward_dense turns the
             // result into dW0, dgamma and dbeta, so layer 0 needs no input-grad GEMM.
@@ -439,18 +463,33 @@ impl CpuBackend {
         batchnorm_backward(dy_and_xhat, p.gamma(), &w.inv_std, bn_grads, None);
     }
 
-    /// Sparse path: layer 0's and BatchNorm's gradients from the transposed batch.
-    fn first_layer_backward_sparse(&mut self) {
-        let (bn_grads, grad_w0, db0) = first_layer_grads(&mut self.grads, &self.params.layout);
-        let (w, p) = (&self.work, &self.params);
+    /// Sparse path: layer 0's and BatchNorm's gradients from the transposed batch; with
+    /// `update`, also Adam's update of layer 0's kernel, row by row (the rest of the
+    /// parameters are then left to the caller).
+    fn first_layer_backward_sparse(&mut self, update: Option<AdamStep>) {
+        let layout = &self.params.layout;
+        let (bn_grads, grad_w0, db0) = first_layer_grads(&mut self.grads, layout);
+        let (bn_params, w0, _) = first_layer_grads(&mut self.params.trainable, layout);
+        let w = &self.work;
         let layer = FirstLayer {
             mean: &w.mean,
             inv_std: &w.inv_std,
-            params: bn_params(p),
-            w: p.kernel(0),
+            params: Affine {
+                gamma: &*bn_params.gamma,
+                beta: &*bn_params.beta,
+            },
+        };
+        let kernel = match update {
+            None => Kernel::Read(w0),
+            Some(step) => Kernel::Update(KernelAdam {
+                w: w0,
+                m: &mut self.optim.m[layout.kernels[0].clone()],
+                v: &mut self.optim.v[layout.kernels[0].clone()],
+                step,
+            }),
         };
         let delta = (&w.deltas[1][..], db0);
-        sparse_first_layer_backward(&w.columns, delta, layer, grad_w0, bn_grads);
+        sparse_first_layer_backward(&w.columns, delta, (layer, kernel), grad_w0, bn_grads);
     }
 
     /// Reference path: gather the batch densely, BatchNorm forward into `acts[0]`.
@@ -503,9 +542,9 @@ impl CpuBackend {
             mean: &w.mean,
             inv_std: &w.inv_std,
             params: bn_params(p),
-            w: p.kernel(0),
         };
-        fold_batchnorm_into_dense(layer, p.bias(0), &mut w.coef, &mut w.row);
+        let dense = (p.kernel(0), p.bias(0));
+        fold_batchnorm_into_dense(layer, dense, &mut w.coef, &mut w.row);
         self.clock.mark(PHASE_FOLD);
         let layer = FoldedLayer {
             coef: &w.coef,

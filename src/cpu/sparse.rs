@@ -18,6 +18,7 @@
 //! mirror, stays the reference: tests check these functions and whole training steps
 //! against it.
 
+use crate::layers::adam::cpu::{adam_run, AdamStep};
 use crate::layers::batchnorm::cpu::{dense_backward_row, Affine};
 use multiversion::target::selected_target;
 use rayon::prelude::*;
@@ -305,7 +306,7 @@ pub fn batch_stats(columns: &ColumnBatch, batch: usize, mean: &mut [f32], var: &
         });
 }
 
-/// The first dense layer and the BatchNorm before it, as the sparse path reads them.
+/// The BatchNorm before the first dense layer, as the sparse path reads it for a batch.
 #[derive(Clone, Copy)]
 pub struct FirstLayer<'a> {
     /// The batch's per-feature mean and 1/sqrt(var + eps): `xhat = (x − mean)·inv_std`.
@@ -313,20 +314,18 @@ pub struct FirstLayer<'a> {
     pub inv_std: &'a [f32],
     /// BatchNorm's γ and β.
     pub params: Affine<&'a [f32]>,
-    /// The dense kernel, `[features, n]` (in the backward, a task's rows of it).
-    pub w: &'a [f32],
 }
 
-/// Folds BatchNorm into the dense layer of `layer` with bias `bias` (`[n]`): fills `coef`
-/// (`[features]`) and `row` (`[n]`) so that the layer's output is
-/// `row + Σ_j x_j·coef_j·W_j`.
+/// Folds `layer`'s BatchNorm into the dense layer of kernel `w` (`[features, n]`) and bias
+/// `bias` (`[n]`): fills `coef` (`[features]`) and `row` (`[n]`) so that the layer's
+/// output is `row + Σ_j x_j·coef_j·W_j`.
 pub fn fold_batchnorm_into_dense(
     layer: FirstLayer,
-    bias: &[f32],
+    (w, bias): (&[f32], &[f32]),
     coef: &mut [f32],
     row: &mut [f32],
 ) {
-    let (mean, inv_std, w) = (layer.mean, layer.inv_std, layer.w);
+    let (mean, inv_std) = (layer.mean, layer.inv_std);
     let (gamma, beta) = (layer.params.gamma, layer.params.beta);
     for j in 0..coef.len() {
         coef[j] = gamma[j] * inv_std[j];
@@ -464,22 +463,90 @@ fn forward_one((cols, vals): (&[u16], &[u8]), scale: f32, layer: &FoldedLayer, z
     }
 }
 
+/// The first dense layer's kernel as [`sparse_first_layer_backward`] gets it.
+pub enum Kernel<'a> {
+    /// Read only: the pass computes the gradients.
+    Read(&'a [f32]),
+    /// Also updated: each row by Adam as soon as its gradient is done, while it is in
+    /// cache, instead of in a sweep over every parameter after the backward pass (the
+    /// CPU trainer's `adam_in_backward` fusion).
+    Update(KernelAdam<'a>),
+}
+
+/// The kernel, its Adam moments (the same layout) and the step's constants.
+pub struct KernelAdam<'a> {
+    pub w: &'a mut [f32],
+    pub m: &'a mut [f32],
+    pub v: &'a mut [f32],
+    pub step: AdamStep,
+}
+
+impl<'a> Kernel<'a> {
+    fn len(&self) -> usize {
+        match self {
+            Kernel::Read(w) => w.len(),
+            Kernel::Update(adam) => adam.w.len(),
+        }
+    }
+
+    /// The kernel in parts of `len` values (the last may be shorter), in order.
+    fn into_parts(self, len: usize) -> Vec<Kernel<'a>> {
+        match self {
+            Kernel::Read(w) => w.chunks(len).map(Kernel::Read).collect(),
+            Kernel::Update(KernelAdam { w, m, v, step }) => w
+                .chunks_mut(len)
+                .zip(m.chunks_mut(len))
+                .zip(v.chunks_mut(len))
+                .map(|((w, m), v)| Kernel::Update(KernelAdam { w, m, v, step }))
+                .collect(),
+        }
+    }
+
+    /// Row `r` of `n` values.
+    #[inline(always)]
+    fn row(&self, r: usize, n: usize) -> &[f32] {
+        let w = match self {
+            Kernel::Read(w) => w,
+            Kernel::Update(adam) => &*adam.w,
+        };
+        &w[r * n..(r + 1) * n]
+    }
+
+    /// Adam's update of row `r` from its gradient `grad`, when the kernel is to be
+    /// updated.
+    #[inline(always)]
+    fn update_row(&mut self, r: usize, grad: &[f32]) {
+        if let Kernel::Update(KernelAdam { w, m, v, step }) = self {
+            let rows = r * grad.len()..(r + 1) * grad.len();
+            adam_run(
+                &mut w[rows.clone()],
+                grad,
+                &mut m[rows.clone()],
+                &mut v[rows],
+                *step,
+            );
+        }
+    }
+}
+
 /// The rest of the backward pass through layer 0 and BatchNorm, in one parallel pass over
-/// the rows of `w` (`[pixels, n]`). For each pixel j: `H_j = Σ_b x_bj·δ_b` over column j's
-/// entries in batch order, `G_j = inv_std_j·(H_j − mean_j·db)` (so `G = xhatᵀ·δ`), then
+/// the rows of `kernel` (`[pixels, n]`). For each pixel j: `H_j = Σ_b x_bj·δ_b` over
+/// column j's entries in batch order, `G_j = inv_std_j·(H_j − mean_j·db)` (so
+/// `G = xhatᵀ·δ`), then
 /// [`batchnorm_dense_backward`](crate::layers::batchnorm::cpu::batchnorm_dense_backward)'s row step:
-/// `dgamma_j`, `dbeta_j` and `dW_j = gamma_j·G_j + beta_j·db` into `grad_w`. Rows are
-/// independent, so each is computed the same whatever the split; fused, the 784×n arrays
-/// are swept once per step instead of four times.
+/// `dgamma_j`, `dbeta_j` and `dW_j = gamma_j·G_j + beta_j·db` into `grad_w`, and, for
+/// [`Kernel::Update`], Adam's update of `W_j`. Rows are independent, so each is computed
+/// the same whatever the split; fused, the 784×n arrays are swept once per step instead
+/// of four times.
 pub fn sparse_first_layer_backward(
     columns: &ColumnBatch,
     (delta, db): (&[f32], &[f32]),
-    layer: FirstLayer,
+    (layer, kernel): (FirstLayer, Kernel),
     grad_w: &mut [f32],
     grads: Affine<&mut [f32]>,
 ) {
     let (n, pixels) = (db.len(), columns.pixels());
-    assert!(grad_w.len() == pixels * n && layer.w.len() == grad_w.len());
+    assert!(grad_w.len() == pixels * n && kernel.len() == grad_w.len());
     assert!(grads.gamma.len() == pixels && grads.beta.len() == pixels);
     // Below about 16 samples' worth of entries the pass stays on one thread. (Before the
     // workers were kept awake between splits, the split cost more than it saved at
@@ -494,15 +561,18 @@ pub fn sparse_first_layer_backward(
         .par_chunks_mut(rows_per_task * n)
         .zip(grads.gamma.par_chunks_mut(rows_per_task))
         .zip(grads.beta.par_chunks_mut(rows_per_task))
+        .zip(kernel.into_parts(rows_per_task * n))
         .enumerate()
-        .for_each(|(t, ((grad_part, gamma), beta))| {
+        .for_each(|(t, (((grad_part, gamma), beta), kernel))| {
             let first = t * rows_per_task;
-            let rows = FirstLayer {
-                w: &layer.w[first * n..first * n + grad_part.len()],
-                ..layer
-            };
             let grads = Affine { gamma, beta };
-            first_layer_rows(columns, (delta, db), (first, &rows), grad_part, grads);
+            first_layer_rows(
+                columns,
+                (delta, db),
+                (first, &layer, kernel),
+                grad_part,
+                grads,
+            );
         });
 }
 
@@ -512,30 +582,28 @@ pub fn sparse_first_layer_backward(
     "x86_64+avx"
 ))]
 /// One task's share of [`sparse_first_layer_backward`]: the rows of `grad_w` and `grads`
-/// from feature `first`, with `rows.w` holding the same rows of the kernel.
+/// from feature `first`, with `kernel` holding the same rows of the kernel.
 fn first_layer_rows(
     columns: &ColumnBatch,
     (delta, db): (&[f32], &[f32]),
-    (first, rows): (usize, &FirstLayer),
+    (first, layer, mut kernel): (usize, &FirstLayer, Kernel),
     grad_w: &mut [f32],
     grads: Affine<&mut [f32]>,
 ) {
     let n = db.len();
-    let (mean, inv_std) = (rows.mean, rows.inv_std);
+    let (mean, inv_std) = (layer.mean, layer.inv_std);
     const WIDE: bool = has_avx512(selected_target!());
     column_sums(columns, delta, (n, WIDE), first, grad_w);
-    for (r, (g_row, w_row)) in grad_w
-        .chunks_exact_mut(n)
-        .zip(rows.w.chunks_exact(n))
-        .enumerate()
-    {
+    for (r, g_row) in grad_w.chunks_exact_mut(n).enumerate() {
         let j = first + r;
         let (m, s) = (mean[j], inv_std[j]);
         for (g, &d) in g_row.iter_mut().zip(db) {
             *g = s * (*g - m * d);
         }
-        let (gamma, beta) = (rows.params.gamma[j], rows.params.beta[j]);
-        (grads.gamma[r], grads.beta[r]) = dense_backward_row(g_row, w_row, gamma, beta, db);
+        let (gamma, beta) = (layer.params.gamma[j], layer.params.beta[j]);
+        (grads.gamma[r], grads.beta[r]) =
+            dense_backward_row(g_row, kernel.row(r, n), gamma, beta, db);
+        kernel.update_row(r, g_row);
     }
 }
 
@@ -885,9 +953,8 @@ mod tests {
             mean: &mean,
             inv_std: &inv_std,
             params: c.params(),
-            w: &c.w,
         };
-        fold_batchnorm_into_dense(first, &c.bias, &mut coef, &mut row);
+        fold_batchnorm_into_dense(first, (&c.w, &c.bias), &mut coef, &mut row);
         let layer = FoldedLayer {
             coef: &coef,
             w: &c.w,
@@ -897,7 +964,8 @@ mod tests {
         sparse_forward(&sparse, (c.indices, c.scale), layer, &mut out.z);
         let mut dw = std::mem::take(&mut out.dw);
         let delta = (&c.delta[..], &c.db[..]);
-        sparse_first_layer_backward(&columns, delta, first, &mut dw, out.bn_grads());
+        let kernel = (first, Kernel::Read(&c.w));
+        sparse_first_layer_backward(&columns, delta, kernel, &mut dw, out.bn_grads());
         out.dw = dw;
         out
     }

@@ -11,6 +11,7 @@
 //! | `relu_in_gemm` | Dense followed by ReLU | the ReLU in the GEMM's epilogue, its backward as the mask of the input-grad GEMM below it: two elementwise passes a hidden layer |
 //! | `batchnorm_dense_backward` | BatchNorm on the pixels, then Dense | BatchNorm's gradients and the dense kernel's from `xhatᵀ·δ` alone (`batchnorm::cpu::batchnorm_dense_backward`): no input-grad GEMM for the first dense layer |
 //! | `sparse_first_layer` (CPU) | BatchNorm on the pixels, then Dense, on data at most half nonzero | BatchNorm folded into the dense layer, its forward and backward over the nonzero pixels only (`cpu/sparse.rs`) |
+//! | `adam_in_backward` (CPU) | `sparse_first_layer` | Adam's update of the first dense kernel (97% of the MLP's parameters) row by row inside the sparse backward pass, as each row's gradient is done: the gradient is not read back from memory, and the update runs on every thread of the pass (`sparse::Kernel::Update`); the other parameters get the usual sweep |
 //! | `pool_into_first_conv` (CPU) | Conv2D on the pixels, then MaxPool2D | the convolution pooled where it is computed (`conv2d::cpu::conv2d_forward_pooled`) and its weight gradient straight from the pool's gradients (`conv2d_weight_grad_pooled`): the output and gradient between them (11 MB each a step for the convnet) are never written |
 
 use crate::layers::conv2d::ConvShape;
@@ -24,6 +25,7 @@ pub struct Fusions {
     pub batchnorm_dense_backward: bool,
     pub sparse_first_layer: bool,
     pub pool_into_first_conv: bool,
+    pub adam_in_backward: bool,
 }
 
 impl Fusions {
@@ -33,6 +35,7 @@ impl Fusions {
         batchnorm_dense_backward: true,
         sparse_first_layer: true,
         pool_into_first_conv: true,
+        adam_in_backward: true,
     };
 
     /// None: every layer on its own kernels, the reference the fusions are tested against.
@@ -41,6 +44,7 @@ impl Fusions {
         batchnorm_dense_backward: false,
         sparse_first_layer: false,
         pool_into_first_conv: false,
+        adam_in_backward: false,
     };
 
     /// The fusions of `allowed` whose rules match `config`'s layer list.
@@ -62,6 +66,9 @@ impl Fusions {
             relu_in_gemm: allowed.relu_in_gemm && dense_then_relu,
             batchnorm_dense_backward: allowed.batchnorm_dense_backward && pixels_then_dense,
             sparse_first_layer: allowed.sparse_first_layer && pixels_then_dense,
+            adam_in_backward: allowed.adam_in_backward
+                && allowed.sparse_first_layer
+                && pixels_then_dense,
         }
     }
 }
@@ -202,5 +209,12 @@ mod tests {
         };
         let planned = Fusions::plan(&no_bn, Fusions::ALL);
         assert!(!planned.batchnorm_dense_backward && !planned.sparse_first_layer);
+        assert!(!planned.adam_in_backward);
+        // Adam inside the backward pass needs the sparse first layer.
+        let no_sparse = Fusions {
+            sparse_first_layer: false,
+            ..Fusions::ALL
+        };
+        assert!(!Fusions::plan(&mlp, no_sparse).adam_in_backward);
     }
 }

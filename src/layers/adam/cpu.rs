@@ -28,10 +28,53 @@ pub fn adam_update(
             m,
             v,
         },
-        alpha,
-        hyper,
+        AdamStep::new(alpha, hyper),
         chunk,
     );
+}
+
+/// One step's constants of [`adam_update`]: the step size and the moments' rates.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep {
+    alpha: f32,
+    one_minus_b1: f32,
+    one_minus_b2: f32,
+    eps: f32,
+}
+
+impl AdamStep {
+    /// The update with step size `alpha` (from [`Hyper::adam_alpha`]) and `hyper`'s rates.
+    pub fn new(alpha: f32, hyper: &Hyper) -> Self {
+        AdamStep {
+            alpha,
+            one_minus_b1: 1.0 - hyper.beta1,
+            one_minus_b2: 1.0 - hyper.beta2,
+            eps: hyper.adam_eps,
+        }
+    }
+}
+
+/// [`adam_update`] of one run of parameters on the calling thread, inlined into its
+/// callers (each compiled for its own SIMD width; the same bits on every target). A
+/// fused caller updates rows as it finishes their gradients, while they are in cache.
+#[inline(always)]
+pub fn adam_run(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], step: AdamStep) {
+    let AdamStep {
+        alpha,
+        one_minus_b1,
+        one_minus_b2,
+        eps,
+    } = step;
+    for (((p, &g), m), v) in params
+        .iter_mut()
+        .zip(grads)
+        .zip(m.iter_mut())
+        .zip(v.iter_mut())
+    {
+        *m += (g - *m) * one_minus_b1;
+        *v += (g * g - *v) * one_minus_b2;
+        *p -= alpha * *m / (v.sqrt() + eps);
+    }
 }
 
 /// What one update runs over: the parameters, their gradients and Adam's two moments, of
@@ -69,17 +112,17 @@ impl<'a> Slices<'a> {
 }
 
 /// [`adam_update`] split in halves over the rayon pool down to `chunk` parameters.
-fn update(slices: Slices, alpha: f32, hyper: &Hyper, chunk: usize) {
+fn update(slices: Slices, step: AdamStep, chunk: usize) {
     let len = slices.params.len();
     if len > chunk {
         let (first, second) = slices.split(len / 2);
         rayon::join(
-            || update(first, alpha, hyper, chunk),
-            || update(second, alpha, hyper, chunk),
+            || update(first, step, chunk),
+            || update(second, step, chunk),
         );
         return;
     }
-    update_serial(slices, alpha, hyper);
+    update_serial(slices, step);
 }
 
 /// The single-threaded body of [`adam_update`], also compiled for AVX2 and AVX and picked
@@ -89,24 +132,14 @@ fn update(slices: Slices, alpha: f32, hyper: &Hyper, chunk: usize) {
     "x86_64+avx2+fma",
     "x86_64+avx"
 ))]
-fn update_serial(slices: Slices, alpha: f32, hyper: &Hyper) {
-    let (one_minus_b1, one_minus_b2, eps) = (1.0 - hyper.beta1, 1.0 - hyper.beta2, hyper.adam_eps);
+fn update_serial(slices: Slices, step: AdamStep) {
     let Slices {
         params,
         grads,
         m,
         v,
     } = slices;
-    for (((p, &g), m), v) in params
-        .iter_mut()
-        .zip(grads)
-        .zip(m.iter_mut())
-        .zip(v.iter_mut())
-    {
-        *m += (g - *m) * one_minus_b1;
-        *v += (g * g - *v) * one_minus_b2;
-        *p -= alpha * *m / (v.sqrt() + eps);
-    }
+    adam_run(params, grads, m, v, step);
 }
 
 #[cfg(test)]
