@@ -181,22 +181,49 @@ fn sparse_and_dense_paths_agree(augment: bool) {
     assert!(a > floor, "accuracy {a} (augment: {augment})");
 }
 
-/// MNIST is sparse enough for the sparse path to be chosen; a data set of dense images
-/// falls back to the dense path.
+/// Evaluation's sparse first layer (BatchNorm's moving statistics folded into the dense
+/// layer, the nonzero pixels only) and the dense reference give a trained model the same
+/// predictions and the same loss to rounding.
+#[test]
+fn sparse_and_dense_evaluation_agree() {
+    let (params, _) = train_small(4, 50);
+    let data = subset(100, 3000);
+    let evaluate = |sparse: bool| {
+        let mut backend = CpuBackend::new(params.clone(), Hyper::default(), data.clone());
+        backend.set_sparse_input(sparse);
+        assert_eq!(backend.sparse_evaluation(), sparse);
+        block_on(backend.evaluate()).unwrap()
+    };
+    let (sparse, dense) = (evaluate(true), evaluate(false));
+    assert!(dense.accuracy > 0.6, "accuracy {}", dense.accuracy);
+    let differ = (sparse.predictions.iter())
+        .zip(&dense.predictions)
+        .filter(|(a, b)| a != b)
+        .count();
+    // A near tie between two classes may fall either way; no more than one in 1000.
+    assert!(differ <= 3, "{differ} of 3000 predictions differ");
+    let error = (sparse.loss - dense.loss).abs() / dense.loss;
+    assert!(error < 1e-5, "loss {} vs {}", sparse.loss, dense.loss);
+}
+
+/// MNIST is sparse enough for the sparse path to be chosen, in training and in
+/// evaluation; a data set of dense images falls back to the dense path, each set by its
+/// own density.
 #[test]
 fn sparse_path_is_chosen_by_density() {
     let data = subset(100, 10);
     let config = ModelConfig::default();
     let backend = CpuBackend::new(Params::init(&config, 1), Hyper::default(), data.clone());
-    assert!(backend.sparse_input());
-    let mut dense = data;
-    dense
-        .train
-        .images
-        .iter_mut()
-        .for_each(|p| *p = p.saturating_add(1));
+    assert!(backend.sparse_input() && backend.sparse_evaluation());
+    let denser = |images: &mut Vec<u8>| images.iter_mut().for_each(|p| *p = p.saturating_add(1));
+    let mut dense = data.clone();
+    denser(&mut dense.train.images);
     let backend = CpuBackend::new(Params::init(&config, 1), Hyper::default(), dense);
-    assert!(!backend.sparse_input());
+    assert!(!backend.sparse_input() && backend.sparse_evaluation());
+    let mut dense = data;
+    denser(&mut dense.test.images);
+    let backend = CpuBackend::new(Params::init(&config, 1), Hyper::default(), dense);
+    assert!(backend.sparse_input() && !backend.sparse_evaluation());
 }
 
 fn train_small(seed: u64, batch: usize) -> (Params, EvalStats) {

@@ -4,7 +4,7 @@
 //! which computes the same step from the nonzero pixels only.
 
 use super::aligned::{Aligned, Rows};
-use super::forward::{dense_forward, forward_eval};
+use super::forward::{dense_forward, forward_eval, EvalImages};
 use super::profile::PhaseClock;
 #[cfg(not(target_arch = "wasm32"))]
 use super::profile::PhaseTime;
@@ -52,6 +52,8 @@ pub struct CpuBackend {
     fusions: Fusions,
     /// The training images in sparse rows, when the sparse first-layer path is on.
     sparse_train: Option<SparseImages>,
+    /// The test images in sparse rows, when evaluation's first layer runs sparse.
+    sparse_test: Option<SparseImages>,
     /// The general path, layer by layer ([`super::stack`]): every model but the MLP,
     /// whose fused path is below (and the MLP too, when a test asks).
     stack: Option<LayerStack>,
@@ -77,10 +79,6 @@ const AUGMENT_PART: usize = 2048;
 /// epoch (one thread, as before) to 0.18 s, batch 16 from 0.40 to 0.37 s. Results are
 /// the same bits either way.
 const PARALLEL_MIN_BATCH: usize = 16;
-
-/// Largest fraction of nonzero training pixels for which the sparse first-layer path is
-/// used (MNIST: 0.19). Above about a half it saves nothing over the dense GEMMs.
-pub const SPARSE_MAX_DENSITY: f64 = 0.5;
 
 /// Activations and gradients of one batch, reused across steps.
 #[derive(Default)]
@@ -162,22 +160,27 @@ fn resize_all(arrays: &mut Vec<Rows>, widths: &[usize], rows: usize) {
 
 impl CpuBackend {
     /// A trainer on `data`; the first layer runs on sparse input (see [`super::sparse`])
-    /// when at most [`SPARSE_MAX_DENSITY`] of the training pixels are nonzero (and the
-    /// set has fewer than 2²⁴ images), else on the dense reference path.
+    /// when at most [`SPARSE_MAX_DENSITY`](super::sparse::SPARSE_MAX_DENSITY) of the training pixels are nonzero (and the
+    /// set has fewer than 2²⁴ images), else on the dense reference path. Evaluation's
+    /// first layer runs sparse on the same terms, by the test set's own density.
     pub fn new(params: Params, hyper: Hyper, data: Mnist) -> Self {
         let len = params.trainable.len();
         let fusions = Fusions::plan(&params.config, Fusions::ALL);
-        // The sparse path addresses pixels with u32 offsets and batch rows with 24 bits.
-        let fits = data.train.images.len() <= u32::MAX as usize && data.train.len() < 1 << 24;
         let stack = (!params.config.is_mlp()).then(|| LayerStack::new(&params.config));
-        let sparse_train = (fusions.sparse_first_layer && fits && stack.is_none())
-            .then(|| SparseImages::from_dense(&data.train.images, INPUT))
-            .filter(|sparse| sparse.density() <= SPARSE_MAX_DENSITY);
+        let sparse = fusions.sparse_first_layer && stack.is_none();
+        // Training's transposed batches address their rows with 24 bits.
+        let sparse_train = (sparse && data.train.len() < 1 << 24)
+            .then(|| SparseImages::if_sparse(&data.train.images, INPUT))
+            .flatten();
+        let sparse_test = sparse
+            .then(|| SparseImages::if_sparse(&data.test.images, INPUT))
+            .flatten();
         CpuBackend {
             optim: OptimState::new(len),
             grads: Aligned::zeros(len),
             fusions,
             sparse_train,
+            sparse_test,
             stack,
             params,
             hyper,
@@ -216,13 +219,15 @@ impl CpuBackend {
         Ok(phases)
     }
 
-    /// Chooses the first layer's path: sparse (folded BatchNorm, nonzero pixels only) or
+    /// Chooses the first layer's path, in training and evaluation: sparse (folded BatchNorm, nonzero pixels only) or
     /// dense (the reference kernels, as the GPU runs them). Both train the same model.
     pub fn set_sparse_input(&mut self, sparse: bool) {
         // The layer stack (every model but the MLP) has no sparse first layer.
         let planned = self.fusions.sparse_first_layer && self.stack.is_none();
-        self.sparse_train =
-            (sparse && planned).then(|| SparseImages::from_dense(&self.data.train.images, INPUT));
+        let on =
+            |images: &[u8]| (sparse && planned).then(|| SparseImages::from_dense(images, INPUT));
+        self.sparse_train = on(&self.data.train.images);
+        self.sparse_test = on(&self.data.test.images);
     }
 
     /// Train with only the fusions of `allowed` (all by default), for the tests that
@@ -234,14 +239,14 @@ impl CpuBackend {
             stack.set_fusions(self.fusions);
         }
         if !self.fusions.sparse_first_layer {
-            self.sparse_train = None;
+            (self.sparse_train, self.sparse_test) = (None, None);
         }
     }
 
     /// Trains and evaluates the MLP layer by layer too ([`super::stack`]), the reference
     /// its fused path is tested against. (Every other model always does.)
     pub fn use_layer_stack(&mut self) {
-        self.sparse_train = None;
+        (self.sparse_train, self.sparse_test) = (None, None);
         let mut stack = LayerStack::new(&self.params.config);
         stack.set_fusions(self.fusions);
         self.stack = Some(stack);
@@ -250,6 +255,11 @@ impl CpuBackend {
     /// Whether training uses the sparse first-layer path.
     pub fn sparse_input(&self) -> bool {
         self.sparse_train.is_some()
+    }
+
+    /// Whether evaluation's first layer runs on the sparse test images.
+    pub fn sparse_evaluation(&self) -> bool {
+        self.sparse_test.is_some()
     }
 
     /// Dense forward from `acts[first]` to the logits in `acts[last]`.
@@ -632,7 +642,11 @@ impl CpuBackend {
             self.eval_work.resize(batch, &widths);
             let indices: Vec<u32> = (start as u32..(start + batch) as u32).collect();
             let w = &mut self.eval_work;
-            let (images, eps) = (&self.data.test.images, self.hyper.bn_eps);
+            let images = EvalImages {
+                pixels: &self.data.test.images,
+                sparse: self.sparse_test.as_ref(),
+            };
+            let eps = self.hyper.bn_eps;
             forward_eval(&self.params, eps, images, &indices, &mut w.x, &mut w.acts);
             let labels = &self.data.test.labels[start..start + batch];
             let (loss, ok) = softmax_xent(
@@ -733,7 +747,11 @@ impl CpuBackend {
         let mut sums = EvalSums::new(count);
         for start in (0..count).step_by(part) {
             let end = (start + part).min(count);
-            self.evaluate_part(start..end, &mut sums);
+            // On a worker of the pool, with the others awake: each batch forks and joins
+            // a few times, and from outside the pool each fork would wait for a sleeping
+            // worker to wake.
+            let sums = &mut sums;
+            super::awake::with_workers_awake(|| self.evaluate_part(start..end, sums));
             crate::host::yield_if_due().await;
         }
         Ok(sums.finish())

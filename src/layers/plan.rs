@@ -10,7 +10,7 @@
 //! | --- | --- | --- |
 //! | `relu_in_gemm` | Dense followed by ReLU | the ReLU in the GEMM's epilogue, its backward as the mask of the input-grad GEMM below it: two elementwise passes a hidden layer |
 //! | `batchnorm_dense_backward` | BatchNorm on the pixels, then Dense | BatchNorm's gradients and the dense kernel's from `xhatᵀ·δ` alone (`batchnorm::cpu::batchnorm_dense_backward`): no input-grad GEMM for the first dense layer |
-//! | `sparse_first_layer` (CPU) | BatchNorm on the pixels, then Dense, on data at most half nonzero | BatchNorm folded into the dense layer, its forward and backward over the nonzero pixels only (`cpu/sparse.rs`) |
+//! | `sparse_first_layer` (CPU) | BatchNorm on the pixels, then Dense, on data at most half nonzero | BatchNorm folded into the dense layer, its forward and backward over the nonzero pixels only (`cpu/sparse.rs`); evaluation's forward too, with the moving statistics (on test sets as sparse) |
 //! | `adam_in_backward` (CPU) | `sparse_first_layer` | Adam's update of the first dense kernel (97% of the MLP's parameters) row by row inside the sparse backward pass, as each row's gradient is done: the gradient is not read back from memory, and the update runs on every thread of the pass (`sparse::Kernel::Update`); the other parameters get the usual sweep |
 //! | `pool_into_first_conv` (CPU) | Conv2D on the pixels, then MaxPool2D | the convolution pooled where it is computed (`conv2d::cpu::conv2d_forward_pooled`) and its weight gradient straight from the pool's gradients (`conv2d_weight_grad_pooled`): the output and gradient between them (11 MB each a step for the convnet) are never written |
 
