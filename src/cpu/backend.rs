@@ -530,11 +530,6 @@ impl CpuBackend {
         let w = &mut self.work;
         let p = &mut self.params;
         let scale = p.config.pixel_scale();
-        // The rows were asked for a step ahead (`run_steps`), but the step's own arrays
-        // push many of them out of the level-2 cache again; asking for the whole batch
-        // once more just before the transpose overlaps the misses that remain. Batch 512,
-        // one thread: this phase went from 0.25 to 0.11 ms (two threads: 0.12 to 0.07).
-        sparse.prefetch(indices);
         w.columns.fill(sparse, indices, scale);
         self.clock.mark(PHASE_GATHER);
         batch_stats(&w.columns, indices.len(), &mut w.mean, &mut w.var);

@@ -267,6 +267,17 @@ fn transpose_group(
     starts: &mut [u32],
     out: &mut [u32],
 ) {
+    // The rows were asked for a step ahead (`SparseImages::prefetch`), but the step's
+    // own arrays push many of them out of the level-2 cache again; asking for the
+    // group's rows once more just before reading them overlaps the misses that remain.
+    // (Batch 512, one thread: the transpose went from 0.25 to 0.11 ms when the whole
+    // batch was asked for first. Asked for here instead, by the core that reads them,
+    // in the same task, the step took 9–11% less on two threads, the same on one.)
+    for &i in indices {
+        let (cols, vals) = images.row(i);
+        prefetch_lines(cols);
+        prefetch_lines(vals);
+    }
     starts.fill(0);
     for &i in indices {
         for &col in images.row(i).0 {
