@@ -116,8 +116,9 @@ fn the_pooled_first_convolution_is_the_two_layers_bit_for_bit() {
     same_bits("pool_into_first_conv", params, (pooled, Fusions::NONE));
 }
 
-/// Adam's update of the first kernel inside the sparse backward pass (`adam_in_backward`)
-/// trains the same model as Adam's sweep after the pass, bit for bit.
+/// Adam's update of the first kernel inside the sparse backward pass (`adam_in_backward`,
+/// which the trainer runs on more than one thread) trains the same model as Adam's sweep
+/// after the pass, bit for bit, on two threads and on three.
 #[test]
 fn adam_in_the_backward_pass_is_the_sweep_bit_for_bit() {
     let (params, _) = start();
@@ -129,7 +130,11 @@ fn adam_in_the_backward_pass_is_the_sweep_bit_for_bit() {
         adam_in_backward: true,
         ..sparse
     };
-    same_bits("adam_in_backward", params, (fused, sparse));
+    for threads in [2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
+        let run = || same_bits("adam_in_backward", params.clone(), (fused, sparse));
+        pool.expect("a thread pool").install(run);
+    }
 }
 
 /// Trains `params` with each of `fusions`: the parameters and Adam's moments end the

@@ -351,9 +351,14 @@ impl CpuBackend {
     }
 
     /// Whether the backward pass updates layer 0's kernel (the `adam_in_backward` fusion,
-    /// on the sparse path).
+    /// on the sparse path), which it does on more than one thread only. Measured (whole
+    /// epochs, `cargo bench --bench epoch`, ten rounds alternating): on two threads the
+    /// fused step was 1% faster at batch 32, 5% at 128 and 1% slower at 512, since
+    /// Adam's square roots and divisions then run on both threads as a matter of course;
+    /// on one it was 4–7% slower than the one sweep over all the parameters.
     fn adam_in_backward(&self) -> bool {
-        self.fusions.adam_in_backward && self.sparse_train.is_some() && self.stack.is_none()
+        let planned = self.fusions.adam_in_backward && self.stack.is_none();
+        planned && self.sparse_train.is_some() && rayon::current_num_threads() > 1
     }
 
     /// The mean training-mode loss on `indices` and its gradient with respect to every
