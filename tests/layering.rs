@@ -78,7 +78,7 @@ fn layers_table() -> &'static [&'static str] {
 
 /// Submodules of `cpu/`, lowest first.
 const CPU: &[&str] = &[
-    "aligned", "awake", "profile", "stack", "forward", "sparse", "backend",
+    "aligned", "awake", "profile", "sparse", "stack", "forward", "backend",
 ];
 
 /// Submodules of `gpu/`, lowest first.
