@@ -9,8 +9,8 @@ use super::profile::PhaseClock;
 #[cfg(not(target_arch = "wasm32"))]
 use super::profile::PhaseTime;
 use super::sparse::{
-    batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward, sparse_forward,
-    ColumnBatch, FirstLayer, FoldedLayer, Kernel, KernelAdam, SparseImages,
+    backward_tasks, batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward,
+    sparse_forward, ColumnBatch, FirstLayer, FoldedLayer, Kernel, KernelAdam, SparseImages,
 };
 use super::stack::{batchnorm_state, bn_params, LayerStack, Pass};
 use crate::backend::{Backend, Diverged, EpochEnd, EvalStats, Steps};
@@ -160,9 +160,10 @@ fn resize_all(arrays: &mut Vec<Rows>, widths: &[usize], rows: usize) {
 
 impl CpuBackend {
     /// A trainer on `data`; the first layer runs on sparse input (see [`super::sparse`])
-    /// when at most [`SPARSE_MAX_DENSITY`](super::sparse::SPARSE_MAX_DENSITY) of the training pixels are nonzero (and the
-    /// set has fewer than 2²⁴ images), else on the dense reference path. Evaluation's
-    /// first layer runs sparse on the same terms, by the test set's own density.
+    /// when at most [`SPARSE_MAX_DENSITY`](super::sparse::SPARSE_MAX_DENSITY) of the
+    /// training pixels are nonzero (and the set has fewer than 2²⁴ images), else on the
+    /// dense reference path. Evaluation's first layer runs sparse on the same terms, by
+    /// the test set's own density.
     pub fn new(params: Params, hyper: Hyper, data: Mnist) -> Self {
         let len = params.trainable.len();
         let fusions = Fusions::plan(&params.config, Fusions::ALL);
@@ -219,15 +220,16 @@ impl CpuBackend {
         Ok(phases)
     }
 
-    /// Chooses the first layer's path, in training and evaluation: sparse (folded BatchNorm, nonzero pixels only) or
-    /// dense (the reference kernels, as the GPU runs them). Both train the same model.
+    /// Chooses the first layer's path, in training and evaluation: sparse (folded
+    /// BatchNorm, nonzero pixels only) or dense (the reference kernels, as the GPU runs
+    /// them). Both train the same model.
     pub fn set_sparse_input(&mut self, sparse: bool) {
         // The layer stack (every model but the MLP) has no sparse first layer.
         let planned = self.fusions.sparse_first_layer && self.stack.is_none();
-        let on =
+        let sparse_rows =
             |images: &[u8]| (sparse && planned).then(|| SparseImages::from_dense(images, INPUT));
-        self.sparse_train = on(&self.data.train.images);
-        self.sparse_test = on(&self.data.test.images);
+        self.sparse_train = sparse_rows(&self.data.train.images);
+        self.sparse_test = sparse_rows(&self.data.test.images);
     }
 
     /// Train with only the fusions of `allowed` (all by default), for the tests that
@@ -324,39 +326,48 @@ impl CpuBackend {
         let alpha = self.hyper.adam_alpha(step);
         // Fused, the backward pass updates layer 0's kernel (all but 3% of the MLP's
         // parameters) as it goes; Adam's sweep below then skips it.
-        let fused = self.adam_in_backward();
+        let fused = self.adam_in_backward(indices);
         let update = fused.then(|| AdamStep::new(alpha, &self.hyper));
         let (loss_sum, correct) = self.forward_backward(indices, update);
         self.optim.step = step;
-        let skip = if fused {
-            self.params.layout.kernels[0].clone()
-        } else {
-            0..0
-        };
+        let kernel0 = self.params.layout.kernels[0].clone();
+        self.adam_sweep(if fused { kernel0 } else { 0..0 }, alpha);
+        self.clock.mark(PHASE_ADAM);
+        (loss_sum, correct)
+    }
+
+    /// Adam's update of every parameter but those in `skip`, from `self.grads`.
+    fn adam_sweep(&mut self, skip: std::ops::Range<usize>, alpha: f32) {
         let (params, m, v) = (
             &mut self.params.trainable,
             &mut self.optim.m,
             &mut self.optim.v,
         );
         for part in [0..skip.start, skip.end..params.len()] {
-            let (grads, m, v) = (
-                &self.grads[part.clone()],
-                &mut m[part.clone()],
-                &mut v[part.clone()],
-            );
+            let grads = &self.grads[part.clone()];
+            let (m, v) = (&mut m[part.clone()], &mut v[part.clone()]);
             adam_update(&mut params[part], grads, m, v, alpha, &self.hyper);
         }
-        self.clock.mark(PHASE_ADAM);
-        (loss_sum, correct)
     }
 
-    /// Whether the backward pass updates layer 0's kernel (the `adam_in_backward` fusion,
-    /// on the sparse path), which it does on more than one thread only. Measured (whole
-    /// epochs, `cargo bench --bench epoch`, ten rounds alternating): on two threads the
-    /// fused step was 1% faster at batch 32, 5% at 128 and 1% slower at 512, since
-    /// Adam's square roots and divisions then run on both threads as a matter of course;
-    /// on one it was 4–7% slower than the one sweep over all the parameters.
-    fn adam_in_backward(&self) -> bool {
+    /// Whether this step's backward pass (on the samples `indices`) updates layer 0's
+    /// kernel: the `adam_in_backward` fusion, on the sparse path, when the pass splits
+    /// over more than one thread. Row by row, each row and its gradient are still in
+    /// cache, on the thread that computed them, and the step has one fork and join fewer.
+    /// Measured (whole epochs, `cargo bench --bench epoch`, ten rounds alternating): on
+    /// two threads the fused step was 1% faster at batch 32, 5% at 128 and 1% slower at
+    /// 512; on one the single sweep after the pass was 4–6% faster, so there it stays.
+    fn adam_in_backward(&self, indices: &[u32]) -> bool {
+        let Some(sparse) = self.sparse_train.as_ref().filter(|_| self.fuses_adam()) else {
+            return false;
+        };
+        backward_tasks(sparse.nonzeros(indices)) > 1
+    }
+
+    /// Whether training steps on this pool update layer 0's kernel inside the backward
+    /// pass (see [`Self::adam_in_backward`]; a step of fewer than about 16 images still
+    /// sweeps).
+    pub fn fuses_adam(&self) -> bool {
         let planned = self.fusions.adam_in_backward && self.stack.is_none();
         planned && self.sparse_train.is_some() && rayon::current_num_threads() > 1
     }
@@ -372,7 +383,7 @@ impl CpuBackend {
     /// Replaces G = xhatᵀ·δ1 in layer 0's kernel gradient by dW0 and fills dgamma/dbeta
     /// (see [`batchnorm_dense_backward`]).
     fn first_layer_backward_dense(&mut self) {
-        let (bn_grads, grad_w0, dbias0) = first_layer_grads(&mut self.grads, &self.params.layout);
+        let (bn_grads, grad_w0, dbias0) = first_layer_slices(&mut self.grads, &self.params.layout);
         let p = &self.params;
         batchnorm_dense_backward(grad_w0, p.kernel(0), bn_params(p), dbias0, bn_grads);
     }
@@ -450,6 +461,8 @@ impl CpuBackend {
             n,
             &mut self.grads[layout.biases[0].clone()],
         );
+        // Only the sparse pass applies `update`; elsewhere the kernel would miss its step.
+        debug_assert!(update.is_none() || self.sparse_train.is_some());
         if self.sparse_train.is_some() {
             self.first_layer_backward_sparse(update);
         } else if fusions.batchnorm_dense_backward {
@@ -470,7 +483,7 @@ impl CpuBackend {
         let (k, n) = (INPUT, self.params.config.widths()[1]);
         let w = &mut self.work;
         let p = &self.params;
-        let (bn_grads, grad_w0, _) = first_layer_grads(&mut self.grads, &p.layout);
+        let (bn_grads, grad_w0, _) = first_layer_slices(&mut self.grads, &p.layout);
         gemm_weight_grad(&w.acts[0], &w.deltas[1], batch, k, n, grad_w0);
         let (lower, upper) = w.deltas.split_at_mut(1);
         gemm_input_grad(&upper[0], p.kernel(0), batch, k, n, None, &mut lower[0]);
@@ -483,15 +496,15 @@ impl CpuBackend {
     /// parameters are then left to the caller).
     fn first_layer_backward_sparse(&mut self, update: Option<AdamStep>) {
         let layout = &self.params.layout;
-        let (bn_grads, grad_w0, db0) = first_layer_grads(&mut self.grads, layout);
-        let (bn_params, w0, _) = first_layer_grads(&mut self.params.trainable, layout);
+        let (bn_grads, grad_w0, db0) = first_layer_slices(&mut self.grads, layout);
+        let (gamma_beta, w0, _) = first_layer_slices(&mut self.params.trainable, layout);
         let w = &self.work;
         let layer = FirstLayer {
             mean: &w.mean,
             inv_std: &w.inv_std,
             params: Affine {
-                gamma: &*bn_params.gamma,
-                beta: &*bn_params.beta,
+                gamma: &*gamma_beta.gamma,
+                beta: &*gamma_beta.beta,
             },
         };
         let kernel = match update {
@@ -577,14 +590,15 @@ const PHASE_SPARSE_FORWARD: &str = "sparse_forward 784→128";
 const PHASE_DENSE_FORWARD: &str = "gemm_forward (dense layers)";
 const PHASE_SOFTMAX: &str = "softmax_xent";
 const PHASE_DENSE_BACKWARD: &str = "backward of layers ≥ 1";
-const PHASE_FIRST_BACKWARD: &str = "first-layer backward (xᵀ·δ, dW0, dγ, dβ)";
+const PHASE_FIRST_BACKWARD: &str = "first-layer backward (xᵀ·δ, dW0, dγ, dβ; fused Adam)";
 const PHASE_ADAM: &str = "adam_update";
 #[cfg(not(target_arch = "wasm32"))]
 const PHASE_BETWEEN: &str = "between steps (pool hand-off, loop)";
 
-/// The gradient slices BatchNorm + the first dense layer write: (dgamma and dbeta, dW0),
-/// and db0 to read.
-fn first_layer_grads<'g>(
+/// The slices of a flat per-parameter array (the gradients, or the parameters) that hold
+/// BatchNorm's and the first dense layer's: (gamma and beta, the kernel) to write, and the
+/// bias to read.
+fn first_layer_slices<'g>(
     grads: &'g mut [f32],
     layout: &ParamLayout,
 ) -> (Affine<&'g mut [f32]>, &'g mut [f32], &'g [f32]) {

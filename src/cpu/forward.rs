@@ -123,29 +123,14 @@ fn sparse_first_layer_eval(
 }
 
 /// Class probabilities (softmax) for each image in `images` (`count × 784` u8 pixels),
-/// in inference mode.
+/// in inference mode. The first layer runs sparse when the whole call's images are
+/// sparse enough (as evaluation decides by the test set's density), so the last bits of
+/// an image's probabilities may depend on the other images it is given with.
 pub fn infer(params: &Params, bn_eps: f32, images: &[u8]) -> Vec<[f32; CLASSES]> {
     let count = images.len() / INPUT;
     let indices: Vec<u32> = (0..count as u32).collect();
     let logits = if params.config.is_mlp() {
-        let mut x = Rows::zeros(count * INPUT);
-        let mut acts: Vec<Rows> = params
-            .config
-            .widths()
-            .iter()
-            .map(|w| Rows::zeros(count * w))
-            .collect();
-        // The sparse rows, as training and evaluation use them (see `CpuBackend::new`).
-        let sparse = Fusions::plan(&params.config, Fusions::ALL)
-            .sparse_first_layer
-            .then(|| SparseImages::if_sparse(images, INPUT))
-            .flatten();
-        let images = EvalImages {
-            pixels: images,
-            sparse: sparse.as_ref(),
-        };
-        forward_eval(params, bn_eps, images, &indices, &mut x, &mut acts);
-        acts.pop().expect("at least one layer").to_vec()
+        super::awake::with_workers_awake(|| infer_mlp(params, bn_eps, images, &indices))
     } else {
         infer_layered(params, bn_eps, images, &indices)
     };
@@ -157,6 +142,27 @@ pub fn infer(params: &Params, bn_eps: f32, images: &[u8]) -> Vec<[f32; CLASSES]>
             std::array::from_fn(|i| (logits[i] - max).exp() / sum)
         })
         .collect()
+}
+
+/// The MLP's logits of the images `indices` ([`forward_eval`] on them all at once).
+fn infer_mlp(params: &Params, bn_eps: f32, images: &[u8], indices: &[u32]) -> Vec<f32> {
+    // The sparse rows, as training and evaluation use them (see `CpuBackend::new`).
+    let sparse = Fusions::plan(&params.config, Fusions::ALL)
+        .sparse_first_layer
+        .then(|| SparseImages::if_sparse(images, INPUT))
+        .flatten();
+    // The sparse path reads neither the gathered pixels nor BatchNorm's output.
+    let rows = |width: usize| Rows::zeros(indices.len() * width);
+    let dense_input = if sparse.is_some() { 0 } else { INPUT };
+    let mut x = rows(dense_input);
+    let mut acts: Vec<Rows> = params.config.widths().iter().map(|&w| rows(w)).collect();
+    acts[0] = rows(dense_input);
+    let images = EvalImages {
+        pixels: images,
+        sparse: sparse.as_ref(),
+    };
+    forward_eval(params, bn_eps, images, indices, &mut x, &mut acts);
+    acts.pop().expect("at least one layer").to_vec()
 }
 
 /// The logits of the images `indices` through the layer stack, in inference mode, in

@@ -92,6 +92,12 @@ impl SparseImages {
         sparse
     }
 
+    /// Nonzero pixels in the images `indices`.
+    pub fn nonzeros(&self, indices: &[u32]) -> usize {
+        let len = |&i: &u32| (self.starts[i as usize + 1] - self.starts[i as usize]) as usize;
+        indices.iter().map(len).sum()
+    }
+
     /// Fraction of pixels that are nonzero.
     pub fn density(&self) -> f64 {
         let total = (self.starts.len() - 1) * self.pixels;
@@ -329,10 +335,12 @@ pub fn batch_stats(columns: &ColumnBatch, batch: usize, mean: &mut [f32], var: &
         });
 }
 
-/// The BatchNorm before the first dense layer, as the sparse path reads it for a batch.
+/// The BatchNorm before the first dense layer, as the sparse path reads it for a batch
+/// (in training) or for inference.
 #[derive(Clone, Copy)]
 pub struct FirstLayer<'a> {
-    /// The batch's per-feature mean and 1/sqrt(var + eps): `xhat = (x − mean)·inv_std`.
+    /// The per-feature mean and 1/sqrt(var + eps), `xhat = (x − mean)·inv_std`: the
+    /// batch's in training, the moving statistics' for inference.
     pub mean: &'a [f32],
     pub inv_std: &'a [f32],
     /// BatchNorm's γ and β.
@@ -390,6 +398,18 @@ fn rows_per_task(rows: usize) -> usize {
 /// Nonzero pixels in a batch below which [`sparse_first_layer_backward`] stays on one
 /// thread (MNIST: about 150 per image, so about 16 images).
 const PARALLEL_MIN_ENTRIES: usize = 16 * 150;
+
+/// Tasks [`sparse_first_layer_backward`] splits into for a batch of `nonzeros` nonzero
+/// pixels on the current pool. Below about 16 samples' worth of entries the pass stays
+/// on one thread. (Before the workers were kept awake between splits, the split cost
+/// more than it saved at batch 32: 0.071 against 0.058 ms per step.)
+pub fn backward_tasks(nonzeros: usize) -> usize {
+    if nonzeros >= PARALLEL_MIN_ENTRIES {
+        rayon::current_num_threads()
+    } else {
+        1
+    }
+}
 
 /// The first dense layer with BatchNorm folded in ([`fold_batchnorm_into_dense`]): the
 /// per-pixel coefficients `coef`, the kernel `w` (`[pixels, n]`), the folded bias `row`
@@ -490,9 +510,10 @@ fn forward_one((cols, vals): (&[u16], &[u8]), scale: f32, layer: &FoldedLayer, z
 pub enum Kernel<'a> {
     /// Read only: the pass computes the gradients.
     Read(&'a [f32]),
-    /// Also updated: each row by Adam as soon as its gradient is done, while it is in
-    /// cache, instead of in a sweep over every parameter after the backward pass (the
-    /// CPU trainer's `adam_in_backward` fusion).
+    /// Also updated: each row by Adam as soon as its gradient is done, while the row and
+    /// its gradient are in cache and on the thread that computed it, instead of in a
+    /// sweep over every parameter after the pass (the CPU trainer's `adam_in_backward`
+    /// fusion; the sweep after the whole pass, done per task, measured slower).
     Update(KernelAdam<'a>),
 }
 
@@ -516,13 +537,21 @@ impl<'a> Kernel<'a> {
     fn into_parts(self, len: usize) -> Vec<Kernel<'a>> {
         match self {
             Kernel::Read(w) => w.chunks(len).map(Kernel::Read).collect(),
-            Kernel::Update(KernelAdam { w, m, v, step }) => w
-                .chunks_mut(len)
-                .zip(m.chunks_mut(len))
-                .zip(v.chunks_mut(len))
-                .map(|((w, m), v)| Kernel::Update(KernelAdam { w, m, v, step }))
-                .collect(),
+            Kernel::Update(KernelAdam { w, m, v, step }) => {
+                // A shorter moment would drop the rows past it from the zip below.
+                assert!(m.len() == w.len() && v.len() == w.len());
+                Self::update_parts(KernelAdam { w, m, v, step }, len)
+            }
         }
+    }
+
+    /// [`Kernel::into_parts`] of a kernel to update.
+    fn update_parts(KernelAdam { w, m, v, step }: KernelAdam<'a>, len: usize) -> Vec<Kernel<'a>> {
+        w.chunks_mut(len)
+            .zip(m.chunks_mut(len))
+            .zip(v.chunks_mut(len))
+            .map(|((w, m), v)| Kernel::Update(KernelAdam { w, m, v, step }))
+            .collect()
     }
 
     /// Row `r` of `n` values.
@@ -556,8 +585,8 @@ impl<'a> Kernel<'a> {
 /// the rows of `kernel` (`[pixels, n]`). For each pixel j: `H_j = Σ_b x_bj·δ_b` over
 /// column j's entries in batch order, `G_j = inv_std_j·(H_j − mean_j·db)` (so
 /// `G = xhatᵀ·δ`), then
-/// [`batchnorm_dense_backward`](crate::layers::batchnorm::cpu::batchnorm_dense_backward)'s row step:
-/// `dgamma_j`, `dbeta_j` and `dW_j = gamma_j·G_j + beta_j·db` into `grad_w`, and, for
+/// [`batchnorm_dense_backward`](crate::layers::batchnorm::cpu::batchnorm_dense_backward)'s
+/// row step: `dgamma_j`, `dbeta_j` and `dW_j = gamma_j·G_j + beta_j·db` into `grad_w`, and, for
 /// [`Kernel::Update`], Adam's update of `W_j`. Rows are independent, so each is computed
 /// the same whatever the split; fused, the 784×n arrays are swept once per step instead
 /// of four times.
@@ -571,15 +600,9 @@ pub fn sparse_first_layer_backward(
     let (n, pixels) = (db.len(), columns.pixels());
     assert!(grad_w.len() == pixels * n && kernel.len() == grad_w.len());
     assert!(grads.gamma.len() == pixels && grads.beta.len() == pixels);
-    // Below about 16 samples' worth of entries the pass stays on one thread. (Before the
-    // workers were kept awake between splits, the split cost more than it saved at
-    // batch 32: 0.071 against 0.058 ms per step.)
-    let tasks = if columns.entries.len() >= PARALLEL_MIN_ENTRIES {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
-    let rows_per_task = pixels.div_ceil(tasks).max(1);
+    let rows_per_task = pixels
+        .div_ceil(backward_tasks(columns.entries.len()))
+        .max(1);
     grad_w
         .par_chunks_mut(rows_per_task * n)
         .zip(grads.gamma.par_chunks_mut(rows_per_task))
