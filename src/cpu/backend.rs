@@ -358,10 +358,10 @@ impl CpuBackend {
     /// two threads the fused step was 1% faster at batch 32, 5% at 128 and 1% slower at
     /// 512; on one the single sweep after the pass was 4–6% faster, so there it stays.
     fn adam_in_backward(&self, indices: &[u32]) -> bool {
-        let Some(sparse) = self.sparse_train.as_ref().filter(|_| self.fuses_adam()) else {
-            return false;
-        };
-        backward_tasks(sparse.nonzeros(indices)) > 1
+        match &self.sparse_train {
+            Some(sparse) if self.fuses_adam() => backward_tasks(sparse.nonzeros(indices)) > 1,
+            _ => false,
+        }
     }
 
     /// Whether training steps on this pool update layer 0's kernel inside the backward

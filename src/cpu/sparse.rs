@@ -540,18 +540,13 @@ impl<'a> Kernel<'a> {
             Kernel::Update(KernelAdam { w, m, v, step }) => {
                 // A shorter moment would drop the rows past it from the zip below.
                 assert!(m.len() == w.len() && v.len() == w.len());
-                Self::update_parts(KernelAdam { w, m, v, step }, len)
+                w.chunks_mut(len)
+                    .zip(m.chunks_mut(len))
+                    .zip(v.chunks_mut(len))
+                    .map(|((w, m), v)| Kernel::Update(KernelAdam { w, m, v, step }))
+                    .collect()
             }
         }
-    }
-
-    /// [`Kernel::into_parts`] of a kernel to update.
-    fn update_parts(KernelAdam { w, m, v, step }: KernelAdam<'a>, len: usize) -> Vec<Kernel<'a>> {
-        w.chunks_mut(len)
-            .zip(m.chunks_mut(len))
-            .zip(v.chunks_mut(len))
-            .map(|((w, m), v)| Kernel::Update(KernelAdam { w, m, v, step }))
-            .collect()
     }
 
     /// Row `r` of `n` values.
