@@ -257,6 +257,42 @@ impl ColumnBatch {
         &self.entries[base + self.starts[at] as usize..base + self.starts[at + 1] as usize]
     }
 
+    /// Entries in the columns before column `j`, over all groups.
+    fn entries_before(&self, j: usize) -> usize {
+        let stride = self.pixels + 1;
+        (0..self.groups())
+            .map(|g| self.starts[g * stride + j] as usize)
+            .sum()
+    }
+
+    /// Bounds of `tasks` runs of columns, `0 = bounds[0] ≤ … ≤ bounds[tasks] = pixels`,
+    /// of about equal cost, where a column costs its entries plus `column_cost`. MNIST's
+    /// ink is not spread evenly (the lower half of the image holds 52.6% of the training
+    /// set's nonzero pixels), so equal runs of columns leave one thread waiting for the
+    /// other at every per-column pass.
+    fn balanced_columns(&self, tasks: usize, column_cost: usize) -> Vec<usize> {
+        let pixels = self.pixels;
+        let cost = |j: usize| self.entries_before(j) + column_cost * j;
+        let total = cost(pixels);
+        let mut bounds = vec![0];
+        for t in 1..tasks {
+            let target = total * t / tasks;
+            // The first column whose prefix cost reaches the target (cost is monotone).
+            let (mut lo, mut hi) = (*bounds.last().unwrap_or(&0), pixels);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if cost(mid) < target {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            bounds.push(lo);
+        }
+        bounds.push(pixels);
+        bounds
+    }
+
     /// Batch row and scaled pixel value of an entry.
     #[inline(always)]
     fn decode(&self, entry: u32) -> (usize, f32) {
@@ -311,28 +347,55 @@ fn transpose_group(
 pub fn batch_stats(columns: &ColumnBatch, batch: usize, mean: &mut [f32], var: &mut [f32]) {
     assert!(mean.len() == columns.pixels() && var.len() == columns.pixels());
     let count = batch as f64;
-    let per_task = columns
-        .pixels()
-        .div_ceil(rayon::current_num_threads())
-        .max(1);
-    mean.par_chunks_mut(per_task)
-        .zip(var.par_chunks_mut(per_task))
-        .enumerate()
-        .for_each(|(t, (mean, var))| {
-            for (r, (m_out, v_out)) in mean.iter_mut().zip(var).enumerate() {
-                let j = t * per_task + r;
-                let (mut sum, mut sum_sq) = (0.0f64, 0.0f64);
-                for g in 0..columns.groups() {
-                    for &e in columns.column(g, j) {
-                        let x = columns.decode(e).1 as f64;
-                        (sum, sum_sq) = (sum + x, sum_sq + x * x);
-                    }
+    let tasks = rayon::current_num_threads();
+    let bounds = columns.balanced_columns(tasks, STATS_COLUMN_COST);
+    let parts = split_at_bounds(mean, &bounds, 1);
+    let parts: Vec<_> = parts
+        .into_iter()
+        .zip(split_at_bounds(var, &bounds, 1))
+        .zip(&bounds)
+        .collect();
+    parts.into_par_iter().for_each(|((mean, var), &first)| {
+        for (r, (m_out, v_out)) in mean.iter_mut().zip(var).enumerate() {
+            let j = first + r;
+            let (mut sum, mut sum_sq) = (0.0f64, 0.0f64);
+            for g in 0..columns.groups() {
+                for &e in columns.column(g, j) {
+                    let x = columns.decode(e).1 as f64;
+                    (sum, sum_sq) = (sum + x, sum_sq + x * x);
                 }
-                let m = sum / count;
-                *m_out = m as f32;
-                *v_out = (sum_sq / count - m * m).max(0.0) as f32;
             }
-        });
+            let m = sum / count;
+            *m_out = m as f32;
+            *v_out = (sum_sq / count - m * m).max(0.0) as f32;
+        }
+    });
+}
+
+/// What a column costs [`batch_stats`] beyond its entries, in entries (for
+/// [`ColumnBatch::balanced_columns`]): its groups' bounds and the two divisions.
+const STATS_COLUMN_COST: usize = 4;
+/// The same for [`sparse_first_layer_backward`], from counts of the operations on a row
+/// of n = 128 values against an entry's n multiply-adds: finishing `G_j`, dW, dgamma and
+/// dbeta; and with Adam's update of the row too. (The step profile told no difference
+/// between these, 0, and 50 to 100: the balance is what matters, not the exact weights.)
+const BACKWARD_COLUMN_COST: usize = 16;
+const BACKWARD_ADAM_COLUMN_COST: usize = 48;
+
+/// `data` cut at `bounds` (as [`ColumnBatch::balanced_columns`] gives them), in units of
+/// `unit` values: part t is `data[bounds[t]·unit..bounds[t + 1]·unit]`.
+fn split_at_bounds<'a, T>(
+    mut data: &'a mut [T],
+    bounds: &[usize],
+    unit: usize,
+) -> Vec<&'a mut [T]> {
+    let mut parts = Vec::with_capacity(bounds.len());
+    for run in bounds.windows(2) {
+        let (part, rest) = std::mem::take(&mut data).split_at_mut((run[1] - run[0]) * unit);
+        parts.push(part);
+        data = rest;
+    }
+    parts
 }
 
 /// The BatchNorm before the first dense layer, as the sparse path reads it for a batch
@@ -533,16 +596,24 @@ impl<'a> Kernel<'a> {
         }
     }
 
-    /// The kernel in parts of `len` values (the last may be shorter), in order.
-    fn into_parts(self, len: usize) -> Vec<Kernel<'a>> {
+    /// The kernel cut at `bounds` into parts of rows of `n` values (see
+    /// [`split_at_bounds`]), in order.
+    fn into_parts(self, bounds: &[usize], n: usize) -> Vec<Kernel<'a>> {
         match self {
-            Kernel::Read(w) => w.chunks(len).map(Kernel::Read).collect(),
+            Kernel::Read(w) => {
+                let w: &'a [f32] = w;
+                bounds
+                    .windows(2)
+                    .map(|run| Kernel::Read(&w[run[0] * n..run[1] * n]))
+                    .collect()
+            }
             Kernel::Update(KernelAdam { w, m, v, step }) => {
                 // A shorter moment would drop the rows past it from the zip below.
                 assert!(m.len() == w.len() && v.len() == w.len());
-                w.chunks_mut(len)
-                    .zip(m.chunks_mut(len))
-                    .zip(v.chunks_mut(len))
+                split_at_bounds(w, bounds, n)
+                    .into_iter()
+                    .zip(split_at_bounds(m, bounds, n))
+                    .zip(split_at_bounds(v, bounds, n))
                     .map(|((w, m), v)| Kernel::Update(KernelAdam { w, m, v, step }))
                     .collect()
             }
@@ -595,17 +666,21 @@ pub fn sparse_first_layer_backward(
     let (n, pixels) = (db.len(), columns.pixels());
     assert!(grad_w.len() == pixels * n && kernel.len() == grad_w.len());
     assert!(grads.gamma.len() == pixels && grads.beta.len() == pixels);
-    let rows_per_task = pixels
-        .div_ceil(backward_tasks(columns.entries.len()))
-        .max(1);
-    grad_w
-        .par_chunks_mut(rows_per_task * n)
-        .zip(grads.gamma.par_chunks_mut(rows_per_task))
-        .zip(grads.beta.par_chunks_mut(rows_per_task))
-        .zip(kernel.into_parts(rows_per_task * n))
-        .enumerate()
-        .for_each(|(t, (((grad_part, gamma), beta), kernel))| {
-            let first = t * rows_per_task;
+    let column_cost = match kernel {
+        Kernel::Read(_) => BACKWARD_COLUMN_COST,
+        Kernel::Update(_) => BACKWARD_ADAM_COLUMN_COST,
+    };
+    let bounds = columns.balanced_columns(backward_tasks(columns.entries.len()), column_cost);
+    let parts: Vec<_> = split_at_bounds(grad_w, &bounds, n)
+        .into_iter()
+        .zip(split_at_bounds(grads.gamma, &bounds, 1))
+        .zip(split_at_bounds(grads.beta, &bounds, 1))
+        .zip(kernel.into_parts(&bounds, n))
+        .zip(&bounds)
+        .collect();
+    parts
+        .into_par_iter()
+        .for_each(|((((grad_part, gamma), beta), kernel), &first)| {
             let grads = Affine { gamma, beta };
             first_layer_rows(
                 columns,
@@ -1009,6 +1084,40 @@ mod tests {
         sparse_first_layer_backward(&columns, delta, kernel, &mut dw, out.bn_grads());
         out.dw = dw;
         out
+    }
+
+    /// Columns split by cost: with all the ink in the last quarter of the pixels, two
+    /// tasks meet inside that quarter, and every task's cost is within one column's of
+    /// an equal share.
+    #[test]
+    fn balanced_columns_split_by_entries() {
+        let pixels = 64;
+        let mut images = sample(100, pixels);
+        for image in images.chunks_mut(pixels) {
+            image[..48].fill(0);
+        }
+        let sparse = SparseImages::from_dense(&images, pixels);
+        let indices: Vec<u32> = (0..100).collect();
+        let mut columns = ColumnBatch::default();
+        columns.fill(&sparse, &indices, 1.0);
+        for (tasks, column_cost) in [(1, 0), (2, 0), (3, 5), (7, 1)] {
+            let bounds = columns.balanced_columns(tasks, column_cost);
+            assert_eq!(bounds.len(), tasks + 1);
+            assert!(bounds[0] == 0 && bounds[tasks] == pixels);
+            assert!(bounds.windows(2).all(|run| run[0] <= run[1]), "{bounds:?}");
+            let cost = |j: usize| columns.entries_before(j) + column_cost * j;
+            let widest = (0..pixels).map(|j| cost(j + 1) - cost(j)).max().unwrap();
+            for run in bounds.windows(2) {
+                let part = cost(run[1]) - cost(run[0]);
+                assert!(
+                    part.abs_diff(cost(pixels) / tasks) <= widest,
+                    "{tasks}: {bounds:?}"
+                );
+            }
+            if tasks == 2 && column_cost == 0 {
+                assert!(bounds[1] > 48, "{bounds:?}");
+            }
+        }
     }
 
     #[test]
