@@ -315,8 +315,8 @@ fn transpose_group(
     out: &mut [u32],
 ) {
     // The rows were asked for a step ahead (`SparseImages::prefetch`), but the step's
-    // own arrays push many of them out of the cache again; asking for the
-    // group's rows once more just before reading them overlaps the misses that remain.
+    // own arrays push many of them out of the cache again; asking for the group's rows
+    // once more just before reading them overlaps the misses that remain.
     // (Batch 512, one thread: the transpose went from 0.25 to 0.11 ms when the whole
     // batch was asked for first. Asked for here instead, by the core that reads them,
     // in the same task, the step took 9–11% less on two threads, the same on one.)
