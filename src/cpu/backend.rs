@@ -326,9 +326,8 @@ impl CpuBackend {
         let alpha = self.hyper.adam_alpha(step);
         // Fused, the backward pass updates layer 0's kernel (all but 3% of the MLP's
         // parameters) as it goes; Adam's sweep below then skips it.
-        let fused = self.adam_in_backward(indices);
-        let update = fused.then(|| AdamStep::new(alpha, &self.hyper));
-        let (loss_sum, correct) = self.forward_backward(indices, update);
+        let update = self.fuses_adam().then(|| AdamStep::new(alpha, &self.hyper));
+        let (loss_sum, correct, fused) = self.forward_backward(indices, update);
         self.optim.step = step;
         let kernel0 = self.params.layout.kernels[0].clone();
         self.adam_sweep(if fused { kernel0 } else { 0..0 }, alpha);
@@ -350,33 +349,26 @@ impl CpuBackend {
         }
     }
 
-    /// Whether this step's backward pass (on the samples `indices`) updates layer 0's
-    /// kernel: the `adam_in_backward` fusion, on the sparse path, when the pass splits
-    /// over more than one thread. Row by row, each row and its gradient are still in
-    /// cache, on the thread that computed them, and the step has one fork and join fewer.
-    /// Measured (whole epochs, `cargo bench --bench epoch`, ten rounds alternating): on
-    /// two threads the fused step was 1% faster at batch 32, 5% at 128 and 1% slower at
-    /// 512; on one the single sweep after the pass was 4–6% faster, so there it stays.
-    fn adam_in_backward(&self, indices: &[u32]) -> bool {
-        match &self.sparse_train {
-            Some(sparse) if self.fuses_adam() => backward_tasks(sparse.nonzeros(indices)) > 1,
-            _ => false,
-        }
-    }
-
     /// Whether training steps on this pool update layer 0's kernel inside the backward
-    /// pass (see [`Self::adam_in_backward`]; a step of fewer than about 16 images still
-    /// sweeps).
+    /// pass: the `adam_in_backward` fusion, on the sparse path, on more than one thread
+    /// (and then only in steps whose pass splits over threads: a step of fewer than about
+    /// 16 images still sweeps; see [`Self::first_layer_backward_sparse`]). Row by row,
+    /// each row and its gradient are still in cache, on the thread that computed them,
+    /// and the step has one fork and join fewer. Measured (whole epochs, `cargo bench
+    /// --bench epoch`, ten rounds alternating): on two threads the fused step was 1%
+    /// faster at batch 32, 5% at 128 and 1% slower at 512; on one the single sweep after
+    /// the pass was 4–6% faster, so there it stays.
     pub fn fuses_adam(&self) -> bool {
-        let planned = self.fusions.adam_in_backward && self.stack.is_none();
-        planned && self.sparse_train.is_some() && rayon::current_num_threads() > 1
+        // (No sparse rows on the layer stack, so this is the fused MLP path.)
+        let sparse = self.sparse_train.is_some();
+        self.fusions.adam_in_backward && sparse && rayon::current_num_threads() > 1
     }
 
     /// The mean training-mode loss on `indices` and its gradient with respect to every
     /// trainable parameter (flat layout), without changing the parameters. (The BatchNorm
     /// moving statistics are updated, as in any training-mode forward pass.)
     pub fn loss_and_gradients(&mut self, indices: &[u32]) -> (f32, &[f32]) {
-        let (loss_sum, _) = self.forward_backward(indices, None);
+        let (loss_sum, _, _) = self.forward_backward(indices, None);
         (loss_sum / indices.len() as f32, &self.grads)
     }
 
@@ -388,17 +380,19 @@ impl CpuBackend {
         batchnorm_dense_backward(grad_w0, p.kernel(0), bn_params(p), dbias0, bn_grads);
     }
 
-    /// Forward and backward pass: fills `self.grads` (and, with `update`, updates layer
+    /// Forward and backward pass: fills `self.grads` (and, with `update`, may update layer
     /// 0's kernel: [`Self::first_layer_backward_sparse`]); returns (loss sum, correct
-    /// count).
-    fn forward_backward(&mut self, indices: &[u32], update: Option<AdamStep>) -> (f32, u32) {
+    /// count, whether layer 0's kernel was updated).
+    fn forward_backward(&mut self, indices: &[u32], update: Option<AdamStep>) -> (f32, u32, bool) {
         if let Some(stack) = &mut self.stack {
             let train = &self.data.train;
             let samples = (&train.images[..], &train.labels[..], indices);
             let step = self.optim.step + 1;
             let model = (&mut self.params, &self.hyper);
             let clock = &mut self.clock;
-            return stack.forward_backward(model, samples, step, &mut self.grads, clock);
+            let (loss_sum, correct) =
+                stack.forward_backward(model, samples, step, &mut self.grads, clock);
+            return (loss_sum, correct, false);
         }
         let batch = indices.len();
         let widths = self.params.config.widths();
@@ -425,13 +419,13 @@ impl CpuBackend {
             None,
         );
         self.clock.mark(PHASE_SOFTMAX);
-        self.backward(batch, update);
-        (loss_sum, correct)
+        let updated = self.backward(batch, update);
+        (loss_sum, correct, updated)
     }
 
     /// Backward pass from the softmax gradient in `deltas[layers]`: fills `self.grads`
-    /// (`update`: on the sparse path only).
-    fn backward(&mut self, batch: usize, update: Option<AdamStep>) {
+    /// (`update`: on the sparse path only); returns whether layer 0's kernel was updated.
+    fn backward(&mut self, batch: usize, update: Option<AdamStep>) -> bool {
         let widths = self.params.config.widths();
         let fusions = self.fusions;
         let relu_in_gemm = fusions.relu_in_gemm;
@@ -463,8 +457,9 @@ impl CpuBackend {
         );
         // Only the sparse pass applies `update`; elsewhere the kernel would miss its step.
         debug_assert!(update.is_none() || self.sparse_train.is_some());
+        let mut updated = false;
         if self.sparse_train.is_some() {
-            self.first_layer_backward_sparse(update);
+            updated = self.first_layer_backward_sparse(update);
         } else if fusions.batchnorm_dense_backward {
             // Layer 0's weight-grad GEMM runs on xhat; first_layer_backward_dense turns the
             // result into dW0, dgamma and dbeta, so layer 0 needs no input-grad GEMM.
@@ -475,6 +470,7 @@ impl CpuBackend {
             self.first_layer_backward_unfused(batch);
         }
         self.clock.mark(PHASE_FIRST_BACKWARD);
+        updated
     }
 
     /// Layer 0 and BatchNorm, each on its own: the weight gradient against BatchNorm's
@@ -492,9 +488,11 @@ impl CpuBackend {
     }
 
     /// Sparse path: layer 0's and BatchNorm's gradients from the transposed batch; with
-    /// `update`, also Adam's update of layer 0's kernel, row by row (the rest of the
-    /// parameters are then left to the caller).
-    fn first_layer_backward_sparse(&mut self, update: Option<AdamStep>) {
+    /// `update`, when the pass splits over threads ([`backward_tasks`]), also Adam's
+    /// update of layer 0's kernel, row by row (the rest of the parameters are then left
+    /// to the caller). Returns whether it updated the kernel.
+    fn first_layer_backward_sparse(&mut self, update: Option<AdamStep>) -> bool {
+        let update = update.filter(|_| backward_tasks(&self.work.columns) > 1);
         let layout = &self.params.layout;
         let (bn_grads, grad_w0, db0) = first_layer_slices(&mut self.grads, layout);
         let (gamma_beta, w0, _) = first_layer_slices(&mut self.params.trainable, layout);
@@ -518,6 +516,7 @@ impl CpuBackend {
         };
         let delta = (&w.deltas[1][..], db0);
         sparse_first_layer_backward(&w.columns, delta, (layer, kernel), grad_w0, bn_grads);
+        update.is_some()
     }
 
     /// Reference path: gather the batch densely, BatchNorm forward into `acts[0]`.

@@ -92,12 +92,6 @@ impl SparseImages {
         sparse
     }
 
-    /// Nonzero pixels in the images `indices`.
-    pub fn nonzeros(&self, indices: &[u32]) -> usize {
-        let len = |&i: &u32| (self.starts[i as usize + 1] - self.starts[i as usize]) as usize;
-        indices.iter().map(len).sum()
-    }
-
     /// Fraction of pixels that are nonzero.
     pub fn density(&self) -> f64 {
         let total = (self.starts.len() - 1) * self.pixels;
@@ -471,12 +465,12 @@ fn rows_per_task(rows: usize) -> usize {
 /// thread (MNIST: about 150 per image, so about 16 images).
 const PARALLEL_MIN_ENTRIES: usize = 16 * 150;
 
-/// Tasks [`sparse_first_layer_backward`] splits into for a batch of `nonzeros` nonzero
-/// pixels on the current pool. Below about 16 samples' worth of entries the pass stays
-/// on one thread. (Before the workers were kept awake between splits, the split cost
-/// more than it saved at batch 32: 0.071 against 0.058 ms per step.)
-pub fn backward_tasks(nonzeros: usize) -> usize {
-    if nonzeros >= PARALLEL_MIN_ENTRIES {
+/// Tasks [`sparse_first_layer_backward`] splits into for the batch `columns` on the
+/// current pool. Below about 16 samples' worth of nonzero pixels the pass stays on one
+/// thread. (Before the workers were kept awake between splits, the split cost more than
+/// it saved at batch 32: 0.071 against 0.058 ms per step.)
+pub fn backward_tasks(columns: &ColumnBatch) -> usize {
+    if columns.entries.len() >= PARALLEL_MIN_ENTRIES {
         rayon::current_num_threads()
     } else {
         1
@@ -679,7 +673,7 @@ pub fn sparse_first_layer_backward(
         Kernel::Read(_) => BACKWARD_COLUMN_COST,
         Kernel::Update(_) => BACKWARD_ADAM_COLUMN_COST,
     };
-    let bounds = columns.balanced_columns(backward_tasks(columns.entries.len()), column_cost);
+    let bounds = columns.balanced_columns(backward_tasks(columns), column_cost);
     let parts: Vec<_> = split_at_bounds(grad_w, &bounds, n)
         .into_iter()
         .zip(split_at_bounds(grads.gamma, &bounds, 1))
