@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 /// Work (m·k·n multiply-adds) below which a GEMM runs on one thread: splitting smaller
 /// ones costs more in synchronisation than it saves.
-const PARALLEL_MIN_WORK: usize = 1 << 17;
+pub const PARALLEL_MIN_WORK: usize = 1 << 17;
 
 /// A read-only strided matrix view: element (i, j) is at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy)]
