@@ -412,7 +412,7 @@ impl CpuBackend {
 
     /// The layers above the first of a step ([`upper_layers_step`]). On the sparse path,
     /// where those layers are too small to split over threads themselves (the default
-    /// model below batch 128), they run beside the transpose of the next step's batch
+    /// model up to batch 102), they run beside the transpose of the next step's batch
     /// `next`: else the other threads would wait for them. Measured (whole epochs, `cargo
     /// bench --bench epoch`, 20 rounds alternating, two threads): batch 32 went from
     /// 0.1465 to 0.1405 s; at 128 and 512, where the layers do split, transposing beside
@@ -958,7 +958,10 @@ mod tests {
         let mut columns = ColumnBatch::default();
         ahead.fill(&sparse, &a, 1.0);
         assert!(!ahead.take(&b, &mut columns), "another batch");
-        assert!(!ahead.take(&a, &mut columns), "a batch passed over is dropped");
+        assert!(
+            !ahead.take(&a, &mut columns),
+            "a batch passed over is dropped"
+        );
         ahead.fill(&sparse, &a, 1.0);
         assert!(ahead.take(&a, &mut columns));
         assert!(!ahead.take(&a, &mut columns), "used once");
