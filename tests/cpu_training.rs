@@ -1,7 +1,10 @@
 //! The CPU trainer end to end: whole-model gradients against finite differences,
-//! determinism (also across thread counts), partial batches, shuffling, and that it
-//! learns.
+//! determinism (also across thread counts, and for an epoch stopped and continued),
+//! partial batches, shuffling, and that it learns.
 
+mod common;
+
+use common::epochs::{assert_stopped_and_continued_match, one_epoch};
 use mnist_gpu::backend::{Backend, EvalStats};
 use mnist_gpu::cpu::CpuBackend;
 use mnist_gpu::data::{self, Mnist};
@@ -290,8 +293,9 @@ fn same_seed_gives_bit_identical_weights() {
 
 /// The CPU path splits its work by rows and columns, never a sum across threads, so the
 /// weights are the same bits on one thread and on three (batch 32 splits its forward and
-/// backward; 128 and 200 the transpose too, 200 with a partial group of samples), and so
-/// is the evaluation (its batch of 200 split by rows).
+/// backward, and transposes each next batch beside the layers above the first; 128 and
+/// 200 split the transpose too, 200 with a partial group of samples), and so is the
+/// evaluation (its batch of 200 split by rows).
 #[test]
 fn weights_do_not_depend_on_the_thread_count() {
     for batch in [32, 128, 200] {
@@ -306,6 +310,31 @@ fn weights_do_not_depend_on_the_thread_count() {
         assert!(bits(&one) == bits(&three), "batch {batch}");
         assert_eq!(eval_one, eval_three, "batch {batch}");
     }
+}
+
+/// An epoch stopped after its first step and continued from the totals it returned (as
+/// the page's Stop and a resume do) ends with the uninterrupted epoch's bits, with
+/// `--augment` and without. On three threads at batch 37, where each step transposes the
+/// next step's batch ahead and the stop leaves one transposed.
+#[test]
+fn an_epoch_stopped_and_continued_gives_the_whole_epochs_bits() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build();
+    pool.unwrap().install(|| {
+        for augment in [false, true] {
+            stopped_and_continued(augment);
+        }
+    });
+}
+
+/// [`an_epoch_stopped_and_continued_gives_the_whole_epochs_bits`], with `--augment` or
+/// without.
+fn stopped_and_continued(augment: bool) {
+    let data = subset(300, 100);
+    let params = Params::init(&ModelConfig::default(), 3);
+    let open = || CpuBackend::new(params.clone(), Hyper::default(), data.clone());
+    let (mut whole, mut parts) = (open(), open());
+    let what = format!("augment {augment}");
+    assert_stopped_and_continued_match((&mut whole, &mut parts), &one_epoch(augment), &what);
 }
 
 /// Evaluation runs in batches of 1,000 with arrays it keeps and resizes in place: on

@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::epochs::{assert_stopped_and_continued_match, one_epoch};
 use common::gpu::*;
 use common::skip::{skip, ADAPTER_FIX};
 use mnist_gpu::backend::{Backend, StepProgress};
@@ -16,8 +17,7 @@ use mnist_gpu::host::block_on;
 use mnist_gpu::layers::augment::cpu::AugmentKey;
 use mnist_gpu::layers::Pipelines;
 use mnist_gpu::model::{Hyper, ModelConfig, Params};
-use mnist_gpu::settings::{steps_per_epoch, TrainOptions};
-use mnist_gpu::train::{epoch_order, run_epoch, EpochOutcome};
+use mnist_gpu::train::epoch_order;
 use std::time::Instant;
 
 /// Every agreement case of every registered layer family (`src/layers/*/check.rs`): the
@@ -419,17 +419,6 @@ fn an_epoch_stopped_and_continued_gives_the_whole_epochs_bits() {
 fn stopped_and_continued(augment: bool) {
     let data = mnist(200, 100);
     let params = Params::init(&ModelConfig::default(), 3);
-    let options = TrainOptions {
-        epochs: 1,
-        batch_size: 37,
-        seed: 5,
-        shuffle: true,
-        augment,
-    };
-    let base = StepProgress {
-        steps_total: steps_per_epoch(data.train.len(), 37),
-        ..StepProgress::default()
-    };
     let test = "an_epoch_stopped_and_continued_gives_the_whole_epochs_bits";
     for backend in backends() {
         let Some(mut whole) = gpu_backend(test, &backend, &params, &data) else {
@@ -438,35 +427,8 @@ fn stopped_and_continued(augment: bool) {
         let Some(mut parts) = gpu_backend(test, &backend, &params, &data) else {
             continue;
         };
-        let epoch = |b: &mut GpuBackend, base, stop: &(dyn Fn(usize) -> bool + Sync)| {
-            block_on(run_epoch(b, &options, 0, base, &mut |_| {}, stop)).unwrap()
-        };
-        let EpochOutcome::Finished(whole_epoch) = epoch(&mut whole, base, &|_| false) else {
-            panic!("{backend}: the whole epoch stopped");
-        };
-        let EpochOutcome::Stopped(partial) = epoch(&mut parts, base, &|done| done >= 1) else {
-            panic!("{backend}: the epoch did not stop");
-        };
-        assert!(
-            (1..base.steps_total).contains(&partial.steps_done),
-            "{backend}: stopped after {partial:?}"
-        );
-        let EpochOutcome::Finished(parts_epoch) = epoch(&mut parts, partial, &|_| false) else {
-            panic!("{backend}: the rest of the epoch stopped");
-        };
-        let (model, whole_model) = (&parts_epoch, &whole_epoch);
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(
-            bits(&model.params.trainable),
-            bits(&whole_model.params.trainable),
-            "{backend}, augment {augment}: parameters"
-        );
-        assert_eq!(
-            block_on(parts.optim_state()).unwrap(),
-            block_on(whole.optim_state()).unwrap(),
-            "{backend}: Adam's state"
-        );
-        assert_eq!(parts_epoch.eval, whole_epoch.eval, "{backend}: evaluation");
+        let what = format!("{backend}, augment {augment}");
+        assert_stopped_and_continued_match((&mut whole, &mut parts), &one_epoch(augment), &what);
     }
 }
 

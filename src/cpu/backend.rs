@@ -58,7 +58,8 @@ pub struct CpuBackend {
     /// whose fused path is below (and the MLP too, when a test asks).
     stack: Option<LayerStack>,
     work: Workspace,
-    /// The next step's batch, transposed while this step runs its serial part.
+    /// The next step's batch, transposed while this step runs the layers above the first
+    /// ([`Self::upper_layers`]), and the samples it holds.
     ahead: BatchAhead,
     /// Evaluation's arrays, for batches of [`EVAL_BATCH`].
     eval_work: EvalArrays,
@@ -295,22 +296,26 @@ impl CpuBackend {
         stop: &(dyn Fn(usize) -> bool + Sync),
         results: &mut Vec<(f32, u32)>,
     ) -> bool {
+        let mut stopped = false;
         for (i, indices) in batches.iter().enumerate() {
             if stop(first + i) {
-                return true;
+                stopped = true;
+                break;
             }
-            if let (Some(sparse), Some(next)) = (&self.sparse_train, batches.get(i + 1)) {
+            let next = batches.get(i + 1).copied();
+            if let (Some(sparse), Some(next)) = (&self.sparse_train, next) {
                 sparse.prefetch(next);
             }
-            let (loss, correct) = self.train_step(indices, batches.get(i + 1).copied());
+            let (loss, correct) = self.train_step(indices, next);
             results.push((loss, correct));
             if !loss.is_finite() {
                 break;
             }
         }
-        // The images may change before the next call (`--augment`'s next epoch).
-        self.ahead.indices.clear();
-        false
+        // A batch transposed ahead serves only the next step of this call: before another
+        // call the images may change (`--augment`'s next epoch, a load).
+        self.ahead.clear();
+        stopped
     }
 
     /// One training step on the samples `indices` (`next`: the next step's, to transpose
@@ -411,9 +416,9 @@ impl CpuBackend {
     }
 
     /// The layers above the first of a step ([`upper_layers_step`]). On the sparse path,
-    /// where those layers are too small to split over threads themselves (the default
-    /// model up to batch 102), they run beside the transpose of the next step's batch
-    /// `next`: else the other threads would wait for them. Measured (whole epochs, `cargo
+    /// where those layers' products are too small for the GEMM to split over threads
+    /// (the default model up to batch 102), they run beside the transpose of the next
+    /// step's batch `next`: else the other threads would idle while one thread runs them. Measured (whole epochs, `cargo
     /// bench --bench epoch`, 20 rounds alternating, two threads): batch 32 went from
     /// 0.1465 to 0.1405 s; at 128 and 512, where the layers do split, transposing beside
     /// them had gained nothing (0.0685 → 0.068 and 0.056 → 0.057 s).
@@ -430,11 +435,13 @@ impl CpuBackend {
         } = self;
         let first = usize::from(sparse_train.is_some());
         let shape = (batch, first, fusions.relu_in_gemm);
-        let widths = params.config.widths();
-        let upper_work: usize = batch * widths[1..].windows(2).map(|w| w[0] * w[1]).sum::<usize>();
-        let serial = upper_work < PARALLEL_MIN_WORK && rayon::current_num_threads() > 1;
+        let widths = &params.config.widths()[1..];
+        let upper_work = batch * widths.windows(2).map(|k_n| k_n[0] * k_n[1]).sum::<usize>();
+        let on_one_thread = upper_work < PARALLEL_MIN_WORK && rayon::current_num_threads() > 1;
+        // `upper_layers_step` is a free function so that it borrows only the fields it
+        // needs, leaving `ahead` to the other side of the join.
         match (sparse_train, next) {
-            (Some(images), Some(next)) if serial => {
+            (Some(images), Some(next)) if on_one_thread => {
                 let scale = params.config.pixel_scale();
                 let upper = || upper_layers_step(params, work, grads, shape, clock);
                 rayon::join(upper, || ahead.fill(images, next, scale)).0
@@ -451,6 +458,12 @@ impl CpuBackend {
         let fusions = self.fusions;
         let w = &mut self.work;
         let layout = &self.params.layout;
+        bias_grad(
+            &w.deltas[1],
+            batch,
+            n,
+            &mut self.grads[layout.biases[0].clone()],
+        );
         // Only the sparse pass applies `update`; elsewhere the kernel would miss its step.
         debug_assert!(update.is_none() || self.sparse_train.is_some());
         let mut updated = false;
@@ -579,9 +592,8 @@ impl CpuBackend {
 
 /// The upper layers of a step, from `acts[first]` (`first`: 1 on the sparse path, whose
 /// first layer has written `acts[1]`, else 0): the dense forward to the logits, the
-/// softmax cross-entropy and its gradient, the backward of every layer above the first
-/// down to δ1 in `deltas[1]`, and layer 0's bias gradient. Returns (loss sum, correct
-/// count).
+/// softmax cross-entropy and its gradient, and the backward of every layer above the
+/// first down to δ1 in `deltas[1]`. Returns (loss sum, correct count).
 fn upper_layers_step(
     params: &Params,
     w: &mut Workspace,
@@ -630,8 +642,6 @@ fn upper_layers_step(
             relu_backward_in_place(&mut lower[l], &w.acts[l]);
         }
     }
-    let grad_b0 = &mut grads[layout.biases[0].clone()];
-    bias_grad(&w.deltas[1], batch, widths[1], grad_b0);
     clock.mark(PHASE_DENSE_BACKWARD);
     (loss_sum, correct)
 }
@@ -646,15 +656,20 @@ struct BatchAhead {
 impl BatchAhead {
     /// Transposes the samples `indices` of `images` (as [`ColumnBatch::fill`]).
     fn fill(&mut self, images: &SparseImages, indices: &[u32], scale: f32) {
-        self.columns.fill(images, indices, scale);
         self.indices.clear();
+        self.columns.fill(images, indices, scale);
         self.indices.extend_from_slice(indices);
+    }
+
+    /// Drops the batch.
+    fn clear(&mut self) {
+        self.indices.clear();
     }
 
     /// Swaps the batch into `columns` if it holds the samples `indices`; says whether it
     /// did. Either way it then holds none.
     fn take(&mut self, indices: &[u32], columns: &mut ColumnBatch) -> bool {
-        let ready = self.indices == indices;
+        let ready = !indices.is_empty() && self.indices == indices;
         if ready {
             std::mem::swap(&mut self.columns, columns);
         }
@@ -665,8 +680,10 @@ impl BatchAhead {
 
 // Phases of a step, as `profile_epoch` names them (the dense path has no fold and no
 // sparse forward: its BatchNorm forward counts as "batch statistics", its layer-0 GEMM
-// as the dense forward). A batch transposed a step ahead, beside the layers above the
-// first ([`CpuBackend::upper_layers`]), counts in their phases.
+// as the dense forward). A step whose batch was transposed a step ahead
+// ([`CpuBackend::upper_layers`]) has only its labels in the gather phase; the transpose's
+// time shows in the phases of the layers above the first, which it ran beside, or in the
+// first-layer backward's where it outlasted them.
 const PHASE_GATHER: &str = "gather: labels + batch transpose/gather";
 const PHASE_STATS: &str = "batch statistics + moving update";
 const PHASE_FOLD: &str = "fold_batchnorm_into_dense";

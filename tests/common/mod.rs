@@ -1,6 +1,7 @@
 pub mod browser;
 pub mod cli;
 pub mod data;
+pub mod epochs;
 pub mod gpu;
 pub mod notebook;
 pub mod paper;
