@@ -654,10 +654,14 @@ struct BatchAhead {
 }
 
 impl BatchAhead {
-    /// Transposes the samples `indices` of `images` (as [`ColumnBatch::fill`]).
+    /// Transposes the samples `indices` of `images`, in whole tiles
+    /// ([`ColumnBatch::fill_in_tiles`]): at batch 32 on two threads, one group of 32
+    /// instead of two of 16 took the step from 0.067 to 0.064 ms (the first-layer backward
+    /// visits each column once instead of twice), and the transpose still ends within the
+    /// layers it runs beside.
     fn fill(&mut self, images: &SparseImages, indices: &[u32], scale: f32) {
         self.indices.clear();
-        self.columns.fill(images, indices, scale);
+        self.columns.fill_in_tiles(images, indices, scale);
         self.indices.extend_from_slice(indices);
     }
 

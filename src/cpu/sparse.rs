@@ -189,7 +189,8 @@ fn compress_block(
 /// batch statistics and `xᵀ·δ` can run one pixel column at a time (each column's sum
 /// then stays in registers instead of being scattered through memory). The batch is
 /// transposed in groups of [`TILE`] samples (fewer where threads outnumber tiles: see
-/// [`group_size`]), each on its own: a group's entries (about 38 KB for MNIST) stay in
+/// [`group_size`]; not for a batch transposed a step ahead, off the critical path: see
+/// [`ColumnBatch::fill_in_tiles`]), each on its own: a group's entries (about 38 KB for MNIST) stay in
 /// the level-1 cache while they are scattered into columns, and the backward pass reads
 /// them a group at a time anyway.
 #[derive(Default)]
@@ -204,12 +205,30 @@ pub struct ColumnBatch {
 }
 
 impl ColumnBatch {
-    /// Transposes the images `indices` of `images` (pixels to be scaled by `scale`).
+    /// Transposes the images `indices` of `images` (pixels to be scaled by `scale`), in
+    /// groups that give each thread a share of the transpose ([`group_size`]).
     pub fn fill(&mut self, images: &SparseImages, indices: &[u32], scale: f32) {
+        self.fill_in_groups(images, indices, scale, group_size(indices.len()));
+    }
+
+    /// [`Self::fill`] in whole tiles of [`TILE`] samples, whatever the thread count: for a
+    /// transpose off the step's critical path, where giving each thread a share matters
+    /// less than the backward pass visiting each column in fewer groups.
+    pub fn fill_in_tiles(&mut self, images: &SparseImages, indices: &[u32], scale: f32) {
+        self.fill_in_groups(images, indices, scale, TILE);
+    }
+
+    /// [`Self::fill`] in groups of `group_len` samples (the last one shorter).
+    fn fill_in_groups(
+        &mut self,
+        images: &SparseImages,
+        indices: &[u32],
+        scale: f32,
+        group_len: usize,
+    ) {
         assert!(indices.len() <= 1 << 24, "batch rows must fit in 24 bits");
         let pixels = images.pixels;
         (self.pixels, self.scale) = (pixels, scale);
-        let group_len = group_size(indices.len());
         let groups: Vec<&[u32]> = indices.chunks(group_len).collect();
         self.bases.clear();
         let mut total = 0;
