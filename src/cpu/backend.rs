@@ -418,10 +418,11 @@ impl CpuBackend {
     /// The layers above the first of a step ([`upper_layers_step`]). On the sparse path,
     /// where those layers' products are too small for the GEMM to split over threads
     /// (the default model up to batch 102), they run beside the transpose of the next
-    /// step's batch `next`: else the other threads would idle while one thread runs them. Measured (whole epochs, `cargo
-    /// bench --bench epoch`, 20 rounds alternating, two threads): batch 32 went from
-    /// 0.1465 to 0.1405 s; at 128 and 512, where the layers do split, transposing beside
-    /// them had gained nothing (0.0685 → 0.068 and 0.056 → 0.057 s).
+    /// step's batch `next`: else the other threads would idle while one thread runs them.
+    /// Measured (whole epochs, `cargo bench --bench epoch`, 20 rounds alternating, two
+    /// threads): batch 32 went from 0.1465 to 0.1405 s; at 128 and 512, where the layers
+    /// do split, transposing beside them had gained nothing (0.0685 → 0.068 and 0.056 →
+    /// 0.057 s).
     fn upper_layers(&mut self, batch: usize, next: Option<&[u32]>) -> (f32, u32) {
         let CpuBackend {
             params,
@@ -466,18 +467,19 @@ impl CpuBackend {
         );
         // Only the sparse pass applies `update`; elsewhere the kernel would miss its step.
         debug_assert!(update.is_none() || self.sparse_train.is_some());
-        let mut updated = false;
-        if self.sparse_train.is_some() {
-            updated = self.first_layer_backward_sparse(update);
+        let updated = if self.sparse_train.is_some() {
+            self.first_layer_backward_sparse(update)
         } else if fusions.batchnorm_dense_backward {
             // Layer 0's weight-grad GEMM runs on xhat; first_layer_backward_dense turns the
             // result into dW0, dgamma and dbeta, so layer 0 needs no input-grad GEMM.
             let grad_w = &mut self.grads[layout.kernels[0].clone()];
             gemm_weight_grad(&w.xhat, &w.deltas[1], batch, k, n, grad_w);
             self.first_layer_backward_dense();
+            false
         } else {
             self.first_layer_backward_unfused(batch);
-        }
+            false
+        };
         self.clock.mark(PHASE_FIRST_BACKWARD);
         updated
     }
@@ -605,10 +607,9 @@ fn upper_layers_step(
     let layers = params.config.dense_layers();
     dense_forward(params, &mut w.acts, (batch, first), relu_in_gemm);
     clock.mark(PHASE_DENSE_FORWARD);
-    let labels = &w.labels;
     let (loss_sum, correct) = softmax_xent(
         &w.acts[layers],
-        labels,
+        &w.labels,
         CLASSES,
         Some(&mut w.deltas[layers]),
         None,

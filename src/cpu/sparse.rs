@@ -190,9 +190,9 @@ fn compress_block(
 /// then stays in registers instead of being scattered through memory). The batch is
 /// transposed in groups of [`TILE`] samples (fewer where threads outnumber tiles: see
 /// [`group_size`]; not for a batch transposed a step ahead, off the critical path: see
-/// [`ColumnBatch::fill_in_tiles`]), each on its own: a group's entries (about 38 KB for MNIST) stay in
-/// the level-1 cache while they are scattered into columns, and the backward pass reads
-/// them a group at a time anyway.
+/// [`ColumnBatch::fill_in_tiles`]), each on its own: a group's entries (about 38 KB for
+/// MNIST) stay in the level-1 cache while they are scattered into columns, and the
+/// backward pass reads them a group at a time anyway.
 #[derive(Default)]
 pub struct ColumnBatch {
     pixels: usize,
