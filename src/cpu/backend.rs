@@ -410,12 +410,13 @@ impl CpuBackend {
         } else {
             self.batchnorm_forward_dense(indices);
         }
-        let (loss_sum, correct) = self.upper_layers(batch, next);
+        let (loss_sum, correct) = self.upper_layers(batch, &widths, next);
         let updated = self.first_layer_backward(batch, update);
         (loss_sum, correct, updated)
     }
 
-    /// The layers above the first of a step ([`upper_layers_step`]). On the sparse path,
+    /// The layers above the first of a step ([`upper_layers_step`]; `widths`: the model's
+    /// [`ModelConfig::widths`](crate::model::ModelConfig::widths)). On the sparse path,
     /// where those layers' products are too small for the GEMM to split over threads
     /// (the default model up to batch 102), they run beside the transpose of the next
     /// step's batch `next`: else the other threads would idle while one thread runs them.
@@ -423,7 +424,7 @@ impl CpuBackend {
     /// threads): batch 32 went from 0.1465 to 0.1405 s; at 128 and 512, where the layers
     /// do split, transposing beside them had gained nothing (0.0685 → 0.068 and 0.056 →
     /// 0.057 s).
-    fn upper_layers(&mut self, batch: usize, next: Option<&[u32]>) -> (f32, u32) {
+    fn upper_layers(&mut self, batch: usize, widths: &[usize], next: Option<&[u32]>) -> (f32, u32) {
         let CpuBackend {
             params,
             work,
@@ -436,8 +437,10 @@ impl CpuBackend {
         } = self;
         let first = usize::from(sparse_train.is_some());
         let shape = (batch, first, fusions.relu_in_gemm);
-        let widths = &params.config.widths()[1..];
-        let upper_work = batch * widths.windows(2).map(|k_n| k_n[0] * k_n[1]).sum::<usize>();
+        let upper_work: usize = widths[1..]
+            .windows(2)
+            .map(|k_n| batch * k_n[0] * k_n[1])
+            .sum();
         let on_one_thread = upper_work < PARALLEL_MIN_WORK && rayon::current_num_threads() > 1;
         // `upper_layers_step` is a free function so that it borrows only the fields it
         // needs, leaving `ahead` to the other side of the join.
