@@ -7,6 +7,7 @@
 //! line, the tests or the benches use them; the file helpers, the run directory and the
 //! `--metrics` file rules are internal.
 
+pub mod aligned;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod app;
 pub mod backend;

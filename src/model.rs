@@ -6,6 +6,7 @@
 //! the flat buffer, and wgpu requires 256-byte aligned binding offsets. The padding is
 //! always zero and stays zero (its gradient is zero, so Adam never moves it).
 
+use crate::aligned::Aligned;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::fmt;
@@ -806,7 +807,9 @@ impl ParamLayout {
 pub struct Params {
     pub config: ModelConfig,
     pub layout: ParamLayout,
-    pub trainable: Vec<f32>,
+    /// Every trainable tensor at its [`ParamLayout`] offset, from the start of a cache
+    /// line ([`Aligned`]: the CPU trainer reads the kernels' rows with 512-bit loads).
+    pub trainable: Aligned,
     pub moving_mean: Vec<f32>,
     pub moving_var: Vec<f32>,
 }
@@ -816,7 +819,7 @@ impl Params {
     /// moving mean 0 and moving variance 1. Deterministic for a given seed.
     pub fn init(config: &ModelConfig, seed: u64) -> Self {
         let layout = ParamLayout::new(config);
-        let mut trainable = vec![0.0f32; layout.total];
+        let mut trainable = Aligned::zeros(layout.total);
         trainable[layout.gamma.clone()].fill(1.0);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         // A separate stream from the shuffling RNG, so changing one never changes the other.
@@ -855,8 +858,9 @@ impl Params {
 /// Adam's state: first and second moments (same layout as the parameters) and the step count.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OptimState {
-    pub m: Vec<f32>,
-    pub v: Vec<f32>,
+    /// Cache-line aligned, as [`Params::trainable`] is.
+    pub m: Aligned,
+    pub v: Aligned,
     /// Number of Adam updates applied so far.
     pub step: u64,
 }
@@ -864,8 +868,8 @@ pub struct OptimState {
 impl OptimState {
     pub fn new(len: usize) -> Self {
         OptimState {
-            m: vec![0.0; len],
-            v: vec![0.0; len],
+            m: Aligned::zeros(len),
+            v: Aligned::zeros(len),
             step: 0,
         }
     }
@@ -994,6 +998,25 @@ mod tests {
         assert_eq!(lens(&layout.kernels), [784 * 129, 129 * 33, 33 * 10]);
         assert_eq!(lens(&layout.biases), [129, 33, 10]);
         assert_eq!(layout.total, end.next_multiple_of(TENSOR_ALIGN));
+    }
+
+    /// Every tensor, and so every 128-wide kernel row, starts on a 64-byte cache line in
+    /// the parameters and in Adam's moments, as the CPU trainer's 512-bit loads want.
+    #[test]
+    fn parameters_and_moments_start_on_a_cache_line() {
+        let config = ModelConfig::mlp(&[128], false);
+        let params = Params::init(&config, 1);
+        let optim = OptimState::new(params.trainable.len());
+        let line = |values: &[f32]| values.as_ptr() as usize % 64;
+        for values in [&params.trainable, &optim.m, &optim.v] {
+            assert_eq!(values.len(), params.layout.total);
+            for tensor in params.layout.kernels.iter().chain(&params.layout.biases) {
+                assert_eq!(line(&values[tensor.clone()]), 0, "{tensor:?}");
+            }
+        }
+        assert_eq!(line(params.kernel(0)), 0);
+        let copy = params.clone();
+        assert_eq!((line(&copy.trainable), copy), (0, params));
     }
 
     /// The convnet's tensors: two conv kernels `[out, in, 3, 3]` with Keras' fans, the

@@ -20,6 +20,7 @@
 //! from before `layers` hold. A checkpoint adds `adam.m` and `adam.v` (the flat
 //! parameter layout) and the run's state.
 
+use crate::aligned::Aligned;
 use crate::backend::EpochRecord;
 use crate::backend::StepProgress;
 use crate::fsutil::{open_regular, write_atomic, InputFileError};
@@ -338,7 +339,7 @@ fn checkpoint_bytes(
     metadata.extend(checkpoint_metadata(state));
     let mut tensors = model_tensors(params);
     for (name, values) in [("adam.m", &state.optim.m), ("adam.v", &state.optim.v)] {
-        tensors.push((name.into(), vec![values.len()], values.as_slice().into()));
+        tensors.push((name.into(), vec![values.len()], values[..].into()));
     }
     serialize(
         &tensors,
@@ -498,7 +499,7 @@ impl<'a> Reader<'a> {
         let config = self.config()?;
         let layout = ParamLayout::new(&config);
         let mut params = Params {
-            trainable: vec![0.0f32; layout.total],
+            trainable: Aligned::zeros(layout.total),
             moving_mean: Vec::new(),
             moving_var: Vec::new(),
             config,
@@ -664,8 +665,8 @@ fn checkpoint_from(path: &Path, bytes: &[u8]) -> Result<(Params, RunState), Mode
     let params = reader.params()?;
     let len = params.layout.total;
     let optim = OptimState {
-        m: reader.f32s("adam.m", &[len])?,
-        v: reader.f32s("adam.v", &[len])?,
+        m: reader.f32s("adam.m", &[len])?.into(),
+        v: reader.f32s("adam.v", &[len])?.into(),
         step: reader.meta_parse(ADAM_STEP)?,
     };
     let run = reader.run_settings(params.config.clone())?;
@@ -903,8 +904,8 @@ mod tests {
         let len = params.layout.total;
         RunState {
             optim: OptimState {
-                m: vec![0.5; len],
-                v: vec![0.25; len],
+                m: vec![0.5; len].into(),
+                v: vec![0.25; len].into(),
                 step: 9,
             },
             epochs_done: 0,

@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 /// not use each other). Macros exported at the crate root (`outln!`, `errln!`) count as
 /// the module that defines them.
 const TOP: &[&[&str]] = &[
-    // The platform: files, the host's event loop, signals, the console.
-    &["fsutil", "host", "interrupt"],
+    // The platform: files, the host's event loop, signals, cache-line-aligned arrays,
+    // the console.
+    &["fsutil", "host", "interrupt", "aligned"],
     &["output"],
     // Data and model.
     &["data", "model"],
@@ -77,9 +78,7 @@ fn layers_table() -> &'static [&'static str] {
 }
 
 /// Submodules of `cpu/`, lowest first.
-const CPU: &[&str] = &[
-    "aligned", "awake", "profile", "sparse", "stack", "forward", "backend",
-];
+const CPU: &[&str] = &["awake", "profile", "sparse", "stack", "forward", "backend"];
 
 /// Submodules of `gpu/`, lowest first.
 const GPU: &[&str] = &["epoch", "backend"];

@@ -3,7 +3,6 @@
 //! on sparse data (MNIST) it trains the first layer through [`super::sparse`] instead,
 //! which computes the same step from the nonzero pixels only.
 
-use super::aligned::{Aligned, Rows};
 use super::forward::{dense_forward, forward_eval, EvalImages};
 use super::profile::PhaseClock;
 #[cfg(not(target_arch = "wasm32"))]
@@ -13,6 +12,7 @@ use super::sparse::{
     sparse_forward, ColumnBatch, FirstLayer, FoldedLayer, Kernel, KernelAdam, SparseImages,
 };
 use super::stack::{batchnorm_state, bn_params, LayerStack, Pass};
+use crate::aligned::{Aligned, Rows};
 use crate::backend::{Backend, Diverged, EpochEnd, EvalStats, Steps};
 use crate::data::Mnist;
 use crate::host::Task;

@@ -1,11 +1,11 @@
 //! The forward pass, written once: training (after its BatchNorm), evaluation and
 //! `predict` all run these.
 
-use super::aligned::Rows;
 use super::sparse::{
     fold_batchnorm_into_dense, sparse_forward, FirstLayer, FoldedLayer, SparseImages,
 };
 use super::stack::{bn_params, moving_stats, LayerStack, Pass};
+use crate::aligned::Rows;
 use crate::layers::batchnorm::cpu::{batchnorm_forward_eval, gather_scaled};
 use crate::layers::dense::cpu::gemm_forward;
 use crate::layers::plan::Fusions;

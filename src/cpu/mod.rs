@@ -1,9 +1,8 @@
 //! [`CpuBackend`], the `--cpu-fallback` trainer, built on the layer families' CPU
 //! references (`src/layers/*/cpu.rs`): the one forward pass ([`forward`]), the sparse
-//! first layer ([`sparse`]), the step profiler ([`profile`]) and the cache-line-aligned
-//! arrays its hot loops sweep ([`aligned`]).
+//! first layer ([`sparse`]) and the step profiler ([`profile`]). The arrays its hot loops
+//! sweep start on a cache line ([`crate::aligned`]).
 
-pub mod aligned;
 pub mod awake;
 pub mod backend;
 pub mod forward;

@@ -14,8 +14,8 @@
 //! layers' forward is one pass, and their backward one, and `acts[1]` and `deltas[1]`
 //! (between them) are never written.
 
-use super::aligned::Rows;
 use super::profile::PhaseClock;
+use crate::aligned::Rows;
 use crate::layers::batchnorm::cpu::{
     batchnorm_backward, batchnorm_forward_eval, batchnorm_forward_train, gather_scaled, Affine,
     Moments, TrainOutputs,

@@ -923,7 +923,7 @@ impl GpuBackend {
         Ok(Params {
             config: self.config.clone(),
             layout: self.layout.clone(),
-            trainable,
+            trainable: trainable.into(),
             moving_mean: stats[..features].to_vec(),
             moving_var: stats[features..].to_vec(),
         })
@@ -932,8 +932,16 @@ impl GpuBackend {
     /// [`Backend::optim_state`]: Adam's moments read back, and its step count.
     async fn read_optim_state(&self) -> Result<OptimState> {
         Ok(OptimState {
-            m: self.ctx.read_as(&self.m, 0..self.layout.total).await?,
-            v: self.ctx.read_as(&self.v, 0..self.layout.total).await?,
+            m: self
+                .ctx
+                .read_as(&self.m, 0..self.layout.total)
+                .await?
+                .into(),
+            v: self
+                .ctx
+                .read_as(&self.v, 0..self.layout.total)
+                .await?
+                .into(),
             step: self.step,
         })
     }

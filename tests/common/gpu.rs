@@ -81,7 +81,7 @@ pub fn compare_state(what: &str, gpu: &mut dyn Backend, cpu: &mut dyn Backend, t
     );
     assert_eq!(go.step, co.step, "{what}: step count");
     for (name, a, b) in [
-        ("parameters", &gp.trainable, &cp.trainable),
+        ("parameters", &gp.trainable[..], &cp.trainable[..]),
         ("moving mean", &gp.moving_mean, &cp.moving_mean),
         ("moving var", &gp.moving_var, &cp.moving_var),
         ("adam m", &go.m, &co.m),

@@ -1,17 +1,25 @@
-//! Float arrays that start on a cache line, for the CPU trainer's hot loops.
+//! Float arrays that start on a cache line, for the CPU trainer's hot loops: the model's
+//! parameters and Adam's moments ([`crate::model`]), and the CPU trainer's activations,
+//! δ and gradients.
 //!
 //! A `Vec<f32>` of a few hundred kilobytes starts 16 bytes past a 64-byte line (glibc's
 //! header before an `mmap`ed block; measured), and a smaller one wherever the allocator
 //! puts it. The sparse first layer reads and writes 128-float rows (of δ, of its weight
-//! gradient) with 512-bit vectors, so each such load and store straddled two lines.
-//! Aligned, the first-layer backward went from 0.098 to 0.073 ms per step at batch 128
-//! on one thread (0.053 to 0.040 on two) and from 0.292 to 0.215 at batch 512 (step
-//! profile on a 2-core AMD EPYC with AVX-512; `benches/RESULTS.md`, "Aligned arrays").
-//! The same bits: alignment changes where values sit, never the order of a sum.
+//! gradient, of the kernel and its moments) with 512-bit vectors, so each such load and
+//! store straddled two lines. Aligned δ and gradients made the first-layer backward go
+//! from 0.098 to 0.073 ms per step at batch 128 on one thread (0.053 to 0.040 on two)
+//! and from 0.292 to 0.215 at batch 512 (step profile on a 2-core AMD EPYC with AVX-512;
+//! `benches/RESULTS.md`, "Aligned arrays"). On a 2-core Intel Xeon, where a load that
+//! straddles two lines costs more, aligning the parameters and moments as well made the
+//! CPU trainer's epochs 15–25% shorter on two threads (`benches/RESULTS.md`, "The
+//! parameters on a cache line"). The same bits: alignment changes where values sit,
+//! never the order of a sum.
 //!
 //! Rows stay aligned when the row width is a multiple of 16 floats (128 is). The first
 //! layer's weight gradient starts 2·784 floats into the gradient array (after γ and β):
-//! 98 whole lines, so its rows are aligned too.
+//! 98 whole lines, so its rows are aligned too; the parameter layout starts every tensor
+//! on a 256-byte boundary (for wgpu's bindings), so the kernels' rows are aligned in the
+//! parameters and the moments.
 
 /// Floats from the start of a 64-byte line. Reads as a `[f32]`.
 #[derive(Clone, Default)]
@@ -49,6 +57,45 @@ impl Aligned {
         self.lines.resize(len.div_ceil(PER_LINE), ZERO_LINE);
         self.len = len;
         self[stale].fill(0.0);
+    }
+
+    /// A copy of `values`, from the start of a line.
+    pub fn from_slice(values: &[f32]) -> Self {
+        let mut aligned = Aligned::zeros(values.len());
+        aligned.copy_from_slice(values);
+        aligned
+    }
+}
+
+impl From<Vec<f32>> for Aligned {
+    fn from(values: Vec<f32>) -> Self {
+        Aligned::from_slice(&values)
+    }
+}
+
+impl From<&[f32]> for Aligned {
+    fn from(values: &[f32]) -> Self {
+        Aligned::from_slice(values)
+    }
+}
+
+/// Compares the values, as a `[f32]` would.
+impl PartialEq for Aligned {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+/// Prints the values, as a `[f32]` would.
+impl std::fmt::Debug for Aligned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl std::borrow::Borrow<[f32]> for Aligned {
+    fn borrow(&self) -> &[f32] {
+        self
     }
 }
 
