@@ -274,25 +274,26 @@ pub(crate) fn dense_backward_row(
     (dgamma, dbeta)
 }
 
-/// `Σ a·b` in [`LANES`] interleaved partial sums, combined in a fixed order.
+/// `Σ a·b` in [`LANES`] interleaved partial sums, combined in a fixed order: lane i
+/// starts from the product of the tail's element i (past the last whole chunk of
+/// [`LANES`]) or 0, then adds its element of each chunk in turn. Chunks as arrays
+/// (`as_chunks`), so the compiler sees each as one vector: over slices it had built
+/// the lanes from masked 4-wide loads, blends and extracts (a third of the first-layer
+/// backward's time at batch 32 in a profile of the Intel Xeon, and the same sums).
 #[inline(always)]
 fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let (a_chunks, a_tail) = a.as_chunks::<LANES>();
+    let (b_chunks, b_tail) = b.as_chunks::<LANES>();
     let mut acc = [0.0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    for (i, (x, y)) in a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .enumerate()
-    {
+    for (i, (x, y)) in a_tail.iter().zip(b_tail).enumerate() {
         acc[i] = x * y;
     }
-    for (x, y) in a_chunks.zip(b_chunks) {
+    for (x, y) in a_chunks.iter().zip(b_chunks) {
         for i in 0..LANES {
             acc[i] += x[i] * y[i];
         }
     }
-    sum_lanes(acc)
+    sum_lanes(std::hint::black_box(acc))
 }
 
 /// Pairwise sum of the lanes, always in the same order.
