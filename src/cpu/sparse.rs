@@ -758,9 +758,13 @@ fn column_sums(
     first: usize,
     h: &mut [f32],
 ) {
-    h.fill(0.0);
     for g in 0..columns.groups() {
         for (r, h_row) in h.chunks_exact_mut(n).enumerate() {
+            // Zeroed as each row is first visited, while it is about to be summed into,
+            // rather than in a pass of its own over the whole array.
+            if g == 0 {
+                h_row.fill(0.0);
+            }
             let column = columns.column(g, first + r);
             if wide && column.len() >= WIDE_MIN_ENTRIES {
                 weight_grad_row::<WIDE_BLOCK>(columns, column, delta, h_row);
