@@ -11,7 +11,7 @@
 //! and from 0.292 to 0.215 at batch 512 (step profile on a 2-core AMD EPYC with AVX-512;
 //! `benches/RESULTS.md`, "Aligned arrays"). On a 2-core Intel Xeon, where a load that
 //! straddles two lines costs more, aligning the parameters and moments as well made the
-//! CPU trainer's epochs 15–25% shorter on two threads (`benches/RESULTS.md`, "The
+//! CPU trainer's epochs 10–25% shorter on two threads (`benches/RESULTS.md`, "The
 //! parameters on a cache line"). The same bits: alignment changes where values sit,
 //! never the order of a sum.
 //!
