@@ -276,10 +276,11 @@ pub(crate) fn dense_backward_row(
 
 /// `Σ a·b` in [`LANES`] interleaved partial sums, combined in a fixed order: lane i
 /// starts from the product of the tail's element i (past the last whole chunk of
-/// [`LANES`]) or 0, then adds its element of each chunk in turn. Chunks as arrays
-/// (`as_chunks`), so the compiler sees each as one vector: over slices it had built
-/// the lanes from masked 4-wide loads, blends and extracts (a third of the first-layer
-/// backward's time at batch 32 in a profile of the Intel Xeon, and the same sums).
+/// [`LANES`]) or 0, then adds its element of each chunk in turn. The lanes pass through
+/// `black_box` before [`sum_lanes`]: without it the compiler vectorised the loop around
+/// that final pairing of lanes, building them from masked 4-wide loads, blends and
+/// extracts (a third of the first-layer backward's time at batch 32 in a profile on an
+/// Intel Xeon); with it each chunk is one 8-wide load, multiply and add, the same sums.
 #[inline(always)]
 fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     let (a_chunks, a_tail) = a.as_chunks::<LANES>();
