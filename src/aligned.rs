@@ -58,24 +58,15 @@ impl Aligned {
         self.len = len;
         self[stale].fill(0.0);
     }
-
-    /// A copy of `values`, from the start of a line.
-    pub fn from_slice(values: &[f32]) -> Self {
-        let mut aligned = Aligned::zeros(values.len());
-        aligned.copy_from_slice(values);
-        aligned
-    }
 }
 
+/// A copy of `values`, from the start of a line (a file's or a GPU buffer's values, read
+/// into a `Vec` first).
 impl From<Vec<f32>> for Aligned {
     fn from(values: Vec<f32>) -> Self {
-        Aligned::from_slice(&values)
-    }
-}
-
-impl From<&[f32]> for Aligned {
-    fn from(values: &[f32]) -> Self {
-        Aligned::from_slice(values)
+        let mut aligned = Aligned::zeros(values.len());
+        aligned.copy_from_slice(&values);
+        aligned
     }
 }
 
