@@ -292,13 +292,14 @@ fn same_seed_gives_bit_identical_weights() {
 }
 
 /// The CPU path splits its work by rows and columns, never a sum across threads, so the
-/// weights are the same bits on one thread and on three (batch 32 splits its forward and
-/// backward, and transposes each next batch beside the layers above the first; 128 and
-/// 200 split the transpose too, 200 with a partial group of samples), and so is the
-/// evaluation (its batch of 200 split by rows).
+/// weights are the same bits on one thread and on three (batches 32, 128 and 200 split
+/// their forward and backward, and transpose each next batch beside the layers above the
+/// first, 200 with a partial group of samples; 300, whose upper layers split, splits its
+/// own transpose instead, also with a partial group), and so is the evaluation (its batch
+/// of 200 split by rows).
 #[test]
 fn weights_do_not_depend_on_the_thread_count() {
-    for batch in [32, 128, 200] {
+    for batch in [32, 128, 200, 300] {
         let on = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)

@@ -417,13 +417,10 @@ impl CpuBackend {
 
     /// The layers above the first of a step ([`upper_layers_step`]; `widths`: the model's
     /// [`ModelConfig::widths`](crate::model::ModelConfig::widths)). On the sparse path,
-    /// where those layers' products are too small for the GEMM to split over threads
-    /// (the default model up to batch 102), they run beside the transpose of the next
-    /// step's batch `next`: else the other threads would idle while one thread runs them.
-    /// Measured (whole epochs, `cargo bench --bench epoch`, 20 rounds alternating, two
-    /// threads): batch 32 went from 0.1465 to 0.1405 s; at 128 and 512, where the layers
-    /// do split, transposing beside them had gained nothing (0.0685 → 0.068 and 0.056 →
-    /// 0.057 s).
+    /// where those layers' products are small ([`BESIDE_TRANSPOSE_MAX_WORK`]), they run on
+    /// one thread beside the transpose of the next step's batch `next`: below the GEMM's
+    /// split size the other threads would otherwise idle, and a little above it the split
+    /// saves less than the transpose then costs on the step's critical path.
     fn upper_layers(&mut self, batch: usize, widths: &[usize], next: Option<&[u32]>) -> (f32, u32) {
         let CpuBackend {
             params,
@@ -441,7 +438,8 @@ impl CpuBackend {
             .windows(2)
             .map(|k_n| batch * k_n[0] * k_n[1])
             .sum();
-        let on_one_thread = upper_work < PARALLEL_MIN_WORK && rayon::current_num_threads() > 1;
+        let on_one_thread =
+            upper_work < BESIDE_TRANSPOSE_MAX_WORK && rayon::current_num_threads() > 1;
         // `upper_layers_step` is a free function so that it borrows only the fields it
         // needs, leaving `ahead` to the other side of the join.
         match (sparse_train, next) {
@@ -649,6 +647,17 @@ fn upper_layers_step(
     clock.mark(PHASE_DENSE_BACKWARD);
     (loss_sum, correct)
 }
+
+/// Work (multiply-adds) of the layers above the first below which a step runs them on
+/// one thread beside the transpose of the next batch ([`CpuBackend::upper_layers`]):
+/// twice the GEMM's split size, so the default model's 128→10 layer up to batch 204.
+/// Measured on two threads (whole epochs of the train command, alternating, seconds an
+/// epoch): on an AMD EPYC, batch 32 0.1465 → 0.1405 (20 rounds), 128 0.0685 → 0.068 and
+/// 512 0.056 → 0.057; on an Intel Xeon (6 rounds each), batch 128 0.1163–0.1306 →
+/// 0.1114–0.1212 (medians 0.1219 → 0.1153, faster in 5 of 6), 256 no clear change
+/// (0.096–0.106 → 0.100–0.102) and 512 slower (0.082–0.090 → 0.089–0.091): there the
+/// split layers gain more than the transpose costs.
+const BESIDE_TRANSPOSE_MAX_WORK: usize = 2 * PARALLEL_MIN_WORK;
 
 /// A batch transposed a step ahead ([`CpuBackend::upper_layers`]), and its samples.
 #[derive(Default)]
