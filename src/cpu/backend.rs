@@ -417,10 +417,8 @@ impl CpuBackend {
 
     /// The layers above the first of a step ([`upper_layers_step`]; `widths`: the model's
     /// [`ModelConfig::widths`](crate::model::ModelConfig::widths)). On the sparse path,
-    /// where those layers' products are small ([`BESIDE_TRANSPOSE_MAX_WORK`]), they run on
-    /// one thread beside the transpose of the next step's batch `next`: below the GEMM's
-    /// split size the other threads would otherwise idle, and a little above it the split
-    /// saves less than the transpose then costs on the step's critical path.
+    /// where those layers' products are small ([`beside_transpose`]), they run on one
+    /// thread beside the transpose of the next step's batch `next`.
     fn upper_layers(&mut self, batch: usize, widths: &[usize], next: Option<&[u32]>) -> (f32, u32) {
         let CpuBackend {
             params,
@@ -438,8 +436,7 @@ impl CpuBackend {
             .windows(2)
             .map(|k_n| batch * k_n[0] * k_n[1])
             .sum();
-        let on_one_thread =
-            upper_work < BESIDE_TRANSPOSE_MAX_WORK && rayon::current_num_threads() > 1;
+        let on_one_thread = beside_transpose(upper_work, rayon::current_num_threads());
         // `upper_layers_step` is a free function so that it borrows only the fields it
         // needs, leaving `ahead` to the other side of the join.
         match (sparse_train, next) {
@@ -648,16 +645,29 @@ fn upper_layers_step(
     (loss_sum, correct)
 }
 
-/// Work (multiply-adds) of the layers above the first below which a step runs them on
-/// one thread beside the transpose of the next batch ([`CpuBackend::upper_layers`]):
-/// twice the GEMM's split size, so the default model's 128→10 layer up to batch 204.
+/// Whether a step on `threads` threads runs the layers above the first, of `upper_work`
+/// multiply-adds, on one thread beside the transpose of the next batch
+/// ([`CpuBackend::upper_layers`]) rather than splitting them and transposing in the step.
+/// Below the GEMM's split size they run on one thread anyway, and the other threads would
+/// idle. Above it, split over T threads they save (1 − 1/T) of their time, while the
+/// transpose in the step costs 1/T of its own: beside it they win while (T − 1) times
+/// their time is under the transpose's. On two threads that holds up to about twice the
+/// split size (the default model up to batch 204: at 128 its layers take about 0.03 ms
+/// on one thread, its transpose 0.035); on more, the split gains more than the
+/// transpose costs.
+///
 /// Measured on two threads (whole epochs of the train command, alternating, seconds an
-/// epoch): on an AMD EPYC, batch 32 0.1465 → 0.1405 (20 rounds), 128 0.0685 → 0.068 and
-/// 512 0.056 → 0.057; on an Intel Xeon (6 rounds each), batch 128 0.1163–0.1306 →
-/// 0.1114–0.1212 (medians 0.1219 → 0.1153, faster in 5 of 6), 256 no clear change
-/// (0.096–0.106 → 0.100–0.102) and 512 slower (0.082–0.090 → 0.089–0.091): there the
-/// split layers gain more than the transpose costs.
-const BESIDE_TRANSPOSE_MAX_WORK: usize = 2 * PARALLEL_MIN_WORK;
+/// epoch): on an AMD EPYC, batch 32 0.1465 → 0.1405 (20 rounds); on an Intel Xeon (6
+/// rounds each), batch 128 0.1163–0.1306 → 0.1114–0.1212 (medians 0.1219 → 0.1153,
+/// faster in 5 of 6), 256 no clear change (0.096–0.106 → 0.100–0.102) and 512 slower
+/// (0.082–0.090 → 0.089–0.091).
+fn beside_transpose(upper_work: usize, threads: usize) -> bool {
+    match threads {
+        0 | 1 => false,
+        2 => upper_work < 2 * PARALLEL_MIN_WORK,
+        _ => upper_work < PARALLEL_MIN_WORK,
+    }
+}
 
 /// A batch transposed a step ahead ([`CpuBackend::upper_layers`]), and its samples.
 #[derive(Default)]
@@ -982,7 +992,30 @@ mod tests {
 
     /// A batch transposed ahead is used once, and only by a step on the same samples.
     /// (That the trained bits are those of a fresh transpose, `tests/cpu_training.rs`
-    /// checks on one thread against three.)
+    /// checks on one thread against two and three.)
+    /// The default model's layers above the first (128→10) run beside the next batch's
+    /// transpose up to batch 204 on two threads, below the GEMM's split size (batch 102)
+    /// on more, and never on one.
+    #[test]
+    fn small_upper_layers_run_beside_the_next_transpose() {
+        let work = |batch: usize| batch * 128 * 10;
+        for (batch, threads, beside) in [
+            (128, 1, false),
+            (32, 2, true),
+            (128, 2, true),
+            (204, 2, true),
+            (205, 2, false),
+            (512, 2, false),
+            (102, 3, true),
+            (103, 3, false),
+            (32, 16, true),
+            (128, 16, false),
+        ] {
+            let got = beside_transpose(work(batch), threads);
+            assert_eq!(got, beside, "batch {batch} on {threads} threads");
+        }
+    }
+
     #[test]
     fn a_batch_transposed_ahead_serves_only_its_own_samples() {
         let images: Vec<u8> = (0..8 * INPUT).map(|i| (i % 7 * 40) as u8).collect();
