@@ -84,6 +84,7 @@ impl std::fmt::Debug for Aligned {
     }
 }
 
+/// Lets a list of them be joined with `concat`, as a list of `Vec<f32>` can.
 impl std::borrow::Borrow<[f32]> for Aligned {
     fn borrow(&self) -> &[f32] {
         self

@@ -990,9 +990,6 @@ impl Backend for CpuBackend {
 mod tests {
     use super::*;
 
-    /// A batch transposed ahead is used once, and only by a step on the same samples.
-    /// (That the trained bits are those of a fresh transpose, `tests/cpu_training.rs`
-    /// checks on one thread against two and three.)
     /// The default model's layers above the first (128→10) run beside the next batch's
     /// transpose up to batch 204 on two threads, below the GEMM's split size (batch 102)
     /// on more, and never on one.
@@ -1016,6 +1013,9 @@ mod tests {
         }
     }
 
+    /// A batch transposed ahead is used once, and only by a step on the same samples.
+    /// (That the trained bits are those of a fresh transpose, `tests/cpu_training.rs`
+    /// checks on one thread against two and three.)
     #[test]
     fn a_batch_transposed_ahead_serves_only_its_own_samples() {
         let images: Vec<u8> = (0..8 * INPUT).map(|i| (i % 7 * 40) as u8).collect();
