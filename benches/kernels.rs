@@ -162,13 +162,33 @@ fn gpu_gemm(
     common::median_secs(3, run) / reps as f64
 }
 
+/// An adapter the bench times: its label, its device and kernels, and whether it is a
+/// software rasteriser.
+type Context = (String, GpuContext, Pipelines, bool);
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument selects rows by substring.
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let wanted = |label: &str| filter.as_deref().is_none_or(|f| label.contains(f));
     let adapters = common::adapters();
+    let contexts = open_contexts(&adapters);
+    gemm_rows(&contexts, &wanted);
+    if wanted("other") {
+        family_rows(&contexts);
+        sparse_first_layer_cpu();
+    }
+    if wanted("step") {
+        // The GPU's first: on a GPU machine they are what a time-limited run is for.
+        step_profiles(&adapters);
+        cpu_step_profiles();
+    }
+}
+
+/// A device and the kernels on each adapter of `adapters` that opens (those that do not
+/// are named on standard error).
+fn open_contexts(adapters: &[(String, mnist_gpu::gpu::DeviceChoice, bool)]) -> Vec<Context> {
     let mut contexts = Vec::new();
-    for (label, choice, software) in &adapters {
+    for (label, choice, software) in adapters {
         match GpuContext::new(choice, Needs::default())
             .and_then(|ctx| Pipelines::new(&ctx).map(|k| (ctx, k)))
         {
@@ -176,6 +196,12 @@ fn main() {
             Err(e) => eprintln!("{label}: {e}"),
         }
     }
+    contexts
+}
+
+/// The GEMM table: a header, then a row of GFLOP/s per product `wanted`, the CPU's and
+/// each adapter's.
+fn gemm_rows(contexts: &[Context], wanted: &dyn Fn(&str) -> bool) {
     println!(
         "{:<44} {:>14} {}",
         "kernel",
@@ -199,7 +225,7 @@ fn main() {
             flops / cpu_gemm(m, k, n, form, reps) / 1e9
         };
         let mut row = format!("{label:<44} {cpu:>14.2}");
-        for (_, ctx, kernels, software) in &contexts {
+        for (_, ctx, kernels, software) in contexts {
             // Software rasterisers manage ~1 GFLOP/s: keep their repetitions small.
             let gpu_reps = if *software {
                 (reps / 20).max(1)
@@ -212,15 +238,6 @@ fn main() {
             ));
         }
         println!("{row}");
-    }
-    if wanted("other") {
-        family_rows(&contexts);
-        sparse_first_layer_cpu();
-    }
-    if wanted("step") {
-        // The GPU's first: on a GPU machine they are what a time-limited run is for.
-        step_profiles(&adapters);
-        cpu_step_profiles();
     }
 }
 
@@ -447,7 +464,7 @@ fn short(label: &str) -> String {
 /// test runs it, a round trip with upload and readback, so these bound the kernel from
 /// above (the `step/…` rows time the training step's own dispatches alone, and on the
 /// GPU itself where it can).
-fn family_rows(contexts: &[(String, GpuContext, Pipelines, bool)]) {
+fn family_rows(contexts: &[Context]) {
     let cases: Vec<_> = mnist_gpu::layers::cases()
         .into_iter()
         .filter(|case| case.bench)
@@ -482,10 +499,9 @@ fn family_rows(contexts: &[(String, GpuContext, Pipelines, bool)]) {
 /// transpose and statistics, the folded forward, and the fused backward, per call.
 fn sparse_first_layer_cpu() {
     use cpu::sparse::{
-        batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward, sparse_forward,
-        ColumnBatch, FirstLayer, FoldedLayer, Kernel, KernelAdam, SparseImages,
+        batch_stats, fold_batchnorm_into_dense, sparse_forward, ColumnBatch, FirstLayer,
+        FoldedLayer, SparseImages,
     };
-    use mnist_gpu::layers::adam::cpu::AdamStep;
     use mnist_gpu::layers::batchnorm::cpu::Affine;
     let mnist = mnist_gpu::data::Mnist::load(&mnist_gpu::data::builtin_dir())
         .expect("the built-in MNIST loads");
@@ -528,37 +544,53 @@ fn sparse_first_layer_cpu() {
             "other/cpu/sparse forward (fold + 784→128) b{batch}: {:.1} µs",
             us(t)
         );
-        let delta = random(batch * n, 22);
-        let db = random(n, 23);
-        let mut grad_w = vec![0.0; features * n];
-        let (mut dg, mut dbeta) = (vec![0.0; features], vec![0.0; features]);
-        let t = common::median_secs(200, || {
-            let grads = Affine {
-                gamma: &mut dg[..],
-                beta: &mut dbeta[..],
-            };
-            let layer = (first, Kernel::Read(&w));
-            sparse_first_layer_backward(&columns, (&delta, &db), layer, &mut grad_w, grads)
-        });
-        println!(
-            "other/cpu/sparse backward (dW, dγ, dβ) b{batch}: {:.1} µs",
-            us(t)
-        );
-        // The same pass with Adam's update of the kernel in it (`adam_in_backward`).
-        let (mut w_trained, mut m, mut v) = (w.clone(), vec![0.0; w.len()], vec![0.0; w.len()]);
-        let step = AdamStep::new(1e-3, &mnist_gpu::model::Hyper::default());
-        let t = common::median_secs(200, || {
-            let grads = Affine {
-                gamma: &mut dg[..],
-                beta: &mut dbeta[..],
-            };
-            let (w, m, v) = (&mut w_trained[..], &mut m[..], &mut v[..]);
-            let layer = (first, Kernel::Update(KernelAdam { w, m, v, step }));
-            sparse_first_layer_backward(&columns, (&delta, &db), layer, &mut grad_w, grads)
-        });
-        println!(
-            "other/cpu/sparse backward + Adam of dW b{batch}: {:.1} µs",
-            us(t)
-        );
+        sparse_backward_rows(&columns, first, &w, batch);
     }
+}
+
+/// The sparse first layer's backward rows of [`sparse_first_layer_cpu`] for the batch
+/// `columns` of `batch` images: the pass alone, then with Adam's update of the kernel `w`
+/// in it.
+fn sparse_backward_rows(
+    columns: &cpu::sparse::ColumnBatch,
+    first: cpu::sparse::FirstLayer,
+    w: &[f32],
+    batch: usize,
+) {
+    use cpu::sparse::{sparse_first_layer_backward, Kernel, KernelAdam};
+    use mnist_gpu::layers::adam::cpu::AdamStep;
+    use mnist_gpu::layers::batchnorm::cpu::Affine;
+    let (features, n) = (first.mean.len(), w.len() / first.mean.len());
+    let delta = random(batch * n, 22);
+    let db = random(n, 23);
+    let mut grad_w = vec![0.0; features * n];
+    let (mut dg, mut dbeta) = (vec![0.0; features], vec![0.0; features]);
+    let t = common::median_secs(200, || {
+        let grads = Affine {
+            gamma: &mut dg[..],
+            beta: &mut dbeta[..],
+        };
+        let layer = (first, Kernel::Read(w));
+        sparse_first_layer_backward(columns, (&delta, &db), layer, &mut grad_w, grads)
+    });
+    println!(
+        "other/cpu/sparse backward (dW, dγ, dβ) b{batch}: {:.1} µs",
+        t * 1e6
+    );
+    // The same pass with Adam's update of the kernel in it (`adam_in_backward`).
+    let (mut w_trained, mut m, mut v) = (w.to_vec(), vec![0.0; w.len()], vec![0.0; w.len()]);
+    let step = AdamStep::new(1e-3, &mnist_gpu::model::Hyper::default());
+    let t = common::median_secs(200, || {
+        let grads = Affine {
+            gamma: &mut dg[..],
+            beta: &mut dbeta[..],
+        };
+        let (w, m, v) = (&mut w_trained[..], &mut m[..], &mut v[..]);
+        let layer = (first, Kernel::Update(KernelAdam { w, m, v, step }));
+        sparse_first_layer_backward(columns, (&delta, &db), layer, &mut grad_w, grads)
+    });
+    println!(
+        "other/cpu/sparse backward + Adam of dW b{batch}: {:.1} µs",
+        t * 1e6
+    );
 }
