@@ -523,137 +523,161 @@ fn refusal_of(session: &Session, base: &str, query: &str) -> String {
     }
 }
 
+/// The settings the page refuses before training, each with words its error must contain.
+const REFUSALS: [(&str, &str); 16] = [
+    ("epochs=0", "the epochs field ('0'): must be at least 1"),
+    (
+        "epochs=NaN",
+        "the epochs field ('NaN'): 'NaN' is not a positive whole number",
+    ),
+    ("epochs=1.5", "the epochs field ('1.5')"),
+    (
+        "batch-size=0",
+        "the batch size field ('0'): must be at least 1",
+    ),
+    (
+        "lr=0",
+        "the learning rate field ('0'): must be a finite number above 0",
+    ),
+    ("lr=-1", "the learning rate field ('-1')"),
+    (
+        "lr=fast",
+        "the learning rate field ('fast'): 'fast' is not a number",
+    ),
+    (
+        "train-limit=0",
+        "the train limit field ('0'): must be at least 1",
+    ),
+    (
+        "test-limit=0",
+        "the test limit field ('0'): must be at least 1",
+    ),
+    (
+        "hidden=0",
+        "the hidden field ('0'): layer widths must be at least 1",
+    ),
+    (
+        "hidden=",
+        "the hidden field (''): expected a comma-separated list",
+    ),
+    (
+        "hidden=100000",
+        "layer width 100000 is too large (at most 65536)",
+    ),
+    ("hidden=64,abc", "'abc' is not a layer width"),
+    (
+        "model=resnet",
+        "the model field ('resnet'): unknown model 'resnet' (expected mlp or convnet)",
+    ),
+    (
+        "model=convnet&hidden=64",
+        "the hidden field ('64') sets the MLP's widths",
+    ),
+    (
+        "seed=-1",
+        "the seed field ('-1'): '-1' is not a whole number from 0",
+    ),
+];
+
 /// The page refuses what the command line refuses, with the field, the rule and the value
 /// in its words, and trains nothing; a seed above 2^53 gives the CLI's run; a limit above
 /// the data gets the CLI's note; a run that diverges ends as an error, not as done.
 #[test]
 fn the_page_refuses_what_the_cli_refuses() {
     in_browser("refusals", &WEBGPU_ARGS, |session, base| {
-        let rest = "&train-limit=500&test-limit=200&cpu-fallback=1&autostart=1";
-        let cases = [
-            ("epochs=0", "the epochs field ('0'): must be at least 1"),
-            (
-                "epochs=NaN",
-                "the epochs field ('NaN'): 'NaN' is not a positive whole number",
-            ),
-            ("epochs=1.5", "the epochs field ('1.5')"),
-            (
-                "batch-size=0",
-                "the batch size field ('0'): must be at least 1",
-            ),
-            (
-                "lr=0",
-                "the learning rate field ('0'): must be a finite number above 0",
-            ),
-            ("lr=-1", "the learning rate field ('-1')"),
-            (
-                "lr=fast",
-                "the learning rate field ('fast'): 'fast' is not a number",
-            ),
-            (
-                "train-limit=0",
-                "the train limit field ('0'): must be at least 1",
-            ),
-            (
-                "test-limit=0",
-                "the test limit field ('0'): must be at least 1",
-            ),
-            (
-                "hidden=0",
-                "the hidden field ('0'): layer widths must be at least 1",
-            ),
-            (
-                "hidden=",
-                "the hidden field (''): expected a comma-separated list",
-            ),
-            (
-                "hidden=100000",
-                "layer width 100000 is too large (at most 65536)",
-            ),
-            ("hidden=64,abc", "'abc' is not a layer width"),
-            (
-                "model=resnet",
-                "the model field ('resnet'): unknown model 'resnet' (expected mlp or convnet)",
-            ),
-            (
-                "model=convnet&hidden=64",
-                "the hidden field ('64') sets the MLP's widths",
-            ),
-            (
-                "seed=-1",
-                "the seed field ('-1'): '-1' is not a whole number from 0",
-            ),
-        ];
-        for (setting, expected) in cases {
-            let error = refusal_of(session, base, &format!("?{setting}{rest}"));
-            assert!(error.contains(expected), "{setting}: {error}");
-            let train = "return document.getElementById('train').disabled;";
-            assert_eq!(session.execute(train, json!([])), json!(false), "{setting}");
-        }
-        // A seed above 2^53 reaches the trainer exactly: the CLI's run with that seed,
-        // augmented (the page's wasm CPU path makes the images the native one does).
-        let seed = "9007199254740993";
-        let query = format!(
-            "?epochs=1&seed={seed}&augment=1&train-limit=500&test-limit=200&cpu-fallback=1&autostart=1"
-        );
-        session.goto(&format!("{base}{query}"));
-        let lines = wait_for_run(session);
-        let dir = tempfile::tempdir().unwrap();
-        let metrics = dir.path().join("metrics.jsonl");
-        let (out, metrics_arg) = (dir.path().join("run"), metrics.to_str().unwrap());
-        succeed(&[
-            "train",
-            "--cpu-fallback",
-            "--epochs",
-            "1",
-            "--seed",
-            seed,
-            "--augment",
-            "--train-limit",
-            "500",
-            "--test-limit",
-            "200",
-            "--out-dir",
-            out.to_str().unwrap(),
-            "--metrics",
-            metrics_arg,
-        ]);
-        let cli: EpochRecord =
-            serde_json::from_str(std::fs::read_to_string(&metrics).unwrap().trim()).unwrap();
-        assert_agrees(&page_record(&lines), &cli);
-        // A limit above the samples there are: all of them, with the CLI's note.
-        let query = "?epochs=1&train-limit=100&test-limit=1000000&cpu-fallback=1&autostart=1";
-        session.goto(&format!("{base}{query}"));
-        let done = "return (window.mnistGpuLog || []).some((l) => /^(error|done) /.test(l));";
-        wait_until_for(session, "the run", done, 120);
-        let note =
-            "note: the test limit 1000000 is more than the 10000 samples available; using all 10000";
-        let lines = log_lines(session);
-        assert!(lines.iter().any(|l| l == note), "{lines:#?}");
-        let device = session.execute(
-            "return document.getElementById('device').textContent;",
-            json!([]),
-        );
-        assert!(device.as_str().unwrap().contains(note), "{device}");
-        // The command line's divergence check, on both paths, at the learning rate where
-        // the native CLI meets a NaN and the page's single-threaded sums stayed finite.
-        for cpu in ["1", "0"] {
-            let query = format!(
-                "?epochs=2&lr=1e30&train-limit=1000&test-limit=200&cpu-fallback={cpu}&autostart=1"
-            );
-            session.goto(&format!("{base}{query}"));
-            let failed = "return (window.mnistGpuLog || []).some((l) => /^(error|done) /.test(l));";
-            wait_until_for(session, "the diverging run to end", failed, 300);
-            let lines = log_lines(session);
-            let error = lines.iter().find_map(|l| l.strip_prefix("error "));
-            let error = error.unwrap_or_else(|| panic!("cpu={cpu}: not refused: {lines:#?}"));
-            assert!(
-                error.contains("training diverged in epoch 1")
-                    && error.contains("the learning rate field"),
-                "cpu={cpu}: {error}"
-            );
-        }
+        assert_each_bad_setting_is_refused(session, base);
+        assert_a_seed_above_2_53_gives_the_cli_run(session, base);
+        assert_a_limit_above_the_data_gets_the_cli_note(session, base);
+        assert_divergence_ends_as_an_error(session, base);
     });
+}
+
+/// Each of [`REFUSALS`] is refused in the page's words, and Train stays enabled.
+fn assert_each_bad_setting_is_refused(session: &Session, base: &str) {
+    let rest = "&train-limit=500&test-limit=200&cpu-fallback=1&autostart=1";
+    for (setting, expected) in REFUSALS {
+        let error = refusal_of(session, base, &format!("?{setting}{rest}"));
+        assert!(error.contains(expected), "{setting}: {error}");
+        let train = "return document.getElementById('train').disabled;";
+        assert_eq!(session.execute(train, json!([])), json!(false), "{setting}");
+    }
+}
+
+/// An augmented run with a seed above 2^53 gives the metrics of the CLI's run with it.
+fn assert_a_seed_above_2_53_gives_the_cli_run(session: &Session, base: &str) {
+    // A seed above 2^53 reaches the trainer exactly: the CLI's run with that seed,
+    // augmented (the page's wasm CPU path makes the images the native one does).
+    let seed = "9007199254740993";
+    let query = format!(
+        "?epochs=1&seed={seed}&augment=1&train-limit=500&test-limit=200&cpu-fallback=1&autostart=1"
+    );
+    session.goto(&format!("{base}{query}"));
+    let lines = wait_for_run(session);
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("metrics.jsonl");
+    let (out, metrics_arg) = (dir.path().join("run"), metrics.to_str().unwrap());
+    succeed(&[
+        "train",
+        "--cpu-fallback",
+        "--epochs",
+        "1",
+        "--seed",
+        seed,
+        "--augment",
+        "--train-limit",
+        "500",
+        "--test-limit",
+        "200",
+        "--out-dir",
+        out.to_str().unwrap(),
+        "--metrics",
+        metrics_arg,
+    ]);
+    let cli: EpochRecord =
+        serde_json::from_str(std::fs::read_to_string(&metrics).unwrap().trim()).unwrap();
+    assert_agrees(&page_record(&lines), &cli);
+}
+
+/// A test limit above the samples there are trains on all of them, with the CLI's note in
+/// the log and the device line.
+fn assert_a_limit_above_the_data_gets_the_cli_note(session: &Session, base: &str) {
+    // A limit above the samples there are: all of them, with the CLI's note.
+    let query = "?epochs=1&train-limit=100&test-limit=1000000&cpu-fallback=1&autostart=1";
+    session.goto(&format!("{base}{query}"));
+    let done = "return (window.mnistGpuLog || []).some((l) => /^(error|done) /.test(l));";
+    wait_until_for(session, "the run", done, 120);
+    let note =
+        "note: the test limit 1000000 is more than the 10000 samples available; using all 10000";
+    let lines = log_lines(session);
+    assert!(lines.iter().any(|l| l == note), "{lines:#?}");
+    let device = session.execute(
+        "return document.getElementById('device').textContent;",
+        json!([]),
+    );
+    assert!(device.as_str().unwrap().contains(note), "{device}");
+}
+
+/// A diverging run, with `cpu-fallback` on and off, ends as a divergence error naming the
+/// learning rate field.
+fn assert_divergence_ends_as_an_error(session: &Session, base: &str) {
+    // The command line's divergence check, on both paths, at the learning rate where
+    // the native CLI meets a NaN and the page's single-threaded sums stayed finite.
+    for cpu in ["1", "0"] {
+        let query = format!(
+            "?epochs=2&lr=1e30&train-limit=1000&test-limit=200&cpu-fallback={cpu}&autostart=1"
+        );
+        session.goto(&format!("{base}{query}"));
+        let failed = "return (window.mnistGpuLog || []).some((l) => /^(error|done) /.test(l));";
+        wait_until_for(session, "the diverging run to end", failed, 300);
+        let lines = log_lines(session);
+        let error = lines.iter().find_map(|l| l.strip_prefix("error "));
+        let error = error.unwrap_or_else(|| panic!("cpu={cpu}: not refused: {lines:#?}"));
+        assert!(
+            error.contains("training diverged in epoch 1")
+                && error.contains("the learning rate field"),
+            "cpu={cpu}: {error}"
+        );
+    }
 }
 
 /// On the CPU path the page yields to the browser while it trains (its timers keep

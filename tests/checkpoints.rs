@@ -36,7 +36,21 @@ fn partial(steps: &'static str, samples: &'static str) -> Edit {
     })
 }
 
+/// Every metadata mutation, family by family.
 fn mutations() -> Vec<Mutation> {
+    [
+        setting_mutations(),
+        data_mutations(),
+        progress_mutations(),
+        partial_epoch_mutations(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Broken model and training settings, refused in their flags' words where flags exist.
+fn setting_mutations() -> Vec<Mutation> {
     vec![
         (
             "batch size 0",
@@ -64,19 +78,6 @@ fn mutations() -> Vec<Mutation> {
             vec!["'lr' is 1e-45", "too small"],
         ),
         (
-            "epochs done beyond the run",
-            set("epochs_done", "18446744073709551615"),
-            vec![
-                "'epochs_done' is 18446744073709551615",
-                "more than the run's 1 epochs",
-            ],
-        ),
-        (
-            "epochs done negative",
-            set("epochs_done", "-1"),
-            vec!["'epochs_done'", "'-1'"],
-        ),
-        (
             "negative learning rate",
             set("lr", "-0.5"),
             vec!["'lr' is -0.5", "finite number above 0"],
@@ -87,6 +88,22 @@ fn mutations() -> Vec<Mutation> {
             vec!["'lr' is inf"],
         ),
         ("NaN learning rate", set("lr", "NaN"), vec!["'lr' is NaN"]),
+        (
+            "hidden width 0",
+            set("hidden", "0"),
+            vec!["metadata 'hidden'"],
+        ),
+        (
+            "hidden too large",
+            set("hidden", "999999999"),
+            vec!["metadata 'hidden'"],
+        ),
+    ]
+}
+
+/// Broken records of which data the run trains on, and in what order.
+fn data_mutations() -> Vec<Mutation> {
+    vec![
         (
             "train limit 0",
             set("train_limit", "0"),
@@ -130,15 +147,24 @@ fn mutations() -> Vec<Mutation> {
             set("shuffle", "maybe"),
             vec!["'shuffle'", "'maybe'"],
         ),
+    ]
+}
+
+/// Broken records of how far the run has got: epochs done, optimizer steps, history.
+fn progress_mutations() -> Vec<Mutation> {
+    vec![
         (
-            "hidden width 0",
-            set("hidden", "0"),
-            vec!["metadata 'hidden'"],
+            "epochs done beyond the run",
+            set("epochs_done", "18446744073709551615"),
+            vec![
+                "'epochs_done' is 18446744073709551615",
+                "more than the run's 1 epochs",
+            ],
         ),
         (
-            "hidden too large",
-            set("hidden", "999999999"),
-            vec!["metadata 'hidden'"],
+            "epochs done negative",
+            set("epochs_done", "-1"),
+            vec!["'epochs_done'", "'-1'"],
         ),
         (
             "adam step negative",
@@ -158,6 +184,12 @@ fn mutations() -> Vec<Mutation> {
             ),
             vec!["'history' holds 1 epochs but 'epochs_done' is 0"],
         ),
+    ]
+}
+
+/// Broken records of an interrupted epoch: its steps, samples, correct count and loss.
+fn partial_epoch_mutations() -> Vec<Mutation> {
+    vec![
         (
             "steps done past the epoch",
             partial("100", "3200"),
@@ -261,6 +293,44 @@ fn resume_two_epochs(dir: &str, extra: &[&str]) -> std::process::Output {
     mnist_gpu(&args)
 }
 
+/// The small data set the run trains on, written to `dir`.
+fn data_set(dir: &Path) {
+    // More images than the run's limits (64 and 10) keep, so no note is printed.
+    small_set_of(dir, (28, 28), (28, 28), 100, 20);
+}
+
+/// A copy of the data set in `root/name` with the byte at `at` of `file` flipped.
+fn changed_set(root: &Path, name: &str, file: &str, at: usize) -> String {
+    let dir = root.join(name);
+    data_set(&dir);
+    rewrite(&dir.join(file), |mut bytes| {
+        bytes[at] ^= 1;
+        bytes
+    });
+    s(&dir)
+}
+
+/// Resuming `run` on the data in `dir` fails with one line naming `dir` and `which` set.
+fn assert_other_data_refused(run: &str, dir: &str, which: &str) {
+    let out = resume_two_epochs(run, &["--data-dir", dir]);
+    no_panic(&out);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let expected = format!("error: {dir}: not the data the run in {run} trained on ({which})");
+    assert!(stderr.starts_with(&expected), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// A copy of the data files in `data`, each gzipped, in the new directory `dir`.
+fn gzipped_copy(data: &Path, dir: &Path) {
+    std::fs::create_dir(dir).unwrap();
+    for entry in std::fs::read_dir(data).unwrap() {
+        let path = entry.unwrap().path();
+        let name = format!("{}.gz", path.file_name().unwrap().to_string_lossy());
+        std::fs::write(dir.join(name), gzip(&std::fs::read(&path).unwrap())).unwrap();
+    }
+}
+
 /// A resumed run must see the data it started with: the checkpoint stores a digest of
 /// the training and test sets, and `--data-dir` holding other data is refused, naming
 /// the directory and the set that differs. The same data in other files (gzipped, in
@@ -269,22 +339,11 @@ fn resume_two_epochs(dir: &str, extra: &[&str]) -> std::process::Output {
 fn resume_with_other_data_is_refused_naming_the_set_that_differs() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    // More images than the run's limits (64 and 10) keep, so no note is printed.
-    let set = |dir: &Path| small_set_of(dir, (28, 28), (28, 28), 100, 20);
     let data = root.join("data");
-    set(&data);
+    data_set(&data);
     let run = s(&root.join("run"));
     succeed(&train_with(&["--data-dir", &s(&data)], &run));
     // One byte changed after the file's header (8 bytes for labels, 16 for images).
-    let changed = |name: &str, file: &str, at: usize| {
-        let dir = root.join(name);
-        set(&dir);
-        rewrite(&dir.join(file), |mut bytes| {
-            bytes[at] ^= 1;
-            bytes
-        });
-        s(&dir)
-    };
     for (name, file, at, which) in [
         (
             "train",
@@ -299,23 +358,12 @@ fn resume_with_other_data_is_refused_naming_the_set_that_differs() {
             "its test set differs",
         ),
     ] {
-        let dir = changed(name, file, at);
-        let out = resume_two_epochs(&run, &["--data-dir", &dir]);
-        no_panic(&out);
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
-        let expected = format!("error: {dir}: not the data the run in {run} trained on ({which})");
-        assert!(stderr.starts_with(&expected), "{stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        let dir = changed_set(root, name, file, at);
+        assert_other_data_refused(&run, &dir, which);
     }
     // The same images and labels, gzipped in another directory: the same data.
     let gzipped = root.join("gzipped");
-    std::fs::create_dir(&gzipped).unwrap();
-    for entry in std::fs::read_dir(&data).unwrap() {
-        let path = entry.unwrap().path();
-        let name = format!("{}.gz", path.file_name().unwrap().to_string_lossy());
-        std::fs::write(gzipped.join(name), gzip(&std::fs::read(&path).unwrap())).unwrap();
-    }
+    gzipped_copy(&data, &gzipped);
     let out = resume_two_epochs(&run, &["--data-dir", &s(&gzipped)]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(

@@ -31,6 +31,19 @@ fn small_cpu_run_prints_keras_style_lines_and_writes_metrics() {
     );
     assert!(stdout.contains("device: cpu"), "{stdout}");
     assert!(stdout.contains("batch 64 (32 steps/epoch)"), "{stdout}");
+    assert_keras_epoch_lines(&stdout);
+    assert!(stdout.contains("Test accuracy: "), "{stdout}");
+    let records = finite_metric_records(&metrics);
+    // The final line's accuracy is the last epoch's validation accuracy.
+    let last = records[1]["val_accuracy"].as_f64().unwrap() * 100.0;
+    assert!(
+        stdout.contains(&format!("Test accuracy: {last:.2}%")),
+        "{stdout}"
+    );
+}
+
+/// Checks the two epochs' Keras-style lines: `Epoch k/2`, then the epoch's closing line.
+fn assert_keras_epoch_lines(stdout: &str) {
     // Keras 3 style: `Epoch k/N` on its own line, then the epoch's closing line.
     let lines: Vec<&str> = stdout.lines().collect();
     for epoch in ["Epoch 1/2", "Epoch 2/2"] {
@@ -51,8 +64,11 @@ fn small_cpu_run_prints_keras_style_lines_and_writes_metrics() {
             assert!(line.contains(key), "{line}");
         }
     }
-    assert!(stdout.contains("Test accuracy: "), "{stdout}");
-    let records: Vec<serde_json::Value> = std::fs::read_to_string(&metrics)
+}
+
+/// Reads the metrics file, checking it holds two numbered epochs with every value finite.
+fn finite_metric_records(metrics: &std::path::Path) -> Vec<serde_json::Value> {
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(metrics)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -71,12 +87,7 @@ fn small_cpu_run_prints_keras_style_lines_and_writes_metrics() {
             assert!(r[key].as_f64().is_some_and(f64::is_finite), "{key} in {r}");
         }
     }
-    // The final line's accuracy is the last epoch's validation accuracy.
-    let last = records[1]["val_accuracy"].as_f64().unwrap() * 100.0;
-    assert!(
-        stdout.contains(&format!("Test accuracy: {last:.2}%")),
-        "{stdout}"
-    );
+    records
 }
 
 #[test]
@@ -182,18 +193,7 @@ fn a_closed_stdout_stops_training_with_a_checkpoint() {
 fn a_full_output_stream_is_exit_1_not_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
     let model = untrained_model(tmp.path());
-    let picture = tmp.path().join("digit.png");
-    let mut digit = image::GrayImage::new(28, 28);
-    for y in 6..22 {
-        digit.put_pixel(14, y, image::Luma([255]));
-    }
-    digit.save(&picture).unwrap();
-    let full = || {
-        std::fs::File::options()
-            .write(true)
-            .open("/dev/full")
-            .unwrap()
-    };
+    let picture = vertical_stroke_picture(tmp.path());
     let runs: [(&[&str], bool); 3] = [
         (
             &[
@@ -219,9 +219,9 @@ fn a_full_output_stream_is_exit_1_not_a_panic() {
         let mut cmd = bin();
         cmd.args(args);
         if on_stdout {
-            cmd.stdout(full());
+            cmd.stdout(dev_full());
         } else {
-            cmd.stderr(full());
+            cmd.stderr(dev_full());
         }
         let out = cmd.output().unwrap();
         no_panic(&out);
@@ -239,6 +239,25 @@ fn a_full_output_stream_is_exit_1_not_a_panic() {
             );
         }
     }
+}
+
+/// A 28×28 picture of a vertical stroke (a 1), saved as `digit.png` in `dir`.
+fn vertical_stroke_picture(dir: &std::path::Path) -> std::path::PathBuf {
+    let picture = dir.join("digit.png");
+    let mut digit = image::GrayImage::new(28, 28);
+    for y in 6..22 {
+        digit.put_pixel(14, y, image::Luma([255]));
+    }
+    digit.save(&picture).unwrap();
+    picture
+}
+
+/// `/dev/full` opened for writing: every write to it fails with "no space left".
+fn dev_full() -> std::fs::File {
+    std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .unwrap()
 }
 
 /// A model file with freshly initialised weights (no training needed to run `eval`).

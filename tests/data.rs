@@ -120,11 +120,28 @@ fn assert_broken(file: &str, damage: impl FnOnce(&Path), expect: &str) {
     assert!(error.contains(expect), "error lacks '{expect}': {error}");
 }
 
+/// A damage for [`assert_broken`]: replaces the file's bytes with `f` of them.
+fn rewrite(f: fn(Vec<u8>) -> Vec<u8>) -> impl FnOnce(&Path) {
+    move |p: &Path| std::fs::write(p, f(std::fs::read(p).unwrap())).unwrap()
+}
+
 #[test]
 fn malformed_files_are_clear_errors() {
-    let rewrite = |f: fn(Vec<u8>) -> Vec<u8>| {
-        move |p: &Path| std::fs::write(p, f(std::fs::read(p).unwrap())).unwrap()
-    };
+    assert_wrong_lengths_are_refused();
+    assert_wrong_magic_and_labels_are_refused();
+    assert_corrupt_gzip_is_refused();
+    assert_broken(
+        data::TRAIN_IMAGES,
+        |p| {
+            std::fs::remove_file(p).unwrap();
+            std::fs::create_dir(p).unwrap()
+        },
+        "directory",
+    );
+}
+
+/// Empty, cut-short and overlong files are refused.
+fn assert_wrong_lengths_are_refused() {
     assert_broken(data::TRAIN_IMAGES, rewrite(|_| Vec::new()), "empty");
     assert_broken(
         data::TRAIN_IMAGES,
@@ -144,6 +161,10 @@ fn malformed_files_are_clear_errors() {
         }),
         "trailing data",
     );
+}
+
+/// Wrong magic numbers in image and label files, and an out-of-range label, are refused.
+fn assert_wrong_magic_and_labels_are_refused() {
     assert_broken(
         data::TRAIN_IMAGES,
         rewrite(|mut b| {
@@ -168,6 +189,10 @@ fn malformed_files_are_clear_errors() {
         }),
         "label 10 at index 1",
     );
+}
+
+/// Damaged gzip streams are refused as corrupt.
+fn assert_corrupt_gzip_is_refused() {
     // Gzip with a broken CRC, and a truncated gzip stream.
     assert_broken(
         data::TRAIN_LABELS,
@@ -186,14 +211,6 @@ fn malformed_files_are_clear_errors() {
             g[..g.len() / 2].to_vec()
         }),
         "corrupt gzip",
-    );
-    assert_broken(
-        data::TRAIN_IMAGES,
-        |p| {
-            std::fs::remove_file(p).unwrap();
-            std::fs::create_dir(p).unwrap()
-        },
-        "directory",
     );
 }
 

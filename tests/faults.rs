@@ -429,27 +429,18 @@ fn divergence_keeps_the_last_good_checkpoint() {
     assert!(std::fs::read(&checkpoint).unwrap() == before);
 }
 
-/// The same faults on the GPU path (lavapipe in CI): the per-step losses read back from
-/// the device name the exact step that went non-finite, and an interrupt between
-/// submissions writes a checkpoint inside the epoch that `--resume` continues.
-#[test]
-fn gpu_divergence_and_interrupt() {
-    let (listed, stderr) = adapter_listed(Some("vulkan"));
-    if !listed {
-        let why = format!("no Vulkan adapter ({stderr})");
-        skip("gpu_divergence_and_interrupt", &why, ADAPTER_FIX);
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let gpu = |dir: &Path, extra: &[&str]| -> Vec<String> {
-        let mut args = train_args(dir, extra);
-        args.retain(|a| a != "--cpu-fallback");
-        args.extend(["--backend".to_string(), "vulkan".to_string()]);
-        args
-    };
-    let dir = tmp.path().join("nan");
-    let out = run(bin().args(gpu(
-        &dir,
+/// `train_args` for the Vulkan backend, with no CPU fallback.
+fn gpu_args(dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = train_args(dir, extra);
+    args.retain(|a| a != "--cpu-fallback");
+    args.extend(["--backend".to_string(), "vulkan".to_string()]);
+    args
+}
+
+/// `--lr 3e38` on the GPU: the run diverges in epoch 1, naming the step, exit 1.
+fn check_gpu_divergence(dir: &Path) {
+    let out = run(bin().args(gpu_args(
+        dir,
         &[
             "--train-limit",
             "640",
@@ -470,11 +461,13 @@ fn gpu_divergence_and_interrupt() {
             && stderr.contains("--lr"),
         "{stderr}"
     );
+}
 
-    let dir = tmp.path().join("cut");
+/// An interrupt on the GPU writes a checkpoint inside epoch 1 that `--resume` finishes.
+fn check_gpu_interrupt(dir: &Path) {
     let out = run(bin()
-        .args(gpu(
-            &dir,
+        .args(gpu_args(
+            dir,
             &[
                 "--train-limit",
                 "3200",
@@ -495,9 +488,25 @@ fn gpu_divergence_and_interrupt() {
         "{steps}"
     );
     assert_eq!(state.optim.step, steps);
-    let out = run(bin().args(["train", "--backend", "vulkan", "--resume", &s(&dir)]));
+    let out = run(bin().args(["train", "--backend", "vulkan", "--resume", &s(dir)]));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(metrics(&dir).len(), 1);
+    assert_eq!(metrics(dir).len(), 1);
+}
+
+/// The same faults on the GPU path (lavapipe in CI): the per-step losses read back from
+/// the device name the exact step that went non-finite, and an interrupt between
+/// submissions writes a checkpoint inside the epoch that `--resume` continues.
+#[test]
+fn gpu_divergence_and_interrupt() {
+    let (listed, stderr) = adapter_listed(Some("vulkan"));
+    if !listed {
+        let why = format!("no Vulkan adapter ({stderr})");
+        skip("gpu_divergence_and_interrupt", &why, ADAPTER_FIX);
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    check_gpu_divergence(&tmp.path().join("nan"));
+    check_gpu_interrupt(&tmp.path().join("cut"));
 }
 
 /// On a slow adapter (llvmpipe through GL, two 4096-wide layers: over a second a step)

@@ -19,6 +19,16 @@ fn last_val_accuracy(dir: &Path) -> f64 {
     last["val_accuracy"].as_f64().unwrap()
 }
 
+/// The small runs' flags: 640 training and 200 test samples, batches of 64.
+const SMALL: [&str; 6] = [
+    "--train-limit",
+    "640",
+    "--test-limit",
+    "200",
+    "--batch-size",
+    "64",
+];
+
 #[test]
 fn train_resume_init_from_and_eval_on_each_backend() {
     for backend in backends() {
@@ -31,85 +41,93 @@ fn train_resume_init_from_and_eval_on_each_backend() {
         };
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("run");
-        let d = dir.to_str().unwrap();
-        let small = [
-            "--train-limit",
-            "640",
-            "--test-limit",
-            "200",
-            "--batch-size",
-            "64",
-        ];
-        let mut args = vec![
-            "train",
-            "--backend",
-            &backend,
-            "--epochs",
-            "1",
-            "--out-dir",
-            d,
-        ];
-        args.extend(small);
-        let out = run(&args);
-        assert!(
-            out.contains(&format!("device: {}", adapters[0].name)),
-            "{backend}: {out}"
-        );
-        assert!(out.contains("Epoch 1/1"), "{out}");
-
-        let out = run(&[
-            "train",
-            "--backend",
-            &backend,
-            "--resume",
-            d,
-            "--epochs",
-            "2",
-        ]);
-        assert!(
-            out.contains("resuming") && out.contains("Epoch 2/2"),
-            "{backend}: {out}"
-        );
-        let accuracy = last_val_accuracy(&dir);
-        assert!(
-            accuracy > 0.6,
-            "{backend}: two epochs on 640 samples reached only {accuracy}"
-        );
-
+        train_one_epoch(&backend, &dir, &adapters[0].name);
+        let accuracy = resume_for_a_second_epoch(&backend, &dir);
         let model = dir.join("model.safetensors");
-        let eval = run(&[
-            "eval",
-            "--backend",
-            &backend,
-            "--test-limit",
-            "200",
-            "--model",
-            model.to_str().unwrap(),
-        ]);
-        assert!(
-            eval.contains(&format!("accuracy: {:.2}%", accuracy * 100.0)),
-            "{backend}: eval {eval} vs train {accuracy}"
-        );
-
-        let second = tmp.path().join("second");
-        let mut args = vec![
-            "train",
-            "--backend",
-            &backend,
-            "--epochs",
-            "1",
-            "--out-dir",
-            second.to_str().unwrap(),
-            "--init-from",
-            model.to_str().unwrap(),
-        ];
-        args.extend(small);
-        run(&args);
-        assert!(
-            last_val_accuracy(&second) > 0.6,
-            "{backend}: --init-from did not start from the trained weights"
-        );
+        eval_reproduces_the_accuracy(&backend, &model, accuracy);
+        init_from_starts_from_the_model(&backend, &tmp.path().join("second"), &model);
     }
+}
+
+/// Trains one epoch into `dir` on `backend`, checking it names the adapter `device`.
+fn train_one_epoch(backend: &str, dir: &Path, device: &str) {
+    let mut args = vec![
+        "train",
+        "--backend",
+        backend,
+        "--epochs",
+        "1",
+        "--out-dir",
+        dir.to_str().unwrap(),
+    ];
+    args.extend(SMALL);
+    let out = run(&args);
+    assert!(
+        out.contains(&format!("device: {device}")),
+        "{backend}: {out}"
+    );
+    assert!(out.contains("Epoch 1/1"), "{out}");
+}
+
+/// Resumes the run in `dir` for its second epoch; the accuracy it reached.
+fn resume_for_a_second_epoch(backend: &str, dir: &Path) -> f64 {
+    let out = run(&[
+        "train",
+        "--backend",
+        backend,
+        "--resume",
+        dir.to_str().unwrap(),
+        "--epochs",
+        "2",
+    ]);
+    assert!(
+        out.contains("resuming") && out.contains("Epoch 2/2"),
+        "{backend}: {out}"
+    );
+    let accuracy = last_val_accuracy(dir);
+    assert!(
+        accuracy > 0.6,
+        "{backend}: two epochs on 640 samples reached only {accuracy}"
+    );
+    accuracy
+}
+
+/// `eval` of `model` on the same backend prints the `accuracy` training reported.
+fn eval_reproduces_the_accuracy(backend: &str, model: &Path, accuracy: f64) {
+    let eval = run(&[
+        "eval",
+        "--backend",
+        backend,
+        "--test-limit",
+        "200",
+        "--model",
+        model.to_str().unwrap(),
+    ]);
+    assert!(
+        eval.contains(&format!("accuracy: {:.2}%", accuracy * 100.0)),
+        "{backend}: eval {eval} vs train {accuracy}"
+    );
+}
+
+/// Trains one epoch into `second` from `model`'s weights; it must start trained (over 60%).
+fn init_from_starts_from_the_model(backend: &str, second: &Path, model: &Path) {
+    let mut args = vec![
+        "train",
+        "--backend",
+        backend,
+        "--epochs",
+        "1",
+        "--out-dir",
+        second.to_str().unwrap(),
+        "--init-from",
+        model.to_str().unwrap(),
+    ];
+    args.extend(SMALL);
+    run(&args);
+    assert!(
+        last_val_accuracy(second) > 0.6,
+        "{backend}: --init-from did not start from the trained weights"
+    );
 }
 
 #[test]

@@ -41,6 +41,22 @@ fn a_run_writes_every_file_and_eval_reproduces_its_accuracy() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     let out = stdout(&train_cpu(&dir, &["--epochs", "2", "--hidden", "32,16"]));
+    assert_every_file_written_and_listed(&dir, &out);
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2);
+    assert_model_file_layout(&dir.join("model.safetensors"));
+    // eval gives exactly the accuracy train reported for the last epoch.
+    let val = records[1]["val_accuracy"].as_f64().unwrap() * 100.0;
+    assert_eval_reproduces(&dir.join("model.safetensors"), val, &out);
+}
+
+/// Every file of the run directory exists and is named in `out`; both pictures have
+/// sensible sizes.
+fn assert_every_file_written_and_listed(dir: &Path, out: &str) {
     for name in [
         "model.safetensors",
         "checkpoint.safetensors",
@@ -58,15 +74,13 @@ fn a_run_writes_every_file_and_eval_reproduces_its_accuracy() {
     assert!(grid.width() >= 10 * 28 && grid.height() >= 10 * 28);
     let curves = image::open(dir.join("curves.png")).unwrap();
     assert!(curves.width() > 400 && curves.height() > 200);
-    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    let records: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(records.len(), 2);
+}
 
+/// The `--hidden 32,16` model file after two epochs: tensor names, shapes, dtypes, step
+/// counter and architecture metadata.
+fn assert_model_file_layout(model: &Path) {
     // The model file: PyTorch names and shapes, F32 (plus the i64 step counter), metadata.
-    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let bytes = std::fs::read(model).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let expect: &[(&str, &[usize])] = &[
         ("1.weight", &[INPUT]),
@@ -92,16 +106,18 @@ fn a_run_writes_every_file_and_eval_reproduces_its_accuracy() {
     let layers = "batchnorm,dense(32,relu),dense(16,relu),dense(10)";
     let architecture = [&meta["layers"], &meta["hidden"], &meta["raw_pixels"]];
     assert_eq!(architecture, [layers, "32,16", "false"]);
+}
 
-    // eval gives exactly the accuracy train reported for the last epoch.
-    let val = records[1]["val_accuracy"].as_f64().unwrap() * 100.0;
+/// `eval` of `model` on the same 500 test samples prints `val` (percent), as train's
+/// output `out` did, and a 10-row confusion matrix.
+fn assert_eval_reproduces(model: &Path, val: f64, out: &str) {
     let eval = stdout(&mnist_gpu(&[
         "eval",
         "--cpu-fallback",
         "--test-limit",
         "500",
         "--model",
-        dir.join("model.safetensors").to_str().unwrap(),
+        model.to_str().unwrap(),
     ]));
     assert!(
         eval.contains(&format!("accuracy: {val:.2}%")),

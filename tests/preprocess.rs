@@ -593,7 +593,16 @@ fn save_jpeg(img: &DynamicImage, path: &Path, quality: u8) {
 fn generate_sample_digits() {
     let dir = digits_dir();
     std::fs::create_dir_all(&dir).unwrap();
+    write_large_light_seven(&dir);
+    write_offcentre_dark_two(&dir);
+    write_transparent_one(&dir);
+    write_blue_on_yellow_zero(&dir);
+    write_grey16_four(&dir);
+    write_small_light_nine(&dir);
+}
 
+/// Writes `digit-7-large-light.png`, made from test image 0.
+fn write_large_light_seven(dir: &Path) {
     // 0 → 7: 200×200 black ink on white, ×7.
     let ink = upscaled(0, 7);
     let img = GrayImage::from_fn(200, 200, |x, y| {
@@ -605,7 +614,10 @@ fn generate_sample_digits() {
         Luma([255 - v])
     });
     img.save(dir.join(SAMPLES[0].0)).unwrap();
+}
 
+/// Writes `digit-2-offcentre-dark.jpg`, made from test image 1.
+fn write_offcentre_dark_two(dir: &Path) {
     // 1 → 2: white on black JPEG, 180×130, ×3, off-centre with wide margins.
     let ink = upscaled(1, 3);
     let img = RgbImage::from_fn(180, 130, |x, y| {
@@ -618,7 +630,10 @@ fn generate_sample_digits() {
         Rgb([v, v, v])
     });
     save_jpeg(&DynamicImage::ImageRgb8(img), &dir.join(SAMPLES[1].0), 85);
+}
 
+/// Writes `digit-1-transparent.png`, made from test image 2.
+fn write_transparent_one(dir: &Path) {
     // 2 → 1: RGBA, dark ink whose alpha is the MNIST value, transparent elsewhere
     // (transparent pixels are black with alpha 0: ignoring alpha would give all black).
     let ink = upscaled(2, 4);
@@ -631,7 +646,10 @@ fn generate_sample_digits() {
         }
     });
     img.save(dir.join(SAMPLES[2].0)).unwrap();
+}
 
+/// Writes `digit-0-blue-on-yellow.png`, made from test image 3.
+fn write_blue_on_yellow_zero(dir: &Path) {
     // 3 → 0: blue ink on yellow paper with a little grain, 150×190, ×5.
     let ink = upscaled(3, 5);
     let paper = [250.0f32, 232.0, 120.0];
@@ -651,7 +669,10 @@ fn generate_sample_digits() {
         Rgb([c(0), c(1), c(2)])
     });
     img.save(dir.join(SAMPLES[3].0)).unwrap();
+}
 
+/// Writes `digit-4-grey16.png`, made from test image 4.
+fn write_grey16_four(dir: &Path) {
     // 4 → 4: 16-bit grey, dark ink on light grey, 120×120, ×4.
     let ink = upscaled(4, 4);
     let img: ImageBuffer<Luma<u16>, Vec<u16>> = ImageBuffer::from_fn(120, 120, |x, y| {
@@ -666,7 +687,10 @@ fn generate_sample_digits() {
     DynamicImage::ImageLuma16(img)
         .save(dir.join(SAMPLES[4].0))
         .unwrap();
+}
 
+/// Writes `digit-9-small-light.jpg`, made from test image 7.
+fn write_small_light_nine(dir: &Path) {
     // 7 → 9: small (36×36) dark on light JPEG at the original size.
     let digit = test_set().image(7);
     let img = GrayImage::from_fn(36, 36, |x, y| {

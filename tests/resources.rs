@@ -125,6 +125,14 @@ fn set_with_train_images(root: &Path, name: &str, file: &str, bytes: &[u8]) -> s
 fn huge_files_are_refused_before_they_are_read() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
+    refuse_sparse_idx(root);
+    refuse_gzip_bomb(root);
+    refuse_huge_declared_size(root);
+    refuse_sparse_model(root);
+}
+
+/// Training on a data set whose IDX file is 3 GB of holes is refused.
+fn refuse_sparse_idx(root: &Path) {
     // A 3 GB sparse IDX file whose header says 2,000 images.
     let dir = root.join("sparse");
     small_set(&dir, 28, 28);
@@ -141,7 +149,10 @@ fn huge_files_are_refused_before_they_are_read() {
         &train_on(&dir, &root.join("o1")),
         &["trailing data", "expected 1568016"],
     );
+}
 
+/// Training on a gzip file that inflates far past its header's size is refused.
+fn refuse_gzip_bomb(root: &Path) {
     // A gzip bomb: a valid header for 2,000 images, then 1 GB of zeros (about 1 MB gzipped).
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     let mut header = vec![0, 0, 8, 3];
@@ -161,7 +172,11 @@ fn huge_files_are_refused_before_they_are_read() {
         &train_on(&dir, &root.join("o2")),
         &[&name, "trailing data"],
     );
+}
 
+/// Training on a data set whose header declares 2^32 - 1 images is refused.
+fn refuse_huge_declared_size(root: &Path) {
+    let name = format!("{}.gz", data::TRAIN_IMAGES);
     // A header that declares more data than is ever read (2^32 - 1 images).
     let mut huge = vec![0, 0, 8, 3];
     for d in [u32::MAX, 28, 28] {
@@ -173,7 +188,10 @@ fn huge_files_are_refused_before_they_are_read() {
         &train_on(&dir, &root.join("o3")),
         &["too large"],
     );
+}
 
+/// Evaluating a 3 GB model file of holes is refused.
+fn refuse_sparse_model(root: &Path) {
     // A 3 GB sparse model file.
     let model = root.join("big.safetensors");
     let mut file = File::create(&model).unwrap();

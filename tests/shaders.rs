@@ -178,64 +178,80 @@ fn bindings_match_each_entry_point() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Every way `decl` and the shader of `family` disagree, one message each.
 fn bindings_problems(family: &Shader, decl: &BindingsDecl) -> Vec<String> {
-    let (shader, entries, slots) = (family.family, decl.entry_points, decl.slots);
+    let (shader, slots) = (family.family, decl.slots);
     let mut failures = Vec::new();
-    {
-        let module = parse(family);
-        let info = naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::empty(),
-        )
-        .validate(&module)
-        .unwrap();
-        let declared = |handle| {
-            let var: &naga::GlobalVariable = &module.global_variables[handle];
-            let binding = var.binding.as_ref()?.binding;
-            let access = match var.space {
-                naga::AddressSpace::Uniform => Access::Uniform,
-                naga::AddressSpace::Storage { access }
-                    if access.contains(naga::StorageAccess::STORE) =>
-                {
-                    Access::ReadWrite
-                }
-                naga::AddressSpace::Storage { .. } => Access::Read,
-                _ => return None,
-            };
-            Some((var.name.clone().unwrap_or_default(), binding, access))
-        };
-        for &entry in entries {
-            let Some(index) = module.entry_points.iter().position(|e| e.name == entry) else {
-                failures.push(format!("{shader}.wgsl has no entry point {entry}"));
-                continue;
-            };
-            let uses = info.get_entry_point(index);
-            for (handle, _) in module.global_variables.iter() {
-                let Some((name, binding, access)) = declared(handle) else {
-                    continue;
-                };
-                let slot = slots.iter().find(|s| s.1 == binding);
-                let used = !uses[handle].is_empty();
-                match slot {
-                    Some(&(n, _, a, _)) if n == name && a == access => {}
-                    Some(&(n, _, a, _)) => failures.push(format!(
-                        "{shader}.wgsl {entry}: binding {binding} is '{name}' ({access:?}), declared '{n}' ({a:?})"
-                    )),
-                    None if used => failures.push(format!(
-                        "{shader}.wgsl {entry}: uses binding {binding} '{name}', not declared"
-                    )),
-                    None => {}
-                }
-            }
+    let module = parse(family);
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .unwrap();
+    for &entry in decl.entry_points {
+        failures.extend(entry_point_problems(shader, &module, &info, entry, decl));
+    }
+    for &(name, binding, _, _) in slots {
+        let exists = module
+            .global_variables
+            .iter()
+            .any(|(h, _)| declared(&module, h).is_some_and(|(n, b, _)| n == name && b == binding));
+        if !exists {
+            failures.push(format!("{shader}.wgsl has no binding {binding} '{name}'"));
         }
-        for &(name, binding, _, _) in slots {
-            let exists = module
-                .global_variables
-                .iter()
-                .any(|(h, _)| declared(h).is_some_and(|(n, b, _)| n == name && b == binding));
-            if !exists {
-                failures.push(format!("{shader}.wgsl has no binding {binding} '{name}'"));
-            }
+    }
+    failures
+}
+
+/// A global variable's name, binding number and access, if it is a uniform or storage
+/// buffer bound in a group.
+fn declared(
+    module: &naga::Module,
+    handle: naga::Handle<naga::GlobalVariable>,
+) -> Option<(String, u32, Access)> {
+    let var: &naga::GlobalVariable = &module.global_variables[handle];
+    let binding = var.binding.as_ref()?.binding;
+    let access = match var.space {
+        naga::AddressSpace::Uniform => Access::Uniform,
+        naga::AddressSpace::Storage { access } if access.contains(naga::StorageAccess::STORE) => {
+            Access::ReadWrite
+        }
+        naga::AddressSpace::Storage { .. } => Access::Read,
+        _ => return None,
+    };
+    Some((var.name.clone().unwrap_or_default(), binding, access))
+}
+
+/// Entry point `entry` of `shader`: it exists, each of its buffers matches the declared
+/// slot of that binding number, and every binding it uses is declared.
+fn entry_point_problems(
+    shader: &str,
+    module: &naga::Module,
+    info: &naga::valid::ModuleInfo,
+    entry: &str,
+    decl: &BindingsDecl,
+) -> Vec<String> {
+    let Some(index) = module.entry_points.iter().position(|e| e.name == entry) else {
+        return vec![format!("{shader}.wgsl has no entry point {entry}")];
+    };
+    let mut failures = Vec::new();
+    let uses = info.get_entry_point(index);
+    for (handle, _) in module.global_variables.iter() {
+        let Some((name, binding, access)) = declared(module, handle) else {
+            continue;
+        };
+        let slot = decl.slots.iter().find(|s| s.1 == binding);
+        let used = !uses[handle].is_empty();
+        match slot {
+            Some(&(n, _, a, _)) if n == name && a == access => {}
+            Some(&(n, _, a, _)) => failures.push(format!(
+                "{shader}.wgsl {entry}: binding {binding} is '{name}' ({access:?}), declared '{n}' ({a:?})"
+            )),
+            None if used => failures.push(format!(
+                "{shader}.wgsl {entry}: uses binding {binding} '{name}', not declared"
+            )),
+            None => {}
         }
     }
     failures

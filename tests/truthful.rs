@@ -9,7 +9,7 @@ mod common;
 use common::cli::*;
 use mnist_gpu::model::{ModelConfig, Params};
 use mnist_gpu::modelfile;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A default model whose weights are finite but so large that its outputs overflow.
 fn overflowing_model(path: &Path) {
@@ -33,28 +33,19 @@ fn jpegs(dir: &Path) -> (String, String) {
     (s(&whole), s(&cut))
 }
 
-#[test]
-fn broken_results_are_never_success() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
-    let huge = root.join("huge.safetensors");
-    overflowing_model(&huge);
-    let (model, _) = model_and_checkpoint(root);
-    let (_, cut) = jpegs(root);
-    let empty_train = root.join("empty-train");
-    small_set_of(&empty_train, (28, 28), (28, 28), 0, 8);
-    let empty_test = root.join("empty-test");
-    small_set_of(&empty_test, (28, 28), (28, 28), 40, 0);
-    let wide = root.join("wide");
-    small_set_of(&wide, (14, 56), (14, 56), 40, 8);
-    let out = |name: &str| s(&root.join(name));
-    let data = |dir: &Path| s(dir);
-    check(vec![
+/// The run directory `name` under `root`.
+fn out_dir(root: &Path, name: &str) -> String {
+    s(&root.join(name))
+}
+
+/// Runs whose loss overflows or grows absurd: each reported as a divergence.
+fn divergence_cases(root: &Path) -> Vec<Case> {
+    vec![
         case(
             "--lr 1e30",
             &strs(&train_with(
                 &["--lr", "1e30", "--train-limit", "3000"],
-                &out("lr"),
+                &out_dir(root, "lr"),
             )),
             &["training diverged in epoch 1"],
         ),
@@ -62,13 +53,19 @@ fn broken_results_are_never_success() {
             "--lr 1000: a finite but absurd loss",
             &strs(&train_with(
                 &["--lr", "1000", "--train-limit", "1000"],
-                &out("lr-1000"),
+                &out_dir(root, "lr-1000"),
             )),
             &[
                 "training diverged in epoch 1: the loss reached",
                 "smaller --lr",
             ],
         ),
+    ]
+}
+
+/// The overflowing model `huge` given to eval, predict (on the whole JPEG) and --init-from.
+fn overflowing_model_cases(root: &Path, huge: &Path, cut: &str) -> Vec<Case> {
+    vec![
         case(
             "eval of an overflowing model",
             &[
@@ -77,54 +74,81 @@ fn broken_results_are_never_success() {
                 "--test-limit",
                 "100",
                 "--model",
-                &s(&huge),
+                &s(huge),
             ],
             &["huge.safetensors", "non-finite outputs"],
         ),
         case(
             "predict with an overflowing model",
-            &[
-                "predict",
-                "--model",
-                &s(&huge),
-                &cut.replace("cut", "digit"),
-            ],
+            &["predict", "--model", &s(huge), &cut.replace("cut", "digit")],
             &["huge.safetensors", "non-finite outputs"],
         ),
         case(
             "--init-from an overflowing model",
-            &strs(&train_with(&["--init-from", &s(&huge)], &out("init"))),
+            &strs(&train_with(
+                &["--init-from", &s(huge)],
+                &out_dir(root, "init"),
+            )),
             &["huge.safetensors", "cannot be trained from"],
         ),
+    ]
+}
+
+/// Empty and mis-shaped data sets, and a grid offset past the test set, refused.
+fn bad_data_cases(root: &Path) -> Vec<Case> {
+    let empty_train = root.join("empty-train");
+    small_set_of(&empty_train, (28, 28), (28, 28), 0, 8);
+    let empty_test = root.join("empty-test");
+    small_set_of(&empty_test, (28, 28), (28, 28), 40, 0);
+    let wide = root.join("wide");
+    small_set_of(&wide, (14, 56), (14, 56), 40, 8);
+    vec![
         case(
             "an empty training set",
             &strs(&train_with(
-                &["--data-dir", &data(&empty_train)],
-                &out("e1"),
+                &["--data-dir", &s(&empty_train)],
+                &out_dir(root, "e1"),
             )),
             &["train-images-idx3-ubyte", "holds no images"],
         ),
         case(
             "an empty test set",
-            &strs(&train_with(&["--data-dir", &data(&empty_test)], &out("e2"))),
+            &strs(&train_with(
+                &["--data-dir", &s(&empty_test)],
+                &out_dir(root, "e2"),
+            )),
             &["t10k-images-idx3-ubyte", "holds no images"],
         ),
         case(
             "14×56 images",
-            &strs(&train_with(&["--data-dir", &data(&wide)], &out("w"))),
+            &strs(&train_with(&["--data-dir", &s(&wide)], &out_dir(root, "w"))),
             &["14×56", "28×28"],
         ),
         case(
             "--grid-offset past the test set",
-            &strs(&train_with(&["--grid-offset", "10"], &out("g"))),
+            &strs(&train_with(&["--grid-offset", "10"], &out_dir(root, "g"))),
             &["--grid-offset 10", "holds 10 images"],
         ),
-        case(
-            "a truncated JPEG",
-            &["predict", "--model", &s(&model), &cut],
-            &["cut.jpg", "truncated or corrupt"],
-        ),
-    ]);
+    ]
+}
+
+#[test]
+fn broken_results_are_never_success() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let huge = root.join("huge.safetensors");
+    overflowing_model(&huge);
+    let (model, _) = model_and_checkpoint(root);
+    let (_, cut) = jpegs(root);
+    let mut cases = divergence_cases(root);
+    cases.extend(overflowing_model_cases(root, &huge, &cut));
+    cases.extend(bad_data_cases(root));
+    cases.push(case(
+        "a truncated JPEG",
+        &["predict", "--model", &s(&model), &cut],
+        &["cut.jpg", "truncated or corrupt"],
+    ));
+    check(cases);
     for name in ["lr", "init", "e1", "e2", "w", "g"] {
         assert!(
             !root.join(name).exists(),
@@ -132,7 +156,10 @@ fn broken_results_are_never_success() {
         );
     }
     // No learning-rate advice when the starting model is the cause.
-    let outp = mnist_gpu(&train_with(&["--init-from", &s(&huge)], &out("init")));
+    let outp = mnist_gpu(&train_with(
+        &["--init-from", &s(&huge)],
+        &out_dir(root, "init"),
+    ));
     assert!(
         !text(&outp.stderr).contains("--lr"),
         "{}",
@@ -144,10 +171,8 @@ fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
-#[test]
-fn messages_say_what_is_so() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
+/// A `--model` that is a symbolic link loop, and a data set whose labels link to themselves.
+fn symlink_loops(root: &Path) -> (PathBuf, PathBuf) {
     let (a, b) = (root.join("loop-a"), root.join("loop-b"));
     std::os::unix::fs::symlink(&b, &a).unwrap();
     std::os::unix::fs::symlink(&a, &b).unwrap();
@@ -155,8 +180,14 @@ fn messages_say_what_is_so() {
         std::fs::remove_file(p).unwrap();
         std::os::unix::fs::symlink(p, p).unwrap();
     });
+    (a, loop_data)
+}
+
+/// A missing or looping model, looping data, and a bad `--backend`, each named.
+fn path_and_backend_cases(root: &Path) -> Vec<Case> {
+    let (a, loop_data) = symlink_loops(root);
     let out = s(&root.join("out"));
-    check(vec![
+    vec![
         case(
             "a missing model",
             &[
@@ -188,7 +219,11 @@ fn messages_say_what_is_so() {
             ],
             &["--backend", "nonsense"],
         ),
-    ]);
+    ]
+}
+
+/// An unknown `--adapter`, refused before the data is looked at.
+fn adapter_case() -> Case {
     // The adapter error lists the adapters found, one per line.
     let mut adapter = case(
         "--adapter checked before the data",
@@ -202,7 +237,14 @@ fn messages_say_what_is_so() {
         &["no-such-adapter-anywhere"],
     );
     adapter.one_line = false;
-    check(vec![adapter]);
+    adapter
+}
+
+#[test]
+fn messages_say_what_is_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    check(path_and_backend_cases(tmp.path()));
+    check(vec![adapter_case()]);
     // An OS error is printed once, not twice.
     let outp = mnist_gpu(&strings(&[
         "eval",
@@ -214,38 +256,61 @@ fn messages_say_what_is_so() {
     assert!(stderr.matches("os error").count() <= 1, "{stderr}");
 }
 
+/// `train --resume DIR --epochs EPOCHS` on the CPU.
+fn resume_args(dir: &Path, epochs: &str) -> Vec<String> {
+    strings(&[
+        "train",
+        "--cpu-fallback",
+        "--resume",
+        &s(dir),
+        "--epochs",
+        epochs,
+    ])
+}
+
+/// A small two-epoch CPU run in `dir`, which must succeed.
+fn train_two_epochs(dir: &Path) {
+    let args = strings(&[
+        "train",
+        "--cpu-fallback",
+        "--train-limit",
+        "300",
+        "--test-limit",
+        "20",
+        "--epochs",
+        "2",
+        "--out-dir",
+        &s(dir),
+    ]);
+    assert!(mnist_gpu(&args).status.success());
+}
+
+/// Resuming `moved`, whose checkpoint names another device, says so and trains on.
+fn assert_resumed_on_another_device(moved: &Path) {
+    let outp = mnist_gpu(&resume_args(moved, "3"));
+    let stderr = text(&outp.stderr);
+    assert!(outp.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("this run started on llvmpipe (Vulkan); it continues on cpu"),
+        "{stderr}"
+    );
+    let stdout = text(&outp.stdout);
+    let said = format!("resuming {} after epoch 2 of 3", s(moved));
+    assert!(
+        stdout.contains(&said) && stdout.contains("device: cpu"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn resume_messages_say_what_is_so() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let dir = root.join("run");
-    let args = |extra: &[&str]| {
-        let mut a = strings(&[
-            "train",
-            "--cpu-fallback",
-            "--train-limit",
-            "300",
-            "--test-limit",
-            "20",
-            "--epochs",
-            "2",
-            "--out-dir",
-            &s(&dir),
-        ]);
-        a.extend(strings(extra));
-        a
-    };
-    assert!(mnist_gpu(&args(&[])).status.success());
+    train_two_epochs(&dir);
     check(vec![case(
         "--epochs not above the epochs done",
-        &[
-            "train",
-            "--cpu-fallback",
-            "--resume",
-            &s(&dir),
-            "--epochs",
-            "2",
-        ],
+        &strs(&resume_args(&dir, "2")),
         &["has done 2 of its epochs", "--epochs N with N above 2"],
     )]);
     let checkpoint = dir.join("checkpoint.safetensors");
@@ -257,14 +322,7 @@ fn resume_messages_say_what_is_so() {
     });
     check(vec![case(
         "a relative data directory",
-        &[
-            "train",
-            "--cpu-fallback",
-            "--resume",
-            &s(&moved),
-            "--epochs",
-            "3",
-        ],
+        &strs(&resume_args(&moved, "3")),
         &[
             "some/relative/mnist",
             "relative to the directory the run was started in",
@@ -275,24 +333,5 @@ fn resume_messages_say_what_is_so() {
     edit_metadata(&checkpoint, &moved.join("checkpoint.safetensors"), |m| {
         m.insert("device".into(), "llvmpipe (Vulkan)".into());
     });
-    let outp = mnist_gpu(&strings(&[
-        "train",
-        "--cpu-fallback",
-        "--resume",
-        &s(&moved),
-        "--epochs",
-        "3",
-    ]));
-    let stderr = text(&outp.stderr);
-    assert!(outp.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("this run started on llvmpipe (Vulkan); it continues on cpu"),
-        "{stderr}"
-    );
-    let stdout = text(&outp.stdout);
-    let said = format!("resuming {} after epoch 2 of 3", s(&moved));
-    assert!(
-        stdout.contains(&said) && stdout.contains("device: cpu"),
-        "{stdout}"
-    );
+    assert_resumed_on_another_device(&moved);
 }

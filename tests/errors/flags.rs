@@ -7,65 +7,123 @@ use mnist_gpu::model::{ModelConfig, Params};
 use mnist_gpu::modelfile;
 use std::path::Path;
 
-/// Whether wgpu sees any adapter here (Mesa's lavapipe counts).
-#[test]
-fn bad_flags() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = s(&tmp.path().join("out"));
-    let flag = |what: &str, extra: &[&str], words: &[&str]| {
-        let mut c = case(what, &[], words);
-        c.args = train_with(extra, &out);
-        c
-    };
-    let mut cases = vec![
+/// A case that trains a tiny CPU run, writing under `out`, with the flags `extra`.
+fn flag(out: &str, what: &str, extra: &[&str], words: &[&str]) -> Case {
+    let mut c = case(what, &[], words);
+    c.args = train_with(extra, out);
+    c
+}
+
+/// A case that trains with the device flags `extra`, so not with `--cpu-fallback`
+/// (which conflicts with them); `one_line` when the error must fit on one line.
+fn on_device(out: &str, what: &str, extra: &[&str], words: &[&str], one_line: bool) -> Case {
+    let mut args: Vec<String> = train_with(extra, out);
+    args.retain(|a| a != "--cpu-fallback");
+    Case {
+        what: what.to_string(),
+        args,
+        words: words.iter().map(|s| s.to_string()).collect(),
+        one_line,
+    }
+}
+
+/// Batch sizes, epoch counts and learning rates that are zero, negative, not numbers or
+/// not finite.
+fn training_values(out: &str) -> Vec<Case> {
+    vec![
         flag(
+            out,
             "batch 0",
             &["--batch-size", "0"],
             &["--batch-size", "at least 1"],
         ),
-        flag("batch -3", &["--batch-size", "-3"], &["--batch-size"]),
-        flag("batch x", &["--batch-size", "x"], &["--batch-size", "'x'"]),
-        flag("epochs 0", &["--epochs", "0"], &["--epochs", "at least 1"]),
-        flag("lr 0", &["--lr", "0"], &["--lr", "above 0"]),
-        flag("lr -1", &["--lr", "-1"], &["--lr", "above 0"]),
-        flag("lr NaN", &["--lr", "NaN"], &["--lr", "finite"]),
-        flag("lr inf", &["--lr", "inf"], &["--lr", "finite"]),
-        flag("lr -inf", &["--lr=-inf"], &["--lr", "finite"]),
-        flag("lr word", &["--lr", "fast"], &["--lr", "not a number"]),
-        flag("hidden empty", &["--hidden", ""], &["--hidden", "empty"]),
-        flag("hidden 0", &["--hidden", "0"], &["--hidden", "at least 1"]),
-        flag("hidden abc", &["--hidden", "abc"], &["--hidden", "'abc'"]),
+        flag(out, "batch -3", &["--batch-size", "-3"], &["--batch-size"]),
         flag(
+            out,
+            "batch x",
+            &["--batch-size", "x"],
+            &["--batch-size", "'x'"],
+        ),
+        flag(
+            out,
+            "epochs 0",
+            &["--epochs", "0"],
+            &["--epochs", "at least 1"],
+        ),
+        flag(out, "lr 0", &["--lr", "0"], &["--lr", "above 0"]),
+        flag(out, "lr -1", &["--lr", "-1"], &["--lr", "above 0"]),
+        flag(out, "lr NaN", &["--lr", "NaN"], &["--lr", "finite"]),
+        flag(out, "lr inf", &["--lr", "inf"], &["--lr", "finite"]),
+        flag(out, "lr -inf", &["--lr=-inf"], &["--lr", "finite"]),
+        flag(out, "lr word", &["--lr", "fast"], &["--lr", "not a number"]),
+    ]
+}
+
+/// `--hidden` lists that are empty, hold a bad width, or make a model too large.
+fn hidden_layers(out: &str) -> Vec<Case> {
+    vec![
+        flag(
+            out,
+            "hidden empty",
+            &["--hidden", ""],
+            &["--hidden", "empty"],
+        ),
+        flag(
+            out,
+            "hidden 0",
+            &["--hidden", "0"],
+            &["--hidden", "at least 1"],
+        ),
+        flag(
+            out,
+            "hidden abc",
+            &["--hidden", "abc"],
+            &["--hidden", "'abc'"],
+        ),
+        flag(
+            out,
             "hidden 128,,64",
             &["--hidden", "128,,64"],
             &["--hidden", "empty layer width"],
         ),
         flag(
+            out,
             "hidden too wide",
             &["--hidden", "200000"],
             &["--hidden", "200000 is too large"],
         ),
         flag(
+            out,
             "hidden too many parameters",
             &["--hidden", "65536,65536"],
             &["--hidden", "at most 100000000"],
         ),
+    ]
+}
+
+/// Sample limits and seeds out of range.
+fn limits_and_seeds(out: &str) -> Vec<Case> {
+    vec![
         flag(
+            out,
             "train-limit 0",
             &["--train-limit", "0"],
             &["--train-limit", "at least 1"],
         ),
         flag(
+            out,
             "test-limit 0",
             &["--test-limit", "0"],
             &["--test-limit", "at least 1"],
         ),
         flag(
+            out,
             "train-limit -5",
             &["--train-limit", "-5"],
             &["--train-limit", "'-5' is not a positive whole number"],
         ),
         flag(
+            out,
             "seed -1",
             &["--seed", "-1"],
             &[
@@ -74,41 +132,51 @@ fn bad_flags() {
             ],
         ),
         flag(
+            out,
             "seed 2^64",
             &["--seed", "18446744073709551616"],
             &["--seed", "from 0 to 18446744073709551615"],
         ),
-        flag("unknown flag", &["--frobnicate"], &["--frobnicate"]),
+    ]
+}
+
+/// An unknown flag, and a metrics file in a missing directory.
+fn unknown_flag_and_metrics(out: &str) -> Vec<Case> {
+    vec![
+        flag(out, "unknown flag", &["--frobnicate"], &["--frobnicate"]),
         flag(
+            out,
             "metrics in a missing directory",
             &["--metrics", "/no/such/dir/m.jsonl"],
             &["--metrics", "does not exist", "/no/such/dir/m.jsonl"],
         ),
-    ];
-    // Device flags (not with --cpu-fallback, which conflicts with them).
-    let device = |what: &str, extra: &[&str], words: &[&str], one_line: bool| {
-        let mut args: Vec<String> = train_with(extra, &out);
-        args.retain(|a| a != "--cpu-fallback");
-        Case {
-            what: what.to_string(),
-            args,
-            words: words.iter().map(|s| s.to_string()).collect(),
-            one_line,
-        }
-    };
-    cases.push(device(
-        "unknown backend",
-        &["--backend", "foo"],
-        &["unknown --backend value 'foo'", "vulkan, gl, metal, dx12"],
-        true,
-    ));
-    cases.push(flag(
-        "--backend with --cpu-fallback",
-        &["--backend", "vulkan"],
-        &["--backend", "--cpu-fallback"],
-    ));
+    ]
+}
+
+/// An unknown `--backend`, and `--backend` together with `--cpu-fallback`.
+fn backends(out: &str) -> Vec<Case> {
+    vec![
+        on_device(
+            out,
+            "unknown backend",
+            &["--backend", "foo"],
+            &["unknown --backend value 'foo'", "vulkan, gl, metal, dx12"],
+            true,
+        ),
+        flag(
+            out,
+            "--backend with --cpu-fallback",
+            &["--backend", "vulkan"],
+            &["--backend", "--cpu-fallback"],
+        ),
+    ]
+}
+
+/// An `--adapter` index out of range and an `--adapter` name that matches none.
+fn adapters(out: &str) -> Vec<Case> {
     // With adapters present the error lists them; without, it says there are none.
     // Either way it points at --cpu-fallback.
+    // Whether wgpu sees any adapter here (Mesa's lavapipe counts).
     let listed: &[&str] = if adapter_listed(None).0 {
         &["matches no adapter; found:", "[0] "]
     } else {
@@ -121,18 +189,34 @@ fn bad_flags() {
         v.push(w);
         v
     };
-    cases.push(device(
-        "adapter index out of range",
-        &["--adapter", "99"],
-        &with("'99'"),
-        false,
-    ));
-    cases.push(device(
-        "adapter name not found",
-        &["--adapter", "nosuchgpu"],
-        &with("'nosuchgpu'"),
-        false,
-    ));
+    vec![
+        on_device(
+            out,
+            "adapter index out of range",
+            &["--adapter", "99"],
+            &with("'99'"),
+            false,
+        ),
+        on_device(
+            out,
+            "adapter name not found",
+            &["--adapter", "nosuchgpu"],
+            &with("'nosuchgpu'"),
+            false,
+        ),
+    ]
+}
+
+#[test]
+fn bad_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = s(&tmp.path().join("out"));
+    let mut cases = training_values(&out);
+    cases.extend(hidden_layers(&out));
+    cases.extend(limits_and_seeds(&out));
+    cases.extend(unknown_flag_and_metrics(&out));
+    cases.extend(backends(&out));
+    cases.extend(adapters(&out));
     check(cases);
 }
 

@@ -197,17 +197,21 @@ fn broken_hidden(src: &Path, dir: &Path) -> Vec<Broken> {
     ]
 }
 
-#[test]
-fn bad_model_files_for_every_command() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path();
+/// A valid default model and a checkpoint of a fresh run, written into `root`:
+/// (`root/model.safetensors`, `root/checkpoint-src.safetensors`).
+fn valid_model_and_checkpoint(root: &Path) -> (PathBuf, PathBuf) {
     let params = Params::init(&ModelConfig::default(), 7);
     let model = root.join("model.safetensors");
     modelfile::save_model(&params, 0, &model).unwrap();
     let checkpoint = root.join("checkpoint-src.safetensors");
     let state = fresh_run_state(&params);
     modelfile::save_checkpoint(&params, &state, &checkpoint).unwrap();
-    let digit = data::builtin_dir()
+    (model, checkpoint)
+}
+
+/// A picture of a digit from the sample `digits` folder beside the built-in data.
+fn sample_digit() -> PathBuf {
+    data::builtin_dir()
         .parent()
         .unwrap()
         .join("digits")
@@ -216,13 +220,15 @@ fn bad_model_files_for_every_command() {
         .next()
         .unwrap()
         .unwrap()
-        .path();
-    let models_dir = root.join("models");
-    std::fs::create_dir(&models_dir).unwrap();
-    let checkpoints_dir = root.join("checkpoints");
-    std::fs::create_dir(&checkpoints_dir).unwrap();
+        .path()
+}
+
+/// Each broken model (written into `models_dir`) given to `eval`, `predict` and
+/// `train --init-from`; each error must also name the file.
+fn broken_models_for_each_command(root: &Path, model: &Path, models_dir: &Path) -> Vec<Case> {
+    let digit = sample_digit();
     let mut cases = Vec::new();
-    for (file, what, words) in broken_models(&model, &models_dir) {
+    for (file, what, words) in broken_models(model, models_dir) {
         let name = s(&file);
         let mut with_name = words.clone();
         with_name.push(&name);
@@ -250,8 +256,17 @@ fn bad_model_files_for_every_command() {
             train_with(&["--init-from", &name], &s(&root.join("out-init"))),
         ));
     }
+    cases
+}
+
+/// Each broken model's damage done to the checkpoint `checkpoint` instead, given to
+/// `train --resume`; each error must also name the checkpoint.
+fn broken_checkpoints_to_resume(root: &Path, checkpoint: &Path) -> Vec<Case> {
+    let checkpoints_dir = root.join("checkpoints");
+    std::fs::create_dir(&checkpoints_dir).unwrap();
+    let mut cases = Vec::new();
     // --resume reads DIR/checkpoint.safetensors: the same damage to a checkpoint.
-    for (file, what, words) in broken_models(&checkpoint, &checkpoints_dir) {
+    for (file, what, words) in broken_models(checkpoint, &checkpoints_dir) {
         let dir = root.join(format!(
             "resume-{}",
             file.file_stem().unwrap().to_string_lossy()
@@ -273,9 +288,14 @@ fn bad_model_files_for_every_command() {
             one_line: true,
         });
     }
-    // Checkpoint-only parts: Adam's moments.
+    cases
+}
+
+/// `train --resume` from a copy of `checkpoint` that lacks a checkpoint-only part:
+/// Adam's moments.
+fn checkpoint_without_adam(root: &Path, checkpoint: &Path) -> Case {
     edit_safetensors(
-        &checkpoint,
+        checkpoint,
         &root.join("no-adam.safetensors"),
         |n, d, s, b| (n != "adam.v").then_some((d, s, b)),
         |_| {},
@@ -287,35 +307,51 @@ fn bad_model_files_for_every_command() {
         dir.join("checkpoint.safetensors"),
     )
     .unwrap();
-    cases.push(case(
+    case(
         "train --resume: no Adam state",
         &["train", "--cpu-fallback", "--resume", &s(&dir)],
         &["tensor 'adam.v' is missing"],
-    ));
-    cases.push(case(
-        "train --resume: no checkpoint at all",
-        &[
-            "train",
-            "--cpu-fallback",
-            "--resume",
-            &s(&root.join("models")),
-        ],
-        &["checkpoint.safetensors", "does not exist"],
-    ));
-    cases.push(case(
-        "eval: missing model",
-        &[
-            "eval",
-            "--cpu-fallback",
-            "--model",
-            "/no/such/model.safetensors",
-        ],
-        &["/no/such/model.safetensors", "does not exist"],
-    ));
-    cases.push(case(
-        "eval: model is a directory",
-        &["eval", "--cpu-fallback", "--model", &s(root)],
-        &["is a directory"],
-    ));
+    )
+}
+
+/// No checkpoint in the `--resume` directory `no_checkpoint_dir`, a missing model, and
+/// a model that is a directory.
+fn missing_files(root: &Path, no_checkpoint_dir: &Path) -> Vec<Case> {
+    vec![
+        case(
+            "train --resume: no checkpoint at all",
+            &["train", "--cpu-fallback", "--resume", &s(no_checkpoint_dir)],
+            &["checkpoint.safetensors", "does not exist"],
+        ),
+        case(
+            "eval: missing model",
+            &[
+                "eval",
+                "--cpu-fallback",
+                "--model",
+                "/no/such/model.safetensors",
+            ],
+            &["/no/such/model.safetensors", "does not exist"],
+        ),
+        case(
+            "eval: model is a directory",
+            &["eval", "--cpu-fallback", "--model", &s(root)],
+            &["is a directory"],
+        ),
+    ]
+}
+
+#[test]
+fn bad_model_files_for_every_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (model, checkpoint) = valid_model_and_checkpoint(root);
+    let models_dir = root.join("models");
+    std::fs::create_dir(&models_dir).unwrap();
+    let mut cases = broken_models_for_each_command(root, &model, &models_dir);
+    cases.extend(broken_checkpoints_to_resume(root, &checkpoint));
+    cases.push(checkpoint_without_adam(root, &checkpoint));
+    // The models directory holds no checkpoint.
+    cases.extend(missing_files(root, &models_dir));
     check(cases);
 }
