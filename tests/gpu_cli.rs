@@ -49,8 +49,8 @@ fn train_resume_init_from_and_eval_on_each_backend() {
     }
 }
 
-/// Trains one epoch into `dir` on `backend`, checking it names the adapter `device`.
-fn train_one_epoch(backend: &str, dir: &Path, device: &str) {
+/// Trains one small epoch into `dir` on `backend` (`more`: further flags); its stdout.
+fn train_small_epoch(backend: &str, dir: &Path, more: &[&str]) -> String {
     let mut args = vec![
         "train",
         "--backend",
@@ -60,8 +60,14 @@ fn train_one_epoch(backend: &str, dir: &Path, device: &str) {
         "--out-dir",
         dir.to_str().unwrap(),
     ];
+    args.extend(more);
     args.extend(SMALL);
-    let out = run(&args);
+    run(&args)
+}
+
+/// Trains one epoch into `dir` on `backend`, checking it names the adapter `device`.
+fn train_one_epoch(backend: &str, dir: &Path, device: &str) {
+    let out = train_small_epoch(backend, dir, &[]);
     assert!(
         out.contains(&format!("device: {device}")),
         "{backend}: {out}"
@@ -111,19 +117,7 @@ fn eval_reproduces_the_accuracy(backend: &str, model: &Path, accuracy: f64) {
 
 /// Trains one epoch into `second` from `model`'s weights; it must start trained (over 60%).
 fn init_from_starts_from_the_model(backend: &str, second: &Path, model: &Path) {
-    let mut args = vec![
-        "train",
-        "--backend",
-        backend,
-        "--epochs",
-        "1",
-        "--out-dir",
-        second.to_str().unwrap(),
-        "--init-from",
-        model.to_str().unwrap(),
-    ];
-    args.extend(SMALL);
-    run(&args);
+    train_small_epoch(backend, second, &["--init-from", model.to_str().unwrap()]);
     assert!(
         last_val_accuracy(second) > 0.6,
         "{backend}: --init-from did not start from the trained weights"
