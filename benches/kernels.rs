@@ -498,10 +498,7 @@ fn family_rows(contexts: &[Context]) {
 /// The CPU trainer's sparse first layer (784 → 128) on real MNIST batches: the batch
 /// transpose and statistics, the folded forward, and the fused backward, per call.
 fn sparse_first_layer_cpu() {
-    use cpu::sparse::{
-        batch_stats, fold_batchnorm_into_dense, sparse_forward, ColumnBatch, FirstLayer,
-        FoldedLayer, SparseImages,
-    };
+    use cpu::sparse::{batch_stats, fold_and_forward, ColumnBatch, FirstLayer, SparseImages};
     use mnist_gpu::layers::batchnorm::cpu::Affine;
     let mnist = mnist_gpu::data::Mnist::load(&mnist_gpu::data::builtin_dir())
         .expect("the built-in MNIST loads");
@@ -520,7 +517,7 @@ fn sparse_first_layer_cpu() {
         });
         println!("other/cpu/sparse transpose+stats b{batch}: {:.1} µs", us(t));
         let inv_std: Vec<f32> = var.iter().map(|v| 1.0 / (v + 1e-3).sqrt()).collect();
-        let (mut coef, mut row) = (vec![0.0; features], vec![0.0; n]);
+        let mut coef = vec![0.0; features];
         let mut z = vec![0.0; batch * n];
         let first = FirstLayer {
             mean: &mean,
@@ -531,14 +528,8 @@ fn sparse_first_layer_cpu() {
             },
         };
         let t = common::median_secs(200, || {
-            fold_batchnorm_into_dense(first, (&w, &bias), &mut coef, &mut row);
-            let layer = FoldedLayer {
-                coef: &coef,
-                w: &w,
-                row: &row,
-                relu: true,
-            };
-            sparse_forward(&images, (&indices, scale), layer, &mut z);
+            let dense = (&w[..], &bias[..], true);
+            fold_and_forward(&images, (&indices, scale), first, dense, &mut coef, &mut z);
         });
         println!(
             "other/cpu/sparse forward (fold + 784→128) b{batch}: {:.1} µs",

@@ -8,8 +8,8 @@ use super::profile::PhaseClock;
 #[cfg(not(target_arch = "wasm32"))]
 use super::profile::PhaseTime;
 use super::sparse::{
-    backward_tasks, batch_stats, fold_batchnorm_into_dense, sparse_first_layer_backward,
-    sparse_forward, ColumnBatch, FirstLayer, FoldedLayer, Kernel, KernelAdam, SparseImages,
+    backward_tasks, batch_stats, fold_and_forward, sparse_first_layer_backward, ColumnBatch,
+    FirstLayer, Kernel, KernelAdam, SparseImages,
 };
 use super::stack::{batchnorm_state, bn_params, LayerStack, Pass};
 use crate::aligned::{Aligned, Rows};
@@ -90,11 +90,11 @@ struct Workspace {
     x: Rows,
     xhat: Rows,
     inv_std: Vec<f32>,
-    /// Sparse path: batch statistics and the folded first layer (see `sparse`).
+    /// Sparse path: batch statistics and the folded first layer's coefficients (see
+    /// `sparse`).
     mean: Vec<f32>,
     var: Vec<f32>,
     coef: Vec<f32>,
-    row: Vec<f32>,
     columns: ColumnBatch,
     /// `acts[0]` is the BatchNorm output; `acts[l + 1]` the output of Dense layer l
     /// (the last one holds the logits).
@@ -123,7 +123,6 @@ impl Workspace {
         ] {
             v.resize(INPUT, 0.0);
         }
-        self.row.resize(widths[1], 0.0);
         resize_all(&mut self.acts, widths, batch);
         resize_all(&mut self.deltas, widths, batch);
         self.labels.resize(batch, 0);
@@ -576,16 +575,15 @@ impl CpuBackend {
             inv_std: &w.inv_std,
             params: bn_params(p),
         };
-        let dense = (p.kernel(0), p.bias(0));
-        fold_batchnorm_into_dense(layer, dense, &mut w.coef, &mut w.row);
-        self.clock.mark(PHASE_FOLD);
-        let layer = FoldedLayer {
-            coef: &w.coef,
-            w: p.kernel(0),
-            row: &w.row,
-            relu: p.config.dense_layers() > 1,
-        };
-        sparse_forward(sparse, (indices, scale), layer, &mut w.acts[1]);
+        let dense = (p.kernel(0), p.bias(0), p.config.dense_layers() > 1);
+        fold_and_forward(
+            sparse,
+            (indices, scale),
+            layer,
+            dense,
+            &mut w.coef,
+            &mut w.acts[1],
+        );
         self.clock.mark(PHASE_SPARSE_FORWARD);
     }
 }
@@ -713,8 +711,7 @@ impl BatchAhead {
 // first-layer backward's where it outlasted them.
 const PHASE_GATHER: &str = "gather: labels + batch transpose/gather";
 const PHASE_STATS: &str = "batch statistics + moving update";
-const PHASE_FOLD: &str = "fold_batchnorm_into_dense";
-const PHASE_SPARSE_FORWARD: &str = "sparse_forward 784→128";
+const PHASE_SPARSE_FORWARD: &str = "fold + sparse_forward 784→128";
 const PHASE_DENSE_FORWARD: &str = "gemm_forward (dense layers)";
 const PHASE_SOFTMAX: &str = "softmax_xent";
 const PHASE_DENSE_BACKWARD: &str = "backward of layers ≥ 1";
