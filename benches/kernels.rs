@@ -539,9 +539,9 @@ fn sparse_first_layer_cpu() {
     }
 }
 
-/// The sparse first layer's backward rows of [`sparse_first_layer_cpu`] for the batch
-/// `columns` of `batch` images: the pass alone, then with Adam's update of the kernel `w`
-/// in it.
+/// The bench lines of the sparse first layer's backward, for [`sparse_first_layer_cpu`]:
+/// the pass alone on the batch `columns` of `batch` images, then with Adam's update of the
+/// kernel `w` in it.
 fn sparse_backward_rows(
     columns: &cpu::sparse::ColumnBatch,
     first: cpu::sparse::FirstLayer,

@@ -584,7 +584,7 @@ impl CpuBackend {
             &mut w.coef,
             &mut w.acts[1],
         );
-        self.clock.mark(PHASE_SPARSE_FORWARD);
+        self.clock.mark(PHASE_FOLD_AND_FORWARD);
     }
 }
 
@@ -711,7 +711,7 @@ impl BatchAhead {
 // first-layer backward's where it outlasted them.
 const PHASE_GATHER: &str = "gather: labels + batch transpose/gather";
 const PHASE_STATS: &str = "batch statistics + moving update";
-const PHASE_SPARSE_FORWARD: &str = "fold + sparse_forward 784→128";
+const PHASE_FOLD_AND_FORWARD: &str = "fold + sparse_forward 784→128";
 const PHASE_DENSE_FORWARD: &str = "gemm_forward (dense layers)";
 const PHASE_SOFTMAX: &str = "softmax_xent";
 const PHASE_DENSE_BACKWARD: &str = "backward of layers ≥ 1";

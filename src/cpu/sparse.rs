@@ -441,19 +441,23 @@ pub fn fold_batchnorm_into_dense(
     coef: &mut [f32],
     row: &mut [f32],
 ) {
-    let (mean, inv_std) = (layer.mean, layer.inv_std);
-    let (gamma, beta) = (layer.params.gamma, layer.params.beta);
+    fold_coefficients(layer, coef);
+    fold_rows(layer.mean, layer.params.beta, coef, w, bias, row);
+}
+
+/// The per-pixel coefficients of the folded layer, `coef_j = gamma_j·inv_std_j`.
+fn fold_coefficients(layer: FirstLayer, coef: &mut [f32]) {
+    let (gamma, inv_std) = (layer.params.gamma, layer.inv_std);
     for j in 0..coef.len() {
         coef[j] = gamma[j] * inv_std[j];
     }
-    fold_rows(mean, beta, coef, w, bias, row);
 }
 
 /// `row = bias + Σ_j (beta_j − coef_j·mean_j)·W_j`, on one thread. On AVX-512 a row of
 /// up to 128 columns stays in registers over one pass of W; split in two column halves
 /// over two threads, the fold had taken longer on two threads than on one (0.006 against
-/// 0.004 ms a step; measured on AVX-512 only: with AVX2 the two halves now run one after
-/// the other). In training each task of the forward folds for itself
+/// 0.004 ms a step on an AMD EPYC; measured on AVX-512 only: with AVX2 the two halves now
+/// run one after the other). In training each task of the forward folds for itself
 /// ([`fold_and_forward`]).
 #[multiversion::multiversion(targets(
     "x86_64+avx512f+avx512vl+avx2+fma",
@@ -531,17 +535,20 @@ pub fn sparse_forward(
 }
 
 /// [`fold_batchnorm_into_dense`] and then [`sparse_forward`], in one parallel pass, the
-/// training step's: `coef` is filled first, then each task of the forward folds the
-/// layer's row for itself before its samples. Every fold is the same sum in the same
-/// order, so every task's row, and the result, has the same bits as the two calls.
+/// training step's: the layer `w` (`[features, n]`) and `bias` (`[n]`) with `layer`'s
+/// BatchNorm folded in, on the images `indices` (pixels times `scale`), into `z`
+/// (`[batch, n]`), ReLU after when `relu`. `coef` (`[features]`) is filled first; then
+/// each task of the forward folds the layer's row for itself before its samples. Every
+/// fold is the same sum in the same order, so every task's row, and the result, has the
+/// same bits as the two calls.
 ///
-/// Why each task folds: folded once, on one thread, the fold waited while the others
-/// idled, and took about twice its one-thread time there (0.011 against 0.006 ms a step
-/// at batch 128 on an Intel Xeon), since on two or more threads half of the kernel's rows
-/// were last written by another core's Adam. Each task's own fold costs about what the
-/// fold did alone, but all tasks fold at once. Measured on two threads (whole epochs,
-/// median of four or six runs alternating): batch 32 0.2216 → 0.2134 s, 128 0.1118 →
-/// 0.1088, 512 0.0856 → 0.0838; one thread unchanged.
+/// Why each task folds: folded once, on one thread, the fold made the other threads wait,
+/// and on two threads it took about twice as long as on one (0.011 against 0.006 ms a
+/// step at batch 128 on an Intel Xeon), since half of the kernel's rows had last been
+/// written by the other core's Adam. Each task's own fold still reads those rows, but the
+/// tasks fold at the same time, and no thread waits. Measured on two threads
+/// (whole epochs, the median of four or six runs alternating, Intel Xeon): batch 32
+/// 0.2216 → 0.2134 s, 128 0.1118 → 0.1088, 512 0.0856 → 0.0838; one thread unchanged.
 pub fn fold_and_forward(
     images: &SparseImages,
     (indices, scale): (&[u32], f32),
@@ -550,12 +557,8 @@ pub fn fold_and_forward(
     coef: &mut [f32],
     z: &mut [f32],
 ) {
-    let (mean, inv_std) = (layer.mean, layer.inv_std);
-    let (gamma, beta) = (layer.params.gamma, layer.params.beta);
-    for j in 0..coef.len() {
-        coef[j] = gamma[j] * inv_std[j];
-    }
-    let coef = &*coef;
+    fold_coefficients(layer, coef);
+    let (coef, mean, beta) = (&*coef, layer.mean, layer.params.beta);
     let n = bias.len();
     assert_eq!(z.len(), indices.len() * n);
     let rows_per_task = rows_per_task(indices.len());
