@@ -521,17 +521,36 @@ pub fn sparse_forward(
     layer: FoldedLayer,
     z: &mut [f32],
 ) {
-    let n = layer.row.len();
+    for_each_forward_task(indices, layer.row.len(), z, |part, z_part| {
+        forward_part(images, (part, scale), &layer, z_part)
+    });
+}
+
+/// Runs `task` on each share of the batch `indices` and its rows of `z` (`n` values a
+/// sample) that the forward splits over the threads ([`rows_per_task`]).
+fn for_each_forward_task(
+    indices: &[u32],
+    n: usize,
+    z: &mut [f32],
+    task: impl Fn(&[u32], &mut [f32]) + Sync + Send,
+) {
     assert_eq!(z.len(), indices.len() * n);
     let rows_per_task = rows_per_task(indices.len());
     z.par_chunks_mut(rows_per_task * n)
         .zip(indices.par_chunks(rows_per_task))
-        .for_each(|(z_part, part)| {
-            for (z_b, &i) in z_part.chunks_exact_mut(n).zip(part) {
-                let (cols, vals) = images.row(i);
-                forward_one((cols, vals), scale, &layer, z_b);
-            }
-        });
+        .for_each(|(z_part, part)| task(part, z_part));
+}
+
+/// The folded layer's forward on the images `part`, one after the other, into `z_part`.
+fn forward_part(
+    images: &SparseImages,
+    (part, scale): (&[u32], f32),
+    layer: &FoldedLayer,
+    z_part: &mut [f32],
+) {
+    for (z_b, &i) in z_part.chunks_exact_mut(layer.row.len()).zip(part) {
+        forward_one(images.row(i), scale, layer, z_b);
+    }
 }
 
 /// [`fold_batchnorm_into_dense`] and then [`sparse_forward`], in one parallel pass, the
@@ -559,25 +578,18 @@ pub fn fold_and_forward(
 ) {
     fold_coefficients(layer, coef);
     let (coef, mean, beta) = (&*coef, layer.mean, layer.params.beta);
-    let n = bias.len();
-    assert_eq!(z.len(), indices.len() * n);
-    let rows_per_task = rows_per_task(indices.len());
-    z.par_chunks_mut(rows_per_task * n)
-        .zip(indices.par_chunks(rows_per_task))
-        .for_each(|(z_part, part)| {
-            // A few hundred bytes a task and step: nothing beside the fold's 400 KB read.
-            let mut row = vec![0.0; n];
-            fold_rows(mean, beta, coef, w, bias, &mut row);
-            let folded = FoldedLayer {
-                coef,
-                w,
-                row: &row,
-                relu,
-            };
-            for (z_b, &i) in z_part.chunks_exact_mut(n).zip(part) {
-                forward_one(images.row(i), scale, &folded, z_b);
-            }
-        });
+    for_each_forward_task(indices, bias.len(), z, |part, z_part| {
+        // A few hundred bytes a task and step: nothing beside the fold's 400 KB read.
+        let mut row = vec![0.0; bias.len()];
+        fold_rows(mean, beta, coef, w, bias, &mut row);
+        let folded = FoldedLayer {
+            coef,
+            w,
+            row: &row,
+            relu,
+        };
+        forward_part(images, (part, scale), &folded, z_part);
+    });
 }
 
 /// Samples per group of a [`ColumnBatch`] (at most), and so per tile in
