@@ -1,0 +1,180 @@
+// The sparse forward's inner loop, alone, on real MNIST images: for each nonzero pixel
+// (a "term"), z += (pixel·scale·coef[col])·W[col], with W 784×128 floats (401 KB, so in
+// the level-2 cache and not the level-1). The same instructions as the AVX-512 version
+// of `forward_one` in src/cpu/sparse.rs (one 128-wide row in 8 registers, a multiply and
+// an add for each 16 lanes), so that variants can be timed without a Rust build:
+//
+//   as trained      the loop as the trainer runs it
+//   loads + adds    the same rows read and added, no multiply: the time of reading them
+//   fused           one fused multiply-add instead (other bits: for comparison only)
+//
+// each with the kernel's rows as they are and confined to its first 64 rows (32 KB, in
+// the level-1 cache; wrong results, for timing only). On two threads, each thread runs
+// its half of the batch, after (with ADAM=1) writing its half of W's rows, as Adam does
+// in the training step, so that half of the rows each thread reads were last written by
+// the other core.
+//
+//   gcc -O3 -ffp-contract=off -mavx512f -pthread benches/probes/forward_loop.c -o target/forward_loop
+//   zcat assets/mnist/train-images-idx3-ubyte.gz | target/forward_loop 128 1
+//   zcat assets/mnist/train-images-idx3-ubyte.gz | target/forward_loop 128 2 1
+//
+// Prints ns per term, the fastest and the median of 300 repetitions. x86-64 with
+// AVX-512 only.
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#define N 128
+#define PIXELS 784
+#define IMAGES 60000
+#define REPS 300
+#define FIRST_IMAGE 1000
+
+static uint16_t cols[IMAGES * PIXELS / 2];
+static uint8_t vals[IMAGES * PIXELS / 2];
+static uint32_t starts[IMAGES + 1];
+static float *W, coef[PIXELS], row[N], z[4096 * N];
+static int batch, threads, adam;
+static pthread_barrier_t barrier;
+static double times[2][REPS];
+static long terms[2];
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static float term(uint32_t k, float scale) { return (float)vals[k] * scale * coef[cols[k]]; }
+
+static void as_trained(int image, float scale, float *out) {
+    __m512 acc[8];
+    for (int i = 0; i < 8; i++) acc[i] = _mm512_loadu_ps(row + 16 * i);
+    for (uint32_t k = starts[image]; k < starts[image + 1]; k++) {
+        __m512 a = _mm512_set1_ps(term(k, scale));
+        const float *w = W + cols[k] * N;
+        for (int i = 0; i < 8; i++)
+            acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(a, _mm512_load_ps(w + 16 * i)));
+    }
+    for (int i = 0; i < 8; i++) _mm512_storeu_ps(out + 16 * i, _mm512_max_ps(acc[i], _mm512_setzero_ps()));
+}
+
+static void loads_and_adds(int image, float scale, float *out) {
+    (void)scale;
+    __m512 acc[8];
+    for (int i = 0; i < 8; i++) acc[i] = _mm512_loadu_ps(row + 16 * i);
+    for (uint32_t k = starts[image]; k < starts[image + 1]; k++) {
+        const float *w = W + cols[k] * N;
+        for (int i = 0; i < 8; i++) acc[i] = _mm512_add_ps(acc[i], _mm512_load_ps(w + 16 * i));
+    }
+    for (int i = 0; i < 8; i++) _mm512_storeu_ps(out + 16 * i, _mm512_max_ps(acc[i], _mm512_setzero_ps()));
+}
+
+static void fused(int image, float scale, float *out) {
+    __m512 acc[8];
+    for (int i = 0; i < 8; i++) acc[i] = _mm512_loadu_ps(row + 16 * i);
+    for (uint32_t k = starts[image]; k < starts[image + 1]; k++) {
+        __m512 a = _mm512_set1_ps(term(k, scale));
+        const float *w = W + cols[k] * N;
+        for (int i = 0; i < 8; i++) acc[i] = _mm512_fmadd_ps(a, _mm512_load_ps(w + 16 * i), acc[i]);
+    }
+    for (int i = 0; i < 8; i++) _mm512_storeu_ps(out + 16 * i, _mm512_max_ps(acc[i], _mm512_setzero_ps()));
+}
+
+typedef void (*variant)(int, float, float *);
+
+static int by_value(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static uint8_t *dense;
+
+// Reads the IDX images from stdin.
+static void read_images(void) {
+    uint8_t header[16];
+    dense = malloc((size_t)IMAGES * PIXELS);
+    if (fread(header, 1, 16, stdin) != 16 || fread(dense, PIXELS, IMAGES, stdin) != IMAGES) {
+        fprintf(stderr, "expected the 60,000 training images (IDX) on stdin\n");
+        exit(1);
+    }
+}
+
+// The images in sparse rows; with `rows_kept` < 784, every pixel's row is taken modulo it.
+static void sparse_rows(int rows_kept) {
+    uint32_t nonzero = 0;
+    for (int i = 0; i < IMAGES; i++) {
+        starts[i] = nonzero;
+        for (int j = 0; j < PIXELS; j++)
+            if (dense[i * PIXELS + j]) cols[nonzero] = j % rows_kept, vals[nonzero++] = dense[i * PIXELS + j];
+    }
+    starts[IMAGES] = nonzero;
+}
+
+static void *run_share(void *arg) {
+    long t = (long)arg;
+    int share = batch / threads, first = FIRST_IMAGE + t * share;
+    terms[t] = starts[first + share] - starts[first];
+    for (int rep = 0; rep < REPS; rep++) {
+        if (adam)
+            for (long i = (long)t * PIXELS / threads * N; i < (long)(t + 1) * PIXELS / threads * N; i++)
+                W[i] = W[i] * 0.99999f + 1e-7f;
+        if (threads > 1) pthread_barrier_wait(&barrier);
+        double start = now();
+        for (int b = 0; b < share; b++) as_trained(first + b, 1.0f / 255, z + (t * share + b) * N);
+        times[t][rep] = now() - start;
+        if (threads > 1) pthread_barrier_wait(&barrier);
+    }
+    qsort(times[t], REPS, sizeof(double), by_value);
+    return NULL;
+}
+
+static void time_variants(const char *rows) {
+    variant variants[] = {as_trained, loads_and_adds, fused};
+    const char *names[] = {"as trained", "loads + adds", "fused"};
+    long count = starts[FIRST_IMAGE + batch] - starts[FIRST_IMAGE];
+    for (int v = 0; v < 3; v++) {
+        double all[REPS];
+        for (int rep = 0; rep < REPS; rep++) {
+            double start = now();
+            for (int b = 0; b < batch; b++) variants[v](FIRST_IMAGE + b, 1.0f / 255, z + b * N);
+            all[rep] = now() - start;
+        }
+        qsort(all, REPS, sizeof(double), by_value);
+        printf("%-13s rows %-9s fastest %.2f, median %.2f ns a term\n", names[v], rows,
+               all[0] * 1e9 / count, all[REPS / 2] * 1e9 / count);
+    }
+}
+
+int main(int argc, char **argv) {
+    batch = argc > 1 ? atoi(argv[1]) : 128;
+    threads = argc > 2 ? atoi(argv[2]) : 1;
+    adam = argc > 3 ? atoi(argv[3]) : 0;
+    if (batch < 2 || batch > 4096 || threads < 1 || threads > 2) {
+        fprintf(stderr, "usage: forward_loop BATCH (2 to 4096) THREADS (1 or 2) [ADAM 0 or 1] < IDX images\n");
+        return 2;
+    }
+    W = aligned_alloc(64, PIXELS * N * sizeof(float));
+    for (int i = 0; i < PIXELS * N; i++) W[i] = (rand() % 1000) / 1000.0f - 0.5f;
+    for (int j = 0; j < PIXELS; j++) coef[j] = 1.0f + j * 1e-3f;
+    read_images();
+    sparse_rows(PIXELS);
+    printf("batch %d, %d thread(s)%s\n", batch, threads, adam ? ", each writing its half of W first" : "");
+    if (threads == 1 && !adam) {
+        time_variants("all");
+        sparse_rows(64);
+        time_variants("first 64");
+        return 0;
+    }
+    pthread_barrier_init(&barrier, NULL, threads);
+    pthread_t ids[2];
+    for (long t = 0; t < threads; t++) pthread_create(&ids[t], NULL, run_share, (void *)t);
+    for (int t = 0; t < threads; t++) pthread_join(ids[t], NULL);
+    for (int t = 0; t < threads; t++)
+        printf("as trained, thread %d: fastest %.2f, median %.2f ns a term\n", t,
+               times[t][0] * 1e9 / terms[t], times[t][REPS / 2] * 1e9 / terms[t]);
+    return 0;
+}
