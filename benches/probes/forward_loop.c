@@ -108,6 +108,10 @@ static void sparse_rows(int rows_kept) {
     uint32_t nonzero = 0;
     for (int i = 0; i < IMAGES; i++) {
         starts[i] = nonzero;
+        if (nonzero + PIXELS > sizeof cols / sizeof cols[0]) {
+            fprintf(stderr, "more nonzero pixels than MNIST's: not the training images?\n");
+            exit(1);
+        }
         for (int j = 0; j < PIXELS; j++)
             if (dense[i * PIXELS + j]) cols[nonzero] = j % rows_kept, vals[nonzero++] = dense[i * PIXELS + j];
     }
