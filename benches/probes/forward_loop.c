@@ -7,6 +7,10 @@
 //   as trained      the loop as the trainer runs it
 //   loads + adds    the same rows read and added, no multiply: the time of reading them
 //   fused           one fused multiply-add instead (other bits: for comparison only)
+//   columns         the same sums from the batch transposed in tiles of 64 images: each
+//                   kernel row read once a tile into registers, each image's 128 sums
+//                   loaded, added to and stored back for every pixel (the same bits,
+//                   which it checks)
 //
 // each with the kernel's rows as they are and confined to its first 64 rows (32 KB, in
 // the level-1 cache; wrong results, for timing only). On two threads, each thread runs
@@ -25,6 +29,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #define N 128
@@ -82,6 +87,52 @@ static void fused(int image, float scale, float *out) {
         for (int i = 0; i < 8; i++) acc[i] = _mm512_fmadd_ps(a, _mm512_load_ps(w + 16 * i), acc[i]);
     }
     for (int i = 0; i < 8; i++) _mm512_storeu_ps(out + 16 * i, _mm512_max_ps(acc[i], _mm512_setzero_ps()));
+}
+
+// The batch transposed in tiles of TILE images: for tile t, pixel column j's entries
+// (image in the tile << 8 | value) are tile_entries[t][tile_starts[t][j]..[j + 1]].
+#define TILE 64
+static uint32_t tile_starts[4096 / TILE][PIXELS + 1];
+static uint16_t tile_entries[4096 / TILE][TILE * PIXELS];
+
+static void transpose_batch(void) {
+    for (int t = 0; t * TILE < batch; t++) {
+        int images = batch - t * TILE < TILE ? batch - t * TILE : TILE;
+        uint32_t count[PIXELS + 1] = {0}, at[PIXELS];
+        for (int b = 0; b < images; b++)
+            for (uint32_t k = starts[FIRST_IMAGE + t * TILE + b]; k < starts[FIRST_IMAGE + t * TILE + b + 1]; k++)
+                count[cols[k] + 1]++;
+        for (int j = 0; j < PIXELS; j++) tile_starts[t][j + 1] = tile_starts[t][j] + count[j + 1];
+        for (int j = 0; j < PIXELS; j++) at[j] = tile_starts[t][j];
+        for (int b = 0; b < images; b++)
+            for (uint32_t k = starts[FIRST_IMAGE + t * TILE + b]; k < starts[FIRST_IMAGE + t * TILE + b + 1]; k++)
+                tile_entries[t][at[cols[k]]++] = (uint16_t)(b << 8 | vals[k]);
+    }
+}
+
+// The whole batch (not one image) from the transposed tiles, into z.
+static void columns(float scale) {
+    for (int t = 0; t * TILE < batch; t++) {
+        int images = batch - t * TILE < TILE ? batch - t * TILE : TILE;
+        float *tile = z + t * TILE * N;
+        for (int b = 0; b < images; b++)
+            for (int i = 0; i < 8; i++) _mm512_storeu_ps(tile + b * N + 16 * i, _mm512_loadu_ps(row + 16 * i));
+        for (int j = 0; j < PIXELS; j++) {
+            uint32_t first = tile_starts[t][j], end = tile_starts[t][j + 1];
+            if (first == end) continue;
+            __m512 w[8];
+            for (int i = 0; i < 8; i++) w[i] = _mm512_load_ps(W + j * N + 16 * i);
+            for (uint32_t k = first; k < end; k++) {
+                uint16_t entry = tile_entries[t][k];
+                float *out = tile + (entry >> 8) * N;
+                __m512 a = _mm512_set1_ps((float)(entry & 255) * scale * coef[j]);
+                for (int i = 0; i < 8; i++)
+                    _mm512_storeu_ps(out + 16 * i, _mm512_add_ps(_mm512_loadu_ps(out + 16 * i), _mm512_mul_ps(a, w[i])));
+            }
+        }
+        for (int b = 0; b < images * N; b += 16)
+            _mm512_storeu_ps(tile + b, _mm512_max_ps(_mm512_loadu_ps(tile + b), _mm512_setzero_ps()));
+    }
 }
 
 typedef void (*variant)(int, float, float *);
@@ -153,6 +204,38 @@ static void time_variants(const char *rows) {
     }
 }
 
+// How much two images' nonzero pixels overlap: the size of the union of consecutive
+// pairs' pixel sets against the sum of their sizes, over the first 10,000 pairs.
+static void pair_overlap(void) {
+    double union_size = 0, sizes = 0;
+    for (int i = 0; i < 20000; i += 2) {
+        for (int j = 0; j < PIXELS; j++) {
+            int a = dense[i * PIXELS + j] != 0, b = dense[(i + 1) * PIXELS + j] != 0;
+            union_size += a || b;
+            sizes += a + b;
+        }
+    }
+    printf("two images' nonzero pixels: their union is %.3f of the two counts\n", union_size / sizes);
+}
+
+// The columns variant against as_trained: its time, and whether its bits are the same.
+static void time_columns(void) {
+    static float expected[4096 * N];
+    long count = starts[FIRST_IMAGE + batch] - starts[FIRST_IMAGE];
+    for (int b = 0; b < batch; b++) as_trained(FIRST_IMAGE + b, 1.0f / 255, expected + b * N);
+    transpose_batch();
+    double all[REPS];
+    for (int rep = 0; rep < REPS; rep++) {
+        double start = now();
+        columns(1.0f / 255);
+        all[rep] = now() - start;
+    }
+    qsort(all, REPS, sizeof(double), by_value);
+    int same = memcmp(expected, z, (size_t)batch * N * sizeof(float)) == 0;
+    printf("%-13s rows %-9s fastest %.2f, median %.2f ns a term (%s bits)\n", "columns", "all",
+           all[0] * 1e9 / count, all[REPS / 2] * 1e9 / count, same ? "the same" : "OTHER");
+}
+
 int main(int argc, char **argv) {
     batch = argc > 1 ? atoi(argv[1]) : 128;
     threads = argc > 2 ? atoi(argv[2]) : 1;
@@ -169,6 +252,8 @@ int main(int argc, char **argv) {
     printf("batch %d, %d thread(s)%s\n", batch, threads, adam ? ", each writing its half of W first" : "");
     if (threads == 1 && !adam) {
         time_variants("all");
+        time_columns();
+        pair_overlap();
         sparse_rows(64);
         time_variants("first 64");
         return 0;
