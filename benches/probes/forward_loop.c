@@ -55,38 +55,47 @@ static double now(void) {
 
 static float term(uint32_t k, float scale) { return (float)vals[k] * scale * coef[cols[k]]; }
 
+// An image's 128 sums in 8 registers: they start at the folded row, and end in ReLU.
+static inline void start_sums(__m512 acc[8]) {
+    for (int i = 0; i < 8; i++) acc[i] = _mm512_loadu_ps(row + 16 * i);
+}
+
+static inline void finish_sums(const __m512 acc[8], float *out) {
+    for (int i = 0; i < 8; i++) _mm512_storeu_ps(out + 16 * i, _mm512_max_ps(acc[i], _mm512_setzero_ps()));
+}
+
 static void as_trained(int image, float scale, float *out) {
     __m512 acc[8];
-    for (int i = 0; i < 8; i++) acc[i] = _mm512_loadu_ps(row + 16 * i);
+    start_sums(acc);
     for (uint32_t k = starts[image]; k < starts[image + 1]; k++) {
         __m512 a = _mm512_set1_ps(term(k, scale));
         const float *w = W + cols[k] * N;
         for (int i = 0; i < 8; i++)
             acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(a, _mm512_load_ps(w + 16 * i)));
     }
-    for (int i = 0; i < 8; i++) _mm512_storeu_ps(out + 16 * i, _mm512_max_ps(acc[i], _mm512_setzero_ps()));
+    finish_sums(acc, out);
 }
 
 static void loads_and_adds(int image, float scale, float *out) {
     (void)scale;
     __m512 acc[8];
-    for (int i = 0; i < 8; i++) acc[i] = _mm512_loadu_ps(row + 16 * i);
+    start_sums(acc);
     for (uint32_t k = starts[image]; k < starts[image + 1]; k++) {
         const float *w = W + cols[k] * N;
         for (int i = 0; i < 8; i++) acc[i] = _mm512_add_ps(acc[i], _mm512_load_ps(w + 16 * i));
     }
-    for (int i = 0; i < 8; i++) _mm512_storeu_ps(out + 16 * i, _mm512_max_ps(acc[i], _mm512_setzero_ps()));
+    finish_sums(acc, out);
 }
 
 static void fused(int image, float scale, float *out) {
     __m512 acc[8];
-    for (int i = 0; i < 8; i++) acc[i] = _mm512_loadu_ps(row + 16 * i);
+    start_sums(acc);
     for (uint32_t k = starts[image]; k < starts[image + 1]; k++) {
         __m512 a = _mm512_set1_ps(term(k, scale));
         const float *w = W + cols[k] * N;
         for (int i = 0; i < 8; i++) acc[i] = _mm512_fmadd_ps(a, _mm512_load_ps(w + 16 * i), acc[i]);
     }
-    for (int i = 0; i < 8; i++) _mm512_storeu_ps(out + 16 * i, _mm512_max_ps(acc[i], _mm512_setzero_ps()));
+    finish_sums(acc, out);
 }
 
 // The batch transposed in tiles of TILE images: for tile t, pixel column j's entries
