@@ -10,13 +10,15 @@
 //   columns         the same sums from the batch transposed in tiles of 64 images: each
 //                   kernel row read once a tile into registers, each image's 128 sums
 //                   loaded, added to and stored back for every pixel (the same bits,
-//                   which it checks)
+//                   which it checks; the transpose itself is not timed)
 //
-// each with the kernel's rows as they are and confined to its first 64 rows (32 KB, in
-// the level-1 cache; wrong results, for timing only). On two threads, each thread runs
-// its half of the batch, after (with ADAM=1) writing its half of W's rows, as Adam does
-// in the training step, so that half of the rows each thread reads were last written by
-// the other core.
+// On one thread the first three run twice: with the kernel's rows as they are, then
+// confined to its first 64 rows (32 KB, in the level-1 cache; wrong results, for timing
+// only); "columns" runs with the rows as they are, and a line says how much two images'
+// nonzero pixels overlap (the union of consecutive pairs' pixels against the sum of their
+// counts). On two threads, each thread runs "as trained" on its half of the batch, after
+// (with ADAM=1) writing its half of W's rows, as Adam does in the training step, so that
+// half of the rows each thread reads were last written by the other core.
 //
 //   gcc -O3 -ffp-contract=off -mavx512f -pthread benches/probes/forward_loop.c -o target/forward_loop
 //   zcat assets/mnist/train-images-idx3-ubyte.gz | target/forward_loop 128 1
