@@ -198,6 +198,13 @@ static void *run_share(void *arg) {
     return NULL;
 }
 
+// Sorts the repetitions' times and prints the fastest and the median per term.
+static void report(const char *name, const char *rows, double all[REPS], long count, const char *note) {
+    qsort(all, REPS, sizeof(double), by_value);
+    printf("%-13s rows %-9s fastest %.2f, median %.2f ns a term%s\n", name, rows, all[0] * 1e9 / count,
+           all[REPS / 2] * 1e9 / count, note);
+}
+
 static void time_variants(const char *rows) {
     variant variants[] = {as_trained, loads_and_adds, fused};
     const char *names[] = {"as trained", "loads + adds", "fused"};
@@ -209,9 +216,7 @@ static void time_variants(const char *rows) {
             for (int b = 0; b < batch; b++) variants[v](FIRST_IMAGE + b, 1.0f / 255, z + b * N);
             all[rep] = now() - start;
         }
-        qsort(all, REPS, sizeof(double), by_value);
-        printf("%-13s rows %-9s fastest %.2f, median %.2f ns a term\n", names[v], rows,
-               all[0] * 1e9 / count, all[REPS / 2] * 1e9 / count);
+        report(names[v], rows, all, count, "");
     }
 }
 
@@ -241,10 +246,8 @@ static void time_columns(void) {
         columns(1.0f / 255);
         all[rep] = now() - start;
     }
-    qsort(all, REPS, sizeof(double), by_value);
     int same = memcmp(expected, z, (size_t)batch * N * sizeof(float)) == 0;
-    printf("%-13s rows %-9s fastest %.2f, median %.2f ns a term (%s bits)\n", "columns", "all",
-           all[0] * 1e9 / count, all[REPS / 2] * 1e9 / count, same ? "the same" : "OTHER");
+    report("columns", "all", all, count, same ? " (the same bits)" : " (OTHER bits)");
 }
 
 int main(int argc, char **argv) {
