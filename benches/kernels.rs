@@ -315,17 +315,19 @@ fn print_cpu_profile(title: &str, profile: &[cpu::profile::PhaseTime]) {
     let total: f64 = profile.iter().map(|p| p.total).sum();
     let median: f64 = profile.iter().map(|p| p.median).sum();
     println!(
-        "{title}: {:.3} ms per step (mean; sum of the medians {:.3} ms), phase by phase (mean, median, share of the medians):",
+        "{title}: {:.3} ms per step (mean; sum of the medians {:.3} ms), phase by phase (mean, median, share of the medians; 95th and 99th percentile):",
         total * 1e3,
         median * 1e3
     );
     for p in profile {
         println!(
-            "    {:<44} {:>8.3} ms {:>8.3} ms {:>5.1}%",
+            "    {:<44} {:>8.3} ms {:>8.3} ms {:>5.1}%   {:>7.3} {:>7.3} ms",
             p.name,
             p.total * 1e3,
             p.median * 1e3,
-            p.median / median * 100.0
+            p.median / median * 100.0,
+            p.p95 * 1e3,
+            p.p99 * 1e3
         );
     }
 }

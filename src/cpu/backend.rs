@@ -198,9 +198,9 @@ impl CpuBackend {
     }
 
     /// Trains one epoch in `order` at `batch` and returns where a step's time went: each
-    /// phase's mean and median wall seconds per step, and last the rest of the epoch's
-    /// wall time per step (pool hand-offs between chunks of steps, progress, the loop;
-    /// mean only, its median given as the mean).
+    /// phase's mean, median and 95th and 99th percentile wall seconds per step, and last
+    /// the rest of the epoch's wall time per step (pool hand-offs between chunks of steps,
+    /// progress, the loop; mean only, given for the median and percentiles too).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn profile_epoch(&mut self, order: &[u32], batch: usize) -> Result<Vec<PhaseTime>> {
         self.clock.start();
@@ -219,6 +219,8 @@ impl CpuBackend {
             name: PHASE_BETWEEN,
             total: between,
             median: between,
+            p95: between,
+            p99: between,
         });
         Ok(phases)
     }

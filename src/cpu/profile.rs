@@ -18,14 +18,36 @@ pub struct PhaseClock {
 /// A phase's name and the seconds of each of its calls.
 type PhaseSamples = (&'static str, Vec<f64>);
 
-/// One phase's times: the sum over all its calls and the median call, in seconds. The
-/// median is what to compare on a shared machine: a step the scheduler interrupted
-/// moves the sum but hardly the median.
+/// One phase's times: the sum over all its calls, the median call and the calls at the
+/// 95th and 99th percentiles (nearest rank), in seconds. The median is what to compare
+/// on a shared machine: a step the scheduler interrupted moves the sum but hardly the
+/// median. The percentiles show how often a call runs long, and by how much.
 #[derive(Clone, Copy, Debug)]
 pub struct PhaseTime {
     pub name: &'static str,
     pub total: f64,
     pub median: f64,
+    pub p95: f64,
+    pub p99: f64,
+}
+
+impl PhaseTime {
+    /// The sum, median and percentiles of one phase's `secs`.
+    fn of(name: &'static str, mut secs: Vec<f64>) -> Self {
+        secs.sort_by(f64::total_cmp);
+        // Nearest rank: the smallest sample with at least `fraction` of them at or below.
+        let at = |fraction: f64| {
+            let rank = (secs.len() as f64 * fraction).ceil() as usize;
+            secs.get(rank.saturating_sub(1)).copied().unwrap_or(0.0)
+        };
+        PhaseTime {
+            name,
+            total: secs.iter().sum(),
+            median: secs.get(secs.len() / 2).copied().unwrap_or(0.0),
+            p95: at(0.95),
+            p99: at(0.99),
+        }
+    }
 }
 
 impl PhaseClock {
@@ -34,19 +56,12 @@ impl PhaseClock {
         self.running = Some((Instant::now(), Vec::new()));
     }
 
-    /// Stops timing; returns each phase's sum and median.
+    /// Stops timing; returns each phase's sum, median and percentiles.
     pub fn stop(&mut self) -> Vec<PhaseTime> {
         let samples = self.running.take().map(|r| r.1).unwrap_or_default();
         samples
             .into_iter()
-            .map(|(name, mut secs)| {
-                secs.sort_by(f64::total_cmp);
-                PhaseTime {
-                    name,
-                    total: secs.iter().sum(),
-                    median: secs.get(secs.len() / 2).copied().unwrap_or(0.0),
-                }
-            })
+            .map(|(name, secs)| PhaseTime::of(name, secs))
             .collect()
     }
 
@@ -91,5 +106,24 @@ mod tests {
         assert_eq!(names, ["a", "b"]);
         assert!(times.iter().all(|t| t.median >= 0.0 && t.total >= t.median));
         assert!(clock.stop().is_empty());
+    }
+
+    /// 200 calls of 1 to 200 µs, shuffled: the median is the 101st, the 95th percentile
+    /// the 190th and the 99th the 198th; no calls give zeros.
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let us = |n: usize| n as f64 * 1e-6;
+        let secs: Vec<f64> = (0..200).map(|i| us((i * 77) % 200 + 1)).collect();
+        let time = PhaseTime::of("a", secs);
+        assert_eq!(
+            (time.median, time.p95, time.p99),
+            (us(101), us(190), us(198))
+        );
+        assert!((time.total - 20_100e-6).abs() < 1e-12);
+        let none = PhaseTime::of("b", Vec::new());
+        assert_eq!(
+            (none.total, none.median, none.p95, none.p99),
+            (0.0, 0.0, 0.0, 0.0)
+        );
     }
 }
